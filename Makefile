@@ -1,0 +1,62 @@
+# tenantnet build, test and demo entry points. Everything runs natively on
+# Debian 12; Dockerfile.build only pins the same toolchain for `generate`.
+
+# The pinned BPF toolchain: bpf2go output is committed and must be
+# reproducible byte for byte with exactly this clang.
+CLANG       ?= clang-19
+LLVM_STRIP  ?= llvm-strip-19
+CLANG_FORMAT ?= clang-format-19
+GO          ?= go
+export GOTOOLCHAIN ?= local
+
+# Debian packages the build, tests and demo need.
+DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
+	nftables iperf3 ca-certificates git make
+
+BIN := bin
+
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench
+
+all: build
+
+# Install what is missing (idempotent, quiet when everything is there).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo ">> apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(GO) mod download
+
+generate:
+	cd loader && BPF_CLANG=$(CLANG) BPF_STRIP=$(LLVM_STRIP) $(GO) generate ./...
+
+# Fails when the committed bpf2go output differs from a fresh generate.
+check-generate: generate
+	@git diff --exit-code --stat -- loader/ || \
+		(echo "make generate changed committed files: commit its output"; exit 1)
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Tests need root (BPF, namespaces). They skip with a reason otherwise.
+test: deps build
+	$(GO) test ./... -count=1 -timeout 30m
+
+test-short: build
+	$(GO) test ./... -count=1 -short
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+	$(CLANG_FORMAT) --dry-run --Werror bpf/*.c bpf/lib/*.h
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+	$(CLANG_FORMAT) -i bpf/*.c bpf/lib/*.h
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types and constants shared by every tenantnet BPF program and, through
+ * bpf2go's -type flag, by the Go control plane. Changing the layout of any
+ * struct here is a schema change: bump TN_SCHEMA_VERSION and the _vN suffix
+ * of the affected map names (see docs/ARCHITECTURE.md, "Upgrades").
+ */
+#pragma once
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define TN_SCHEMA_VERSION 1
+
+/* Every address is stored as 16 bytes; IPv4 uses the IPv4-mapped form
+ * ::ffff:a.b.c.d so one LPM trie serves both families. */
+#define TN_ADDR_LEN 16
+
+/* Header walk limits. A header (extension or L4) that would start beyond
+ * TN_MAX_HDR_OFF bytes from the start of the frame, or a chain of more than
+ * TN_MAX_EXT_HDRS IPv6 extension headers, is dropped with TN_DROP_EXT_LIMIT.
+ * TC programs pull TN_PULL_LEN bytes into the linear area first. */
+#define TN_MAX_EXT_HDRS 8
+#define TN_MAX_HDR_OFF 384
+#define TN_PULL_LEN 512
+
+enum tn_dir {
+	TN_DIR_IN = 1,	      /* to the workload (TC egress of the port) */
+	TN_DIR_OUT = 2,	      /* from the workload (TC ingress of the port) */
+	TN_DIR_PREFILTER = 3, /* uplink XDP; uses the inbound rules */
+};
+
+enum tn_action {
+	TN_ACT_NONE = 0,
+	TN_ACT_ALLOW = 1,
+	TN_ACT_DENY = 2,
+};
+
+/* Verdict reasons. Values below TN_DROP_FIRST pass, the others drop. Every
+ * packet a program sees is counted under exactly one reason. */
+enum tn_reason {
+	TN_PASS_CT = 1,	     /* conntrack hit: packet of a known flow */
+	TN_PASS_RULE = 2,    /* new flow allowed by a rule */
+	TN_PASS_DEFAULT = 3, /* new flow allowed by the default policy */
+	TN_PASS_CONTROL = 4, /* ICMPv6 ND/RS/RA/MLD, ICMP errors, ARP */
+	TN_PASS_FRAG = 5,    /* non-first fragment of an allowed datagram */
+
+	TN_DROP_FIRST = 64,
+	TN_DROP_TRUNCATED = 64,	     /* a header ends beyond the packet */
+	TN_DROP_MALFORMED = 65,	     /* bad version, IHL, data offset, lengths */
+	TN_DROP_EXT_LIMIT = 66,	     /* header chain too long to inspect */
+	TN_DROP_L3_PROTO = 67,	     /* ethertype we do not forward */
+	TN_DROP_NO_PORT = 68,	     /* attached interface without a binding */
+	TN_DROP_SPOOF = 69,	     /* source not bound to the port */
+	TN_DROP_ROGUE_RA = 70,	     /* workload sent an RA or redirect */
+	TN_DROP_CROSS_TENANT = 71,   /* peer address belongs to another tenant */
+	TN_DROP_FRAG_UNTRACKED = 72, /* non-first fragment, first not allowed */
+	TN_DROP_POLICY = 73,	     /* a deny rule matched */
+	TN_DROP_DEFAULT = 74,	     /* no rule matched, default policy denies */
+	TN_REASON_MAX = 75,
+};
+
+/* tn_meta_v1[0]: what the pinned maps were created for, plus runtime knobs. */
+struct tn_meta {
+	__u32 schema_version;
+	__u32 sample_rate; /* 0: no drop events; N: about 1 in N drops */
+};
+
+/* tn_ports_v1: ifindex of a workload port -> its binding. */
+struct tn_port {
+	__u32 tenant;
+	__u32 flags;
+};
+
+/* tn_srcaddr_v1 (LPM): which sources a port may send from. */
+struct tn_srcaddr_key {
+	__u32 prefixlen; /* 32 + address prefix length */
+	__u32 ifindex;
+	__u8 addr[TN_ADDR_LEN];
+};
+
+/* tn_prefix_v1 (LPM): tenant prefixes on the grid, for isolation. */
+struct tn_prefix_key {
+	__u32 prefixlen;
+	__u8 addr[TN_ADDR_LEN];
+};
+
+/* tn_endpoint_v1: workload address -> port, for the uplink prefilter. */
+struct tn_endpoint_key {
+	__u8 addr[TN_ADDR_LEN];
+};
+
+struct tn_endpoint {
+	__u32 ifindex;
+	__u32 tenant;
+};
+
+/* tn_tenant_v1: tenant -> default policy. A tenant without an entry gets
+ * inbound deny, outbound allow. */
+struct tn_tenant {
+	__u8 default_in;  /* enum tn_action */
+	__u8 default_out; /* enum tn_action */
+	__u16 flags;
+	__u32 pad;
+};
+
+/*
+ * Rules are compiled by the control plane (maps/compile.go) into three LPM
+ * stages so that destination prefix, source prefix and port block can all be
+ * wildcarded independently:
+ *
+ *   stage 1 tn_rdst_v1  (tenant, dir, dst)        -> group, any-source subgroup
+ *   stage 2 tn_rsrc_v1  (group, src)              -> subgroup
+ *   stage 3 tn_rport_v1 (subgroup, proto, dport)  -> action, deciding rule id
+ *
+ * Group and subgroup ids are 64-bit hashes of their content, so a rule
+ * change touches only the entries of the prefixes it names.
+ */
+struct tn_rdst_key {
+	__u32 prefixlen; /* 64 + dst prefix length */
+	__u32 tenant;
+	__u32 dir;
+	__u8 dst[TN_ADDR_LEN];
+};
+
+#define TN_RDST_HAS_SRC 1 /* group has source-restricted rules: do stage 2 */
+
+struct tn_rdst_val {
+	__u32 group_lo, group_hi;
+	__u32 anysrc_lo, anysrc_hi; /* subgroup for src ::/0, if no stage 2 */
+	__u32 flags;
+	__u32 pad;
+};
+
+struct tn_rsrc_key {
+	__u32 prefixlen; /* 64 + src prefix length */
+	__u32 group_lo, group_hi;
+	__u8 src[TN_ADDR_LEN];
+};
+
+struct tn_rsrc_val {
+	__u32 sg_lo, sg_hi;
+};
+
+struct tn_rport_key {
+	__u32 prefixlen; /* 64 (any proto), 72 (proto), 80 + block bits (port) */
+	__u32 sg_lo, sg_hi;
+	__u8 proto;
+	__u8 pad;
+	__be16 dport;
+};
+
+struct tn_rport_val {
+	__u32 rule_id;
+	__u8 action; /* enum tn_action */
+	__u8 pad[3];
+};
+
+/* tn_ct_v1 (LRU): one entry per flow and enforcement point, keyed by the
+ * tuple of the packet that created it (the "original" direction). */
+struct tn_ct_key {
+	__u32 ifindex;
+	__u8 proto;
+	__u8 pad[3];
+	__be16 sport; /* ICMP echo: identifier in both */
+	__be16 dport;
+	__u8 src[TN_ADDR_LEN];
+	__u8 dst[TN_ADDR_LEN];
+};
+
+enum tn_ct_state {
+	TN_CT_NEW = 1,	       /* UDP/other before a reply; TCP SYN seen */
+	TN_CT_ESTABLISHED = 2, /* reply seen (TCP: SYN-ACK or later) */
+	TN_CT_CLOSING = 3,     /* TCP FIN or RST seen */
+};
+
+struct tn_ct_val {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u32 tenant;
+	__u8 state; /* enum tn_ct_state */
+	__u8 dir;   /* enum tn_dir of the packet that created it */
+	__u8 pad[2];
+	__u64 packets;
+};
+
+/* tn_frag_v1 (LRU): datagrams whose first fragment was allowed. */
+struct tn_frag_key {
+	__u32 ifindex;
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+	__u8 src[TN_ADDR_LEN];
+	__u8 dst[TN_ADDR_LEN];
+};
+
+struct tn_frag_val {
+	__u64 seen_ns;
+};
+
+/* tn_stats_v1 (per-CPU hash): packets and bytes by tenant, dir and reason. */
+struct tn_stats_key {
+	__u32 tenant;
+	__u8 dir;
+	__u8 pad;
+	__u16 reason;
+};
+
+struct tn_stats_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* tn_events_v1 (ring buffer): sampled drop events. */
+struct tn_event {
+	__u64 ts_ns;
+	__u32 tenant;
+	__u32 ifindex;
+	__u16 reason;
+	__u8 dir;
+	__u8 proto;
+	__be16 sport;
+	__be16 dport;
+	__u8 src[TN_ADDR_LEN];
+	__u8 dst[TN_ADDR_LEN];
+};
+
+/* Timeouts of conntrack entries, by protocol and state (nanoseconds). */
+#define TN_NS 1000000000ULL
+#define TN_CT_TCP_SYN (60 * TN_NS)
+#define TN_CT_TCP_EST (6 * 3600 * TN_NS)
+#define TN_CT_TCP_CLOSING (10 * TN_NS)
+#define TN_CT_UDP_NEW (30 * TN_NS)
+#define TN_CT_UDP_EST (120 * TN_NS)
+#define TN_CT_ICMP (30 * TN_NS)
+#define TN_CT_OTHER (60 * TN_NS)
+#define TN_FRAG_TIMEOUT (30 * TN_NS)

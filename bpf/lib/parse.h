@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Packet parser shared by the TC and XDP programs. It works on a linear
+ * [data, data_end) window and never trusts a length field: every header is
+ * bounds-checked before it is read, and the first failure names its reason.
+ */
+#pragma once
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/icmp.h>
+#include <linux/icmpv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "common.h"
+
+#ifndef ETH_P_ARP
+#define ETH_P_ARP 0x0806
+#endif
+
+/* IPv6 extension header numbers (linux/in6.h has them, but not always). */
+#define TN_NH_HOPOPTS 0
+#define TN_NH_ROUTING 43
+#define TN_NH_FRAGMENT 44
+#define TN_NH_AH 51
+#define TN_NH_DSTOPTS 60
+
+struct pkt {
+	__u8 src[TN_ADDR_LEN];
+	__u8 dst[TN_ADDR_LEN];
+	__u16 l3;	 /* ETH_P_IP, ETH_P_IPV6 or ETH_P_ARP (host order) */
+	__u8 proto;	 /* L4 protocol after the extension headers */
+	__u8 frag;	 /* 0: not a fragment, 1: first, 2: non-first */
+	__u8 icmp_type;	 /* ICMP/ICMPv6 */
+	__u8 tcp_flags;	 /* TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
+	__be16 sport;	 /* TCP/UDP ports; ICMP echo identifier in both */
+	__be16 dport;
+	__u32 frag_id;	 /* IPv4 id or IPv6 fragment identification */
+	__u8 arp_spa[4]; /* ARP sender protocol address */
+};
+
+#define TN_TCP_FIN 0x01
+#define TN_TCP_SYN 0x02
+#define TN_TCP_RST 0x04
+#define TN_TCP_ACK 0x10
+
+static __always_inline void tn_map_v4(__u8 *dst, __be32 a)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &a, 4);
+}
+
+static __always_inline int tn_is_echo(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMPV6)
+		return type == 128 || type == 129;
+	return type == 8 || type == 0;
+}
+
+/* Parse L4 at offset off (frame-relative). */
+static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
+				       struct pkt *p)
+{
+	if (off > TN_MAX_HDR_OFF)
+		return TN_DROP_EXT_LIMIT;
+	if (p->frag == 2)
+		return 0; /* no L4 header in a non-first fragment */
+
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = data + off;
+		if ((void *)(th + 1) > data_end)
+			return TN_DROP_TRUNCATED;
+		if (th->doff < 5)
+			return TN_DROP_MALFORMED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		return 0;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh = data + off;
+		if ((void *)(uh + 1) > data_end)
+			return TN_DROP_TRUNCATED;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		return 0;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		/* type, code, checksum and the 4-byte rest-of-header */
+		__u8 *ih = data + off;
+		if ((void *)(ih + 8) > data_end)
+			return TN_DROP_TRUNCATED;
+		p->icmp_type = ih[0];
+		if (tn_is_echo(p->proto, ih[0])) {
+			__be16 id = *(__be16 *)(ih + 4);
+			p->sport = id;
+			p->dport = id;
+		}
+		return 0;
+	}
+	}
+	return 0;
+}
+
+static __always_inline int tn_parse_ipv6(void *data, void *data_end,
+					 __u32 pkt_len, struct pkt *p)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end)
+		return TN_DROP_TRUNCATED;
+	if (ip6->version != 6)
+		return TN_DROP_MALFORMED;
+	__u16 plen = bpf_ntohs(ip6->payload_len);
+	if (plen && (__u32)plen + sizeof(*ip6) + sizeof(struct ethhdr) > pkt_len)
+		return TN_DROP_TRUNCATED;
+	__builtin_memcpy(p->src, &ip6->saddr, TN_ADDR_LEN);
+	__builtin_memcpy(p->dst, &ip6->daddr, TN_ADDR_LEN);
+
+	__u8 nh = ip6->nexthdr;
+	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6);
+	int i;
+
+#pragma unroll
+	for (i = 0; i < TN_MAX_EXT_HDRS; i++) {
+		if (nh != TN_NH_HOPOPTS && nh != TN_NH_ROUTING &&
+		    nh != TN_NH_FRAGMENT && nh != TN_NH_AH &&
+		    nh != TN_NH_DSTOPTS)
+			break;
+		if (off > TN_MAX_HDR_OFF)
+			return TN_DROP_EXT_LIMIT;
+		__u8 *h = data + off;
+		if ((void *)(h + 8) > data_end)
+			return TN_DROP_TRUNCATED;
+		if (nh == TN_NH_FRAGMENT) {
+			if (p->frag)
+				return TN_DROP_MALFORMED; /* two fragment headers */
+			__u16 fo = bpf_ntohs(*(__be16 *)(h + 2));
+			p->frag = (fo & 0xfff8) ? 2 : 1;
+			if (p->frag == 1 && !(fo & 1))
+				p->frag = 0; /* atomic fragment (RFC 6946) */
+			p->frag_id = bpf_ntohl(*(__be32 *)(h + 4));
+			off += 8;
+		} else if (nh == TN_NH_AH) {
+			off += ((__u32)h[1] + 2) * 4;
+		} else {
+			off += ((__u32)h[1] + 1) * 8;
+		}
+		nh = h[0];
+	}
+	if (nh == TN_NH_HOPOPTS || nh == TN_NH_ROUTING ||
+	    nh == TN_NH_FRAGMENT || nh == TN_NH_AH || nh == TN_NH_DSTOPTS)
+		return TN_DROP_EXT_LIMIT;
+	p->proto = nh;
+	return tn_parse_l4(data, data_end, off, p);
+}
+
+static __always_inline int tn_parse_ipv4(void *data, void *data_end,
+					 __u32 pkt_len, struct pkt *p)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > data_end)
+		return TN_DROP_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return TN_DROP_MALFORMED;
+	__u32 hlen = (__u32)ip->ihl * 4;
+	__u16 tot = bpf_ntohs(ip->tot_len);
+	if (tot && tot < hlen)
+		return TN_DROP_MALFORMED;
+	if (tot && (__u32)tot + sizeof(struct ethhdr) > pkt_len)
+		return TN_DROP_TRUNCATED;
+	/* IPv4 options: the whole header must be present. */
+	if ((void *)ip + hlen > data_end)
+		return TN_DROP_TRUNCATED;
+	tn_map_v4(p->src, ip->saddr);
+	tn_map_v4(p->dst, ip->daddr);
+	p->proto = ip->protocol;
+	__u16 fo = bpf_ntohs(ip->frag_off);
+	if (fo & 0x1fff)
+		p->frag = 2;
+	else if (fo & 0x2000)
+		p->frag = 1;
+	p->frag_id = bpf_ntohs(ip->id);
+	return tn_parse_l4(data, data_end, sizeof(struct ethhdr) + hlen, p);
+}
+
+static __always_inline int tn_parse_arp(void *data, void *data_end,
+					struct pkt *p)
+{
+	/* Ethernet/IPv4 ARP: 8 bytes fixed, sha[6], spa[4], tha[6], tpa[4] */
+	__u8 *a = data + sizeof(struct ethhdr);
+	if ((void *)(a + 28) > data_end)
+		return TN_DROP_TRUNCATED;
+	__builtin_memcpy(p->arp_spa, a + 14, 4);
+	return 0;
+}
+
+/* Returns 0 or a TN_DROP_* reason. */
+static __always_inline int tn_parse(void *data, void *data_end, __u32 pkt_len,
+				    struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TN_DROP_TRUNCATED;
+	p->l3 = bpf_ntohs(eth->h_proto);
+	switch (p->l3) {
+	case ETH_P_IPV6:
+		return tn_parse_ipv6(data, data_end, pkt_len, p);
+	case ETH_P_IP:
+		return tn_parse_ipv4(data, data_end, pkt_len, p);
+	case ETH_P_ARP:
+		return tn_parse_arp(data, data_end, p);
+	}
+	return TN_DROP_L3_PROTO;
+}

@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The verdict pipeline shared by the hooks: ICMP control classification,
+ * tenant isolation, fragments, conntrack, the three-stage rule lookup,
+ * counters and drop events. The order is documented in
+ * docs/ARCHITECTURE.md ("Verdict order") and mirrored by the Go reference
+ * model in model/.
+ */
+#pragma once
+
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+/* ---- counters and events ------------------------------------------------ */
+
+static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
+				     __u32 bytes)
+{
+	struct tn_stats_key k = {.tenant = tenant, .dir = dir, .reason = reason};
+	struct tn_stats_val *v = bpf_map_lookup_elem(&tn_stats_v1, &k);
+	if (v) {
+		v->packets++;
+		v->bytes += bytes;
+		return;
+	}
+	struct tn_stats_val init = {.packets = 1, .bytes = bytes};
+	/* BPF_NOEXIST: another CPU may have created it; then count next time
+	 * on this CPU's slot (per-CPU values make the race harmless). */
+	bpf_map_update_elem(&tn_stats_v1, &k, &init, BPF_NOEXIST);
+}
+
+static __always_inline void tn_event(const struct pkt *p, __u32 tenant,
+				     __u32 ifindex, __u8 dir, __u16 reason)
+{
+	__u32 zero = 0;
+	struct tn_meta *m = bpf_map_lookup_elem(&tn_meta_v1, &zero);
+	if (!m || !m->sample_rate)
+		return;
+	if (m->sample_rate > 1 && bpf_get_prandom_u32() % m->sample_rate)
+		return;
+	struct tn_event *e = bpf_ringbuf_reserve(&tn_events_v1, sizeof(*e), 0);
+	if (!e)
+		return; /* ring full: the counters still have it */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->tenant = tenant;
+	e->ifindex = ifindex;
+	e->reason = reason;
+	e->dir = dir;
+	e->proto = p->proto;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	__builtin_memcpy(e->src, p->src, TN_ADDR_LEN);
+	__builtin_memcpy(e->dst, p->dst, TN_ADDR_LEN);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Count the verdict and, for drops, emit an event. Returns 1 to drop. */
+static __always_inline int tn_verdict(const struct pkt *p, __u32 tenant,
+				      __u32 ifindex, __u8 dir, __u16 reason,
+				      __u32 bytes)
+{
+	tn_count(tenant, dir, reason, bytes);
+	if (reason < TN_DROP_FIRST)
+		return 0;
+	tn_event(p, tenant, ifindex, dir, reason);
+	return 1;
+}
+
+/* ---- ICMP control traffic -------------------------------------------------
+ * RFC 4890: neighbour discovery, router discovery and MLD must flow for the
+ * link to work; error messages (Packet Too Big above all) must never be
+ * dropped or path MTU discovery breaks. They bypass the rules. */
+
+static __always_inline int tn_icmp6_is_error(__u8 t)
+{
+	return t >= 1 && t <= 4; /* unreach, PTB, time exceeded, param problem */
+}
+
+static __always_inline int tn_icmp6_is_link(__u8 t)
+{
+	/* MLD query/report/done 130-132, RS 133, RA 134, NS 135, NA 136,
+	 * redirect 137, MLDv2 report 143 */
+	return (t >= 130 && t <= 137) || t == 143;
+}
+
+static __always_inline int tn_is_control(const struct pkt *p)
+{
+	if (p->l3 == ETH_P_ARP)
+		return 1;
+	if (p->frag == 2)
+		return 0;
+	if (p->proto == IPPROTO_ICMPV6 && p->l3 == ETH_P_IPV6)
+		return tn_icmp6_is_error(p->icmp_type) ||
+		       tn_icmp6_is_link(p->icmp_type);
+	if (p->proto == IPPROTO_ICMP && p->l3 == ETH_P_IP)
+		/* dest unreachable (incl. frag needed), time exceeded,
+		 * parameter problem */
+		return p->icmp_type == 3 || p->icmp_type == 11 ||
+		       p->icmp_type == 12;
+	return 0;
+}
+
+/* ---- isolation -------------------------------------------------------------
+ * An address inside another tenant's prefix may never be the peer of a
+ * workload. Addresses outside every tenant prefix (the internet, link-local)
+ * are not a tenant's and are left to the rules. */
+static __always_inline int tn_other_tenant(const __u8 *addr, __u32 tenant)
+{
+	struct tn_prefix_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	__u32 *owner = bpf_map_lookup_elem(&tn_prefix_v1, &k);
+	return owner && *owner != tenant;
+}
+
+/* ---- conntrack ------------------------------------------------------------ */
+
+static __always_inline void tn_ct_key(struct tn_ct_key *k, const struct pkt *p,
+				      __u32 ifindex, int reverse)
+{
+	k->ifindex = ifindex;
+	k->proto = p->proto;
+	if (!reverse) {
+		k->sport = p->sport;
+		k->dport = p->dport;
+		__builtin_memcpy(k->src, p->src, TN_ADDR_LEN);
+		__builtin_memcpy(k->dst, p->dst, TN_ADDR_LEN);
+	} else {
+		k->sport = p->dport;
+		k->dport = p->sport;
+		__builtin_memcpy(k->src, p->dst, TN_ADDR_LEN);
+		__builtin_memcpy(k->dst, p->src, TN_ADDR_LEN);
+	}
+}
+
+static __always_inline __u64 tn_ct_timeout(__u8 proto, __u8 state)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		if (state == TN_CT_ESTABLISHED)
+			return TN_CT_TCP_EST;
+		if (state == TN_CT_CLOSING)
+			return TN_CT_TCP_CLOSING;
+		return TN_CT_TCP_SYN;
+	case IPPROTO_UDP:
+		return state == TN_CT_ESTABLISHED ? TN_CT_UDP_EST
+						  : TN_CT_UDP_NEW;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		return TN_CT_ICMP;
+	}
+	return TN_CT_OTHER;
+}
+
+/* Only ICMP echo opens ICMP flows; other ICMP (not control) is policed per
+ * packet. */
+static __always_inline int tn_ct_trackable(const struct pkt *p)
+{
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
+		return tn_is_echo(p->proto, p->icmp_type);
+	return 1;
+}
+
+/* Look the packet up in both directions. Returns 1 on a live entry and
+ * advances its state. */
+static __always_inline int tn_ct_lookup(const struct pkt *p, __u32 ifindex,
+					__u64 now)
+{
+	struct tn_ct_key k = {};
+	int reply = 0;
+
+	if (!tn_ct_trackable(p))
+		return 0;
+	tn_ct_key(&k, p, ifindex, 0);
+	struct tn_ct_val *v = bpf_map_lookup_elem(&tn_ct_v1, &k);
+	if (!v) {
+		tn_ct_key(&k, p, ifindex, 1);
+		v = bpf_map_lookup_elem(&tn_ct_v1, &k);
+		if (!v)
+			return 0;
+		reply = 1;
+	}
+	if (now - v->last_seen_ns > tn_ct_timeout(p->proto, v->state))
+		return 0; /* expired: decide again as a new flow */
+	if (p->proto == IPPROTO_TCP) {
+		__u8 f = p->tcp_flags;
+		/* A fresh SYN on a closing entry is a new connection that
+		 * reuses the tuple: decide it again. */
+		if (v->state == TN_CT_CLOSING && (f & TN_TCP_SYN) &&
+		    !(f & TN_TCP_ACK))
+			return 0;
+		if (f & (TN_TCP_FIN | TN_TCP_RST))
+			v->state = TN_CT_CLOSING;
+		else if (reply && v->state == TN_CT_NEW)
+			v->state = TN_CT_ESTABLISHED;
+	} else if (reply && v->state == TN_CT_NEW) {
+		v->state = TN_CT_ESTABLISHED;
+	}
+	v->last_seen_ns = now;
+	v->packets++;
+	return 1;
+}
+
+static __always_inline void tn_ct_create(const struct pkt *p, __u32 ifindex,
+					 __u32 tenant, __u8 dir, __u64 now)
+{
+	if (!tn_ct_trackable(p))
+		return;
+	struct tn_ct_key k = {};
+	tn_ct_key(&k, p, ifindex, 0);
+	struct tn_ct_val v = {
+		.created_ns = now,
+		.last_seen_ns = now,
+		.tenant = tenant,
+		.dir = dir,
+		.packets = 1,
+		.state = TN_CT_NEW,
+	};
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & (TN_TCP_FIN | TN_TCP_RST))
+			v.state = TN_CT_CLOSING;
+		else if (!(p->tcp_flags & TN_TCP_SYN) ||
+			 (p->tcp_flags & TN_TCP_ACK))
+			/* mid-stream pickup (e.g. after a flush) */
+			v.state = TN_CT_ESTABLISHED;
+	}
+	bpf_map_update_elem(&tn_ct_v1, &k, &v, BPF_ANY);
+}
+
+/* ---- fragments ------------------------------------------------------------ */
+
+static __always_inline void tn_frag_key(struct tn_frag_key *k,
+					const struct pkt *p, __u32 ifindex)
+{
+	k->ifindex = ifindex;
+	k->id = p->frag_id;
+	k->proto = p->proto;
+	__builtin_memcpy(k->src, p->src, TN_ADDR_LEN);
+	__builtin_memcpy(k->dst, p->dst, TN_ADDR_LEN);
+}
+
+static __always_inline int tn_frag_allowed(const struct pkt *p, __u32 ifindex,
+					   __u64 now)
+{
+	struct tn_frag_key k = {};
+	tn_frag_key(&k, p, ifindex);
+	struct tn_frag_val *v = bpf_map_lookup_elem(&tn_frag_v1, &k);
+	return v && now - v->seen_ns <= TN_FRAG_TIMEOUT;
+}
+
+static __always_inline void tn_frag_remember(const struct pkt *p,
+					     __u32 ifindex, __u64 now)
+{
+	struct tn_frag_key k = {};
+	tn_frag_key(&k, p, ifindex);
+	struct tn_frag_val v = {.seen_ns = now};
+	bpf_map_update_elem(&tn_frag_v1, &k, &v, BPF_ANY);
+}
+
+/* ---- rules ----------------------------------------------------------------
+ * Three LPM stages (see common.h). Returns the action (TN_ACT_NONE when no
+ * rule matches). The peer is the source for inbound and the destination's
+ * counterpart for outbound: rules always name the workload side as "dst" for
+ * inbound and the remote side as "dst" for outbound, i.e. they match the
+ * packet's own destination and source. */
+static __always_inline __u8 tn_rules(const struct pkt *p, __u32 tenant,
+				     __u32 dir)
+{
+	struct tn_rdst_key dk = {.prefixlen = 64 + 128, .tenant = tenant,
+				 .dir = dir};
+	__builtin_memcpy(dk.dst, p->dst, TN_ADDR_LEN);
+	struct tn_rdst_val *dv = bpf_map_lookup_elem(&tn_rdst_v1, &dk);
+	if (!dv)
+		return TN_ACT_NONE;
+
+	struct tn_rport_key pk = {.prefixlen = 64 + 32, .proto = p->proto,
+				  .dport = p->dport};
+	if (dv->flags & TN_RDST_HAS_SRC) {
+		struct tn_rsrc_key sk = {.prefixlen = 64 + 128,
+					 .group_lo = dv->group_lo,
+					 .group_hi = dv->group_hi};
+		__builtin_memcpy(sk.src, p->src, TN_ADDR_LEN);
+		struct tn_rsrc_val *sv = bpf_map_lookup_elem(&tn_rsrc_v1, &sk);
+		if (!sv)
+			return TN_ACT_NONE;
+		pk.sg_lo = sv->sg_lo;
+		pk.sg_hi = sv->sg_hi;
+	} else {
+		pk.sg_lo = dv->anysrc_lo;
+		pk.sg_hi = dv->anysrc_hi;
+	}
+	/* Only TCP and UDP first fragments carry ports that rules may match;
+	 * every other packet matches port rules never (dport 0 is reserved
+	 * and no rule may name it). ICMP echo ids are not ports. */
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		pk.dport = 0;
+	struct tn_rport_val *pv = bpf_map_lookup_elem(&tn_rport_v1, &pk);
+	if (!pv)
+		return TN_ACT_NONE;
+	return pv->action;
+}
+
+static __always_inline __u8 tn_default(__u32 tenant, __u8 dir)
+{
+	struct tn_tenant *t = bpf_map_lookup_elem(&tn_tenant_v1, &tenant);
+	if (dir == TN_DIR_OUT)
+		return t && t->default_out ? t->default_out : TN_ACT_ALLOW;
+	return t && t->default_in ? t->default_in : TN_ACT_DENY;
+}
+
+/* Policy for a packet that is not control traffic and not of a known flow.
+ * dir is TN_DIR_IN or TN_DIR_OUT (the rule set); returns a reason. */
+static __always_inline __u16 tn_decide(const struct pkt *p, __u32 tenant,
+				       __u32 dir)
+{
+	__u8 act = tn_rules(p, tenant, dir);
+	if (act == TN_ACT_ALLOW)
+		return TN_PASS_RULE;
+	if (act == TN_ACT_DENY)
+		return TN_DROP_POLICY;
+	return tn_default(tenant, dir) == TN_ACT_ALLOW ? TN_PASS_DEFAULT
+						       : TN_DROP_DEFAULT;
+}

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Uplink prefilter, XDP on the node's uplink. Packets from outside addressed
+ * to a workload are checked against the same conntrack and inbound rules as
+ * tn_to_workload and dropped here, before an skb exists, when no rule lets
+ * them in. It never creates state and passes everything else (packets not
+ * for a workload, control ICMP, fragments, unparsable frames): the workload
+ * port's TC program stays the enforcement point and decides those.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+SEC("xdp")
+int tn_uplink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt p = {};
+	int reason;
+
+	if (tn_parse(data, data_end, data_end - data, &p))
+		return XDP_PASS;
+	if (p.l3 == ETH_P_ARP || p.frag == 2 || tn_is_control(&p))
+		return XDP_PASS;
+
+	struct tn_endpoint_key ek;
+	__builtin_memcpy(ek.addr, p.dst, TN_ADDR_LEN);
+	struct tn_endpoint *ep = bpf_map_lookup_elem(&tn_endpoint_v1, &ek);
+	if (!ep)
+		return XDP_PASS;
+
+	if (tn_other_tenant(p.src, ep->tenant))
+		reason = TN_DROP_CROSS_TENANT;
+	else if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
+		return XDP_PASS;
+	else
+		reason = tn_decide(&p, ep->tenant, TN_DIR_IN);
+	if (reason < TN_DROP_FIRST)
+		return XDP_PASS;
+	tn_verdict(&p, ep->tenant, ep->ifindex, TN_DIR_PREFILTER, reason,
+		   data_end - data);
+	return XDP_DROP;
+}

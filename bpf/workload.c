@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Workload port programs, attached to the host side of a workload's veth or
+ * tap: tn_from_workload on TC ingress (packets the workload sends) and
+ * tn_to_workload on TC egress (packets delivered to it). Together they are
+ * the one enforcement point for traffic from this node, from WireGuard and
+ * from the internet.
+ */
+#include <linux/pkt_cls.h>
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Emit types that no program names in a signature into BTF, for bpf2go. */
+const struct tn_event *tn_unused_event __attribute__((unused));
+
+/* Make the headers we inspect linear. Non-linear skbs (GRO, tap) may carry
+ * only the Ethernet header in the linear area. */
+static __always_inline void tn_pull(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < TN_PULL_LEN ? skb->len : TN_PULL_LEN;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end)
+		bpf_skb_pull_data(skb, want);
+}
+
+static __always_inline int tn_is_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+static __always_inline int tn_is_unspecified(const __u8 *a)
+{
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	return !hi && !lo;
+}
+
+/* Is the source bound to the port? Link-local and unspecified sources are
+ * accepted for ICMPv6 link traffic only (DAD, ND, RS, MLD). */
+static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
+{
+	struct tn_srcaddr_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
+
+	if (p->l3 == ETH_P_ARP) {
+		if (!(p->arp_spa[0] | p->arp_spa[1] | p->arp_spa[2] |
+		      p->arp_spa[3]))
+			return 1; /* ARP probe (RFC 5227) */
+		__be32 spa;
+		__builtin_memcpy(&spa, p->arp_spa, 4);
+		tn_map_v4(k.addr, spa);
+	} else {
+		if (p->l3 == ETH_P_IPV6 && p->proto == IPPROTO_ICMPV6 &&
+		    p->frag != 2 && tn_icmp6_is_link(p->icmp_type) &&
+		    (tn_is_link_local(p->src) || tn_is_unspecified(p->src)))
+			return 1;
+		__builtin_memcpy(k.addr, p->src, TN_ADDR_LEN);
+	}
+	return bpf_map_lookup_elem(&tn_srcaddr_v1, &k) != NULL;
+}
+
+SEC("tc")
+int tn_from_workload(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 ifindex = skb->ifindex;
+	__u32 tenant = 0;
+	__u64 now;
+	int reason;
+
+	tn_pull(skb);
+	struct tn_port *port = bpf_map_lookup_elem(&tn_ports_v1, &ifindex);
+	if (port)
+		tenant = port->tenant;
+
+	reason = tn_parse((void *)(long)skb->data, (void *)(long)skb->data_end,
+			  skb->len, &p);
+	if (reason)
+		goto out;
+	if (!port) {
+		reason = TN_DROP_NO_PORT;
+		goto out;
+	}
+	/* A workload is a host, never a router: it may not advertise. */
+	if (p.l3 == ETH_P_IPV6 && p.proto == IPPROTO_ICMPV6 && p.frag != 2 &&
+	    (p.icmp_type == 134 || p.icmp_type == 137)) {
+		reason = TN_DROP_ROGUE_RA;
+		goto out;
+	}
+	if (!tn_source_ok(&p, ifindex)) {
+		reason = TN_DROP_SPOOF;
+		goto out;
+	}
+	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.dst, tenant)) {
+		reason = TN_DROP_CROSS_TENANT;
+		goto out;
+	}
+	if (tn_is_control(&p)) {
+		reason = TN_PASS_CONTROL;
+		goto out;
+	}
+	now = bpf_ktime_get_ns();
+	if (p.frag == 2) {
+		reason = tn_frag_allowed(&p, ifindex, now)
+				 ? TN_PASS_FRAG
+				 : TN_DROP_FRAG_UNTRACKED;
+		goto out;
+	}
+	if (tn_ct_lookup(&p, ifindex, now)) {
+		reason = TN_PASS_CT;
+	} else {
+		reason = tn_decide(&p, tenant, TN_DIR_OUT);
+		if (reason < TN_DROP_FIRST)
+			tn_ct_create(&p, ifindex, tenant, TN_DIR_OUT, now);
+	}
+	if (p.frag == 1 && reason < TN_DROP_FIRST)
+		tn_frag_remember(&p, ifindex, now);
+out:
+	return tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len)
+		       ? TC_ACT_SHOT
+		       : TC_ACT_OK;
+}
+
+SEC("tc")
+int tn_to_workload(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 ifindex = skb->ifindex;
+	__u32 tenant = 0;
+	__u64 now;
+	int reason;
+
+	tn_pull(skb);
+	struct tn_port *port = bpf_map_lookup_elem(&tn_ports_v1, &ifindex);
+	if (port)
+		tenant = port->tenant;
+
+	reason = tn_parse((void *)(long)skb->data, (void *)(long)skb->data_end,
+			  skb->len, &p);
+	if (reason)
+		goto out;
+	if (!port) {
+		reason = TN_DROP_NO_PORT;
+		goto out;
+	}
+	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.src, tenant)) {
+		reason = TN_DROP_CROSS_TENANT;
+		goto out;
+	}
+	if (tn_is_control(&p)) {
+		reason = TN_PASS_CONTROL;
+		goto out;
+	}
+	now = bpf_ktime_get_ns();
+	if (p.frag == 2) {
+		reason = tn_frag_allowed(&p, ifindex, now)
+				 ? TN_PASS_FRAG
+				 : TN_DROP_FRAG_UNTRACKED;
+		goto out;
+	}
+	if (tn_ct_lookup(&p, ifindex, now)) {
+		reason = TN_PASS_CT;
+	} else {
+		reason = tn_decide(&p, tenant, TN_DIR_IN);
+		if (reason < TN_DROP_FIRST)
+			tn_ct_create(&p, ifindex, tenant, TN_DIR_IN, now);
+	}
+	if (p.frag == 1 && reason < TN_DROP_FIRST)
+		tn_frag_remember(&p, ifindex, now);
+out:
+	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
+		       ? TC_ACT_SHOT
+		       : TC_ACT_OK;
+}

@@ -1,0 +1,352 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// Hook is an attach point of a program on an interface.
+type Hook string
+
+const (
+	// HookFromWorkload is TC ingress of a workload port (packets the
+	// workload sends).
+	HookFromWorkload Hook = "from"
+	// HookToWorkload is TC egress of a workload port.
+	HookToWorkload Hook = "to"
+	// HookUplink is XDP on the uplink.
+	HookUplink Hook = "xdp"
+)
+
+// Mode is how a program is attached.
+type Mode string
+
+const (
+	ModeTCX        Mode = "tcx"         // bpf_link, kernel >= 6.6
+	ModeLegacyTC   Mode = "tc"          // clsact qdisc + direct-action cls_bpf
+	ModeXDPDriver  Mode = "xdp-native"  // driver XDP (veth has it)
+	ModeXDPGeneric Mode = "xdp-generic" // skb XDP, any driver
+)
+
+// legacySuffix marks a pin that records a legacy tc attachment: tc filters
+// are not bpf_links, so the program is pinned a second time under links/
+// to remember where it was attached.
+const legacySuffix = "_tc"
+
+// AttachOptions choose how to attach.
+type AttachOptions struct {
+	// ForceLegacyTC skips TCX even where the kernel has it (tests, and
+	// operators who need tc filter tooling to see our programs).
+	ForceLegacyTC bool
+	// ForceGenericXDP attaches XDP in skb mode.
+	ForceGenericXDP bool
+}
+
+// Attachment is one program attached to one interface, as recorded by the
+// pins in the links directory.
+type Attachment struct {
+	Ifindex int
+	Hook    Hook
+	Mode    Mode
+	ProgID  ebpf.ProgramID
+	Live    bool // the kernel still has the attachment
+}
+
+func linkPin(pinDir string, ifindex int, hook Hook) string {
+	return filepath.Join(pinDir, linksDir, fmt.Sprintf("%d_%s", ifindex, hook))
+}
+
+// AttachPort attaches the workload-port programs to both directions of
+// ifindex. Attaching again, or after Load of a newer build, replaces the
+// programs in place: TCX links are updated atomically and legacy filters
+// are replaced with NLM_F_REPLACE, so the port is never unfiltered.
+func (dp *Datapath) AttachPort(ifindex int, opts AttachOptions) (Mode, error) {
+	mode := ModeLegacyTC
+	if !opts.ForceLegacyTC {
+		mode = ModeTCX
+	}
+	for _, h := range []Hook{HookFromWorkload, HookToWorkload} {
+		prog, attach, parent := dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, uint32(netlink.HANDLE_MIN_INGRESS)
+		if h == HookToWorkload {
+			prog, attach, parent = dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
+		}
+		if mode == ModeTCX {
+			err := dp.attachTCX(ifindex, h, prog, attach)
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				dp.log.Info("TCX not supported by this kernel, using clsact + cls_bpf", "ifindex", ifindex)
+				mode = ModeLegacyTC
+			} else if err != nil {
+				return mode, err
+			} else {
+				// Both may run for an instant; never neither.
+				if err := removeLegacy(dp.PinDir, ifindex, h); err != nil {
+					return mode, err
+				}
+				continue
+			}
+		}
+		if err := dp.attachLegacy(ifindex, h, prog, parent); err != nil {
+			return mode, err
+		}
+		if err := removeLink(dp.PinDir, ifindex, h); err != nil {
+			return mode, err
+		}
+	}
+	return mode, nil
+}
+
+func (dp *Datapath) attachTCX(ifindex int, h Hook, prog *ebpf.Program, attach ebpf.AttachType) error {
+	pin := linkPin(dp.PinDir, ifindex, h)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		if linkAlive(l, ifindex) {
+			if err := l.Update(prog); err != nil {
+				return fmt.Errorf("update %s link on ifindex %d: %w", h, ifindex, err)
+			}
+			return nil
+		}
+		// The interface went away (or its index was reused): the link is
+		// defunct. Drop the pin and attach afresh.
+		_ = l.Unpin()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach})
+	if err != nil {
+		return fmt.Errorf("attach TCX %s on ifindex %d: %w", h, ifindex, err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin %s link on ifindex %d: %w", h, ifindex, err)
+	}
+	return nil
+}
+
+func linkAlive(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	if tcx := info.TCX(); tcx != nil {
+		return int(tcx.Ifindex) == ifindex
+	}
+	if xdp := info.XDP(); xdp != nil {
+		return int(xdp.Ifindex) == ifindex
+	}
+	return false
+}
+
+func (dp *Datapath) attachLegacy(ifindex int, h Hook, prog *ebpf.Program, parent uint32) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add clsact qdisc on ifindex %d: %w", ifindex, err)
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return fmt.Errorf("program info: %w", err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex, Parent: parent, Handle: netlink.MakeHandle(0, 1),
+			Protocol: unix.ETH_P_ALL, Priority: 1,
+		},
+		Fd: prog.FD(), Name: info.Name, DirectAction: true,
+	}
+	if err := netlink.FilterReplace(filter); err != nil {
+		return fmt.Errorf("replace cls_bpf %s filter on ifindex %d: %w", h, ifindex, err)
+	}
+	pin := linkPin(dp.PinDir, ifindex, h) + legacySuffix
+	_ = os.Remove(pin)
+	if err := prog.Pin(pin); err != nil {
+		return fmt.Errorf("record legacy attachment %s: %w", pin, err)
+	}
+	return nil
+}
+
+func legacyFilter(ifindex int, h Hook) *netlink.BpfFilter {
+	parent := uint32(netlink.HANDLE_MIN_INGRESS)
+	if h == HookToWorkload {
+		parent = netlink.HANDLE_MIN_EGRESS
+	}
+	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
+		LinkIndex: ifindex, Parent: parent, Handle: netlink.MakeHandle(0, 1),
+		Protocol: unix.ETH_P_ALL, Priority: 1,
+	}}
+}
+
+// removeLegacy deletes our cls_bpf filter and its record, if any.
+func removeLegacy(pinDir string, ifindex int, h Hook) error {
+	pin := linkPin(pinDir, ifindex, h) + legacySuffix
+	if _, err := os.Stat(pin); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	err := netlink.FilterDel(legacyFilter(ifindex, h))
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete cls_bpf %s filter on ifindex %d: %w", h, ifindex, err)
+	}
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", pin, err)
+	}
+	return nil
+}
+
+// removeLink unpins (and so detaches) a TCX or XDP link.
+func removeLink(pinDir string, ifindex int, h Hook) error {
+	pin := linkPin(pinDir, ifindex, h)
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", pin, err)
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin %s: %w", pin, err)
+	}
+	return nil
+}
+
+// AttachUplink attaches the XDP prefilter to the uplink, native mode when
+// the driver supports it, generic otherwise.
+func (dp *Datapath) AttachUplink(ifindex int, opts AttachOptions) (Mode, error) {
+	pin := linkPin(dp.PinDir, ifindex, HookUplink)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		if linkAlive(l, ifindex) {
+			if err := l.Update(dp.Uplink); err != nil {
+				return "", fmt.Errorf("update XDP link on ifindex %d: %w", ifindex, err)
+			}
+			return xdpMode(ifindex), nil
+		}
+		_ = l.Unpin()
+	}
+	modes := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
+	if opts.ForceGenericXDP {
+		modes = modes[1:]
+	}
+	var errs []error
+	for _, flags := range modes {
+		l, err := link.AttachXDP(link.XDPOptions{Program: dp.Uplink, Interface: ifindex, Flags: flags})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		defer l.Close()
+		if err := l.Pin(pin); err != nil {
+			return "", fmt.Errorf("pin XDP link on ifindex %d: %w", ifindex, err)
+		}
+		if flags == link.XDPDriverMode {
+			return ModeXDPDriver, nil
+		}
+		return ModeXDPGeneric, nil
+	}
+	return "", fmt.Errorf("attach XDP on ifindex %d: %w", ifindex, errors.Join(errs...))
+}
+
+// xdpMode asks the kernel how XDP is attached to ifindex (link info does
+// not say).
+func xdpMode(ifindex int) Mode {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.AttachMode == nl.XDP_ATTACHED_SKB {
+		return ModeXDPGeneric
+	}
+	return ModeXDPDriver
+}
+
+// Detach removes every attachment of ours on ifindex.
+func Detach(pinDir string, ifindex int) error {
+	var errs []error
+	for _, h := range []Hook{HookFromWorkload, HookToWorkload, HookUplink} {
+		errs = append(errs, removeLink(pinDir, ifindex, h), removeLegacy(pinDir, ifindex, h))
+	}
+	return errors.Join(errs...)
+}
+
+// Detach removes this attachment.
+func (a Attachment) Detach(pinDir string) error {
+	if a.Mode == ModeLegacyTC {
+		return removeLegacy(pinDir, a.Ifindex, a.Hook)
+	}
+	return removeLink(pinDir, a.Ifindex, a.Hook)
+}
+
+// ListAttachments reads the attachments recorded under pinDir, sorted by
+// interface and hook.
+func ListAttachments(pinDir string) []Attachment {
+	entries, _ := os.ReadDir(filepath.Join(pinDir, linksDir))
+	var out []Attachment
+	for _, e := range entries {
+		name := e.Name()
+		legacy := strings.HasSuffix(name, legacySuffix)
+		name = strings.TrimSuffix(name, legacySuffix)
+		idx, hook, ok := strings.Cut(name, "_")
+		if !ok {
+			continue
+		}
+		ifindex, err := strconv.Atoi(idx)
+		if err != nil {
+			continue
+		}
+		a := Attachment{Ifindex: ifindex, Hook: Hook(hook)}
+		path := filepath.Join(pinDir, linksDir, e.Name())
+		if legacy {
+			a.Mode = ModeLegacyTC
+			if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
+				if info, err := p.Info(); err == nil {
+					a.ProgID, _ = info.ID()
+				}
+				p.Close()
+			}
+			a.Live = legacyLive(ifindex, a.Hook)
+		} else if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			a.Mode = ModeTCX
+			if info, err := l.Info(); err == nil {
+				a.ProgID = info.Program
+				if a.Hook == HookUplink {
+					a.Mode = xdpMode(ifindex)
+				}
+			}
+			a.Live = linkAlive(l, ifindex)
+			l.Close()
+		}
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Ifindex != out[j].Ifindex {
+			return out[i].Ifindex < out[j].Ifindex
+		}
+		return out[i].Hook < out[j].Hook
+	})
+	return out
+}
+
+func legacyLive(ifindex int, h Hook) bool {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	f := legacyFilter(ifindex, h)
+	filters, err := netlink.FilterList(l, f.Parent)
+	if err != nil {
+		return false
+	}
+	for _, x := range filters {
+		if bf, ok := x.(*netlink.BpfFilter); ok && bf.Handle == f.Handle && bf.Priority == f.Priority {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,202 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// Maps is the typed view of a loaded datapath's maps.
+type Maps struct {
+	m *loader.WorkloadMaps
+}
+
+// New wraps the maps of a loaded datapath.
+func New(dp *loader.Datapath) *Maps { return &Maps{m: &dp.Maps} }
+
+// FromMaps wraps maps loaded some other way (tests).
+func FromMaps(m *loader.WorkloadMaps) *Maps { return &Maps{m: m} }
+
+// Rules returns the three rule stages.
+func (x *Maps) Rules() RuleMaps {
+	return RuleMaps{Dst: x.m.TnRdstV1, Src: x.m.TnRsrcV1, Port: x.m.TnRportV1}
+}
+
+// Raw returns the generated map handles.
+func (x *Maps) Raw() *loader.WorkloadMaps { return x.m }
+
+// PortBinding ties a workload port (the host side of its veth or tap) to a
+// tenant and to the addresses the workload may send from.
+type PortBinding struct {
+	Ifindex uint32
+	Tenant  uint32
+	// Addrs are the workload's own addresses (host prefixes) or delegated
+	// prefixes. Host addresses are also registered as endpoints so the
+	// uplink prefilter can find the port.
+	Addrs []netip.Prefix
+}
+
+// BindPort writes a binding. Addresses and endpoints are written before the
+// port entry that makes the programs use them, so a port never passes
+// traffic on a half-written binding.
+func (x *Maps) BindPort(b PortBinding) error {
+	if b.Tenant == 0 {
+		return fmt.Errorf("bind ifindex %d: tenant 0 is reserved", b.Ifindex)
+	}
+	for _, p := range b.Addrs {
+		a, bits := Prefix16(p)
+		k := loader.WorkloadTnSrcaddrKey{Prefixlen: uint32(32 + bits), Ifindex: b.Ifindex, Addr: a}
+		if err := x.m.TnSrcaddrV1.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("bind %s to ifindex %d: %w", p, b.Ifindex, err)
+		}
+		if bits == 128 {
+			ep := loader.WorkloadTnEndpoint{Ifindex: b.Ifindex, Tenant: b.Tenant}
+			if err := x.m.TnEndpointV1.Update(loader.WorkloadTnEndpointKey{Addr: a}, ep, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("endpoint %s: %w", p, err)
+			}
+		}
+	}
+	port := loader.WorkloadTnPort{Tenant: b.Tenant}
+	if err := x.m.TnPortsV1.Update(b.Ifindex, port, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("bind ifindex %d: %w", b.Ifindex, err)
+	}
+	return nil
+}
+
+// UnbindPort removes a binding: the port entry first (the port then drops
+// everything: fail closed), then its addresses and endpoints.
+func (x *Maps) UnbindPort(ifindex uint32) error {
+	if err := x.m.TnPortsV1.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unbind ifindex %d: %w", ifindex, err)
+	}
+	var k loader.WorkloadTnSrcaddrKey
+	var v uint32
+	var stale []loader.WorkloadTnSrcaddrKey
+	it := x.m.TnSrcaddrV1.Iterate()
+	for it.Next(&k, &v) {
+		if k.Ifindex == ifindex {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list addresses of ifindex %d: %w", ifindex, err)
+	}
+	for _, k := range stale {
+		if err := x.m.TnSrcaddrV1.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		if k.Prefixlen == 32+128 {
+			var ep loader.WorkloadTnEndpoint
+			ek := loader.WorkloadTnEndpointKey{Addr: k.Addr}
+			if x.m.TnEndpointV1.Lookup(ek, &ep) == nil && ep.Ifindex == ifindex {
+				_ = x.m.TnEndpointV1.Delete(ek)
+			}
+		}
+	}
+	return nil
+}
+
+// Ports lists the bound ports: ifindex -> tenant.
+func (x *Maps) Ports() (map[uint32]uint32, error) {
+	out := map[uint32]uint32{}
+	var k uint32
+	var v loader.WorkloadTnPort
+	it := x.m.TnPortsV1.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v.Tenant
+	}
+	return out, it.Err()
+}
+
+// TenantPolicy is a tenant's default for new flows no rule decides.
+type TenantPolicy struct {
+	Inbound  Action
+	Outbound Action
+}
+
+// DefaultPolicy is what a tenant without an entry gets.
+var DefaultPolicy = TenantPolicy{Inbound: ActionDeny, Outbound: ActionAllow}
+
+// SetPolicy writes a tenant's default policy.
+func (x *Maps) SetPolicy(tenant uint32, p TenantPolicy) error {
+	if tenant == 0 {
+		return fmt.Errorf("tenant 0 is reserved")
+	}
+	v := loader.WorkloadTnTenant{DefaultIn: uint8(p.Inbound), DefaultOut: uint8(p.Outbound)}
+	if err := x.m.TnTenantV1.Update(tenant, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set policy of tenant %d: %w", tenant, err)
+	}
+	return nil
+}
+
+// Policy reads a tenant's default policy (DefaultPolicy when unset).
+func (x *Maps) Policy(tenant uint32) (TenantPolicy, error) {
+	var v loader.WorkloadTnTenant
+	err := x.m.TnTenantV1.Lookup(tenant, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return DefaultPolicy, nil
+	}
+	if err != nil {
+		return TenantPolicy{}, err
+	}
+	p := TenantPolicy{Inbound: Action(v.DefaultIn), Outbound: Action(v.DefaultOut)}
+	if p.Inbound == ActionNone {
+		p.Inbound = DefaultPolicy.Inbound
+	}
+	if p.Outbound == ActionNone {
+		p.Outbound = DefaultPolicy.Outbound
+	}
+	return p, nil
+}
+
+// SetTenantPrefix records that prefix belongs to tenant: workloads of other
+// tenants can neither reach it nor be reached from it.
+func (x *Maps) SetTenantPrefix(p netip.Prefix, tenant uint32) error {
+	a, bits := Prefix16(p)
+	k := loader.WorkloadTnPrefixKey{Prefixlen: uint32(bits), Addr: a}
+	if err := x.m.TnPrefixV1.Update(k, tenant, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set prefix %s of tenant %d: %w", p, tenant, err)
+	}
+	return nil
+}
+
+// DeleteTenantPrefix forgets a prefix.
+func (x *Maps) DeleteTenantPrefix(p netip.Prefix) error {
+	a, bits := Prefix16(p)
+	k := loader.WorkloadTnPrefixKey{Prefixlen: uint32(bits), Addr: a}
+	if err := x.m.TnPrefixV1.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// SetSampleRate sets how often drops produce events (0 = never, 1 = every
+// drop, N = about 1 in N).
+func (x *Maps) SetSampleRate(n uint32) error {
+	var meta loader.WorkloadTnMeta
+	if err := x.m.TnMetaV1.Lookup(uint32(0), &meta); err != nil {
+		return err
+	}
+	meta.SampleRate = n
+	return x.m.TnMetaV1.Update(uint32(0), meta, ebpf.UpdateExist)
+}
+
+// ApplyRules replaces the whole rule content of the maps with rules,
+// reading the current content from the kernel. The node service and
+// tenantfw use Diff against their saved state instead, which skips the
+// read.
+func (x *Maps) ApplyRules(rules []Rule) (Change, error) {
+	want, err := Compile(rules)
+	if err != nil {
+		return Change{}, err
+	}
+	have, err := ReadRules(x.Rules())
+	if err != nil {
+		return Change{}, err
+	}
+	return Diff(x.Rules(), have, want)
+}

@@ -1,0 +1,245 @@
+// Package model is the reference model of the datapath's policy: the same
+// verdicts as bpf/ written as plain Go over raw packet bytes, with no
+// shared code on the decision path (it evaluates rules directly, not their
+// compiled LPM form, and parses packets itself). The differential test feeds
+// both the same random rules and packets and requires the same verdict and
+// reason for every packet.
+//
+// Deliberate simplifications, documented so they are not mistaken for
+// agreement: conntrack and fragment entries never expire and are never
+// evicted (tests run in well under the shortest timeout and far below the
+// map sizes).
+package model
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/tenantnet/tenantnet/maps"
+)
+
+// Hook is the program a packet runs through.
+type Hook int
+
+const (
+	FromWorkload Hook = iota // TC ingress of a workload port
+	ToWorkload               // TC egress of a workload port
+	Uplink                   // XDP on the uplink
+)
+
+// Endpoint is a workload address known to the uplink prefilter.
+type Endpoint struct {
+	Ifindex uint32
+	Tenant  uint32
+}
+
+// State is everything the datapath's maps hold, in plain form.
+type State struct {
+	Ports     map[uint32]uint32         // ifindex -> tenant
+	SrcAddrs  map[uint32][]netip.Prefix // ifindex -> bound source prefixes
+	Prefixes  map[netip.Prefix]uint32   // tenant prefixes
+	Endpoints map[netip.Addr]Endpoint
+	Policies  map[uint32]maps.TenantPolicy
+	Rules     []maps.Rule
+
+	ct    map[ctKey]*ctEntry
+	frags map[fragKey]bool
+}
+
+// NewState returns an empty state.
+func NewState() *State {
+	return &State{
+		Ports: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
+		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
+		Policies: map[uint32]maps.TenantPolicy{},
+		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]bool{},
+	}
+}
+
+// Verdict is the outcome for one packet.
+type Verdict struct {
+	Drop    bool
+	Reason  maps.Reason // 0 for an uplink pass that is not counted
+	Tenant  uint32
+	Dir     maps.Direction // the counter's direction
+	Counted bool           // whether the program counts this packet
+	RuleID  uint32         // deciding rule, when Reason is PassRule/DropPolicy
+}
+
+type packet struct {
+	l3         uint16
+	src, dst   netip.Addr
+	proto      uint8
+	frag       int // 0 none, 1 first, 2 non-first
+	fragID     uint32
+	icmpType   uint8
+	tcpFlags   uint8
+	sport      uint16
+	dport      uint16
+	arpSPA     netip.Addr
+	hasL4Ports bool
+}
+
+const (
+	maxExt    = 8
+	maxHdrOff = 384
+)
+
+func isExt(nh uint8) bool {
+	return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60
+}
+
+func isEcho(proto, t uint8) bool {
+	if proto == maps.ProtoICMPv6 {
+		return t == 128 || t == 129
+	}
+	return t == 8 || t == 0
+}
+
+// parse mirrors the datapath's parser; it returns 0 or a drop reason.
+func parse(b []byte, p *packet) maps.Reason {
+	if len(b) < 14 {
+		return maps.DropTrunc
+	}
+	p.l3 = binary.BigEndian.Uint16(b[12:14])
+	switch p.l3 {
+	case 0x86dd:
+		return parse6(b, p)
+	case 0x0800:
+		return parse4(b, p)
+	case 0x0806:
+		if len(b) < 14+28 {
+			return maps.DropTrunc
+		}
+		p.arpSPA = netip.AddrFrom4([4]byte(b[28:32]))
+		return 0
+	}
+	return maps.DropL3Proto
+}
+
+func parse6(b []byte, p *packet) maps.Reason {
+	if len(b) < 14+40 {
+		return maps.DropTrunc
+	}
+	ip := b[14:]
+	if ip[0]>>4 != 6 {
+		return maps.DropMalform
+	}
+	if plen := int(binary.BigEndian.Uint16(ip[4:6])); plen != 0 && plen+40+14 > len(b) {
+		return maps.DropTrunc
+	}
+	p.src = netip.AddrFrom16([16]byte(ip[8:24]))
+	p.dst = netip.AddrFrom16([16]byte(ip[24:40]))
+	nh := ip[6]
+	off := 14 + 40
+	for i := 0; i < maxExt && isExt(nh); i++ {
+		if off > maxHdrOff {
+			return maps.DropExtLimit
+		}
+		if off+8 > len(b) {
+			return maps.DropTrunc
+		}
+		h := b[off:]
+		switch nh {
+		case 44:
+			if p.frag != 0 {
+				return maps.DropMalform
+			}
+			fo := binary.BigEndian.Uint16(h[2:4])
+			switch {
+			case fo&0xfff8 != 0:
+				p.frag = 2
+			case fo&1 != 0:
+				p.frag = 1
+			default:
+				// atomic fragment: offset 0, no more fragments
+				p.frag = 0
+			}
+			p.fragID = binary.BigEndian.Uint32(h[4:8])
+			off += 8
+		case 51:
+			off += (int(h[1]) + 2) * 4
+		default:
+			off += (int(h[1]) + 1) * 8
+		}
+		nh = h[0]
+	}
+	if isExt(nh) {
+		return maps.DropExtLimit
+	}
+	p.proto = nh
+	return parseL4(b, off, p)
+}
+
+func parse4(b []byte, p *packet) maps.Reason {
+	if len(b) < 14+20 {
+		return maps.DropTrunc
+	}
+	ip := b[14:]
+	ihl := int(ip[0] & 0xf)
+	if ip[0]>>4 != 4 || ihl < 5 {
+		return maps.DropMalform
+	}
+	hlen := ihl * 4
+	tot := int(binary.BigEndian.Uint16(ip[2:4]))
+	if tot != 0 && tot < hlen {
+		return maps.DropMalform
+	}
+	if tot != 0 && tot+14 > len(b) {
+		return maps.DropTrunc
+	}
+	if 14+hlen > len(b) {
+		return maps.DropTrunc
+	}
+	p.src = netip.AddrFrom4([4]byte(ip[12:16]))
+	p.dst = netip.AddrFrom4([4]byte(ip[16:20]))
+	p.proto = ip[9]
+	fo := binary.BigEndian.Uint16(ip[6:8])
+	switch {
+	case fo&0x1fff != 0:
+		p.frag = 2
+	case fo&0x2000 != 0:
+		p.frag = 1
+	}
+	p.fragID = uint32(binary.BigEndian.Uint16(ip[4:6]))
+	return parseL4(b, 14+hlen, p)
+}
+
+func parseL4(b []byte, off int, p *packet) maps.Reason {
+	if off > maxHdrOff {
+		return maps.DropExtLimit
+	}
+	if p.frag == 2 {
+		return 0
+	}
+	switch p.proto {
+	case maps.ProtoTCP:
+		if off+20 > len(b) {
+			return maps.DropTrunc
+		}
+		if b[off+12]>>4 < 5 {
+			return maps.DropMalform
+		}
+		p.sport = binary.BigEndian.Uint16(b[off:])
+		p.dport = binary.BigEndian.Uint16(b[off+2:])
+		p.tcpFlags = b[off+13]
+		p.hasL4Ports = true
+	case maps.ProtoUDP:
+		if off+8 > len(b) {
+			return maps.DropTrunc
+		}
+		p.sport = binary.BigEndian.Uint16(b[off:])
+		p.dport = binary.BigEndian.Uint16(b[off+2:])
+		p.hasL4Ports = true
+	case maps.ProtoICMP, maps.ProtoICMPv6:
+		if off+8 > len(b) {
+			return maps.DropTrunc
+		}
+		p.icmpType = b[off]
+		if isEcho(p.proto, p.icmpType) {
+			id := binary.BigEndian.Uint16(b[off+4:])
+			p.sport, p.dport = id, id
+		}
+	}
+	return 0
+}

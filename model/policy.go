@@ -1,0 +1,374 @@
+package model
+
+import (
+	"net/netip"
+
+	"github.com/tenantnet/tenantnet/maps"
+)
+
+type ctKey struct {
+	ifindex      uint32
+	proto        uint8
+	sport, dport uint16
+	src, dst     netip.Addr
+}
+
+type ctEntry struct {
+	state uint8 // 1 new, 2 established, 3 closing
+}
+
+type fragKey struct {
+	ifindex  uint32
+	id       uint32
+	proto    uint8
+	src, dst netip.Addr
+}
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// as16 gives the address in the datapath's 16-byte form, so IPv4 and its
+// mapped form compare equal.
+func as16(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
+
+func contains(p netip.Prefix, a netip.Addr) bool {
+	if !p.IsValid() {
+		return true // "any"
+	}
+	b16, bits := maps.Prefix16(p)
+	pp := netip.PrefixFrom(netip.AddrFrom16(b16), bits)
+	return pp.Contains(as16(a))
+}
+
+func prefixBits(p netip.Prefix) int {
+	_, bits := maps.Prefix16(p)
+	return bits
+}
+
+func icmp6Error(t uint8) bool { return t >= 1 && t <= 4 }
+func icmp6Link(t uint8) bool  { return (t >= 130 && t <= 137) || t == 143 }
+
+func (p *packet) isControl() bool {
+	if p.l3 == 0x0806 {
+		return true
+	}
+	if p.frag == 2 {
+		return false
+	}
+	if p.proto == maps.ProtoICMPv6 && p.l3 == 0x86dd {
+		return icmp6Error(p.icmpType) || icmp6Link(p.icmpType)
+	}
+	if p.proto == maps.ProtoICMP && p.l3 == 0x0800 {
+		return p.icmpType == 3 || p.icmpType == 11 || p.icmpType == 12
+	}
+	return false
+}
+
+// owner is the tenant whose prefix (longest match) holds a; 0 for none.
+func (s *State) owner(a netip.Addr) uint32 {
+	best, tenant := -1, uint32(0)
+	for p, t := range s.Prefixes {
+		if contains(p, a) && prefixBits(p) > best {
+			best, tenant = prefixBits(p), t
+		}
+	}
+	return tenant
+}
+
+func (s *State) otherTenant(a netip.Addr, tenant uint32) bool {
+	o := s.owner(a)
+	return o != 0 && o != tenant
+}
+
+func isLinkLocal(a netip.Addr) bool {
+	b := a.As16()
+	return b[0] == 0xfe && b[1]&0xc0 == 0x80
+}
+
+func (s *State) sourceOK(p *packet, ifindex uint32) bool {
+	var a netip.Addr
+	if p.l3 == 0x0806 {
+		if p.arpSPA == netip.IPv4Unspecified() {
+			return true
+		}
+		a = p.arpSPA
+	} else {
+		if p.l3 == 0x86dd && p.proto == maps.ProtoICMPv6 && p.frag != 2 && icmp6Link(p.icmpType) &&
+			(isLinkLocal(p.src) || as16(p.src) == netip.IPv6Unspecified()) {
+			return true
+		}
+		a = p.src
+	}
+	for _, pr := range s.SrcAddrs[ifindex] {
+		if contains(pr, a) {
+			return true
+		}
+	}
+	return false
+}
+
+func trackable(p *packet) bool {
+	if p.proto == maps.ProtoICMP || p.proto == maps.ProtoICMPv6 {
+		return isEcho(p.proto, p.icmpType)
+	}
+	return true
+}
+
+func (s *State) ctLookup(p *packet, ifindex uint32) bool {
+	if !trackable(p) {
+		return false
+	}
+	fwd := ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}
+	e, reply := s.ct[fwd], false
+	if e == nil {
+		e = s.ct[ctKey{ifindex, p.proto, p.dport, p.sport, as16(p.dst), as16(p.src)}]
+		if e == nil {
+			return false
+		}
+		reply = true
+	}
+	if p.proto == maps.ProtoTCP {
+		f := p.tcpFlags
+		if e.state == 3 && f&tcpSYN != 0 && f&tcpACK == 0 {
+			return false
+		}
+		if f&(tcpFIN|tcpRST) != 0 {
+			e.state = 3
+		} else if reply && e.state == 1 {
+			e.state = 2
+		}
+	} else if reply && e.state == 1 {
+		e.state = 2
+	}
+	return true
+}
+
+func (s *State) ctCreate(p *packet, ifindex uint32) {
+	if !trackable(p) {
+		return
+	}
+	st := uint8(1)
+	if p.proto == maps.ProtoTCP {
+		if p.tcpFlags&(tcpFIN|tcpRST) != 0 {
+			st = 3
+		} else if p.tcpFlags&tcpSYN == 0 || p.tcpFlags&tcpACK != 0 {
+			st = 2
+		}
+	}
+	s.ct[ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}] = &ctEntry{state: st}
+}
+
+func (s *State) fragKey(p *packet, ifindex uint32) fragKey {
+	return fragKey{ifindex, p.fragID, p.proto, as16(p.src), as16(p.dst)}
+}
+
+// largestBlock is the size in bits (0..16, as a prefix length) of the
+// largest aligned block of ports around port that lies inside [lo, hi]:
+// the port-match specificity of a port rule. Written without the
+// datapath's block expansion on purpose.
+func largestBlock(port, lo, hi uint16) int {
+	for bits := 0; bits <= 16; bits++ {
+		size := uint32(1) << (16 - bits)
+		base := uint32(port) &^ (size - 1)
+		if base >= uint32(lo) && base+size-1 <= uint32(hi) {
+			return bits
+		}
+	}
+	return -1
+}
+
+type cand struct {
+	r                         *maps.Rule
+	keyBits, dstBits, srcBits int
+}
+
+func better(a, b cand) bool {
+	if (a.r.Action == maps.ActionDeny) != (b.r.Action == maps.ActionDeny) {
+		return a.r.Action == maps.ActionDeny
+	}
+	if a.keyBits != b.keyBits {
+		return a.keyBits > b.keyBits
+	}
+	if a.dstBits != b.dstBits {
+		return a.dstBits > b.dstBits
+	}
+	if a.srcBits != b.srcBits {
+		return a.srcBits > b.srcBits
+	}
+	return a.r.ID < b.r.ID
+}
+
+// Decide evaluates the rules of tenant in dir for a packet summarised by
+// its fields; it returns the deciding rule or nil.
+func Decide(rules []maps.Rule, tenant uint32, dir maps.Direction, proto uint8, src, dst netip.Addr, dport uint16, hasPorts bool) *maps.Rule {
+	var best *cand
+	for i := range rules {
+		r := &rules[i]
+		if r.Tenant != tenant || r.Dir != dir || !contains(r.Dst, dst) || !contains(r.Src, src) {
+			continue
+		}
+		c := cand{r: r, dstBits: prefixBits(r.Dst), srcBits: prefixBits(r.Src)}
+		switch {
+		case r.Proto == maps.ProtoAny:
+			c.keyBits = 0
+		case r.Proto != proto:
+			continue
+		case r.PortLo == 0 && r.PortHi == 0:
+			c.keyBits = 8
+		default:
+			if !hasPorts || dport < r.PortLo || dport > r.PortHi {
+				continue
+			}
+			c.keyBits = 16 + largestBlock(dport, r.PortLo, r.PortHi)
+		}
+		if best == nil || better(c, *best) {
+			cc := c
+			best = &cc
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return best.r
+}
+
+func (s *State) policy(tenant uint32) maps.TenantPolicy {
+	if p, ok := s.Policies[tenant]; ok {
+		if p.Inbound == maps.ActionNone {
+			p.Inbound = maps.DefaultPolicy.Inbound
+		}
+		if p.Outbound == maps.ActionNone {
+			p.Outbound = maps.DefaultPolicy.Outbound
+		}
+		return p
+	}
+	return maps.DefaultPolicy
+}
+
+func (s *State) decide(p *packet, tenant uint32, dir maps.Direction) (maps.Reason, uint32) {
+	dport := p.dport
+	hasPorts := p.proto == maps.ProtoTCP || p.proto == maps.ProtoUDP
+	if !hasPorts {
+		dport = 0
+	}
+	if r := Decide(s.Rules, tenant, dir, p.proto, p.src, p.dst, dport, hasPorts && dport != 0); r != nil {
+		if r.Action == maps.ActionAllow {
+			return maps.PassRule, r.ID
+		}
+		return maps.DropPolicy, r.ID
+	}
+	pol := s.policy(tenant)
+	act := pol.Inbound
+	if dir == maps.DirOut {
+		act = pol.Outbound
+	}
+	if act == maps.ActionAllow {
+		return maps.PassDefault, 0
+	}
+	return maps.DropDefault, 0
+}
+
+// Eval runs one packet through the hook and updates the model's conntrack
+// and fragment state as the datapath would.
+func (s *State) Eval(h Hook, ifindex uint32, b []byte) Verdict {
+	var p packet
+	switch h {
+	case FromWorkload, ToWorkload:
+		return s.evalPort(h, ifindex, b, &p)
+	default:
+		return s.evalUplink(b, &p)
+	}
+}
+
+func (s *State) evalPort(h Hook, ifindex uint32, b []byte, p *packet) Verdict {
+	tenant, bound := s.Ports[ifindex]
+	dir := maps.DirIn
+	if h == FromWorkload {
+		dir = maps.DirOut
+	}
+	v := Verdict{Tenant: tenant, Dir: dir, Counted: true}
+	v.Reason, v.RuleID = s.portReason(h, ifindex, tenant, bound, b, p)
+	v.Drop = v.Reason.IsDrop()
+	if v.Reason != maps.PassRule && v.Reason != maps.DropPolicy {
+		v.RuleID = 0
+	}
+	return v
+}
+
+func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte, p *packet) (maps.Reason, uint32) {
+	if r := parse(b, p); r != 0 {
+		return r, 0
+	}
+	if !bound {
+		return maps.DropNoPort, 0
+	}
+	dir := maps.DirIn
+	if h == FromWorkload {
+		dir = maps.DirOut
+		if p.l3 == 0x86dd && p.proto == maps.ProtoICMPv6 && p.frag != 2 && (p.icmpType == 134 || p.icmpType == 137) {
+			return maps.DropRogueRA, 0
+		}
+		if !s.sourceOK(p, ifindex) {
+			return maps.DropSpoof, 0
+		}
+		if p.l3 != 0x0806 && s.otherTenant(p.dst, tenant) {
+			return maps.DropCross, 0
+		}
+	} else if p.l3 != 0x0806 && s.otherTenant(p.src, tenant) {
+		return maps.DropCross, 0
+	}
+	if p.isControl() {
+		return maps.PassControl, 0
+	}
+	if p.frag == 2 {
+		if s.frags[s.fragKey(p, ifindex)] {
+			return maps.PassFrag, 0
+		}
+		return maps.DropFrag, 0
+	}
+	var reason maps.Reason
+	var rule uint32
+	if s.ctLookup(p, ifindex) {
+		reason = maps.PassCT
+	} else {
+		reason, rule = s.decide(p, tenant, dir)
+		if !reason.IsDrop() {
+			s.ctCreate(p, ifindex)
+		}
+	}
+	if p.frag == 1 && !reason.IsDrop() {
+		s.frags[s.fragKey(p, ifindex)] = true
+	}
+	return reason, rule
+}
+
+func (s *State) evalUplink(b []byte, p *packet) Verdict {
+	pass := Verdict{}
+	if parse(b, p) != 0 {
+		return pass
+	}
+	if p.l3 == 0x0806 || p.frag == 2 || p.isControl() {
+		return pass
+	}
+	ep, ok := s.Endpoints[as16(p.dst)]
+	if !ok {
+		return pass
+	}
+	v := Verdict{Tenant: ep.Tenant, Dir: maps.DirPrefilter}
+	if s.otherTenant(p.src, ep.Tenant) {
+		v.Reason = maps.DropCross
+	} else if s.ctLookup(p, ep.Ifindex) {
+		return pass
+	} else {
+		v.Reason, v.RuleID = s.decide(p, ep.Tenant, maps.DirIn)
+	}
+	if !v.Reason.IsDrop() {
+		return pass
+	}
+	v.Drop, v.Counted = true, true
+	return v
+}

@@ -130,7 +130,7 @@ func (k rkey) contains(o rkey) bool {
 	if k.bits <= 8 {
 		return true
 	}
-	shift := uint(16 - (k.bits - 8))
+	shift := uint(16 - (k.bits - 16))
 	return uint32(k.base)>>shift == uint32(o.base)>>shift
 }
 

@@ -5,10 +5,9 @@
 // both the same random rules and packets and requires the same verdict and
 // reason for every packet.
 //
-// Deliberate simplifications, documented so they are not mistaken for
-// agreement: conntrack and fragment entries never expire and are never
-// evicted (tests run in well under the shortest timeout and far below the
-// map sizes).
+// Deliberate simplification, documented so it is not mistaken for
+// agreement: LRU eviction is not modelled (tests stay far below the map
+// sizes). Timeouts are, against the clock in State.Now.
 package model
 
 import (
@@ -42,8 +41,13 @@ type State struct {
 	Policies  map[uint32]maps.TenantPolicy
 	Rules     []maps.Rule
 
+	// Now returns the time on the datapath's clock (CLOCK_MONOTONIC,
+	// nanoseconds) for conntrack and fragment timeouts; nil means time
+	// stands still and nothing expires.
+	Now func() uint64
+
 	ct    map[ctKey]*ctEntry
-	frags map[fragKey]bool
+	frags map[fragKey]uint64
 }
 
 // NewState returns an empty state.
@@ -52,7 +56,7 @@ func NewState() *State {
 		Ports: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
 		Policies: map[uint32]maps.TenantPolicy{},
-		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]bool{},
+		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]uint64{},
 	}
 }
 

@@ -14,7 +14,49 @@ type ctKey struct {
 }
 
 type ctEntry struct {
-	state uint8 // 1 new, 2 established, 3 closing
+	state    uint8 // 1 new, 2 established, 3 closing
+	lastSeen uint64
+}
+
+// Timeouts mirror bpf/lib/common.h.
+const (
+	sec          = uint64(1_000_000_000)
+	tcpSynTO     = 60 * sec
+	tcpEstTO     = 6 * 3600 * sec
+	tcpClosingTO = 10 * sec
+	udpNewTO     = 30 * sec
+	udpEstTO     = 120 * sec
+	icmpTO       = 30 * sec
+	otherTO      = 60 * sec
+	fragTO       = 30 * sec
+)
+
+func ctTimeout(proto, state uint8) uint64 {
+	switch proto {
+	case maps.ProtoTCP:
+		switch state {
+		case 2:
+			return tcpEstTO
+		case 3:
+			return tcpClosingTO
+		}
+		return tcpSynTO
+	case maps.ProtoUDP:
+		if state == 2 {
+			return udpEstTO
+		}
+		return udpNewTO
+	case maps.ProtoICMP, maps.ProtoICMPv6:
+		return icmpTO
+	}
+	return otherTO
+}
+
+func (s *State) now() uint64 {
+	if s.Now == nil {
+		return 0
+	}
+	return s.Now()
 }
 
 type fragKey struct {
@@ -131,6 +173,10 @@ func (s *State) ctLookup(p *packet, ifindex uint32) bool {
 		}
 		reply = true
 	}
+	now := s.now()
+	if now-e.lastSeen > ctTimeout(p.proto, e.state) {
+		return false
+	}
 	if p.proto == maps.ProtoTCP {
 		f := p.tcpFlags
 		if e.state == 3 && f&tcpSYN != 0 && f&tcpACK == 0 {
@@ -144,6 +190,7 @@ func (s *State) ctLookup(p *packet, ifindex uint32) bool {
 	} else if reply && e.state == 1 {
 		e.state = 2
 	}
+	e.lastSeen = now
 	return true
 }
 
@@ -159,7 +206,7 @@ func (s *State) ctCreate(p *packet, ifindex uint32) {
 			st = 2
 		}
 	}
-	s.ct[ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}] = &ctEntry{state: st}
+	s.ct[ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}] = &ctEntry{state: st, lastSeen: s.now()}
 }
 
 func (s *State) fragKey(p *packet, ifindex uint32) fragKey {
@@ -325,7 +372,7 @@ func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte,
 		return maps.PassControl, 0
 	}
 	if p.frag == 2 {
-		if s.frags[s.fragKey(p, ifindex)] {
+		if seen, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-seen <= fragTO {
 			return maps.PassFrag, 0
 		}
 		return maps.DropFrag, 0
@@ -341,7 +388,7 @@ func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte,
 		}
 	}
 	if p.frag == 1 && !reason.IsDrop() {
-		s.frags[s.fragKey(p, ifindex)] = true
+		s.frags[s.fragKey(p, ifindex)] = s.now()
 	}
 	return reason, rule
 }

@@ -8,7 +8,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -27,17 +31,13 @@ func RequireRoot(tb testing.TB) {
 }
 
 // PinDir returns a fresh pin directory under /sys/fs/bpf, removed (with
-// every attachment recorded in it) when the test ends.
+// every attachment recorded in it) when the test ends. Directories left by
+// test processes that were killed are swept first.
 func PinDir(tb testing.TB) string {
 	tb.Helper()
 	RequireRoot(tb)
-	dir, err := os.MkdirTemp("/sys/fs/bpf", "tenantnet-test-")
-	if err != nil {
-		// bpffs not mounted yet: the loader mounts it; retry after that.
-		dir = filepath.Join("/sys/fs/bpf", fmt.Sprintf("tenantnet-test-%d", os.Getpid()))
-	} else {
-		os.Remove(dir)
-	}
+	sweep()
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("tenantnet-test-%d-%d", os.Getpid(), pinSeq.Add(1)))
 	tb.Cleanup(func() {
 		if err := loader.Remove(dir); err != nil {
 			tb.Errorf("remove pins %s: %v", dir, err)
@@ -45,6 +45,45 @@ func PinDir(tb testing.TB) string {
 	})
 	return dir
 }
+
+var (
+	pinSeq    atomic.Int64
+	sweepOnce sync.Once
+)
+
+// sweep removes pins and namespaces named after a test process that no
+// longer exists (killed by a timeout, or by the fuzzer).
+func sweep() {
+	sweepOnce.Do(func() {
+		dead := func(name string) bool {
+			m := ownerRE.FindStringSubmatch(name)
+			if m == nil {
+				return false
+			}
+			pid := m[1] + m[2]
+			_, err := os.Stat("/proc/" + pid)
+			return errors.Is(err, os.ErrNotExist)
+		}
+		if entries, err := os.ReadDir("/sys/fs/bpf"); err == nil {
+			for _, e := range entries {
+				if strings.HasPrefix(e.Name(), "tenantnet-test-") && dead(e.Name()) {
+					_ = loader.Remove(filepath.Join("/sys/fs/bpf", e.Name()))
+				}
+			}
+		}
+		if entries, err := os.ReadDir("/run/netns"); err == nil {
+			for _, e := range entries {
+				if strings.HasPrefix(e.Name(), "tn-") && dead(e.Name()) {
+					_ = netns.DeleteNamed(e.Name())
+				}
+			}
+		}
+	})
+}
+
+// ownerRE finds the pid in names like tenantnet-test-<pid>-<n> and
+// tn-<what>-<pid>.
+var ownerRE = regexp.MustCompile(`^(?:tenantnet-test-([0-9]+)-[0-9]+|tn-.*-([0-9]+))$`)
 
 // Load loads the datapath into a fresh pin directory, skipping the test when
 // the kernel lacks a needed feature.
@@ -85,6 +124,7 @@ func NewNetNS(tb testing.TB, name string) *NetNS {
 		tb.Fatalf("get netns: %v", err)
 	}
 	defer orig.Close()
+	sweep()
 	_ = netns.DeleteNamed(name) // a leftover of a killed run
 	h, err := netns.NewNamed(name)
 	if err != nil {
@@ -109,24 +149,28 @@ func NewNetNS(tb testing.TB, name string) *NetNS {
 func (ns *NetNS) Do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
+		// If fn never returns (t.Fatal calls runtime.Goexit), still
+		// answer; the thread stays locked and dies with the goroutine.
+		result := errors.New("aborted inside " + ns.Name + " (t.Fatal or panic in NetNS.Do)")
+		defer func() { errc <- result }()
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			errc <- err
+			result = err
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(ns.Handle); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", ns.Name, err)
+			result = fmt.Errorf("enter %s: %w", ns.Name, err)
 			return
 		}
 		ferr := fn()
 		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave %s: %w", ns.Name, err))
-			return // thread stays locked and dies with the goroutine
+			result = errors.Join(ferr, fmt.Errorf("leave %s: %w", ns.Name, err))
+			return
 		}
 		runtime.UnlockOSThread()
-		errc <- ferr
+		result = ferr
 	}()
 	return <-errc
 }

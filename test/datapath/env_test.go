@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
@@ -43,6 +44,7 @@ func newEnv(t testing.TB, nports int) *env {
 	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-dp-%d", os.Getpid()))
 	nl := ns.Netlink(t)
 	e := &env{t: t, dp: dp, maps: maps.New(dp), ns: ns, model: model.NewState()}
+	e.model.Now = monotonic
 	for i := 0; i < nports; i++ {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("port%d", i)}, PeerName: fmt.Sprintf("wl%d", i)}
 		if err := nl.LinkAdd(v); err != nil {
@@ -100,6 +102,13 @@ func (e *env) rules(rs []maps.Rule) {
 		e.t.Fatal(err)
 	}
 	e.model.Rules = rs
+}
+
+// monotonic is the clock bpf_ktime_get_ns reads.
+func monotonic() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
 }
 
 // skbCtx is the head of struct __sk_buff up to ifindex (offset 40); the

@@ -33,7 +33,7 @@ const (
 
 // standardEnv: tenant A with workloads A1 (port0) and A2 (port1), tenant B
 // with B1 (port2), port3 attached but unbound, and a small rule set.
-func standardEnv(t *testing.T) *env {
+func standardEnv(t testing.TB) *env {
 	e := newEnv(t, 4)
 	e.tenantPrefix("2001:db8:a::/64", tenantA)
 	e.tenantPrefix("10.1.0.0/16", tenantA)

@@ -4,8 +4,8 @@ import "math/bits"
 
 // PortBlock is an aligned block of 2^(16-Bits) ports starting at Base: the
 // unit an LPM trie can match. A port range is stored as the minimal set of
-// such blocks: 8192-16383 is the single block 8192/3, 8000-8080 needs six
-// (8000/12, 8016/12, 8032/11, 8064/12, 8080/16 ... see PortBlocks).
+// such blocks: 8192-16383 is the single block 8192/3 and 8000-8080 is
+// 8000/10 (64 ports), 8064/12 (16) and 8080/16 (1).
 type PortBlock struct {
 	Base uint16
 	Bits uint8 // prefix length within the 16-bit port, 0..16

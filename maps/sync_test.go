@@ -1,0 +1,44 @@
+package maps
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// The Go constants mirror enums of bpf/lib/common.h that bpf2go cannot
+// generate (they name no struct field's type). Keep them in step.
+func TestConstantsMatchC(t *testing.T) {
+	src, err := os.ReadFile("../bpf/lib/common.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := map[string]int{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*(TN_[A-Z_0-9]+)\s*=\s*([0-9]+),`).FindAllStringSubmatch(string(src), -1) {
+		c[m[1]], _ = strconv.Atoi(m[2])
+	}
+	if m := regexp.MustCompile(`#define TN_SCHEMA_VERSION ([0-9]+)`).FindStringSubmatch(string(src)); m == nil || m[1] != strconv.Itoa(loader.SchemaVersion) {
+		t.Errorf("TN_SCHEMA_VERSION %v, loader.SchemaVersion %d", m, loader.SchemaVersion)
+	}
+	want := map[string]int{
+		"TN_PASS_CT": int(PassCT), "TN_PASS_RULE": int(PassRule), "TN_PASS_DEFAULT": int(PassDefault),
+		"TN_PASS_CONTROL": int(PassControl), "TN_PASS_FRAG": int(PassFrag), "TN_DROP_FIRST": int(DropFirst),
+		"TN_DROP_TRUNCATED": int(DropTrunc), "TN_DROP_MALFORMED": int(DropMalform), "TN_DROP_EXT_LIMIT": int(DropExtLimit),
+		"TN_DROP_L3_PROTO": int(DropL3Proto), "TN_DROP_NO_PORT": int(DropNoPort), "TN_DROP_SPOOF": int(DropSpoof),
+		"TN_DROP_ROGUE_RA": int(DropRogueRA), "TN_DROP_CROSS_TENANT": int(DropCross), "TN_DROP_FRAG_UNTRACKED": int(DropFrag),
+		"TN_DROP_POLICY": int(DropPolicy), "TN_DROP_DEFAULT": int(DropDefault),
+		"TN_DIR_IN": int(DirIn), "TN_DIR_OUT": int(DirOut), "TN_DIR_PREFILTER": int(DirPrefilter),
+		"TN_ACT_NONE": int(ActionNone), "TN_ACT_ALLOW": int(ActionAllow), "TN_ACT_DENY": int(ActionDeny),
+	}
+	for name, v := range want {
+		if got, ok := c[name]; !ok || got != v {
+			t.Errorf("%s: C has %d (found %v), Go has %d", name, got, ok, v)
+		}
+	}
+	if n := c["TN_REASON_MAX"]; n != int(DropDefault)+1 {
+		t.Errorf("a reason was added in C (TN_REASON_MAX %d): add it to maps/reason.go", n)
+	}
+}

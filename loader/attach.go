@@ -169,7 +169,13 @@ func (dp *Datapath) attachLegacy(ifindex int, h Hook, prog *ebpf.Program, parent
 	}
 	pin := linkPin(dp.PinDir, ifindex, h) + legacySuffix
 	_ = os.Remove(pin)
-	if err := prog.Pin(pin); err != nil {
+	// Pin a clone: Pin on an already pinned *Program moves its pin.
+	rec, err := prog.Clone()
+	if err != nil {
+		return fmt.Errorf("clone program: %w", err)
+	}
+	defer rec.Close()
+	if err := rec.Pin(pin); err != nil {
 		return fmt.Errorf("record legacy attachment %s: %w", pin, err)
 	}
 	return nil

@@ -1,9 +1,18 @@
 package loader_test
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
 	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
 )
 
 func TestLoadVerifies(t *testing.T) {
@@ -16,4 +25,233 @@ func TestLoadVerifies(t *testing.T) {
 		insns, _ := info.VerifiedInstructions()
 		t.Logf("%s: %d verified instructions", name, insns)
 	}
+	for _, name := range []string{"tn_meta_v1", "tn_rdst_v1", "tn_ct_v1", "tn_events_v1", "progs/tn_from_workload", "progs/tn_uplink"} {
+		if _, err := os.Stat(filepath.Join(dp.PinDir, name)); err != nil {
+			t.Errorf("pin %s: %v", name, err)
+		}
+	}
+	st, err := os.Stat(dp.PinDir)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("pin dir mode %v, want 0700 (%v)", st.Mode().Perm(), err)
+	}
+}
+
+// A second load over the pins reuses the maps: what was written stays.
+func TestReloadKeepsMaps(t *testing.T) {
+	dp := testutil.Load(t)
+	if err := dp.Maps.TnTenantV1.Put(uint32(42), loader.WorkloadTnTenant{DefaultIn: 1, DefaultOut: 1}); err != nil {
+		t.Fatal(err)
+	}
+	dp2, err := loader.Load(loader.Options{PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	var v loader.WorkloadTnTenant
+	if err := dp2.Maps.TnTenantV1.Lookup(uint32(42), &v); err != nil || v.DefaultIn != 1 {
+		t.Fatalf("entry lost across reload: %v %+v", err, v)
+	}
+}
+
+func TestRefusesOtherSchema(t *testing.T) {
+	t.Run("older map name", func(t *testing.T) {
+		dir := testutil.PinDir(t)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tn_rules_v0", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Pin(filepath.Join(dir, "tn_rules_v0")); err != nil {
+			t.Fatal(err)
+		}
+		_, err = loader.Load(loader.Options{PinDir: dir})
+		if !errors.Is(err, loader.ErrSchemaMismatch) || !strings.Contains(err.Error(), "tn_rules_v0") {
+			t.Fatalf("got %v, want a schema error naming tn_rules_v0", err)
+		}
+	})
+	t.Run("schema version in meta", func(t *testing.T) {
+		dp := testutil.Load(t)
+		if err := dp.Maps.TnMetaV1.Put(uint32(0), loader.WorkloadTnMeta{SchemaVersion: 99}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loader.Load(loader.Options{PinDir: dp.PinDir})
+		if !errors.Is(err, loader.ErrSchemaMismatch) {
+			t.Fatalf("got %v, want ErrSchemaMismatch", err)
+		}
+	})
+	t.Run("same name, other layout", func(t *testing.T) {
+		dir := testutil.PinDir(t)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tn_ct_v1", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 40, MaxEntries: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Pin(filepath.Join(dir, "tn_ct_v1")); err != nil {
+			t.Fatal(err)
+		}
+		_, err = loader.Load(loader.Options{PinDir: dir})
+		if !errors.Is(err, loader.ErrSchemaMismatch) {
+			t.Fatalf("got %v, want ErrSchemaMismatch", err)
+		}
+	})
+}
+
+// Attach in both modes, switch between them, re-attach, detach: exactly
+// one mechanism per hook at any time, and nothing left after Detach.
+func TestAttachModes(t *testing.T) {
+	dp := testutil.Load(t)
+	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-attach-%d", os.Getpid()))
+	nl := ns.Netlink(t)
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "port0"}, PeerName: "wl0"}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := nl.LinkByName("port0")
+	idx := l.Attrs().Index
+
+	tcxFilters := func() (ingress, egress int) {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			fs, _ := nl.FilterList(l, parent)
+			if parent == netlink.HANDLE_MIN_INGRESS {
+				ingress = len(fs)
+			} else {
+				egress = len(fs)
+			}
+		}
+		return
+	}
+	err := ns.Do(func() error {
+		check := func(step string, wantMode loader.Mode, wantFilters int) error {
+			atts := loader.ListAttachments(dp.PinDir)
+			if len(atts) != 2 {
+				return fmt.Errorf("%s: attachments %+v, want 2", step, atts)
+			}
+			for _, a := range atts {
+				if a.Mode != wantMode || !a.Live || a.Ifindex != idx {
+					return fmt.Errorf("%s: attachment %+v, want live %s on %d", step, a, wantMode, idx)
+				}
+			}
+			in, eg := tcxFilters()
+			if in != wantFilters || eg != wantFilters {
+				return fmt.Errorf("%s: %d/%d cls_bpf filters, want %d", step, in, eg, wantFilters)
+			}
+			return nil
+		}
+		mode, err := dp.AttachPort(idx, loader.AttachOptions{})
+		if err != nil {
+			return err
+		}
+		if !kernelAtLeast(6, 6) {
+			// Before 6.6 the loader must have fallen back by itself.
+			if mode != loader.ModeLegacyTC {
+				return fmt.Errorf("kernel %s: attach mode %s, want the legacy tc fallback", kernelRelease(), mode)
+			}
+			return check("legacy fallback", loader.ModeLegacyTC, 1)
+		}
+		if mode != loader.ModeTCX {
+			return fmt.Errorf("kernel %s: attach mode %s, want tcx (6.6+)", kernelRelease(), mode)
+		}
+		if err := check("tcx", loader.ModeTCX, 0); err != nil {
+			return err
+		}
+		if _, err := dp.AttachPort(idx, loader.AttachOptions{}); err != nil {
+			return fmt.Errorf("re-attach: %w", err)
+		}
+		if err := check("tcx again", loader.ModeTCX, 0); err != nil {
+			return err
+		}
+		if _, err := dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: true}); err != nil {
+			return err
+		}
+		if err := check("legacy", loader.ModeLegacyTC, 1); err != nil {
+			return err
+		}
+		if _, err := dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: true}); err != nil {
+			return fmt.Errorf("legacy re-attach: %w", err)
+		}
+		if err := check("legacy again", loader.ModeLegacyTC, 1); err != nil {
+			return err
+		}
+		if _, err := dp.AttachPort(idx, loader.AttachOptions{}); err != nil {
+			return err
+		}
+		if err := check("back to tcx", loader.ModeTCX, 0); err != nil {
+			return err
+		}
+		if err := loader.Detach(dp.PinDir, idx); err != nil {
+			return err
+		}
+		if atts := loader.ListAttachments(dp.PinDir); len(atts) != 0 {
+			return fmt.Errorf("after detach: %+v", atts)
+		}
+		// XDP, then detach.
+		xm, err := dp.AttachUplink(idx, loader.AttachOptions{})
+		if err != nil {
+			return err
+		}
+		if xm != loader.ModeXDPDriver {
+			return fmt.Errorf("veth XDP mode %s, want native", xm)
+		}
+		return loader.Detach(dp.PinDir, idx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ = nl.LinkByName("port0")
+	if l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+		t.Error("XDP still attached after Detach")
+	}
+}
+
+// A port whose interface was deleted leaves a defunct link; attaching to a
+// new interface with the same index replaces it.
+func TestDeadLinkRecreated(t *testing.T) {
+	dp := testutil.Load(t)
+	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-dead-%d", os.Getpid()))
+	nl := ns.Netlink(t)
+	mk := func() int {
+		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "port0", Index: 77}, PeerName: "wl0"}); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := nl.LinkByName("port0")
+		return l.Attrs().Index
+	}
+	idx := mk()
+	if err := ns.Do(func() error { _, err := dp.AttachPort(idx, loader.AttachOptions{}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := nl.LinkByName("port0")
+	if err := nl.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	if atts := loader.ListAttachments(dp.PinDir); len(atts) != 2 || atts[0].Live {
+		t.Fatalf("after deleting the interface: %+v, want 2 dead attachments", atts)
+	}
+	if mk() != idx {
+		t.Skip("kernel did not reuse the requested ifindex")
+	}
+	if err := ns.Do(func() error { _, err := dp.AttachPort(idx, loader.AttachOptions{}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range loader.ListAttachments(dp.PinDir) {
+		if !a.Live {
+			t.Errorf("attachment %+v not live after re-attach", a)
+		}
+	}
+}
+
+func kernelAtLeast(major, minor int) bool {
+	var a, b int
+	fmt.Sscanf(kernelRelease(), "%d.%d", &a, &b)
+	return a > major || (a == major && b >= minor)
+}
+
+func kernelRelease() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
 }

@@ -15,7 +15,9 @@ func rulesForTest() []Rule {
 	return rs
 }
 
-func itoa(i int) string { return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10)) }
+func itoa(i int) string {
+	return string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
+}
 
 // Compile is deterministic, and a one-rule change touches only the entries
 // of the prefix it names: the property that makes small updates cheap.

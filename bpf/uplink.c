@@ -33,10 +33,10 @@ int tn_uplink(struct xdp_md *ctx)
 	if (!ep)
 		return XDP_PASS;
 
+	if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
+		return XDP_PASS;
 	if (tn_other_tenant(p.src, ep->tenant))
 		reason = TN_DROP_CROSS_TENANT;
-	else if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
-		return XDP_PASS;
 	else
 		reason = tn_decide(&p, ep->tenant, TN_DIR_IN);
 	if (reason < TN_DROP_FIRST)

@@ -97,6 +97,19 @@ int tn_from_workload(struct __sk_buff *skb)
 		reason = TN_DROP_SPOOF;
 		goto out;
 	}
+	now = bpf_ktime_get_ns();
+	if (p.frag == 2) {
+		reason = tn_frag_allowed(&p, ifindex, now)
+				 ? TN_PASS_FRAG
+				 : TN_DROP_FRAG_UNTRACKED;
+		goto out;
+	}
+	/* Known flows first: they passed the isolation check when they were
+	 * created (the control plane flushes the flows of a prefix it moves). */
+	if (tn_ct_lookup(&p, ifindex, now)) {
+		reason = TN_PASS_CT;
+		goto decided;
+	}
 	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.dst, tenant)) {
 		reason = TN_DROP_CROSS_TENANT;
 		goto out;
@@ -105,20 +118,10 @@ int tn_from_workload(struct __sk_buff *skb)
 		reason = TN_PASS_CONTROL;
 		goto out;
 	}
-	now = bpf_ktime_get_ns();
-	if (p.frag == 2) {
-		reason = tn_frag_allowed(&p, ifindex, now)
-				 ? TN_PASS_FRAG
-				 : TN_DROP_FRAG_UNTRACKED;
-		goto out;
-	}
-	if (tn_ct_lookup(&p, ifindex, now)) {
-		reason = TN_PASS_CT;
-	} else {
-		reason = tn_decide(&p, tenant, TN_DIR_OUT);
-		if (reason < TN_DROP_FIRST)
-			tn_ct_create(&p, ifindex, tenant, TN_DIR_OUT, now);
-	}
+	reason = tn_decide(&p, tenant, TN_DIR_OUT);
+	if (reason < TN_DROP_FIRST)
+		tn_ct_create(&p, ifindex, tenant, TN_DIR_OUT, now);
+decided:
 	if (p.frag == 1 && reason < TN_DROP_FIRST)
 		tn_frag_remember(&p, ifindex, now);
 out:
@@ -149,6 +152,19 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_NO_PORT;
 		goto out;
 	}
+	now = bpf_ktime_get_ns();
+	if (p.frag == 2) {
+		reason = tn_frag_allowed(&p, ifindex, now)
+				 ? TN_PASS_FRAG
+				 : TN_DROP_FRAG_UNTRACKED;
+		goto out;
+	}
+	/* Known flows first: they passed the isolation check when they were
+	 * created (the control plane flushes the flows of a prefix it moves). */
+	if (tn_ct_lookup(&p, ifindex, now)) {
+		reason = TN_PASS_CT;
+		goto decided;
+	}
 	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.src, tenant)) {
 		reason = TN_DROP_CROSS_TENANT;
 		goto out;
@@ -157,20 +173,10 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_PASS_CONTROL;
 		goto out;
 	}
-	now = bpf_ktime_get_ns();
-	if (p.frag == 2) {
-		reason = tn_frag_allowed(&p, ifindex, now)
-				 ? TN_PASS_FRAG
-				 : TN_DROP_FRAG_UNTRACKED;
-		goto out;
-	}
-	if (tn_ct_lookup(&p, ifindex, now)) {
-		reason = TN_PASS_CT;
-	} else {
-		reason = tn_decide(&p, tenant, TN_DIR_IN);
-		if (reason < TN_DROP_FIRST)
-			tn_ct_create(&p, ifindex, tenant, TN_DIR_IN, now);
-	}
+	reason = tn_decide(&p, tenant, TN_DIR_IN);
+	if (reason < TN_DROP_FIRST)
+		tn_ct_create(&p, ifindex, tenant, TN_DIR_IN, now);
+decided:
 	if (p.frag == 1 && reason < TN_DROP_FIRST)
 		tn_frag_remember(&p, ifindex, now);
 out:

@@ -170,7 +170,7 @@ func (dp *Datapath) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"tn_meta_v1": m.TnMetaV1, "tn_ports_v1": m.TnPortsV1, "tn_srcaddr_v1": m.TnSrcaddrV1,
 		"tn_prefix_v1": m.TnPrefixV1, "tn_endpoint_v1": m.TnEndpointV1, "tn_tenant_v1": m.TnTenantV1,
-		"tn_rdst_v1": m.TnRdstV1, "tn_rsrc_v1": m.TnRsrcV1, "tn_rport_v1": m.TnRportV1,
+		"tn_rhost_v1": m.TnRhostV1, "tn_rdst_v1": m.TnRdstV1, "tn_rsrc_v1": m.TnRsrcV1, "tn_rport_v1": m.TnRportV1,
 		"tn_ct_v1": m.TnCtV1, "tn_frag_v1": m.TnFragV1, "tn_stats_v1": m.TnStatsV1,
 		"tn_events_v1": m.TnEventsV1,
 	}

@@ -24,6 +24,7 @@ const (
 	UplinkMapTnPortsV1    = "tn_ports_v1"
 	UplinkMapTnPrefixV1   = "tn_prefix_v1"
 	UplinkMapTnRdstV1     = "tn_rdst_v1"
+	UplinkMapTnRhostV1    = "tn_rhost_v1"
 	UplinkMapTnRportV1    = "tn_rport_v1"
 	UplinkMapTnRsrcV1     = "tn_rsrc_v1"
 	UplinkMapTnSrcaddrV1  = "tn_srcaddr_v1"
@@ -89,6 +90,7 @@ type UplinkMapSpecs struct {
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
+	TnRhostV1    *ebpf.MapSpec `ebpf:"tn_rhost_v1"`
 	TnRportV1    *ebpf.MapSpec `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.MapSpec `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
@@ -130,6 +132,7 @@ type UplinkMaps struct {
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
+	TnRhostV1    *ebpf.Map `ebpf:"tn_rhost_v1"`
 	TnRportV1    *ebpf.Map `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.Map `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
@@ -147,6 +150,7 @@ func (m *UplinkMaps) Close() error {
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,
+		m.TnRhostV1,
 		m.TnRportV1,
 		m.TnRsrcV1,
 		m.TnSrcaddrV1,

@@ -111,6 +111,13 @@ type WorkloadTnRdstVal struct {
 	Pad      uint32
 }
 
+type WorkloadTnRhostKey struct {
+	_      structs.HostLayout
+	Tenant uint32
+	Dir    uint32
+	Dst    [16]uint8
+}
+
 type WorkloadTnRportKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -183,6 +190,7 @@ const (
 	WorkloadMapTnPortsV1       = "tn_ports_v1"
 	WorkloadMapTnPrefixV1      = "tn_prefix_v1"
 	WorkloadMapTnRdstV1        = "tn_rdst_v1"
+	WorkloadMapTnRhostV1       = "tn_rhost_v1"
 	WorkloadMapTnRportV1       = "tn_rport_v1"
 	WorkloadMapTnRsrcV1        = "tn_rsrc_v1"
 	WorkloadMapTnSrcaddrV1     = "tn_srcaddr_v1"
@@ -251,6 +259,7 @@ type WorkloadMapSpecs struct {
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
+	TnRhostV1    *ebpf.MapSpec `ebpf:"tn_rhost_v1"`
 	TnRportV1    *ebpf.MapSpec `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.MapSpec `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
@@ -293,6 +302,7 @@ type WorkloadMaps struct {
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
+	TnRhostV1    *ebpf.Map `ebpf:"tn_rhost_v1"`
 	TnRportV1    *ebpf.Map `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.Map `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
@@ -310,6 +320,7 @@ func (m *WorkloadMaps) Close() error {
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,
+		m.TnRhostV1,
 		m.TnRportV1,
 		m.TnRsrcV1,
 		m.TnSrcaddrV1,

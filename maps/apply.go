@@ -9,7 +9,7 @@ import (
 
 // RuleMaps are the three rule stages.
 type RuleMaps struct {
-	Dst, Src, Port *ebpf.Map
+	Host, Dst, Src, Port *ebpf.Map
 }
 
 // Change counts what a diff did.
@@ -39,6 +39,8 @@ func Diff(m RuleMaps, have, want *Compiled) (Change, error) {
 		func() (Change, error) { return put(m.Port, have.Port, want.Port) },
 		func() (Change, error) { return put(m.Src, have.Src, want.Src) },
 		func() (Change, error) { return put(m.Dst, have.Dst, want.Dst) },
+		func() (Change, error) { return put(m.Host, have.Host, want.Host) },
+		func() (Change, error) { return del(m.Host, have.Host, want.Host) },
 		func() (Change, error) { return del(m.Dst, have.Dst, want.Dst) },
 		func() (Change, error) { return del(m.Src, have.Src, want.Src) },
 		func() (Change, error) { return del(m.Port, have.Port, want.Port) },
@@ -148,6 +150,9 @@ func mapName(m *ebpf.Map) string {
 // and for tests).
 func ReadRules(m RuleMaps) (*Compiled, error) {
 	c := NewCompiled()
+	if err := readAll(m.Host, c.Host); err != nil {
+		return nil, err
+	}
 	if err := readAll(m.Dst, c.Dst); err != nil {
 		return nil, err
 	}

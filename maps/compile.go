@@ -12,6 +12,7 @@ import (
 // Key and value types of the rule stages, as bpf2go generated them from
 // bpf/lib/common.h.
 type (
+	HostKey = loader.WorkloadTnRhostKey
 	DstKey  = loader.WorkloadTnRdstKey
 	DstVal  = loader.WorkloadTnRdstVal
 	SrcKey  = loader.WorkloadTnRsrcKey
@@ -32,24 +33,25 @@ const rdstHasSrc = 1 // TN_RDST_HAS_SRC
 // length, the source prefix length; the lowest rule id breaks a tie. No
 // matching rule: the tenant's default policy.
 //
-// The stages: tn_rdst_v1 finds the longest destination prefix named by any
-// rule; its group holds every rule whose destination contains that prefix
+// The stages: tn_rhost_v1 (exact /128) or else tn_rdst_v1 (LPM) finds the
+// longest destination prefix named by any rule; its group holds every rule whose destination contains that prefix
 // (rules are pushed down). tn_rsrc_v1 does the same for sources within the
 // group. tn_rport_v1 holds, per subgroup, one entry per rule key (any
 // protocol, protocol, or port block), whose value is already the decision
 // of all rules on the chain of keys containing it.
 type Compiled struct {
+	Host map[HostKey]DstVal // stage 1 for /128 destinations
 	Dst  map[DstKey]DstVal
 	Src  map[SrcKey]SrcVal
 	Port map[PortKey]PortVal
 }
 
 // Len is the number of map entries.
-func (c *Compiled) Len() int { return len(c.Dst) + len(c.Src) + len(c.Port) }
+func (c *Compiled) Len() int { return len(c.Host) + len(c.Dst) + len(c.Src) + len(c.Port) }
 
 // NewCompiled returns an empty rule map content.
 func NewCompiled() *Compiled {
-	return &Compiled{Dst: map[DstKey]DstVal{}, Src: map[SrcKey]SrcVal{}, Port: map[PortKey]PortVal{}}
+	return &Compiled{Host: map[HostKey]DstVal{}, Dst: map[DstKey]DstVal{}, Src: map[SrcKey]SrcVal{}, Port: map[PortKey]PortVal{}}
 }
 
 type prefix struct {
@@ -253,6 +255,10 @@ func compileTD(out *Compiled, tenant uint32, dir Direction, rules []*Rule) error
 				out.Src[SrcKey{Prefixlen: uint32(64 + sp.bits), GroupLo: glo, GroupHi: ghi, Src: sp.addr}] = SrcVal{SgLo: slo, SgHi: shi}
 				compilePorts(out, sid, sub)
 			})
+		}
+		if dp.bits == 128 {
+			out.Host[HostKey{Tenant: tenant, Dir: uint32(dir), Dst: dp.addr}] = dv
+			return
 		}
 		if _, dup := out.Dst[dk]; dup && err == nil {
 			err = fmt.Errorf("internal: duplicate destination key %v", dk)

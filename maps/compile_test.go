@@ -43,6 +43,11 @@ func TestCompileStableAndLocal(t *testing.T) {
 			changed++
 		}
 	}
+	for k, v := range c.Host {
+		if old, ok := a.Host[k]; !ok || old != v {
+			changed++
+		}
+	}
 	for k, v := range c.Port {
 		if old, ok := a.Port[k]; !ok || old != v {
 			changed++

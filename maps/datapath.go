@@ -23,7 +23,7 @@ func FromMaps(m *loader.WorkloadMaps) *Maps { return &Maps{m: m} }
 
 // Rules returns the three rule stages.
 func (x *Maps) Rules() RuleMaps {
-	return RuleMaps{Dst: x.m.TnRdstV1, Src: x.m.TnRsrcV1, Port: x.m.TnRportV1}
+	return RuleMaps{Host: x.m.TnRhostV1, Dst: x.m.TnRdstV1, Src: x.m.TnRsrcV1, Port: x.m.TnRportV1}
 }
 
 // Raw returns the generated map handles.

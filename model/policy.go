@@ -354,22 +354,15 @@ func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte,
 		return maps.DropNoPort, 0
 	}
 	dir := maps.DirIn
+	peer := p.src
 	if h == FromWorkload {
-		dir = maps.DirOut
+		dir, peer = maps.DirOut, p.dst
 		if p.l3 == 0x86dd && p.proto == maps.ProtoICMPv6 && p.frag != 2 && (p.icmpType == 134 || p.icmpType == 137) {
 			return maps.DropRogueRA, 0
 		}
 		if !s.sourceOK(p, ifindex) {
 			return maps.DropSpoof, 0
 		}
-		if p.l3 != 0x0806 && s.otherTenant(p.dst, tenant) {
-			return maps.DropCross, 0
-		}
-	} else if p.l3 != 0x0806 && s.otherTenant(p.src, tenant) {
-		return maps.DropCross, 0
-	}
-	if p.isControl() {
-		return maps.PassControl, 0
 	}
 	if p.frag == 2 {
 		if seen, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-seen <= fragTO {
@@ -382,6 +375,12 @@ func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte,
 	if s.ctLookup(p, ifindex) {
 		reason = maps.PassCT
 	} else {
+		if p.l3 != 0x0806 && s.otherTenant(peer, tenant) {
+			return maps.DropCross, 0
+		}
+		if p.isControl() {
+			return maps.PassControl, 0
+		}
 		reason, rule = s.decide(p, tenant, dir)
 		if !reason.IsDrop() {
 			s.ctCreate(p, ifindex)
@@ -406,10 +405,11 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 		return pass
 	}
 	v := Verdict{Tenant: ep.Tenant, Dir: maps.DirPrefilter}
+	if s.ctLookup(p, ep.Ifindex) {
+		return pass
+	}
 	if s.otherTenant(p.src, ep.Tenant) {
 		v.Reason = maps.DropCross
-	} else if s.ctLookup(p, ep.Ifindex) {
-		return pass
 	} else {
 		v.Reason, v.RuleID = s.decide(p, ep.Tenant, maps.DirIn)
 	}

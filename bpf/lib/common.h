@@ -111,13 +111,23 @@ struct tn_tenant {
  * stages so that destination prefix, source prefix and port block can all be
  * wildcarded independently:
  *
- *   stage 1 tn_rdst_v1  (tenant, dir, dst)        -> group, any-source subgroup
+ *   stage 1 tn_rhost_v1 (tenant, dir, dst/128)    -> group, any-source subgroup
+ *           tn_rdst_v1  (tenant, dir, dst prefix) -> the same, when no /128
  *   stage 2 tn_rsrc_v1  (group, src)              -> subgroup
  *   stage 3 tn_rport_v1 (subgroup, proto, dport)  -> action, deciding rule id
  *
  * Group and subgroup ids are 64-bit hashes of their content, so a rule
  * change touches only the entries of the prefixes it names.
  */
+/* Host routes: rules that name one address. Exact-match hash, looked up
+ * first; a hit is the longest prefix by definition, so the LPM trie only
+ * holds the shorter prefixes and stays small. */
+struct tn_rhost_key {
+	__u32 tenant;
+	__u32 dir;
+	__u8 dst[TN_ADDR_LEN];
+};
+
 struct tn_rdst_key {
 	__u32 prefixlen; /* 64 + dst prefix length */
 	__u32 tenant;

@@ -70,6 +70,15 @@ struct {
 } tn_tenant_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_RULE_ENTRIES);
+	__type(key, struct tn_rhost_key);
+	__type(value, struct tn_rdst_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_rhost_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, TN_RULE_ENTRIES);
 	__type(key, struct tn_rdst_key);

@@ -266,12 +266,17 @@ static __always_inline void tn_frag_remember(const struct pkt *p,
 static __always_inline __u8 tn_rules(const struct pkt *p, __u32 tenant,
 				     __u32 dir)
 {
-	struct tn_rdst_key dk = {.prefixlen = 64 + 128, .tenant = tenant,
-				 .dir = dir};
-	__builtin_memcpy(dk.dst, p->dst, TN_ADDR_LEN);
-	struct tn_rdst_val *dv = bpf_map_lookup_elem(&tn_rdst_v1, &dk);
-	if (!dv)
-		return TN_ACT_NONE;
+	struct tn_rhost_key hk = {.tenant = tenant, .dir = dir};
+	__builtin_memcpy(hk.dst, p->dst, TN_ADDR_LEN);
+	struct tn_rdst_val *dv = bpf_map_lookup_elem(&tn_rhost_v1, &hk);
+	if (!dv) {
+		struct tn_rdst_key dk = {.prefixlen = 64 + 128,
+					 .tenant = tenant, .dir = dir};
+		__builtin_memcpy(dk.dst, p->dst, TN_ADDR_LEN);
+		dv = bpf_map_lookup_elem(&tn_rdst_v1, &dk);
+		if (!dv)
+			return TN_ACT_NONE;
+	}
 
 	struct tn_rport_key pk = {.prefixlen = 64 + 32, .proto = p->proto,
 				  .dport = p->dport};

@@ -235,3 +235,70 @@ func Remove(pinDir string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// OpenMaps opens the pinned maps of a loaded datapath without loading any
+// program: what tenantfw needs to edit them. It fails with ErrNotLoaded
+// when nothing is pinned at pinDir, and with ErrSchemaMismatch when the
+// pins are of another schema.
+func OpenMaps(pinDir string) (*WorkloadMaps, error) {
+	if _, err := os.Stat(filepath.Join(pinDir, "tn_meta_v1")); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s (start tenantnetd, or run `tenantfw datapath load`)", ErrNotLoaded, pinDir)
+	} else if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("%s: %w (run as root)", pinDir, err)
+	}
+	if err := checkSchema(pinDir); err != nil {
+		return nil, err
+	}
+	spec, err := LoadWorkload()
+	if err != nil {
+		return nil, err
+	}
+	var specs WorkloadMapSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, err
+	}
+	var m WorkloadMaps
+	byName := map[string]**ebpf.Map{
+		"tn_meta_v1": &m.TnMetaV1, "tn_ports_v1": &m.TnPortsV1, "tn_srcaddr_v1": &m.TnSrcaddrV1,
+		"tn_prefix_v1": &m.TnPrefixV1, "tn_endpoint_v1": &m.TnEndpointV1, "tn_tenant_v1": &m.TnTenantV1,
+		"tn_rhost_v1": &m.TnRhostV1, "tn_rdst_v1": &m.TnRdstV1, "tn_rsrc_v1": &m.TnRsrcV1, "tn_rport_v1": &m.TnRportV1,
+		"tn_ct_v1": &m.TnCtV1, "tn_frag_v1": &m.TnFragV1, "tn_stats_v1": &m.TnStatsV1, "tn_events_v1": &m.TnEventsV1,
+	}
+	for name, dst := range byName {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("open pinned %s: %w", name, err)
+		}
+		*dst = mp
+	}
+	// A same-named pin of another layout must never be written through.
+	for name, ms := range map[string]*ebpf.MapSpec{"tn_ct_v1": specs.TnCtV1, "tn_rport_v1": specs.TnRportV1, "tn_rhost_v1": specs.TnRhostV1, "tn_stats_v1": specs.TnStatsV1} {
+		if err := ms.Compatible(*byName[name]); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("%w: %s: %v", ErrSchemaMismatch, name, err)
+		}
+	}
+	return &m, nil
+}
+
+// Open returns the pinned datapath (maps and programs) without loading
+// anything: for attaching more ports to a running datapath.
+func Open(pinDir string) (*Datapath, error) {
+	wm, err := OpenMaps(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	dp := &Datapath{PinDir: pinDir, Maps: *wm, log: slog.Default()}
+	for name, dst := range map[string]**ebpf.Program{
+		"tn_from_workload": &dp.Progs.TnFromWorkload, "tn_to_workload": &dp.Progs.TnToWorkload, "tn_uplink": &dp.Uplink,
+	} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+		}
+		*dst = p
+	}
+	return dp, nil
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"net/netip"
 	"sort"
 
 	"github.com/tenantnet/tenantnet/loader"
@@ -180,7 +181,7 @@ func Compile(rules []Rule) (*Compiled, error) {
 		byTD[k] = append(byTD[k], r)
 	}
 	for td, rs := range byTD {
-		if err := compileTD(out, td.tenant, td.dir, rs); err != nil {
+		if err := compileTD(out, td.tenant, td.dir, rs, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -231,41 +232,77 @@ func walkNested(rules []*Rule, key func(*Rule) prefix, fn func(p prefix, acc []*
 	}
 }
 
-func compileTD(out *Compiled, tenant uint32, dir Direction, rules []*Rule) error {
+func compileTD(out *Compiled, tenant uint32, dir Direction, rules []*Rule, only map[netip.Prefix]bool) error {
 	var err error
 	walkNested(rules, dstOf, func(dp prefix, group []*Rule) {
-		gid := groupID(tenant, dir, dp)
-		glo, ghi := split(gid)
-		dk := DstKey{Prefixlen: uint32(64 + dp.bits), Tenant: tenant, Dir: uint32(dir), Dst: dp.addr}
-		dv := DstVal{GroupLo: glo, GroupHi: ghi}
-
-		srcs := map[prefix]bool{}
-		for _, r := range group {
-			srcs[srcOf(r)] = true
-		}
-		if len(srcs) == 1 && srcs[prefix{}] {
-			sid := subgroupID(gid, prefix{})
-			dv.AnysrcLo, dv.AnysrcHi = split(sid)
-			compilePorts(out, sid, group)
-		} else {
-			dv.Flags = rdstHasSrc
-			walkNested(group, srcOf, func(sp prefix, sub []*Rule) {
-				sid := subgroupID(gid, sp)
-				slo, shi := split(sid)
-				out.Src[SrcKey{Prefixlen: uint32(64 + sp.bits), GroupLo: glo, GroupHi: ghi, Src: sp.addr}] = SrcVal{SgLo: slo, SgHi: shi}
-				compilePorts(out, sid, sub)
-			})
-		}
-		if dp.bits == 128 {
-			out.Host[HostKey{Tenant: tenant, Dir: uint32(dir), Dst: dp.addr}] = dv
+		if only != nil && !only[PrefixFrom16(dp.addr, dp.bits)] {
 			return
 		}
-		if _, dup := out.Dst[dk]; dup && err == nil {
-			err = fmt.Errorf("internal: duplicate destination key %v", dk)
+		if e := compileGroup(out, tenant, dir, dp, group); e != nil && err == nil {
+			err = e
 		}
-		out.Dst[dk] = dv
 	})
 	return err
+}
+
+// compileGroup writes the entries of one destination node: its stage-1
+// entry and everything below it.
+func compileGroup(out *Compiled, tenant uint32, dir Direction, dp prefix, group []*Rule) error {
+	gid := groupID(tenant, dir, dp)
+	glo, ghi := split(gid)
+	dv := DstVal{GroupLo: glo, GroupHi: ghi}
+
+	srcs := map[prefix]bool{}
+	for _, r := range group {
+		srcs[srcOf(r)] = true
+	}
+	if len(srcs) == 1 && srcs[prefix{}] {
+		sid := subgroupID(gid, prefix{})
+		dv.AnysrcLo, dv.AnysrcHi = split(sid)
+		compilePorts(out, sid, group)
+	} else {
+		dv.Flags = rdstHasSrc
+		walkNested(group, srcOf, func(sp prefix, sub []*Rule) {
+			sid := subgroupID(gid, sp)
+			slo, shi := split(sid)
+			out.Src[SrcKey{Prefixlen: uint32(64 + sp.bits), GroupLo: glo, GroupHi: ghi, Src: sp.addr}] = SrcVal{SgLo: slo, SgHi: shi}
+			compilePorts(out, sid, sub)
+		})
+	}
+	if dp.bits == 128 {
+		out.Host[HostKey{Tenant: tenant, Dir: uint32(dir), Dst: dp.addr}] = dv
+		return nil
+	}
+	dk := DstKey{Prefixlen: uint32(64 + dp.bits), Tenant: tenant, Dir: uint32(dir), Dst: dp.addr}
+	if _, dup := out.Dst[dk]; dup {
+		return fmt.Errorf("internal: duplicate destination key %v", dk)
+	}
+	out.Dst[dk] = dv
+	return nil
+}
+
+// CompilePartial compiles only the destination nodes in targets (prefixes
+// in the form rules use: netip.Prefix{} for any, IPv4 for IPv4) of one
+// tenant and direction. rules must hold every rule of that tenant and
+// direction whose destination contains a target or lies inside one: the
+// rules that can end up in those groups. Entries of other nodes are not
+// affected by rules of the targets' nodes, which is what makes one-rule
+// changes cheap: see Diff.
+func CompilePartial(tenant uint32, dir Direction, rules []Rule, targets []netip.Prefix) (*Compiled, error) {
+	out := NewCompiled()
+	ptrs := make([]*Rule, len(rules))
+	for i := range rules {
+		if rules[i].Tenant != tenant || rules[i].Dir != dir {
+			return nil, fmt.Errorf("internal: rule %d is not of tenant %d %s", rules[i].ID, tenant, dir)
+		}
+		ptrs[i] = &rules[i]
+	}
+	only := make(map[netip.Prefix]bool, len(targets))
+	for _, t := range targets {
+		a, b := Prefix16(t)
+		only[PrefixFrom16(a, b)] = true
+	}
+	return out, compileTD(out, tenant, dir, ptrs, only)
 }
 
 func compilePorts(out *Compiled, sid uint64, rules []*Rule) {

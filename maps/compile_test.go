@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"net/netip"
 	"reflect"
 	"testing"
 )
@@ -66,5 +67,92 @@ func TestCompileStableAndLocal(t *testing.T) {
 func TestCompileRejectsInvalid(t *testing.T) {
 	if _, err := Compile([]Rule{{ID: 1, Tenant: 0, Dir: DirIn, Action: ActionAllow}}); err == nil {
 		t.Fatal("tenant 0 compiled")
+	}
+}
+
+// Compiling the nodes a change touches, before and after, and diffing
+// those gives the same maps as compiling everything.
+func TestCompilePartialMatchesFull(t *testing.T) {
+	rs := rulesForTest()
+	broad := Rule{ID: 3000, Tenant: 1, Dir: DirIn, Proto: ProtoICMPv6, Dst: mustPrefix("2001:db8::/64"), Action: ActionAllow}
+	after := append(append([]Rule(nil), rs...), broad)
+	full0, _ := Compile(rs)
+	full1, _ := Compile(after)
+
+	var relBefore, relAfter []Rule
+	var targets []netip.Prefix
+	for _, r := range after {
+		if r.Tenant != 1 || r.Dir != DirIn {
+			continue
+		}
+		inside := broad.Dst.Contains(r.Dst.Addr()) && r.Dst.Bits() >= broad.Dst.Bits()
+		contains := !r.Dst.IsValid() || (r.Dst.Bits() <= broad.Dst.Bits() && r.Dst.Contains(broad.Dst.Addr()))
+		if inside || contains {
+			relAfter = append(relAfter, r)
+			if r.ID != broad.ID {
+				relBefore = append(relBefore, r)
+			}
+			if inside {
+				targets = append(targets, r.Dst)
+			}
+		}
+	}
+	p0, err := CompilePartial(1, DirIn, relBefore, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := CompilePartial(1, DirIn, relAfter, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Apply the partial diff to a copy of full0: it must become full1.
+	got := clone(full0)
+	applyDiff(got, p0, p1)
+	if !reflect.DeepEqual(got, full1) {
+		t.Fatalf("partial recompile gives %d entries, full %d", got.Len(), full1.Len())
+	}
+}
+
+func clone(c *Compiled) *Compiled {
+	out := NewCompiled()
+	for k, v := range c.Host {
+		out.Host[k] = v
+	}
+	for k, v := range c.Dst {
+		out.Dst[k] = v
+	}
+	for k, v := range c.Src {
+		out.Src[k] = v
+	}
+	for k, v := range c.Port {
+		out.Port[k] = v
+	}
+	return out
+}
+
+func applyDiff(into, have, want *Compiled) {
+	for k := range have.Host {
+		delete(into.Host, k)
+	}
+	for k := range have.Dst {
+		delete(into.Dst, k)
+	}
+	for k := range have.Src {
+		delete(into.Src, k)
+	}
+	for k := range have.Port {
+		delete(into.Port, k)
+	}
+	for k, v := range want.Host {
+		into.Host[k] = v
+	}
+	for k, v := range want.Dst {
+		into.Dst[k] = v
+	}
+	for k, v := range want.Src {
+		into.Src[k] = v
+	}
+	for k, v := range want.Port {
+		into.Port[k] = v
 	}
 }

@@ -50,18 +50,18 @@ func (x *Maps) BindPort(b PortBinding) error {
 	for _, p := range b.Addrs {
 		a, bits := Prefix16(p)
 		k := loader.WorkloadTnSrcaddrKey{Prefixlen: uint32(32 + bits), Ifindex: b.Ifindex, Addr: a}
-		if err := x.m.TnSrcaddrV1.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+		if err := update(x.m.TnSrcaddrV1, k, uint32(1)); err != nil {
 			return fmt.Errorf("bind %s to ifindex %d: %w", p, b.Ifindex, err)
 		}
 		if bits == 128 {
 			ep := loader.WorkloadTnEndpoint{Ifindex: b.Ifindex, Tenant: b.Tenant}
-			if err := x.m.TnEndpointV1.Update(loader.WorkloadTnEndpointKey{Addr: a}, ep, ebpf.UpdateAny); err != nil {
+			if err := update(x.m.TnEndpointV1, loader.WorkloadTnEndpointKey{Addr: a}, ep); err != nil {
 				return fmt.Errorf("endpoint %s: %w", p, err)
 			}
 		}
 	}
 	port := loader.WorkloadTnPort{Tenant: b.Tenant}
-	if err := x.m.TnPortsV1.Update(b.Ifindex, port, ebpf.UpdateAny); err != nil {
+	if err := update(x.m.TnPortsV1, b.Ifindex, port); err != nil {
 		return fmt.Errorf("bind ifindex %d: %w", b.Ifindex, err)
 	}
 	return nil
@@ -127,7 +127,7 @@ func (x *Maps) SetPolicy(tenant uint32, p TenantPolicy) error {
 		return fmt.Errorf("tenant 0 is reserved")
 	}
 	v := loader.WorkloadTnTenant{DefaultIn: uint8(p.Inbound), DefaultOut: uint8(p.Outbound)}
-	if err := x.m.TnTenantV1.Update(tenant, v, ebpf.UpdateAny); err != nil {
+	if err := update(x.m.TnTenantV1, tenant, v); err != nil {
 		return fmt.Errorf("set policy of tenant %d: %w", tenant, err)
 	}
 	return nil
@@ -158,7 +158,7 @@ func (x *Maps) Policy(tenant uint32) (TenantPolicy, error) {
 func (x *Maps) SetTenantPrefix(p netip.Prefix, tenant uint32) error {
 	a, bits := Prefix16(p)
 	k := loader.WorkloadTnPrefixKey{Prefixlen: uint32(bits), Addr: a}
-	if err := x.m.TnPrefixV1.Update(k, tenant, ebpf.UpdateAny); err != nil {
+	if err := update(x.m.TnPrefixV1, k, tenant); err != nil {
 		return fmt.Errorf("set prefix %s of tenant %d: %w", p, tenant, err)
 	}
 	return nil
@@ -199,4 +199,57 @@ func (x *Maps) ApplyRules(rules []Rule) (Change, error) {
 		return Change{}, err
 	}
 	return Diff(x.Rules(), have, want)
+}
+
+// TenantState is what the maps hold of a tenant outside its rules.
+type TenantState struct {
+	Policy   TenantPolicy
+	Prefixes []netip.Prefix
+}
+
+// SyncTenants makes tn_tenant_v1 and tn_prefix_v1 hold exactly the given
+// tenants.
+func (x *Maps) SyncTenants(want map[uint32]TenantState) error {
+	wantPrefix := map[loader.WorkloadTnPrefixKey]uint32{}
+	for id, t := range want {
+		if err := x.SetPolicy(id, t.Policy); err != nil {
+			return err
+		}
+		for _, p := range t.Prefixes {
+			a, bits := Prefix16(p)
+			wantPrefix[loader.WorkloadTnPrefixKey{Prefixlen: uint32(bits), Addr: a}] = id
+		}
+	}
+	var tid uint32
+	var tv loader.WorkloadTnTenant
+	var staleT []uint32
+	it := x.m.TnTenantV1.Iterate()
+	for it.Next(&tid, &tv) {
+		if _, ok := want[tid]; !ok {
+			staleT = append(staleT, tid)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	if err := deleteMany(x.m.TnTenantV1, staleT); err != nil {
+		return err
+	}
+	have := map[loader.WorkloadTnPrefixKey]uint32{}
+	if err := readAll(x.m.TnPrefixV1, have); err != nil {
+		return err
+	}
+	if _, err := put(x.m.TnPrefixV1, have, wantPrefix); err != nil {
+		return err
+	}
+	_, err := del(x.m.TnPrefixV1, have, wantPrefix)
+	return err
+}
+
+// DeletePolicy removes a tenant's policy entry.
+func (x *Maps) DeletePolicy(tenant uint32) error {
+	if err := x.m.TnTenantV1.Delete(tenant); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
 }

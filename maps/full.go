@@ -2,7 +2,9 @@ package maps
 
 import (
 	"errors"
+	"fmt"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -10,4 +12,15 @@ import (
 // for LPM tries).
 func isFull(err error) bool {
 	return errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC)
+}
+
+// update writes one entry, naming the map when it is full.
+func update(m *ebpf.Map, k, v any) error {
+	if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+		if isFull(err) {
+			return fmt.Errorf("%s is full (%d entries)", mapName(m), m.MaxEntries())
+		}
+		return fmt.Errorf("update %s: %w", mapName(m), err)
+	}
+	return nil
 }

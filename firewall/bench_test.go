@@ -1,0 +1,70 @@
+package firewall_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/store"
+)
+
+func bigSet(n int, tenant uint32) []maps.Rule {
+	rs := make([]maps.Rule, n)
+	for i := range rs {
+		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(tenant), 0, 0, 0, 0, 0, 0, 0, byte(i >> 16), byte(i >> 8), byte(i)})
+		p := uint16(1000 + i%50000)
+		rs[i] = maps.Rule{Tenant: tenant, Dir: maps.DirIn, Proto: maps.ProtoTCP, PortLo: p, PortHi: p,
+			Dst: netip.PrefixFrom(a, 128), Action: maps.ActionAllow}
+	}
+	return rs
+}
+
+func openFW(tb testing.TB) *firewall.Firewall {
+	tb.Helper()
+	dp := testutil.Load(tb)
+	fw, err := firewall.Open(firewall.Options{StateDir: tb.TempDir(), PinDir: dp.PinDir})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { fw.Close() })
+	if err := fw.AddTenant(store.Tenant{ID: 7}); err != nil {
+		tb.Fatal(err)
+	}
+	return fw
+}
+
+// BenchmarkApply100k: replacing an empty rule set with 100,000 rules.
+func BenchmarkApply100k(b *testing.B) {
+	rules := bigSet(100_000, 7)
+	for b.Loop() {
+		b.StopTimer()
+		fw := openFW(b)
+		b.StartTimer()
+		if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: rules}}, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkOneRuleChange: add then delete one rule in a 100,000-rule set
+// (two changes per iteration).
+func BenchmarkOneRuleChange(b *testing.B) {
+	fw := openFW(b)
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(100_000, 7)}}, false); err != nil {
+		b.Fatal(err)
+	}
+	r := maps.Rule{Tenant: 7, Dir: maps.DirIn, Proto: maps.ProtoUDP, PortLo: 53, PortHi: 53,
+		Dst: netip.MustParsePrefix("2001:db8:7::beef/128"), Action: maps.ActionAllow}
+	for i := 0; b.Loop(); i++ {
+		added, _, err := fw.AddRule(r)
+		if err != nil {
+			b.Fatal(fmt.Errorf("add: %w", err))
+		}
+		if _, _, err := fw.DeleteRule(added.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

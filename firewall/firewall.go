@@ -1,0 +1,624 @@
+// Package firewall keeps the pinned datapath maps and the saved state in
+// /var/lib/tenantnet in agreement. Every change goes through the same
+// steps, under an exclusive flock on the state directory (so tenantfw and
+// tenantnetd never interleave):
+//
+//  1. validate the change completely; on any error nothing is touched;
+//  2. commit it to the store together with a "dirty" mark (fsync);
+//  3. write the difference to the maps (deeper stages first, see maps.Diff);
+//  4. clear the mark.
+//
+// A crash between 2 and 4 leaves the mark; the next Open sees it and
+// rebuilds the maps from the store (Reconcile). A crash before 2 changed
+// nothing. So after any crash, maps and state agree again at the next
+// start of either tool. After a reboot bpffs is empty: loading the
+// datapath calls Reconcile, which restores everything.
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/store"
+)
+
+// DefaultStateDir is where the node keeps its state.
+const DefaultStateDir = "/var/lib/tenantnet"
+
+// ErrUnknownTenant is returned for a tenant that was never added.
+var ErrUnknownTenant = errors.New("unknown tenant")
+
+// Options locate the state and the datapath.
+type Options struct {
+	StateDir string
+	PinDir   string
+	// LockTimeout bounds the wait for another writer.
+	LockTimeout time.Duration
+	Logger      *slog.Logger
+	// NoDatapath opens only the store (for commands that work without a
+	// loaded datapath, and to restore before loading).
+	NoDatapath bool
+}
+
+// Firewall is an open, locked state directory and its datapath maps.
+type Firewall struct {
+	Store *store.Store
+	Maps  *maps.Maps // nil with NoDatapath
+	log   *slog.Logger
+	lock  *os.File
+	mapH  map[string]interface{ Close() error }
+}
+
+// Lock takes the state directory's writer lock.
+func Lock(dir string, timeout time.Duration) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("%s is held by another writer (tenantfw or tenantnetd) for more than %s", path, timeout)
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Open locks the state directory, opens the store and the pinned maps,
+// and repairs the maps if a previous update was interrupted.
+func Open(opts Options) (*Firewall, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	if opts.PinDir == "" {
+		opts.PinDir = loader.DefaultPinDir
+	}
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = 10 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	lock, err := Lock(opts.StateDir, opts.LockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(opts.StateDir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	fw := &Firewall{Store: st, log: log, lock: lock}
+	if !opts.NoDatapath {
+		wm, err := loader.OpenMaps(opts.PinDir)
+		if err != nil {
+			fw.Close()
+			return nil, err
+		}
+		fw.Maps = maps.FromMaps(wm)
+		var dirty bool
+		_ = st.View(func(tx *store.Tx) error { dirty = tx.Dirty(); return nil })
+		if dirty {
+			log.Warn("a previous update of the maps was interrupted: reconciling them from the saved state")
+			if err := fw.Reconcile(); err != nil {
+				fw.Close()
+				return nil, fmt.Errorf("reconcile after interrupted update: %w", err)
+			}
+		}
+	}
+	return fw, nil
+}
+
+// Close releases the maps, the store and the lock.
+func (fw *Firewall) Close() error {
+	var errs []error
+	if fw.Maps != nil {
+		errs = append(errs, fw.Maps.Raw().Close())
+	}
+	if fw.Store != nil {
+		errs = append(errs, fw.Store.Close())
+	}
+	if fw.lock != nil {
+		errs = append(errs, fw.lock.Close()) // closing drops the flock
+	}
+	return errors.Join(errs...)
+}
+
+// change applies one update to the store and the maps, all or nothing:
+//
+//  1. mark the maps dirty (own transaction, fsynced);
+//  2. in one store transaction: change the store, write the maps, clear
+//     the mark, commit;
+//  3. if the maps could not be written (a full map, say), roll the store
+//     transaction back and rebuild the maps from the unchanged store.
+//
+// A crash at any point leaves either the old store with the mark (the next
+// Open rebuilds the maps from it) or the new store without it.
+func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error) error {
+	if fw.Maps == nil {
+		return fw.Store.Update(storePart)
+	}
+	if err := fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(true) }); err != nil {
+		return err
+	}
+	mapsTouched := false
+	err := fw.Store.Update(func(tx *store.Tx) error {
+		if err := storePart(tx); err != nil {
+			return err
+		}
+		mapsTouched = true
+		if err := mapPart(); err != nil {
+			return err
+		}
+		return tx.SetDirty(false)
+	})
+	if err == nil {
+		return nil
+	}
+	if !mapsTouched {
+		// Rejected before any map was written: just clear the mark.
+		if cerr := fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); cerr != nil {
+			return errors.Join(err, cerr)
+		}
+		return err
+	}
+	if rerr := fw.Reconcile(); rerr != nil {
+		return fmt.Errorf("%w; restoring the maps from the saved state also failed (the next run retries): %v", err, rerr)
+	}
+	return fmt.Errorf("%w (nothing was changed)", err)
+}
+
+func (fw *Firewall) knownTenant(tx *store.Tx, id uint32) (store.Tenant, error) {
+	tn, err := tx.Tenant(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return tn, fmt.Errorf("tenant %d: %w (add it with `tenantfw tenant add --tenant %d`)", id, ErrUnknownTenant, id)
+	}
+	return tn, err
+}
+
+// AddTenant creates or updates a tenant: its prefixes (for isolation) and
+// default policy.
+func (fw *Firewall) AddTenant(tn store.Tenant) error {
+	if tn.ID == 0 {
+		return &maps.FieldError{Field: "tenant", Value: "0", Msg: "tenant ids start at 1"}
+	}
+	if tn.Inbound == maps.ActionNone {
+		tn.Inbound = maps.DefaultPolicy.Inbound
+	}
+	if tn.Outbound == maps.ActionNone {
+		tn.Outbound = maps.DefaultPolicy.Outbound
+	}
+	var old store.Tenant
+	return fw.change(func(tx *store.Tx) error {
+		others, err := tx.Tenants()
+		if err != nil {
+			return err
+		}
+		for _, o := range others {
+			if o.ID == tn.ID {
+				old = o
+				continue
+			}
+			for _, p := range tn.Prefixes {
+				for _, q := range o.Prefixes {
+					if p.Overlaps(q) {
+						return &maps.FieldError{Field: "prefix", Value: p.String(), Msg: fmt.Sprintf("overlaps %s of tenant %d", q, o.ID)}
+					}
+				}
+			}
+		}
+		return tx.PutTenant(tn)
+	}, func() error {
+		for _, p := range tn.Prefixes {
+			if err := fw.Maps.SetTenantPrefix(p, tn.ID); err != nil {
+				return err
+			}
+		}
+		for _, p := range old.Prefixes {
+			if !containsPrefix(tn.Prefixes, p) {
+				if err := fw.Maps.DeleteTenantPrefix(p); err != nil {
+					return err
+				}
+			}
+		}
+		return fw.Maps.SetPolicy(tn.ID, tn.Policy())
+	})
+}
+
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// SetPolicy sets a known tenant's default policy; ActionNone keeps a side.
+func (fw *Firewall) SetPolicy(id uint32, p maps.TenantPolicy) error {
+	var tn store.Tenant
+	return fw.change(func(tx *store.Tx) error {
+		var err error
+		if tn, err = fw.knownTenant(tx, id); err != nil {
+			return err
+		}
+		if p.Inbound != maps.ActionNone {
+			tn.Inbound = p.Inbound
+		}
+		if p.Outbound != maps.ActionNone {
+			tn.Outbound = p.Outbound
+		}
+		return tx.PutTenant(tn)
+	}, func() error { return fw.Maps.SetPolicy(id, tn.Policy()) })
+}
+
+// partial compiles the nodes a change at dst touches, from the rules the
+// store holds now.
+func partial(tx *store.Tx, tenant uint32, dir maps.Direction, dst netip.Prefix) (*maps.Compiled, []netip.Prefix, error) {
+	containing, inside, err := tx.RulesAround(tenant, dir, dst)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := []netip.Prefix{dst}
+	seen := map[netip.Prefix]bool{dst: true}
+	for _, r := range inside {
+		if !seen[r.Dst] {
+			seen[r.Dst] = true
+			targets = append(targets, r.Dst)
+		}
+	}
+	c, err := maps.CompilePartial(tenant, dir, append(containing, inside...), targets)
+	return c, targets, err
+}
+
+// AddRule validates and adds one rule (its id is assigned) and applies it.
+func (fw *Firewall) AddRule(r maps.Rule) (maps.Rule, maps.Change, error) {
+	r.ID = 0
+	var change maps.Change
+	if err := r.Validate(); err != nil {
+		return r, change, err
+	}
+	var before, after *maps.Compiled
+	err := fw.change(func(tx *store.Tx) error {
+		if _, err := fw.knownTenant(tx, r.Tenant); err != nil {
+			return err
+		}
+		var err error
+		if before, _, err = partial(tx, r.Tenant, r.Dir, r.Dst); err != nil {
+			return err
+		}
+		if r, err = tx.AddRule(r); err != nil {
+			return err
+		}
+		after, _, err = partial(tx, r.Tenant, r.Dir, r.Dst)
+		return err
+	}, func() error {
+		var err error
+		change, err = maps.Diff(fw.Maps.Rules(), before, after)
+		return err
+	})
+	return r, change, err
+}
+
+// DeleteRule removes a rule by id.
+func (fw *Firewall) DeleteRule(id uint32) (maps.Rule, maps.Change, error) {
+	var r maps.Rule
+	var change maps.Change
+	var before, after *maps.Compiled
+	err := fw.change(func(tx *store.Tx) error {
+		var err error
+		if r, err = tx.Rule(id); err != nil {
+			return err
+		}
+		if before, _, err = partial(tx, r.Tenant, r.Dir, r.Dst); err != nil {
+			return err
+		}
+		if _, err = tx.DeleteRule(id); err != nil {
+			return err
+		}
+		after, _, err = partial(tx, r.Tenant, r.Dir, r.Dst)
+		return err
+	}, func() error {
+		var err error
+		change, err = maps.Diff(fw.Maps.Rules(), before, after)
+		return err
+	})
+	return r, change, err
+}
+
+// FindRule returns the stored rule with the selector of m.
+func (fw *Firewall) FindRule(m maps.Match) (maps.Rule, error) {
+	var r maps.Rule
+	err := fw.Store.View(func(tx *store.Tx) error {
+		var ok bool
+		var err error
+		r, ok, err = tx.RuleByMatch(m)
+		if err == nil && !ok {
+			err = fmt.Errorf("no rule matches: %w", store.ErrNotFound)
+		}
+		return err
+	})
+	return r, err
+}
+
+// TenantRules is a tenant's desired rule set (ids are ignored).
+type TenantRules struct {
+	Tenant uint32
+	Policy *maps.TenantPolicy
+	Rules  []maps.Rule
+}
+
+// ApplyResult says what Apply did.
+type ApplyResult struct {
+	Tenants           int
+	Kept, Added, Gone int
+	Maps              maps.Change
+}
+
+// Apply replaces the rule sets (and policies, when given) of the listed
+// tenants; with prune, every other tenant's rules are flushed too. The
+// whole input is validated first: if anything is invalid, nothing is
+// applied. Rules that stay keep their ids and their map entries are never
+// rewritten, so their flows see no gap.
+func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
+	var res ApplyResult
+	// Validate everything before touching anything.
+	var all []maps.Rule
+	seenTenant := map[uint32]bool{}
+	id := uint32(1)
+	for _, ts := range sets {
+		if seenTenant[ts.Tenant] {
+			return res, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
+		}
+		seenTenant[ts.Tenant] = true
+		for _, r := range ts.Rules {
+			if r.Tenant != ts.Tenant {
+				return res, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
+			}
+			r.ID = id
+			id++
+			all = append(all, r)
+		}
+	}
+	if err := maps.ValidateSet(all); err != nil {
+		return res, err
+	}
+	var oldRules, newRules []maps.Rule
+	var policies []store.Tenant
+	err := fw.change(func(tx *store.Tx) error {
+		targets := sets
+		if prune {
+			tenants, err := tx.Tenants()
+			if err != nil {
+				return err
+			}
+			for _, tn := range tenants {
+				if !seenTenant[tn.ID] {
+					targets = append(targets, TenantRules{Tenant: tn.ID})
+				}
+			}
+		}
+		for _, ts := range targets {
+			tn, err := fw.knownTenant(tx, ts.Tenant)
+			if err != nil {
+				return err
+			}
+			res.Tenants++
+			if ts.Policy != nil {
+				if ts.Policy.Inbound != maps.ActionNone {
+					tn.Inbound = ts.Policy.Inbound
+				}
+				if ts.Policy.Outbound != maps.ActionNone {
+					tn.Outbound = ts.Policy.Outbound
+				}
+				if err := tx.PutTenant(tn); err != nil {
+					return err
+				}
+				policies = append(policies, tn)
+			}
+			have, err := tx.Rules(ts.Tenant)
+			if err != nil {
+				return err
+			}
+			oldRules = append(oldRules, have...)
+			want := map[maps.Match]maps.Rule{}
+			for _, r := range ts.Rules {
+				want[r.Match()] = r
+			}
+			for _, h := range have {
+				w, ok := want[h.Match()]
+				switch {
+				case ok && w.Action == h.Action:
+					if w.Comment != h.Comment {
+						if err := tx.UpdateComment(h.ID, w.Comment); err != nil {
+							return err
+						}
+					}
+					delete(want, h.Match())
+					res.Kept++
+					h.Comment = w.Comment
+					newRules = append(newRules, h)
+				default:
+					if _, err := tx.DeleteRule(h.ID); err != nil {
+						return err
+					}
+					res.Gone++
+				}
+			}
+			var fresh []maps.Rule
+			for _, r := range ts.Rules {
+				if _, ok := want[r.Match()]; ok {
+					fresh = append(fresh, r)
+				}
+			}
+			added, err := tx.AddRules(fresh)
+			if err != nil {
+				return err
+			}
+			newRules = append(newRules, added...)
+			res.Added += len(added)
+		}
+		return nil
+	}, func() error {
+		before, err := maps.Compile(oldRules)
+		if err != nil {
+			return err
+		}
+		after, err := maps.Compile(newRules)
+		if err != nil {
+			return err
+		}
+		if res.Maps, err = maps.Diff(fw.Maps.Rules(), before, after); err != nil {
+			return err
+		}
+		for _, tn := range policies {
+			if err := fw.Maps.SetPolicy(tn.ID, tn.Policy()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return res, err
+}
+
+// Flush removes every rule of a tenant.
+func (fw *Firewall) Flush(tenant uint32) (ApplyResult, error) {
+	return fw.Apply([]TenantRules{{Tenant: tenant}}, false)
+}
+
+// Reconcile makes the maps equal to the store: rules (by a diff against
+// what the kernel holds), tenant prefixes and policies. It is what runs
+// after an interrupted update and after the datapath is loaded on an
+// empty bpffs.
+func (fw *Firewall) Reconcile() error {
+	var rules []maps.Rule
+	var tenants []store.Tenant
+	if err := fw.Store.View(func(tx *store.Tx) error {
+		var err error
+		if rules, err = tx.Rules(0); err != nil {
+			return err
+		}
+		tenants, err = tx.Tenants()
+		return err
+	}); err != nil {
+		return err
+	}
+	want, err := maps.Compile(rules)
+	if err != nil {
+		return fmt.Errorf("saved rules do not compile: %w", err)
+	}
+	have, err := maps.ReadRules(fw.Maps.Rules())
+	if err != nil {
+		return err
+	}
+	ch, err := maps.Diff(fw.Maps.Rules(), have, want)
+	if err != nil {
+		return err
+	}
+	if err := fw.Maps.SyncTenants(toMapTenants(tenants)); err != nil {
+		return err
+	}
+	if ch != (maps.Change{}) {
+		fw.log.Info("reconciled rule maps with the saved state", "change", ch.String(), "rules", len(rules))
+	}
+	return fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(false) })
+}
+
+func toMapTenants(ts []store.Tenant) map[uint32]maps.TenantState {
+	out := map[uint32]maps.TenantState{}
+	for _, t := range ts {
+		out[t.ID] = maps.TenantState{Policy: t.Policy(), Prefixes: t.Prefixes}
+	}
+	return out
+}
+
+// DeleteTenant removes a tenant: its rules, prefixes and policy.
+func (fw *Firewall) DeleteTenant(id uint32) error {
+	var tn store.Tenant
+	var rules []maps.Rule
+	return fw.change(func(tx *store.Tx) error {
+		var err error
+		if tn, err = fw.knownTenant(tx, id); err != nil {
+			return err
+		}
+		ports, err := tx.Ports()
+		if err != nil {
+			return err
+		}
+		for _, p := range ports {
+			if p.Tenant == id {
+				return fmt.Errorf("tenant %d still has port %s bound: detach it first", id, p.Ifname)
+			}
+		}
+		if rules, err = tx.Rules(id); err != nil {
+			return err
+		}
+		return tx.DeleteTenant(id)
+	}, func() error {
+		before, err := maps.Compile(rules)
+		if err != nil {
+			return err
+		}
+		if _, err := maps.Diff(fw.Maps.Rules(), before, maps.NewCompiled()); err != nil {
+			return err
+		}
+		for _, p := range tn.Prefixes {
+			if err := fw.Maps.DeleteTenantPrefix(p); err != nil {
+				return err
+			}
+		}
+		return fw.Maps.DeletePolicy(id)
+	})
+}
+
+// BindPort records a port binding and writes it to the maps.
+func (fw *Firewall) BindPort(p store.Port, ifindex uint32) error {
+	return fw.change(func(tx *store.Tx) error {
+		tn, err := fw.knownTenant(tx, p.Tenant)
+		if err != nil {
+			return err
+		}
+		for _, a := range p.Addrs {
+			inside := false
+			for _, tp := range tn.Prefixes {
+				if tp.Contains(a.Addr()) && tp.Bits() <= a.Bits() {
+					inside = true
+				}
+			}
+			if len(tn.Prefixes) > 0 && !inside {
+				return &maps.FieldError{Field: "addr", Value: a.String(), Msg: fmt.Sprintf("outside the prefixes of tenant %d", p.Tenant)}
+			}
+		}
+		return tx.PutPort(p)
+	}, func() error {
+		return fw.Maps.BindPort(maps.PortBinding{Ifindex: ifindex, Tenant: p.Tenant, Addrs: p.Addrs})
+	})
+}
+
+// UnbindPort forgets a port binding.
+func (fw *Firewall) UnbindPort(ifname string, ifindex uint32) error {
+	return fw.change(func(tx *store.Tx) error { return tx.DeletePort(ifname) },
+		func() error { return fw.Maps.UnbindPort(ifindex) })
+}

@@ -87,7 +87,10 @@ func monitorCmd() *command {
 				fmt.Fprintln(env.Stdout, "TIME          TENANT  DIR        REASON          PROTO   SRC -> DST")
 			}
 			// Event times are CLOCK_MONOTONIC: map them to wall time.
-			offset := time.Now().UnixNano() - int64(monotonicNow())
+			// Events already queued before we started (nobody read the
+			// ring) are skipped: monitor shows live drops.
+			start := monotonicNow()
+			offset := time.Now().UnixNano() - int64(start)
 			n := 0
 			for {
 				ev, err := rd.Read()
@@ -97,7 +100,7 @@ func monitorCmd() *command {
 					}
 					return err
 				}
-				if (tenant != 0 && ev.Tenant != tenant) || (want != 0 && ev.Reason != want) {
+				if ev.TimeNs < start || (tenant != 0 && ev.Tenant != tenant) || (want != 0 && ev.Reason != want) {
 					continue
 				}
 				ts := time.Unix(0, int64(ev.TimeNs)+offset)

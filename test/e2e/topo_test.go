@@ -45,6 +45,19 @@ func sysctl(path, val string) error {
 // newNode builds the node namespace and the external host, and loads the
 // datapath with its pins in a test directory.
 func newNode(t *testing.T) *node {
+	n := newTopo(t)
+	dp, err := loader.Load(loader.Options{PinDir: n.pinDir, SampleRate: 1})
+	if err != nil {
+		t.Fatalf("load datapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	n.dp, n.maps = dp, maps.New(dp)
+	return n
+}
+
+// newTopo builds the namespaces only; the datapath is left to the test
+// (tenantfw loads it in the CLI test).
+func newTopo(t *testing.T) *node {
 	t.Helper()
 	pid := os.Getpid()
 	n := &node{t: t, wls: map[string]*wl{}}
@@ -70,12 +83,6 @@ func newNode(t *testing.T) *node {
 	n.route(extNL, "::/0", "eth0", "2001:db8:ffff::1")
 
 	n.pinDir = testutil.PinDir(t)
-	dp, err := loader.Load(loader.Options{PinDir: n.pinDir, SampleRate: 1})
-	if err != nil {
-		t.Fatalf("load datapath: %v", err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	n.dp, n.maps = dp, maps.New(dp)
 	return n
 }
 
@@ -157,13 +164,15 @@ func (n *node) workload(name string, tenant uint32, addr string) *wl {
 		n.t.Fatal(err)
 	}
 	w.ifindex = l.Attrs().Index
-	n.do(n.ns, func() error {
-		_, err := n.dp.AttachPort(w.ifindex, loader.AttachOptions{})
-		return err
-	})
-	if err := n.maps.BindPort(maps.PortBinding{Ifindex: uint32(w.ifindex), Tenant: tenant,
-		Addrs: []netip.Prefix{netip.PrefixFrom(w.addr, 128)}}); err != nil {
-		n.t.Fatal(err)
+	if n.dp != nil {
+		n.do(n.ns, func() error {
+			_, err := n.dp.AttachPort(w.ifindex, loader.AttachOptions{})
+			return err
+		})
+		if err := n.maps.BindPort(maps.PortBinding{Ifindex: uint32(w.ifindex), Tenant: tenant,
+			Addrs: []netip.Prefix{netip.PrefixFrom(w.addr, 128)}}); err != nil {
+			n.t.Fatal(err)
+		}
 	}
 	n.addr(n.nl, host, "fe80::1/64")
 	n.route(n.nl, addr+"/128", host, "")

@@ -1,0 +1,150 @@
+package firewall_test
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/store"
+)
+
+func mustMatchStore(t *testing.T, fw *firewall.Firewall) *maps.Compiled {
+	t.Helper()
+	var rules []maps.Rule
+	if err := fw.Store.View(func(tx *store.Tx) error {
+		var err error
+		rules, err = tx.Rules(0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want, err := maps.Compile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have, err := maps.ReadRules(fw.Maps.Rules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(want, have) {
+		t.Fatalf("maps (%d entries) differ from the saved rules (%d entries)", have.Len(), want.Len())
+	}
+	return have
+}
+
+// An update interrupted after the store committed (mark set, maps half
+// written or not at all) is repaired by the next Open.
+func TestInterruptedUpdateRepaired(t *testing.T) {
+	dp := testutil.Load(t)
+	state := t.TempDir()
+	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddTenant(store.Tenant{ID: 7, Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/64")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(500, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate the crash: the store has a change the maps never got, and
+	// the maps have junk and miss entries.
+	if err := fw.Store.Update(func(tx *store.Tx) error {
+		if _, err := tx.AddRule(maps.Rule{Tenant: 7, Dir: maps.DirOut, Proto: maps.ProtoTCP, PortLo: 25, PortHi: 25, Action: maps.ActionDeny}); err != nil {
+			return err
+		}
+		return tx.SetDirty(true)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var k maps.HostKey
+	var v maps.DstVal
+	it := dp.Maps.TnRhostV1.Iterate()
+	deleted := 0
+	for it.Next(&k, &v) && deleted < 50 {
+		dp.Maps.TnRhostV1.Delete(k)
+		deleted++
+	}
+	junk := maps.PortKey{Prefixlen: 96, SgLo: 1, SgHi: 2, Proto: 6, Dport: 80}
+	if err := dp.Maps.TnRportV1.Update(junk, maps.PortVal{RuleId: 99, Action: 1}, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Maps.TnTenantV1.Delete(uint32(7)); err != nil {
+		t.Fatal(err)
+	}
+	fw.Close()
+
+	fw, err = firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	mustMatchStore(t, fw)
+	var tv loader.WorkloadTnTenant
+	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(maps.ActionDeny) {
+		t.Fatalf("tenant policy not restored: %v %+v", err, tv)
+	}
+	fw.Store.View(func(tx *store.Tx) error {
+		if tx.Dirty() {
+			t.Error("still dirty after the repair")
+		}
+		return nil
+	})
+}
+
+// Re-applying a set with one rule changed touches only that rule's
+// entries; the others are never rewritten (so their flows see no gap).
+func TestApplyTouchesOnlyChanges(t *testing.T) {
+	fw := openFW(t)
+	rules := bigSet(1000, 7)
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: rules}}, false); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMatchStore(t, fw)
+	rules[500].PortLo, rules[500].PortHi = 9, 9 // one rule replaced
+	res, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: rules}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kept != 999 || res.Added != 1 || res.Gone != 1 {
+		t.Fatalf("apply result %+v", res)
+	}
+	// The rule's destination node keeps its stage-1 entry (same group),
+	// one port entry goes and one comes.
+	if res.Maps != (maps.Change{Added: 1, Deleted: 1}) {
+		t.Fatalf("map change %s, want 1 added 1 deleted", res.Maps)
+	}
+	after := mustMatchStore(t, fw)
+	if after.Len() != before.Len() {
+		t.Fatalf("entries %d -> %d", before.Len(), after.Len())
+	}
+}
+
+func TestOneRuleAddDelIsLocal(t *testing.T) {
+	fw := openFW(t)
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(2000, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	r := maps.Rule{Tenant: 7, Dir: maps.DirIn, Proto: maps.ProtoICMPv6, Dst: netip.MustParsePrefix("2001:db8:7::/120"), Action: maps.ActionAllow}
+	added, ch, err := fw.AddRule(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A /120 holds 256 of the rules' addresses: its own node (a stage-1
+	// and a port entry), plus one port entry pushed into each of the 256
+	// host groups below it.
+	if ch.Added != 2+256 || ch.Deleted != 0 {
+		t.Fatalf("adding a /120 rule: %s", ch)
+	}
+	mustMatchStore(t, fw)
+	if _, ch, err = fw.DeleteRule(added.ID); err != nil || ch.Deleted != 258 {
+		t.Fatalf("delete: %s %v", ch, err)
+	}
+	mustMatchStore(t, fw)
+}

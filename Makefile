@@ -11,7 +11,7 @@ export GOTOOLCHAIN ?= local
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
-	nftables iperf3 ca-certificates git make
+	util-linux nftables iperf3 ca-certificates git make
 
 BIN := bin
 
@@ -43,8 +43,11 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 # Tests need root (BPF, namespaces). They skip with a reason otherwise.
+# The demo is a test too: it must pass its checks and leave nothing behind.
 test: deps build
 	$(GO) test ./... -count=1 -timeout 30m
+	demo/demo.sh up
+	demo/demo.sh down
 
 test-short: build
 	$(GO) test ./... -count=1 -short
@@ -57,6 +60,17 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 	$(CLANG_FORMAT) -i bpf/*.c bpf/lib/*.h
+
+# The demo: a node in network namespaces, checked, with a report.
+demo: deps build
+	demo/demo.sh up
+
+demo-down:
+	demo/demo.sh down
+
+# Figures, not tests: per-packet cost (BPF_PROG_TEST_RUN) and rule updates.
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./test/datapath/ ./firewall/
 
 clean:
 	rm -rf $(BIN)

@@ -48,17 +48,17 @@ enum tn_reason {
 	TN_PASS_FRAG = 5,    /* non-first fragment of an allowed datagram */
 
 	TN_DROP_FIRST = 64,
-	TN_DROP_TRUNCATED = 64,	     /* a header ends beyond the packet */
-	TN_DROP_MALFORMED = 65,	     /* bad version, IHL, data offset, lengths */
-	TN_DROP_EXT_LIMIT = 66,	     /* header chain too long to inspect */
-	TN_DROP_L3_PROTO = 67,	     /* ethertype we do not forward */
-	TN_DROP_NO_PORT = 68,	     /* attached interface without a binding */
-	TN_DROP_SPOOF = 69,	     /* source not bound to the port */
-	TN_DROP_ROGUE_RA = 70,	     /* workload sent an RA or redirect */
-	TN_DROP_CROSS_TENANT = 71,   /* peer address belongs to another tenant */
+	TN_DROP_TRUNCATED = 64,	   /* a header ends beyond the packet */
+	TN_DROP_MALFORMED = 65,	   /* bad version, IHL, data offset, lengths */
+	TN_DROP_EXT_LIMIT = 66,	   /* header chain too long to inspect */
+	TN_DROP_L3_PROTO = 67,	   /* ethertype we do not forward */
+	TN_DROP_NO_PORT = 68,	   /* attached interface without a binding */
+	TN_DROP_SPOOF = 69,	   /* source not bound to the port */
+	TN_DROP_ROGUE_RA = 70,	   /* workload sent an RA or redirect */
+	TN_DROP_CROSS_TENANT = 71, /* peer address belongs to another tenant */
 	TN_DROP_FRAG_UNTRACKED = 72, /* non-first fragment, first not allowed */
 	TN_DROP_POLICY = 73,	     /* a deny rule matched */
-	TN_DROP_DEFAULT = 74,	     /* no rule matched, default policy denies */
+	TN_DROP_DEFAULT = 74, /* no rule matched, default policy denies */
 	TN_REASON_MAX = 75,
 };
 

@@ -32,12 +32,12 @@
 struct pkt {
 	__u8 src[TN_ADDR_LEN];
 	__u8 dst[TN_ADDR_LEN];
-	__u16 l3;	 /* ETH_P_IP, ETH_P_IPV6 or ETH_P_ARP (host order) */
-	__u8 proto;	 /* L4 protocol after the extension headers */
-	__u8 frag;	 /* 0: not a fragment, 1: first, 2: non-first */
-	__u8 icmp_type;	 /* ICMP/ICMPv6 */
-	__u8 tcp_flags;	 /* TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
-	__be16 sport;	 /* TCP/UDP ports; ICMP echo identifier in both */
+	__u16 l3;	/* ETH_P_IP, ETH_P_IPV6 or ETH_P_ARP (host order) */
+	__u8 proto;	/* L4 protocol after the extension headers */
+	__u8 frag;	/* 0: not a fragment, 1: first, 2: non-first */
+	__u8 icmp_type; /* ICMP/ICMPv6 */
+	__u8 tcp_flags; /* TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
+	__be16 sport;	/* TCP/UDP ports; ICMP echo identifier in both */
 	__be16 dport;
 	__u32 frag_id;	 /* IPv4 id or IPv6 fragment identification */
 	__u8 arp_spa[4]; /* ARP sender protocol address */
@@ -119,7 +119,8 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 	if (ip6->version != 6)
 		return TN_DROP_MALFORMED;
 	__u16 plen = bpf_ntohs(ip6->payload_len);
-	if (plen && (__u32)plen + sizeof(*ip6) + sizeof(struct ethhdr) > pkt_len)
+	if (plen &&
+	    (__u32)plen + sizeof(*ip6) + sizeof(struct ethhdr) > pkt_len)
 		return TN_DROP_TRUNCATED;
 	__builtin_memcpy(p->src, &ip6->saddr, TN_ADDR_LEN);
 	__builtin_memcpy(p->dst, &ip6->daddr, TN_ADDR_LEN);

@@ -17,7 +17,8 @@
 static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
 				     __u32 bytes)
 {
-	struct tn_stats_key k = {.tenant = tenant, .dir = dir, .reason = reason};
+	struct tn_stats_key k = {
+		.tenant = tenant, .dir = dir, .reason = reason};
 	struct tn_stats_val *v = bpf_map_lookup_elem(&tn_stats_v1, &k);
 	if (v) {
 		v->packets++;
@@ -74,7 +75,8 @@ static __always_inline int tn_verdict(const struct pkt *p, __u32 tenant,
 
 static __always_inline int tn_icmp6_is_error(__u8 t)
 {
-	return t >= 1 && t <= 4; /* unreach, PTB, time exceeded, param problem */
+	return t >= 1 &&
+	       t <= 4; /* unreach, PTB, time exceeded, param problem */
 }
 
 static __always_inline int tn_icmp6_is_link(__u8 t)
@@ -248,8 +250,8 @@ static __always_inline int tn_frag_allowed(const struct pkt *p, __u32 ifindex,
 	return v && now - v->seen_ns <= TN_FRAG_TIMEOUT;
 }
 
-static __always_inline void tn_frag_remember(const struct pkt *p,
-					     __u32 ifindex, __u64 now)
+static __always_inline void tn_frag_remember(const struct pkt *p, __u32 ifindex,
+					     __u64 now)
 {
 	struct tn_frag_key k = {};
 	tn_frag_key(&k, p, ifindex);
@@ -270,16 +272,16 @@ static __always_inline __u8 tn_rules(const struct pkt *p, __u32 tenant,
 	__builtin_memcpy(hk.dst, p->dst, TN_ADDR_LEN);
 	struct tn_rdst_val *dv = bpf_map_lookup_elem(&tn_rhost_v1, &hk);
 	if (!dv) {
-		struct tn_rdst_key dk = {.prefixlen = 64 + 128,
-					 .tenant = tenant, .dir = dir};
+		struct tn_rdst_key dk = {
+			.prefixlen = 64 + 128, .tenant = tenant, .dir = dir};
 		__builtin_memcpy(dk.dst, p->dst, TN_ADDR_LEN);
 		dv = bpf_map_lookup_elem(&tn_rdst_v1, &dk);
 		if (!dv)
 			return TN_ACT_NONE;
 	}
 
-	struct tn_rport_key pk = {.prefixlen = 64 + 32, .proto = p->proto,
-				  .dport = p->dport};
+	struct tn_rport_key pk = {
+		.prefixlen = 64 + 32, .proto = p->proto, .dport = p->dport};
 	if (dv->flags & TN_RDST_HAS_SRC) {
 		struct tn_rsrc_key sk = {.prefixlen = 64 + 128,
 					 .group_lo = dv->group_lo,

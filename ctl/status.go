@@ -5,11 +5,11 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/cilium/ebpf"
 	"github.com/spf13/pflag"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
 )
 
 // StatusView is the JSON shape of `tenantfw status`.
@@ -46,26 +46,6 @@ type MapView struct {
 	Type       string `json:"type"`
 	Entries    int    `json:"entries"`
 	MaxEntries uint32 `json:"max_entries"`
-}
-
-func countEntries(m *ebpf.Map) int {
-	if m.Type() == ebpf.RingBuf {
-		return -1
-	}
-	if m.Type() == ebpf.Array {
-		return int(m.MaxEntries())
-	}
-	n := 0
-	var key any
-	next := make([]byte, m.KeySize())
-	for {
-		if err := m.NextKey(key, &next); err != nil {
-			return n
-		}
-		n++
-		k := append([]byte(nil), next...)
-		key = k
-	}
 }
 
 func statusCmd() *command {
@@ -108,7 +88,7 @@ func statusCmd() *command {
 			ms := dp.MapsByName()
 			for _, name := range sortedKeys(ms) {
 				m := ms[name]
-				st.Maps = append(st.Maps, MapView{Name: name, Type: m.Type().String(), Entries: countEntries(m), MaxEntries: m.MaxEntries()})
+				st.Maps = append(st.Maps, MapView{Name: name, Type: m.Type().String(), Entries: maps.CountEntries(m), MaxEntries: m.MaxEntries()})
 			}
 			sort.Slice(st.Attachments, func(i, j int) bool { return st.Attachments[i].Ifindex < st.Attachments[j].Ifindex })
 			if env.Output == "json" {

@@ -622,3 +622,22 @@ func (fw *Firewall) UnbindPort(ifname string, ifindex uint32) error {
 	return fw.change(func(tx *store.Tx) error { return tx.DeletePort(ifname) },
 		func() error { return fw.Maps.UnbindPort(ifindex) })
 }
+
+// EnsureTenant declares a tenant with its prefixes, keeping the policy it
+// already has (tenantnetd calls this for every network, at every start).
+func (fw *Firewall) EnsureTenant(id uint32, name string, prefixes []netip.Prefix) error {
+	var tn store.Tenant
+	err := fw.Store.View(func(tx *store.Tx) error {
+		var err error
+		tn, err = tx.Tenant(id)
+		return err
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		tn = store.Tenant{ID: id}
+	case err != nil:
+		return err
+	}
+	tn.Name, tn.Prefixes = name, prefixes
+	return fw.AddTenant(tn)
+}

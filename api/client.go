@@ -1,0 +1,101 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tenantnet/tenantnet/node"
+)
+
+// Client talks to tenantnetd over its socket.
+type Client struct {
+	hc *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+// APIError is an error answered by the server.
+type APIError struct {
+	Code int
+	Msg  string
+}
+
+func (e *APIError) Error() string { return e.Msg }
+
+func (c *Client) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://tenantnetd"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("tenantnetd API: %w (is tenantnetd running?)", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		return &APIError{Code: resp.StatusCode, Msg: e.Error}
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// AddNetwork creates a network.
+func (c *Client) AddNetwork(req NetworkRequest) (node.NetworkInfo, error) {
+	var n node.NetworkInfo
+	return n, c.do("POST", "/v1/networks", req, &n)
+}
+
+// DeleteNetwork deletes a network.
+func (c *Client) DeleteNetwork(id string) error { return c.do("DELETE", "/v1/networks/"+id, nil, nil) }
+
+// Networks lists networks.
+func (c *Client) Networks() ([]node.NetworkInfo, error) {
+	var ns []node.NetworkInfo
+	return ns, c.do("GET", "/v1/networks", nil, &ns)
+}
+
+// AddWorkload attaches a workload.
+func (c *Client) AddWorkload(req WorkloadRequest) (node.WorkloadInfo, error) {
+	var w node.WorkloadInfo
+	return w, c.do("POST", "/v1/workloads", req, &w)
+}
+
+// DeleteWorkload detaches a workload.
+func (c *Client) DeleteWorkload(id string) error { return c.do("DELETE", "/v1/workloads/"+id, nil, nil) }
+
+// Workloads lists workloads.
+func (c *Client) Workloads() ([]node.WorkloadInfo, error) {
+	var ws []node.WorkloadInfo
+	return ws, c.do("GET", "/v1/workloads", nil, &ws)
+}
+
+// Status reports the node.
+func (c *Client) Status() (node.Status, error) {
+	var s node.Status
+	return s, c.do("GET", "/v1/status", nil, &s)
+}

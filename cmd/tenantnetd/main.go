@@ -1,0 +1,13 @@
+// Command tenantnetd is the tenantnet node service and its client.
+// See README.md and docs/ARCHITECTURE.md.
+package main
+
+import (
+	"os"
+
+	"github.com/tenantnet/tenantnet/nodecmd"
+)
+
+func main() {
+	os.Exit(nodecmd.Main(os.Args[1:], os.Stdout, os.Stderr))
+}

@@ -1,0 +1,202 @@
+// Package config is a node's configuration file (YAML): what tenantnetd
+// needs to turn the node into kernel state. Every validation error names
+// the field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Class is the node's connectivity situation (DESIGN §1).
+type Class string
+
+const (
+	DualStack Class = "dual-stack"
+	IPv4Only  Class = "ipv4-only"
+	HomeNAT   Class = "home-nat"
+	HomeIPv6  Class = "home-ipv6"
+)
+
+// Node is the configuration of one node.
+type Node struct {
+	NodeID       string         `yaml:"node_id"`
+	Uplinks      []string       `yaml:"uplinks"`
+	Class        Class          `yaml:"class"`
+	Prefixes     []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network
+	Addresses    []netip.Addr   `yaml:"addresses"`
+	StateDir     string         `yaml:"state_dir"`
+	BPFDir       string         `yaml:"bpf_dir"`
+	MetricsAddr  string         `yaml:"metrics_listen"`
+	APISocket    string         `yaml:"api_socket"`
+	MTU          int            `yaml:"mtu"`
+	WGPortBase   int            `yaml:"wireguard_port_base"`
+	WGPortCount  int            `yaml:"wireguard_port_count"`
+	Reconcile    time.Duration  `yaml:"reconcile_interval"`
+	LegacyTC     bool           `yaml:"legacy_tc"`
+	Registry     Registry       `yaml:"registry"`
+}
+
+// Registry says where the grid registry lives (used by the multi-node
+// service; validated here so a node config is complete).
+type Registry struct {
+	Type string `yaml:"type"` // file
+	Dir  string `yaml:"dir"`
+}
+
+// Defaults for fields left out.
+func (n *Node) defaults() {
+	if n.Class == "" {
+		n.Class = DualStack
+	}
+	if n.StateDir == "" {
+		n.StateDir = "/var/lib/tenantnet"
+	}
+	if n.BPFDir == "" {
+		n.BPFDir = "/sys/fs/bpf/tenantnet"
+	}
+	if n.APISocket == "" {
+		n.APISocket = "/run/tenantnet/tenantnetd.sock"
+	}
+	if n.MetricsAddr == "" {
+		n.MetricsAddr = "127.0.0.1:9464"
+	}
+	if n.MTU == 0 {
+		n.MTU = 1420 // room for WireGuard over IPv6 (80 B) on a 1500 path
+	}
+	if n.WGPortBase == 0 {
+		n.WGPortBase = 51820
+	}
+	if n.WGPortCount == 0 {
+		n.WGPortCount = 4096
+	}
+	if n.Reconcile == 0 {
+		n.Reconcile = 30 * time.Second
+	}
+	if n.Registry.Type == "" {
+		n.Registry.Type = "file"
+	}
+	if n.Registry.Dir == "" {
+		n.Registry.Dir = "/var/lib/tenantnet/registry"
+	}
+}
+
+// FieldError names the field a value failed on.
+type FieldError struct {
+	Field, Value, Msg string
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("%s: %s", e.Field, e.Msg)
+	}
+	return fmt.Sprintf("%s %s: %s", e.Field, e.Value, e.Msg)
+}
+
+// Load reads and validates a config file.
+func Load(path string) (*Node, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	n, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+// Parse decodes and validates a config; unknown fields are errors.
+func Parse(b []byte) (*Node, error) {
+	var n Node
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&n); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return nil, errors.New(strings.Join(te.Errors, "; "))
+		}
+		return nil, err
+	}
+	n.defaults()
+	return &n, n.Validate()
+}
+
+// Validate checks the config; lookupLink may be nil (no interface checks).
+func (n *Node) Validate() error {
+	if n.NodeID == "" {
+		return &FieldError{Field: "node_id", Msg: "required"}
+	}
+	if len(n.NodeID) > 64 || strings.ContainsAny(n.NodeID, " /\t\n") {
+		return &FieldError{"node_id", n.NodeID, "at most 64 characters, no spaces or slashes"}
+	}
+	switch n.Class {
+	case DualStack, IPv4Only, HomeNAT, HomeIPv6:
+	default:
+		return &FieldError{"class", string(n.Class), "want dual-stack, ipv4-only, home-nat or home-ipv6"}
+	}
+	if len(n.Prefixes) == 0 {
+		return &FieldError{Field: "prefixes", Msg: "at least one IPv6 prefix to allocate tenant /64s from"}
+	}
+	for i, p := range n.Prefixes {
+		f := fmt.Sprintf("prefixes[%d]", i)
+		if !p.Addr().Is6() || p.Addr().Is4In6() {
+			return &FieldError{f, p.String(), "must be IPv6"}
+		}
+		if p.Bits() >= 64 {
+			return &FieldError{f, p.String(), "must be shorter than /64 (a /48 gives 65,536 networks)"}
+		}
+		if p.Masked() != p {
+			return &FieldError{f, p.String(), fmt.Sprintf("host bits set (did you mean %s?)", p.Masked())}
+		}
+		for j := 0; j < i; j++ {
+			if p.Overlaps(n.Prefixes[j]) {
+				return &FieldError{f, p.String(), fmt.Sprintf("overlaps prefixes[%d] %s", j, n.Prefixes[j])}
+			}
+		}
+	}
+	for i, u := range n.Uplinks {
+		if u == "" || len(u) > 15 {
+			return &FieldError{fmt.Sprintf("uplinks[%d]", i), u, "not an interface name"}
+		}
+	}
+	if n.MTU < 1280 || n.MTU > 9000 {
+		return &FieldError{"mtu", fmt.Sprint(n.MTU), "must be 1280..9000 (IPv6 needs at least 1280)"}
+	}
+	if n.WGPortBase < 1024 || n.WGPortBase+n.WGPortCount > 65536 || n.WGPortCount < 1 {
+		return &FieldError{"wireguard_port_base", fmt.Sprint(n.WGPortBase), "the port range must lie within 1024-65535"}
+	}
+	if _, _, err := net.SplitHostPort(n.MetricsAddr); err != nil {
+		return &FieldError{"metrics_listen", n.MetricsAddr, "want host:port"}
+	}
+	if n.Reconcile < time.Second {
+		return &FieldError{"reconcile_interval", n.Reconcile.String(), "at least 1s"}
+	}
+	if n.Registry.Type != "file" {
+		return &FieldError{"registry.type", n.Registry.Type, "only file for now (etcd comes with the multi-node service)"}
+	}
+	for _, d := range []struct{ f, v string }{{"state_dir", n.StateDir}, {"bpf_dir", n.BPFDir}, {"api_socket", n.APISocket}} {
+		if !strings.HasPrefix(d.v, "/") {
+			return &FieldError{d.f, d.v, "must be an absolute path"}
+		}
+	}
+	return nil
+}
+
+// CheckUplinks verifies that the uplinks exist (in the current netns).
+func (n *Node) CheckUplinks() error {
+	for i, u := range n.Uplinks {
+		if _, err := net.InterfaceByName(u); err != nil {
+			return &FieldError{fmt.Sprintf("uplinks[%d]", i), u, "no such interface"}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+const good = `
+node_id: node-1
+uplinks: [eth0]
+class: dual-stack
+prefixes: ["2001:db8:100::/48"]
+`
+
+func TestParse(t *testing.T) {
+	n, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.MTU != 1420 || n.StateDir != "/var/lib/tenantnet" || n.WGPortBase != 51820 {
+		t.Fatalf("defaults: %+v", n)
+	}
+	bad := []struct{ yaml, want string }{
+		{"uplinks: [eth0]\nprefixes: [\"2001:db8::/48\"]", "node_id: required"},
+		{good + "class: cloud\n", "already defined"},
+		{"node_id: n\nclass: cloud\nprefixes: [\"2001:db8::/48\"]", "class cloud: want dual-stack"},
+		{"node_id: n\nprefixes: [\"2001:db8::/64\"]", "prefixes[0] 2001:db8::/64: must be shorter than /64"},
+		{"node_id: n\nprefixes: [\"2001:db8::/80\"]", "must be shorter than /64"},
+		{"node_id: n\nprefixes: [\"10.0.0.0/8\"]", "prefixes[0] 10.0.0.0/8: must be IPv6"},
+		{"node_id: n\nprefixes: [\"2001:db8::1/48\"]", "host bits set (did you mean 2001:db8::/48?)"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\", \"2001:db8::/56\"]", "prefixes[1] 2001:db8::/56: overlaps prefixes[0]"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nmtu: 1000", "mtu 1000"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nmetrics_listen: nope", "metrics_listen nope"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nstate_dir: rel", "state_dir rel: must be an absolute path"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nbogus: 1", "field bogus not found"},
+		{"node_id: n\nprefixes: [\"nope\"]", "nope"},
+		{"node_id: n\nprefixes: []", "prefixes: at least one"},
+	}
+	for _, c := range bad {
+		_, err := Parse([]byte(c.yaml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want %q", c.yaml, err, c.want)
+		}
+	}
+}
+
+func TestCheckUplinks(t *testing.T) {
+	n, _ := Parse([]byte("node_id: n\nuplinks: [nosuchif0]\nprefixes: [\"2001:db8::/48\"]"))
+	if err := n.CheckUplinks(); err == nil || !strings.Contains(err.Error(), "uplinks[0] nosuchif0: no such interface") {
+		t.Fatal(err)
+	}
+}

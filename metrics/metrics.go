@@ -1,0 +1,113 @@
+// Package metrics exports a node's figures to Prometheus: per-tenant
+// packets and bytes by direction, verdict and reason (read from the BPF
+// counters at scrape time), conntrack and map fill, reconcile runs and
+// allocations, plus the Go and process collectors.
+package metrics
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/node"
+)
+
+var (
+	packets = prometheus.NewDesc("tenantnet_packets_total",
+		"Packets seen by the datapath, by tenant, direction, verdict and reason.",
+		[]string{"tenant", "direction", "verdict", "reason"}, nil)
+	bytes = prometheus.NewDesc("tenantnet_bytes_total",
+		"Bytes seen by the datapath, by tenant, direction, verdict and reason.",
+		[]string{"tenant", "direction", "verdict", "reason"}, nil)
+	ctEntries = prometheus.NewDesc("tenantnet_conntrack_entries",
+		"Entries in the conntrack table (including expired ones not yet reused).", nil, nil)
+	mapEntries = prometheus.NewDesc("tenantnet_map_entries",
+		"Entries in each datapath map.", []string{"map"}, nil)
+	mapMax = prometheus.NewDesc("tenantnet_map_max_entries",
+		"Capacity of each datapath map.", []string{"map"}, nil)
+	runs = prometheus.NewDesc("tenantnet_reconcile_runs_total",
+		"Reconcile runs.", nil, nil)
+	errs = prometheus.NewDesc("tenantnet_reconcile_errors_total",
+		"Reconcile runs that ended with an error.", nil, nil)
+	repairs = prometheus.NewDesc("tenantnet_reconcile_repairs_total",
+		"Items of kernel state repaired by reconcile runs.", nil, nil)
+	duration = prometheus.NewDesc("tenantnet_reconcile_duration_seconds",
+		"Duration of reconcile runs.", nil, nil)
+	networks = prometheus.NewDesc("tenantnet_networks",
+		"Tenant networks allocated on this node.", nil, nil)
+	workloads = prometheus.NewDesc("tenantnet_workloads",
+		"Workloads attached on this node.", nil, nil)
+	freeSubnets = prometheus.NewDesc("tenantnet_free_subnets",
+		"/64s left to allocate from the node's prefixes (capped at 2^32).", nil, nil)
+)
+
+// buckets must match node.reconcileBuckets.
+var buckets = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+type collector struct {
+	s   *node.Service
+	log *slog.Logger
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	dp := c.s.Datapath()
+	m := maps.New(dp)
+	if cs, err := m.Counters(0); err != nil {
+		c.log.Warn("read counters", "err", err)
+	} else {
+		for _, k := range cs {
+			verdict := "pass"
+			if k.Reason.IsDrop() {
+				verdict = "drop"
+			}
+			lv := []string{fmt.Sprint(k.Tenant), k.Dir.String(), verdict, k.Reason.String()}
+			ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(k.Packets), lv...)
+			ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(k.Bytes), lv...)
+		}
+	}
+	for name, mp := range dp.MapsByName() {
+		n := maps.CountEntries(mp)
+		if n < 0 {
+			continue
+		}
+		if name == "tn_ct_v1" {
+			ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(n))
+		}
+		ch <- prometheus.MustNewConstMetric(mapEntries, prometheus.GaugeValue, float64(n), name)
+		ch <- prometheus.MustNewConstMetric(mapMax, prometheus.GaugeValue, float64(mp.MaxEntries()), name)
+	}
+	st := c.s.Stats()
+	ch <- prometheus.MustNewConstMetric(runs, prometheus.CounterValue, float64(st.Runs))
+	ch <- prometheus.MustNewConstMetric(errs, prometheus.CounterValue, float64(st.Errors))
+	ch <- prometheus.MustNewConstMetric(repairs, prometheus.CounterValue, float64(st.Repairs))
+	hb := map[float64]uint64{}
+	for i, b := range buckets {
+		if i < len(st.Buckets) {
+			hb[b] = st.Buckets[i]
+		}
+	}
+	ch <- prometheus.MustNewConstHistogram(duration, st.Runs, st.DurationsSum, hb)
+	nn, nw, free := c.s.IPAM().Counts()
+	ch <- prometheus.MustNewConstMetric(networks, prometheus.GaugeValue, float64(nn))
+	ch <- prometheus.MustNewConstMetric(workloads, prometheus.GaugeValue, float64(nw))
+	ch <- prometheus.MustNewConstMetric(freeSubnets, prometheus.GaugeValue, float64(free))
+}
+
+// Handler returns the /metrics handler for a node service.
+func Handler(s *node.Service, log *slog.Logger) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s, log: log}, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
+}

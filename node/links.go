@@ -1,0 +1,318 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/store"
+)
+
+// Names of our links: bridges tnb<num>, workload ports tnw<num>. Anything
+// else on the node is not ours and never touched.
+const (
+	bridgePrefix = "tnb"
+	portPrefix   = "tnw"
+	// WorkloadIf is the workload's side of its veth.
+	WorkloadIf = "eth0"
+)
+
+// gatewayLL is the bridge's link-local address: the workloads' default
+// router. Link-local so it is the same on every network and node, and
+// never needs renumbering.
+var gatewayLL = netip.MustParsePrefix("fe80::1/64")
+
+func isOurs(name string) bool {
+	return strings.HasPrefix(name, bridgePrefix) || strings.HasPrefix(name, portPrefix)
+}
+
+// repairs records what a reconcile changed, for the log and metrics.
+type repairs struct {
+	items []string
+}
+
+func (r *repairs) add(format string, a ...any) { r.items = append(r.items, fmt.Sprintf(format, a...)) }
+
+func sysctl(path, val string) error {
+	p := "/proc/sys/" + path
+	cur, err := os.ReadFile(p)
+	if err == nil && strings.TrimSpace(string(cur)) == val {
+		return nil
+	}
+	return os.WriteFile(p, []byte(val), 0o644)
+}
+
+func nlAddr(p netip.Prefix) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+		Flags: unix.IFA_F_NODAD}
+}
+
+func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
+	for _, a := range addrs {
+		ap, ok := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if ok && ap.Unmap() == p.Addr() && ones == p.Bits() {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshot is the node namespace's state, read once per reconcile.
+type snapshot struct {
+	links map[string]netlink.Link
+	addrs map[int][]netlink.Addr // by link index
+	atts  map[int]map[loader.Hook]bool
+	ports map[uint32]uint32 // tn_ports_v1
+}
+
+func (s *Service) snapshot() (*snapshot, error) {
+	links, err := s.nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}}
+	for _, l := range links {
+		sn.links[l.Attrs().Name] = l
+	}
+	addrs, err := s.nl.AddrList(nil, netlink.FAMILY_V6)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
+	}
+	for _, a := range loader.ListAttachments(s.cfg.BPFDir) {
+		if !a.Live {
+			continue
+		}
+		if sn.atts[a.Ifindex] == nil {
+			sn.atts[a.Ifindex] = map[loader.Hook]bool{}
+		}
+		sn.atts[a.Ifindex][a.Hook] = true
+	}
+	if sn.ports, err = maps.New(s.dp).Ports(); err != nil {
+		return nil, err
+	}
+	return sn, nil
+}
+
+// ensureNetwork makes the network's bridge exist, up, with its MTU and
+// addresses.
+func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error {
+	name := n.Bridge()
+	l, ok := sn.links[name]
+	if !ok {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: n.MTU}}
+		if err := s.nl.LinkAdd(br); err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		var err error
+		if l, err = s.nl.LinkByName(name); err != nil {
+			return err
+		}
+		sn.links[name] = l
+		r.add("created bridge %s for network %s", name, n.ID)
+	}
+	if _, isBridge := l.(*netlink.Bridge); !isBridge {
+		return fmt.Errorf("%s exists and is a %s, not our bridge", name, l.Type())
+	}
+	// A router does not take RAs, and its addresses need no DAD.
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}} {
+		if err := sysctl(fmt.Sprintf("net/ipv6/conf/%s/%s", name, kv[0]), kv[1]); err != nil {
+			return err
+		}
+	}
+	if l.Attrs().MTU != n.MTU {
+		if err := s.nl.LinkSetMTU(l, n.MTU); err != nil {
+			return fmt.Errorf("mtu of %s: %w", name, err)
+		}
+		r.add("set mtu %d on %s", n.MTU, name)
+	}
+	for _, p := range []netip.Prefix{netip.PrefixFrom(n.Gateway(), 64), gatewayLL} {
+		if !hasAddr(sn.addrs[l.Attrs().Index], p) {
+			if err := s.nl.AddrAdd(l, nlAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("address %s on %s: %w", p, name, err)
+			}
+			r.add("added %s to %s", p, name)
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := s.nl.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up: %w", name, err)
+		}
+		r.add("set %s up", name)
+	}
+	return nil
+}
+
+// ensureWorkload makes the workload's veth exist with the datapath attached
+// and bound before it comes up, enslaved to its network's bridge, and the
+// workload's side addressed and routed.
+func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool) error {
+	nsh, err := netns.GetFromPath(w.Netns)
+	if err != nil {
+		return fmt.Errorf("workload %s: netns %s: %w", w.ID, w.Netns, err)
+	}
+	defer nsh.Close()
+	host := w.HostIf()
+	l, ok := sn.links[host]
+	created := false
+	if !ok {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: n.MTU}, PeerName: WorkloadIf,
+			PeerNamespace: netlink.NsFd(nsh)}
+		if err := s.nl.LinkAdd(v); err != nil {
+			return fmt.Errorf("workload %s: create veth %s: %w", w.ID, host, err)
+		}
+		if l, err = s.nl.LinkByName(host); err != nil {
+			return err
+		}
+		sn.links[host] = l
+		created = true
+		r.add("created port %s for workload %s", host, w.ID)
+	}
+	idx := l.Attrs().Index
+	// Filter first, then bind, then up: never a moment unfiltered.
+	if !sn.atts[idx][loader.HookFromWorkload] || !sn.atts[idx][loader.HookToWorkload] {
+		if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
+			return fmt.Errorf("workload %s: attach %s: %w", w.ID, host, err)
+		}
+		if !created {
+			r.add("re-attached datapath to %s", host)
+		}
+	}
+	if sn.ports[uint32(idx)] != n.Num {
+		if err := s.withFirewall(func(fw fwAPI) error {
+			return fw.BindPort(store.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}, uint32(idx))
+		}); err != nil {
+			return fmt.Errorf("workload %s: bind %s: %w", w.ID, host, err)
+		}
+		if !created {
+			r.add("re-bound %s to tenant %d", host, n.Num)
+		}
+	}
+	br := sn.links[n.Bridge()]
+	if br == nil {
+		return fmt.Errorf("workload %s: bridge %s missing", w.ID, n.Bridge())
+	}
+	if l.Attrs().MasterIndex != br.Attrs().Index {
+		if err := s.nl.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("workload %s: enslave %s to %s: %w", w.ID, host, n.Bridge(), err)
+		}
+		if !created {
+			r.add("re-enslaved %s to %s", host, n.Bridge())
+		}
+	}
+	if l.Attrs().MTU != n.MTU {
+		if err := s.nl.LinkSetMTU(l, n.MTU); err != nil {
+			return err
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := s.nl.LinkSetUp(l); err != nil {
+			return fmt.Errorf("workload %s: set %s up: %w", w.ID, host, err)
+		}
+		if !created {
+			r.add("set %s up", host)
+		}
+	}
+	if created || deep {
+		if err := s.ensureInside(w, n, nsh, r, created); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureInside configures the workload's side, inside its namespace.
+func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHandle, r *repairs, fresh bool) error {
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("workload %s: netlink in %s: %w", w.ID, w.Netns, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(WorkloadIf)
+	if err != nil {
+		return fmt.Errorf("workload %s: %s in %s: %w", w.ID, WorkloadIf, w.Netns, err)
+	}
+	if lo, err := h.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
+		h.LinkSetUp(lo)
+	}
+	if l.Attrs().MTU != n.MTU {
+		if err := h.LinkSetMTU(l, n.MTU); err != nil {
+			return err
+		}
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return err
+	}
+	p := netip.PrefixFrom(w.Addr, 64)
+	if !hasAddr(addrs, p) {
+		if err := h.AddrAdd(l, nlAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("workload %s: address %s: %w", w.ID, p, err)
+		}
+		if !fresh {
+			r.add("re-added %s in workload %s", p, w.ID)
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	routes, err := h.RouteList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return err
+	}
+	for _, rt := range routes {
+		if rt.Dst == nil || rt.Dst.IP.IsUnspecified() && isZeroMask(rt.Dst.Mask) {
+			return nil
+		}
+	}
+	gw := net.ParseIP("fe80::1")
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("workload %s: default route: %w", w.ID, err)
+	}
+	if !fresh {
+		r.add("re-added default route in workload %s", w.ID)
+	}
+	return nil
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
+// removeWorkloadLinks deletes the workload's veth (both ends go) and its
+// attachment pins.
+func (s *Service) removeWorkloadLinks(w ipam.Workload) error {
+	host := w.HostIf()
+	l, err := s.nl.LinkByName(host)
+	if err == nil {
+		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
+			return err
+		}
+		if err := s.nl.LinkDel(l); err != nil {
+			return fmt.Errorf("delete %s: %w", host, err)
+		}
+	}
+	return s.withFirewall(func(fw fwAPI) error {
+		idx := uint32(0)
+		if l != nil {
+			idx = uint32(l.Attrs().Index)
+		}
+		return fw.UnbindPort(host, idx)
+	})
+}

@@ -1,0 +1,459 @@
+// Package node is tenantnetd's core: it turns the node's configuration and
+// the tenant networks and workloads assigned to it into kernel state
+// (bridges, veths, addresses, routes, datapath attachments and map
+// entries) and keeps it so with a reconcile loop.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/store"
+)
+
+// Service is a running node.
+type Service struct {
+	cfg  *config.Node
+	log  *slog.Logger
+	ipam *ipam.Store
+	dp   *loader.Datapath
+	nl   *netlink.Handle
+
+	mu       sync.Mutex // serialises API changes and reconcile runs
+	trigger  chan struct{}
+	stats    ReconcileStats
+	attachMode loader.Mode
+	uplinkMode map[string]loader.Mode
+}
+
+// ReconcileStats are the reconcile loop's figures (metrics, status).
+type ReconcileStats struct {
+	Runs, Errors, Repairs uint64
+	LastDuration          time.Duration
+	LastError             string
+	LastRun               time.Time
+	DurationsSum          float64
+	Buckets               []uint64 // counts per histogram bucket (reconcileBuckets)
+}
+
+var reconcileBuckets = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// fwAPI is the part of the firewall tenantnetd uses.
+type fwAPI interface {
+	EnsureTenant(id uint32, name string, prefixes []netip.Prefix) error
+	DeleteTenant(id uint32) error
+	BindPort(p store.Port, ifindex uint32) error
+	UnbindPort(ifname string, ifindex uint32) error
+	Reconcile() error
+	AddRule(r maps.Rule) (maps.Rule, maps.Change, error)
+}
+
+func sameNetworkRule(n ipam.Network) maps.Rule {
+	return maps.Rule{Tenant: n.Num, Dir: maps.DirIn, Proto: maps.ProtoAny, Src: n.Prefix, Action: maps.ActionAllow,
+		Comment: "same network (added by tenantnetd)"}
+}
+
+// withFirewall opens the firewall state (taking the state directory's
+// lock, so tenantfw and tenantnetd never interleave) for one operation.
+func (s *Service) withFirewall(fn func(fwAPI) error) error {
+	fw, err := firewall.Open(firewall.Options{StateDir: s.cfg.StateDir, PinDir: s.cfg.BPFDir, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	return fn(fw)
+}
+
+// New loads (or upgrades) the datapath, restores the firewall state and
+// attaches the uplinks. Nothing of the networks is touched yet: Reconcile
+// does that.
+func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
+	if err := cfg.CheckUplinks(); err != nil {
+		return nil, err
+	}
+	for _, kv := range [][2]string{{"net/ipv6/conf/all/forwarding", "1"}, {"net/ipv4/ip_forward", "1"}} {
+		if err := sysctl(kv[0], kv[1]); err != nil {
+			return nil, fmt.Errorf("sysctl %s: %w", kv[0], err)
+		}
+	}
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount})
+	if err != nil {
+		return nil, err
+	}
+	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: 1})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		st.Close()
+		dp.Close()
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
+		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX}
+	s.stats.Buckets = make([]uint64, len(reconcileBuckets))
+	if cfg.LegacyTC {
+		s.attachMode = loader.ModeLegacyTC
+	}
+	if err := s.withFirewall(func(fw fwAPI) error { return fw.Reconcile() }); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("restore firewall state: %w", err)
+	}
+	for _, u := range cfg.Uplinks {
+		l, err := nl.LinkByName(u)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("uplink %s: %w", u, err)
+		}
+		mode, err := dp.AttachUplink(l.Attrs().Index, loader.AttachOptions{})
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.uplinkMode[u] = mode
+		log.Info("uplink prefilter attached", "uplink", u, "mode", mode)
+	}
+	return s, nil
+}
+
+// Close releases handles; the datapath stays attached and pinned.
+func (s *Service) Close() error {
+	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }())
+}
+
+// Trigger asks the loop for a reconcile soon.
+func (s *Service) Trigger() {
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles at start, on triggers and every interval, until ctx ends.
+func (s *Service) Run(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.Reconcile)
+	defer tick.Stop()
+	n := 0
+	for {
+		n++
+		// Inside workloads' namespaces we look every tenth run: it is
+		// the workload's own space and costs a netlink socket each.
+		s.Reconcile(n%10 == 1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-s.trigger:
+		}
+	}
+}
+
+// Reconcile compares desired state with the kernel and repairs drift item
+// by item. deep also checks inside the workloads' namespaces.
+func (s *Service) Reconcile(deep bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reconcileLocked(deep)
+}
+
+func (s *Service) reconcileLocked(deep bool) error {
+	start := time.Now()
+	var r repairs
+	err := s.reconcileOnce(&r, deep)
+	d := time.Since(start)
+	s.stats.Runs++
+	s.stats.LastRun = start
+	s.stats.LastDuration = d
+	s.stats.DurationsSum += d.Seconds()
+	for i, b := range reconcileBuckets {
+		if d.Seconds() <= b {
+			s.stats.Buckets[i]++
+		}
+	}
+	s.stats.Repairs += uint64(len(r.items))
+	for _, it := range r.items {
+		s.log.Info("reconcile repaired", "what", it)
+	}
+	if err != nil {
+		s.stats.Errors++
+		s.stats.LastError = err.Error()
+		s.log.Error("reconcile", "err", err, "duration", d)
+		return err
+	}
+	s.stats.LastError = ""
+	return nil
+}
+
+func (s *Service) reconcileOnce(r *repairs, deep bool) error {
+	nets, err := s.ipam.Networks()
+	if err != nil {
+		return err
+	}
+	wls, err := s.ipam.Workloads()
+	if err != nil {
+		return err
+	}
+	sn, err := s.snapshot()
+	if err != nil {
+		return err
+	}
+	byID := map[string]ipam.Network{}
+	want := map[string]bool{}
+	var errs []error
+	for _, n := range nets {
+		byID[n.ID] = n
+		want[n.Bridge()] = true
+		if err := s.ensureNetwork(n, sn, r); err != nil {
+			errs = append(errs, fmt.Errorf("network %s: %w", n.ID, err))
+		}
+	}
+	for _, w := range wls {
+		want[w.HostIf()] = true
+		if err := s.ensureWorkload(w, byID[w.Network], sn, r, deep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Links of ours that nothing owns go (a crash between creating a link
+	// and recording it, or a workload deleted while we were down).
+	var stray []string
+	for name := range sn.links {
+		if isOurs(name) && !want[name] {
+			stray = append(stray, name)
+		}
+	}
+	sort.Strings(stray)
+	for _, name := range stray {
+		l := sn.links[name]
+		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.nl.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete stray %s: %w", name, err))
+			continue
+		}
+		r.add("deleted stray link %s", name)
+	}
+	return errors.Join(errs...)
+}
+
+// NetworkInfo is a network as the API shows it.
+type NetworkInfo struct {
+	ipam.Network
+	Tenant  uint32 `json:"tenant"`
+	Bridge  string `json:"bridge"`
+	Gateway string `json:"gateway"`
+}
+
+func netInfo(n ipam.Network) NetworkInfo {
+	return NetworkInfo{Network: n, Tenant: n.Num, Bridge: n.Bridge(), Gateway: n.Gateway().String()}
+}
+
+// AddNetwork creates (or confirms) a tenant network on this node.
+func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
+	if mtu == 0 {
+		mtu = s.cfg.MTU
+	}
+	if mtu < 1280 || mtu > 9000 {
+		return NetworkInfo{}, false, fmt.Errorf("mtu %d: must be 1280..9000", mtu)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, created, err := s.ipam.AddNetwork(id, mtu)
+	if err != nil {
+		return NetworkInfo{}, false, err
+	}
+	undo := func(e error) (NetworkInfo, bool, error) {
+		if created {
+			if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
+				s.nl.LinkDel(l)
+			}
+			s.ipam.DeleteNetwork(id)
+		}
+		return NetworkInfo{}, false, e
+	}
+	if err := s.withFirewall(func(fw fwAPI) error {
+		if err := fw.EnsureTenant(n.Num, n.ID, []netip.Prefix{n.Prefix}); err != nil {
+			return err
+		}
+		if !created {
+			return nil
+		}
+		// Workloads of one network reach each other by default: an
+		// ordinary rule the tenant sees in `tenantfw rule list` and may
+		// delete.
+		_, _, err := fw.AddRule(sameNetworkRule(n))
+		return err
+	}); err != nil {
+		return undo(err)
+	}
+	sn, err := s.snapshot()
+	if err != nil {
+		return undo(err)
+	}
+	var r repairs
+	if err := s.ensureNetwork(n, sn, &r); err != nil {
+		return undo(err)
+	}
+	s.log.Info("network ready", "network", id, "prefix", n.Prefix, "bridge", n.Bridge(), "tenant", n.Num, "created", created)
+	return netInfo(n), created, nil
+}
+
+// DeleteNetwork removes a network without workloads.
+func (s *Service) DeleteNetwork(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.ipam.DeleteNetwork(id)
+	if err != nil {
+		return err
+	}
+	if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
+		if err := s.nl.LinkDel(l); err != nil {
+			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)
+		}
+	}
+	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
+		return err
+	}
+	s.log.Info("network deleted", "network", id)
+	return nil
+}
+
+// Networks lists the networks.
+func (s *Service) Networks() ([]NetworkInfo, error) {
+	ns, err := s.ipam.Networks()
+	out := make([]NetworkInfo, 0, len(ns))
+	for _, n := range ns {
+		out = append(out, netInfo(n))
+	}
+	return out, err
+}
+
+// WorkloadInfo is a workload as the API shows it.
+type WorkloadInfo struct {
+	ipam.Workload
+	Port    string `json:"port"`
+	Gateway string `json:"gateway"`
+}
+
+// AddWorkload attaches a workload, given its network namespace, to a
+// network. On any error everything it made is removed again.
+func (s *Service) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error) {
+	h, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return WorkloadInfo{}, false, fmt.Errorf("netns %s: %w", nsPath, err)
+	}
+	h.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.ipam.Network(network)
+	if err != nil {
+		return WorkloadInfo{}, false, err
+	}
+	w, created, err := s.ipam.AddWorkload(id, network, nsPath)
+	if err != nil {
+		return WorkloadInfo{}, false, err
+	}
+	sn, err := s.snapshot()
+	if err == nil {
+		var r repairs
+		err = s.ensureWorkload(w, n, sn, &r, true)
+	}
+	if err != nil {
+		if created {
+			if rerr := s.removeWorkloadLinks(w); rerr != nil {
+				s.log.Error("undo workload", "workload", id, "err", rerr)
+			}
+			s.ipam.DeleteWorkload(id)
+		}
+		return WorkloadInfo{}, false, err
+	}
+	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created)
+	return WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: "fe80::1"}, created, nil
+}
+
+// DeleteWorkload detaches a workload and releases its address.
+func (s *Service) DeleteWorkload(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w, err := s.ipam.Workload(id)
+	if err != nil {
+		return err
+	}
+	if err := s.removeWorkloadLinks(w); err != nil {
+		return err
+	}
+	if _, err := s.ipam.DeleteWorkload(id); err != nil {
+		return err
+	}
+	s.log.Info("workload detached", "workload", id)
+	return nil
+}
+
+// Workloads lists the workloads.
+func (s *Service) Workloads() ([]WorkloadInfo, error) {
+	ws, err := s.ipam.Workloads()
+	out := make([]WorkloadInfo, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: "fe80::1"})
+	}
+	return out, err
+}
+
+// Status is the node's summary.
+type Status struct {
+	NodeID     string                 `json:"node_id"`
+	Class      config.Class           `json:"class"`
+	Networks   int                    `json:"networks"`
+	Workloads  int                    `json:"workloads"`
+	FreeNets   uint64                 `json:"free_subnets"`
+	AttachMode loader.Mode            `json:"attach_mode"`
+	Uplinks    map[string]loader.Mode `json:"uplinks"`
+	Reconcile  struct {
+		Runs, Errors, Repairs uint64
+		LastDuration          string `json:"last_duration"`
+		LastError             string `json:"last_error,omitempty"`
+	} `json:"reconcile"`
+}
+
+// Status reports the node's state.
+func (s *Service) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{NodeID: s.cfg.NodeID, Class: s.cfg.Class, AttachMode: s.attachMode, Uplinks: s.uplinkMode}
+	st.Networks, st.Workloads, st.FreeNets = s.ipam.Counts()
+	st.Reconcile.Runs, st.Reconcile.Errors, st.Reconcile.Repairs = s.stats.Runs, s.stats.Errors, s.stats.Repairs
+	st.Reconcile.LastDuration = s.stats.LastDuration.String()
+	st.Reconcile.LastError = s.stats.LastError
+	return st
+}
+
+// Stats returns a copy of the reconcile figures.
+func (s *Service) Stats() ReconcileStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.stats
+	c.Buckets = append([]uint64(nil), s.stats.Buckets...)
+	return c
+}
+
+// Datapath returns the loaded datapath (metrics read its maps).
+func (s *Service) Datapath() *loader.Datapath { return s.dp }
+
+// IPAM returns the allocation store.
+func (s *Service) IPAM() *ipam.Store { return s.ipam }

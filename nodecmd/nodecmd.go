@@ -1,0 +1,314 @@
+// Package nodecmd is the tenantnetd command line: `run` (the service) and
+// the client subcommands that talk to a running service over its socket.
+package nodecmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/metrics"
+	"github.com/tenantnet/tenantnet/node"
+)
+
+const usage = `tenantnetd: the tenantnet node service.
+
+Usage:
+  tenantnetd run [--config /etc/tenantnet/node.yaml]    run the service (systemd: tenantnetd.service)
+  tenantnetd network add --id ID [--mtu N]              create a tenant network on this node
+  tenantnetd network del --id ID
+  tenantnetd network list
+  tenantnetd workload add --id ID --network NET --netns PATH
+  tenantnetd workload del --id ID
+  tenantnetd workload list
+  tenantnetd status
+  tenantnetd netns create NAME | netns del NAME         pause-style namespaces under /run/netns
+  tenantnetd cleanup [--config FILE] [--purge-state]    remove everything of ours (links, datapath)
+
+Client commands take --socket (default from the config: /run/tenantnet/tenantnetd.sock)
+and -o json. Exit codes: 0 ok, 1 failed, 2 usage.
+`
+
+type usageErr struct{ error }
+
+// Main runs tenantnetd and returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	err := run(args, stdout, stderr)
+	if err == nil || errors.Is(err, pflag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(stderr, "tenantnetd: %v\n", err)
+	var ue usageErr
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return usageErr{errors.New("missing command")}
+		}
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	if (cmd == "network" || cmd == "workload" || cmd == "netns") && len(rest) > 0 {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	fs := pflag.NewFlagSet("tenantnetd "+cmd, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfgPath := fs.String("config", "/etc/tenantnet/node.yaml", "node configuration")
+	socket := fs.String("socket", "", "API socket (default: api_socket of the config, else /run/tenantnet/tenantnetd.sock)")
+	output := fs.StringP("output", "o", "table", "table or json")
+	id := fs.String("id", "", "network or workload id")
+	network := fs.String("network", "", "network id")
+	nsPath := fs.String("netns", "", "workload network namespace (/run/netns/NAME or /proc/PID/ns/net)")
+	mtu := fs.Int("mtu", 0, "network MTU (default: the node's mtu)")
+	purge := fs.Bool("purge-state", false, "cleanup: also delete the state directory")
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return err
+		}
+		return usageErr{err}
+	}
+	client := func() *api.Client {
+		path := *socket
+		if path == "" {
+			path = "/run/tenantnet/tenantnetd.sock"
+			if c, err := config.Load(*cfgPath); err == nil {
+				path = c.APISocket
+			}
+		}
+		return api.NewClient(path)
+	}
+	need := func(v *string, flag string) error {
+		if *v == "" {
+			return usageErr{fmt.Errorf("--%s is required", flag)}
+		}
+		return nil
+	}
+	out := func(v any, table func(*tabwriter.Writer)) error {
+		if *output == "json" {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	}
+	switch cmd {
+	case "run":
+		return serve(*cfgPath)
+	case "network add":
+		if err := need(id, "id"); err != nil {
+			return err
+		}
+		n, err := client().AddNetwork(api.NetworkRequest{ID: *id, MTU: *mtu})
+		if err != nil {
+			return err
+		}
+		return out(n, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "network %s: prefix %s, gateway %s, bridge %s, tenant %d, wireguard port %d, mtu %d\n",
+				n.ID, n.Prefix, n.Gateway, n.Bridge, n.Tenant, n.WGPort, n.MTU)
+		})
+	case "network del":
+		if err := need(id, "id"); err != nil {
+			return err
+		}
+		return client().DeleteNetwork(*id)
+	case "network list":
+		ns, err := client().Networks()
+		if err != nil {
+			return err
+		}
+		return out(ns, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU")
+			for _, n := range ns {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU)
+			}
+		})
+	case "workload add":
+		for _, f := range []struct {
+			v    *string
+			name string
+		}{{id, "id"}, {network, "network"}, {nsPath, "netns"}} {
+			if err := need(f.v, f.name); err != nil {
+				return err
+			}
+		}
+		w, err := client().AddWorkload(api.WorkloadRequest{ID: *id, Network: *network, Netns: *nsPath})
+		if err != nil {
+			return err
+		}
+		return out(w, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "workload %s: address %s on network %s, port %s, gateway %s\n", w.ID, w.Addr, w.Network, w.Port, w.Gateway)
+		})
+	case "workload del":
+		if err := need(id, "id"); err != nil {
+			return err
+		}
+		return client().DeleteWorkload(*id)
+	case "workload list":
+		ws, err := client().Workloads()
+		if err != nil {
+			return err
+		}
+		return out(ws, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "WORKLOAD\tNETWORK\tADDRESS\tPORT\tNETNS")
+			for _, w := range ws {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", w.ID, w.Network, w.Addr, w.Port, w.Netns)
+			}
+		})
+	case "status":
+		st, err := client().Status()
+		if err != nil {
+			return err
+		}
+		return out(st, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "node %s (%s): %d networks, %d workloads, %d free /64s\n", st.NodeID, st.Class, st.Networks, st.Workloads, st.FreeNets)
+			fmt.Fprintf(tw, "ports attached with %s; uplinks %v\n", st.AttachMode, st.Uplinks)
+			fmt.Fprintf(tw, "reconcile: %d runs, %d errors, %d repairs, last took %s %s\n", st.Reconcile.Runs, st.Reconcile.Errors,
+				st.Reconcile.Repairs, st.Reconcile.LastDuration, st.Reconcile.LastError)
+		})
+	case "netns create":
+		if fs.NArg() != 1 {
+			return usageErr{errors.New("netns create NAME")}
+		}
+		return createNetns(fs.Arg(0), stdout)
+	case "netns del":
+		if fs.NArg() != 1 {
+			return usageErr{errors.New("netns del NAME")}
+		}
+		return netns.DeleteNamed(fs.Arg(0))
+	case "cleanup":
+		return cleanup(*cfgPath, *purge, stdout)
+	}
+	return usageErr{fmt.Errorf("unknown command %q (see tenantnetd --help)", cmd)}
+}
+
+// createNetns makes a named namespace, like a pause container's: it lives
+// as long as its bind mount under /run/netns.
+func createNetns(name string, stdout io.Writer) error {
+	if err := ipam.ValidID(name); err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// The new namespace becomes this thread's: lock it, and never
+		// hand the thread back unless it is back in the original one.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		h.Close()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("create netns %s: %w", name, err)
+	}
+	fmt.Fprintf(stdout, "/run/netns/%s\n", name)
+	return nil
+}
+
+func serve(cfgPath string) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	slog.SetDefault(log)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	s, err := node.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Converge once before serving: the API then answers from a node
+	// that matches its state.
+	if err := s.Reconcile(true); err != nil {
+		log.Warn("first reconcile had errors; retrying in the loop", "err", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(s, log))
+	msrv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	go func() { <-ctx.Done(); msrv.Close() }()
+	go s.Run(ctx)
+	log.Info("tenantnetd ready", "node", cfg.NodeID, "startup", time.Since(start).String(), "metrics", cfg.MetricsAddr)
+	err = api.Serve(ctx, cfg.APISocket, api.Handler(s), log)
+	log.Info("tenantnetd stopping; the datapath stays attached")
+	return err
+}
+
+// cleanup removes everything of ours: workload ports and bridges, the
+// datapath (detached, unpinned) and, with purge, the state.
+func cleanup(cfgPath string, purge bool, stdout io.Writer) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, l := range links {
+		name := l.Attrs().Name
+		if len(name) > 3 && (name[:3] == "tnb" || name[:3] == "tnw") {
+			if err := netlink.LinkDel(l); err == nil {
+				n++
+			}
+		}
+	}
+	if err := loader.Remove(cfg.BPFDir); err != nil {
+		return err
+	}
+	os.Remove(cfg.APISocket)
+	if purge {
+		if err := os.RemoveAll(cfg.StateDir); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "removed %d links and the datapath at %s%s\n", n, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[purge])
+	return nil
+}

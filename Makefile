@@ -11,7 +11,7 @@ export GOTOOLCHAIN ?= local
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
-	util-linux nftables iperf3 ca-certificates git make
+	util-linux nftables iperf3 prometheus curl ca-certificates git make
 
 BIN := bin
 
@@ -26,7 +26,7 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> apt-get install$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(GO) mod download
 

@@ -1,0 +1,369 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+)
+
+// daemon is a tenantnetd process running in the node namespace.
+type daemon struct {
+	t       *testing.T
+	bin     string
+	nsName  string
+	cfgPath string
+	socket  string
+	logPath string
+	metrics string
+	cmd     *exec.Cmd
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command("nsenter", "--net=/run/netns/"+d.nsName, d.bin, "run", "--config", d.cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := d.client("status"); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(d.logPath)
+	d.t.Fatalf("tenantnetd did not come up:\n%s", b)
+}
+
+func (d *daemon) kill9() {
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+}
+
+func (d *daemon) client(args ...string) (string, error) {
+	out, err := exec.Command(d.bin, append(args, "--socket", d.socket)...).CombinedOutput()
+	return string(out), err
+}
+
+func (d *daemon) must(args ...string) string {
+	d.t.Helper()
+	out, err := d.client(args...)
+	if err != nil {
+		d.t.Fatalf("tenantnetd %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (d *daemon) jsonOut(v any, args ...string) {
+	d.t.Helper()
+	if err := json.Unmarshal([]byte(d.must(append(args, "-o", "json")...)), v); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+type wlInfo struct {
+	ID      string `json:"id"`
+	Network string `json:"network"`
+	Addr    string `json:"address"`
+	Port    string `json:"port"`
+	Netns   string `json:"netns"`
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestNodeService(t *testing.T) {
+	n := newTopo(t)
+	n.up(n.nl, "lo")
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"),
+		metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	state := filepath.Join(dir, "state")
+	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: node-1
+uplinks: [uplink]
+class: dual-stack
+prefixes: ["2001:db8:100::/48"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: %s
+reconcile_interval: 1s
+`, state, n.pinDir, d.socket, d.metrics)), 0o600)
+	d.start()
+	t.Cleanup(func() {
+		d.kill9()
+		n.do(n.ns, func() error {
+			out, err := exec.Command(d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("cleanup: %v %s", err, out)
+			}
+			return nil
+		})
+		if t.Failed() {
+			b, _ := os.ReadFile(d.logPath)
+			t.Logf("tenantnetd log:\n%s", b)
+		}
+	})
+	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: n.ns.Name, pin: n.pinDir, state: state}
+
+	d.must("network", "add", "--id", "acme")
+	d.must("network", "add", "--id", "globex")
+	nsA1 := testutil.NewNetNS(t, fmt.Sprintf("tn-na1-%d", os.Getpid()))
+	nsA2 := testutil.NewNetNS(t, fmt.Sprintf("tn-na2-%d", os.Getpid()))
+	nsG1 := testutil.NewNetNS(t, fmt.Sprintf("tn-ng1-%d", os.Getpid()))
+	d.must("workload", "add", "--id", "a1", "--network", "acme", "--netns", "/run/netns/"+nsA1.Name)
+	d.must("workload", "add", "--id", "a2", "--network", "acme", "--netns", "/run/netns/"+nsA2.Name)
+	d.must("workload", "add", "--id", "g1", "--network", "globex", "--netns", "/run/netns/"+nsG1.Name)
+	var wls []wlInfo
+	d.jsonOut(&wls, "workload", "list")
+	addr := map[string]string{}
+	for _, w := range wls {
+		addr[w.ID] = w.Addr
+	}
+	var nets []struct {
+		ID     string
+		Tenant uint32
+	}
+	d.jsonOut(&nets, "network", "list")
+	tenant := map[string]uint32{}
+	for _, x := range nets {
+		tenant[x.ID] = x.Tenant
+	}
+	listenTCP(t, nsA1, "[::]:8080")
+	listenTCP(t, nsA1, "[::]:8081")
+	listenTCP(t, nsG1, "[::]:8080")
+	hp := func(w string, port int) string { return fmt.Sprintf("[%s]:%d", addr[w], port) }
+
+	// Within a network: reachable (the same-network rule); across
+	// networks: dropped both ways, counted.
+	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+		t.Fatalf("a2 -> a1 (same network): %v", err)
+	}
+	if dialTCP(nsG1, hp("a1", 8080), time.Second) == nil {
+		t.Error("g1 reached a1 across tenants")
+	}
+	if dialTCP(nsA1, hp("g1", 8080), time.Second) == nil {
+		t.Error("a1 reached g1 across tenants")
+	}
+	var stats []struct {
+		Tenant  uint32
+		Dir     string
+		Reason  string
+		Packets uint64
+	}
+	fw.json(&stats, "stats")
+	cross := map[uint32]bool{}
+	for _, s := range stats {
+		if s.Reason == "cross-tenant" && s.Packets > 0 {
+			cross[s.Tenant] = true
+		}
+	}
+	if !cross[tenant["acme"]] || !cross[tenant["globex"]] {
+		t.Errorf("cross-tenant drops not counted for both tenants: %+v", stats)
+	}
+
+	// tenantfw rules act on tenantnetd's workloads: a deny beats the
+	// same-network allow.
+	fw.must("rule", "add", "--tenant", fmt.Sprint(tenant["acme"]), "--proto", "tcp", "--port", "8081", "--dst", addr["a1"], "--action", "deny")
+	if dialTCP(nsA2, hp("a1", 8081), time.Second) == nil {
+		t.Error("a2 -> a1:8081 connected despite the deny rule")
+	}
+	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+		t.Errorf("a2 -> a1:8080 after an unrelated deny: %v", err)
+	}
+
+	// /metrics passes promtool.
+	checkMetrics(t, n, d.metrics)
+
+	// kill -9 under traffic: the established flow keeps flowing while
+	// tenantnetd is down and after it restarts; allocations are kept;
+	// the restart repairs nothing (no flapping).
+	var c net.Conn
+	n.do(nsA2, func() (err error) { c, err = net.DialTimeout("tcp", hp("a1", 8080), 3*time.Second); return })
+	defer c.Close()
+	var rounds atomic.Int64
+	var streamErr atomic.Value
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1024)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Write(buf); err != nil {
+				streamErr.Store(err)
+				return
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				streamErr.Store(err)
+				return
+			}
+			rounds.Add(1)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	d.kill9()
+	before := rounds.Load()
+	time.Sleep(time.Second)
+	if rounds.Load() <= before {
+		t.Error("the established flow stalled while tenantnetd was down")
+	}
+	logBefore, _ := os.ReadFile(d.logPath)
+	d.start()
+	time.Sleep(2500 * time.Millisecond) // a few reconcile runs
+	close(stop)
+	<-done
+	if err, _ := streamErr.Load().(error); err != nil {
+		t.Fatalf("established flow broke across kill -9 and restart: %v", err)
+	}
+	var wls2 []wlInfo
+	d.jsonOut(&wls2, "workload", "list")
+	for _, w := range wls2 {
+		if addr[w.ID] != w.Addr {
+			t.Errorf("workload %s: address %s before the restart, %s after", w.ID, addr[w.ID], w.Addr)
+		}
+	}
+	logAll, _ := os.ReadFile(d.logPath)
+	if after := string(logAll[len(logBefore):]); strings.Contains(after, "reconcile repaired") {
+		t.Errorf("the restart changed kernel state:\n%s", grepLines(after, "repaired"))
+	}
+
+	// Drift made by hand is repaired: a deleted bridge comes back with its
+	// ports, a stray link of ours goes.
+	br, err := n.nl.LinkByName("tnb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.nl.LinkDel(br); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tnw777"}, PeerName: "stray0"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		_, errBr := n.nl.LinkByName("tnb1")
+		_, errStray := n.nl.LinkByName("tnw777")
+		if errBr == nil && errStray != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+		t.Errorf("a2 -> a1 after the bridge was repaired: %v", err)
+	}
+	if _, err := n.nl.LinkByName("tnw777"); err == nil {
+		t.Error("stray link tnw777 still there")
+	}
+	logAll, _ = os.ReadFile(d.logPath)
+	for _, want := range []string{"created bridge tnb1", "re-enslaved", "deleted stray link tnw777"} {
+		if !strings.Contains(string(logAll), want) {
+			t.Errorf("log does not say %q", want)
+		}
+	}
+
+	// Bad input: clear errors, nothing half-applied.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"workload", "add", "--id", "x1", "--network", "acme", "--netns", "/run/netns/does-not-exist"}, "does not exist"},
+		{[]string{"workload", "add", "--id", "x1", "--network", "nope", "--netns", "/run/netns/" + nsA1.Name}, "network nope: not found"},
+		{[]string{"workload", "add", "--id", "a1", "--network", "globex", "--netns", "/run/netns/" + nsA1.Name}, "attached to network acme"},
+		{[]string{"network", "add", "--id", "bad id"}, "id \"bad id\""},
+		{[]string{"network", "del", "--id", "acme"}, "still has workloads"},
+	} {
+		out, err := d.client(c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("tenantnetd %s: %v %q, want %q", strings.Join(c.args, " "), err, out, c.want)
+		}
+	}
+	var wls3 []wlInfo
+	d.jsonOut(&wls3, "workload", "list")
+	if len(wls3) != 3 {
+		t.Errorf("bad input changed the workloads: %+v", wls3)
+	}
+
+	// Detach and delete remove everything.
+	d.must("workload", "del", "--id", "g1")
+	d.must("network", "del", "--id", "globex")
+	if _, err := n.nl.LinkByName("tnb2"); err == nil {
+		t.Error("bridge of the deleted network still there")
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), sub) {
+			out = append(out, sc.Text())
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func checkMetrics(t *testing.T, n *node, addr string) {
+	t.Helper()
+	var body []byte
+	var conn net.Conn
+	n.do(n.ns, func() (err error) { conn, err = net.Dial("tcp", addr); return }) // a socket of the node namespace
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tenantnet_packets_total{", "tenantnet_reconcile_duration_seconds_bucket", "tenantnet_conntrack_entries", "tenantnet_networks 2", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Error("promtool (Debian package prometheus) is not installed: `sudo make deps` installs it")
+		return
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(string(body))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}

@@ -86,7 +86,9 @@ func (c *Client) AddWorkload(req WorkloadRequest) (node.WorkloadInfo, error) {
 }
 
 // DeleteWorkload detaches a workload.
-func (c *Client) DeleteWorkload(id string) error { return c.do("DELETE", "/v1/workloads/"+id, nil, nil) }
+func (c *Client) DeleteWorkload(id string) error {
+	return c.do("DELETE", "/v1/workloads/"+id, nil, nil)
+}
 
 // Workloads lists workloads.
 func (c *Client) Workloads() ([]node.WorkloadInfo, error) {

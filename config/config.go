@@ -28,21 +28,21 @@ const (
 
 // Node is the configuration of one node.
 type Node struct {
-	NodeID       string         `yaml:"node_id"`
-	Uplinks      []string       `yaml:"uplinks"`
-	Class        Class          `yaml:"class"`
-	Prefixes     []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network
-	Addresses    []netip.Addr   `yaml:"addresses"`
-	StateDir     string         `yaml:"state_dir"`
-	BPFDir       string         `yaml:"bpf_dir"`
-	MetricsAddr  string         `yaml:"metrics_listen"`
-	APISocket    string         `yaml:"api_socket"`
-	MTU          int            `yaml:"mtu"`
-	WGPortBase   int            `yaml:"wireguard_port_base"`
-	WGPortCount  int            `yaml:"wireguard_port_count"`
-	Reconcile    time.Duration  `yaml:"reconcile_interval"`
-	LegacyTC     bool           `yaml:"legacy_tc"`
-	Registry     Registry       `yaml:"registry"`
+	NodeID      string         `yaml:"node_id"`
+	Uplinks     []string       `yaml:"uplinks"`
+	Class       Class          `yaml:"class"`
+	Prefixes    []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network
+	Addresses   []netip.Addr   `yaml:"addresses"`
+	StateDir    string         `yaml:"state_dir"`
+	BPFDir      string         `yaml:"bpf_dir"`
+	MetricsAddr string         `yaml:"metrics_listen"`
+	APISocket   string         `yaml:"api_socket"`
+	MTU         int            `yaml:"mtu"`
+	WGPortBase  int            `yaml:"wireguard_port_base"`
+	WGPortCount int            `yaml:"wireguard_port_count"`
+	Reconcile   time.Duration  `yaml:"reconcile_interval"`
+	LegacyTC    bool           `yaml:"legacy_tc"`
+	Registry    Registry       `yaml:"registry"`
 }
 
 // Registry says where the grid registry lives (used by the multi-node

@@ -33,9 +33,9 @@ type Service struct {
 	dp   *loader.Datapath
 	nl   *netlink.Handle
 
-	mu       sync.Mutex // serialises API changes and reconcile runs
-	trigger  chan struct{}
-	stats    ReconcileStats
+	mu         sync.Mutex // serialises API changes and reconcile runs
+	trigger    chan struct{}
+	stats      ReconcileStats
 	attachMode loader.Mode
 	uplinkMode map[string]loader.Mode
 }

@@ -47,15 +47,18 @@ type Options struct {
 	// NoDatapath opens only the store (for commands that work without a
 	// loaded datapath, and to restore before loading).
 	NoDatapath bool
+	// Maps, if set, are the datapath's maps already open in this process
+	// (tenantnetd): used instead of opening the pins, and not closed.
+	Maps *maps.Maps
 }
 
 // Firewall is an open, locked state directory and its datapath maps.
 type Firewall struct {
-	Store *store.Store
-	Maps  *maps.Maps // nil with NoDatapath
-	log   *slog.Logger
-	lock  *os.File
-	mapH  map[string]interface{ Close() error }
+	Store      *store.Store
+	Maps       *maps.Maps // nil with NoDatapath
+	log        *slog.Logger
+	lock       *os.File
+	borrowMaps bool
 }
 
 // Lock takes the state directory's writer lock.
@@ -112,12 +115,16 @@ func Open(opts Options) (*Firewall, error) {
 	}
 	fw := &Firewall{Store: st, log: log, lock: lock}
 	if !opts.NoDatapath {
-		wm, err := loader.OpenMaps(opts.PinDir)
-		if err != nil {
-			fw.Close()
-			return nil, err
+		if opts.Maps != nil {
+			fw.Maps, fw.borrowMaps = opts.Maps, true
+		} else {
+			wm, err := loader.OpenMaps(opts.PinDir)
+			if err != nil {
+				fw.Close()
+				return nil, err
+			}
+			fw.Maps = maps.FromMaps(wm)
 		}
-		fw.Maps = maps.FromMaps(wm)
 		var dirty bool
 		_ = st.View(func(tx *store.Tx) error { dirty = tx.Dirty(); return nil })
 		if dirty {
@@ -134,7 +141,7 @@ func Open(opts Options) (*Firewall, error) {
 // Close releases the maps, the store and the lock.
 func (fw *Firewall) Close() error {
 	var errs []error
-	if fw.Maps != nil {
+	if fw.Maps != nil && !fw.borrowMaps {
 		errs = append(errs, fw.Maps.Raw().Close())
 	}
 	if fw.Store != nil {
@@ -614,6 +621,38 @@ func (fw *Firewall) BindPort(p store.Port, ifindex uint32) error {
 		return tx.PutPort(p)
 	}, func() error {
 		return fw.Maps.BindPort(maps.PortBinding{Ifindex: ifindex, Tenant: p.Tenant, Addrs: p.Addrs})
+	})
+}
+
+// PortBinding is a port to bind with its current ifindex.
+type PortBinding struct {
+	Port    store.Port
+	Ifindex uint32
+}
+
+// BindPorts records and writes many bindings in one change (one lock, two
+// fsyncs): what a reconcile run after a reboot needs.
+func (fw *Firewall) BindPorts(ps []PortBinding) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return fw.change(func(tx *store.Tx) error {
+		for _, p := range ps {
+			if _, err := fw.knownTenant(tx, p.Port.Tenant); err != nil {
+				return err
+			}
+			if err := tx.PutPort(p.Port); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func() error {
+		for _, p := range ps {
+			if err := fw.Maps.BindPort(maps.PortBinding{Ifindex: p.Ifindex, Tenant: p.Port.Tenant, Addrs: p.Port.Addrs}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

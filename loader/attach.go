@@ -293,9 +293,31 @@ func (a Attachment) Detach(pinDir string) error {
 // interface and hook.
 func ListAttachments(pinDir string) []Attachment {
 	entries, _ := os.ReadDir(filepath.Join(pinDir, linksDir))
-	var out []Attachment
+	var names []string
 	for _, e := range entries {
-		name := e.Name()
+		names = append(names, e.Name())
+	}
+	return listAttachments(pinDir, names)
+}
+
+// ListAttachmentsOf reads the attachments of one interface.
+func ListAttachmentsOf(pinDir string, ifindex int) []Attachment {
+	var names []string
+	for _, h := range []Hook{HookFromWorkload, HookToWorkload, HookUplink} {
+		for _, suffix := range []string{"", legacySuffix} {
+			name := fmt.Sprintf("%d_%s%s", ifindex, h, suffix)
+			if _, err := os.Stat(filepath.Join(pinDir, linksDir, name)); err == nil {
+				names = append(names, name)
+			}
+		}
+	}
+	return listAttachments(pinDir, names)
+}
+
+func listAttachments(pinDir string, names []string) []Attachment {
+	var out []Attachment
+	for _, name := range names {
+		file := name
 		legacy := strings.HasSuffix(name, legacySuffix)
 		name = strings.TrimSuffix(name, legacySuffix)
 		idx, hook, ok := strings.Cut(name, "_")
@@ -307,7 +329,7 @@ func ListAttachments(pinDir string) []Attachment {
 			continue
 		}
 		a := Attachment{Ifindex: ifindex, Hook: Hook(hook)}
-		path := filepath.Join(pinDir, linksDir, e.Name())
+		path := filepath.Join(pinDir, linksDir, file)
 		if legacy {
 			a.Mode = ModeLegacyTC
 			if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {

@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/maps"
@@ -74,6 +76,90 @@ type snapshot struct {
 	addrs map[int][]netlink.Addr // by link index
 	atts  map[int]map[loader.Hook]bool
 	ports map[uint32]uint32 // tn_ports_v1
+	// bindings to write, collected while ensuring workloads and written
+	// in one firewall change by flushBindings
+	bind []firewall.PortBinding
+	// attach are ports to attach the datapath to; up are ports to set up
+	// once attached and bound (flushBindings does both, in that order)
+	attach []int
+	up     []netlink.Link
+}
+
+// snapshotFor reads only what one workload needs (AddWorkload): reading
+// the whole node for each of thousands of workloads would be quadratic.
+func (s *Service) snapshotFor(w ipam.Workload, n ipam.Network) (*snapshot, error) {
+	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, ports: map[uint32]uint32{}}
+	for _, name := range []string{w.HostIf(), n.Bridge()} {
+		if l, err := s.nl.LinkByName(name); err == nil {
+			sn.links[name] = l
+			for _, a := range loader.ListAttachmentsOf(s.cfg.BPFDir, l.Attrs().Index) {
+				if a.Live {
+					if sn.atts[a.Ifindex] == nil {
+						sn.atts[a.Ifindex] = map[loader.Hook]bool{}
+					}
+					sn.atts[a.Ifindex][a.Hook] = true
+				}
+			}
+			var t uint32
+			if maps.New(s.dp).Raw().TnPortsV1.Lookup(uint32(l.Attrs().Index), &t) == nil {
+				sn.ports[uint32(l.Attrs().Index)] = t
+			}
+		}
+	}
+	return sn, nil
+}
+
+// flushBindings attaches the datapath to the collected ports, writes the
+// collected bindings, then brings the ports up: a port is never up before
+// it is filtered and bound. Attaching is done in parallel: each TCX
+// attach waits for an RCU grace period (about 14 ms here), and those
+// overlap.
+func (s *Service) flushBindings(sn *snapshot) error {
+	if err := s.attachAll(sn.attach); err != nil {
+		return err
+	}
+	if len(sn.bind) > 0 {
+		if err := s.withFirewall(func(fw fwAPI) error { return fw.BindPorts(sn.bind) }); err != nil {
+			return fmt.Errorf("bind ports: %w", err)
+		}
+	}
+	var errs []error
+	for _, l := range sn.up {
+		if err := s.nl.LinkSetUp(l); err != nil {
+			errs = append(errs, fmt.Errorf("set %s up: %w", l.Attrs().Name, err))
+		}
+	}
+	sn.bind, sn.up, sn.attach = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+func (s *Service) attachAll(idxs []int) error {
+	const workers = 64
+	jobs := make(chan int)
+	errc := make(chan error, len(idxs))
+	var wg sync.WaitGroup
+	for i := 0; i < workers && i < len(idxs); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for idx := range jobs {
+				if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
+					errc <- fmt.Errorf("attach ifindex %d: %w", idx, err)
+				}
+			}
+		}()
+	}
+	for _, idx := range idxs {
+		jobs <- idx
+	}
+	close(jobs)
+	wg.Wait()
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func (s *Service) snapshot() (*snapshot, error) {
@@ -183,20 +269,17 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 	}
 	idx := l.Attrs().Index
 	// Filter first, then bind, then up: never a moment unfiltered.
-	if !sn.atts[idx][loader.HookFromWorkload] || !sn.atts[idx][loader.HookToWorkload] {
-		if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
-			return fmt.Errorf("workload %s: attach %s: %w", w.ID, host, err)
-		}
+	attached := sn.atts[idx][loader.HookFromWorkload] && sn.atts[idx][loader.HookToWorkload]
+	if !attached {
+		sn.attach = append(sn.attach, idx)
 		if !created {
 			r.add("re-attached datapath to %s", host)
 		}
 	}
-	if sn.ports[uint32(idx)] != n.Num {
-		if err := s.withFirewall(func(fw fwAPI) error {
-			return fw.BindPort(store.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}, uint32(idx))
-		}); err != nil {
-			return fmt.Errorf("workload %s: bind %s: %w", w.ID, host, err)
-		}
+	bound := sn.ports[uint32(idx)] == n.Num && attached
+	if !bound {
+		sn.bind = append(sn.bind, firewall.PortBinding{Ifindex: uint32(idx),
+			Port: store.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}})
 		if !created {
 			r.add("re-bound %s to tenant %d", host, n.Num)
 		}
@@ -219,8 +302,12 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 		}
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
-		if err := s.nl.LinkSetUp(l); err != nil {
-			return fmt.Errorf("workload %s: set %s up: %w", w.ID, host, err)
+		if bound {
+			if err := s.nl.LinkSetUp(l); err != nil {
+				return fmt.Errorf("workload %s: set %s up: %w", w.ID, host, err)
+			}
+		} else {
+			sn.up = append(sn.up, l) // after the binding is written
 		}
 		if !created {
 			r.add("set %s up", host)

@@ -44,6 +44,7 @@ type Service struct {
 type ReconcileStats struct {
 	Runs, Errors, Repairs uint64
 	LastDuration          time.Duration
+	LastShallow, LastDeep time.Duration // last run without / with the look inside workload namespaces
 	LastError             string
 	LastRun               time.Time
 	DurationsSum          float64
@@ -60,6 +61,7 @@ type fwAPI interface {
 	UnbindPort(ifname string, ifindex uint32) error
 	Reconcile() error
 	AddRule(r maps.Rule) (maps.Rule, maps.Change, error)
+	BindPorts(ps []firewall.PortBinding) error
 }
 
 func sameNetworkRule(n ipam.Network) maps.Rule {
@@ -70,7 +72,7 @@ func sameNetworkRule(n ipam.Network) maps.Rule {
 // withFirewall opens the firewall state (taking the state directory's
 // lock, so tenantfw and tenantnetd never interleave) for one operation.
 func (s *Service) withFirewall(fn func(fwAPI) error) error {
-	fw, err := firewall.Open(firewall.Options{StateDir: s.cfg.StateDir, PinDir: s.cfg.BPFDir, Logger: s.log})
+	fw, err := firewall.Open(firewall.Options{StateDir: s.cfg.StateDir, PinDir: s.cfg.BPFDir, Logger: s.log, Maps: maps.New(s.dp)})
 	if err != nil {
 		return err
 	}
@@ -180,6 +182,11 @@ func (s *Service) reconcileLocked(deep bool) error {
 	s.stats.Runs++
 	s.stats.LastRun = start
 	s.stats.LastDuration = d
+	if deep {
+		s.stats.LastDeep = d
+	} else {
+		s.stats.LastShallow = d
+	}
 	s.stats.DurationsSum += d.Seconds()
 	for i, b := range reconcileBuckets {
 		if d.Seconds() <= b {
@@ -209,10 +216,17 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err != nil {
 		return err
 	}
+	t0 := time.Now()
 	sn, err := s.snapshot()
 	if err != nil {
 		return err
 	}
+	tSnap := time.Since(t0)
+	defer func() {
+		if len(r.items) > 0 {
+			s.log.Info("reconcile phases", "snapshot", tSnap.String(), "total", time.Since(t0).String(), "repairs", len(r.items))
+		}
+	}()
 	byID := map[string]ipam.Network{}
 	want := map[string]bool{}
 	var errs []error
@@ -223,11 +237,20 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 			errs = append(errs, fmt.Errorf("network %s: %w", n.ID, err))
 		}
 	}
+	tNets := time.Now()
+	defer func() {
+		if len(r.items) > 0 {
+			s.log.Info("reconcile networks", "networks", tNets.Sub(t0).String())
+		}
+	}()
 	for _, w := range wls {
 		want[w.HostIf()] = true
 		if err := s.ensureWorkload(w, byID[w.Network], sn, r, deep); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := s.flushBindings(sn); err != nil {
+		errs = append(errs, err)
 	}
 	// Links of ours that nothing owns go (a crash between creating a link
 	// and recording it, or a workload deleted while we were down).
@@ -369,10 +392,13 @@ func (s *Service) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, e
 	if err != nil {
 		return WorkloadInfo{}, false, err
 	}
-	sn, err := s.snapshot()
+	sn, err := s.snapshotFor(w, n)
 	if err == nil {
 		var r repairs
 		err = s.ensureWorkload(w, n, sn, &r, true)
+	}
+	if err == nil {
+		err = s.flushBindings(sn)
 	}
 	if err != nil {
 		if created {
@@ -427,6 +453,8 @@ type Status struct {
 	Reconcile  struct {
 		Runs, Errors, Repairs uint64
 		LastDuration          string `json:"last_duration"`
+		LastShallow           string `json:"last_shallow"`
+		LastDeep              string `json:"last_deep"`
 		LastError             string `json:"last_error,omitempty"`
 	} `json:"reconcile"`
 }
@@ -439,6 +467,8 @@ func (s *Service) Status() Status {
 	st.Networks, st.Workloads, st.FreeNets = s.ipam.Counts()
 	st.Reconcile.Runs, st.Reconcile.Errors, st.Reconcile.Repairs = s.stats.Runs, s.stats.Errors, s.stats.Repairs
 	st.Reconcile.LastDuration = s.stats.LastDuration.String()
+	st.Reconcile.LastShallow = s.stats.LastShallow.String()
+	st.Reconcile.LastDeep = s.stats.LastDeep.String()
 	st.Reconcile.LastError = s.stats.LastError
 	return st
 }

@@ -23,7 +23,7 @@ import (
 
 // daemon is a tenantnetd process running in the node namespace.
 type daemon struct {
-	t       *testing.T
+	t       testing.TB
 	bin     string
 	nsName  string
 	cfgPath string

@@ -19,7 +19,7 @@ import (
 )
 
 // buildBinary builds a command of this module into a temporary directory.
-func buildBinary(t *testing.T, pkg string) string {
+func buildBinary(t testing.TB, pkg string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	cmd := exec.Command("go", "build", "-o", out, "github.com/tenantnet/tenantnet/"+pkg)

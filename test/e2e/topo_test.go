@@ -19,7 +19,7 @@ import (
 )
 
 type node struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *testutil.NetNS
 	nl     *netlink.Handle
 	pinDir string
@@ -57,7 +57,7 @@ func newNode(t *testing.T) *node {
 
 // newTopo builds the namespaces only; the datapath is left to the test
 // (tenantfw loads it in the CLI test).
-func newTopo(t *testing.T) *node {
+func newTopo(t testing.TB) *node {
 	t.Helper()
 	pid := os.Getpid()
 	n := &node{t: t, wls: map[string]*wl{}}

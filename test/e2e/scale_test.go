@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/tenantnet/tenantnet/api"
+)
+
+// BenchmarkNodeScale measures tenantnetd with 1,000 networks and 2,000
+// workloads on one node: the time to populate it through the API, a cold
+// start to ready after a "reboot" (links and datapath gone, state kept),
+// the steady-state no-op reconcile, and the daemon's RSS.
+//
+//	sudo go test ./test/e2e -run '^$' -bench NodeScale -benchtime 1x
+func BenchmarkNodeScale(b *testing.B) {
+	nets, wls := 1000, 2000
+	if s := os.Getenv("TN_SCALE_NETWORKS"); s != "" {
+		nets, _ = strconv.Atoi(s)
+		wls = 2 * nets
+	}
+	for b.Loop() {
+		scale(b, nets, wls)
+	}
+}
+
+func scale(b *testing.B, nets, wls int) {
+	tt := b // testing.TB
+	n := newTopo(tt)
+	n.up(n.nl, "lo")
+	dir := b.TempDir()
+	d := &daemon{t: tt, bin: buildBinary(tt, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: scale
+uplinks: [uplink]
+prefixes: ["2001:db8:100::/48"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: 127.0.0.1:19999
+reconcile_interval: 2s
+wireguard_port_count: 8192
+`, filepath.Join(dir, "state"), n.pinDir, d.socket)), 0o600)
+	d.start()
+	b.Cleanup(func() {
+		d.kill9()
+		exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).Run()
+	})
+	c := api.NewClient(d.socket)
+
+	// Workload namespaces, as a runtime would have made them.
+	names := make([]string, wls)
+	start := time.Now()
+	for i := range names {
+		names[i] = fmt.Sprintf("tn-sc%d-%d", i, os.Getpid())
+		mkNetns(b, names[i])
+	}
+	b.Cleanup(func() {
+		for _, nm := range names {
+			netns.DeleteNamed(nm)
+		}
+	})
+	b.Logf("%d workload namespaces made in %s", wls, time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	for i := 0; i < nets; i++ {
+		if _, err := c.AddNetwork(api.NetworkRequest{ID: fmt.Sprintf("net%d", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < wls; i++ {
+		if _, err := c.AddWorkload(api.WorkloadRequest{ID: fmt.Sprintf("wl%d", i), Network: fmt.Sprintf("net%d", i%nets),
+			Netns: "/run/netns/" + names[i]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	populate := time.Since(start)
+
+	// Steady state: wait for shallow and deep no-op runs.
+	time.Sleep(5 * time.Second)
+	st, _ := c.Status()
+	rss := vmRSS(d.cmd.Process.Pid)
+
+	// Reboot: kernel state gone (links, datapath), state and workload
+	// namespaces kept; then a cold start.
+	d.kill9()
+	if out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
+		b.Fatalf("cleanup: %v %s", err, out)
+	}
+	start = time.Now()
+	d.start()
+	cold := time.Since(start)
+	st2, _ := c.Status()
+	if st2.Networks != nets || st2.Workloads != wls || st2.Reconcile.Errors != 0 {
+		sj, _ := json.Marshal(st2)
+		b.Fatalf("after the cold start: %s", sj)
+	}
+	logb, _ := os.ReadFile(d.logPath)
+	b.Logf("tenantnetd:\n%s", grepLines(string(logb), "ready\"")+"\n"+grepLines(string(logb), "reconcile phases")+"\n"+grepLines(string(logb), "reconcile networks"))
+	b.ReportMetric(populate.Seconds(), "populate-s")
+	b.ReportMetric(cold.Seconds(), "cold-start-s")
+	b.ReportMetric(parseDur(st.Reconcile.LastShallow).Seconds()*1000, "noop-reconcile-ms")
+	b.ReportMetric(parseDur(st.Reconcile.LastDeep).Seconds()*1000, "noop-deep-reconcile-ms")
+	b.ReportMetric(float64(rss)/1024, "rss-MB")
+	b.Logf("%d networks, %d workloads: populate %s, cold start to ready %s, no-op reconcile %s (deep %s), RSS %.0f MB",
+		nets, wls, populate.Round(time.Millisecond), cold.Round(time.Millisecond), st.Reconcile.LastShallow, st.Reconcile.LastDeep, float64(rss)/1024)
+}
+
+func parseDur(s string) time.Duration {
+	d, _ := time.ParseDuration(s)
+	return d
+}
+
+func vmRSS(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.Atoi(f[1])
+			return kb
+		}
+	}
+	return 0
+}
+
+func mkNetns(tb testing.TB, name string) {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		h.Close()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		tb.Fatal(err)
+	}
+}

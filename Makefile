@@ -11,11 +11,11 @@ export GOTOOLCHAIN ?= local
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
-	util-linux nftables iperf3 prometheus curl ca-certificates git make
+	util-linux nftables iptables iperf3 prometheus curl ca-certificates git make
 
 BIN := bin
 
-.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale
 
 all: build
 
@@ -68,9 +68,17 @@ demo: deps build
 demo-down:
 	demo/demo.sh down
 
-# Figures, not tests: per-packet cost (BPF_PROG_TEST_RUN) and rule updates.
+# Figures, not tests: tenantnet against nftables and iptables in one run
+# (writes BENCHMARKS.md, about 15 minutes), then the Go benchmarks of rule
+# updates and per-packet cost. The node-scale benchmark (1,000 networks,
+# 2,000 workloads, ~20 minutes) runs with `make bench-scale`.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./test/datapath/ ./firewall/
+	$(BIN)/tenantnet-bench --out BENCHMARKS.md
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/
+
+bench-scale: deps build
+	$(GO) test ./test/e2e -run '^$$' -bench NodeScale -benchtime 1x -timeout 60m -v | grep -v '^        {'
+
 
 clean:
 	rm -rf $(BIN)

@@ -162,8 +162,20 @@ func (s *Service) attachAll(idxs []int) error {
 	return errors.Join(errs...)
 }
 
+// dump retries a netlink dump that a concurrent change interrupted (the
+// kernel then flags the results as possibly inconsistent).
+func dump[T any](f func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := f()
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 10 {
+			continue
+		}
+		return v, err
+	}
+}
+
 func (s *Service) snapshot() (*snapshot, error) {
-	links, err := s.nl.LinkList()
+	links, err := dump(s.nl.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -171,7 +183,7 @@ func (s *Service) snapshot() (*snapshot, error) {
 	for _, l := range links {
 		sn.links[l.Attrs().Name] = l
 	}
-	addrs, err := s.nl.AddrList(nil, netlink.FAMILY_V6)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -340,7 +352,7 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 			return err
 		}
 	}
-	addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		return err
 	}
@@ -358,7 +370,7 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 			return err
 		}
 	}
-	routes, err := h.RouteList(l, netlink.FAMILY_V6)
+	routes, err := dump(func() ([]netlink.Route, error) { return h.RouteList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ type daemon struct {
 	logPath string
 	metrics string
 	cmd     *exec.Cmd
+	wait    time.Duration // for the first answer after start (default 20s)
 }
 
 func (d *daemon) start() {
@@ -45,7 +46,11 @@ func (d *daemon) start() {
 		d.t.Fatal(err)
 	}
 	logf.Close()
-	deadline := time.Now().Add(20 * time.Second)
+	wait := d.wait
+	if wait == 0 {
+		wait = 20 * time.Second
+	}
+	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		if _, err := d.client("status"); err == nil {
 			return

@@ -22,7 +22,7 @@ import (
 // start to ready after a "reboot" (links and datapath gone, state kept),
 // the steady-state no-op reconcile, and the daemon's RSS.
 //
-//	sudo go test ./test/e2e -run '^$' -bench NodeScale -benchtime 1x
+//	sudo go test ./test/e2e -run '^$' -bench NodeScale -benchtime 1x -timeout 60m
 func BenchmarkNodeScale(b *testing.B) {
 	nets, wls := 1000, 2000
 	if s := os.Getenv("TN_SCALE_NETWORKS"); s != "" {
@@ -40,7 +40,7 @@ func scale(b *testing.B, nets, wls int) {
 	n.up(n.nl, "lo")
 	dir := b.TempDir()
 	d := &daemon{t: tt, bin: buildBinary(tt, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
-		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"), wait: 5 * time.Minute}
 	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: scale
 uplinks: [uplink]
 prefixes: ["2001:db8:100::/48"]

@@ -1,0 +1,302 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Options of a run.
+type Options struct {
+	Tenantfw string // path of the tenantfw binary
+	RepoDir  string // for the per-packet go benchmarks
+	Ns       []int  // rule counts
+	Reps     int
+	Dur      time.Duration
+	Out      string // BENCHMARKS.md
+	Log      io.Writer
+}
+
+type series []float64
+
+func (s series) stats() (min, med, max float64) {
+	c := append(series(nil), s...)
+	sort.Float64s(c)
+	if len(c) == 0 {
+		return 0, 0, 0
+	}
+	return c[0], c[len(c)/2], c[len(c)-1]
+}
+
+// results[metric][mode][n]
+type results map[string]map[string]map[int]series
+
+func (r results) add(metric, mode string, n int, v float64) {
+	if r[metric] == nil {
+		r[metric] = map[string]map[int]series{}
+	}
+	if r[metric][mode] == nil {
+		r[metric][mode] = map[int]series{}
+	}
+	r[metric][mode][n] = append(r[metric][mode][n], v)
+}
+
+// Run measures every mode at every N and writes the report.
+func Run(o Options) error {
+	start := time.Now()
+	t, err := newTopo()
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	logf := func(format string, a ...any) { fmt.Fprintf(o.Log, format+"\n", a...) }
+
+	if _, err := sh(t.wl, "iperf3 -s -D -p 5201", ""); err != nil {
+		return err
+	}
+	defer sh(t.wl, "pkill -f 'iperf3 -s -D -p 5201'", "")
+	stopAcc, err := t.startAcceptor(9001)
+	if err != nil {
+		return err
+	}
+	defer stopAcc()
+
+	state, _ := os.MkdirTemp("", "tenantnet-bench-state-")
+	defer os.RemoveAll(state)
+	tn := &tenantnet{t: t, bin: o.Tenantfw, pin: fmt.Sprintf("/sys/fs/bpf/tenantnet-bench-%d", os.Getpid()), state: state}
+	defer tn.teardown()
+	modes := []mode{noFirewall{}, tn, &nftables{t: t}, &iptables{t: t}}
+	res := results{}
+
+	for _, n := range o.Ns {
+		rules := makeRules(n)
+		for _, m := range modes {
+			d, err := m.load(rules)
+			if err != nil {
+				return fmt.Errorf("%s: load %d rules: %w", m.name(), n, err)
+			}
+			if m.name() != "none" {
+				res.add("load", m.name(), n, d.Seconds()*1000)
+				for i := 0; i < o.Reps; i++ {
+					d, err := m.addOne(extraRule)
+					if err != nil {
+						return fmt.Errorf("%s: add one: %w", m.name(), err)
+					}
+					res.add("add1", m.name(), n, d.Seconds()*1000)
+					if err := m.delOne(extraRule); err != nil {
+						return fmt.Errorf("%s: del one: %w", m.name(), err)
+					}
+				}
+			}
+			for i := 0; i < o.Reps; i++ {
+				pps, err := t.udpPPS(9000, o.Dur)
+				if err != nil {
+					return err
+				}
+				res.add("udp", m.name(), n, pps)
+				bps, err := t.tcpStream(5201, o.Dur)
+				if err != nil {
+					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
+				}
+				res.add("tcp", m.name(), n, bps/1e9)
+				cps, err := t.connRate(9001, o.Dur)
+				if err != nil {
+					return err
+				}
+				res.add("conn", m.name(), n, cps)
+			}
+			_, med, _ := res["udp"][m.name()][n].stats()
+			_, tmed, _ := res["tcp"][m.name()][n].stats()
+			_, cmed, _ := res["conn"][m.name()][n].stats()
+			logf("N=%-6d %-9s udp %8.0f pps  tcp %5.2f Gbit/s  conn %6.0f/s  (%s)", n, m.name(), med, tmed, cmed, time.Since(start).Round(time.Second))
+			if err := m.teardown(); err != nil {
+				return fmt.Errorf("%s teardown: %w", m.name(), err)
+			}
+		}
+	}
+
+	// The uplink prefilter: a flood of denied packets dropped in XDP vs an
+	// nftables netdev ingress hook on the same interface.
+	xdp := map[string]series{}
+	sentRate := map[string]series{}
+	if _, err := tn.load(makeRules(10)); err != nil {
+		return err
+	}
+	if _, err := tn.fw("datapath", "load", "--uplink", uplinkIf, "--sample-rate", "0"); err != nil {
+		return err
+	}
+	for i := 0; i < o.Reps; i++ {
+		before := tnCounter(tn)
+		sent, err := t.udpFlood(wlAddr, 7777, o.Dur)
+		if err != nil {
+			return err
+		}
+		xdp["tenantnet XDP"] = append(xdp["tenantnet XDP"], float64(tnCounter(tn)-before)/o.Dur.Seconds())
+		sentRate["tenantnet XDP"] = append(sentRate["tenantnet XDP"], float64(sent)/o.Dur.Seconds())
+	}
+	tn.teardown()
+	if _, err := sh(t.node, "nft -f -", `table netdev benchx {
+  chain ingress {
+    type filter hook ingress device "`+uplinkIf+`" priority -500;
+    ip6 daddr `+wlAddr+` udp dport 7777 counter drop
+  }
+}
+`); err != nil {
+		return err
+	}
+	for i := 0; i < o.Reps; i++ {
+		before := nftCounter(t)
+		sent, err := t.udpFlood(wlAddr, 7777, o.Dur)
+		if err != nil {
+			return err
+		}
+		xdp["nftables netdev ingress"] = append(xdp["nftables netdev ingress"], float64(nftCounter(t)-before)/o.Dur.Seconds())
+		sentRate["nftables netdev ingress"] = append(sentRate["nftables netdev ingress"], float64(sent)/o.Dur.Seconds())
+	}
+	sh(t.node, "nft delete table netdev benchx", "")
+
+	// Per-packet program cost (BPF_PROG_TEST_RUN), from the Go benchmarks.
+	cost, err := exec.Command("go", "test", "-C", o.RepoDir, "-run", "^$", "-bench", "Empty$|Established|NewFlow", "-benchtime", "5x", "./test/datapath/").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("per-packet benchmarks: %v\n%s", err, cost)
+	}
+	return writeReport(o, res, xdp, sentRate, string(cost), time.Since(start))
+}
+
+func tnCounter(tn *tenantnet) uint64 {
+	out, _ := tn.fw("stats", "--tenant", "1", "-o", "json")
+	var total uint64
+	for _, line := range strings.Split(out, "}") {
+		if strings.Contains(line, `"dir": "prefilter"`) {
+			var v uint64
+			if i := strings.Index(line, `"packets": `); i >= 0 {
+				fmt.Sscanf(line[i+len(`"packets": `):], "%d", &v)
+			}
+			total += v
+		}
+	}
+	return total
+}
+
+func nftCounter(t *topo) uint64 {
+	out, _ := sh(t.node, "nft list table netdev benchx", "")
+	var v uint64
+	if i := strings.Index(out, "packets "); i >= 0 {
+		fmt.Sscanf(out[i+len("packets "):], "%d", &v)
+	}
+	return v
+}
+
+func machine() string {
+	cpu, _ := os.ReadFile("/proc/cpuinfo")
+	model := "unknown CPU"
+	for _, l := range strings.Split(string(cpu), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+			break
+		}
+	}
+	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%s, %d CPUs, kernel %s", model, countCPU(string(cpu)), strings.TrimSpace(string(rel)))
+}
+
+func countCPU(cpuinfo string) int { return strings.Count(cpuinfo, "processor\t:") }
+
+func writeReport(o Options, res results, xdp, sent map[string]series, cost string, took time.Duration) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
+		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
+	b.WriteString(`
+Topology: sender namespace -> node namespace (routes, firewall on the
+workload's port) -> workload namespace, veth pairs. One inbound policy
+written four ways: **tenantnet** maps (rules applied with tenantfw),
+**nftables** as an expert writes it (one set keyed by
+` + "`l4proto . ip6 daddr . th dport`" + `, conntrack first, forward hook),
+**iptables** (ip6tables-legacy) with linear rules, and **none** (baseline).
+N allow rules for distinct (address, port) pairs; the measured flows (UDP
+9000, TCP 5201 for iperf3, TCP 9001 for new connections) are the last
+rules written. A 2-core VM: the ratios, measured in the same run, are
+what count.
+
+Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` + o.Dur.String() + `.
+`)
+	modes := []string{"none", "tenantnet", "nftables", "iptables"}
+	table := func(title, metric, unit string, withBase bool, modes []string) {
+		fmt.Fprintf(&b, "\n## %s\n\n| N |", title)
+		for _, m := range modes {
+			fmt.Fprintf(&b, " %s (%s) |", m, unit)
+		}
+		if withBase {
+			b.WriteString(" tenantnet / none | tenantnet / nftables | tenantnet / iptables |")
+		} else {
+			b.WriteString(" tenantnet / nftables | tenantnet / iptables |")
+		}
+		b.WriteString("\n|---|")
+		for range modes {
+			b.WriteString("---|")
+		}
+		b.WriteString("---|---|")
+		if withBase {
+			b.WriteString("---|")
+		}
+		b.WriteString("\n")
+		for _, n := range o.Ns {
+			fmt.Fprintf(&b, "| %d |", n)
+			meds := map[string]float64{}
+			for _, m := range modes {
+				mn, md, mx := res[metric][m][n].stats()
+				meds[m] = md
+				fmt.Fprintf(&b, " %s [%s–%s] |", num(md), num(mn), num(mx))
+			}
+			ratio := func(a, c float64) string {
+				if c == 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.2f×", a/c)
+			}
+			if withBase {
+				fmt.Fprintf(&b, " %s |", ratio(meds["tenantnet"], meds["none"]))
+			}
+			fmt.Fprintf(&b, " %s | %s |\n", ratio(meds["tenantnet"], meds["nftables"]), ratio(meds["tenantnet"], meds["iptables"]))
+		}
+	}
+	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
+	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)
+	table("(c) New TCP connections", "conn", "conn/s", true, modes)
+	table("(e) Loading all N rules", "load", "ms", false, modes[1:])
+	table("(e) Adding one rule to N (end to end: the CLI process included)", "add1", "ms", false, modes[1:])
+
+	b.WriteString("\n## Uplink prefilter: a flood of denied packets\n\nDrops per second at the uplink (the sender's rate in brackets).\n\n| Dropper | drops/s | sent/s |\n|---|---|---|\n")
+	for _, k := range []string{"tenantnet XDP", "nftables netdev ingress"} {
+		mn, md, mx := xdp[k].stats()
+		_, smd, _ := sent[k].stats()
+		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s |\n", k, num(md), num(mn), num(mx), num(smd))
+	}
+	b.WriteString("\n## (d) Per-packet program cost (BPF_PROG_TEST_RUN)\n\n`go test ./test/datapath -bench 'Empty$|Established|NewFlow' -benchtime 5x`:\n\n```\n")
+	for _, l := range strings.Split(cost, "\n") {
+		if strings.HasPrefix(l, "Benchmark") {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("```\n")
+	return os.WriteFile(o.Out, []byte(b.String()), 0o644)
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+var _ = filepath.Join

@@ -41,6 +41,7 @@ type Node struct {
 	WGPortBase  int            `yaml:"wireguard_port_base"`
 	WGPortCount int            `yaml:"wireguard_port_count"`
 	Reconcile   time.Duration  `yaml:"reconcile_interval"`
+	Lease       time.Duration  `yaml:"registry_lease"`
 	LegacyTC    bool           `yaml:"legacy_tc"`
 	Registry    Registry       `yaml:"registry"`
 }
@@ -80,6 +81,9 @@ func (n *Node) defaults() {
 	}
 	if n.Reconcile == 0 {
 		n.Reconcile = 30 * time.Second
+	}
+	if n.Lease == 0 {
+		n.Lease = 15 * time.Second
 	}
 	if n.Registry.Type == "" {
 		n.Registry.Type = "file"
@@ -179,6 +183,9 @@ func (n *Node) Validate() error {
 	}
 	if n.Reconcile < time.Second {
 		return &FieldError{"reconcile_interval", n.Reconcile.String(), "at least 1s"}
+	}
+	if n.Lease < 3*time.Second {
+		return &FieldError{"registry_lease", n.Lease.String(), "at least 3s"}
 	}
 	if n.Registry.Type != "file" {
 		return &FieldError{"registry.type", n.Registry.Type, "only file for now (etcd comes with the multi-node service)"}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,6 +45,20 @@ var (
 		"Workloads attached on this node.", nil, nil)
 	freeSubnets = prometheus.NewDesc("tenantnet_free_subnets",
 		"/64s left to allocate from the node's prefixes (capped at 2^32).", nil, nil)
+	wgInfo = prometheus.NewDesc("tenantnet_wireguard_info",
+		"The WireGuard implementation in use (kernel or wireguard-go).", []string{"implementation"}, nil)
+	wgHandshaked = prometheus.NewDesc("tenantnet_wireguard_peer_handshaked",
+		"1 if the peer ever completed a handshake, 0 if never.", []string{"network", "peer"}, nil)
+	wgAge = prometheus.NewDesc("tenantnet_wireguard_peer_handshake_age_seconds",
+		"Seconds since the peer's last handshake (only for peers that had one).", []string{"network", "peer"}, nil)
+	wgRx = prometheus.NewDesc("tenantnet_wireguard_peer_receive_bytes_total",
+		"Bytes received from the peer.", []string{"network", "peer"}, nil)
+	wgTx = prometheus.NewDesc("tenantnet_wireguard_peer_transmit_bytes_total",
+		"Bytes sent to the peer.", []string{"network", "peer"}, nil)
+	regNodes = prometheus.NewDesc("tenantnet_registry_nodes",
+		"Live nodes the registry lists (this one included).", nil, nil)
+	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
+		"Failed reads or writes of the registry.", nil, nil)
 )
 
 // buckets must match node.reconcileBuckets.
@@ -55,7 +70,8 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets} {
+	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, regNodes, regErrs} {
 		ch <- d
 	}
 }
@@ -102,6 +118,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(networks, prometheus.GaugeValue, float64(nn))
 	ch <- prometheus.MustNewConstMetric(workloads, prometheus.GaugeValue, float64(nw))
 	ch <- prometheus.MustNewConstMetric(freeSubnets, prometheus.GaugeValue, float64(free))
+	impl, peers := c.s.WireGuardStats()
+	if impl != "" {
+		ch <- prometheus.MustNewConstMetric(wgInfo, prometheus.GaugeValue, 1, string(impl))
+	}
+	for _, p := range peers {
+		hs := 0.0
+		if !p.Handshake.IsZero() {
+			hs = 1
+			ch <- prometheus.MustNewConstMetric(wgAge, prometheus.GaugeValue, time.Since(p.Handshake).Seconds(), p.Network, p.Peer)
+		}
+		ch <- prometheus.MustNewConstMetric(wgHandshaked, prometheus.GaugeValue, hs, p.Network, p.Peer)
+		ch <- prometheus.MustNewConstMetric(wgRx, prometheus.CounterValue, float64(p.RxBytes), p.Network, p.Peer)
+		ch <- prometheus.MustNewConstMetric(wgTx, prometheus.CounterValue, float64(p.TxBytes), p.Network, p.Peer)
+	}
+	re, rn := c.s.RegistryState()
+	ch <- prometheus.MustNewConstMetric(regNodes, prometheus.GaugeValue, float64(rn))
+	ch <- prometheus.MustNewConstMetric(regErrs, prometheus.CounterValue, float64(re))
 }
 
 // Handler returns the /metrics handler for a node service.

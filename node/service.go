@@ -22,7 +22,9 @@ import (
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/store"
+	"github.com/tenantnet/tenantnet/wg"
 )
 
 // Service is a running node.
@@ -38,6 +40,13 @@ type Service struct {
 	stats      ReconcileStats
 	attachMode loader.Mode
 	uplinkMode map[string]loader.Mode
+
+	reg            registry.Registry
+	wgs            map[string]*wg.Device // by network id
+	wgImpl         wg.Impl
+	tenantPrefixes map[string]string // network -> prefixes last given to the firewall
+	regErrors      uint64
+	regNodes       int
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -108,7 +117,17 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
-		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX}
+		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
+		wgs: map[string]*wg.Device{}, tenantPrefixes: map[string]string{}}
+	if cfg.Registry.Dir != "" {
+		reg, err := registry.NewFiles(cfg.Registry.Dir)
+		if err != nil {
+			st.Close()
+			dp.Close()
+			return nil, err
+		}
+		s.reg = reg
+	}
 	s.stats.Buckets = make([]uint64, len(reconcileBuckets))
 	if cfg.LegacyTC {
 		s.attachMode = loader.ModeLegacyTC
@@ -135,7 +154,11 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 }
 
 // Close releases handles; the datapath stays attached and pinned.
+// Embedded WireGuard devices live in this process and stop with it.
 func (s *Service) Close() error {
+	for _, d := range s.wgs {
+		d.Close()
+	}
 	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }())
 }
 
@@ -151,6 +174,23 @@ func (s *Service) Trigger() {
 func (s *Service) Run(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.Reconcile)
 	defer tick.Stop()
+	// The registry: renew our lease, and look at the others, every third
+	// of a lease.
+	go func() {
+		t := time.NewTicker(s.cfg.Lease / 3)
+		defer t.Stop()
+		for {
+			if err := s.publish(); err != nil {
+				s.log.Warn("registry", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.Trigger()
+			}
+		}
+	}()
 	n := 0
 	for {
 		n++
@@ -236,6 +276,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		if err := s.ensureNetwork(n, sn, r); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", n.ID, err))
 		}
+	}
+	if err := s.reconcileWG(nets, r); err != nil {
+		errs = append(errs, err)
 	}
 	tNets := time.Now()
 	defer func() {
@@ -334,6 +377,7 @@ func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
 		return undo(err)
 	}
 	s.log.Info("network ready", "network", id, "prefix", n.Prefix, "bridge", n.Bridge(), "tenant", n.Num, "created", created)
+	s.Trigger() // WireGuard device, registry record
 	return netInfo(n), created, nil
 }
 
@@ -354,6 +398,7 @@ func (s *Service) DeleteNetwork(id string) error {
 		return err
 	}
 	s.log.Info("network deleted", "network", id)
+	s.Trigger()
 	return nil
 }
 

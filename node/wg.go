@@ -1,0 +1,287 @@
+package node
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/store"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+const sameNetworkComment = "same network (added by tenantnetd)"
+
+func (s *Service) keysDir() string { return filepath.Join(s.cfg.StateDir, "wireguard") }
+
+// publish writes this node's record: its networks with their /64, public
+// key and port. Called on a timer (lease renewal) and after changes.
+func (s *Service) publish() error {
+	if s.reg == nil {
+		return nil
+	}
+	s.mu.Lock()
+	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
+		Networks: map[string]registry.NetworkRecord{}}
+	nets, err := s.ipam.Networks()
+	for _, n := range nets {
+		d := s.wgs[n.ID]
+		if d == nil {
+			continue
+		}
+		pk, err := d.PublicKey()
+		if err != nil {
+			continue
+		}
+		rec.Networks[n.ID] = registry.NetworkRecord{Prefix: n.Prefix, PublicKey: pk.String(), Port: n.WGPort}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := s.reg.Publish(rec, s.cfg.Lease); err != nil {
+		s.regErrors++
+		return fmt.Errorf("publish to the registry: %w", err)
+	}
+	return nil
+}
+
+// reconcileWG makes every local network's WireGuard device, peers, routes
+// and tenant prefixes match the registry.
+func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
+	if s.reg == nil {
+		return nil
+	}
+	nodes, err := s.reg.Nodes()
+	if err != nil {
+		s.regErrors++
+		return fmt.Errorf("read the registry: %w", err)
+	}
+	s.regNodes = len(nodes)
+	var errs []error
+	local := map[string]bool{}
+	for _, n := range nets {
+		local[n.ID] = true
+		if err := s.reconcileNetWG(n, nodes, r); err != nil {
+			errs = append(errs, fmt.Errorf("network %s wireguard: %w", n.ID, err))
+		}
+	}
+	for id, d := range s.wgs {
+		if !local[id] {
+			d.Close()
+			delete(s.wgs, id)
+			r.add("removed wireguard %s of deleted network %s", d.Name, id)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%v", errs)
+	}
+	return nil
+}
+
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r *repairs) error {
+	name := wg.Name(n.Num, s.cfg.NodeID)
+	d := s.wgs[n.ID]
+	if d != nil {
+		if _, err := s.nl.LinkByName(name); err != nil { // deleted by hand
+			d.Close()
+			d = nil
+			delete(s.wgs, n.ID)
+		}
+	}
+	if d == nil {
+		key, err := wg.LoadKey(s.keysDir(), n.ID)
+		if err != nil {
+			return err
+		}
+		if d, err = wg.Open(name, key, n.WGPort, n.MTU, s.log); err != nil {
+			return err
+		}
+		s.wgs[n.ID] = d
+		s.wgImpl = d.Impl
+		r.add("started wireguard %s (%s) for network %s on port %d", name, d.Impl, n.ID, n.WGPort)
+		go s.publish()
+	}
+	var peers []wg.Peer
+	prefixes := []netip.Prefix{n.Prefix}
+	for _, rec := range nodes {
+		nr, ok := rec.Networks[n.ID]
+		if rec.NodeID == s.cfg.NodeID || !ok {
+			continue
+		}
+		pk, err := wgtypes.ParseKey(nr.PublicKey)
+		if err != nil {
+			continue
+		}
+		ep, ok := rec.Endpoint(n.ID)
+		if !ok {
+			continue
+		}
+		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
+		// Behind NAT (either side) the mapping must be kept open.
+		if rec.Class == string(config.HomeNAT) || s.cfg.Class == config.HomeNAT {
+			p.Keepalive = 25 * time.Second
+		}
+		peers = append(peers, p)
+		prefixes = append(prefixes, nr.Prefix)
+	}
+	changed, err := d.SetPeers(peers)
+	if err != nil {
+		return err
+	}
+	if changed > 0 {
+		r.add("updated %d wireguard peers of %s", changed, name)
+	}
+	if err := s.syncRoutes(name, peers, r); err != nil {
+		return err
+	}
+	return s.syncTenantPrefixes(n, prefixes, r)
+}
+
+// syncRoutes routes every peer's /64 via the WireGuard device.
+func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
+	l, err := s.nl.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	want := map[string]netip.Prefix{}
+	for _, p := range peers {
+		for _, a := range p.AllowedIPs {
+			want[a.String()] = a
+		}
+	}
+	routes, err := dump(func() ([]netlink.Route, error) { return s.nl.RouteList(l, netlink.FAMILY_V6) })
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, rt := range routes {
+		if rt.Dst == nil {
+			continue
+		}
+		k := rt.Dst.String()
+		if _, ok := want[k]; ok {
+			have[k] = true
+			continue
+		}
+		if ones, _ := rt.Dst.Mask.Size(); ones == 64 && rt.Protocol != 2 /* kernel */ {
+			if err := s.nl.RouteDel(&rt); err == nil {
+				r.add("removed route %s via %s", k, dev)
+			}
+		}
+	}
+	for k, p := range want {
+		if have[k] {
+			continue
+		}
+		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(64, 128)}}
+		if err := s.nl.RouteReplace(rt); err != nil {
+			return fmt.Errorf("route %s via %s: %w", p, dev, err)
+		}
+		r.add("routed %s via %s", p, dev)
+	}
+	return nil
+}
+
+// syncTenantPrefixes keeps the network's tenant owning all of its /64s
+// (local and remote, for isolation) and the "same network" rules that let
+// its workloads reach each other across nodes.
+func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r *repairs) error {
+	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].String() < prefixes[j].String() })
+	key := fmt.Sprint(prefixes)
+	if s.tenantPrefixes[n.ID] == key {
+		return nil
+	}
+	err := s.withFirewall(func(f fwAPI) error {
+		fw := f.(*firewall.Firewall)
+		if err := fw.EnsureTenant(n.Num, n.ID, prefixes); err != nil {
+			return err
+		}
+		var rules []maps.Rule
+		if err := fw.Store.View(func(tx *store.Tx) error {
+			var err error
+			rules, err = tx.Rules(n.Num)
+			return err
+		}); err != nil {
+			return err
+		}
+		want := map[netip.Prefix]bool{}
+		for _, p := range prefixes {
+			want[p] = true
+		}
+		for _, rl := range rules {
+			if !strings.HasPrefix(rl.Comment, "same network") {
+				continue
+			}
+			if want[rl.Src] {
+				delete(want, rl.Src)
+				continue
+			}
+			if _, _, err := fw.DeleteRule(rl.ID); err != nil {
+				return err
+			}
+		}
+		for p := range want {
+			rl := maps.Rule{Tenant: n.Num, Dir: maps.DirIn, Proto: maps.ProtoAny, Src: p, Action: maps.ActionAllow, Comment: sameNetworkComment}
+			if _, _, err := fw.AddRule(rl); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.tenantPrefixes[n.ID] = key
+	r.add("network %s spans %s", n.ID, key)
+	return nil
+}
+
+// PeerStats is one peer for metrics.
+type PeerStats struct {
+	Network, Device, Peer string
+	Handshake             time.Time
+	RxBytes, TxBytes      int64
+	Endpoint              string
+}
+
+// WireGuardStats reads every device's peers.
+func (s *Service) WireGuardStats() (wg.Impl, []PeerStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []PeerStats
+	for id, d := range s.wgs {
+		st, err := d.State()
+		if err != nil {
+			continue
+		}
+		for _, p := range st.Peers {
+			ep := ""
+			if p.Endpoint != nil {
+				ep = p.Endpoint.String()
+			}
+			out = append(out, PeerStats{Network: id, Device: d.Name, Peer: p.PublicKey.String(), Handshake: p.LastHandshakeTime,
+				RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, Endpoint: ep})
+		}
+	}
+	return s.wgImpl, out
+}
+
+// RegistryState says whether the registry answered last time and how many
+// live nodes it lists.
+func (s *Service) RegistryState() (errors uint64, nodes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.regErrors, s.regNodes
+}

@@ -1,0 +1,141 @@
+// Package registry is the grid registry: nodes publish what others need to
+// reach their tenant networks (public keys, endpoints, /64s) and watch
+// each other. Records carry a lease: a node that stops renewing ages out,
+// and one that comes back republishes. The backend here is a directory of
+// files (the embedded default, one machine or a shared filesystem);
+// etcd is the backend for a real grid (not built yet).
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// NetworkRecord is one tenant network as a node publishes it.
+type NetworkRecord struct {
+	Prefix    netip.Prefix `json:"prefix"`
+	PublicKey string       `json:"public_key"` // WireGuard, base64
+	Port      int          `json:"port"`
+}
+
+// NodeRecord is what a node publishes.
+type NodeRecord struct {
+	NodeID    string                   `json:"node_id"`
+	Class     string                   `json:"class"`
+	Addresses []netip.Addr             `json:"addresses"`
+	Networks  map[string]NetworkRecord `json:"networks"`
+	Expires   time.Time                `json:"expires"`
+}
+
+// Endpoint returns the UDP endpoint of a network of the node: its first
+// address (IPv6 preferred) and the network's port.
+func (r NodeRecord) Endpoint(network string) (netip.AddrPort, bool) {
+	n, ok := r.Networks[network]
+	if !ok || len(r.Addresses) == 0 {
+		return netip.AddrPort{}, false
+	}
+	addr := r.Addresses[0]
+	for _, a := range r.Addresses {
+		if a.Is6() {
+			addr = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(addr, uint16(n.Port)), true
+}
+
+// Registry is a backend.
+type Registry interface {
+	// Publish writes (or renews) this node's record for ttl.
+	Publish(r NodeRecord, ttl time.Duration) error
+	// Withdraw removes this node's record (clean shutdown).
+	Withdraw(nodeID string) error
+	// Nodes returns every live record.
+	Nodes() ([]NodeRecord, error)
+}
+
+// Files is the directory backend: one JSON file per node, written
+// atomically (temporary file, fsync, rename), read by polling.
+type Files struct {
+	Dir string
+}
+
+// NewFiles opens (creating) a registry directory.
+func NewFiles(dir string) (*Files, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "nodes"), 0o755); err != nil {
+		return nil, fmt.Errorf("registry %s: %w", dir, err)
+	}
+	return &Files{Dir: dir}, nil
+}
+
+func (f *Files) path(id string) string { return filepath.Join(f.Dir, "nodes", id+".json") }
+
+// Publish implements Registry.
+func (f *Files) Publish(r NodeRecord, ttl time.Duration) error {
+	r.Expires = time.Now().Add(ttl).UTC()
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Join(f.Dir, "nodes"), "."+r.NodeID+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), f.path(r.NodeID))
+}
+
+// Withdraw implements Registry.
+func (f *Files) Withdraw(id string) error {
+	if err := os.Remove(f.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Nodes implements Registry: live records only, sorted by node id.
+func (f *Files) Nodes() ([]NodeRecord, error) {
+	entries, err := os.ReadDir(filepath.Join(f.Dir, "nodes"))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var out []NodeRecord
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(f.Dir, "nodes", e.Name()))
+		if err != nil {
+			continue // removed meanwhile
+		}
+		var r NodeRecord
+		if err := json.Unmarshal(b, &r); err != nil {
+			continue // a half-written file cannot happen (rename); a foreign one is ignored
+		}
+		if r.Expires.Before(now) {
+			continue
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
+	return out, nil
+}

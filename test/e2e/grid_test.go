@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// gridNode is one node of the grid: a namespace with its tenantnetd.
+type gridNode struct {
+	id  string
+	ns  *testutil.NetNS
+	d   *daemon
+	pin string
+}
+
+// TestGrid: three nodes, each its own tenantnetd, wired through an
+// "internet" namespace (a bridge), the file registry shared; two tenant
+// networks across them; workloads reach each other over WireGuard;
+// tenants stay apart; a killed node rejoins; a node that leaves a network
+// leaves its peers' lists within the lease.
+func TestGrid(t *testing.T) {
+	pid := os.Getpid()
+	bin := buildBinary(t, "cmd/tenantnetd")
+	inet := testutil.NewNetNS(t, fmt.Sprintf("tn-inet-%d", pid))
+	inl := inet.Netlink(t)
+	if err := inl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
+		t.Fatal(err)
+	}
+	br, _ := inl.LinkByName("br0")
+	inl.LinkSetUp(br)
+	regDir := t.TempDir()
+
+	var nodes []*gridNode
+	for i := 1; i <= 3; i++ {
+		g := &gridNode{id: fmt.Sprintf("node%d", i)}
+		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
+		nl := g.ns.Netlink(t)
+		peer := fmt.Sprintf("n%d", i)
+		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: peer, PeerNamespace: netlink.NsFd(inet.Handle)}); err != nil {
+			t.Fatal(err)
+		}
+		pl, _ := inl.LinkByName(peer)
+		inl.LinkSetMaster(pl, br)
+		inl.LinkSetUp(pl)
+		for _, c := range [][]string{
+			{"addr", "add", fmt.Sprintf("2001:db8:ffff::%d/64", i), "dev", "uplink", "nodad"},
+			{"link", "set", "uplink", "up"}, {"link", "set", "lo", "up"},
+		} {
+			if out, err := exec.Command("ip", append([]string{"-n", g.ns.Name}, c...)...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+		}
+		dir := t.TempDir()
+		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-grid%d", pid, i)
+		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+		os.WriteFile(g.d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
+uplinks: [uplink]
+prefixes: ["2001:db8:%d::/48"]
+addresses: ["2001:db8:ffff::%d"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: 127.0.0.1:%d
+reconcile_interval: 1s
+registry_lease: 3s
+registry: {type: file, dir: %s}
+`, g.id, 100+i, i, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, regDir)), 0o600)
+		g.d.start()
+		gg := g
+		t.Cleanup(func() {
+			gg.d.kill9()
+			exec.Command("nsenter", "--net=/run/netns/"+gg.ns.Name, bin, "cleanup", "--config", gg.d.cfgPath).Run()
+			if t.Failed() {
+				b, _ := os.ReadFile(gg.d.logPath)
+				t.Logf("%s log (errors):\n%s", gg.id, grepLines(string(b), "ERROR"))
+			}
+		})
+		nodes = append(nodes, g)
+	}
+	wlNS := map[string]*testutil.NetNS{}
+	addr := map[string]string{}
+	attach := func(g *gridNode, id, network string) {
+		ns := testutil.NewNetNS(t, fmt.Sprintf("tn-wl%s-%d", id, pid))
+		wlNS[id] = ns
+		out := g.d.must("workload", "add", "--id", id, "--network", network, "--netns", "/run/netns/"+ns.Name, "-o", "json")
+		var w wlInfo
+		if err := jsonUnmarshal(out, &w); err != nil {
+			t.Fatal(err)
+		}
+		addr[id] = w.Addr
+	}
+	for _, g := range nodes {
+		g.d.must("network", "add", "--id", "acme")
+	}
+	for _, g := range nodes[:2] {
+		g.d.must("network", "add", "--id", "globex")
+	}
+	attach(nodes[0], "w1", "acme")
+	attach(nodes[1], "w2", "acme")
+	attach(nodes[2], "w3", "acme")
+	attach(nodes[0], "g1", "globex")
+	attach(nodes[1], "g2", "globex")
+	for _, id := range []string{"w1", "w2", "w3", "g1", "g2"} {
+		listenTCP(t, wlNS[id], "[::]:8080")
+	}
+	hp := func(id string) string { return fmt.Sprintf("[%s]:8080", addr[id]) }
+	eventually := func(what string, f func() error) {
+		t.Helper()
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if err = f(); err == nil {
+				return
+			}
+		}
+		t.Fatalf("%s: %v", what, err)
+	}
+
+	// Across nodes over WireGuard: TCP, UDP, ICMPv6.
+	eventually("w1 -> w2 over wireguard", func() error { return dialTCP(wlNS["w1"], hp("w2"), time.Second) })
+	eventually("w3 -> w1 over wireguard", func() error { return dialTCP(wlNS["w3"], hp("w1"), time.Second) })
+	eventually("g1 -> g2 over wireguard", func() error { return dialTCP(wlNS["g1"], hp("g2"), time.Second) })
+	if out, err := exec.Command("ip", "netns", "exec", wlNS["w2"].Name, "ping", "-c", "2", "-W", "2", addr["w3"]).CombinedOutput(); err != nil {
+		t.Errorf("ping w2 -> w3: %v %s", err, out)
+	}
+	sink := listenUDP(t, wlNS["w3"], "[::]:5353")
+	sendUDP(wlNS["w1"], "", fmt.Sprintf("[%s]:5353", addr["w3"]))
+	sink.expect(t, true, 2*time.Second, "udp w1 -> w3")
+
+	// 10 MB with full-size segments (tenant MTU 1420 inside WireGuard over
+	// a 1500-byte IPv6 underlay).
+	transfer(t, wlNS["w1"], wlNS["w3"], addr["w3"], 10<<20)
+
+	// Tenants stay apart, across nodes too, also when the rules of one of
+	// them would allow.
+	if dialTCP(wlNS["g1"], hp("w2"), time.Second) == nil {
+		t.Error("globex g1 reached acme w2 on another node")
+	}
+	if dialTCP(wlNS["w1"], hp("g2"), time.Second) == nil {
+		t.Error("acme w1 reached globex g2 on another node")
+	}
+	// A spoofed source: w1 claims w2's address.
+	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "add", addr["w2"]+"/128", "dev", "eth0", "nodad").Run()
+	sendUDP(wlNS["w1"], addr["w2"], fmt.Sprintf("[%s]:5353", addr["w3"]))
+	sink.expect(t, false, time.Second, "w1 spoofing w2's source")
+	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "del", addr["w2"]+"/128", "dev", "eth0").Run()
+
+	// A node killed and restarted rejoins.
+	nodes[2].d.kill9()
+	nodes[2].d.start()
+	eventually("w1 -> w3 after node3 restarted", func() error { return dialTCP(wlNS["w1"], hp("w3"), time.Second) })
+
+	// A node removed from a network leaves the others' peer lists within
+	// the lease.
+	nodes[2].d.must("workload", "del", "--id", "w3")
+	nodes[2].d.must("network", "del", "--id", "acme")
+	wgc, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wgc.Close()
+	var acmeNum uint32 = 1
+	dev := wg.Name(acmeNum, "node1")
+	eventually("node3 gone from node1's acme peers", func() error {
+		d, err := wgc.Device(dev)
+		if err != nil {
+			return err
+		}
+		if len(d.Peers) != 1 {
+			return fmt.Errorf("%d peers", len(d.Peers))
+		}
+		return nil
+	})
+	if err := dialTCP(wlNS["w1"], hp("w2"), 2*time.Second); err != nil {
+		t.Errorf("w1 -> w2 after node3 left: %v", err)
+	}
+}
+
+func jsonUnmarshal(s string, v any) error {
+	return jsonDecoder(strings.NewReader(s)).Decode(v)
+}
+
+// transfer sends n random bytes from one workload to another and checks
+// they all arrive intact.
+func transfer(t *testing.T, from, to *testutil.NetNS, toAddr string, n int) {
+	t.Helper()
+	var ln net.Listener
+	if err := to.Do(func() (err error) { ln, err = net.Listen("tcp", "[::]:9100"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := make([]byte, n)
+	rand.Read(data)
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	start := time.Now()
+	var c net.Conn
+	if err := from.Do(func() (err error) { c, err = net.DialTimeout("tcp", fmt.Sprintf("[%s]:9100", toAddr), 3*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	b := <-got
+	if !bytes.Equal(b, data) {
+		t.Fatalf("transfer: %d of %d bytes arrived intact", len(b), n)
+	}
+	t.Logf("%d MB across nodes over WireGuard in %s (%.0f Mbit/s)", n>>20, time.Since(start).Round(time.Millisecond),
+		float64(n)*8/time.Since(start).Seconds()/1e6)
+}

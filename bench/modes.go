@@ -54,7 +54,7 @@ func timed(f func() error) (time.Duration, error) {
 
 type noFirewall struct{}
 
-func (noFirewall) name() string                      { return "none" }
+func (noFirewall) name() string                       { return "none" }
 func (noFirewall) load([]rule) (time.Duration, error) { return 0, nil }
 func (noFirewall) addOne(rule) (time.Duration, error) { return 0, nil }
 func (noFirewall) delOne(rule) error                  { return nil }

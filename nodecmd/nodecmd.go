@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"text/tabwriter"
@@ -27,6 +28,7 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/metrics"
 	"github.com/tenantnet/tenantnet/node"
+	"github.com/tenantnet/tenantnet/wg"
 )
 
 const usage = `tenantnetd: the tenantnet node service.
@@ -304,6 +306,11 @@ func cleanup(cfgPath string, purge bool, stdout io.Writer) error {
 		return err
 	}
 	os.Remove(cfg.APISocket)
+	// Sockets of embedded WireGuard devices of this node, left by a kill.
+	socks, _ := filepath.Glob("/var/run/wireguard/tg*" + wg.Name(0, cfg.NodeID)[3:] + ".sock")
+	for _, s := range socks {
+		os.Remove(s)
+	}
 	if purge {
 		if err := os.RemoveAll(cfg.StateDir); err != nil {
 			return err

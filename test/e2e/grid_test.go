@@ -66,7 +66,7 @@ func TestGrid(t *testing.T) {
 			}
 		}
 		dir := t.TempDir()
-		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-grid%d", pid, i)
+		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
 		os.WriteFile(g.d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
@@ -85,7 +85,9 @@ registry: {type: file, dir: %s}
 		gg := g
 		t.Cleanup(func() {
 			gg.d.kill9()
-			exec.Command("nsenter", "--net=/run/netns/"+gg.ns.Name, bin, "cleanup", "--config", gg.d.cfgPath).Run()
+			if out, err := exec.Command("nsenter", "--net=/run/netns/"+gg.ns.Name, bin, "cleanup", "--config", gg.d.cfgPath).CombinedOutput(); err != nil {
+				t.Errorf("cleanup %s: %v %s", gg.id, err, out)
+			}
 			if t.Failed() {
 				b, _ := os.ReadFile(gg.d.logPath)
 				t.Logf("%s log (errors):\n%s", gg.id, grepLines(string(b), "ERROR"))
@@ -219,7 +221,10 @@ func transfer(t *testing.T, from, to *testutil.NetNS, toAddr string, n int) {
 	}()
 	start := time.Now()
 	var c net.Conn
-	if err := from.Do(func() (err error) { c, err = net.DialTimeout("tcp", fmt.Sprintf("[%s]:9100", toAddr), 3*time.Second); return }); err != nil {
+	if err := from.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", fmt.Sprintf("[%s]:9100", toAddr), 3*time.Second)
+		return
+	}); err != nil {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))

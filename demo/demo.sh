@@ -1,154 +1,238 @@
 #!/usr/bin/env bash
-# tenantnet demo: one node in network namespaces with two tenants, their
-# workloads, the eBPF firewall driven by tenantfw, and an "internet" host.
+# tenantnet demo: a grid of three nodes in network namespaces on this
+# machine, each running tenantnetd, joined by WireGuard per tenant network,
+# with the eBPF firewall driven by tenantfw.
 #
 #   sudo demo/demo.sh up      (what `sudo make demo` runs)
 #   sudo demo/demo.sh down    (what `sudo make demo-down` runs)
 #
-#   internet (tn-demo-ext) 2001:db8:ffff::5
-#        | uplink (XDP prefilter)
-#   node (tn-demo-node) --- pa1 --- a1 (tenant 1) 2001:db8:a::1
-#                       --- pa2 --- a2 (tenant 1) 2001:db8:a::2
-#                       --- pb1 --- b1 (tenant 2) 2001:db8:b::1
+#                 internet (tn-demo-inet): bridge, 2001:db8:ffff::/64 + 192.0.2.0/24,
+#                 a client host 2001:db8:ffff::100 / 192.0.2.100
+#        ____________/        |                \____________
+#   node1 (dual-stack)   node2 (dual-stack)     NAT router (tn-demo-nat, 192.0.2.3, masquerade)
+#   ::1, 192.0.2.1       ::2, 192.0.2.2             |
+#   web1 (acme)          web2 (acme)           node3 (home-nat, 10.0.3.2, IPv4 only)
+#   db1 (globex)         db2 (globex)          web3 (acme)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NODE=tn-demo-node EXT=tn-demo-ext
-WLS=(a1:1:2001:db8:a::1 a2:1:2001:db8:a::2 b1:2:2001:db8:b::1)
 RUN=/run/tenantnet-demo
-TENANTFW="$PWD/bin/tenantfw"
+STATE=/var/lib/tenantnet-demo
+INET=tn-demo-inet NAT=tn-demo-nat
+BIN="$PWD/bin"
+REG="${DEMO_REGISTRY:-file}"
 fails=0 passes=0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-# tenantfw must see /sys/fs/bpf: enter only the network namespace.
-fw() { nsenter --net=/run/netns/$NODE "$TENANTFW" "$@"; }
+node_ns() { echo "tn-demo-node$1"; }
+# The node's tools see /sys/fs/bpf: enter only the network namespace.
+on_node() { local i=$1; shift; nsenter --net=/run/netns/"$(node_ns "$i")" "$@"; }
+nd() { local i=$1; shift; "$BIN/tenantnetd" "$@" --socket "$RUN/node$i.sock"; }
+fw() { local i=$1; shift; on_node "$i" "$BIN/tenantfw" "$@" --pin-dir "/sys/fs/bpf/tenantnet-demo-node$i" --state-dir "$STATE/node$i"; }
 
-check() { # check "what" expected(ok|blocked) command...
+check() { # check "what" ok|blocked command...
 	local what=$1 want=$2; shift 2
 	local got=blocked
 	if "$@" >/dev/null 2>&1; then got=ok; fi
 	if [[ $got == "$want" ]]; then
-		printf '  \033[32mPASS\033[0m %-58s %s\n' "$what" "$got"; passes=$((passes + 1))
+		printf '  \033[32mPASS\033[0m %-62s %s\n' "$what" "$got"; passes=$((passes + 1))
 	else
-		printf '  \033[31mFAIL\033[0m %-58s %s (want %s)\n' "$what" "$got" "$want"; fails=$((fails + 1))
+		printf '  \033[31mFAIL\033[0m %-62s %s (want %s)\n' "$what" "$got" "$want"; fails=$((fails + 1))
 	fi
 }
-
-tcp() { # tcp NS ADDR PORT: connect within 2 s
-	in_ns "$1" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 
+tcp() { in_ns "$1" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3"; }
+retry_tcp() { # the first handshakes of a fresh grid take a moment
+	for _ in $(seq 1 30); do tcp "$@" && return 0; sleep 0.5; done
+	return 1
 }
+retry() { for _ in $(seq 1 20); do "$@" && return 0; sleep 0.5; done; return 1; }
+wl_addr() { nd "$1" workload list | awk -v id="$2" '$1 == id { print $3 }'; }
+net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
 down() {
 	say "removing the demo"
-	if [[ -d $RUN ]]; then
-		for p in "$RUN"/*.pid; do [[ -f $p ]] && kill "$(cat "$p")" 2>/dev/null || true; done
-	fi
-	if [[ -e /run/netns/$NODE && -x $TENANTFW ]]; then fw datapath unload >/dev/null 2>&1 || true; fi
-	"$TENANTFW" datapath unload >/dev/null 2>&1 || true
-	for ns in $NODE $EXT tn-demo-a1 tn-demo-a2 tn-demo-b1; do ip netns del "$ns" 2>/dev/null || true; done
-	rm -rf "$RUN" /var/lib/tenantnet /sys/fs/bpf/tenantnet
+	for p in "$RUN"/*.pid; do [[ -f $p ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
+	pkill -9 -f "tenantnetd run --config $RUN/" 2>/dev/null || true
+	sleep 0.3
+	for i in 1 2 3; do
+		if [[ -e /run/netns/$(node_ns "$i") && -f $RUN/node$i.yaml ]]; then
+			on_node "$i" "$BIN/tenantnetd" cleanup --config "$RUN/node$i.yaml" --purge-state >/dev/null 2>&1 || true
+		fi
+		rm -rf "/sys/fs/bpf/tenantnet-demo-node$i"
+	done
+	for ns in $(ip netns list | awk '/^tn-demo/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
+	rm -rf "$RUN" "$STATE"
 	local left
-	left=$(ip netns list | grep -c '^tn-demo' || true)
-	if [[ $left != 0 || -e /sys/fs/bpf/tenantnet ]]; then
-		echo "leftovers: $(ip netns list | grep '^tn-demo') $(ls /sys/fs/bpf/tenantnet 2>/dev/null)" >&2
+	left="$(ip netns list | grep '^tn-demo' || true)$(ls -d /sys/fs/bpf/tenantnet-demo* 2>/dev/null || true)$(pgrep -f "$RUN/node" || true)"
+	if [[ -n $left ]]; then
+		echo "leftovers: $left" >&2
 		exit 1
 	fi
-	echo "  nothing left: no tn-demo namespace, no pins, no state"
+	echo "  nothing left: no tn-demo namespace, no pins, no process, no state"
+}
+
+start_node() { # start_node i class prefix addresses... (addresses as YAML list)
+	local i=$1 class=$2 prefix=$3 addrs=$4
+	cat >"$RUN/node$i.yaml" <<EOT
+node_id: node$i
+uplinks: [uplink]
+class: $class
+prefixes: ["$prefix"]
+addresses: $addrs
+state_dir: $STATE/node$i
+bpf_dir: /sys/fs/bpf/tenantnet-demo-node$i
+api_socket: $RUN/node$i.sock
+metrics_listen: 127.0.0.1:9464
+reconcile_interval: 2s
+registry_lease: 6s
+registry: {type: $REG, dir: $STATE/registry}
+EOT
+	# nsenter execs tenantnetd: $! is the daemon's pid.
+	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
+	echo $! >"$RUN/node$i.pid"
+	for _ in $(seq 1 100); do nd "$i" status >/dev/null 2>&1 && return 0; sleep 0.1; done
+	echo "node$i did not start:" >&2; cat "$RUN/node$i.log" >&2; exit 1
 }
 
 up() {
-	[[ -x $TENANTFW ]] || { echo "build first: make build" >&2; exit 1; }
-	down >/dev/null 2>&1 || true
-	mkdir -p "$RUN"
+	[[ -x $BIN/tenantnetd && -x $BIN/tenantfw ]] || { echo "build first: make build" >&2; exit 1; }
+	if [[ $REG != file ]]; then echo "DEMO_REGISTRY=$REG: only the file registry is built so far" >&2; exit 2; fi
+	(down >/dev/null 2>&1) || { echo "a previous demo could not be removed: run demo/demo.sh down" >&2; exit 1; }
+	mkdir -p "$RUN" "$STATE/registry"
 
-	say "creating the node, the internet and three workloads (network namespaces)"
-	for ns in $NODE $EXT; do ip netns add "$ns"; done
-	in_ns $NODE sysctl -qw net.ipv6.conf.all.forwarding=1
-	ip -n $NODE link add uplink type veth peer name eth0 netns $EXT
-	ip -n $NODE addr add 2001:db8:ffff::1/64 dev uplink nodad
-	ip -n $NODE link set uplink up
-	ip -n $EXT addr add 2001:db8:ffff::5/64 dev eth0 nodad
-	ip -n $EXT link set eth0 up
-	ip -n $EXT link set lo up
-	ip -n $EXT route add default via 2001:db8:ffff::1
+	say "the internet: a bridge with an IPv6 and an IPv4 network, and a client host"
+	ip netns add $INET
+	ip -n $INET link add br0 type bridge
+	ip -n $INET link set br0 up
+	ip -n $INET link set lo up
+	ip netns add tn-demo-client
+	ip -n $INET link add c0 type veth peer name eth0 netns tn-demo-client
+	ip -n $INET link set c0 master br0 up
+	ip -n tn-demo-client addr add 2001:db8:ffff::100/64 dev eth0 nodad
+	ip -n tn-demo-client addr add 192.0.2.100/24 dev eth0
+	ip -n tn-demo-client link set eth0 up
+	ip -n tn-demo-client link set lo up
 
-	say "loading the datapath (tenantfw datapath load --uplink uplink)"
-	fw datapath load --uplink uplink
-	fw tenant add --tenant 1 --name acme --prefix 2001:db8:a::/64
-	fw tenant add --tenant 2 --name globex --prefix 2001:db8:b::/64
-
-	for w in "${WLS[@]}"; do
-		name=${w%%:*}; rest=${w#*:}; tenant=${rest%%:*}; addr=${rest#*:}
-		ns=tn-demo-$name port=p$name
+	say "three nodes: node1 and node2 dual-stack, node3 at home behind a NAT router"
+	for i in 1 2; do
+		ns=$(node_ns $i)
 		ip netns add "$ns"
-		ip -n $NODE link add "$port" type veth peer name eth0 netns "$ns"
-		# Attach before the port comes up: no packet crosses it unfiltered.
-		fw port attach --ifname "$port" --tenant "$tenant" --addr "$addr"
-		ip -n $NODE addr add fe80::1/64 dev "$port" nodad
-		ip -n $NODE link set "$port" up
-		ip -n $NODE route add "$addr/128" dev "$port"
+		ip -n $INET link add "n$i" type veth peer name uplink netns "$ns"
+		ip -n $INET link set "n$i" master br0 up
+		ip -n "$ns" addr add "2001:db8:ffff::$i/64" dev uplink nodad
+		ip -n "$ns" addr add "192.0.2.$i/24" dev uplink
+		ip -n "$ns" link set uplink up
 		ip -n "$ns" link set lo up
-		ip -n "$ns" addr add "$addr/128" dev eth0 nodad
-		ip -n "$ns" link set eth0 up
-		ip -n "$ns" route add default via fe80::1 dev eth0
+		# What the DC's router would do: route the node's /48 to it.
+		ip -n tn-demo-client route add "2001:db8:10$i::/48" via "2001:db8:ffff::$i"
 	done
+	ip netns add $NAT
+	ip -n $INET link add n3 type veth peer name wan netns $NAT
+	ip -n $INET link set n3 master br0 up
+	ip -n $NAT addr add 192.0.2.3/24 dev wan
+	ip -n $NAT link set wan up
+	ns3=$(node_ns 3)
+	ip netns add "$ns3"
+	ip -n $NAT link add lan type veth peer name uplink netns "$ns3"
+	ip -n $NAT addr add 10.0.3.1/24 dev lan
+	ip -n $NAT link set lan up
+	in_ns $NAT sysctl -qw net.ipv4.ip_forward=1
+	in_ns $NAT nft -f - <<'EOT'
+table ip nat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan" masquerade
+	}
+}
+EOT
+	ip -n "$ns3" addr add 10.0.3.2/24 dev uplink
+	ip -n "$ns3" link set uplink up
+	ip -n "$ns3" link set lo up
+	ip -n "$ns3" route add default via 10.0.3.1
 
-	say "starting TCP services (port 8080 and 22 on every workload, 25 on the internet)"
-	for w in "${WLS[@]}"; do
-		name=${w%%:*}
-		for p in 8080 22; do
-			in_ns tn-demo-$name iperf3 -s -p $p -D --pidfile "$RUN/$name-$p.pid" >/dev/null
-		done
-	done
-	in_ns $EXT iperf3 -s -p 25 -D --pidfile "$RUN/ext-25.pid" >/dev/null
-	sleep 1
+	say "starting tenantnetd on each node (file registry in $STATE/registry)"
+	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]'
+	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]'
+	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]'
 
-	say "applying the firewall policy (tenantfw apply -f demo/rules.yaml)"
-	fw apply -f demo/rules.yaml
+	say "two tenant networks: acme on all three nodes, globex on node1 and node2"
+	for i in 1 2 3; do nd $i network add --id acme >/dev/null; done
+	for i in 1 2; do nd $i network add --id globex >/dev/null; done
+	wl() { # wl node id network
+		"$BIN/tenantnetd" netns create "tn-demo-$2" >/dev/null
+		nd "$1" workload add --id "$2" --network "$3" --netns "/run/netns/tn-demo-$2"
+		in_ns "tn-demo-$2" iperf3 -s -D -p 8080 --pidfile "$RUN/$2-8080.pid" >/dev/null
+		in_ns "tn-demo-$2" iperf3 -s -D -p 22 --pidfile "$RUN/$2-22.pid" >/dev/null
+	}
+	wl 1 web1 acme; wl 2 web2 acme; wl 3 web3 acme; wl 1 db1 globex; wl 2 db2 globex
+	in_ns tn-demo-client iperf3 -s -D -p 25 --pidfile "$RUN/client-25.pid" >/dev/null
+
+	WEB1=$(wl_addr 1 web1) WEB2=$(wl_addr 2 web2) WEB3=$(wl_addr 3 web3) DB1=$(wl_addr 1 db1) DB2=$(wl_addr 2 db2)
+
+	say "firewall policy per tenant, with tenantfw"
+	ACME1=$(net_tenant 1 acme) GLOBEX1=$(net_tenant 1 globex)
+	fw 1 rule add --tenant "$ACME1" --proto tcp --port 8080 --dst "$WEB1" --action allow --comment "web1 public"
+	fw 1 rule add --tenant "$GLOBEX1" --dir out --proto tcp --port 25 --action deny --comment "no spam"
 
 	say "checks"
-	check "a2 -> a1 tcp/8080 (same tenant, rule allows)" ok tcp tn-demo-a2 2001:db8:a::1 8080
-	check "a2 -> a1 tcp/22 (no rule: default deny)" blocked tcp tn-demo-a2 2001:db8:a::1 22
-	check "a2 -> a1 ping (icmpv6 rule)" ok in_ns tn-demo-a2 ping -c1 -W2 2001:db8:a::1
-	check "b1 -> a1 tcp/8080 (other tenant: isolation)" blocked tcp tn-demo-b1 2001:db8:a::1 8080
-	check "a1 -> b1 tcp/8080 (other tenant, although b allows 8080)" blocked tcp tn-demo-a1 2001:db8:b::1 8080
-	check "internet -> a1 tcp/8080 (rule)" ok tcp $EXT 2001:db8:a::1 8080
-	check "internet -> a1 tcp/22 (dropped by the XDP prefilter)" blocked tcp $EXT 2001:db8:a::1 22
-	check "internet -> b1 tcp/8080 (tenant 2's rule)" ok tcp $EXT 2001:db8:b::1 8080
-	check "a1 -> internet tcp/25 (outbound deny rule)" blocked tcp tn-demo-a1 2001:db8:ffff::5 25
-	ip -n tn-demo-a2 addr add 2001:db8:a::99/128 dev eth0 nodad
-	check "a2 spoofing 2001:db8:a::99 -> a1 ping" blocked in_ns tn-demo-a2 ping -c1 -W2 -I 2001:db8:a::99 2001:db8:a::1
-	ip -n tn-demo-a2 addr del 2001:db8:a::99/128 dev eth0
-	stats=$(fw stats -o json)
-	for r in pass-rule default-deny cross-tenant spoof policy; do
-		check "counter '$r' counted" ok grep -q "\"reason\": \"$r\"" <<<"$stats"
+	check "web1 -> web2 tcp (acme, node1 -> node2, WireGuard)" ok retry_tcp tn-demo-web1 "$WEB2" 8080
+	check "web2 -> web3 tcp (acme, to the node behind NAT)" ok retry_tcp tn-demo-web2 "$WEB3" 8080
+	check "web3 -> web1 tcp (acme, from behind NAT)" ok retry_tcp tn-demo-web3 "$WEB1" 8080
+	check "web2 -> web1 ping (ICMPv6 across nodes)" ok retry in_ns tn-demo-web2 ping -c1 -W1 "$WEB1"
+	check "db1 -> db2 tcp (globex, node1 -> node2)" ok retry_tcp tn-demo-db1 "$DB2" 8080
+	check "db1 -> web2 tcp (other tenant: isolation)" blocked tcp tn-demo-db1 "$WEB2" 8080
+	check "web1 -> db2 tcp (other tenant: isolation)" blocked tcp tn-demo-web1 "$DB2" 8080
+	check "db1 -> web1 tcp (other tenant, same node)" blocked tcp tn-demo-db1 "$WEB1" 8080
+	check "internet -> web1 tcp/8080 (rule opens it)" ok tcp tn-demo-client "$WEB1" 8080
+	check "internet -> web1 tcp/22 (default deny, XDP prefilter)" blocked tcp tn-demo-client "$WEB1" 22
+	check "internet -> web2 tcp/8080 (no rule on node2)" blocked tcp tn-demo-client "$WEB2" 8080
+	check "db1 -> internet tcp/25 (globex denies outbound SMTP)" blocked tcp tn-demo-db1 2001:db8:ffff::100 25
+	check "web1 -> internet tcp/25 (acme allows outbound)" ok tcp tn-demo-web1 2001:db8:ffff::100 25
+	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad
+	check "web1 spoofing web2's address -> web3" blocked in_ns tn-demo-web1 ping -c1 -W2 -I "$WEB2" "$WEB3"
+	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0
+	stats=$(fw 1 stats -o json)
+	for r in pass-rule cross-tenant default-deny spoof policy; do
+		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"
 	done
+	on_node 1 curl -s 127.0.0.1:9464/metrics >"$RUN/metrics.txt"
+	check "node1 /metrics passes promtool check metrics" ok promtool check metrics <"$RUN/metrics.txt"
+	check "node1 exports WireGuard handshakes" ok grep -q '^tenantnet_wireguard_peer_handshaked{.*} 1' "$RUN/metrics.txt"
 
 	say "what was built"
-	fw tenant list
+	for i in 1 2 3; do
+		echo "node$i: $(nd $i status | head -2 | tr '\n' ' ')"
+		nd $i network list | sed 's/^/    /'
+	done
 	echo
-	fw port list
+	nd 1 workload list; nd 2 workload list | tail -n +2; nd 3 workload list | tail -n +2
 	echo
-	fw status | sed -n '/ATTACHMENTS/,/^$/p'
-	fw stats
+	if command -v wg >/dev/null; then
+		say "WireGuard peers (wg show on node1)"
+		for s in /var/run/wireguard/tg*.sock; do
+			dev=$(basename "$s" .sock)
+			on_node 1 ip link show "$dev" >/dev/null 2>&1 && on_node 1 wg show "$dev" | sed 's/^/    /'
+		done
+	fi
 	echo
 	if ((fails > 0)); then
-		say "$fails of $((passes + fails)) checks FAILED"
+		say "$fails of $((passes + fails)) checks FAILED (logs in $RUN/node*.log)"
 		exit 1
 	fi
 	say "all $passes checks passed"
 	cat <<EOT
 
 Explore (as root):
-  ip netns exec tn-demo-a2 ping -c2 2001:db8:a::1
-  nsenter --net=/run/netns/$NODE bin/tenantfw stats            # counters by reason
-  nsenter --net=/run/netns/$NODE bin/tenantfw monitor          # live drops (then: ip netns exec tn-demo-b1 ping 2001:db8:a::1)
-  bin/tenantfw rule list;  bin/tenantfw flows;  bin/tenantfw status
-  bin/tenantfw check --tenant 1 --src 2001:db8:ffff::5 --dst 2001:db8:a::1 --proto tcp --dport 22
-  bpftool link show                                   # TCX links show as "type 11" with bpftool 7.1
-  bpftool map dump pinned /sys/fs/bpf/tenantnet/tn_ports_v1
-  bpftool map dump pinned /sys/fs/bpf/tenantnet/tn_ct_v1
+  ip netns exec tn-demo-web1 ping -c2 $WEB3                 # node1 -> node3 (behind NAT) over WireGuard
+  bin/tenantnetd status --socket $RUN/node1.sock
+  nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw stats   --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
+  nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw monitor --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
+      (then: ip netns exec tn-demo-db1 ping $WEB2)
+  nsenter --net=/run/netns/tn-demo-node1 wg show
+  nsenter --net=/run/netns/tn-demo-node1 curl -s 127.0.0.1:9464/metrics | grep ^tenantnet_
+  bpftool map dump pinned /sys/fs/bpf/tenantnet-demo-node1/tn_ports_v1
+  cat $STATE/registry/nodes/node3.json
 Remove it all: sudo make demo-down
 EOT
 }

@@ -124,7 +124,8 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 		if err != nil {
 			continue
 		}
-		ep, ok := rec.Endpoint(n.ID)
+		v4only := s.cfg.Class == config.HomeNAT || s.cfg.Class == config.IPv4Only
+		ep, ok := rec.Endpoint(n.ID, v4only)
 		if !ok {
 			continue
 		}

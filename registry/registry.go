@@ -34,19 +34,26 @@ type NodeRecord struct {
 	Expires   time.Time                `json:"expires"`
 }
 
-// Endpoint returns the UDP endpoint of a network of the node: its first
-// address (IPv6 preferred) and the network's port.
-func (r NodeRecord) Endpoint(network string) (netip.AddrPort, bool) {
+// Endpoint returns the UDP endpoint of a network of the node: one of its
+// addresses (IPv6 preferred, IPv4 when the asking node has only IPv4
+// connectivity) and the network's port.
+func (r NodeRecord) Endpoint(network string, v4only bool) (netip.AddrPort, bool) {
 	n, ok := r.Networks[network]
 	if !ok || len(r.Addresses) == 0 {
 		return netip.AddrPort{}, false
 	}
-	addr := r.Addresses[0]
+	var addr netip.Addr
 	for _, a := range r.Addresses {
-		if a.Is6() {
+		if a.Is4() == v4only {
 			addr = a
 			break
 		}
+	}
+	if !addr.IsValid() {
+		if v4only {
+			return netip.AddrPort{}, false
+		}
+		addr = r.Addresses[0]
 	}
 	return netip.AddrPortFrom(addr, uint16(n.Port)), true
 }

@@ -23,8 +23,11 @@ func TestFiles(t *testing.T) {
 	if len(ns) != 2 {
 		t.Fatalf("%+v", ns)
 	}
-	if ep, ok := ns[0].Endpoint("acme"); !ok || ep.String() != "[2001:db8::1]:51820" {
+	if ep, ok := ns[0].Endpoint("acme", false); !ok || ep.String() != "[2001:db8::1]:51820" {
 		t.Fatalf("endpoint %v", ep)
+	}
+	if ep, ok := ns[0].Endpoint("acme", true); !ok || ep.String() != "10.0.0.1:51820" {
+		t.Fatalf("IPv4 endpoint %v", ep)
 	}
 	time.Sleep(100 * time.Millisecond)
 	ns, _ = f.Nodes()

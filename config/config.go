@@ -49,8 +49,10 @@ type Node struct {
 // Registry says where the grid registry lives (used by the multi-node
 // service; validated here so a node config is complete).
 type Registry struct {
-	Type string `yaml:"type"` // file
-	Dir  string `yaml:"dir"`
+	Type      string   `yaml:"type"` // file or etcd
+	Dir       string   `yaml:"dir"`  // file
+	Endpoints []string `yaml:"endpoints"`
+	Prefix    string   `yaml:"prefix"` // etcd key prefix, /tenantnet by default
 }
 
 // Defaults for fields left out.
@@ -187,8 +189,14 @@ func (n *Node) Validate() error {
 	if n.Lease < 3*time.Second {
 		return &FieldError{"registry_lease", n.Lease.String(), "at least 3s"}
 	}
-	if n.Registry.Type != "file" {
-		return &FieldError{"registry.type", n.Registry.Type, "only file for now (etcd comes with the multi-node service)"}
+	switch n.Registry.Type {
+	case "file":
+	case "etcd":
+		if len(n.Registry.Endpoints) == 0 {
+			return &FieldError{Field: "registry.endpoints", Msg: "etcd needs at least one endpoint (http://host:2379)"}
+		}
+	default:
+		return &FieldError{"registry.type", n.Registry.Type, "want file or etcd"}
 	}
 	for _, d := range []struct{ f, v string }{{"state_dir", n.StateDir}, {"bpf_dir", n.BPFDir}, {"api_socket", n.APISocket}} {
 		if !strings.HasPrefix(d.v, "/") {

@@ -35,6 +35,8 @@ func TestParse(t *testing.T) {
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nbogus: 1", "field bogus not found"},
 		{"node_id: n\nprefixes: [\"nope\"]", "nope"},
 		{"node_id: n\nprefixes: []", "prefixes: at least one"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nregistry: {type: etcd}", "registry.endpoints: etcd needs"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nregistry: {type: consul}", "registry.type consul"},
 	}
 	for _, c := range bad {
 		_, err := Parse([]byte(c.yaml))

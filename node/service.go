@@ -119,15 +119,20 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		wgs: map[string]*wg.Device{}, tenantPrefixes: map[string]string{}}
-	if cfg.Registry.Dir != "" {
-		reg, err := registry.NewFiles(cfg.Registry.Dir)
-		if err != nil {
-			st.Close()
-			dp.Close()
-			return nil, err
-		}
-		s.reg = reg
+	var reg registry.Registry
+	switch cfg.Registry.Type {
+	case "etcd":
+		reg, err = registry.NewEtcd(cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	default:
+		reg, err = registry.NewFiles(cfg.Registry.Dir)
 	}
+	if err != nil {
+		st.Close()
+		dp.Close()
+		return nil, err
+	}
+	s.reg = reg
+	log.Info("registry", "type", cfg.Registry.Type)
 	s.stats.Buckets = make([]uint64, len(reconcileBuckets))
 	if cfg.LegacyTC {
 		s.attachMode = loader.ModeLegacyTC

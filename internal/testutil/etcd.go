@@ -1,0 +1,72 @@
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// StartEtcd runs a real etcd on loopback for a test and returns its client
+// URL; it is stopped at cleanup.
+func StartEtcd(tb testing.TB) string {
+	tb.Helper()
+	port := func() int {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	return startEtcd(tb, nil, "127.0.0.1", port(), port())
+}
+
+// StartEtcdIn runs etcd inside a namespace, listening on host (an address
+// of that namespace), for nodes in other namespaces to reach.
+func StartEtcdIn(tb testing.TB, ns *NetNS, host string) string {
+	tb.Helper()
+	return startEtcd(tb, ns, host, 2379, 2380)
+}
+
+func startEtcd(tb testing.TB, ns *NetNS, host string, cport, pport int) string {
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		tb.Fatalf("etcd is not installed (Debian package etcd-server; `sudo make deps` installs it)")
+	}
+	hostport := func(p int) string { return net.JoinHostPort(host, fmt.Sprint(p)) }
+	client, peer := "http://"+hostport(cport), "http://"+hostport(pport)
+	args := []string{"--data-dir", tb.TempDir(), "--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "default=" + peer, "--name", "default"}
+	var cmd *exec.Cmd
+	if ns != nil {
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns.Name, bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	cmd.Env = os.Environ()
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	dial := func() error {
+		c, err := net.DialTimeout("tcp", hostport(cport), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	for i := 0; i < 100; i++ {
+		var err error
+		if ns != nil {
+			err = ns.Do(dial)
+		} else {
+			err = dial()
+		}
+		if err == nil {
+			return client
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatal("etcd did not start")
+	return ""
+}

@@ -36,7 +36,9 @@ func (e *Etcd) Close() error { return e.cli.Close() }
 
 func (e *Etcd) key(id string) string { return e.prefix + "/nodes/" + id }
 
-func ctx() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), 5*time.Second) }
+func ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 5*time.Second)
+}
 
 // Publish implements Registry: a fresh lease of ttl for each renewal (the
 // previous one then expires on its own, with nothing attached).

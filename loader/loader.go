@@ -7,6 +7,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -249,14 +250,6 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 	if err := checkSchema(pinDir); err != nil {
 		return nil, err
 	}
-	spec, err := LoadWorkload()
-	if err != nil {
-		return nil, err
-	}
-	var specs WorkloadMapSpecs
-	if err := spec.Assign(&specs); err != nil {
-		return nil, err
-	}
 	var m WorkloadMaps
 	byName := map[string]**ebpf.Map{
 		"tn_meta_v1": &m.TnMetaV1, "tn_ports_v1": &m.TnPortsV1, "tn_srcaddr_v1": &m.TnSrcaddrV1,
@@ -273,10 +266,24 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 		*dst = mp
 	}
 	// A same-named pin of another layout must never be written through.
-	for name, ms := range map[string]*ebpf.MapSpec{"tn_ct_v1": specs.TnCtV1, "tn_rport_v1": specs.TnRportV1, "tn_rhost_v1": specs.TnRhostV1, "tn_stats_v1": specs.TnStatsV1} {
-		if err := ms.Compatible(*byName[name]); err != nil {
+	// Comparing sizes with the generated types is enough here (and saves
+	// parsing the BPF object on every CLI start): Load checks the rest.
+	for _, c := range []struct {
+		m          *ebpf.Map
+		key, value any
+	}{
+		{m.TnPortsV1, uint32(0), WorkloadTnPort{}}, {m.TnSrcaddrV1, WorkloadTnSrcaddrKey{}, uint32(0)},
+		{m.TnPrefixV1, WorkloadTnPrefixKey{}, uint32(0)}, {m.TnEndpointV1, WorkloadTnEndpointKey{}, WorkloadTnEndpoint{}},
+		{m.TnTenantV1, uint32(0), WorkloadTnTenant{}}, {m.TnRhostV1, WorkloadTnRhostKey{}, WorkloadTnRdstVal{}},
+		{m.TnRdstV1, WorkloadTnRdstKey{}, WorkloadTnRdstVal{}}, {m.TnRsrcV1, WorkloadTnRsrcKey{}, WorkloadTnRsrcVal{}},
+		{m.TnRportV1, WorkloadTnRportKey{}, WorkloadTnRportVal{}}, {m.TnCtV1, WorkloadTnCtKey{}, WorkloadTnCtVal{}},
+		{m.TnFragV1, WorkloadTnFragKey{}, WorkloadTnFragVal{}}, {m.TnStatsV1, WorkloadTnStatsKey{}, WorkloadTnStatsVal{}},
+		{m.TnMetaV1, uint32(0), WorkloadTnMeta{}},
+	} {
+		if int(c.m.KeySize()) != binary.Size(c.key) || int(c.m.ValueSize()) != binary.Size(c.value) {
 			m.Close()
-			return nil, fmt.Errorf("%w: %s: %v", ErrSchemaMismatch, name, err)
+			return nil, fmt.Errorf("%w: %s has key/value sizes %d/%d, this build uses %d/%d", ErrSchemaMismatch,
+				c.m.String(), c.m.KeySize(), c.m.ValueSize(), binary.Size(c.key), binary.Size(c.value))
 		}
 	}
 	return &m, nil

@@ -43,6 +43,7 @@ type Service struct {
 
 	reg            registry.Registry
 	wgs            map[string]*wg.Device // by network id
+	wgStarted      map[string]bool       // devices this process started once
 	wgImpl         wg.Impl
 	tenantPrefixes map[string]string // network -> prefixes last given to the firewall
 	regErrors      uint64
@@ -118,7 +119,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, tenantPrefixes: map[string]string{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, tenantPrefixes: map[string]string{}}
 	var reg registry.Registry
 	switch cfg.Registry.Type {
 	case "etcd":

@@ -108,9 +108,16 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 		if d, err = wg.Open(name, key, n.WGPort, n.MTU, s.log); err != nil {
 			return err
 		}
+		if s.wgStarted[n.ID] {
+			r.add("restarted wireguard %s (%s) for network %s", name, d.Impl, n.ID)
+		} else {
+			// Embedded WireGuard lives in this process: starting it
+			// with the process is not a repair.
+			s.log.Info("wireguard started", "device", name, "implementation", d.Impl, "network", n.ID, "port", n.WGPort)
+		}
+		s.wgStarted[n.ID] = true
 		s.wgs[n.ID] = d
 		s.wgImpl = d.Impl
-		r.add("started wireguard %s (%s) for network %s on port %d", name, d.Impl, n.ID, n.WGPort)
 		go s.publish()
 	}
 	var peers []wg.Peer
@@ -204,10 +211,18 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 	if s.tenantPrefixes[n.ID] == key {
 		return nil
 	}
+	changed := false
 	err := s.withFirewall(func(f fwAPI) error {
 		fw := f.(*firewall.Firewall)
-		if err := fw.EnsureTenant(n.Num, n.ID, prefixes); err != nil {
-			return err
+		var cur store.Tenant
+		fw.Store.View(func(tx *store.Tx) error { cur, _ = tx.Tenant(n.Num); return nil })
+		have := append([]netip.Prefix(nil), cur.Prefixes...)
+		sort.Slice(have, func(i, j int) bool { return have[i].String() < have[j].String() })
+		if fmt.Sprint(have) != key {
+			changed = true
+			if err := fw.EnsureTenant(n.Num, n.ID, prefixes); err != nil {
+				return err
+			}
 		}
 		var rules []maps.Rule
 		if err := fw.Store.View(func(tx *store.Tx) error {
@@ -232,8 +247,10 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 			if _, _, err := fw.DeleteRule(rl.ID); err != nil {
 				return err
 			}
+			changed = true
 		}
 		for p := range want {
+			changed = true
 			rl := maps.Rule{Tenant: n.Num, Dir: maps.DirIn, Proto: maps.ProtoAny, Src: p, Action: maps.ActionAllow, Comment: sameNetworkComment}
 			if _, _, err := fw.AddRule(rl); err != nil {
 				return err
@@ -245,7 +262,9 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		return err
 	}
 	s.tenantPrefixes[n.ID] = key
-	r.add("network %s spans %s", n.ID, key)
+	if changed {
+		r.add("network %s spans %s", n.ID, key)
+	}
 	return nil
 }
 

@@ -11,7 +11,8 @@ export GOTOOLCHAIN ?= local
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
-	util-linux nftables iptables iperf3 prometheus curl wireguard-tools ca-certificates git make
+	util-linux nftables iptables iperf3 prometheus curl wireguard-tools etcd-server \
+	ca-certificates git make
 
 BIN := bin
 

@@ -72,8 +72,10 @@ down() {
 	echo "  nothing left: no tn-demo namespace, no pins, no process, no state"
 }
 
-start_node() { # start_node i class prefix addresses... (addresses as YAML list)
-	local i=$1 class=$2 prefix=$3 addrs=$4
+start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint]
+	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-}
+	local registry="{type: file, dir: $STATE/registry}"
+	if [[ $REG == etcd ]]; then registry="{type: etcd, endpoints: [\"$etcd\"], prefix: /tenantnet-demo}"; fi
 	cat >"$RUN/node$i.yaml" <<EOT
 node_id: node$i
 uplinks: [uplink]
@@ -86,7 +88,7 @@ api_socket: $RUN/node$i.sock
 metrics_listen: 127.0.0.1:9464
 reconcile_interval: 2s
 registry_lease: 6s
-registry: {type: $REG, dir: $STATE/registry}
+registry: $registry
 EOT
 	# nsenter execs tenantnetd: $! is the daemon's pid.
 	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
@@ -97,7 +99,7 @@ EOT
 
 up() {
 	[[ -x $BIN/tenantnetd && -x $BIN/tenantfw ]] || { echo "build first: make build" >&2; exit 1; }
-	if [[ $REG != file ]]; then echo "DEMO_REGISTRY=$REG: only the file registry is built so far" >&2; exit 2; fi
+	if [[ $REG != file && $REG != etcd ]]; then echo "DEMO_REGISTRY=$REG: want file or etcd" >&2; exit 2; fi
 	(down >/dev/null 2>&1) || { echo "a previous demo could not be removed: run demo/demo.sh down" >&2; exit 1; }
 	mkdir -p "$RUN" "$STATE/registry"
 
@@ -151,10 +153,20 @@ EOT
 	ip -n "$ns3" link set lo up
 	ip -n "$ns3" route add default via 10.0.3.1
 
-	say "starting tenantnetd on each node (file registry in $STATE/registry)"
-	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]'
-	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]'
-	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]'
+	if [[ $REG == etcd ]]; then
+		say "etcd on the internet host (2001:db8:ffff::100 and 192.0.2.100, port 2379)"
+		nsenter --net=/run/netns/tn-demo-client etcd --data-dir "$STATE/etcd" --name demo \
+			--listen-client-urls "http://[2001:db8:ffff::100]:2379,http://192.0.2.100:2379" \
+			--advertise-client-urls "http://[2001:db8:ffff::100]:2379" \
+			--listen-peer-urls "http://[2001:db8:ffff::100]:2380" --initial-advertise-peer-urls "http://[2001:db8:ffff::100]:2380" \
+			--initial-cluster "demo=http://[2001:db8:ffff::100]:2380" >"$RUN/etcd.log" 2>&1 &
+		echo $! >"$RUN/etcd.pid"
+		for _ in $(seq 1 50); do in_ns tn-demo-client bash -c 'exec 3<>/dev/tcp/192.0.2.100/2379' 2>/dev/null && break; sleep 0.2; done
+	fi
+	say "starting tenantnetd on each node ($REG registry)"
+	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "http://[2001:db8:ffff::100]:2379"
+	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "http://[2001:db8:ffff::100]:2379"
+	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "http://192.0.2.100:2379"
 
 	say "two tenant networks: acme on all three nodes, globex on node1 and node2"
 	for i in 1 2 3; do nd $i network add --id acme >/dev/null; done

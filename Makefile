@@ -11,12 +11,13 @@ export GOTOOLCHAIN ?= local
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
+	qemu-system-x86 busybox-static cpio xz-utils \
 	util-linux nftables iptables iperf3 prometheus curl wireguard-tools etcd-server \
 	ca-certificates git make
 
 BIN := bin
 
-.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale test-kernels
 
 all: build
 
@@ -62,7 +63,15 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 	$(CLANG_FORMAT) -i bpf/*.c bpf/lib/*.h
 
-# The demo: a node in network namespaces, checked, with a report.
+# The kernel matrix: the datapath, loader and maps tests on Debian's 6.1
+# and 6.12 kernels in qemu (TCG) and on the host kernel. Kernels are
+# fetched with apt-get download into a cache outside the repository.
+KERNEL_CACHE ?= /var/cache/tenantnet/kernels
+test-kernels: deps build
+	test/kernels/fetch.sh $(KERNEL_CACHE)
+	$(BIN)/tenantnet-kmatrix --cache $(KERNEL_CACHE) --report docs/kernel-matrix.txt
+
+# The demo: a grid in network namespaces, checked, with a report.
 demo: deps build
 	demo/demo.sh up
 

@@ -154,7 +154,7 @@ func ifindex(ns, name string) (int, error) {
 		return 0, err
 	}
 	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return 0, err
 	}
@@ -167,4 +167,3 @@ func ifindex(ns, name string) (int, error) {
 }
 
 var _ = net.IPv6len
-var _ = unix.AF_INET6

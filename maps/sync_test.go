@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"errors"
 	"os"
 	"regexp"
 	"strconv"
@@ -13,6 +14,9 @@ import (
 // generate (they name no struct field's type). Keep them in step.
 func TestConstantsMatchC(t *testing.T) {
 	src, err := os.ReadFile("../bpf/lib/common.h")
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skip("source tree not here (a test binary run elsewhere, e.g. in the kernel matrix VM)")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

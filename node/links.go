@@ -335,7 +335,7 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 
 // ensureInside configures the workload's side, inside its namespace.
 func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHandle, r *repairs, fresh bool) error {
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE) // only rtnetlink: xfrm may be a module that is not loaded
 	if err != nil {
 		return fmt.Errorf("workload %s: netlink in %s: %w", w.ID, w.Netns, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/loader"
 )
@@ -178,7 +179,7 @@ func (ns *NetNS) Do(fn func() error) error {
 // Handle returns a netlink handle inside ns.
 func (ns *NetNS) Netlink(tb testing.TB) *netlink.Handle {
 	tb.Helper()
-	h, err := netlink.NewHandleAt(ns.Handle)
+	h, err := netlink.NewHandleAt(ns.Handle, unix.NETLINK_ROUTE) // xfrm netlink may be missing (a module)
 	if err != nil {
 		tb.Fatalf("netlink handle in %s: %v", ns.Name, err)
 	}

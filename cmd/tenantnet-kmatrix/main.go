@@ -1,0 +1,150 @@
+// Command tenantnet-kmatrix runs the datapath tests on Debian's 6.1 and
+// 6.12 kernels in qemu and on the host kernel (make test-kernels), prints
+// a table and exits non-zero on any failure.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tenantnet/tenantnet/test/kernels/kmatrix"
+)
+
+func main() {
+	cache := pflag.String("cache", "/var/cache/tenantnet/kernels", "kernels fetched by test/kernels/fetch.sh")
+	verbose := pflag.BoolP("verbose", "v", false, "print the VMs' consoles")
+	out := pflag.String("report", "", "also write the table (markdown) to this file")
+	pflag.Parse()
+	repo, _ := os.Getwd()
+	work, _ := os.MkdirTemp("", "tn-kmatrix-")
+	defer os.RemoveAll(work)
+	tests, err := kmatrix.BuildTests(repo, work)
+	if err != nil {
+		fail(err)
+	}
+	var log io.Writer = io.Discard
+	if *verbose {
+		log = os.Stderr
+	}
+	kernels := pickKernels(*cache)
+	if len(kernels) == 0 {
+		fail(fmt.Errorf("no kernels in %s: run sudo test/kernels/fetch.sh", *cache))
+	}
+	var all []kmatrix.Result
+	var modLines []string
+	for _, k := range kernels {
+		start := time.Now()
+		fmt.Printf(">> %s in qemu ...\n", filepath.Base(k))
+		console, err := kmatrix.RunVM(k, tests, log)
+		if os.Getenv("TN_KMATRIX_DEBUG") != "" {
+			os.WriteFile(filepath.Join(os.TempDir(), filepath.Base(k)+".console"), []byte(console), 0o644)
+		}
+		kernel, res, mods := kmatrix.Parse(console)
+		if kernel == "" {
+			kernel = filepath.Base(k)
+		}
+		if len(res) == 0 {
+			tail := console
+			if len(tail) > 3000 {
+				tail = tail[len(tail)-3000:]
+			}
+			res = []kmatrix.Result{{Kernel: kernel, Package: "(boot)", Err: fmt.Sprintf("%v\n%s", err, tail)}}
+		}
+		for i := range res {
+			res[i].Duration = time.Since(start)
+		}
+		all = append(all, res...)
+		modLines = append(modLines, fmt.Sprintf("%s: %s", kernel, strings.Join(mods, ", ")))
+		fmt.Printf("   %s done in %s\n", kernel, time.Since(start).Round(time.Second))
+	}
+	fmt.Println(">> host kernel ...")
+	_, hres, _ := kmatrix.Parse(kmatrix.RunHost(tests, log))
+	all = append(all, hres...)
+
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KERNEL\tPACKAGE\tPASS\tFAIL\tSKIP\tNOTES")
+	failed := false
+	for _, r := range all {
+		notes := strings.Join(r.Skips, "; ")
+		if len(r.Failed) > 0 {
+			notes = "FAILED: " + strings.Join(r.Failed, ", ")
+			failed = true
+		}
+		if r.Err != "" {
+			notes += " " + firstLine(r.Err)
+			failed = true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", r.Kernel, r.Package, r.Pass, r.Fail, r.Skip, notes)
+	}
+	tw.Flush()
+	fmt.Print("\n" + b.String())
+	fmt.Println("\nModules loaded in the VMs:")
+	for _, l := range modLines {
+		fmt.Println("  " + l)
+	}
+	fmt.Println("\nVerifier: processed instructions per program:")
+	var vs []string
+	for _, r := range all {
+		for _, v := range r.Verified {
+			vs = append(vs, fmt.Sprintf("  %-22s %s", r.Kernel, v))
+		}
+	}
+	sort.Strings(vs)
+	fmt.Println(strings.Join(vs, "\n"))
+	if *out != "" {
+		head := "Kernel matrix (make test-kernels): the datapath, loader, maps and wg tests per kernel.\n" +
+			"6.1 and 6.12: Debian's kernels in qemu (TCG); the last rows: the host kernel.\n\n"
+		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (grows with the datapath: keep an eye on it)\n"+
+			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// pickKernels takes the newest fetched kernel of each major.minor.
+func pickKernels(cache string) []string {
+	entries, _ := os.ReadDir(cache)
+	best := map[string]string{}
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(cache, e.Name(), "vmlinuz")); err != nil {
+			continue
+		}
+		f := strings.SplitN(e.Name(), ".", 3)
+		if len(f) < 2 {
+			continue
+		}
+		mm := f[0] + "." + f[1]
+		if e.Name() > best[mm] {
+			best[mm] = e.Name()
+		}
+	}
+	var out []string
+	for _, n := range best {
+		out = append(out, filepath.Join(cache, n))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "tenantnet-kmatrix: %v\n", err)
+	os.Exit(1)
+}

@@ -1,0 +1,315 @@
+// Package kmatrix runs the datapath's test binaries on Debian's kernels in
+// qemu (and on the host kernel) and tabulates pass/fail/skip per kernel and
+// package (make test-kernels).
+package kmatrix
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Packages whose tests run in the VMs (the e2e tests need iproute2 and
+// more than a busybox initramfs has).
+var Packages = []string{"./loader", "./maps", "./test/datapath", "./wg"}
+
+// Modules loaded in the VMs when the kernel has them as modules.
+var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit"}
+
+// Result is one package on one kernel.
+type Result struct {
+	Kernel, Package     string
+	Pass, Fail, Skip    int
+	Skips               []string // "TestX: reason"
+	Failed              []string
+	Verified            []string // verifier figures logged by the loader test
+	Duration            time.Duration
+	Err                 string
+}
+
+// BuildTests builds static test binaries into dir.
+func BuildTests(repo, dir string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, p := range Packages {
+		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
+		bin := filepath.Join(dir, name)
+		cmd := exec.Command("go", "test", "-c", "-o", bin, p)
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go test -c %s: %v\n%s", p, err, b)
+		}
+		out[p] = bin
+	}
+	return out, nil
+}
+
+// moduleFile finds a module by name in a kernel's module tree.
+func moduleFile(root, name string) string {
+	var found string
+	norm := func(s string) string { return strings.ReplaceAll(s, "-", "_") }
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || found != "" {
+			return nil
+		}
+		base := d.Name()
+		for _, ext := range []string{".ko", ".ko.xz", ".ko.zst"} {
+			if strings.HasSuffix(base, ext) && norm(strings.TrimSuffix(base, ext)) == norm(name) {
+				found = p
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+// readModule returns a module's bytes, decompressed.
+func readModule(path string) ([]byte, error) {
+	switch {
+	case strings.HasSuffix(path, ".xz"):
+		return exec.Command("xz", "-dc", path).Output()
+	case strings.HasSuffix(path, ".zst"):
+		return exec.Command("zstd", "-dc", path).Output()
+	}
+	return os.ReadFile(path)
+}
+
+func depends(ko []byte) []string {
+	f, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return nil
+	}
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil
+	}
+	data, _ := sec.Data()
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok && len(v) > 0 {
+			return strings.Split(string(v), ",")
+		}
+	}
+	return nil
+}
+
+// modulesFor resolves the wanted modules and their dependencies, in load
+// order, as (name, bytes).
+func modulesFor(kdir string) ([][2]any, []string) {
+	root := filepath.Join(kdir, "modules", "kernel")
+	var order [][2]any
+	var missing []string
+	seen := map[string]bool{}
+	var visit func(name string) bool
+	visit = func(name string) bool {
+		if seen[name] {
+			return true
+		}
+		seen[name] = true
+		p := moduleFile(root, name)
+		if p == "" {
+			return false // built in, or absent
+		}
+		b, err := readModule(p)
+		if err != nil {
+			return false
+		}
+		for _, d := range depends(b) {
+			visit(d)
+		}
+		order = append(order, [2]any{name, b})
+		return true
+	}
+	for _, m := range Modules {
+		if !visit(m) {
+			missing = append(missing, m)
+		}
+	}
+	return order, missing
+}
+
+const initScript = `#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /sys/fs/bpf /tmp /run/netns
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /run/netns
+for m in $(cat /modules.list); do
+	insmod /lib/modules/$m.ko 2>/dev/null && echo "TNMOD loaded $m" || echo "TNMOD failed $m"
+done
+ip link set lo up
+echo "TNKERNEL $(uname -r)"
+cd /t
+for t in *.test; do
+	echo "TNPKG $t"
+	./$t -test.v -test.count=1 -test.timeout=20m 2>&1
+	echo "TNEND $t $?"
+done
+poweroff -f
+`
+
+// buildInitramfs writes the initramfs for one kernel.
+func buildInitramfs(kdir string, tests map[string]string, out string) ([]string, error) {
+	work, err := os.MkdirTemp("", "tn-initrd-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	for _, d := range []string{"bin", "proc", "sys", "dev", "lib/modules", "t", "tmp", "run"} {
+		os.MkdirAll(filepath.Join(work, d), 0o755)
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return nil, errors.New("busybox (Debian busybox-static) is needed")
+	}
+	if err := copyFile(bb, filepath.Join(work, "bin/busybox"), 0o755); err != nil {
+		return nil, err
+	}
+	for _, app := range []string{"sh", "mount", "insmod", "mkdir", "poweroff", "cat", "echo", "ip", "uname", "ls"} {
+		os.Symlink("busybox", filepath.Join(work, "bin", app))
+	}
+	if err := os.WriteFile(filepath.Join(work, "init"), []byte(initScript), 0o755); err != nil {
+		return nil, err
+	}
+	mods, missing := modulesFor(kdir)
+	var names []string
+	for _, m := range mods {
+		name := m[0].(string)
+		if err := os.WriteFile(filepath.Join(work, "lib/modules", name+".ko"), m[1].([]byte), 0o644); err != nil {
+			return nil, err
+		}
+		names = append(names, name)
+	}
+	os.WriteFile(filepath.Join(work, "modules.list"), []byte(strings.Join(names, "\n")+"\n"), 0o644)
+	for p, bin := range tests {
+		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
+		if err := copyFile(bin, filepath.Join(work, "t", name), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet | gzip -1 > "+out)
+	cmd.Dir = work
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cpio: %v %s", err, b)
+	}
+	return missing, nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, mode)
+}
+
+// RunVM boots a kernel with the tests and returns the console output.
+func RunVM(kdir string, tests map[string]string, log io.Writer) (string, error) {
+	initrd := filepath.Join(os.TempDir(), fmt.Sprintf("tn-initrd-%d.cpio.gz", os.Getpid()))
+	defer os.Remove(initrd)
+	if _, err := buildInitramfs(kdir, tests, initrd); err != nil {
+		return "", err
+	}
+	// TCG: /dev/kvm exists on these machines but qemu's KVM fails to set
+	// MSRs (measured), so software emulation it is.
+	cmd := exec.Command("qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "2048",
+		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio")
+	var buf bytes.Buffer
+	w := io.MultiWriter(&buf, log)
+	cmd.Stdout, cmd.Stderr = w, w // one writer: exec serialises its writes
+	err := cmd.Run()
+	return buf.String(), err
+}
+
+// RunHost runs the test binaries on the host kernel.
+func RunHost(tests map[string]string, log io.Writer) string {
+	var b strings.Builder
+	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	fmt.Fprintf(&b, "TNKERNEL %s\n", strings.TrimSpace(string(rel)))
+	var pkgs []string
+	for p := range tests {
+		pkgs = append(pkgs, p)
+	}
+	sort.Strings(pkgs)
+	for _, p := range pkgs {
+		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
+		fmt.Fprintf(&b, "TNPKG %s\n", name)
+		cmd := exec.Command(tests[p], "-test.v", "-test.count=1")
+		cmd.Dir = filepath.Dir(tests[p])
+		out, err := cmd.CombinedOutput()
+		b.Write(out)
+		code := 0
+		if err != nil {
+			code = 1
+		}
+		fmt.Fprintf(&b, "TNEND %s %d\n", name, code)
+		fmt.Fprintf(log, "host %s: exit %d\n", name, code)
+	}
+	return b.String()
+}
+
+var (
+	reResult   = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+)`)
+	reVerified = regexp.MustCompile(`(tn_\w+): (\d+) verified instructions`)
+)
+
+// Parse turns console output into results per package.
+func Parse(out string) (kernel string, res []Result, modules []string) {
+	var cur *Result
+	var lastSkip string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := strings.TrimRight(sc.Text(), "\r")
+		switch {
+		case strings.HasPrefix(l, "TNKERNEL "):
+			kernel = strings.TrimPrefix(l, "TNKERNEL ")
+		case strings.HasPrefix(l, "TNMOD "):
+			modules = append(modules, strings.TrimPrefix(l, "TNMOD "))
+		case strings.HasPrefix(l, "TNPKG "):
+			lastSkip = ""
+			res = append(res, Result{Kernel: kernel, Package: strings.TrimSuffix(strings.TrimPrefix(l, "TNPKG "), ".test")})
+			cur = &res[len(res)-1]
+		case strings.HasPrefix(l, "TNEND "):
+			f := strings.Fields(l)
+			if cur != nil && len(f) == 3 && f[2] != "0" && cur.Fail == 0 {
+				cur.Err = "exit " + f[2]
+			}
+			cur = nil
+		case cur != nil:
+			if m := reResult.FindStringSubmatch(l); m != nil {
+				switch m[1] {
+				case "PASS":
+					cur.Pass++
+				case "FAIL":
+					cur.Fail++
+					cur.Failed = append(cur.Failed, m[2])
+				case "SKIP":
+					cur.Skip++
+					// go test -v prints t.Skip's reason just before
+					cur.Skips = append(cur.Skips, m[2]+": "+lastSkip)
+				}
+			} else if s := strings.TrimSpace(l); strings.Contains(s, "_test.go:") {
+				lastSkip = s
+			}
+			if m := reVerified.FindStringSubmatch(l); m != nil {
+				cur.Verified = append(cur.Verified, m[1]+" "+m[2])
+			}
+		}
+	}
+	return kernel, res, modules
+}

@@ -1,0 +1,84 @@
+package wg
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+)
+
+// kernelHasWireGuard reports whether creating a kernel wireguard link works
+// here (module present): then Open must choose it.
+func kernelHasWireGuard() bool {
+	err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "tnprobe0"}})
+	if err != nil {
+		return false
+	}
+	if l, err := netlink.LinkByName("tnprobe0"); err == nil {
+		netlink.LinkDel(l)
+	}
+	return true
+}
+
+// TestDevicePeers: a device comes up with the implementation the kernel
+// allows (the kernel module in the kernel-matrix VMs, wireguard-go on the
+// host), and peers are applied as diffs.
+func TestDevicePeers(t *testing.T) {
+	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-wg-%d", os.Getpid()))
+	err := ns.Do(func() error {
+		wantKernel := kernelHasWireGuard()
+		key, err := LoadKey(t.TempDir(), "acme")
+		if err != nil {
+			return err
+		}
+		again, _ := LoadKey(t.TempDir(), "acme")
+		if again == key {
+			return errors.New("two key directories gave the same key")
+		}
+		d, err := Open(Name(1, fmt.Sprint(os.Getpid())), key, 51999, 1420, slog.Default())
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		if (d.Impl == Kernel) != wantKernel {
+			return fmt.Errorf("implementation %s, kernel module available: %v", d.Impl, wantKernel)
+		}
+		t.Logf("implementation: %s", d.Impl)
+		pk, err := d.PublicKey()
+		if err != nil || pk != key.PublicKey() {
+			return fmt.Errorf("public key %v %v", pk, err)
+		}
+		mk := func(i int) Peer {
+			k, _ := wgtypes.GeneratePrivateKey()
+			return Peer{PublicKey: k.PublicKey(), Endpoint: netip.MustParseAddrPort(fmt.Sprintf("[2001:db8::%d]:51820", i)),
+				AllowedIPs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("2001:db8:%d::/64", i))}}
+		}
+		p1, p2 := mk(1), mk(2)
+		if n, err := d.SetPeers([]Peer{p1, p2}); err != nil || n != 2 {
+			return fmt.Errorf("first apply: %d %v", n, err)
+		}
+		if n, err := d.SetPeers([]Peer{p1, p2}); err != nil || n != 0 {
+			return fmt.Errorf("steady state rewrote %d peers (%v)", n, err)
+		}
+		p2.Keepalive = 25 * time.Second
+		if n, err := d.SetPeers([]Peer{p2}); err != nil || n != 2 { // p1 removed, p2 changed
+			return fmt.Errorf("diff: %d %v", n, err)
+		}
+		st, err := d.State()
+		if err != nil || len(st.Peers) != 1 || st.Peers[0].PublicKey != p2.PublicKey || st.Peers[0].PersistentKeepaliveInterval != 25*time.Second {
+			return fmt.Errorf("state %+v %v", st, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -29,13 +29,13 @@ var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit"}
 
 // Result is one package on one kernel.
 type Result struct {
-	Kernel, Package     string
-	Pass, Fail, Skip    int
-	Skips               []string // "TestX: reason"
-	Failed              []string
-	Verified            []string // verifier figures logged by the loader test
-	Duration            time.Duration
-	Err                 string
+	Kernel, Package  string
+	Pass, Fail, Skip int
+	Skips            []string // "TestX: reason"
+	Failed           []string
+	Verified         []string // verifier figures logged by the loader test
+	Duration         time.Duration
+	Err              string
 }
 
 // BuildTests builds static test binaries into dir.

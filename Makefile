@@ -81,13 +81,14 @@ demo-down:
 # Figures, not tests: tenantnet against nftables and iptables in one run
 # (writes BENCHMARKS.md, about 15 minutes), then the Go benchmarks of rule
 # updates and per-packet cost. The node-scale benchmark (1,000 networks,
-# 2,000 workloads, ~20 minutes) runs with `make bench-scale`.
+# 2,000 workloads, ~20 minutes) and the time for a node to converge when 50
+# member nodes are announced run with `make bench-scale`.
 bench: deps build
 	$(BIN)/tenantnet-bench --out BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/
 
 bench-scale: deps build
-	$(GO) test ./test/e2e -run '^$$' -bench NodeScale -benchtime 1x -timeout 60m -v | grep -v '^        {'
+	$(GO) test ./test/e2e -run '^$$' -bench 'NodeScale|Converge50' -benchtime 1x -timeout 60m -v | grep -v '^        {'
 
 
 clean:

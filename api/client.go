@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/node"
 )
 
@@ -100,4 +101,19 @@ func (c *Client) Workloads() ([]node.WorkloadInfo, error) {
 func (c *Client) Status() (node.Status, error) {
 	var s node.Status
 	return s, c.do("GET", "/v1/status", nil, &s)
+}
+
+// AddUser adds a user-access peer.
+func (c *Client) AddUser(req UserRequest) (node.UserInfo, error) {
+	var u node.UserInfo
+	return u, c.do("POST", "/v1/users", req, &u)
+}
+
+// DeleteUser removes a user-access peer.
+func (c *Client) DeleteUser(id string) error { return c.do("DELETE", "/v1/users/"+id, nil, nil) }
+
+// Users lists the user-access peers.
+func (c *Client) Users() ([]ipam.User, error) {
+	var us []ipam.User
+	return us, c.do("GET", "/v1/users", nil, &us)
 }

@@ -7,6 +7,9 @@
 //	POST   /v1/workloads         {"id": "web-1", "network": "acme", "netns": "/run/netns/web-1"}
 //	GET    /v1/workloads                                          -> [workload]
 //	DELETE /v1/workloads/{id}
+//	POST   /v1/users             {"id": "alice-laptop", "network": "acme"} -> user with a wg-quick config
+//	GET    /v1/users                                              -> [user]
+//	DELETE /v1/users/{id}
 //	GET    /v1/status                                             -> status
 //
 // Errors are {"error": "..."} with 400 (bad input), 404 (unknown id),
@@ -41,6 +44,14 @@ type WorkloadRequest struct {
 	ID      string `json:"id"`
 	Network string `json:"network"`
 	Netns   string `json:"netns"`
+}
+
+// UserRequest adds a user-access peer; without a public key the node
+// generates the user's key pair and returns the private key once.
+type UserRequest struct {
+	ID        string `json:"id"`
+	Network   string `json:"network"`
+	PublicKey string `json:"public_key,omitempty"`
 }
 
 // Error is the body of an error response.
@@ -161,6 +172,42 @@ func Handler(s *node.Service) http.Handler {
 	})
 	mux.HandleFunc("DELETE /v1/workloads/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.DeleteWorkload(r.PathValue("id")); err != nil {
+			fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		var req UserRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		if err := ipam.ValidID(req.ID); err != nil {
+			fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+			return
+		}
+		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		code := http.StatusOK
+		if created {
+			code = http.StatusCreated
+		}
+		reply(w, code, u)
+	})
+	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		us, err := s.Users()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, us)
+	})
+	mux.HandleFunc("DELETE /v1/users/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.DeleteUser(r.PathValue("id")); err != nil {
 			fail(w, err)
 			return
 		}

@@ -32,7 +32,8 @@ var (
 	bNums      = []byte("nums")      // network number -> network id
 	bPorts     = []byte("wgports")   // port -> network id
 	bWlNums    = []byte("wlnums")    // workload number -> workload id
-	bAddrs     = []byte("addrs")     // address -> workload id
+	bAddrs     = []byte("addrs")     // address -> workload or user id
+	bUsers     = []byte("users")     // id -> User
 )
 
 var (
@@ -100,7 +101,7 @@ func Open(dir string, pool Pool) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, FileName), err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs} {
+		for _, b := range [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -423,4 +424,103 @@ func (s *Store) Counts() (networks, workloads int, freeSubnets uint64) {
 		return nil
 	})
 	return networks, workloads, s.subnetCount() - 1 - uint64(networks)
+}
+
+// User is a user-access peer of a network: a laptop with its own
+// WireGuard key and an address of the network's /64 on this node.
+type User struct {
+	ID        string     `json:"id"`
+	Network   string     `json:"network"`
+	PublicKey string     `json:"public_key"`
+	Addr      netip.Addr `json:"address"`
+}
+
+// AddUser allocates a user's address (stable per id) and records its key.
+func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
+	var u User
+	created := false
+	if err := ValidID(id); err != nil {
+		return u, false, err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bUsers).Get([]byte(id)); v != nil {
+			if err := json.Unmarshal(v, &u); err != nil {
+				return err
+			}
+			if u.Network != network {
+				return fmt.Errorf("user %s belongs to network %s: %w", id, u.Network, ErrConflict)
+			}
+			if publicKey == "" || publicKey == u.PublicKey {
+				return nil
+			}
+			u.PublicKey = publicKey // a new key for the same user
+			v, _ := json.Marshal(u)
+			return tx.Bucket(bUsers).Put([]byte(id), v)
+		}
+		nv := tx.Bucket(bNetworks).Get([]byte(network))
+		if nv == nil {
+			return fmt.Errorf("network %s: %w", network, ErrNotFound)
+		}
+		var n Network
+		if err := json.Unmarshal(nv, &n); err != nil {
+			return err
+		}
+		var addr netip.Addr
+		for attempt := 0; ; attempt++ {
+			iid := interfaceID("user/"+id, attempt)
+			b := n.Prefix.Addr().As16()
+			binary.BigEndian.PutUint64(b[8:], iid)
+			addr = netip.AddrFrom16(b)
+			if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
+				break
+			}
+			if attempt > 64 {
+				return fmt.Errorf("no free address for user %s in %s: %w", id, n.Prefix, ErrExhausted)
+			}
+		}
+		u = User{ID: id, Network: network, PublicKey: publicKey, Addr: addr}
+		v, err := json.Marshal(u)
+		if err != nil {
+			return err
+		}
+		a := addr.As16()
+		created = true
+		return errors.Join(tx.Bucket(bUsers).Put([]byte(id), v), tx.Bucket(bAddrs).Put(a[:], []byte("user/"+id)))
+	})
+	return u, created, err
+}
+
+// DeleteUser removes a user.
+func (s *Store) DeleteUser(id string) (User, error) {
+	var u User
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bUsers).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("user %s: %w", id, ErrNotFound)
+		}
+		if err := json.Unmarshal(v, &u); err != nil {
+			return err
+		}
+		a := u.Addr.As16()
+		return errors.Join(tx.Bucket(bUsers).Delete([]byte(id)), tx.Bucket(bAddrs).Delete(a[:]))
+	})
+	return u, err
+}
+
+// Users lists the users (of one network, or all for "").
+func (s *Store) Users(network string) ([]User, error) {
+	var out []User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
+			var u User
+			if err := json.Unmarshal(v, &u); err != nil {
+				return err
+			}
+			if network == "" || u.Network == network {
+				out = append(out, u)
+			}
+			return nil
+		})
+	})
+	return out, err
 }

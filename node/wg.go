@@ -144,16 +144,24 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 		peers = append(peers, p)
 		prefixes = append(prefixes, nr.Prefix)
 	}
-	changed, err := d.SetPeers(peers)
+	users, hosts, err := s.userPeers(n)
+	if err != nil {
+		return err
+	}
+	changed, err := d.SetPeers(append(append([]wg.Peer(nil), peers...), users...))
 	if err != nil {
 		return err
 	}
 	if changed > 0 {
 		r.add("updated %d wireguard peers of %s", changed, name)
 	}
-	if err := s.syncRoutes(name, peers, r); err != nil {
+	if err := s.syncRoutes(name, append(append([]wg.Peer(nil), peers...), users...), r); err != nil {
 		return err
 	}
+	if err := s.syncProxyNDP(n, hosts, r); err != nil {
+		return err
+	}
+	s.netPrefixes[n.ID] = prefixes
 	return s.syncTenantPrefixes(n, prefixes, r)
 }
 
@@ -183,7 +191,7 @@ func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 			have[k] = true
 			continue
 		}
-		if ones, _ := rt.Dst.Mask.Size(); ones == 64 && rt.Protocol != 2 /* kernel */ {
+		if rt.Protocol != 2 /* kernel (fe80::/64) */ {
 			if err := s.nl.RouteDel(&rt); err == nil {
 				r.add("removed route %s via %s", k, dev)
 			}
@@ -193,7 +201,7 @@ func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 		if have[k] {
 			continue
 		}
-		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(64, 128)}}
+		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 128)}}
 		if err := s.nl.RouteReplace(rt); err != nil {
 			return fmt.Errorf("route %s via %s: %w", p, dev, err)
 		}

@@ -41,6 +41,8 @@ Usage:
   tenantnetd workload add --id ID --network NET --netns PATH
   tenantnetd workload del --id ID
   tenantnetd workload list
+  tenantnetd user add --id ID --network NET [--public-key KEY]   a laptop as a peer: prints its wg-quick config
+  tenantnetd user del --id ID | user list
   tenantnetd status
   tenantnetd netns create NAME | netns del NAME         pause-style namespaces under /run/netns
   tenantnetd cleanup [--config FILE] [--purge-state]    remove everything of ours (links, datapath)
@@ -74,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "network" || cmd == "workload" || cmd == "netns") && len(rest) > 0 {
+	if (cmd == "network" || cmd == "workload" || cmd == "netns" || cmd == "user") && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := pflag.NewFlagSet("tenantnetd "+cmd, pflag.ContinueOnError)
@@ -87,6 +89,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	nsPath := fs.String("netns", "", "workload network namespace (/run/netns/NAME or /proc/PID/ns/net)")
 	mtu := fs.Int("mtu", 0, "network MTU (default: the node's mtu)")
 	purge := fs.Bool("purge-state", false, "cleanup: also delete the state directory")
+	pubkey := fs.String("public-key", "", "user add: the user's WireGuard public key (default: generate a key pair)")
 	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
@@ -181,6 +184,36 @@ func run(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(tw, "WORKLOAD\tNETWORK\tADDRESS\tPORT\tNETNS")
 			for _, w := range ws {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", w.ID, w.Network, w.Addr, w.Port, w.Netns)
+			}
+		})
+	case "user add":
+		for _, f := range []struct {
+			v    *string
+			name string
+		}{{id, "id"}, {network, "network"}} {
+			if err := need(f.v, f.name); err != nil {
+				return err
+			}
+		}
+		u, err := client().AddUser(api.UserRequest{ID: *id, Network: *network, PublicKey: *pubkey})
+		if err != nil {
+			return err
+		}
+		return out(u, func(tw *tabwriter.Writer) { fmt.Fprint(tw, u.Config) })
+	case "user del":
+		if err := need(id, "id"); err != nil {
+			return err
+		}
+		return client().DeleteUser(*id)
+	case "user list":
+		us, err := client().Users()
+		if err != nil {
+			return err
+		}
+		return out(us, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "USER\tNETWORK\tADDRESS\tPUBLIC KEY")
+			for _, u := range us {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.ID, u.Network, u.Addr, u.PublicKey)
 			}
 		})
 	case "status":

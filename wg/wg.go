@@ -211,14 +211,19 @@ func (d *Device) SetPeers(want []Peer) (int, error) {
 		for _, a := range p.AllowedIPs {
 			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())})
 		}
-		ep := net.UDPAddrFromAddrPort(p.Endpoint)
+		// A peer without an endpoint (a user's laptop) is reached at
+		// wherever it last spoke from.
+		var ep *net.UDPAddr
+		if p.Endpoint.IsValid() {
+			ep = net.UDPAddrFromAddrPort(p.Endpoint)
+		}
 		recent := ok && !h.LastHandshakeTime.IsZero() && time.Since(h.LastHandshakeTime) < 3*time.Minute
 		changed := !ok || !samePrefixes(h.AllowedIPs, p.AllowedIPs) || h.PersistentKeepaliveInterval != ka ||
-			(!recent && (h.Endpoint == nil || h.Endpoint.String() != ep.String()))
+			(ep != nil && !recent && (h.Endpoint == nil || h.Endpoint.String() != ep.String()))
 		if !changed {
 			continue
 		}
-		if !recent || !ok {
+		if ep != nil && (!recent || !ok) {
 			pc.Endpoint = ep
 		}
 		pc.PersistentKeepaliveInterval = &ka

@@ -312,3 +312,7 @@ func (s *udpSink) expect(t *testing.T, want bool, within time.Duration, what str
 		}
 	}
 }
+
+func newWorkloadNS(t *testing.T, id string) *testutil.NetNS {
+	return testutil.NewNetNS(t, fmt.Sprintf("tn-wl%s-%d", id, os.Getpid()))
+}

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// TestUserAccess: a user's laptop (the "ext" namespace, on the internet)
+// joins a tenant network with the wg-quick config tenantnetd hands out,
+// reaches a workload, and is reached back; other tenants stay closed.
+func TestUserAccess(t *testing.T) {
+	n := newTopo(t)
+	n.up(n.nl, "lo")
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: users-%d
+uplinks: [uplink]
+prefixes: ["2001:db8:100::/48"]
+addresses: ["2001:db8:ffff::1"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: 127.0.0.1:19490
+reconcile_interval: 1s
+registry_lease: 3s
+registry: {type: file, dir: %s}
+`, os.Getpid(), filepath.Join(dir, "state"), n.pinDir, d.socket, filepath.Join(dir, "registry"))), 0o600)
+	d.start()
+	t.Cleanup(func() {
+		d.kill9()
+		exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).Run()
+		if t.Failed() {
+			b, _ := os.ReadFile(d.logPath)
+			t.Logf("log:\n%s", grepLines(string(b), "ERROR"))
+		}
+	})
+	d.must("network", "add", "--id", "acme")
+	d.must("network", "add", "--id", "globex")
+	nsW := newWorkloadNS(t, "uw1")
+	nsG := newWorkloadNS(t, "ug1")
+	var w, g wlInfo
+	jsonUnmarshal(d.must("workload", "add", "--id", "uw1", "--network", "acme", "--netns", "/run/netns/"+nsW.Name, "-o", "json"), &w)
+	jsonUnmarshal(d.must("workload", "add", "--id", "ug1", "--network", "globex", "--netns", "/run/netns/"+nsG.Name, "-o", "json"), &g)
+	listenTCP(t, nsW, "[::]:8080")
+	listenTCP(t, nsG, "[::]:8080")
+
+	conf := d.must("user", "add", "--id", "alice-laptop", "--network", "acme")
+	get := func(key string) string {
+		for _, l := range strings.Split(conf, "\n") {
+			if k, v, ok := strings.Cut(l, " = "); ok && k == key {
+				return v
+			}
+		}
+		t.Fatalf("config has no %s:\n%s", key, conf)
+		return ""
+	}
+	priv, err := wgtypes.ParseKey(get("PrivateKey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeKey, _ := wgtypes.ParseKey(get("PublicKey"))
+	addr := netip.MustParsePrefix(get("Address"))
+	ep := netip.MustParseAddrPort(get("Endpoint"))
+	allowed := netip.MustParsePrefix(strings.Split(get("AllowedIPs"), ",")[0])
+
+	// The laptop: WireGuard configured from the file, in the ext namespace.
+	dev := fmt.Sprintf("tu%d", os.Getpid()%100000)
+	n.do(n.ext, func() error {
+		dv, err := wg.Open(dev, priv, 0, 1420, slog.Default())
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { dv.Close() })
+		if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: ep, AllowedIPs: []netip.Prefix{allowed}, Keepalive: 25 * time.Second}}); err != nil {
+			return err
+		}
+		for _, c := range [][]string{{"addr", "add", addr.String(), "dev", dev, "nodad"}, {"route", "add", allowed.String(), "dev", dev}} {
+			if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+		}
+		return nil
+	})
+	var last error
+	for i := 0; i < 30; i++ {
+		if last = dialTCP(n.ext, fmt.Sprintf("[%s]:8080", w.Addr), time.Second); last == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if last != nil {
+		t.Fatalf("laptop -> workload over user access: %v", last)
+	}
+	// Back: the workload reaches the laptop (proxy NDP on the bridge, a
+	// /128 route through WireGuard).
+	listenTCP(t, n.ext, fmt.Sprintf("[%s]:9090", addr.Addr()))
+	if err := dialTCP(nsW, fmt.Sprintf("[%s]:9090", addr.Addr()), 3*time.Second); err != nil {
+		t.Errorf("workload -> laptop: %v", err)
+	}
+	// Another tenant's workload is not reachable through acme's access.
+	if dialTCP(n.ext, fmt.Sprintf("[%s]:8080", g.Addr), time.Second) == nil {
+		t.Error("the acme user reached a globex workload")
+	}
+	if out := d.must("user", "list"); !strings.Contains(out, "alice-laptop") {
+		t.Errorf("user list: %s", out)
+	}
+	d.must("user", "del", "--id", "alice-laptop")
+}

@@ -106,10 +106,21 @@ func Open(name string, key wgtypes.Key, port, mtu int, log *slog.Logger) (*Devic
 			return nil, err
 		}
 	}
-	p := port
-	if err := wgc.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &p}); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("configure %s: %w", name, err)
+	if d.dev != nil {
+		// In process, on the calling thread: wireguard-go opens its UDP
+		// sockets in the network namespace of the thread that sets the
+		// port (the UAPI socket's goroutines may run anywhere).
+		cfg := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(key[:]), port)
+		if err := d.dev.IpcSet(cfg); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("configure %s: %w", name, err)
+		}
+	} else {
+		p := port
+		if err := wgc.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &p}); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("configure %s: %w", name, err)
+		}
 	}
 	l, err := netlink.LinkByName(name)
 	if err != nil {
@@ -137,7 +148,12 @@ func (d *Device) openEmbedded(mtu int) error {
 		d.dev.Close()
 		return fmt.Errorf("uapi %s: %w", d.Name, err)
 	}
-	d.uapi, err = ipc.UAPIListen(d.Name, f)
+	// Not ipc.UAPIListen: it spends an inotify instance per device
+	// (fs.inotify.max_user_instances, 128 by default, is shared by every
+	// process of the user) to notice the socket file being deleted. We
+	// own the socket; a plain listener is enough.
+	d.uapi, err = net.FileListener(f)
+	f.Close()
 	if err != nil {
 		d.dev.Close()
 		return fmt.Errorf("uapi listen %s: %w", d.Name, err)
@@ -244,6 +260,7 @@ func (d *Device) SetPeers(want []Peer) (int, error) {
 func (d *Device) Close() error {
 	if d.uapi != nil {
 		d.uapi.Close()
+		os.Remove(filepath.Join("/var/run/wireguard", d.Name+".sock"))
 	}
 	if d.dev != nil {
 		d.dev.Close()

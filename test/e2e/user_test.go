@@ -43,7 +43,7 @@ registry: {type: file, dir: %s}
 		exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).Run()
 		if t.Failed() {
 			b, _ := os.ReadFile(d.logPath)
-			t.Logf("log:\n%s", grepLines(string(b), "ERROR"))
+			t.Logf("log:\n%s", b)
 		}
 	})
 	d.must("network", "add", "--id", "acme")

@@ -98,7 +98,7 @@ func datapathLoadCmd() *command {
 func datapathUnloadCmd() *command {
 	return &command{
 		name: "unload", summary: "detach everything and remove the pins (the saved state stays)",
-		usage: "",
+		usage: "", example: "  tenantfw datapath unload     # then: tenantfw datapath load  restores it all",
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := requireRoot(); err != nil {
 				return err

@@ -69,7 +69,7 @@ func policyShowCmd() *command {
 	var tenant uint32
 	return &command{
 		name: "show", summary: "show default policies",
-		usage: "[--tenant T] [-o json]",
+		usage: "[--tenant T] [-o json]", example: "  tenantfw policy show --tenant 7",
 		flags: func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)

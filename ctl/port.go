@@ -80,7 +80,7 @@ func portDetachCmd() *command {
 	var ifname string
 	return &command{
 		name: "detach", summary: "detach the firewall from a port and forget its binding",
-		usage: "--ifname IF",
+		usage: "--ifname IF", example: "  tenantfw port detach --ifname veth-web1",
 		flags: func(fs *pflag.FlagSet) { fs.StringVar(&ifname, "ifname", "", "port (required)") },
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if ifname == "" {
@@ -109,7 +109,7 @@ func portDetachCmd() *command {
 
 func portListCmd() *command {
 	return &command{
-		name: "list", summary: "list bound ports", usage: "[-o json]",
+		name: "list", summary: "list bound ports", usage: "[-o json]", example: "  tenantfw port list",
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)
 			if err != nil {

@@ -51,7 +51,7 @@ type MapView struct {
 func statusCmd() *command {
 	return &command{
 		name: "status", summary: "what is loaded and attached where, map fill, schema",
-		usage: "[-o json]",
+		usage: "[-o json]", example: "  tenantfw status\n  tenantfw status -o json | jq '.attachments[] | select(.live == false)'",
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := noArgs(args); err != nil {
 				return err

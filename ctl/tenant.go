@@ -89,7 +89,7 @@ func tenantDelCmd() *command {
 	var id uint32
 	return &command{
 		name: "del", summary: "remove a tenant with its rules (its ports must be detached)",
-		usage: "--tenant T",
+		usage: "--tenant T", example: "  tenantfw tenant del --tenant 7",
 		flags: func(fs *pflag.FlagSet) { fs.Uint32Var(&id, "tenant", 0, "tenant id (required)") },
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if !fs.Changed("tenant") {
@@ -111,7 +111,7 @@ func tenantDelCmd() *command {
 
 func tenantListCmd() *command {
 	return &command{
-		name: "list", summary: "list tenants", usage: "[-o json]",
+		name: "list", summary: "list tenants", usage: "[-o json]", example: "  tenantfw tenant list -o json",
 		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)
 			if err != nil {

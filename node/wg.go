@@ -36,15 +36,11 @@ func (s *Service) publish() error {
 		Networks: map[string]registry.NetworkRecord{}}
 	nets, err := s.ipam.Networks()
 	for _, n := range nets {
-		d := s.wgs[n.ID]
-		if d == nil {
-			continue
-		}
-		pk, err := d.PublicKey()
+		key, err := wg.LoadKey(s.keysDir(), n.ID)
 		if err != nil {
 			continue
 		}
-		rec.Networks[n.ID] = registry.NetworkRecord{Prefix: n.Prefix, PublicKey: pk.String(), Port: n.WGPort}
+		rec.Networks[n.ID] = registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort}
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -92,34 +88,6 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 
 func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r *repairs) error {
 	name := wg.Name(n.Num, s.cfg.NodeID)
-	d := s.wgs[n.ID]
-	if d != nil {
-		if _, err := s.nl.LinkByName(name); err != nil { // deleted by hand
-			d.Close()
-			d = nil
-			delete(s.wgs, n.ID)
-		}
-	}
-	if d == nil {
-		key, err := wg.LoadKey(s.keysDir(), n.ID)
-		if err != nil {
-			return err
-		}
-		if d, err = wg.Open(name, key, n.WGPort, n.MTU, s.log); err != nil {
-			return err
-		}
-		if s.wgStarted[n.ID] {
-			r.add("restarted wireguard %s (%s) for network %s", name, d.Impl, n.ID)
-		} else {
-			// Embedded WireGuard lives in this process: starting it
-			// with the process is not a repair.
-			s.log.Info("wireguard started", "device", name, "implementation", d.Impl, "network", n.ID, "port", n.WGPort)
-		}
-		s.wgStarted[n.ID] = true
-		s.wgs[n.ID] = d
-		s.wgImpl = d.Impl
-		go s.publish()
-	}
 	var peers []wg.Peer
 	prefixes := []netip.Prefix{n.Prefix}
 	for _, rec := range nodes {
@@ -148,14 +116,58 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 	if err != nil {
 		return err
 	}
-	changed, err := d.SetPeers(append(append([]wg.Peer(nil), peers...), users...))
+	all := append(append([]wg.Peer(nil), peers...), users...)
+	d := s.wgs[n.ID]
+	// A network with no member elsewhere and no user needs no device:
+	// embedded wireguard-go costs tens of MB per device (measured: about
+	// 45 MB), which a node with a thousand local networks cannot pay. The
+	// key (and so the published record) exists without it.
+	if len(all) == 0 {
+		if d != nil {
+			d.Close()
+			delete(s.wgs, n.ID)
+			s.log.Info("wireguard stopped: no peers", "device", name, "network", n.ID)
+			if err := s.syncProxyNDP(n, nil, r); err != nil { // the last user left
+				return err
+			}
+		}
+		s.netPrefixes[n.ID] = prefixes
+		return s.syncTenantPrefixes(n, prefixes, r)
+	}
+	if d != nil {
+		if _, err := s.nl.LinkByName(name); err != nil { // deleted by hand
+			d.Close()
+			d = nil
+			delete(s.wgs, n.ID)
+		}
+	}
+	if d == nil {
+		key, err := wg.LoadKey(s.keysDir(), n.ID)
+		if err != nil {
+			return err
+		}
+		if d, err = wg.Open(name, key, n.WGPort, n.MTU, s.log); err != nil {
+			return err
+		}
+		if s.wgStarted[n.ID] {
+			r.add("restarted wireguard %s (%s) for network %s", name, d.Impl, n.ID)
+		} else {
+			// Starting the device with the process (or with its first
+			// peer) is not a repair.
+			s.log.Info("wireguard started", "device", name, "implementation", d.Impl, "network", n.ID, "port", n.WGPort)
+		}
+		s.wgStarted[n.ID] = true
+		s.wgs[n.ID] = d
+		s.wgImpl = d.Impl
+	}
+	changed, err := d.SetPeers(all)
 	if err != nil {
 		return err
 	}
 	if changed > 0 {
 		r.add("updated %d wireguard peers of %s", changed, name)
 	}
-	if err := s.syncRoutes(name, append(append([]wg.Peer(nil), peers...), users...), r); err != nil {
+	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {

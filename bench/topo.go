@@ -15,6 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
 // Topology: sender --(snd0/up0)-- node --(pw/eth0)-- workload.
@@ -76,30 +78,7 @@ func (t *topo) close() {
 	}
 }
 
-func mkNetns(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	return <-errc
-}
+func mkNetns(name string) error { return netnsutil.CreateNamed(name) }
 
 // in runs fn on a thread inside the named namespace.
 func in(name string, fn func() error) error {

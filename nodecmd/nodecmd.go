@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/metrics"
@@ -243,37 +243,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return usageErr{fmt.Errorf("unknown command %q (see tenantnetd --help)", cmd)}
 }
 
-// createNetns makes a named namespace, like a pause container's: it lives
-// as long as its bind mount under /run/netns.
+// createNetns makes a named namespace, like a pause container's.
 func createNetns(name string, stdout io.Writer) error {
 	if err := ipam.ValidID(name); err != nil {
 		return err
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// The new namespace becomes this thread's: lock it, and never
-		// hand the thread back unless it is back in the original one.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		return fmt.Errorf("create netns %s: %w", name, err)
+	if err := netnsutil.CreateNamed(name); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "/run/netns/%s\n", name)
 	return nil

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
 // BenchmarkNodeScale measures tenantnetd with 1,000 networks and 2,000
@@ -134,28 +134,7 @@ func vmRSS(pid int) int {
 }
 
 func mkNetns(tb testing.TB, name string) {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	if err := netnsutil.CreateNamed(name); err != nil {
 		tb.Fatal(err)
 	}
 }

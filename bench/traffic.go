@@ -87,7 +87,11 @@ func (t *topo) udpFlood(dst string, port int, d time.Duration) (int64, error) {
 // tcpStream runs iperf3 for d against the workload's iperf3 server and
 // returns the received bits per second.
 func (t *topo) tcpStream(port int, d time.Duration) (float64, error) {
-	out, err := sh(t.snd, fmt.Sprintf("iperf3 -6 -c %s -p %d -t %d -J", wlAddr, port, int(d.Seconds())), "")
+	secs := int(d.Seconds() + 0.999) // iperf3 -t 0 would run forever
+	if secs < 1 {
+		secs = 1
+	}
+	out, err := sh(t.snd, fmt.Sprintf("iperf3 -6 -c %s -p %d -t %d -J", wlAddr, port, secs), "")
 	if err != nil {
 		return 0, err
 	}

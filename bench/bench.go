@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -298,5 +297,3 @@ func num(v float64) string {
 	}
 	return fmt.Sprintf("%.2f", v)
 }
-
-var _ = filepath.Join

@@ -6,7 +6,6 @@ package bench
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -144,5 +143,3 @@ func ifindex(ns, name string) (int, error) {
 	}
 	return l.Attrs().Index, nil
 }
-
-var _ = net.IPv6len

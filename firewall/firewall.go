@@ -602,26 +602,7 @@ func (fw *Firewall) DeleteTenant(id uint32) error {
 
 // BindPort records a port binding and writes it to the maps.
 func (fw *Firewall) BindPort(p store.Port, ifindex uint32) error {
-	return fw.change(func(tx *store.Tx) error {
-		tn, err := fw.knownTenant(tx, p.Tenant)
-		if err != nil {
-			return err
-		}
-		for _, a := range p.Addrs {
-			inside := false
-			for _, tp := range tn.Prefixes {
-				if tp.Contains(a.Addr()) && tp.Bits() <= a.Bits() {
-					inside = true
-				}
-			}
-			if len(tn.Prefixes) > 0 && !inside {
-				return &maps.FieldError{Field: "addr", Value: a.String(), Msg: fmt.Sprintf("outside the prefixes of tenant %d", p.Tenant)}
-			}
-		}
-		return tx.PutPort(p)
-	}, func() error {
-		return fw.Maps.BindPort(maps.PortBinding{Ifindex: ifindex, Tenant: p.Tenant, Addrs: p.Addrs})
-	})
+	return fw.BindPorts([]PortBinding{{Port: p, Ifindex: ifindex}})
 }
 
 // PortBinding is a port to bind with its current ifindex.
@@ -638,8 +619,18 @@ func (fw *Firewall) BindPorts(ps []PortBinding) error {
 	}
 	return fw.change(func(tx *store.Tx) error {
 		for _, p := range ps {
-			if _, err := fw.knownTenant(tx, p.Port.Tenant); err != nil {
+			tn, err := fw.knownTenant(tx, p.Port.Tenant)
+			if err != nil {
 				return err
+			}
+			for _, a := range p.Port.Addrs {
+				inside := len(tn.Prefixes) == 0
+				for _, tp := range tn.Prefixes {
+					inside = inside || (tp.Contains(a.Addr()) && tp.Bits() <= a.Bits())
+				}
+				if !inside {
+					return &maps.FieldError{Field: "addr", Value: a.String(), Msg: fmt.Sprintf("outside the prefixes of tenant %d", p.Port.Tenant)}
+				}
 			}
 			if err := tx.PutPort(p.Port); err != nil {
 				return err

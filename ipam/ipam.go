@@ -305,6 +305,20 @@ func interfaceID(id string, attempt int) uint64 {
 	return v
 }
 
+// allocAddr picks the address of seed in the network's /64: derived from
+// the seed (stable), skipping ::0, ::1 (the gateway) and addresses taken.
+func allocAddr(tx *bolt.Tx, n Network, seed string) (netip.Addr, error) {
+	for attempt := 0; attempt <= 64; attempt++ {
+		iid := interfaceID(seed, attempt)
+		b := n.Prefix.Addr().As16()
+		binary.BigEndian.PutUint64(b[8:], iid)
+		if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
+			return netip.AddrFrom16(b), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no free address for %s in %s: %w", seed, n.Prefix, ErrExhausted)
+}
+
 // AddWorkload allocates a workload's address and number (or returns the
 // existing allocation for the same id and network).
 func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
@@ -337,18 +351,9 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 		if !ok {
 			return fmt.Errorf("workload numbers: %w", ErrExhausted)
 		}
-		var addr netip.Addr
-		for attempt := 0; ; attempt++ {
-			iid := interfaceID(id, attempt)
-			b := n.Prefix.Addr().As16()
-			binary.BigEndian.PutUint64(b[8:], iid)
-			addr = netip.AddrFrom16(b)
-			if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
-				break
-			}
-			if attempt > 64 {
-				return fmt.Errorf("no free address for %s in %s: %w", id, n.Prefix, ErrExhausted)
-			}
+		addr, err := allocAddr(tx, n, id)
+		if err != nil {
+			return err
 		}
 		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, Addr: addr}
 		v, err := json.Marshal(w)
@@ -465,18 +470,9 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 		if err := json.Unmarshal(nv, &n); err != nil {
 			return err
 		}
-		var addr netip.Addr
-		for attempt := 0; ; attempt++ {
-			iid := interfaceID("user/"+id, attempt)
-			b := n.Prefix.Addr().As16()
-			binary.BigEndian.PutUint64(b[8:], iid)
-			addr = netip.AddrFrom16(b)
-			if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
-				break
-			}
-			if attempt > 64 {
-				return fmt.Errorf("no free address for user %s in %s: %w", id, n.Prefix, ErrExhausted)
-			}
+		addr, err := allocAddr(tx, n, "user/"+id)
+		if err != nil {
+			return err
 		}
 		u = User{ID: id, Network: network, PublicKey: publicKey, Addr: addr}
 		v, err := json.Marshal(u)

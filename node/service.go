@@ -269,9 +269,11 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		return err
 	}
 	tSnap := time.Since(t0)
+	var tNets time.Duration
 	defer func() {
 		if len(r.items) > 0 {
-			s.log.Info("reconcile phases", "snapshot", tSnap.String(), "total", time.Since(t0).String(), "repairs", len(r.items))
+			s.log.Info("reconcile phases", "snapshot", tSnap.String(), "networks", tNets.String(),
+				"total", time.Since(t0).String(), "repairs", len(r.items))
 		}
 	}()
 	byID := map[string]ipam.Network{}
@@ -287,12 +289,7 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err := s.reconcileWG(nets, r); err != nil {
 		errs = append(errs, err)
 	}
-	tNets := time.Now()
-	defer func() {
-		if len(r.items) > 0 {
-			s.log.Info("reconcile networks", "networks", tNets.Sub(t0).String())
-		}
-	}()
+	tNets = time.Since(t0)
 	for _, w := range wls {
 		want[w.HostIf()] = true
 		if err := s.ensureWorkload(w, byID[w.Network], sn, r, deep); err != nil {

@@ -3,13 +3,13 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -213,7 +213,7 @@ registry: %s
 }
 
 func jsonUnmarshal(s string, v any) error {
-	return jsonDecoder(strings.NewReader(s)).Decode(v)
+	return json.Unmarshal([]byte(s), v)
 }
 
 // transfer sends n random bytes from one workload to another and checks

@@ -378,5 +378,3 @@ func checkMetrics(t *testing.T, n *node, addr string) {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }
-
-func jsonDecoder(r io.Reader) *json.Decoder { return json.NewDecoder(r) }

@@ -106,7 +106,7 @@ wireguard_port_count: 8192
 		b.Fatalf("after the cold start: %s", sj)
 	}
 	logb, _ := os.ReadFile(d.logPath)
-	b.Logf("tenantnetd:\n%s", grepLines(string(logb), "ready\"")+"\n"+grepLines(string(logb), "reconcile phases")+"\n"+grepLines(string(logb), "reconcile networks"))
+	b.Logf("tenantnetd:\n%s", grepLines(string(logb), "ready\"")+"\n"+grepLines(string(logb), "reconcile phases")+"\n"+grepLines(string(logb), "tenantnetd ready"))
 	b.ReportMetric(populate.Seconds(), "populate-s")
 	b.ReportMetric(cold.Seconds(), "cold-start-s")
 	b.ReportMetric(parseDur(st.Reconcile.LastShallow).Seconds()*1000, "noop-reconcile-ms")

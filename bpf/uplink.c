@@ -14,7 +14,12 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-SEC("xdp")
+/* xdp.frags (multi-buffer): without it the kernel cannot hand us packets
+ * larger than a page, and native XDP on a veth then drops the GSO packets
+ * of connections its peer opened before we attached, and turns off GSO on
+ * the peer for new ones (measured: one TCP stream 16 -> 3 Gbit/s). The
+ * headers we read are always in the first buffer. */
+SEC("xdp.frags")
 int tn_uplink(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -22,7 +27,7 @@ int tn_uplink(struct xdp_md *ctx)
 	struct pkt p = {};
 	int reason;
 
-	if (tn_parse(data, data_end, data_end - data, &p))
+	if (tn_parse(data, data_end, bpf_xdp_get_buff_len(ctx), &p))
 		return XDP_PASS;
 	if (p.l3 == ETH_P_ARP || p.frag == 2 || tn_is_control(&p))
 		return XDP_PASS;
@@ -42,6 +47,6 @@ int tn_uplink(struct xdp_md *ctx)
 	if (reason < TN_DROP_FIRST)
 		return XDP_PASS;
 	tn_verdict(&p, ep->tenant, ep->ifindex, TN_DIR_PREFILTER, reason,
-		   data_end - data);
+		   bpf_xdp_get_buff_len(ctx));
 	return XDP_DROP;
 }

@@ -12,22 +12,12 @@
 #include "lib/maps.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
+#include "lib/route.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* Emit types that no program names in a signature into BTF, for bpf2go. */
 const struct tn_event *tn_unused_event __attribute__((unused));
-
-/* Make the headers we inspect linear. Non-linear skbs (GRO, tap) may carry
- * only the Ethernet header in the linear area. */
-static __always_inline void tn_pull(struct __sk_buff *skb)
-{
-	__u32 want = skb->len < TN_PULL_LEN ? skb->len : TN_PULL_LEN;
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	if (data + want > data_end)
-		bpf_skb_pull_data(skb, want);
-}
 
 static __always_inline int tn_is_link_local(const __u8 *a)
 {
@@ -69,6 +59,7 @@ SEC("tc")
 int tn_from_workload(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	struct tn_route *rt = NULL;
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
 	__u64 now;
@@ -96,6 +87,13 @@ int tn_from_workload(struct __sk_buff *skb)
 	if (!tn_source_ok(&p, ifindex)) {
 		reason = TN_DROP_SPOOF;
 		goto out;
+	}
+	if (p.l3 == ETH_P_IPV6) {
+		rt = tn_route_lookup(tenant, p.dst);
+		if (rt && rt->kind == TN_ROUTE_DROP) {
+			reason = TN_DROP_ROUTE;
+			goto out;
+		}
 	}
 	now = bpf_ktime_get_ns();
 	if (p.frag == 2) {
@@ -125,9 +123,9 @@ decided:
 	if (p.frag == 1 && reason < TN_DROP_FIRST)
 		tn_frag_remember(&p, ifindex, now);
 out:
-	return tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len)
-		       ? TC_ACT_SHOT
-		       : TC_ACT_OK;
+	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
+		return TC_ACT_SHOT;
+	return tn_fast_to_wg(skb, &p, rt, tenant);
 }
 
 SEC("tc")

@@ -43,7 +43,11 @@ type Node struct {
 	Reconcile   time.Duration  `yaml:"reconcile_interval"`
 	Lease       time.Duration  `yaml:"registry_lease"`
 	LegacyTC    bool           `yaml:"legacy_tc"`
-	Registry    Registry       `yaml:"registry"`
+	// FastPath lets the datapath forward between workload ports and the
+	// WireGuard devices itself (bpf_redirect); false leaves forwarding to
+	// the kernel's routes (the programs still check). Default true.
+	FastPath *bool    `yaml:"fast_path"`
+	Registry Registry `yaml:"registry"`
 }
 
 // Registry says where the grid registry lives (used by the multi-node
@@ -89,6 +93,10 @@ func (n *Node) defaults() {
 	}
 	if n.Registry.Type == "" {
 		n.Registry.Type = "file"
+	}
+	if n.FastPath == nil {
+		on := true
+		n.FastPath = &on
 	}
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = "/var/lib/tenantnet/registry"

@@ -27,7 +27,11 @@ const (
 	HookToWorkload Hook = "to"
 	// HookUplink is XDP on the uplink.
 	HookUplink Hook = "xdp"
+	// HookFromWG is TC ingress of a tenant's WireGuard device.
+	HookFromWG Hook = "wg"
 )
+
+var allHooks = []Hook{HookFromWorkload, HookToWorkload, HookUplink, HookFromWG}
 
 // Mode is how a program is attached.
 type Mode string
@@ -76,34 +80,52 @@ func (dp *Datapath) AttachPort(ifindex int, opts AttachOptions) (Mode, error) {
 	if !opts.ForceLegacyTC {
 		mode = ModeTCX
 	}
-	for _, h := range []Hook{HookFromWorkload, HookToWorkload} {
-		prog, attach, parent := dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, uint32(netlink.HANDLE_MIN_INGRESS)
-		if h == HookToWorkload {
-			prog, attach, parent = dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
-		}
-		if mode == ModeTCX {
-			err := dp.attachTCX(ifindex, h, prog, attach)
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				dp.log.Info("TCX not supported by this kernel, using clsact + cls_bpf", "ifindex", ifindex)
-				mode = ModeLegacyTC
-			} else if err != nil {
-				return mode, err
-			} else {
-				// Both may run for an instant; never neither.
-				if err := removeLegacy(dp.PinDir, ifindex, h); err != nil {
-					return mode, err
-				}
-				continue
-			}
-		}
-		if err := dp.attachLegacy(ifindex, h, prog, parent); err != nil {
+	var err error
+	if mode, err = dp.attachTC(ifindex, HookFromWorkload, mode); err != nil {
+		return mode, err
+	}
+	return dp.attachTC(ifindex, HookToWorkload, mode)
+}
+
+// AttachWG attaches tn_from_wg to TC ingress of a tenant's WireGuard
+// device, replacing it in place like AttachPort.
+func (dp *Datapath) AttachWG(ifindex int, opts AttachOptions) (Mode, error) {
+	if dp.WG == nil {
+		return "", fmt.Errorf("attach wireguard ifindex %d: tn_from_wg is not loaded (load the datapath with this build)", ifindex)
+	}
+	mode := ModeLegacyTC
+	if !opts.ForceLegacyTC {
+		mode = ModeTCX
+	}
+	return dp.attachTC(ifindex, HookFromWG, mode)
+}
+
+// attachTC attaches the program of hook h in mode, falling back from TCX
+// to legacy tc when the kernel lacks TCX; it returns the mode used.
+func (dp *Datapath) attachTC(ifindex int, h Hook, mode Mode) (Mode, error) {
+	prog, attach, parent := dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, uint32(netlink.HANDLE_MIN_INGRESS)
+	switch h {
+	case HookToWorkload:
+		prog, attach, parent = dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
+	case HookFromWG:
+		prog = dp.WG
+	}
+	if mode == ModeTCX {
+		err := dp.attachTCX(ifindex, h, prog, attach)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			dp.log.Info("TCX not supported by this kernel, using clsact + cls_bpf", "ifindex", ifindex)
+			mode = ModeLegacyTC
+		} else if err != nil {
 			return mode, err
-		}
-		if err := removeLink(dp.PinDir, ifindex, h); err != nil {
-			return mode, err
+		} else {
+			// Both may run for an instant; never neither.
+			return mode, removeLegacy(dp.PinDir, ifindex, h)
 		}
 	}
-	return mode, nil
+	if err := dp.attachLegacy(ifindex, h, prog, parent); err != nil {
+		return mode, err
+	}
+	return mode, removeLink(dp.PinDir, ifindex, h)
 }
 
 func (dp *Datapath) attachTCX(ifindex int, h Hook, prog *ebpf.Program, attach ebpf.AttachType) error {
@@ -275,7 +297,7 @@ func xdpMode(ifindex int) Mode {
 // Detach removes every attachment of ours on ifindex.
 func Detach(pinDir string, ifindex int) error {
 	var errs []error
-	for _, h := range []Hook{HookFromWorkload, HookToWorkload, HookUplink} {
+	for _, h := range allHooks {
 		errs = append(errs, removeLink(pinDir, ifindex, h), removeLegacy(pinDir, ifindex, h))
 	}
 	return errors.Join(errs...)
@@ -303,7 +325,7 @@ func ListAttachments(pinDir string) []Attachment {
 // ListAttachmentsOf reads the attachments of one interface.
 func ListAttachmentsOf(pinDir string, ifindex int) []Attachment {
 	var names []string
-	for _, h := range []Hook{HookFromWorkload, HookToWorkload, HookUplink} {
+	for _, h := range allHooks {
 		for _, suffix := range []string{"", legacySuffix} {
 			name := fmt.Sprintf("%d_%s%s", ifindex, h, suffix)
 			if _, err := os.Stat(filepath.Join(pinDir, linksDir, name)); err == nil {

@@ -56,9 +56,15 @@ type Datapath struct {
 	Maps    WorkloadMaps
 	Progs   WorkloadPrograms
 	Uplink  *ebpf.Program
+	WG      *ebpf.Program // tn_from_wg
 	log     *slog.Logger
 	created bool
 }
+
+// addedLater are maps newer builds added to schema 1 without changing any
+// existing layout: pins made by an older build lack them until the next
+// Load creates them, and readers must cope with their absence.
+var addedLater = map[string]bool{"tn_route_v1": true, "tn_wgdev_v1": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
@@ -149,6 +155,19 @@ func Load(opts Options) (*Datapath, error) {
 	uobjs.UplinkMaps.Close() // replaced by ours; these handles are duplicates
 	dp.Uplink = uobjs.TnUplink
 
+	wspec, err := LoadWireguard()
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("parse wireguard object: %w", err)
+	}
+	var wobjs WireguardObjects
+	if err := wspec.LoadAndAssign(&wobjs, &ebpf.CollectionOptions{MapReplacements: dp.mapsByName()}); err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("load wireguard program: %w", err)
+	}
+	wobjs.WireguardMaps.Close()
+	dp.WG = wobjs.TnFromWg
+
 	if created {
 		meta := WorkloadTnMeta{SchemaVersion: SchemaVersion, SampleRate: opts.SampleRate}
 		if err := dp.Maps.TnMetaV1.Put(uint32(0), meta); err != nil {
@@ -173,7 +192,7 @@ func (dp *Datapath) mapsByName() map[string]*ebpf.Map {
 		"tn_prefix_v1": m.TnPrefixV1, "tn_endpoint_v1": m.TnEndpointV1, "tn_tenant_v1": m.TnTenantV1,
 		"tn_rhost_v1": m.TnRhostV1, "tn_rdst_v1": m.TnRdstV1, "tn_rsrc_v1": m.TnRsrcV1, "tn_rport_v1": m.TnRportV1,
 		"tn_ct_v1": m.TnCtV1, "tn_frag_v1": m.TnFragV1, "tn_stats_v1": m.TnStatsV1,
-		"tn_events_v1": m.TnEventsV1,
+		"tn_events_v1": m.TnEventsV1, "tn_route_v1": m.TnRouteV1, "tn_wgdev_v1": m.TnWgdevV1,
 	}
 }
 
@@ -186,6 +205,7 @@ func (dp *Datapath) Programs() map[string]*ebpf.Program {
 		"tn_from_workload": dp.Progs.TnFromWorkload,
 		"tn_to_workload":   dp.Progs.TnToWorkload,
 		"tn_uplink":        dp.Uplink,
+		"tn_from_wg":       dp.WG,
 	}
 }
 
@@ -256,9 +276,13 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 		"tn_prefix_v1": &m.TnPrefixV1, "tn_endpoint_v1": &m.TnEndpointV1, "tn_tenant_v1": &m.TnTenantV1,
 		"tn_rhost_v1": &m.TnRhostV1, "tn_rdst_v1": &m.TnRdstV1, "tn_rsrc_v1": &m.TnRsrcV1, "tn_rport_v1": &m.TnRportV1,
 		"tn_ct_v1": &m.TnCtV1, "tn_frag_v1": &m.TnFragV1, "tn_stats_v1": &m.TnStatsV1, "tn_events_v1": &m.TnEventsV1,
+		"tn_route_v1": &m.TnRouteV1, "tn_wgdev_v1": &m.TnWgdevV1,
 	}
 	for name, dst := range byName {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && addedLater[name] {
+			continue // pinned by an older build of this schema; Load adds it
+		}
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("open pinned %s: %w", name, err)
@@ -279,7 +303,11 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 		{m.TnRportV1, WorkloadTnRportKey{}, WorkloadTnRportVal{}}, {m.TnCtV1, WorkloadTnCtKey{}, WorkloadTnCtVal{}},
 		{m.TnFragV1, WorkloadTnFragKey{}, WorkloadTnFragVal{}}, {m.TnStatsV1, WorkloadTnStatsKey{}, WorkloadTnStatsVal{}},
 		{m.TnMetaV1, uint32(0), WorkloadTnMeta{}},
+		{m.TnRouteV1, WorkloadTnRouteKey{}, WorkloadTnRoute{}}, {m.TnWgdevV1, uint32(0), WorkloadTnPort{}},
 	} {
+		if c.m == nil {
+			continue // addedLater and not pinned yet
+		}
 		if int(c.m.KeySize()) != binary.Size(c.key) || int(c.m.ValueSize()) != binary.Size(c.value) {
 			m.Close()
 			return nil, fmt.Errorf("%w: %s has key/value sizes %d/%d, this build uses %d/%d", ErrSchemaMismatch,
@@ -299,8 +327,12 @@ func Open(pinDir string) (*Datapath, error) {
 	dp := &Datapath{PinDir: pinDir, Maps: *wm, log: slog.Default()}
 	for name, dst := range map[string]**ebpf.Program{
 		"tn_from_workload": &dp.Progs.TnFromWorkload, "tn_to_workload": &dp.Progs.TnToWorkload, "tn_uplink": &dp.Uplink,
+		"tn_from_wg": &dp.WG,
 	} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && name == "tn_from_wg" {
+			continue // pinned by an older build
+		}
 		if err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("open pinned program %s: %w", name, err)

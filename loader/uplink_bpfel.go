@@ -25,11 +25,13 @@ const (
 	UplinkMapTnPrefixV1   = "tn_prefix_v1"
 	UplinkMapTnRdstV1     = "tn_rdst_v1"
 	UplinkMapTnRhostV1    = "tn_rhost_v1"
+	UplinkMapTnRouteV1    = "tn_route_v1"
 	UplinkMapTnRportV1    = "tn_rport_v1"
 	UplinkMapTnRsrcV1     = "tn_rsrc_v1"
 	UplinkMapTnSrcaddrV1  = "tn_srcaddr_v1"
 	UplinkMapTnStatsV1    = "tn_stats_v1"
 	UplinkMapTnTenantV1   = "tn_tenant_v1"
+	UplinkMapTnWgdevV1    = "tn_wgdev_v1"
 	UplinkProgTnUplink    = "tn_uplink"
 )
 
@@ -91,11 +93,13 @@ type UplinkMapSpecs struct {
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
 	TnRhostV1    *ebpf.MapSpec `ebpf:"tn_rhost_v1"`
+	TnRouteV1    *ebpf.MapSpec `ebpf:"tn_route_v1"`
 	TnRportV1    *ebpf.MapSpec `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.MapSpec `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
 // UplinkVariableSpecs contains global variables before they are loaded into the kernel.
@@ -133,11 +137,13 @@ type UplinkMaps struct {
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
 	TnRhostV1    *ebpf.Map `ebpf:"tn_rhost_v1"`
+	TnRouteV1    *ebpf.Map `ebpf:"tn_route_v1"`
 	TnRportV1    *ebpf.Map `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.Map `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
 func (m *UplinkMaps) Close() error {
@@ -151,11 +157,13 @@ func (m *UplinkMaps) Close() error {
 		m.TnPrefixV1,
 		m.TnRdstV1,
 		m.TnRhostV1,
+		m.TnRouteV1,
 		m.TnRportV1,
 		m.TnRsrcV1,
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnWgdevV1,
 	)
 }
 

@@ -118,6 +118,21 @@ type WorkloadTnRhostKey struct {
 	Dst    [16]uint8
 }
 
+type WorkloadTnRoute struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Kind    uint8
+	Flags   uint8
+	Pad     uint16
+}
+
+type WorkloadTnRouteKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Tenant    uint32
+	Addr      [16]uint8
+}
+
 type WorkloadTnRportKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -191,11 +206,13 @@ const (
 	WorkloadMapTnPrefixV1      = "tn_prefix_v1"
 	WorkloadMapTnRdstV1        = "tn_rdst_v1"
 	WorkloadMapTnRhostV1       = "tn_rhost_v1"
+	WorkloadMapTnRouteV1       = "tn_route_v1"
 	WorkloadMapTnRportV1       = "tn_rport_v1"
 	WorkloadMapTnRsrcV1        = "tn_rsrc_v1"
 	WorkloadMapTnSrcaddrV1     = "tn_srcaddr_v1"
 	WorkloadMapTnStatsV1       = "tn_stats_v1"
 	WorkloadMapTnTenantV1      = "tn_tenant_v1"
+	WorkloadMapTnWgdevV1       = "tn_wgdev_v1"
 	WorkloadProgTnFromWorkload = "tn_from_workload"
 	WorkloadProgTnToWorkload   = "tn_to_workload"
 	WorkloadVarTnUnusedEvent   = "tn_unused_event"
@@ -260,11 +277,13 @@ type WorkloadMapSpecs struct {
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
 	TnRhostV1    *ebpf.MapSpec `ebpf:"tn_rhost_v1"`
+	TnRouteV1    *ebpf.MapSpec `ebpf:"tn_route_v1"`
 	TnRportV1    *ebpf.MapSpec `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.MapSpec `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
 // WorkloadVariableSpecs contains global variables before they are loaded into the kernel.
@@ -303,11 +322,13 @@ type WorkloadMaps struct {
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
 	TnRhostV1    *ebpf.Map `ebpf:"tn_rhost_v1"`
+	TnRouteV1    *ebpf.Map `ebpf:"tn_route_v1"`
 	TnRportV1    *ebpf.Map `ebpf:"tn_rport_v1"`
 	TnRsrcV1     *ebpf.Map `ebpf:"tn_rsrc_v1"`
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
 func (m *WorkloadMaps) Close() error {
@@ -321,11 +342,13 @@ func (m *WorkloadMaps) Close() error {
 		m.TnPrefixV1,
 		m.TnRdstV1,
 		m.TnRhostV1,
+		m.TnRouteV1,
 		m.TnRportV1,
 		m.TnRsrcV1,
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnWgdevV1,
 	)
 }
 

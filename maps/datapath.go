@@ -101,11 +101,14 @@ func (x *Maps) UnbindPort(ifindex uint32) error {
 }
 
 // Ports lists the bound ports: ifindex -> tenant.
-func (x *Maps) Ports() (map[uint32]uint32, error) {
+func (x *Maps) Ports() (map[uint32]uint32, error) { return tenantsByIfindex(x.m.TnPortsV1) }
+
+// tenantsByIfindex reads a map of ifindex -> struct tn_port.
+func tenantsByIfindex(m *ebpf.Map) (map[uint32]uint32, error) {
 	out := map[uint32]uint32{}
 	var k uint32
 	var v loader.WorkloadTnPort
-	it := x.m.TnPortsV1.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out[k] = v.Tenant
 	}

@@ -12,6 +12,8 @@ const (
 	PassDefault  Reason = 3
 	PassControl  Reason = 4
 	PassFrag     Reason = 5
+	PassRedirect Reason = 6
+	PassStack    Reason = 7
 	DropFirst    Reason = 64
 	DropTrunc    Reason = 64
 	DropMalform  Reason = 65
@@ -24,22 +26,26 @@ const (
 	DropFrag     Reason = 72
 	DropPolicy   Reason = 73
 	DropDefault  Reason = 74
+	DropWGSource Reason = 75
+	DropWGDest   Reason = 76
+	DropRoute    Reason = 77
 )
 
 var reasonNames = map[Reason]string{
 	PassCT: "pass-ct", PassRule: "pass-rule", PassDefault: "pass-default",
-	PassControl: "pass-control", PassFrag: "pass-frag",
+	PassControl: "pass-control", PassFrag: "pass-frag", PassRedirect: "pass-redirect", PassStack: "pass-stack",
 	DropTrunc: "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
 	DropL3Proto: "l3-proto", DropNoPort: "no-port", DropSpoof: "spoof",
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
+	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
-	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag,
+	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute}
 }
 
 // IsDrop reports whether the reason drops the packet.

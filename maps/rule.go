@@ -16,6 +16,12 @@ const (
 	// DirPrefilter only appears in counters and events: drops by the
 	// uplink XDP prefilter, which applies the inbound rules.
 	DirPrefilter Direction = 3
+	// DirWG counts what tn_from_wg did with packets arriving over a
+	// tenant's WireGuard device.
+	DirWG Direction = 4
+	// DirFast counts packets a port program redirected straight to the
+	// WireGuard device (also counted under their verdict).
+	DirFast Direction = 5
 )
 
 func (d Direction) String() string {
@@ -26,6 +32,10 @@ func (d Direction) String() string {
 		return "out"
 	case DirPrefilter:
 		return "prefilter"
+	case DirWG:
+		return "wireguard"
+	case DirFast:
+		return "fast-path"
 	}
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }

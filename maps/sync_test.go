@@ -34,7 +34,11 @@ func TestConstantsMatchC(t *testing.T) {
 		"TN_DROP_L3_PROTO": int(DropL3Proto), "TN_DROP_NO_PORT": int(DropNoPort), "TN_DROP_SPOOF": int(DropSpoof),
 		"TN_DROP_ROGUE_RA": int(DropRogueRA), "TN_DROP_CROSS_TENANT": int(DropCross), "TN_DROP_FRAG_UNTRACKED": int(DropFrag),
 		"TN_DROP_POLICY": int(DropPolicy), "TN_DROP_DEFAULT": int(DropDefault),
+		"TN_PASS_REDIRECT": int(PassRedirect), "TN_PASS_STACK": int(PassStack), "TN_DROP_WG_SOURCE": int(DropWGSource),
+		"TN_DROP_WG_DEST": int(DropWGDest), "TN_DROP_ROUTE": int(DropRoute),
 		"TN_DIR_IN": int(DirIn), "TN_DIR_OUT": int(DirOut), "TN_DIR_PREFILTER": int(DirPrefilter),
+		"TN_DIR_WG": int(DirWG), "TN_DIR_FAST": int(DirFast),
+		"TN_ROUTE_LOCAL": int(RouteLocal), "TN_ROUTE_WG": int(RouteWG), "TN_ROUTE_EXIT": int(RouteExit), "TN_ROUTE_DROP": int(RouteDrop),
 		"TN_ACT_NONE": int(ActionNone), "TN_ACT_ALLOW": int(ActionAllow), "TN_ACT_DENY": int(ActionDeny),
 	}
 	for name, v := range want {
@@ -42,7 +46,7 @@ func TestConstantsMatchC(t *testing.T) {
 			t.Errorf("%s: C has %d (found %v), Go has %d", name, got, ok, v)
 		}
 	}
-	if n := c["TN_REASON_MAX"]; n != int(DropDefault)+1 {
+	if n := c["TN_REASON_MAX"]; n != int(DropRoute)+1 {
 		t.Errorf("a reason was added in C (TN_REASON_MAX %d): add it to maps/reason.go", n)
 	}
 }

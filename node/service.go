@@ -44,6 +44,7 @@ type Service struct {
 	reg            registry.Registry
 	wgs            map[string]*wg.Device // by network id
 	wgStarted      map[string]bool       // devices this process started once
+	wgAttached     map[string]int        // network -> device ifindex tn_from_wg was attached to
 	wgImpl         wg.Impl
 	tenantPrefixes map[string]string         // network -> prefixes last given to the firewall
 	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
@@ -120,7 +121,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
 	var reg registry.Registry
 	switch cfg.Registry.Type {
 	case "etcd":

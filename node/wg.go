@@ -65,20 +65,28 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 		return fmt.Errorf("read the registry: %w", err)
 	}
 	s.regNodes = len(nodes)
+	routes, err := maps.New(s.dp).Routes()
+	if err != nil {
+		return err
+	}
 	var errs []error
 	local := map[string]bool{}
 	for _, n := range nets {
 		local[n.ID] = true
-		if err := s.reconcileNetWG(n, nodes, r); err != nil {
+		if err := s.reconcileNetWG(n, nodes, routes[n.Num], r); err != nil {
 			errs = append(errs, fmt.Errorf("network %s wireguard: %w", n.ID, err))
 		}
 	}
 	for id, d := range s.wgs {
 		if !local[id] {
-			d.Close()
-			delete(s.wgs, id)
+			if err := s.closeWG(id, d); err != nil {
+				errs = append(errs, fmt.Errorf("close wireguard %s: %w", d.Name, err))
+			}
 			r.add("removed wireguard %s of deleted network %s", d.Name, id)
 		}
+	}
+	if err := s.sweepWGDatapath(nets, routes); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%v", errs)
@@ -86,7 +94,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	return nil
 }
 
-func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r *repairs) error {
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []maps.Route, r *repairs) error {
 	name := wg.Name(n.Num, s.cfg.NodeID)
 	var peers []wg.Peer
 	prefixes := []netip.Prefix{n.Prefix}
@@ -123,9 +131,13 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 	// 45 MB), which a node with a thousand local networks cannot pay. The
 	// key (and so the published record) exists without it.
 	if len(all) == 0 {
+		if _, err := maps.New(s.dp).SyncRoutes(n.Num, nil, routes); err != nil {
+			return err
+		}
 		if d != nil {
-			d.Close()
-			delete(s.wgs, n.ID)
+			if err := s.closeWG(n.ID, d); err != nil {
+				return err
+			}
 			s.log.Info("wireguard stopped: no peers", "device", name, "network", n.ID)
 			if err := s.syncProxyNDP(n, nil, r); err != nil { // the last user left
 				return err
@@ -136,9 +148,8 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 	}
 	if d != nil {
 		if _, err := s.nl.LinkByName(name); err != nil { // deleted by hand
-			d.Close()
+			s.closeWG(n.ID, d) // the sweep removes the dead device's binding
 			d = nil
-			delete(s.wgs, n.ID)
 		}
 	}
 	if d == nil {
@@ -168,6 +179,9 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, r 
 		r.add("updated %d wireguard peers of %s", changed, name)
 	}
 	if err := s.syncRoutes(name, all, r); err != nil {
+		return err
+	}
+	if err := s.wgDatapath(n, d, all, routes, r); err != nil {
 		return err
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {

@@ -30,6 +30,9 @@ enum tn_dir {
 	TN_DIR_IN = 1,	      /* to the workload (TC egress of the port) */
 	TN_DIR_OUT = 2,	      /* from the workload (TC ingress of the port) */
 	TN_DIR_PREFILTER = 3, /* uplink XDP; uses the inbound rules */
+	TN_DIR_WG = 4,	 /* from a tenant's WireGuard device (TC ingress) */
+	TN_DIR_FAST = 5, /* redirected past the stack by a port program
+			       * (counted in addition to its verdict) */
 };
 
 enum tn_action {
@@ -41,11 +44,13 @@ enum tn_action {
 /* Verdict reasons. Values below TN_DROP_FIRST pass, the others drop. Every
  * packet a program sees is counted under exactly one reason. */
 enum tn_reason {
-	TN_PASS_CT = 1,	     /* conntrack hit: packet of a known flow */
-	TN_PASS_RULE = 2,    /* new flow allowed by a rule */
-	TN_PASS_DEFAULT = 3, /* new flow allowed by the default policy */
-	TN_PASS_CONTROL = 4, /* ICMPv6 ND/RS/RA/MLD, ICMP errors, ARP */
-	TN_PASS_FRAG = 5,    /* non-first fragment of an allowed datagram */
+	TN_PASS_CT = 1,	      /* conntrack hit: packet of a known flow */
+	TN_PASS_RULE = 2,     /* new flow allowed by a rule */
+	TN_PASS_DEFAULT = 3,  /* new flow allowed by the default policy */
+	TN_PASS_CONTROL = 4,  /* ICMPv6 ND/RS/RA/MLD, ICMP errors, ARP */
+	TN_PASS_FRAG = 5,     /* non-first fragment of an allowed datagram */
+	TN_PASS_REDIRECT = 6, /* routed by the datapath (bpf_redirect*) */
+	TN_PASS_STACK = 7,    /* checked, handed to the kernel's routing */
 
 	TN_DROP_FIRST = 64,
 	TN_DROP_TRUNCATED = 64,	   /* a header ends beyond the packet */
@@ -58,8 +63,13 @@ enum tn_reason {
 	TN_DROP_CROSS_TENANT = 71, /* peer address belongs to another tenant */
 	TN_DROP_FRAG_UNTRACKED = 72, /* non-first fragment, first not allowed */
 	TN_DROP_POLICY = 73,	     /* a deny rule matched */
-	TN_DROP_DEFAULT = 74, /* no rule matched, default policy denies */
-	TN_REASON_MAX = 75,
+	TN_DROP_DEFAULT = 74,	/* no rule matched, default policy denies */
+	TN_DROP_WG_SOURCE = 75, /* via WireGuard from a source that peer
+				 * does not route for this tenant */
+	TN_DROP_WG_DEST = 76,	/* via WireGuard to a destination not on
+				 * this node's part of the network */
+	TN_DROP_ROUTE = 77,	/* destination routed to drop */
+	TN_REASON_MAX = 78,
 };
 
 /* tn_meta_v1[0]: what the pinned maps were created for, plus runtime knobs. */
@@ -95,6 +105,30 @@ struct tn_endpoint_key {
 struct tn_endpoint {
 	__u32 ifindex;
 	__u32 tenant;
+};
+
+/* tn_route_v1 (LPM): where a tenant's destinations are. Absent: not one of
+ * the tenant's networks (the exit path, unless another tenant owns it). */
+struct tn_route_key {
+	__u32 prefixlen; /* 32 + address prefix length */
+	__u32 tenant;
+	__u8 addr[TN_ADDR_LEN];
+};
+
+enum tn_route_kind {
+	TN_ROUTE_LOCAL = 1, /* this node's /64: ifindex is the bridge */
+	TN_ROUTE_WG = 2,    /* behind the tenant's WireGuard device (ifindex) */
+	TN_ROUTE_EXIT = 3,  /* the tenant's exit path: the kernel routes it */
+	TN_ROUTE_DROP = 4,  /* unreachable by policy */
+};
+
+#define TN_ROUTE_F_REDIRECT 1 /* take the eBPF fast path to ifindex */
+
+struct tn_route {
+	__u32 ifindex;
+	__u8 kind; /* enum tn_route_kind */
+	__u8 flags;
+	__u16 pad;
 };
 
 /* tn_tenant_v1: tenant -> default policy. A tenant without an entry gets

@@ -62,6 +62,24 @@ struct {
 } tn_endpoint_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TN_PREFIX_ENTRIES);
+	__type(key, struct tn_route_key);
+	__type(value, struct tn_route);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_route_v1 SEC(".maps");
+
+/* tn_wgdev_v1: ifindex of a tenant's WireGuard device -> its tenant. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_TENANT_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct tn_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_wgdev_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TN_TENANT_ENTRIES);
 	__type(key, __u32);

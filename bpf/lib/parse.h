@@ -110,23 +110,25 @@ static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
 	return 0;
 }
 
+/* l3off is where the IP header starts: the Ethernet header's length on an
+ * Ethernet port, 0 on an L3 device (WireGuard). */
 static __always_inline int tn_parse_ipv6(void *data, void *data_end,
-					 __u32 pkt_len, struct pkt *p)
+					 __u32 pkt_len, struct pkt *p,
+					 __u32 l3off)
 {
-	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct ipv6hdr *ip6 = data + l3off;
 	if ((void *)(ip6 + 1) > data_end)
 		return TN_DROP_TRUNCATED;
 	if (ip6->version != 6)
 		return TN_DROP_MALFORMED;
 	__u16 plen = bpf_ntohs(ip6->payload_len);
-	if (plen &&
-	    (__u32)plen + sizeof(*ip6) + sizeof(struct ethhdr) > pkt_len)
+	if (plen && (__u32)plen + sizeof(*ip6) + l3off > pkt_len)
 		return TN_DROP_TRUNCATED;
 	__builtin_memcpy(p->src, &ip6->saddr, TN_ADDR_LEN);
 	__builtin_memcpy(p->dst, &ip6->daddr, TN_ADDR_LEN);
 
 	__u8 nh = ip6->nexthdr;
-	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6);
+	__u32 off = l3off + sizeof(*ip6);
 	int i;
 
 #pragma unroll
@@ -164,9 +166,10 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 }
 
 static __always_inline int tn_parse_ipv4(void *data, void *data_end,
-					 __u32 pkt_len, struct pkt *p)
+					 __u32 pkt_len, struct pkt *p,
+					 __u32 l3off)
 {
-	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct iphdr *ip = data + l3off;
 	if ((void *)(ip + 1) > data_end)
 		return TN_DROP_TRUNCATED;
 	if (ip->version != 4 || ip->ihl < 5)
@@ -175,7 +178,7 @@ static __always_inline int tn_parse_ipv4(void *data, void *data_end,
 	__u16 tot = bpf_ntohs(ip->tot_len);
 	if (tot && tot < hlen)
 		return TN_DROP_MALFORMED;
-	if (tot && (__u32)tot + sizeof(struct ethhdr) > pkt_len)
+	if (tot && (__u32)tot + l3off > pkt_len)
 		return TN_DROP_TRUNCATED;
 	/* IPv4 options: the whole header must be present. */
 	if ((void *)ip + hlen > data_end)
@@ -189,7 +192,7 @@ static __always_inline int tn_parse_ipv4(void *data, void *data_end,
 	else if (fo & 0x2000)
 		p->frag = 1;
 	p->frag_id = bpf_ntohs(ip->id);
-	return tn_parse_l4(data, data_end, sizeof(struct ethhdr) + hlen, p);
+	return tn_parse_l4(data, data_end, l3off + hlen, p);
 }
 
 static __always_inline int tn_parse_arp(void *data, void *data_end,
@@ -213,11 +216,39 @@ static __always_inline int tn_parse(void *data, void *data_end, __u32 pkt_len,
 	p->l3 = bpf_ntohs(eth->h_proto);
 	switch (p->l3) {
 	case ETH_P_IPV6:
-		return tn_parse_ipv6(data, data_end, pkt_len, p);
+		return tn_parse_ipv6(data, data_end, pkt_len, p,
+				     sizeof(struct ethhdr));
 	case ETH_P_IP:
-		return tn_parse_ipv4(data, data_end, pkt_len, p);
+		return tn_parse_ipv4(data, data_end, pkt_len, p,
+				     sizeof(struct ethhdr));
 	case ETH_P_ARP:
 		return tn_parse_arp(data, data_end, p);
 	}
 	return TN_DROP_L3_PROTO;
+}
+
+/* tn_parse_l3 parses a packet of an L3 device (no link header); l3 is the
+ * skb's protocol in host order. */
+static __always_inline int tn_parse_l3(void *data, void *data_end,
+				       __u32 pkt_len, __u16 l3, struct pkt *p)
+{
+	p->l3 = l3;
+	switch (l3) {
+	case ETH_P_IPV6:
+		return tn_parse_ipv6(data, data_end, pkt_len, p, 0);
+	case ETH_P_IP:
+		return tn_parse_ipv4(data, data_end, pkt_len, p, 0);
+	}
+	return TN_DROP_L3_PROTO;
+}
+
+/* Make the headers we inspect linear. Non-linear skbs (GRO, tap) may carry
+ * only the Ethernet header in the linear area. */
+static __always_inline void tn_pull(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < TN_PULL_LEN ? skb->len : TN_PULL_LEN;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (data + want > data_end)
+		bpf_skb_pull_data(skb, want);
 }

@@ -17,6 +17,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -100,13 +102,20 @@ registry: %s
 		g.d.start()
 		gg := g
 		t.Cleanup(func() {
+			if t.Failed() {
+				// What the datapath did, before cleanup removes it.
+				if m, err := loader.OpenMaps(gg.pin); err == nil {
+					cs, _ := maps.FromMaps(m).Counters(0)
+					routes, _ := maps.FromMaps(m).Routes()
+					t.Logf("%s counters: %+v\nroutes: %+v", gg.id, cs, routes)
+					m.Close()
+				}
+				b, _ := os.ReadFile(gg.d.logPath)
+				t.Logf("%s log:\n%s", gg.id, b)
+			}
 			gg.d.kill9()
 			if out, err := exec.Command("nsenter", "--net=/run/netns/"+gg.ns.Name, bin, "cleanup", "--config", gg.d.cfgPath).CombinedOutput(); err != nil {
 				t.Errorf("cleanup %s: %v %s", gg.id, err, out)
-			}
-			if t.Failed() {
-				b, _ := os.ReadFile(gg.d.logPath)
-				t.Logf("%s log (errors):\n%s", gg.id, grepLines(string(b), "ERROR"))
 			}
 		})
 		nodes = append(nodes, g)
@@ -166,6 +175,15 @@ registry: %s
 	// 10 MB with full-size segments (tenant MTU 1420 inside WireGuard over
 	// a 1500-byte IPv6 underlay).
 	transfer(t, wlNS["w1"], wlNS["w3"], addr["w3"], 10<<20)
+	// ... by the eBPF fast path: redirected out of w1's port into node1's
+	// WireGuard device, and out of node3's device onto its bridge.
+	// (Counted in bytes: TCP leaves w1 in GSO packets of up to 64 KB.)
+	if n := nodeCounter(t, nodes[0].pin, acme, maps.DirFast, maps.PassRedirect); n < 10<<20 {
+		t.Errorf("node1 redirected %d bytes of acme into WireGuard, want the transfer's 10 MB", n)
+	}
+	if n := nodeCounter(t, nodes[2].pin, acme, maps.DirWG, maps.PassRedirect); n < 10<<20 {
+		t.Errorf("node3 redirected %d bytes of acme from WireGuard, want the transfer's 10 MB", n)
+	}
 
 	// Tenants stay apart, across nodes too, also when the rules of one of
 	// them would allow.
@@ -195,8 +213,7 @@ registry: %s
 		t.Fatal(err)
 	}
 	defer wgc.Close()
-	var acmeNum uint32 = 1
-	dev := wg.Name(acmeNum, "node1")
+	dev := wg.Name(acme, "node1")
 	eventually("node3 gone from node1's acme peers", func() error {
 		d, err := wgc.Device(dev)
 		if err != nil {
@@ -210,6 +227,24 @@ registry: %s
 	if err := dialTCP(wlNS["w1"], hp("w2"), 2*time.Second); err != nil {
 		t.Errorf("w1 -> w2 after node3 left: %v", err)
 	}
+}
+
+// acme is the tenant number of the first network added on every node.
+const acme uint32 = 1
+
+// nodeCounter reads the bytes of one counter of a node's datapath.
+func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir maps.Direction, r maps.Reason) uint64 {
+	t.Helper()
+	m, err := loader.OpenMaps(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	c, err := maps.FromMaps(m).Counter(tenant, dir, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Bytes
 }
 
 func jsonUnmarshal(s string, v any) error {

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Route lookups in tn_route_v1 and the fast path built on them: packets
+ * between a workload port and its tenant's WireGuard device are redirected
+ * by the programs instead of taking a trip through the kernel's IPv6
+ * forwarding. Whatever the fast path cannot do as a router would (hop limit
+ * expiry, a packet too big for the next hop) is left to the kernel, which
+ * sends the ICMPv6 error: the kernel routes stay the slow path.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+static __always_inline struct tn_route *tn_route_lookup(__u32 tenant,
+							const __u8 *addr)
+{
+	struct tn_route_key k = {.prefixlen = 32 + 128, .tenant = tenant};
+	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	return bpf_map_lookup_elem(&tn_route_v1, &k);
+}
+
+/* Decrement the IPv6 hop limit at l3off as a router must. Returns 0 when
+ * the packet may not be forwarded by us (hop limit would expire: the
+ * kernel answers with Time Exceeded). IPv6 has no header checksum. */
+static __always_inline int tn_hop(struct __sk_buff *skb, __u32 l3off)
+{
+	__u8 hl;
+	if (bpf_skb_load_bytes(skb, l3off + 7, &hl, 1) || hl <= 1)
+		return 0;
+	hl--;
+	return bpf_skb_store_bytes(skb, l3off + 7, &hl, 1, 0) == 0;
+}
+
+/* Does the packet fit the MTU of ifindex? Large (GSO) packets are checked
+ * segment by segment. l3len is the IP packet's length. */
+static __always_inline int tn_fits(struct __sk_buff *skb, __u32 ifindex,
+				   __u32 l3len)
+{
+	__u32 mtu_len = 0;
+	if (skb->gso_size)
+		return bpf_check_mtu(skb, ifindex, &mtu_len, 0,
+				     BPF_MTU_CHK_SEGS) ==
+		       BPF_MTU_CHK_RET_SUCCESS;
+	mtu_len = l3len;
+	return bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0) ==
+	       BPF_MTU_CHK_RET_SUCCESS;
+}
+
+/* Fast path of a workload port: an IPv6 packet for the tenant's network
+ * behind WireGuard goes straight to the device's transmit (the device is
+ * L3: bpf_redirect strips the Ethernet header). Returns a TC action. */
+static __always_inline int tn_fast_to_wg(struct __sk_buff *skb,
+					 const struct pkt *p,
+					 const struct tn_route *rt,
+					 __u32 tenant)
+{
+	if (!rt || rt->kind != TN_ROUTE_WG ||
+	    !(rt->flags & TN_ROUTE_F_REDIRECT) || p->l3 != ETH_P_IPV6)
+		return TC_ACT_OK;
+	if (!tn_fits(skb, rt->ifindex, skb->len - sizeof(struct ethhdr)))
+		return TC_ACT_OK;
+	if (!tn_hop(skb, sizeof(struct ethhdr)))
+		return TC_ACT_OK;
+	tn_count(tenant, TN_DIR_FAST, TN_PASS_REDIRECT, skb->len);
+	return bpf_redirect(rt->ifindex, 0);
+}

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Tenant WireGuard device program, TC ingress of tn<net>-<node> devices:
+ * packets another member node (or a user's laptop) sent into this tenant's
+ * network. WireGuard already checked that the source is in the sending
+ * peer's AllowedIPs; this program ties that to the tenant: the source must
+ * be routed via this very device for this tenant and the destination must
+ * be this node's part of the network. Packets that pass are redirected to
+ * the tenant's bridge (bpf_redirect_neigh resolves the workload's MAC), so
+ * the workload port's tn_to_workload still decides whether they get in.
+ */
+#include <linux/pkt_cls.h>
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+#include "lib/route.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+SEC("tc")
+int tn_from_wg(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 ifindex = skb->ifindex;
+	__u32 tenant = 0;
+	int reason;
+
+	tn_pull(skb);
+	struct tn_port *dev = bpf_map_lookup_elem(&tn_wgdev_v1, &ifindex);
+	if (dev)
+		tenant = dev->tenant;
+	reason = tn_parse_l3((void *)(long)skb->data,
+			     (void *)(long)skb->data_end, skb->len,
+			     bpf_ntohs(skb->protocol), &p);
+	if (reason)
+		goto drop;
+	if (!dev) {
+		reason = TN_DROP_NO_PORT;
+		goto drop;
+	}
+	/* The tenant networks are IPv6; IPv4 has no route through here. */
+	if (p.l3 != ETH_P_IPV6) {
+		reason = TN_DROP_L3_PROTO;
+		goto drop;
+	}
+	struct tn_route *src = tn_route_lookup(tenant, p.src);
+	if (!src || src->kind != TN_ROUTE_WG || src->ifindex != ifindex) {
+		reason = TN_DROP_WG_SOURCE;
+		goto drop;
+	}
+	struct tn_route *dst = tn_route_lookup(tenant, p.dst);
+	if (!dst || dst->kind != TN_ROUTE_LOCAL) {
+		reason = TN_DROP_WG_DEST;
+		goto drop;
+	}
+	if (!(dst->flags & TN_ROUTE_F_REDIRECT) ||
+	    !tn_fits(skb, dst->ifindex, skb->len) || !tn_hop(skb, 0)) {
+		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
+		return TC_ACT_OK;
+	}
+	/* bpf_redirect_neigh takes an Ethernet frame (it strips the header
+	 * and builds the bridge's): give this L3 packet a blank one. */
+	struct ethhdr eth = {.h_proto = bpf_htons(ETH_P_IPV6)};
+	if (bpf_skb_change_head(skb, sizeof(eth), 0) ||
+	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
+		reason = TN_DROP_MALFORMED; /* no headroom: cannot happen */
+		goto drop;
+	}
+	tn_count(tenant, TN_DIR_WG, TN_PASS_REDIRECT, skb->len);
+	struct bpf_redir_neigh nh = {.nh_family = AF_INET6};
+	__builtin_memcpy(nh.ipv6_nh, p.dst, TN_ADDR_LEN);
+	return bpf_redirect_neigh(dst->ifindex, &nh, sizeof(nh), 0);
+
+drop:
+	tn_verdict(&p, tenant, ifindex, TN_DIR_WG, reason, skb->len);
+	return TC_ACT_SHOT;
+}

@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/internal/packet"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+)
+
+// openTUN creates an IFF_TUN device in the node namespace. It stands in for
+// the WireGuard device: what the test writes to the file is what WireGuard
+// would have decrypted from a peer, and what it reads is what WireGuard
+// would encrypt and send.
+func openTUN(t *testing.T, n *node, name string) (*os.File, int) {
+	t.Helper()
+	var f *os.File
+	n.do(n.ns, func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return err
+		}
+		var req [unix.IFNAMSIZ + 64]byte
+		copy(req[:], name)
+		*(*uint16)(unsafe.Pointer(&req[unix.IFNAMSIZ])) = unix.IFF_TUN | unix.IFF_NO_PI
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); e != 0 {
+			unix.Close(fd)
+			return e
+		}
+		f = os.NewFile(uintptr(fd), name)
+		return nil
+	})
+	t.Cleanup(func() { f.Close() })
+	l, err := n.nl.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.nl.LinkSetMTU(l, 1420); err != nil {
+		t.Fatal(err)
+	}
+	n.up(n.nl, name)
+	return f, l.Attrs().Index
+}
+
+// readTUN returns the next IPv6 UDP packet the node sends into the device
+// to dst, or nil after the timeout (the kernel also sends its own MLD and
+// router solicitations there).
+func readTUN(f *os.File, dst netip.Addr, within time.Duration) []byte {
+	buf := make([]byte, 65536)
+	f.SetReadDeadline(time.Now().Add(within))
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return nil
+		}
+		p := buf[:n]
+		if n >= 48 && p[0]>>4 == 6 && p[6] == 17 && netip.AddrFrom16([16]byte(p[24:40])) == dst {
+			return append([]byte(nil), p...)
+		}
+	}
+}
+
+// sendUDPHops sends one datagram of size bytes from ns to dst with the
+// given hop limit.
+func sendUDPHops(n *node, w *wl, dst string, hops, size int) {
+	n.t.Helper()
+	n.do(w.ns, func() error {
+		c, err := net.Dial("udp", dst)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		rc, _ := c.(*net.UDPConn).SyscallConn()
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, hops)
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE)
+		})
+		_, err = c.Write(make([]byte, size))
+		if errors.Is(err, syscall.EMSGSIZE) {
+			err = nil
+		}
+		return err
+	})
+}
+
+// TestWireGuardDevice drives tn_from_wg and the fast path of tn_from_workload
+// with real packets through a real device: isolation on the WireGuard side
+// (source routed via this device for this tenant, destination local), the
+// redirects in both directions, the slow path for what only the kernel
+// does as a router (hop limit, packet too big), and the kernel-route mode.
+func TestWireGuardDevice(t *testing.T) {
+	n := firewallNode(t)
+	a1 := n.wls["A1"]
+	tun, idx := openTUN(t, n, "tnwg0")
+	remote := netip.MustParsePrefix("2001:db8:a:2::/64")
+	n.route(n.nl, remote.String(), "tnwg0", "")
+	if err := n.maps.SetTenantPrefix(remote, tenantA); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.maps.BindWG(uint32(idx), tenantA); err != nil {
+		t.Fatal(err)
+	}
+	n.do(n.ns, func() error { _, err := n.dp.AttachWG(idx, loader.AttachOptions{}); return err })
+	setRoutes := func(redirect bool) {
+		t.Helper()
+		have, err := n.maps.Routes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The test's node routes each workload on its own port, so the
+		// "local" next hop of A1's address is that port.
+		want := []maps.Route{
+			{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: maps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: redirect},
+			{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
+		}
+		if _, err := n.maps.SyncRoutes(tenantA, want, have[tenantA]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setRoutes(true)
+	sink := listenUDP(t, a1.ns, "[::]:5353")
+	count := func(dir maps.Direction, r maps.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
+	inject := func(src, dst string) {
+		t.Helper()
+		p := packet.IPv6(packet.Spec{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: maps.ProtoUDP,
+			Sport: 40000, Dport: 5353, Payload: 16})
+		if _, err := tun.Write(p); err != nil {
+			t.Fatalf("write to tun: %v", err)
+		}
+	}
+
+	// From a member node of the tenant to a local workload: redirected
+	// onto the port, where the inbound rules let udp/5353 in.
+	inject("2001:db8:a:2::7", "2001:db8:a::1")
+	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (fast path)")
+	if got := count(maps.DirWG, maps.PassRedirect); got != 1 {
+		t.Errorf("wireguard pass-redirect = %d, want 1", got)
+	}
+	// Isolation on the WireGuard side.
+	for _, c := range []struct {
+		what, src, dst string
+		reason         maps.Reason
+	}{
+		{"source of another tenant", "2001:db8:b::9", "2001:db8:a::1", maps.DropWGSource},
+		{"source local to this node", "2001:db8:a::2", "2001:db8:a::1", maps.DropWGSource},
+		{"destination of another tenant", "2001:db8:a:2::7", "2001:db8:b::1", maps.DropWGDest},
+		{"destination not on this node", "2001:db8:a:2::7", "2001:db8:a:3::1", maps.DropWGDest},
+	} {
+		before := count(maps.DirWG, c.reason)
+		inject(c.src, c.dst)
+		sink.expect(t, false, 300*time.Millisecond, c.what)
+		if got := count(maps.DirWG, c.reason); got != before+1 {
+			t.Errorf("%s: %s counter %d -> %d, want one more", c.what, c.reason, before, got)
+		}
+	}
+
+	// From the workload to the member node: redirected into the device,
+	// hop limit decremented as a router does.
+	sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 64, 100)
+	p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::7"), 2*time.Second)
+	if p == nil {
+		t.Fatal("A1 -> member node: nothing came out of the device")
+	}
+	if p[7] != 63 {
+		t.Errorf("hop limit %d after the fast path, want 63", p[7])
+	}
+	fast := count(maps.DirFast, maps.PassRedirect)
+	if fast != 1 {
+		t.Errorf("fast-path pass-redirect = %d, want 1", fast)
+	}
+	// Hop limit 1 and a packet too big for the device are the kernel's to
+	// answer (Time Exceeded, Packet Too Big): not redirected, not sent.
+	sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 1, 100)
+	sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 64, 1450)
+	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::7"), 500*time.Millisecond); p != nil {
+		t.Errorf("a %d-byte packet with hop limit %d came out of the device", len(p), p[7])
+	}
+	if got := count(maps.DirFast, maps.PassRedirect); got != fast {
+		t.Errorf("fast path took %d packets it must leave to the kernel", got-fast)
+	}
+
+	// Kernel-route mode: the same checks, forwarding by the stack.
+	setRoutes(false)
+	inject("2001:db8:a:2::8", "2001:db8:a::1")
+	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (kernel routes)")
+	if got := count(maps.DirWG, maps.PassStack); got != 1 {
+		t.Errorf("wireguard pass-stack = %d, want 1", got)
+	}
+	sendUDPHops(n, a1, "[2001:db8:a:2::8]:5353", 64, 100)
+	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::8"), 2*time.Second); p == nil {
+		t.Error("A1 -> member node via kernel routes: nothing came out of the device")
+	}
+	if got := count(maps.DirFast, maps.PassRedirect); got != fast {
+		t.Errorf("kernel-route mode redirected %d packets", got-fast)
+	}
+}

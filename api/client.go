@@ -71,6 +71,12 @@ func (c *Client) AddNetwork(req NetworkRequest) (node.NetworkInfo, error) {
 	return n, c.do("POST", "/v1/networks", req, &n)
 }
 
+// RotateKey stages the network's next WireGuard key.
+func (c *Client) RotateKey(id string, req RotateKeyRequest) (RotateKeyReply, error) {
+	var r RotateKeyReply
+	return r, c.do("POST", "/v1/networks/"+id+"/rotate-key", req, &r)
+}
+
 // DeleteNetwork deletes a network.
 func (c *Client) DeleteNetwork(id string) error { return c.do("DELETE", "/v1/networks/"+id, nil, nil) }
 

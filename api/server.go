@@ -39,6 +39,20 @@ type NetworkRequest struct {
 	MTU int    `json:"mtu,omitempty"`
 }
 
+// RotateKeyRequest stages a network's next WireGuard key.
+type RotateKeyRequest struct {
+	// Overlap is how long the next key is announced before it takes
+	// over (Go duration; default: the registry lease).
+	Overlap string `json:"overlap,omitempty"`
+}
+
+// RotateKeyReply says which key takes over when.
+type RotateKeyReply struct {
+	Network       string    `json:"network"`
+	NextPublicKey string    `json:"next_public_key"`
+	At            time.Time `json:"at"`
+}
+
 // WorkloadRequest attaches a workload.
 type WorkloadRequest struct {
 	ID      string `json:"id"`
@@ -125,6 +139,27 @@ func Handler(s *node.Service) http.Handler {
 			return
 		}
 		reply(w, http.StatusOK, ns)
+	})
+	mux.HandleFunc("POST /v1/networks/{id}/rotate-key", func(w http.ResponseWriter, r *http.Request) {
+		var req RotateKeyRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		var overlap time.Duration
+		if req.Overlap != "" {
+			var err error
+			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 {
+				fail(w, fmt.Errorf("%w: overlap %q: want a duration such as 30s", errBadRequest, req.Overlap))
+				return
+			}
+		}
+		next, err := s.RotateKey(r.PathValue("id"), overlap)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, RotateKeyReply{Network: r.PathValue("id"), NextPublicKey: next.Key.PublicKey().String(), At: next.At})
 	})
 	mux.HandleFunc("DELETE /v1/networks/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.DeleteNetwork(r.PathValue("id")); err != nil {

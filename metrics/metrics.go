@@ -55,6 +55,10 @@ var (
 		"Bytes received from the peer.", []string{"network", "peer"}, nil)
 	wgTx = prometheus.NewDesc("tenantnet_wireguard_peer_transmit_bytes_total",
 		"Bytes sent to the peer.", []string{"network", "peer"}, nil)
+	wgEndpointChanges = prometheus.NewDesc("tenantnet_wireguard_peer_endpoint_changes_total",
+		"Times the peer's endpoint changed (roaming, NAT rebinding, a new address in the registry), as seen at each reconcile and scrape.", []string{"network", "peer"}, nil)
+	regUp = prometheus.NewDesc("tenantnet_registry_up",
+		"1 if the last read or write of the registry succeeded, else 0.", nil, nil)
 	regNodes = prometheus.NewDesc("tenantnet_registry_nodes",
 		"Live nodes the registry lists (this one included).", nil, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
@@ -71,7 +75,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, regNodes, regErrs} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs} {
 		ch <- d
 	}
 }
@@ -131,8 +135,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(wgHandshaked, prometheus.GaugeValue, hs, p.Network, p.Peer)
 		ch <- prometheus.MustNewConstMetric(wgRx, prometheus.CounterValue, float64(p.RxBytes), p.Network, p.Peer)
 		ch <- prometheus.MustNewConstMetric(wgTx, prometheus.CounterValue, float64(p.TxBytes), p.Network, p.Peer)
+		ch <- prometheus.MustNewConstMetric(wgEndpointChanges, prometheus.CounterValue, float64(p.EndpointChanges), p.Network, p.Peer)
 	}
-	re, rn := c.s.RegistryState()
+	re, rn, up := c.s.RegistryState()
+	upv := 0.0
+	if up {
+		upv = 1
+	}
+	ch <- prometheus.MustNewConstMetric(regUp, prometheus.GaugeValue, upv)
 	ch <- prometheus.MustNewConstMetric(regNodes, prometheus.GaugeValue, float64(rn))
 	ch <- prometheus.MustNewConstMetric(regErrs, prometheus.CounterValue, float64(re))
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -48,7 +49,10 @@ type Service struct {
 	wgImpl         wg.Impl
 	tenantPrefixes map[string]string         // network -> prefixes last given to the firewall
 	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
-	regErrors      uint64
+	wakeMu         sync.Mutex
+	wakes          map[int64]bool // reconciles scheduled by wakeAt
+	regErrors      atomic.Uint64  // failed registry reads and writes
+	regUp          atomic.Bool    // the last one succeeded
 	regNodes       int
 }
 
@@ -121,7 +125,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
 	var reg registry.Registry
 	switch cfg.Registry.Type {
 	case "etcd":

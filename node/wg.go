@@ -40,16 +40,21 @@ func (s *Service) publish() error {
 		if err != nil {
 			continue
 		}
-		rec.Networks[n.ID] = registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort}
+		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort}
+		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
+			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
+		}
+		rec.Networks[n.ID] = nr
 	}
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	if err := s.reg.Publish(rec, s.cfg.Lease); err != nil {
-		s.regErrors++
+		s.regFailed()
 		return fmt.Errorf("publish to the registry: %w", err)
 	}
+	s.regUp.Store(true)
 	return nil
 }
 
@@ -61,9 +66,10 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	}
 	nodes, err := s.reg.Nodes()
 	if err != nil {
-		s.regErrors++
+		s.regFailed()
 		return fmt.Errorf("read the registry: %w", err)
 	}
+	s.regUp.Store(true)
 	s.regNodes = len(nodes)
 	routes, err := maps.New(s.dp).Routes()
 	if err != nil {
@@ -103,7 +109,10 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		if rec.NodeID == s.cfg.NodeID || !ok {
 			continue
 		}
-		pk, err := wgtypes.ParseKey(nr.PublicKey)
+		if nr.NextPublicKey != "" {
+			s.wakeAt(nr.RotateAt) // switch the peer's key on time
+		}
+		pk, err := wgtypes.ParseKey(nr.KeyAt(time.Now()))
 		if err != nil {
 			continue
 		}
@@ -126,6 +135,11 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	}
 	all := append(append([]wg.Peer(nil), peers...), users...)
 	d := s.wgs[n.ID]
+	if d == nil { // no device to switch: take a due staged key now
+		if err := s.rotateKey(n, nil, r); err != nil {
+			return err
+		}
+	}
 	// A network with no member elsewhere and no user needs no device:
 	// embedded wireguard-go costs tens of MB per device (measured: about
 	// 45 MB), which a node with a thousand local networks cannot pay. The
@@ -171,6 +185,9 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		s.wgs[n.ID] = d
 		s.wgImpl = d.Impl
 	}
+	if err := s.rotateKey(n, d, r); err != nil {
+		return err
+	}
 	changed, err := d.SetPeers(all)
 	if err != nil {
 		return err
@@ -189,6 +206,75 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	}
 	s.netPrefixes[n.ID] = prefixes
 	return s.syncTenantPrefixes(n, prefixes, r)
+}
+
+// rotateKey switches the network to its staged key once it is due (and
+// schedules a reconcile for then if it is not).
+func (s *Service) rotateKey(n ipam.Network, d *wg.Device, r *repairs) error {
+	next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID)
+	if err != nil || !ok {
+		return err
+	}
+	if time.Now().Before(next.At) {
+		s.wakeAt(next.At)
+		return nil
+	}
+	if d != nil {
+		if err := d.SetPrivateKey(next.Key); err != nil {
+			return err
+		}
+	}
+	if err := wg.PromoteKey(s.keysDir(), n.ID); err != nil {
+		return err
+	}
+	s.log.Info("wireguard key rotated", "network", n.ID, "public_key", next.Key.PublicKey().String())
+	go s.publish() // the record loses its "next" part; peers already switched
+	return nil
+}
+
+// RotateKey stages a new key for the network, announced now and taking
+// over after overlap: every member node reads the announcement within a
+// third of a lease, so overlap must be at least that.
+func (s *Service) RotateKey(id string, overlap time.Duration) (wg.NextKey, error) {
+	if overlap == 0 {
+		overlap = s.cfg.Lease
+	}
+	if min := s.cfg.Lease / 3; overlap < min {
+		return wg.NextKey{}, fmt.Errorf("overlap %s: members read the registry every %s, so at least that", overlap, min)
+	}
+	s.mu.Lock()
+	n, err := s.ipam.Network(id)
+	if err != nil {
+		s.mu.Unlock()
+		return wg.NextKey{}, err
+	}
+	next, err := wg.StageKey(s.keysDir(), n.ID, time.Now().Add(overlap))
+	s.mu.Unlock()
+	if err != nil {
+		return wg.NextKey{}, err
+	}
+	if err := s.publish(); err != nil {
+		return next, fmt.Errorf("announce the next key: %w", err)
+	}
+	s.wakeAt(next.At)
+	s.log.Info("wireguard key staged", "network", id, "next_public_key", next.Key.PublicKey().String(), "at", next.At)
+	return next, nil
+}
+
+// wakeAt makes the loop reconcile at t (once per distinct t).
+func (s *Service) wakeAt(t time.Time) {
+	s.wakeMu.Lock()
+	defer s.wakeMu.Unlock()
+	if s.wakes[t.UnixNano()] {
+		return
+	}
+	s.wakes[t.UnixNano()] = true
+	time.AfterFunc(time.Until(t), func() {
+		s.wakeMu.Lock()
+		delete(s.wakes, t.UnixNano())
+		s.wakeMu.Unlock()
+		s.Trigger()
+	})
 }
 
 // syncRoutes routes every peer's /64 via the WireGuard device.
@@ -308,6 +394,7 @@ type PeerStats struct {
 	Handshake             time.Time
 	RxBytes, TxBytes      int64
 	Endpoint              string
+	EndpointChanges       uint64
 }
 
 // WireGuardStats reads every device's peers.
@@ -326,16 +413,21 @@ func (s *Service) WireGuardStats() (wg.Impl, []PeerStats) {
 				ep = p.Endpoint.String()
 			}
 			out = append(out, PeerStats{Network: id, Device: d.Name, Peer: p.PublicKey.String(), Handshake: p.LastHandshakeTime,
-				RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, Endpoint: ep})
+				RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes, Endpoint: ep, EndpointChanges: d.EndpointChanges(p.PublicKey)})
 		}
 	}
 	return s.wgImpl, out
 }
 
-// RegistryState says whether the registry answered last time and how many
-// live nodes it lists.
-func (s *Service) RegistryState() (errors uint64, nodes int) {
+func (s *Service) regFailed() {
+	s.regErrors.Add(1)
+	s.regUp.Store(false)
+}
+
+// RegistryState says how many registry operations failed, how many live
+// nodes it listed last time, and whether the last operation succeeded.
+func (s *Service) RegistryState() (errors uint64, nodes int, up bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.regErrors, s.regNodes
+	return s.regErrors.Load(), s.regNodes, s.regUp.Load()
 }

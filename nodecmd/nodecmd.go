@@ -37,6 +37,7 @@ Usage:
   tenantnetd run [--config /etc/tenantnet/node.yaml]    run the service (systemd: tenantnetd.service)
   tenantnetd network add --id ID [--mtu N]              create a tenant network on this node
   tenantnetd network del --id ID
+  tenantnetd network rotate-key --id ID [--overlap 30s]  new WireGuard key, announced before it takes over
   tenantnetd network list
   tenantnetd workload add --id ID --network NET --netns PATH
   tenantnetd workload del --id ID
@@ -89,6 +90,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	nsPath := fs.String("netns", "", "workload network namespace (/run/netns/NAME or /proc/PID/ns/net)")
 	mtu := fs.Int("mtu", 0, "network MTU (default: the node's mtu)")
 	purge := fs.Bool("purge-state", false, "cleanup: also delete the state directory")
+	overlap := fs.Duration("overlap", 0, "network rotate-key: announce the next key this long before it takes over (default: the registry lease)")
 	pubkey := fs.String("public-key", "", "user add: the user's WireGuard public key (default: generate a key pair)")
 	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -143,6 +145,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return client().DeleteNetwork(*id)
+	case "network rotate-key":
+		if err := need(id, "id"); err != nil {
+			return err
+		}
+		req := api.RotateKeyRequest{}
+		if *overlap != 0 {
+			req.Overlap = overlap.String()
+		}
+		r, err := client().RotateKey(*id, req)
+		if err != nil {
+			return err
+		}
+		return out(r, func(tw *tabwriter.Writer) {
+			fmt.Fprintf(tw, "network %s: next public key %s takes over at %s\n", r.Network, r.NextPublicKey, r.At.Format(time.RFC3339))
+		})
 	case "network list":
 		ns, err := client().Networks()
 		if err != nil {

@@ -23,6 +23,18 @@ type NetworkRecord struct {
 	Prefix    netip.Prefix `json:"prefix"`
 	PublicKey string       `json:"public_key"` // WireGuard, base64
 	Port      int          `json:"port"`
+	// A key rotation in progress: the node's device takes NextPublicKey
+	// at RotateAt, and so does every member's peer entry for it.
+	NextPublicKey string    `json:"next_public_key,omitempty"`
+	RotateAt      time.Time `json:"rotate_at,omitzero"`
+}
+
+// KeyAt is the node's public key for the network at time now.
+func (n NetworkRecord) KeyAt(now time.Time) string {
+	if n.NextPublicKey != "" && !now.Before(n.RotateAt) {
+		return n.NextPublicKey
+	}
+	return n.PublicKey
 }
 
 // NodeRecord is what a node publishes.

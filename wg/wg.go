@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -60,6 +61,10 @@ type Device struct {
 	uapi net.Listener
 	wgc  *wgctrl.Client
 	log  *slog.Logger
+
+	mu        sync.Mutex
+	endpoints map[wgtypes.Key]string // last endpoint seen per peer
+	epChanges map[wgtypes.Key]uint64 // times it changed (roaming, NAT rebinding, registry)
 }
 
 // LoadKey reads the network's private key from dir, generating it (0600)
@@ -78,11 +83,7 @@ func LoadKey(dir, network string) (wgtypes.Key, error) {
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(k.String()), 0o600); err != nil {
-		return k, err
-	}
-	return k, os.Rename(tmp, path)
+	return k, writeFileAtomic(path, []byte(k.String()))
 }
 
 // Open creates (or takes over) the interface and sets key and port.
@@ -181,7 +182,50 @@ func (d *Device) PublicKey() (wgtypes.Key, error) {
 }
 
 // State returns the device as wgctrl sees it (peers, handshakes, bytes).
-func (d *Device) State() (*wgtypes.Device, error) { return d.wgc.Device(d.Name) }
+func (d *Device) State() (*wgtypes.Device, error) {
+	st, err := d.wgc.Device(d.Name)
+	if err == nil {
+		d.observe(st.Peers)
+	}
+	return st, err
+}
+
+// observe counts endpoint changes of the peers; it runs on every read of
+// the device (each reconcile and each scrape), so a change that is undone
+// between two reads goes unseen.
+func (d *Device) observe(peers []wgtypes.Peer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.endpoints == nil {
+		d.endpoints, d.epChanges = map[wgtypes.Key]string{}, map[wgtypes.Key]uint64{}
+	}
+	seen := map[wgtypes.Key]bool{}
+	for _, p := range peers {
+		seen[p.PublicKey] = true
+		if p.Endpoint == nil {
+			continue
+		}
+		ep := p.Endpoint.String()
+		if old, ok := d.endpoints[p.PublicKey]; ok && old != ep {
+			d.epChanges[p.PublicKey]++
+		}
+		d.endpoints[p.PublicKey] = ep
+	}
+	for k := range d.endpoints {
+		if !seen[k] {
+			delete(d.endpoints, k)
+			delete(d.epChanges, k)
+		}
+	}
+}
+
+// EndpointChanges returns how often the peer's endpoint changed since the
+// device started (or the peer was added).
+func (d *Device) EndpointChanges(k wgtypes.Key) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.epChanges[k]
+}
 
 func samePrefixes(a []net.IPNet, b []netip.Prefix) bool {
 	if len(a) != len(b) {
@@ -209,7 +253,7 @@ func samePrefixes(a []net.IPNet, b []netip.Prefix) bool {
 // updated only if it has not completed a handshake in the last three
 // minutes (a roaming peer's live endpoint beats the registry's).
 func (d *Device) SetPeers(want []Peer) (int, error) {
-	cur, err := d.wgc.Device(d.Name)
+	cur, err := d.State()
 	if err != nil {
 		return 0, err
 	}

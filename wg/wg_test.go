@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -79,6 +80,44 @@ func TestDevicePeers(t *testing.T) {
 		return nil
 	})
 	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStageAndPromoteKey(t *testing.T) {
+	dir := t.TempDir()
+	cur, err := LoadKey(dir, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := LoadNextKey(dir, "acme"); ok || err != nil {
+		t.Fatalf("staged key before staging: %v %v", ok, err)
+	}
+	at := time.Now().Add(time.Minute).Round(time.Second)
+	next, err := StageKey(dir, "acme", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := LoadNextKey(dir, "acme")
+	if err != nil || !ok || got.Key != next.Key || !got.At.Equal(at) {
+		t.Fatalf("LoadNextKey = %v %v %v, want %v", got, ok, err, next)
+	}
+	if next.Key == cur {
+		t.Fatal("the next key is the current one")
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "acme.next")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("staged key file: %v %v", fi, err)
+	}
+	if err := PromoteKey(dir, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := LoadKey(dir, "acme"); err != nil || k != next.Key {
+		t.Fatalf("key after promotion: %v %v", k, err)
+	}
+	if _, ok, _ := LoadNextKey(dir, "acme"); ok {
+		t.Fatal("staged key still there after promotion")
+	}
+	if err := PromoteKey(dir, "acme"); err != nil { // nothing staged: no-op
 		t.Fatal(err)
 	}
 }

@@ -199,6 +199,63 @@ registry: %s
 	sink.expect(t, false, time.Second, "w1 spoofing w2's source")
 	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "del", addr["w2"]+"/128", "dev", "eth0").Run()
 
+	// Key rotation with an overlap: node1 announces its next acme key;
+	// at the switch node1's device and node2's peer entry for it take
+	// the new key together, and a connection opened before carries on.
+	wgc, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wgc.Close()
+	var conn net.Conn
+	if err := wlNS["w1"].Do(func() (err error) { conn, err = net.DialTimeout("tcp", hp("w2"), 3*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echo := func(what string) {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+		msg := []byte(what)
+		buf := make([]byte, len(msg))
+		if _, err := conn.Write(msg); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if _, err := ioReadFull(conn, buf); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	echo("before the rotation")
+	var rot struct {
+		NextPublicKey string    `json:"next_public_key"`
+		At            time.Time `json:"at"`
+	}
+	if err := jsonUnmarshal(nodes[0].d.must("network", "rotate-key", "--id", "acme", "--overlap", "2s", "-o", "json"), &rot); err != nil {
+		t.Fatal(err)
+	}
+	eventually("node1 and node2 on node1's new acme key", func() error {
+		d1, err := wgc.Device(wg.Name(acme, "node1"))
+		if err != nil {
+			return err
+		}
+		if d1.PublicKey.String() != rot.NextPublicKey {
+			return fmt.Errorf("node1's device has key %s", d1.PublicKey)
+		}
+		d2, err := wgc.Device(wg.Name(acme, "node2"))
+		if err != nil {
+			return err
+		}
+		for _, p := range d2.Peers {
+			if p.PublicKey.String() == rot.NextPublicKey {
+				return nil
+			}
+		}
+		return fmt.Errorf("node2 has no peer with node1's new key")
+	})
+	if time.Now().Before(rot.At) {
+		t.Errorf("the new key took over before its time %s", rot.At)
+	}
+	echo("after the rotation")
+
 	// A node killed and restarted rejoins.
 	nodes[2].d.kill9()
 	nodes[2].d.start()
@@ -208,11 +265,6 @@ registry: %s
 	// the lease.
 	nodes[2].d.must("workload", "del", "--id", "w3")
 	nodes[2].d.must("network", "del", "--id", "acme")
-	wgc, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wgc.Close()
 	dev := wg.Name(acme, "node1")
 	eventually("node3 gone from node1's acme peers", func() error {
 		d, err := wgc.Device(dev)

@@ -17,7 +17,7 @@ DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
 
 BIN := bin
 
-.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale test-kernels
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale bench-grid test-kernels
 
 all: build
 
@@ -81,14 +81,19 @@ demo-down:
 # Figures, not tests: tenantnet against nftables and iptables in one run
 # (writes BENCHMARKS.md, about 15 minutes), then the Go benchmarks of rule
 # updates and per-packet cost. The node-scale benchmark (1,000 networks,
-# 2,000 workloads, ~20 minutes) and the time for a node to converge when 50
-# member nodes are announced run with `make bench-scale`.
+# 2,000 workloads, ~20 minutes) runs with `make bench-scale`; the grid
+# figures (one TCP stream across nodes via the eBPF fast path, via kernel
+# routes and over a plain veth; the time for a node to converge when 50
+# member nodes are announced, ~2 minutes) with `make bench-grid`.
 bench: deps build
 	$(BIN)/tenantnet-bench --out BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/
 
 bench-scale: deps build
-	$(GO) test ./test/e2e -run '^$$' -bench 'NodeScale|Converge50' -benchtime 1x -timeout 60m -v | grep -v '^        {'
+	$(GO) test ./test/e2e -run '^$$' -bench 'NodeScale' -benchtime 1x -timeout 60m -v | grep -v '^        {'
+
+bench-grid: deps build
+	$(GO) test ./test/e2e -run '^$$' -bench 'CrossNodeStream|Converge50' -benchtime 1x -timeout 30m -v | grep -v '^        {'
 
 
 clean:

@@ -40,7 +40,11 @@ func TestGrid(t *testing.T) {
 	t.Run("etcd", func(t *testing.T) { grid(t, "etcd") })
 }
 
-func grid(t *testing.T, backend string) {
+// newGrid starts count nodes, each a tenantnetd in its own namespace with
+// an uplink on the "internet" bridge, sharing a registry of the backend;
+// extra is appended to every node's configuration. Everything goes at
+// cleanup.
+func newGrid(t testing.TB, backend string, count int, extra string) ([]*gridNode, string) {
 	pid := os.Getpid()
 	bin := buildBinary(t, "cmd/tenantnetd")
 	inet := testutil.NewNetNS(t, fmt.Sprintf("tn-inet-%d", pid))
@@ -64,7 +68,7 @@ func grid(t *testing.T, backend string) {
 	}
 
 	var nodes []*gridNode
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= count; i++ {
 		g := &gridNode{id: fmt.Sprintf("node%d", i)}
 		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
 		nl := g.ns.Netlink(t)
@@ -98,7 +102,8 @@ metrics_listen: 127.0.0.1:%d
 reconcile_interval: 1s
 registry_lease: 3s
 registry: %s
-`, g.id, 100+i, i, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, registryYAML)), 0o600)
+%s
+`, g.id, 100+i, i, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
 		g.d.start()
 		gg := g
 		t.Cleanup(func() {
@@ -120,6 +125,12 @@ registry: %s
 		})
 		nodes = append(nodes, g)
 	}
+	return nodes, bin
+}
+
+func grid(t *testing.T, backend string) {
+	pid := os.Getpid()
+	nodes, _ := newGrid(t, backend, 3, "")
 	wlNS := map[string]*testutil.NetNS{}
 	addr := map[string]string{}
 	attach := func(g *gridNode, id, network string) {

@@ -185,7 +185,7 @@ func (n *node) workload(name string, tenant uint32, addr string) *wl {
 }
 
 // listenTCP starts an echo server in the workload; it stops at cleanup.
-func listenTCP(t *testing.T, ns *testutil.NetNS, addr string) {
+func listenTCP(t testing.TB, ns *testutil.NetNS, addr string) {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {

@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+)
+
+// BenchmarkCrossNodeStream measures one TCP stream (iperf3, 5 s, three
+// times) between workloads on two nodes: over WireGuard with the eBPF fast
+// path (bpf_redirect between port and device), over WireGuard with the
+// kernel's routes, and over a plain veth pair with the same MTU and no
+// WireGuard or tenantnet at all (the ceiling of this machine).
+//
+//	sudo go test ./test/e2e -run '^$' -bench CrossNodeStream -benchtime 1x
+func BenchmarkCrossNodeStream(b *testing.B) {
+	for _, c := range []struct{ name, extra string }{
+		{"fast-path", "fast_path: true"}, {"kernel-routes", "fast_path: false"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			nodes, _ := newGrid(b, "file", 2, c.extra)
+			addrs := make([]string, 2)
+			nss := make([]*testutil.NetNS, 2)
+			for i, g := range nodes {
+				g.d.must("network", "add", "--id", "acme")
+				nss[i] = testutil.NewNetNS(b, fmt.Sprintf("tn-st%d-%d", i, os.Getpid()))
+				var w wlInfo
+				if err := jsonUnmarshal(g.d.must("workload", "add", "--id", fmt.Sprintf("s%d", i), "--network", "acme",
+					"--netns", "/run/netns/"+nss[i].Name, "-o", "json"), &w); err != nil {
+					b.Fatal(err)
+				}
+				addrs[i] = w.Addr
+			}
+			listenTCP(b, nss[1], "[::]:8080")
+			deadline := time.Now().Add(30 * time.Second)
+			for dialTCP(nss[0], fmt.Sprintf("[%s]:8080", addrs[1]), time.Second) != nil {
+				if time.Now().After(deadline) {
+					b.Fatal("the workloads never reached each other")
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			for b.Loop() {
+				streams(b, nss[0], nss[1], addrs[1])
+			}
+		})
+	}
+	b.Run("veth-no-wireguard", func(b *testing.B) {
+		a := testutil.NewNetNS(b, fmt.Sprintf("tn-sta-%d", os.Getpid()))
+		z := testutil.NewNetNS(b, fmt.Sprintf("tn-stz-%d", os.Getpid()))
+		anl := a.Netlink(b)
+		if err := anl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1420}, PeerName: "eth0",
+			PeerNamespace: netlink.NsFd(z.Handle)}); err != nil {
+			b.Fatal(err)
+		}
+		for ns, addr := range map[*testutil.NetNS]string{a: "fc00::1/64", z: "fc00::2/64"} {
+			for _, c := range [][]string{{"addr", "add", addr, "dev", "eth0", "nodad"}, {"link", "set", "eth0", "up"}, {"link", "set", "lo", "up"}} {
+				if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, c...)...).CombinedOutput(); err != nil {
+					b.Fatalf("%v: %s", err, out)
+				}
+			}
+		}
+		for b.Loop() {
+			streams(b, a, z, "fc00::2")
+		}
+	})
+}
+
+// streams runs iperf3 three times from one namespace to a server in the
+// other and reports the median.
+func streams(b *testing.B, from, to *testutil.NetNS, addr string) {
+	b.Helper()
+	srv := exec.Command("ip", "netns", "exec", to.Name, "iperf3", "-s", "-p", "5299")
+	if err := srv.Start(); err != nil {
+		b.Fatalf("iperf3 server (install iperf3): %v", err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	var gbps []float64
+	for range 3 {
+		out, err := exec.Command("ip", "netns", "exec", from.Name, "iperf3", "-6", "-c", addr, "-p", "5299", "-t", "5", "-J").Output()
+		if err != nil {
+			b.Fatalf("iperf3: %v %s", err, out)
+		}
+		var r struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			b.Fatalf("iperf3 output: %v", err)
+		}
+		gbps = append(gbps, r.End.SumReceived.BitsPerSecond/1e9)
+	}
+	sort.Float64s(gbps)
+	b.ReportMetric(gbps[1], "Gbit/s")
+	b.Logf("one TCP stream: min %.2f median %.2f max %.2f Gbit/s", gbps[0], gbps[1], gbps[2])
+}

@@ -55,6 +55,11 @@ int tn_from_wg(struct __sk_buff *skb)
 		reason = TN_DROP_WG_DEST;
 		goto drop;
 	}
+	/* The sender's segments must fit the narrower of its path and ours. */
+	__u16 mtu = src->mtu;
+	if (dst->mtu && (!mtu || dst->mtu < mtu))
+		mtu = dst->mtu;
+	tn_clamp_mss(skb, &p, mtu);
 	if (!(dst->flags & TN_ROUTE_F_REDIRECT) ||
 	    !tn_fits(skb, dst->ifindex, skb->len) || !tn_hop(skb, 0)) {
 		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);

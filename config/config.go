@@ -37,7 +37,7 @@ type Node struct {
 	BPFDir      string         `yaml:"bpf_dir"`
 	MetricsAddr string         `yaml:"metrics_listen"`
 	APISocket   string         `yaml:"api_socket"`
-	MTU         int            `yaml:"mtu"`
+	MTU         int            `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
 	WGPortBase  int            `yaml:"wireguard_port_base"`
 	WGPortCount int            `yaml:"wireguard_port_count"`
 	Reconcile   time.Duration  `yaml:"reconcile_interval"`
@@ -76,9 +76,6 @@ func (n *Node) defaults() {
 	if n.MetricsAddr == "" {
 		n.MetricsAddr = "127.0.0.1:9464"
 	}
-	if n.MTU == 0 {
-		n.MTU = 1420 // room for WireGuard over IPv6 (80 B) on a 1500 path
-	}
 	if n.WGPortBase == 0 {
 		n.WGPortBase = 51820
 	}
@@ -101,6 +98,15 @@ func (n *Node) defaults() {
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = "/var/lib/tenantnet/registry"
 	}
+}
+
+// WireGuardOverhead is what WireGuard adds to a tenant packet: outer IP
+// header (IPv6 40, IPv4 20), UDP 8, WireGuard 32.
+func (n *Node) WireGuardOverhead() int {
+	if n.Class == IPv4Only || n.Class == HomeNAT {
+		return 60 // endpoints are IPv4
+	}
+	return 80
 }
 
 // FieldError names the field a value failed on.
@@ -182,7 +188,7 @@ func (n *Node) Validate() error {
 			return &FieldError{fmt.Sprintf("uplinks[%d]", i), u, "not an interface name"}
 		}
 	}
-	if n.MTU < 1280 || n.MTU > 9000 {
+	if n.MTU != 0 && (n.MTU < 1280 || n.MTU > 9000) {
 		return &FieldError{"mtu", fmt.Sprint(n.MTU), "must be 1280..9000 (IPv6 needs at least 1280)"}
 	}
 	if n.WGPortBase < 1024 || n.WGPortBase+n.WGPortCount > 65536 || n.WGPortCount < 1 {

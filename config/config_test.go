@@ -17,7 +17,7 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.MTU != 1420 || n.StateDir != "/var/lib/tenantnet" || n.WGPortBase != 51820 {
+	if n.MTU != 0 || n.WireGuardOverhead() != 80 || n.StateDir != "/var/lib/tenantnet" || n.WGPortBase != 51820 {
 		t.Fatalf("defaults: %+v", n)
 	}
 	bad := []struct{ yaml, want string }{

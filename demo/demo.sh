@@ -105,7 +105,9 @@ up() {
 
 	say "the internet: a bridge with an IPv6 and an IPv4 network, and a client host"
 	ip netns add $INET
-	ip -n $INET link add br0 type bridge
+	# A fixed MAC: otherwise the bridge takes its lowest port's, which
+	# changes as nodes join and strands neighbour entries for etcd.
+	ip -n $INET link add br0 address 02:00:00:00:00:fe type bridge
 	ip -n $INET link set br0 up
 	ip -n $INET link set lo up
 	ip netns add tn-demo-client

@@ -52,6 +52,9 @@ type Network struct {
 	Prefix netip.Prefix `json:"prefix"`
 	WGPort int          `json:"wireguard_port"`
 	MTU    int          `json:"mtu"`
+	// Declared: created because the registry declares this node a member
+	// (the node removes it when that ends), not through the local API.
+	Declared bool `json:"declared,omitempty"`
 }
 
 // Bridge is the network's bridge name: derived from its number, so unique
@@ -256,6 +259,16 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 		if len(users) > 0 {
 			return fmt.Errorf("network %s still has workloads %v: %w", id, users, ErrConflict)
 		}
+		tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
+			var u User
+			if json.Unmarshal(v, &u) == nil && u.Network == id {
+				users = append(users, u.ID)
+			}
+			return nil
+		})
+		if len(users) > 0 {
+			return fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
+		}
 		idx := s.subnetIndex(n.Prefix)
 		return errors.Join(
 			tx.Bucket(bNetworks).Delete([]byte(id)),
@@ -438,6 +451,7 @@ type User struct {
 	Network   string     `json:"network"`
 	PublicKey string     `json:"public_key"`
 	Addr      netip.Addr `json:"address"`
+	Declared  bool       `json:"declared,omitempty"` // from the registry, as Network.Declared
 }
 
 // AddUser allocates a user's address (stable per id) and records its key.
@@ -484,6 +498,31 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 		return errors.Join(tx.Bucket(bUsers).Put([]byte(id), v), tx.Bucket(bAddrs).Put(a[:], []byte("user/"+id)))
 	})
 	return u, created, err
+}
+
+// SetNetworkDeclared marks a network as declared in the registry.
+func (s *Store) SetNetworkDeclared(id string) error { return s.setDeclared(bNetworks, id) }
+
+// SetUserDeclared marks a user as declared in the registry.
+func (s *Store) SetUserDeclared(id string) error { return s.setDeclared(bUsers, id) }
+
+func (s *Store) setDeclared(bucket []byte, id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucket).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%s %s: %w", bucket, id, ErrNotFound)
+		}
+		var rec map[string]json.RawMessage
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return err
+		}
+		rec["declared"] = json.RawMessage("true")
+		nv, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucket).Put([]byte(id), nv)
+	})
 }
 
 // DeleteUser removes a user.

@@ -123,7 +123,7 @@ type WorkloadTnRoute struct {
 	Ifindex uint32
 	Kind    uint8
 	Flags   uint8
-	Pad     uint16
+	Mtu     uint16
 }
 
 type WorkloadTnRouteKey struct {

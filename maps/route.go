@@ -47,6 +47,9 @@ type Route struct {
 	Kind     RouteKind    `json:"kind"`
 	Ifindex  uint32       `json:"ifindex"`
 	Redirect bool         `json:"redirect"`
+	// MTU of the path to the prefix (0: unknown); TCP SYNs to and from it
+	// get their MSS clamped to fit.
+	MTU uint16 `json:"mtu,omitempty"`
 }
 
 func (r Route) key() loader.WorkloadTnRouteKey {
@@ -55,7 +58,7 @@ func (r Route) key() loader.WorkloadTnRouteKey {
 }
 
 func (r Route) value() loader.WorkloadTnRoute {
-	v := loader.WorkloadTnRoute{Ifindex: r.Ifindex, Kind: uint8(r.Kind)}
+	v := loader.WorkloadTnRoute{Ifindex: r.Ifindex, Kind: uint8(r.Kind), Mtu: r.MTU}
 	if r.Redirect {
 		v.Flags = routeRedirect
 	}
@@ -69,7 +72,7 @@ func routeFrom(k loader.WorkloadTnRouteKey, v loader.WorkloadTnRoute) Route {
 		addr, bits = addr.Unmap(), bits-96
 	}
 	p, _ := addr.Prefix(bits)
-	return Route{Tenant: k.Tenant, Prefix: p, Kind: RouteKind(v.Kind), Ifindex: v.Ifindex, Redirect: v.Flags&routeRedirect != 0}
+	return Route{Tenant: k.Tenant, Prefix: p, Kind: RouteKind(v.Kind), Ifindex: v.Ifindex, Redirect: v.Flags&routeRedirect != 0, MTU: v.Mtu}
 }
 
 func (x *Maps) routeMap() (*ebpf.Map, error) {

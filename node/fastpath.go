@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
@@ -15,7 +16,8 @@ import (
 // the bridge, every peer's AllowedIPs behind the device. The routes are
 // what the programs check isolation against on the WireGuard side and what
 // the fast path forwards by.
-func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, have []maps.Route, r *repairs) error {
+// pathMTU has the prefixes whose path carries less than the network's MTU.
+func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, have []maps.Route, r *repairs) error {
 	dev, err := s.nl.LinkByName(d.Name)
 	if err != nil {
 		return fmt.Errorf("wireguard %s: %w", d.Name, err)
@@ -45,10 +47,14 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, have
 		s.wgAttached[n.ID] = idx
 	}
 	fast := *s.cfg.FastPath
-	want := []maps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: maps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast}}
+	want := []maps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: maps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast, MTU: uint16(n.MTU)}}
 	for _, p := range peers {
 		for _, a := range p.AllowedIPs {
-			want = append(want, maps.Route{Tenant: n.Num, Prefix: a, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: fast})
+			mtu := n.MTU
+			if m, ok := pathMTU[a]; ok {
+				mtu = m
+			}
+			want = append(want, maps.Route{Tenant: n.Num, Prefix: a, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
 		}
 	}
 	changed, err := m.SyncRoutes(n.Num, want, have)

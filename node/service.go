@@ -126,13 +126,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
-	var reg registry.Registry
-	switch cfg.Registry.Type {
-	case "etcd":
-		reg, err = registry.NewEtcd(cfg.Registry.Endpoints, cfg.Registry.Prefix)
-	default:
-		reg, err = registry.NewFiles(cfg.Registry.Dir)
-	}
+	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		st.Close()
 		dp.Close()
@@ -148,11 +142,15 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 		s.Close()
 		return nil, fmt.Errorf("restore firewall state: %w", err)
 	}
+	pathMTU := 0
 	for _, u := range cfg.Uplinks {
 		l, err := nl.LinkByName(u)
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("uplink %s: %w", u, err)
+		}
+		if m := l.Attrs().MTU - cfg.WireGuardOverhead(); pathMTU == 0 || m < pathMTU {
+			pathMTU = m
 		}
 		mode, err := dp.AttachUplink(l.Attrs().Index, loader.AttachOptions{})
 		if err != nil {
@@ -161,6 +159,16 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 		}
 		s.uplinkMode[u] = mode
 		log.Info("uplink prefilter attached", "uplink", u, "mode", mode)
+	}
+	// The tenant MTU: what a WireGuard packet carries on the uplinks (new
+	// networks get it; existing ones keep theirs).
+	switch {
+	case cfg.MTU == 0:
+		cfg.MTU = max(min(pathMTU, 9000), 1280)
+		log.Info("tenant mtu from the path", "mtu", cfg.MTU, "uplink_path", pathMTU+cfg.WireGuardOverhead(), "wireguard_overhead", cfg.WireGuardOverhead())
+	case pathMTU > 0 && cfg.MTU > pathMTU:
+		log.Warn("configured tenant mtu does not fit the uplinks with WireGuard's overhead: cross-node packets will need Packet Too Big",
+			"mtu", cfg.MTU, "fits", pathMTU)
 	}
 	return s, nil
 }
@@ -260,6 +268,7 @@ func (s *Service) reconcileLocked(deep bool) error {
 }
 
 func (s *Service) reconcileOnce(r *repairs, deep bool) error {
+	declErr := s.reconcileDeclared(r)
 	nets, err := s.ipam.Networks()
 	if err != nil {
 		return err
@@ -284,6 +293,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	byID := map[string]ipam.Network{}
 	want := map[string]bool{}
 	var errs []error
+	if declErr != nil {
+		errs = append(errs, declErr)
+	}
 	for _, n := range nets {
 		byID[n.ID] = n
 		want[n.Bridge()] = true
@@ -349,6 +361,10 @@ func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.addNetworkLocked(id, mtu)
+}
+
+func (s *Service) addNetworkLocked(id string, mtu int) (NetworkInfo, bool, error) {
 	n, created, err := s.ipam.AddNetwork(id, mtu)
 	if err != nil {
 		return NetworkInfo{}, false, err
@@ -394,6 +410,10 @@ func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
 func (s *Service) DeleteNetwork(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.deleteNetworkLocked(id)
+}
+
+func (s *Service) deleteNetworkLocked(id string) error {
 	n, err := s.ipam.DeleteNetwork(id)
 	if err != nil {
 		return err

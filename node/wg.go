@@ -33,7 +33,7 @@ func (s *Service) publish() error {
 	}
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
-		Networks: map[string]registry.NetworkRecord{}}
+		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
 	nets, err := s.ipam.Networks()
 	for _, n := range nets {
 		key, err := wg.LoadKey(s.keysDir(), n.ID)
@@ -104,6 +104,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	name := wg.Name(n.Num, s.cfg.NodeID)
 	var peers []wg.Peer
 	prefixes := []netip.Prefix{n.Prefix}
+	pathMTU := map[netip.Prefix]int{}
 	for _, rec := range nodes {
 		nr, ok := rec.Networks[n.ID]
 		if rec.NodeID == s.cfg.NodeID || !ok {
@@ -122,6 +123,9 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 			continue
 		}
 		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
+		if rec.MTU > 0 && rec.MTU < n.MTU {
+			pathMTU[nr.Prefix] = rec.MTU // the path shrinks: clamp TCP MSS
+		}
 		// Behind NAT (either side) the mapping must be kept open.
 		if rec.Class == string(config.HomeNAT) || s.cfg.Class == config.HomeNAT {
 			p.Keepalive = 25 * time.Second
@@ -198,7 +202,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
-	if err := s.wgDatapath(n, d, all, routes, r); err != nil {
+	if err := s.wgDatapath(n, d, all, pathMTU, routes, r); err != nil {
 		return err
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/metrics"
 	"github.com/tenantnet/tenantnet/node"
+	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -39,6 +41,9 @@ Usage:
   tenantnetd network del --id ID
   tenantnetd network rotate-key --id ID [--overlap 30s]  new WireGuard key, announced before it takes over
   tenantnetd network list
+  tenantnetd network declare --id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]...
+                                                        declare a network in the grid registry: its members create it
+  tenantnetd network undeclare --id ID | network declared   (registry commands: read --config, need no service)
   tenantnetd workload add --id ID --network NET --netns PATH
   tenantnetd workload del --id ID
   tenantnetd workload list
@@ -90,6 +95,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	nsPath := fs.String("netns", "", "workload network namespace (/run/netns/NAME or /proc/PID/ns/net)")
 	mtu := fs.Int("mtu", 0, "network MTU (default: the node's mtu)")
 	purge := fs.Bool("purge-state", false, "cleanup: also delete the state directory")
+	members := fs.StringSlice("members", nil, "network declare: member node ids")
+	exit := fs.String("exit", "", "network declare: the member node that is the network's IPv4 exit")
+	users := fs.StringArray("user", nil, "network declare: a user-access peer ID:NODE:PUBKEY (repeatable)")
 	overlap := fs.Duration("overlap", 0, "network rotate-key: announce the next key this long before it takes over (default: the registry lease)")
 	pubkey := fs.String("public-key", "", "user add: the user's WireGuard public key (default: generate a key pair)")
 	if err := fs.Parse(rest); err != nil {
@@ -159,6 +167,52 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return out(r, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "network %s: next public key %s takes over at %s\n", r.Network, r.NextPublicKey, r.At.Format(time.RFC3339))
+		})
+	case "network declare", "network undeclare", "network declared":
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			return err
+		}
+		reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+		if err != nil {
+			return err
+		}
+		if c, ok := reg.(io.Closer); ok {
+			defer c.Close()
+		}
+		switch cmd {
+		case "network declare":
+			if err := need(id, "id"); err != nil {
+				return err
+			}
+			spec := registry.NetworkSpec{ID: *id, Members: *members, Exit: *exit, MTU: *mtu}
+			for _, u := range *users {
+				parts := strings.SplitN(u, ":", 3)
+				if len(parts) != 3 {
+					return usageErr{fmt.Errorf("--user %q: want ID:NODE:PUBKEY", u)}
+				}
+				spec.Users = append(spec.Users, registry.UserSpec{ID: parts[0], Node: parts[1], PublicKey: parts[2]})
+			}
+			return reg.Declare(spec)
+		case "network undeclare":
+			if err := need(id, "id"); err != nil {
+				return err
+			}
+			return reg.Undeclare(*id)
+		}
+		specs, err := reg.Declared()
+		if err != nil {
+			return err
+		}
+		return out(specs, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "NETWORK\tMEMBERS\tEXIT\tUSERS")
+			for _, sp := range specs {
+				var us []string
+				for _, u := range sp.Users {
+					us = append(us, u.ID+"@"+u.Node)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", sp.ID, strings.Join(sp.Members, ","), sp.Exit, strings.Join(us, ","))
+			}
 		})
 	case "network list":
 		ns, err := client().Networks()

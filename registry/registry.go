@@ -3,7 +3,8 @@
 // each other. Records carry a lease: a node that stops renewing ages out,
 // and one that comes back republishes. The backend here is a directory of
 // files (the embedded default, one machine or a shared filesystem);
-// etcd is the backend for a real grid (not built yet).
+// etcd is the backend for a real grid. Tenant networks are declared there
+// too (NetworkSpec): their members create them.
 package registry
 
 import (
@@ -42,6 +43,7 @@ type NodeRecord struct {
 	NodeID    string                   `json:"node_id"`
 	Class     string                   `json:"class"`
 	Addresses []netip.Addr             `json:"addresses"`
+	MTU       int                      `json:"mtu,omitempty"` // tenant packets the node's path carries inside WireGuard
 	Networks  map[string]NetworkRecord `json:"networks"`
 	Expires   time.Time                `json:"expires"`
 }
@@ -78,6 +80,16 @@ type Registry interface {
 	Withdraw(nodeID string) error
 	// Nodes returns every live record.
 	Nodes() ([]NodeRecord, error)
+	Declarations
+}
+
+// Open returns the backend of a node's registry configuration: typ
+// "etcd" (endpoints, key prefix) or "file" (dir).
+func Open(typ, dir string, endpoints []string, prefix string) (Registry, error) {
+	if typ == "etcd" {
+		return NewEtcd(endpoints, prefix)
+	}
+	return NewFiles(dir)
 }
 
 // Files is the directory backend: one JSON file per node, written
@@ -103,7 +115,13 @@ func (f *Files) Publish(r NodeRecord, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Join(f.Dir, "nodes"), "."+r.NodeID+".*")
+	return writeAtomic(f.path(r.NodeID), b)
+}
+
+// writeAtomic writes a file so that readers see the old or the new
+// content, never a part: temporary file, fsync, rename.
+func writeAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
@@ -119,7 +137,7 @@ func (f *Files) Publish(r NodeRecord, ttl time.Duration) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), f.path(r.NodeID))
+	return os.Rename(tmp.Name(), path)
 }
 
 // Withdraw implements Registry.

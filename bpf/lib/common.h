@@ -128,7 +128,8 @@ struct tn_route {
 	__u32 ifindex;
 	__u8 kind; /* enum tn_route_kind */
 	__u8 flags;
-	__u16 pad;
+	__u16 mtu; /* path MTU for the tenant's packets; 0: unknown. TCP SYNs
+		    * to and from the prefix get their MSS clamped to fit it. */
 };
 
 /* tn_tenant_v1: tenant -> default policy. A tenant without an entry gets

@@ -41,6 +41,7 @@ struct pkt {
 	__be16 dport;
 	__u32 frag_id;	 /* IPv4 id or IPv6 fragment identification */
 	__u8 arp_spa[4]; /* ARP sender protocol address */
+	__u16 l4off;	 /* offset of the L4 header in the packet */
 };
 
 #define TN_TCP_FIN 0x01
@@ -71,6 +72,7 @@ static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
 		return TN_DROP_EXT_LIMIT;
 	if (p->frag == 2)
 		return 0; /* no L4 header in a non-first fragment */
+	p->l4off = off;
 
 	switch (p->proto) {
 	case IPPROTO_TCP: {

@@ -55,6 +55,53 @@ static __always_inline int tn_fits(struct __sk_buff *skb, __u32 ifindex,
 	       BPF_MTU_CHK_RET_SUCCESS;
 }
 
+#define TN_TCP_OPT_MSS 2
+#define TN_TCP_MAX_OPTS 10
+
+/* Clamp the MSS option of a TCP SYN (or SYN-ACK) so that segments fit a
+ * path of MTU mtu (IPv6 header 40 + TCP header 20 below it). The checksum
+ * is updated incrementally (nothing to do for CHECKSUM_PARTIAL: the
+ * device sums the new value). */
+static __always_inline void tn_clamp_mss(struct __sk_buff *skb,
+					 const struct pkt *p, __u16 mtu)
+{
+	if (!mtu || p->l3 != ETH_P_IPV6 || p->proto != IPPROTO_TCP ||
+	    p->frag == 2 || !(p->tcp_flags & TN_TCP_SYN) || mtu < 1280)
+		return;
+	__u16 mss = mtu - 60;
+	__u32 l4 = p->l4off;
+	__u8 doff;
+	if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1))
+		return;
+	__u32 end = l4 + (doff >> 4) * 4;
+	__u32 off = l4 + 20;
+	int i;
+
+	for (i = 0; i < TN_TCP_MAX_OPTS; i++) {
+		__u8 opt[2];
+		if (off >= end || bpf_skb_load_bytes(skb, off, opt, 1))
+			return;
+		if (opt[0] == 0) /* end of options */
+			return;
+		if (opt[0] == 1) { /* no-op */
+			off++;
+			continue;
+		}
+		if (bpf_skb_load_bytes(skb, off, opt, 2) || opt[1] < 2)
+			return;
+		if (opt[0] == TN_TCP_OPT_MSS && opt[1] == 4) {
+			__be16 old, new = bpf_htons(mss);
+			if (bpf_skb_load_bytes(skb, off + 2, &old, 2) ||
+			    bpf_ntohs(old) <= mss)
+				return;
+			bpf_l4_csum_replace(skb, l4 + 16, old, new, 2);
+			bpf_skb_store_bytes(skb, off + 2, &new, 2, 0);
+			return;
+		}
+		off += opt[1];
+	}
+}
+
 /* Fast path of a workload port: an IPv6 packet for the tenant's network
  * behind WireGuard goes straight to the device's transmit (the device is
  * L3: bpf_redirect strips the Ethernet header). Returns a TC action. */
@@ -63,6 +110,8 @@ static __always_inline int tn_fast_to_wg(struct __sk_buff *skb,
 					 const struct tn_route *rt,
 					 __u32 tenant)
 {
+	if (rt && rt->kind == TN_ROUTE_WG)
+		tn_clamp_mss(skb, p, rt->mtu); /* either path: clamp first */
 	if (!rt || rt->kind != TN_ROUTE_WG ||
 	    !(rt->flags & TN_ROUTE_F_REDIRECT) || p->l3 != ETH_P_IPV6)
 		return TC_ACT_OK;

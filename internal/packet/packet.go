@@ -28,6 +28,7 @@ type Spec struct {
 	Sport    uint16
 	Dport    uint16
 	TCPFlags uint8
+	TCPOpts  []byte // TCP options (padded to 4 bytes with end-of-options)
 	ICMPType uint8
 	ICMPCode uint8
 	EchoID   uint16
@@ -56,7 +57,7 @@ var (
 func l4Len(s *Spec) int {
 	switch s.Proto {
 	case 6:
-		return 20
+		return 20 + (len(s.TCPOpts)+3)/4*4
 	case 17:
 		return 8
 	case 1, 58:
@@ -74,12 +75,13 @@ func l4(s *Spec, nonFirst bool) []byte {
 	case 6:
 		binary.BigEndian.PutUint16(b[0:], s.Sport)
 		binary.BigEndian.PutUint16(b[2:], s.Dport)
-		doff := uint8(5)
+		doff := uint8(l4Len(s) / 4)
 		if s.TCPDoff != 0 {
 			doff = s.TCPDoff
 		}
 		b[12] = doff << 4
 		b[13] = s.TCPFlags
+		copy(b[20:], s.TCPOpts)
 	case 17:
 		binary.BigEndian.PutUint16(b[0:], s.Sport)
 		binary.BigEndian.PutUint16(b[2:], s.Dport)

@@ -49,7 +49,12 @@ func newGrid(t testing.TB, backend string, count int, extra string) ([]*gridNode
 	bin := buildBinary(t, "cmd/tenantnetd")
 	inet := testutil.NewNetNS(t, fmt.Sprintf("tn-inet-%d", pid))
 	inl := inet.Netlink(t)
-	if err := inl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
+	// A fixed MAC: a bridge without one takes the lowest of its ports',
+	// which changes as nodes join, and the neighbour entries the first
+	// nodes hold for etcd on the bridge go stale (connections stall for
+	// the ~30 s neighbour discovery takes to notice).
+	brMAC, _ := net.ParseMAC("02:00:00:00:00:fe")
+	if err := inl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", HardwareAddr: brMAC}}); err != nil {
 		t.Fatal(err)
 	}
 	br, _ := inl.LinkByName("br0")
@@ -158,16 +163,7 @@ func grid(t *testing.T, backend string) {
 		listenTCP(t, wlNS[id], "[::]:8080")
 	}
 	hp := func(id string) string { return fmt.Sprintf("[%s]:8080", addr[id]) }
-	eventually := func(what string, f func() error) {
-		t.Helper()
-		var err error
-		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			if err = f(); err == nil {
-				return
-			}
-		}
-		t.Fatalf("%s: %v", what, err)
-	}
+	eventually := func(what string, f func() error) { t.Helper(); retry(t, 15*time.Second, what, f) }
 
 	// Across nodes over WireGuard: TCP, UDP, ICMPv6.
 	eventually("w1 -> w2 over wireguard", func() error { return dialTCP(wlNS["w1"], hp("w2"), time.Second) })

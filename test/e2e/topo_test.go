@@ -316,3 +316,16 @@ func (s *udpSink) expect(t *testing.T, want bool, within time.Duration, what str
 func newWorkloadNS(t *testing.T, id string) *testutil.NetNS {
 	return testutil.NewNetNS(t, fmt.Sprintf("tn-wl%s-%d", id, os.Getpid()))
 }
+
+// retry calls f until it succeeds, failing the test with f's last error
+// after within.
+func retry(t testing.TB, within time.Duration, what string, f func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err = f(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: %v", what, err)
+}

@@ -55,6 +55,10 @@ func openTUN(t *testing.T, n *node, name string) (*os.File, int) {
 // to dst, or nil after the timeout (the kernel also sends its own MLD and
 // router solicitations there).
 func readTUN(f *os.File, dst netip.Addr, within time.Duration) []byte {
+	return readTUNProto(f, 17, dst, within)
+}
+
+func readTUNProto(f *os.File, proto uint8, dst netip.Addr, within time.Duration) []byte {
 	buf := make([]byte, 65536)
 	f.SetReadDeadline(time.Now().Add(within))
 	for {
@@ -63,7 +67,7 @@ func readTUN(f *os.File, dst netip.Addr, within time.Duration) []byte {
 			return nil
 		}
 		p := buf[:n]
-		if n >= 48 && p[0]>>4 == 6 && p[6] == 17 && netip.AddrFrom16([16]byte(p[24:40])) == dst {
+		if n >= 48 && p[0]>>4 == 6 && p[6] == proto && netip.AddrFrom16([16]byte(p[24:40])) == dst {
 			return append([]byte(nil), p...)
 		}
 	}
@@ -110,7 +114,7 @@ func TestWireGuardDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.do(n.ns, func() error { _, err := n.dp.AttachWG(idx, loader.AttachOptions{}); return err })
-	setRoutes := func(redirect bool) {
+	setRoutes := func(redirect bool, remoteMTU uint16) {
 		t.Helper()
 		have, err := n.maps.Routes()
 		if err != nil {
@@ -120,13 +124,13 @@ func TestWireGuardDevice(t *testing.T) {
 		// "local" next hop of A1's address is that port.
 		want := []maps.Route{
 			{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: maps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: redirect},
-			{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
+			{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect, MTU: remoteMTU},
 		}
 		if _, err := n.maps.SyncRoutes(tenantA, want, have[tenantA]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	setRoutes(true)
+	setRoutes(true, 0)
 	sink := listenUDP(t, a1.ns, "[::]:5353")
 	count := func(dir maps.Direction, r maps.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
 	inject := func(src, dst string) {
@@ -189,7 +193,7 @@ func TestWireGuardDevice(t *testing.T) {
 	}
 
 	// Kernel-route mode: the same checks, forwarding by the stack.
-	setRoutes(false)
+	setRoutes(false, 0)
 	inject("2001:db8:a:2::8", "2001:db8:a::1")
 	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (kernel routes)")
 	if got := count(maps.DirWG, maps.PassStack); got != 1 {
@@ -202,4 +206,86 @@ func TestWireGuardDevice(t *testing.T) {
 	if got := count(maps.DirFast, maps.PassRedirect); got != fast {
 		t.Errorf("kernel-route mode redirected %d packets", got-fast)
 	}
+
+	// Where the path to the member node shrinks to 1300 bytes, TCP SYNs
+	// both ways get their MSS clamped to 1240 (A1's own MTU is 1500).
+	for _, redirect := range []bool{true, false} {
+		setRoutes(redirect, 1300)
+		member := netip.MustParseAddr("2001:db8:a:2::9")
+		go a1.ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", "[2001:db8:a:2::9]:80", time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return nil
+		})
+		syn := readTUNProto(tun, 6, member, 2*time.Second)
+		if syn == nil {
+			t.Fatalf("redirect %v: A1's SYN did not come out of the device", redirect)
+		}
+		if mss := packet.TCPMSS(syn); mss != 1240 {
+			t.Errorf("redirect %v: A1's SYN left with MSS %d, want 1240", redirect, mss)
+		}
+		if !packet.ValidChecksum(syn) {
+			t.Errorf("redirect %v: A1's SYN has a bad checksum after clamping", redirect)
+		}
+	}
+	setRoutes(true, 1300)
+	frames := captureTCP(t, a1, 8080)
+	in := packet.IPv6(packet.Spec{Src: netip.MustParseAddr("2001:db8:a:2::9"), Dst: a1.addr, Proto: maps.ProtoTCP,
+		Sport: 40001, Dport: 8080, TCPFlags: 0x02, TCPOpts: []byte{2, 4, 0x05, 0xb4}}) // MSS 1460
+	if _, err := tun.Write(in); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-frames:
+		if mss := packet.TCPMSS(p); mss != 1240 {
+			t.Errorf("the member node's SYN reached A1 with MSS %d, want 1240", mss)
+		}
+		if !packet.ValidChecksum(p) {
+			t.Error("the member node's SYN reached A1 with a bad checksum")
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("the member node's SYN did not reach A1")
+	}
 }
+
+// captureTCP delivers the IPv6 packets of TCP SYNs to port that arrive on
+// the workload's eth0 (a packet socket in its namespace).
+func captureTCP(t *testing.T, w *wl, port uint16) <-chan []byte {
+	t.Helper()
+	var fd int
+	if err := w.ns.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IPV6)))
+		if err != nil {
+			return err
+		}
+		l, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IPV6), Ifindex: l.Index})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "capture")
+	t.Cleanup(func() { f.Close() })
+	out := make(chan []byte, 16)
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				return
+			}
+			p := buf[:n]
+			if n >= 60 && p[6] == 6 && uint16(p[42])<<8|uint16(p[43]) == port && p[53]&0x02 != 0 {
+				out <- append([]byte(nil), p...)
+			}
+		}
+	}()
+	return out
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

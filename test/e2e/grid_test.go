@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,9 +43,11 @@ func TestGrid(t *testing.T) {
 
 // newGrid starts count nodes, each a tenantnetd in its own namespace with
 // an uplink on the "internet" bridge, sharing a registry of the backend;
-// extra is appended to every node's configuration. Everything goes at
-// cleanup.
-func newGrid(t testing.TB, backend string, count int, extra string) ([]*gridNode, string) {
+// extra is appended to every node's configuration. With natLast the last
+// node is at "home": class home-nat, IPv4 only, behind a NAT router
+// namespace (nftables masquerade) on the internet, and the others get
+// IPv4 addresses too. Everything goes at cleanup.
+func newGrid(t testing.TB, backend string, count int, extra string, natLast ...bool) ([]*gridNode, string) {
 	pid := os.Getpid()
 	bin := buildBinary(t, "cmd/tenantnetd")
 	inet := testutil.NewNetNS(t, fmt.Sprintf("tn-inet-%d", pid))
@@ -78,28 +81,62 @@ func newGrid(t testing.TB, backend string, count int, extra string) ([]*gridNode
 		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
 		nl := g.ns.Netlink(t)
 		peer := fmt.Sprintf("n%d", i)
-		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: peer, PeerNamespace: netlink.NsFd(inet.Handle)}); err != nil {
-			t.Fatal(err)
+		nat := len(natLast) > 0 && natLast[0] && i == count
+		class, addrs := "dual-stack", fmt.Sprintf("%q", fmt.Sprintf("2001:db8:ffff::%d", i))
+		ipIn := func(ns string, cmds ...[]string) {
+			t.Helper()
+			for _, c := range cmds {
+				if out, err := exec.Command("ip", append([]string{"-n", ns}, c...)...).CombinedOutput(); err != nil {
+					t.Fatalf("ip -n %s %v: %v: %s", ns, c, err, out)
+				}
+			}
+		}
+		if nat {
+			// internet bridge <- wan [NAT router] lan -> uplink [node]
+			router := testutil.NewNetNS(t, fmt.Sprintf("tn-nat%d-%d", i, pid))
+			rnl := router.Netlink(t)
+			if err := rnl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wan"}, PeerName: peer, PeerNamespace: netlink.NsFd(inet.Handle)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: "lan", PeerNamespace: netlink.NsFd(router.Handle)}); err != nil {
+				t.Fatal(err)
+			}
+			ipIn(router.Name, []string{"addr", "add", fmt.Sprintf("192.0.2.%d/24", 100+i), "dev", "wan"}, []string{"link", "set", "wan", "up"},
+				[]string{"addr", "add", fmt.Sprintf("10.0.%d.1/24", i), "dev", "lan"}, []string{"link", "set", "lan", "up"})
+			ipIn(g.ns.Name, []string{"addr", "add", fmt.Sprintf("10.0.%d.2/24", i), "dev", "uplink"}, []string{"link", "set", "uplink", "up"},
+				[]string{"link", "set", "lo", "up"}, []string{"route", "add", "default", "via", fmt.Sprintf("10.0.%d.1", i)})
+			if err := router.Do(func() error { return sysctl("net/ipv4/ip_forward", "1") }); err != nil {
+				t.Fatal(err)
+			}
+			nft := exec.Command("ip", "netns", "exec", router.Name, "nft", "-f", "-")
+			nft.Stdin = strings.NewReader("table ip nat {\n chain post {\n type nat hook postrouting priority srcnat; policy accept;\n oifname \"wan\" masquerade\n }\n}\n")
+			if out, err := nft.CombinedOutput(); err != nil {
+				t.Fatalf("nft in the NAT router: %v %s", err, out)
+			}
+			class, addrs = "home-nat", fmt.Sprintf("%q", fmt.Sprintf("10.0.%d.2", i))
+		} else {
+			if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: peer, PeerNamespace: netlink.NsFd(inet.Handle)}); err != nil {
+				t.Fatal(err)
+			}
+			ipIn(g.ns.Name, []string{"addr", "add", fmt.Sprintf("2001:db8:ffff::%d/64", i), "dev", "uplink", "nodad"},
+				[]string{"link", "set", "uplink", "up"}, []string{"link", "set", "lo", "up"})
+			if len(natLast) > 0 && natLast[0] {
+				ipIn(g.ns.Name, []string{"addr", "add", fmt.Sprintf("192.0.2.%d/24", i), "dev", "uplink"})
+				addrs += fmt.Sprintf(", %q", fmt.Sprintf("192.0.2.%d", i))
+			}
 		}
 		pl, _ := inl.LinkByName(peer)
 		inl.LinkSetMaster(pl, br)
 		inl.LinkSetUp(pl)
-		for _, c := range [][]string{
-			{"addr", "add", fmt.Sprintf("2001:db8:ffff::%d/64", i), "dev", "uplink", "nodad"},
-			{"link", "set", "uplink", "up"}, {"link", "set", "lo", "up"},
-		} {
-			if out, err := exec.Command("ip", append([]string{"-n", g.ns.Name}, c...)...).CombinedOutput(); err != nil {
-				t.Fatalf("%v: %s", err, out)
-			}
-		}
 		dir := t.TempDir()
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
 		os.WriteFile(g.d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
+class: %s
 prefixes: ["2001:db8:%d::/48"]
-addresses: ["2001:db8:ffff::%d"]
+addresses: [%s]
 state_dir: %s
 bpf_dir: %s
 api_socket: %s
@@ -108,7 +145,7 @@ reconcile_interval: 1s
 registry_lease: 3s
 registry: %s
 %s
-`, g.id, 100+i, i, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
+`, g.id, class, 100+i, addrs, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
 		g.d.start()
 		gg := g
 		t.Cleanup(func() {

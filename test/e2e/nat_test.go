@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// TestGridNAT: a node at home, IPv4 only behind a NAT router (nftables
+// masquerade), joins a network with a dual-stack node: both sides keep the
+// mapping open with keepalive, the other node reaches it at the router's
+// public address, and workloads reach each other both ways, with full-size
+// segments although the two nodes' tenant MTUs differ.
+func TestGridNAT(t *testing.T) {
+	nodes, _ := newGrid(t, "file", 2, "", true)
+	pid := os.Getpid()
+	ns := map[string]*testutil.NetNS{}
+	addr := map[string]string{}
+	for i, id := range []string{"h1", "h2"} {
+		nodes[i].d.must("network", "add", "--id", "acme")
+		ns[id] = testutil.NewNetNS(t, fmt.Sprintf("tn-wl%s-%d", id, pid))
+		var w wlInfo
+		if err := jsonUnmarshal(nodes[i].d.must("workload", "add", "--id", id, "--network", "acme", "--netns", "/run/netns/"+ns[id].Name, "-o", "json"), &w); err != nil {
+			t.Fatal(err)
+		}
+		addr[id] = w.Addr
+		listenTCP(t, ns[id], "[::]:8080")
+	}
+	retry(t, 20*time.Second, "h2 (behind NAT) -> h1", func() error { return dialTCP(ns["h2"], fmt.Sprintf("[%s]:8080", addr["h1"]), time.Second) })
+	retry(t, 20*time.Second, "h1 -> h2 (behind NAT)", func() error { return dialTCP(ns["h1"], fmt.Sprintf("[%s]:8080", addr["h2"]), time.Second) })
+
+	// Full-size segments both ways across different tenant MTUs (1440 at
+	// home over IPv4, 1420 on the dual-stack node): the MSS is clamped to
+	// the narrower path.
+	transfer(t, ns["h2"], ns["h1"], addr["h1"], 4<<20)
+	transfer(t, ns["h1"], ns["h2"], addr["h2"], 4<<20)
+
+	wgc, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wgc.Close()
+	for _, c := range []struct{ node, wantEndpoint string }{
+		{"node1", "192.0.2.102:"}, // the router's public address, the port it mapped
+		{"node2", "192.0.2.1:"},   // IPv4: the home node has no IPv6 path
+	} {
+		d, err := wgc.Device(wg.Name(acme, c.node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Peers) != 1 {
+			t.Fatalf("%s: %d peers", c.node, len(d.Peers))
+		}
+		p := d.Peers[0]
+		if p.PersistentKeepaliveInterval != 25*time.Second {
+			t.Errorf("%s: keepalive %s towards the NAT side, want 25s", c.node, p.PersistentKeepaliveInterval)
+		}
+		if p.Endpoint == nil || !strings.HasPrefix(p.Endpoint.String(), c.wantEndpoint) {
+			t.Errorf("%s: peer endpoint %v, want %s...", c.node, p.Endpoint, c.wantEndpoint)
+		}
+	}
+}

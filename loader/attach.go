@@ -322,6 +322,29 @@ func ListAttachments(pinDir string) []Attachment {
 	return listAttachments(pinDir, names)
 }
 
+// ListRecorded lists the attachments recorded under pinDir from the pin
+// names alone, without asking the kernel (Live, ProgID and the XDP mode
+// are not filled in; Mode is legacy tc or a link): cheap enough to run
+// over thousands of ports on every reconcile.
+func ListRecorded(pinDir string) []Attachment {
+	entries, _ := os.ReadDir(filepath.Join(pinDir, linksDir))
+	out := make([]Attachment, 0, len(entries))
+	for _, e := range entries {
+		name := e.Name()
+		mode := ModeTCX
+		if strings.HasSuffix(name, legacySuffix) {
+			mode, name = ModeLegacyTC, strings.TrimSuffix(name, legacySuffix)
+		}
+		idx, hook, ok := strings.Cut(name, "_")
+		ifindex, err := strconv.Atoi(idx)
+		if !ok || err != nil {
+			continue
+		}
+		out = append(out, Attachment{Ifindex: ifindex, Hook: Hook(hook), Mode: mode})
+	}
+	return out
+}
+
 // ListAttachmentsOf reads the attachments of one interface.
 func ListAttachmentsOf(pinDir string, ifindex int) []Attachment {
 	var names []string

@@ -1,12 +1,14 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -58,6 +60,13 @@ func nlAddr(p netip.Prefix) *netlink.Addr {
 		Flags: unix.IFA_F_NODAD}
 }
 
+func routerSysctls(check bool) [][2]string {
+	if !check {
+		return nil
+	}
+	return [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}}
+}
+
 func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range addrs {
 		ap, ok := netip.AddrFromSlice(a.IP)
@@ -82,6 +91,9 @@ type snapshot struct {
 	// once attached and bound (flushBindings does both, in that order)
 	attach []int
 	up     []netlink.Link
+	// deep: attachments were checked with the kernel, and settings that
+	// rarely drift (sysctls) are checked too
+	deep bool
 }
 
 // snapshotFor reads only what one workload needs (AddWorkload): reading
@@ -130,17 +142,64 @@ func (s *Service) flushBindings(sn *snapshot) error {
 	return errors.Join(errs...)
 }
 
+// bulkAttach is the batch size from which ports are attached with legacy
+// tc first and moved to TCX in the background (migrateTCX).
+const bulkAttach = 16
+
 // attachAll attaches one port after the other. Each TCX attach waits for
 // an RCU grace period (about 12 ms here) under the RTNL lock, so attaching
-// in parallel gains nothing (measured).
+// in parallel gains nothing (measured), and thousands of ports after a
+// reboot would take most of a minute. Large batches are therefore filtered
+// with legacy tc first (0.8 ms a port) and moved to TCX afterwards, port
+// by port, by migrateTCX: a port is filtered by one or the other at every
+// moment.
 func (s *Service) attachAll(idxs []int) error {
+	legacy := s.cfg.LegacyTC || len(idxs) >= bulkAttach
 	var errs []error
 	for _, idx := range idxs {
-		if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
+		if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: legacy}); err != nil {
 			errs = append(errs, fmt.Errorf("attach ifindex %d: %w", idx, err))
+			continue
+		}
+		if legacy && !s.cfg.LegacyTC {
+			s.toTCX[idx] = true
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// migrateTCX moves ports attached in bulk with legacy tc to TCX, a few at
+// a time so that API calls and reconciles get the lock in between. It
+// returns when none is left.
+func (s *Service) migrateTCX(ctx context.Context) {
+	start, moved := time.Now(), 0
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		batch := 0
+		for idx := range s.toTCX {
+			if batch == 20 {
+				break
+			}
+			batch++
+			delete(s.toTCX, idx)
+			if _, err := s.nl.LinkByIndex(idx); err != nil {
+				continue // gone meanwhile
+			}
+			if _, err := s.dp.AttachPort(idx, loader.AttachOptions{}); err != nil {
+				s.log.Warn("move port to TCX", "ifindex", idx, "err", err)
+				continue
+			}
+			moved++
+		}
+		left := len(s.toTCX)
+		s.mu.Unlock()
+		if left == 0 {
+			if moved > 0 {
+				s.log.Info("ports moved from legacy tc to TCX", "ports", moved, "took", time.Since(start).Round(time.Millisecond).String())
+			}
+			return
+		}
+	}
 }
 
 // dump retries a netlink dump that a concurrent change interrupted (the
@@ -155,14 +214,16 @@ func dump[T any](f func() (T, error)) (T, error) {
 	}
 }
 
-func (s *Service) snapshot() (*snapshot, error) {
+func (s *Service) snapshot(deep bool) (*snapshot, error) {
 	links, err := dump(s.nl.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
-	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}}
+	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, deep: deep}
+	exists := map[int]bool{}
 	for _, l := range links {
 		sn.links[l.Attrs().Name] = l
+		exists[l.Attrs().Index] = true
 	}
 	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
 	if err != nil {
@@ -171,8 +232,15 @@ func (s *Service) snapshot() (*snapshot, error) {
 	for _, a := range addrs {
 		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
 	}
-	for _, a := range loader.ListAttachments(s.cfg.BPFDir) {
-		if !a.Live {
+	// Shallow: an attachment recorded for an interface that exists is
+	// taken as live (a TCX link or tc filter goes only with its device,
+	// and ifindexes are not reused soon); deep asks the kernel, pin by pin.
+	atts := loader.ListRecorded(s.cfg.BPFDir)
+	if deep {
+		atts = loader.ListAttachments(s.cfg.BPFDir)
+	}
+	for _, a := range atts {
+		if deep && !a.Live || !exists[a.Ifindex] {
 			continue
 		}
 		if sn.atts[a.Ifindex] == nil {
@@ -191,6 +259,7 @@ func (s *Service) snapshot() (*snapshot, error) {
 func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error {
 	name := n.Bridge()
 	l, ok := sn.links[name]
+	created := !ok
 	if !ok {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: n.MTU}}
 		if err := s.nl.LinkAdd(br); err != nil {
@@ -207,7 +276,9 @@ func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error 
 		return fmt.Errorf("%s exists and is a %s, not our bridge", name, l.Type())
 	}
 	// A router does not take RAs, and its addresses need no DAD.
-	for _, kv := range [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}} {
+	// Written when the bridge is made and checked on deep runs: a few
+	// thousand /proc writes would dominate a no-op reconcile.
+	for _, kv := range routerSysctls(created || sn.deep) {
 		if err := sysctl(fmt.Sprintf("net/ipv6/conf/%s/%s", name, kv[0]), kv[1]); err != nil {
 			return err
 		}
@@ -239,20 +310,26 @@ func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error 
 // and bound before it comes up, enslaved to its network's bridge, and the
 // workload's side addressed and routed.
 func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool) error {
-	nsh, err := netns.GetFromPath(w.Netns)
-	if err != nil {
-		return fmt.Errorf("workload %s: netns %s: %w", w.ID, w.Netns, err)
-	}
-	defer nsh.Close()
 	host := w.HostIf()
 	l, ok := sn.links[host]
 	created := false
+	// The workload's namespace is opened only to create its port or to
+	// look inside (deep): thousands of opens per no-op reconcile add up.
+	var nsh netns.NsHandle = -1
+	if !ok || deep {
+		var err error
+		if nsh, err = netns.GetFromPath(w.Netns); err != nil {
+			return fmt.Errorf("workload %s: netns %s: %w", w.ID, w.Netns, err)
+		}
+		defer nsh.Close()
+	}
 	if !ok {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: n.MTU}, PeerName: WorkloadIf,
 			PeerNamespace: netlink.NsFd(nsh)}
 		if err := s.nl.LinkAdd(v); err != nil {
 			return fmt.Errorf("workload %s: create veth %s: %w", w.ID, host, err)
 		}
+		var err error
 		if l, err = s.nl.LinkByName(host); err != nil {
 			return err
 		}

@@ -46,6 +46,8 @@ type Service struct {
 	wgs            map[string]*wg.Device // by network id
 	wgStarted      map[string]bool       // devices this process started once
 	wgAttached     map[string]int        // network -> device ifindex tn_from_wg was attached to
+	toTCX          map[int]bool          // ports attached with legacy tc in bulk, to move to TCX
+	migrating      bool                  // migrateTCX runs
 	wgImpl         wg.Impl
 	tenantPrefixes map[string]string         // network -> prefixes last given to the firewall
 	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
@@ -125,7 +127,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		st.Close()
@@ -217,6 +219,18 @@ func (s *Service) Run(ctx context.Context) {
 		// Inside workloads' namespaces we look every tenth run: it is
 		// the workload's own space and costs a netlink socket each.
 		s.Reconcile(n%10 == 1)
+		s.mu.Lock()
+		migrate := len(s.toTCX) > 0 && !s.migrating
+		s.migrating = s.migrating || migrate
+		s.mu.Unlock()
+		if migrate {
+			go func() {
+				s.migrateTCX(ctx)
+				s.mu.Lock()
+				s.migrating = false
+				s.mu.Unlock()
+			}()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -278,7 +292,7 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		return err
 	}
 	t0 := time.Now()
-	sn, err := s.snapshot()
+	sn, err := s.snapshot(deep)
 	if err != nil {
 		return err
 	}
@@ -393,7 +407,7 @@ func (s *Service) addNetworkLocked(id string, mtu int) (NetworkInfo, bool, error
 	}); err != nil {
 		return undo(err)
 	}
-	sn, err := s.snapshot()
+	sn, err := s.snapshot(false)
 	if err != nil {
 		return undo(err)
 	}
@@ -517,14 +531,17 @@ func (s *Service) Workloads() ([]WorkloadInfo, error) {
 
 // Status is the node's summary.
 type Status struct {
-	NodeID     string                 `json:"node_id"`
-	Class      config.Class           `json:"class"`
-	Networks   int                    `json:"networks"`
-	Workloads  int                    `json:"workloads"`
-	FreeNets   uint64                 `json:"free_subnets"`
-	AttachMode loader.Mode            `json:"attach_mode"`
-	Uplinks    map[string]loader.Mode `json:"uplinks"`
-	Reconcile  struct {
+	NodeID     string       `json:"node_id"`
+	Class      config.Class `json:"class"`
+	Networks   int          `json:"networks"`
+	Workloads  int          `json:"workloads"`
+	FreeNets   uint64       `json:"free_subnets"`
+	AttachMode loader.Mode  `json:"attach_mode"`
+	// PortsOnLegacyTC: ports attached with legacy tc in bulk (after a
+	// reboot) that are still being moved to TCX.
+	PortsOnLegacyTC int                    `json:"ports_on_legacy_tc,omitempty"`
+	Uplinks         map[string]loader.Mode `json:"uplinks"`
+	Reconcile       struct {
 		Runs, Errors, Repairs uint64
 		LastDuration          string `json:"last_duration"`
 		LastShallow           string `json:"last_shallow"`
@@ -537,7 +554,7 @@ type Status struct {
 func (s *Service) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Status{NodeID: s.cfg.NodeID, Class: s.cfg.Class, AttachMode: s.attachMode, Uplinks: s.uplinkMode}
+	st := Status{NodeID: s.cfg.NodeID, Class: s.cfg.Class, AttachMode: s.attachMode, Uplinks: s.uplinkMode, PortsOnLegacyTC: len(s.toTCX)}
 	st.Networks, st.Workloads, st.FreeNets = s.ipam.Counts()
 	st.Reconcile.Runs, st.Reconcile.Errors, st.Reconcile.Repairs = s.stats.Runs, s.stats.Errors, s.stats.Repairs
 	st.Reconcile.LastDuration = s.stats.LastDuration.String()

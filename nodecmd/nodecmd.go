@@ -295,6 +295,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return out(st, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "node %s (%s): %d networks, %d workloads, %d free /64s\n", st.NodeID, st.Class, st.Networks, st.Workloads, st.FreeNets)
 			fmt.Fprintf(tw, "ports attached with %s; uplinks %v\n", st.AttachMode, st.Uplinks)
+			if st.PortsOnLegacyTC > 0 {
+				fmt.Fprintf(tw, "%d ports attached with legacy tc in bulk, moving to %s\n", st.PortsOnLegacyTC, st.AttachMode)
+			}
 			fmt.Fprintf(tw, "reconcile: %d runs, %d errors, %d repairs, last took %s %s\n", st.Reconcile.Runs, st.Reconcile.Errors,
 				st.Reconcile.Repairs, st.Reconcile.LastDuration, st.Reconcile.LastError)
 		})

@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// TestColdStartMovesToTCX: after a reboot (links and datapath gone, state
+// kept) tenantnetd filters its many ports with legacy tc first, which is
+// fast, reports ready, and then moves every port to TCX; at the end no
+// legacy filter is left and traffic flows.
+func TestColdStartMovesToTCX(t *testing.T) {
+	n := newTopo(t)
+	n.up(n.nl, "lo")
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: cold
+uplinks: [uplink]
+prefixes: ["2001:db8:100::/48"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: 127.0.0.1:%d
+reconcile_interval: 1s
+`, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t))), 0o600)
+	cleanup := func() {
+		n.do(n.ns, func() error {
+			if out, err := exec.Command(d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
+				return fmt.Errorf("cleanup: %v %s", err, out)
+			}
+			return nil
+		})
+	}
+	d.start()
+	t.Cleanup(func() { d.kill9(); cleanup() })
+	d.must("network", "add", "--id", "acme")
+	const count = 24 // above the bulk threshold
+	var first, last *testutil.NetNS
+	var lastAddr string
+	for i := 0; i < count; i++ {
+		ns := newWorkloadNS(t, fmt.Sprintf("c%d", i))
+		var w wlInfo
+		d.jsonOut(&w, "workload", "add", "--id", fmt.Sprintf("c%d", i), "--network", "acme", "--netns", "/run/netns/"+ns.Name)
+		if i == 0 {
+			first = ns
+		}
+		last, lastAddr = ns, w.Addr
+	}
+	listenTCP(t, last, "[::]:8080")
+
+	// "Reboot": the process dies, links and pins go, the state stays.
+	d.kill9()
+	cleanup()
+	d.start()
+	retry(t, 20*time.Second, "every port on TCX, no legacy filter left", func() error {
+		var atts []loader.Attachment
+		for _, a := range loader.ListAttachments(n.pinDir) {
+			if a.Hook != loader.HookUplink {
+				atts = append(atts, a)
+			}
+		}
+		if len(atts) != 2*count {
+			return fmt.Errorf("%d attachments, want %d", len(atts), 2*count)
+		}
+		for _, a := range atts {
+			if a.Mode != loader.ModeTCX || !a.Live {
+				return fmt.Errorf("ifindex %d %s: %s live %v", a.Ifindex, a.Hook, a.Mode, a.Live)
+			}
+		}
+		return nil
+	})
+	out, _ := exec.Command("ip", "netns", "exec", n.ns.Name, "tc", "filter", "show", "dev", "tnw1", "ingress").CombinedOutput()
+	if strings.Contains(string(out), "bpf") {
+		t.Errorf("a legacy tc filter is left on tnw1:\n%s", out)
+	}
+	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "ports moved from legacy tc to TCX") {
+		t.Error("the log does not say the ports were moved to TCX")
+	}
+	retry(t, 10*time.Second, "traffic after the cold start", func() error {
+		return dialTCP(first, fmt.Sprintf("[%s]:8080", lastAddr), time.Second)
+	})
+}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,28 +19,8 @@ import (
 func TestColdStartMovesToTCX(t *testing.T) {
 	n := newTopo(t)
 	n.up(n.nl, "lo")
-	dir := t.TempDir()
-	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
-		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
-	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: cold
-uplinks: [uplink]
-prefixes: ["2001:db8:100::/48"]
-state_dir: %s
-bpf_dir: %s
-api_socket: %s
-metrics_listen: 127.0.0.1:%d
-reconcile_interval: 1s
-`, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t))), 0o600)
-	cleanup := func() {
-		n.do(n.ns, func() error {
-			if out, err := exec.Command(d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
-				return fmt.Errorf("cleanup: %v %s", err, out)
-			}
-			return nil
-		})
-	}
+	d := nodeDaemon(t, n, "cold")
 	d.start()
-	t.Cleanup(func() { d.kill9(); cleanup() })
 	d.must("network", "add", "--id", "acme")
 	const count = 24 // above the bulk threshold
 	var first, last *testutil.NetNS
@@ -59,7 +38,9 @@ reconcile_interval: 1s
 
 	// "Reboot": the process dies, links and pins go, the state stays.
 	d.kill9()
-	cleanup()
+	if out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("cleanup: %v %s", err, out)
+	}
 	d.start()
 	retry(t, 20*time.Second, "every port on TCX, no legacy filter left", func() error {
 		var atts []loader.Attachment

@@ -95,7 +95,7 @@ type wlInfo struct {
 	Netns   string `json:"netns"`
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -377,4 +377,40 @@ func checkMetrics(t *testing.T, n *node, addr string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
+}
+
+// nodeDaemon writes the configuration of a one-node tenantnetd in n's node
+// namespace (file registry in a temporary directory, reconcile every
+// second) and registers its cleanup: kill, `tenantnetd cleanup`, and the
+// log when the test failed. The caller starts it.
+func nodeDaemon(t testing.TB, n *node, id string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
+		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
+uplinks: [uplink]
+prefixes: ["2001:db8:100::/48"]
+addresses: ["2001:db8:ffff::1"]
+state_dir: %s
+bpf_dir: %s
+api_socket: %s
+metrics_listen: 127.0.0.1:%d
+reconcile_interval: 1s
+registry_lease: 3s
+registry: {type: file, dir: %s}
+`, id, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t), filepath.Join(dir, "registry"))), 0o600)
+	t.Cleanup(func() {
+		if d.cmd != nil {
+			d.kill9()
+		}
+		if out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
+			t.Errorf("cleanup: %v %s", err, out)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(d.logPath)
+			t.Logf("log:\n%s", b)
+		}
+	})
+	return d
 }

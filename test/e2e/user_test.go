@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,30 +21,8 @@ import (
 func TestUserAccess(t *testing.T) {
 	n := newTopo(t)
 	n.up(n.nl, "lo")
-	dir := t.TempDir()
-	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
-		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
-	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: users-%d
-uplinks: [uplink]
-prefixes: ["2001:db8:100::/48"]
-addresses: ["2001:db8:ffff::1"]
-state_dir: %s
-bpf_dir: %s
-api_socket: %s
-metrics_listen: 127.0.0.1:19490
-reconcile_interval: 1s
-registry_lease: 3s
-registry: {type: file, dir: %s}
-`, os.Getpid(), filepath.Join(dir, "state"), n.pinDir, d.socket, filepath.Join(dir, "registry"))), 0o600)
+	d := nodeDaemon(t, n, fmt.Sprintf("users-%d", os.Getpid()))
 	d.start()
-	t.Cleanup(func() {
-		d.kill9()
-		exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).Run()
-		if t.Failed() {
-			b, _ := os.ReadFile(d.logPath)
-			t.Logf("log:\n%s", b)
-		}
-	})
 	d.must("network", "add", "--id", "acme")
 	d.must("network", "add", "--id", "globex")
 	nsW := newWorkloadNS(t, "uw1")

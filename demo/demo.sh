@@ -210,6 +210,8 @@ EOT
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"
 	done
+	check "node1 forwards across nodes in eBPF (fast-path redirects)" ok grep -q '"dir": "fast-path"' <<<"$stats"
+	check "node1 checks what WireGuard delivers (tn_from_wg redirects)" ok grep -q '"dir": "wireguard"' <<<"$stats"
 	on_node 1 curl -s 127.0.0.1:9464/metrics >"$RUN/metrics.txt"
 	check "node1 /metrics passes promtool check metrics" ok promtool check metrics <"$RUN/metrics.txt"
 	check "node1 exports WireGuard handshakes" ok grep -q '^tenantnet_wireguard_peer_handshaked{.*} 1' "$RUN/metrics.txt"

@@ -5,7 +5,8 @@
  * network. WireGuard already checked that the source is in the sending
  * peer's AllowedIPs; this program ties that to the tenant: the source must
  * be routed via this very device for this tenant and the destination must
- * be this node's part of the network. Packets that pass are redirected to
+ * be this node's part of the network (or, for a user's laptop, another
+ * member node's part, reached back out of the same device). Packets that pass are redirected to
  * the tenant's bridge (bpf_redirect_neigh resolves the workload's MAC), so
  * the workload port's tn_to_workload still decides whether they get in.
  */
@@ -51,6 +52,15 @@ int tn_from_wg(struct __sk_buff *skb)
 		goto drop;
 	}
 	struct tn_route *dst = tn_route_lookup(tenant, p.dst);
+	if (dst && dst->kind == TN_ROUTE_WG && dst->ifindex == ifindex) {
+		/* Transit inside the network: a user's laptop reaches the
+		 * network's other nodes through the node it peers with (and
+		 * back). The kernel routes it out of this same device. */
+		tn_clamp_mss(skb, &p,
+			     src->mtu < dst->mtu ? src->mtu : dst->mtu);
+		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
+		return TC_ACT_OK;
+	}
 	if (!dst || dst->kind != TN_ROUTE_LOCAL) {
 		reason = TN_DROP_WG_DEST;
 		goto drop;

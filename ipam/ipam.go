@@ -179,6 +179,17 @@ func (s *Store) subnetCount() uint64 {
 
 // AddNetwork allocates a network (or returns the existing one).
 func (s *Store) AddNetwork(id string, mtu int) (Network, bool, error) {
+	return s.addNetwork(id, mtu, false)
+}
+
+// AddDeclaredNetwork is AddNetwork for a network the registry declares: a
+// new one is marked declared in the same transaction. An existing one
+// stays as it is (one made through the API is never the registry's).
+func (s *Store) AddDeclaredNetwork(id string, mtu int) (Network, bool, error) {
+	return s.addNetwork(id, mtu, true)
+}
+
+func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, error) {
 	var n Network
 	created := false
 	if err := ValidID(id); err != nil {
@@ -208,7 +219,7 @@ func (s *Store) AddNetwork(id string, mtu int) (Network, bool, error) {
 		if !ok {
 			return fmt.Errorf("WireGuard ports %d-%d: %w", s.pool.WGPortBase, s.pool.WGPortBase+s.pool.WGPorts-1, ErrExhausted)
 		}
-		n = Network{ID: id, Num: uint32(num), Prefix: prefix, WGPort: int(port), MTU: mtu}
+		n = Network{ID: id, Num: uint32(num), Prefix: prefix, WGPort: int(port), MTU: mtu, Declared: declared}
 		v, err := json.Marshal(n)
 		if err != nil {
 			return err
@@ -499,9 +510,6 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 	})
 	return u, created, err
 }
-
-// SetNetworkDeclared marks a network as declared in the registry.
-func (s *Store) SetNetworkDeclared(id string) error { return s.setDeclared(bNetworks, id) }
 
 // SetUserDeclared marks a user as declared in the registry.
 func (s *Store) SetUserDeclared(id string) error { return s.setDeclared(bUsers, id) }

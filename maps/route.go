@@ -121,6 +121,7 @@ func (x *Maps) SyncRoutes(tenant uint32, want, have []Route) (int, error) {
 	keep := map[netip.Prefix]bool{}
 	n := 0
 	for _, r := range want {
+		r.Prefix = r.Prefix.Masked() // as the map holds it
 		if r.Tenant != tenant {
 			return n, fmt.Errorf("route %s: tenant %d in the routes of tenant %d", r.Prefix, r.Tenant, tenant)
 		}

@@ -19,10 +19,15 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 	if s.reg == nil {
 		return nil
 	}
-	specs, err := s.reg.Declared()
-	if err != nil {
+	specs, readErr := s.reg.Declared()
+	if readErr != nil {
 		s.regFailed()
-		return fmt.Errorf("read the declared networks: %w", err)
+		readErr = fmt.Errorf("read the declared networks: %w", readErr)
+		if specs == nil {
+			return readErr
+		}
+		// Part of the listing could not be read: join what is declared,
+		// but leave nothing on an incomplete listing.
 	}
 	mine := map[string]registry.NetworkSpec{}
 	for _, sp := range specs {
@@ -42,6 +47,10 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 	if err != nil {
 		return err
 	}
+	haveUsers := map[string]ipam.User{}
+	for _, u := range users {
+		haveUsers[u.ID] = u
+	}
 	var errs []error
 	for id, sp := range mine {
 		if _, ok := have[id]; !ok {
@@ -49,18 +58,18 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 			if mtu == 0 {
 				mtu = s.cfg.MTU
 			}
-			if _, _, err := s.addNetworkLocked(id, mtu); err != nil {
+			if _, _, err := s.addNetworkLocked(id, mtu, true); err != nil {
 				errs = append(errs, fmt.Errorf("join declared network %s: %w", id, err))
 				continue
-			}
-			if err := s.ipam.SetNetworkDeclared(id); err != nil {
-				errs = append(errs, err)
 			}
 			r.add("joined network %s (declared in the registry)", id)
 		}
 		for _, u := range sp.Users {
 			if u.Node != s.cfg.NodeID {
 				continue
+			}
+			if h, ok := haveUsers[u.ID]; ok && h.Declared && h.Network == id && h.PublicKey == u.PublicKey {
+				continue // nothing to write
 			}
 			if _, created, err := s.ipam.AddUser(u.ID, id, u.PublicKey); err != nil {
 				errs = append(errs, fmt.Errorf("declared user %s of %s: %w", u.ID, id, err))
@@ -72,6 +81,9 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	if readErr != nil {
+		return errors.Join(append(errs, readErr)...)
 	}
 	for _, u := range users {
 		if !u.Declared || declaresUser(mine[u.Network], u.ID, s.cfg.NodeID) {

@@ -185,9 +185,18 @@ func (s *Service) migrateTCX(ctx context.Context) {
 			if _, err := s.nl.LinkByIndex(idx); err != nil {
 				continue // gone meanwhile
 			}
-			if _, err := s.dp.AttachPort(idx, loader.AttachOptions{}); err != nil {
+			mode, err := s.dp.AttachPort(idx, loader.AttachOptions{})
+			if err != nil {
+				// Still filtered by legacy tc; a deep reconcile queues it
+				// again.
 				s.log.Warn("move port to TCX", "ifindex", idx, "err", err)
 				continue
+			}
+			if mode != loader.ModeTCX { // the kernel has no TCX after all
+				s.log.Info("kernel without TCX: ports stay on legacy tc", "ports", len(s.toTCX)+1)
+				clear(s.toTCX)
+				s.cfg.LegacyTC = true
+				break
 			}
 			moved++
 		}
@@ -242,6 +251,10 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 	for _, a := range atts {
 		if deep && !a.Live || !exists[a.Ifindex] {
 			continue
+		}
+		// A port left on legacy tc (a move that failed) is queued again.
+		if deep && !s.cfg.LegacyTC && a.Mode == loader.ModeLegacyTC && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) {
+			s.toTCX[a.Ifindex] = true
 		}
 		if sn.atts[a.Ifindex] == nil {
 			sn.atts[a.Ifindex] = map[loader.Hook]bool{}

@@ -375,11 +375,17 @@ func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addNetworkLocked(id, mtu)
+	return s.addNetworkLocked(id, mtu, false)
 }
 
-func (s *Service) addNetworkLocked(id string, mtu int) (NetworkInfo, bool, error) {
-	n, created, err := s.ipam.AddNetwork(id, mtu)
+// addNetworkLocked creates a network (declared: because the registry
+// declares it).
+func (s *Service) addNetworkLocked(id string, mtu int, declared bool) (NetworkInfo, bool, error) {
+	add := s.ipam.AddNetwork
+	if declared {
+		add = s.ipam.AddDeclaredNetwork
+	}
+	n, created, err := add(id, mtu)
 	if err != nil {
 		return NetworkInfo{}, false, err
 	}
@@ -439,6 +445,11 @@ func (s *Service) deleteNetworkLocked(id string) error {
 	}
 	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
 		return err
+	}
+	// Its keys go too: a network of the same id made later is a new one
+	// (and must not inherit a staged key whose time has passed).
+	if err := wg.RemoveKeys(s.keysDir(), id); err != nil {
+		s.log.Warn("remove the keys of a deleted network", "network", id, "err", err)
 	}
 	s.log.Info("network deleted", "network", id)
 	s.Trigger()

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -40,7 +41,7 @@ func (s *Service) publish() error {
 		if err != nil {
 			continue
 		}
-		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort}
+		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU}
 		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
 			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
 		}
@@ -64,10 +65,18 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	if s.reg == nil {
 		return nil
 	}
+	// Staged keys take over on time even when the registry does not
+	// answer: the members switch their peer entries at that time.
+	var rotErrs []error
+	for _, n := range nets {
+		if err := s.rotateKey(n, s.wgs[n.ID], r); err != nil {
+			rotErrs = append(rotErrs, fmt.Errorf("network %s: rotate key: %w", n.ID, err))
+		}
+	}
 	nodes, err := s.reg.Nodes()
 	if err != nil {
 		s.regFailed()
-		return fmt.Errorf("read the registry: %w", err)
+		return errors.Join(append(rotErrs, fmt.Errorf("read the registry: %w", err))...)
 	}
 	s.regUp.Store(true)
 	s.regNodes = len(nodes)
@@ -75,7 +84,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	errs := rotErrs
 	local := map[string]bool{}
 	for _, n := range nets {
 		local[n.ID] = true
@@ -110,7 +119,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		if rec.NodeID == s.cfg.NodeID || !ok {
 			continue
 		}
-		if nr.NextPublicKey != "" {
+		if nr.NextPublicKey != "" && time.Now().Before(nr.RotateAt) {
 			s.wakeAt(nr.RotateAt) // switch the peer's key on time
 		}
 		pk, err := wgtypes.ParseKey(nr.KeyAt(time.Now()))
@@ -123,8 +132,8 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 			continue
 		}
 		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
-		if rec.MTU > 0 && rec.MTU < n.MTU {
-			pathMTU[nr.Prefix] = rec.MTU // the path shrinks: clamp TCP MSS
+		if m := nr.PathMTU(rec); m > 0 && m < n.MTU {
+			pathMTU[nr.Prefix] = m // the path shrinks: clamp TCP MSS
 		}
 		// Behind NAT (either side) the mapping must be kept open.
 		if rec.Class == string(config.HomeNAT) || s.cfg.Class == config.HomeNAT {
@@ -139,11 +148,6 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	}
 	all := append(append([]wg.Peer(nil), peers...), users...)
 	d := s.wgs[n.ID]
-	if d == nil { // no device to switch: take a due staged key now
-		if err := s.rotateKey(n, nil, r); err != nil {
-			return err
-		}
-	}
 	// A network with no member elsewhere and no user needs no device:
 	// embedded wireguard-go costs tens of MB per device (measured: about
 	// 45 MB), which a node with a thousand local networks cannot pay. The
@@ -188,9 +192,6 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		s.wgStarted[n.ID] = true
 		s.wgs[n.ID] = d
 		s.wgImpl = d.Impl
-	}
-	if err := s.rotateKey(n, d, r); err != nil {
-		return err
 	}
 	changed, err := d.SetPeers(all)
 	if err != nil {
@@ -258,7 +259,12 @@ func (s *Service) RotateKey(id string, overlap time.Duration) (wg.NextKey, error
 		return wg.NextKey{}, err
 	}
 	if err := s.publish(); err != nil {
-		return next, fmt.Errorf("announce the next key: %w", err)
+		// Unannounced, the key must not take over: the members would
+		// not know it.
+		if uerr := wg.UnstageKey(s.keysDir(), id); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return wg.NextKey{}, fmt.Errorf("announce the next key (nothing changed): %w", err)
 	}
 	s.wakeAt(next.At)
 	s.log.Info("wireguard key staged", "network", id, "next_public_key", next.Key.PublicKey().String(), "at", next.At)

@@ -77,9 +77,6 @@ func (f *Files) Declare(n NetworkSpec) error {
 	if err := n.Validate(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(f.Dir, "networks"), 0o755); err != nil {
-		return err
-	}
 	b, err := json.MarshalIndent(n, "", "  ")
 	if err != nil {
 		return err
@@ -95,31 +92,47 @@ func (f *Files) Undeclare(id string) error {
 	return nil
 }
 
-// Declared implements Declarations.
+// Declared implements Declarations. A listing that could not be read
+// whole returns what it could read (never nil) with the error: readers
+// must not take a network missing from it as withdrawn.
 func (f *Files) Declared() ([]NetworkSpec, error) {
+	// The directory is made by NewFiles: its absence means the registry
+	// is not there (an unmounted share), not that nothing is declared.
 	entries, err := os.ReadDir(filepath.Join(f.Dir, "networks"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
 	if err != nil {
 		return nil, err
 	}
-	var out []NetworkSpec
+	out := []NetworkSpec{}
+	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(f.Dir, "networks", e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // undeclared meanwhile
+		}
 		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		var n NetworkSpec
-		if json.Unmarshal(b, &n) == nil && n.Validate() == nil {
-			out = append(out, n)
+		n, err := parseSpec(b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", e.Name(), err))
+			continue
 		}
+		out = append(out, n)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
+	return out, errors.Join(errs...)
+}
+
+func parseSpec(b []byte) (NetworkSpec, error) {
+	var n NetworkSpec
+	if err := json.Unmarshal(b, &n); err != nil {
+		return n, err
+	}
+	return n, n.Validate()
 }
 
 func (e *Etcd) specKey(id string) string { return e.prefix + "/networks/" + id }
@@ -157,13 +170,16 @@ func (e *Etcd) Declared() ([]NetworkSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd get: %w", err)
 	}
-	var out []NetworkSpec
+	out := []NetworkSpec{}
+	var errs []error
 	for _, kv := range resp.Kvs {
-		var n NetworkSpec
-		if json.Unmarshal(kv.Value, &n) == nil && n.Validate() == nil {
-			out = append(out, n)
+		n, err := parseSpec(kv.Value)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", kv.Key, err))
+			continue
 		}
+		out = append(out, n)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
+	return out, errors.Join(errs...)
 }

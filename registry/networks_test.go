@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -75,4 +77,32 @@ func TestEtcdDeclarations(t *testing.T) {
 	}
 	defer e.Close()
 	declarations(t, e)
+}
+
+// A listing read only in part says so, and still returns what it read.
+func TestFilesDeclaredPartial(t *testing.T) {
+	dir := t.TempDir()
+	f, err := NewFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Declare(NetworkSpec{ID: "acme", Members: []string{"a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "networks", "broken.json"), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Declared()
+	if err == nil || !strings.Contains(err.Error(), "broken.json") {
+		t.Errorf("Declared with a broken spec: error %v, want one naming broken.json", err)
+	}
+	if len(got) != 1 || got[0].ID != "acme" {
+		t.Errorf("Declared with a broken spec returned %+v, want acme", got)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "networks")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.Declared(); err == nil || got != nil {
+		t.Errorf("Declared without its directory = %+v, %v; want an error (an absent registry is not an empty one)", got, err)
+	}
 }

@@ -28,6 +28,20 @@ type NetworkRecord struct {
 	// at RotateAt, and so does every member's peer entry for it.
 	NextPublicKey string    `json:"next_public_key,omitempty"`
 	RotateAt      time.Time `json:"rotate_at,omitzero"`
+	// MTU of the network on that node (its bridge and WireGuard device).
+	MTU int `json:"mtu,omitempty"`
+}
+
+// PathMTU is the largest tenant packet the network takes on the node of
+// rec: the network's MTU there, else the node's (0: unknown).
+func (n NetworkRecord) PathMTU(rec NodeRecord) int {
+	switch {
+	case n.MTU > 0 && rec.MTU > 0:
+		return min(n.MTU, rec.MTU)
+	case n.MTU > 0:
+		return n.MTU
+	}
+	return rec.MTU
 }
 
 // KeyAt is the node's public key for the network at time now.
@@ -100,8 +114,10 @@ type Files struct {
 
 // NewFiles opens (creating) a registry directory.
 func NewFiles(dir string) (*Files, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "nodes"), 0o755); err != nil {
-		return nil, fmt.Errorf("registry %s: %w", dir, err)
+	for _, sub := range []string{"nodes", "networks"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("registry %s: %w", dir, err)
+		}
 	}
 	return &Files{Dir: dir}, nil
 }

@@ -85,6 +85,9 @@ func PromoteKey(dir, network string) error {
 	return os.Remove(nextPath(dir, network))
 }
 
+// UnstageKey drops a staged key that must not take over.
+func UnstageKey(dir, network string) error { return ignoreMissing(os.Remove(nextPath(dir, network))) }
+
 // RemoveKeys deletes the network's keys (the network left the node).
 func RemoveKeys(dir, network string) error {
 	return errors.Join(ignoreMissing(os.Remove(filepath.Join(dir, network+".key"))), ignoreMissing(os.Remove(nextPath(dir, network))))

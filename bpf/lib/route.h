@@ -37,7 +37,9 @@ static __always_inline int tn_hop(struct __sk_buff *skb, __u32 l3off)
 	if (bpf_skb_load_bytes(skb, l3off + 7, &hl, 1) || hl <= 1)
 		return 0;
 	hl--;
-	return bpf_skb_store_bytes(skb, l3off + 7, &hl, 1, 0) == 0;
+	/* RECOMPUTE_CSUM keeps skb->csum right for CHECKSUM_COMPLETE. */
+	return bpf_skb_store_bytes(skb, l3off + 7, &hl, 1,
+				   BPF_F_RECOMPUTE_CSUM) == 0;
 }
 
 /* Does the packet fit the MTU of ifindex? Large (GSO) packets are checked
@@ -94,8 +96,18 @@ static __always_inline void tn_clamp_mss(struct __sk_buff *skb,
 			if (bpf_skb_load_bytes(skb, off + 2, &old, 2) ||
 			    bpf_ntohs(old) <= mss)
 				return;
-			bpf_l4_csum_replace(skb, l4 + 16, old, new, 2);
-			bpf_skb_store_bytes(skb, off + 2, &new, 2, 0);
+			if (bpf_skb_store_bytes(skb, off + 2, &new, 2, 0))
+				return;
+			/* The checksum sums 16-bit words from the TCP header
+			 * on: a value at an odd offset (after a NOP) adds in
+			 * byte-swapped. */
+			__be16 o = old, n = new;
+			if ((off + 2 - l4) & 1) {
+				o = (__be16)((old << 8) | (old >> 8));
+				n = (__be16)((new << 8) | (new >> 8));
+			}
+			if (bpf_l4_csum_replace(skb, l4 + 16, o, n, 2))
+				bpf_skb_store_bytes(skb, off + 2, &old, 2, 0);
 			return;
 		}
 		off += opt[1];

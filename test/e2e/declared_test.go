@@ -99,7 +99,12 @@ func declared(t *testing.T, backend string) {
 		}
 		return nil
 	})
-	time.Sleep(2 * time.Second)
+	eventually("node2 says why it keeps acme", func() error {
+		if out := nodes[1].d.must("status", "-o", "json"); !strings.Contains(out, "no longer declared for this node") {
+			return fmt.Errorf("status: %s", out)
+		}
+		return nil
+	})
 	if !hasNetwork(nodes[1], "acme") {
 		t.Fatal("node2 removed acme with workload d2 still attached")
 	}

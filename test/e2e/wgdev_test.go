@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -107,6 +108,7 @@ func TestWireGuardDevice(t *testing.T) {
 	tun, idx := openTUN(t, n, "tnwg0")
 	remote := netip.MustParsePrefix("2001:db8:a:2::/64")
 	n.route(n.nl, remote.String(), "tnwg0", "")
+	n.route(n.nl, "2001:db8:a::77/128", "tnwg0", "")
 	if err := n.maps.SetTenantPrefix(remote, tenantA); err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +127,8 @@ func TestWireGuardDevice(t *testing.T) {
 		want := []maps.Route{
 			{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: maps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: redirect},
 			{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect, MTU: remoteMTU},
+			// a user's laptop peering with this node
+			{Tenant: tenantA, Prefix: netip.MustParsePrefix("2001:db8:a::77/128"), Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
 		}
 		if _, err := n.maps.SyncRoutes(tenantA, want, have[tenantA]); err != nil {
 			t.Fatal(err)
@@ -167,6 +171,17 @@ func TestWireGuardDevice(t *testing.T) {
 		}
 	}
 
+	// Transit for a user: from a member node to the laptop (and back),
+	// out of the same device, by the kernel.
+	stack := count(maps.DirWG, maps.PassStack)
+	inject("2001:db8:a:2::7", "2001:db8:a::77")
+	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a::77"), 2*time.Second); p == nil {
+		t.Error("member node -> user's laptop: the node did not forward it back out of the device")
+	}
+	if got := count(maps.DirWG, maps.PassStack); got != stack+1 {
+		t.Errorf("transit: pass-stack %d -> %d, want one more", stack, got)
+	}
+
 	// From the workload to the member node: redirected into the device,
 	// hop limit decremented as a router does.
 	sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 64, 100)
@@ -196,8 +211,8 @@ func TestWireGuardDevice(t *testing.T) {
 	setRoutes(false, 0)
 	inject("2001:db8:a:2::8", "2001:db8:a::1")
 	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (kernel routes)")
-	if got := count(maps.DirWG, maps.PassStack); got != 1 {
-		t.Errorf("wireguard pass-stack = %d, want 1", got)
+	if got := count(maps.DirWG, maps.PassStack); got != stack+2 {
+		t.Errorf("wireguard pass-stack = %d, want %d", got, stack+2)
 	}
 	sendUDPHops(n, a1, "[2001:db8:a:2::8]:5353", 64, 100)
 	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::8"), 2*time.Second); p == nil {
@@ -209,11 +224,13 @@ func TestWireGuardDevice(t *testing.T) {
 
 	// Where the path to the member node shrinks to 1300 bytes, TCP SYNs
 	// both ways get their MSS clamped to 1240 (A1's own MTU is 1500).
-	for _, redirect := range []bool{true, false} {
+	for i, redirect := range []bool{true, false} {
 		setRoutes(redirect, 1300)
-		member := netip.MustParseAddr("2001:db8:a:2::9")
+		// A new destination each time: the first dial's retransmitted
+		// SYNs must not be taken for the second's.
+		member := netip.MustParseAddr(fmt.Sprintf("2001:db8:a:2::%d", 9+i))
 		go a1.ns.Do(func() error {
-			c, err := net.DialTimeout("tcp", "[2001:db8:a:2::9]:80", time.Second)
+			c, err := net.DialTimeout("tcp", netip.AddrPortFrom(member, 80).String(), time.Second)
 			if err == nil {
 				c.Close()
 			}
@@ -232,21 +249,26 @@ func TestWireGuardDevice(t *testing.T) {
 	}
 	setRoutes(true, 1300)
 	frames := captureTCP(t, a1, 8080)
-	in := packet.IPv6(packet.Spec{Src: netip.MustParseAddr("2001:db8:a:2::9"), Dst: a1.addr, Proto: maps.ProtoTCP,
-		Sport: 40001, Dport: 8080, TCPFlags: 0x02, TCPOpts: []byte{2, 4, 0x05, 0xb4}}) // MSS 1460
-	if _, err := tun.Write(in); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case p := <-frames:
-		if mss := packet.TCPMSS(p); mss != 1240 {
-			t.Errorf("the member node's SYN reached A1 with MSS %d, want 1240", mss)
+	for _, opts := range [][]byte{
+		{2, 4, 0x05, 0xb4},    // MSS 1460 first: its value at an even offset
+		{1, 2, 4, 0x05, 0xb4}, // after a NOP: at an odd offset
+	} {
+		in := packet.IPv6(packet.Spec{Src: netip.MustParseAddr("2001:db8:a:2::9"), Dst: a1.addr, Proto: maps.ProtoTCP,
+			Sport: 40001, Dport: 8080, TCPFlags: 0x02, TCPOpts: opts})
+		if _, err := tun.Write(in); err != nil {
+			t.Fatal(err)
 		}
-		if !packet.ValidChecksum(p) {
-			t.Error("the member node's SYN reached A1 with a bad checksum")
+		select {
+		case p := <-frames:
+			if mss := packet.TCPMSS(p); mss != 1240 {
+				t.Errorf("options %v: the member node's SYN reached A1 with MSS %d, want 1240", opts, mss)
+			}
+			if !packet.ValidChecksum(p) {
+				t.Errorf("options %v: the member node's SYN reached A1 with a bad checksum", opts)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("options %v: the member node's SYN did not reach A1", opts)
 		}
-	case <-time.After(2 * time.Second):
-		t.Error("the member node's SYN did not reach A1")
 	}
 }
 

@@ -20,12 +20,19 @@ import (
 	"time"
 )
 
-// Packages whose tests run in the VMs (the e2e tests need iproute2 and
-// more than a busybox initramfs has).
-var Packages = []string{"./loader", "./maps", "./test/datapath", "./wg"}
+// Packages whose tests run in the VMs. Of the e2e tests only those that
+// need nothing but the kernel (most need iproute2, nftables and more than
+// a busybox initramfs has): RunFilter names them.
+var Packages = []string{"./loader", "./maps", "./test/datapath", "./wg", "./test/e2e"}
+
+// RunFilter limits a package's tests (-test.run syntax).
+var RunFilter = map[string]string{
+	// tn_from_wg and the fast path: a TUN device stands in for WireGuard
+	"./test/e2e": "^TestWireGuardDevice$",
+}
 
 // Modules loaded in the VMs when the kernel has them as modules.
-var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit"}
+var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit", "tun"}
 
 // Result is one package on one kernel.
 type Result struct {
@@ -155,7 +162,7 @@ echo "TNKERNEL $(uname -r)"
 cd /t
 for t in *.test; do
 	echo "TNPKG $t"
-	./$t -test.v -test.count=1 -test.timeout=20m 2>&1
+	./$t -test.v -test.count=1 -test.timeout=20m $(cat $t.args 2>/dev/null) 2>&1
 	echo "TNEND $t $?"
 done
 poweroff -f
@@ -198,6 +205,11 @@ func buildInitramfs(kdir string, tests map[string]string, out string) ([]string,
 		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
 		if err := copyFile(bin, filepath.Join(work, "t", name), 0o755); err != nil {
 			return nil, err
+		}
+		if f := RunFilter[p]; f != "" {
+			if err := os.WriteFile(filepath.Join(work, "t", name+".args"), []byte("-test.run="+f+"\n"), 0o644); err != nil {
+				return nil, err
+			}
 		}
 	}
 	cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet | gzip -1 > "+out)
@@ -248,7 +260,11 @@ func RunHost(tests map[string]string, log io.Writer) string {
 	for _, p := range pkgs {
 		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
 		fmt.Fprintf(&b, "TNPKG %s\n", name)
-		cmd := exec.Command(tests[p], "-test.v", "-test.count=1")
+		args := []string{"-test.v", "-test.count=1"}
+		if f := RunFilter[p]; f != "" {
+			args = append(args, "-test.run="+f)
+		}
+		cmd := exec.Command(tests[p], args...)
 		cmd.Dir = filepath.Dir(tests[p])
 		out, err := cmd.CombinedOutput()
 		b.Write(out)

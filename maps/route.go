@@ -152,6 +152,10 @@ func (x *Maps) BindWG(ifindex, tenant uint32) error {
 	if x.m.TnWgdevV1 == nil {
 		return errors.New("tn_wgdev_v1 is not pinned: load the datapath with this build")
 	}
+	var cur loader.WorkloadTnPort
+	if x.m.TnWgdevV1.Lookup(ifindex, &cur) == nil && cur.Tenant == tenant {
+		return nil // as it is: no write on every reconcile
+	}
 	if err := update(x.m.TnWgdevV1, ifindex, loader.WorkloadTnPort{Tenant: tenant}); err != nil {
 		return fmt.Errorf("bind wireguard ifindex %d to tenant %d: %w", ifindex, tenant, err)
 	}

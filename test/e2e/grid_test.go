@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
@@ -242,6 +245,76 @@ func grid(t *testing.T, backend string) {
 	sendUDP(wlNS["w1"], addr["w2"], fmt.Sprintf("[%s]:5353", addr["w3"]))
 	sink.expect(t, false, time.Second, "w1 spoofing w2's source")
 	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "del", addr["w2"]+"/128", "dev", "eth0").Run()
+
+	// A user's laptop on the internet peers with node1 only and reaches
+	// a workload on node2 through it (and is reached back): node1's
+	// tn_from_wg lets such transit out of the same device.
+	laptop := testutil.NewNetNS(t, fmt.Sprintf("tn-lap-%d", pid))
+	inetNS := fmt.Sprintf("tn-inet-%d", pid)
+	for _, c := range [][]string{
+		{"ip", "-n", laptop.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "lap0", "netns", inetNS},
+		{"ip", "-n", inetNS, "link", "set", "lap0", "master", "br0", "up"},
+		{"ip", "-n", laptop.Name, "addr", "add", "2001:db8:ffff::50/64", "dev", "eth0", "nodad"},
+		{"ip", "-n", laptop.Name, "link", "set", "eth0", "up"},
+		{"ip", "-n", laptop.Name, "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+	}
+	conf := nodes[0].d.must("user", "add", "--id", "alice", "--network", "acme")
+	confValue := func(key string) string {
+		for _, l := range strings.Split(conf, "\n") {
+			if k, v, ok := strings.Cut(l, " = "); ok && k == key {
+				return v
+			}
+		}
+		t.Fatalf("wg-quick config without %s:\n%s", key, conf)
+		return ""
+	}
+	userKey, err := wgtypes.ParseKey(confValue("PrivateKey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeKey, _ := wgtypes.ParseKey(confValue("PublicKey"))
+	userAddr := netip.MustParsePrefix(confValue("Address"))
+	var allowed []netip.Prefix
+	for _, a := range strings.Split(confValue("AllowedIPs"), ",") {
+		allowed = append(allowed, netip.MustParsePrefix(strings.TrimSpace(a)))
+	}
+	if err := laptop.Do(func() error {
+		dev := fmt.Sprintf("tl%d", pid%100000)
+		dv, err := wg.Open(dev, userKey, 0, 1420, slog.Default())
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { dv.Close() })
+		if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: netip.MustParseAddrPort(confValue("Endpoint")),
+			AllowedIPs: allowed, Keepalive: 25 * time.Second}}); err != nil {
+			return err
+		}
+		cmds := [][]string{{"addr", "add", userAddr.String(), "dev", dev, "nodad"}}
+		for _, a := range allowed {
+			cmds = append(cmds, []string{"route", "add", a.String(), "dev", dev})
+		}
+		for _, c := range cmds {
+			if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("laptop (peer of node1) -> w2 on node2", func() error { return dialTCP(laptop, hp("w2"), time.Second) })
+	listenTCP(t, laptop, fmt.Sprintf("[%s]:9090", userAddr.Addr()))
+	eventually("w2 on node2 -> laptop (peer of node1)", func() error {
+		return dialTCP(wlNS["w2"], fmt.Sprintf("[%s]:9090", userAddr.Addr()), time.Second)
+	})
+	if dialTCP(laptop, hp("g2"), time.Second) == nil {
+		t.Error("acme's user reached globex g2 on another node")
+	}
+	nodes[0].d.must("user", "del", "--id", "alice")
 
 	// Key rotation with an overlap: node1 announces its next acme key;
 	// at the switch node1's device and node2's peer entry for it take

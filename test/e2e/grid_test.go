@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
@@ -263,25 +261,8 @@ func grid(t *testing.T, backend string) {
 		}
 	}
 	conf := nodes[0].d.must("user", "add", "--id", "alice", "--network", "acme")
-	confValue := func(key string) string {
-		for _, l := range strings.Split(conf, "\n") {
-			if k, v, ok := strings.Cut(l, " = "); ok && k == key {
-				return v
-			}
-		}
-		t.Fatalf("wg-quick config without %s:\n%s", key, conf)
-		return ""
-	}
-	userKey, err := wgtypes.ParseKey(confValue("PrivateKey"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeKey, _ := wgtypes.ParseKey(confValue("PublicKey"))
-	userAddr := netip.MustParsePrefix(confValue("Address"))
-	var allowed []netip.Prefix
-	for _, a := range strings.Split(confValue("AllowedIPs"), ",") {
-		allowed = append(allowed, netip.MustParsePrefix(strings.TrimSpace(a)))
-	}
+	wq := parseWGQuick(t, conf)
+	userKey, nodeKey, userAddr, allowed := wq.privateKey, wq.peerKey, wq.address, wq.allowed
 	if err := laptop.Do(func() error {
 		dev := fmt.Sprintf("tl%d", pid%100000)
 		dv, err := wg.Open(dev, userKey, 0, 1420, slog.Default())
@@ -289,7 +270,7 @@ func grid(t *testing.T, backend string) {
 			return err
 		}
 		t.Cleanup(func() { dv.Close() })
-		if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: netip.MustParseAddrPort(confValue("Endpoint")),
+		if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: wq.endpoint,
 			AllowedIPs: allowed, Keepalive: 25 * time.Second}}); err != nil {
 			return err
 		}

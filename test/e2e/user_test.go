@@ -34,23 +34,8 @@ func TestUserAccess(t *testing.T) {
 	listenTCP(t, nsG, "[::]:8080")
 
 	conf := d.must("user", "add", "--id", "alice-laptop", "--network", "acme")
-	get := func(key string) string {
-		for _, l := range strings.Split(conf, "\n") {
-			if k, v, ok := strings.Cut(l, " = "); ok && k == key {
-				return v
-			}
-		}
-		t.Fatalf("config has no %s:\n%s", key, conf)
-		return ""
-	}
-	priv, err := wgtypes.ParseKey(get("PrivateKey"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeKey, _ := wgtypes.ParseKey(get("PublicKey"))
-	addr := netip.MustParsePrefix(get("Address"))
-	ep := netip.MustParseAddrPort(get("Endpoint"))
-	allowed := netip.MustParsePrefix(strings.Split(get("AllowedIPs"), ",")[0])
+	wq := parseWGQuick(t, conf)
+	priv, nodeKey, addr, ep, allowed := wq.privateKey, wq.peerKey, wq.address, wq.endpoint, wq.allowed[0]
 
 	// The laptop: WireGuard configured from the file, in the ext namespace.
 	dev := fmt.Sprintf("tu%d", os.Getpid()%100000)
@@ -94,4 +79,39 @@ func TestUserAccess(t *testing.T) {
 		t.Errorf("user list: %s", out)
 	}
 	d.must("user", "del", "--id", "alice-laptop")
+}
+
+// wgQuick is what a test needs of a wg-quick configuration.
+type wgQuick struct {
+	privateKey, peerKey wgtypes.Key
+	address             netip.Prefix
+	endpoint            netip.AddrPort
+	allowed             []netip.Prefix
+}
+
+func parseWGQuick(t *testing.T, conf string) wgQuick {
+	t.Helper()
+	get := func(key string) string {
+		for _, l := range strings.Split(conf, "\n") {
+			if k, v, ok := strings.Cut(l, " = "); ok && k == key {
+				return v
+			}
+		}
+		t.Fatalf("wg-quick config without %s:\n%s", key, conf)
+		return ""
+	}
+	var q wgQuick
+	var err error
+	if q.privateKey, err = wgtypes.ParseKey(get("PrivateKey")); err != nil {
+		t.Fatal(err)
+	}
+	if q.peerKey, err = wgtypes.ParseKey(get("PublicKey")); err != nil {
+		t.Fatal(err)
+	}
+	q.address = netip.MustParsePrefix(get("Address"))
+	q.endpoint = netip.MustParseAddrPort(get("Endpoint"))
+	for _, a := range strings.Split(get("AllowedIPs"), ",") {
+		q.allowed = append(q.allowed, netip.MustParsePrefix(strings.TrimSpace(a)))
+	}
+	return q
 }

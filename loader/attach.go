@@ -330,19 +330,26 @@ func ListRecorded(pinDir string) []Attachment {
 	entries, _ := os.ReadDir(filepath.Join(pinDir, linksDir))
 	out := make([]Attachment, 0, len(entries))
 	for _, e := range entries {
-		name := e.Name()
-		mode := ModeTCX
-		if strings.HasSuffix(name, legacySuffix) {
-			mode, name = ModeLegacyTC, strings.TrimSuffix(name, legacySuffix)
+		if a, ok := parseRecord(e.Name()); ok {
+			out = append(out, a)
 		}
-		idx, hook, ok := strings.Cut(name, "_")
-		ifindex, err := strconv.Atoi(idx)
-		if !ok || err != nil {
-			continue
-		}
-		out = append(out, Attachment{Ifindex: ifindex, Hook: Hook(hook), Mode: mode})
 	}
 	return out
+}
+
+// parseRecord reads a pin name of the links directory:
+// <ifindex>_<hook>, with legacySuffix for a legacy tc record.
+func parseRecord(name string) (Attachment, bool) {
+	mode := ModeTCX
+	if strings.HasSuffix(name, legacySuffix) {
+		mode, name = ModeLegacyTC, strings.TrimSuffix(name, legacySuffix)
+	}
+	idx, hook, ok := strings.Cut(name, "_")
+	ifindex, err := strconv.Atoi(idx)
+	if !ok || err != nil {
+		return Attachment{}, false
+	}
+	return Attachment{Ifindex: ifindex, Hook: Hook(hook), Mode: mode}, true
 }
 
 // ListAttachmentsOf reads the attachments of one interface.
@@ -361,22 +368,14 @@ func ListAttachmentsOf(pinDir string, ifindex int) []Attachment {
 
 func listAttachments(pinDir string, names []string) []Attachment {
 	var out []Attachment
-	for _, name := range names {
-		file := name
-		legacy := strings.HasSuffix(name, legacySuffix)
-		name = strings.TrimSuffix(name, legacySuffix)
-		idx, hook, ok := strings.Cut(name, "_")
+	for _, file := range names {
+		a, ok := parseRecord(file)
 		if !ok {
 			continue
 		}
-		ifindex, err := strconv.Atoi(idx)
-		if err != nil {
-			continue
-		}
-		a := Attachment{Ifindex: ifindex, Hook: Hook(hook)}
+		ifindex := a.Ifindex
 		path := filepath.Join(pinDir, linksDir, file)
-		if legacy {
-			a.Mode = ModeLegacyTC
+		if a.Mode == ModeLegacyTC {
 			if p, err := ebpf.LoadPinnedProgram(path, nil); err == nil {
 				if info, err := p.Info(); err == nil {
 					a.ProgID, _ = info.ID()

@@ -15,8 +15,8 @@ import (
 // the device to the tenant and writes the tenant's routes: its /64 here on
 // the bridge, every peer's AllowedIPs behind the device. The routes are
 // what the programs check isolation against on the WireGuard side and what
-// the fast path forwards by.
-// pathMTU has the prefixes whose path carries less than the network's MTU.
+// the fast path forwards by. pathMTU has the prefixes whose path carries
+// less than the network's MTU (their TCP SYNs get the MSS clamped).
 func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, have []maps.Route, r *repairs) error {
 	dev, err := s.nl.LinkByName(d.Name)
 	if err != nil {

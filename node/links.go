@@ -60,12 +60,9 @@ func nlAddr(p netip.Prefix) *netlink.Addr {
 		Flags: unix.IFA_F_NODAD}
 }
 
-func routerSysctls(check bool) [][2]string {
-	if !check {
-		return nil
-	}
-	return [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}}
-}
+// routerSysctls are the bridge's IPv6 settings for a router: no RAs, no
+// DAD for its own addresses, forwarding.
+var routerSysctls = [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}}
 
 func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range addrs {
@@ -291,9 +288,11 @@ func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error 
 	// A router does not take RAs, and its addresses need no DAD.
 	// Written when the bridge is made and checked on deep runs: a few
 	// thousand /proc writes would dominate a no-op reconcile.
-	for _, kv := range routerSysctls(created || sn.deep) {
-		if err := sysctl(fmt.Sprintf("net/ipv6/conf/%s/%s", name, kv[0]), kv[1]); err != nil {
-			return err
+	if created || sn.deep {
+		for _, kv := range routerSysctls {
+			if err := sysctl(fmt.Sprintf("net/ipv6/conf/%s/%s", name, kv[0]), kv[1]); err != nil {
+				return err
+			}
 		}
 	}
 	if l.Attrs().MTU != n.MTU {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -10,6 +11,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -36,9 +39,31 @@ func TestGridNAT(t *testing.T) {
 	retry(t, 20*time.Second, "h2 (behind NAT) -> h1", func() error { return dialTCP(ns["h2"], fmt.Sprintf("[%s]:8080", addr["h1"]), time.Second) })
 	retry(t, 20*time.Second, "h1 -> h2 (behind NAT)", func() error { return dialTCP(ns["h1"], fmt.Sprintf("[%s]:8080", addr["h2"]), time.Second) })
 
-	// Full-size segments both ways across different tenant MTUs (1440 at
-	// home over IPv4, 1420 on the dual-stack node): the MSS is clamped to
-	// the narrower path.
+	// The tenant MTUs differ (1440 at home over IPv4, 1420 on the
+	// dual-stack node): the home node's route to node1's /64 carries the
+	// narrower MTU, which its programs clamp TCP MSS to.
+	m, err := loader.OpenMaps(nodes[1].pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := maps.FromMaps(m).Routes()
+	m.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, rt := range routes[acme] {
+		if rt.Kind == maps.RouteWG && rt.Prefix.Contains(netip.MustParseAddr(addr["h1"])) {
+			found = true
+			if rt.MTU != 1420 {
+				t.Errorf("node2's route to node1's /64 has MTU %d, want 1420 (node1's path)", rt.MTU)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("node2 has no WireGuard route to node1's /64: %+v", routes[acme])
+	}
+	// Full-size segments both ways.
 	transfer(t, ns["h2"], ns["h1"], addr["h1"], 4<<20)
 	transfer(t, ns["h1"], ns["h2"], addr["h2"], 4<<20)
 

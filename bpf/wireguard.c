@@ -4,11 +4,14 @@
  * packets another member node (or a user's laptop) sent into this tenant's
  * network. WireGuard already checked that the source is in the sending
  * peer's AllowedIPs; this program ties that to the tenant: the source must
- * be routed via this very device for this tenant and the destination must
- * be this node's part of the network (or, for a user's laptop, another
- * member node's part, reached back out of the same device). Packets that pass are redirected to
- * the tenant's bridge (bpf_redirect_neigh resolves the workload's MAC), so
- * the workload port's tn_to_workload still decides whether they get in.
+ * be routed via this very device for this tenant (a member's /64, or the
+ * outside when this node reaches it through the network's exit) and the
+ * destination must be this node's part of the network. Two more pass to
+ * the kernel's routes: transit back out of the same device (a user's
+ * laptop reaching another member node) and, on the network's exit node,
+ * the outside. Packets for this node's part are redirected to the tenant's
+ * bridge (bpf_redirect_neigh resolves the workload's MAC), so the workload
+ * port's tn_to_workload still decides whether they get in.
  */
 #include <linux/pkt_cls.h>
 
@@ -46,18 +49,40 @@ int tn_from_wg(struct __sk_buff *skb)
 		reason = TN_DROP_L3_PROTO;
 		goto drop;
 	}
+	/* The source: a member's /64 behind this device, or (on a node that
+	 * reaches the outside through the network's exit) any outside
+	 * address the exit forwarded, but never another tenant's. */
 	struct tn_route *src = tn_route_lookup(tenant, p.src);
-	if (!src || src->kind != TN_ROUTE_WG || src->ifindex != ifindex) {
+	if (!src || src->ifindex != ifindex) {
+		reason = TN_DROP_WG_SOURCE;
+		goto drop;
+	}
+	/* Copied out: the helper calls below must not have the compiler
+	 * keep the pointer in a register they clobber. */
+	__u8 src_kind = src->kind;
+	__u16 src_mtu = src->mtu;
+	if (src_kind != TN_ROUTE_WG &&
+	    (src_kind != TN_ROUTE_EXIT || tn_other_tenant(p.src, tenant))) {
 		reason = TN_DROP_WG_SOURCE;
 		goto drop;
 	}
 	struct tn_route *dst = tn_route_lookup(tenant, p.dst);
-	if (dst && dst->kind == TN_ROUTE_WG && dst->ifindex == ifindex) {
+	if (src_kind == TN_ROUTE_WG && dst && dst->kind == TN_ROUTE_WG &&
+	    dst->ifindex == ifindex) {
 		/* Transit inside the network: a user's laptop reaches the
 		 * network's other nodes through the node it peers with (and
 		 * back). The kernel routes it out of this same device. */
-		tn_clamp_mss(skb, &p,
-			     src->mtu < dst->mtu ? src->mtu : dst->mtu);
+		tn_clamp_mss(skb, &p, src_mtu < dst->mtu ? src_mtu : dst->mtu);
+		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
+		return TC_ACT_OK;
+	}
+	if (src_kind == TN_ROUTE_WG && dst && dst->kind == TN_ROUTE_EXIT &&
+	    !dst->ifindex && tn_global_unicast(p.dst) &&
+	    !tn_other_tenant(p.dst, tenant)) {
+		/* This node is the network's exit: a member without native
+		 * IPv6 reaches the outside through it. The kernel routes it
+		 * out of the uplink. */
+		tn_clamp_mss(skb, &p, src_mtu);
 		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
 		return TC_ACT_OK;
 	}
@@ -66,7 +91,7 @@ int tn_from_wg(struct __sk_buff *skb)
 		goto drop;
 	}
 	/* The sender's segments must fit the narrower of its path and ours. */
-	__u16 mtu = src->mtu;
+	__u16 mtu = src_mtu;
 	if (dst->mtu && (!mtu || dst->mtu < mtu))
 		mtu = dst->mtu;
 	tn_clamp_mss(skb, &p, mtu);

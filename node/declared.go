@@ -33,6 +33,14 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 	for _, sp := range specs {
 		if sp.HasMember(s.cfg.NodeID) {
 			mine[sp.ID] = sp
+			s.exits[sp.ID] = sp.Exit
+		}
+	}
+	if readErr == nil {
+		for id := range s.exits {
+			if _, ok := mine[id]; !ok {
+				delete(s.exits, id)
+			}
 		}
 	}
 	nets, err := s.ipam.Networks()

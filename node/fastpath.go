@@ -17,7 +17,7 @@ import (
 // what the programs check isolation against on the WireGuard side and what
 // the fast path forwards by. pathMTU has the prefixes whose path carries
 // less than the network's MTU (their TCP SYNs get the MSS clamped).
-func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, have []maps.Route, r *repairs) error {
+func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, exitHere bool, have []maps.Route, r *repairs) error {
 	dev, err := s.nl.LinkByName(d.Name)
 	if err != nil {
 		return fmt.Errorf("wireguard %s: %w", d.Name, err)
@@ -49,13 +49,24 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 	fast := *s.cfg.FastPath
 	want := []maps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: maps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast, MTU: uint16(n.MTU)}}
 	for _, p := range peers {
+		mtu := n.MTU
 		for _, a := range p.AllowedIPs {
-			mtu := n.MTU
 			if m, ok := pathMTU[a]; ok {
 				mtu = m
 			}
-			want = append(want, maps.Route{Tenant: n.Num, Prefix: a, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
 		}
+		for _, a := range p.AllowedIPs {
+			kind := maps.RouteWG
+			if a.Bits() == 0 {
+				kind = maps.RouteExit // the outside, through the exit peer
+			}
+			want = append(want, maps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
+		}
+	}
+	if exitHere {
+		// The members' packets for the outside leave through the
+		// kernel's routes (ifindex 0: no device of ours).
+		want = append(want, maps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: maps.RouteExit})
 	}
 	changed, err := m.SyncRoutes(n.Num, want, have)
 	if err != nil {

@@ -51,6 +51,8 @@ type Service struct {
 	wgImpl         wg.Impl
 	tenantPrefixes map[string]string         // network -> prefixes last given to the firewall
 	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
+	exits          map[string]string         // declared network -> its exit node
+	exitWarned     map[string]bool           // networks whose exit here was refused (logged once)
 	wakeMu         sync.Mutex
 	wakes          map[int64]bool // reconciles scheduled by wakeAt
 	regErrors      atomic.Uint64  // failed registry reads and writes
@@ -127,7 +129,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}, exits: map[string]string{}, exitWarned: map[string]bool{}}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		st.Close()

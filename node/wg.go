@@ -86,11 +86,15 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	}
 	errs := rotErrs
 	local := map[string]bool{}
+	viaExit := map[string]string{}
 	for _, n := range nets {
 		local[n.ID] = true
-		if err := s.reconcileNetWG(n, nodes, routes[n.Num], r); err != nil {
+		if err := s.reconcileNetWG(n, nodes, routes[n.Num], viaExit, r); err != nil {
 			errs = append(errs, fmt.Errorf("network %s wireguard: %w", n.ID, err))
 		}
+	}
+	if err := s.syncExitRouting(nets, viaExit, r); err != nil {
+		errs = append(errs, fmt.Errorf("exit routing: %w", err))
 	}
 	for id, d := range s.wgs {
 		if !local[id] {
@@ -109,8 +113,17 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	return nil
 }
 
-func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []maps.Route, r *repairs) error {
+// reconcileNetWG keeps one network's device, peers and routes. When this
+// node reaches the outside through the network's exit, it records the
+// device in viaExit (syncExitRouting routes the tenant's /64 there).
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []maps.Route, viaExit map[string]string, r *repairs) error {
 	name := wg.Name(n.Num, s.cfg.NodeID)
+	role := s.exitRole(n.ID)
+	if role == exitBadClass && !s.exitWarned[n.ID] {
+		s.exitWarned[n.ID] = true
+		s.log.Warn("this node is declared the network's exit but has no native IPv6 (class "+string(s.cfg.Class)+"): it does not forward for the network", "network", n.ID)
+	}
+	exitPeer := false
 	var peers []wg.Peer
 	prefixes := []netip.Prefix{n.Prefix}
 	pathMTU := map[netip.Prefix]int{}
@@ -132,6 +145,12 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 			continue
 		}
 		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
+		if role == exitViaPeer && rec.NodeID == s.exits[n.ID] {
+			// The outside, through the exit (WireGuard still sends the
+			// other members' /64s to them: the longest match wins).
+			p.AllowedIPs = append(p.AllowedIPs, defaultRoute)
+			exitPeer = true
+		}
 		if m := nr.PathMTU(rec); m > 0 && m < n.MTU {
 			pathMTU[nr.Prefix] = m // the path shrinks: clamp TCP MSS
 		}
@@ -203,8 +222,11 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
-	if err := s.wgDatapath(n, d, all, pathMTU, routes, r); err != nil {
+	if err := s.wgDatapath(n, d, all, pathMTU, role == exitHere, routes, r); err != nil {
 		return err
+	}
+	if exitPeer {
+		viaExit[n.ID] = name
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {
 		return err
@@ -287,7 +309,8 @@ func (s *Service) wakeAt(t time.Time) {
 	})
 }
 
-// syncRoutes routes every peer's /64 via the WireGuard device.
+// syncRoutes routes every peer's /64 via the WireGuard device (in the main
+// table; the exit's ::/0 has the network's own table, syncExitRouting).
 func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 	l, err := s.nl.LinkByName(dev)
 	if err != nil {
@@ -296,7 +319,9 @@ func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 	want := map[string]netip.Prefix{}
 	for _, p := range peers {
 		for _, a := range p.AllowedIPs {
-			want[a.String()] = a
+			if a.Bits() > 0 {
+				want[a.String()] = a
+			}
 		}
 	}
 	routes, err := dump(func() ([]netlink.Route, error) { return s.nl.RouteList(l, netlink.FAMILY_V6) })

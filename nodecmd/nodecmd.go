@@ -385,6 +385,14 @@ func cleanup(cfgPath string, purge bool, stdout io.Writer) error {
 			}
 		}
 	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if _, err := node.RemoveExitRouting(h); err != nil {
+		return fmt.Errorf("remove the exit routing: %w", err)
+	}
 	if err := loader.Remove(cfg.BPFDir); err != nil {
 		return err
 	}

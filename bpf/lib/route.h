@@ -114,18 +114,41 @@ static __always_inline void tn_clamp_mss(struct __sk_buff *skb,
 	}
 }
 
+/* Global unicast (2000::/3): what an exit forwards. The tenant's ::/0
+ * route also covers link-local and multicast destinations, which stay on
+ * the node's side of the port. */
+static __always_inline int tn_global_unicast(const __u8 *addr)
+{
+	return (addr[0] & 0xe0) == 0x20;
+}
+
+/* Is the next hop the tenant's WireGuard device? Either a member's /64
+ * behind it, or the exit reached through it (a node without native IPv6
+ * sends the tenant's outside traffic to the network's exit node). */
+static __always_inline int tn_via_wg(const struct pkt *p,
+				     const struct tn_route *rt)
+{
+	if (!rt || p->l3 != ETH_P_IPV6)
+		return 0;
+	if (rt->kind == TN_ROUTE_WG)
+		return 1;
+	return rt->kind == TN_ROUTE_EXIT && rt->ifindex &&
+	       tn_global_unicast(p->dst);
+}
+
 /* Fast path of a workload port: an IPv6 packet for the tenant's network
- * behind WireGuard goes straight to the device's transmit (the device is
- * L3: bpf_redirect strips the Ethernet header). Returns a TC action. */
+ * behind WireGuard (or for its exit behind it) goes straight to the
+ * device's transmit (the device is L3: bpf_redirect strips the Ethernet
+ * header). Returns a TC action. */
 static __always_inline int tn_fast_to_wg(struct __sk_buff *skb,
 					 const struct pkt *p,
 					 const struct tn_route *rt,
 					 __u32 tenant)
 {
-	if (rt && rt->kind == TN_ROUTE_WG)
-		tn_clamp_mss(skb, p, rt->mtu); /* either path: clamp first */
-	if (!rt || rt->kind != TN_ROUTE_WG ||
-	    !(rt->flags & TN_ROUTE_F_REDIRECT) || p->l3 != ETH_P_IPV6)
+	if (!tn_via_wg(p, rt))
+		return TC_ACT_OK;
+	tn_clamp_mss(skb, p, rt->mtu); /* either path: clamp first */
+	if (!(rt->flags & TN_ROUTE_F_REDIRECT))
 		return TC_ACT_OK;
 	if (!tn_fits(skb, rt->ifindex, skb->len - sizeof(struct ethhdr)))
 		return TC_ACT_OK;

@@ -26,10 +26,12 @@ import (
 
 // gridNode is one node of the grid: a namespace with its tenantnetd.
 type gridNode struct {
-	id  string
-	ns  *testutil.NetNS
-	d   *daemon
-	pin string
+	id    string
+	ns    *testutil.NetNS
+	d     *daemon
+	pin   string
+	state string          // tenantnetd's state directory (tenantfw's too)
+	inet  *testutil.NetNS // the "internet" the node's uplink is on
 }
 
 // TestGrid: three nodes, each its own tenantnetd, wired through an
@@ -78,7 +80,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 
 	var nodes []*gridNode
 	for i := 1; i <= count; i++ {
-		g := &gridNode{id: fmt.Sprintf("node%d", i)}
+		g := &gridNode{id: fmt.Sprintf("node%d", i), inet: inet}
 		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
 		nl := g.ns.Netlink(t)
 		peer := fmt.Sprintf("n%d", i)
@@ -130,6 +132,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		inl.LinkSetMaster(pl, br)
 		inl.LinkSetUp(pl)
 		dir := t.TempDir()
+		g.state = filepath.Join(dir, "state")
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
@@ -146,7 +149,7 @@ reconcile_interval: 1s
 registry_lease: 3s
 registry: %s
 %s
-`, g.id, class, 100+i, addrs, filepath.Join(dir, "state"), g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
+`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
 		g.d.start()
 		gg := g
 		t.Cleanup(func() {

@@ -101,7 +101,8 @@ func sendUDPHops(n *node, w *wl, dst string, hops, size int) {
 // with real packets through a real device: isolation on the WireGuard side
 // (source routed via this device for this tenant, destination local), the
 // redirects in both directions, the slow path for what only the kernel
-// does as a router (hop limit, packet too big), and the kernel-route mode.
+// does as a router (hop limit, packet too big), the kernel-route mode, TCP
+// MSS clamping, and both ends of the exit path.
 func TestWireGuardDevice(t *testing.T) {
 	n := firewallNode(t)
 	a1 := n.wls["A1"]
@@ -116,7 +117,7 @@ func TestWireGuardDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.do(n.ns, func() error { _, err := n.dp.AttachWG(idx, loader.AttachOptions{}); return err })
-	setRoutes := func(redirect bool, remoteMTU uint16) {
+	setRoutes := func(redirect bool, remoteMTU uint16, extra ...maps.Route) {
 		t.Helper()
 		have, err := n.maps.Routes()
 		if err != nil {
@@ -130,6 +131,7 @@ func TestWireGuardDevice(t *testing.T) {
 			// a user's laptop peering with this node
 			{Tenant: tenantA, Prefix: netip.MustParsePrefix("2001:db8:a::77/128"), Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
 		}
+		want = append(want, extra...)
 		if _, err := n.maps.SyncRoutes(tenantA, want, have[tenantA]); err != nil {
 			t.Fatal(err)
 		}
@@ -268,6 +270,64 @@ func TestWireGuardDevice(t *testing.T) {
 			}
 		case <-time.After(2 * time.Second):
 			t.Errorf("options %v: the member node's SYN did not reach A1", opts)
+		}
+	}
+
+	// A member without native IPv6: the tenant's ::/0 is the exit, behind
+	// the device. The outside comes in through it (never from another
+	// tenant's prefix, never for a non-local destination), and the
+	// workload's packets for the outside go into it.
+	outside := "2001:db8:ffff::fd"
+	setRoutes(true, 0, maps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: maps.RouteExit, Ifindex: uint32(idx), Redirect: true})
+	redirected := count(maps.DirWG, maps.PassRedirect)
+	inject(outside, "2001:db8:a::1")
+	sink.expect(t, true, 2*time.Second, "the outside via the exit -> A1")
+	if got := count(maps.DirWG, maps.PassRedirect); got != redirected+1 {
+		t.Errorf("outside -> A1 through the exit: pass-redirect %d -> %d, want one more", redirected, got)
+	}
+	for _, c := range []struct {
+		what, src, dst string
+		reason         maps.Reason
+	}{
+		{"exit path: source of another tenant", "2001:db8:b::9", "2001:db8:a::1", maps.DropWGSource},
+		{"exit path: destination not on this node", outside, "2001:db8:ffff::fe", maps.DropWGDest},
+	} {
+		before := count(maps.DirWG, c.reason)
+		inject(c.src, c.dst)
+		sink.expect(t, false, 300*time.Millisecond, c.what)
+		if got := count(maps.DirWG, c.reason); got != before+1 {
+			t.Errorf("%s: %s counter %d -> %d, want one more", c.what, c.reason, before, got)
+		}
+	}
+	fast = count(maps.DirFast, maps.PassRedirect)
+	sendUDPHops(n, a1, "["+outside+"]:5353", 64, 100)
+	if p := readTUN(tun, netip.MustParseAddr(outside), 2*time.Second); p == nil {
+		t.Error("A1 -> the outside: nothing came out of the device to the exit")
+	}
+	if got := count(maps.DirFast, maps.PassRedirect); got != fast+1 {
+		t.Errorf("A1 -> the outside: fast-path pass-redirect %d -> %d, want one more", fast, got)
+	}
+
+	// The exit node itself: ::/0 goes to the kernel's routes (ifindex 0).
+	// A member's packet for the outside passes to them and leaves by the
+	// uplink; an outside source is no member's and is dropped.
+	setRoutes(true, 0, maps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: maps.RouteExit})
+	ext := listenUDP(t, n.ext, "[::]:5353")
+	stack = count(maps.DirWG, maps.PassStack)
+	inject("2001:db8:a:2::7", "2001:db8:ffff::5")
+	ext.expect(t, true, 2*time.Second, "member -> the outside through this exit")
+	if got := count(maps.DirWG, maps.PassStack); got != stack+1 {
+		t.Errorf("exit: pass-stack %d -> %d, want one more", stack, got)
+	}
+	for _, c := range []struct{ what, src, dst string }{
+		{"exit: outside source", outside, "2001:db8:ffff::5"},
+		{"exit: member to another tenant", "2001:db8:a:2::7", "2001:db8:b::1"},
+	} {
+		before := count(maps.DirWG, maps.DropWGSource) + count(maps.DirWG, maps.DropWGDest)
+		inject(c.src, c.dst)
+		ext.expect(t, false, 300*time.Millisecond, c.what)
+		if got := count(maps.DirWG, maps.DropWGSource) + count(maps.DirWG, maps.DropWGDest); got != before+1 {
+			t.Errorf("%s: wg-source+wg-dest %d -> %d, want one more", c.what, before, got)
 		}
 	}
 }

@@ -1,0 +1,203 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
+)
+
+// The exit path (DESIGN §1). Every tenant network has one exit node,
+// declared in the registry. A member without native IPv6 (ipv4-only,
+// home-nat, home-ipv6) sends its workloads' traffic for the outside to the
+// exit through the network's WireGuard device: the exit's peer entry gets
+// ::/0 besides its /64, and the tenant's /64 is policy-routed into a table
+// of its own whose default route is that device (the node's other traffic
+// and other tenants keep the main table). The exit forwards it out of its
+// uplink. The operator routes such a member's prefix to the exit (its /48
+// is carved from the exit's space, as the design's IPv4-only case says),
+// so the answers come back the same way.
+//
+// In tn_route_v1 both ends hold (tenant, ::/0) with kind exit: on the
+// member with the device's ifindex (the fast path redirects there and
+// tn_from_wg accepts outside sources from it), on the exit with ifindex 0
+// (tn_from_wg lets a member's packets for the outside through to the
+// kernel's routes).
+
+// exitRulePriority is the priority of our "from <tenant /64> lookup
+// <table>" rules: after the local table (0), before main (32766).
+const exitRulePriority = 30000
+
+// exitTableBase + network number is the network's routing table.
+const exitTableBase = 1 << 20
+
+func exitTable(n ipam.Network) int { return exitTableBase + int(n.Num) }
+
+// defaultRoute is the exit's AllowedIPs entry on a member: the outside.
+var defaultRoute = netip.MustParsePrefix("::/0")
+
+// exitRole says what this node does for network n's exit path.
+type exitRole int
+
+const (
+	exitNone     exitRole = iota // native IPv6 here, or no exit declared
+	exitHere                     // this node is the network's exit
+	exitViaPeer                  // the outside is reached through the exit peer
+	exitBadClass                 // declared exit, but without native IPv6
+)
+
+func (s *Service) exitRole(id string) exitRole {
+	exit := s.exits[id]
+	switch {
+	case exit == "":
+		return exitNone
+	case exit == s.cfg.NodeID && s.cfg.Class != config.DualStack:
+		return exitBadClass
+	case exit == s.cfg.NodeID:
+		return exitHere
+	case s.cfg.Class != config.DualStack:
+		return exitViaPeer
+	}
+	return exitNone
+}
+
+// syncExitRouting makes the policy routing of the networks in via (network
+// id -> WireGuard device name) and removes ours for any other network.
+func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r *repairs) error {
+	rules, err := dump(func() ([]netlink.Rule, error) { return s.nl.RuleList(netlink.FAMILY_V6) })
+	if err != nil {
+		return fmt.Errorf("list rules: %w", err)
+	}
+	want := map[int]ipam.Network{}
+	for _, n := range nets {
+		if _, ok := via[n.ID]; ok {
+			want[exitTable(n)] = n
+		}
+	}
+	have := map[int]bool{}
+	var errs []error
+	for _, ru := range rules {
+		if ru.Priority != exitRulePriority || ru.Table < exitTableBase {
+			continue
+		}
+		n, ok := want[ru.Table]
+		if ok && ru.Src != nil && ru.Src.String() == n.Prefix.String() {
+			have[ru.Table] = true
+			continue
+		}
+		ru := ru
+		if err := s.nl.RuleDel(&ru); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove rule to table %d: %w", ru.Table, err))
+			continue
+		}
+		flushTable(s.nl, ru.Table)
+		r.add("removed the exit routing of table %d", ru.Table)
+	}
+	for table, n := range want {
+		if err := s.exitTableRoutes(n, via[n.ID], r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if have[table] {
+			continue
+		}
+		ru := netlink.NewRule()
+		ru.Family = netlink.FAMILY_V6
+		ru.Priority = exitRulePriority
+		ru.Table = table
+		ru.Src = prefixNet(n.Prefix)
+		if err := s.nl.RuleAdd(ru); err != nil {
+			errs = append(errs, fmt.Errorf("network %s: rule from %s to table %d: %w", n.ID, n.Prefix, table, err))
+			continue
+		}
+		r.add("network %s reaches the outside through its exit (table %d)", n.ID, table)
+	}
+	return errors.Join(errs...)
+}
+
+// exitTableRoutes keeps the network's table: its /64 on the bridge (the
+// workloads answer each other and the gateway), everything else to the
+// WireGuard device (other members' /64s and, via the exit peer, the
+// outside: WireGuard picks the peer by AllowedIPs).
+func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error {
+	br, err := s.nl.LinkByName(n.Bridge())
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", n.Bridge(), err)
+	}
+	wgl, err := s.nl.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("wireguard %s: %w", dev, err)
+	}
+	table := exitTable(n)
+	want := []netlink.Route{
+		{LinkIndex: br.Attrs().Index, Dst: prefixNet(n.Prefix), Table: table},
+		{LinkIndex: wgl.Attrs().Index, Dst: prefixNet(defaultRoute), Table: table},
+	}
+	have, err := dump(func() ([]netlink.Route, error) {
+		return s.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list table %d: %w", table, err)
+	}
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			dst := "::/0"
+			if h.Dst != nil {
+				dst = h.Dst.String()
+			}
+			found = found || dst == w.Dst.String() && h.LinkIndex == w.LinkIndex
+		}
+		if found {
+			continue
+		}
+		w := w
+		if err := s.nl.RouteReplace(&w); err != nil {
+			return fmt.Errorf("network %s: route %s in table %d: %w", n.ID, w.Dst, table, err)
+		}
+		if len(have) > 0 {
+			r.add("restored route %s in table %d of network %s", w.Dst, table, n.ID)
+		}
+	}
+	return nil
+}
+
+// flushTable removes every route of a table of ours (best effort: routes
+// through a deleted device are gone with it).
+func flushTable(h *netlink.Handle, table int) {
+	routes, _ := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+	for _, rt := range routes {
+		rt := rt
+		h.RouteDel(&rt)
+	}
+}
+
+// RemoveExitRouting removes every rule and table of ours (cleanup).
+func RemoveExitRouting(h *netlink.Handle) (int, error) {
+	rules, err := dump(func() ([]netlink.Rule, error) { return h.RuleList(netlink.FAMILY_V6) })
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ru := range rules {
+		if ru.Priority != exitRulePriority || ru.Table < exitTableBase {
+			continue
+		}
+		ru := ru
+		if err := h.RuleDel(&ru); err == nil {
+			n++
+		}
+		flushTable(h, ru.Table)
+	}
+	return n, nil
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

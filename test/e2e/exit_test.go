@@ -1,0 +1,217 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// internetHost is a host on the "internet" bridge, outside every tenant
+// network; the nodes' uplinks are on its /64.
+const internetHost = "2001:db8:ffff::fd"
+
+// TestGridExit: a network declared with an exit. Its member at home
+// (IPv4 only, behind NAT) has no IPv6 of its own to the outside: its
+// workloads reach an internet host through the exit node, over the
+// network's WireGuard, and are reached from there where the home node's
+// firewall lets them; the exit's own workloads go out natively. Run with
+// the eBPF fast path and with the kernel's routes alone (the home node's
+// policy routing is then what sends the tenant to the exit).
+func TestGridExit(t *testing.T) {
+	t.Run("fast-path", func(t *testing.T) { gridExit(t, "") })
+	t.Run("kernel-routes", func(t *testing.T) { gridExit(t, "fast_path: false") })
+}
+
+func gridExit(t *testing.T, extra string) {
+	nodes, bin := newGrid(t, "file", 2, extra, true)
+	exit, home := nodes[0], nodes[1]
+	inet := exit.inet
+	// The internet: a host, and the routes to the exit: its own /48 and
+	// the home node's (carved from the exit's space, so routed to it).
+	for _, c := range [][]string{
+		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
+		{"link", "set", "lo", "up"},
+		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
+		{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::1"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
+		}
+	}
+	listenTCP(t, inet, fmt.Sprintf("[%s]:8081", internetHost))
+
+	declare := func(id string, args ...string) {
+		t.Helper()
+		out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + exit.ns.Name, bin, "network", "declare", "--id", id,
+			"--members", "node1,node2", "--config", exit.d.cfgPath}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("network declare %s: %v\n%s", id, err, out)
+		}
+		for _, g := range nodes {
+			retry(t, 20*time.Second, g.id+" joins "+id, func() error {
+				if !strings.Contains(g.d.must("network", "list"), id) {
+					return fmt.Errorf("no network %s yet", id)
+				}
+				return nil
+			})
+		}
+	}
+	declare("acme", "--exit", "node1") // first: tenant number 1 (acme) on both nodes
+	// A second network without an exit: its home workloads have no way
+	// out, and the exit does not forward for it.
+	declare("globex")
+	pid := os.Getpid()
+	ns := map[string]*testutil.NetNS{}
+	addr := map[string]string{}
+	for _, w := range []struct {
+		id, network string
+		g           *gridNode
+	}{{"x1", "acme", exit}, {"x2", "acme", home}, {"g2", "globex", home}} {
+		ns[w.id] = testutil.NewNetNS(t, fmt.Sprintf("tn-wl%s-%d", w.id, pid))
+		var info wlInfo
+		if err := jsonUnmarshal(w.g.d.must("workload", "add", "--id", w.id, "--network", w.network, "--netns", "/run/netns/"+ns[w.id].Name, "-o", "json"), &info); err != nil {
+			t.Fatal(err)
+		}
+		addr[w.id] = info.Addr
+		listenTCP(t, ns[w.id], "[::]:8080")
+	}
+	outside := fmt.Sprintf("[%s]:8081", internetHost)
+
+	// Out through the exit, and natively from the exit itself.
+	retry(t, 30*time.Second, "x2 (home) -> the internet through the exit", func() error { return dialTCP(ns["x2"], outside, time.Second) })
+	if err := dialTCP(ns["x1"], outside, 3*time.Second); err != nil {
+		t.Errorf("x1 (on the exit) -> the internet: %v", err)
+	}
+	// Members still reach each other directly.
+	retry(t, 20*time.Second, "x2 -> x1", func() error { return dialTCP(ns["x2"], fmt.Sprintf("[%s]:8080", addr["x1"]), time.Second) })
+	// Full-size segments both ways through the exit (the MSS is clamped
+	// to the narrower path).
+	transfer(t, ns["x2"], inet, internetHost, 4<<20)
+	// The network without an exit has no way out from home.
+	if dialTCP(ns["g2"], outside, 2*time.Second) == nil {
+		t.Error("g2 (home, network without exit) reached the internet")
+	}
+
+	// In from the internet: the home node's firewall decides (default
+	// deny), not the exit.
+	to := fmt.Sprintf("[%s]:8080", addr["x2"])
+	if dialTCP(inet, to, 2*time.Second) == nil {
+		t.Error("the internet reached x2:8080 with no rule allowing it")
+	}
+	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: home.ns.Name, pin: home.pin, state: home.state}
+	for _, port := range []string{"8080", "9100"} {
+		fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", port, "--dst", addr["x2"], "--action", "allow")
+	}
+	retry(t, 10*time.Second, "the internet -> x2:8080 once allowed", func() error { return dialTCP(inet, to, time.Second) })
+	transfer(t, inet, ns["x2"], addr["x2"], 4<<20)
+
+	// What the datapath holds: ::/0 of acme is the exit path, through the
+	// WireGuard device at home and to the kernel's routes on the exit;
+	// globex has none.
+	homeDev, err := home.ns.Netlink(t).LinkByName(wg.Name(acme, home.id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		g       *gridNode
+		ifindex uint32
+	}{{exit, 0}, {home, uint32(homeDev.Attrs().Index)}} {
+		m, err := loader.OpenMaps(c.g.pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := maps.FromMaps(m).Routes()
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for tenant, rs := range routes {
+			for _, rt := range rs {
+				if rt.Prefix.Bits() != 0 {
+					continue
+				}
+				if tenant != acme {
+					t.Errorf("%s: tenant %d has a default route %+v (only acme has an exit)", c.g.id, tenant, rt)
+					continue
+				}
+				found = true
+				if rt.Kind != maps.RouteExit || rt.Ifindex != c.ifindex {
+					t.Errorf("%s: acme's ::/0 is %+v, want kind exit via ifindex %d", c.g.id, rt, c.ifindex)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: acme has no ::/0 route: %+v", c.g.id, routes[acme])
+		}
+	}
+	// The exit's tn_from_wg passed the home node's packets to the
+	// kernel; with the fast path, the home node's port program sent them
+	// to the device itself.
+	if n := counted(t, exit, maps.DirWG, maps.PassStack); n == 0 {
+		t.Error("the exit counted no packets from the home node passed to its routes")
+	}
+	if n := counted(t, home, maps.DirFast, maps.PassRedirect); (n > 0) != (extra == "") {
+		t.Errorf("home: %d packets of acme redirected by the fast path (configuration %q)", n, extra)
+	}
+	// At home: the exit peer carries ::/0, and the tenant's /64 is
+	// policy-routed to the device.
+	wgc, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wgc.Close()
+	d, err := wgc.Device(wg.Name(acme, home.id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := false
+	for _, p := range d.Peers {
+		for _, a := range p.AllowedIPs {
+			def = def || a.String() == "::/0"
+		}
+	}
+	if !def {
+		t.Errorf("home's exit peer has no ::/0: %+v", d.Peers)
+	}
+	rules, err := exec.Command("ip", "-n", home.ns.Name, "-6", "rule").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := netip.MustParsePrefix(addr["x2"] + "/64").Masked().String()
+	if !strings.Contains(string(rules), "from "+p+" lookup") {
+		t.Errorf("home: no policy rule for %s:\n%s", p, rules)
+	}
+}
+
+// counted sums a node's acme counters of one direction and reason.
+func counted(t *testing.T, g *gridNode, dir maps.Direction, reason maps.Reason) uint64 {
+	t.Helper()
+	m, err := loader.OpenMaps(g.pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cs, err := maps.FromMaps(m).Counters(acme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range cs {
+		if c.Dir == dir && c.Reason == reason {
+			n += c.Packets
+		}
+	}
+	return n
+}

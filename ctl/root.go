@@ -62,7 +62,7 @@ type command struct {
 func commands() []*command {
 	return []*command{
 		ruleCmd(), applyCmd(), policyCmd(), tenantCmd(), portCmd(),
-		statsCmd(), monitorCmd(), flowsCmd(), statusCmd(), checkCmd(), datapathCmd(),
+		statsCmd(), monitorCmd(), flowsCmd(), routesCmd(), statusCmd(), checkCmd(), datapathCmd(),
 	}
 }
 

@@ -13,6 +13,11 @@
 #   ::1, 192.0.2.1       ::2, 192.0.2.2             |
 #   web1 (acme)          web2 (acme)           node3 (home-nat, 10.0.3.2, IPv4 only)
 #   db1 (globex)         db2 (globex)          web3 (acme)
+#
+# acme is declared in the grid registry with node1 as its exit: node3 has no
+# IPv6 of its own, so web3 reaches the internet through node1 over acme's
+# WireGuard (node3's /48 is routed to node1). globex is made through the
+# nodes' local API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +53,7 @@ retry_tcp() { # the first handshakes of a fresh grid take a moment
 }
 retry() { for _ in $(seq 1 20); do "$@" && return 0; sleep 0.5; done; return 1; }
 wl_addr() { nd "$1" workload list | awk -v id="$2" '$1 == id { print $3 }'; }
+has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
 down() {
@@ -154,6 +160,8 @@ EOT
 	ip -n "$ns3" link set uplink up
 	ip -n "$ns3" link set lo up
 	ip -n "$ns3" route add default via 10.0.3.1
+	# node3's /48 is carved from the space of its exit, node1: routed there.
+	ip -n tn-demo-client route add 2001:db8:103::/48 via 2001:db8:ffff::1
 
 	if [[ $REG == etcd ]]; then
 		say "etcd on the internet host (2001:db8:ffff::100 and 192.0.2.100, port 2379)"
@@ -170,9 +178,12 @@ EOT
 	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "http://[2001:db8:ffff::100]:2379"
 	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "http://192.0.2.100:2379"
 
-	say "two tenant networks: acme on all three nodes, globex on node1 and node2"
-	for i in 1 2 3; do nd $i network add --id acme >/dev/null; done
+	say "two tenant networks: acme declared in the registry (all three nodes, exit node1), globex added on node1 and node2"
+	on_node 1 "$BIN/tenantnetd" network declare --id acme --members node1,node2,node3 --exit node1 --config "$RUN/node1.yaml" >/dev/null
 	for i in 1 2; do nd $i network add --id globex >/dev/null; done
+	for i in 1 2 3; do
+		retry has_net $i acme || { echo "node$i did not join acme:" >&2; tail -20 "$RUN/node$i.log" >&2; exit 1; }
+	done
 	wl() { # wl node id network
 		"$BIN/tenantnetd" netns create "tn-demo-$2" >/dev/null
 		nd "$1" workload add --id "$2" --network "$3" --netns "/run/netns/tn-demo-$2"
@@ -203,6 +214,8 @@ EOT
 	check "internet -> web2 tcp/8080 (no rule on node2)" blocked tcp tn-demo-client "$WEB2" 8080
 	check "db1 -> internet tcp/25 (globex denies outbound SMTP)" blocked tcp tn-demo-db1 2001:db8:ffff::100 25
 	check "web1 -> internet tcp/25 (acme allows outbound)" ok tcp tn-demo-web1 2001:db8:ffff::100 25
+	check "web3 -> internet tcp (node3 has no IPv6: via acme's exit node1)" ok retry_tcp tn-demo-web3 2001:db8:ffff::100 25
+	check "internet -> web3 tcp/8080 (via the exit; no rule on node3)" blocked tcp tn-demo-client "$WEB3" 8080
 	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad
 	check "web1 spoofing web2's address -> web3" blocked in_ns tn-demo-web1 ping -c1 -W2 -I "$WEB2" "$WEB3"
 	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0
@@ -241,11 +254,14 @@ EOT
 
 Explore (as root):
   ip netns exec tn-demo-web1 ping -c2 $WEB3                 # node1 -> node3 (behind NAT) over WireGuard
+  ip netns exec tn-demo-web3 ping -c2 2001:db8:ffff::100    # node3 -> the internet through acme's exit, node1
+  nsenter --net=/run/netns/tn-demo-node3 ip -6 rule           # node3 routes acme's /64 to its exit
   bin/tenantnetd status --socket $RUN/node1.sock
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw stats   --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw monitor --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
       (then: ip netns exec tn-demo-db1 ping $WEB2)
   nsenter --net=/run/netns/tn-demo-node1 wg show
+  nsenter --net=/run/netns/tn-demo-node3 bin/tenantfw routes --pin-dir /sys/fs/bpf/tenantnet-demo-node3 --state-dir $STATE/node3
   nsenter --net=/run/netns/tn-demo-node1 curl -s 127.0.0.1:9464/metrics | grep ^tenantnet_
   bpftool map dump pinned /sys/fs/bpf/tenantnet-demo-node1/tn_ports_v1
   cat $STATE/registry/nodes/node3.json

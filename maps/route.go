@@ -35,6 +35,20 @@ func (k RouteKind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// MarshalText writes the kind by name (tenantfw routes -o json).
+func (k RouteKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText reads a kind by name.
+func (k *RouteKind) UnmarshalText(b []byte) error {
+	for _, c := range []RouteKind{RouteLocal, RouteWG, RouteExit, RouteDrop} {
+		if c.String() == string(b) {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("route kind %q: want local, wireguard, exit or drop", b)
+}
+
 const routeRedirect = 1 // TN_ROUTE_F_REDIRECT
 
 // Route is one entry of tn_route_v1: a destination prefix of a tenant and

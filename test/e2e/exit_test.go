@@ -156,6 +156,19 @@ func gridExit(t *testing.T, extra string) {
 			t.Errorf("%s: acme has no ::/0 route: %+v", c.g.id, routes[acme])
 		}
 	}
+	// tenantfw shows the same, by name.
+	var listed []maps.Route
+	fw.json(&listed, "routes", "--tenant", fmt.Sprint(acme))
+	shown := false
+	for _, rt := range listed {
+		shown = shown || rt.Prefix.Bits() == 0 && rt.Kind == maps.RouteExit && rt.Ifindex == uint32(homeDev.Attrs().Index)
+	}
+	if !shown {
+		t.Errorf("tenantfw routes on the home node shows no exit route: %+v", listed)
+	}
+	if table := fw.must("routes"); !strings.Contains(table, "exit") || !strings.Contains(table, wg.Name(acme, home.id)) {
+		t.Errorf("tenantfw routes:\n%s", table)
+	}
 	// The exit's tn_from_wg passed the home node's packets to the
 	// kernel; with the fast path, the home node's port program sent them
 	// to the device itself.

@@ -89,7 +89,7 @@ int tn_from_workload(struct __sk_buff *skb)
 		goto out;
 	}
 	if (p.l3 == ETH_P_IPV6) {
-		rt = tn_route_lookup(tenant, p.dst);
+		rt = tn_route_out(tenant, p.dst);
 		if (rt && rt->kind == TN_ROUTE_DROP) {
 			reason = TN_DROP_ROUTE;
 			goto out;

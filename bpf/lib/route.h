@@ -114,41 +114,42 @@ static __always_inline void tn_clamp_mss(struct __sk_buff *skb,
 	}
 }
 
-/* Global unicast (2000::/3): what an exit forwards. The tenant's ::/0
- * route also covers link-local and multicast destinations, which stay on
- * the node's side of the port. */
+/* Global unicast (2000::/3): what an exit forwards. */
 static __always_inline int tn_global_unicast(const __u8 *addr)
 {
 	return (addr[0] & 0xe0) == 0x20;
 }
 
-/* Is the next hop the tenant's WireGuard device? Either a member's /64
- * behind it, or the exit reached through it (a node without native IPv6
- * sends the tenant's outside traffic to the network's exit node). */
-static __always_inline int tn_via_wg(const struct pkt *p,
-				     const struct tn_route *rt)
+/* The route of a packet leaving a workload for dst. The tenant's ::/0
+ * (its exit) also matches link-local and multicast destinations, which
+ * stay on the node's side of the port: for those, no route. Decided here,
+ * right after the lookup, so that nothing later reads the address again
+ * (a late read keeps it live across the whole program and costs the
+ * verifier its pruning). */
+static __always_inline struct tn_route *tn_route_out(__u32 tenant,
+						     const __u8 *dst)
 {
-	if (!rt || p->l3 != ETH_P_IPV6)
-		return 0;
-	if (rt->kind == TN_ROUTE_WG)
-		return 1;
-	return rt->kind == TN_ROUTE_EXIT && rt->ifindex &&
-	       tn_global_unicast(p->dst);
+	struct tn_route *rt = tn_route_lookup(tenant, dst);
+	if (rt && rt->kind == TN_ROUTE_EXIT && !tn_global_unicast(dst))
+		return NULL;
+	return rt;
 }
 
 /* Fast path of a workload port: an IPv6 packet for the tenant's network
- * behind WireGuard (or for its exit behind it) goes straight to the
- * device's transmit (the device is L3: bpf_redirect strips the Ethernet
- * header). Returns a TC action. */
+ * behind WireGuard, or for the outside when the exit is behind it (a node
+ * without native IPv6), goes straight to the device's transmit (the device
+ * is L3: bpf_redirect strips the Ethernet header). rt is tn_route_out's.
+ * Returns a TC action. */
 static __always_inline int tn_fast_to_wg(struct __sk_buff *skb,
 					 const struct pkt *p,
 					 const struct tn_route *rt,
 					 __u32 tenant)
 {
-	if (!tn_via_wg(p, rt))
+	if (!rt || (rt->kind != TN_ROUTE_WG &&
+		    (rt->kind != TN_ROUTE_EXIT || !rt->ifindex)))
 		return TC_ACT_OK;
 	tn_clamp_mss(skb, p, rt->mtu); /* either path: clamp first */
-	if (!(rt->flags & TN_ROUTE_F_REDIRECT))
+	if (!(rt->flags & TN_ROUTE_F_REDIRECT) || p->l3 != ETH_P_IPV6)
 		return TC_ACT_OK;
 	if (!tn_fits(skb, rt->ifindex, skb->len - sizeof(struct ethhdr)))
 		return TC_ACT_OK;

@@ -164,7 +164,21 @@ func Run(o Options) error {
 	if err != nil {
 		return fmt.Errorf("per-packet benchmarks: %v\n%s", err, cost)
 	}
-	return writeReport(o, res, xdp, sentRate, string(cost), time.Since(start))
+	// One rule change in process (what tenantfw does once started), and
+	// what starting the binary alone costs: the two parts of add1.
+	upd, err := exec.Command("go", "test", "-C", o.RepoDir, "-run", "^$", "-bench", "OneRuleChange", "-benchtime", "200x", "./firewall/").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("rule update benchmark: %v\n%s", err, upd)
+	}
+	var startup series
+	for i := 0; i < 20; i++ {
+		d, err := timed(func() error { return exec.Command(o.Tenantfw, "--help").Run() })
+		if err != nil {
+			return fmt.Errorf("tenantfw --help: %w", err)
+		}
+		startup = append(startup, float64(d.Microseconds())/1000)
+	}
+	return writeReport(o, res, xdp, sentRate, string(cost), string(upd), startup, time.Since(start))
 }
 
 func tnCounter(tn *tenantnet) uint64 {
@@ -206,7 +220,7 @@ func machine() string {
 
 func countCPU(cpuinfo string) int { return strings.Count(cpuinfo, "processor\t:") }
 
-func writeReport(o Options, res results, xdp, sent map[string]series, cost string, took time.Duration) error {
+func writeReport(o Options, res results, xdp, sent map[string]series, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
 		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
@@ -269,6 +283,17 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 	table("(c) New TCP connections", "conn", "conn/s", true, modes)
 	table("(e) Loading all N rules", "load", "ms", false, modes[1:])
 	table("(e) Adding one rule to N (end to end: the CLI process included)", "add1", "ms", false, modes[1:])
+	mn, md, mx := startup.stats()
+	fmt.Fprintf(&b, "\nOf that, starting a process: `tenantfw --help` (run directly, 20 times) takes %s [%s–%s] ms; "+
+		"the cells above also include `ip netns exec` and a shell, for all three tools. "+
+		"The change itself, in process at N = 100,000 (`go test ./firewall -bench OneRuleChange -benchtime 200x`: "+
+		"store commit, map writes, flock held):\n\n```\n", num(md), num(mn), num(mx))
+	for _, l := range strings.Split(upd, "\n") {
+		if strings.HasPrefix(l, "Benchmark") {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("```\n")
 
 	b.WriteString("\n## Uplink prefilter: a flood of denied packets\n\nDrops per second at the uplink (the sender's rate in brackets).\n\n| Dropper | drops/s | sent/s |\n|---|---|---|\n")
 	for _, k := range []string{"tenantnet XDP", "nftables netdev ingress"} {

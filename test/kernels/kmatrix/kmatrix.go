@@ -27,8 +27,9 @@ var Packages = []string{"./loader", "./maps", "./test/datapath", "./wg", "./test
 
 // RunFilter limits a package's tests (-test.run syntax).
 var RunFilter = map[string]string{
-	// tn_from_wg and the fast path: a TUN device stands in for WireGuard
-	"./test/e2e": "^TestWireGuardDevice$",
+	// tn_from_wg and the fast path: on a TUN device standing in for
+	// WireGuard, and on the kernel's WireGuard (the VMs have the module)
+	"./test/e2e": "^(TestWireGuardDevice|TestKernelWireGuard)$",
 }
 
 // Modules loaded in the VMs when the kernel has them as modules.

@@ -102,7 +102,8 @@ func main() {
 	fmt.Println(strings.Join(vs, "\n"))
 	if *out != "" {
 		head := "Kernel matrix (make test-kernels): the datapath, loader, maps and wg tests per kernel.\n" +
-			"6.1 and 6.12: Debian's kernels in qemu (TCG); the last rows: the host kernel.\n\n"
+			"6.1 and 6.12: Debian's kernels in qemu (TCG); the last rows: the host kernel.\n" +
+			"Left out (they check the source tree, not the kernel; make test runs them): " + skipped() + ".\n\n"
 		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (grows with the datapath: keep an eye on it)\n"+
 			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)
 	}
@@ -147,4 +148,14 @@ func pickKernels(cache string) []string {
 func fail(err error) {
 	fmt.Fprintf(os.Stderr, "tenantnet-kmatrix: %v\n", err)
 	os.Exit(1)
+}
+
+// skipped names the tests kmatrix.SkipFilter leaves out.
+func skipped() string {
+	var s []string
+	for p, f := range kmatrix.SkipFilter {
+		s = append(s, strings.TrimPrefix(p, "./")+" "+strings.Trim(f, "^$"))
+	}
+	sort.Strings(s)
+	return strings.Join(s, ", ")
 }

@@ -67,6 +67,27 @@ func (s *Service) exitRole(id string) exitRole {
 	return exitNone
 }
 
+// outside says how network id's workloads reach the outside from here
+// (network list).
+func (s *Service) outside(id string) string {
+	exit := s.exits[id]
+	switch s.exitRole(id) {
+	case exitHere:
+		return "exit"
+	case exitBadClass:
+		return "none: declared exit, but " + string(s.cfg.Class) + " has no native IPv6"
+	case exitViaPeer:
+		if s.exitVia[id] == "" {
+			return "none: exit " + exit + " not reachable yet"
+		}
+		return "via " + exit
+	}
+	if s.cfg.Class == config.DualStack {
+		return "native"
+	}
+	return "none: no exit declared"
+}
+
 // syncExitRouting makes the policy routing of the networks in via (network
 // id -> WireGuard device name) and removes ours for any other network.
 func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r *repairs) error {

@@ -53,6 +53,7 @@ type Service struct {
 	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
 	exits          map[string]string         // declared network -> its exit node
 	exitWarned     map[string]bool           // networks whose exit here was refused (logged once)
+	exitVia        map[string]string         // networks routed to their exit: network -> device (last reconcile)
 	wakeMu         sync.Mutex
 	wakes          map[int64]bool // reconciles scheduled by wakeAt
 	regErrors      atomic.Uint64  // failed registry reads and writes
@@ -129,7 +130,7 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}, exits: map[string]string{}, exitWarned: map[string]bool{}}
+		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}, exits: map[string]string{}, exitWarned: map[string]bool{}, exitVia: map[string]string{}}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		st.Close()
@@ -361,6 +362,9 @@ type NetworkInfo struct {
 	Tenant  uint32 `json:"tenant"`
 	Bridge  string `json:"bridge"`
 	Gateway string `json:"gateway"`
+	// Outside: how the network's workloads reach the outside from this
+	// node ("native", "exit", "via <exit node>", "none: <why>").
+	Outside string `json:"outside,omitempty"`
 }
 
 func netInfo(n ipam.Network) NetworkInfo {
@@ -460,10 +464,14 @@ func (s *Service) deleteNetworkLocked(id string) error {
 
 // Networks lists the networks.
 func (s *Service) Networks() ([]NetworkInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	ns, err := s.ipam.Networks()
 	out := make([]NetworkInfo, 0, len(ns))
 	for _, n := range ns {
-		out = append(out, netInfo(n))
+		i := netInfo(n)
+		i.Outside = s.outside(n.ID)
+		out = append(out, i)
 	}
 	return out, err
 }

@@ -96,6 +96,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	if err := s.syncExitRouting(nets, viaExit, r); err != nil {
 		errs = append(errs, fmt.Errorf("exit routing: %w", err))
 	}
+	s.exitVia = viaExit
 	for id, d := range s.wgs {
 		if !local[id] {
 			if err := s.closeWG(id, d); err != nil {

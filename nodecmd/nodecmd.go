@@ -220,9 +220,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return out(ns, func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU")
+			fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE")
 			for _, n := range ns {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside)
 			}
 		})
 	case "workload add":

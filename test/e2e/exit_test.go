@@ -103,6 +103,29 @@ func gridExit(t *testing.T, extra string) {
 		t.Error("g2 (home, network without exit) reached the internet")
 	}
 
+	// network list says how each network gets out from each node.
+	for _, c := range []struct {
+		g             *gridNode
+		network, want string
+	}{{home, "acme", "via node1"}, {home, "globex", "none: no exit declared"}, {exit, "acme", "exit"}, {exit, "globex", "native"}} {
+		var nets []struct {
+			ID      string `json:"id"`
+			Outside string `json:"outside"`
+		}
+		if err := jsonUnmarshal(c.g.d.must("network", "list", "-o", "json"), &nets); err != nil {
+			t.Fatal(err)
+		}
+		got := "(not listed)"
+		for _, n := range nets {
+			if n.ID == c.network {
+				got = n.Outside
+			}
+		}
+		if got != c.want {
+			t.Errorf("%s: network %s outside %q, want %q", c.g.id, c.network, got, c.want)
+		}
+	}
+
 	// In from the internet: the home node's firewall decides (default
 	// deny), not the exit.
 	to := fmt.Sprintf("[%s]:8080", addr["x2"])

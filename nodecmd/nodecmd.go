@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	mtu := fs.Int("mtu", 0, "network MTU (default: the node's mtu)")
 	purge := fs.Bool("purge-state", false, "cleanup: also delete the state directory")
 	members := fs.StringSlice("members", nil, "network declare: member node ids")
-	exit := fs.String("exit", "", "network declare: the member node that is the network's IPv4 exit")
+	exit := fs.String("exit", "", "network declare: the member node that is the network's exit (dual-stack; members without native IPv6 reach the outside through it)")
 	users := fs.StringArray("user", nil, "network declare: a user-access peer ID:NODE:PUBKEY (repeatable)")
 	overlap := fs.Duration("overlap", 0, "network rotate-key: announce the next key this long before it takes over (default: the registry lease)")
 	pubkey := fs.String("public-key", "", "user add: the user's WireGuard public key (default: generate a key pair)")
@@ -192,6 +192,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 					return usageErr{fmt.Errorf("--user %q: want ID:NODE:PUBKEY", u)}
 				}
 				spec.Users = append(spec.Users, registry.UserSpec{ID: parts[0], Node: parts[1], PublicKey: parts[2]})
+			}
+			// An exit forwards the members' IPv6 out of its own uplink:
+			// refuse one the registry knows has none (a node not yet
+			// announced is checked by itself: it logs and does not forward).
+			if spec.Exit != "" {
+				if nodes, err := reg.Nodes(); err == nil {
+					for _, n := range nodes {
+						if n.NodeID == spec.Exit && n.Class != string(config.DualStack) {
+							return usageErr{fmt.Errorf("--exit %s: the node is %s; an exit needs native IPv6 (dual-stack)", spec.Exit, n.Class)}
+						}
+					}
+				}
 			}
 			return reg.Declare(spec)
 		case "network undeclare":

@@ -14,14 +14,14 @@ import (
 )
 
 // NetworkSpec is a tenant network as the grid declares it: which nodes it
-// spans, which of them is its IPv4 exit, and the users' laptops that peer
+// spans, which of them is its exit, and the users' laptops that peer
 // with it. Member nodes create the network on themselves when they see
 // it, and remove it when they are no longer members. Specs carry no lease:
 // they stay until withdrawn.
 type NetworkSpec struct {
 	ID      string     `json:"id"`
 	Members []string   `json:"members"`        // node ids
-	Exit    string     `json:"exit,omitempty"` // node id (recorded; exits are not built yet)
+	Exit    string     `json:"exit,omitempty"` // node id: members without native IPv6 reach the outside through it
 	MTU     int        `json:"mtu,omitempty"`  // 0: each node's configured mtu
 	Users   []UserSpec `json:"users,omitempty"`
 }

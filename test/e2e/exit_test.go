@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -68,6 +69,12 @@ func gridExit(t *testing.T, extra string) {
 		}
 	}
 	declare("acme", "--exit", "node1") // first: tenant number 1 (acme) on both nodes
+	// The home node cannot be an exit: refused, nothing declared.
+	out, err := exec.Command("nsenter", "--net=/run/netns/"+exit.ns.Name, bin, "network", "declare", "--id", "bad",
+		"--members", "node1,node2", "--exit", "node2", "--config", exit.d.cfgPath).CombinedOutput()
+	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "--exit node2: the node is home-nat") {
+		t.Errorf("declaring the home node as exit: exit code %d, output %q; want 2 and the reason", code, out)
+	}
 	// A second network without an exit: its home workloads have no way
 	// out, and the exit does not forward for it.
 	declare("globex")
@@ -250,4 +257,16 @@ func counted(t *testing.T, g *gridNode, dir maps.Direction, reason maps.Reason) 
 		}
 	}
 	return n
+}
+
+// exitCode is a command's exit status (0 for success, -1 if it did not run).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }

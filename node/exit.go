@@ -3,7 +3,6 @@ package node
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -38,6 +37,11 @@ const exitRulePriority = 30000
 const exitTableBase = 1 << 20
 
 func exitTable(n ipam.Network) int { return exitTableBase + int(n.Num) }
+
+// isExitRule tells our rules from the operator's.
+func isExitRule(ru netlink.Rule) bool {
+	return ru.Priority == exitRulePriority && ru.Table >= exitTableBase
+}
 
 // defaultRoute is the exit's AllowedIPs entry on a member: the outside.
 var defaultRoute = netip.MustParsePrefix("::/0")
@@ -104,7 +108,7 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r 
 	have := map[int]bool{}
 	var errs []error
 	for _, ru := range rules {
-		if ru.Priority != exitRulePriority || ru.Table < exitTableBase {
+		if !isExitRule(ru) {
 			continue
 		}
 		n, ok := want[ru.Table]
@@ -207,7 +211,7 @@ func RemoveExitRouting(h *netlink.Handle) (int, error) {
 	}
 	n := 0
 	for _, ru := range rules {
-		if ru.Priority != exitRulePriority || ru.Table < exitTableBase {
+		if !isExitRule(ru) {
 			continue
 		}
 		ru := ru
@@ -217,8 +221,4 @@ func RemoveExitRouting(h *netlink.Handle) (int, error) {
 		flushTable(h, ru.Table)
 	}
 	return n, nil
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -56,8 +56,11 @@ func sysctl(path, val string) error {
 }
 
 func nlAddr(p netip.Prefix) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
-		Flags: unix.IFA_F_NODAD}
+	return &netlink.Addr{IPNet: prefixNet(p), Flags: unix.IFA_F_NODAD}
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // routerSysctls are the bridge's IPv6 settings for a router: no RAs, no

@@ -3,7 +3,6 @@ package node
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -349,7 +348,7 @@ func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 		if have[k] {
 			continue
 		}
-		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 128)}}
+		rt := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(p)}
 		if err := s.nl.RouteReplace(rt); err != nil {
 			return fmt.Errorf("route %s via %s: %w", p, dev, err)
 		}

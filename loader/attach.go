@@ -100,16 +100,98 @@ func (dp *Datapath) AttachWG(ifindex int, opts AttachOptions) (Mode, error) {
 	return dp.attachTC(ifindex, HookFromWG, mode)
 }
 
+// tcHook is what a TC hook attaches: the program, the TCX attach type and
+// the clsact parent of its legacy filter.
+func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, parent uint32) {
+	switch h {
+	case HookToWorkload:
+		return dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
+	case HookFromWG:
+		return dp.WG, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
+	}
+	return dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
+}
+
+// Alive asks the kernel whether a recorded TC attachment still runs this
+// datapath's program, looking at that one hook only: one BPF_PROG_QUERY
+// for TCX, one filter dump for legacy tc. Cheap enough for every port on
+// every reconcile (ListAttachments opens every pin). The program counts
+// as ours by its tag (the hash of its instructions): a restart loads the
+// same build again as new program instances, and the ports' links keep
+// running the earlier, identical ones. A program detached by hand, or
+// another build's (an upgrade), is not alive: attaching again repairs
+// either without a gap.
+func (dp *Datapath) Alive(a Attachment) bool {
+	if a.Mode == ModeLegacyTC {
+		return legacyLive(a.Ifindex, a.Hook)
+	}
+	prog, attach, _ := dp.tcHook(a.Hook)
+	if prog == nil {
+		return false
+	}
+	dp.tagsMu.Lock()
+	want, ok := dp.ownTags[prog]
+	dp.tagsMu.Unlock()
+	if !ok {
+		if want, ok = dp.progTag(prog); !ok {
+			return false
+		}
+		dp.tagsMu.Lock()
+		if dp.ownTags == nil {
+			dp.ownTags = map[*ebpf.Program]string{}
+		}
+		dp.ownTags[prog] = want
+		dp.tagsMu.Unlock()
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: a.Ifindex, Attach: attach})
+	if err != nil {
+		return false
+	}
+	for _, p := range res.Programs {
+		if tag, ok := dp.tagOfID(p.ID); ok && tag == want {
+			return true
+		}
+	}
+	return false
+}
+
+// progTag is a loaded program's name and tag.
+func (dp *Datapath) progTag(prog *ebpf.Program) (string, bool) {
+	info, err := prog.Info()
+	if err != nil {
+		return "", false
+	}
+	return info.Name + "/" + info.Tag, true
+}
+
+// tagOfID is the name and tag of the program with kernel id id, asked once
+// per id: the thousands of ports run a handful of program instances.
+func (dp *Datapath) tagOfID(id ebpf.ProgramID) (string, bool) {
+	dp.tagsMu.Lock()
+	defer dp.tagsMu.Unlock()
+	if t, ok := dp.tags[id]; ok {
+		return t, true
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return "", false
+	}
+	defer p.Close()
+	t, ok := dp.progTag(p)
+	if !ok {
+		return "", false
+	}
+	if dp.tags == nil {
+		dp.tags = map[ebpf.ProgramID]string{}
+	}
+	dp.tags[id] = t
+	return t, true
+}
+
 // attachTC attaches the program of hook h in mode, falling back from TCX
 // to legacy tc when the kernel lacks TCX; it returns the mode used.
 func (dp *Datapath) attachTC(ifindex int, h Hook, mode Mode) (Mode, error) {
-	prog, attach, parent := dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, uint32(netlink.HANDLE_MIN_INGRESS)
-	switch h {
-	case HookToWorkload:
-		prog, attach, parent = dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
-	case HookFromWG:
-		prog = dp.WG
-	}
+	prog, attach, parent := dp.tcHook(h)
 	if mode == ModeTCX {
 		err := dp.attachTCX(ifindex, h, prog, attach)
 		if errors.Is(err, ebpf.ErrNotSupported) {
@@ -406,12 +488,9 @@ func listAttachments(pinDir string, names []string) []Attachment {
 }
 
 func legacyLive(ifindex int, h Hook) bool {
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		return false
-	}
 	f := legacyFilter(ifindex, h)
-	filters, err := netlink.FilterList(l, f.Parent)
+	// The dump needs only the index: no lookup of the link first.
+	filters, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, f.Parent)
 	if err != nil {
 		return false
 	}

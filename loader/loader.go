@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 
 	"github.com/cilium/ebpf"
 )
@@ -59,6 +60,10 @@ type Datapath struct {
 	WG      *ebpf.Program // tn_from_wg
 	log     *slog.Logger
 	created bool
+
+	tagsMu  sync.Mutex
+	tags    map[ebpf.ProgramID]string // name/tag of attached program ids (Alive)
+	ownTags map[*ebpf.Program]string  // name/tag of Progs, WG
 }
 
 // addedLater are maps newer builds added to schema 1 without changing any

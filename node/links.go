@@ -241,15 +241,22 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 	for _, a := range addrs {
 		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
 	}
-	// Shallow: an attachment recorded for an interface that exists is
-	// taken as live (a TCX link or tc filter goes only with its device,
-	// and ifindexes are not reused soon); deep asks the kernel, pin by pin.
+	// Shallow: the workload ports' hooks recorded for an interface that
+	// exists are checked with one query each (a program detached by hand
+	// is found on the next run); deep opens every pin and looks at the
+	// link or filter behind it.
 	atts := loader.ListRecorded(s.cfg.BPFDir)
 	if deep {
 		atts = loader.ListAttachments(s.cfg.BPFDir)
 	}
 	for _, a := range atts {
-		if deep && !a.Live || !exists[a.Ifindex] {
+		if !exists[a.Ifindex] {
+			continue
+		}
+		if deep && !a.Live {
+			continue
+		}
+		if !deep && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) && !s.dp.Alive(a) {
 			continue
 		}
 		// A port left on legacy tc (a move that failed) is queued again.

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
@@ -304,6 +306,108 @@ reconcile_interval: 1s
 		if !found {
 			t.Errorf("log does not say %q", want)
 		}
+	}
+
+	// A program detached by hand (what `bpftool link detach` does) is
+	// attached again by the next reconcile, not only by the deep one every
+	// tenth run: three rounds, each repaired within 2.5 s (runs every 1 s).
+	var gPort string
+	for _, w := range wls {
+		if w.ID == "g1" {
+			gPort = w.Port
+		}
+	}
+	pl, err := n.nl.LinkByName(gPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	egress := func() (ids []link.ID) {
+		n.do(n.ns, func() error {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: pl.Attrs().Index, Attach: ebpf.AttachTCXEgress})
+			if err != nil {
+				return err
+			}
+			for _, p := range res.Programs {
+				if id, ok := p.LinkID(); ok {
+					ids = append(ids, id)
+				}
+			}
+			return nil
+		})
+		return ids
+	}
+	for round := 1; round <= 3; round++ {
+		ids := egress()
+		if len(ids) != 1 {
+			t.Fatalf("round %d: %s has %d TCX egress links, want tn_to_workload's", round, gPort, len(ids))
+		}
+		l, err := link.NewFromID(ids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = l.Detach()
+		l.Close()
+		if err != nil {
+			t.Fatalf("detach by hand: %v", err)
+		}
+		start := time.Now()
+		for len(egress()) == 0 && time.Since(start) < 2500*time.Millisecond {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if len(egress()) == 0 {
+			t.Fatalf("round %d: %s still unfiltered %s after its program was detached", round, gPort, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	// Another program on the hook (as after an upgrade: the links still
+	// run the old build's) is replaced by ours on the next run.
+	egressProg := func() string {
+		ids := egress()
+		if len(ids) != 1 {
+			return fmt.Sprintf("%d links", len(ids))
+		}
+		l, err := link.NewFromID(ids[0])
+		if err != nil {
+			return err.Error()
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return err.Error()
+		}
+		p, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return err.Error()
+		}
+		defer p.Close()
+		pi, err := p.Info()
+		if err != nil {
+			return err.Error()
+		}
+		return pi.Name
+	}
+	other, err := ebpf.LoadPinnedProgram(filepath.Join(n.pinDir, "progs", "tn_from_workload"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	l, err := link.NewFromID(egress()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.Update(other)
+	l.Close()
+	if err != nil {
+		t.Fatalf("replace the program by hand: %v", err)
+	}
+	start := time.Now()
+	for egressProg() != "tn_to_workload" && time.Since(start) < 2500*time.Millisecond {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := egressProg(); got != "tn_to_workload" {
+		t.Errorf("%s egress runs %s %s after another program took its place, want tn_to_workload", gPort, got, time.Since(start).Round(time.Millisecond))
+	}
+	if err := dialTCP(nsA2, hp("g1", 8080), time.Second); err == nil {
+		t.Error("a2 -> g1 (other tenant) connected after the repairs")
 	}
 
 	// Bad input: clear errors, nothing half-applied.

@@ -29,7 +29,9 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 	idx := dev.Attrs().Index
 	live := false
 	for _, a := range loader.ListAttachmentsOf(s.cfg.BPFDir, idx) {
-		live = live || a.Hook == loader.HookFromWG && a.Live
+		// Alive: this build's program (a kernel device outlives a
+		// restart; after an upgrade it gets the new program).
+		live = live || a.Hook == loader.HookFromWG && a.Live && s.dp.Alive(a)
 	}
 	m := maps.New(s.dp)
 	// Bind before attaching: the program drops everything on a device it

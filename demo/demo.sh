@@ -53,6 +53,9 @@ retry_tcp() { # the first handshakes of a fresh grid take a moment
 }
 retry() { for _ in $(seq 1 20); do "$@" && return 0; sleep 0.5; done; return 1; }
 wl_addr() { nd "$1" workload list | awk -v id="$2" '$1 == id { print $3 }'; }
+counted() { # counted node tenant dir reason: that counter is above zero
+	fw "$1" stats --tenant "$2" | awk -v d="$3" -v r="$4" '$2 == d && $4 == r && $5 > 0 { f = 1 } END { exit !f }'
+}
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
@@ -225,6 +228,7 @@ EOT
 	done
 	check "node1 forwards across nodes in eBPF (fast-path redirects)" ok grep -q '"dir": "fast-path"' <<<"$stats"
 	check "node1 checks what WireGuard delivers (tn_from_wg redirects)" ok grep -q '"dir": "wireguard"' <<<"$stats"
+	check "node1 (acme's exit) passes node3's outside traffic on" ok counted 1 "$ACME1" wireguard pass-stack
 	on_node 1 curl -s 127.0.0.1:9464/metrics >"$RUN/metrics.txt"
 	check "node1 /metrics passes promtool check metrics" ok promtool check metrics <"$RUN/metrics.txt"
 	check "node1 exports WireGuard handshakes" ok grep -q '^tenantnet_wireguard_peer_handshaked{.*} 1' "$RUN/metrics.txt"

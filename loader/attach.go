@@ -122,9 +122,6 @@ func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, 
 // another build's (an upgrade), is not alive: attaching again repairs
 // either without a gap.
 func (dp *Datapath) Alive(a Attachment) bool {
-	if a.Mode == ModeLegacyTC {
-		return legacyLive(a.Ifindex, a.Hook)
-	}
 	prog, attach, _ := dp.tcHook(a.Hook)
 	if prog == nil {
 		return false
@@ -143,12 +140,24 @@ func (dp *Datapath) Alive(a Attachment) bool {
 		dp.ownTags[prog] = want
 		dp.tagsMu.Unlock()
 	}
-	res, err := link.QueryPrograms(link.QueryOptions{Target: a.Ifindex, Attach: attach})
-	if err != nil {
-		return false
+	var ids []ebpf.ProgramID
+	if a.Mode == ModeLegacyTC {
+		id, ok := legacyProg(a.Ifindex, a.Hook)
+		if !ok {
+			return false
+		}
+		ids = append(ids, id)
+	} else {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: a.Ifindex, Attach: attach})
+		if err != nil {
+			return false
+		}
+		for _, p := range res.Programs {
+			ids = append(ids, p.ID)
+		}
 	}
-	for _, p := range res.Programs {
-		if tag, ok := dp.tagOfID(p.ID); ok && tag == want {
+	for _, id := range ids {
+		if tag, ok := dp.tagOfID(id); ok && tag == want {
 			return true
 		}
 	}
@@ -488,16 +497,23 @@ func listAttachments(pinDir string, names []string) []Attachment {
 }
 
 func legacyLive(ifindex int, h Hook) bool {
+	_, ok := legacyProg(ifindex, h)
+	return ok
+}
+
+// legacyProg is the program of our legacy tc filter for hook h, if the
+// filter is there.
+func legacyProg(ifindex int, h Hook) (ebpf.ProgramID, bool) {
 	f := legacyFilter(ifindex, h)
 	// The dump needs only the index: no lookup of the link first.
 	filters, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, f.Parent)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	for _, x := range filters {
 		if bf, ok := x.(*netlink.BpfFilter); ok && bf.Handle == f.Handle && bf.Priority == f.Priority {
-			return true
+			return ebpf.ProgramID(bf.Id), true
 		}
 	}
-	return false
+	return 0, false
 }

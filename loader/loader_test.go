@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
@@ -258,4 +259,101 @@ func kernelAtLeast(major, minor int) bool {
 func kernelRelease() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return strings.TrimSpace(string(b))
+}
+
+// Alive: the attachment runs this build's program (matched by tag), in
+// both modes. A second Load of the same build (a restart: new program
+// instances) still counts the ports' programs as its own; a program
+// detached by hand, or another program on the hook, does not.
+func TestAliveByTag(t *testing.T) {
+	dp := testutil.Load(t)
+	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-alive-%d", os.Getpid()))
+	nl := ns.Netlink(t)
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "port0"}, PeerName: "wl0"}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := nl.LinkByName("port0")
+	idx := l.Attrs().Index
+	modes := []loader.AttachOptions{{ForceLegacyTC: true}}
+	if kernelAtLeast(6, 6) {
+		modes = append(modes, loader.AttachOptions{})
+	}
+	for _, opts := range modes {
+		err := ns.Do(func() error {
+			mode, err := dp.AttachPort(idx, opts)
+			if err != nil {
+				return err
+			}
+			alive := func(d *loader.Datapath) (from, to bool) {
+				for _, a := range loader.ListRecorded(dp.PinDir) {
+					if a.Ifindex != idx {
+						continue
+					}
+					if a.Hook == loader.HookFromWorkload {
+						from = d.Alive(a)
+					}
+					if a.Hook == loader.HookToWorkload {
+						to = d.Alive(a)
+					}
+				}
+				return
+			}
+			if from, to := alive(dp); !from || !to {
+				return fmt.Errorf("%s: alive from=%v to=%v after attaching, want both", mode, from, to)
+			}
+			again, err := loader.Load(loader.Options{PinDir: dp.PinDir, SampleRate: 1})
+			if err != nil {
+				return err
+			}
+			defer again.Close()
+			if from, to := alive(again); !from || !to {
+				return fmt.Errorf("%s: after a second Load of the same build alive from=%v to=%v, want both", mode, from, to)
+			}
+			// Another program on the egress hook.
+			if _, err := dp.AttachPort(idx, opts); err != nil {
+				return err
+			}
+			swapped := &loader.Datapath{PinDir: dp.PinDir, Progs: loader.WorkloadPrograms{TnFromWorkload: dp.Progs.TnToWorkload, TnToWorkload: dp.Progs.TnFromWorkload}}
+			if from, to := alive(swapped); from || to {
+				return fmt.Errorf("%s: other programs on the hooks count as alive (from=%v to=%v)", mode, from, to)
+			}
+			// Detached by hand: the records stay, the kernel has nothing.
+			if mode == loader.ModeLegacyTC {
+				for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+					fs, _ := nl.FilterList(l, parent)
+					for _, f := range fs {
+						if err := nl.FilterDel(f); err != nil {
+							return err
+						}
+					}
+				}
+			} else {
+				for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+					res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: at})
+					if err != nil {
+						return err
+					}
+					for _, p := range res.Programs {
+						id, _ := p.LinkID()
+						lk, err := link.NewFromID(id)
+						if err != nil {
+							return err
+						}
+						err = lk.Detach()
+						lk.Close()
+						if err != nil {
+							return err
+						}
+					}
+				}
+			}
+			if from, to := alive(dp); from || to {
+				return fmt.Errorf("%s: detached by hand, alive from=%v to=%v", mode, from, to)
+			}
+			return loader.Detach(dp.PinDir, idx)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -40,9 +40,11 @@ check-generate: generate
 	@git diff --exit-code --stat -- loader/ || \
 		(echo "make generate changed committed files: commit its output"; exit 1)
 
+# What ships (cmd/), and the test tools beside it in bin/ (the
+# benchmark and the kernel-matrix harness live under test/).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./test/bench/cmd/... ./test/kernels/cmd/...
 
 # Tests need root (BPF, namespaces). They skip with a reason otherwise.
 # The demo is a test too: it must pass its checks and leave nothing behind.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tenantnet/tenantnet/internal/defaults"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -65,16 +67,16 @@ func (n *Node) defaults() {
 		n.Class = DualStack
 	}
 	if n.StateDir == "" {
-		n.StateDir = "/var/lib/tenantnet"
+		n.StateDir = defaults.StateDir
 	}
 	if n.BPFDir == "" {
-		n.BPFDir = "/sys/fs/bpf/tenantnet"
+		n.BPFDir = defaults.PinDir
 	}
 	if n.APISocket == "" {
-		n.APISocket = "/run/tenantnet/tenantnetd.sock"
+		n.APISocket = defaults.APISocket
 	}
 	if n.MetricsAddr == "" {
-		n.MetricsAddr = "127.0.0.1:9464"
+		n.MetricsAddr = defaults.MetricsAddr
 	}
 	if n.WGPortBase == 0 {
 		n.WGPortBase = 51820
@@ -96,7 +98,7 @@ func (n *Node) defaults() {
 		n.FastPath = &on
 	}
 	if n.Registry.Dir == "" {
-		n.Registry.Dir = "/var/lib/tenantnet/registry"
+		n.Registry.Dir = defaults.RegistryDir
 	}
 }
 

@@ -6,18 +6,18 @@ import (
 	"testing"
 
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/firewall/internal/store"
 	"github.com/tenantnet/tenantnet/internal/testutil"
-	"github.com/tenantnet/tenantnet/maps"
-	"github.com/tenantnet/tenantnet/store"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
-func bigSet(n int, tenant uint32) []maps.Rule {
-	rs := make([]maps.Rule, n)
+func bigSet(n int, tenant uint32) []policy.Rule {
+	rs := make([]policy.Rule, n)
 	for i := range rs {
 		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(tenant), 0, 0, 0, 0, 0, 0, 0, byte(i >> 16), byte(i >> 8), byte(i)})
 		p := uint16(1000 + i%50000)
-		rs[i] = maps.Rule{Tenant: tenant, Dir: maps.DirIn, Proto: maps.ProtoTCP, PortLo: p, PortHi: p,
-			Dst: netip.PrefixFrom(a, 128), Action: maps.ActionAllow}
+		rs[i] = policy.Rule{Tenant: tenant, Dir: policy.DirIn, Proto: policy.ProtoTCP, PortLo: p, PortHi: p,
+			Dst: netip.PrefixFrom(a, 128), Action: policy.ActionAllow}
 	}
 	return rs
 }
@@ -56,8 +56,8 @@ func BenchmarkOneRuleChange(b *testing.B) {
 	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(100_000, 7)}}, false); err != nil {
 		b.Fatal(err)
 	}
-	r := maps.Rule{Tenant: 7, Dir: maps.DirIn, Proto: maps.ProtoUDP, PortLo: 53, PortHi: 53,
-		Dst: netip.MustParsePrefix("2001:db8:7::beef/128"), Action: maps.ActionAllow}
+	r := policy.Rule{Tenant: 7, Dir: policy.DirIn, Proto: policy.ProtoUDP, PortLo: 53, PortHi: 53,
+		Dst: netip.MustParsePrefix("2001:db8:7::beef/128"), Action: policy.ActionAllow}
 	n := 0
 	for b.Loop() {
 		added, _, err := fw.AddRule(r)

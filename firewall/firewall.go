@@ -5,7 +5,7 @@
 //
 //  1. validate the change completely; on any error nothing is touched;
 //  2. commit it to the store together with a "dirty" mark (fsync);
-//  3. write the difference to the maps (deeper stages first, see maps.Diff);
+//  3. write the difference to the maps (deeper stages first, see bpfmaps.Diff);
 //  4. clear the mark.
 //
 // A crash between 2 and 4 leaves the mark; the next Open sees it and
@@ -24,15 +24,18 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tenantnet/tenantnet/internal/defaults"
+
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/firewall/internal/store"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
-	"github.com/tenantnet/tenantnet/store"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // DefaultStateDir is where the node keeps its state.
-const DefaultStateDir = "/var/lib/tenantnet"
+const DefaultStateDir = defaults.StateDir
 
 // ErrUnknownTenant is returned for a tenant that was never added.
 var ErrUnknownTenant = errors.New("unknown tenant")
@@ -49,13 +52,13 @@ type Options struct {
 	NoDatapath bool
 	// Maps, if set, are the datapath's maps already open in this process
 	// (tenantnetd): used instead of opening the pins, and not closed.
-	Maps *maps.Maps
+	Maps *bpfmaps.Maps
 }
 
 // Firewall is an open, locked state directory and its datapath maps.
 type Firewall struct {
-	Store      *store.Store
-	Maps       *maps.Maps // nil with NoDatapath
+	st         *store.Store
+	Maps       *bpfmaps.Maps // nil with NoDatapath
 	log        *slog.Logger
 	lock       *os.File
 	borrowMaps bool
@@ -113,7 +116,7 @@ func Open(opts Options) (*Firewall, error) {
 		lock.Close()
 		return nil, err
 	}
-	fw := &Firewall{Store: st, log: log, lock: lock}
+	fw := &Firewall{st: st, log: log, lock: lock}
 	if !opts.NoDatapath {
 		if opts.Maps != nil {
 			fw.Maps, fw.borrowMaps = opts.Maps, true
@@ -123,7 +126,7 @@ func Open(opts Options) (*Firewall, error) {
 				fw.Close()
 				return nil, err
 			}
-			fw.Maps = maps.FromMaps(wm)
+			fw.Maps = bpfmaps.FromMaps(wm)
 		}
 		var dirty bool
 		_ = st.View(func(tx *store.Tx) error { dirty = tx.Dirty(); return nil })
@@ -144,8 +147,8 @@ func (fw *Firewall) Close() error {
 	if fw.Maps != nil && !fw.borrowMaps {
 		errs = append(errs, fw.Maps.Raw().Close())
 	}
-	if fw.Store != nil {
-		errs = append(errs, fw.Store.Close())
+	if fw.st != nil {
+		errs = append(errs, fw.st.Close())
 	}
 	if fw.lock != nil {
 		errs = append(errs, fw.lock.Close()) // closing drops the flock
@@ -165,13 +168,13 @@ func (fw *Firewall) Close() error {
 // Open rebuilds the maps from it) or the new store without it.
 func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error) error {
 	if fw.Maps == nil {
-		return fw.Store.Update(storePart)
+		return fw.st.Update(storePart)
 	}
-	if err := fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(true) }); err != nil {
+	if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(true) }); err != nil {
 		return err
 	}
 	mapsTouched := false
-	err := fw.Store.Update(func(tx *store.Tx) error {
+	err := fw.st.Update(func(tx *store.Tx) error {
 		if err := storePart(tx); err != nil {
 			return err
 		}
@@ -186,7 +189,7 @@ func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error
 	}
 	if !mapsTouched {
 		// Rejected before any map was written: just clear the mark.
-		if cerr := fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); cerr != nil {
+		if cerr := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); cerr != nil {
 			return errors.Join(err, cerr)
 		}
 		return err
@@ -209,13 +212,13 @@ func (fw *Firewall) knownTenant(tx *store.Tx, id uint32) (store.Tenant, error) {
 // default policy.
 func (fw *Firewall) AddTenant(tn store.Tenant) error {
 	if tn.ID == 0 {
-		return &maps.FieldError{Field: "tenant", Value: "0", Msg: "tenant ids start at 1"}
+		return &policy.FieldError{Field: "tenant", Value: "0", Msg: "tenant ids start at 1"}
 	}
-	if tn.Inbound == maps.ActionNone {
-		tn.Inbound = maps.DefaultPolicy.Inbound
+	if tn.Inbound == policy.ActionNone {
+		tn.Inbound = policy.DefaultPolicy.Inbound
 	}
-	if tn.Outbound == maps.ActionNone {
-		tn.Outbound = maps.DefaultPolicy.Outbound
+	if tn.Outbound == policy.ActionNone {
+		tn.Outbound = policy.DefaultPolicy.Outbound
 	}
 	var old store.Tenant
 	return fw.change(func(tx *store.Tx) error {
@@ -231,7 +234,7 @@ func (fw *Firewall) AddTenant(tn store.Tenant) error {
 			for _, p := range tn.Prefixes {
 				for _, q := range o.Prefixes {
 					if p.Overlaps(q) {
-						return &maps.FieldError{Field: "prefix", Value: p.String(), Msg: fmt.Sprintf("overlaps %s of tenant %d", q, o.ID)}
+						return &policy.FieldError{Field: "prefix", Value: p.String(), Msg: fmt.Sprintf("overlaps %s of tenant %d", q, o.ID)}
 					}
 				}
 			}
@@ -264,17 +267,17 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 }
 
 // SetPolicy sets a known tenant's default policy; ActionNone keeps a side.
-func (fw *Firewall) SetPolicy(id uint32, p maps.TenantPolicy) error {
+func (fw *Firewall) SetPolicy(id uint32, p policy.TenantPolicy) error {
 	var tn store.Tenant
 	return fw.change(func(tx *store.Tx) error {
 		var err error
 		if tn, err = fw.knownTenant(tx, id); err != nil {
 			return err
 		}
-		if p.Inbound != maps.ActionNone {
+		if p.Inbound != policy.ActionNone {
 			tn.Inbound = p.Inbound
 		}
-		if p.Outbound != maps.ActionNone {
+		if p.Outbound != policy.ActionNone {
 			tn.Outbound = p.Outbound
 		}
 		return tx.PutTenant(tn)
@@ -283,7 +286,7 @@ func (fw *Firewall) SetPolicy(id uint32, p maps.TenantPolicy) error {
 
 // partial compiles the nodes a change at dst touches, from the rules the
 // store holds now.
-func partial(tx *store.Tx, tenant uint32, dir maps.Direction, dst netip.Prefix) (*maps.Compiled, []netip.Prefix, error) {
+func partial(tx *store.Tx, tenant uint32, dir policy.Direction, dst netip.Prefix) (*bpfmaps.Compiled, []netip.Prefix, error) {
 	containing, inside, err := tx.RulesAround(tenant, dir, dst)
 	if err != nil {
 		return nil, nil, err
@@ -296,18 +299,18 @@ func partial(tx *store.Tx, tenant uint32, dir maps.Direction, dst netip.Prefix) 
 			targets = append(targets, r.Dst)
 		}
 	}
-	c, err := maps.CompilePartial(tenant, dir, append(containing, inside...), targets)
+	c, err := bpfmaps.CompilePartial(tenant, dir, append(containing, inside...), targets)
 	return c, targets, err
 }
 
 // AddRule validates and adds one rule (its id is assigned) and applies it.
-func (fw *Firewall) AddRule(r maps.Rule) (maps.Rule, maps.Change, error) {
+func (fw *Firewall) AddRule(r policy.Rule) (policy.Rule, bpfmaps.Change, error) {
 	r.ID = 0
-	var change maps.Change
+	var change bpfmaps.Change
 	if err := r.Validate(); err != nil {
 		return r, change, err
 	}
-	var before, after *maps.Compiled
+	var before, after *bpfmaps.Compiled
 	err := fw.change(func(tx *store.Tx) error {
 		if _, err := fw.knownTenant(tx, r.Tenant); err != nil {
 			return err
@@ -323,17 +326,17 @@ func (fw *Firewall) AddRule(r maps.Rule) (maps.Rule, maps.Change, error) {
 		return err
 	}, func() error {
 		var err error
-		change, err = maps.Diff(fw.Maps.Rules(), before, after)
+		change, err = bpfmaps.Diff(fw.Maps.Rules(), before, after)
 		return err
 	})
 	return r, change, err
 }
 
 // DeleteRule removes a rule by id.
-func (fw *Firewall) DeleteRule(id uint32) (maps.Rule, maps.Change, error) {
-	var r maps.Rule
-	var change maps.Change
-	var before, after *maps.Compiled
+func (fw *Firewall) DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error) {
+	var r policy.Rule
+	var change bpfmaps.Change
+	var before, after *bpfmaps.Compiled
 	err := fw.change(func(tx *store.Tx) error {
 		var err error
 		if r, err = tx.Rule(id); err != nil {
@@ -349,16 +352,16 @@ func (fw *Firewall) DeleteRule(id uint32) (maps.Rule, maps.Change, error) {
 		return err
 	}, func() error {
 		var err error
-		change, err = maps.Diff(fw.Maps.Rules(), before, after)
+		change, err = bpfmaps.Diff(fw.Maps.Rules(), before, after)
 		return err
 	})
 	return r, change, err
 }
 
 // FindRule returns the stored rule with the selector of m.
-func (fw *Firewall) FindRule(m maps.Match) (maps.Rule, error) {
-	var r maps.Rule
-	err := fw.Store.View(func(tx *store.Tx) error {
+func (fw *Firewall) FindRule(m policy.Match) (policy.Rule, error) {
+	var r policy.Rule
+	err := fw.st.View(func(tx *store.Tx) error {
 		var ok bool
 		var err error
 		r, ok, err = tx.RuleByMatch(m)
@@ -373,15 +376,15 @@ func (fw *Firewall) FindRule(m maps.Match) (maps.Rule, error) {
 // TenantRules is a tenant's desired rule set (ids are ignored).
 type TenantRules struct {
 	Tenant uint32
-	Policy *maps.TenantPolicy
-	Rules  []maps.Rule
+	Policy *policy.TenantPolicy
+	Rules  []policy.Rule
 }
 
 // ApplyResult says what Apply did.
 type ApplyResult struct {
 	Tenants           int
 	Kept, Added, Gone int
-	Maps              maps.Change
+	Maps              bpfmaps.Change
 }
 
 // Apply replaces the rule sets (and policies, when given) of the listed
@@ -392,7 +395,7 @@ type ApplyResult struct {
 func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	var res ApplyResult
 	// Validate everything before touching anything.
-	var all []maps.Rule
+	var all []policy.Rule
 	seenTenant := map[uint32]bool{}
 	id := uint32(1)
 	for _, ts := range sets {
@@ -409,10 +412,10 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 			all = append(all, r)
 		}
 	}
-	if err := maps.ValidateSet(all); err != nil {
+	if err := policy.ValidateSet(all); err != nil {
 		return res, err
 	}
-	var oldRules, newRules []maps.Rule
+	var oldRules, newRules []policy.Rule
 	var policies []store.Tenant
 	err := fw.change(func(tx *store.Tx) error {
 		targets := sets
@@ -434,10 +437,10 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 			}
 			res.Tenants++
 			if ts.Policy != nil {
-				if ts.Policy.Inbound != maps.ActionNone {
+				if ts.Policy.Inbound != policy.ActionNone {
 					tn.Inbound = ts.Policy.Inbound
 				}
-				if ts.Policy.Outbound != maps.ActionNone {
+				if ts.Policy.Outbound != policy.ActionNone {
 					tn.Outbound = ts.Policy.Outbound
 				}
 				if err := tx.PutTenant(tn); err != nil {
@@ -450,7 +453,7 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 				return err
 			}
 			oldRules = append(oldRules, have...)
-			want := map[maps.Match]maps.Rule{}
+			want := map[policy.Match]policy.Rule{}
 			for _, r := range ts.Rules {
 				want[r.Match()] = r
 			}
@@ -474,7 +477,7 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 					res.Gone++
 				}
 			}
-			var fresh []maps.Rule
+			var fresh []policy.Rule
 			for _, r := range ts.Rules {
 				if _, ok := want[r.Match()]; ok {
 					fresh = append(fresh, r)
@@ -489,15 +492,15 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 		}
 		return nil
 	}, func() error {
-		before, err := maps.Compile(oldRules)
+		before, err := bpfmaps.Compile(oldRules)
 		if err != nil {
 			return err
 		}
-		after, err := maps.Compile(newRules)
+		after, err := bpfmaps.Compile(newRules)
 		if err != nil {
 			return err
 		}
-		if res.Maps, err = maps.Diff(fw.Maps.Rules(), before, after); err != nil {
+		if res.Maps, err = bpfmaps.Diff(fw.Maps.Rules(), before, after); err != nil {
 			return err
 		}
 		for _, tn := range policies {
@@ -520,9 +523,9 @@ func (fw *Firewall) Flush(tenant uint32) (ApplyResult, error) {
 // after an interrupted update and after the datapath is loaded on an
 // empty bpffs.
 func (fw *Firewall) Reconcile() error {
-	var rules []maps.Rule
+	var rules []policy.Rule
 	var tenants []store.Tenant
-	if err := fw.Store.View(func(tx *store.Tx) error {
+	if err := fw.st.View(func(tx *store.Tx) error {
 		var err error
 		if rules, err = tx.Rules(0); err != nil {
 			return err
@@ -532,31 +535,31 @@ func (fw *Firewall) Reconcile() error {
 	}); err != nil {
 		return err
 	}
-	want, err := maps.Compile(rules)
+	want, err := bpfmaps.Compile(rules)
 	if err != nil {
 		return fmt.Errorf("saved rules do not compile: %w", err)
 	}
-	have, err := maps.ReadRules(fw.Maps.Rules())
+	have, err := bpfmaps.ReadRules(fw.Maps.Rules())
 	if err != nil {
 		return err
 	}
-	ch, err := maps.Diff(fw.Maps.Rules(), have, want)
+	ch, err := bpfmaps.Diff(fw.Maps.Rules(), have, want)
 	if err != nil {
 		return err
 	}
 	if err := fw.Maps.SyncTenants(toMapTenants(tenants)); err != nil {
 		return err
 	}
-	if ch != (maps.Change{}) {
+	if ch != (bpfmaps.Change{}) {
 		fw.log.Info("reconciled rule maps with the saved state", "change", ch.String(), "rules", len(rules))
 	}
-	return fw.Store.Update(func(tx *store.Tx) error { return tx.SetDirty(false) })
+	return fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) })
 }
 
-func toMapTenants(ts []store.Tenant) map[uint32]maps.TenantState {
-	out := map[uint32]maps.TenantState{}
+func toMapTenants(ts []store.Tenant) map[uint32]bpfmaps.TenantState {
+	out := map[uint32]bpfmaps.TenantState{}
 	for _, t := range ts {
-		out[t.ID] = maps.TenantState{Policy: t.Policy(), Prefixes: t.Prefixes}
+		out[t.ID] = bpfmaps.TenantState{Policy: t.Policy(), Prefixes: t.Prefixes}
 	}
 	return out
 }
@@ -564,7 +567,7 @@ func toMapTenants(ts []store.Tenant) map[uint32]maps.TenantState {
 // DeleteTenant removes a tenant: its rules, prefixes and policy.
 func (fw *Firewall) DeleteTenant(id uint32) error {
 	var tn store.Tenant
-	var rules []maps.Rule
+	var rules []policy.Rule
 	return fw.change(func(tx *store.Tx) error {
 		var err error
 		if tn, err = fw.knownTenant(tx, id); err != nil {
@@ -584,11 +587,11 @@ func (fw *Firewall) DeleteTenant(id uint32) error {
 		}
 		return tx.DeleteTenant(id)
 	}, func() error {
-		before, err := maps.Compile(rules)
+		before, err := bpfmaps.Compile(rules)
 		if err != nil {
 			return err
 		}
-		if _, err := maps.Diff(fw.Maps.Rules(), before, maps.NewCompiled()); err != nil {
+		if _, err := bpfmaps.Diff(fw.Maps.Rules(), before, bpfmaps.NewCompiled()); err != nil {
 			return err
 		}
 		for _, p := range tn.Prefixes {
@@ -629,7 +632,7 @@ func (fw *Firewall) BindPorts(ps []PortBinding) error {
 					inside = inside || (tp.Contains(a.Addr()) && tp.Bits() <= a.Bits())
 				}
 				if !inside {
-					return &maps.FieldError{Field: "addr", Value: a.String(), Msg: fmt.Sprintf("outside the prefixes of tenant %d", p.Port.Tenant)}
+					return &policy.FieldError{Field: "addr", Value: a.String(), Msg: fmt.Sprintf("outside the prefixes of tenant %d", p.Port.Tenant)}
 				}
 			}
 			if err := tx.PutPort(p.Port); err != nil {
@@ -639,7 +642,7 @@ func (fw *Firewall) BindPorts(ps []PortBinding) error {
 		return nil
 	}, func() error {
 		for _, p := range ps {
-			if err := fw.Maps.BindPort(maps.PortBinding{Ifindex: p.Ifindex, Tenant: p.Port.Tenant, Addrs: p.Port.Addrs}); err != nil {
+			if err := fw.Maps.BindPort(bpfmaps.PortBinding{Ifindex: p.Ifindex, Tenant: p.Port.Tenant, Addrs: p.Port.Addrs}); err != nil {
 				return err
 			}
 		}
@@ -657,7 +660,7 @@ func (fw *Firewall) UnbindPort(ifname string, ifindex uint32) error {
 // already has (tenantnetd calls this for every network, at every start).
 func (fw *Firewall) EnsureTenant(id uint32, name string, prefixes []netip.Prefix) error {
 	var tn store.Tenant
-	err := fw.Store.View(func(tx *store.Tx) error {
+	err := fw.st.View(func(tx *store.Tx) error {
 		var err error
 		tn, err = tx.Tenant(id)
 		return err

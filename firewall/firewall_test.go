@@ -7,28 +7,29 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/firewall/internal/store"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
-	"github.com/tenantnet/tenantnet/store"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
-func mustMatchStore(t *testing.T, fw *firewall.Firewall) *maps.Compiled {
+func mustMatchStore(t *testing.T, fw *firewall.Firewall) *bpfmaps.Compiled {
 	t.Helper()
-	var rules []maps.Rule
-	if err := fw.Store.View(func(tx *store.Tx) error {
+	var rules []policy.Rule
+	if err := fw.StoreForTest().View(func(tx *store.Tx) error {
 		var err error
 		rules, err = tx.Rules(0)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	want, err := maps.Compile(rules)
+	want, err := bpfmaps.Compile(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
-	have, err := maps.ReadRules(fw.Maps.Rules())
+	have, err := bpfmaps.ReadRules(fw.Maps.Rules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,24 +56,24 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 	}
 	// Simulate the crash: the store has a change the maps never got, and
 	// the maps have junk and miss entries.
-	if err := fw.Store.Update(func(tx *store.Tx) error {
-		if _, err := tx.AddRule(maps.Rule{Tenant: 7, Dir: maps.DirOut, Proto: maps.ProtoTCP, PortLo: 25, PortHi: 25, Action: maps.ActionDeny}); err != nil {
+	if err := fw.StoreForTest().Update(func(tx *store.Tx) error {
+		if _, err := tx.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirOut, Proto: policy.ProtoTCP, PortLo: 25, PortHi: 25, Action: policy.ActionDeny}); err != nil {
 			return err
 		}
 		return tx.SetDirty(true)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var k maps.HostKey
-	var v maps.DstVal
+	var k bpfmaps.HostKey
+	var v bpfmaps.DstVal
 	it := dp.Maps.TnRhostV1.Iterate()
 	deleted := 0
 	for it.Next(&k, &v) && deleted < 50 {
 		dp.Maps.TnRhostV1.Delete(k)
 		deleted++
 	}
-	junk := maps.PortKey{Prefixlen: 96, SgLo: 1, SgHi: 2, Proto: 6, Dport: 80}
-	if err := dp.Maps.TnRportV1.Update(junk, maps.PortVal{RuleId: 99, Action: 1}, ebpf.UpdateAny); err != nil {
+	junk := bpfmaps.PortKey{Prefixlen: 96, SgLo: 1, SgHi: 2, Proto: 6, Dport: 80}
+	if err := dp.Maps.TnRportV1.Update(junk, bpfmaps.PortVal{RuleId: 99, Action: 1}, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
 	if err := dp.Maps.TnTenantV1.Delete(uint32(7)); err != nil {
@@ -87,10 +88,10 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 	defer fw.Close()
 	mustMatchStore(t, fw)
 	var tv loader.WorkloadTnTenant
-	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(maps.ActionDeny) {
+	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(policy.ActionDeny) {
 		t.Fatalf("tenant policy not restored: %v %+v", err, tv)
 	}
-	fw.Store.View(func(tx *store.Tx) error {
+	fw.StoreForTest().View(func(tx *store.Tx) error {
 		if tx.Dirty() {
 			t.Error("still dirty after the repair")
 		}
@@ -117,7 +118,7 @@ func TestApplyTouchesOnlyChanges(t *testing.T) {
 	}
 	// The rule's destination node keeps its stage-1 entry (same group),
 	// one port entry goes and one comes.
-	if res.Maps != (maps.Change{Added: 1, Deleted: 1}) {
+	if res.Maps != (bpfmaps.Change{Added: 1, Deleted: 1}) {
 		t.Fatalf("map change %s, want 1 added 1 deleted", res.Maps)
 	}
 	after := mustMatchStore(t, fw)
@@ -131,7 +132,7 @@ func TestOneRuleAddDelIsLocal(t *testing.T) {
 	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(2000, 7)}}, false); err != nil {
 		t.Fatal(err)
 	}
-	r := maps.Rule{Tenant: 7, Dir: maps.DirIn, Proto: maps.ProtoICMPv6, Dst: netip.MustParsePrefix("2001:db8:7::/120"), Action: maps.ActionAllow}
+	r := policy.Rule{Tenant: 7, Dir: policy.DirIn, Proto: policy.ProtoICMPv6, Dst: netip.MustParsePrefix("2001:db8:7::/120"), Action: policy.ActionAllow}
 	added, ch, err := fw.AddRule(r)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,6 @@ package loader
 // CLANG in the Makefile) and committed, so `go build` needs no clang.
 // `make generate` reproduces them byte for byte.
 
-//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../headers" -type tn_meta -type tn_port -type tn_srcaddr_key -type tn_prefix_key -type tn_endpoint_key -type tn_endpoint -type tn_tenant -type tn_route_key -type tn_route -type tn_rhost_key -type tn_rdst_key -type tn_rdst_val -type tn_rsrc_key -type tn_rsrc_val -type tn_rport_key -type tn_rport_val -type tn_ct_key -type tn_ct_val -type tn_frag_key -type tn_frag_val -type tn_stats_key -type tn_stats_val -type tn_event Workload ../bpf/workload.c
-//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../headers" -no-global-types Uplink ../bpf/uplink.c
-//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../headers" -no-global-types Wireguard ../bpf/wireguard.c
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include" -type tn_meta -type tn_port -type tn_srcaddr_key -type tn_prefix_key -type tn_endpoint_key -type tn_endpoint -type tn_tenant -type tn_route_key -type tn_route -type tn_rhost_key -type tn_rdst_key -type tn_rdst_val -type tn_rsrc_key -type tn_rsrc_val -type tn_rport_key -type tn_rport_val -type tn_ct_key -type tn_ct_val -type tn_frag_key -type tn_frag_val -type tn_stats_key -type tn_stats_val -type tn_event Workload ../bpf/workload.c
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include" -no-global-types Uplink ../bpf/uplink.c
+//go:generate go tool bpf2go -cc $BPF_CLANG -strip $BPF_STRIP -target bpfel -cflags "-O2 -g -Wall -Werror -I../bpf/include" -no-global-types Wireguard ../bpf/wireguard.c

@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/tenantnet/tenantnet/internal/defaults"
+
 	"github.com/cilium/ebpf"
 )
 
@@ -26,7 +28,7 @@ import (
 const SchemaVersion = 1
 
 // DefaultPinDir is where a node's datapath lives.
-const DefaultPinDir = "/sys/fs/bpf/tenantnet"
+const DefaultPinDir = defaults.PinDir
 
 const (
 	progsDir = "progs"

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/node"
 )
 
@@ -82,7 +82,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	dp := c.s.Datapath()
-	m := maps.New(dp)
+	m := bpfmaps.New(dp)
 	if cs, err := m.Counters(0); err != nil {
 		c.log.Warn("read counters", "err", err)
 	} else {
@@ -97,7 +97,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for name, mp := range dp.MapsByName() {
-		n := maps.CountEntries(mp)
+		n := bpfmaps.CountEntries(mp)
 		if n < 0 {
 			continue
 		}

@@ -14,7 +14,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // Hook is the program a packet runs through.
@@ -38,8 +38,8 @@ type State struct {
 	SrcAddrs  map[uint32][]netip.Prefix // ifindex -> bound source prefixes
 	Prefixes  map[netip.Prefix]uint32   // tenant prefixes
 	Endpoints map[netip.Addr]Endpoint
-	Policies  map[uint32]maps.TenantPolicy
-	Rules     []maps.Rule
+	Policies  map[uint32]policy.TenantPolicy
+	Rules     []policy.Rule
 
 	// Now returns the time on the datapath's clock (CLOCK_MONOTONIC,
 	// nanoseconds) for conntrack and fragment timeouts; nil means time
@@ -55,7 +55,7 @@ func NewState() *State {
 	return &State{
 		Ports: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
-		Policies: map[uint32]maps.TenantPolicy{},
+		Policies: map[uint32]policy.TenantPolicy{},
 		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]uint64{},
 	}
 }
@@ -63,11 +63,11 @@ func NewState() *State {
 // Verdict is the outcome for one packet.
 type Verdict struct {
 	Drop    bool
-	Reason  maps.Reason // 0 for an uplink pass that is not counted
+	Reason  policy.Reason // 0 for an uplink pass that is not counted
 	Tenant  uint32
-	Dir     maps.Direction // the counter's direction
-	Counted bool           // whether the program counts this packet
-	RuleID  uint32         // deciding rule, when Reason is PassRule/DropPolicy
+	Dir     policy.Direction // the counter's direction
+	Counted bool             // whether the program counts this packet
+	RuleID  uint32           // deciding rule, when Reason is PassRule/DropPolicy
 }
 
 type packet struct {
@@ -94,16 +94,16 @@ func isExt(nh uint8) bool {
 }
 
 func isEcho(proto, t uint8) bool {
-	if proto == maps.ProtoICMPv6 {
+	if proto == policy.ProtoICMPv6 {
 		return t == 128 || t == 129
 	}
 	return t == 8 || t == 0
 }
 
 // parse mirrors the datapath's parser; it returns 0 or a drop reason.
-func parse(b []byte, p *packet) maps.Reason {
+func parse(b []byte, p *packet) policy.Reason {
 	if len(b) < 14 {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	p.l3 = binary.BigEndian.Uint16(b[12:14])
 	switch p.l3 {
@@ -113,24 +113,24 @@ func parse(b []byte, p *packet) maps.Reason {
 		return parse4(b, p)
 	case 0x0806:
 		if len(b) < 14+28 {
-			return maps.DropTrunc
+			return policy.DropTrunc
 		}
 		p.arpSPA = netip.AddrFrom4([4]byte(b[28:32]))
 		return 0
 	}
-	return maps.DropL3Proto
+	return policy.DropL3Proto
 }
 
-func parse6(b []byte, p *packet) maps.Reason {
+func parse6(b []byte, p *packet) policy.Reason {
 	if len(b) < 14+40 {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	ip := b[14:]
 	if ip[0]>>4 != 6 {
-		return maps.DropMalform
+		return policy.DropMalform
 	}
 	if plen := int(binary.BigEndian.Uint16(ip[4:6])); plen != 0 && plen+40+14 > len(b) {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	p.src = netip.AddrFrom16([16]byte(ip[8:24]))
 	p.dst = netip.AddrFrom16([16]byte(ip[24:40]))
@@ -138,16 +138,16 @@ func parse6(b []byte, p *packet) maps.Reason {
 	off := 14 + 40
 	for i := 0; i < maxExt && isExt(nh); i++ {
 		if off > maxHdrOff {
-			return maps.DropExtLimit
+			return policy.DropExtLimit
 		}
 		if off+8 > len(b) {
-			return maps.DropTrunc
+			return policy.DropTrunc
 		}
 		h := b[off:]
 		switch nh {
 		case 44:
 			if p.frag != 0 {
-				return maps.DropMalform
+				return policy.DropMalform
 			}
 			fo := binary.BigEndian.Uint16(h[2:4])
 			switch {
@@ -169,31 +169,31 @@ func parse6(b []byte, p *packet) maps.Reason {
 		nh = h[0]
 	}
 	if isExt(nh) {
-		return maps.DropExtLimit
+		return policy.DropExtLimit
 	}
 	p.proto = nh
 	return parseL4(b, off, p)
 }
 
-func parse4(b []byte, p *packet) maps.Reason {
+func parse4(b []byte, p *packet) policy.Reason {
 	if len(b) < 14+20 {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	ip := b[14:]
 	ihl := int(ip[0] & 0xf)
 	if ip[0]>>4 != 4 || ihl < 5 {
-		return maps.DropMalform
+		return policy.DropMalform
 	}
 	hlen := ihl * 4
 	tot := int(binary.BigEndian.Uint16(ip[2:4]))
 	if tot != 0 && tot < hlen {
-		return maps.DropMalform
+		return policy.DropMalform
 	}
 	if tot != 0 && tot+14 > len(b) {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	if 14+hlen > len(b) {
-		return maps.DropTrunc
+		return policy.DropTrunc
 	}
 	p.src = netip.AddrFrom4([4]byte(ip[12:16]))
 	p.dst = netip.AddrFrom4([4]byte(ip[16:20]))
@@ -209,35 +209,35 @@ func parse4(b []byte, p *packet) maps.Reason {
 	return parseL4(b, 14+hlen, p)
 }
 
-func parseL4(b []byte, off int, p *packet) maps.Reason {
+func parseL4(b []byte, off int, p *packet) policy.Reason {
 	if off > maxHdrOff {
-		return maps.DropExtLimit
+		return policy.DropExtLimit
 	}
 	if p.frag == 2 {
 		return 0
 	}
 	switch p.proto {
-	case maps.ProtoTCP:
+	case policy.ProtoTCP:
 		if off+20 > len(b) {
-			return maps.DropTrunc
+			return policy.DropTrunc
 		}
 		if b[off+12]>>4 < 5 {
-			return maps.DropMalform
+			return policy.DropMalform
 		}
 		p.sport = binary.BigEndian.Uint16(b[off:])
 		p.dport = binary.BigEndian.Uint16(b[off+2:])
 		p.tcpFlags = b[off+13]
 		p.hasL4Ports = true
-	case maps.ProtoUDP:
+	case policy.ProtoUDP:
 		if off+8 > len(b) {
-			return maps.DropTrunc
+			return policy.DropTrunc
 		}
 		p.sport = binary.BigEndian.Uint16(b[off:])
 		p.dport = binary.BigEndian.Uint16(b[off+2:])
 		p.hasL4Ports = true
-	case maps.ProtoICMP, maps.ProtoICMPv6:
+	case policy.ProtoICMP, policy.ProtoICMPv6:
 		if off+8 > len(b) {
-			return maps.DropTrunc
+			return policy.DropTrunc
 		}
 		p.icmpType = b[off]
 		if isEcho(p.proto, p.icmpType) {

@@ -3,7 +3,7 @@ package model
 import (
 	"net/netip"
 
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 type ctKey struct {
@@ -33,7 +33,7 @@ const (
 
 func ctTimeout(proto, state uint8) uint64 {
 	switch proto {
-	case maps.ProtoTCP:
+	case policy.ProtoTCP:
 		switch state {
 		case 2:
 			return tcpEstTO
@@ -41,12 +41,12 @@ func ctTimeout(proto, state uint8) uint64 {
 			return tcpClosingTO
 		}
 		return tcpSynTO
-	case maps.ProtoUDP:
+	case policy.ProtoUDP:
 		if state == 2 {
 			return udpEstTO
 		}
 		return udpNewTO
-	case maps.ProtoICMP, maps.ProtoICMPv6:
+	case policy.ProtoICMP, policy.ProtoICMPv6:
 		return icmpTO
 	}
 	return otherTO
@@ -81,13 +81,13 @@ func contains(p netip.Prefix, a netip.Addr) bool {
 	if !p.IsValid() {
 		return true // "any"
 	}
-	b16, bits := maps.Prefix16(p)
+	b16, bits := policy.Prefix16(p)
 	pp := netip.PrefixFrom(netip.AddrFrom16(b16), bits)
 	return pp.Contains(as16(a))
 }
 
 func prefixBits(p netip.Prefix) int {
-	_, bits := maps.Prefix16(p)
+	_, bits := policy.Prefix16(p)
 	return bits
 }
 
@@ -101,10 +101,10 @@ func (p *packet) isControl() bool {
 	if p.frag == 2 {
 		return false
 	}
-	if p.proto == maps.ProtoICMPv6 && p.l3 == 0x86dd {
+	if p.proto == policy.ProtoICMPv6 && p.l3 == 0x86dd {
 		return icmp6Error(p.icmpType) || icmp6Link(p.icmpType)
 	}
-	if p.proto == maps.ProtoICMP && p.l3 == 0x0800 {
+	if p.proto == policy.ProtoICMP && p.l3 == 0x0800 {
 		return p.icmpType == 3 || p.icmpType == 11 || p.icmpType == 12
 	}
 	return false
@@ -139,7 +139,7 @@ func (s *State) sourceOK(p *packet, ifindex uint32) bool {
 		}
 		a = p.arpSPA
 	} else {
-		if p.l3 == 0x86dd && p.proto == maps.ProtoICMPv6 && p.frag != 2 && icmp6Link(p.icmpType) &&
+		if p.l3 == 0x86dd && p.proto == policy.ProtoICMPv6 && p.frag != 2 && icmp6Link(p.icmpType) &&
 			(isLinkLocal(p.src) || as16(p.src) == netip.IPv6Unspecified()) {
 			return true
 		}
@@ -154,7 +154,7 @@ func (s *State) sourceOK(p *packet, ifindex uint32) bool {
 }
 
 func trackable(p *packet) bool {
-	if p.proto == maps.ProtoICMP || p.proto == maps.ProtoICMPv6 {
+	if p.proto == policy.ProtoICMP || p.proto == policy.ProtoICMPv6 {
 		return isEcho(p.proto, p.icmpType)
 	}
 	return true
@@ -177,7 +177,7 @@ func (s *State) ctLookup(p *packet, ifindex uint32) bool {
 	if now-e.lastSeen > ctTimeout(p.proto, e.state) {
 		return false
 	}
-	if p.proto == maps.ProtoTCP {
+	if p.proto == policy.ProtoTCP {
 		f := p.tcpFlags
 		if e.state == 3 && f&tcpSYN != 0 && f&tcpACK == 0 {
 			return false
@@ -199,7 +199,7 @@ func (s *State) ctCreate(p *packet, ifindex uint32) {
 		return
 	}
 	st := uint8(1)
-	if p.proto == maps.ProtoTCP {
+	if p.proto == policy.ProtoTCP {
 		if p.tcpFlags&(tcpFIN|tcpRST) != 0 {
 			st = 3
 		} else if p.tcpFlags&tcpSYN == 0 || p.tcpFlags&tcpACK != 0 {
@@ -229,13 +229,13 @@ func largestBlock(port, lo, hi uint16) int {
 }
 
 type cand struct {
-	r                         *maps.Rule
+	r                         *policy.Rule
 	keyBits, dstBits, srcBits int
 }
 
 func better(a, b cand) bool {
-	if (a.r.Action == maps.ActionDeny) != (b.r.Action == maps.ActionDeny) {
-		return a.r.Action == maps.ActionDeny
+	if (a.r.Action == policy.ActionDeny) != (b.r.Action == policy.ActionDeny) {
+		return a.r.Action == policy.ActionDeny
 	}
 	if a.keyBits != b.keyBits {
 		return a.keyBits > b.keyBits
@@ -251,7 +251,7 @@ func better(a, b cand) bool {
 
 // Decide evaluates the rules of tenant in dir for a packet summarised by
 // its fields; it returns the deciding rule or nil.
-func Decide(rules []maps.Rule, tenant uint32, dir maps.Direction, proto uint8, src, dst netip.Addr, dport uint16, hasPorts bool) *maps.Rule {
+func Decide(rules []policy.Rule, tenant uint32, dir policy.Direction, proto uint8, src, dst netip.Addr, dport uint16, hasPorts bool) *policy.Rule {
 	var best *cand
 	for i := range rules {
 		r := &rules[i]
@@ -260,7 +260,7 @@ func Decide(rules []maps.Rule, tenant uint32, dir maps.Direction, proto uint8, s
 		}
 		c := cand{r: r, dstBits: prefixBits(r.Dst), srcBits: prefixBits(r.Src)}
 		switch {
-		case r.Proto == maps.ProtoAny:
+		case r.Proto == policy.ProtoAny:
 			c.keyBits = 0
 		case r.Proto != proto:
 			continue
@@ -283,40 +283,40 @@ func Decide(rules []maps.Rule, tenant uint32, dir maps.Direction, proto uint8, s
 	return best.r
 }
 
-func (s *State) policy(tenant uint32) maps.TenantPolicy {
+func (s *State) policy(tenant uint32) policy.TenantPolicy {
 	if p, ok := s.Policies[tenant]; ok {
-		if p.Inbound == maps.ActionNone {
-			p.Inbound = maps.DefaultPolicy.Inbound
+		if p.Inbound == policy.ActionNone {
+			p.Inbound = policy.DefaultPolicy.Inbound
 		}
-		if p.Outbound == maps.ActionNone {
-			p.Outbound = maps.DefaultPolicy.Outbound
+		if p.Outbound == policy.ActionNone {
+			p.Outbound = policy.DefaultPolicy.Outbound
 		}
 		return p
 	}
-	return maps.DefaultPolicy
+	return policy.DefaultPolicy
 }
 
-func (s *State) decide(p *packet, tenant uint32, dir maps.Direction) (maps.Reason, uint32) {
+func (s *State) decide(p *packet, tenant uint32, dir policy.Direction) (policy.Reason, uint32) {
 	dport := p.dport
-	hasPorts := p.proto == maps.ProtoTCP || p.proto == maps.ProtoUDP
+	hasPorts := p.proto == policy.ProtoTCP || p.proto == policy.ProtoUDP
 	if !hasPorts {
 		dport = 0
 	}
 	if r := Decide(s.Rules, tenant, dir, p.proto, p.src, p.dst, dport, hasPorts && dport != 0); r != nil {
-		if r.Action == maps.ActionAllow {
-			return maps.PassRule, r.ID
+		if r.Action == policy.ActionAllow {
+			return policy.PassRule, r.ID
 		}
-		return maps.DropPolicy, r.ID
+		return policy.DropPolicy, r.ID
 	}
 	pol := s.policy(tenant)
 	act := pol.Inbound
-	if dir == maps.DirOut {
+	if dir == policy.DirOut {
 		act = pol.Outbound
 	}
-	if act == maps.ActionAllow {
-		return maps.PassDefault, 0
+	if act == policy.ActionAllow {
+		return policy.PassDefault, 0
 	}
-	return maps.DropDefault, 0
+	return policy.DropDefault, 0
 }
 
 // Eval runs one packet through the hook and updates the model's conntrack
@@ -333,53 +333,53 @@ func (s *State) Eval(h Hook, ifindex uint32, b []byte) Verdict {
 
 func (s *State) evalPort(h Hook, ifindex uint32, b []byte, p *packet) Verdict {
 	tenant, bound := s.Ports[ifindex]
-	dir := maps.DirIn
+	dir := policy.DirIn
 	if h == FromWorkload {
-		dir = maps.DirOut
+		dir = policy.DirOut
 	}
 	v := Verdict{Tenant: tenant, Dir: dir, Counted: true}
 	v.Reason, v.RuleID = s.portReason(h, ifindex, tenant, bound, b, p)
 	v.Drop = v.Reason.IsDrop()
-	if v.Reason != maps.PassRule && v.Reason != maps.DropPolicy {
+	if v.Reason != policy.PassRule && v.Reason != policy.DropPolicy {
 		v.RuleID = 0
 	}
 	return v
 }
 
-func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte, p *packet) (maps.Reason, uint32) {
+func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte, p *packet) (policy.Reason, uint32) {
 	if r := parse(b, p); r != 0 {
 		return r, 0
 	}
 	if !bound {
-		return maps.DropNoPort, 0
+		return policy.DropNoPort, 0
 	}
-	dir := maps.DirIn
+	dir := policy.DirIn
 	peer := p.src
 	if h == FromWorkload {
-		dir, peer = maps.DirOut, p.dst
-		if p.l3 == 0x86dd && p.proto == maps.ProtoICMPv6 && p.frag != 2 && (p.icmpType == 134 || p.icmpType == 137) {
-			return maps.DropRogueRA, 0
+		dir, peer = policy.DirOut, p.dst
+		if p.l3 == 0x86dd && p.proto == policy.ProtoICMPv6 && p.frag != 2 && (p.icmpType == 134 || p.icmpType == 137) {
+			return policy.DropRogueRA, 0
 		}
 		if !s.sourceOK(p, ifindex) {
-			return maps.DropSpoof, 0
+			return policy.DropSpoof, 0
 		}
 	}
 	if p.frag == 2 {
 		if seen, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-seen <= fragTO {
-			return maps.PassFrag, 0
+			return policy.PassFrag, 0
 		}
-		return maps.DropFrag, 0
+		return policy.DropFrag, 0
 	}
-	var reason maps.Reason
+	var reason policy.Reason
 	var rule uint32
 	if s.ctLookup(p, ifindex) {
-		reason = maps.PassCT
+		reason = policy.PassCT
 	} else {
 		if p.l3 != 0x0806 && s.otherTenant(peer, tenant) {
-			return maps.DropCross, 0
+			return policy.DropCross, 0
 		}
 		if p.isControl() {
-			return maps.PassControl, 0
+			return policy.PassControl, 0
 		}
 		reason, rule = s.decide(p, tenant, dir)
 		if !reason.IsDrop() {
@@ -404,14 +404,14 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	if !ok {
 		return pass
 	}
-	v := Verdict{Tenant: ep.Tenant, Dir: maps.DirPrefilter}
+	v := Verdict{Tenant: ep.Tenant, Dir: policy.DirPrefilter}
 	if s.ctLookup(p, ep.Ifindex) {
 		return pass
 	}
 	if s.otherTenant(p.src, ep.Tenant) {
-		v.Reason = maps.DropCross
+		v.Reason = policy.DropCross
 	} else {
-		v.Reason, v.RuleID = s.decide(p, ep.Tenant, maps.DirIn)
+		v.Reason, v.RuleID = s.decide(p, ep.Tenant, policy.DirIn)
 	}
 	if !v.Reason.IsDrop() {
 		return pass

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -17,7 +17,7 @@ import (
 // what the programs check isolation against on the WireGuard side and what
 // the fast path forwards by. pathMTU has the prefixes whose path carries
 // less than the network's MTU (their TCP SYNs get the MSS clamped).
-func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, exitHere bool, have []maps.Route, r *repairs) error {
+func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, exitHere bool, have []bpfmaps.Route, r *repairs) error {
 	dev, err := s.nl.LinkByName(d.Name)
 	if err != nil {
 		return fmt.Errorf("wireguard %s: %w", d.Name, err)
@@ -33,7 +33,7 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 		// restart; after an upgrade it gets the new program).
 		live = live || a.Hook == loader.HookFromWG && a.Live && s.dp.Alive(a)
 	}
-	m := maps.New(s.dp)
+	m := bpfmaps.New(s.dp)
 	// Bind before attaching: the program drops everything on a device it
 	// does not know.
 	if err := m.BindWG(uint32(idx), n.Num); err != nil {
@@ -49,7 +49,7 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 		s.wgAttached[n.ID] = idx
 	}
 	fast := *s.cfg.FastPath
-	want := []maps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: maps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast, MTU: uint16(n.MTU)}}
+	want := []bpfmaps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: bpfmaps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast, MTU: uint16(n.MTU)}}
 	for _, p := range peers {
 		mtu := n.MTU
 		for _, a := range p.AllowedIPs {
@@ -58,17 +58,17 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 			}
 		}
 		for _, a := range p.AllowedIPs {
-			kind := maps.RouteWG
+			kind := bpfmaps.RouteWG
 			if a.Bits() == 0 {
-				kind = maps.RouteExit // the outside, through the exit peer
+				kind = bpfmaps.RouteExit // the outside, through the exit peer
 			}
-			want = append(want, maps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
+			want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
 		}
 	}
 	if exitHere {
 		// The members' packets for the outside leave through the
 		// kernel's routes (ifindex 0: no device of ours).
-		want = append(want, maps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: maps.RouteExit})
+		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.RouteExit})
 	}
 	changed, err := m.SyncRoutes(n.Num, want, have)
 	if err != nil {
@@ -89,7 +89,7 @@ func (s *Service) closeWG(id string, d *wg.Device) error {
 	var errs []error
 	if l, err := s.nl.LinkByName(d.Name); err == nil {
 		idx := l.Attrs().Index
-		errs = append(errs, maps.New(s.dp).UnbindWG(uint32(idx)), loader.Detach(s.cfg.BPFDir, idx))
+		errs = append(errs, bpfmaps.New(s.dp).UnbindWG(uint32(idx)), loader.Detach(s.cfg.BPFDir, idx))
 	}
 	errs = append(errs, d.Close())
 	return errors.Join(errs...)
@@ -97,8 +97,8 @@ func (s *Service) closeWG(id string, d *wg.Device) error {
 
 // sweepWGDatapath removes routes of tenants with no local network and
 // device bindings whose device is gone.
-func (s *Service) sweepWGDatapath(nets []ipam.Network, routes map[uint32][]maps.Route) error {
-	m := maps.New(s.dp)
+func (s *Service) sweepWGDatapath(nets []ipam.Network, routes map[uint32][]bpfmaps.Route) error {
+	m := bpfmaps.New(s.dp)
 	local := map[uint32]bool{}
 	for _, n := range nets {
 		local[n.Num] = true

@@ -10,15 +10,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tenantnet/tenantnet/internal/defaults"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
-	"github.com/tenantnet/tenantnet/store"
 )
 
 // Names of our links: bridges tnb<num>, workload ports tnw<num>. Anything
@@ -33,7 +34,7 @@ const (
 // gatewayLL is the bridge's link-local address: the workloads' default
 // router. Link-local so it is the same on every network and node, and
 // never needs renumbering.
-var gatewayLL = netip.MustParsePrefix("fe80::1/64")
+var gatewayLL = netip.PrefixFrom(defaults.GatewayLL, 64)
 
 func isOurs(name string) bool {
 	return strings.HasPrefix(name, bridgePrefix) || strings.HasPrefix(name, portPrefix)
@@ -112,7 +113,7 @@ func (s *Service) snapshotFor(w ipam.Workload, n ipam.Network) (*snapshot, error
 				}
 			}
 			var t uint32
-			if maps.New(s.dp).Raw().TnPortsV1.Lookup(uint32(l.Attrs().Index), &t) == nil {
+			if bpfmaps.New(s.dp).Raw().TnPortsV1.Lookup(uint32(l.Attrs().Index), &t) == nil {
 				sn.ports[uint32(l.Attrs().Index)] = t
 			}
 		}
@@ -268,7 +269,7 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 		}
 		sn.atts[a.Ifindex][a.Hook] = true
 	}
-	if sn.ports, err = maps.New(s.dp).Ports(); err != nil {
+	if sn.ports, err = bpfmaps.New(s.dp).Ports(); err != nil {
 		return nil, err
 	}
 	return sn, nil
@@ -371,7 +372,7 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 	bound := sn.ports[uint32(idx)] == n.Num && attached
 	if !bound {
 		sn.bind = append(sn.bind, firewall.PortBinding{Ifindex: uint32(idx),
-			Port: store.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}})
+			Port: firewall.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}})
 		if !created {
 			r.add("re-bound %s to tenant %d", host, n.Num)
 		}
@@ -459,7 +460,7 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 			return nil
 		}
 	}
-	gw := net.ParseIP("fe80::1")
+	gw := net.IP(defaults.GatewayLL.AsSlice())
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("workload %s: default route: %w", w.ID, err)
 	}

@@ -15,16 +15,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tenantnet/tenantnet/internal/defaults"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/registry"
-	"github.com/tenantnet/tenantnet/store"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -78,22 +80,25 @@ var reconcileBuckets = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 type fwAPI interface {
 	EnsureTenant(id uint32, name string, prefixes []netip.Prefix) error
 	DeleteTenant(id uint32) error
-	BindPort(p store.Port, ifindex uint32) error
+	BindPort(p firewall.Port, ifindex uint32) error
 	UnbindPort(ifname string, ifindex uint32) error
 	Reconcile() error
-	AddRule(r maps.Rule) (maps.Rule, maps.Change, error)
+	AddRule(r policy.Rule) (policy.Rule, bpfmaps.Change, error)
 	BindPorts(ps []firewall.PortBinding) error
+	Tenant(id uint32) (firewall.Tenant, error)
+	Rules(tenant uint32) ([]policy.Rule, error)
+	DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error)
 }
 
-func sameNetworkRule(n ipam.Network) maps.Rule {
-	return maps.Rule{Tenant: n.Num, Dir: maps.DirIn, Proto: maps.ProtoAny, Src: n.Prefix, Action: maps.ActionAllow,
+func sameNetworkRule(n ipam.Network) policy.Rule {
+	return policy.Rule{Tenant: n.Num, Dir: policy.DirIn, Proto: policy.ProtoAny, Src: n.Prefix, Action: policy.ActionAllow,
 		Comment: "same network (added by tenantnetd)"}
 }
 
 // withFirewall opens the firewall state (taking the state directory's
 // lock, so tenantfw and tenantnetd never interleave) for one operation.
 func (s *Service) withFirewall(fn func(fwAPI) error) error {
-	fw, err := firewall.Open(firewall.Options{StateDir: s.cfg.StateDir, PinDir: s.cfg.BPFDir, Logger: s.log, Maps: maps.New(s.dp)})
+	fw, err := firewall.Open(firewall.Options{StateDir: s.cfg.StateDir, PinDir: s.cfg.BPFDir, Logger: s.log, Maps: bpfmaps.New(s.dp)})
 	if err != nil {
 		return err
 	}
@@ -519,7 +524,7 @@ func (s *Service) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, e
 		return WorkloadInfo{}, false, err
 	}
 	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created)
-	return WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: "fe80::1"}, created, nil
+	return WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: defaults.GatewayLL.String()}, created, nil
 }
 
 // DeleteWorkload detaches a workload and releases its address.
@@ -545,7 +550,7 @@ func (s *Service) Workloads() ([]WorkloadInfo, error) {
 	ws, err := s.ipam.Workloads()
 	out := make([]WorkloadInfo, 0, len(ws))
 	for _, w := range ws {
-		out = append(out, WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: "fe80::1"})
+		out = append(out, WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: defaults.GatewayLL.String()})
 	}
 	return out, err
 }

@@ -12,12 +12,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/config"
-	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/registry"
-	"github.com/tenantnet/tenantnet/store"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -79,7 +78,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	}
 	s.regUp.Store(true)
 	s.regNodes = len(nodes)
-	routes, err := maps.New(s.dp).Routes()
+	routes, err := bpfmaps.New(s.dp).Routes()
 	if err != nil {
 		return err
 	}
@@ -116,7 +115,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 // reconcileNetWG keeps one network's device, peers and routes. When this
 // node reaches the outside through the network's exit, it records the
 // device in viaExit (syncExitRouting routes the tenant's /64 there).
-func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []maps.Route, viaExit map[string]string, r *repairs) error {
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []bpfmaps.Route, viaExit map[string]string, r *repairs) error {
 	name := wg.Name(n.Num, s.cfg.NodeID)
 	role := s.exitRole(n.ID)
 	if role == exitBadClass && !s.exitWarned[n.ID] {
@@ -172,7 +171,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	// 45 MB), which a node with a thousand local networks cannot pay. The
 	// key (and so the published record) exists without it.
 	if len(all) == 0 {
-		if _, err := maps.New(s.dp).SyncRoutes(n.Num, nil, routes); err != nil {
+		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, nil, routes); err != nil {
 			return err
 		}
 		if d != nil {
@@ -367,10 +366,8 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		return nil
 	}
 	changed := false
-	err := s.withFirewall(func(f fwAPI) error {
-		fw := f.(*firewall.Firewall)
-		var cur store.Tenant
-		fw.Store.View(func(tx *store.Tx) error { cur, _ = tx.Tenant(n.Num); return nil })
+	err := s.withFirewall(func(fw fwAPI) error {
+		cur, _ := fw.Tenant(n.Num) // unknown: no prefixes yet
 		have := append([]netip.Prefix(nil), cur.Prefixes...)
 		sort.Slice(have, func(i, j int) bool { return have[i].String() < have[j].String() })
 		if fmt.Sprint(have) != key {
@@ -379,12 +376,8 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 				return err
 			}
 		}
-		var rules []maps.Rule
-		if err := fw.Store.View(func(tx *store.Tx) error {
-			var err error
-			rules, err = tx.Rules(n.Num)
-			return err
-		}); err != nil {
+		rules, err := fw.Rules(n.Num)
+		if err != nil {
 			return err
 		}
 		want := map[netip.Prefix]bool{}
@@ -406,7 +399,7 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		}
 		for p := range want {
 			changed = true
-			rl := maps.Rule{Tenant: n.Num, Dir: maps.DirIn, Proto: maps.ProtoAny, Src: p, Action: maps.ActionAllow, Comment: sameNetworkComment}
+			rl := policy.Rule{Tenant: n.Num, Dir: policy.DirIn, Proto: policy.ProtoAny, Src: p, Action: policy.ActionAllow, Comment: sameNetworkComment}
 			if _, _, err := fw.AddRule(rl); err != nil {
 				return err
 			}

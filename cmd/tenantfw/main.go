@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/tenantnet/tenantnet/ctl"
 )
 
 func main() {
@@ -15,5 +13,5 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { <-sig; close(interrupt) }()
-	os.Exit(ctl.Main(os.Args[1:], os.Stdout, os.Stderr, interrupt))
+	os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr, interrupt))
 }

@@ -2,12 +2,8 @@
 // See README.md and docs/ARCHITECTURE.md.
 package main
 
-import (
-	"os"
-
-	"github.com/tenantnet/tenantnet/nodecmd"
-)
+import "os"
 
 func main() {
-	os.Exit(nodecmd.Main(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -40,8 +40,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/internal/packet"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/model"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // benchRepeat is the number of repetitions of one test run.
@@ -140,7 +140,7 @@ func measure(b *testing.B, e *env, prog *ebpf.Program, frame, ctx []byte, want u
 
 // counted fails unless the counter of (tenant, dir, reason) grew by at least
 // runs since before: every repetition took the path the benchmark is about.
-func counted(b *testing.B, e *env, tenant uint32, dir maps.Direction, r maps.Reason, before, runs uint64) {
+func counted(b *testing.B, e *env, tenant uint32, dir policy.Direction, r policy.Reason, before, runs uint64) {
 	b.Helper()
 	c, err := e.maps.Counter(tenant, dir, r)
 	if err != nil {
@@ -151,7 +151,7 @@ func counted(b *testing.B, e *env, tenant uint32, dir maps.Direction, r maps.Rea
 	}
 }
 
-func counter(b *testing.B, e *env, tenant uint32, dir maps.Direction, r maps.Reason) uint64 {
+func counter(b *testing.B, e *env, tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
 	b.Helper()
 	c, err := e.maps.Counter(tenant, dir, r)
 	if err != nil {
@@ -162,7 +162,7 @@ func counter(b *testing.B, e *env, tenant uint32, dir maps.Direction, r maps.Rea
 
 // expect checks one packet against the model and the wanted reason (0: an
 // uncounted uplink pass).
-func expect(b *testing.B, e *env, h model.Hook, ifindex uint32, frame []byte, want maps.Reason) {
+func expect(b *testing.B, e *env, h model.Hook, ifindex uint32, frame []byte, want policy.Reason) {
 	b.Helper()
 	e.inNS(func() error {
 		v, err := e.check(h, ifindex, frame)
@@ -226,14 +226,14 @@ func BenchmarkEstablished(b *testing.B) {
 	e := standardEnv(b)
 	eventsOff(b, e)
 	port := e.ports[0]
-	expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, a1v6, 40000, 8080, synF)), maps.PassRule)
-	expect(b, e, model.FromWorkload, port, packet.Build(tcp(a1v6, ext6, 8080, 40000, synF|ackF)), maps.PassCT)
+	expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, a1v6, 40000, 8080, synF)), policy.PassRule)
+	expect(b, e, model.FromWorkload, port, packet.Build(tcp(a1v6, ext6, 8080, 40000, synF|ackF)), policy.PassCT)
 	frame := packet.Build(tcp(ext6, a1v6, 40000, 8080, ackF))
-	expect(b, e, model.ToWorkload, port, frame, maps.PassCT)
+	expect(b, e, model.ToWorkload, port, frame, policy.PassCT)
 
-	before := counter(b, e, tenantA, maps.DirIn, maps.PassCT)
+	before := counter(b, e, tenantA, policy.DirIn, policy.PassCT)
 	runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port), tcOK)
-	counted(b, e, tenantA, maps.DirIn, maps.PassCT, before, runs)
+	counted(b, e, tenantA, policy.DirIn, policy.PassCT, before, runs)
 }
 
 var benchRuleCounts = []int{10, 10000, 100000}
@@ -249,13 +249,13 @@ func rulePort(i int) uint16 { return uint16(1000 + i%50000) }
 
 // manyRules is n inbound allow rules of tenant A, each for one workload
 // address and one TCP port: (2001:db8:a::<i+1>, 1000+i%50000).
-func manyRules(n int) []maps.Rule {
-	rs := make([]maps.Rule, n)
+func manyRules(n int) []policy.Rule {
+	rs := make([]policy.Rule, n)
 	for i := range rs {
 		p := rulePort(i)
-		rs[i] = maps.Rule{
-			ID: uint32(i + 1), Tenant: tenantA, Dir: maps.DirIn, Action: maps.ActionAllow,
-			Proto: maps.ProtoTCP, PortLo: p, PortHi: p, Dst: netip.PrefixFrom(ruleAddr(i), 128),
+		rs[i] = policy.Rule{
+			ID: uint32(i + 1), Tenant: tenantA, Dir: policy.DirIn, Action: policy.ActionAllow,
+			Proto: policy.ProtoTCP, PortLo: p, PortHi: p, Dst: netip.PrefixFrom(ruleAddr(i), 128),
 		}
 	}
 	return rs
@@ -272,7 +272,7 @@ func ruleEnv(b *testing.B, n int) (e *env, target netip.Addr, allowed uint16) {
 	k := n / 2
 	target = ruleAddr(k)
 	e.bind(e.ports[0], tenantA, target.String())
-	e.policy(tenantA, maps.TenantPolicy{Inbound: maps.ActionDeny, Outbound: maps.ActionAllow})
+	e.policy(tenantA, policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow})
 	start := time.Now()
 	e.rules(manyRules(n))
 	b.Logf("%d rules applied in %v", n, time.Since(start).Round(time.Millisecond))
@@ -300,14 +300,14 @@ func BenchmarkNewFlow(b *testing.B) {
 			port := e.ports[0]
 			// The allowed port passes (and would be tracked); use another
 			// source port for it so the measured tuple stays untracked.
-			expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, target, 40001, allowed, synF)), maps.PassRule)
+			expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, target, 40001, allowed, synF)), policy.PassRule)
 			frame := packet.Build(tcp(ext6, target, 40000, allowed+1, synF))
-			expect(b, e, model.ToWorkload, port, frame, maps.DropDefault)
-			expect(b, e, model.ToWorkload, port, frame, maps.DropDefault) // still untracked
+			expect(b, e, model.ToWorkload, port, frame, policy.DropDefault)
+			expect(b, e, model.ToWorkload, port, frame, policy.DropDefault) // still untracked
 
-			before := counter(b, e, tenantA, maps.DirIn, maps.DropDefault)
+			before := counter(b, e, tenantA, policy.DirIn, policy.DropDefault)
 			runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port), tcShot)
-			counted(b, e, tenantA, maps.DirIn, maps.DropDefault, before, runs)
+			counted(b, e, tenantA, policy.DirIn, policy.DropDefault, before, runs)
 		})
 	}
 }
@@ -324,14 +324,14 @@ func BenchmarkUplinkNewFlow(b *testing.B) {
 			e, target, allowed := ruleEnv(b, n)
 			deny := packet.Build(tcp(ext6, target, 40000, allowed+1, synF))
 			allow := packet.Build(tcp(ext6, target, 40000, allowed, synF))
-			expect(b, e, model.Uplink, 0, deny, maps.DropDefault)
+			expect(b, e, model.Uplink, 0, deny, policy.DropDefault)
 			expect(b, e, model.Uplink, 0, allow, 0)
 			expect(b, e, model.Uplink, 0, allow, 0)
 
 			b.Run("deny", func(b *testing.B) {
-				before := counter(b, e, tenantA, maps.DirPrefilter, maps.DropDefault)
+				before := counter(b, e, tenantA, policy.DirPrefilter, policy.DropDefault)
 				runs := measure(b, e, e.dp.Uplink, deny, nil, xdpDrop)
-				counted(b, e, tenantA, maps.DirPrefilter, maps.DropDefault, before, runs)
+				counted(b, e, tenantA, policy.DirPrefilter, policy.DropDefault, before, runs)
 			})
 			b.Run("allow", func(b *testing.B) {
 				measure(b, e, e.dp.Uplink, allow, nil, xdpPass)

@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/model"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // The differential test: random rule sets and random packets, odd ones
@@ -136,36 +137,36 @@ func (g *diffGen) ruleAddr(tenant uint32, v4 bool, inside bool) netip.Prefix {
 	return g.prefixAround(g.extV6[g.r.IntN(len(g.extV6))], 128, 96, 64, 48, 33, 16, 0)
 }
 
-func (g *diffGen) rules(n int) []maps.Rule {
-	var out []maps.Rule
-	seen := map[maps.Match]bool{}
+func (g *diffGen) rules(n int) []policy.Rule {
+	var out []policy.Rule
+	seen := map[policy.Match]bool{}
 	id := uint32(1)
 	for len(out) < n {
 		tn := uint32(g.r.IntN(3) + 1)
-		r := maps.Rule{ID: id, Tenant: tn, Dir: maps.DirIn, Action: maps.ActionAllow}
+		r := policy.Rule{ID: id, Tenant: tn, Dir: policy.DirIn, Action: policy.ActionAllow}
 		if g.pick6(40) {
-			r.Dir = maps.DirOut
+			r.Dir = policy.DirOut
 		}
 		if g.pick6(40) {
-			r.Action = maps.ActionDeny
+			r.Action = policy.ActionDeny
 		}
 		v4 := g.pick6(30)
 		switch x := g.r.IntN(100); {
 		case x < 10:
-			r.Proto = maps.ProtoAny
+			r.Proto = policy.ProtoAny
 		case x < 50:
-			r.Proto = maps.ProtoTCP
+			r.Proto = policy.ProtoTCP
 		case x < 80:
-			r.Proto = maps.ProtoUDP
+			r.Proto = policy.ProtoUDP
 		case v4:
-			r.Proto = maps.ProtoICMP
+			r.Proto = policy.ProtoICMP
 		default:
-			r.Proto = maps.ProtoICMPv6
+			r.Proto = policy.ProtoICMPv6
 		}
-		if r.Proto == maps.ProtoTCP || r.Proto == maps.ProtoUDP {
+		if r.Proto == policy.ProtoTCP || r.Proto == policy.ProtoUDP {
 			r.PortLo, r.PortHi = g.portRange()
 		}
-		local := r.Dir == maps.DirIn
+		local := r.Dir == policy.DirIn
 		if !g.pick6(20) {
 			r.Dst = g.ruleAddr(tn, v4, local)
 		}
@@ -440,27 +441,27 @@ func TestDifferential(t *testing.T) {
 	rounds := 6
 	per := diffPackets / rounds
 	total, drops := 0, 0
-	reasons := map[maps.Reason]int{}
+	reasons := map[policy.Reason]int{}
 	for round := 0; round < rounds; round++ {
 		// New policies and rules each round: the maps are updated by
 		// diff from the previous round's content.
 		for tn := uint32(1); tn <= 3; tn++ {
-			pol := maps.TenantPolicy{Inbound: maps.ActionDeny, Outbound: maps.ActionAllow}
+			pol := policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow}
 			if g.pick6(25) {
-				pol.Inbound = maps.ActionAllow
+				pol.Inbound = policy.ActionAllow
 			}
 			if g.pick6(25) {
-				pol.Outbound = maps.ActionDeny
+				pol.Outbound = policy.ActionDeny
 			}
 			e.policy(tn, pol)
 		}
 		rules := g.rules([]int{0, 5, 40, 150, 400, 60}[round])
 		e.rules(rules)
-		want, err := maps.Compile(rules)
+		want, err := bpfmaps.Compile(rules)
 		if err != nil {
 			t.Fatal(err)
 		}
-		have, err := maps.ReadRules(e.maps.Rules())
+		have, err := bpfmaps.ReadRules(e.maps.Rules())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -495,9 +496,9 @@ func TestDifferential(t *testing.T) {
 		t.Fatalf("only %d packets checked", total)
 	}
 	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
-	for _, r := range []maps.Reason{maps.PassCT, maps.PassRule, maps.PassDefault, maps.PassControl, maps.PassFrag,
-		maps.DropTrunc, maps.DropMalform, maps.DropExtLimit, maps.DropL3Proto, maps.DropNoPort, maps.DropSpoof,
-		maps.DropRogueRA, maps.DropCross, maps.DropFrag, maps.DropPolicy, maps.DropDefault} {
+	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
+		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
+		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

@@ -13,10 +13,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/model"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // Return codes.
@@ -32,7 +33,7 @@ const (
 type env struct {
 	t     testing.TB
 	dp    *loader.Datapath
-	maps  *maps.Maps
+	maps  *bpfmaps.Maps
 	ns    *testutil.NetNS
 	ports []uint32
 	model *model.State
@@ -43,7 +44,7 @@ func newEnv(t testing.TB, nports int) *env {
 	dp := testutil.Load(t)
 	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-dp-%d", os.Getpid()))
 	nl := ns.Netlink(t)
-	e := &env{t: t, dp: dp, maps: maps.New(dp), ns: ns, model: model.NewState()}
+	e := &env{t: t, dp: dp, maps: bpfmaps.New(dp), ns: ns, model: model.NewState()}
 	e.model.Now = monotonic
 	for i := 0; i < nports; i++ {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("port%d", i)}, PeerName: fmt.Sprintf("wl%d", i)}
@@ -61,9 +62,9 @@ func newEnv(t testing.TB, nports int) *env {
 
 func (e *env) bind(ifindex, tenant uint32, addrs ...string) {
 	e.t.Helper()
-	b := maps.PortBinding{Ifindex: ifindex, Tenant: tenant}
+	b := bpfmaps.PortBinding{Ifindex: ifindex, Tenant: tenant}
 	for _, a := range addrs {
-		p, err := maps.ParsePrefix(a)
+		p, err := policy.ParsePrefix(a)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -88,7 +89,7 @@ func (e *env) tenantPrefix(p string, tenant uint32) {
 	e.model.Prefixes[pp] = tenant
 }
 
-func (e *env) policy(tenant uint32, p maps.TenantPolicy) {
+func (e *env) policy(tenant uint32, p policy.TenantPolicy) {
 	e.t.Helper()
 	if err := e.maps.SetPolicy(tenant, p); err != nil {
 		e.t.Fatal(err)
@@ -96,7 +97,7 @@ func (e *env) policy(tenant uint32, p maps.TenantPolicy) {
 	e.model.Policies[tenant] = p
 }
 
-func (e *env) rules(rs []maps.Rule) {
+func (e *env) rules(rs []policy.Rule) {
 	e.t.Helper()
 	if _, err := e.maps.ApplyRules(rs); err != nil {
 		e.t.Fatal(err)
@@ -136,7 +137,7 @@ func (e *env) run(h model.Hook, ifindex uint32, frame []byte) (uint32, error) {
 	return prog.Run(opts)
 }
 
-func (e *env) counter(tenant uint32, dir maps.Direction, r maps.Reason) uint64 {
+func (e *env) counter(tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
 	c, err := e.maps.Counter(tenant, dir, r)
 	if err != nil {
 		e.t.Fatal(err)

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/internal/packet"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/model"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 var (
@@ -42,20 +42,20 @@ func standardEnv(t testing.TB) *env {
 	e.bind(e.ports[0], tenantA, "2001:db8:a::1", "10.1.0.1")
 	e.bind(e.ports[1], tenantA, "2001:db8:a::2", "10.1.0.2")
 	e.bind(e.ports[2], tenantB, "2001:db8:b::1", "10.2.0.1")
-	e.policy(tenantA, maps.TenantPolicy{Inbound: maps.ActionDeny, Outbound: maps.ActionAllow})
-	rule := func(id uint32, dir maps.Direction, act maps.Action, proto uint8, lo, hi uint16, dst, src string) maps.Rule {
-		r := maps.Rule{ID: id, Tenant: tenantA, Dir: dir, Action: act, Proto: proto, PortLo: lo, PortHi: hi}
-		r.Dst, _ = maps.ParsePrefix(dst)
-		r.Src, _ = maps.ParsePrefix(src)
+	e.policy(tenantA, policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow})
+	rule := func(id uint32, dir policy.Direction, act policy.Action, proto uint8, lo, hi uint16, dst, src string) policy.Rule {
+		r := policy.Rule{ID: id, Tenant: tenantA, Dir: dir, Action: act, Proto: proto, PortLo: lo, PortHi: hi}
+		r.Dst, _ = policy.ParsePrefix(dst)
+		r.Src, _ = policy.ParsePrefix(src)
 		return r
 	}
-	e.rules([]maps.Rule{
-		rule(1, maps.DirIn, maps.ActionAllow, maps.ProtoTCP, 8080, 8080, "2001:db8:a::1", ""),
-		rule(2, maps.DirIn, maps.ActionAllow, maps.ProtoTCP, 8080, 8080, "10.1.0.1", ""),
-		rule(3, maps.DirOut, maps.ActionDeny, maps.ProtoTCP, 25, 25, "", ""),
-		rule(4, maps.DirIn, maps.ActionAllow, maps.ProtoTCP, 22, 22, "2001:db8:a::/64", "2001:db8:ffff::/48"),
-		rule(5, maps.DirIn, maps.ActionDeny, maps.ProtoAny, 0, 0, "", "2001:db8:bad::/48"),
-		rule(6, maps.DirIn, maps.ActionAllow, maps.ProtoUDP, 5000, 5999, "2001:db8:a::/64", ""),
+	e.rules([]policy.Rule{
+		rule(1, policy.DirIn, policy.ActionAllow, policy.ProtoTCP, 8080, 8080, "2001:db8:a::1", ""),
+		rule(2, policy.DirIn, policy.ActionAllow, policy.ProtoTCP, 8080, 8080, "10.1.0.1", ""),
+		rule(3, policy.DirOut, policy.ActionDeny, policy.ProtoTCP, 25, 25, "", ""),
+		rule(4, policy.DirIn, policy.ActionAllow, policy.ProtoTCP, 22, 22, "2001:db8:a::/64", "2001:db8:ffff::/48"),
+		rule(5, policy.DirIn, policy.ActionDeny, policy.ProtoAny, 0, 0, "", "2001:db8:bad::/48"),
+		rule(6, policy.DirIn, policy.ActionAllow, policy.ProtoUDP, 5000, 5999, "2001:db8:a::/64", ""),
 	})
 	return e
 }
@@ -73,8 +73,8 @@ type step struct {
 	hook   model.Hook
 	port   int // index into env.ports
 	spec   packet.Spec
-	want   maps.Reason // 0: uplink pass, not counted
-	noDrop bool        // uplink pass
+	want   policy.Reason // 0: uplink pass, not counted
+	noDrop bool          // uplink pass
 }
 
 func runSteps(t *testing.T, e *env, steps []step) {
@@ -109,102 +109,102 @@ func TestVerdicts(t *testing.T) {
 
 	steps := []step{
 		// Rules, default policy, return traffic.
-		{"inbound allowed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, synF), maps.PassRule, false},
-		{"reply of inbound flow", model.FromWorkload, 0, tcp(a1v6, ext6, 8080, 40000, synF|ackF), maps.PassCT, false},
-		{"inbound established", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, ackF), maps.PassCT, false},
-		{"inbound closed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40001, 8081, synF), maps.DropDefault, false},
-		{"rule for other workload", model.ToWorkload, 1, tcp(ext6, a2v6, 40000, 8080, synF), maps.DropDefault, false},
-		{"inbound ipv4 allowed", model.ToWorkload, 0, tcp(ext4, a1v4, 40000, 8080, synF), maps.PassRule, false},
-		{"outbound default allow", model.FromWorkload, 0, tcp(a1v6, ext6, 41000, 443, synF), maps.PassDefault, false},
-		{"return of outbound flow", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 41000, synF|ackF), maps.PassCT, false},
-		{"outbound smtp denied", model.FromWorkload, 0, tcp(a1v6, ext6, 41001, 25, synF), maps.DropPolicy, false},
-		{"source prefix allowed", model.ToWorkload, 1, tcp(ext6, a2v6, 40002, 22, synF), maps.PassRule, false},
-		{"source prefix not matched", model.ToWorkload, 1, tcp(netip.MustParseAddr("2001:db8:fffe::1"), a2v6, 40002, 22, synF), maps.DropDefault, false},
-		{"deny overrides allow", model.ToWorkload, 0, tcp(bad6, a1v6, 40003, 8080, synF), maps.DropPolicy, false},
-		{"udp range", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}, maps.PassRule, false},
-		{"udp outside range", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 6000}, maps.DropDefault, false},
-		{"echo request no rule", model.ToWorkload, 0, icmp6(ext6, a1v6, 128), maps.DropDefault, false},
-		{"outbound echo", model.FromWorkload, 0, icmp6(a1v6, ext6, 128), maps.PassDefault, false},
-		{"echo reply of outbound echo", model.ToWorkload, 0, icmp6(ext6, a1v6, 129), maps.PassCT, false},
-		{"unknown protocol inbound", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 132}, maps.DropDefault, false},
+		{"inbound allowed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, synF), policy.PassRule, false},
+		{"reply of inbound flow", model.FromWorkload, 0, tcp(a1v6, ext6, 8080, 40000, synF|ackF), policy.PassCT, false},
+		{"inbound established", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, ackF), policy.PassCT, false},
+		{"inbound closed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40001, 8081, synF), policy.DropDefault, false},
+		{"rule for other workload", model.ToWorkload, 1, tcp(ext6, a2v6, 40000, 8080, synF), policy.DropDefault, false},
+		{"inbound ipv4 allowed", model.ToWorkload, 0, tcp(ext4, a1v4, 40000, 8080, synF), policy.PassRule, false},
+		{"outbound default allow", model.FromWorkload, 0, tcp(a1v6, ext6, 41000, 443, synF), policy.PassDefault, false},
+		{"return of outbound flow", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 41000, synF|ackF), policy.PassCT, false},
+		{"outbound smtp denied", model.FromWorkload, 0, tcp(a1v6, ext6, 41001, 25, synF), policy.DropPolicy, false},
+		{"source prefix allowed", model.ToWorkload, 1, tcp(ext6, a2v6, 40002, 22, synF), policy.PassRule, false},
+		{"source prefix not matched", model.ToWorkload, 1, tcp(netip.MustParseAddr("2001:db8:fffe::1"), a2v6, 40002, 22, synF), policy.DropDefault, false},
+		{"deny overrides allow", model.ToWorkload, 0, tcp(bad6, a1v6, 40003, 8080, synF), policy.DropPolicy, false},
+		{"udp range", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}, policy.PassRule, false},
+		{"udp outside range", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 6000}, policy.DropDefault, false},
+		{"echo request no rule", model.ToWorkload, 0, icmp6(ext6, a1v6, 128), policy.DropDefault, false},
+		{"outbound echo", model.FromWorkload, 0, icmp6(a1v6, ext6, 128), policy.PassDefault, false},
+		{"echo reply of outbound echo", model.ToWorkload, 0, icmp6(ext6, a1v6, 129), policy.PassCT, false},
+		{"unknown protocol inbound", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 132}, policy.DropDefault, false},
 
 		// Anti-spoofing.
-		{"spoofed v6 source", model.FromWorkload, 0, tcp(a2v6, ext6, 1, 80, synF), maps.DropSpoof, false},
-		{"spoofed v4 source", model.FromWorkload, 0, tcp(netip.MustParseAddr("10.1.0.9"), ext4, 1, 80, synF), maps.DropSpoof, false},
-		{"arp own address", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: a1v4, Dst: netip.MustParseAddr("10.1.0.254")}, maps.PassControl, false},
-		{"arp probe", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: netip.IPv4Unspecified(), Dst: a1v4}, maps.PassControl, false},
-		{"arp spoof", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: netip.MustParseAddr("10.1.0.2"), Dst: a1v4}, maps.DropSpoof, false},
-		{"link-local source non-ICMP", model.FromWorkload, 0, tcp(ll6, ext6, 1, 80, synF), maps.DropSpoof, false},
+		{"spoofed v6 source", model.FromWorkload, 0, tcp(a2v6, ext6, 1, 80, synF), policy.DropSpoof, false},
+		{"spoofed v4 source", model.FromWorkload, 0, tcp(netip.MustParseAddr("10.1.0.9"), ext4, 1, 80, synF), policy.DropSpoof, false},
+		{"arp own address", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: a1v4, Dst: netip.MustParseAddr("10.1.0.254")}, policy.PassControl, false},
+		{"arp probe", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: netip.IPv4Unspecified(), Dst: a1v4}, policy.PassControl, false},
+		{"arp spoof", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: netip.MustParseAddr("10.1.0.2"), Dst: a1v4}, policy.DropSpoof, false},
+		{"link-local source non-ICMP", model.FromWorkload, 0, tcp(ll6, ext6, 1, 80, synF), policy.DropSpoof, false},
 
 		// ICMPv6 link traffic and errors (RFC 4890).
-		{"NS from link-local", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1:ff00:1"), 135), maps.PassControl, false},
-		{"DAD NS from ::", model.FromWorkload, 0, icmp6(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135), maps.PassControl, false},
-		{"RS from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::2"), 133), maps.PassControl, false},
-		{"MLDv2 report", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::16"), 143), maps.PassControl, false},
-		{"RA from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), maps.DropRogueRA, false},
-		{"redirect from workload", model.FromWorkload, 0, icmp6(ll6, a2v6, 137), maps.DropRogueRA, false},
-		{"RA to workload", model.ToWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), maps.PassControl, false},
-		{"NA to workload", model.ToWorkload, 0, icmp6(ll6, a1v6, 136), maps.PassControl, false},
-		{"packet too big", model.ToWorkload, 0, icmp6(ext6, a1v6, 2), maps.PassControl, false},
-		{"dest unreachable", model.ToWorkload, 0, icmp6(ext6, a1v6, 1), maps.PassControl, false},
-		{"time exceeded", model.ToWorkload, 0, icmp6(ext6, a1v6, 3), maps.PassControl, false},
-		{"ipv4 frag needed", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 3, ICMPCode: 4}, maps.PassControl, false},
-		{"ipv4 echo no rule", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 8}, maps.DropDefault, false},
+		{"NS from link-local", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1:ff00:1"), 135), policy.PassControl, false},
+		{"DAD NS from ::", model.FromWorkload, 0, icmp6(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135), policy.PassControl, false},
+		{"RS from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::2"), 133), policy.PassControl, false},
+		{"MLDv2 report", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::16"), 143), policy.PassControl, false},
+		{"RA from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), policy.DropRogueRA, false},
+		{"redirect from workload", model.FromWorkload, 0, icmp6(ll6, a2v6, 137), policy.DropRogueRA, false},
+		{"RA to workload", model.ToWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), policy.PassControl, false},
+		{"NA to workload", model.ToWorkload, 0, icmp6(ll6, a1v6, 136), policy.PassControl, false},
+		{"packet too big", model.ToWorkload, 0, icmp6(ext6, a1v6, 2), policy.PassControl, false},
+		{"dest unreachable", model.ToWorkload, 0, icmp6(ext6, a1v6, 1), policy.PassControl, false},
+		{"time exceeded", model.ToWorkload, 0, icmp6(ext6, a1v6, 3), policy.PassControl, false},
+		{"ipv4 frag needed", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 3, ICMPCode: 4}, policy.PassControl, false},
+		{"ipv4 echo no rule", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 8}, policy.DropDefault, false},
 
 		// Extension headers.
-		{"hbh+dst+routing then tcp", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40010, 8080, synF), ext(0, 60, 43)), maps.PassRule, false},
-		{"AH then tcp", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40011, 8080, synF), []packet.Ext{{Type: 51, Len: 24}}), maps.PassRule, false},
-		{"8 ext headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40012, 8080, synF), ext(60, 60, 60, 60, 60, 60, 60, 60)), maps.PassRule, false},
-		{"9 ext headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40013, 8080, synF), ext(60, 60, 60, 60, 60, 60, 60, 60, 60)), maps.DropExtLimit, false},
-		{"ext chain beyond 384 bytes", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40014, 8080, synF), []packet.Ext{{Type: 60, Len: 336}}), maps.DropExtLimit, false},
-		{"ext header truncated", model.ToWorkload, 0, trunc(withExt(tcp(ext6, a1v6, 40015, 8080, synF), ext(0, 60)), 14+40+4), maps.DropTrunc, false},
-		{"no next header", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 59}, maps.DropDefault, false},
+		{"hbh+dst+routing then tcp", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40010, 8080, synF), ext(0, 60, 43)), policy.PassRule, false},
+		{"AH then tcp", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40011, 8080, synF), []packet.Ext{{Type: 51, Len: 24}}), policy.PassRule, false},
+		{"8 ext headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40012, 8080, synF), ext(60, 60, 60, 60, 60, 60, 60, 60)), policy.PassRule, false},
+		{"9 ext headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40013, 8080, synF), ext(60, 60, 60, 60, 60, 60, 60, 60, 60)), policy.DropExtLimit, false},
+		{"ext chain beyond 384 bytes", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40014, 8080, synF), []packet.Ext{{Type: 60, Len: 336}}), policy.DropExtLimit, false},
+		{"ext header truncated", model.ToWorkload, 0, trunc(withExt(tcp(ext6, a1v6, 40015, 8080, synF), ext(0, 60)), 14+40+4), policy.DropTrunc, false},
+		{"no next header", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 59}, policy.DropDefault, false},
 
 		// Fragments.
-		{"first fragment allowed", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40020, 8080, synF), []packet.Ext{{Type: 44, More: true, ID: 99}}), maps.PassRule, false},
-		{"non-first fragment follows", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 99}}}, maps.PassFrag, false},
-		{"non-first fragment alone", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 100}}}, maps.DropFrag, false},
-		{"denied first fragment", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40021, 9999, synF), []packet.Ext{{Type: 44, More: true, ID: 101}}), maps.DropDefault, false},
-		{"its non-first fragment", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 101}}}, maps.DropFrag, false},
-		{"atomic fragment", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40022, 8080, synF), []packet.Ext{{Type: 44, ID: 102}}), maps.PassRule, false},
-		{"two fragment headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40023, 8080, synF), []packet.Ext{{Type: 44, More: true, ID: 103}, {Type: 44, More: true, ID: 103}}), maps.DropMalform, false},
-		{"ipv4 first fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, Sport: 5, TCPFlags: synF, MoreFrags: true, FragID: 7}, maps.PassRule, false},
-		{"ipv4 non-first fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, FragOffset: 100, FragID: 7, Payload: 40}, maps.PassFrag, false},
-		{"ipv4 orphan fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, FragOffset: 100, FragID: 8, Payload: 40}, maps.DropFrag, false},
+		{"first fragment allowed", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40020, 8080, synF), []packet.Ext{{Type: 44, More: true, ID: 99}}), policy.PassRule, false},
+		{"non-first fragment follows", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 99}}}, policy.PassFrag, false},
+		{"non-first fragment alone", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 100}}}, policy.DropFrag, false},
+		{"denied first fragment", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40021, 9999, synF), []packet.Ext{{Type: 44, More: true, ID: 101}}), policy.DropDefault, false},
+		{"its non-first fragment", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 101}}}, policy.DropFrag, false},
+		{"atomic fragment", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40022, 8080, synF), []packet.Ext{{Type: 44, ID: 102}}), policy.PassRule, false},
+		{"two fragment headers", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40023, 8080, synF), []packet.Ext{{Type: 44, More: true, ID: 103}, {Type: 44, More: true, ID: 103}}), policy.DropMalform, false},
+		{"ipv4 first fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, Sport: 5, TCPFlags: synF, MoreFrags: true, FragID: 7}, policy.PassRule, false},
+		{"ipv4 non-first fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, FragOffset: 100, FragID: 7, Payload: 40}, policy.PassFrag, false},
+		{"ipv4 orphan fragment", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, FragOffset: 100, FragID: 8, Payload: 40}, policy.DropFrag, false},
 
 		// Truncated and malformed.
 		// BPF_PROG_TEST_RUN refuses TC frames shorter than 34 bytes, and
 		// IPv6 ones shorter than 54 (measured on 6.18), so a frame cut
 		// inside the IP header cannot be fed to the TC programs here; the
 		// same parser is exercised on such frames through XDP below.
-		{"tcp header cut", model.ToWorkload, 0, trunc(tcp(ext6, a1v6, 1, 8080, synF), 14+40+10), maps.DropTrunc, false},
-		{"payload length too long", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, BadLength: 100}, maps.DropTrunc, false},
-		{"icmp header cut", model.ToWorkload, 0, trunc(icmp6(ext6, a1v6, 2), 14+40+4), maps.DropTrunc, false},
-		{"ipv6 bad version", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, Version: 4}, maps.DropMalform, false},
-		{"ipv4 ihl 3", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, IHL: 3}, maps.DropMalform, false},
-		{"ipv4 options", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Sport: 3, Dport: 8080, TCPFlags: synF, IPv4Opts: 12}, maps.PassRule, false},
-		{"ipv4 options cut", model.ToWorkload, 0, trunc(packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, IPv4Opts: 40}, 14+40), maps.DropTrunc, false},
-		{"ipv4 total length short", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, BadLength: -30}, maps.DropMalform, false},
-		{"tcp data offset 2", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, TCPDoff: 2}, maps.DropMalform, false},
-		{"lldp", model.FromWorkload, 0, packet.Spec{EthType: 0x88cc}, maps.DropL3Proto, false},
-		{"vlan tagged", model.ToWorkload, 0, packet.Spec{EthType: 0x8100}, maps.DropL3Proto, false},
+		{"tcp header cut", model.ToWorkload, 0, trunc(tcp(ext6, a1v6, 1, 8080, synF), 14+40+10), policy.DropTrunc, false},
+		{"payload length too long", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, BadLength: 100}, policy.DropTrunc, false},
+		{"icmp header cut", model.ToWorkload, 0, trunc(icmp6(ext6, a1v6, 2), 14+40+4), policy.DropTrunc, false},
+		{"ipv6 bad version", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, Version: 4}, policy.DropMalform, false},
+		{"ipv4 ihl 3", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, IHL: 3}, policy.DropMalform, false},
+		{"ipv4 options", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Sport: 3, Dport: 8080, TCPFlags: synF, IPv4Opts: 12}, policy.PassRule, false},
+		{"ipv4 options cut", model.ToWorkload, 0, trunc(packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, IPv4Opts: 40}, 14+40), policy.DropTrunc, false},
+		{"ipv4 total length short", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 6, Dport: 8080, BadLength: -30}, policy.DropMalform, false},
+		{"tcp data offset 2", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, TCPDoff: 2}, policy.DropMalform, false},
+		{"lldp", model.FromWorkload, 0, packet.Spec{EthType: 0x88cc}, policy.DropL3Proto, false},
+		{"vlan tagged", model.ToWorkload, 0, packet.Spec{EthType: 0x8100}, policy.DropL3Proto, false},
 
 		// Ports and tenants.
-		{"unbound port", model.ToWorkload, 3, tcp(ext6, a1v6, 1, 8080, synF), maps.DropNoPort, false},
-		{"to other tenant", model.FromWorkload, 0, tcp(a1v6, b1v6, 1, 80, synF), maps.DropCross, false},
-		{"from other tenant", model.ToWorkload, 2, tcp(a1v6, b1v6, 1, 80, synF), maps.DropCross, false},
-		{"to other tenant v4", model.FromWorkload, 0, tcp(a1v4, b1v4, 1, 80, synF), maps.DropCross, false},
-		{"same tenant other workload", model.FromWorkload, 0, tcp(a1v6, a2v6, 1, 22, synF), maps.PassDefault, false},
-		{"same tenant inbound default", model.ToWorkload, 1, tcp(a1v6, a2v6, 1, 22, synF), maps.DropDefault, false},
+		{"unbound port", model.ToWorkload, 3, tcp(ext6, a1v6, 1, 8080, synF), policy.DropNoPort, false},
+		{"to other tenant", model.FromWorkload, 0, tcp(a1v6, b1v6, 1, 80, synF), policy.DropCross, false},
+		{"from other tenant", model.ToWorkload, 2, tcp(a1v6, b1v6, 1, 80, synF), policy.DropCross, false},
+		{"to other tenant v4", model.FromWorkload, 0, tcp(a1v4, b1v4, 1, 80, synF), policy.DropCross, false},
+		{"same tenant other workload", model.FromWorkload, 0, tcp(a1v6, a2v6, 1, 22, synF), policy.PassDefault, false},
+		{"same tenant inbound default", model.ToWorkload, 1, tcp(a1v6, a2v6, 1, 22, synF), policy.DropDefault, false},
 
 		// Uplink prefilter.
 		{"xdp allowed", model.Uplink, 0, tcp(ext6, a1v6, 40100, 8080, synF), 0, true},
-		{"xdp closed port", model.Uplink, 0, tcp(ext6, a1v6, 40101, 23, synF), maps.DropDefault, false},
-		{"xdp deny rule", model.Uplink, 0, tcp(bad6, a1v6, 40102, 8080, synF), maps.DropPolicy, false},
+		{"xdp closed port", model.Uplink, 0, tcp(ext6, a1v6, 40101, 23, synF), policy.DropDefault, false},
+		{"xdp deny rule", model.Uplink, 0, tcp(bad6, a1v6, 40102, 8080, synF), policy.DropPolicy, false},
 		{"xdp not a workload", model.Uplink, 0, tcp(ext6, netip.MustParseAddr("2001:db8:a::99"), 40103, 23, synF), 0, true},
 		{"xdp packet too big", model.Uplink, 0, icmp6(ext6, a1v6, 2), 0, true},
 		{"xdp return of outbound flow", model.Uplink, 0, tcp(ext6, a1v6, 443, 41000, ackF), 0, true},
-		{"xdp from other tenant", model.Uplink, 0, tcp(b1v6, a1v6, 1, 8080, synF), maps.DropCross, false},
+		{"xdp from other tenant", model.Uplink, 0, tcp(b1v6, a1v6, 1, 8080, synF), policy.DropCross, false},
 		{"xdp ipv6 header cut passes to TC", model.Uplink, 0, trunc(tcp(ext6, a1v6, 1, 23, synF), 30), 0, true},
 		{"xdp malformed passes to TC", model.Uplink, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Dport: 23, TCPDoff: 1}, 0, true},
 	}
@@ -216,10 +216,10 @@ func TestVerdicts(t *testing.T) {
 func TestTCPClosingReopen(t *testing.T) {
 	e := standardEnv(t)
 	runSteps(t, e, []step{
-		{"outbound syn", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, synF), maps.PassDefault, false},
-		{"synack", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF|ackF), maps.PassCT, false},
-		{"fin", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, finF|ackF), maps.PassCT, false},
-		{"inbound syn reusing tuple reversed", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF), maps.DropDefault, false},
+		{"outbound syn", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, synF), policy.PassDefault, false},
+		{"synack", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF|ackF), policy.PassCT, false},
+		{"fin", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, finF|ackF), policy.PassCT, false},
+		{"inbound syn reusing tuple reversed", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF), policy.DropDefault, false},
 	})
 }
 
@@ -233,14 +233,14 @@ func TestDropEvents(t *testing.T) {
 	}
 	defer rd.Close()
 	runSteps(t, e, []step{
-		{"outbound smtp denied", model.FromWorkload, 0, tcp(a1v6, ext6, 41001, 25, synF), maps.DropPolicy, false},
+		{"outbound smtp denied", model.FromWorkload, 0, tcp(a1v6, ext6, 41001, 25, synF), policy.DropPolicy, false},
 	})
 	rd.SetDeadline(time.Now().Add(2 * time.Second))
 	ev, err := rd.Read()
 	if err != nil {
 		t.Fatalf("read drop event: %v", err)
 	}
-	if ev.Reason != maps.DropPolicy || ev.Tenant != tenantA || ev.Src != a1v6 || ev.Dst != ext6 || ev.Dport != 25 || ev.Sport != 41001 || ev.Dir != maps.DirOut || ev.Ifindex != e.ports[0] {
+	if ev.Reason != policy.DropPolicy || ev.Tenant != tenantA || ev.Src != a1v6 || ev.Dst != ext6 || ev.Dport != 25 || ev.Sport != 41001 || ev.Dir != policy.DirOut || ev.Ifindex != e.ports[0] {
 		t.Fatalf("event %+v does not describe the drop", ev)
 	}
 }

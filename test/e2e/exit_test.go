@@ -12,9 +12,10 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -161,7 +162,7 @@ func gridExit(t *testing.T, extra string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		routes, err := maps.FromMaps(m).Routes()
+		routes, err := bpfmaps.FromMaps(m).Routes()
 		m.Close()
 		if err != nil {
 			t.Fatal(err)
@@ -177,7 +178,7 @@ func gridExit(t *testing.T, extra string) {
 					continue
 				}
 				found = true
-				if rt.Kind != maps.RouteExit || rt.Ifindex != c.ifindex {
+				if rt.Kind != bpfmaps.RouteExit || rt.Ifindex != c.ifindex {
 					t.Errorf("%s: acme's ::/0 is %+v, want kind exit via ifindex %d", c.g.id, rt, c.ifindex)
 				}
 			}
@@ -187,11 +188,11 @@ func gridExit(t *testing.T, extra string) {
 		}
 	}
 	// tenantfw shows the same, by name.
-	var listed []maps.Route
+	var listed []bpfmaps.Route
 	fw.json(&listed, "routes", "--tenant", fmt.Sprint(acme))
 	shown := false
 	for _, rt := range listed {
-		shown = shown || rt.Prefix.Bits() == 0 && rt.Kind == maps.RouteExit && rt.Ifindex == uint32(homeDev.Attrs().Index)
+		shown = shown || rt.Prefix.Bits() == 0 && rt.Kind == bpfmaps.RouteExit && rt.Ifindex == uint32(homeDev.Attrs().Index)
 	}
 	if !shown {
 		t.Errorf("tenantfw routes on the home node shows no exit route: %+v", listed)
@@ -202,10 +203,10 @@ func gridExit(t *testing.T, extra string) {
 	// The exit's tn_from_wg passed the home node's packets to the
 	// kernel; with the fast path, the home node's port program sent them
 	// to the device itself.
-	if n := counted(t, exit, maps.DirWG, maps.PassStack); n == 0 {
+	if n := counted(t, exit, policy.DirWG, policy.PassStack); n == 0 {
 		t.Error("the exit counted no packets from the home node passed to its routes")
 	}
-	if n := counted(t, home, maps.DirFast, maps.PassRedirect); (n > 0) != (extra == "") {
+	if n := counted(t, home, policy.DirFast, policy.PassRedirect); (n > 0) != (extra == "") {
 		t.Errorf("home: %d packets of acme redirected by the fast path (configuration %q)", n, extra)
 	}
 	// At home: the exit peer carries ::/0, and the tenant's /64 is
@@ -239,14 +240,14 @@ func gridExit(t *testing.T, extra string) {
 }
 
 // counted sums a node's acme counters of one direction and reason.
-func counted(t *testing.T, g *gridNode, dir maps.Direction, reason maps.Reason) uint64 {
+func counted(t *testing.T, g *gridNode, dir policy.Direction, reason policy.Reason) uint64 {
 	t.Helper()
 	m, err := loader.OpenMaps(g.pin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cs, err := maps.FromMaps(m).Counters(acme)
+	cs, err := bpfmaps.FromMaps(m).Counters(acme)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 const (
@@ -18,10 +19,10 @@ const (
 // events collects drop events from the ring buffer while a test runs.
 type events struct {
 	mu  sync.Mutex
-	all []maps.Event
+	all []bpfmaps.Event
 }
 
-func collectEvents(t *testing.T, m *maps.Maps) *events {
+func collectEvents(t *testing.T, m *bpfmaps.Maps) *events {
 	t.Helper()
 	rd, err := m.NewEventReader()
 	if err != nil {
@@ -45,7 +46,7 @@ func collectEvents(t *testing.T, m *maps.Maps) *events {
 	return e
 }
 
-func (e *events) find(match func(maps.Event) bool) bool {
+func (e *events) find(match func(bpfmaps.Event) bool) bool {
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		e.mu.Lock()
@@ -61,7 +62,7 @@ func (e *events) find(match func(maps.Event) bool) bool {
 	return false
 }
 
-func counter(t *testing.T, m *maps.Maps, tenant uint32, dir maps.Direction, r maps.Reason) uint64 {
+func counter(t *testing.T, m *bpfmaps.Maps, tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
 	t.Helper()
 	c, err := m.Counter(tenant, dir, r)
 	if err != nil {
@@ -70,9 +71,9 @@ func counter(t *testing.T, m *maps.Maps, tenant uint32, dir maps.Direction, r ma
 	return c.Packets
 }
 
-func rule(id uint32, tenant uint32, dir maps.Direction, act maps.Action, proto uint8, port uint16, dst string) maps.Rule {
-	r := maps.Rule{ID: id, Tenant: tenant, Dir: dir, Action: act, Proto: proto, PortLo: port, PortHi: port}
-	r.Dst, _ = maps.ParsePrefix(dst)
+func rule(id uint32, tenant uint32, dir policy.Direction, act policy.Action, proto uint8, port uint16, dst string) policy.Rule {
+	r := policy.Rule{ID: id, Tenant: tenant, Dir: dir, Action: act, Proto: proto, PortLo: port, PortHi: port}
+	r.Dst, _ = policy.ParsePrefix(dst)
 	return r
 }
 
@@ -92,11 +93,11 @@ func firewallNode(t *testing.T) *node {
 		_, err := n.dp.AttachUplink(n.uplink, loader.AttachOptions{})
 		return err
 	})
-	if _, err := n.maps.ApplyRules([]maps.Rule{
-		rule(1, tenantA, maps.DirIn, maps.ActionAllow, maps.ProtoTCP, 8080, "2001:db8:a::1"),
-		rule(2, tenantA, maps.DirIn, maps.ActionAllow, maps.ProtoUDP, 5353, "2001:db8:a::1"),
-		rule(3, tenantA, maps.DirOut, maps.ActionDeny, maps.ProtoTCP, 25, ""),
-		rule(4, tenantB, maps.DirIn, maps.ActionAllow, maps.ProtoTCP, 8080, ""),
+	if _, err := n.maps.ApplyRules([]policy.Rule{
+		rule(1, tenantA, policy.DirIn, policy.ActionAllow, policy.ProtoTCP, 8080, "2001:db8:a::1"),
+		rule(2, tenantA, policy.DirIn, policy.ActionAllow, policy.ProtoUDP, 5353, "2001:db8:a::1"),
+		rule(3, tenantA, policy.DirOut, policy.ActionDeny, policy.ProtoTCP, 25, ""),
+		rule(4, tenantB, policy.DirIn, policy.ActionAllow, policy.ProtoTCP, 8080, ""),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,19 +123,19 @@ func TestFirewallEndToEnd(t *testing.T) {
 		}
 		t.Fatalf("A2 -> A1:8080 (allowed by rule): %v", err)
 	}
-	if counter(t, n.maps, tenantA, maps.DirIn, maps.PassRule) == 0 || counter(t, n.maps, tenantA, maps.DirIn, maps.PassCT) == 0 {
+	if counter(t, n.maps, tenantA, policy.DirIn, policy.PassRule) == 0 || counter(t, n.maps, tenantA, policy.DirIn, policy.PassCT) == 0 {
 		t.Error("allowed connection not counted as pass-rule and pass-ct")
 	}
 	// A closed port: default deny inbound drops the SYN.
-	before := counter(t, n.maps, tenantA, maps.DirIn, maps.DropDefault)
+	before := counter(t, n.maps, tenantA, policy.DirIn, policy.DropDefault)
 	if err := dialTCP(a2.ns, "[2001:db8:a::1]:8081", time.Second); err == nil {
 		t.Error("A2 -> A1:8081 connected; the port has no rule and inbound defaults to deny")
 	}
-	if counter(t, n.maps, tenantA, maps.DirIn, maps.DropDefault) <= before {
+	if counter(t, n.maps, tenantA, policy.DirIn, policy.DropDefault) <= before {
 		t.Error("drop of A1:8081 not counted as default-deny")
 	}
-	if !ev.find(func(e maps.Event) bool {
-		return e.Reason == maps.DropDefault && e.Dport == 8081 && e.Dst == a1.addr && e.Src == a2.addr
+	if !ev.find(func(e bpfmaps.Event) bool {
+		return e.Reason == policy.DropDefault && e.Dport == 8081 && e.Dst == a1.addr && e.Src == a2.addr
 	}) {
 		t.Error("no drop event for A2 -> A1:8081")
 	}
@@ -147,16 +148,16 @@ func TestFirewallEndToEnd(t *testing.T) {
 
 	// A2 spoofs a source that is not bound to its port.
 	n.addr(a2.ns.Netlink(t), "eth0", "2001:db8:a::77/128")
-	before = counter(t, n.maps, tenantA, maps.DirOut, maps.DropSpoof)
+	before = counter(t, n.maps, tenantA, policy.DirOut, policy.DropSpoof)
 	if err := sendUDP(a2.ns, "2001:db8:a::77", "[2001:db8:a::1]:5353"); err != nil {
 		t.Fatal(err)
 	}
 	sink.expect(t, false, time.Second, "A2 spoofing 2001:db8:a::77")
-	if counter(t, n.maps, tenantA, maps.DirOut, maps.DropSpoof) <= before {
+	if counter(t, n.maps, tenantA, policy.DirOut, policy.DropSpoof) <= before {
 		t.Error("spoofed datagram not counted as spoof")
 	}
-	if !ev.find(func(e maps.Event) bool {
-		return e.Reason == maps.DropSpoof && e.Src == netip.MustParseAddr("2001:db8:a::77") && e.Ifindex == uint32(a2.ifindex)
+	if !ev.find(func(e bpfmaps.Event) bool {
+		return e.Reason == policy.DropSpoof && e.Src == netip.MustParseAddr("2001:db8:a::77") && e.Ifindex == uint32(a2.ifindex)
 	}) {
 		t.Error("no spoof drop event")
 	}
@@ -166,7 +167,7 @@ func TestFirewallEndToEnd(t *testing.T) {
 	if err := dialTCP(a1.ns, "[2001:db8:b::1]:8080", time.Second); err == nil {
 		t.Error("A1 reached B1")
 	}
-	if counter(t, n.maps, tenantA, maps.DirOut, maps.DropCross) == 0 {
+	if counter(t, n.maps, tenantA, policy.DirOut, policy.DropCross) == 0 {
 		t.Error("A1 -> B1 not counted as cross-tenant")
 	}
 
@@ -177,7 +178,7 @@ func TestFirewallEndToEnd(t *testing.T) {
 	if err := dialTCP(a1.ns, "[2001:db8:ffff::5]:25", time.Second); err == nil {
 		t.Error("A1 -> internet:25 connected despite the deny rule")
 	}
-	if counter(t, n.maps, tenantA, maps.DirOut, maps.DropPolicy) == 0 {
+	if counter(t, n.maps, tenantA, policy.DirOut, policy.DropPolicy) == 0 {
 		t.Error("SMTP drop not counted as policy")
 	}
 
@@ -186,11 +187,11 @@ func TestFirewallEndToEnd(t *testing.T) {
 	if err := dialTCP(n.ext, "[2001:db8:a::1]:8080", 3*time.Second); err != nil {
 		t.Errorf("internet -> A1:8080: %v", err)
 	}
-	before = counter(t, n.maps, tenantA, maps.DirPrefilter, maps.DropDefault)
+	before = counter(t, n.maps, tenantA, policy.DirPrefilter, policy.DropDefault)
 	if err := dialTCP(n.ext, "[2001:db8:a::1]:8081", time.Second); err == nil {
 		t.Error("internet -> A1:8081 connected")
 	}
-	if counter(t, n.maps, tenantA, maps.DirPrefilter, maps.DropDefault) <= before {
+	if counter(t, n.maps, tenantA, policy.DirPrefilter, policy.DropDefault) <= before {
 		t.Error("internet -> A1:8081 was not dropped by the XDP prefilter")
 	}
 
@@ -206,7 +207,7 @@ func TestFirewallEndToEnd(t *testing.T) {
 	}
 }
 
-func mustCounters(t *testing.T, m *maps.Maps) []maps.Counter {
+func mustCounters(t *testing.T, m *bpfmaps.Maps) []bpfmaps.Counter {
 	cs, err := m.Counters(0)
 	if err != nil {
 		t.Fatal(err)

@@ -18,9 +18,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -156,8 +157,8 @@ registry: %s
 			if t.Failed() {
 				// What the datapath did, before cleanup removes it.
 				if m, err := loader.OpenMaps(gg.pin); err == nil {
-					cs, _ := maps.FromMaps(m).Counters(0)
-					routes, _ := maps.FromMaps(m).Routes()
+					cs, _ := bpfmaps.FromMaps(m).Counters(0)
+					routes, _ := bpfmaps.FromMaps(m).Routes()
 					t.Logf("%s counters: %+v\nroutes: %+v", gg.id, cs, routes)
 					m.Close()
 				}
@@ -226,10 +227,10 @@ func grid(t *testing.T, backend string) {
 	// ... by the eBPF fast path: redirected out of w1's port into node1's
 	// WireGuard device, and out of node3's device onto its bridge.
 	// (Counted in bytes: TCP leaves w1 in GSO packets of up to 64 KB.)
-	if n := nodeCounter(t, nodes[0].pin, acme, maps.DirFast, maps.PassRedirect); n < 10<<20 {
+	if n := nodeCounter(t, nodes[0].pin, acme, policy.DirFast, policy.PassRedirect); n < 10<<20 {
 		t.Errorf("node1 redirected %d bytes of acme into WireGuard, want the transfer's 10 MB", n)
 	}
-	if n := nodeCounter(t, nodes[2].pin, acme, maps.DirWG, maps.PassRedirect); n < 10<<20 {
+	if n := nodeCounter(t, nodes[2].pin, acme, policy.DirWG, policy.PassRedirect); n < 10<<20 {
 		t.Errorf("node3 redirected %d bytes of acme from WireGuard, want the transfer's 10 MB", n)
 	}
 
@@ -386,14 +387,14 @@ func grid(t *testing.T, backend string) {
 const acme uint32 = 1
 
 // nodeCounter reads the bytes of one counter of a node's datapath.
-func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir maps.Direction, r maps.Reason) uint64 {
+func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
 	t.Helper()
 	m, err := loader.OpenMaps(pinDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	c, err := maps.FromMaps(m).Counter(tenant, dir, r)
+	c, err := bpfmaps.FromMaps(m).Counter(tenant, dir, r)
 	if err != nil {
 		t.Fatal(err)
 	}

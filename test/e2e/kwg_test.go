@@ -10,8 +10,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -87,13 +88,13 @@ func TestKernelWireGuard(t *testing.T) {
 	var mode loader.Mode
 	n.do(n.ns, func() (err error) { mode, err = n.dp.AttachWG(idx, loader.AttachOptions{}); return })
 	t.Logf("tn_from_wg attached to the kernel's WireGuard device (%s)", mode)
-	if _, err := n.maps.SyncRoutes(tenantA, []maps.Route{
-		{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: maps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: true},
-		{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: true, MTU: 1420},
+	if _, err := n.maps.SyncRoutes(tenantA, []bpfmaps.Route{
+		{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: bpfmaps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: true},
+		{Tenant: tenantA, Prefix: remote, Kind: bpfmaps.RouteWG, Ifindex: uint32(idx), Redirect: true, MTU: 1420},
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	count := func(dir maps.Direction, r maps.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
+	count := func(dir policy.Direction, r policy.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
 
 	// In: a datagram from the far end reaches A1 (udp/5353 is open).
 	sink := listenUDP(t, a1.ns, "[::]:5353")
@@ -108,7 +109,7 @@ func TestKernelWireGuard(t *testing.T) {
 			return fmt.Errorf("nothing arrived")
 		}
 	})
-	if got := count(maps.DirWG, maps.PassRedirect); got == 0 {
+	if got := count(policy.DirWG, policy.PassRedirect); got == 0 {
 		t.Error("tn_from_wg redirected nothing to the bridge side")
 	}
 	// Out and back: TCP from A1 by the fast path, answers through
@@ -118,18 +119,18 @@ func TestKernelWireGuard(t *testing.T) {
 		t.Fatalf("A1 -> far end over the kernel's WireGuard: %v", err)
 	}
 	transfer(t, a1.ns, n.ext, remoteAddr, 4<<20)
-	if got := count(maps.DirFast, maps.PassRedirect); got == 0 {
+	if got := count(policy.DirFast, policy.PassRedirect); got == 0 {
 		t.Error("the workload port redirected nothing into the device")
 	}
 	// Another tenant's workload: WireGuard accepts the packet (its source
 	// is the peer's), tn_from_wg drops it.
-	before := count(maps.DirWG, maps.DropWGDest)
+	before := count(policy.DirWG, policy.DropWGDest)
 	bSink := listenUDP(t, n.wls["B1"].ns, "[::]:5353")
 	if err := sendUDP(n.ext, remoteAddr, "[2001:db8:b::1]:5353"); err != nil {
 		t.Fatal(err)
 	}
 	bSink.expect(t, false, time.Second, "far end (tenant A) -> B1")
-	if got := count(maps.DirWG, maps.DropWGDest); got != before+1 {
+	if got := count(policy.DirWG, policy.DropWGDest); got != before+1 {
 		t.Errorf("wg-dest %d -> %d, want one more", before, got)
 	}
 }

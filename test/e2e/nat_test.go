@@ -10,9 +10,9 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -46,14 +46,14 @@ func TestGridNAT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes, err := maps.FromMaps(m).Routes()
+	routes, err := bpfmaps.FromMaps(m).Routes()
 	m.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	found := false
 	for _, rt := range routes[acme] {
-		if rt.Kind == maps.RouteWG && rt.Prefix.Contains(netip.MustParseAddr(addr["h1"])) {
+		if rt.Kind == bpfmaps.RouteWG && rt.Prefix.Contains(netip.MustParseAddr(addr["h1"])) {
 			found = true
 			if rt.MTU != 1420 {
 				t.Errorf("node2's route to node1's /64 has MTU %d, want 1420 (node1's path)", rt.MTU)

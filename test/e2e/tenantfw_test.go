@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
-	"github.com/tenantnet/tenantnet/store"
 )
 
 // buildBinary builds a command of this module into a temporary directory.
@@ -266,12 +266,10 @@ func TestTenantfwKilledMidApply(t *testing.T) {
 		time.Sleep(time.Duration(150+i*250) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
-		if st, err := store.Open(c.state); err == nil {
-			st.View(func(tx *store.Tx) error {
-				t.Logf("kill %d after %v: maps marked dirty: %v", i, time.Duration(150+i*250)*time.Millisecond, tx.Dirty())
-				return nil
-			})
-			st.Close()
+		if fw, err := firewall.Open(firewall.Options{StateDir: c.state, NoDatapath: true}); err == nil {
+			dirty, _ := fw.Dirty()
+			t.Logf("kill %d after %v: maps marked dirty: %v", i, time.Duration(150+i*250)*time.Millisecond, dirty)
+			fw.Close()
 		}
 		// The next command of either tool repairs; check is one.
 		if out, err := direct("check", "--tenant", "7", "--src", "::1", "--dst", "2001:db8:7::1", "--dport", "80").CombinedOutput(); err != nil {
@@ -302,18 +300,19 @@ func writeBigRules(t *testing.T, n, portBase int) string {
 
 func assertMapsMatchStore(t *testing.T, pin, state string) {
 	t.Helper()
-	st, err := store.Open(state)
+	fw, err := firewall.Open(firewall.Options{StateDir: state, NoDatapath: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	var rules []maps.Rule
-	var dirty bool
-	st.View(func(tx *store.Tx) error { rules, err = tx.Rules(0); dirty = tx.Dirty(); return err })
-	if dirty {
+	defer fw.Close()
+	rules, err := fw.Rules(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dirty, err := fw.Dirty(); err != nil || dirty {
 		t.Fatal("store still marked dirty after a successful command")
 	}
-	want, err := maps.Compile(rules)
+	want, err := bpfmaps.Compile(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +321,7 @@ func assertMapsMatchStore(t *testing.T, pin, state string) {
 		t.Fatal(err)
 	}
 	defer wm.Close()
-	have, err := maps.ReadRules(maps.FromMaps(wm).Rules())
+	have, err := bpfmaps.ReadRules(bpfmaps.FromMaps(wm).Rules())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
 )
 
 type node struct {
@@ -24,7 +24,7 @@ type node struct {
 	nl     *netlink.Handle
 	pinDir string
 	dp     *loader.Datapath
-	maps   *maps.Maps
+	maps   *bpfmaps.Maps
 	wls    map[string]*wl
 	ext    *testutil.NetNS
 	uplink int
@@ -51,7 +51,7 @@ func newNode(t *testing.T) *node {
 		t.Fatalf("load datapath: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	n.dp, n.maps = dp, maps.New(dp)
+	n.dp, n.maps = dp, bpfmaps.New(dp)
 	return n
 }
 
@@ -169,7 +169,7 @@ func (n *node) workload(name string, tenant uint32, addr string) *wl {
 			_, err := n.dp.AttachPort(w.ifindex, loader.AttachOptions{})
 			return err
 		})
-		if err := n.maps.BindPort(maps.PortBinding{Ifindex: uint32(w.ifindex), Tenant: tenant,
+		if err := n.maps.BindPort(bpfmaps.PortBinding{Ifindex: uint32(w.ifindex), Tenant: tenant,
 			Addrs: []netip.Prefix{netip.PrefixFrom(w.addr, 128)}}); err != nil {
 			n.t.Fatal(err)
 		}

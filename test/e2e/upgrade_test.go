@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
 )
 
 // TestUpgradeUnderTraffic reloads the datapath over its pins again and
@@ -23,7 +23,7 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 	listenTCP(t, a1.ns, "[::]:8080")
 	denied := listenUDP(t, a1.ns, "[::]:9999")
 
-	before, err := maps.ReadRules(n.maps.Rules())
+	before, err := bpfmaps.ReadRules(n.maps.Rules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 		t.Fatalf("only %d ping-pongs: the stream stalled", rounds.Load())
 	}
 	denied.expect(t, false, 200*time.Millisecond, "denied datagrams during upgrades")
-	after, err := maps.ReadRules(n.maps.Rules())
+	after, err := bpfmaps.ReadRules(n.maps.Rules())
 	if err != nil {
 		t.Fatal(err)
 	}

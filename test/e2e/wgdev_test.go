@@ -13,9 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/maps"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // openTUN creates an IFF_TUN device in the node namespace. It stands in for
@@ -117,7 +118,7 @@ func TestWireGuardDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.do(n.ns, func() error { _, err := n.dp.AttachWG(idx, loader.AttachOptions{}); return err })
-	setRoutes := func(redirect bool, remoteMTU uint16, extra ...maps.Route) {
+	setRoutes := func(redirect bool, remoteMTU uint16, extra ...bpfmaps.Route) {
 		t.Helper()
 		have, err := n.maps.Routes()
 		if err != nil {
@@ -125,11 +126,11 @@ func TestWireGuardDevice(t *testing.T) {
 		}
 		// The test's node routes each workload on its own port, so the
 		// "local" next hop of A1's address is that port.
-		want := []maps.Route{
-			{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: maps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: redirect},
-			{Tenant: tenantA, Prefix: remote, Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect, MTU: remoteMTU},
+		want := []bpfmaps.Route{
+			{Tenant: tenantA, Prefix: netip.PrefixFrom(a1.addr, 128), Kind: bpfmaps.RouteLocal, Ifindex: uint32(a1.ifindex), Redirect: redirect},
+			{Tenant: tenantA, Prefix: remote, Kind: bpfmaps.RouteWG, Ifindex: uint32(idx), Redirect: redirect, MTU: remoteMTU},
 			// a user's laptop peering with this node
-			{Tenant: tenantA, Prefix: netip.MustParsePrefix("2001:db8:a::77/128"), Kind: maps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
+			{Tenant: tenantA, Prefix: netip.MustParsePrefix("2001:db8:a::77/128"), Kind: bpfmaps.RouteWG, Ifindex: uint32(idx), Redirect: redirect},
 		}
 		want = append(want, extra...)
 		if _, err := n.maps.SyncRoutes(tenantA, want, have[tenantA]); err != nil {
@@ -138,10 +139,10 @@ func TestWireGuardDevice(t *testing.T) {
 	}
 	setRoutes(true, 0)
 	sink := listenUDP(t, a1.ns, "[::]:5353")
-	count := func(dir maps.Direction, r maps.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
+	count := func(dir policy.Direction, r policy.Reason) uint64 { return counter(t, n.maps, tenantA, dir, r) }
 	inject := func(src, dst string) {
 		t.Helper()
-		p := packet.IPv6(packet.Spec{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: maps.ProtoUDP,
+		p := packet.IPv6(packet.Spec{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: policy.ProtoUDP,
 			Sport: 40000, Dport: 5353, Payload: 16})
 		if _, err := tun.Write(p); err != nil {
 			t.Fatalf("write to tun: %v", err)
@@ -152,35 +153,35 @@ func TestWireGuardDevice(t *testing.T) {
 	// onto the port, where the inbound rules let udp/5353 in.
 	inject("2001:db8:a:2::7", "2001:db8:a::1")
 	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (fast path)")
-	if got := count(maps.DirWG, maps.PassRedirect); got != 1 {
+	if got := count(policy.DirWG, policy.PassRedirect); got != 1 {
 		t.Errorf("wireguard pass-redirect = %d, want 1", got)
 	}
 	// Isolation on the WireGuard side.
 	for _, c := range []struct {
 		what, src, dst string
-		reason         maps.Reason
+		reason         policy.Reason
 	}{
-		{"source of another tenant", "2001:db8:b::9", "2001:db8:a::1", maps.DropWGSource},
-		{"source local to this node", "2001:db8:a::2", "2001:db8:a::1", maps.DropWGSource},
-		{"destination of another tenant", "2001:db8:a:2::7", "2001:db8:b::1", maps.DropWGDest},
-		{"destination not on this node", "2001:db8:a:2::7", "2001:db8:a:3::1", maps.DropWGDest},
+		{"source of another tenant", "2001:db8:b::9", "2001:db8:a::1", policy.DropWGSource},
+		{"source local to this node", "2001:db8:a::2", "2001:db8:a::1", policy.DropWGSource},
+		{"destination of another tenant", "2001:db8:a:2::7", "2001:db8:b::1", policy.DropWGDest},
+		{"destination not on this node", "2001:db8:a:2::7", "2001:db8:a:3::1", policy.DropWGDest},
 	} {
-		before := count(maps.DirWG, c.reason)
+		before := count(policy.DirWG, c.reason)
 		inject(c.src, c.dst)
 		sink.expect(t, false, 300*time.Millisecond, c.what)
-		if got := count(maps.DirWG, c.reason); got != before+1 {
+		if got := count(policy.DirWG, c.reason); got != before+1 {
 			t.Errorf("%s: %s counter %d -> %d, want one more", c.what, c.reason, before, got)
 		}
 	}
 
 	// Transit for a user: from a member node to the laptop (and back),
 	// out of the same device, by the kernel.
-	stack := count(maps.DirWG, maps.PassStack)
+	stack := count(policy.DirWG, policy.PassStack)
 	inject("2001:db8:a:2::7", "2001:db8:a::77")
 	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a::77"), 2*time.Second); p == nil {
 		t.Error("member node -> user's laptop: the node did not forward it back out of the device")
 	}
-	if got := count(maps.DirWG, maps.PassStack); got != stack+1 {
+	if got := count(policy.DirWG, policy.PassStack); got != stack+1 {
 		t.Errorf("transit: pass-stack %d -> %d, want one more", stack, got)
 	}
 
@@ -194,7 +195,7 @@ func TestWireGuardDevice(t *testing.T) {
 	if p[7] != 63 {
 		t.Errorf("hop limit %d after the fast path, want 63", p[7])
 	}
-	fast := count(maps.DirFast, maps.PassRedirect)
+	fast := count(policy.DirFast, policy.PassRedirect)
 	if fast != 1 {
 		t.Errorf("fast-path pass-redirect = %d, want 1", fast)
 	}
@@ -205,7 +206,7 @@ func TestWireGuardDevice(t *testing.T) {
 	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::7"), 500*time.Millisecond); p != nil {
 		t.Errorf("a %d-byte packet with hop limit %d came out of the device", len(p), p[7])
 	}
-	if got := count(maps.DirFast, maps.PassRedirect); got != fast {
+	if got := count(policy.DirFast, policy.PassRedirect); got != fast {
 		t.Errorf("fast path took %d packets it must leave to the kernel", got-fast)
 	}
 
@@ -213,14 +214,14 @@ func TestWireGuardDevice(t *testing.T) {
 	setRoutes(false, 0)
 	inject("2001:db8:a:2::8", "2001:db8:a::1")
 	sink.expect(t, true, 2*time.Second, "wireguard -> A1 (kernel routes)")
-	if got := count(maps.DirWG, maps.PassStack); got != stack+2 {
+	if got := count(policy.DirWG, policy.PassStack); got != stack+2 {
 		t.Errorf("wireguard pass-stack = %d, want %d", got, stack+2)
 	}
 	sendUDPHops(n, a1, "[2001:db8:a:2::8]:5353", 64, 100)
 	if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::8"), 2*time.Second); p == nil {
 		t.Error("A1 -> member node via kernel routes: nothing came out of the device")
 	}
-	if got := count(maps.DirFast, maps.PassRedirect); got != fast {
+	if got := count(policy.DirFast, policy.PassRedirect); got != fast {
 		t.Errorf("kernel-route mode redirected %d packets", got-fast)
 	}
 
@@ -255,7 +256,7 @@ func TestWireGuardDevice(t *testing.T) {
 		{2, 4, 0x05, 0xb4},    // MSS 1460 first: its value at an even offset
 		{1, 2, 4, 0x05, 0xb4}, // after a NOP: at an odd offset
 	} {
-		in := packet.IPv6(packet.Spec{Src: netip.MustParseAddr("2001:db8:a:2::9"), Dst: a1.addr, Proto: maps.ProtoTCP,
+		in := packet.IPv6(packet.Spec{Src: netip.MustParseAddr("2001:db8:a:2::9"), Dst: a1.addr, Proto: policy.ProtoTCP,
 			Sport: 40001, Dport: 8080, TCPFlags: 0x02, TCPOpts: opts})
 		if _, err := tun.Write(in); err != nil {
 			t.Fatal(err)
@@ -278,55 +279,55 @@ func TestWireGuardDevice(t *testing.T) {
 	// tenant's prefix, never for a non-local destination), and the
 	// workload's packets for the outside go into it.
 	outside := "2001:db8:ffff::fd"
-	setRoutes(true, 0, maps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: maps.RouteExit, Ifindex: uint32(idx), Redirect: true})
-	redirected := count(maps.DirWG, maps.PassRedirect)
+	setRoutes(true, 0, bpfmaps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: bpfmaps.RouteExit, Ifindex: uint32(idx), Redirect: true})
+	redirected := count(policy.DirWG, policy.PassRedirect)
 	inject(outside, "2001:db8:a::1")
 	sink.expect(t, true, 2*time.Second, "the outside via the exit -> A1")
-	if got := count(maps.DirWG, maps.PassRedirect); got != redirected+1 {
+	if got := count(policy.DirWG, policy.PassRedirect); got != redirected+1 {
 		t.Errorf("outside -> A1 through the exit: pass-redirect %d -> %d, want one more", redirected, got)
 	}
 	for _, c := range []struct {
 		what, src, dst string
-		reason         maps.Reason
+		reason         policy.Reason
 	}{
-		{"exit path: source of another tenant", "2001:db8:b::9", "2001:db8:a::1", maps.DropWGSource},
-		{"exit path: destination not on this node", outside, "2001:db8:ffff::fe", maps.DropWGDest},
+		{"exit path: source of another tenant", "2001:db8:b::9", "2001:db8:a::1", policy.DropWGSource},
+		{"exit path: destination not on this node", outside, "2001:db8:ffff::fe", policy.DropWGDest},
 	} {
-		before := count(maps.DirWG, c.reason)
+		before := count(policy.DirWG, c.reason)
 		inject(c.src, c.dst)
 		sink.expect(t, false, 300*time.Millisecond, c.what)
-		if got := count(maps.DirWG, c.reason); got != before+1 {
+		if got := count(policy.DirWG, c.reason); got != before+1 {
 			t.Errorf("%s: %s counter %d -> %d, want one more", c.what, c.reason, before, got)
 		}
 	}
-	fast = count(maps.DirFast, maps.PassRedirect)
+	fast = count(policy.DirFast, policy.PassRedirect)
 	sendUDPHops(n, a1, "["+outside+"]:5353", 64, 100)
 	if p := readTUN(tun, netip.MustParseAddr(outside), 2*time.Second); p == nil {
 		t.Error("A1 -> the outside: nothing came out of the device to the exit")
 	}
-	if got := count(maps.DirFast, maps.PassRedirect); got != fast+1 {
+	if got := count(policy.DirFast, policy.PassRedirect); got != fast+1 {
 		t.Errorf("A1 -> the outside: fast-path pass-redirect %d -> %d, want one more", fast, got)
 	}
 
 	// The exit node itself: ::/0 goes to the kernel's routes (ifindex 0).
 	// A member's packet for the outside passes to them and leaves by the
 	// uplink; an outside source is no member's and is dropped.
-	setRoutes(true, 0, maps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: maps.RouteExit})
+	setRoutes(true, 0, bpfmaps.Route{Tenant: tenantA, Prefix: netip.MustParsePrefix("::/0"), Kind: bpfmaps.RouteExit})
 	ext := listenUDP(t, n.ext, "[::]:5353")
-	stack = count(maps.DirWG, maps.PassStack)
+	stack = count(policy.DirWG, policy.PassStack)
 	inject("2001:db8:a:2::7", "2001:db8:ffff::5")
 	ext.expect(t, true, 2*time.Second, "member -> the outside through this exit")
-	if got := count(maps.DirWG, maps.PassStack); got != stack+1 {
+	if got := count(policy.DirWG, policy.PassStack); got != stack+1 {
 		t.Errorf("exit: pass-stack %d -> %d, want one more", stack, got)
 	}
 	for _, c := range []struct{ what, src, dst string }{
 		{"exit: outside source", outside, "2001:db8:ffff::5"},
 		{"exit: member to another tenant", "2001:db8:a:2::7", "2001:db8:b::1"},
 	} {
-		before := count(maps.DirWG, maps.DropWGSource) + count(maps.DirWG, maps.DropWGDest)
+		before := count(policy.DirWG, policy.DropWGSource) + count(policy.DirWG, policy.DropWGDest)
 		inject(c.src, c.dst)
 		ext.expect(t, false, 300*time.Millisecond, c.what)
-		if got := count(maps.DirWG, maps.DropWGSource) + count(maps.DirWG, maps.DropWGDest); got != before+1 {
+		if got := count(policy.DirWG, policy.DropWGSource) + count(policy.DirWG, policy.DropWGDest); got != before+1 {
 			t.Errorf("%s: wg-source+wg-dest %d -> %d, want one more", c.what, before, got)
 		}
 	}

@@ -23,7 +23,7 @@ import (
 // Packages whose tests run in the VMs. Of the e2e tests only those that
 // need nothing but the kernel (most need iproute2, nftables and more than
 // a busybox initramfs has): RunFilter names them.
-var Packages = []string{"./loader", "./maps", "./test/datapath", "./wg", "./test/e2e"}
+var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e"}
 
 // RunFilter limits a package's tests (-test.run syntax).
 var RunFilter = map[string]string{
@@ -37,7 +37,7 @@ var RunFilter = map[string]string{
 // without the tree.
 var SkipFilter = map[string]string{
 	// Go constants against the C headers
-	"./maps": "^TestConstantsMatchC$",
+	"./bpfmaps": "^TestConstantsMatchC$",
 }
 
 // testArgs are the flags that select a package's tests.

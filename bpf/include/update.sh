@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Refresh the vendored BPF headers in this directory from Debian packages.
+#
+#   sudo bpf/include/update.sh
+#
+# Needs: Debian 12 (bookworm) or compatible, root, apt-get, dpkg-deb,
+# network access to http://deb.debian.org/debian. If clang-19 (or
+# $CLANG) is installed, the result is compile-checked at the end.
+#
+# apt is pointed at a throw-away configuration (its own sources.list,
+# lists, cache and status dirs in a temp dir), so the system's apt sources
+# and package state are not changed. Nothing gets installed; the .debs are
+# only downloaded and unpacked with dpkg-deb -x.
+#
+# Sources:
+#   linux-libc-dev from bookworm-backports (bookworm's 6.1 predates TCX).
+#   libbpf-dev from bookworm or bookworm-backports, whichever has the
+#   higher version.
+set -euo pipefail
+
+MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+HDR_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ARCH="$(dpkg --print-architecture)"
+# Most asm/ headers are taken from the x86_64 layout of linux-libc-dev
+# (include/x86_64-linux-gnu/asm); two are replaced, see ASM_HDRS below.
+ASM_TRIPLET=x86_64-linux-gnu
+
+if [[ "$(id -u)" -ne 0 ]]; then
+	echo "update.sh: must run as root (apt-get update with a private config)" >&2
+	exit 1
+fi
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+mkdir -p "$WORK/etc/sources.list.d" "$WORK/etc/preferences.d" \
+	"$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/dl" "$WORK/x"
+: > "$WORK/status"
+cat > "$WORK/etc/sources.list" <<EOF
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main
+EOF
+
+APT_OPTS=(
+	-o "Dir::Etc::sourcelist=$WORK/etc/sources.list"
+	-o "Dir::Etc::sourceparts=$WORK/etc/sources.list.d"
+	-o "Dir::Etc::preferencesparts=$WORK/etc/preferences.d"
+	-o "Dir::State::Lists=$WORK/lists"
+	-o "Dir::State::status=$WORK/status"
+	-o "Dir::Cache=$WORK/cache"
+	-o "APT::Architecture=$ARCH"
+	# mktemp dirs are 0700 root; let apt fetch as root instead of _apt.
+	-o "APT::Sandbox::User=root"
+	-o "Debug::NoLocking=1"
+)
+
+echo ">> apt-get update (private config: bookworm + bookworm-backports)"
+apt-get "${APT_OPTS[@]}" -qq update
+
+# Highest version of a package across the configured suites.
+newest() {
+	local v best=""
+	for v in $(apt-cache "${APT_OPTS[@]}" madison "$1" | awk -F'|' '{gsub(/ /,"",$2); print $2}'); do
+		if [[ -z "$best" ]] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; fi
+	done
+	echo "$best"
+}
+
+KVER="$(apt-cache "${APT_OPTS[@]}" madison linux-libc-dev |
+	awk -F'|' '$3 ~ /bookworm-backports/ {gsub(/ /,"",$2); print $2; exit}')"
+BPFVER="$(newest libbpf-dev)"
+if [[ -z "$KVER" || -z "$BPFVER" ]]; then
+	echo "update.sh: could not resolve linux-libc-dev (bookworm-backports) or libbpf-dev" >&2
+	exit 1
+fi
+echo ">> linux-libc-dev $KVER, libbpf-dev $BPFVER"
+
+(cd "$WORK/dl" && apt-get "${APT_OPTS[@]}" -qq download \
+	"linux-libc-dev=$KVER" "libbpf-dev=$BPFVER")
+for deb in "$WORK"/dl/*.deb; do
+	dpkg-deb -x "$deb" "$WORK/x"
+done
+
+UAPI="$WORK/x/usr/include"
+ASM="$UAPI/$ASM_TRIPLET/asm"
+
+grep -q BPF_TCX_INGRESS "$UAPI/linux/bpf.h" || {
+	echo "update.sh: linux/bpf.h from linux-libc-dev $KVER lacks BPF_TCX_INGRESS" >&2
+	exit 1
+}
+
+# Copied verbatim from linux-libc-dev (include/...), plus what they
+# include transitively.
+LINUX_HDRS=(
+	linux/bpf.h linux/bpf_common.h
+	linux/types.h linux/stddef.h linux/posix_types.h linux/swab.h
+	linux/const.h linux/libc-compat.h linux/socket.h
+	linux/if_ether.h linux/if_packet.h linux/if.h linux/hdlc/ioctl.h
+	linux/ip.h linux/ipv6.h linux/in.h linux/in6.h
+	linux/icmp.h linux/icmpv6.h linux/tcp.h linux/udp.h
+	linux/pkt_cls.h linux/pkt_sched.h
+	linux/byteorder/little_endian.h
+	asm-generic/types.h asm-generic/int-ll64.h asm-generic/posix_types.h
+	asm-generic/bitsperlong.h asm-generic/swab.h
+)
+# Copied verbatim from the x86_64 asm/ of linux-libc-dev. These are
+# correct for the BPF target (little-endian; __i386__/__ILP32__ unset).
+ASM_HDRS=(types.h byteorder.h posix_types.h posix_types_64.h)
+# NOT taken from x86, replaced by asm-generic wrappers (see below):
+#   asm/bitsperlong.h  x86 gives __BITS_PER_LONG 32 unless __x86_64__ is set
+#   asm/swab.h         x86 inline asm (bswapl), which the BPF backend rejects
+LIBBPF_HDRS=(bpf_helpers.h bpf_helper_defs.h bpf_endian.h bpf_tracing.h)
+
+rm -rf "$HDR_DIR/linux" "$HDR_DIR/asm" "$HDR_DIR/asm-generic" "$HDR_DIR/bpf" "$HDR_DIR/sys" "$HDR_DIR/LICENSES"
+for h in "${LINUX_HDRS[@]}"; do
+	install -D -m 0644 "$UAPI/$h" "$HDR_DIR/$h"
+done
+for h in "${ASM_HDRS[@]}"; do
+	install -D -m 0644 "$ASM/$h" "$HDR_DIR/asm/$h"
+done
+for h in "${LIBBPF_HDRS[@]}"; do
+	install -D -m 0644 "$UAPI/bpf/$h" "$HDR_DIR/bpf/$h"
+done
+
+# Generated files (not from any package). The asm/ wrappers are what the
+# kernel itself generates for architectures using asm-generic (generic-y).
+for h in bitsperlong.h swab.h; do
+	printf '/* Generated by bpf/include/update.sh: BPF uses the generic version. */\n#include <asm-generic/%s>\n' \
+		"$h" > "$HDR_DIR/asm/$h"
+done
+# Debian's linux/if.h (pulled in by linux/icmp.h) includes libc's
+# <sys/socket.h> for struct sockaddr. BPF programs have no libc, so provide
+# just that.
+mkdir -p "$HDR_DIR/sys"
+cat > "$HDR_DIR/sys/socket.h" <<'EOF_SHIM'
+/* Generated by bpf/include/update.sh; not from any package.
+ * Minimal stand-in for libc's <sys/socket.h>: linux/if.h (included by
+ * linux/icmp.h) needs struct sockaddr. BPF programs have no libc. */
+#ifndef _TENANTNET_BPF_SYS_SOCKET_H
+#define _TENANTNET_BPF_SYS_SOCKET_H
+typedef unsigned short sa_family_t;
+struct sockaddr {
+	sa_family_t sa_family;
+	char sa_data[14];
+};
+#endif
+EOF_SHIM
+
+# Debian copyright files of both packages (licence texts / notices).
+mkdir -p "$HDR_DIR/LICENSES"
+install -m 0644 "$WORK/x/usr/share/doc/linux-libc-dev/copyright" "$HDR_DIR/LICENSES/linux-libc-dev.copyright"
+install -m 0644 "$WORK/x/usr/share/doc/libbpf-dev/copyright" "$HDR_DIR/LICENSES/libbpf-dev.copyright"
+
+suite_of() { # package version -> suite it was found in
+	apt-cache "${APT_OPTS[@]}" madison "$1" |
+		awk -F'|' -v v="$2" '{gsub(/ /,"",$2)} $2 == v {split($3, a, " "); print a[2]; exit}'
+}
+{
+	echo "# Written by bpf/include/update.sh; do not edit. package version suite sha256(.deb)"
+	for p in linux-libc-dev:"$KVER" libbpf-dev:"$BPFVER"; do
+		name="${p%%:*}" ver="${p#*:}"
+		deb="$(ls "$WORK"/dl/"${name}"_*.deb)"
+		echo "$name $ver $(suite_of "$name" "$ver") $(sha256sum "$deb" | cut -d' ' -f1)"
+	done
+} > "$HDR_DIR/VERSIONS"
+echo ">> wrote $HDR_DIR/VERSIONS"
+
+# Compile check: every vendored header must build for -target bpf with
+# only -I bpf/include.
+CLANG="${CLANG:-clang-19}"
+if command -v "$CLANG" >/dev/null; then
+	{
+		for h in "${LINUX_HDRS[@]}"; do
+			case "$h" in linux/byteorder/*|asm-generic/*|linux/libc-compat.h|linux/hdlc/*) continue ;; esac
+			echo "#include <$h>"
+		done
+		echo '#include <bpf/bpf_helpers.h>'
+		echo '#include <bpf/bpf_endian.h>'
+		echo '#include <bpf/bpf_tracing.h>'
+		echo '_Static_assert(__BITS_PER_LONG == 64, "BPF is 64-bit");'
+		echo '__u32 swab_check(__u32 x) { return __be32_to_cpu(x) + __swab64(x); }'
+		echo 'SEC("tc") int check(struct __sk_buff *skb) { return skb->protocol == bpf_htons(ETH_P_IP) ? BPF_TCX_INGRESS : TC_ACT_OK; }'
+		echo 'char LICENSE[] SEC("license") = "Dual BSD/GPL";'
+	} > "$WORK/check.c"
+	"$CLANG" -target bpf -O2 -g -I "$HDR_DIR" -c "$WORK/check.c" -o "$WORK/check.o"
+	echo ">> compile check with $CLANG passed"
+else
+	echo ">> $CLANG not found; skipped compile check" >&2
+fi

@@ -1,0 +1,120 @@
+package bpfmaps
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/tenantnet/tenantnet/policy"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// Flow is a decoded conntrack entry.
+type Flow struct {
+	Ifindex  uint32     `json:"ifindex"`
+	Tenant   uint32     `json:"tenant"`
+	Dir      string     `json:"dir"`
+	Proto    string     `json:"proto"`
+	Src      netip.Addr `json:"src"`
+	Dst      netip.Addr `json:"dst"`
+	Sport    uint16     `json:"sport"`
+	Dport    uint16     `json:"dport"`
+	State    string     `json:"state"`
+	Packets  uint64     `json:"packets"`
+	Age      Duration   `json:"age"`
+	Idle     Duration   `json:"idle"`
+	Expired  bool       `json:"expired"`
+	Created  uint64     `json:"-"`
+	LastSeen uint64     `json:"-"`
+}
+
+// Duration marshals as seconds with millisecond precision.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return fmt.Appendf(nil, "%.3f", time.Duration(d).Seconds()), nil
+}
+
+var ctStates = map[uint8]string{1: "new", 2: "established", 3: "closing"}
+
+// monotonicNow is the clock bpf_ktime_get_ns reads.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// timeout mirrors tn_ct_timeout in bpf/lib/policy.h.
+func timeout(proto, state uint8) time.Duration {
+	switch proto {
+	case policy.ProtoTCP:
+		switch state {
+		case 2:
+			return 6 * time.Hour
+		case 3:
+			return 10 * time.Second
+		}
+		return 60 * time.Second
+	case policy.ProtoUDP:
+		if state == 2 {
+			return 120 * time.Second
+		}
+		return 30 * time.Second
+	case policy.ProtoICMP, policy.ProtoICMPv6:
+		return 30 * time.Second
+	}
+	return 60 * time.Second
+}
+
+// Flows decodes the conntrack table; tenant 0 means all tenants.
+func (x *Maps) Flows(tenant uint32) ([]Flow, error) {
+	now := monotonicNow()
+	var out []Flow
+	var k loader.WorkloadTnCtKey
+	var v loader.WorkloadTnCtVal
+	it := x.m.TnCtV1.Iterate()
+	for it.Next(&k, &v) {
+		if tenant != 0 && v.Tenant != tenant {
+			continue
+		}
+		f := Flow{
+			Ifindex: k.Ifindex, Tenant: v.Tenant, Dir: policy.Direction(v.Dir).String(),
+			Proto: policy.ProtoName(k.Proto), Src: policy.AddrFrom16(k.Src), Dst: policy.AddrFrom16(k.Dst),
+			Sport: htons(k.Sport), Dport: htons(k.Dport), State: ctStates[v.State],
+			Packets: v.Packets, Created: v.CreatedNs, LastSeen: v.LastSeenNs,
+		}
+		if now > v.CreatedNs {
+			f.Age = Duration(now - v.CreatedNs)
+		}
+		if now > v.LastSeenNs {
+			f.Idle = Duration(now - v.LastSeenNs)
+		}
+		f.Expired = time.Duration(f.Idle) > timeout(k.Proto, v.State)
+		out = append(out, f)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read tn_ct_v1: %w", err)
+	}
+	return out, nil
+}
+
+// FlushFlows deletes tracked flows (of one tenant, or all for 0) and
+// returns how many. Packets of flushed flows are decided again as new.
+func (x *Maps) FlushFlows(tenant uint32) (int, error) {
+	var keys []loader.WorkloadTnCtKey
+	var k loader.WorkloadTnCtKey
+	var v loader.WorkloadTnCtVal
+	it := x.m.TnCtV1.Iterate()
+	for it.Next(&k, &v) {
+		if tenant == 0 || v.Tenant == tenant {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("read tn_ct_v1: %w", err)
+	}
+	return len(keys), deleteMany(x.m.TnCtV1, keys)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+)
+
+func flowsCmd() *command {
+	var tenant uint32
+	var all bool
+	c := &command{
+		name: "flows", summary: "the conntrack table, decoded; `flows flush` forgets flows",
+		usage:   "[--tenant T] [--all] [-o json] | flush [--tenant T]",
+		example: "  tenantfw flows --tenant 7\n  tenantfw flows flush --tenant 7   # packets of flushed flows are decided again",
+		flags: func(fs *pflag.FlagSet) {
+			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
+			fs.BoolVar(&all, "all", false, "include expired entries not yet reused")
+		},
+	}
+	c.run = func(env *Env, fs *pflag.FlagSet, args []string) error {
+		m, done, err := openMaps(env)
+		if err != nil {
+			return err
+		}
+		defer done()
+		if len(args) == 1 && args[0] == "flush" {
+			n, err := m.FlushFlows(tenant)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "flushed %d flows\n", n)
+			return nil
+		}
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		flows, err := m.Flows(tenant)
+		if err != nil {
+			return err
+		}
+		var vs []bpfmaps.Flow
+		for _, f := range flows {
+			if all || !f.Expired {
+				vs = append(vs, f)
+			}
+		}
+		sort.Slice(vs, func(i, j int) bool { return vs[i].Created < vs[j].Created })
+		if vs == nil {
+			vs = []bpfmaps.Flow{}
+		}
+		if env.Output == "json" {
+			return printJSON(env.Stdout, vs)
+		}
+		tw := table(env.Stdout)
+		fmt.Fprintln(tw, "TENANT\tIFINDEX\tDIR\tPROTO\tORIGINAL\tSTATE\tPACKETS\tAGE\tIDLE")
+		for _, f := range vs {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s -> %s\t%s\t%d\t%.0fs\t%.0fs\n", f.Tenant, f.Ifindex, f.Dir, f.Proto,
+				endpointStr(f.Src.String(), f.Sport, f.Proto), endpointStr(f.Dst.String(), f.Dport, f.Proto), f.State, f.Packets,
+				secs(f.Age), secs(f.Idle))
+		}
+		return tw.Flush()
+	}
+	return c
+}
+
+func endpointStr(a string, port uint16, proto string) string {
+	if proto == "tcp" || proto == "udp" {
+		if len(a) > 0 && containsColon(a) {
+			return fmt.Sprintf("[%s]:%d", a, port)
+		}
+		return fmt.Sprintf("%s:%d", a, port)
+	}
+	return a
+}
+
+func containsColon(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' {
+			return true
+		}
+	}
+	return false
+}
+
+func secs(d bpfmaps.Duration) float64 { return float64(d) / 1e9 }

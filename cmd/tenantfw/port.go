@@ -1,0 +1,156 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/pflag"
+	"github.com/vishvananda/netlink"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/policy"
+)
+
+func portCmd() *command {
+	return &command{name: "port", summary: "attach workload ports (tenantnetd does this for its workloads)",
+		sub: []*command{portAttachCmd(), portDetachCmd(), portListCmd()}}
+}
+
+func portAttachCmd() *command {
+	var ifname string
+	var tenant uint32
+	var addrs []string
+	var legacy bool
+	return &command{
+		name: "attach", summary: "attach the firewall to a workload port and bind it to a tenant",
+		usage:   "--ifname IF --tenant T --addr A [--addr B ...] [--legacy-tc]",
+		example: "  tenantfw port attach --ifname veth-web1 --tenant 7 --addr 2001:db8:7::10 --addr 10.7.0.10",
+		flags: func(fs *pflag.FlagSet) {
+			fs.StringVar(&ifname, "ifname", "", "host side of the workload's veth or tap (required)")
+			fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)")
+			fs.StringSliceVar(&addrs, "addr", nil, "address (or delegated prefix) the workload may send from (repeat)")
+			fs.BoolVar(&legacy, "legacy-tc", false, "use clsact + cls_bpf even where TCX exists")
+		},
+		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			if ifname == "" || !fs.Changed("tenant") || len(addrs) == 0 {
+				return usagef("--ifname, --tenant and --addr are required")
+			}
+			p := firewall.Port{Ifname: ifname, Tenant: tenant}
+			for _, s := range addrs {
+				a, err := policy.ParsePrefix(s)
+				if err != nil || !a.IsValid() {
+					return fmt.Errorf("--addr %s: %v", s, orMsg(err, "want an address"))
+				}
+				p.Addrs = append(p.Addrs, a)
+			}
+			link, err := netlink.LinkByName(ifname)
+			if err != nil {
+				return fmt.Errorf("--ifname %s: %w", ifname, err)
+			}
+			fw, err := openFirewall(env, false)
+			if err != nil {
+				return err
+			}
+			defer fw.Close()
+			idx := link.Attrs().Index
+			// Bind first: an attached port without a binding drops
+			// everything, a bound port without programs is not enforced.
+			if err := fw.BindPort(p, uint32(idx)); err != nil {
+				return flagError(err)
+			}
+			dp, err := loader.Open(env.PinDir)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			mode, err := dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: legacy})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "port %s (ifindex %d): tenant %d, %s, attached with %s\n", ifname, idx, tenant, prefixList(p.Addrs), mode)
+			return nil
+		},
+	}
+}
+
+func portDetachCmd() *command {
+	var ifname string
+	return &command{
+		name: "detach", summary: "detach the firewall from a port and forget its binding",
+		usage: "--ifname IF", example: "  tenantfw port detach --ifname veth-web1",
+		flags: func(fs *pflag.FlagSet) { fs.StringVar(&ifname, "ifname", "", "port (required)") },
+		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if ifname == "" {
+				return usagef("--ifname is required")
+			}
+			fw, err := openFirewall(env, false)
+			if err != nil {
+				return err
+			}
+			defer fw.Close()
+			idx := 0
+			if l, err := netlink.LinkByName(ifname); err == nil {
+				idx = l.Attrs().Index
+				if err := loader.Detach(env.PinDir, idx); err != nil {
+					return err
+				}
+			}
+			if err := fw.UnbindPort(ifname, uint32(idx)); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "port %s detached\n", ifname)
+			return nil
+		},
+	}
+}
+
+func portListCmd() *command {
+	return &command{
+		name: "list", summary: "list bound ports", usage: "[-o json]", example: "  tenantfw port list",
+		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			fw, err := openFirewall(env, true)
+			if err != nil {
+				return err
+			}
+			defer fw.Close()
+			ports, err := fw.Ports()
+			if err != nil {
+				return err
+			}
+			type view struct {
+				Ifname  string   `json:"ifname"`
+				Ifindex int      `json:"ifindex"`
+				Tenant  uint32   `json:"tenant"`
+				Addrs   []string `json:"addrs"`
+			}
+			vs := []view{}
+			for _, p := range ports {
+				v := view{Ifname: p.Ifname, Tenant: p.Tenant, Addrs: []string{}}
+				if l, err := netlink.LinkByName(p.Ifname); err == nil {
+					v.Ifindex = l.Attrs().Index
+				}
+				for _, a := range p.Addrs {
+					v.Addrs = append(v.Addrs, prefixText(a))
+				}
+				vs = append(vs, v)
+			}
+			if env.Output == "json" {
+				return printJSON(env.Stdout, vs)
+			}
+			tw := table(env.Stdout)
+			fmt.Fprintln(tw, "PORT\tIFINDEX\tTENANT\tADDRESSES")
+			for _, v := range vs {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%v\n", v.Ifname, v.Ifindex, v.Tenant, v.Addrs)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func mapsBinding(p firewall.Port, ifindex int) bpfmaps.PortBinding {
+	return bpfmaps.PortBinding{Ifindex: uint32(ifindex), Tenant: p.Tenant, Addrs: p.Addrs}
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// CounterView is the JSON shape of a counter.
+type CounterView struct {
+	Tenant  uint32 `json:"tenant"`
+	Dir     string `json:"dir"`
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// openMaps opens the pinned maps read-mostly, without the state lock:
+// counters, flows and events need no serialisation with writers.
+func openMaps(env *Env) (*bpfmaps.Maps, func(), error) {
+	if err := requireRoot(); err != nil {
+		return nil, nil, err
+	}
+	wm, err := loader.OpenMaps(env.PinDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return bpfmaps.FromMaps(wm), func() { wm.Close() }, nil
+}
+
+func statsCmd() *command {
+	var tenant uint32
+	return &command{
+		name: "stats", summary: "packet counters by tenant, direction, verdict and reason",
+		usage:   "[--tenant T] [-o json]",
+		example: "  tenantfw stats --tenant 7\n  watch -n1 tenantfw stats",
+		flags:   func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
+		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			m, done, err := openMaps(env)
+			if err != nil {
+				return err
+			}
+			defer done()
+			cs, err := m.Counters(tenant)
+			if err != nil {
+				return err
+			}
+			vs := []CounterView{}
+			for _, c := range cs {
+				v := CounterView{Tenant: c.Tenant, Dir: c.Dir.String(), Verdict: "pass", Reason: c.Reason.String(), Packets: c.Packets, Bytes: c.Bytes}
+				if c.Reason.IsDrop() {
+					v.Verdict = "drop"
+				}
+				vs = append(vs, v)
+			}
+			if env.Output == "json" {
+				return printJSON(env.Stdout, vs)
+			}
+			tw := table(env.Stdout)
+			fmt.Fprintln(tw, "TENANT\tDIR\tVERDICT\tREASON\tPACKETS\tBYTES")
+			for _, v := range vs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\n", v.Tenant, v.Dir, v.Verdict, v.Reason, v.Packets, v.Bytes)
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,518 @@
+// Package store keeps the firewall's desired state on disk (bbolt under
+// /var/lib/tenantnet): tenants, port bindings and rules, indexed so that a
+// one-rule change can find the few rules it interacts with. The pinned
+// maps are derived from it; after a reboot (empty bpffs) or a crash in the
+// middle of an update they are rebuilt from here.
+//
+// Callers serialise writers with the state directory's lock (package
+// firewall); bbolt's own file lock only guards the database file.
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tenantnet/tenantnet/policy"
+)
+
+// FileName is the database file inside the state directory.
+const FileName = "firewall.db"
+
+var (
+	bMeta    = []byte("meta")
+	bTenants = []byte("tenants")
+	bPorts   = []byte("ports")
+	bRules   = []byte("rules")    // dst index key -> rule
+	bRuleIDs = []byte("rule_ids") // id -> dst index key
+	bMatches = []byte("matches")  // match key -> id
+	kDirty   = []byte("dirty")
+	kVersion = []byte("version")
+)
+
+// Version of the on-disk layout.
+const Version = 1
+
+// ErrNotFound is returned for a tenant, port or rule that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store is the open database.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bMeta)
+		if v := meta.Get(kVersion); v != nil && binary.BigEndian.Uint32(v) != Version {
+			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
+		}
+		return meta.Put(kVersion, be32(Version))
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Tx is a transaction on the store.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+// Update runs fn in a read-write transaction, committed (and fsynced) when
+// fn returns nil, rolled back otherwise.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+// Dirty reports whether an update of the maps may have been interrupted:
+// the maps must then be reconciled from the store.
+func (t *Tx) Dirty() bool {
+	v := t.tx.Bucket(bMeta).Get(kDirty)
+	return len(v) == 1 && v[0] == 1
+}
+
+// SetDirty marks (or clears) an update of the maps in progress.
+func (t *Tx) SetDirty(d bool) error {
+	v := byte(0)
+	if d {
+		v = 1
+	}
+	return t.tx.Bucket(bMeta).Put(kDirty, []byte{v})
+}
+
+// Tenant is a tenant known on this node.
+type Tenant struct {
+	ID       uint32         `json:"id"`
+	Name     string         `json:"name,omitempty"`
+	Inbound  policy.Action  `json:"inbound"`
+	Outbound policy.Action  `json:"outbound"`
+	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
+}
+
+// Policy returns the tenant's default policy.
+func (t Tenant) Policy() policy.TenantPolicy {
+	return policy.TenantPolicy{Inbound: t.Inbound, Outbound: t.Outbound}
+}
+
+// Tenant returns a tenant.
+func (t *Tx) Tenant(id uint32) (Tenant, error) {
+	var out Tenant
+	v := t.tx.Bucket(bTenants).Get(be32(id))
+	if v == nil {
+		return out, fmt.Errorf("tenant %d: %w", id, ErrNotFound)
+	}
+	return out, json.Unmarshal(v, &out)
+}
+
+// PutTenant creates or replaces a tenant.
+func (t *Tx) PutTenant(tn Tenant) error {
+	v, err := json.Marshal(tn)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bTenants).Put(be32(tn.ID), v)
+}
+
+// DeleteTenant removes a tenant and all its rules.
+func (t *Tx) DeleteTenant(id uint32) error {
+	rules, err := t.Rules(id)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if _, err := t.DeleteRule(r.ID); err != nil {
+			return err
+		}
+	}
+	return t.tx.Bucket(bTenants).Delete(be32(id))
+}
+
+// Tenants lists the tenants by id.
+func (t *Tx) Tenants() ([]Tenant, error) {
+	var out []Tenant
+	err := t.tx.Bucket(bTenants).ForEach(func(k, v []byte) error {
+		var tn Tenant
+		if err := json.Unmarshal(v, &tn); err != nil {
+			return err
+		}
+		out = append(out, tn)
+		return nil
+	})
+	return out, err
+}
+
+// Port is a workload port bound by name (ifindexes change across reboots).
+type Port struct {
+	Ifname string         `json:"ifname"`
+	Tenant uint32         `json:"tenant"`
+	Addrs  []netip.Prefix `json:"addrs"`
+}
+
+// PutPort records a port binding.
+func (t *Tx) PutPort(p Port) error {
+	v, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bPorts).Put([]byte(p.Ifname), v)
+}
+
+// DeletePort forgets a port binding.
+func (t *Tx) DeletePort(ifname string) error {
+	return t.tx.Bucket(bPorts).Delete([]byte(ifname))
+}
+
+// Ports lists the port bindings by name.
+func (t *Tx) Ports() ([]Port, error) {
+	var out []Port
+	err := t.tx.Bucket(bPorts).ForEach(func(k, v []byte) error {
+		var p Port
+		if err := json.Unmarshal(v, &p); err != nil {
+			return err
+		}
+		out = append(out, p)
+		return nil
+	})
+	return out, err
+}
+
+// storedRule is a rule as kept on disk.
+type storedRule struct {
+	ID      uint32        `json:"id"`
+	Tenant  uint32        `json:"t"`
+	Dir     uint8         `json:"d"`
+	Proto   uint8         `json:"p"`
+	PortLo  uint16        `json:"lo,omitempty"`
+	PortHi  uint16        `json:"hi,omitempty"`
+	Dst     string        `json:"dst,omitempty"`
+	Src     string        `json:"src,omitempty"`
+	Action  policy.Action `json:"a"`
+	Comment string        `json:"c,omitempty"`
+}
+
+func encodeRule(r policy.Rule) ([]byte, error) {
+	s := storedRule{ID: r.ID, Tenant: r.Tenant, Dir: uint8(r.Dir), Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
+		Action: r.Action, Comment: r.Comment}
+	if r.Dst.IsValid() {
+		s.Dst = r.Dst.String()
+	}
+	if r.Src.IsValid() {
+		s.Src = r.Src.String()
+	}
+	return json.Marshal(s)
+}
+
+func decodeRule(b []byte) (policy.Rule, error) {
+	var s storedRule
+	if err := json.Unmarshal(b, &s); err != nil {
+		return policy.Rule{}, err
+	}
+	r := policy.Rule{ID: s.ID, Tenant: s.Tenant, Dir: policy.Direction(s.Dir), Proto: s.Proto, PortLo: s.PortLo, PortHi: s.PortHi,
+		Action: s.Action, Comment: s.Comment}
+	var err error
+	if s.Dst != "" {
+		if r.Dst, err = netip.ParsePrefix(s.Dst); err != nil {
+			return r, err
+		}
+	}
+	if s.Src != "" {
+		if r.Src, err = netip.ParsePrefix(s.Src); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// dstKey orders rules by tenant, direction, destination address, prefix
+// length and id: the rules of a prefix and of every prefix inside it are
+// one contiguous range.
+func dstKey(tenant uint32, dir policy.Direction, dst netip.Prefix, id uint32) []byte {
+	a, bits := policy.Prefix16(dst)
+	k := make([]byte, 0, 26)
+	k = binary.BigEndian.AppendUint32(k, tenant)
+	k = append(k, byte(dir))
+	k = append(k, a[:]...)
+	k = append(k, byte(bits))
+	return binary.BigEndian.AppendUint32(k, id)
+}
+
+// matchKey is the selector of a rule, fixed width: tenant, dir, proto,
+// ports, dst (16 bytes + length), src (16 bytes + length).
+func matchKey(m policy.Match) []byte {
+	k := make([]byte, 0, 44)
+	k = binary.BigEndian.AppendUint32(k, m.Tenant)
+	k = append(k, byte(m.Dir), m.Proto)
+	k = binary.BigEndian.AppendUint16(k, m.PortLo)
+	k = binary.BigEndian.AppendUint16(k, m.PortHi)
+	for _, p := range []netip.Prefix{m.Dst, m.Src} {
+		a, bits := policy.Prefix16(p)
+		k = append(k, a[:]...)
+		k = append(k, byte(bits))
+	}
+	return k
+}
+
+// RuleConflictError says a rule has the selector of an existing one.
+type RuleConflictError struct {
+	Existing policy.Rule
+	Same     bool // same action: a duplicate
+}
+
+func (e *RuleConflictError) Error() string {
+	if e.Same {
+		return fmt.Sprintf("duplicate of rule %d (%s)", e.Existing.ID, e.Existing)
+	}
+	return fmt.Sprintf("conflicts with rule %d (%s): same match, other action", e.Existing.ID, e.Existing)
+}
+
+// AddRule stores r; an id of 0 gets the next free id. A rule whose
+// selector already exists is refused with a *RuleConflictError.
+func (t *Tx) AddRule(r policy.Rule) (policy.Rule, error) {
+	if old, ok, err := t.RuleByMatch(r.Match()); err != nil {
+		return r, err
+	} else if ok {
+		return r, &RuleConflictError{Existing: old, Same: old.Action == r.Action}
+	}
+	if r.ID == 0 {
+		seq, err := t.tx.Bucket(bRules).NextSequence()
+		if err != nil {
+			return r, err
+		}
+		if seq > 0xffffffff {
+			return r, fmt.Errorf("rule ids exhausted")
+		}
+		r.ID = uint32(seq)
+		for t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil { // ids given by apply
+			seq, _ = t.tx.Bucket(bRules).NextSequence()
+			r.ID = uint32(seq)
+		}
+	} else if t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil {
+		return r, fmt.Errorf("rule id %d is taken", r.ID)
+	}
+	v, err := encodeRule(r)
+	if err != nil {
+		return r, err
+	}
+	k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
+	if err := t.tx.Bucket(bRules).Put(k, v); err != nil {
+		return r, err
+	}
+	if err := t.tx.Bucket(bRuleIDs).Put(be32(r.ID), k); err != nil {
+		return r, err
+	}
+	return r, t.tx.Bucket(bMatches).Put(matchKey(r.Match()), be32(r.ID))
+}
+
+// AddRules stores many rules at once (apply), assigning ids. Every rule
+// must be valid and new (no selector already stored, none twice): the
+// caller checked. Keys are written in sorted order per bucket, which keeps
+// bbolt's inserts linear instead of quadratic.
+func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
+	type kv struct{ k, v []byte }
+	byDst := make([]kv, 0, len(rules))
+	byID := make([]kv, 0, len(rules))
+	byMatch := make([]kv, 0, len(rules))
+	out := make([]policy.Rule, len(rules))
+	for i, r := range rules {
+		if _, ok, err := t.RuleByMatch(r.Match()); err != nil {
+			return nil, err
+		} else if ok {
+			return nil, fmt.Errorf("rule %s: already stored", r)
+		}
+		seq, err := t.tx.Bucket(bRules).NextSequence()
+		if err != nil {
+			return nil, err
+		}
+		r.ID = uint32(seq)
+		for t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil {
+			seq, _ = t.tx.Bucket(bRules).NextSequence()
+			r.ID = uint32(seq)
+		}
+		v, err := encodeRule(r)
+		if err != nil {
+			return nil, err
+		}
+		k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
+		byDst = append(byDst, kv{k, v})
+		byID = append(byID, kv{be32(r.ID), k})
+		byMatch = append(byMatch, kv{matchKey(r.Match()), be32(r.ID)})
+		out[i] = r
+	}
+	for _, set := range []struct {
+		name []byte
+		kvs  []kv
+	}{{bRules, byDst}, {bRuleIDs, byID}, {bMatches, byMatch}} {
+		sort.Slice(set.kvs, func(i, j int) bool { return bytes.Compare(set.kvs[i].k, set.kvs[j].k) < 0 })
+		b := t.tx.Bucket(set.name)
+		b.FillPercent = 0.9
+		for i, e := range set.kvs {
+			if i > 0 && bytes.Equal(e.k, set.kvs[i-1].k) {
+				return nil, fmt.Errorf("internal: duplicate key in %s", set.name)
+			}
+			if err := b.Put(e.k, e.v); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// Rule returns a rule by id.
+func (t *Tx) Rule(id uint32) (policy.Rule, error) {
+	k := t.tx.Bucket(bRuleIDs).Get(be32(id))
+	if k == nil {
+		return policy.Rule{}, fmt.Errorf("rule %d: %w", id, ErrNotFound)
+	}
+	return decodeRule(t.tx.Bucket(bRules).Get(k))
+}
+
+// RuleByMatch finds the rule with a selector.
+func (t *Tx) RuleByMatch(m policy.Match) (policy.Rule, bool, error) {
+	id := t.tx.Bucket(bMatches).Get(matchKey(m))
+	if id == nil {
+		return policy.Rule{}, false, nil
+	}
+	r, err := t.Rule(binary.BigEndian.Uint32(id))
+	return r, err == nil, err
+}
+
+// UpdateComment changes only a rule's comment (the maps do not carry it).
+func (t *Tx) UpdateComment(id uint32, comment string) error {
+	r, err := t.Rule(id)
+	if err != nil {
+		return err
+	}
+	r.Comment = comment
+	v, err := encodeRule(r)
+	if err != nil {
+		return err
+	}
+	return t.tx.Bucket(bRules).Put(dstKey(r.Tenant, r.Dir, r.Dst, r.ID), v)
+}
+
+// DeleteRule removes a rule by id and returns it.
+func (t *Tx) DeleteRule(id uint32) (policy.Rule, error) {
+	r, err := t.Rule(id)
+	if err != nil {
+		return r, err
+	}
+	if err := t.tx.Bucket(bRules).Delete(dstKey(r.Tenant, r.Dir, r.Dst, r.ID)); err != nil {
+		return r, err
+	}
+	if err := t.tx.Bucket(bRuleIDs).Delete(be32(id)); err != nil {
+		return r, err
+	}
+	return r, t.tx.Bucket(bMatches).Delete(matchKey(r.Match()))
+}
+
+// Rules returns the rules of a tenant (all tenants for 0), ordered by
+// tenant, direction and destination.
+func (t *Tx) Rules(tenant uint32) ([]policy.Rule, error) {
+	var out []policy.Rule
+	c := t.tx.Bucket(bRules).Cursor()
+	var prefix []byte
+	if tenant != 0 {
+		prefix = be32(tenant)
+	}
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		r, err := decodeRule(v)
+		if err != nil {
+			return nil, fmt.Errorf("decode rule: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// CountRules counts the stored rules.
+func (t *Tx) CountRules() int { return t.tx.Bucket(bRuleIDs).Stats().KeyN }
+
+// RulesAround returns the rules of tenant and dir that a change of a rule
+// with destination dst interacts with: those whose destination contains
+// dst (including dst itself and "any"), and those whose destination lies
+// strictly inside dst.
+func (t *Tx) RulesAround(tenant uint32, dir policy.Direction, dst netip.Prefix) (containing, inside []policy.Rule, err error) {
+	addr, bits := policy.Prefix16(dst)
+	c := t.tx.Bucket(bRules).Cursor()
+	head := append(be32(tenant), byte(dir))
+	for l := 0; l <= bits; l++ {
+		m := maskAddr(addr, l)
+		p := append(append(append([]byte(nil), head...), m[:]...), byte(l))
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			r, err := decodeRule(v)
+			if err != nil {
+				return nil, nil, err
+			}
+			containing = append(containing, r)
+		}
+	}
+	start := append(append([]byte(nil), head...), addr[:]...)
+	for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, head); k, v = c.Next() {
+		var ka [16]byte
+		copy(ka[:], k[5:21])
+		if maskAddr(ka, bits) != addr {
+			break
+		}
+		if int(k[21]) <= bits {
+			continue
+		}
+		r, err := decodeRule(v)
+		if err != nil {
+			return nil, nil, err
+		}
+		inside = append(inside, r)
+	}
+	return containing, inside, nil
+}
+
+func maskAddr(a [16]byte, bits int) [16]byte {
+	var out [16]byte
+	for i := 0; i < 16; i++ {
+		switch {
+		case bits >= 8:
+			out[i] = a[i]
+			bits -= 8
+		case bits > 0:
+			out[i] = a[i] & byte(0xff<<(8-bits))
+			bits = 0
+		}
+	}
+	return out
+}

@@ -1,0 +1,69 @@
+package policy
+
+import "fmt"
+
+// Reason is why a packet passed or was dropped (enum tn_reason in
+// bpf/lib/common.h; a test keeps the two in step).
+type Reason uint16
+
+const (
+	PassCT       Reason = 1
+	PassRule     Reason = 2
+	PassDefault  Reason = 3
+	PassControl  Reason = 4
+	PassFrag     Reason = 5
+	PassRedirect Reason = 6
+	PassStack    Reason = 7
+	DropFirst    Reason = 64
+	DropTrunc    Reason = 64
+	DropMalform  Reason = 65
+	DropExtLimit Reason = 66
+	DropL3Proto  Reason = 67
+	DropNoPort   Reason = 68
+	DropSpoof    Reason = 69
+	DropRogueRA  Reason = 70
+	DropCross    Reason = 71
+	DropFrag     Reason = 72
+	DropPolicy   Reason = 73
+	DropDefault  Reason = 74
+	DropWGSource Reason = 75
+	DropWGDest   Reason = 76
+	DropRoute    Reason = 77
+)
+
+var reasonNames = map[Reason]string{
+	PassCT: "pass-ct", PassRule: "pass-rule", PassDefault: "pass-default",
+	PassControl: "pass-control", PassFrag: "pass-frag", PassRedirect: "pass-redirect", PassStack: "pass-stack",
+	DropTrunc: "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
+	DropL3Proto: "l3-proto", DropNoPort: "no-port", DropSpoof: "spoof",
+	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
+	DropPolicy: "policy", DropDefault: "default-deny",
+	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
+}
+
+// Reasons lists every reason in numeric order.
+func Reasons() []Reason {
+	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
+		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute}
+}
+
+// IsDrop reports whether the reason drops the packet.
+func (r Reason) IsDrop() bool { return r >= DropFirst }
+
+func (r Reason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason(%d)", uint16(r))
+}
+
+// ParseReason parses a reason name.
+func ParseReason(s string) (Reason, error) {
+	for r, n := range reasonNames {
+		if n == s {
+			return r, nil
+		}
+	}
+	return 0, fmt.Errorf("reason %q is unknown", s)
+}

@@ -1,0 +1,42 @@
+// Command tenantnet-bench measures the datapath against nftables and
+// iptables (make bench) and writes BENCHMARKS.md.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tenantnet/tenantnet/test/bench"
+)
+
+func main() {
+	var o bench.Options
+	ns := pflag.StringP("rules", "n", "10,1000,10000,100000", "rule counts")
+	pflag.IntVar(&o.Reps, "reps", 5, "repetitions per figure")
+	pflag.DurationVar(&o.Dur, "duration", 2*time.Second, "length of one traffic measurement")
+	pflag.StringVar(&o.Out, "out", "BENCHMARKS.md", "report")
+	pflag.Parse()
+	exe, _ := os.Executable()
+	o.Tenantfw = filepath.Join(filepath.Dir(exe), "tenantfw")
+	o.RepoDir, _ = os.Getwd()
+	o.Log = os.Stdout
+	for _, s := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 3 {
+			fmt.Fprintf(os.Stderr, "tenantnet-bench: -n %s: want rule counts >= 3\n", s)
+			os.Exit(2)
+		}
+		o.Ns = append(o.Ns, n)
+	}
+	if err := bench.Run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "tenantnet-bench: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("wrote %s\n", o.Out)
+}

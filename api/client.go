@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/ipam"
-	"github.com/tenantnet/tenantnet/node"
 )
 
 // Client talks to tenantnetd over its socket.
@@ -66,8 +65,8 @@ func (c *Client) do(method, path string, body, out any) error {
 }
 
 // AddNetwork creates a network.
-func (c *Client) AddNetwork(req NetworkRequest) (node.NetworkInfo, error) {
-	var n node.NetworkInfo
+func (c *Client) AddNetwork(req NetworkRequest) (NetworkInfo, error) {
+	var n NetworkInfo
 	return n, c.do("POST", "/v1/networks", req, &n)
 }
 
@@ -81,14 +80,14 @@ func (c *Client) RotateKey(id string, req RotateKeyRequest) (RotateKeyReply, err
 func (c *Client) DeleteNetwork(id string) error { return c.do("DELETE", "/v1/networks/"+id, nil, nil) }
 
 // Networks lists networks.
-func (c *Client) Networks() ([]node.NetworkInfo, error) {
-	var ns []node.NetworkInfo
+func (c *Client) Networks() ([]NetworkInfo, error) {
+	var ns []NetworkInfo
 	return ns, c.do("GET", "/v1/networks", nil, &ns)
 }
 
 // AddWorkload attaches a workload.
-func (c *Client) AddWorkload(req WorkloadRequest) (node.WorkloadInfo, error) {
-	var w node.WorkloadInfo
+func (c *Client) AddWorkload(req WorkloadRequest) (WorkloadInfo, error) {
+	var w WorkloadInfo
 	return w, c.do("POST", "/v1/workloads", req, &w)
 }
 
@@ -98,20 +97,20 @@ func (c *Client) DeleteWorkload(id string) error {
 }
 
 // Workloads lists workloads.
-func (c *Client) Workloads() ([]node.WorkloadInfo, error) {
-	var ws []node.WorkloadInfo
+func (c *Client) Workloads() ([]WorkloadInfo, error) {
+	var ws []WorkloadInfo
 	return ws, c.do("GET", "/v1/workloads", nil, &ws)
 }
 
-// Status reports the node.
-func (c *Client) Status() (node.Status, error) {
-	var s node.Status
+// Status reports the
+func (c *Client) Status() (Status, error) {
+	var s Status
 	return s, c.do("GET", "/v1/status", nil, &s)
 }
 
 // AddUser adds a user-access peer.
-func (c *Client) AddUser(req UserRequest) (node.UserInfo, error) {
-	var u node.UserInfo
+func (c *Client) AddUser(req UserRequest) (UserInfo, error) {
+	var u UserInfo
 	return u, c.do("POST", "/v1/users", req, &u)
 }
 

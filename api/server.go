@@ -4,6 +4,7 @@
 //	POST   /v1/networks          {"id": "acme", "mtu": 1420}      -> network
 //	GET    /v1/networks                                           -> [network]
 //	DELETE /v1/networks/{id}
+//	POST   /v1/networks/{id}/rotate-key {"overlap": "30s"}        -> the next key and when it takes over
 //	POST   /v1/workloads         {"id": "web-1", "network": "acme", "netns": "/run/netns/web-1"}
 //	GET    /v1/workloads                                          -> [workload]
 //	DELETE /v1/workloads/{id}
@@ -30,7 +31,6 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/ipam"
-	"github.com/tenantnet/tenantnet/node"
 )
 
 // NetworkRequest creates a network.
@@ -44,13 +44,6 @@ type RotateKeyRequest struct {
 	// Overlap is how long the next key is announced before it takes
 	// over (Go duration; default: the registry lease).
 	Overlap string `json:"overlap,omitempty"`
-}
-
-// RotateKeyReply says which key takes over when.
-type RotateKeyReply struct {
-	Network       string    `json:"network"`
-	NextPublicKey string    `json:"next_public_key"`
-	At            time.Time `json:"at"`
 }
 
 // WorkloadRequest attaches a workload.
@@ -108,149 +101,138 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// Handler serves the API for a node service.
-func Handler(s *node.Service) http.Handler {
+// Node is what the API serves: *node.Service satisfies it. Defined here
+// so that api depends on no part of the node's kernel-facing code.
+type Node interface {
+	AddNetwork(id string, mtu int) (NetworkInfo, bool, error)
+	Networks() ([]NetworkInfo, error)
+	DeleteNetwork(id string) error
+	RotateKey(id string, overlap time.Duration) (RotateKeyReply, error)
+	AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error)
+	DeleteWorkload(id string) error
+	Workloads() ([]WorkloadInfo, error)
+	AddUser(id, network, publicKey string) (UserInfo, bool, error)
+	DeleteUser(id string) error
+	Users() ([]ipam.User, error)
+	Status() Status
+}
+
+// handle adapts an endpoint to HTTP: the error becomes an Error body with
+// its status code; a nil body is answered with the code alone.
+func handle(fn func(*http.Request) (int, any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		code, v, err := fn(r)
+		switch {
+		case err != nil:
+			fail(w, err)
+		case v == nil:
+			w.WriteHeader(code)
+		default:
+			reply(w, code, v)
+		}
+	}
+}
+
+// made is the code of a create call: 201 when it created, 200 when the
+// object existed with the same parameters.
+func made(created bool) int {
+	if created {
+		return http.StatusCreated
+	}
+	return http.StatusOK
+}
+
+func badRequest(err error) error { return fmt.Errorf("%w: %v", errBadRequest, err) }
+
+// validID checks a request's id (a bad id is the caller's fault).
+func validID(id string) error {
+	if err := ipam.ValidID(id); err != nil {
+		return badRequest(err)
+	}
+	return nil
+}
+
+// Handler serves the API for a node.
+func Handler(s Node) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/networks", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/networks", handle(func(r *http.Request) (int, any, error) {
 		var req NetworkRequest
 		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
+			return 0, nil, err
 		}
-		if err := ipam.ValidID(req.ID); err != nil {
-			fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
-			return
+		if err := validID(req.ID); err != nil {
+			return 0, nil, err
 		}
 		n, created, err := s.AddNetwork(req.ID, req.MTU)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		code := http.StatusOK
-		if created {
-			code = http.StatusCreated
-		}
-		reply(w, code, n)
-	})
-	mux.HandleFunc("GET /v1/networks", func(w http.ResponseWriter, r *http.Request) {
+		return made(created), n, err
+	}))
+	mux.HandleFunc("GET /v1/networks", handle(func(r *http.Request) (int, any, error) {
 		ns, err := s.Networks()
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		reply(w, http.StatusOK, ns)
-	})
-	mux.HandleFunc("POST /v1/networks/{id}/rotate-key", func(w http.ResponseWriter, r *http.Request) {
+		return http.StatusOK, ns, err
+	}))
+	mux.HandleFunc("POST /v1/networks/{id}/rotate-key", handle(func(r *http.Request) (int, any, error) {
 		var req RotateKeyRequest
 		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
+			return 0, nil, err
 		}
 		var overlap time.Duration
 		if req.Overlap != "" {
 			var err error
 			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 {
-				fail(w, fmt.Errorf("%w: overlap %q: want a duration such as 30s", errBadRequest, req.Overlap))
-				return
+				return 0, nil, fmt.Errorf("%w: overlap %q: want a duration such as 30s", errBadRequest, req.Overlap)
 			}
 		}
 		next, err := s.RotateKey(r.PathValue("id"), overlap)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		reply(w, http.StatusOK, RotateKeyReply{Network: r.PathValue("id"), NextPublicKey: next.Key.PublicKey().String(), At: next.At})
-	})
-	mux.HandleFunc("DELETE /v1/networks/{id}", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.DeleteNetwork(r.PathValue("id")); err != nil {
-			fail(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		return http.StatusOK, next, err
+	}))
+	mux.HandleFunc("DELETE /v1/networks/{id}", handle(func(r *http.Request) (int, any, error) {
+		return http.StatusNoContent, nil, s.DeleteNetwork(r.PathValue("id"))
+	}))
+	mux.HandleFunc("POST /v1/workloads", handle(func(r *http.Request) (int, any, error) {
 		var req WorkloadRequest
 		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
+			return 0, nil, err
 		}
-		if err := ipam.ValidID(req.ID); err != nil {
-			fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
-			return
+		if err := validID(req.ID); err != nil {
+			return 0, nil, err
 		}
 		if !filepath.IsAbs(req.Netns) {
-			fail(w, fmt.Errorf("%w: netns %q: want an absolute path (/run/netns/NAME or /proc/PID/ns/net)", errBadRequest, req.Netns))
-			return
+			return 0, nil, fmt.Errorf("%w: netns %q: want an absolute path (/run/netns/NAME or /proc/PID/ns/net)", errBadRequest, req.Netns)
 		}
 		if _, err := os.Stat(req.Netns); err != nil {
-			fail(w, fmt.Errorf("%w: netns %s does not exist", errBadRequest, req.Netns))
-			return
+			return 0, nil, fmt.Errorf("%w: netns %s does not exist", errBadRequest, req.Netns)
 		}
 		wl, created, err := s.AddWorkload(req.ID, req.Network, req.Netns)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		code := http.StatusOK
-		if created {
-			code = http.StatusCreated
-		}
-		reply(w, code, wl)
-	})
-	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		return made(created), wl, err
+	}))
+	mux.HandleFunc("GET /v1/workloads", handle(func(r *http.Request) (int, any, error) {
 		ws, err := s.Workloads()
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		reply(w, http.StatusOK, ws)
-	})
-	mux.HandleFunc("DELETE /v1/workloads/{id}", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.DeleteWorkload(r.PathValue("id")); err != nil {
-			fail(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		return http.StatusOK, ws, err
+	}))
+	mux.HandleFunc("DELETE /v1/workloads/{id}", handle(func(r *http.Request) (int, any, error) {
+		return http.StatusNoContent, nil, s.DeleteWorkload(r.PathValue("id"))
+	}))
+	mux.HandleFunc("POST /v1/users", handle(func(r *http.Request) (int, any, error) {
 		var req UserRequest
 		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
+			return 0, nil, err
 		}
-		if err := ipam.ValidID(req.ID); err != nil {
-			fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
-			return
+		if err := validID(req.ID); err != nil {
+			return 0, nil, err
 		}
 		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey)
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		code := http.StatusOK
-		if created {
-			code = http.StatusCreated
-		}
-		reply(w, code, u)
-	})
-	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
+		return made(created), u, err
+	}))
+	mux.HandleFunc("GET /v1/users", handle(func(r *http.Request) (int, any, error) {
 		us, err := s.Users()
-		if err != nil {
-			fail(w, err)
-			return
-		}
-		reply(w, http.StatusOK, us)
-	})
-	mux.HandleFunc("DELETE /v1/users/{id}", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.DeleteUser(r.PathValue("id")); err != nil {
-			fail(w, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusOK, s.Status())
-	})
+		return http.StatusOK, us, err
+	}))
+	mux.HandleFunc("DELETE /v1/users/{id}", handle(func(r *http.Request) (int, any, error) {
+		return http.StatusNoContent, nil, s.DeleteUser(r.PathValue("id"))
+	}))
+	mux.HandleFunc("GET /v1/status", handle(func(r *http.Request) (int, any, error) {
+		return http.StatusOK, s.Status(), nil
+	}))
 	return mux
 }
 

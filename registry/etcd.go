@@ -31,7 +31,7 @@ func NewEtcd(endpoints []string, prefix string) (*Etcd, error) {
 	return &Etcd{cli: cli, prefix: strings.TrimRight(prefix, "/")}, nil
 }
 
-// Close disconnects.
+// Close implements Registry: it disconnects.
 func (e *Etcd) Close() error { return e.cli.Close() }
 
 func (e *Etcd) key(id string) string { return e.prefix + "/nodes/" + id }

@@ -95,6 +95,8 @@ type Registry interface {
 	// Nodes returns every live record.
 	Nodes() ([]NodeRecord, error)
 	Declarations
+	// Close releases the backend's connections (the records stay).
+	Close() error
 }
 
 // Open returns the backend of a node's registry configuration: typ
@@ -121,6 +123,9 @@ func NewFiles(dir string) (*Files, error) {
 	}
 	return &Files{Dir: dir}, nil
 }
+
+// Close implements Registry: a directory holds nothing open.
+func (f *Files) Close() error { return nil }
 
 func (f *Files) path(id string) string { return filepath.Join(f.Dir, "nodes", id+".json") }
 

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/tenantnet/tenantnet/ipam"
+)
+
+// The wire types: what the server answers and the client decodes. They
+// live here, not in node, so that a client links neither netlink nor
+// ebpf.
+
+// NetworkInfo is a network as the API shows it.
+type NetworkInfo struct {
+	ipam.Network
+	Tenant  uint32 `json:"tenant"`
+	Bridge  string `json:"bridge"`
+	Gateway string `json:"gateway"`
+	// Outside: how the network's workloads reach the outside from this
+	// node ("native", "exit", "via <exit node>", "none: <why>").
+	Outside string `json:"outside,omitempty"`
+}
+
+// WorkloadInfo is a workload as the API shows it.
+type WorkloadInfo struct {
+	ipam.Workload
+	Port    string `json:"port"`
+	Gateway string `json:"gateway"`
+}
+
+// UserInfo is a user-access peer with the wg-quick configuration for the
+// user's machine.
+type UserInfo struct {
+	ipam.User
+	Config string `json:"config"` // wg-quick; holds the private key only when the node generated it
+}
+
+// Status is the node's summary.
+type Status struct {
+	NodeID     string `json:"node_id"`
+	Class      string `json:"class"`
+	Networks   int    `json:"networks"`
+	Workloads  int    `json:"workloads"`
+	FreeNets   uint64 `json:"free_subnets"`
+	AttachMode string `json:"attach_mode"`
+	// PortsOnLegacyTC: ports attached with legacy tc in bulk (after a
+	// reboot) that are still being moved to TCX.
+	PortsOnLegacyTC int               `json:"ports_on_legacy_tc,omitempty"`
+	Uplinks         map[string]string `json:"uplinks"` // uplink name -> attach mode
+	Reconcile       ReconcileStatus   `json:"reconcile"`
+}
+
+// ReconcileStatus is the reconcile loop's part of Status.
+type ReconcileStatus struct {
+	Runs         uint64 `json:"runs"`
+	Errors       uint64 `json:"errors"`
+	Repairs      uint64 `json:"repairs"`
+	LastDuration string `json:"last_duration"`
+	LastShallow  string `json:"last_shallow"`
+	LastDeep     string `json:"last_deep"`
+	LastError    string `json:"last_error,omitempty"`
+}
+
+// Uplink is one uplink and how the prefilter is attached to it.
+type Uplink struct {
+	Name string
+	Mode string
+}
+
+func (u Uplink) String() string { return u.Name + " " + u.Mode }
+
+// SortedUplinks returns the uplinks by name (Uplinks is a map).
+func (s Status) SortedUplinks() []Uplink {
+	out := make([]Uplink, 0, len(s.Uplinks))
+	for _, name := range slices.Sorted(maps.Keys(s.Uplinks)) {
+		out = append(out, Uplink{Name: name, Mode: s.Uplinks[name]})
+	}
+	return out
+}
+
+// RotateKeyReply says which key takes over when.
+type RotateKeyReply struct {
+	Network       string    `json:"network"`
+	NextPublicKey string    `json:"next_public_key"`
+	At            time.Time `json:"at"`
+}

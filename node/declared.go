@@ -1,122 +1,97 @@
 package node
 
+// Declared networks: the registry declares tenant networks and their
+// members; this node joins the ones that name it, writes their users
+// declared on it, and leaves the ones that no longer do.
+
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
 )
 
-// reconcileDeclared makes this node's part of the networks the registry
-// declares: a network that names this node as a member is created here
-// (as `network add` would), with the users declared on this node; one
-// created that way is removed when the registry no longer names this node
-// (its users with it; its workloads must be detached first, which is
-// reported until they are). Networks created through the local API are
-// never removed by the registry.
-func (s *Service) reconcileDeclared(r *repairs) error {
-	if s.reg == nil {
-		return nil
-	}
-	specs, readErr := s.reg.Declared()
-	if readErr != nil {
-		s.regFailed()
-		readErr = fmt.Errorf("read the declared networks: %w", readErr)
-		if specs == nil {
-			return readErr
-		}
-		// Part of the listing could not be read: join what is declared,
-		// but leave nothing on an incomplete listing.
-	}
+// declaredNet is one declared network this node is a member of, and what
+// to do for it.
+type declaredNet struct {
+	id    string
+	join  bool // not here yet: create it (declared)
+	mtu   int  // when joining
+	users []registry.UserSpec
+}
+
+// declaredPlan is what reconcileDeclared changes.
+type declaredPlan struct {
+	nets      []declaredNet // by id
+	dropUsers []ipam.User   // declared users no longer declared on this node
+	leave     []string      // declared networks no longer naming this node, by id
+}
+
+// declaredHere picks the specs that name node as a member, by id.
+func declaredHere(specs []registry.NetworkSpec, node string) map[string]registry.NetworkSpec {
 	mine := map[string]registry.NetworkSpec{}
 	for _, sp := range specs {
-		if sp.HasMember(s.cfg.NodeID) {
+		if sp.HasMember(node) {
 			mine[sp.ID] = sp
-			s.exits[sp.ID] = sp.Exit
 		}
 	}
-	if readErr == nil {
-		for id := range s.exits {
-			if _, ok := mine[id]; !ok {
-				delete(s.exits, id)
-			}
-		}
-	}
-	nets, err := s.ipam.Networks()
-	if err != nil {
-		return err
-	}
+	return mine
+}
+
+// planDeclared compares the declared networks of node (mine) with the
+// networks and users it has. Its users declared on node are written
+// unless they are there already, declared, with the same key. complete:
+// mine comes from a whole listing; only then is anything left (an
+// incomplete listing must not make the node leave what it cannot see).
+// defaultMTU is for specs without an MTU.
+func planDeclared(mine map[string]registry.NetworkSpec, complete bool, nets []ipam.Network, users []ipam.User, node string, defaultMTU int) declaredPlan {
 	have := map[string]ipam.Network{}
 	for _, n := range nets {
 		have[n.ID] = n
-	}
-	users, err := s.ipam.Users("")
-	if err != nil {
-		return err
 	}
 	haveUsers := map[string]ipam.User{}
 	for _, u := range users {
 		haveUsers[u.ID] = u
 	}
-	var errs []error
-	for id, sp := range mine {
+	var p declaredPlan
+	for _, id := range slices.Sorted(maps.Keys(mine)) {
+		sp := mine[id]
+		dn := declaredNet{id: id}
 		if _, ok := have[id]; !ok {
-			mtu := sp.MTU
-			if mtu == 0 {
-				mtu = s.cfg.MTU
+			dn.join, dn.mtu = true, sp.MTU
+			if dn.mtu == 0 {
+				dn.mtu = defaultMTU
 			}
-			if _, _, err := s.addNetworkLocked(id, mtu, true); err != nil {
-				errs = append(errs, fmt.Errorf("join declared network %s: %w", id, err))
-				continue
-			}
-			r.add("joined network %s (declared in the registry)", id)
 		}
 		for _, u := range sp.Users {
-			if u.Node != s.cfg.NodeID {
+			if u.Node != node {
 				continue
 			}
 			if h, ok := haveUsers[u.ID]; ok && h.Declared && h.Network == id && h.PublicKey == u.PublicKey {
 				continue // nothing to write
 			}
-			if _, created, err := s.ipam.AddUser(u.ID, id, u.PublicKey); err != nil {
-				errs = append(errs, fmt.Errorf("declared user %s of %s: %w", u.ID, id, err))
-				continue
-			} else if created {
-				r.add("added user %s to network %s (declared in the registry)", u.ID, id)
-			}
-			if err := s.ipam.SetUserDeclared(u.ID); err != nil {
-				errs = append(errs, err)
-			}
+			dn.users = append(dn.users, u)
 		}
+		p.nets = append(p.nets, dn)
 	}
-	if readErr != nil {
-		return errors.Join(append(errs, readErr)...)
+	if !complete {
+		return p
 	}
 	for _, u := range users {
-		if !u.Declared || declaresUser(mine[u.Network], u.ID, s.cfg.NodeID) {
-			continue
+		if u.Declared && !declaresUser(mine[u.Network], u.ID, node) {
+			p.dropUsers = append(p.dropUsers, u)
 		}
-		if _, err := s.ipam.DeleteUser(u.ID); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		r.add("removed user %s of network %s (no longer declared here)", u.ID, u.Network)
 	}
-	for id, n := range have {
-		if _, ok := mine[id]; ok || !n.Declared {
-			continue
+	for _, n := range nets {
+		if _, ok := mine[n.ID]; !ok && n.Declared {
+			p.leave = append(p.leave, n.ID)
 		}
-		if err := s.deleteNetworkLocked(id); err != nil {
-			if errors.Is(err, ipam.ErrConflict) {
-				err = fmt.Errorf("network %s is no longer declared for this node: %w (detach them to let it go)", id, err)
-			}
-			errs = append(errs, err)
-			continue
-		}
-		r.add("left network %s (no longer declared for this node)", id)
 	}
-	return errors.Join(errs...)
+	slices.Sort(p.leave)
+	return p
 }
 
 func declaresUser(sp registry.NetworkSpec, user, node string) bool {
@@ -126,4 +101,96 @@ func declaresUser(sp registry.NetworkSpec, user, node string) bool {
 		}
 	}
 	return false
+}
+
+// reconcileDeclared makes this node's part of the networks the registry
+// declares: a network that names this node as a member is created here
+// (as `network add` would), with the users declared on this node; one
+// created that way is removed when the registry no longer names this node
+// (its users with it; its workloads must be detached first, which is
+// reported until they are). Networks created through the local API are
+// never removed by the registry.
+func (s *Service) reconcileDeclared(r *repairs) error {
+	if s.registry.reg == nil {
+		return nil
+	}
+	specs, readErr := s.registry.reg.Declared()
+	if readErr != nil {
+		s.registry.failed()
+		readErr = fmt.Errorf("read the declared networks: %w", readErr)
+		if specs == nil {
+			return readErr
+		}
+		// Part of the listing could not be read: join what is declared,
+		// but leave nothing on an incomplete listing.
+	}
+	mine := declaredHere(specs, s.cfg.NodeID)
+	s.exit.learn(mine, readErr == nil)
+	nets, err := s.ipam.Networks()
+	if err != nil {
+		return err
+	}
+	users, err := s.ipam.Users("")
+	if err != nil {
+		return err
+	}
+	plan := planDeclared(mine, readErr == nil, nets, users, s.cfg.NodeID, s.cfg.MTU)
+	errs := s.joinDeclared(plan.nets, r)
+	if readErr != nil {
+		return errors.Join(append(errs, readErr)...)
+	}
+	errs = append(errs, s.leaveDeclared(plan, r)...)
+	return errors.Join(errs...)
+}
+
+// joinDeclared creates the declared networks not here yet and writes
+// their declared users (not those of a network that could not be
+// created).
+func (s *Service) joinDeclared(nets []declaredNet, r *repairs) []error {
+	var errs []error
+	for _, dn := range nets {
+		if dn.join {
+			if _, _, err := s.addNetworkLocked(dn.id, dn.mtu, true); err != nil {
+				errs = append(errs, fmt.Errorf("join declared network %s: %w", dn.id, err))
+				continue
+			}
+			r.add("joined network %s (declared in the registry)", dn.id)
+		}
+		for _, u := range dn.users {
+			if _, created, err := s.ipam.AddUser(u.ID, dn.id, u.PublicKey); err != nil {
+				errs = append(errs, fmt.Errorf("declared user %s of %s: %w", u.ID, dn.id, err))
+				continue
+			} else if created {
+				r.add("added user %s to network %s (declared in the registry)", u.ID, dn.id)
+			}
+			if err := s.ipam.SetUserDeclared(u.ID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errs
+}
+
+// leaveDeclared removes the declared users and networks no longer
+// declared for this node.
+func (s *Service) leaveDeclared(plan declaredPlan, r *repairs) []error {
+	var errs []error
+	for _, u := range plan.dropUsers {
+		if _, err := s.ipam.DeleteUser(u.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.add("removed user %s of network %s (no longer declared here)", u.ID, u.Network)
+	}
+	for _, id := range plan.leave {
+		if err := s.deleteNetworkLocked(id); err != nil {
+			if errors.Is(err, ipam.ErrConflict) {
+				err = fmt.Errorf("network %s is no longer declared for this node: %w (detach them to let it go)", id, err)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		r.add("left network %s (no longer declared for this node)", id)
+	}
+	return errs
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/registry"
 )
 
 // The exit path (DESIGN §1). Every tenant network has one exit node,
@@ -56,37 +57,65 @@ const (
 	exitBadClass                 // declared exit, but without native IPv6
 )
 
-func (s *Service) exitRole(id string) exitRole {
-	exit := s.exits[id]
+// exitState is what this node knows of the networks' exits.
+type exitState struct {
+	exits  map[string]string // declared network -> its exit node
+	warned map[string]bool   // networks whose exit here was refused (logged once)
+	via    map[string]string // networks routed to their exit: network -> device (last reconcile)
+}
+
+func newExitState() exitState {
+	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{}}
+}
+
+// learn records the exits of the declared networks this node is a member
+// of. complete: mine is the whole listing, so networks missing from it
+// have no exit any more (an incomplete listing only adds).
+func (e *exitState) learn(mine map[string]registry.NetworkSpec, complete bool) {
+	for id, sp := range mine {
+		e.exits[id] = sp.Exit
+	}
+	if complete {
+		for id := range e.exits {
+			if _, ok := mine[id]; !ok {
+				delete(e.exits, id)
+			}
+		}
+	}
+}
+
+// role says what node self does for network id's exit path.
+func (e *exitState) role(id string, self *config.Node) exitRole {
+	exit := e.exits[id]
 	switch {
 	case exit == "":
 		return exitNone
-	case exit == s.cfg.NodeID && s.cfg.Class != config.DualStack:
+	case exit == self.NodeID && self.Class != config.DualStack:
 		return exitBadClass
-	case exit == s.cfg.NodeID:
+	case exit == self.NodeID:
 		return exitHere
-	case s.cfg.Class != config.DualStack:
+	case self.Class != config.DualStack:
 		return exitViaPeer
 	}
 	return exitNone
 }
 
-// outside says how network id's workloads reach the outside from here
-// (network list).
-func (s *Service) outside(id string) string {
-	exit := s.exits[id]
-	switch s.exitRole(id) {
+// outside says how network id's workloads reach the outside from node
+// self (network list).
+func (e *exitState) outside(id string, self *config.Node) string {
+	exit := e.exits[id]
+	switch e.role(id, self) {
 	case exitHere:
 		return "exit"
 	case exitBadClass:
-		return "none: declared exit, but " + string(s.cfg.Class) + " has no native IPv6"
+		return "none: declared exit, but " + string(self.Class) + " has no native IPv6"
 	case exitViaPeer:
-		if s.exitVia[id] == "" {
+		if e.via[id] == "" {
 			return "none: exit " + exit + " not reachable yet"
 		}
 		return "via " + exit
 	}
-	if s.cfg.Class == config.DualStack {
+	if self.Class == config.DualStack {
 		return "native"
 	}
 	return "none: no exit declared"

@@ -1,5 +1,8 @@
 package node
 
+// The WireGuard side of the datapath: tn_from_wg on each network's device,
+// the device's tenant binding and the tenant's routes.
+
 import (
 	"errors"
 	"fmt"
@@ -11,13 +14,54 @@ import (
 	"github.com/tenantnet/tenantnet/wg"
 )
 
+// wgNet is one network's WireGuard side as wgDatapath writes it.
+type wgNet struct {
+	net   ipam.Network
+	dev   *wg.Device
+	peers []wg.Peer // members and users
+	// pathMTU has the prefixes whose path carries less than the
+	// network's MTU (their TCP SYNs get the MSS clamped).
+	pathMTU  map[netip.Prefix]int
+	exitHere bool            // this node is the network's exit
+	have     []bpfmaps.Route // the tenant's routes in the datapath now
+}
+
+// routes are the tenant's wanted datapath routes: its /64 here on the
+// bridge, every peer's AllowedIPs behind the device (::/0 as the exit
+// route), and on the exit the outside through the kernel's routes. fast
+// makes them redirect (the fast path).
+func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
+	n := w.net
+	want := []bpfmaps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: bpfmaps.RouteLocal, Ifindex: bridge, Redirect: fast, MTU: uint16(n.MTU)}}
+	for _, p := range w.peers {
+		mtu := n.MTU
+		for _, a := range p.AllowedIPs {
+			if m, ok := w.pathMTU[a]; ok {
+				mtu = m
+			}
+		}
+		for _, a := range p.AllowedIPs {
+			kind := bpfmaps.RouteWG
+			if a.Bits() == 0 {
+				kind = bpfmaps.RouteExit // the outside, through the exit peer
+			}
+			want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: dev, Redirect: fast, MTU: uint16(mtu)})
+		}
+	}
+	if w.exitHere {
+		// The members' packets for the outside leave through the
+		// kernel's routes (ifindex 0: no device of ours).
+		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.RouteExit})
+	}
+	return want
+}
+
 // wgDatapath attaches tn_from_wg to the network's WireGuard device, binds
-// the device to the tenant and writes the tenant's routes: its /64 here on
-// the bridge, every peer's AllowedIPs behind the device. The routes are
-// what the programs check isolation against on the WireGuard side and what
-// the fast path forwards by. pathMTU has the prefixes whose path carries
-// less than the network's MTU (their TCP SYNs get the MSS clamped).
-func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, pathMTU map[netip.Prefix]int, exitHere bool, have []bpfmaps.Route, r *repairs) error {
+// the device to the tenant and writes the tenant's routes (wgNet.routes).
+// The routes are what the programs check isolation against on the
+// WireGuard side and what the fast path forwards by.
+func (s *Service) wgDatapath(w wgNet, r *repairs) error {
+	n, d := w.net, w.dev
 	dev, err := s.nl.LinkByName(d.Name)
 	if err != nil {
 		return fmt.Errorf("wireguard %s: %w", d.Name, err)
@@ -43,38 +87,16 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 		if _, err := s.dp.AttachWG(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
 			return err
 		}
-		if s.wgAttached[n.ID] == idx {
+		if s.wireguard.attached[n.ID] == idx {
 			r.add("re-attached tn_from_wg to %s", d.Name)
 		}
-		s.wgAttached[n.ID] = idx
+		s.wireguard.attached[n.ID] = idx
 	}
-	fast := *s.cfg.FastPath
-	want := []bpfmaps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: bpfmaps.RouteLocal, Ifindex: uint32(br.Attrs().Index), Redirect: fast, MTU: uint16(n.MTU)}}
-	for _, p := range peers {
-		mtu := n.MTU
-		for _, a := range p.AllowedIPs {
-			if m, ok := pathMTU[a]; ok {
-				mtu = m
-			}
-		}
-		for _, a := range p.AllowedIPs {
-			kind := bpfmaps.RouteWG
-			if a.Bits() == 0 {
-				kind = bpfmaps.RouteExit // the outside, through the exit peer
-			}
-			want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: uint32(idx), Redirect: fast, MTU: uint16(mtu)})
-		}
-	}
-	if exitHere {
-		// The members' packets for the outside leave through the
-		// kernel's routes (ifindex 0: no device of ours).
-		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.RouteExit})
-	}
-	changed, err := m.SyncRoutes(n.Num, want, have)
+	changed, err := m.SyncRoutes(n.Num, w.routes(uint32(br.Attrs().Index), uint32(idx), *s.cfg.FastPath), w.have)
 	if err != nil {
 		return err
 	}
-	if changed > 0 && len(have) > 0 {
+	if changed > 0 && len(w.have) > 0 {
 		r.add("updated %d datapath routes of network %s", changed, n.ID)
 	}
 	return nil
@@ -84,8 +106,8 @@ func (s *Service) wgDatapath(n ipam.Network, d *wg.Device, peers []wg.Peer, path
 // workload ports stop redirecting to it); then the binding and the
 // attachment pins go with the device.
 func (s *Service) closeWG(id string, d *wg.Device) error {
-	delete(s.wgAttached, id)
-	delete(s.wgs, id)
+	delete(s.wireguard.attached, id)
+	delete(s.wireguard.devs, id)
 	var errs []error
 	if l, err := s.nl.LinkByName(d.Name); err == nil {
 		idx := l.Attrs().Index

@@ -1,14 +1,12 @@
 package node
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
 
@@ -16,7 +14,6 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
@@ -77,202 +74,6 @@ func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 		}
 	}
 	return false
-}
-
-// snapshot is the node namespace's state, read once per reconcile.
-type snapshot struct {
-	links map[string]netlink.Link
-	addrs map[int][]netlink.Addr // by link index
-	atts  map[int]map[loader.Hook]bool
-	ports map[uint32]uint32 // tn_ports_v1
-	// bindings to write, collected while ensuring workloads and written
-	// in one firewall change by flushBindings
-	bind []firewall.PortBinding
-	// attach are ports to attach the datapath to; up are ports to set up
-	// once attached and bound (flushBindings does both, in that order)
-	attach []int
-	up     []netlink.Link
-	// deep: attachments were checked with the kernel, and settings that
-	// rarely drift (sysctls) are checked too
-	deep bool
-}
-
-// snapshotFor reads only what one workload needs (AddWorkload): reading
-// the whole node for each of thousands of workloads would be quadratic.
-func (s *Service) snapshotFor(w ipam.Workload, n ipam.Network) (*snapshot, error) {
-	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, ports: map[uint32]uint32{}}
-	for _, name := range []string{w.HostIf(), n.Bridge()} {
-		if l, err := s.nl.LinkByName(name); err == nil {
-			sn.links[name] = l
-			for _, a := range loader.ListAttachmentsOf(s.cfg.BPFDir, l.Attrs().Index) {
-				if a.Live {
-					if sn.atts[a.Ifindex] == nil {
-						sn.atts[a.Ifindex] = map[loader.Hook]bool{}
-					}
-					sn.atts[a.Ifindex][a.Hook] = true
-				}
-			}
-			var t uint32
-			if bpfmaps.New(s.dp).Raw().TnPortsV1.Lookup(uint32(l.Attrs().Index), &t) == nil {
-				sn.ports[uint32(l.Attrs().Index)] = t
-			}
-		}
-	}
-	return sn, nil
-}
-
-// flushBindings attaches the datapath to the collected ports, writes the
-// collected bindings, then brings the ports up: a port is never up before
-// it is filtered and bound.
-func (s *Service) flushBindings(sn *snapshot) error {
-	if err := s.attachAll(sn.attach); err != nil {
-		return err
-	}
-	if len(sn.bind) > 0 {
-		if err := s.withFirewall(func(fw fwAPI) error { return fw.BindPorts(sn.bind) }); err != nil {
-			return fmt.Errorf("bind ports: %w", err)
-		}
-	}
-	var errs []error
-	for _, l := range sn.up {
-		if err := s.nl.LinkSetUp(l); err != nil {
-			errs = append(errs, fmt.Errorf("set %s up: %w", l.Attrs().Name, err))
-		}
-	}
-	sn.bind, sn.up, sn.attach = nil, nil, nil
-	return errors.Join(errs...)
-}
-
-// bulkAttach is the batch size from which ports are attached with legacy
-// tc first and moved to TCX in the background (migrateTCX).
-const bulkAttach = 16
-
-// attachAll attaches one port after the other. Each TCX attach waits for
-// an RCU grace period (about 12 ms here) under the RTNL lock, so attaching
-// in parallel gains nothing (measured), and thousands of ports after a
-// reboot would take most of a minute. Large batches are therefore filtered
-// with legacy tc first (0.8 ms a port) and moved to TCX afterwards, port
-// by port, by migrateTCX: a port is filtered by one or the other at every
-// moment.
-func (s *Service) attachAll(idxs []int) error {
-	legacy := s.cfg.LegacyTC || len(idxs) >= bulkAttach
-	var errs []error
-	for _, idx := range idxs {
-		if _, err := s.dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: legacy}); err != nil {
-			errs = append(errs, fmt.Errorf("attach ifindex %d: %w", idx, err))
-			continue
-		}
-		if legacy && !s.cfg.LegacyTC {
-			s.toTCX[idx] = true
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// migrateTCX moves ports attached in bulk with legacy tc to TCX, a few at
-// a time so that API calls and reconciles get the lock in between. It
-// returns when none is left.
-func (s *Service) migrateTCX(ctx context.Context) {
-	start, moved := time.Now(), 0
-	for ctx.Err() == nil {
-		s.mu.Lock()
-		batch := 0
-		for idx := range s.toTCX {
-			if batch == 20 {
-				break
-			}
-			batch++
-			delete(s.toTCX, idx)
-			if _, err := s.nl.LinkByIndex(idx); err != nil {
-				continue // gone meanwhile
-			}
-			mode, err := s.dp.AttachPort(idx, loader.AttachOptions{})
-			if err != nil {
-				// Still filtered by legacy tc; a deep reconcile queues it
-				// again.
-				s.log.Warn("move port to TCX", "ifindex", idx, "err", err)
-				continue
-			}
-			if mode != loader.ModeTCX { // the kernel has no TCX after all
-				s.log.Info("kernel without TCX: ports stay on legacy tc", "ports", len(s.toTCX)+1)
-				clear(s.toTCX)
-				s.cfg.LegacyTC = true
-				break
-			}
-			moved++
-		}
-		left := len(s.toTCX)
-		s.mu.Unlock()
-		if left == 0 {
-			if moved > 0 {
-				s.log.Info("ports moved from legacy tc to TCX", "ports", moved, "took", time.Since(start).Round(time.Millisecond).String())
-			}
-			return
-		}
-	}
-}
-
-// dump retries a netlink dump that a concurrent change interrupted (the
-// kernel then flags the results as possibly inconsistent).
-func dump[T any](f func() (T, error)) (T, error) {
-	for i := 0; ; i++ {
-		v, err := f()
-		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 10 {
-			continue
-		}
-		return v, err
-	}
-}
-
-func (s *Service) snapshot(deep bool) (*snapshot, error) {
-	links, err := dump(s.nl.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, deep: deep}
-	exists := map[int]bool{}
-	for _, l := range links {
-		sn.links[l.Attrs().Name] = l
-		exists[l.Attrs().Index] = true
-	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	for _, a := range addrs {
-		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
-	}
-	// Shallow: the workload ports' hooks recorded for an interface that
-	// exists are checked with one query each (a program detached by hand
-	// is found on the next run); deep opens every pin and looks at the
-	// link or filter behind it.
-	atts := loader.ListRecorded(s.cfg.BPFDir)
-	if deep {
-		atts = loader.ListAttachments(s.cfg.BPFDir)
-	}
-	for _, a := range atts {
-		if !exists[a.Ifindex] {
-			continue
-		}
-		if deep && !a.Live {
-			continue
-		}
-		if !deep && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) && !s.dp.Alive(a) {
-			continue
-		}
-		// A port left on legacy tc (a move that failed) is queued again.
-		if deep && !s.cfg.LegacyTC && a.Mode == loader.ModeLegacyTC && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) {
-			s.toTCX[a.Ifindex] = true
-		}
-		if sn.atts[a.Ifindex] == nil {
-			sn.atts[a.Ifindex] = map[loader.Hook]bool{}
-		}
-		sn.atts[a.Ifindex][a.Hook] = true
-	}
-	if sn.ports, err = bpfmaps.New(s.dp).Ports(); err != nil {
-		return nil, err
-	}
-	return sn, nil
 }
 
 // ensureNetwork makes the network's bridge exist, up, with its MTU and

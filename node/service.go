@@ -12,13 +12,9 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/tenantnet/tenantnet/internal/defaults"
-
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/config"
@@ -27,10 +23,12 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/registry"
-	"github.com/tenantnet/tenantnet/wg"
 )
 
-// Service is a running node.
+// Service is a running node. Its parts own their state: WireGuard
+// (wireguard), the tenants' prefixes in the firewall (prefixes), exits
+// (exit), the TCX migration queue (attachq) and the registry (registry).
+// mu guards all of it.
 type Service struct {
 	cfg  *config.Node
 	log  *slog.Logger
@@ -44,23 +42,12 @@ type Service struct {
 	attachMode loader.Mode
 	uplinkMode map[string]loader.Mode
 
-	reg            registry.Registry
-	wgs            map[string]*wg.Device // by network id
-	wgStarted      map[string]bool       // devices this process started once
-	wgAttached     map[string]int        // network -> device ifindex tn_from_wg was attached to
-	toTCX          map[int]bool          // ports attached with legacy tc in bulk, to move to TCX
-	migrating      bool                  // migrateTCX runs
-	wgImpl         wg.Impl
-	tenantPrefixes map[string]string         // network -> prefixes last given to the firewall
-	netPrefixes    map[string][]netip.Prefix // network -> its /64s on every node
-	exits          map[string]string         // declared network -> its exit node
-	exitWarned     map[string]bool           // networks whose exit here was refused (logged once)
-	exitVia        map[string]string         // networks routed to their exit: network -> device (last reconcile)
-	wakeMu         sync.Mutex
-	wakes          map[int64]bool // reconciles scheduled by wakeAt
-	regErrors      atomic.Uint64  // failed registry reads and writes
-	regUp          atomic.Bool    // the last one succeeded
-	regNodes       int
+	registry  regState
+	wireguard wgState
+	prefixes  prefixState
+	exit      exitState
+	attachq   attachQueue
+	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -90,11 +77,6 @@ type fwAPI interface {
 	DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error)
 }
 
-func sameNetworkRule(n ipam.Network) policy.Rule {
-	return policy.Rule{Tenant: n.Num, Dir: policy.DirIn, Proto: policy.ProtoAny, Src: n.Prefix, Action: policy.ActionAllow,
-		Comment: "same network (added by tenantnetd)"}
-}
-
 // withFirewall opens the firewall state (taking the state directory's
 // lock, so tenantfw and tenantnetd never interleave) for one operation.
 func (s *Service) withFirewall(fn func(fwAPI) error) error {
@@ -109,7 +91,7 @@ func (s *Service) withFirewall(fn func(fwAPI) error) error {
 // New loads (or upgrades) the datapath, restores the firewall state and
 // attaches the uplinks. Nothing of the networks is touched yet: Reconcile
 // does that.
-func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
+func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err := cfg.CheckUplinks(); err != nil {
 		return nil, err
 	}
@@ -118,45 +100,49 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 			return nil, fmt.Errorf("sysctl %s: %w", kv[0], err)
 		}
 	}
+	// What is opened here is closed again if New fails later.
+	closeOnError := func(c func() error) {
+		if err != nil {
+			c()
+		}
+	}
 	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount})
 	if err != nil {
 		return nil, err
 	}
+	defer closeOnError(st.Close)
 	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: 1})
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
+	defer closeOnError(dp.Close)
 	nl, err := netlink.NewHandle()
 	if err != nil {
-		st.Close()
-		dp.Close()
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
-		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		wgs: map[string]*wg.Device{}, wgStarted: map[string]bool{}, wgAttached: map[string]int{}, toTCX: map[int]bool{}, wakes: map[int64]bool{}, tenantPrefixes: map[string]string{}, netPrefixes: map[string][]netip.Prefix{}, exits: map[string]string{}, exitWarned: map[string]bool{}, exitVia: map[string]string{}}
+	defer closeOnError(func() error { nl.Close(); return nil })
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
-		st.Close()
-		dp.Close()
 		return nil, err
 	}
-	s.reg = reg
+	defer closeOnError(reg.Close)
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
+		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
+		registry: regState{reg: reg}, wireguard: newWGState(), prefixes: newPrefixState(),
+		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}}
+	s.wakes.trigger = s.Trigger
 	log.Info("registry", "type", cfg.Registry.Type)
 	s.stats.Buckets = make([]uint64, len(reconcileBuckets))
 	if cfg.LegacyTC {
 		s.attachMode = loader.ModeLegacyTC
 	}
 	if err := s.withFirewall(func(fw fwAPI) error { return fw.Reconcile() }); err != nil {
-		s.Close()
 		return nil, fmt.Errorf("restore firewall state: %w", err)
 	}
 	pathMTU := 0
 	for _, u := range cfg.Uplinks {
 		l, err := nl.LinkByName(u)
 		if err != nil {
-			s.Close()
 			return nil, fmt.Errorf("uplink %s: %w", u, err)
 		}
 		if m := l.Attrs().MTU - cfg.WireGuardOverhead(); pathMTU == 0 || m < pathMTU {
@@ -164,7 +150,6 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 		}
 		mode, err := dp.AttachUplink(l.Attrs().Index, loader.AttachOptions{})
 		if err != nil {
-			s.Close()
 			return nil, err
 		}
 		s.uplinkMode[u] = mode
@@ -183,13 +168,14 @@ func New(cfg *config.Node, log *slog.Logger) (*Service, error) {
 	return s, nil
 }
 
-// Close releases handles; the datapath stays attached and pinned.
-// Embedded WireGuard devices live in this process and stop with it.
+// Close releases handles and the registry connection; the datapath stays
+// attached and pinned. Embedded WireGuard devices live in this process and
+// stop with it.
 func (s *Service) Close() error {
-	for _, d := range s.wgs {
+	for _, d := range s.wireguard.devs {
 		d.Close()
 	}
-	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }())
+	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }(), s.registry.reg.Close())
 }
 
 // Trigger asks the loop for a reconcile soon.
@@ -228,14 +214,13 @@ func (s *Service) Run(ctx context.Context) {
 		// the workload's own space and costs a netlink socket each.
 		s.Reconcile(n%10 == 1)
 		s.mu.Lock()
-		migrate := len(s.toTCX) > 0 && !s.migrating
-		s.migrating = s.migrating || migrate
+		migrate := s.attachq.startMigration()
 		s.mu.Unlock()
 		if migrate {
 			go func() {
 				s.migrateTCX(ctx)
 				s.mu.Lock()
-				s.migrating = false
+				s.attachq.migrating = false
 				s.mu.Unlock()
 			}()
 		}
@@ -359,235 +344,6 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		r.add("deleted stray link %s", name)
 	}
 	return errors.Join(errs...)
-}
-
-// NetworkInfo is a network as the API shows it.
-type NetworkInfo struct {
-	ipam.Network
-	Tenant  uint32 `json:"tenant"`
-	Bridge  string `json:"bridge"`
-	Gateway string `json:"gateway"`
-	// Outside: how the network's workloads reach the outside from this
-	// node ("native", "exit", "via <exit node>", "none: <why>").
-	Outside string `json:"outside,omitempty"`
-}
-
-func netInfo(n ipam.Network) NetworkInfo {
-	return NetworkInfo{Network: n, Tenant: n.Num, Bridge: n.Bridge(), Gateway: n.Gateway().String()}
-}
-
-// AddNetwork creates (or confirms) a tenant network on this node.
-func (s *Service) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
-	if mtu == 0 {
-		mtu = s.cfg.MTU
-	}
-	if mtu < 1280 || mtu > 9000 {
-		return NetworkInfo{}, false, fmt.Errorf("mtu %d: must be 1280..9000", mtu)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addNetworkLocked(id, mtu, false)
-}
-
-// addNetworkLocked creates a network (declared: because the registry
-// declares it).
-func (s *Service) addNetworkLocked(id string, mtu int, declared bool) (NetworkInfo, bool, error) {
-	add := s.ipam.AddNetwork
-	if declared {
-		add = s.ipam.AddDeclaredNetwork
-	}
-	n, created, err := add(id, mtu)
-	if err != nil {
-		return NetworkInfo{}, false, err
-	}
-	undo := func(e error) (NetworkInfo, bool, error) {
-		if created {
-			if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
-				s.nl.LinkDel(l)
-			}
-			s.ipam.DeleteNetwork(id)
-		}
-		return NetworkInfo{}, false, e
-	}
-	if err := s.withFirewall(func(fw fwAPI) error {
-		if err := fw.EnsureTenant(n.Num, n.ID, []netip.Prefix{n.Prefix}); err != nil {
-			return err
-		}
-		if !created {
-			return nil
-		}
-		// Workloads of one network reach each other by default: an
-		// ordinary rule the tenant sees in `tenantfw rule list` and may
-		// delete.
-		_, _, err := fw.AddRule(sameNetworkRule(n))
-		return err
-	}); err != nil {
-		return undo(err)
-	}
-	sn, err := s.snapshot(false)
-	if err != nil {
-		return undo(err)
-	}
-	var r repairs
-	if err := s.ensureNetwork(n, sn, &r); err != nil {
-		return undo(err)
-	}
-	s.log.Info("network ready", "network", id, "prefix", n.Prefix, "bridge", n.Bridge(), "tenant", n.Num, "created", created)
-	s.Trigger() // WireGuard device, registry record
-	return netInfo(n), created, nil
-}
-
-// DeleteNetwork removes a network without workloads.
-func (s *Service) DeleteNetwork(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.deleteNetworkLocked(id)
-}
-
-func (s *Service) deleteNetworkLocked(id string) error {
-	n, err := s.ipam.DeleteNetwork(id)
-	if err != nil {
-		return err
-	}
-	if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
-		if err := s.nl.LinkDel(l); err != nil {
-			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)
-		}
-	}
-	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
-		return err
-	}
-	// Its keys go too: a network of the same id made later is a new one
-	// (and must not inherit a staged key whose time has passed).
-	if err := wg.RemoveKeys(s.keysDir(), id); err != nil {
-		s.log.Warn("remove the keys of a deleted network", "network", id, "err", err)
-	}
-	s.log.Info("network deleted", "network", id)
-	s.Trigger()
-	return nil
-}
-
-// Networks lists the networks.
-func (s *Service) Networks() ([]NetworkInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ns, err := s.ipam.Networks()
-	out := make([]NetworkInfo, 0, len(ns))
-	for _, n := range ns {
-		i := netInfo(n)
-		i.Outside = s.outside(n.ID)
-		out = append(out, i)
-	}
-	return out, err
-}
-
-// WorkloadInfo is a workload as the API shows it.
-type WorkloadInfo struct {
-	ipam.Workload
-	Port    string `json:"port"`
-	Gateway string `json:"gateway"`
-}
-
-// AddWorkload attaches a workload, given its network namespace, to a
-// network. On any error everything it made is removed again.
-func (s *Service) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error) {
-	h, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return WorkloadInfo{}, false, fmt.Errorf("netns %s: %w", nsPath, err)
-	}
-	h.Close()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, err := s.ipam.Network(network)
-	if err != nil {
-		return WorkloadInfo{}, false, err
-	}
-	w, created, err := s.ipam.AddWorkload(id, network, nsPath)
-	if err != nil {
-		return WorkloadInfo{}, false, err
-	}
-	sn, err := s.snapshotFor(w, n)
-	if err == nil {
-		var r repairs
-		err = s.ensureWorkload(w, n, sn, &r, true)
-	}
-	if err == nil {
-		err = s.flushBindings(sn)
-	}
-	if err != nil {
-		if created {
-			if rerr := s.removeWorkloadLinks(w); rerr != nil {
-				s.log.Error("undo workload", "workload", id, "err", rerr)
-			}
-			s.ipam.DeleteWorkload(id)
-		}
-		return WorkloadInfo{}, false, err
-	}
-	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created)
-	return WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: defaults.GatewayLL.String()}, created, nil
-}
-
-// DeleteWorkload detaches a workload and releases its address.
-func (s *Service) DeleteWorkload(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w, err := s.ipam.Workload(id)
-	if err != nil {
-		return err
-	}
-	if err := s.removeWorkloadLinks(w); err != nil {
-		return err
-	}
-	if _, err := s.ipam.DeleteWorkload(id); err != nil {
-		return err
-	}
-	s.log.Info("workload detached", "workload", id)
-	return nil
-}
-
-// Workloads lists the workloads.
-func (s *Service) Workloads() ([]WorkloadInfo, error) {
-	ws, err := s.ipam.Workloads()
-	out := make([]WorkloadInfo, 0, len(ws))
-	for _, w := range ws {
-		out = append(out, WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: defaults.GatewayLL.String()})
-	}
-	return out, err
-}
-
-// Status is the node's summary.
-type Status struct {
-	NodeID     string       `json:"node_id"`
-	Class      config.Class `json:"class"`
-	Networks   int          `json:"networks"`
-	Workloads  int          `json:"workloads"`
-	FreeNets   uint64       `json:"free_subnets"`
-	AttachMode loader.Mode  `json:"attach_mode"`
-	// PortsOnLegacyTC: ports attached with legacy tc in bulk (after a
-	// reboot) that are still being moved to TCX.
-	PortsOnLegacyTC int                    `json:"ports_on_legacy_tc,omitempty"`
-	Uplinks         map[string]loader.Mode `json:"uplinks"`
-	Reconcile       struct {
-		Runs, Errors, Repairs uint64
-		LastDuration          string `json:"last_duration"`
-		LastShallow           string `json:"last_shallow"`
-		LastDeep              string `json:"last_deep"`
-		LastError             string `json:"last_error,omitempty"`
-	} `json:"reconcile"`
-}
-
-// Status reports the node's state.
-func (s *Service) Status() Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := Status{NodeID: s.cfg.NodeID, Class: s.cfg.Class, AttachMode: s.attachMode, Uplinks: s.uplinkMode, PortsOnLegacyTC: len(s.toTCX)}
-	st.Networks, st.Workloads, st.FreeNets = s.ipam.Counts()
-	st.Reconcile.Runs, st.Reconcile.Errors, st.Reconcile.Repairs = s.stats.Runs, s.stats.Errors, s.stats.Repairs
-	st.Reconcile.LastDuration = s.stats.LastDuration.String()
-	st.Reconcile.LastShallow = s.stats.LastShallow.String()
-	st.Reconcile.LastDeep = s.stats.LastDeep.String()
-	st.Reconcile.LastError = s.stats.LastError
-	return st
 }
 
 // Stats returns a copy of the reconcile figures.

@@ -1,10 +1,11 @@
 package node
 
+// User-access peers: users' laptops as WireGuard peers of a network.
+
 import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -12,75 +13,6 @@ import (
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/wg"
 )
-
-// UserInfo is a user-access peer with the wg-quick configuration for the
-// user's machine.
-type UserInfo struct {
-	ipam.User
-	Config string `json:"config"` // wg-quick; holds the private key only when the node generated it
-}
-
-// AddUser adds a user's laptop as a peer of a network on this node. With
-// no public key, a key pair is generated for the user and the private key
-// is only returned (in the config), never stored.
-func (s *Service) AddUser(id, network, publicKey string) (UserInfo, bool, error) {
-	var priv *wgtypes.Key
-	if publicKey == "" {
-		k, err := wgtypes.GeneratePrivateKey()
-		if err != nil {
-			return UserInfo{}, false, err
-		}
-		priv = &k
-		publicKey = k.PublicKey().String()
-	} else if _, err := wgtypes.ParseKey(publicKey); err != nil {
-		return UserInfo{}, false, fmt.Errorf("public key: %w", err)
-	}
-	s.mu.Lock()
-	n, err := s.ipam.Network(network)
-	if err != nil {
-		s.mu.Unlock()
-		return UserInfo{}, false, err
-	}
-	u, created, err := s.ipam.AddUser(id, network, publicKey)
-	if err != nil {
-		s.mu.Unlock()
-		return UserInfo{}, false, err
-	}
-	s.mu.Unlock()
-	if err := s.Reconcile(false); err != nil {
-		s.log.Warn("reconcile after adding a user", "err", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d := s.wgs[network]
-	if d == nil {
-		return UserInfo{}, false, fmt.Errorf("network %s has no WireGuard device yet", network)
-	}
-	pk, err := d.PublicKey()
-	if err != nil {
-		return UserInfo{}, false, err
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# wg-quick config for user %s of network %s (node %s)\n[Interface]\n", id, network, s.cfg.NodeID)
-	if priv != nil {
-		fmt.Fprintf(&b, "PrivateKey = %s\n", priv.String())
-	} else {
-		b.WriteString("PrivateKey = <your private key>\n")
-	}
-	fmt.Fprintf(&b, "Address = %s/128\nMTU = %d\n\n[Peer]\nPublicKey = %s\n", u.Addr, n.MTU, pk)
-	if ep := s.endpoint(n); ep.IsValid() {
-		fmt.Fprintf(&b, "Endpoint = %s\n", ep)
-	}
-	var allowed []string
-	for _, p := range s.netPrefixes[network] {
-		allowed = append(allowed, p.String())
-	}
-	if len(allowed) == 0 {
-		allowed = []string{n.Prefix.String()}
-	}
-	fmt.Fprintf(&b, "AllowedIPs = %s\nPersistentKeepalive = 25\n", strings.Join(allowed, ", "))
-	return UserInfo{User: u, Config: b.String()}, created, nil
-}
 
 // endpoint is where users reach the node: its first address (IPv6
 // preferred) and the network's port.
@@ -96,21 +28,6 @@ func (s *Service) endpoint(n ipam.Network) netip.AddrPort {
 	}
 	return netip.AddrPortFrom(addr, uint16(n.WGPort))
 }
-
-// DeleteUser removes a user-access peer.
-func (s *Service) DeleteUser(id string) error {
-	s.mu.Lock()
-	_, err := s.ipam.DeleteUser(id)
-	s.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	s.Trigger()
-	return nil
-}
-
-// Users lists the user-access peers.
-func (s *Service) Users() ([]ipam.User, error) { return s.ipam.Users("") }
 
 // userPeers are the network's users as WireGuard peers: no endpoint (they
 // roam), their /128 as AllowedIPs.

@@ -1,0 +1,331 @@
+package node
+
+// The API-facing methods: what api.Handler serves (*Service satisfies
+// api.Node). Each takes the service's lock and leaves the rest to the
+// next reconcile.
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/defaults"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+var _ api.Node = (*Service)(nil)
+
+func netInfo(n ipam.Network) api.NetworkInfo {
+	return api.NetworkInfo{Network: n, Tenant: n.Num, Bridge: n.Bridge(), Gateway: n.Gateway().String()}
+}
+
+func workloadInfo(w ipam.Workload) api.WorkloadInfo {
+	return api.WorkloadInfo{Workload: w, Port: w.HostIf(), Gateway: defaults.GatewayLL.String()}
+}
+
+// AddNetwork creates (or confirms) a tenant network on this node.
+func (s *Service) AddNetwork(id string, mtu int) (api.NetworkInfo, bool, error) {
+	if mtu == 0 {
+		mtu = s.cfg.MTU
+	}
+	if mtu < 1280 || mtu > 9000 {
+		return api.NetworkInfo{}, false, fmt.Errorf("mtu %d: must be 1280..9000", mtu)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addNetworkLocked(id, mtu, false)
+}
+
+// addNetworkLocked creates a network (declared: because the registry
+// declares it).
+func (s *Service) addNetworkLocked(id string, mtu int, declared bool) (api.NetworkInfo, bool, error) {
+	add := s.ipam.AddNetwork
+	if declared {
+		add = s.ipam.AddDeclaredNetwork
+	}
+	n, created, err := add(id, mtu)
+	if err != nil {
+		return api.NetworkInfo{}, false, err
+	}
+	undo := func(e error) (api.NetworkInfo, bool, error) {
+		if created {
+			if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
+				s.nl.LinkDel(l)
+			}
+			s.ipam.DeleteNetwork(id)
+		}
+		return api.NetworkInfo{}, false, e
+	}
+	if err := s.withFirewall(func(fw fwAPI) error {
+		if err := fw.EnsureTenant(n.Num, n.ID, []netip.Prefix{n.Prefix}); err != nil {
+			return err
+		}
+		if !created {
+			return nil
+		}
+		// Workloads of one network reach each other by default: an
+		// ordinary rule the tenant sees in `tenantfw rule list` and may
+		// delete.
+		_, _, err := fw.AddRule(sameNetworkRule(n.Num, n.Prefix))
+		return err
+	}); err != nil {
+		return undo(err)
+	}
+	sn, err := s.snapshot(false)
+	if err != nil {
+		return undo(err)
+	}
+	var r repairs
+	if err := s.ensureNetwork(n, sn, &r); err != nil {
+		return undo(err)
+	}
+	s.log.Info("network ready", "network", id, "prefix", n.Prefix, "bridge", n.Bridge(), "tenant", n.Num, "created", created)
+	s.Trigger() // WireGuard device, registry record
+	return netInfo(n), created, nil
+}
+
+// DeleteNetwork removes a network without workloads.
+func (s *Service) DeleteNetwork(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleteNetworkLocked(id)
+}
+
+func (s *Service) deleteNetworkLocked(id string) error {
+	n, err := s.ipam.DeleteNetwork(id)
+	if err != nil {
+		return err
+	}
+	if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
+		if err := s.nl.LinkDel(l); err != nil {
+			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)
+		}
+	}
+	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
+		return err
+	}
+	// Its keys go too: a network of the same id made later is a new one
+	// (and must not inherit a staged key whose time has passed).
+	if err := wg.RemoveKeys(s.keysDir(), id); err != nil {
+		s.log.Warn("remove the keys of a deleted network", "network", id, "err", err)
+	}
+	s.log.Info("network deleted", "network", id)
+	s.Trigger()
+	return nil
+}
+
+// Networks lists the networks.
+func (s *Service) Networks() ([]api.NetworkInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ns, err := s.ipam.Networks()
+	out := make([]api.NetworkInfo, 0, len(ns))
+	for _, n := range ns {
+		i := netInfo(n)
+		i.Outside = s.exit.outside(n.ID, s.cfg)
+		out = append(out, i)
+	}
+	return out, err
+}
+
+// RotateKey stages a new key for the network, announced now and taking
+// over after overlap: every member node reads the announcement within a
+// third of a lease, so overlap must be at least that.
+func (s *Service) RotateKey(id string, overlap time.Duration) (api.RotateKeyReply, error) {
+	if overlap == 0 {
+		overlap = s.cfg.Lease
+	}
+	if min := s.cfg.Lease / 3; overlap < min {
+		return api.RotateKeyReply{}, fmt.Errorf("overlap %s: members read the registry every %s, so at least that", overlap, min)
+	}
+	s.mu.Lock()
+	n, err := s.ipam.Network(id)
+	if err != nil {
+		s.mu.Unlock()
+		return api.RotateKeyReply{}, err
+	}
+	next, err := wg.StageKey(s.keysDir(), n.ID, time.Now().Add(overlap))
+	s.mu.Unlock()
+	if err != nil {
+		return api.RotateKeyReply{}, err
+	}
+	if err := s.publish(); err != nil {
+		// Unannounced, the key must not take over: the members would
+		// not know it.
+		if uerr := wg.UnstageKey(s.keysDir(), id); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return api.RotateKeyReply{}, fmt.Errorf("announce the next key (nothing changed): %w", err)
+	}
+	s.wakeAt(next.At)
+	s.log.Info("wireguard key staged", "network", id, "next_public_key", next.Key.PublicKey().String(), "at", next.At)
+	return api.RotateKeyReply{Network: id, NextPublicKey: next.Key.PublicKey().String(), At: next.At}, nil
+}
+
+// AddWorkload attaches a workload, given its network namespace, to a
+// network. On any error everything it made is removed again.
+func (s *Service) AddWorkload(id, network, nsPath string) (api.WorkloadInfo, bool, error) {
+	h, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return api.WorkloadInfo{}, false, fmt.Errorf("netns %s: %w", nsPath, err)
+	}
+	h.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.ipam.Network(network)
+	if err != nil {
+		return api.WorkloadInfo{}, false, err
+	}
+	w, created, err := s.ipam.AddWorkload(id, network, nsPath)
+	if err != nil {
+		return api.WorkloadInfo{}, false, err
+	}
+	sn, err := s.snapshotFor(w, n)
+	if err == nil {
+		var r repairs
+		err = s.ensureWorkload(w, n, sn, &r, true)
+	}
+	if err == nil {
+		err = s.flushBindings(sn)
+	}
+	if err != nil {
+		if created {
+			if rerr := s.removeWorkloadLinks(w); rerr != nil {
+				s.log.Error("undo workload", "workload", id, "err", rerr)
+			}
+			s.ipam.DeleteWorkload(id)
+		}
+		return api.WorkloadInfo{}, false, err
+	}
+	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created)
+	return workloadInfo(w), created, nil
+}
+
+// DeleteWorkload detaches a workload and releases its address.
+func (s *Service) DeleteWorkload(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w, err := s.ipam.Workload(id)
+	if err != nil {
+		return err
+	}
+	if err := s.removeWorkloadLinks(w); err != nil {
+		return err
+	}
+	if _, err := s.ipam.DeleteWorkload(id); err != nil {
+		return err
+	}
+	s.log.Info("workload detached", "workload", id)
+	return nil
+}
+
+// Workloads lists the workloads.
+func (s *Service) Workloads() ([]api.WorkloadInfo, error) {
+	ws, err := s.ipam.Workloads()
+	out := make([]api.WorkloadInfo, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, workloadInfo(w))
+	}
+	return out, err
+}
+
+// AddUser adds a user's laptop as a peer of a network on this node. With
+// no public key, a key pair is generated for the user and the private key
+// is only returned (in the config), never stored.
+func (s *Service) AddUser(id, network, publicKey string) (api.UserInfo, bool, error) {
+	var priv *wgtypes.Key
+	if publicKey == "" {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			return api.UserInfo{}, false, err
+		}
+		priv = &k
+		publicKey = k.PublicKey().String()
+	} else if _, err := wgtypes.ParseKey(publicKey); err != nil {
+		return api.UserInfo{}, false, fmt.Errorf("public key: %w", err)
+	}
+	s.mu.Lock()
+	n, err := s.ipam.Network(network)
+	if err != nil {
+		s.mu.Unlock()
+		return api.UserInfo{}, false, err
+	}
+	u, created, err := s.ipam.AddUser(id, network, publicKey)
+	if err != nil {
+		s.mu.Unlock()
+		return api.UserInfo{}, false, err
+	}
+	s.mu.Unlock()
+	if err := s.Reconcile(false); err != nil {
+		s.log.Warn("reconcile after adding a user", "err", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.wireguard.devs[network]
+	if d == nil {
+		return api.UserInfo{}, false, fmt.Errorf("network %s has no WireGuard device yet", network)
+	}
+	pk, err := d.PublicKey()
+	if err != nil {
+		return api.UserInfo{}, false, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# wg-quick config for user %s of network %s (node %s)\n[Interface]\n", id, network, s.cfg.NodeID)
+	if priv != nil {
+		fmt.Fprintf(&b, "PrivateKey = %s\n", priv.String())
+	} else {
+		b.WriteString("PrivateKey = <your private key>\n")
+	}
+	fmt.Fprintf(&b, "Address = %s/128\nMTU = %d\n\n[Peer]\nPublicKey = %s\n", u.Addr, n.MTU, pk)
+	if ep := s.endpoint(n); ep.IsValid() {
+		fmt.Fprintf(&b, "Endpoint = %s\n", ep)
+	}
+	var allowed []string
+	for _, p := range s.prefixes.spans[network] {
+		allowed = append(allowed, p.String())
+	}
+	if len(allowed) == 0 {
+		allowed = []string{n.Prefix.String()}
+	}
+	fmt.Fprintf(&b, "AllowedIPs = %s\nPersistentKeepalive = 25\n", strings.Join(allowed, ", "))
+	return api.UserInfo{User: u, Config: b.String()}, created, nil
+}
+
+// DeleteUser removes a user-access peer.
+func (s *Service) DeleteUser(id string) error {
+	s.mu.Lock()
+	_, err := s.ipam.DeleteUser(id)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.Trigger()
+	return nil
+}
+
+// Users lists the user-access peers.
+func (s *Service) Users() ([]ipam.User, error) { return s.ipam.Users("") }
+
+// Status reports the node's state.
+func (s *Service) Status() api.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := api.Status{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), AttachMode: string(s.attachMode),
+		Uplinks: map[string]string{}, PortsOnLegacyTC: s.attachq.pending()}
+	for u, m := range s.uplinkMode {
+		st.Uplinks[u] = string(m)
+	}
+	st.Networks, st.Workloads, st.FreeNets = s.ipam.Counts()
+	st.Reconcile = api.ReconcileStatus{Runs: s.stats.Runs, Errors: s.stats.Errors, Repairs: s.stats.Repairs,
+		LastDuration: s.stats.LastDuration.String(), LastShallow: s.stats.LastShallow.String(),
+		LastDeep: s.stats.LastDeep.String(), LastError: s.stats.LastError}
+	return st
+}

@@ -1,0 +1,73 @@
+package node
+
+// What the service wants of a network's WireGuard side, computed from the
+// registry's records alone (no kernel, no clock but the one passed in).
+
+import (
+	"net/netip"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// wgWant is a network's wanted member peers and what follows from them.
+type wgWant struct {
+	peers []wg.Peer // the network's members on other nodes, in record order
+	// prefixes are the network's /64s on every member, this node's first
+	// (the tenant owns them all in the firewall).
+	prefixes []netip.Prefix
+	// pathMTU has the prefixes whose path carries less than the
+	// network's MTU (their TCP SYNs get the MSS clamped).
+	pathMTU  map[netip.Prefix]int
+	exitPeer bool        // one peer carries ::/0: the outside is reached through the exit
+	wakes    []time.Time // peers' key rotations still to come: reconcile then
+}
+
+// desiredPeers computes network n's member peers from the registry's
+// records as seen by node self at time now. role and exit are the
+// network's exit path here (exitState.role) and its exit node. Records of
+// self, of nodes without the network, with a bad key or without a usable
+// endpoint give no peer.
+func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, self *config.Node, role exitRole, exit string, now time.Time) wgWant {
+	want := wgWant{prefixes: []netip.Prefix{n.Prefix}, pathMTU: map[netip.Prefix]int{}}
+	v4only := self.Class == config.HomeNAT || self.Class == config.IPv4Only
+	for _, rec := range nodes {
+		nr, ok := rec.Networks[n.ID]
+		if rec.NodeID == self.NodeID || !ok {
+			continue
+		}
+		if nr.NextPublicKey != "" && now.Before(nr.RotateAt) {
+			want.wakes = append(want.wakes, nr.RotateAt)
+		}
+		pk, err := wgtypes.ParseKey(nr.KeyAt(now))
+		if err != nil {
+			continue
+		}
+		ep, ok := rec.Endpoint(n.ID, v4only)
+		if !ok {
+			continue
+		}
+		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
+		if role == exitViaPeer && rec.NodeID == exit {
+			// The outside, through the exit (WireGuard still sends the
+			// other members' /64s to them: the longest match wins).
+			p.AllowedIPs = append(p.AllowedIPs, defaultRoute)
+			want.exitPeer = true
+		}
+		if m := nr.PathMTU(rec); m > 0 && m < n.MTU {
+			want.pathMTU[nr.Prefix] = m // the path shrinks: clamp TCP MSS
+		}
+		// Behind NAT (either side) the mapping must be kept open.
+		if rec.Class == string(config.HomeNAT) || self.Class == config.HomeNAT {
+			p.Keepalive = 25 * time.Second
+		}
+		want.peers = append(want.peers, p)
+		want.prefixes = append(want.prefixes, nr.Prefix)
+	}
+	return want
+}

@@ -1,0 +1,69 @@
+package node
+
+// The registry: this node's record (published on a timer and after
+// changes) and the health of the registry connection.
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/wg"
+)
+
+// regState is the registry connection and how it fares.
+type regState struct {
+	reg    registry.Registry
+	errors atomic.Uint64 // failed registry reads and writes
+	up     atomic.Bool   // the last one succeeded
+	nodes  int           // live nodes it listed last time (under Service.mu)
+}
+
+func (g *regState) failed() {
+	g.errors.Add(1)
+	g.up.Store(false)
+}
+
+func (s *Service) keysDir() string { return filepath.Join(s.cfg.StateDir, "wireguard") }
+
+// publish writes this node's record: its networks with their /64, public
+// key and port. Called on a timer (lease renewal) and after changes.
+func (s *Service) publish() error {
+	if s.registry.reg == nil {
+		return nil
+	}
+	s.mu.Lock()
+	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
+		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
+	nets, err := s.ipam.Networks()
+	for _, n := range nets {
+		key, err := wg.LoadKey(s.keysDir(), n.ID)
+		if err != nil {
+			continue
+		}
+		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU}
+		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
+			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
+		}
+		rec.Networks[n.ID] = nr
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := s.registry.reg.Publish(rec, s.cfg.Lease); err != nil {
+		s.registry.failed()
+		return fmt.Errorf("publish to the registry: %w", err)
+	}
+	s.registry.up.Store(true)
+	return nil
+}
+
+// RegistryState says how many registry operations failed, how many live
+// nodes it listed last time, and whether the last operation succeeded.
+func (s *Service) RegistryState() (errors uint64, nodes int, up bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.registry.errors.Load(), s.registry.nodes, s.registry.up.Load()
+}

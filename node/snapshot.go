@@ -1,0 +1,121 @@
+package node
+
+// The node namespace's state as reconcile reads it: once per run, or only
+// what one workload needs.
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// snapshot is the node namespace's state, read once per reconcile.
+type snapshot struct {
+	links map[string]netlink.Link
+	addrs map[int][]netlink.Addr // by link index
+	atts  map[int]map[loader.Hook]bool
+	ports map[uint32]uint32 // tn_ports_v1
+	// bindings to write, collected while ensuring workloads and written
+	// in one firewall change by flushBindings
+	bind []firewall.PortBinding
+	// attach are ports to attach the datapath to; up are ports to set up
+	// once attached and bound (flushBindings does both, in that order)
+	attach []int
+	up     []netlink.Link
+	// deep: attachments were checked with the kernel, and settings that
+	// rarely drift (sysctls) are checked too
+	deep bool
+}
+
+// snapshotFor reads only what one workload needs (AddWorkload): reading
+// the whole node for each of thousands of workloads would be quadratic.
+func (s *Service) snapshotFor(w ipam.Workload, n ipam.Network) (*snapshot, error) {
+	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, ports: map[uint32]uint32{}}
+	for _, name := range []string{w.HostIf(), n.Bridge()} {
+		if l, err := s.nl.LinkByName(name); err == nil {
+			sn.links[name] = l
+			for _, a := range loader.ListAttachmentsOf(s.cfg.BPFDir, l.Attrs().Index) {
+				if a.Live {
+					if sn.atts[a.Ifindex] == nil {
+						sn.atts[a.Ifindex] = map[loader.Hook]bool{}
+					}
+					sn.atts[a.Ifindex][a.Hook] = true
+				}
+			}
+			var t uint32
+			if bpfmaps.New(s.dp).Raw().TnPortsV1.Lookup(uint32(l.Attrs().Index), &t) == nil {
+				sn.ports[uint32(l.Attrs().Index)] = t
+			}
+		}
+	}
+	return sn, nil
+}
+
+// dump retries a netlink dump that a concurrent change interrupted (the
+// kernel then flags the results as possibly inconsistent).
+func dump[T any](f func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := f()
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 10 {
+			continue
+		}
+		return v, err
+	}
+}
+
+func (s *Service) snapshot(deep bool) (*snapshot, error) {
+	links, err := dump(s.nl.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	sn := &snapshot{links: map[string]netlink.Link{}, addrs: map[int][]netlink.Addr{}, atts: map[int]map[loader.Hook]bool{}, deep: deep}
+	exists := map[int]bool{}
+	for _, l := range links {
+		sn.links[l.Attrs().Name] = l
+		exists[l.Attrs().Index] = true
+	}
+	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		sn.addrs[a.LinkIndex] = append(sn.addrs[a.LinkIndex], a)
+	}
+	// Shallow: the workload ports' hooks recorded for an interface that
+	// exists are checked with one query each (a program detached by hand
+	// is found on the next run); deep opens every pin and looks at the
+	// link or filter behind it.
+	atts := loader.ListRecorded(s.cfg.BPFDir)
+	if deep {
+		atts = loader.ListAttachments(s.cfg.BPFDir)
+	}
+	for _, a := range atts {
+		if !exists[a.Ifindex] {
+			continue
+		}
+		if deep && !a.Live {
+			continue
+		}
+		if !deep && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) && !s.dp.Alive(a) {
+			continue
+		}
+		// A port left on legacy tc (a move that failed) is queued again.
+		if deep && !s.cfg.LegacyTC && a.Mode == loader.ModeLegacyTC && (a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload) {
+			s.attachq.toTCX[a.Ifindex] = true
+		}
+		if sn.atts[a.Ifindex] == nil {
+			sn.atts[a.Ifindex] = map[loader.Hook]bool{}
+		}
+		sn.atts[a.Ifindex][a.Hook] = true
+	}
+	if sn.ports, err = bpfmaps.New(s.dp).Ports(); err != nil {
+		return nil, err
+	}
+	return sn, nil
+}

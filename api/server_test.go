@@ -1,0 +1,125 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tenantnet/tenantnet/ipam"
+)
+
+// fakeNode answers like a node with one network "acme".
+type fakeNode struct{ deleted []string }
+
+func (f *fakeNode) AddNetwork(id string, mtu int) (NetworkInfo, bool, error) {
+	return NetworkInfo{Network: ipam.Network{ID: id, MTU: mtu}, Bridge: "tnb1"}, id != "acme", nil
+}
+func (f *fakeNode) Networks() ([]NetworkInfo, error) {
+	return []NetworkInfo{{Network: ipam.Network{ID: "acme"}}}, nil
+}
+func (f *fakeNode) DeleteNetwork(id string) error {
+	if id != "acme" {
+		return fmt.Errorf("network %s: %w", id, ipam.ErrNotFound)
+	}
+	f.deleted = append(f.deleted, id)
+	return nil
+}
+func (f *fakeNode) RotateKey(id string, overlap time.Duration) (RotateKeyReply, error) {
+	return RotateKeyReply{Network: id, NextPublicKey: overlap.String()}, nil
+}
+func (f *fakeNode) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error) {
+	return WorkloadInfo{}, false, fmt.Errorf("in use: %w", ipam.ErrConflict)
+}
+func (f *fakeNode) DeleteWorkload(id string) error     { return nil }
+func (f *fakeNode) Workloads() ([]WorkloadInfo, error) { return nil, errors.New("broken") }
+func (f *fakeNode) AddUser(id, network, publicKey string) (UserInfo, bool, error) {
+	return UserInfo{}, false, fmt.Errorf("no addresses: %w", ipam.ErrExhausted)
+}
+func (f *fakeNode) DeleteUser(id string) error  { return nil }
+func (f *fakeNode) Users() ([]ipam.User, error) { return []ipam.User{}, nil }
+func (f *fakeNode) Status() Status {
+	return Status{NodeID: "n1", Uplinks: map[string]string{"eth1": "xdp-generic", "eth0": "xdp-native"},
+		Reconcile: ReconcileStatus{Runs: 3, Errors: 1, Repairs: 2}}
+}
+
+func TestHandler(t *testing.T) {
+	f := &fakeNode{}
+	h := Handler(f)
+	tests := []struct {
+		method, path, body string
+		code               int
+		want               string // in the body
+	}{
+		{"POST", "/v1/networks", `{"id":"globex","mtu":1400}`, 201, `"id":"globex"`},
+		{"POST", "/v1/networks", `{"id":"acme"}`, 200, `"bridge":"tnb1"`},
+		{"POST", "/v1/networks", `{"id":"bad id"}`, 400, `"error":"bad request: id`},
+		{"POST", "/v1/networks", `{"id":"acme","nonsense":1}`, 400, `unknown field`},
+		{"GET", "/v1/networks", "", 200, `[{"id":"acme"`},
+		{"DELETE", "/v1/networks/acme", "", 204, ""},
+		{"DELETE", "/v1/networks/nope", "", 404, `"error":"network nope: not found"`},
+		{"POST", "/v1/networks/acme/rotate-key", `{"overlap":"30s"}`, 200, `"next_public_key":"30s"`},
+		{"POST", "/v1/networks/acme/rotate-key", `{"overlap":"soon"}`, 400, `want a duration`},
+		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"relative"}`, 400, `want an absolute path`},
+		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/nonexistent/ns"}`, 400, `does not exist`},
+		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/"}`, 409, `in use: conflict`},
+		{"GET", "/v1/workloads", "", 500, `"error":"broken"`},
+		{"DELETE", "/v1/workloads/w", "", 204, ""},
+		{"POST", "/v1/users", `{"id":"alice","network":"acme"}`, 507, `exhausted`},
+		{"GET", "/v1/users", "", 200, `[]`},
+		{"DELETE", "/v1/users/alice", "", 204, ""},
+		{"GET", "/v1/status", "", 200, `"reconcile":{"runs":3,"errors":1,"repairs":2,`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path+" "+tt.body, func(t *testing.T) {
+			req := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tt.code {
+				t.Errorf("code %d, want %d (body %s)", rec.Code, tt.code, rec.Body)
+			}
+			if !strings.Contains(rec.Body.String(), tt.want) {
+				t.Errorf("body %s, want %s in it", rec.Body, tt.want)
+			}
+			if tt.code == http.StatusNoContent && (rec.Body.Len() != 0 || rec.Header().Get("Content-Type") != "") {
+				t.Errorf("204 with a body %q or a content type %q", rec.Body, rec.Header().Get("Content-Type"))
+			}
+		})
+	}
+	if len(f.deleted) != 1 {
+		t.Errorf("deleted %v, want acme once", f.deleted)
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	b, err := json.Marshal((&fakeNode{}).Status())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	var check func(prefix string, v any)
+	check = func(prefix string, v any) {
+		obj, ok := v.(map[string]any)
+		if !ok || prefix == "uplinks." { // uplink names are data, not fields
+			return
+		}
+		for k, v := range obj {
+			if k != strings.ToLower(k) {
+				t.Errorf("status field %s%s is not snake_case", prefix, k)
+			}
+			check(prefix+k+".", v)
+		}
+	}
+	check("", m)
+	got := fmt.Sprint((&fakeNode{}).Status().SortedUplinks())
+	if want := "[eth0 xdp-native eth1 xdp-generic]"; got != want {
+		t.Errorf("SortedUplinks = %s, want %s", got, want)
+	}
+}

@@ -82,8 +82,7 @@ func TestPlanDeclared(t *testing.T) {
 func TestExitState(t *testing.T) {
 	e := newExitState()
 	e.learn(map[string]registry.NetworkSpec{"a": {ID: "a", Exit: "self"}, "b": {ID: "b", Exit: "n2"}, "c": {ID: "c"}}, true)
-	dual := &config.Node{NodeID: "self", Class: config.DualStack}
-	v4 := &config.Node{NodeID: "self", Class: config.IPv4Only}
+	dual, v4 := selfAs(config.DualStack), selfAs(config.IPv4Only)
 	tests := []struct {
 		id      string
 		self    *config.Node

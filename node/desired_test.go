@@ -37,9 +37,15 @@ func TestDesiredPeers(t *testing.T) {
 	member := func(p netip.Prefix, k wgtypes.Key) map[string]registry.NetworkRecord {
 		return map[string]registry.NetworkRecord{"acme": {Prefix: p, PublicKey: k.String(), Port: 51821}}
 	}
-	dual := &config.Node{NodeID: "self", Class: config.DualStack}
-	v4only := &config.Node{NodeID: "self", Class: config.IPv4Only}
-	nat := &config.Node{NodeID: "self", Class: config.HomeNAT}
+	dual, v4only, nat := selfAs(config.DualStack), selfAs(config.IPv4Only), selfAs(config.HomeNAT)
+	// onePeer: the member with key k at ep holding p is the only peer.
+	onePeer := func(k wgtypes.Key, ep netip.Addr, p netip.Prefix) wgWant {
+		return wgWant{
+			peers:    []wg.Peer{{PublicKey: k, Endpoint: netip.AddrPortFrom(ep, 51821), AllowedIPs: []netip.Prefix{p}}},
+			prefixes: []netip.Prefix{n.Prefix, p},
+			pathMTU:  map[netip.Prefix]int{},
+		}
+	}
 
 	tests := []struct {
 		name  string
@@ -78,11 +84,7 @@ func TestDesiredPeers(t *testing.T) {
 			rec("n2", "dual-stack", 0, []netip.Addr{v6a}, member(p2, k2)),
 			rec("n3", "dual-stack", 0, []netip.Addr{v6b, v4}, member(p3, k3)),
 		},
-		want: wgWant{
-			peers:    []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v4, 51821), AllowedIPs: []netip.Prefix{p3}}},
-			prefixes: []netip.Prefix{n.Prefix, p3},
-			pathMTU:  map[netip.Prefix]int{},
-		},
+		want: onePeer(k3, v4, p3),
 	}, {
 		name: "through the exit peer, behind NAT",
 		self: nat,
@@ -102,16 +104,12 @@ func TestDesiredPeers(t *testing.T) {
 			exitPeer: true,
 		},
 	}, {
-		name: "the exit itself gets no ::/0 peer",
-		self: dual,
-		role: exitHere,
-		exit: "self",
+		name:  "the exit itself gets no ::/0 peer",
+		self:  dual,
+		role:  exitHere,
+		exit:  "self",
 		nodes: []registry.NodeRecord{rec("n2", "ipv4-only", 0, []netip.Addr{v6a}, member(p2, k2))},
-		want: wgWant{
-			peers:    []wg.Peer{{PublicKey: k2, Endpoint: netip.AddrPortFrom(v6a, 51821), AllowedIPs: []netip.Prefix{p2}}},
-			prefixes: []netip.Prefix{n.Prefix, p2},
-			pathMTU:  map[netip.Prefix]int{},
-		},
+		want:  onePeer(k2, v6a, p2),
 	}, {
 		name: "a bad key or no address gives no peer",
 		self: dual,
@@ -139,7 +137,7 @@ func TestDesiredPeersKeyRotation(t *testing.T) {
 	at := now.Add(time.Minute)
 	nodes := []registry.NodeRecord{{NodeID: "n2", Addresses: []netip.Addr{netip.MustParseAddr("2001:db8::2")},
 		Networks: map[string]registry.NetworkRecord{"acme": {Prefix: p2, PublicKey: old.String(), NextPublicKey: next.String(), RotateAt: at}}}}
-	self := &config.Node{NodeID: "self", Class: config.DualStack}
+	self := selfAs(config.DualStack)
 
 	before := desiredPeers(n, nodes, self, exitNone, "", now)
 	if len(before.peers) != 1 || before.peers[0].PublicKey != old || !reflect.DeepEqual(before.wakes, []time.Time{at}) {
@@ -182,5 +180,8 @@ func TestWGNetRoutes(t *testing.T) {
 		t.Errorf("exit routes:\n got %+v\nwant %+v", got, want)
 	}
 }
+
+// selfAs is the node under test, of class c.
+func selfAs(c config.Class) *config.Node { return &config.Node{NodeID: "self", Class: c} }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }

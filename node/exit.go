@@ -145,7 +145,6 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r 
 			have[ru.Table] = true
 			continue
 		}
-		ru := ru
 		if err := s.nl.RuleDel(&ru); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("remove rule to table %d: %w", ru.Table, err))
 			continue
@@ -211,7 +210,6 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error 
 		if found {
 			continue
 		}
-		w := w
 		if err := s.nl.RouteReplace(&w); err != nil {
 			return fmt.Errorf("network %s: route %s in table %d: %w", n.ID, w.Dst, table, err)
 		}
@@ -227,7 +225,6 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error 
 func flushTable(h *netlink.Handle, table int) {
 	routes, _ := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	for _, rt := range routes {
-		rt := rt
 		h.RouteDel(&rt)
 	}
 }
@@ -243,7 +240,6 @@ func RemoveExitRouting(h *netlink.Handle) (int, error) {
 		if !isExitRule(ru) {
 			continue
 		}
-		ru := ru
 		if err := h.RuleDel(&ru); err == nil {
 			n++
 		}

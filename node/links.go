@@ -1,5 +1,8 @@
 package node
 
+// Bridges and workload ports: the links of ours, made and kept by
+// reconcile, and the small helpers they share.
+
 import (
 	"errors"
 	"fmt"

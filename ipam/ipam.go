@@ -129,9 +129,10 @@ func get[T any](tx *bolt.Tx, bucket []byte, what, id string) (T, error) {
 	return v, err
 }
 
-// view runs fn in a read-only transaction and returns what it read.
-func view[T any](db *bolt.DB, fn func(*bolt.Tx) (T, error)) (out T, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
+// inTx runs fn in a transaction (db.View or db.Update) and returns what
+// it returned.
+func inTx[T any](txn func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) (T, error)) (out T, err error) {
+	err = txn(func(tx *bolt.Tx) error {
 		out, err = fn(tx)
 		return err
 	})
@@ -241,32 +242,30 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 
 // Network returns a network.
 func (s *Store) Network(id string) (Network, error) {
-	return view(s.db, func(tx *bolt.Tx) (Network, error) { return get[Network](tx, bNetworks, "network", id) })
+	return inTx(s.db.View, func(tx *bolt.Tx) (Network, error) { return get[Network](tx, bNetworks, "network", id) })
 }
 
-// DeleteNetwork releases a network; it must have no workloads.
+// DeleteNetwork releases a network; it must have no workloads and no users.
 func (s *Store) DeleteNetwork(id string) (Network, error) {
-	var n Network
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if n, err = get[Network](tx, bNetworks, "network", id); err != nil {
-			return err
+	return inTx(s.db.Update, func(tx *bolt.Tx) (Network, error) {
+		n, err := get[Network](tx, bNetworks, "network", id)
+		if err != nil {
+			return n, err
 		}
 		if workloads := members[Workload](tx, bWorkloads, id); len(workloads) > 0 {
-			return fmt.Errorf("network %s still has workloads %v: %w", id, workloads, ErrConflict)
+			return n, fmt.Errorf("network %s still has workloads %v: %w", id, workloads, ErrConflict)
 		}
 		if users := members[User](tx, bUsers, id); len(users) > 0 {
-			return fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
+			return n, fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
 		}
 		idx := s.subnetIndex(n.Prefix)
-		return errors.Join(
+		return n, errors.Join(
 			tx.Bucket(bNetworks).Delete([]byte(id)),
 			tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
 			tx.Bucket(bNums).Delete(be32(n.Num)),
 			tx.Bucket(bPorts).Delete(be32(uint32(n.WGPort))),
 		)
 	})
-	return n, err
 }
 
 // member is a record that belongs to a network: a workload or a user.
@@ -309,7 +308,7 @@ func (s *Store) subnetIndex(p netip.Prefix) uint64 {
 
 // Networks lists all networks.
 func (s *Store) Networks() ([]Network, error) {
-	return view(s.db, func(tx *bolt.Tx) ([]Network, error) { return boltjson.List[Network](tx, bNetworks, nil) })
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]Network, error) { return boltjson.List[Network](tx, bNetworks, nil) })
 }
 
 // interfaceID derives a workload's interface identifier from its id, so
@@ -384,30 +383,28 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 
 // Workload returns a workload.
 func (s *Store) Workload(id string) (Workload, error) {
-	return view(s.db, func(tx *bolt.Tx) (Workload, error) { return get[Workload](tx, bWorkloads, "workload", id) })
+	return inTx(s.db.View, func(tx *bolt.Tx) (Workload, error) { return get[Workload](tx, bWorkloads, "workload", id) })
 }
 
 // DeleteWorkload releases a workload.
 func (s *Store) DeleteWorkload(id string) (Workload, error) {
-	var w Workload
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if w, err = get[Workload](tx, bWorkloads, "workload", id); err != nil {
-			return err
+	return inTx(s.db.Update, func(tx *bolt.Tx) (Workload, error) {
+		w, err := get[Workload](tx, bWorkloads, "workload", id)
+		if err != nil {
+			return w, err
 		}
 		a := w.Addr.As16()
-		return errors.Join(
+		return w, errors.Join(
 			tx.Bucket(bWorkloads).Delete([]byte(id)),
 			tx.Bucket(bWlNums).Delete(be32(w.Num)),
 			tx.Bucket(bAddrs).Delete(a[:]),
 		)
 	})
-	return w, err
 }
 
 // Workloads lists all workloads.
 func (s *Store) Workloads() ([]Workload, error) {
-	return view(s.db, func(tx *bolt.Tx) ([]Workload, error) { return boltjson.List[Workload](tx, bWorkloads, nil) })
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]Workload, error) { return boltjson.List[Workload](tx, bWorkloads, nil) })
 }
 
 // Counts of allocations, for metrics: networks, workloads, free /64s.
@@ -489,21 +486,19 @@ func (s *Store) setDeclared(bucket []byte, id string) error {
 
 // DeleteUser removes a user.
 func (s *Store) DeleteUser(id string) (User, error) {
-	var u User
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if u, err = get[User](tx, bUsers, "user", id); err != nil {
-			return err
+	return inTx(s.db.Update, func(tx *bolt.Tx) (User, error) {
+		u, err := get[User](tx, bUsers, "user", id)
+		if err != nil {
+			return u, err
 		}
 		a := u.Addr.As16()
-		return errors.Join(tx.Bucket(bUsers).Delete([]byte(id)), tx.Bucket(bAddrs).Delete(a[:]))
+		return u, errors.Join(tx.Bucket(bUsers).Delete([]byte(id)), tx.Bucket(bAddrs).Delete(a[:]))
 	})
-	return u, err
 }
 
 // Users lists the users (of one network, or all for "").
 func (s *Store) Users(network string) ([]User, error) {
-	return view(s.db, func(tx *bolt.Tx) ([]User, error) {
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]User, error) {
 		return boltjson.List(tx, bUsers, func(u User) bool { return network == "" || u.Network == network })
 	})
 }

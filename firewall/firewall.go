@@ -306,27 +306,14 @@ func partial(tx *store.Tx, tenant uint32, dir policy.Direction, dst netip.Prefix
 // AddRule validates and adds one rule (its id is assigned) and applies it.
 func (fw *Firewall) AddRule(r policy.Rule) (policy.Rule, bpfmaps.Change, error) {
 	r.ID = 0
-	var change bpfmaps.Change
 	if err := r.Validate(); err != nil {
-		return r, change, err
+		return r, bpfmaps.Change{}, err
 	}
-	var before, after *bpfmaps.Compiled
-	err := fw.change(func(tx *store.Tx) error {
-		if _, err := fw.knownTenant(tx, r.Tenant); err != nil {
-			return err
-		}
-		var err error
-		if before, _, err = partial(tx, r.Tenant, r.Dir, r.Dst); err != nil {
-			return err
-		}
-		if r, err = tx.AddRule(r); err != nil {
-			return err
-		}
-		after, _, err = partial(tx, r.Tenant, r.Dir, r.Dst)
-		return err
-	}, func() error {
-		var err error
-		change, err = bpfmaps.Diff(fw.Maps.Rules(), before, after)
+	change, err := fw.changeRule(func(tx *store.Tx) (policy.Rule, error) {
+		_, err := fw.knownTenant(tx, r.Tenant)
+		return r, err
+	}, func(tx *store.Tx) (err error) {
+		r, err = tx.AddRule(r)
 		return err
 	})
 	return r, change, err
@@ -335,17 +322,33 @@ func (fw *Firewall) AddRule(r policy.Rule) (policy.Rule, bpfmaps.Change, error) 
 // DeleteRule removes a rule by id.
 func (fw *Firewall) DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error) {
 	var r policy.Rule
+	change, err := fw.changeRule(func(tx *store.Tx) (policy.Rule, error) {
+		var err error
+		r, err = tx.Rule(id)
+		return r, err
+	}, func(tx *store.Tx) error {
+		_, err := tx.DeleteRule(id)
+		return err
+	})
+	return r, change, err
+}
+
+// changeRule adds or deletes one rule: find names the rule (and refuses
+// the change if it must), mutate changes the store. The maps get the
+// difference of the nodes around the rule's destination, compiled before
+// and after the change.
+func (fw *Firewall) changeRule(find func(*store.Tx) (policy.Rule, error), mutate func(*store.Tx) error) (bpfmaps.Change, error) {
 	var change bpfmaps.Change
 	var before, after *bpfmaps.Compiled
 	err := fw.change(func(tx *store.Tx) error {
-		var err error
-		if r, err = tx.Rule(id); err != nil {
+		r, err := find(tx)
+		if err != nil {
 			return err
 		}
 		if before, _, err = partial(tx, r.Tenant, r.Dir, r.Dst); err != nil {
 			return err
 		}
-		if _, err = tx.DeleteRule(id); err != nil {
+		if err := mutate(tx); err != nil {
 			return err
 		}
 		after, _, err = partial(tx, r.Tenant, r.Dir, r.Dst)
@@ -355,7 +358,7 @@ func (fw *Firewall) DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error) {
 		change, err = bpfmaps.Diff(fw.Maps.Rules(), before, after)
 		return err
 	})
-	return r, change, err
+	return change, err
 }
 
 // FindRule returns the stored rule with the selector of m.
@@ -394,30 +397,13 @@ type ApplyResult struct {
 // rewritten, so their flows see no gap.
 func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	var res ApplyResult
-	// Validate everything before touching anything.
-	var all []policy.Rule
-	seenTenant := map[uint32]bool{}
-	id := uint32(1)
-	for _, ts := range sets {
-		if seenTenant[ts.Tenant] {
-			return res, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
-		}
-		seenTenant[ts.Tenant] = true
-		for _, r := range ts.Rules {
-			if r.Tenant != ts.Tenant {
-				return res, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
-			}
-			r.ID = id
-			id++
-			all = append(all, r)
-		}
-	}
-	if err := policy.ValidateSet(all); err != nil {
+	seenTenant, err := validateSets(sets)
+	if err != nil {
 		return res, err
 	}
 	var oldRules, newRules []policy.Rule
 	var policies []store.Tenant
-	err := fw.change(func(tx *store.Tx) error {
+	err = fw.change(func(tx *store.Tx) error {
 		targets := sets
 		if prune {
 			tenants, err := tx.Tenants()
@@ -448,47 +434,11 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 				}
 				policies = append(policies, tn)
 			}
-			have, err := tx.Rules(ts.Tenant)
+			was, is, err := diffTenant(tx, ts, &res)
 			if err != nil {
 				return err
 			}
-			oldRules = append(oldRules, have...)
-			want := map[policy.Match]policy.Rule{}
-			for _, r := range ts.Rules {
-				want[r.Match()] = r
-			}
-			for _, h := range have {
-				w, ok := want[h.Match()]
-				switch {
-				case ok && w.Action == h.Action:
-					if w.Comment != h.Comment {
-						if err := tx.UpdateComment(h.ID, w.Comment); err != nil {
-							return err
-						}
-					}
-					delete(want, h.Match())
-					res.Kept++
-					h.Comment = w.Comment
-					newRules = append(newRules, h)
-				default:
-					if _, err := tx.DeleteRule(h.ID); err != nil {
-						return err
-					}
-					res.Gone++
-				}
-			}
-			var fresh []policy.Rule
-			for _, r := range ts.Rules {
-				if _, ok := want[r.Match()]; ok {
-					fresh = append(fresh, r)
-				}
-			}
-			added, err := tx.AddRules(fresh)
-			if err != nil {
-				return err
-			}
-			newRules = append(newRules, added...)
-			res.Added += len(added)
+			oldRules, newRules = append(oldRules, was...), append(newRules, is...)
 		}
 		return nil
 	}, func() error {
@@ -511,6 +461,78 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 		return nil
 	})
 	return res, err
+}
+
+// validateSets checks the whole input of Apply before anything is
+// touched: every tenant listed once, every rule inside its tenant, and all
+// rules valid together. It returns the tenants listed.
+func validateSets(sets []TenantRules) (map[uint32]bool, error) {
+	var all []policy.Rule
+	listed := map[uint32]bool{}
+	id := uint32(1)
+	for _, ts := range sets {
+		if listed[ts.Tenant] {
+			return nil, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
+		}
+		listed[ts.Tenant] = true
+		for _, r := range ts.Rules {
+			if r.Tenant != ts.Tenant {
+				return nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
+			}
+			r.ID = id // its place in the input, which the errors name ("rule 3: ...")
+			id++
+			all = append(all, r)
+		}
+	}
+	return listed, policy.ValidateSet(all)
+}
+
+// diffTenant makes the store hold exactly the rules of ts for its tenant:
+// a stored rule with the same match and action stays (its id, so its map
+// entries, unchanged; only its comment follows), the others go, the new
+// ones are added. It returns the tenant's rules before and after, and
+// counts into res.
+func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []policy.Rule, err error) {
+	was, err = tx.Rules(ts.Tenant)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := map[policy.Match]policy.Rule{}
+	for _, r := range ts.Rules {
+		want[r.Match()] = r
+	}
+	for _, h := range was {
+		w, ok := want[h.Match()]
+		switch {
+		case ok && w.Action == h.Action:
+			if w.Comment != h.Comment {
+				if err := tx.UpdateComment(h.ID, w.Comment); err != nil {
+					return nil, nil, err
+				}
+			}
+			delete(want, h.Match())
+			res.Kept++
+			h.Comment = w.Comment
+			is = append(is, h)
+		default:
+			if _, err := tx.DeleteRule(h.ID); err != nil {
+				return nil, nil, err
+			}
+			res.Gone++
+		}
+	}
+	var fresh []policy.Rule
+	for _, r := range ts.Rules {
+		if _, ok := want[r.Match()]; ok {
+			fresh = append(fresh, r)
+		}
+	}
+	added, err := tx.AddRules(fresh)
+	if err != nil {
+		return nil, nil, err
+	}
+	res.Added += len(added)
+	return was, append(is, added...), nil
 }
 
 // Flush removes every rule of a tenant.

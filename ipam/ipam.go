@@ -14,12 +14,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tenantnet/tenantnet/internal/boltjson"
 )
 
 // FileName is the database inside the state directory.
@@ -58,7 +57,8 @@ type Network struct {
 }
 
 // Bridge is the network's bridge name: derived from its number, so unique
-// on the node and at most 15 characters.
+// on the node, and at most 11 characters ("tnb" and the 8 hex digits of a
+// number below 2^31), well within the kernel's 15.
 func (n Network) Bridge() string { return fmt.Sprintf("tnb%x", n.Num) }
 
 // Gateway is the bridge's address in the /64 (prefix::1); workloads route
@@ -78,7 +78,8 @@ type Workload struct {
 	Addr    netip.Addr `json:"address"`
 }
 
-// HostIf is the host side of the workload's veth.
+// HostIf is the host side of the workload's veth: "tnw" and its number in
+// hex, at most 11 characters as Bridge.
 func (w Workload) HostIf() string { return fmt.Sprintf("tnw%x", w.Num) }
 
 // Pool describes what can be allocated.
@@ -96,23 +97,8 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, pool Pool) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	db, err := bolt.Open(filepath.Join(dir, FileName), 0o600, &bolt.Options{Timeout: 10 * time.Second})
+	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, FileName), err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
 		return nil, err
 	}
 	return &Store{db: db, pool: pool}, nil
@@ -132,6 +118,26 @@ func ValidID(id string) error {
 }
 
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+// get reads record id of bucket; what names its kind in the error
+// ("network acme: not found").
+func get[T any](tx *bolt.Tx, bucket []byte, what, id string) (T, error) {
+	v, found, err := boltjson.Get[T](tx, bucket, []byte(id))
+	if err == nil && !found {
+		err = fmt.Errorf("%s %s: %w", what, id, ErrNotFound)
+	}
+	return v, err
+}
+
+// inTx runs fn in a transaction (db.View or db.Update) and returns what
+// it returned.
+func inTx[T any](txn func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) (T, error)) (out T, err error) {
+	err = txn(func(tx *bolt.Tx) error {
+		out, err = fn(tx)
+		return err
+	})
+	return out, err
+}
 
 // lowestFree returns the lowest key >= from (and < limit) not in b.
 func lowestFree(b *bolt.Bucket, from, limit uint64) (uint64, bool) {
@@ -196,10 +202,11 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 		return n, false, err
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bNetworks).Get([]byte(id)); v != nil {
-			if err := json.Unmarshal(v, &n); err != nil {
-				return err
-			}
+		var found bool
+		var err error
+		if n, found, err = boltjson.Get[Network](tx, bNetworks, []byte(id)); err != nil {
+			return err
+		} else if found {
 			if mtu != 0 && mtu != n.MTU {
 				return fmt.Errorf("network %s exists with mtu %d: %w", id, n.MTU, ErrConflict)
 			}
@@ -220,13 +227,11 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 			return fmt.Errorf("WireGuard ports %d-%d: %w", s.pool.WGPortBase, s.pool.WGPortBase+s.pool.WGPorts-1, ErrExhausted)
 		}
 		n = Network{ID: id, Num: uint32(num), Prefix: prefix, WGPort: int(port), MTU: mtu, Declared: declared}
-		v, err := json.Marshal(n)
-		if err != nil {
+		if err := boltjson.Put(tx, bNetworks, []byte(id), n); err != nil {
 			return err
 		}
 		created = true
 		return errors.Join(
-			tx.Bucket(bNetworks).Put([]byte(id), v),
 			tx.Bucket(bSubnets).Put(be32(uint32(idx)), []byte(id)),
 			tx.Bucket(bNums).Put(be32(uint32(num)), []byte(id)),
 			tx.Bucket(bPorts).Put(be32(uint32(port)), []byte(id)),
@@ -237,58 +242,56 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 
 // Network returns a network.
 func (s *Store) Network(id string) (Network, error) {
-	var n Network
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bNetworks).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("network %s: %w", id, ErrNotFound)
-		}
-		return json.Unmarshal(v, &n)
-	})
-	return n, err
+	return inTx(s.db.View, func(tx *bolt.Tx) (Network, error) { return get[Network](tx, bNetworks, "network", id) })
 }
 
-// DeleteNetwork releases a network; it must have no workloads.
+// DeleteNetwork releases a network; it must have no workloads and no users.
 func (s *Store) DeleteNetwork(id string) (Network, error) {
-	var n Network
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bNetworks).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("network %s: %w", id, ErrNotFound)
+	return inTx(s.db.Update, func(tx *bolt.Tx) (Network, error) {
+		n, err := get[Network](tx, bNetworks, "network", id)
+		if err != nil {
+			return n, err
 		}
-		if err := json.Unmarshal(v, &n); err != nil {
-			return err
+		if workloads := members[Workload](tx, bWorkloads, id); len(workloads) > 0 {
+			return n, fmt.Errorf("network %s still has workloads %v: %w", id, workloads, ErrConflict)
 		}
-		var users []string
-		tx.Bucket(bWorkloads).ForEach(func(k, v []byte) error {
-			var w Workload
-			if json.Unmarshal(v, &w) == nil && w.Network == id {
-				users = append(users, w.ID)
-			}
-			return nil
-		})
-		if len(users) > 0 {
-			return fmt.Errorf("network %s still has workloads %v: %w", id, users, ErrConflict)
-		}
-		tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
-			var u User
-			if json.Unmarshal(v, &u) == nil && u.Network == id {
-				users = append(users, u.ID)
-			}
-			return nil
-		})
-		if len(users) > 0 {
-			return fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
+		if users := members[User](tx, bUsers, id); len(users) > 0 {
+			return n, fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
 		}
 		idx := s.subnetIndex(n.Prefix)
-		return errors.Join(
+		return n, errors.Join(
 			tx.Bucket(bNetworks).Delete([]byte(id)),
 			tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
 			tx.Bucket(bNums).Delete(be32(n.Num)),
 			tx.Bucket(bPorts).Delete(be32(uint32(n.WGPort))),
 		)
 	})
-	return n, err
+}
+
+// member is a record that belongs to a network: a workload or a user.
+type member interface {
+	Workload | User
+	owner() (id, network string)
+}
+
+func (w Workload) owner() (string, string) { return w.ID, w.Network }
+func (u User) owner() (string, string)     { return u.ID, u.Network }
+
+// members lists the ids of bucket's records that belong to network. A
+// record that does not decode belongs to none: it must not keep a network
+// alive.
+func members[T member](tx *bolt.Tx, bucket []byte, network string) []string {
+	var ids []string
+	tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+		var m T
+		if json.Unmarshal(v, &m) == nil {
+			if id, nw := m.owner(); nw == network {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	return ids
 }
 
 func (s *Store) subnetIndex(p netip.Prefix) uint64 {
@@ -305,18 +308,7 @@ func (s *Store) subnetIndex(p netip.Prefix) uint64 {
 
 // Networks lists all networks.
 func (s *Store) Networks() ([]Network, error) {
-	var out []Network
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bNetworks).ForEach(func(k, v []byte) error {
-			var n Network
-			if err := json.Unmarshal(v, &n); err != nil {
-				return err
-			}
-			out = append(out, n)
-			return nil
-		})
-	})
-	return out, err
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]Network, error) { return boltjson.List[Network](tx, bNetworks, nil) })
 }
 
 // interfaceID derives a workload's interface identifier from its id, so
@@ -352,23 +344,19 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 		return w, false, err
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bWorkloads).Get([]byte(id)); v != nil {
-			if err := json.Unmarshal(v, &w); err != nil {
-				return err
-			}
+		var found bool
+		var err error
+		if w, found, err = boltjson.Get[Workload](tx, bWorkloads, []byte(id)); err != nil {
+			return err
+		} else if found {
 			if w.Network != network {
 				return fmt.Errorf("workload %s is attached to network %s: %w", id, w.Network, ErrConflict)
 			}
 			w.Netns = netns // a restarted workload comes back in a new netns
-			v, _ := json.Marshal(w)
-			return tx.Bucket(bWorkloads).Put([]byte(id), v)
+			return boltjson.Put(tx, bWorkloads, []byte(id), w)
 		}
-		nv := tx.Bucket(bNetworks).Get([]byte(network))
-		if nv == nil {
-			return fmt.Errorf("network %s: %w", network, ErrNotFound)
-		}
-		var n Network
-		if err := json.Unmarshal(nv, &n); err != nil {
+		n, err := get[Network](tx, bNetworks, "network", network)
+		if err != nil {
 			return err
 		}
 		num, ok := lowestFree(tx.Bucket(bWlNums), 1, 1<<31)
@@ -380,14 +368,12 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 			return err
 		}
 		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, Addr: addr}
-		v, err := json.Marshal(w)
-		if err != nil {
+		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
 			return err
 		}
 		a := addr.As16()
 		created = true
 		return errors.Join(
-			tx.Bucket(bWorkloads).Put([]byte(id), v),
 			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
 			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
 		)
@@ -397,52 +383,28 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 
 // Workload returns a workload.
 func (s *Store) Workload(id string) (Workload, error) {
-	var w Workload
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bWorkloads).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("workload %s: %w", id, ErrNotFound)
-		}
-		return json.Unmarshal(v, &w)
-	})
-	return w, err
+	return inTx(s.db.View, func(tx *bolt.Tx) (Workload, error) { return get[Workload](tx, bWorkloads, "workload", id) })
 }
 
 // DeleteWorkload releases a workload.
 func (s *Store) DeleteWorkload(id string) (Workload, error) {
-	var w Workload
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bWorkloads).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("workload %s: %w", id, ErrNotFound)
-		}
-		if err := json.Unmarshal(v, &w); err != nil {
-			return err
+	return inTx(s.db.Update, func(tx *bolt.Tx) (Workload, error) {
+		w, err := get[Workload](tx, bWorkloads, "workload", id)
+		if err != nil {
+			return w, err
 		}
 		a := w.Addr.As16()
-		return errors.Join(
+		return w, errors.Join(
 			tx.Bucket(bWorkloads).Delete([]byte(id)),
 			tx.Bucket(bWlNums).Delete(be32(w.Num)),
 			tx.Bucket(bAddrs).Delete(a[:]),
 		)
 	})
-	return w, err
 }
 
 // Workloads lists all workloads.
 func (s *Store) Workloads() ([]Workload, error) {
-	var out []Workload
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bWorkloads).ForEach(func(k, v []byte) error {
-			var w Workload
-			if err := json.Unmarshal(v, &w); err != nil {
-				return err
-			}
-			out = append(out, w)
-			return nil
-		})
-	})
-	return out, err
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]Workload, error) { return boltjson.List[Workload](tx, bWorkloads, nil) })
 }
 
 // Counts of allocations, for metrics: networks, workloads, free /64s.
@@ -473,10 +435,11 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 		return u, false, err
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bUsers).Get([]byte(id)); v != nil {
-			if err := json.Unmarshal(v, &u); err != nil {
-				return err
-			}
+		var found bool
+		var err error
+		if u, found, err = boltjson.Get[User](tx, bUsers, []byte(id)); err != nil {
+			return err
+		} else if found {
 			if u.Network != network {
 				return fmt.Errorf("user %s belongs to network %s: %w", id, u.Network, ErrConflict)
 			}
@@ -484,15 +447,10 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 				return nil
 			}
 			u.PublicKey = publicKey // a new key for the same user
-			v, _ := json.Marshal(u)
-			return tx.Bucket(bUsers).Put([]byte(id), v)
+			return boltjson.Put(tx, bUsers, []byte(id), u)
 		}
-		nv := tx.Bucket(bNetworks).Get([]byte(network))
-		if nv == nil {
-			return fmt.Errorf("network %s: %w", network, ErrNotFound)
-		}
-		var n Network
-		if err := json.Unmarshal(nv, &n); err != nil {
+		n, err := get[Network](tx, bNetworks, "network", network)
+		if err != nil {
 			return err
 		}
 		addr, err := allocAddr(tx, n, "user/"+id)
@@ -500,13 +458,12 @@ func (s *Store) AddUser(id, network, publicKey string) (User, bool, error) {
 			return err
 		}
 		u = User{ID: id, Network: network, PublicKey: publicKey, Addr: addr}
-		v, err := json.Marshal(u)
-		if err != nil {
+		if err := boltjson.Put(tx, bUsers, []byte(id), u); err != nil {
 			return err
 		}
 		a := addr.As16()
 		created = true
-		return errors.Join(tx.Bucket(bUsers).Put([]byte(id), v), tx.Bucket(bAddrs).Put(a[:], []byte("user/"+id)))
+		return tx.Bucket(bAddrs).Put(a[:], []byte("user/"+id))
 	})
 	return u, created, err
 }
@@ -516,54 +473,32 @@ func (s *Store) SetUserDeclared(id string) error { return s.setDeclared(bUsers, 
 
 func (s *Store) setDeclared(bucket []byte, id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucket).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("%s %s: %w", bucket, id, ErrNotFound)
-		}
-		var rec map[string]json.RawMessage
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return err
-		}
-		rec["declared"] = json.RawMessage("true")
-		nv, err := json.Marshal(rec)
+		// Only the one field changes: the rest of the record stays as
+		// it is, whatever this build knows of it.
+		rec, err := get[map[string]json.RawMessage](tx, bucket, string(bucket), id)
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucket).Put([]byte(id), nv)
+		rec["declared"] = json.RawMessage("true")
+		return boltjson.Put(tx, bucket, []byte(id), rec)
 	})
 }
 
 // DeleteUser removes a user.
 func (s *Store) DeleteUser(id string) (User, error) {
-	var u User
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bUsers).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("user %s: %w", id, ErrNotFound)
-		}
-		if err := json.Unmarshal(v, &u); err != nil {
-			return err
+	return inTx(s.db.Update, func(tx *bolt.Tx) (User, error) {
+		u, err := get[User](tx, bUsers, "user", id)
+		if err != nil {
+			return u, err
 		}
 		a := u.Addr.As16()
-		return errors.Join(tx.Bucket(bUsers).Delete([]byte(id)), tx.Bucket(bAddrs).Delete(a[:]))
+		return u, errors.Join(tx.Bucket(bUsers).Delete([]byte(id)), tx.Bucket(bAddrs).Delete(a[:]))
 	})
-	return u, err
 }
 
 // Users lists the users (of one network, or all for "").
 func (s *Store) Users(network string) ([]User, error) {
-	var out []User
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
-			var u User
-			if err := json.Unmarshal(v, &u); err != nil {
-				return err
-			}
-			if network == "" || u.Network == network {
-				out = append(out, u)
-			}
-			return nil
-		})
+	return inTx(s.db.View, func(tx *bolt.Tx) ([]User, error) {
+		return boltjson.List(tx, bUsers, func(u User) bool { return network == "" || u.Network == network })
 	})
-	return out, err
 }

@@ -3,7 +3,10 @@ package ipam
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func open(t *testing.T, dir string, prefixes ...string) *Store {
@@ -87,5 +90,59 @@ func TestWorkloads(t *testing.T) {
 	}
 	if len(w.HostIf()) > 15 || len(n.Bridge()) > 15 {
 		t.Fatal("interface names too long")
+	}
+}
+
+// TestOnDiskFormat pins the records' encoding: a state directory written
+// by an older build must open unchanged, and records written now must
+// read the same in it.
+func TestOnDiskFormat(t *testing.T) {
+	s := open(t, t.TempDir(), "2001:db8:100::/48")
+	defer s.Close()
+	n, _, err := s.AddNetwork("acme", 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _, err := s.AddUser("alice", "acme", "a2V5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetUserDeclared("alice"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"networks/acme":   `{"id":"acme","num":1,"prefix":"2001:db8:100:1::/64","wireguard_port":51820,"mtu":1420}`,
+		"workloads/web-1": `{"id":"web-1","network":"acme","num":1,"netns":"/run/netns/web-1","address":"` + w.Addr.String() + `"}`,
+		"users/alice":     `{"address":"` + u.Addr.String() + `","declared":true,"id":"alice","network":"acme","public_key":"a2V5"}`,
+	}
+	raw := func(bucket, key string) (v string) {
+		s.db.View(func(tx *bolt.Tx) error { v = string(tx.Bucket([]byte(bucket)).Get([]byte(key))); return nil })
+		return v
+	}
+	for bk, rec := range want {
+		bucket, key, _ := strings.Cut(bk, "/")
+		if got := raw(bucket, key); got != rec {
+			t.Errorf("%s:\n got %s\nwant %s", bk, got, rec)
+		}
+	}
+	// A record as an older build wrote it (by hand: json.Marshal and Put).
+	old := `{"id":"globex","num":9,"prefix":"2001:db8:100:9::/64","wireguard_port":51821,"mtu":1380,"declared":true}`
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bNetworks).Put([]byte("globex"), []byte(old)) }); err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.Network("globex")
+	wantG := Network{ID: "globex", Num: 9, Prefix: netip.MustParsePrefix("2001:db8:100:9::/64"), WGPort: 51821, MTU: 1380, Declared: true}
+	if err != nil || g != wantG {
+		t.Fatalf("old record: %+v %v", g, err)
+	}
+	if all, err := s.Networks(); err != nil || len(all) != 2 || all[0] != n || all[1] != wantG {
+		t.Fatalf("networks: %+v %v", all, err)
+	}
+	if _, err := s.Workload("nobody"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing workload: %v", err)
 	}
 }

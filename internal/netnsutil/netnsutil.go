@@ -1,42 +1,106 @@
-// Package netnsutil creates named network namespaces safely from Go: the
-// namespace switch happens on a locked OS thread that is only handed back
-// once it is in its original namespace again.
+// Package netnsutil enters, creates and deletes network namespaces safely
+// from Go, the one place that switches a thread's namespace: the switch
+// happens on a locked OS thread of its own goroutine, which is handed back
+// to the runtime only once it is in its original namespace again, and is
+// thrown away (it stays locked until its goroutine ends) if it cannot get
+// back.
 package netnsutil
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
 	"github.com/vishvananda/netns"
 )
 
-// CreateNamed makes a namespace that lives as long as its bind mount under
-// /run/netns (like a pause container's).
+// Do runs fn on an OS thread inside ns and returns fn's error. fn runs on
+// a goroutine of its own: goroutines it starts do not inherit ns, and if
+// it never returns (t.Fatal calls runtime.Goexit) Do still returns, with
+// an error.
+func Do(ns netns.NsHandle, fn func() error) error { return enter(ns, ns.String(), fn) }
+
+// DoNamed is Do for the namespace named under /run/netns.
+func DoNamed(name string, fn func() error) error {
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer h.Close()
+	return enter(h, name, fn)
+}
+
+func enter(ns netns.NsHandle, label string, fn func() error) error {
+	return do(label, func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns %s: %w", label, err)
+		}
+		return fn()
+	})
+}
+
+// NewNamed makes a namespace that lives as long as its bind mount under
+// /run/netns (like a pause container's) and returns a handle on it; the
+// caller closes the handle.
+func NewNamed(name string) (netns.NsHandle, error) {
+	h := netns.None()
+	err := do(name, func() error {
+		var err error
+		h, err = netns.NewNamed(name) // and moves this thread into it
+		return err
+	})
+	if err != nil {
+		if h.IsOpen() {
+			h.Close()
+		}
+		return netns.None(), fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// CreateNamed is NewNamed for a caller that needs no handle.
 func CreateNamed(name string) error {
+	h, err := NewNamed(name)
+	if err != nil {
+		return err
+	}
+	return h.Close()
+}
+
+// DeleteNamed removes a named namespace's bind mount; the namespace ends
+// when nothing else (a process, an open handle) holds it.
+func DeleteNamed(name string) error {
+	if err := netns.DeleteNamed(name); err != nil {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// do runs fn on a locked thread of a new goroutine and puts the thread
+// back into its original namespace afterwards (fn may have left it).
+func do(label string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
+		result := fmt.Errorf("aborted inside netns %s (runtime.Goexit, as t.Fatal, in the function)", label)
+		defer func() { errc <- result }()
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			errc <- err
+			runtime.UnlockOSThread() // never left its namespace
+			result = fmt.Errorf("get the current netns: %w", err)
 			return
 		}
 		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		h.Close()
+		ferr := fn()
 		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and dies with the goroutine
+			// The thread stays locked: it ends with this goroutine
+			// instead of running other goroutines in the wrong
+			// namespace.
+			result = errors.Join(ferr, fmt.Errorf("leave netns %s: %w", label, err))
 			return
 		}
 		runtime.UnlockOSThread()
-		errc <- nil
+		result = ferr
 	}()
-	if err := <-errc; err != nil {
-		return fmt.Errorf("create netns %s: %w", name, err)
-	}
-	return nil
+	return <-errc
 }

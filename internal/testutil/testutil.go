@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 	"github.com/tenantnet/tenantnet/loader"
 )
 
@@ -75,7 +75,7 @@ func sweep() {
 		if entries, err := os.ReadDir("/run/netns"); err == nil {
 			for _, e := range entries {
 				if strings.HasPrefix(e.Name(), "tn-") && dead(e.Name()) {
-					_ = netns.DeleteNamed(e.Name())
+					_ = netnsutil.DeleteNamed(e.Name())
 				}
 			}
 		}
@@ -118,65 +118,27 @@ type NetNS struct {
 func NewNetNS(tb testing.TB, name string) *NetNS {
 	tb.Helper()
 	RequireRoot(tb)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		tb.Fatalf("get netns: %v", err)
-	}
-	defer orig.Close()
 	sweep()
-	_ = netns.DeleteNamed(name) // a leftover of a killed run
-	h, err := netns.NewNamed(name)
+	_ = netnsutil.DeleteNamed(name) // a leftover of a killed run
+	h, err := netnsutil.NewNamed(name)
 	if err != nil {
-		tb.Fatalf("create netns %s: %v", name, err)
+		tb.Fatal(err)
 	}
-	if err := netns.Set(orig); err != nil {
-		// This thread is in the wrong namespace: never hand it back.
-		runtime.Goexit()
-	}
-	ns := &NetNS{Handle: h, Name: name}
 	tb.Cleanup(func() {
 		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
+		if err := netnsutil.DeleteNamed(name); err != nil {
+			tb.Error(err)
 		}
 	})
-	return ns
+	return &NetNS{Handle: h, Name: name}
 }
 
-// Do runs fn with the calling goroutine's thread inside ns. The thread
-// stays locked (and is thrown away) if switching back fails.
-func (ns *NetNS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// If fn never returns (t.Fatal calls runtime.Goexit), still
-		// answer; the thread stays locked and dies with the goroutine.
-		result := errors.New("aborted inside " + ns.Name + " (t.Fatal or panic in NetNS.Do)")
-		defer func() { errc <- result }()
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			result = err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns.Handle); err != nil {
-			result = fmt.Errorf("enter %s: %w", ns.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			result = errors.Join(ferr, fmt.Errorf("leave %s: %w", ns.Name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		result = ferr
-	}()
-	return <-errc
-}
+// Do runs fn on an OS thread inside ns (netnsutil.DoNamed: the thread is
+// thrown away if it cannot get back). fn runs on another goroutine; if it
+// calls t.Fatal, Do returns an error.
+func (ns *NetNS) Do(fn func() error) error { return netnsutil.DoNamed(ns.Name, fn) }
 
-// Handle returns a netlink handle inside ns.
+// Netlink returns a netlink handle inside ns, closed at cleanup.
 func (ns *NetNS) Netlink(tb testing.TB) *netlink.Handle {
 	tb.Helper()
 	h, err := netlink.NewHandleAt(ns.Handle, unix.NETLINK_ROUTE) // xfrm netlink may be missing (a module)

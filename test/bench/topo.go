@@ -6,9 +6,9 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -18,10 +18,10 @@ import (
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
-// Topology: sender --(snd0/up0)-- node --(pw/eth0)-- workload.
+// Topology: sender --(eth0/up0)-- node --(pw/eth0)-- workload.
 //
-//	sender   2001:db8:1::1/64, default via 2001:db8:1::2
-//	node     up0 2001:db8:1::2/64, pw fe80::1/64, route 2001:db8:a::1/128 dev pw
+//	sender   eth0 2001:db8:1::1/64, default via 2001:db8:1::2
+//	node     up0 2001:db8:1::2/64, pw fe80::1/64, route 2001:db8:a::1/128 dev pw, forwarding
 //	workload eth0 2001:db8:a::1/128, default via fe80::1
 type topo struct {
 	snd, node, wl string // namespace names
@@ -30,87 +30,123 @@ type topo struct {
 const (
 	wlAddr   = "2001:db8:a::1"
 	sndAddr  = "2001:db8:1::1"
+	nodeAddr = "2001:db8:1::2"
 	uplinkIf = "up0"
 	portIf   = "pw"
 )
 
+// newTopo builds the topology in namespaces named after this process.
 func newTopo() (*topo, error) {
 	pid := os.Getpid()
 	t := &topo{snd: fmt.Sprintf("tn-bsnd-%d", pid), node: fmt.Sprintf("tn-bnode-%d", pid), wl: fmt.Sprintf("tn-bwl-%d", pid)}
-	for _, ns := range []string{t.snd, t.node, t.wl} {
-		if err := mkNetns(ns); err != nil {
-			t.close()
-			return nil, err
-		}
-	}
-	script := []string{
-		"ip -n " + t.node + " link add " + uplinkIf + " type veth peer name eth0 netns " + t.snd,
-		"ip -n " + t.node + " link add " + portIf + " type veth peer name eth0 netns " + t.wl,
-		"ip netns exec " + t.node + " sysctl -qw net.ipv6.conf.all.forwarding=1",
-		"ip -n " + t.node + " addr add 2001:db8:1::2/64 dev " + uplinkIf + " nodad",
-		"ip -n " + t.node + " addr add fe80::1/64 dev " + portIf + " nodad",
-		"ip -n " + t.node + " link set " + uplinkIf + " up",
-		"ip -n " + t.node + " link set " + portIf + " up",
-		"ip -n " + t.node + " link set lo up",
-		"ip -n " + t.node + " route add " + wlAddr + "/128 dev " + portIf,
-		"ip -n " + t.snd + " addr add " + sndAddr + "/64 dev eth0 nodad",
-		"ip -n " + t.snd + " link set eth0 up",
-		"ip -n " + t.snd + " link set lo up",
-		"ip -n " + t.snd + " route add default via 2001:db8:1::2",
-		"ip -n " + t.wl + " addr add " + wlAddr + "/128 dev eth0 nodad",
-		"ip -n " + t.wl + " link set eth0 up",
-		"ip -n " + t.wl + " link set lo up",
-		"ip -n " + t.wl + " route add default via fe80::1 dev eth0",
-	}
-	for _, c := range script {
-		if out, err := exec.Command("sh", "-c", c).CombinedOutput(); err != nil {
-			t.close()
-			return nil, fmt.Errorf("%s: %v %s", c, err, out)
-		}
+	if err := t.build(); err != nil {
+		return nil, errors.Join(err, t.close())
 	}
 	return t, nil
 }
 
-func (t *topo) close() {
-	for _, ns := range []string{t.snd, t.node, t.wl} {
-		netns.DeleteNamed(ns)
+func (t *topo) names() []string { return []string{t.snd, t.node, t.wl} }
+
+// build makes the namespaces and wires them with netlink.
+func (t *topo) build() error {
+	hs := map[string]netns.NsHandle{}
+	nls := map[string]*netlink.Handle{}
+	defer func() {
+		for _, nl := range nls {
+			nl.Close()
+		}
+		for _, h := range hs {
+			h.Close()
+		}
+	}()
+	for _, name := range t.names() {
+		h, err := netnsutil.NewNamed(name)
+		if err != nil {
+			return err
+		}
+		hs[name] = h
+		if nls[name], err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE); err != nil {
+			return fmt.Errorf("netlink in %s: %w", name, err)
+		}
 	}
+	for _, peer := range []struct{ dev, ns string }{{uplinkIf, t.snd}, {portIf, t.wl}} {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: peer.dev}, PeerName: "eth0", PeerNamespace: netlink.NsFd(hs[peer.ns])}
+		if err := nls[t.node].LinkAdd(v); err != nil {
+			return fmt.Errorf("add veth %s in %s, peer eth0 in %s: %w", peer.dev, t.node, peer.ns, err)
+		}
+	}
+	if err := netnsutil.Do(hs[t.node], func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	}); err != nil {
+		return fmt.Errorf("forwarding in %s: %w", t.node, err)
+	}
+	for _, c := range []struct{ ns, dev, addr, dst, gw string }{
+		{ns: t.node, dev: uplinkIf, addr: nodeAddr + "/64"},
+		{ns: t.node, dev: portIf, addr: "fe80::1/64", dst: wlAddr + "/128"},
+		{ns: t.snd, dev: "eth0", addr: sndAddr + "/64", gw: nodeAddr},
+		{ns: t.wl, dev: "eth0", addr: wlAddr + "/128", gw: "fe80::1"},
+	} {
+		if err := configure(nls[c.ns], c.dev, c.addr, c.dst, c.gw); err != nil {
+			return fmt.Errorf("%s in %s: %w", c.dev, c.ns, err)
+		}
+	}
+	for _, name := range t.names() {
+		lo, err := nls[name].LinkByName("lo")
+		if err == nil {
+			err = nls[name].LinkSetUp(lo)
+		}
+		if err != nil {
+			return fmt.Errorf("lo in %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
-func mkNetns(name string) error { return netnsutil.CreateNamed(name) }
+// configure gives a device its address (without duplicate detection: the
+// figures must not wait for DAD), sets it up and adds its route: to dst
+// through the device, or the default via gw.
+func configure(nl *netlink.Handle, dev, addr, dst, gw string) error {
+	l, err := nl.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	a, err := netlink.ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	a.Flags = unix.IFA_F_NODAD
+	if err := nl.AddrAdd(l, a); err != nil {
+		return fmt.Errorf("address %s: %w", addr, err)
+	}
+	if err := nl.LinkSetUp(l); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index}
+	switch {
+	case dst != "":
+		if _, r.Dst, err = net.ParseCIDR(dst); err != nil {
+			return err
+		}
+	case gw != "":
+		r.Gw = net.ParseIP(gw)
+	default:
+		return nil
+	}
+	if err := nl.RouteAdd(r); err != nil {
+		return fmt.Errorf("route %s: %w", r, err)
+	}
+	return nil
+}
 
-// in runs fn on a thread inside the named namespace.
-func in(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		res := errors.New("aborted")
-		defer func() { errc <- res }()
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			res = err
-			return
+// close deletes the namespaces, and with them the veths.
+func (t *topo) close() error {
+	var errs []error
+	for _, name := range t.names() {
+		if _, err := os.Stat("/run/netns/" + name); err == nil {
+			errs = append(errs, netnsutil.DeleteNamed(name))
 		}
-		defer orig.Close()
-		h, err := netns.GetFromName(name)
-		if err != nil {
-			res = err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			res = err
-			return
-		}
-		e := fn()
-		if err := netns.Set(orig); err != nil {
-			res = err
-			return
-		}
-		runtime.UnlockOSThread()
-		res = e
-	}()
-	return <-errc
+	}
+	return errors.Join(errs...)
 }
 
 // sh runs a command line inside a namespace (nsenter: /sys stays ours).

@@ -7,13 +7,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
 // udpPPS floods small UDP datagrams (64-byte frames) from the sender to the
 // workload's port for d and returns what the workload received per second.
 func (t *topo) udpPPS(port int, d time.Duration) (float64, error) {
 	var rx *net.UDPConn
-	if err := in(t.wl, func() (err error) {
+	if err := netnsutil.DoNamed(t.wl, func() (err error) {
 		rx, err = net.ListenUDP("udp6", &net.UDPAddr{Port: port})
 		if err == nil {
 			err = rx.SetReadBuffer(8 << 20)
@@ -51,7 +53,7 @@ func (t *topo) udpFlood(dst string, port int, d time.Duration) (int64, error) {
 	var conns []*net.UDPConn
 	for i := 0; i < 2; i++ {
 		var c *net.UDPConn
-		if err := in(t.snd, func() (err error) {
+		if err := netnsutil.DoNamed(t.snd, func() (err error) {
 			c, err = net.DialUDP("udp6", nil, &net.UDPAddr{IP: net.ParseIP(dst), Port: port})
 			return err
 		}); err != nil {
@@ -112,7 +114,7 @@ func (t *topo) tcpStream(port int, d time.Duration) (float64, error) {
 // connection at once.
 func (t *topo) startAcceptor(port int) (func(), error) {
 	var ln net.Listener
-	if err := in(t.wl, func() (err error) { ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", port)); return }); err != nil {
+	if err := netnsutil.DoNamed(t.wl, func() (err error) { ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", port)); return }); err != nil {
 		return nil, err
 	}
 	go func() {
@@ -140,7 +142,7 @@ func (t *topo) connRate(port int, d time.Duration) (float64, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- in(t.snd, func() error {
+			errc <- netnsutil.DoNamed(t.snd, func() error {
 				deadline := time.Now().Add(d)
 				for time.Now().Before(deadline) {
 					c, err := net.DialTimeout("tcp6", addr, time.Second)

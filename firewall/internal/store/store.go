@@ -15,13 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/tenantnet/tenantnet/internal/boltjson"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
@@ -52,32 +51,17 @@ type Store struct {
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
-	}
-	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 10 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	s := &Store{db: db}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
+	db, err := boltjson.Open(dir, FileName, [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches}, func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get(kVersion); v != nil && binary.BigEndian.Uint32(v) != Version {
-			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
+			return fmt.Errorf("%s has layout version %d, this build reads %d", filepath.Join(dir, FileName), binary.BigEndian.Uint32(v), Version)
 		}
 		return meta.Put(kVersion, be32(Version))
 	})
 	if err != nil {
-		db.Close()
 		return nil, err
 	}
-	return s, nil
+	return &Store{db: db}, nil
 }
 
 // Close closes the database.
@@ -133,22 +117,15 @@ func (t Tenant) Policy() policy.TenantPolicy {
 
 // Tenant returns a tenant.
 func (t *Tx) Tenant(id uint32) (Tenant, error) {
-	var out Tenant
-	v := t.tx.Bucket(bTenants).Get(be32(id))
-	if v == nil {
-		return out, fmt.Errorf("tenant %d: %w", id, ErrNotFound)
+	tn, found, err := boltjson.Get[Tenant](t.tx, bTenants, be32(id))
+	if err == nil && !found {
+		err = fmt.Errorf("tenant %d: %w", id, ErrNotFound)
 	}
-	return out, json.Unmarshal(v, &out)
+	return tn, err
 }
 
 // PutTenant creates or replaces a tenant.
-func (t *Tx) PutTenant(tn Tenant) error {
-	v, err := json.Marshal(tn)
-	if err != nil {
-		return err
-	}
-	return t.tx.Bucket(bTenants).Put(be32(tn.ID), v)
-}
+func (t *Tx) PutTenant(tn Tenant) error { return boltjson.Put(t.tx, bTenants, be32(tn.ID), tn) }
 
 // DeleteTenant removes a tenant and all its rules.
 func (t *Tx) DeleteTenant(id uint32) error {
@@ -165,18 +142,7 @@ func (t *Tx) DeleteTenant(id uint32) error {
 }
 
 // Tenants lists the tenants by id.
-func (t *Tx) Tenants() ([]Tenant, error) {
-	var out []Tenant
-	err := t.tx.Bucket(bTenants).ForEach(func(k, v []byte) error {
-		var tn Tenant
-		if err := json.Unmarshal(v, &tn); err != nil {
-			return err
-		}
-		out = append(out, tn)
-		return nil
-	})
-	return out, err
-}
+func (t *Tx) Tenants() ([]Tenant, error) { return boltjson.List[Tenant](t.tx, bTenants, nil) }
 
 // Port is a workload port bound by name (ifindexes change across reboots).
 type Port struct {
@@ -186,13 +152,7 @@ type Port struct {
 }
 
 // PutPort records a port binding.
-func (t *Tx) PutPort(p Port) error {
-	v, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	return t.tx.Bucket(bPorts).Put([]byte(p.Ifname), v)
-}
+func (t *Tx) PutPort(p Port) error { return boltjson.Put(t.tx, bPorts, []byte(p.Ifname), p) }
 
 // DeletePort forgets a port binding.
 func (t *Tx) DeletePort(ifname string) error {
@@ -200,18 +160,7 @@ func (t *Tx) DeletePort(ifname string) error {
 }
 
 // Ports lists the port bindings by name.
-func (t *Tx) Ports() ([]Port, error) {
-	var out []Port
-	err := t.tx.Bucket(bPorts).ForEach(func(k, v []byte) error {
-		var p Port
-		if err := json.Unmarshal(v, &p); err != nil {
-			return err
-		}
-		out = append(out, p)
-		return nil
-	})
-	return out, err
-}
+func (t *Tx) Ports() ([]Port, error) { return boltjson.List[Port](t.tx, bPorts, nil) }
 
 // storedRule is a rule as kept on disk.
 type storedRule struct {
@@ -311,33 +260,56 @@ func (t *Tx) AddRule(r policy.Rule) (policy.Rule, error) {
 		return r, &RuleConflictError{Existing: old, Same: old.Action == r.Action}
 	}
 	if r.ID == 0 {
-		seq, err := t.tx.Bucket(bRules).NextSequence()
-		if err != nil {
+		var err error
+		if r.ID, err = t.nextID(); err != nil {
 			return r, err
-		}
-		if seq > 0xffffffff {
-			return r, fmt.Errorf("rule ids exhausted")
-		}
-		r.ID = uint32(seq)
-		for t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil { // ids given by apply
-			seq, _ = t.tx.Bucket(bRules).NextSequence()
-			r.ID = uint32(seq)
 		}
 	} else if t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil {
 		return r, fmt.Errorf("rule id %d is taken", r.ID)
 	}
-	v, err := encodeRule(r)
+	recs, err := records(r)
 	if err != nil {
 		return r, err
 	}
+	for i, rec := range recs {
+		if err := t.tx.Bucket(ruleBuckets[i]).Put(rec.k, rec.v); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// nextID takes the next rule id from the sequence, skipping the ids that
+// rules stored with a given id hold.
+func (t *Tx) nextID() (uint32, error) {
+	for {
+		seq, err := t.tx.Bucket(bRules).NextSequence()
+		if err != nil {
+			return 0, err
+		}
+		if seq > 0xffffffff {
+			return 0, fmt.Errorf("rule ids exhausted")
+		}
+		if t.tx.Bucket(bRuleIDs).Get(be32(uint32(seq))) == nil {
+			return uint32(seq), nil
+		}
+	}
+}
+
+// ruleBuckets hold a rule's three records: by destination (the rule),
+// by id (its destination key) and by selector (its id).
+var ruleBuckets = [3][]byte{bRules, bRuleIDs, bMatches}
+
+type kv struct{ k, v []byte }
+
+// records are a rule's records, in the order of ruleBuckets.
+func records(r policy.Rule) ([3]kv, error) {
+	v, err := encodeRule(r)
+	if err != nil {
+		return [3]kv{}, err
+	}
 	k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
-	if err := t.tx.Bucket(bRules).Put(k, v); err != nil {
-		return r, err
-	}
-	if err := t.tx.Bucket(bRuleIDs).Put(be32(r.ID), k); err != nil {
-		return r, err
-	}
-	return r, t.tx.Bucket(bMatches).Put(matchKey(r.Match()), be32(r.ID))
+	return [3]kv{{k, v}, {be32(r.ID), k}, {matchKey(r.Match()), be32(r.ID)}}, nil
 }
 
 // AddRules stores many rules at once (apply), assigning ids. Every rule
@@ -345,10 +317,10 @@ func (t *Tx) AddRule(r policy.Rule) (policy.Rule, error) {
 // caller checked. Keys are written in sorted order per bucket, which keeps
 // bbolt's inserts linear instead of quadratic.
 func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
-	type kv struct{ k, v []byte }
-	byDst := make([]kv, 0, len(rules))
-	byID := make([]kv, 0, len(rules))
-	byMatch := make([]kv, 0, len(rules))
+	var sets [3][]kv // per bucket of ruleBuckets
+	for i := range sets {
+		sets[i] = make([]kv, 0, len(rules))
+	}
 	out := make([]policy.Rule, len(rules))
 	for i, r := range rules {
 		if _, ok, err := t.RuleByMatch(r.Match()); err != nil {
@@ -356,35 +328,26 @@ func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
 		} else if ok {
 			return nil, fmt.Errorf("rule %s: already stored", r)
 		}
-		seq, err := t.tx.Bucket(bRules).NextSequence()
+		var err error
+		if r.ID, err = t.nextID(); err != nil {
+			return nil, err
+		}
+		recs, err := records(r)
 		if err != nil {
 			return nil, err
 		}
-		r.ID = uint32(seq)
-		for t.tx.Bucket(bRuleIDs).Get(be32(r.ID)) != nil {
-			seq, _ = t.tx.Bucket(bRules).NextSequence()
-			r.ID = uint32(seq)
+		for j, rec := range recs {
+			sets[j] = append(sets[j], rec)
 		}
-		v, err := encodeRule(r)
-		if err != nil {
-			return nil, err
-		}
-		k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
-		byDst = append(byDst, kv{k, v})
-		byID = append(byID, kv{be32(r.ID), k})
-		byMatch = append(byMatch, kv{matchKey(r.Match()), be32(r.ID)})
 		out[i] = r
 	}
-	for _, set := range []struct {
-		name []byte
-		kvs  []kv
-	}{{bRules, byDst}, {bRuleIDs, byID}, {bMatches, byMatch}} {
-		sort.Slice(set.kvs, func(i, j int) bool { return bytes.Compare(set.kvs[i].k, set.kvs[j].k) < 0 })
-		b := t.tx.Bucket(set.name)
+	for n, set := range sets {
+		sort.Slice(set, func(i, j int) bool { return bytes.Compare(set[i].k, set[j].k) < 0 })
+		b := t.tx.Bucket(ruleBuckets[n])
 		b.FillPercent = 0.9
-		for i, e := range set.kvs {
-			if i > 0 && bytes.Equal(e.k, set.kvs[i-1].k) {
-				return nil, fmt.Errorf("internal: duplicate key in %s", set.name)
+		for i, e := range set {
+			if i > 0 && bytes.Equal(e.k, set[i-1].k) {
+				return nil, fmt.Errorf("internal: duplicate key in %s", ruleBuckets[n])
 			}
 			if err := b.Put(e.k, e.v); err != nil {
 				return nil, err

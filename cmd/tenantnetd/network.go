@@ -51,22 +51,9 @@ func networkAddCmd() *command {
 }
 
 func networkDelCmd() *command {
-	var id string
-	return &command{
-		Name: "del", Summary: "delete a tenant network of this node (it must have no workloads)",
-		Usage:   "--id ID",
-		Example: "  tenantnetd network del --id acme",
-		Flags: func(fs *pflag.FlagSet, env *Env) {
-			env.socketFlags(fs)
-			fs.StringVar(&id, "id", "", "network id (required)")
-		},
-		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := checkArgs(fs, args, "id"); err != nil {
-				return err
-			}
-			return env.client().DeleteNetwork(id)
-		},
-	}
+	return idCmd("del", "delete a tenant network of this node (it must have no workloads)", "network",
+		"  tenantnetd network del --id acme", (*Env).socketFlags,
+		func(env *Env, id string) error { return env.client().DeleteNetwork(id) })
 }
 
 func networkRotateKeyCmd() *command {
@@ -179,27 +166,16 @@ func networkDeclareCmd() *command {
 }
 
 func networkUndeclareCmd() *command {
-	var id string
-	return &command{
-		Name: "undeclare", Summary: "remove a network from the grid registry: its members remove it (needs no service)",
-		Usage:   "--id ID [--config FILE]",
-		Example: "  tenantnetd network undeclare --id acme",
-		Flags: func(fs *pflag.FlagSet, env *Env) {
-			env.configFlag(fs)
-			fs.StringVar(&id, "id", "", "network id (required)")
-		},
-		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := checkArgs(fs, args, "id"); err != nil {
-				return err
-			}
+	return idCmd("undeclare", "remove a network from the grid registry: its members remove it (needs no service)", "network",
+		"  tenantnetd network undeclare --id acme", (*Env).configFlag,
+		func(env *Env, id string) error {
 			reg, done, err := openRegistry(env.Config)
 			if err != nil {
 				return err
 			}
 			defer done()
 			return reg.Undeclare(id)
-		},
-	}
+		})
 }
 
 func networkDeclaredCmd() *command {

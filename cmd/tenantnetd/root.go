@@ -91,3 +91,22 @@ func checkArgs(fs *pflag.FlagSet, args []string, required ...string) error {
 	}
 	return cli.Required(fs, required...)
 }
+
+// idCmd is a command whose one flag of its own is the required --id of
+// the thing it acts on, and which prints nothing (the del commands).
+func idCmd(name, summary, what, example string, globals func(*Env, *pflag.FlagSet), run func(env *Env, id string) error) *command {
+	var id string
+	return &command{
+		Name: name, Summary: summary, Usage: "--id ID", Example: example,
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			globals(env, fs)
+			fs.StringVar(&id, "id", "", what+" id (required)")
+		},
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := checkArgs(fs, args, "id"); err != nil {
+				return err
+			}
+			return run(env, id)
+		},
+	}
+}

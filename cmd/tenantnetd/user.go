@@ -43,22 +43,9 @@ func userAddCmd() *command {
 }
 
 func userDelCmd() *command {
-	var id string
-	return &command{
-		Name: "del", Summary: "remove a user's peer",
-		Usage:   "--id ID",
-		Example: "  tenantnetd user del --id alice-laptop",
-		Flags: func(fs *pflag.FlagSet, env *Env) {
-			env.socketFlags(fs)
-			fs.StringVar(&id, "id", "", "user id (required)")
-		},
-		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := checkArgs(fs, args, "id"); err != nil {
-				return err
-			}
-			return env.client().DeleteUser(id)
-		},
-	}
+	return idCmd("del", "remove a user's peer", "user",
+		"  tenantnetd user del --id alice-laptop", (*Env).socketFlags,
+		func(env *Env, id string) error { return env.client().DeleteUser(id) })
 }
 
 func userListCmd() *command {

@@ -46,22 +46,9 @@ func workloadAddCmd() *command {
 }
 
 func workloadDelCmd() *command {
-	var id string
-	return &command{
-		Name: "del", Summary: "detach a workload: its port goes, the namespace stays",
-		Usage:   "--id ID",
-		Example: "  tenantnetd workload del --id web-1",
-		Flags: func(fs *pflag.FlagSet, env *Env) {
-			env.socketFlags(fs)
-			fs.StringVar(&id, "id", "", "workload id (required)")
-		},
-		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := checkArgs(fs, args, "id"); err != nil {
-				return err
-			}
-			return env.client().DeleteWorkload(id)
-		},
-	}
+	return idCmd("del", "detach a workload: its port goes, the namespace stays", "workload",
+		"  tenantnetd workload del --id web-1", (*Env).socketFlags,
+		func(env *Env, id string) error { return env.client().DeleteWorkload(id) })
 }
 
 func workloadListCmd() *command {

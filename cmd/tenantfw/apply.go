@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
@@ -135,9 +136,9 @@ func applyCmd() *command {
 	var file string
 	var prune, dryRun bool
 	return &command{
-		name: "apply", summary: "replace tenants' rule sets from a YAML file, as a diff",
-		usage: "-f rules.yaml [--prune] [--dry-run]",
-		example: `  tenantfw apply -f rules.yaml          # replaces the rules of the tenants in the file
+		Name: "apply", Summary: "replace tenants' rule sets from a YAML file, as a diff",
+		Usage: "-f rules.yaml [--prune] [--dry-run]",
+		Example: `  tenantfw apply -f rules.yaml          # replaces the rules of the tenants in the file
   tenantfw apply -f rules.yaml --prune  # ... and flushes every tenant not in it
 
   rules.yaml:
@@ -148,17 +149,17 @@ func applyCmd() *command {
           - {dir: in, proto: tcp, port: 8080, dst: "2001:db8:7::10", action: allow, comment: web}
           - {dir: in, proto: tcp, port: 22, src: 203.0.113.0/24, action: allow}
           - {dir: out, proto: tcp, port: 25, action: deny}`,
-		flags: func(fs *pflag.FlagSet) {
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.StringVarP(&file, "file", "f", "", "rules file (YAML; - for stdin)")
 			fs.BoolVar(&prune, "prune", false, "also flush the rules of every tenant the file does not list")
 			fs.BoolVar(&dryRun, "dry-run", false, "validate only")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if file == "" {
-				return usagef("-f is required")
+				return cli.Usagef("-f is required")
 			}
 			var b []byte
 			var err error
@@ -192,7 +193,7 @@ func applyCmd() *command {
 				return fmt.Errorf("%s: %w (nothing was applied)", file, err)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, map[string]any{"tenants": res.Tenants, "kept": res.Kept, "added": res.Added,
+				return cli.JSON(env.Stdout, map[string]any{"tenants": res.Tenants, "kept": res.Kept, "added": res.Added,
 					"deleted": res.Gone, "entries_added": res.Maps.Added, "entries_updated": res.Maps.Updated, "entries_deleted": res.Maps.Deleted})
 			}
 			fmt.Fprintf(env.Stdout, "applied %s: %d tenants; rules %d kept, %d added, %d deleted; map entries %s\n",

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
@@ -24,11 +25,11 @@ func checkCmd() *command {
 	var dport uint16
 	var icmpType uint8
 	return &command{
-		name: "check", summary: "the verdict a new flow would get, and the rule that decides it",
-		usage: "--tenant T --src A --dst B [--proto P] [--dport N] [--dir in|out] [--icmp-type N]",
-		example: `  tenantfw check --tenant 7 --src 198.51.100.7 --dst 10.7.0.10 --proto tcp --dport 80
+		Name: "check", Summary: "the verdict a new flow would get, and the rule that decides it",
+		Usage: "--tenant T --src A --dst B [--proto P] [--dport N] [--dir in|out] [--icmp-type N]",
+		Example: `  tenantfw check --tenant 7 --src 198.51.100.7 --dst 10.7.0.10 --proto tcp --dport 80
   tenantfw check --tenant 7 --dir out --src 2001:db8:7::10 --dst 2001:db8:ffff::1 --proto tcp --dport 25`,
-		flags: func(fs *pflag.FlagSet) {
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)")
 			fs.StringVar(&src, "src", "", "source address (required)")
 			fs.StringVar(&dst, "dst", "", "destination address (required)")
@@ -37,12 +38,12 @@ func checkCmd() *command {
 			fs.StringVar(&dir, "dir", "in", "in (to the workload) or out (from it)")
 			fs.Uint8Var(&icmpType, "icmp-type", 8, "ICMP type (icmp/icmpv6; echo request by default)")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if !fs.Changed("tenant") || src == "" || dst == "" {
-				return usagef("--tenant, --src and --dst are required")
+				return cli.Usagef("--tenant, --src and --dst are required")
 			}
 			q := bpfmaps.Query{Tenant: tenant, Dport: dport, ICMPType: icmpType}
 			var err error
@@ -66,7 +67,7 @@ func checkCmd() *command {
 				q.Proto = policy.ProtoICMPv6
 			}
 			if (q.Proto == policy.ProtoTCP || q.Proto == policy.ProtoUDP) && dport == 0 {
-				return usagef("--dport is required for tcp and udp")
+				return cli.Usagef("--dport is required for tcp and udp")
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {
@@ -91,7 +92,7 @@ func checkCmd() *command {
 				}
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, v)
+				return cli.JSON(env.Stdout, v)
 			}
 			fmt.Fprintf(env.Stdout, "%s (%s)", v.Verdict, v.Reason)
 			switch {

@@ -8,12 +8,13 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/loader"
 )
 
 func datapathCmd() *command {
-	return &command{name: "datapath", summary: "load (or upgrade) and unload the datapath (tenantnetd does this at boot)",
-		sub: []*command{datapathLoadCmd(), datapathUnloadCmd()}}
+	return &command{Name: "datapath", Summary: "load (or upgrade) and unload the datapath (tenantnetd does this at boot)",
+		Sub: []*command{datapathLoadCmd(), datapathUnloadCmd()}}
 }
 
 func datapathLoadCmd() *command {
@@ -21,17 +22,17 @@ func datapathLoadCmd() *command {
 	var legacy bool
 	var sample uint32
 	return &command{
-		name: "load", summary: "load or upgrade the programs, restore rules and ports from the saved state",
-		usage: "[--uplink IF ...] [--legacy-tc] [--sample-rate N]",
-		example: `  tenantfw datapath load --uplink eth0
+		Name: "load", Summary: "load or upgrade the programs, restore rules and ports from the saved state",
+		Usage: "[--uplink IF ...] [--legacy-tc] [--sample-rate N]",
+		Example: `  tenantfw datapath load --uplink eth0
   # after a reboot (empty bpffs) the same command restores every tenant, rule and port binding`,
-		flags: func(fs *pflag.FlagSet) {
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.StringSliceVar(&uplinks, "uplink", nil, "attach the XDP prefilter to this interface (repeat)")
 			fs.BoolVar(&legacy, "legacy-tc", false, "attach ports with clsact + cls_bpf even where TCX exists")
 			fs.Uint32Var(&sample, "sample-rate", 1, "emit a drop event for about 1 in N drops (0: none) when the maps are created")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if err := requireRoot(); err != nil {
@@ -98,9 +99,9 @@ func datapathLoadCmd() *command {
 
 func datapathUnloadCmd() *command {
 	return &command{
-		name: "unload", summary: "detach everything and remove the pins (the saved state stays)",
-		usage: "", example: "  tenantfw datapath unload     # then: tenantfw datapath load  restores it all",
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "unload", Summary: "detach everything and remove the pins (the saved state stays)",
+		Usage: "", Example: "  tenantfw datapath unload     # then: tenantfw datapath load  restores it all",
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := requireRoot(); err != nil {
 				return err
 			}

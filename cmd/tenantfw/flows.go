@@ -7,21 +7,22 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/cli"
 )
 
 func flowsCmd() *command {
 	var tenant uint32
 	var all bool
 	c := &command{
-		name: "flows", summary: "the conntrack table, decoded; `flows flush` forgets flows",
-		usage:   "[--tenant T] [--all] [-o json] | flush [--tenant T]",
-		example: "  tenantfw flows --tenant 7\n  tenantfw flows flush --tenant 7   # packets of flushed flows are decided again",
-		flags: func(fs *pflag.FlagSet) {
+		Name: "flows", Summary: "the conntrack table, decoded; `flows flush` forgets flows",
+		Usage:   "[--tenant T] [--all] [-o json] | flush [--tenant T]",
+		Example: "  tenantfw flows --tenant 7\n  tenantfw flows flush --tenant 7   # packets of flushed flows are decided again",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
 			fs.BoolVar(&all, "all", false, "include expired entries not yet reused")
 		},
 	}
-	c.run = func(env *Env, fs *pflag.FlagSet, args []string) error {
+	c.Run = func(env *Env, fs *pflag.FlagSet, args []string) error {
 		m, done, err := openMaps(env)
 		if err != nil {
 			return err
@@ -35,7 +36,7 @@ func flowsCmd() *command {
 			fmt.Fprintf(env.Stdout, "flushed %d flows\n", n)
 			return nil
 		}
-		if err := noArgs(args); err != nil {
+		if err := cli.NoArgs(args); err != nil {
 			return err
 		}
 		flows, err := m.Flows(tenant)
@@ -53,9 +54,9 @@ func flowsCmd() *command {
 			vs = []bpfmaps.Flow{}
 		}
 		if env.Output == "json" {
-			return printJSON(env.Stdout, vs)
+			return cli.JSON(env.Stdout, vs)
 		}
-		tw := table(env.Stdout)
+		tw := cli.Table(env.Stdout)
 		fmt.Fprintln(tw, "TENANT\tIFINDEX\tDIR\tPROTO\tORIGINAL\tSTATE\tPACKETS\tAGE\tIDLE")
 		for _, f := range vs {
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s -> %s\t%s\t%d\t%.0fs\t%.0fs\n", f.Tenant, f.Ifindex, f.Dir, f.Proto,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
@@ -42,19 +43,19 @@ func monitorCmd() *command {
 	var reason string
 	var count int
 	return &command{
-		name: "monitor", summary: "print drop events as they happen, until Ctrl-C",
-		usage: "[--tenant T] [--reason R] [--count N] [-o json]",
-		example: `  tenantfw monitor --tenant 7
+		Name: "monitor", Summary: "print drop events as they happen, until Ctrl-C",
+		Usage: "[--tenant T] [--reason R] [--count N] [-o json]",
+		Example: `  tenantfw monitor --tenant 7
   tenantfw monitor --reason spoof -o json
   Reasons: truncated malformed ext-limit l3-proto no-port spoof rogue-ra cross-tenant frag-untracked policy default-deny.
   Events are sampled by the datapath (every drop by default); one reader sees each event.`,
-		flags: func(fs *pflag.FlagSet) {
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
 			fs.StringVar(&reason, "reason", "", "only this drop reason")
 			fs.IntVar(&count, "count", 0, "exit after N events (0: until Ctrl-C)")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			var want policy.Reason

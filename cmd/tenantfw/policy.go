@@ -5,34 +5,35 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
 func policyCmd() *command {
-	return &command{name: "policy", summary: "set or show a tenant's default policy for new flows", sub: []*command{policySetCmd(), policyShowCmd()}}
+	return &command{Name: "policy", Summary: "set or show a tenant's default policy for new flows", Sub: []*command{policySetCmd(), policyShowCmd()}}
 }
 
 func policySetCmd() *command {
 	var tenant uint32
 	var in, out string
 	return &command{
-		name: "set", summary: "set the default inbound and/or outbound action",
-		usage:   "--tenant T [--inbound deny|allow] [--outbound allow|deny]",
-		example: "  tenantfw policy set --tenant 7 --inbound deny --outbound deny   # egress allow-list",
-		flags: func(fs *pflag.FlagSet) {
+		Name: "set", Summary: "set the default inbound and/or outbound action",
+		Usage:   "--tenant T [--inbound deny|allow] [--outbound allow|deny]",
+		Example: "  tenantfw policy set --tenant 7 --inbound deny --outbound deny   # egress allow-list",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)")
 			fs.StringVar(&in, "inbound", "", "default for new inbound flows: deny or allow")
 			fs.StringVar(&out, "outbound", "", "default for new outbound flows: allow or deny")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if !fs.Changed("tenant") {
-				return usagef("--tenant is required")
+				return cli.Usagef("--tenant is required")
 			}
 			if in == "" && out == "" {
-				return usagef("give --inbound and/or --outbound")
+				return cli.Usagef("give --inbound and/or --outbound")
 			}
 			var p policy.TenantPolicy
 			var err error
@@ -67,10 +68,10 @@ func policySetCmd() *command {
 func policyShowCmd() *command {
 	var tenant uint32
 	return &command{
-		name: "show", summary: "show default policies",
-		usage: "[--tenant T] [-o json]", example: "  tenantfw policy show --tenant 7",
-		flags: func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "show", Summary: "show default policies",
+		Usage: "[--tenant T] [-o json]", Example: "  tenantfw policy show --tenant 7",
+		Flags: func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)
 			if err != nil {
 				return err
@@ -95,9 +96,9 @@ func policyShowCmd() *command {
 				return fmt.Errorf("--tenant %d: unknown tenant", tenant)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, vs)
+				return cli.JSON(env.Stdout, vs)
 			}
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "TENANT\tINBOUND\tOUTBOUND")
 			for _, v := range vs {
 				fmt.Fprintf(tw, "%d\t%s\t%s\n", v.Tenant, v.Inbound, v.Outbound)

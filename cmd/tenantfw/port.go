@@ -8,13 +8,14 @@ import (
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
 func portCmd() *command {
-	return &command{name: "port", summary: "attach workload ports (tenantnetd does this for its workloads)",
-		sub: []*command{portAttachCmd(), portDetachCmd(), portListCmd()}}
+	return &command{Name: "port", Summary: "attach workload ports (tenantnetd does this for its workloads)",
+		Sub: []*command{portAttachCmd(), portDetachCmd(), portListCmd()}}
 }
 
 func portAttachCmd() *command {
@@ -23,21 +24,21 @@ func portAttachCmd() *command {
 	var addrs []string
 	var legacy bool
 	return &command{
-		name: "attach", summary: "attach the firewall to a workload port and bind it to a tenant",
-		usage:   "--ifname IF --tenant T --addr A [--addr B ...] [--legacy-tc]",
-		example: "  tenantfw port attach --ifname veth-web1 --tenant 7 --addr 2001:db8:7::10 --addr 10.7.0.10",
-		flags: func(fs *pflag.FlagSet) {
+		Name: "attach", Summary: "attach the firewall to a workload port and bind it to a tenant",
+		Usage:   "--ifname IF --tenant T --addr A [--addr B ...] [--legacy-tc]",
+		Example: "  tenantfw port attach --ifname veth-web1 --tenant 7 --addr 2001:db8:7::10 --addr 10.7.0.10",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.StringVar(&ifname, "ifname", "", "host side of the workload's veth or tap (required)")
 			fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)")
 			fs.StringSliceVar(&addrs, "addr", nil, "address (or delegated prefix) the workload may send from (repeat)")
 			fs.BoolVar(&legacy, "legacy-tc", false, "use clsact + cls_bpf even where TCX exists")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if ifname == "" || !fs.Changed("tenant") || len(addrs) == 0 {
-				return usagef("--ifname, --tenant and --addr are required")
+				return cli.Usagef("--ifname, --tenant and --addr are required")
 			}
 			p := firewall.Port{Ifname: ifname, Tenant: tenant}
 			for _, s := range addrs {
@@ -80,12 +81,12 @@ func portAttachCmd() *command {
 func portDetachCmd() *command {
 	var ifname string
 	return &command{
-		name: "detach", summary: "detach the firewall from a port and forget its binding",
-		usage: "--ifname IF", example: "  tenantfw port detach --ifname veth-web1",
-		flags: func(fs *pflag.FlagSet) { fs.StringVar(&ifname, "ifname", "", "port (required)") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "detach", Summary: "detach the firewall from a port and forget its binding",
+		Usage: "--ifname IF", Example: "  tenantfw port detach --ifname veth-web1",
+		Flags: func(fs *pflag.FlagSet, _ *Env) { fs.StringVar(&ifname, "ifname", "", "port (required)") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if ifname == "" {
-				return usagef("--ifname is required")
+				return cli.Usagef("--ifname is required")
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {
@@ -110,8 +111,8 @@ func portDetachCmd() *command {
 
 func portListCmd() *command {
 	return &command{
-		name: "list", summary: "list bound ports", usage: "[-o json]", example: "  tenantfw port list",
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "list", Summary: "list bound ports", Usage: "[-o json]", Example: "  tenantfw port list",
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)
 			if err != nil {
 				return err
@@ -139,9 +140,9 @@ func portListCmd() *command {
 				vs = append(vs, v)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, vs)
+				return cli.JSON(env.Stdout, vs)
 			}
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "PORT\tIFINDEX\tTENANT\tADDRESSES")
 			for _, v := range vs {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%v\n", v.Ifname, v.Ifindex, v.Tenant, v.Addrs)

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/cli"
 )
 
 // routesCmd lists tn_route_v1, the next hops tenantnetd writes and the
@@ -15,15 +16,15 @@ import (
 func routesCmd() *command {
 	var tenant uint32
 	c := &command{
-		name: "routes", summary: "the tenants' next hops (tn_route_v1), decoded; written by tenantnetd",
-		usage:   "[--tenant T] [-o json]",
-		example: "  tenantfw routes --tenant 1\n  tenantfw routes -o json",
-		flags: func(fs *pflag.FlagSet) {
+		Name: "routes", Summary: "the tenants' next hops (tn_route_v1), decoded; written by tenantnetd",
+		Usage:   "[--tenant T] [-o json]",
+		Example: "  tenantfw routes --tenant 1\n  tenantfw routes -o json",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
 		},
 	}
-	c.run = func(env *Env, fs *pflag.FlagSet, args []string) error {
-		if err := noArgs(args); err != nil {
+	c.Run = func(env *Env, fs *pflag.FlagSet, args []string) error {
+		if err := cli.NoArgs(args); err != nil {
 			return err
 		}
 		m, done, err := openMaps(env)
@@ -48,9 +49,9 @@ func routesCmd() *command {
 			return rs[i].Prefix.String() < rs[j].Prefix.String()
 		})
 		if env.Output == "json" {
-			return printJSON(env.Stdout, rs)
+			return cli.JSON(env.Stdout, rs)
 		}
-		tw := table(env.Stdout)
+		tw := cli.Table(env.Stdout)
 		fmt.Fprintln(tw, "TENANT\tPREFIX\tNEXT HOP\tDEVICE\tPATH\tMTU")
 		for _, r := range rs {
 			dev := "kernel routes"

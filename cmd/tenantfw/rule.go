@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
@@ -63,10 +64,10 @@ func (f *ruleFlags) register(fs *pflag.FlagSet, withAction bool) {
 func (f *ruleFlags) rule(fs *pflag.FlagSet, withAction bool) (policy.Rule, error) {
 	var r policy.Rule
 	if !fs.Changed("tenant") {
-		return r, usagef("--tenant is required")
+		return r, cli.Usagef("--tenant is required")
 	}
 	if withAction && !fs.Changed("action") {
-		return r, usagef("--action is required (allow or deny)")
+		return r, cli.Usagef("--action is required (allow or deny)")
 	}
 	r.Tenant = f.tenant
 	var err error
@@ -110,7 +111,7 @@ func flagError(err error) error {
 }
 
 func ruleCmd() *command {
-	return &command{name: "rule", summary: "add, delete, list and flush firewall rules", sub: []*command{
+	return &command{Name: "rule", Summary: "add, delete, list and flush firewall rules", Sub: []*command{
 		ruleAddCmd(), ruleDelCmd(), ruleListCmd(), ruleFlushCmd(),
 	}}
 }
@@ -118,17 +119,17 @@ func ruleCmd() *command {
 func ruleAddCmd() *command {
 	f := &ruleFlags{}
 	return &command{
-		name: "add", summary: "add a rule (acts at once)",
-		usage: "--tenant T --action allow|deny [--dir in|out] [--proto P] [--port N|A-B] [--dst PREFIX] [--src PREFIX] [--comment TEXT]",
-		example: `  # open tcp/8080 on one workload of tenant 7
+		Name: "add", Summary: "add a rule (acts at once)",
+		Usage: "--tenant T --action allow|deny [--dir in|out] [--proto P] [--port N|A-B] [--dst PREFIX] [--src PREFIX] [--comment TEXT]",
+		Example: `  # open tcp/8080 on one workload of tenant 7
   tenantfw rule add --tenant 7 --dir in --proto tcp --port 8080 --dst 2001:db8:7::10 --action allow
   # let only the office reach ssh on every workload of the tenant
   tenantfw rule add --tenant 7 --proto tcp --port 22 --src 203.0.113.0/24 --action allow
   # block outbound SMTP
   tenantfw rule add --tenant 7 --dir out --proto tcp --port 25 --action deny --comment "no spam"`,
-		flags: func(fs *pflag.FlagSet) { f.register(fs, true) },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Flags: func(fs *pflag.FlagSet, _ *Env) { f.register(fs, true) },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			r, err := f.rule(fs, true)
@@ -148,7 +149,7 @@ func ruleAddCmd() *command {
 				return err
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, viewRule(added))
+				return cli.JSON(env.Stdout, viewRule(added))
 			}
 			fmt.Fprintf(env.Stdout, "added rule %d: %s (%s)\n", added.ID, added, ch)
 			return nil
@@ -160,20 +161,20 @@ func ruleDelCmd() *command {
 	f := &ruleFlags{}
 	var id uint32
 	return &command{
-		name: "del", summary: "delete a rule by id, or by its selector",
-		usage: "--id N | --tenant T [--dir] [--proto] [--port] [--dst] [--src]",
-		example: `  tenantfw rule del --id 12
+		Name: "del", Summary: "delete a rule by id, or by its selector",
+		Usage: "--id N | --tenant T [--dir] [--proto] [--port] [--dst] [--src]",
+		Example: `  tenantfw rule del --id 12
   tenantfw rule del --tenant 7 --dir out --proto tcp --port 25`,
-		flags: func(fs *pflag.FlagSet) {
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&id, "id", 0, "rule id (see rule list)")
 			f.register(fs, false)
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if fs.Changed("id") == fs.Changed("tenant") {
-				return usagef("give either --id or the rule's selector (--tenant ...)")
+				return cli.Usagef("give either --id or the rule's selector (--tenant ...)")
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {
@@ -196,7 +197,7 @@ func ruleDelCmd() *command {
 				return fmt.Errorf("--id %d: %w", id, err)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, viewRule(r))
+				return cli.JSON(env.Stdout, viewRule(r))
 			}
 			fmt.Fprintf(env.Stdout, "deleted rule %d: %s (%s)\n", r.ID, r, ch)
 			return nil
@@ -207,12 +208,12 @@ func ruleDelCmd() *command {
 func ruleListCmd() *command {
 	var tenant uint32
 	return &command{
-		name: "list", summary: "list rules (from the saved state the maps are built from)",
-		usage:   "[--tenant T] [-o json]",
-		example: "  tenantfw rule list --tenant 7\n  tenantfw rule list -o json | jq '.[] | select(.action==\"deny\")'",
-		flags:   func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Name: "list", Summary: "list rules (from the saved state the maps are built from)",
+		Usage:   "[--tenant T] [-o json]",
+		Example: "  tenantfw rule list --tenant 7\n  tenantfw rule list -o json | jq '.[] | select(.action==\"deny\")'",
+		Flags:   func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			fw, err := openFirewall(env, true)
@@ -234,9 +235,9 @@ func ruleListCmd() *command {
 				views = append(views, viewRule(r))
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, views)
+				return cli.JSON(env.Stdout, views)
 			}
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "ID\tTENANT\tDIR\tPROTO\tPORT\tDST\tSRC\tACTION\tCOMMENT")
 			for _, v := range views {
 				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Tenant, v.Dir, v.Proto, v.Port, v.Dst, v.Src, v.Action, v.Comment)
@@ -249,16 +250,16 @@ func ruleListCmd() *command {
 func ruleFlushCmd() *command {
 	var tenant uint32
 	return &command{
-		name: "flush", summary: "delete every rule of a tenant",
-		usage:   "--tenant T",
-		example: "  tenantfw rule flush --tenant 7",
-		flags:   func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Name: "flush", Summary: "delete every rule of a tenant",
+		Usage:   "--tenant T",
+		Example: "  tenantfw rule flush --tenant 7",
+		Flags:   func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if !fs.Changed("tenant") {
-				return usagef("--tenant is required")
+				return cli.Usagef("--tenant is required")
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/loader"
 )
 
@@ -35,12 +36,12 @@ func openMaps(env *Env) (*bpfmaps.Maps, func(), error) {
 func statsCmd() *command {
 	var tenant uint32
 	return &command{
-		name: "stats", summary: "packet counters by tenant, direction, verdict and reason",
-		usage:   "[--tenant T] [-o json]",
-		example: "  tenantfw stats --tenant 7\n  watch -n1 tenantfw stats",
-		flags:   func(fs *pflag.FlagSet) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Name: "stats", Summary: "packet counters by tenant, direction, verdict and reason",
+		Usage:   "[--tenant T] [-o json]",
+		Example: "  tenantfw stats --tenant 7\n  watch -n1 tenantfw stats",
+		Flags:   func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			m, done, err := openMaps(env)
@@ -61,9 +62,9 @@ func statsCmd() *command {
 				vs = append(vs, v)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, vs)
+				return cli.JSON(env.Stdout, vs)
 			}
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "TENANT\tDIR\tVERDICT\tREASON\tPACKETS\tBYTES")
 			for _, v := range vs {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\n", v.Tenant, v.Dir, v.Verdict, v.Reason, v.Packets, v.Bytes)

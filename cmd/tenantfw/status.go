@@ -2,13 +2,16 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/spf13/pflag"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/loader"
 )
 
@@ -50,10 +53,10 @@ type MapView struct {
 
 func statusCmd() *command {
 	return &command{
-		name: "status", summary: "what is loaded and attached where, map fill, schema",
-		usage: "[-o json]", example: "  tenantfw status\n  tenantfw status -o json | jq '.attachments[] | select(.live == false)'",
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Name: "status", Summary: "what is loaded and attached where, map fill, schema",
+		Usage: "[-o json]", Example: "  tenantfw status\n  tenantfw status -o json | jq '.attachments[] | select(.live == false)'",
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if err := requireRoot(); err != nil {
@@ -69,7 +72,7 @@ func statusCmd() *command {
 			st := StatusView{PinDir: env.PinDir, Schema: meta.SchemaVersion, SampleRate: meta.SampleRate,
 				Programs: []ProgramView{}, Attachments: []AttachmentView{}, Maps: []MapView{}}
 			progs := dp.Programs()
-			for _, name := range sortedKeys(progs) {
+			for _, name := range slices.Sorted(maps.Keys(progs)) {
 				info, err := progs[name].Info()
 				if err != nil {
 					return err
@@ -86,30 +89,30 @@ func statusCmd() *command {
 				st.Attachments = append(st.Attachments, v)
 			}
 			ms := dp.MapsByName()
-			for _, name := range sortedKeys(ms) {
+			for _, name := range slices.Sorted(maps.Keys(ms)) {
 				m := ms[name]
 				st.Maps = append(st.Maps, MapView{Name: name, Type: m.Type().String(), Entries: bpfmaps.CountEntries(m), MaxEntries: m.MaxEntries()})
 			}
 			sort.Slice(st.Attachments, func(i, j int) bool { return st.Attachments[i].Ifindex < st.Attachments[j].Ifindex })
 			if env.Output == "json" {
-				return printJSON(env.Stdout, st)
+				return cli.JSON(env.Stdout, st)
 			}
 			fmt.Fprintf(env.Stdout, "datapath at %s, schema v%d, drop events: 1 in %d\n\nPROGRAMS\n", filepath.Clean(env.PinDir), st.Schema, st.SampleRate)
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "  NAME\tID\tTAG\tVERIFIED INSNS")
 			for _, p := range st.Programs {
 				fmt.Fprintf(tw, "  %s\t%d\t%s\t%d\n", p.Name, p.ID, p.Tag, p.Verified)
 			}
 			tw.Flush()
 			fmt.Fprintln(env.Stdout, "\nATTACHMENTS")
-			tw = table(env.Stdout)
+			tw = cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "  IFINDEX\tIFNAME\tHOOK\tMODE\tPROG\tLIVE")
 			for _, a := range st.Attachments {
 				fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%d\t%v\n", a.Ifindex, a.Ifname, a.Hook, a.Mode, a.ProgID, a.Live)
 			}
 			tw.Flush()
 			fmt.Fprintln(env.Stdout, "\nMAPS")
-			tw = table(env.Stdout)
+			tw = cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "  NAME\tTYPE\tENTRIES\tMAX\tFILL")
 			for _, m := range st.Maps {
 				if m.Entries < 0 {

@@ -8,12 +8,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/firewall"
+	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
 func tenantCmd() *command {
-	return &command{name: "tenant", summary: "declare tenants on this node (tenantnetd does this for its networks)",
-		sub: []*command{tenantAddCmd(), tenantDelCmd(), tenantListCmd()}}
+	return &command{Name: "tenant", Summary: "declare tenants on this node (tenantnetd does this for its networks)",
+		Sub: []*command{tenantAddCmd(), tenantDelCmd(), tenantListCmd()}}
 }
 
 func tenantAddCmd() *command {
@@ -21,22 +22,22 @@ func tenantAddCmd() *command {
 	var name, in, out string
 	var prefixes []string
 	return &command{
-		name: "add", summary: "add or update a tenant, its prefixes and default policy",
-		usage:   "--tenant T [--prefix P ...] [--name NAME] [--inbound deny|allow] [--outbound allow|deny]",
-		example: "  tenantfw tenant add --tenant 7 --name acme --prefix 2001:db8:7::/64 --prefix 10.7.0.0/16",
-		flags: func(fs *pflag.FlagSet) {
+		Name: "add", Summary: "add or update a tenant, its prefixes and default policy",
+		Usage:   "--tenant T [--prefix P ...] [--name NAME] [--inbound deny|allow] [--outbound allow|deny]",
+		Example: "  tenantfw tenant add --tenant 7 --name acme --prefix 2001:db8:7::/64 --prefix 10.7.0.0/16",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&id, "tenant", 0, "tenant id (required, >= 1)")
 			fs.StringVar(&name, "name", "", "a name for people")
 			fs.StringSliceVar(&prefixes, "prefix", nil, "the tenant's address prefixes (repeat); other tenants can neither reach nor be reached from them")
 			fs.StringVar(&in, "inbound", "deny", "default for new inbound flows")
 			fs.StringVar(&out, "outbound", "allow", "default for new outbound flows")
 		},
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := noArgs(args); err != nil {
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
 			if !fs.Changed("tenant") {
-				return usagef("--tenant is required")
+				return cli.Usagef("--tenant is required")
 			}
 			tn := firewall.Tenant{ID: id, Name: name}
 			var err error
@@ -88,12 +89,12 @@ func prefixList(ps []netip.Prefix) string {
 func tenantDelCmd() *command {
 	var id uint32
 	return &command{
-		name: "del", summary: "remove a tenant with its rules (its ports must be detached)",
-		usage: "--tenant T", example: "  tenantfw tenant del --tenant 7",
-		flags: func(fs *pflag.FlagSet) { fs.Uint32Var(&id, "tenant", 0, "tenant id (required)") },
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "del", Summary: "remove a tenant with its rules (its ports must be detached)",
+		Usage: "--tenant T", Example: "  tenantfw tenant del --tenant 7",
+		Flags: func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&id, "tenant", 0, "tenant id (required)") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if !fs.Changed("tenant") {
-				return usagef("--tenant is required")
+				return cli.Usagef("--tenant is required")
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {
@@ -111,8 +112,8 @@ func tenantDelCmd() *command {
 
 func tenantListCmd() *command {
 	return &command{
-		name: "list", summary: "list tenants", usage: "[-o json]", example: "  tenantfw tenant list -o json",
-		run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+		Name: "list", Summary: "list tenants", Usage: "[-o json]", Example: "  tenantfw tenant list -o json",
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			fw, err := openFirewall(env, true)
 			if err != nil {
 				return err
@@ -150,9 +151,9 @@ func tenantListCmd() *command {
 				vs = append(vs, v)
 			}
 			if env.Output == "json" {
-				return printJSON(env.Stdout, vs)
+				return cli.JSON(env.Stdout, vs)
 			}
-			tw := table(env.Stdout)
+			tw := cli.Table(env.Stdout)
 			fmt.Fprintln(tw, "TENANT\tNAME\tPREFIXES\tINBOUND\tOUTBOUND\tRULES")
 			for _, v := range vs {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\n", v.Tenant, v.Name, strings.Join(v.Prefixes, ","), v.Inbound, v.Outbound, v.Rules)

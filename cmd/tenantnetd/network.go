@@ -1,0 +1,232 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/internal/cli"
+	"github.com/tenantnet/tenantnet/registry"
+)
+
+func networkCmd() *command {
+	return &command{Name: "network", Summary: "tenant networks on this node; declared networks in the grid registry", Sub: []*command{
+		networkAddCmd(), networkDelCmd(), networkRotateKeyCmd(), networkListCmd(),
+		networkDeclareCmd(), networkUndeclareCmd(), networkDeclaredCmd(),
+	}}
+}
+
+func networkAddCmd() *command {
+	var id string
+	var mtu int
+	return &command{
+		Name: "add", Summary: "create a tenant network on this node: a /64, a bridge, a tenant number",
+		Usage:   "--id ID [--mtu N]",
+		Example: "  tenantnetd network add --id acme\n  tenantnetd network add --id acme --mtu 1380 -o json",
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			env.clientFlags(fs)
+			fs.StringVar(&id, "id", "", "network id (required)")
+			fs.IntVar(&mtu, "mtu", 0, "network MTU (default: the node's mtu)")
+		},
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := checkArgs(fs, args, "id"); err != nil {
+				return err
+			}
+			n, err := env.client().AddNetwork(api.NetworkRequest{ID: id, MTU: mtu})
+			if err != nil {
+				return err
+			}
+			return env.print(n, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "network %s: prefix %s, gateway %s, bridge %s, tenant %d, wireguard port %d, mtu %d\n",
+					n.ID, n.Prefix, n.Gateway, n.Bridge, n.Tenant, n.WGPort, n.MTU)
+			})
+		},
+	}
+}
+
+func networkDelCmd() *command {
+	return idCmd("del", "delete a tenant network of this node (it must have no workloads)", "network",
+		"  tenantnetd network del --id acme", (*Env).socketFlags,
+		func(env *Env, id string) error { return env.client().DeleteNetwork(id) })
+}
+
+func networkRotateKeyCmd() *command {
+	var id string
+	var overlap time.Duration
+	return &command{
+		Name: "rotate-key", Summary: "new WireGuard key, announced before it takes over",
+		Usage:   "--id ID [--overlap 30s]",
+		Example: "  tenantnetd network rotate-key --id acme --overlap 30s",
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			env.clientFlags(fs)
+			fs.StringVar(&id, "id", "", "network id (required)")
+			fs.DurationVar(&overlap, "overlap", 0, "announce the next key this long before it takes over (default: the registry lease)")
+		},
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := checkArgs(fs, args, "id"); err != nil {
+				return err
+			}
+			req := api.RotateKeyRequest{}
+			if overlap != 0 {
+				req.Overlap = overlap.String()
+			}
+			r, err := env.client().RotateKey(id, req)
+			if err != nil {
+				return err
+			}
+			return env.print(r, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "network %s: next public key %s takes over at %s\n", r.Network, r.NextPublicKey, r.At.Format(time.RFC3339))
+			})
+		},
+	}
+}
+
+func networkListCmd() *command {
+	return &command{
+		Name: "list", Summary: "list the tenant networks of this node",
+		Usage:   "[-o json]",
+		Example: "  tenantnetd network list\n  tenantnetd network list -o json | jq -r '.[].prefix'",
+		Flags:   func(fs *pflag.FlagSet, env *Env) { env.clientFlags(fs) },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
+				return err
+			}
+			ns, err := env.client().Networks()
+			if err != nil {
+				return err
+			}
+			return env.print(ns, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE")
+				for _, n := range ns {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside)
+				}
+			})
+		},
+	}
+}
+
+// The registry commands read --config and talk to the grid registry
+// itself: they need no running service.
+
+func networkDeclareCmd() *command {
+	var id, exit string
+	var mtu int
+	var members, users []string
+	return &command{
+		Name: "declare", Summary: "declare a network in the grid registry: its members create it (needs no service)",
+		Usage: "--id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]... [--config FILE]",
+		Example: `  tenantnetd network declare --id acme --members node1,node2 --exit node1
+  tenantnetd network declare --id acme --members node1,node2 --user alice:node1:$(cat alice.pub)`,
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			env.configFlag(fs)
+			fs.StringVar(&id, "id", "", "network id (required)")
+			fs.StringSliceVar(&members, "members", nil, "member node ids")
+			fs.StringVar(&exit, "exit", "", "the member node that is the network's exit (dual-stack; members without native IPv6 reach the outside through it)")
+			fs.IntVar(&mtu, "mtu", 0, "network MTU (default: each node's mtu)")
+			fs.StringArrayVar(&users, "user", nil, "a user-access peer ID:NODE:PUBKEY (repeatable)")
+		},
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := checkArgs(fs, args, "id"); err != nil {
+				return err
+			}
+			spec := registry.NetworkSpec{ID: id, Members: members, Exit: exit, MTU: mtu}
+			for _, u := range users {
+				parts := strings.SplitN(u, ":", 3)
+				if len(parts) != 3 {
+					return cli.Usagef("--user %q: want ID:NODE:PUBKEY", u)
+				}
+				spec.Users = append(spec.Users, registry.UserSpec{ID: parts[0], Node: parts[1], PublicKey: parts[2]})
+			}
+			reg, done, err := openRegistry(env.Config)
+			if err != nil {
+				return err
+			}
+			defer done()
+			// An exit forwards the members' IPv6 out of its own uplink:
+			// refuse one the registry knows has none (a node not yet
+			// announced is checked by itself: it logs and does not forward).
+			if spec.Exit != "" {
+				if nodes, err := reg.Nodes(); err == nil {
+					for _, n := range nodes {
+						if n.NodeID == spec.Exit && n.Class != string(config.DualStack) {
+							return cli.Usagef("--exit %s: the node is %s; an exit needs native IPv6 (dual-stack)", spec.Exit, n.Class)
+						}
+					}
+				}
+			}
+			return reg.Declare(spec)
+		},
+	}
+}
+
+func networkUndeclareCmd() *command {
+	return idCmd("undeclare", "remove a network from the grid registry: its members remove it (needs no service)", "network",
+		"  tenantnetd network undeclare --id acme", (*Env).configFlag,
+		func(env *Env, id string) error {
+			reg, done, err := openRegistry(env.Config)
+			if err != nil {
+				return err
+			}
+			defer done()
+			return reg.Undeclare(id)
+		})
+}
+
+func networkDeclaredCmd() *command {
+	return &command{
+		Name: "declared", Summary: "list the networks declared in the grid registry (needs no service)",
+		Usage:   "[--config FILE] [-o json]",
+		Example: "  tenantnetd network declared",
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			env.configFlag(fs)
+			cli.OutputFlag(fs, &env.Output)
+		},
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if err := cli.NoArgs(args); err != nil {
+				return err
+			}
+			reg, done, err := openRegistry(env.Config)
+			if err != nil {
+				return err
+			}
+			defer done()
+			specs, err := reg.Declared()
+			if err != nil {
+				return err
+			}
+			return env.print(specs, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "NETWORK\tMEMBERS\tEXIT\tUSERS")
+				for _, sp := range specs {
+					var us []string
+					for _, u := range sp.Users {
+						us = append(us, u.ID+"@"+u.Node)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", sp.ID, strings.Join(sp.Members, ","), sp.Exit, strings.Join(us, ","))
+				}
+			})
+		},
+	}
+}
+
+// openRegistry opens the grid registry the node configuration names.
+func openRegistry(cfgPath string) (registry.Registry, func(), error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reg, func() {
+		if c, ok := reg.(io.Closer); ok {
+			c.Close()
+		}
+	}, nil
+}

@@ -3,15 +3,13 @@ package main
 import (
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/internal/cli"
-	"github.com/tenantnet/tenantnet/node"
 )
 
 func statusCmd() *command {
@@ -36,14 +34,14 @@ func statusCmd() *command {
 // printStatus writes the status for a person: one fact per line, the
 // uplinks sorted by name. The first two lines (the node, the attach
 // modes) are what the demo shows of each node.
-func printStatus(w io.Writer, st node.Status) {
+func printStatus(w io.Writer, st api.Status) {
 	fmt.Fprintf(w, "node %s (%s): %s, %s, %d free /64s\n", st.NodeID, st.Class,
 		plural(uint64(st.Networks), "network"), plural(uint64(st.Workloads), "workload"), st.FreeNets)
 	uplinks := "none"
 	if len(st.Uplinks) > 0 {
 		var us []string
-		for _, name := range slices.Sorted(maps.Keys(st.Uplinks)) {
-			us = append(us, fmt.Sprintf("%s %s", name, st.Uplinks[name]))
+		for _, u := range st.SortedUplinks() {
+			us = append(us, u.String())
 		}
 		uplinks = strings.Join(us, ", ")
 	}

@@ -9,13 +9,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/node"
 )
 
-func testStatus() node.Status {
-	st := node.Status{NodeID: "node1", Class: "dual-stack", Networks: 2, Workloads: 1, FreeNets: 253, AttachMode: loader.ModeTCX,
-		Uplinks: map[string]loader.Mode{"eth1": loader.ModeXDPGeneric, "eth0": loader.ModeXDPDriver}}
+func testStatus() api.Status {
+	st := api.Status{NodeID: "node1", Class: "dual-stack", Networks: 2, Workloads: 1, FreeNets: 253, AttachMode: string(loader.ModeTCX),
+		Uplinks: map[string]string{"eth1": string(loader.ModeXDPGeneric), "eth0": string(loader.ModeXDPDriver)}}
 	st.Reconcile.Runs, st.Reconcile.Errors, st.Reconcile.Repairs = 12, 1, 0
 	st.Reconcile.LastDuration, st.Reconcile.LastShallow, st.Reconcile.LastDeep = "3ms", "3ms", "41ms"
 	st.Reconcile.LastError = "network globex: bridge tnb2: no such device"
@@ -23,9 +23,9 @@ func testStatus() node.Status {
 }
 
 func TestPrintStatus(t *testing.T) {
-	empty := node.Status{NodeID: "node2", Class: "ipv4-only", AttachMode: loader.ModeLegacyTC, PortsOnLegacyTC: 1}
+	empty := api.Status{NodeID: "node2", Class: "ipv4-only", AttachMode: string(loader.ModeLegacyTC), PortsOnLegacyTC: 1}
 	for _, tc := range []struct {
-		st   node.Status
+		st   api.Status
 		want string
 	}{
 		{testStatus(), `node node1 (dual-stack): 2 networks, 1 workload, 253 free /64s
@@ -76,8 +76,8 @@ func TestStatusCommand(t *testing.T) {
 	if code := Main([]string{"status", "--socket", sock, "-o", "json"}, &o, &e); code != 0 {
 		t.Fatalf("-o json: exit %d: %s", code, e.String())
 	}
-	var st node.Status
-	if err := json.Unmarshal(o.Bytes(), &st); err != nil || st.Uplinks["eth1"] != loader.ModeXDPGeneric || st.Reconcile.Runs != 12 {
+	var st api.Status
+	if err := json.Unmarshal(o.Bytes(), &st); err != nil || st.Uplinks["eth1"] != string(loader.ModeXDPGeneric) || st.Reconcile.Runs != 12 {
 		t.Errorf("-o json: %v %s", err, o.String())
 	}
 }

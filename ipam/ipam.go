@@ -58,7 +58,7 @@ type Network struct {
 }
 
 // Bridge is the network's bridge name: derived from its number, so unique
-// on the node and at most 15 characters.
+// on the node and at most 11 characters (within the kernel's 15).
 func (n Network) Bridge() string { return fmt.Sprintf("tnb%x", n.Num) }
 
 // Gateway is the bridge's address in the /64 (prefix::1); workloads route

@@ -18,7 +18,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Class is the node's connectivity situation (DESIGN §1).
+// Class is the node's connectivity situation (docs/design.md, "Node
+// situations"): it decides how the node's tenants reach the outside and
+// which address family its WireGuard endpoints use.
 type Class string
 
 const (

@@ -8,6 +8,10 @@ LLVM_STRIP  ?= llvm-strip-19
 CLANG_FORMAT ?= clang-format-19
 GO          ?= go
 export GOTOOLCHAIN ?= local
+# Go lives in /usr/local/go/bin, which sudo's secure_path (Debian's
+# default sudoers) leaves out: append it, so `sudo make demo` finds go, and
+# so do the tests and tools that run `go` themselves.
+export PATH := $(PATH):/usr/local/go/bin
 
 # Debian packages the build, tests and demo need.
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \

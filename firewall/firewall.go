@@ -319,13 +319,37 @@ func (fw *Firewall) AddRule(r policy.Rule) (policy.Rule, bpfmaps.Change, error) 
 	return r, change, err
 }
 
-// DeleteRule removes a rule by id.
+// DeleteRule removes one of the tenant's rules by id; a rule with an
+// owner is refused (OwnedRuleError): its owner removes it, with
+// DeleteOwnedRule.
 func (fw *Firewall) DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error) {
+	return fw.deleteRule(id, "")
+}
+
+// DeleteOwnedRule removes a rule of owner's by id (tenantnetd's "same
+// network" rules when a member leaves).
+func (fw *Firewall) DeleteOwnedRule(owner string, id uint32) (policy.Rule, bpfmaps.Change, error) {
+	return fw.deleteRule(id, owner)
+}
+
+// OwnedRuleError refuses a tenant's change of a rule someone else keeps.
+type OwnedRuleError struct{ Rule policy.Rule }
+
+func (e *OwnedRuleError) Error() string {
+	return fmt.Sprintf("rule %d (%s) is kept by %s: it goes with what it was added for, not by hand", e.Rule.ID, e.Rule, e.Rule.Owner)
+}
+
+func (fw *Firewall) deleteRule(id uint32, owner string) (policy.Rule, bpfmaps.Change, error) {
 	var r policy.Rule
 	change, err := fw.changeRule(func(tx *store.Tx) (policy.Rule, error) {
 		var err error
-		r, err = tx.Rule(id)
-		return r, err
+		if r, err = tx.Rule(id); err != nil {
+			return r, err
+		}
+		if r.Owner != owner {
+			return r, &OwnedRuleError{Rule: r}
+		}
+		return r, nil
 	}, func(tx *store.Tx) error {
 		_, err := tx.DeleteRule(id)
 		return err
@@ -394,7 +418,9 @@ type ApplyResult struct {
 // tenants; with prune, every other tenant's rules are flushed too. The
 // whole input is validated first: if anything is invalid, nothing is
 // applied. Rules that stay keep their ids and their map entries are never
-// rewritten, so their flows see no gap.
+// rewritten, so their flows see no gap. Owned rules (tenantnetd's) are
+// not part of a tenant's set: they stay, and a rule of the set with their
+// match and another action is refused.
 func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	var res ApplyResult
 	seenTenant, err := validateSets(sets)
@@ -479,6 +505,9 @@ func validateSets(sets []TenantRules) (map[uint32]bool, error) {
 			if r.Tenant != ts.Tenant {
 				return nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
 			}
+			if r.Owner != "" {
+				return nil, fmt.Errorf("rule %s: a tenant's rule set has no owned rules (owner %s)", r, r.Owner)
+			}
 			r.ID = id // its place in the input, which the errors name ("rule 3: ...")
 			id++
 			all = append(all, r)
@@ -504,6 +533,16 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 	for _, h := range was {
 		w, ok := want[h.Match()]
 		switch {
+		case h.Owner != "":
+			// Not the tenant's to change: it stays as it is. The same
+			// rule in the set is already there; another action for its
+			// match is a conflict the tenant must hear about.
+			if ok && w.Action != h.Action {
+				return nil, nil, fmt.Errorf("rule %s conflicts with %w", w, &OwnedRuleError{Rule: h})
+			}
+			delete(want, h.Match())
+			res.Kept++
+			is = append(is, h)
 		case ok && w.Action == h.Action:
 			if w.Comment != h.Comment {
 				if err := tx.UpdateComment(h.ID, w.Comment); err != nil {

@@ -8,29 +8,27 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strings"
 
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/policy"
 )
 
-// sameNetworkComment marks the rules tenantnetd adds and keeps. The
-// tenant sees them and may delete them (or edit the comment: ownership
-// should be a field of policy.Rule, not free text).
+// sameNetworkComment says to a person what the rule is for; what makes
+// it tenantnetd's is its Owner, which a tenant cannot set or edit (the
+// firewall refuses a tenant's change of an owned rule).
 const sameNetworkComment = "same network (added by tenantnetd)"
 
 // isSameNetworkRule tells tenantnetd's "same network" rules from the
-// tenant's. It matches the comment's start, as it always did, so rules
-// written by earlier versions are still recognised.
+// tenant's: by owner, never by comment.
 func isSameNetworkRule(rl policy.Rule) bool {
-	return strings.HasPrefix(rl.Comment, "same network")
+	return rl.Owner == policy.OwnerNode
 }
 
 // sameNetworkRule lets traffic from prefix src (one of the network's
 // /64s) into the network's tenant.
 func sameNetworkRule(tenant uint32, src netip.Prefix) policy.Rule {
 	return policy.Rule{Tenant: tenant, Dir: policy.DirIn, Proto: policy.ProtoAny, Src: src, Action: policy.ActionAllow,
-		Comment: sameNetworkComment}
+		Comment: sameNetworkComment, Owner: policy.OwnerNode}
 }
 
 // prefixState is what the firewall was last given, per network.
@@ -96,7 +94,7 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		}
 		del, add := sameNetworkDiff(rules, prefixes)
 		for _, rl := range del {
-			if _, _, err := fw.DeleteRule(rl.ID); err != nil {
+			if _, _, err := fw.DeleteOwnedRule(policy.OwnerNode, rl.ID); err != nil {
 				return err
 			}
 			changed = true

@@ -16,6 +16,8 @@ func TestSameNetworkDiff(t *testing.T) {
 		return r
 	}
 	tenant := policy.Rule{ID: 9, Tenant: 7, Src: p3, Comment: "the tenant's own"}
+	// A tenant's rule that only says it is ours is not: the owner decides.
+	forged := policy.Rule{ID: 10, Tenant: 7, Src: p2, Comment: sameNetworkComment}
 	tests := []struct {
 		name     string
 		rules    []policy.Rule
@@ -27,6 +29,7 @@ func TestSameNetworkDiff(t *testing.T) {
 		{"in step", []policy.Rule{own(1, p1), own(2, p2)}, []netip.Prefix{p1, p2}, nil, nil},
 		{"a member left, one joined", []policy.Rule{own(1, p1), own(2, p2)}, []netip.Prefix{p1, p3}, []policy.Rule{own(2, p2)}, []netip.Prefix{p3}},
 		{"the tenant's rules are not ours", []policy.Rule{tenant, own(1, p1)}, []netip.Prefix{p1}, nil, nil},
+		{"a comment does not make a rule ours", []policy.Rule{forged, own(1, p1)}, []netip.Prefix{p1}, nil, nil},
 		{"a duplicate goes", []policy.Rule{own(1, p1), own(2, p1)}, []netip.Prefix{p1}, []policy.Rule{own(2, p1)}, nil},
 		{"a prefix given twice gets one rule", nil, []netip.Prefix{p1, p1}, nil, []netip.Prefix{p1}},
 	}

@@ -74,7 +74,7 @@ type fwAPI interface {
 	BindPorts(ps []firewall.PortBinding) error
 	Tenant(id uint32) (firewall.Tenant, error)
 	Rules(tenant uint32) ([]policy.Rule, error)
-	DeleteRule(id uint32) (policy.Rule, bpfmaps.Change, error)
+	DeleteOwnedRule(owner string, id uint32) (policy.Rule, bpfmaps.Change, error)
 }
 
 // withFirewall opens the firewall state (taking the state directory's

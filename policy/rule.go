@@ -123,7 +123,16 @@ type Rule struct {
 	Src     netip.Prefix `json:"-"`
 	Action  Action       `json:"-"`
 	Comment string       `json:"comment,omitempty"`
+	// Owner is who keeps the rule: "" for the tenant's own rules (tenantfw),
+	// OwnerNode for the rules tenantnetd adds and removes with a network's
+	// members. A tenant's rule set (tenantfw apply, rule flush, rule del)
+	// never edits or removes an owned rule; the comment is free text and
+	// decides nothing.
+	Owner string `json:"owner,omitempty"`
 }
+
+// OwnerNode owns the rules tenantnetd keeps (the "same network" rules).
+const OwnerNode = "tenantnetd"
 
 // Match is the part of a rule that selects packets; two rules with the
 // same Match are duplicates (same action) or in conflict.
@@ -235,6 +244,9 @@ func (r Rule) Validate() error {
 	}
 	if r.Action != ActionAllow && r.Action != ActionDeny {
 		return &FieldError{"action", r.Action.String(), "want allow or deny"}
+	}
+	if r.Owner != "" && r.Owner != OwnerNode {
+		return &FieldError{"owner", r.Owner, "want none (the tenant's) or " + OwnerNode}
 	}
 	anyPort := r.PortLo == 0 && r.PortHi == 0
 	if !anyPort {

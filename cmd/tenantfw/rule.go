@@ -23,11 +23,13 @@ type RuleView struct {
 	Src     string `json:"src"`
 	Action  string `json:"action"`
 	Comment string `json:"comment"`
+	// Owner is set on rules tenantnetd keeps: the tenant cannot change them.
+	Owner string `json:"owner,omitempty"`
 }
 
 func viewRule(r policy.Rule) RuleView {
 	return RuleView{ID: r.ID, Tenant: r.Tenant, Dir: r.Dir.String(), Proto: policy.ProtoName(r.Proto), Port: r.Ports(),
-		Dst: prefixText(r.Dst), Src: prefixText(r.Src), Action: r.Action.String(), Comment: r.Comment}
+		Dst: prefixText(r.Dst), Src: prefixText(r.Src), Action: r.Action.String(), Comment: r.Comment, Owner: r.Owner}
 }
 
 func prefixText(p netip.Prefix) string {
@@ -238,9 +240,13 @@ func ruleListCmd() *command {
 				return cli.JSON(env.Stdout, views)
 			}
 			tw := cli.Table(env.Stdout)
-			fmt.Fprintln(tw, "ID\tTENANT\tDIR\tPROTO\tPORT\tDST\tSRC\tACTION\tCOMMENT")
+			fmt.Fprintln(tw, "ID\tTENANT\tDIR\tPROTO\tPORT\tDST\tSRC\tACTION\tOWNER\tCOMMENT")
 			for _, v := range views {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Tenant, v.Dir, v.Proto, v.Port, v.Dst, v.Src, v.Action, v.Comment)
+				owner := v.Owner
+				if owner == "" {
+					owner = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Tenant, v.Dir, v.Proto, v.Port, v.Dst, v.Src, v.Action, owner, v.Comment)
 			}
 			return tw.Flush()
 		},

@@ -66,3 +66,44 @@ func TestOnDiskFormat(t *testing.T) {
 		return nil
 	})
 }
+
+// A store written before rules had owners gets tenantnetd's "same network"
+// rules marked as its own on the first open, once; a tenant's rule with
+// another comment stays the tenant's.
+func TestOwnersMigrated(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParsePrefix("2001:db8:0:2::/64")
+	var node, tenant policy.Rule
+	err = s.Update(func(tx *Tx) error {
+		if node, err = tx.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirIn, Src: src, Action: policy.ActionAllow, Comment: legacyNodeComment}); err != nil {
+			return err
+		}
+		tenant, err = tx.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirIn, Proto: 6, PortLo: 22, PortHi: 22, Action: policy.ActionAllow, Comment: "same network? no, ssh"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As the older build left it: no owner in the rules, no migration mark.
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Delete(kOwners) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.View(func(tx *Tx) error {
+		if r, err := tx.Rule(node.ID); err != nil || r.Owner != policy.OwnerNode {
+			t.Errorf("tenantnetd's legacy rule: %+v %v, want owner %s", r, err, policy.OwnerNode)
+		}
+		if r, err := tx.Rule(tenant.ID); err != nil || r.Owner != "" {
+			t.Errorf("the tenant's rule: %+v %v, want no owner", r, err)
+		}
+		return nil
+	})
+}

@@ -36,7 +36,12 @@ var (
 	bMatches = []byte("matches")  // match key -> id
 	kDirty   = []byte("dirty")
 	kVersion = []byte("version")
+	kOwners  = []byte("owners") // set once the rules carry their owner
 )
+
+// legacyNodeComment is the comment tenantnetd's "same network" rules had
+// before rules carried an owner: such rules are given OwnerNode once.
+const legacyNodeComment = "same network (added by tenantnetd)"
 
 // Version of the on-disk layout.
 const Version = 1
@@ -56,7 +61,10 @@ func Open(dir string) (*Store, error) {
 		if v := meta.Get(kVersion); v != nil && binary.BigEndian.Uint32(v) != Version {
 			return fmt.Errorf("%s has layout version %d, this build reads %d", filepath.Join(dir, FileName), binary.BigEndian.Uint32(v), Version)
 		}
-		return meta.Put(kVersion, be32(Version))
+		if err := meta.Put(kVersion, be32(Version)); err != nil {
+			return err
+		}
+		return migrateOwners(tx)
 	})
 	if err != nil {
 		return nil, err
@@ -174,11 +182,12 @@ type storedRule struct {
 	Src     string        `json:"src,omitempty"`
 	Action  policy.Action `json:"a"`
 	Comment string        `json:"c,omitempty"`
+	Owner   string        `json:"o,omitempty"`
 }
 
 func encodeRule(r policy.Rule) ([]byte, error) {
 	s := storedRule{ID: r.ID, Tenant: r.Tenant, Dir: uint8(r.Dir), Proto: r.Proto, PortLo: r.PortLo, PortHi: r.PortHi,
-		Action: r.Action, Comment: r.Comment}
+		Action: r.Action, Comment: r.Comment, Owner: r.Owner}
 	if r.Dst.IsValid() {
 		s.Dst = r.Dst.String()
 	}
@@ -194,7 +203,7 @@ func decodeRule(b []byte) (policy.Rule, error) {
 		return policy.Rule{}, err
 	}
 	r := policy.Rule{ID: s.ID, Tenant: s.Tenant, Dir: policy.Direction(s.Dir), Proto: s.Proto, PortLo: s.PortLo, PortHi: s.PortHi,
-		Action: s.Action, Comment: s.Comment}
+		Action: s.Action, Comment: s.Comment, Owner: s.Owner}
 	var err error
 	if s.Dst != "" {
 		if r.Dst, err = netip.ParsePrefix(s.Dst); err != nil {
@@ -478,4 +487,42 @@ func maskAddr(a [16]byte, bits int) [16]byte {
 		}
 	}
 	return out
+}
+
+// migrateOwners gives the "same network" rules of stores written before
+// rules had an owner their owner, once (a meta key says it is done), in
+// the transaction that opens the store.
+func migrateOwners(tx *bolt.Tx) error {
+	meta := tx.Bucket(bMeta)
+	if meta.Get(kOwners) != nil {
+		return nil
+	}
+	b := tx.Bucket(bRules)
+	type fix struct{ k, v []byte }
+	var fixes []fix
+	err := b.ForEach(func(k, v []byte) error {
+		r, err := decodeRule(v)
+		if err != nil {
+			return fmt.Errorf("rule at %x: %w", k, err)
+		}
+		if r.Owner != "" || r.Comment != legacyNodeComment {
+			return nil
+		}
+		r.Owner = policy.OwnerNode
+		nv, err := encodeRule(r)
+		if err != nil {
+			return err
+		}
+		fixes = append(fixes, fix{append([]byte(nil), k...), nv})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, f := range fixes {
+		if err := b.Put(f.k, f.v); err != nil {
+			return err
+		}
+	}
+	return meta.Put(kOwners, be32(1))
 }

@@ -1,11 +1,11 @@
 package loader
 
 import (
-	"github.com/cilium/ebpf"
-
 	"maps"
 	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 // The lists read from the struct tags name every map and program of the

@@ -29,7 +29,7 @@ int tn_uplink(struct xdp_md *ctx)
 
 	if (tn_parse(data, data_end, bpf_xdp_get_buff_len(ctx), &p))
 		return XDP_PASS;
-	if (p.l3 == ETH_P_ARP || p.frag == 2 || tn_is_control(&p))
+	if (p.l3 == ETH_P_ARP || p.frag == TN_FRAG_LATER || tn_is_control(&p))
 		return XDP_PASS;
 
 	struct tn_endpoint_key ek;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Tenant WireGuard device program, TC ingress of tn<net>-<node> devices:
+ * Tenant WireGuard device program, TC ingress of a tenant network's
+ * WireGuard device (tg<network number, hex><4 hex>, see wg/wg.go):
  * packets another member node (or a user's laptop) sent into this tenant's
  * network. WireGuard already checked that the source is in the sending
  * peer's AllowedIPs; this program ties that to the tenant: the source must
@@ -29,6 +30,7 @@ int tn_from_wg(struct __sk_buff *skb)
 	struct pkt p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
+	__u32 redirect = 0; /* the bridge's ifindex, for TN_PASS_REDIRECT */
 	int reason;
 
 	tn_pull(skb);
@@ -39,15 +41,15 @@ int tn_from_wg(struct __sk_buff *skb)
 			     (void *)(long)skb->data_end, skb->len,
 			     bpf_ntohs(skb->protocol), &p);
 	if (reason)
-		goto drop;
+		goto out;
 	if (!dev) {
 		reason = TN_DROP_NO_PORT;
-		goto drop;
+		goto out;
 	}
 	/* The tenant networks are IPv6; IPv4 has no route through here. */
 	if (p.l3 != ETH_P_IPV6) {
 		reason = TN_DROP_L3_PROTO;
-		goto drop;
+		goto out;
 	}
 	/* The source: a member's /64 behind this device, or (on a node that
 	 * reaches the outside through the network's exit) any outside
@@ -55,7 +57,7 @@ int tn_from_wg(struct __sk_buff *skb)
 	struct tn_route *src = tn_route_lookup(tenant, p.src);
 	if (!src || src->ifindex != ifindex) {
 		reason = TN_DROP_WG_SOURCE;
-		goto drop;
+		goto out;
 	}
 	/* Copied out: the helper calls below must not have the compiler
 	 * keep the pointer in a register they clobber. */
@@ -64,7 +66,7 @@ int tn_from_wg(struct __sk_buff *skb)
 	if (src_kind != TN_ROUTE_WG &&
 	    (src_kind != TN_ROUTE_EXIT || tn_other_tenant(p.src, tenant))) {
 		reason = TN_DROP_WG_SOURCE;
-		goto drop;
+		goto out;
 	}
 	struct tn_route *dst = tn_route_lookup(tenant, p.dst);
 	if (src_kind == TN_ROUTE_WG && dst && dst->kind == TN_ROUTE_WG &&
@@ -73,8 +75,8 @@ int tn_from_wg(struct __sk_buff *skb)
 		 * network's other nodes through the node it peers with (and
 		 * back). The kernel routes it out of this same device. */
 		tn_clamp_mss(skb, &p, src_mtu < dst->mtu ? src_mtu : dst->mtu);
-		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
-		return TC_ACT_OK;
+		reason = TN_PASS_STACK;
+		goto out;
 	}
 	if (src_kind == TN_ROUTE_WG && dst && dst->kind == TN_ROUTE_EXIT &&
 	    !dst->ifindex && tn_global_unicast(p.dst) &&
@@ -83,12 +85,12 @@ int tn_from_wg(struct __sk_buff *skb)
 		 * IPv6 reaches the outside through it. The kernel routes it
 		 * out of the uplink. */
 		tn_clamp_mss(skb, &p, src_mtu);
-		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
-		return TC_ACT_OK;
+		reason = TN_PASS_STACK;
+		goto out;
 	}
 	if (!dst || dst->kind != TN_ROUTE_LOCAL) {
 		reason = TN_DROP_WG_DEST;
-		goto drop;
+		goto out;
 	}
 	/* The sender's segments must fit the narrower of its path and ours. */
 	__u16 mtu = src_mtu;
@@ -97,23 +99,25 @@ int tn_from_wg(struct __sk_buff *skb)
 	tn_clamp_mss(skb, &p, mtu);
 	if (!(dst->flags & TN_ROUTE_F_REDIRECT) ||
 	    !tn_fits(skb, dst->ifindex, skb->len) || !tn_hop(skb, 0)) {
-		tn_count(tenant, TN_DIR_WG, TN_PASS_STACK, skb->len);
-		return TC_ACT_OK;
+		reason = TN_PASS_STACK;
+		goto out;
 	}
+	redirect = dst->ifindex;
 	/* bpf_redirect_neigh takes an Ethernet frame (it strips the header
 	 * and builds the bridge's): give this L3 packet a blank one. */
 	struct ethhdr eth = {.h_proto = bpf_htons(ETH_P_IPV6)};
 	if (bpf_skb_change_head(skb, sizeof(eth), 0) ||
 	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
-		reason = TN_DROP_MALFORMED; /* no headroom: cannot happen */
-		goto drop;
+		reason = TN_DROP_INTERNAL; /* no headroom: cannot happen */
+		goto out;
 	}
-	tn_count(tenant, TN_DIR_WG, TN_PASS_REDIRECT, skb->len);
+	reason = TN_PASS_REDIRECT;
+out:
+	if (tn_verdict(&p, tenant, ifindex, TN_DIR_WG, reason, skb->len))
+		return TC_ACT_SHOT;
+	if (reason != TN_PASS_REDIRECT)
+		return TC_ACT_OK;
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET6};
 	__builtin_memcpy(nh.ipv6_nh, p.dst, TN_ADDR_LEN);
-	return bpf_redirect_neigh(dst->ifindex, &nh, sizeof(nh), 0);
-
-drop:
-	tn_verdict(&p, tenant, ifindex, TN_DIR_WG, reason, skb->len);
-	return TC_ACT_SHOT;
+	return bpf_redirect_neigh(redirect, &nh, sizeof(nh), 0);
 }

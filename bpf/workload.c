@@ -16,8 +16,22 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* Emit types that no program names in a signature into BTF, for bpf2go. */
-const struct tn_event *tn_unused_event __attribute__((unused));
+/* Emit types that no program names in a signature into BTF, for bpf2go
+ * (-type in loader/generate.go): the event and the enums Go reads. */
+struct tn_btf_types {
+	struct tn_event event;
+	enum tn_reason reason;
+	enum tn_dir dir;
+	enum tn_action action;
+	enum tn_route_kind route_kind;
+	enum tn_route_flags route_flags;
+	enum tn_rdst_flags rdst_flags;
+	enum tn_ct_state ct_state;
+	enum tn_timeout timeout;
+	enum tn_error error;
+	enum tn_frag frag;
+};
+const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
 static __always_inline int tn_is_link_local(const __u8 *a)
 {
@@ -47,7 +61,8 @@ static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
 		tn_map_v4(k.addr, spa);
 	} else {
 		if (p->l3 == ETH_P_IPV6 && p->proto == IPPROTO_ICMPV6 &&
-		    p->frag != 2 && tn_icmp6_is_link(p->icmp_type) &&
+		    p->frag != TN_FRAG_LATER &&
+		    tn_icmp6_is_link(p->icmp_type) &&
 		    (tn_is_link_local(p->src) || tn_is_unspecified(p->src)))
 			return 1;
 		__builtin_memcpy(k.addr, p->src, TN_ADDR_LEN);
@@ -62,7 +77,6 @@ int tn_from_workload(struct __sk_buff *skb)
 	struct tn_route *rt = NULL;
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
-	__u64 now;
 	int reason;
 
 	tn_pull(skb);
@@ -79,8 +93,10 @@ int tn_from_workload(struct __sk_buff *skb)
 		goto out;
 	}
 	/* A workload is a host, never a router: it may not advertise. */
-	if (p.l3 == ETH_P_IPV6 && p.proto == IPPROTO_ICMPV6 && p.frag != 2 &&
-	    (p.icmp_type == 134 || p.icmp_type == 137)) {
+	if (p.l3 == ETH_P_IPV6 && p.proto == IPPROTO_ICMPV6 &&
+	    p.frag != TN_FRAG_LATER &&
+	    (p.icmp_type == NDISC_ROUTER_ADVERTISEMENT ||
+	     p.icmp_type == NDISC_REDIRECT)) {
 		reason = TN_DROP_ROGUE_RA;
 		goto out;
 	}
@@ -95,33 +111,7 @@ int tn_from_workload(struct __sk_buff *skb)
 			goto out;
 		}
 	}
-	now = bpf_ktime_get_ns();
-	if (p.frag == 2) {
-		reason = tn_frag_allowed(&p, ifindex, now)
-				 ? TN_PASS_FRAG
-				 : TN_DROP_FRAG_UNTRACKED;
-		goto out;
-	}
-	/* Known flows first: they passed the isolation check when they were
-	 * created (the control plane flushes the flows of a prefix it moves). */
-	if (tn_ct_lookup(&p, ifindex, now)) {
-		reason = TN_PASS_CT;
-		goto decided;
-	}
-	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.dst, tenant)) {
-		reason = TN_DROP_CROSS_TENANT;
-		goto out;
-	}
-	if (tn_is_control(&p)) {
-		reason = TN_PASS_CONTROL;
-		goto out;
-	}
-	reason = tn_decide(&p, tenant, TN_DIR_OUT);
-	if (reason < TN_DROP_FIRST)
-		tn_ct_create(&p, ifindex, tenant, TN_DIR_OUT, now);
-decided:
-	if (p.frag == 1 && reason < TN_DROP_FIRST)
-		tn_frag_remember(&p, ifindex, now);
+	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_OUT);
 out:
 	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
 		return TC_ACT_SHOT;
@@ -134,7 +124,6 @@ int tn_to_workload(struct __sk_buff *skb)
 	struct pkt p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
-	__u64 now;
 	int reason;
 
 	tn_pull(skb);
@@ -150,33 +139,7 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_NO_PORT;
 		goto out;
 	}
-	now = bpf_ktime_get_ns();
-	if (p.frag == 2) {
-		reason = tn_frag_allowed(&p, ifindex, now)
-				 ? TN_PASS_FRAG
-				 : TN_DROP_FRAG_UNTRACKED;
-		goto out;
-	}
-	/* Known flows first: they passed the isolation check when they were
-	 * created (the control plane flushes the flows of a prefix it moves). */
-	if (tn_ct_lookup(&p, ifindex, now)) {
-		reason = TN_PASS_CT;
-		goto decided;
-	}
-	if (p.l3 != ETH_P_ARP && tn_other_tenant(p.src, tenant)) {
-		reason = TN_DROP_CROSS_TENANT;
-		goto out;
-	}
-	if (tn_is_control(&p)) {
-		reason = TN_PASS_CONTROL;
-		goto out;
-	}
-	reason = tn_decide(&p, tenant, TN_DIR_IN);
-	if (reason < TN_DROP_FIRST)
-		tn_ct_create(&p, ifindex, tenant, TN_DIR_IN, now);
-decided:
-	if (p.frag == 1 && reason < TN_DROP_FIRST)
-		tn_frag_remember(&p, ifindex, now);
+	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_IN);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
 		       ? TC_ACT_SHOT

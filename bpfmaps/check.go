@@ -44,9 +44,8 @@ func (x *Maps) Check(q Query) (Explanation, error) {
 	} else if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return Explanation{}, err
 	}
-	if q.Proto == policy.ProtoICMPv6 && q.Dst.Is6() && ((q.ICMPType >= 1 && q.ICMPType <= 4) || (q.ICMPType >= 130 && q.ICMPType <= 137) || q.ICMPType == 143) ||
-		q.Proto == policy.ProtoICMP && q.Dst.Is4() && (q.ICMPType == 3 || q.ICMPType == 11 || q.ICMPType == 12) {
-		if q.Dir == policy.DirOut && q.Proto == policy.ProtoICMPv6 && (q.ICMPType == 134 || q.ICMPType == 137) {
+	if isControl(q) {
+		if q.Dir == policy.DirOut && q.Proto == policy.ProtoICMPv6 && (q.ICMPType == ndiscRouterAdvert || q.ICMPType == ndiscRedirect) {
 			return Explanation{Reason: policy.DropRogueRA, Stage: "control"}, nil
 		}
 		return Explanation{Reason: policy.PassControl, Stage: "control"}, nil
@@ -73,6 +72,35 @@ func (x *Maps) Check(q Query) (Explanation, error) {
 		return Explanation{Reason: policy.PassDefault, Stage: "default"}, nil
 	}
 	return Explanation{Reason: policy.DropDefault, Stage: "default"}, nil
+}
+
+// ICMP types by the names of the kernel's headers (bpf/include/linux/icmp.h,
+// icmpv6.h; ND's from include/net/ndisc.h), as bpf/lib/parse.h uses them.
+const (
+	icmpv6DestUnreach = 1   // ICMPV6_DEST_UNREACH, the first error
+	icmpv6ParamProb   = 4   // ICMPV6_PARAMPROB, the last error
+	icmpv6MgmQuery    = 130 // ICMPV6_MGM_QUERY, the first MLD message
+	ndiscRouterAdvert = 134 // NDISC_ROUTER_ADVERTISEMENT
+	ndiscRedirect     = 137 // NDISC_REDIRECT, the last ND message
+	icmpv6MLD2Report  = 143 // ICMPV6_MLD2_REPORT
+
+	icmpDestUnreach   = 3  // ICMP_DEST_UNREACH
+	icmpTimeExceeded  = 11 // ICMP_TIME_EXCEEDED
+	icmpParameterProb = 12 // ICMP_PARAMETERPROB
+)
+
+// isControl is tn_is_control (bpf/lib/policy.h) for a first packet:
+// ICMPv6 errors and link traffic (MLD, ND), ICMP errors.
+func isControl(q Query) bool {
+	t := q.ICMPType
+	switch {
+	case q.Proto == policy.ProtoICMPv6 && q.Dst.Is6():
+		return t >= icmpv6DestUnreach && t <= icmpv6ParamProb ||
+			t >= icmpv6MgmQuery && t <= ndiscRedirect || t == icmpv6MLD2Report
+	case q.Proto == policy.ProtoICMP && q.Dst.Is4():
+		return t == icmpDestUnreach || t == icmpTimeExceeded || t == icmpParameterProb
+	}
+	return false
 }
 
 func (x *Maps) lookupRules(q Query) (PortVal, error) {

@@ -24,11 +24,11 @@ type (
 	PortVal = loader.WorkloadTnRportVal
 )
 
-const rdstHasSrc = 1 // TN_RDST_HAS_SRC
+const rdstHasSrc = uint32(loader.WorkloadTnRdstFlagsTN_RDST_HAS_SRC)
 
 // Compiled is the content of the three rule maps for a set of rules.
 //
-// Semantics (docs/ARCHITECTURE.md, "policy.Rule precedence"): of all rules of the
+// Semantics (docs/ARCHITECTURE.md, "Precedence"): of all rules of the
 // tenant and direction that match a packet, a deny beats an allow; among
 // rules of the same action the most specific wins, comparing in order the
 // port match (a port block beats a protocol without ports beats any
@@ -100,8 +100,9 @@ func subgroupID(group uint64, p prefix) uint64 {
 
 func split(v uint64) (lo, hi uint32) { return uint32(v), uint32(v >> 32) }
 
-// portKeyLen is the specificity of a rule's port match in bits beyond the
-// subgroup id: 0 any protocol, 8 protocol, 16+block bits for ports.
+// rkey is a rule's port match as a tn_rport_v1 key: the protocol, the
+// first port of its block and the block's specificity in bits beyond the
+// subgroup id (0 any protocol, 8 protocol, 16+block bits for ports).
 type rkey struct {
 	proto uint8
 	base  uint16

@@ -38,7 +38,14 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return fmt.Appendf(nil, "%.3f", time.Duration(d).Seconds()), nil
 }
 
-var ctStates = map[uint8]string{1: "new", 2: "established", 3: "closing"}
+// The conntrack states (enum tn_ct_state) by name.
+const (
+	ctNew         = uint8(loader.WorkloadTnCtStateTN_CT_NEW)
+	ctEstablished = uint8(loader.WorkloadTnCtStateTN_CT_ESTABLISHED)
+	ctClosing     = uint8(loader.WorkloadTnCtStateTN_CT_CLOSING)
+)
+
+var ctStates = map[uint8]string{ctNew: "new", ctEstablished: "established", ctClosing: "closing"}
 
 // monotonicNow is the clock bpf_ktime_get_ns reads.
 func monotonicNow() uint64 {
@@ -47,26 +54,28 @@ func monotonicNow() uint64 {
 	return uint64(ts.Nano())
 }
 
-// timeout mirrors tn_ct_timeout in bpf/lib/policy.h.
+// timeout mirrors tn_ct_timeout in bpf/lib/policy.h, with its values
+// (enum tn_timeout, in seconds).
 func timeout(proto, state uint8) time.Duration {
+	s := func(t loader.WorkloadTnTimeout) time.Duration { return time.Duration(t) * time.Second }
 	switch proto {
 	case policy.ProtoTCP:
 		switch state {
-		case 2:
-			return 6 * time.Hour
-		case 3:
-			return 10 * time.Second
+		case ctEstablished:
+			return s(loader.WorkloadTnTimeoutTN_CT_TCP_EST_S)
+		case ctClosing:
+			return s(loader.WorkloadTnTimeoutTN_CT_TCP_CLOSING_S)
 		}
-		return 60 * time.Second
+		return s(loader.WorkloadTnTimeoutTN_CT_TCP_SYN_S)
 	case policy.ProtoUDP:
-		if state == 2 {
-			return 120 * time.Second
+		if state == ctEstablished {
+			return s(loader.WorkloadTnTimeoutTN_CT_UDP_EST_S)
 		}
-		return 30 * time.Second
+		return s(loader.WorkloadTnTimeoutTN_CT_UDP_NEW_S)
 	case policy.ProtoICMP, policy.ProtoICMPv6:
-		return 30 * time.Second
+		return s(loader.WorkloadTnTimeoutTN_CT_ICMP_S)
 	}
-	return 60 * time.Second
+	return s(loader.WorkloadTnTimeoutTN_CT_OTHER_S)
 }
 
 // Flows decodes the conntrack table; tenant 0 means all tenants.

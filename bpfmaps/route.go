@@ -17,10 +17,10 @@ import (
 type RouteKind uint8
 
 const (
-	RouteLocal RouteKind = 1 // this node's /64 of the network, on its bridge
-	RouteWG    RouteKind = 2 // behind the tenant's WireGuard device
-	RouteExit  RouteKind = 3 // the tenant's exit path (kernel routes)
-	RouteDrop  RouteKind = 4 // unreachable by policy
+	RouteLocal = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_LOCAL) // this node's /64 of the network, on its bridge
+	RouteWG    = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_WG)    // behind the tenant's WireGuard device
+	RouteExit  = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_EXIT)  // the tenant's exit path (kernel routes)
+	RouteDrop  = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_DROP)  // unreachable by policy
 )
 
 func (k RouteKind) String() string {
@@ -51,7 +51,7 @@ func (k *RouteKind) UnmarshalText(b []byte) error {
 	return fmt.Errorf("route kind %q: want local, wireguard, exit or drop", b)
 }
 
-const routeRedirect = 1 // TN_ROUTE_F_REDIRECT
+const routeRedirect = uint8(loader.WorkloadTnRouteFlagsTN_ROUTE_F_REDIRECT)
 
 // Route is one entry of tn_route_v1: a destination prefix of a tenant and
 // its next hop. With Redirect the programs forward between the workload

@@ -80,6 +80,36 @@ func (x *Maps) Counters(tenant uint32) ([]Counter, error) {
 	return out, nil
 }
 
+// Losses is what the datapath could not record (tn_errors_v1), summed
+// over CPUs: packets missing from the counters because tn_stats_v1 was
+// full, and drop events lost because tn_events_v1 was full.
+type Losses struct {
+	StatsFull  uint64 `json:"stats_full"`
+	EventsLost uint64 `json:"events_lost"`
+}
+
+// Losses reads tn_errors_v1; all zero on a datapath whose pins predate it
+// (the next load adds it).
+func (x *Maps) Losses() (Losses, error) {
+	var l Losses
+	if x.m.TnErrorsV1 == nil {
+		return l, nil
+	}
+	for key, dst := range map[loader.WorkloadTnError]*uint64{
+		loader.WorkloadTnErrorTN_ERR_STATS_FULL:  &l.StatsFull,
+		loader.WorkloadTnErrorTN_ERR_EVENTS_LOST: &l.EventsLost,
+	} {
+		var per []uint64
+		if err := x.m.TnErrorsV1.Lookup(uint32(key), &per); err != nil {
+			return l, fmt.Errorf("read tn_errors_v1[%d]: %w", key, err)
+		}
+		for _, n := range per {
+			*dst += n
+		}
+	}
+	return l, nil
+}
+
 // Event is a decoded drop event.
 type Event struct {
 	TimeNs  uint64           `json:"ts_ns"`

@@ -7,12 +7,12 @@
 package loader
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"sync"
@@ -71,13 +71,17 @@ type Datapath struct {
 // addedLater are maps newer builds added to schema 1 without changing any
 // existing layout: pins made by an older build lack them until the next
 // Load creates them, and readers must cope with their absence.
-var addedLater = map[string]bool{"tn_route_v1": true, "tn_wgdev_v1": true}
+var addedLater = map[string]bool{"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true}
+
+// progAddedLater are programs newer builds added: Open copes with pins of
+// an older build that lack them.
+var progAddedLater = map[string]bool{"tn_from_wg": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
-// checkSchema refuses pins of another schema. The only migration is the
-// identity; add entries here (from version -> function) when a layout
-// changes, and test the upgrade.
+// checkSchema refuses pins of another schema. There is no migration yet
+// (only the identity): a layout change that needs one adds it here, keyed
+// by the version it upgrades from, with a test of the upgrade.
 func checkSchema(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -192,15 +196,52 @@ func Load(opts Options) (*Datapath, error) {
 	return dp, nil
 }
 
-func (dp *Datapath) mapsByName() map[string]*ebpf.Map {
-	m := dp.Maps
-	return map[string]*ebpf.Map{
-		"tn_meta_v1": m.TnMetaV1, "tn_ports_v1": m.TnPortsV1, "tn_srcaddr_v1": m.TnSrcaddrV1,
-		"tn_prefix_v1": m.TnPrefixV1, "tn_endpoint_v1": m.TnEndpointV1, "tn_tenant_v1": m.TnTenantV1,
-		"tn_rhost_v1": m.TnRhostV1, "tn_rdst_v1": m.TnRdstV1, "tn_rsrc_v1": m.TnRsrcV1, "tn_rport_v1": m.TnRportV1,
-		"tn_ct_v1": m.TnCtV1, "tn_frag_v1": m.TnFragV1, "tn_stats_v1": m.TnStatsV1,
-		"tn_events_v1": m.TnEventsV1, "tn_route_v1": m.TnRouteV1, "tn_wgdev_v1": m.TnWgdevV1,
+// The map and program lists are read from bpf2go's `ebpf:"name"` struct
+// tags, so a map or program added in C needs no edit here.
+
+// mapFields returns the field of m for each map, by its pinned name.
+func mapFields(m *WorkloadMaps) map[string]**ebpf.Map {
+	return tagged[*ebpf.Map](reflect.ValueOf(m).Elem())
+}
+
+// programFields returns the field of dp for each program, by its name:
+// the workload object's programs and the uplink's and WireGuard's.
+func (dp *Datapath) programFields() map[string]**ebpf.Program {
+	out := tagged[*ebpf.Program](reflect.ValueOf(&dp.Progs).Elem())
+	for name, dst := range map[string]**ebpf.Program{
+		programName(UplinkPrograms{}): &dp.Uplink, programName(WireguardPrograms{}): &dp.WG,
+	} {
+		out[name] = dst
 	}
+	return out
+}
+
+// tagged maps the ebpf tag of each field of the struct v to its address.
+func tagged[T any](v reflect.Value) map[string]*T {
+	out := make(map[string]*T, v.NumField())
+	for i := range v.NumField() {
+		if name := v.Type().Field(i).Tag.Get("ebpf"); name != "" {
+			out[name] = v.Field(i).Addr().Interface().(*T)
+		}
+	}
+	return out
+}
+
+// programName is the name of the one program of an object with one hook.
+func programName(progs any) string {
+	t := reflect.TypeOf(progs)
+	if t.NumField() != 1 {
+		panic(fmt.Sprintf("%s has %d programs, want one", t, t.NumField()))
+	}
+	return t.Field(0).Tag.Get("ebpf")
+}
+
+func (dp *Datapath) mapsByName() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for name, m := range mapFields(&dp.Maps) {
+		out[name] = *m
+	}
+	return out
 }
 
 // MapsByName returns every map of the datapath by its pinned name.
@@ -208,12 +249,11 @@ func (dp *Datapath) MapsByName() map[string]*ebpf.Map { return dp.mapsByName() }
 
 // Programs returns the programs by name.
 func (dp *Datapath) Programs() map[string]*ebpf.Program {
-	return map[string]*ebpf.Program{
-		"tn_from_workload": dp.Progs.TnFromWorkload,
-		"tn_to_workload":   dp.Progs.TnToWorkload,
-		"tn_uplink":        dp.Uplink,
-		"tn_from_wg":       dp.WG,
+	out := map[string]*ebpf.Program{}
+	for name, p := range dp.programFields() {
+		out[name] = *p
 	}
+	return out
 }
 
 // pinPrograms (re)pins the programs of this build, replacing older pins so
@@ -277,15 +317,15 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 	if err := checkSchema(pinDir); err != nil {
 		return nil, err
 	}
-	var m WorkloadMaps
-	byName := map[string]**ebpf.Map{
-		"tn_meta_v1": &m.TnMetaV1, "tn_ports_v1": &m.TnPortsV1, "tn_srcaddr_v1": &m.TnSrcaddrV1,
-		"tn_prefix_v1": &m.TnPrefixV1, "tn_endpoint_v1": &m.TnEndpointV1, "tn_tenant_v1": &m.TnTenantV1,
-		"tn_rhost_v1": &m.TnRhostV1, "tn_rdst_v1": &m.TnRdstV1, "tn_rsrc_v1": &m.TnRsrcV1, "tn_rport_v1": &m.TnRportV1,
-		"tn_ct_v1": &m.TnCtV1, "tn_frag_v1": &m.TnFragV1, "tn_stats_v1": &m.TnStatsV1, "tn_events_v1": &m.TnEventsV1,
-		"tn_route_v1": &m.TnRouteV1, "tn_wgdev_v1": &m.TnWgdevV1,
+	// A same-named pin of another layout must never be written through.
+	// Comparing sizes with this build's object is enough here: Load checks
+	// the rest.
+	spec, err := LoadWorkload()
+	if err != nil {
+		return nil, fmt.Errorf("parse workload object: %w", err)
 	}
-	for name, dst := range byName {
+	var m WorkloadMaps
+	for name, dst := range mapFields(&m) {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
 		if errors.Is(err, os.ErrNotExist) && addedLater[name] {
 			continue // pinned by an older build of this schema; Load adds it
@@ -295,30 +335,10 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 			return nil, fmt.Errorf("open pinned %s: %w", name, err)
 		}
 		*dst = mp
-	}
-	// A same-named pin of another layout must never be written through.
-	// Comparing sizes with the generated types is enough here (and saves
-	// parsing the BPF object on every CLI start): Load checks the rest.
-	for _, c := range []struct {
-		m          *ebpf.Map
-		key, value any
-	}{
-		{m.TnPortsV1, uint32(0), WorkloadTnPort{}}, {m.TnSrcaddrV1, WorkloadTnSrcaddrKey{}, uint32(0)},
-		{m.TnPrefixV1, WorkloadTnPrefixKey{}, uint32(0)}, {m.TnEndpointV1, WorkloadTnEndpointKey{}, WorkloadTnEndpoint{}},
-		{m.TnTenantV1, uint32(0), WorkloadTnTenant{}}, {m.TnRhostV1, WorkloadTnRhostKey{}, WorkloadTnRdstVal{}},
-		{m.TnRdstV1, WorkloadTnRdstKey{}, WorkloadTnRdstVal{}}, {m.TnRsrcV1, WorkloadTnRsrcKey{}, WorkloadTnRsrcVal{}},
-		{m.TnRportV1, WorkloadTnRportKey{}, WorkloadTnRportVal{}}, {m.TnCtV1, WorkloadTnCtKey{}, WorkloadTnCtVal{}},
-		{m.TnFragV1, WorkloadTnFragKey{}, WorkloadTnFragVal{}}, {m.TnStatsV1, WorkloadTnStatsKey{}, WorkloadTnStatsVal{}},
-		{m.TnMetaV1, uint32(0), WorkloadTnMeta{}},
-		{m.TnRouteV1, WorkloadTnRouteKey{}, WorkloadTnRoute{}}, {m.TnWgdevV1, uint32(0), WorkloadTnPort{}},
-	} {
-		if c.m == nil {
-			continue // addedLater and not pinned yet
-		}
-		if int(c.m.KeySize()) != binary.Size(c.key) || int(c.m.ValueSize()) != binary.Size(c.value) {
+		if want := spec.Maps[name]; mp.KeySize() != want.KeySize || mp.ValueSize() != want.ValueSize {
 			m.Close()
 			return nil, fmt.Errorf("%w: %s has key/value sizes %d/%d, this build uses %d/%d", ErrSchemaMismatch,
-				c.m.String(), c.m.KeySize(), c.m.ValueSize(), binary.Size(c.key), binary.Size(c.value))
+				name, mp.KeySize(), mp.ValueSize(), want.KeySize, want.ValueSize)
 		}
 	}
 	return &m, nil
@@ -332,12 +352,9 @@ func Open(pinDir string) (*Datapath, error) {
 		return nil, err
 	}
 	dp := &Datapath{PinDir: pinDir, Maps: *wm, log: slog.Default()}
-	for name, dst := range map[string]**ebpf.Program{
-		"tn_from_workload": &dp.Progs.TnFromWorkload, "tn_to_workload": &dp.Progs.TnToWorkload, "tn_uplink": &dp.Uplink,
-		"tn_from_wg": &dp.WG,
-	} {
+	for name, dst := range dp.programFields() {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
-		if errors.Is(err, os.ErrNotExist) && name == "tn_from_wg" {
+		if errors.Is(err, os.ErrNotExist) && progAddedLater[name] {
 			continue // pinned by an older build
 		}
 		if err != nil {

@@ -16,6 +16,12 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 )
 
+// verifierBudget is what one program may cost the verifier: half of the
+// kernel's limit of 1,000,000 processed instructions, so that a change
+// that doubles a program (one once took tn_from_workload to 985k) fails
+// here and not on the next kernel, whose verifier may prune less.
+const verifierBudget = 500_000
+
 func TestLoadVerifies(t *testing.T) {
 	dp := testutil.Load(t)
 	for name, p := range dp.Programs() {
@@ -23,8 +29,17 @@ func TestLoadVerifies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		insns, _ := info.VerifiedInstructions()
-		t.Logf("%s: %d verified instructions", name, insns)
+		insns, ok := info.VerifiedInstructions()
+		if !ok {
+			t.Logf("%s: the kernel does not report verified instructions", name)
+			continue
+		}
+		// The kernel matrix report parses this line (test/kernels/kmatrix).
+		t.Logf("%s: %d verified instructions (budget %d)", name, insns, verifierBudget)
+		if insns > verifierBudget {
+			t.Errorf("%s: %d verified instructions, over the budget of %d: simplify the program "+
+				"(a helper not inlined, a bounded loop, fewer live registers across lookups)", name, insns, verifierBudget)
+		}
 	}
 	for _, name := range []string{"tn_meta_v1", "tn_rdst_v1", "tn_ct_v1", "tn_events_v1", "progs/tn_from_workload", "progs/tn_uplink"} {
 		if _, err := os.Stat(filepath.Join(dp.PinDir, name)); err != nil {

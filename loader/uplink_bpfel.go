@@ -18,6 +18,7 @@ import (
 const (
 	UplinkMapTnCtV1       = "tn_ct_v1"
 	UplinkMapTnEndpointV1 = "tn_endpoint_v1"
+	UplinkMapTnErrorsV1   = "tn_errors_v1"
 	UplinkMapTnEventsV1   = "tn_events_v1"
 	UplinkMapTnFragV1     = "tn_frag_v1"
 	UplinkMapTnMetaV1     = "tn_meta_v1"
@@ -86,6 +87,7 @@ type UplinkProgramSpecs struct {
 type UplinkMapSpecs struct {
 	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
@@ -130,6 +132,7 @@ func (o *UplinkObjects) Close() error {
 type UplinkMaps struct {
 	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
@@ -150,6 +153,7 @@ func (m *UplinkMaps) Close() error {
 	return _UplinkClose(
 		m.TnCtV1,
 		m.TnEndpointV1,
+		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV1,
 		m.TnMetaV1,

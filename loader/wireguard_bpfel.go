@@ -18,6 +18,7 @@ import (
 const (
 	WireguardMapTnCtV1       = "tn_ct_v1"
 	WireguardMapTnEndpointV1 = "tn_endpoint_v1"
+	WireguardMapTnErrorsV1   = "tn_errors_v1"
 	WireguardMapTnEventsV1   = "tn_events_v1"
 	WireguardMapTnFragV1     = "tn_frag_v1"
 	WireguardMapTnMetaV1     = "tn_meta_v1"
@@ -86,6 +87,7 @@ type WireguardProgramSpecs struct {
 type WireguardMapSpecs struct {
 	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
@@ -130,6 +132,7 @@ func (o *WireguardObjects) Close() error {
 type WireguardMaps struct {
 	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
@@ -150,6 +153,7 @@ func (m *WireguardMaps) Close() error {
 	return _WireguardClose(
 		m.TnCtV1,
 		m.TnEndpointV1,
+		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV1,
 		m.TnMetaV1,

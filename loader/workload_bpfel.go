@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type WorkloadTnAction uint32
+
+const (
+	WorkloadTnActionTN_ACT_NONE  WorkloadTnAction = 0
+	WorkloadTnActionTN_ACT_ALLOW WorkloadTnAction = 1
+	WorkloadTnActionTN_ACT_DENY  WorkloadTnAction = 2
+)
+
 type WorkloadTnCtKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -23,6 +31,14 @@ type WorkloadTnCtKey struct {
 	Src     [16]uint8
 	Dst     [16]uint8
 }
+
+type WorkloadTnCtState uint32
+
+const (
+	WorkloadTnCtStateTN_CT_NEW         WorkloadTnCtState = 1
+	WorkloadTnCtStateTN_CT_ESTABLISHED WorkloadTnCtState = 2
+	WorkloadTnCtStateTN_CT_CLOSING     WorkloadTnCtState = 3
+)
 
 type WorkloadTnCtVal struct {
 	_          structs.HostLayout
@@ -35,6 +51,16 @@ type WorkloadTnCtVal struct {
 	Packets    uint64
 }
 
+type WorkloadTnDir uint32
+
+const (
+	WorkloadTnDirTN_DIR_IN        WorkloadTnDir = 1
+	WorkloadTnDirTN_DIR_OUT       WorkloadTnDir = 2
+	WorkloadTnDirTN_DIR_PREFILTER WorkloadTnDir = 3
+	WorkloadTnDirTN_DIR_WG        WorkloadTnDir = 4
+	WorkloadTnDirTN_DIR_FAST      WorkloadTnDir = 5
+)
+
 type WorkloadTnEndpoint struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -45,6 +71,14 @@ type WorkloadTnEndpointKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
 }
+
+type WorkloadTnError uint32
+
+const (
+	WorkloadTnErrorTN_ERR_STATS_FULL  WorkloadTnError = 0
+	WorkloadTnErrorTN_ERR_EVENTS_LOST WorkloadTnError = 1
+	WorkloadTnErrorTN_ERR_MAX         WorkloadTnError = 2
+)
 
 type WorkloadTnEvent struct {
 	_       structs.HostLayout
@@ -93,6 +127,12 @@ type WorkloadTnPrefixKey struct {
 	Addr      [16]uint8
 }
 
+type WorkloadTnRdstFlags uint32
+
+const (
+	WorkloadTnRdstFlagsTN_RDST_HAS_SRC WorkloadTnRdstFlags = 1
+)
+
 type WorkloadTnRdstKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -111,6 +151,35 @@ type WorkloadTnRdstVal struct {
 	Pad      uint32
 }
 
+type WorkloadTnReason uint32
+
+const (
+	WorkloadTnReasonTN_PASS_CT             WorkloadTnReason = 1
+	WorkloadTnReasonTN_PASS_RULE           WorkloadTnReason = 2
+	WorkloadTnReasonTN_PASS_DEFAULT        WorkloadTnReason = 3
+	WorkloadTnReasonTN_PASS_CONTROL        WorkloadTnReason = 4
+	WorkloadTnReasonTN_PASS_FRAG           WorkloadTnReason = 5
+	WorkloadTnReasonTN_PASS_REDIRECT       WorkloadTnReason = 6
+	WorkloadTnReasonTN_PASS_STACK          WorkloadTnReason = 7
+	WorkloadTnReasonTN_DROP_FIRST          WorkloadTnReason = 64
+	WorkloadTnReasonTN_DROP_TRUNCATED      WorkloadTnReason = 64
+	WorkloadTnReasonTN_DROP_MALFORMED      WorkloadTnReason = 65
+	WorkloadTnReasonTN_DROP_EXT_LIMIT      WorkloadTnReason = 66
+	WorkloadTnReasonTN_DROP_L3PROTO        WorkloadTnReason = 67
+	WorkloadTnReasonTN_DROP_NO_PORT        WorkloadTnReason = 68
+	WorkloadTnReasonTN_DROP_SPOOF          WorkloadTnReason = 69
+	WorkloadTnReasonTN_DROP_ROGUE_RA       WorkloadTnReason = 70
+	WorkloadTnReasonTN_DROP_CROSS_TENANT   WorkloadTnReason = 71
+	WorkloadTnReasonTN_DROP_FRAG_UNTRACKED WorkloadTnReason = 72
+	WorkloadTnReasonTN_DROP_POLICY         WorkloadTnReason = 73
+	WorkloadTnReasonTN_DROP_DEFAULT        WorkloadTnReason = 74
+	WorkloadTnReasonTN_DROP_WG_SOURCE      WorkloadTnReason = 75
+	WorkloadTnReasonTN_DROP_WG_DEST        WorkloadTnReason = 76
+	WorkloadTnReasonTN_DROP_ROUTE          WorkloadTnReason = 77
+	WorkloadTnReasonTN_DROP_INTERNAL       WorkloadTnReason = 78
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 79
+)
+
 type WorkloadTnRhostKey struct {
 	_      structs.HostLayout
 	Tenant uint32
@@ -126,12 +195,27 @@ type WorkloadTnRoute struct {
 	Mtu     uint16
 }
 
+type WorkloadTnRouteFlags uint32
+
+const (
+	WorkloadTnRouteFlagsTN_ROUTE_F_REDIRECT WorkloadTnRouteFlags = 1
+)
+
 type WorkloadTnRouteKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Tenant    uint32
 	Addr      [16]uint8
 }
+
+type WorkloadTnRouteKind uint32
+
+const (
+	WorkloadTnRouteKindTN_ROUTE_LOCAL WorkloadTnRouteKind = 1
+	WorkloadTnRouteKindTN_ROUTE_WG    WorkloadTnRouteKind = 2
+	WorkloadTnRouteKindTN_ROUTE_EXIT  WorkloadTnRouteKind = 3
+	WorkloadTnRouteKindTN_ROUTE_DROP  WorkloadTnRouteKind = 4
+)
 
 type WorkloadTnRportKey struct {
 	_         structs.HostLayout
@@ -193,12 +277,26 @@ type WorkloadTnTenant struct {
 	Pad        uint32
 }
 
+type WorkloadTnTimeout uint32
+
+const (
+	WorkloadTnTimeoutTN_CT_TCP_SYN_S     WorkloadTnTimeout = 60
+	WorkloadTnTimeoutTN_CT_TCP_EST_S     WorkloadTnTimeout = 21600
+	WorkloadTnTimeoutTN_CT_TCP_CLOSING_S WorkloadTnTimeout = 10
+	WorkloadTnTimeoutTN_CT_UDP_NEW_S     WorkloadTnTimeout = 30
+	WorkloadTnTimeoutTN_CT_UDP_EST_S     WorkloadTnTimeout = 120
+	WorkloadTnTimeoutTN_CT_ICMP_S        WorkloadTnTimeout = 30
+	WorkloadTnTimeoutTN_CT_OTHER_S       WorkloadTnTimeout = 60
+	WorkloadTnTimeoutTN_FRAG_TIMEOUT_S   WorkloadTnTimeout = 30
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	WorkloadMapTnCtV1          = "tn_ct_v1"
 	WorkloadMapTnEndpointV1    = "tn_endpoint_v1"
+	WorkloadMapTnErrorsV1      = "tn_errors_v1"
 	WorkloadMapTnEventsV1      = "tn_events_v1"
 	WorkloadMapTnFragV1        = "tn_frag_v1"
 	WorkloadMapTnMetaV1        = "tn_meta_v1"
@@ -215,7 +313,7 @@ const (
 	WorkloadMapTnWgdevV1       = "tn_wgdev_v1"
 	WorkloadProgTnFromWorkload = "tn_from_workload"
 	WorkloadProgTnToWorkload   = "tn_to_workload"
-	WorkloadVarTnUnusedEvent   = "tn_unused_event"
+	WorkloadVarTnUnusedTypes   = "tn_unused_types"
 )
 
 // LoadWorkload returns the embedded CollectionSpec for Workload.
@@ -270,6 +368,7 @@ type WorkloadProgramSpecs struct {
 type WorkloadMapSpecs struct {
 	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
@@ -290,7 +389,7 @@ type WorkloadMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WorkloadVariableSpecs struct {
-	TnUnusedEvent *ebpf.VariableSpec `ebpf:"tn_unused_event"`
+	TnUnusedTypes *ebpf.VariableSpec `ebpf:"tn_unused_types"`
 }
 
 // WorkloadObjects contains all objects after they have been loaded into the kernel.
@@ -315,6 +414,7 @@ func (o *WorkloadObjects) Close() error {
 type WorkloadMaps struct {
 	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
+	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
@@ -335,6 +435,7 @@ func (m *WorkloadMaps) Close() error {
 	return _WorkloadClose(
 		m.TnCtV1,
 		m.TnEndpointV1,
+		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV1,
 		m.TnMetaV1,
@@ -356,7 +457,7 @@ func (m *WorkloadMaps) Close() error {
 //
 // It can be passed to LoadWorkloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WorkloadVariables struct {
-	TnUnusedEvent *ebpf.Variable `ebpf:"tn_unused_event"`
+	TnUnusedTypes *ebpf.Variable `ebpf:"tn_unused_types"`
 }
 
 // WorkloadPrograms contains all programs after they have been loaded into the kernel.

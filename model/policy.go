@@ -14,11 +14,18 @@ type ctKey struct {
 }
 
 type ctEntry struct {
-	state    uint8 // 1 new, 2 established, 3 closing
+	state    uint8 // ctNew, ctEstablished, ctClosing
 	lastSeen uint64
 }
 
-// Timeouts mirror bpf/lib/common.h.
+// Conntrack states (enum tn_ct_state in bpf/lib/common.h).
+const (
+	ctNew         = 1
+	ctEstablished = 2
+	ctClosing     = 3
+)
+
+// Timeouts mirror bpf/lib/common.h (consts_test.go checks them).
 const (
 	sec          = uint64(1_000_000_000)
 	tcpSynTO     = 60 * sec
@@ -35,14 +42,14 @@ func ctTimeout(proto, state uint8) uint64 {
 	switch proto {
 	case policy.ProtoTCP:
 		switch state {
-		case 2:
+		case ctEstablished:
 			return tcpEstTO
-		case 3:
+		case ctClosing:
 			return tcpClosingTO
 		}
 		return tcpSynTO
 	case policy.ProtoUDP:
-		if state == 2 {
+		if state == ctEstablished {
 			return udpEstTO
 		}
 		return udpNewTO
@@ -179,16 +186,16 @@ func (s *State) ctLookup(p *packet, ifindex uint32) bool {
 	}
 	if p.proto == policy.ProtoTCP {
 		f := p.tcpFlags
-		if e.state == 3 && f&tcpSYN != 0 && f&tcpACK == 0 {
+		if e.state == ctClosing && f&tcpSYN != 0 && f&tcpACK == 0 {
 			return false
 		}
 		if f&(tcpFIN|tcpRST) != 0 {
-			e.state = 3
-		} else if reply && e.state == 1 {
-			e.state = 2
+			e.state = ctClosing
+		} else if reply && e.state == ctNew {
+			e.state = ctEstablished
 		}
-	} else if reply && e.state == 1 {
-		e.state = 2
+	} else if reply && e.state == ctNew {
+		e.state = ctEstablished
 	}
 	e.lastSeen = now
 	return true
@@ -198,12 +205,12 @@ func (s *State) ctCreate(p *packet, ifindex uint32) {
 	if !trackable(p) {
 		return
 	}
-	st := uint8(1)
+	st := uint8(ctNew)
 	if p.proto == policy.ProtoTCP {
 		if p.tcpFlags&(tcpFIN|tcpRST) != 0 {
-			st = 3
+			st = ctClosing
 		} else if p.tcpFlags&tcpSYN == 0 || p.tcpFlags&tcpACK != 0 {
-			st = 2
+			st = ctEstablished
 		}
 	}
 	s.ct[ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}] = &ctEntry{state: st, lastSeen: s.now()}

@@ -3,7 +3,14 @@ package policy
 import "fmt"
 
 // Reason is why a packet passed or was dropped (enum tn_reason in
-// bpf/lib/common.h; a test keeps the two in step).
+// bpf/lib/common.h).
+//
+// The values are written here by hand, not taken from bpf2go's generated
+// loader.WorkloadTnReason*: this package is the pure rule domain the
+// reference model (model/) depends on alone, and loader links cilium/ebpf
+// and embeds the objects. bpfmaps' TestConstantsMatchC compares every value
+// here, both ways, with the generated constants (the C enum's BTF), so a
+// reason added, removed or renumbered in C fails that test.
 type Reason uint16
 
 const (
@@ -29,6 +36,7 @@ const (
 	DropWGSource Reason = 75
 	DropWGDest   Reason = 76
 	DropRoute    Reason = 77
+	DropInternal Reason = 78
 )
 
 var reasonNames = map[Reason]string{
@@ -39,13 +47,14 @@ var reasonNames = map[Reason]string{
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
+	DropInternal: "internal",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
 	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal}
 }
 
 // IsDrop reports whether the reason drops the packet.

@@ -4,6 +4,10 @@
  * bpf2go's -type flag, by the Go control plane. Changing the layout of any
  * struct here is a schema change: bump TN_SCHEMA_VERSION and the _vN suffix
  * of the affected map names (see docs/ARCHITECTURE.md, "Upgrades").
+ *
+ * Constants Go needs are enums, not #defines: bpf2go generates them into
+ * loader/ (workload.c keeps them in BTF), and bpfmaps' TestConstantsMatchC
+ * checks every hand-written Go mirror against the generated values.
  */
 #pragma once
 
@@ -69,7 +73,22 @@ enum tn_reason {
 	TN_DROP_WG_DEST = 76,	/* via WireGuard to a destination not on
 				 * this node's part of the network */
 	TN_DROP_ROUTE = 77,	/* destination routed to drop */
-	TN_REASON_MAX = 78,
+	TN_DROP_INTERNAL = 78,	/* a helper failed that cannot fail */
+	TN_REASON_MAX = 79,
+};
+
+/* tn_errors_v1 (per-CPU array): what the datapath could not record. */
+enum tn_error {
+	TN_ERR_STATS_FULL = 0,	/* tn_stats_v1 full: a packet not counted */
+	TN_ERR_EVENTS_LOST = 1, /* tn_events_v1 full: a drop event lost */
+	TN_ERR_MAX = 2,
+};
+
+/* struct pkt's frag: where a packet is in a fragmented datagram. */
+enum tn_frag {
+	TN_FRAG_NONE = 0,  /* not a fragment (or an atomic one) */
+	TN_FRAG_FIRST = 1, /* the first fragment: has the L4 header */
+	TN_FRAG_LATER = 2, /* a non-first fragment: no L4 header */
 };
 
 /* tn_meta_v1[0]: what the pinned maps were created for, plus runtime knobs. */
@@ -122,7 +141,10 @@ enum tn_route_kind {
 	TN_ROUTE_DROP = 4,  /* unreachable by policy */
 };
 
-#define TN_ROUTE_F_REDIRECT 1 /* take the eBPF fast path to ifindex */
+/* struct tn_route's flags. */
+enum tn_route_flags {
+	TN_ROUTE_F_REDIRECT = 1, /* take the eBPF fast path to ifindex */
+};
 
 struct tn_route {
 	__u32 ifindex;
@@ -170,7 +192,10 @@ struct tn_rdst_key {
 	__u8 dst[TN_ADDR_LEN];
 };
 
-#define TN_RDST_HAS_SRC 1 /* group has source-restricted rules: do stage 2 */
+/* struct tn_rdst_val's flags. */
+enum tn_rdst_flags {
+	TN_RDST_HAS_SRC = 1, /* group has source-restricted rules: do stage 2 */
+};
 
 struct tn_rdst_val {
 	__u32 group_lo, group_hi;
@@ -272,13 +297,27 @@ struct tn_event {
 	__u8 dst[TN_ADDR_LEN];
 };
 
-/* Timeouts of conntrack entries, by protocol and state (nanoseconds). */
+/* Timeouts of conntrack entries, by protocol and state, and of a
+ * remembered first fragment, in seconds (an enum for Go; the nanoseconds
+ * do not fit one). */
+enum tn_timeout {
+	TN_CT_TCP_SYN_S = 60,
+	TN_CT_TCP_EST_S = 6 * 3600,
+	TN_CT_TCP_CLOSING_S = 10,
+	TN_CT_UDP_NEW_S = 30,
+	TN_CT_UDP_EST_S = 120,
+	TN_CT_ICMP_S = 30,
+	TN_CT_OTHER_S = 60,
+	TN_FRAG_TIMEOUT_S = 30,
+};
+
+/* The same in nanoseconds, bpf_ktime_get_ns's unit. */
 #define TN_NS 1000000000ULL
-#define TN_CT_TCP_SYN (60 * TN_NS)
-#define TN_CT_TCP_EST (6 * 3600 * TN_NS)
-#define TN_CT_TCP_CLOSING (10 * TN_NS)
-#define TN_CT_UDP_NEW (30 * TN_NS)
-#define TN_CT_UDP_EST (120 * TN_NS)
-#define TN_CT_ICMP (30 * TN_NS)
-#define TN_CT_OTHER (60 * TN_NS)
-#define TN_FRAG_TIMEOUT (30 * TN_NS)
+#define TN_CT_TCP_SYN (TN_CT_TCP_SYN_S * TN_NS)
+#define TN_CT_TCP_EST (TN_CT_TCP_EST_S * TN_NS)
+#define TN_CT_TCP_CLOSING (TN_CT_TCP_CLOSING_S * TN_NS)
+#define TN_CT_UDP_NEW (TN_CT_UDP_NEW_S * TN_NS)
+#define TN_CT_UDP_EST (TN_CT_UDP_EST_S * TN_NS)
+#define TN_CT_ICMP (TN_CT_ICMP_S * TN_NS)
+#define TN_CT_OTHER (TN_CT_OTHER_S * TN_NS)
+#define TN_FRAG_TIMEOUT (TN_FRAG_TIMEOUT_S * TN_NS)

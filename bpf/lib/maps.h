@@ -147,6 +147,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tn_stats_v1 SEC(".maps");
 
+/* tn_errors_v1: per CPU, by enum tn_error, how often the datapath could
+ * not record something (its counters are then short by as much). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TN_ERR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_errors_v1 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, TN_EVENTS_BYTES);

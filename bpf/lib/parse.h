@@ -22,6 +22,30 @@
 #define ETH_P_ARP 0x0806
 #endif
 
+/* Neighbour discovery (RFC 4861) message types: the kernel's names
+ * (include/net/ndisc.h), which the UAPI headers lack. */
+#define NDISC_ROUTER_SOLICITATION 133
+#define NDISC_ROUTER_ADVERTISEMENT 134
+#define NDISC_NEIGHBOUR_SOLICITATION 135
+#define NDISC_NEIGHBOUR_ADVERTISEMENT 136
+#define NDISC_REDIRECT 137
+
+/* Fragment fields (host order): the IPv4 frag_off word and the IPv6
+ * fragment header's offset word (the kernel's IP_MF, IP_OFFSET, IP6_MF,
+ * IP6_OFFSET, not in the UAPI headers). */
+#define TN_IP_MF 0x2000
+#define TN_IP_OFFSET 0x1fff
+#define TN_IP6_MF 0x0001
+#define TN_IP6_OFFSET 0xfff8
+
+/* Ethernet/IPv4 ARP (RFC 826): 8 bytes fixed, then sha[6], spa[4],
+ * tha[6], tpa[4]. */
+#define TN_ARP_SPA_OFF 14
+#define TN_ARP_LEN 28
+
+/* The TCP flags byte's offset in the TCP header. */
+#define TN_TCP_FLAGS_OFF 13
+
 /* IPv6 extension header numbers (linux/in6.h has them, but not always). */
 #define TN_NH_HOPOPTS 0
 #define TN_NH_ROUTING 43
@@ -34,7 +58,7 @@ struct pkt {
 	__u8 dst[TN_ADDR_LEN];
 	__u16 l3;	/* ETH_P_IP, ETH_P_IPV6 or ETH_P_ARP (host order) */
 	__u8 proto;	/* L4 protocol after the extension headers */
-	__u8 frag;	/* 0: not a fragment, 1: first, 2: non-first */
+	__u8 frag;	/* enum tn_frag */
 	__u8 icmp_type; /* ICMP/ICMPv6 */
 	__u8 tcp_flags; /* TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
 	__be16 sport;	/* TCP/UDP ports; ICMP echo identifier in both */
@@ -60,8 +84,8 @@ static __always_inline void tn_map_v4(__u8 *dst, __be32 a)
 static __always_inline int tn_is_echo(__u8 proto, __u8 type)
 {
 	if (proto == IPPROTO_ICMPV6)
-		return type == 128 || type == 129;
-	return type == 8 || type == 0;
+		return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
+	return type == ICMP_ECHO || type == ICMP_ECHOREPLY;
 }
 
 /* Parse L4 at offset off (frame-relative). */
@@ -70,7 +94,7 @@ static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
 {
 	if (off > TN_MAX_HDR_OFF)
 		return TN_DROP_EXT_LIMIT;
-	if (p->frag == 2)
+	if (p->frag == TN_FRAG_LATER)
 		return 0; /* no L4 header in a non-first fragment */
 	p->l4off = off;
 
@@ -83,7 +107,7 @@ static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
 			return TN_DROP_MALFORMED;
 		p->sport = th->source;
 		p->dport = th->dest;
-		p->tcp_flags = ((__u8 *)th)[13];
+		p->tcp_flags = ((__u8 *)th)[TN_TCP_FLAGS_OFF];
 		return 0;
 	}
 	case IPPROTO_UDP: {
@@ -148,9 +172,10 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 			if (p->frag)
 				return TN_DROP_MALFORMED; /* two fragment headers */
 			__u16 fo = bpf_ntohs(*(__be16 *)(h + 2));
-			p->frag = (fo & 0xfff8) ? 2 : 1;
-			if (p->frag == 1 && !(fo & 1))
-				p->frag = 0; /* atomic fragment (RFC 6946) */
+			p->frag = (fo & TN_IP6_OFFSET) ? TN_FRAG_LATER
+						       : TN_FRAG_FIRST;
+			if (p->frag == TN_FRAG_FIRST && !(fo & TN_IP6_MF))
+				p->frag = TN_FRAG_NONE; /* atomic (RFC 6946) */
 			p->frag_id = bpf_ntohl(*(__be32 *)(h + 4));
 			off += 8;
 		} else if (nh == TN_NH_AH) {
@@ -189,10 +214,10 @@ static __always_inline int tn_parse_ipv4(void *data, void *data_end,
 	tn_map_v4(p->dst, ip->daddr);
 	p->proto = ip->protocol;
 	__u16 fo = bpf_ntohs(ip->frag_off);
-	if (fo & 0x1fff)
-		p->frag = 2;
-	else if (fo & 0x2000)
-		p->frag = 1;
+	if (fo & TN_IP_OFFSET)
+		p->frag = TN_FRAG_LATER;
+	else if (fo & TN_IP_MF)
+		p->frag = TN_FRAG_FIRST;
 	p->frag_id = bpf_ntohs(ip->id);
 	return tn_parse_l4(data, data_end, l3off + hlen, p);
 }
@@ -200,11 +225,10 @@ static __always_inline int tn_parse_ipv4(void *data, void *data_end,
 static __always_inline int tn_parse_arp(void *data, void *data_end,
 					struct pkt *p)
 {
-	/* Ethernet/IPv4 ARP: 8 bytes fixed, sha[6], spa[4], tha[6], tpa[4] */
 	__u8 *a = data + sizeof(struct ethhdr);
-	if ((void *)(a + 28) > data_end)
+	if ((void *)(a + TN_ARP_LEN) > data_end)
 		return TN_DROP_TRUNCATED;
-	__builtin_memcpy(p->arp_spa, a + 14, 4);
+	__builtin_memcpy(p->arp_spa, a + TN_ARP_SPA_OFF, 4);
 	return 0;
 }
 

@@ -14,6 +14,18 @@
 
 /* ---- counters and events ------------------------------------------------ */
 
+#ifndef E2BIG
+#define E2BIG 7
+#endif
+
+/* Count what the datapath could not record (enum tn_error). */
+static __always_inline void tn_count_error(__u32 err)
+{
+	__u64 *n = bpf_map_lookup_elem(&tn_errors_v1, &err);
+	if (n)
+		(*n)++;
+}
+
 static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
 				     __u32 bytes)
 {
@@ -27,8 +39,16 @@ static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
 	}
 	struct tn_stats_val init = {.packets = 1, .bytes = bytes};
 	/* BPF_NOEXIST: another CPU may have created it; then count next time
-	 * on this CPU's slot (per-CPU values make the race harmless). */
-	bpf_map_update_elem(&tn_stats_v1, &k, &init, BPF_NOEXIST);
+	 * on this CPU's slot (per-CPU values make the race harmless). -E2BIG
+	 * is a full map: the packet is counted in tn_errors_v1 instead. Branch
+	 * free (x == 0 exactly when the insert failed for a full map): a branch
+	 * here doubles the paths the verifier walks after every verdict. */
+	__s64 x = bpf_map_update_elem(&tn_stats_v1, &k, &init, BPF_NOEXIST) +
+		  E2BIG;
+	__u32 e = TN_ERR_STATS_FULL;
+	__u64 *n = bpf_map_lookup_elem(&tn_errors_v1, &e);
+	if (n)
+		*n += 1 - ((__u64)(x | -x) >> 63);
 }
 
 static __always_inline void tn_event(const struct pkt *p, __u32 tenant,
@@ -41,8 +61,11 @@ static __always_inline void tn_event(const struct pkt *p, __u32 tenant,
 	if (m->sample_rate > 1 && bpf_get_prandom_u32() % m->sample_rate)
 		return;
 	struct tn_event *e = bpf_ringbuf_reserve(&tn_events_v1, sizeof(*e), 0);
-	if (!e)
-		return; /* ring full: the counters still have it */
+	if (!e) {
+		/* ring full: the counters still have the drop */
+		tn_count_error(TN_ERR_EVENTS_LOST);
+		return;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->tenant = tenant;
 	e->ifindex = ifindex;
@@ -75,22 +98,22 @@ static __always_inline int tn_verdict(const struct pkt *p, __u32 tenant,
 
 static __always_inline int tn_icmp6_is_error(__u8 t)
 {
-	return t >= 1 &&
-	       t <= 4; /* unreach, PTB, time exceeded, param problem */
+	/* unreach, PTB, time exceeded, param problem */
+	return t >= ICMPV6_DEST_UNREACH && t <= ICMPV6_PARAMPROB;
 }
 
 static __always_inline int tn_icmp6_is_link(__u8 t)
 {
-	/* MLD query/report/done 130-132, RS 133, RA 134, NS 135, NA 136,
-	 * redirect 137, MLDv2 report 143 */
-	return (t >= 130 && t <= 137) || t == 143;
+	/* MLD query/report/done, RS, RA, NS, NA, redirect; MLDv2 report */
+	return (t >= ICMPV6_MGM_QUERY && t <= NDISC_REDIRECT) ||
+	       t == ICMPV6_MLD2_REPORT;
 }
 
 static __always_inline int tn_is_control(const struct pkt *p)
 {
 	if (p->l3 == ETH_P_ARP)
 		return 1;
-	if (p->frag == 2)
+	if (p->frag == TN_FRAG_LATER)
 		return 0;
 	if (p->proto == IPPROTO_ICMPV6 && p->l3 == ETH_P_IPV6)
 		return tn_icmp6_is_error(p->icmp_type) ||
@@ -98,8 +121,9 @@ static __always_inline int tn_is_control(const struct pkt *p)
 	if (p->proto == IPPROTO_ICMP && p->l3 == ETH_P_IP)
 		/* dest unreachable (incl. frag needed), time exceeded,
 		 * parameter problem */
-		return p->icmp_type == 3 || p->icmp_type == 11 ||
-		       p->icmp_type == 12;
+		return p->icmp_type == ICMP_DEST_UNREACH ||
+		       p->icmp_type == ICMP_TIME_EXCEEDED ||
+		       p->icmp_type == ICMP_PARAMETERPROB;
 	return 0;
 }
 
@@ -327,4 +351,39 @@ static __always_inline __u16 tn_decide(const struct pkt *p, __u32 tenant,
 		return TN_DROP_POLICY;
 	return tn_default(tenant, dir) == TN_ACT_ALLOW ? TN_PASS_DEFAULT
 						       : TN_DROP_DEFAULT;
+}
+
+/* The stateful tail of a workload port's verdict, the same in both
+ * directions: fragments, conntrack, isolation, control traffic, the rules,
+ * and the state a passed packet leaves (its flow, its datagram's later
+ * fragments). dir is TN_DIR_OUT (tn_from_workload: the peer is the
+ * destination) or TN_DIR_IN (tn_to_workload: the source); a constant at
+ * each call, so the peer is chosen at compile time. Returns a reason. */
+static __always_inline int tn_stateful(const struct pkt *p, __u32 ifindex,
+				       __u32 tenant, __u8 dir)
+{
+	__u64 now = bpf_ktime_get_ns();
+	int reason;
+
+	if (p->frag == TN_FRAG_LATER)
+		return tn_frag_allowed(p, ifindex, now)
+			       ? TN_PASS_FRAG
+			       : TN_DROP_FRAG_UNTRACKED;
+	/* Known flows first: they passed the isolation check when they were
+	 * created (the control plane flushes the flows of a prefix it moves). */
+	if (tn_ct_lookup(p, ifindex, now)) {
+		reason = TN_PASS_CT;
+	} else {
+		const __u8 *peer = dir == TN_DIR_OUT ? p->dst : p->src;
+		if (p->l3 != ETH_P_ARP && tn_other_tenant(peer, tenant))
+			return TN_DROP_CROSS_TENANT;
+		if (tn_is_control(p))
+			return TN_PASS_CONTROL;
+		reason = tn_decide(p, tenant, dir);
+		if (reason < TN_DROP_FIRST)
+			tn_ct_create(p, ifindex, tenant, dir, now);
+	}
+	if (p->frag == TN_FRAG_FIRST && reason < TN_DROP_FIRST)
+		tn_frag_remember(p, ifindex, now);
+	return reason;
 }

@@ -68,7 +68,8 @@ static __always_inline void tn_clamp_mss(struct __sk_buff *skb,
 					 const struct pkt *p, __u16 mtu)
 {
 	if (!mtu || p->l3 != ETH_P_IPV6 || p->proto != IPPROTO_TCP ||
-	    p->frag == 2 || !(p->tcp_flags & TN_TCP_SYN) || mtu < 1280)
+	    p->frag == TN_FRAG_LATER || !(p->tcp_flags & TN_TCP_SYN) ||
+	    mtu < IPV6_MIN_MTU)
 		return;
 	__u16 mss = mtu - 60;
 	__u32 l4 = p->l4off;

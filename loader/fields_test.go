@@ -1,0 +1,46 @@
+package loader
+
+import (
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// The lists read from the struct tags name every map and program of the
+// objects, and nothing else.
+func TestFieldsCoverObjects(t *testing.T) {
+	spec, err := LoadWorkload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for name := range spec.Maps {
+		if mapNameRE.MatchString(name) {
+			want = append(want, name)
+		}
+	}
+	var m WorkloadMaps
+	if got := slices.Sorted(maps.Keys(mapFields(&m))); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Errorf("maps from tags %v, object has %v", got, want)
+	}
+	for name := range addedLater {
+		if _, ok := spec.Maps[name]; !ok {
+			t.Errorf("addedLater names %s, which the object lacks", name)
+		}
+	}
+
+	want = slices.Collect(maps.Keys(spec.Programs))
+	for _, load := range []func() (*ebpf.CollectionSpec, error){LoadUplink, LoadWireguard} {
+		s, err := load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, slices.Collect(maps.Keys(s.Programs))...)
+	}
+	var dp Datapath
+	if got := slices.Sorted(maps.Keys(dp.programFields())); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Errorf("programs from tags %v, objects have %v", got, want)
+	}
+}

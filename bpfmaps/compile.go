@@ -28,7 +28,7 @@ const rdstHasSrc = uint32(loader.WorkloadTnRdstFlagsTN_RDST_HAS_SRC)
 
 // Compiled is the content of the three rule maps for a set of rules.
 //
-// Semantics (docs/ARCHITECTURE.md, "Precedence"): of all rules of the
+// Semantics (docs/reference.md, "Precedence"): of all rules of the
 // tenant and direction that match a packet, a deny beats an allow; among
 // rules of the same action the most specific wins, comparing in order the
 // port match (a port block beats a protocol without ports beats any

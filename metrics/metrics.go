@@ -61,6 +61,8 @@ var (
 		"1 if the last read or write of the registry succeeded, else 0.", nil, nil)
 	regNodes = prometheus.NewDesc("tenantnet_registry_nodes",
 		"Live nodes the registry lists (this one included).", nil, nil)
+	lost = prometheus.NewDesc("tenantnet_datapath_not_recorded_total",
+		"What the datapath could not record: packets missing from the counters (what=stats-full) and drop events the full ring buffer refused (what=events-lost).", []string{"what"}, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
 		"Failed reads or writes of the registry.", nil, nil)
 )
@@ -75,7 +77,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, lost} {
 		ch <- d
 	}
 }
@@ -95,6 +97,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(packets, prometheus.CounterValue, float64(k.Packets), lv...)
 			ch <- prometheus.MustNewConstMetric(bytes, prometheus.CounterValue, float64(k.Bytes), lv...)
 		}
+	}
+	if l, err := m.Losses(); err != nil {
+		c.log.Warn("read datapath losses", "err", err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.StatsFull), "stats-full")
+		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.EventsLost), "events-lost")
 	}
 	for name, mp := range dp.MapsByName() {
 		n := bpfmaps.CountEntries(mp)

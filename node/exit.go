@@ -13,7 +13,7 @@ import (
 	"github.com/tenantnet/tenantnet/registry"
 )
 
-// The exit path (DESIGN §1). Every tenant network has one exit node,
+// The exit path (docs/design.md, "Node situations"). Every tenant network has one exit node,
 // declared in the registry. A member without native IPv6 (ipv4-only,
 // home-nat, home-ipv6) sends its workloads' traffic for the outside to the
 // exit through the network's WireGuard device: the exit's peer entry gets

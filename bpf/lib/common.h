@@ -3,7 +3,7 @@
  * Types and constants shared by every tenantnet BPF program and, through
  * bpf2go's -type flag, by the Go control plane. Changing the layout of any
  * struct here is a schema change: bump TN_SCHEMA_VERSION and the _vN suffix
- * of the affected map names (see docs/ARCHITECTURE.md, "Upgrades").
+ * of the affected map names (see docs/reference.md, "Upgrades and schema").
  *
  * Constants Go needs are enums, not #defines: bpf2go generates them into
  * loader/ (workload.c keeps them in BTF), and bpfmaps' TestConstantsMatchC
@@ -137,8 +137,9 @@ struct tn_route_key {
 enum tn_route_kind {
 	TN_ROUTE_LOCAL = 1, /* this node's /64: ifindex is the bridge */
 	TN_ROUTE_WG = 2,    /* behind the tenant's WireGuard device (ifindex) */
-	TN_ROUTE_EXIT = 3,  /* the tenant's exit path: the kernel routes it */
-	TN_ROUTE_DROP = 4,  /* unreachable by policy */
+	TN_ROUTE_EXIT =
+		3, /* ::/0: the WireGuard device on a member, the kernel (ifindex 0) on the exit */
+	TN_ROUTE_DROP = 4, /* unreachable by policy */
 };
 
 /* struct tn_route's flags. */
@@ -164,7 +165,7 @@ struct tn_tenant {
 };
 
 /*
- * Rules are compiled by the control plane (maps/compile.go) into three LPM
+ * Rules are compiled by the control plane (bpfmaps/compile.go) into three LPM
  * stages so that destination prefix, source prefix and port block can all be
  * wildcarded independently:
  *

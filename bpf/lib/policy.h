@@ -2,9 +2,9 @@
 /*
  * The verdict pipeline shared by the hooks: ICMP control classification,
  * tenant isolation, fragments, conntrack, the three-stage rule lookup,
- * counters and drop events. The order is documented in
- * docs/ARCHITECTURE.md ("Verdict order") and mirrored by the Go reference
- * model in model/.
+ * counters and drop events. The order is documented in docs/reference.md
+ * ("Verdict order"); the Go reference model in model/ mirrors it for
+ * tn_from_workload, tn_to_workload and tn_uplink.
  */
 #pragma once
 
@@ -370,7 +370,8 @@ static __always_inline int tn_stateful(const struct pkt *p, __u32 ifindex,
 			       ? TN_PASS_FRAG
 			       : TN_DROP_FRAG_UNTRACKED;
 	/* Known flows first: they passed the isolation check when they were
-	 * created (the control plane flushes the flows of a prefix it moves). */
+	 * created (docs/reference.md, "Conntrack", says what happens to them
+	 * when a prefix changes owner). */
 	if (tn_ct_lookup(p, ifindex, now)) {
 		reason = TN_PASS_CT;
 	} else {

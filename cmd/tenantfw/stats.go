@@ -69,7 +69,18 @@ func statsCmd() *command {
 			for _, v := range vs {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\n", v.Tenant, v.Dir, v.Verdict, v.Reason, v.Packets, v.Bytes)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// What the counters above miss, so a full map never hides.
+			l, err := m.Losses()
+			if err != nil {
+				return err
+			}
+			if l.StatsFull > 0 || l.EventsLost > 0 {
+				fmt.Fprintf(env.Stdout, "not recorded: %d packets (tn_stats_v1 full), %d drop events (ring buffer full)\n", l.StatsFull, l.EventsLost)
+			}
+			return nil
 		},
 	}
 }

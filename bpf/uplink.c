@@ -38,9 +38,15 @@ int tn_uplink(struct xdp_md *ctx)
 	if (!ep)
 		return XDP_PASS;
 
-	if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
+	/* Nothing with a source of the tenant's comes in by the uplink: its
+	 * sources arrive over its ports and its WireGuard (tn_arrival_ok).
+	 * Checked before conntrack, so a guessed flow does not help. */
+	__u32 owner = tn_prefix_owner(p.src);
+	if (owner == ep->tenant)
+		reason = TN_DROP_SPOOF_PATH;
+	else if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
 		return XDP_PASS;
-	if (tn_other_tenant(p.src, ep->tenant))
+	else if (owner)
 		reason = TN_DROP_CROSS_TENANT;
 	else
 		reason = tn_decide(&p, ep->tenant, TN_DIR_IN);

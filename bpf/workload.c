@@ -139,6 +139,10 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_NO_PORT;
 		goto out;
 	}
+	if (!tn_arrival_ok(&p, skb->ingress_ifindex, tenant)) {
+		reason = TN_DROP_SPOOF_PATH;
+		goto out;
+	}
 	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_IN);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)

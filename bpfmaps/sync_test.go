@@ -54,6 +54,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DROP_WG_DEST":        v(loader.WorkloadTnReasonTN_DROP_WG_DEST, policy.DropWGDest),
 			"TN_DROP_ROUTE":          v(loader.WorkloadTnReasonTN_DROP_ROUTE, policy.DropRoute),
 			"TN_DROP_INTERNAL":       v(loader.WorkloadTnReasonTN_DROP_INTERNAL, policy.DropInternal),
+			"TN_DROP_SPOOF_PATH":     v(loader.WorkloadTnReasonTN_DROP_SPOOF_PATH, policy.DropSpoofPath),
 			"TN_REASON_MAX":          v(loader.WorkloadTnReasonTN_REASON_MAX, policy.Reasons()[len(policy.Reasons())-1]+1),
 		},
 		"tn_dir": {

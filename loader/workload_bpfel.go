@@ -177,7 +177,8 @@ const (
 	WorkloadTnReasonTN_DROP_WG_DEST        WorkloadTnReason = 76
 	WorkloadTnReasonTN_DROP_ROUTE          WorkloadTnReason = 77
 	WorkloadTnReasonTN_DROP_INTERNAL       WorkloadTnReason = 78
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 79
+	WorkloadTnReasonTN_DROP_SPOOF_PATH     WorkloadTnReason = 79
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 80
 )
 
 type WorkloadTnRhostKey struct {

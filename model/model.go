@@ -35,6 +35,7 @@ type Endpoint struct {
 // State is everything the datapath's maps hold, in plain form.
 type State struct {
 	Ports     map[uint32]uint32         // ifindex -> tenant
+	WGDevs    map[uint32]uint32         // WireGuard device ifindex -> tenant
 	SrcAddrs  map[uint32][]netip.Prefix // ifindex -> bound source prefixes
 	Prefixes  map[netip.Prefix]uint32   // tenant prefixes
 	Endpoints map[netip.Addr]Endpoint
@@ -53,7 +54,7 @@ type State struct {
 // NewState returns an empty state.
 func NewState() *State {
 	return &State{
-		Ports: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
+		Ports: map[uint32]uint32{}, WGDevs: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
 		Policies: map[uint32]policy.TenantPolicy{},
 		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]uint64{},

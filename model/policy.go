@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"github.com/tenantnet/tenantnet/policy"
@@ -131,6 +132,26 @@ func (s *State) owner(a netip.Addr) uint32 {
 func (s *State) otherTenant(a netip.Addr, tenant uint32) bool {
 	o := s.owner(a)
 	return o != 0 && o != tenant
+}
+
+// arrivalOK: a source of the tenant's own prefixes came over the tenant's
+// links (its port, its WireGuard device), or is the node's gateway
+// address (prefix::1) sent by the node itself (no arrival interface).
+func (s *State) arrivalOK(p *packet, arrival, tenant uint32) bool {
+	if p.l3 == 0x0806 {
+		return true
+	}
+	if t, ok := s.Ports[arrival]; ok && t == tenant {
+		return true
+	}
+	if t, ok := s.WGDevs[arrival]; ok && t == tenant {
+		return true
+	}
+	if s.owner(p.src) != tenant {
+		return true
+	}
+	b := p.src.As16()
+	return arrival == 0 && binary.BigEndian.Uint64(b[8:]) == 1
 }
 
 func isLinkLocal(a netip.Addr) bool {
@@ -327,25 +348,33 @@ func (s *State) decide(p *packet, tenant uint32, dir policy.Direction) (policy.R
 }
 
 // Eval runs one packet through the hook and updates the model's conntrack
-// and fragment state as the datapath would.
+// and fragment state as the datapath would. A packet for ToWorkload comes
+// from the node itself (no arrival interface); EvalFrom names it.
 func (s *State) Eval(h Hook, ifindex uint32, b []byte) Verdict {
+	return s.EvalFrom(h, ifindex, 0, b)
+}
+
+// EvalFrom is Eval for a packet that entered the node by the interface
+// arrival (skb->ingress_ifindex; 0: sent by the node). Only ToWorkload
+// looks at it.
+func (s *State) EvalFrom(h Hook, ifindex, arrival uint32, b []byte) Verdict {
 	var p packet
 	switch h {
 	case FromWorkload, ToWorkload:
-		return s.evalPort(h, ifindex, b, &p)
+		return s.evalPort(h, ifindex, arrival, b, &p)
 	default:
 		return s.evalUplink(b, &p)
 	}
 }
 
-func (s *State) evalPort(h Hook, ifindex uint32, b []byte, p *packet) Verdict {
+func (s *State) evalPort(h Hook, ifindex, arrival uint32, b []byte, p *packet) Verdict {
 	tenant, bound := s.Ports[ifindex]
 	dir := policy.DirIn
 	if h == FromWorkload {
 		dir = policy.DirOut
 	}
 	v := Verdict{Tenant: tenant, Dir: dir, Counted: true}
-	v.Reason, v.RuleID = s.portReason(h, ifindex, tenant, bound, b, p)
+	v.Reason, v.RuleID = s.portReason(h, ifindex, arrival, tenant, bound, b, p)
 	v.Drop = v.Reason.IsDrop()
 	if v.Reason != policy.PassRule && v.Reason != policy.DropPolicy {
 		v.RuleID = 0
@@ -353,7 +382,7 @@ func (s *State) evalPort(h Hook, ifindex uint32, b []byte, p *packet) Verdict {
 	return v
 }
 
-func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte, p *packet) (policy.Reason, uint32) {
+func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, b []byte, p *packet) (policy.Reason, uint32) {
 	if r := parse(b, p); r != 0 {
 		return r, 0
 	}
@@ -370,6 +399,8 @@ func (s *State) portReason(h Hook, ifindex, tenant uint32, bound bool, b []byte,
 		if !s.sourceOK(p, ifindex) {
 			return policy.DropSpoof, 0
 		}
+	} else if !s.arrivalOK(p, arrival, tenant) {
+		return policy.DropSpoofPath, 0
 	}
 	if p.frag == 2 {
 		if seen, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-seen <= fragTO {
@@ -412,12 +443,15 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 		return pass
 	}
 	v := Verdict{Tenant: ep.Tenant, Dir: policy.DirPrefilter}
-	if s.ctLookup(p, ep.Ifindex) {
+	owner := s.owner(p.src)
+	switch {
+	case owner == ep.Tenant:
+		v.Reason = policy.DropSpoofPath // the tenant's sources never come by the uplink
+	case s.ctLookup(p, ep.Ifindex):
 		return pass
-	}
-	if s.otherTenant(p.src, ep.Tenant) {
+	case owner != 0:
 		v.Reason = policy.DropCross
-	} else {
+	default:
 		v.Reason, v.RuleID = s.decide(p, ep.Tenant, policy.DirIn)
 	}
 	if !v.Reason.IsDrop() {

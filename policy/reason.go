@@ -37,6 +37,9 @@ const (
 	DropWGDest   Reason = 76
 	DropRoute    Reason = 77
 	DropInternal Reason = 78
+	// DropSpoofPath: a source inside the tenant's own prefixes that did
+	// not arrive over the tenant's links (its ports, its WireGuard).
+	DropSpoofPath Reason = 79
 )
 
 var reasonNames = map[Reason]string{
@@ -47,14 +50,14 @@ var reasonNames = map[Reason]string{
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
-	DropInternal: "internal",
+	DropInternal: "internal", DropSpoofPath: "spoof-path",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
 	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath}
 }
 
 // IsDrop reports whether the reason drops the packet.

@@ -74,7 +74,9 @@ enum tn_reason {
 				 * this node's part of the network */
 	TN_DROP_ROUTE = 77,	/* destination routed to drop */
 	TN_DROP_INTERNAL = 78,	/* a helper failed that cannot fail */
-	TN_REASON_MAX = 79,
+	TN_DROP_SPOOF_PATH = 79, /* a source of the tenant's that did not
+				  * come over the tenant's own links */
+	TN_REASON_MAX = 80,
 };
 
 /* tn_errors_v1 (per-CPU array): what the datapath could not record. */

@@ -131,12 +131,55 @@ static __always_inline int tn_is_control(const struct pkt *p)
  * An address inside another tenant's prefix may never be the peer of a
  * workload. Addresses outside every tenant prefix (the internet, link-local)
  * are not a tenant's and are left to the rules. */
+static __always_inline __u32 tn_prefix_owner(const __u8 *addr)
+{
+	struct tn_prefix_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	__u32 *owner = bpf_map_lookup_elem(&tn_prefix_v1, &k);
+	return owner ? *owner : 0;
+}
+
 static __always_inline int tn_other_tenant(const __u8 *addr, __u32 tenant)
 {
 	struct tn_prefix_key k = {.prefixlen = 128};
 	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
 	__u32 *owner = bpf_map_lookup_elem(&tn_prefix_v1, &k);
 	return owner && *owner != tenant;
+}
+
+/* ---- arrival ---------------------------------------------------------------
+ * A source inside one of the tenant's own prefixes (its /64s here and on
+ * member nodes, its users' addresses) is believed only when the packet came
+ * over the tenant's own links: one of the tenant's workload ports on this
+ * node, or the tenant's WireGuard device (whose program already tied the
+ * source to the peer that routes it). From anywhere else (the uplink, the
+ * host, another tenant's port or device) it is a spoof, whatever rule would
+ * let that source in ("same network" means from the network, not from its
+ * addresses). The one exception is the node itself speaking from a
+ * network's gateway address (prefix::1: ICMPv6 errors, neighbour
+ * discovery), which arrives from no interface. arrival is
+ * skb->ingress_ifindex: the interface the packet entered the node by. */
+static __always_inline int tn_is_gateway(const __u8 *a)
+{
+	__u64 iid;
+	__builtin_memcpy(&iid, a + 8, 8);
+	return iid == bpf_cpu_to_be64(1);
+}
+
+static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
+					 __u32 tenant)
+{
+	if (p->l3 == ETH_P_ARP)
+		return 1;
+	struct tn_port *via = bpf_map_lookup_elem(&tn_ports_v1, &arrival);
+	if (via && via->tenant == tenant)
+		return 1;
+	via = bpf_map_lookup_elem(&tn_wgdev_v1, &arrival);
+	if (via && via->tenant == tenant)
+		return 1;
+	if (tn_prefix_owner(p->src) != tenant)
+		return 1; /* not the tenant's source: isolation and rules decide */
+	return !arrival && tn_is_gateway(p->src);
 }
 
 /* ---- conntrack ------------------------------------------------------------ */

@@ -198,7 +198,7 @@ func BenchmarkEmpty(b *testing.B) {
 	}
 	b.Cleanup(func() { prog.Close() })
 	frame := packet.Build(tcp(ext6, a1v6, 40000, 8080, ackF))
-	measure(b, e, prog, frame, skbCtx(e.ports[0]), tcOK)
+	measure(b, e, prog, frame, skbCtx(e.ports[0], 0), tcOK)
 }
 
 // BenchmarkEmptyXDP is the baseline of the uplink benchmarks: an XDP
@@ -232,7 +232,7 @@ func BenchmarkEstablished(b *testing.B) {
 	expect(b, e, model.ToWorkload, port, frame, policy.PassCT)
 
 	before := counter(b, e, tenantA, policy.DirIn, policy.PassCT)
-	runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port), tcOK)
+	runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port, 1), tcOK)
 	counted(b, e, tenantA, policy.DirIn, policy.PassCT, before, runs)
 }
 
@@ -306,7 +306,7 @@ func BenchmarkNewFlow(b *testing.B) {
 			expect(b, e, model.ToWorkload, port, frame, policy.DropDefault) // still untracked
 
 			before := counter(b, e, tenantA, policy.DirIn, policy.DropDefault)
-			runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port), tcShot)
+			runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port, 1), tcShot)
 			counted(b, e, tenantA, policy.DirIn, policy.DropDefault, before, runs)
 		})
 	}

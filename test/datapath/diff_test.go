@@ -67,6 +67,11 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 		e.tenantPrefix(fmt.Sprintf("2001:db8:%d::/64", tn), tn)
 		e.tenantPrefix(fmt.Sprintf("10.%d.0.0/16", tn), tn)
 	}
+	// A WireGuard device per tenant (9001..9003: map keys only, a test run
+	// takes any ingress_ifindex).
+	for tn := uint32(1); tn <= 3; tn++ {
+		e.wgdev(9000+tn, tn)
+	}
 	// Ports 0..5: two workloads per tenant; port 6 stays unbound.
 	for i := 0; i < 6; i++ {
 		tn := uint32(i/2 + 1)
@@ -82,6 +87,29 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 }
 
 func (g *diffGen) pick6(n int) bool { return g.r.IntN(100) < n }
+
+// arrival is the interface a packet for ToWorkload entered the node by:
+// the port of the workload that sent it (when one did), any port, a
+// tenant's WireGuard device, the uplink (9100) or the node itself (0).
+func (g *diffGen) arrival(e *env, s sent) uint32 {
+	switch x := g.r.IntN(100); {
+	case x < 35:
+		for _, w := range g.workloads {
+			if w.v6 == s.spec.Src || w.v4 == s.spec.Src {
+				return e.ports[w.port]
+			}
+		}
+		return 9100
+	case x < 55:
+		return e.ports[g.r.IntN(len(e.ports))]
+	case x < 75:
+		return 9000 + uint32(g.r.IntN(3)+1)
+	case x < 90:
+		return 9100
+	default:
+		return 0
+	}
+}
 
 func (g *diffGen) portRange() (uint16, uint16) {
 	pool := []uint16{22, 25, 53, 80, 443, 1024, 5000, 8080, 8191, 8192, 65535, 1}
@@ -473,7 +501,7 @@ func TestDifferential(t *testing.T) {
 			for i := 0; i < per; i++ {
 				s := g.packet()
 				frame := packet.Build(s.spec)
-				v, err := e.check(s.hook, e.ports[s.port], frame)
+				v, err := e.checkFrom(s.hook, e.ports[s.port], g.arrival(e, s), frame)
 				total++
 				if v.Drop {
 					drops++
@@ -498,7 +526,7 @@ func TestDifferential(t *testing.T) {
 	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
-		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault} {
+		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

@@ -80,6 +80,15 @@ func (e *env) bind(ifindex, tenant uint32, addrs ...string) {
 	e.model.Ports[ifindex] = tenant
 }
 
+// wgdev binds ifindex as the tenant's WireGuard device (tn_wgdev_v1).
+func (e *env) wgdev(ifindex, tenant uint32) {
+	e.t.Helper()
+	if err := e.maps.BindWG(ifindex, tenant); err != nil {
+		e.t.Fatal(err)
+	}
+	e.model.WGDevs[ifindex] = tenant
+}
+
 func (e *env) tenantPrefix(p string, tenant uint32) {
 	e.t.Helper()
 	pp := netip.MustParsePrefix(p)
@@ -112,25 +121,29 @@ func monotonic() uint64 {
 	return uint64(ts.Nano())
 }
 
-// skbCtx is the head of struct __sk_buff up to ifindex (offset 40); the
-// kernel accepts a short context and zero-fills the rest.
-func skbCtx(ifindex uint32) []byte {
+// skbCtx is the head of struct __sk_buff up to ifindex (offset 40), with
+// ingress_ifindex (offset 36: the interface the packet entered the node
+// by, skb->skb_iif); the kernel accepts a short context and zero-fills
+// the rest.
+func skbCtx(ifindex, arrival uint32) []byte {
 	b := make([]byte, 48)
+	binary.LittleEndian.PutUint32(b[36:], arrival)
 	binary.LittleEndian.PutUint32(b[40:], ifindex)
 	return b
 }
 
-// run runs one program on one frame; it must be called inside e.ns.
-func (e *env) run(h model.Hook, ifindex uint32, frame []byte) (uint32, error) {
+// run runs one program on one frame that entered the node by arrival; it
+// must be called inside e.ns.
+func (e *env) run(h model.Hook, ifindex, arrival uint32, frame []byte) (uint32, error) {
 	var prog *ebpf.Program
 	opts := &ebpf.RunOptions{Data: frame}
 	switch h {
 	case model.FromWorkload:
 		prog = e.dp.Progs.TnFromWorkload
-		opts.Context = skbCtx(ifindex)
+		opts.Context = skbCtx(ifindex, 0)
 	case model.ToWorkload:
 		prog = e.dp.Progs.TnToWorkload
-		opts.Context = skbCtx(ifindex)
+		opts.Context = skbCtx(ifindex, arrival)
 	default:
 		prog = e.dp.Uplink
 	}
@@ -147,13 +160,20 @@ func (e *env) counter(tenant uint32, dir policy.Direction, r policy.Reason) uint
 
 // check runs a frame through a hook and requires the model's verdict, the
 // matching return code and exactly one more packet on the model's counter.
+// A frame for ToWorkload comes from the node itself (checkFrom names the
+// interface it came in by).
 func (e *env) check(h model.Hook, ifindex uint32, frame []byte) (model.Verdict, error) {
-	want := e.model.Eval(h, ifindex, frame)
+	return e.checkFrom(h, ifindex, 0, frame)
+}
+
+// checkFrom is check for a frame that entered the node by arrival.
+func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (model.Verdict, error) {
+	want := e.model.EvalFrom(h, ifindex, arrival, frame)
 	var before uint64
 	if want.Counted {
 		before = e.counter(want.Tenant, want.Dir, want.Reason)
 	}
-	ret, err := e.run(h, ifindex, frame)
+	ret, err := e.run(h, ifindex, arrival, frame)
 	if err != nil {
 		return want, fmt.Errorf("test run: %w", err)
 	}

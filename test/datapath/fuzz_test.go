@@ -12,7 +12,8 @@ import (
 //
 //	sudo go test ./test/datapath -run '^$' -fuzz FuzzDatapath -fuzztime 10m
 //
-// The first byte picks the hook and port; the rest is the frame.
+// The first byte picks the hook and port, the second the interface a packet
+// for tn_to_workload arrived by; the rest is the frame.
 func FuzzDatapath(f *testing.F) {
 	seeds := []packet.Spec{
 		tcp(ext6, a1v6, 40000, 8080, synF),
@@ -23,15 +24,17 @@ func FuzzDatapath(f *testing.F) {
 		{EthType: 0x0806, ARPSender: a1v4, Dst: a1v4},
 	}
 	for i, s := range seeds {
-		f.Add(append([]byte{byte(i)}, packet.Build(s)...))
+		f.Add(append([]byte{byte(i), byte(i)}, packet.Build(s)...))
 	}
 	e := standardEnv(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if len(data) < 1+34 {
+		if len(data) < 2+34 {
 			return // the kernel's test run minimum for TC frames
 		}
 		e.t = t
-		sel, frame := data[0], data[1:]
+		sel, frame := data[0], data[2:]
+		arrivals := append([]uint32{0, uplink, wgA, wgB}, e.ports...)
+		arrival := arrivals[int(data[1])%len(arrivals)]
 		if len(frame) > 1514 {
 			return // the test run refuses frames near a page; MTU is enough
 		}
@@ -41,8 +44,8 @@ func FuzzDatapath(f *testing.F) {
 		hook := model.Hook(int(sel) % 3)
 		port := int(sel>>2) % len(e.ports)
 		e.inNS(func() error {
-			if _, err := e.check(hook, e.ports[port], frame); err != nil {
-				t.Fatalf("hook %d port %d frame %x: %v", hook, port, frame, err)
+			if _, err := e.checkFrom(hook, e.ports[port], arrival, frame); err != nil {
+				t.Fatalf("hook %d port %d arrival %d frame %x: %v", hook, port, arrival, frame, err)
 			}
 			return nil
 		})

@@ -39,7 +39,7 @@ func TestRouteDrop(t *testing.T) {
 		var ret uint32
 		e.inNS(func() error {
 			var err error
-			ret, err = e.run(h, e.ports[port], packet.Build(spec))
+			ret, err = e.run(h, e.ports[port], 0, packet.Build(spec))
 			return err
 		})
 		if ret != w.ret {

@@ -26,6 +26,11 @@ var (
 const (
 	tenantA = 1
 	tenantB = 2
+	// The tenants' WireGuard devices (tn_wgdev_v1 keys only: a test run
+	// takes any ingress_ifindex) and an uplink's ifindex.
+	wgA    = 9001
+	wgB    = 9002
+	uplink = 9100
 	synF    = 0x02
 	ackF    = 0x10
 	finF    = 0x01
@@ -42,6 +47,8 @@ func standardEnv(t testing.TB) *env {
 	e.bind(e.ports[0], tenantA, "2001:db8:a::1", "10.1.0.1")
 	e.bind(e.ports[1], tenantA, "2001:db8:a::2", "10.1.0.2")
 	e.bind(e.ports[2], tenantB, "2001:db8:b::1", "10.2.0.1")
+	e.wgdev(wgA, tenantA)
+	e.wgdev(wgB, tenantB)
 	e.policy(tenantA, policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow})
 	rule := func(id uint32, dir policy.Direction, act policy.Action, proto uint8, lo, hi uint16, dst, src string) policy.Rule {
 		r := policy.Rule{ID: id, Tenant: tenantA, Dir: dir, Action: act, Proto: proto, PortLo: lo, PortHi: hi}
@@ -242,4 +249,69 @@ func TestDropEvents(t *testing.T) {
 	if ev.Reason != policy.DropPolicy || ev.Tenant != tenantA || ev.Src != a1v6 || ev.Dst != ext6 || ev.Dport != 25 || ev.Sport != 41001 || ev.Dir != policy.DirOut || ev.Ifindex != e.ports[0] {
 		t.Fatalf("event %+v does not describe the drop", ev)
 	}
+}
+
+// A source of tenant A's is believed only over A's links: A's ports and
+// A's WireGuard device. From the uplink, the host, B's port or B's device
+// it is spoof-path, whatever rule would let that source in; the node's own
+// gateway address (prefix::1) from the host is the node speaking.
+func TestArrival(t *testing.T) {
+	e := standardEnv(t)
+	// "Same network": every source of A's in, as tenantnetd writes it.
+	sameNet := policy.Rule{ID: 100, Tenant: tenantA, Dir: policy.DirIn, Proto: policy.ProtoAny,
+		Src: netip.MustParsePrefix("2001:db8:a::/64"), Action: policy.ActionAllow}
+	member := netip.MustParseAddr("2001:db8:a::99") // a member node's workload, say
+	gw := netip.MustParseAddr("2001:db8:a::1")
+	e.rules(append(e.model.Rules, sameNet))
+	cases := []struct {
+		name    string
+		arrival uint32
+		spec    packet.Spec
+		want    policy.Reason
+	}{
+		{"from A's sibling port", e.ports[1], tcp(a2v6, a1v6, 41000, 7000, synF), policy.PassRule},
+		{"from A's WireGuard", wgA, tcp(member, a1v6, 41001, 7000, synF), policy.PassRule},
+		{"A's source from the uplink", uplink, tcp(member, a1v6, 41002, 7000, synF), policy.DropSpoofPath},
+		{"A's sibling's address from the uplink", uplink, tcp(a2v6, a1v6, 41003, 7000, synF), policy.DropSpoofPath},
+		{"A's source from B's port", e.ports[2], tcp(member, a1v6, 41004, 7000, synF), policy.DropSpoofPath},
+		{"A's source from B's WireGuard", wgB, tcp(member, a1v6, 41005, 7000, synF), policy.DropSpoofPath},
+		{"A's source from the unbound port", e.ports[3], tcp(member, a1v6, 41006, 7000, synF), policy.DropSpoofPath},
+		{"A's source from the host", 0, tcp(member, a1v6, 41007, 7000, synF), policy.DropSpoofPath},
+		{"the gateway from the host", 0, icmp6(gw, a1v6, 2), policy.PassControl},
+		{"the gateway from the uplink", uplink, icmp6(gw, a1v6, 2), policy.DropSpoofPath},
+		{"UDP of A's from the uplink", uplink, packet.Spec{Src: member, Dst: a1v6, Proto: 17, Sport: 53, Dport: 5353}, policy.DropSpoofPath},
+		{"a later fragment of A's from the uplink", uplink,
+			packet.Spec{Src: member, Dst: a1v6, Proto: 17, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 7}}}, policy.DropSpoofPath},
+		{"an outside source from the uplink", uplink, tcp(ext6, a1v6, 41008, 8080, synF), policy.PassRule},
+		{"B's source from the uplink stays cross-tenant", uplink, tcp(b1v6, a1v6, 41009, 8080, synF), policy.DropCross},
+	}
+	e.inNS(func() error {
+		for _, c := range cases {
+			v, err := e.checkFrom(model.ToWorkload, e.ports[0], c.arrival, packet.Build(c.spec))
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+				continue
+			}
+			if v.Reason != c.want {
+				t.Errorf("%s: model says %s, test wants %s", c.name, v.Reason, c.want)
+			}
+		}
+		// A flow opened legitimately does not let the same tuple in by the
+		// uplink: the arrival is checked before conntrack.
+		legit := tcp(member, a1v6, 41010, 7000, synF)
+		if _, err := e.checkFrom(model.ToWorkload, e.ports[0], wgA, packet.Build(legit)); err != nil {
+			t.Error(err)
+		}
+		legit.TCPFlags = ackF
+		if v, err := e.checkFrom(model.ToWorkload, e.ports[0], uplink, packet.Build(legit)); err != nil || v.Reason != policy.DropSpoofPath {
+			t.Errorf("a known flow's tuple from the uplink: %v %v, want spoof-path", v.Reason, err)
+		}
+		// The prefilter drops A's sources at XDP, before an skb exists.
+		for _, s := range []packet.Spec{tcp(member, a1v6, 41011, 7000, synF), tcp(a2v6, a1v6, 41012, 22, synF)} {
+			if v, err := e.check(model.Uplink, 0, packet.Build(s)); err != nil || v.Reason != policy.DropSpoofPath {
+				t.Errorf("uplink %v: %v %v, want spoof-path", s.Src, v.Reason, err)
+			}
+		}
+		return nil
+	})
 }

@@ -67,13 +67,13 @@ enum tn_reason {
 	TN_DROP_CROSS_TENANT = 71, /* peer address belongs to another tenant */
 	TN_DROP_FRAG_UNTRACKED = 72, /* non-first fragment, first not allowed */
 	TN_DROP_POLICY = 73,	     /* a deny rule matched */
-	TN_DROP_DEFAULT = 74,	/* no rule matched, default policy denies */
-	TN_DROP_WG_SOURCE = 75, /* via WireGuard from a source that peer
+	TN_DROP_DEFAULT = 74,	 /* no rule matched, default policy denies */
+	TN_DROP_WG_SOURCE = 75,	 /* via WireGuard from a source that peer
 				 * does not route for this tenant */
-	TN_DROP_WG_DEST = 76,	/* via WireGuard to a destination not on
+	TN_DROP_WG_DEST = 76,	 /* via WireGuard to a destination not on
 				 * this node's part of the network */
-	TN_DROP_ROUTE = 77,	/* destination routed to drop */
-	TN_DROP_INTERNAL = 78,	/* a helper failed that cannot fail */
+	TN_DROP_ROUTE = 77,	 /* destination routed to drop */
+	TN_DROP_INTERNAL = 78,	 /* a helper failed that cannot fail */
 	TN_DROP_SPOOF_PATH = 79, /* a source of the tenant's that did not
 				  * come over the tenant's own links */
 	TN_REASON_MAX = 80,

@@ -31,9 +31,9 @@ const (
 	wgA    = 9001
 	wgB    = 9002
 	uplink = 9100
-	synF    = 0x02
-	ackF    = 0x10
-	finF    = 0x01
+	synF   = 0x02
+	ackF   = 0x10
+	finF   = 0x01
 )
 
 // standardEnv: tenant A with workloads A1 (port0) and A2 (port1), tenant B

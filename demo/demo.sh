@@ -48,7 +48,7 @@ verdict() {
 	elif ((rc == 124)) || [[ $out == *"Connection refused"* || $out == *" 0 received"* ]]; then
 		echo blocked
 	else
-		echo "error (exit $rc: $(tail -n 1 <<<"$out"))"
+		echo "error (exit $rc${out:+: $(tail -n 1 <<<"$out")})"
 	fi
 }
 check() { # check "what" ok|blocked command...

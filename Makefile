@@ -63,6 +63,7 @@ test-short: build
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 	$(CLANG_FORMAT) --dry-run --Werror bpf/*.c bpf/lib/*.h
 
 fmt:

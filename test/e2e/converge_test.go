@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -48,8 +47,8 @@ reconcile_interval: 30s
 registry_lease: 3s
 registry: {type: file, dir: %s}
 `, id, filepath.Join(dir, "state"), n.pinDir, d.socket, regDir)), 0o600)
+	d.cleanupAtEnd(id, nil)
 	d.start()
-	b.Cleanup(func() { d.kill9() })
 	d.must("network", "add", "--id", "acme")
 	reg, err := registry.NewFiles(regDir)
 	if err != nil {
@@ -62,33 +61,54 @@ registry: {type: file, dir: %s}
 	defer wgc.Close()
 	dev := wg.Name(1, id)
 	start := time.Now()
+	announced := map[netip.Prefix]bool{}
 	for i := 0; i < members; i++ {
 		k, _ := wgtypes.GeneratePrivateKey()
 		rec := registry.NodeRecord{NodeID: fmt.Sprintf("member%d", i), Class: "dual-stack",
 			Addresses: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("2001:db8:ffff::%x", 0x100+i))},
 			Networks: map[string]registry.NetworkRecord{"acme": {
 				Prefix: netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x:1::/64", 0x1000+i)), PublicKey: k.PublicKey().String(), Port: 51820}}}
+		announced[rec.Networks["acme"].Prefix] = true
 		if err := reg.Publish(rec, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 	}
+	// The members' /64s routed on the device.
+	memberRoutes := func() (int, error) {
+		l, err := n.nl.LinkByName(dev)
+		if err != nil {
+			return 0, err
+		}
+		routes, err := n.nl.RouteList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return 0, fmt.Errorf("routes of %s: %w", dev, err)
+		}
+		count := 0
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			if p, err := netip.ParsePrefix(r.Dst.String()); err == nil && announced[p] {
+				count++
+			}
+		}
+		return count, nil
+	}
 	for {
-		if dv, err := wgc.Device(dev); err == nil && len(dv.Peers) == members {
-			out, _ := exec.Command("ip", "-n", n.ns.Name, "-6", "route", "show", "dev", dev).Output()
-			via := strings.Count(string(out), "2001:db8:") // the peers' /64s (not fe80::/64)
-			if via == members {
+		dv, errDev := wgc.Device(dev)
+		routes, errRoutes := -1, error(nil)
+		if errDev == nil && len(dv.Peers) == members {
+			if routes, errRoutes = memberRoutes(); errRoutes == nil && routes == members {
 				break
 			}
 		}
 		if time.Since(start) > time.Minute {
-			dv, err := wgc.Device(dev)
 			peers := -1
-			if err == nil {
+			if errDev == nil {
 				peers = len(dv.Peers)
 			}
 			logb, _ := os.ReadFile(d.logPath)
-			out, _ := exec.Command("ip", "-n", n.ns.Name, "-6", "route", "show", "dev", dev).CombinedOutput()
-			b.Fatalf("not converged after a minute: %d peers (%v)\n%s\nroutes:\n%s", peers, err, grepLines(string(logb), "ERROR"), out)
+			b.Fatalf("not converged after a minute: %d peers (%v), %d member routes (%v)\n%s", peers, errDev, routes, errRoutes, grepLines(string(logb), "ERROR"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

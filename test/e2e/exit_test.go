@@ -239,25 +239,10 @@ func gridExit(t *testing.T, extra string) {
 	}
 }
 
-// counted sums a node's acme counters of one direction and reason.
+// counted reads a node's acme packets of one direction and reason.
 func counted(t *testing.T, g *gridNode, dir policy.Direction, reason policy.Reason) uint64 {
 	t.Helper()
-	m, err := loader.OpenMaps(g.pin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	cs, err := bpfmaps.FromMaps(m).Counters(acme)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, c := range cs {
-		if c.Dir == dir && c.Reason == reason {
-			n += c.Packets
-		}
-	}
-	return n
+	return nodeCounter(t, g.pin, acme, dir, reason).Packets
 }
 
 // exitCode is a command's exit status (0 for success, -1 if it did not run).

@@ -151,25 +151,16 @@ registry_lease: 3s
 registry: %s
 %s
 `, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
-		g.d.start()
-		gg := g
-		t.Cleanup(func() {
-			if t.Failed() {
-				// What the datapath did, before cleanup removes it.
-				if m, err := loader.OpenMaps(gg.pin); err == nil {
-					cs, _ := bpfmaps.FromMaps(m).Counters(0)
-					routes, _ := bpfmaps.FromMaps(m).Routes()
-					t.Logf("%s counters: %+v\nroutes: %+v", gg.id, cs, routes)
-					m.Close()
-				}
-				b, _ := os.ReadFile(gg.d.logPath)
-				t.Logf("%s log:\n%s", gg.id, b)
-			}
-			gg.d.kill9()
-			if out, err := exec.Command("nsenter", "--net=/run/netns/"+gg.ns.Name, bin, "cleanup", "--config", gg.d.cfgPath).CombinedOutput(); err != nil {
-				t.Errorf("cleanup %s: %v %s", gg.id, err, out)
+		g.d.cleanupAtEnd(g.id, func() {
+			// What the datapath did, before cleanup removes it.
+			if m, err := loader.OpenMaps(g.pin); err == nil {
+				cs, _ := bpfmaps.FromMaps(m).Counters(0)
+				routes, _ := bpfmaps.FromMaps(m).Routes()
+				t.Logf("%s counters: %+v\nroutes: %+v", g.id, cs, routes)
+				m.Close()
 			}
 		})
+		g.d.start()
 		nodes = append(nodes, g)
 	}
 	return nodes, bin
@@ -205,189 +196,242 @@ func grid(t *testing.T, backend string) {
 		listenTCP(t, wlNS[id], "[::]:8080")
 	}
 	hp := func(id string) string { return fmt.Sprintf("[%s]:8080", addr[id]) }
-	eventually := func(what string, f func() error) { t.Helper(); retry(t, 15*time.Second, what, f) }
+	eventually := func(t *testing.T, what string, f func() error) { t.Helper(); retry(t, 15*time.Second, what, f) }
+	var holders []*testing.TB
+	for _, g := range nodes {
+		holders = append(holders, &g.d.t)
+	}
+	run := func(name string, f func(t *testing.T)) { t.Helper(); phase(t, name, f, holders...) }
+	sink := listenUDP(t, wlNS["w3"], "[::]:5353")
 
 	// Across nodes over WireGuard: TCP, UDP, ICMPv6.
-	eventually("w1 -> w2 over wireguard", func() error { return dialTCP(wlNS["w1"], hp("w2"), time.Second) })
-	eventually("w3 -> w1 over wireguard", func() error { return dialTCP(wlNS["w3"], hp("w1"), time.Second) })
-	eventually("g1 -> g2 over wireguard", func() error { return dialTCP(wlNS["g1"], hp("g2"), time.Second) })
-	eventually("ping w2 -> w3", func() error {
-		if out, err := exec.Command("ip", "netns", "exec", wlNS["w2"].Name, "ping", "-c", "1", "-W", "1", addr["w3"]).CombinedOutput(); err != nil {
-			return fmt.Errorf("%v %s", err, out)
+	run("wireguard", func(t *testing.T) {
+		eventually(t, "w1 -> w2 over wireguard", func() error { return dialTCP(wlNS["w1"], hp("w2"), time.Second) })
+		eventually(t, "w3 -> w1 over wireguard", func() error { return dialTCP(wlNS["w3"], hp("w1"), time.Second) })
+		eventually(t, "g1 -> g2 over wireguard", func() error { return dialTCP(wlNS["g1"], hp("g2"), time.Second) })
+		eventually(t, "ping w2 -> w3", func() error {
+			if out, err := exec.Command("ip", "netns", "exec", wlNS["w2"].Name, "ping", "-c", "1", "-W", "1", addr["w3"]).CombinedOutput(); err != nil {
+				return fmt.Errorf("%v %s", err, out)
+			}
+			return nil
+		})
+		if err := sendUDP(wlNS["w1"], "", fmt.Sprintf("[%s]:5353", addr["w3"])); err != nil {
+			t.Fatalf("udp w1 -> w3: %v", err)
 		}
-		return nil
+		sink.expect(t, true, 2*time.Second, "udp w1 -> w3")
 	})
-	sink := listenUDP(t, wlNS["w3"], "[::]:5353")
-	sendUDP(wlNS["w1"], "", fmt.Sprintf("[%s]:5353", addr["w3"]))
-	sink.expect(t, true, 2*time.Second, "udp w1 -> w3")
 
 	// 10 MB with full-size segments (tenant MTU 1420 inside WireGuard over
-	// a 1500-byte IPv6 underlay).
-	transfer(t, wlNS["w1"], wlNS["w3"], addr["w3"], 10<<20)
-	// ... by the eBPF fast path: redirected out of w1's port into node1's
-	// WireGuard device, and out of node3's device onto its bridge.
-	// (Counted in bytes: TCP leaves w1 in GSO packets of up to 64 KB.)
-	if n := nodeCounter(t, nodes[0].pin, acme, policy.DirFast, policy.PassRedirect); n < 10<<20 {
-		t.Errorf("node1 redirected %d bytes of acme into WireGuard, want the transfer's 10 MB", n)
-	}
-	if n := nodeCounter(t, nodes[2].pin, acme, policy.DirWG, policy.PassRedirect); n < 10<<20 {
-		t.Errorf("node3 redirected %d bytes of acme from WireGuard, want the transfer's 10 MB", n)
-	}
+	// a 1500-byte IPv6 underlay) ...
+	run("fast-path", func(t *testing.T) {
+		transfer(t, wlNS["w1"], wlNS["w3"], addr["w3"], 10<<20)
+		// ... by the eBPF fast path: redirected out of w1's port into
+		// node1's WireGuard device, and out of node3's device onto its
+		// bridge. (Counted in bytes: TCP leaves w1 in GSO packets of up to
+		// 64 KB.)
+		if n := nodeCounter(t, nodes[0].pin, acme, policy.DirFast, policy.PassRedirect).Bytes; n < 10<<20 {
+			t.Errorf("node1 redirected %d bytes of acme into WireGuard, want the transfer's 10 MB", n)
+		}
+		if n := nodeCounter(t, nodes[2].pin, acme, policy.DirWG, policy.PassRedirect).Bytes; n < 10<<20 {
+			t.Errorf("node3 redirected %d bytes of acme from WireGuard, want the transfer's 10 MB", n)
+		}
+	})
 
 	// Tenants stay apart, across nodes too, also when the rules of one of
-	// them would allow.
-	if dialTCP(wlNS["g1"], hp("w2"), time.Second) == nil {
-		t.Error("globex g1 reached acme w2 on another node")
-	}
-	if dialTCP(wlNS["w1"], hp("g2"), time.Second) == nil {
-		t.Error("acme w1 reached globex g2 on another node")
-	}
-	// A spoofed source: w1 claims w2's address.
-	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "add", addr["w2"]+"/128", "dev", "eth0", "nodad").Run()
-	sendUDP(wlNS["w1"], addr["w2"], fmt.Sprintf("[%s]:5353", addr["w3"]))
-	sink.expect(t, false, time.Second, "w1 spoofing w2's source")
-	exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "del", addr["w2"]+"/128", "dev", "eth0").Run()
+	// them would allow: the sender's node drops and counts it.
+	run("isolation", func(t *testing.T) {
+		for _, c := range []struct {
+			what     string
+			from, to string
+			node     *gridNode
+			tenant   uint32
+		}{
+			{"globex g1 reached acme w2 on another node", "g1", "w2", nodes[0], globex},
+			{"acme w1 reached globex g2 on another node", "w1", "g2", nodes[0], acme},
+		} {
+			before := reasonPackets(t, c.node.pin, c.tenant, policy.DropCross)
+			if dialTCP(wlNS[c.from], hp(c.to), time.Second) == nil {
+				t.Error(c.what)
+			}
+			if got := reasonPackets(t, c.node.pin, c.tenant, policy.DropCross); got <= before {
+				t.Errorf("%s -> %s: %s's cross-tenant counter of tenant %d %d -> %d, want more", c.from, c.to, c.node.id, c.tenant, before, got)
+			}
+		}
+	})
+
+	// A spoofed source: w1 claims w2's address; node1 drops it as spoof.
+	run("spoof", func(t *testing.T) {
+		if out, err := exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "add", addr["w2"]+"/128", "dev", "eth0", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("w1 takes w2's address: %v %s", err, out)
+		}
+		t.Cleanup(func() {
+			if out, err := exec.Command("ip", "-n", wlNS["w1"].Name, "addr", "del", addr["w2"]+"/128", "dev", "eth0").CombinedOutput(); err != nil {
+				t.Errorf("w1 gives w2's address back: %v %s", err, out)
+			}
+		})
+		before := reasonPackets(t, nodes[0].pin, acme, policy.DropSpoof)
+		if err := sendUDP(wlNS["w1"], addr["w2"], fmt.Sprintf("[%s]:5353", addr["w3"])); err != nil {
+			t.Fatalf("w1 sends from w2's address: %v", err)
+		}
+		sink.expect(t, false, time.Second, "w1 spoofing w2's source")
+		if got := reasonPackets(t, nodes[0].pin, acme, policy.DropSpoof); got != before+1 {
+			t.Errorf("node1's acme spoof counter %d -> %d, want one more", before, got)
+		}
+	})
 
 	// A user's laptop on the internet peers with node1 only and reaches
 	// a workload on node2 through it (and is reached back): node1's
 	// tn_from_wg lets such transit out of the same device.
-	laptop := testutil.NewNetNS(t, fmt.Sprintf("tn-lap-%d", pid))
-	inetNS := fmt.Sprintf("tn-inet-%d", pid)
-	for _, c := range [][]string{
-		{"ip", "-n", laptop.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "lap0", "netns", inetNS},
-		{"ip", "-n", inetNS, "link", "set", "lap0", "master", "br0", "up"},
-		{"ip", "-n", laptop.Name, "addr", "add", "2001:db8:ffff::50/64", "dev", "eth0", "nodad"},
-		{"ip", "-n", laptop.Name, "link", "set", "eth0", "up"},
-		{"ip", "-n", laptop.Name, "link", "set", "lo", "up"},
-	} {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", c, err, out)
-		}
-	}
-	conf := nodes[0].d.must("user", "add", "--id", "alice", "--network", "acme")
-	wq := parseWGQuick(t, conf)
-	userKey, nodeKey, userAddr, allowed := wq.privateKey, wq.peerKey, wq.address, wq.allowed
-	if err := laptop.Do(func() error {
-		dev := fmt.Sprintf("tl%d", pid%100000)
-		dv, err := wg.Open(dev, userKey, 0, 1420, slog.Default())
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { dv.Close() })
-		if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: wq.endpoint,
-			AllowedIPs: allowed, Keepalive: 25 * time.Second}}); err != nil {
-			return err
-		}
-		cmds := [][]string{{"addr", "add", userAddr.String(), "dev", dev, "nodad"}}
-		for _, a := range allowed {
-			cmds = append(cmds, []string{"route", "add", a.String(), "dev", dev})
-		}
-		for _, c := range cmds {
-			if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+	run("user-transit", func(t *testing.T) {
+		laptop := testutil.NewNetNS(t, fmt.Sprintf("tn-lap-%d", pid))
+		inetNS := fmt.Sprintf("tn-inet-%d", pid)
+		for _, c := range [][]string{
+			{"ip", "-n", laptop.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "lap0", "netns", inetNS},
+			{"ip", "-n", inetNS, "link", "set", "lap0", "master", "br0", "up"},
+			{"ip", "-n", laptop.Name, "addr", "add", "2001:db8:ffff::50/64", "dev", "eth0", "nodad"},
+			{"ip", "-n", laptop.Name, "link", "set", "eth0", "up"},
+			{"ip", "-n", laptop.Name, "link", "set", "lo", "up"},
+		} {
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v %s", c, err, out)
 			}
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	eventually("laptop (peer of node1) -> w2 on node2", func() error { return dialTCP(laptop, hp("w2"), time.Second) })
-	listenTCP(t, laptop, fmt.Sprintf("[%s]:9090", userAddr.Addr()))
-	eventually("w2 on node2 -> laptop (peer of node1)", func() error {
-		return dialTCP(wlNS["w2"], fmt.Sprintf("[%s]:9090", userAddr.Addr()), time.Second)
+		conf := nodes[0].d.must("user", "add", "--id", "alice", "--network", "acme")
+		wq := parseWGQuick(t, conf)
+		userKey, nodeKey, userAddr, allowed := wq.privateKey, wq.peerKey, wq.address, wq.allowed
+		if err := laptop.Do(func() error {
+			dev := fmt.Sprintf("tl%d", pid%100000)
+			dv, err := wg.Open(dev, userKey, 0, 1420, slog.Default())
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { dv.Close() })
+			if _, err := dv.SetPeers([]wg.Peer{{PublicKey: nodeKey, Endpoint: wq.endpoint,
+				AllowedIPs: allowed, Keepalive: 25 * time.Second}}); err != nil {
+				return err
+			}
+			cmds := [][]string{{"addr", "add", userAddr.String(), "dev", dev, "nodad"}}
+			for _, a := range allowed {
+				cmds = append(cmds, []string{"route", "add", a.String(), "dev", dev})
+			}
+			for _, c := range cmds {
+				if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "laptop (peer of node1) -> w2 on node2", func() error { return dialTCP(laptop, hp("w2"), time.Second) })
+		listenTCP(t, laptop, fmt.Sprintf("[%s]:9090", userAddr.Addr()))
+		eventually(t, "w2 on node2 -> laptop (peer of node1)", func() error {
+			return dialTCP(wlNS["w2"], fmt.Sprintf("[%s]:9090", userAddr.Addr()), time.Second)
+		})
+		if dialTCP(laptop, hp("g2"), time.Second) == nil {
+			t.Error("acme's user reached globex g2 on another node")
+		}
+		nodes[0].d.must("user", "del", "--id", "alice")
 	})
-	if dialTCP(laptop, hp("g2"), time.Second) == nil {
-		t.Error("acme's user reached globex g2 on another node")
-	}
-	nodes[0].d.must("user", "del", "--id", "alice")
 
-	// Key rotation with an overlap: node1 announces its next acme key;
-	// at the switch node1's device and node2's peer entry for it take
-	// the new key together, and a connection opened before carries on.
 	wgc, err := wgctrl.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer wgc.Close()
-	var conn net.Conn
-	if err := wlNS["w1"].Do(func() (err error) { conn, err = net.DialTimeout("tcp", hp("w2"), 3*time.Second); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	echo := func(what string) {
-		t.Helper()
-		conn.SetDeadline(time.Now().Add(15 * time.Second))
-		msg := []byte(what)
-		buf := make([]byte, len(msg))
-		if _, err := conn.Write(msg); err != nil {
-			t.Fatalf("%s: %v", what, err)
+
+	// Key rotation with an overlap: node1 announces its next acme key;
+	// at the switch node1's device and node2's peer entry for it take
+	// the new key together, and a connection opened before carries on.
+	run("key-rotation", func(t *testing.T) {
+		var conn net.Conn
+		if err := wlNS["w1"].Do(func() (err error) { conn, err = net.DialTimeout("tcp", hp("w2"), 3*time.Second); return }); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := ioReadFull(conn, buf); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	echo("before the rotation")
-	var rot struct {
-		NextPublicKey string    `json:"next_public_key"`
-		At            time.Time `json:"at"`
-	}
-	if err := jsonUnmarshal(nodes[0].d.must("network", "rotate-key", "--id", "acme", "--overlap", "2s", "-o", "json"), &rot); err != nil {
-		t.Fatal(err)
-	}
-	eventually("node1 and node2 on node1's new acme key", func() error {
-		d1, err := wgc.Device(wg.Name(acme, "node1"))
-		if err != nil {
-			return err
-		}
-		if d1.PublicKey.String() != rot.NextPublicKey {
-			return fmt.Errorf("node1's device has key %s", d1.PublicKey)
-		}
-		d2, err := wgc.Device(wg.Name(acme, "node2"))
-		if err != nil {
-			return err
-		}
-		for _, p := range d2.Peers {
-			if p.PublicKey.String() == rot.NextPublicKey {
-				return nil
+		defer conn.Close()
+		echo := func(what string) {
+			t.Helper()
+			conn.SetDeadline(time.Now().Add(15 * time.Second))
+			msg := []byte(what)
+			buf := make([]byte, len(msg))
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if _, err := ioReadFull(conn, buf); err != nil {
+				t.Fatalf("%s: %v", what, err)
 			}
 		}
-		return fmt.Errorf("node2 has no peer with node1's new key")
+		echo("before the rotation")
+		var rot struct {
+			NextPublicKey string    `json:"next_public_key"`
+			At            time.Time `json:"at"`
+		}
+		if err := jsonUnmarshal(nodes[0].d.must("network", "rotate-key", "--id", "acme", "--overlap", "2s", "-o", "json"), &rot); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "node1 and node2 on node1's new acme key", func() error {
+			d1, err := wgc.Device(wg.Name(acme, "node1"))
+			if err != nil {
+				return err
+			}
+			if d1.PublicKey.String() != rot.NextPublicKey {
+				return fmt.Errorf("node1's device has key %s", d1.PublicKey)
+			}
+			d2, err := wgc.Device(wg.Name(acme, "node2"))
+			if err != nil {
+				return err
+			}
+			for _, p := range d2.Peers {
+				if p.PublicKey.String() == rot.NextPublicKey {
+					return nil
+				}
+			}
+			return fmt.Errorf("node2 has no peer with node1's new key")
+		})
+		if time.Now().Before(rot.At) {
+			t.Errorf("the new key took over before its time %s", rot.At)
+		}
+		echo("after the rotation")
 	})
-	if time.Now().Before(rot.At) {
-		t.Errorf("the new key took over before its time %s", rot.At)
-	}
-	echo("after the rotation")
 
 	// A node killed and restarted rejoins.
-	nodes[2].d.kill9()
-	nodes[2].d.start()
-	eventually("w1 -> w3 after node3 restarted", func() error { return dialTCP(wlNS["w1"], hp("w3"), time.Second) })
+	run("restart", func(t *testing.T) {
+		nodes[2].d.kill9()
+		nodes[2].d.start()
+		eventually(t, "w1 -> w3 after node3 restarted", func() error { return dialTCP(wlNS["w1"], hp("w3"), time.Second) })
+	})
 
 	// A node removed from a network leaves the others' peer lists within
 	// the lease.
-	nodes[2].d.must("workload", "del", "--id", "w3")
-	nodes[2].d.must("network", "del", "--id", "acme")
-	dev := wg.Name(acme, "node1")
-	eventually("node3 gone from node1's acme peers", func() error {
-		d, err := wgc.Device(dev)
-		if err != nil {
-			return err
+	run("leave", func(t *testing.T) {
+		nodes[2].d.must("workload", "del", "--id", "w3")
+		nodes[2].d.must("network", "del", "--id", "acme")
+		dev := wg.Name(acme, "node1")
+		eventually(t, "node3 gone from node1's acme peers", func() error {
+			d, err := wgc.Device(dev)
+			if err != nil {
+				return err
+			}
+			if len(d.Peers) != 1 {
+				return fmt.Errorf("%d peers", len(d.Peers))
+			}
+			return nil
+		})
+		if err := dialTCP(wlNS["w1"], hp("w2"), 2*time.Second); err != nil {
+			t.Errorf("w1 -> w2 after node3 left: %v", err)
 		}
-		if len(d.Peers) != 1 {
-			return fmt.Errorf("%d peers", len(d.Peers))
-		}
-		return nil
 	})
-	if err := dialTCP(wlNS["w1"], hp("w2"), 2*time.Second); err != nil {
-		t.Errorf("w1 -> w2 after node3 left: %v", err)
-	}
 }
 
-// acme is the tenant number of the first network added on every node.
-const acme uint32 = 1
+// acme and globex are the tenant numbers of the first and the second
+// network added on a node.
+const (
+	acme   uint32 = 1
+	globex uint32 = 2
+)
 
-// nodeCounter reads the bytes of one counter of a node's datapath.
-func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
+// nodeCounter reads one counter of a node's datapath.
+func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir policy.Direction, r policy.Reason) bpfmaps.Counter {
 	t.Helper()
 	m, err := loader.OpenMaps(pinDir)
 	if err != nil {
@@ -398,7 +442,29 @@ func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir policy.Directio
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.Bytes
+	return c
+}
+
+// reasonPackets sums a tenant's packets of one reason on a node, in every
+// direction.
+func reasonPackets(t *testing.T, pinDir string, tenant uint32, r policy.Reason) uint64 {
+	t.Helper()
+	m, err := loader.OpenMaps(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cs, err := bpfmaps.FromMaps(m).Counters(tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range cs {
+		if c.Reason == r {
+			n += c.Packets
+		}
+	}
+	return n
 }
 
 func jsonUnmarshal(s string, v any) error {

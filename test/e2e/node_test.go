@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,6 +88,29 @@ func (d *daemon) jsonOut(v any, args ...string) {
 	}
 }
 
+// cleanupAtEnd registers the daemon's end with its test: when the test
+// failed, first onFail (what the datapath did, read while it is still
+// there) and the daemon's log; then kill -9 and `tenantnetd cleanup` in its
+// namespace, which removes its links, devices and pins.
+func (d *daemon) cleanupAtEnd(name string, onFail func()) {
+	t := d.t
+	t.Cleanup(func() {
+		if t.Failed() {
+			if onFail != nil {
+				onFail()
+			}
+			b, _ := os.ReadFile(d.logPath)
+			t.Logf("%s log:\n%s", name, b)
+		}
+		if d.cmd != nil {
+			d.kill9()
+		}
+		if out, err := exec.Command("nsenter", "--net=/run/netns/"+d.nsName, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
+			t.Errorf("cleanup %s: %v %s", name, err, out)
+		}
+	})
+}
+
 type wlInfo struct {
 	ID      string `json:"id"`
 	Network string `json:"network"`
@@ -124,22 +146,10 @@ api_socket: %s
 metrics_listen: %s
 reconcile_interval: 1s
 `, state, n.pinDir, d.socket, d.metrics)), 0o600)
+	d.cleanupAtEnd("tenantnetd", nil)
 	d.start()
-	t.Cleanup(func() {
-		d.kill9()
-		n.do(n.ns, func() error {
-			out, err := exec.Command(d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("cleanup: %v %s", err, out)
-			}
-			return nil
-		})
-		if t.Failed() {
-			b, _ := os.ReadFile(d.logPath)
-			t.Logf("tenantnetd log:\n%s", b)
-		}
-	})
 	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: n.ns.Name, pin: n.pinDir, state: state}
+	run := func(name string, f func(t *testing.T)) { t.Helper(); phase(t, name, f, &d.t, &n.t, &fw.t) }
 
 	d.must("network", "add", "--id", "acme")
 	d.must("network", "add", "--id", "globex")
@@ -171,157 +181,137 @@ reconcile_interval: 1s
 
 	// Within a network: reachable (the same-network rule); across
 	// networks: dropped both ways, counted.
-	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
-		t.Fatalf("a2 -> a1 (same network): %v", err)
-	}
-	if dialTCP(nsG1, hp("a1", 8080), time.Second) == nil {
-		t.Error("g1 reached a1 across tenants")
-	}
-	if dialTCP(nsA1, hp("g1", 8080), time.Second) == nil {
-		t.Error("a1 reached g1 across tenants")
-	}
-	var stats []struct {
-		Tenant  uint32
-		Dir     string
-		Reason  string
-		Packets uint64
-	}
-	fw.json(&stats, "stats")
-	cross := map[uint32]bool{}
-	for _, s := range stats {
-		if s.Reason == "cross-tenant" && s.Packets > 0 {
-			cross[s.Tenant] = true
+	run("isolation", func(t *testing.T) {
+		if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+			t.Fatalf("a2 -> a1 (same network): %v", err)
 		}
-	}
-	if !cross[tenant["acme"]] || !cross[tenant["globex"]] {
-		t.Errorf("cross-tenant drops not counted for both tenants: %+v", stats)
-	}
+		if dialTCP(nsG1, hp("a1", 8080), time.Second) == nil {
+			t.Error("g1 reached a1 across tenants")
+		}
+		if dialTCP(nsA1, hp("g1", 8080), time.Second) == nil {
+			t.Error("a1 reached g1 across tenants")
+		}
+		var stats []struct {
+			Tenant  uint32
+			Dir     string
+			Reason  string
+			Packets uint64
+		}
+		fw.json(&stats, "stats")
+		cross := map[uint32]bool{}
+		for _, s := range stats {
+			if s.Reason == "cross-tenant" && s.Packets > 0 {
+				cross[s.Tenant] = true
+			}
+		}
+		if !cross[tenant["acme"]] || !cross[tenant["globex"]] {
+			t.Errorf("cross-tenant drops not counted for both tenants: %+v", stats)
+		}
+	})
 
 	// tenantfw rules act on tenantnetd's workloads: a deny beats the
 	// same-network allow.
-	fw.must("rule", "add", "--tenant", fmt.Sprint(tenant["acme"]), "--proto", "tcp", "--port", "8081", "--dst", addr["a1"], "--action", "deny")
-	if dialTCP(nsA2, hp("a1", 8081), time.Second) == nil {
-		t.Error("a2 -> a1:8081 connected despite the deny rule")
-	}
-	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
-		t.Errorf("a2 -> a1:8080 after an unrelated deny: %v", err)
-	}
+	run("rules", func(t *testing.T) {
+		fw.must("rule", "add", "--tenant", fmt.Sprint(tenant["acme"]), "--proto", "tcp", "--port", "8081", "--dst", addr["a1"], "--action", "deny")
+		if dialTCP(nsA2, hp("a1", 8081), time.Second) == nil {
+			t.Error("a2 -> a1:8081 connected despite the deny rule")
+		}
+		if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+			t.Errorf("a2 -> a1:8080 after an unrelated deny: %v", err)
+		}
+	})
 
 	// /metrics passes promtool.
-	checkMetrics(t, n, d.metrics)
+	run("metrics", func(t *testing.T) { checkMetrics(t, n, d.metrics) })
 
 	// kill -9 under traffic: the established flow keeps flowing while
 	// tenantnetd is down and after it restarts; allocations are kept;
 	// the restart repairs nothing (no flapping).
-	var c net.Conn
-	n.do(nsA2, func() (err error) { c, err = net.DialTimeout("tcp", hp("a1", 8080), 3*time.Second); return })
-	defer c.Close()
-	var rounds atomic.Int64
-	var streamErr atomic.Value
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1024)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			if _, err := c.Write(buf); err != nil {
-				streamErr.Store(err)
-				return
-			}
-			if _, err := io.ReadFull(c, buf); err != nil {
-				streamErr.Store(err)
-				return
-			}
-			rounds.Add(1)
+	run("kill-9", func(t *testing.T) {
+		var c net.Conn
+		n.do(nsA2, func() (err error) { c, err = net.DialTimeout("tcp", hp("a1", 8080), 3*time.Second); return })
+		defer c.Close()
+		stream := startPingPong(c, 1024)
+		time.Sleep(300 * time.Millisecond)
+		d.kill9()
+		before := stream.rounds.Load()
+		time.Sleep(time.Second)
+		if stream.rounds.Load() <= before {
+			t.Error("the established flow stalled while tenantnetd was down")
 		}
-	}()
-	time.Sleep(300 * time.Millisecond)
-	d.kill9()
-	before := rounds.Load()
-	time.Sleep(time.Second)
-	if rounds.Load() <= before {
-		t.Error("the established flow stalled while tenantnetd was down")
-	}
-	logBefore, _ := os.ReadFile(d.logPath)
-	d.start()
-	time.Sleep(2500 * time.Millisecond) // a few reconcile runs
-	close(stop)
-	<-done
-	if err, _ := streamErr.Load().(error); err != nil {
-		t.Fatalf("established flow broke across kill -9 and restart: %v", err)
-	}
-	var wls2 []wlInfo
-	d.jsonOut(&wls2, "workload", "list")
-	for _, w := range wls2 {
-		if addr[w.ID] != w.Addr {
-			t.Errorf("workload %s: address %s before the restart, %s after", w.ID, addr[w.ID], w.Addr)
+		logBefore, _ := os.ReadFile(d.logPath)
+		d.start()
+		time.Sleep(2500 * time.Millisecond) // a few reconcile runs
+		if err := stream.stop(); err != nil {
+			t.Fatalf("established flow broke across kill -9 and restart: %v", err)
 		}
-	}
-	logAll, _ := os.ReadFile(d.logPath)
-	if after := string(logAll[len(logBefore):]); strings.Contains(after, "reconcile repaired") {
-		t.Errorf("the restart changed kernel state:\n%s", grepLines(after, "repaired"))
-	}
+		var wls2 []wlInfo
+		d.jsonOut(&wls2, "workload", "list")
+		for _, w := range wls2 {
+			if addr[w.ID] != w.Addr {
+				t.Errorf("workload %s: address %s before the restart, %s after", w.ID, addr[w.ID], w.Addr)
+			}
+		}
+		logAll, _ := os.ReadFile(d.logPath)
+		if after := string(logAll[len(logBefore):]); strings.Contains(after, "reconcile repaired") {
+			t.Errorf("the restart changed kernel state:\n%s", grepLines(after, "repaired"))
+		}
+	})
 
 	// Drift made by hand is repaired: a deleted bridge comes back with its
 	// ports, a stray link of ours goes.
-	br, err := n.nl.LinkByName("tnb1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.nl.LinkDel(br); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tnw777"}, PeerName: "stray0"}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		_, errBr := n.nl.LinkByName("tnb1")
-		_, errStray := n.nl.LinkByName("tnw777")
-		if errBr == nil && errStray != nil {
-			break
+	run("drift", func(t *testing.T) {
+		br, err := n.nl.LinkByName("tnb1")
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
-		t.Errorf("a2 -> a1 after the bridge was repaired: %v", err)
-	}
-	if _, err := n.nl.LinkByName("tnw777"); err == nil {
-		t.Error("stray link tnw777 still there")
-	}
-	// The run logs its repairs when it ends, a moment after the bridge
-	// is back.
-	for _, want := range []string{"created bridge tnb1", "re-enslaved", "deleted stray link tnw777"} {
-		found := false
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !found; time.Sleep(100 * time.Millisecond) {
-			logAll, _ = os.ReadFile(d.logPath)
-			found = strings.Contains(string(logAll), want)
+		if err := n.nl.LinkDel(br); err != nil {
+			t.Fatal(err)
 		}
-		if !found {
-			t.Errorf("log does not say %q", want)
+		if err := n.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tnw777"}, PeerName: "stray0"}); err != nil {
+			t.Fatal(err)
 		}
-	}
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			_, errBr := n.nl.LinkByName("tnb1")
+			_, errStray := n.nl.LinkByName("tnw777")
+			if errBr == nil && errStray != nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := dialTCP(nsA2, hp("a1", 8080), 3*time.Second); err != nil {
+			t.Errorf("a2 -> a1 after the bridge was repaired: %v", err)
+		}
+		if _, err := n.nl.LinkByName("tnw777"); err == nil {
+			t.Error("stray link tnw777 still there")
+		}
+		// The run logs its repairs when it ends, a moment after the bridge
+		// is back.
+		for _, want := range []string{"created bridge tnb1", "re-enslaved", "deleted stray link tnw777"} {
+			found := false
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !found; time.Sleep(100 * time.Millisecond) {
+				logAll, _ := os.ReadFile(d.logPath)
+				found = strings.Contains(string(logAll), want)
+			}
+			if !found {
+				t.Errorf("log does not say %q", want)
+			}
+		}
+	})
 
-	// A program detached by hand (what `bpftool link detach` does) is
-	// attached again by the next reconcile, not only by the deep one every
-	// tenth run: three rounds, each repaired within 2.5 s (runs every 1 s).
 	var gPort string
 	for _, w := range wls {
 		if w.ID == "g1" {
 			gPort = w.Port
 		}
 	}
-	pl, err := n.nl.LinkByName(gPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	egress := func() (ids []link.ID) {
+	egress := func(t *testing.T) (ids []link.ID) {
+		t.Helper()
+		pl, err := n.nl.LinkByName(gPort)
+		if err != nil {
+			t.Fatal(err)
+		}
 		n.do(n.ns, func() error {
 			res, err := link.QueryPrograms(link.QueryOptions{Target: pl.Attrs().Index, Attach: ebpf.AttachTCXEgress})
 			if err != nil {
@@ -336,108 +326,125 @@ reconcile_interval: 1s
 		})
 		return ids
 	}
-	for round := 1; round <= 3; round++ {
-		ids := egress()
+
+	// A program detached by hand (what `bpftool link detach` does) is
+	// attached again by the next reconcile, not only by the deep one every
+	// tenth run: three rounds, each repaired within 2.5 s (runs every 1 s).
+	run("hand-detach", func(t *testing.T) {
+		for round := 1; round <= 3; round++ {
+			ids := egress(t)
+			if len(ids) != 1 {
+				t.Fatalf("round %d: %s has %d TCX egress links, want tn_to_workload's", round, gPort, len(ids))
+			}
+			l, err := link.NewFromID(ids[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = l.Detach()
+			l.Close()
+			if err != nil {
+				t.Fatalf("detach by hand: %v", err)
+			}
+			start := time.Now()
+			for len(egress(t)) == 0 && time.Since(start) < 2500*time.Millisecond {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if len(egress(t)) == 0 {
+				t.Fatalf("round %d: %s still unfiltered %s after its program was detached", round, gPort, time.Since(start).Round(time.Millisecond))
+			}
+		}
+	})
+
+	// Another program on the hook (as after an upgrade: the links still
+	// run the old build's) is replaced by ours on the next run.
+	run("other-program", func(t *testing.T) {
+		egressProg := func() string {
+			ids := egress(t)
+			if len(ids) != 1 {
+				return fmt.Sprintf("%d links", len(ids))
+			}
+			l, err := link.NewFromID(ids[0])
+			if err != nil {
+				return err.Error()
+			}
+			defer l.Close()
+			info, err := l.Info()
+			if err != nil {
+				return err.Error()
+			}
+			p, err := ebpf.NewProgramFromID(info.Program)
+			if err != nil {
+				return err.Error()
+			}
+			defer p.Close()
+			pi, err := p.Info()
+			if err != nil {
+				return err.Error()
+			}
+			return pi.Name
+		}
+		other, err := ebpf.LoadPinnedProgram(filepath.Join(n.pinDir, "progs", "tn_from_workload"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		ids := egress(t)
 		if len(ids) != 1 {
-			t.Fatalf("round %d: %s has %d TCX egress links, want tn_to_workload's", round, gPort, len(ids))
+			t.Fatalf("%s has %d TCX egress links, want tn_to_workload's", gPort, len(ids))
 		}
 		l, err := link.NewFromID(ids[0])
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = l.Detach()
+		err = l.Update(other)
 		l.Close()
 		if err != nil {
-			t.Fatalf("detach by hand: %v", err)
+			t.Fatalf("replace the program by hand: %v", err)
 		}
 		start := time.Now()
-		for len(egress()) == 0 && time.Since(start) < 2500*time.Millisecond {
+		for egressProg() != "tn_to_workload" && time.Since(start) < 2500*time.Millisecond {
 			time.Sleep(50 * time.Millisecond)
 		}
-		if len(egress()) == 0 {
-			t.Fatalf("round %d: %s still unfiltered %s after its program was detached", round, gPort, time.Since(start).Round(time.Millisecond))
+		if got := egressProg(); got != "tn_to_workload" {
+			t.Errorf("%s egress runs %s %s after another program took its place, want tn_to_workload", gPort, got, time.Since(start).Round(time.Millisecond))
 		}
-	}
-	// Another program on the hook (as after an upgrade: the links still
-	// run the old build's) is replaced by ours on the next run.
-	egressProg := func() string {
-		ids := egress()
-		if len(ids) != 1 {
-			return fmt.Sprintf("%d links", len(ids))
+		if err := dialTCP(nsA2, hp("g1", 8080), time.Second); err == nil {
+			t.Error("a2 -> g1 (other tenant) connected after the repairs")
 		}
-		l, err := link.NewFromID(ids[0])
-		if err != nil {
-			return err.Error()
-		}
-		defer l.Close()
-		info, err := l.Info()
-		if err != nil {
-			return err.Error()
-		}
-		p, err := ebpf.NewProgramFromID(info.Program)
-		if err != nil {
-			return err.Error()
-		}
-		defer p.Close()
-		pi, err := p.Info()
-		if err != nil {
-			return err.Error()
-		}
-		return pi.Name
-	}
-	other, err := ebpf.LoadPinnedProgram(filepath.Join(n.pinDir, "progs", "tn_from_workload"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	l, err := link.NewFromID(egress()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = l.Update(other)
-	l.Close()
-	if err != nil {
-		t.Fatalf("replace the program by hand: %v", err)
-	}
-	start := time.Now()
-	for egressProg() != "tn_to_workload" && time.Since(start) < 2500*time.Millisecond {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got := egressProg(); got != "tn_to_workload" {
-		t.Errorf("%s egress runs %s %s after another program took its place, want tn_to_workload", gPort, got, time.Since(start).Round(time.Millisecond))
-	}
-	if err := dialTCP(nsA2, hp("g1", 8080), time.Second); err == nil {
-		t.Error("a2 -> g1 (other tenant) connected after the repairs")
-	}
+	})
 
 	// Bad input: clear errors, nothing half-applied.
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"workload", "add", "--id", "x1", "--network", "acme", "--netns", "/run/netns/does-not-exist"}, "does not exist"},
-		{[]string{"workload", "add", "--id", "x1", "--network", "nope", "--netns", "/run/netns/" + nsA1.Name}, "network nope: not found"},
-		{[]string{"workload", "add", "--id", "a1", "--network", "globex", "--netns", "/run/netns/" + nsA1.Name}, "attached to network acme"},
-		{[]string{"network", "add", "--id", "bad id"}, "id \"bad id\""},
-		{[]string{"network", "del", "--id", "acme"}, "still has workloads"},
-	} {
-		out, err := d.client(c.args...)
-		if err == nil || !strings.Contains(out, c.want) {
-			t.Errorf("tenantnetd %s: %v %q, want %q", strings.Join(c.args, " "), err, out, c.want)
+	run("bad-input", func(t *testing.T) {
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"workload", "add", "--id", "x1", "--network", "acme", "--netns", "/run/netns/does-not-exist"}, "does not exist"},
+			{[]string{"workload", "add", "--id", "x1", "--network", "nope", "--netns", "/run/netns/" + nsA1.Name}, "network nope: not found"},
+			{[]string{"workload", "add", "--id", "a1", "--network", "globex", "--netns", "/run/netns/" + nsA1.Name}, "attached to network acme"},
+			{[]string{"network", "add", "--id", "bad id"}, "id \"bad id\""},
+			{[]string{"network", "del", "--id", "acme"}, "still has workloads"},
+		} {
+			out, err := d.client(c.args...)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Errorf("tenantnetd %s: %v %q, want %q", strings.Join(c.args, " "), err, out, c.want)
+			}
 		}
-	}
-	var wls3 []wlInfo
-	d.jsonOut(&wls3, "workload", "list")
-	if len(wls3) != 3 {
-		t.Errorf("bad input changed the workloads: %+v", wls3)
-	}
+		var wls3 []wlInfo
+		d.jsonOut(&wls3, "workload", "list")
+		if len(wls3) != 3 {
+			t.Errorf("bad input changed the workloads: %+v", wls3)
+		}
+	})
 
 	// Detach and delete remove everything.
-	d.must("workload", "del", "--id", "g1")
-	d.must("network", "del", "--id", "globex")
-	if _, err := n.nl.LinkByName("tnb2"); err == nil {
-		t.Error("bridge of the deleted network still there")
-	}
+	run("delete", func(t *testing.T) {
+		d.must("workload", "del", "--id", "g1")
+		d.must("network", "del", "--id", "globex")
+		if _, err := n.nl.LinkByName("tnb2"); err == nil {
+			t.Error("bridge of the deleted network still there")
+		}
+	})
 }
 
 func grepLines(s, sub string) string {
@@ -504,17 +511,6 @@ reconcile_interval: 1s
 registry_lease: 3s
 registry: {type: file, dir: %s}
 `, id, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t), filepath.Join(dir, "registry"))), 0o600)
-	t.Cleanup(func() {
-		if d.cmd != nil {
-			d.kill9()
-		}
-		if out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
-			t.Errorf("cleanup: %v %s", err, out)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(d.logPath)
-			t.Logf("log:\n%s", b)
-		}
-	})
+	d.cleanupAtEnd(id, nil)
 	return d
 }

@@ -34,7 +34,7 @@ func buildBinary(t testing.TB, pkg string) string {
 // namespace with nsenter, not `ip netns exec`: the latter mounts a fresh
 // /sys, which hides /sys/fs/bpf and so the pinned datapath.
 type fwCLI struct {
-	t           *testing.T
+	t           testing.TB
 	bin, nsName string
 	pin, state  string
 }

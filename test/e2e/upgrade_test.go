@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // TestUpgradeUnderTraffic reloads the datapath over its pins again and
@@ -31,32 +34,17 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 	n.do(n.ext, func() (err error) { c, err = net.DialTimeout("tcp", "[2001:db8:a::1]:8080", 3*time.Second); return })
 	defer c.Close()
 
+	// What the knocks are counted as, before: the internal ones are the
+	// default deny of A1's inbound rules (TC), the outside ones the XDP
+	// prefilter's.
+	denyBefore := counter(t, n.maps, tenantA, policy.DirIn, policy.DropDefault)
+	prefilterBefore := counter(t, n.maps, tenantA, policy.DirPrefilter, policy.DropDefault)
+	stream := startPingPong(c, 32)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var streamErr atomic.Value
-	var rounds, knocks atomic.Int64
-	wg.Add(2)
-	go func() { // established flow: ping-pong
-		defer wg.Done()
-		buf := make([]byte, 32)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			if _, err := c.Write(buf); err != nil {
-				streamErr.Store(err)
-				return
-			}
-			if _, err := ioReadFull(c, buf); err != nil {
-				streamErr.Store(err)
-				return
-			}
-			rounds.Add(1)
-		}
-	}()
+	var knockErr atomic.Value
+	var knocks atomic.Int64 // of each kind
+	wg.Add(1)
 	go func() { // denied flows, internal (TC) and from the internet (XDP)
 		defer wg.Done()
 		for {
@@ -65,9 +53,13 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 				return
 			default:
 			}
-			_ = sendUDP(a2.ns, "", "[2001:db8:a::1]:9999")
-			_ = sendUDP(n.ext, "", "[2001:db8:a::1]:9999")
-			knocks.Add(2)
+			for _, from := range []*testutil.NetNS{a2.ns, n.ext} {
+				if err := sendUDP(from, "", "[2001:db8:a::1]:9999"); err != nil {
+					knockErr.Store(fmt.Errorf("knock from %s: %w", from.Name, err))
+					return
+				}
+			}
+			knocks.Add(1)
 			time.Sleep(500 * time.Microsecond)
 		}
 	}()
@@ -92,14 +84,36 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	streamErr := stream.stop()
 
-	if err, _ := streamErr.Load().(error); err != nil {
-		t.Fatalf("established connection broke during upgrades: %v", err)
+	if streamErr != nil {
+		t.Fatalf("established connection broke during upgrades: %v", streamErr)
 	}
-	if rounds.Load() < 10 {
-		t.Fatalf("only %d ping-pongs: the stream stalled", rounds.Load())
+	if rounds := stream.rounds.Load(); rounds < 10 {
+		t.Fatalf("only %d ping-pongs: the stream stalled", rounds)
+	}
+	if err, _ := knockErr.Load().(error); err != nil {
+		t.Fatal(err)
 	}
 	denied.expect(t, false, 200*time.Millisecond, "denied datagrams during upgrades")
+	// Each knock was sent, and dropped and counted by the filter meant for
+	// it: none slipped through a moment without one.
+	sent := uint64(knocks.Load())
+	if sent < 100 {
+		t.Errorf("only %d knocks of each kind during the upgrades", sent)
+	}
+	for _, c := range []struct {
+		what          string
+		dir           policy.Direction
+		before, after uint64
+	}{
+		{"default-deny (A2 -> A1, TC)", policy.DirIn, denyBefore, counter(t, n.maps, tenantA, policy.DirIn, policy.DropDefault)},
+		{"prefilter default-deny (outside -> A1, XDP)", policy.DirPrefilter, prefilterBefore, counter(t, n.maps, tenantA, policy.DirPrefilter, policy.DropDefault)},
+	} {
+		if got := c.after - c.before; got != sent {
+			t.Errorf("%s counter grew by %d during %d knocks, want one per knock", c.what, got, sent)
+		}
+	}
 	after, err := bpfmaps.ReadRules(n.maps.Rules())
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +121,7 @@ func TestUpgradeUnderTraffic(t *testing.T) {
 	if after.Len() != before.Len() || after.Len() == 0 {
 		t.Fatalf("rule entries %d before, %d after upgrades", before.Len(), after.Len())
 	}
-	t.Logf("%d ping-pongs and %d denied datagrams across 20 reloads", rounds.Load(), knocks.Load())
+	t.Logf("%d ping-pongs and %d denied datagrams across 20 reloads", stream.rounds.Load(), 2*sent)
 
 	// Exactly one mechanism per hook is left, and it is live.
 	var atts []loader.Attachment

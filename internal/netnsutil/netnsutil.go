@@ -9,9 +9,11 @@ package netnsutil
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Do runs fn on an OS thread inside ns and returns fn's error. fn runs on
@@ -43,6 +45,9 @@ func enter(ns netns.NsHandle, label string, fn func() error) error {
 // /run/netns (like a pause container's) and returns a handle on it; the
 // caller closes the handle.
 func NewNamed(name string) (netns.NsHandle, error) {
+	if err := sharedRunDir(); err != nil {
+		return netns.None(), fmt.Errorf("create netns %s: %w", name, err)
+	}
 	h := netns.None()
 	err := do(name, func() error {
 		var err error
@@ -103,4 +108,31 @@ func do(label string, fn func() error) error {
 		result = ferr
 	}()
 	return <-errc
+}
+
+// runDir is where named namespaces are bind-mounted (iproute2's
+// NETNS_RUN_DIR).
+const runDir = "/run/netns"
+
+// sharedRunDir makes /run/netns a shared mount point of its own, as
+// `ip netns add` does before its first bind mount. Without it, a namespace
+// created here while /run/netns is a plain directory is hidden as soon as
+// a later `ip netns` turns the directory into a mount point: its file is
+// then covered, and deleting it fails with "not mounted" (and `ip netns
+// list` lists a name nothing can remove).
+func sharedRunDir() error {
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount("", runDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err := unix.Mount(runDir, runDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s: %w", runDir, err)
+		}
+		err = unix.Mount("", runDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s shared: %w", runDir, err)
+	}
+	return nil
 }

@@ -161,21 +161,3 @@ func sh(ns string, cmdline string, stdin string) (string, error) {
 	}
 	return string(out), nil
 }
-
-func ifindex(ns, name string) (int, error) {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return 0, err
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		return 0, err
-	}
-	defer nl.Close()
-	l, err := nl.LinkByName(name)
-	if err != nil {
-		return 0, err
-	}
-	return l.Attrs().Index, nil
-}

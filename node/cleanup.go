@@ -35,11 +35,12 @@ func isOurWG(name, node string) bool {
 
 // CleanupReport says what Cleanup removed.
 type CleanupReport struct {
-	Links     int  // bridges and workload ports deleted
-	WireGuard int  // WireGuard devices of this node deleted
-	ExitRules int  // exit policy-routing rules removed (their tables flushed)
-	Sockets   int  // UAPI sockets of embedded WireGuard devices removed (left by a kill)
-	Purged    bool // the state directory was deleted
+	Links       int  // bridges and workload ports deleted
+	WireGuard   int  // WireGuard devices of this node deleted
+	ExitRules   int  // exit policy-routing rules removed (their tables flushed)
+	Unreachable int  // fail-closed unreachable routes removed from the main table
+	Sockets     int  // UAPI sockets of embedded WireGuard devices removed (left by a kill)
+	Purged      bool // the state directory was deleted
 }
 
 // Cleanup removes everything of ours from the node: bridges and workload
@@ -76,6 +77,9 @@ func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
 	}
 	if rep.ExitRules, err = RemoveExitRouting(h); err != nil {
 		return rep, fmt.Errorf("remove the exit routing: %w", err)
+	}
+	if rep.Unreachable, err = RemoveUnreachable(h); err != nil {
+		return rep, fmt.Errorf("remove the fail-closed routes: %w", err)
 	}
 	if err := loader.Remove(cfg.BPFDir); err != nil {
 		return rep, err

@@ -122,15 +122,20 @@ func (e *exitState) outside(id string, self *config.Node) string {
 }
 
 // syncExitRouting makes the policy routing of the networks in via (network
-// id -> WireGuard device name) and removes ours for any other network.
-func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r *repairs) error {
+// id -> WireGuard device name) and of those in closed (whose outside is
+// their exit's only: while the exit peer is away, their table keeps the
+// tenant's /64 from the main table's default route), and removes ours for
+// any other network.
+func (s *Service) syncExitRouting(nets []ipam.Network, via, closed map[string]string, r *repairs) error {
 	rules, err := dump(func() ([]netlink.Rule, error) { return s.nl.RuleList(netlink.FAMILY_V6) })
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
 	}
 	want := map[int]ipam.Network{}
 	for _, n := range nets {
-		if _, ok := via[n.ID]; ok {
+		_, v := via[n.ID]
+		_, c := closed[n.ID]
+		if v || c {
 			want[exitTable(n)] = n
 		}
 	}
@@ -153,7 +158,11 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r 
 		r.add("removed the exit routing of table %d", ru.Table)
 	}
 	for table, n := range want {
-		if err := s.exitTableRoutes(n, via[n.ID], r); err != nil {
+		dev, ok := via[n.ID]
+		if !ok {
+			dev = closed[n.ID]
+		}
+		if err := s.exitTableRoutes(n, dev, r); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -176,21 +185,26 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via map[string]string, r 
 
 // exitTableRoutes keeps the network's table: its /64 on the bridge (the
 // workloads answer each other and the gateway), everything else to the
-// WireGuard device (other members' /64s and, via the exit peer, the
-// outside: WireGuard picks the peer by AllowedIPs).
+// WireGuard device dev (other members' /64s and, via the exit peer, the
+// outside: WireGuard picks the peer by AllowedIPs) when there is one, and
+// behind it an unreachable default, so that a device gone (or no exit
+// peer) never sends the tenant's packets to the main table.
 func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error {
 	br, err := s.nl.LinkByName(n.Bridge())
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", n.Bridge(), err)
 	}
-	wgl, err := s.nl.LinkByName(dev)
-	if err != nil {
-		return fmt.Errorf("wireguard %s: %w", dev, err)
-	}
 	table := exitTable(n)
 	want := []netlink.Route{
 		{LinkIndex: br.Attrs().Index, Dst: prefixNet(n.Prefix), Table: table},
-		{LinkIndex: wgl.Attrs().Index, Dst: prefixNet(defaultRoute), Table: table},
+		*unreachableRoute(defaultRoute, table),
+	}
+	if dev != "" {
+		wgl, err := s.nl.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("wireguard %s: %w", dev, err)
+		}
+		want = append(want, netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: prefixNet(defaultRoute), Table: table})
 	}
 	have, err := dump(func() ([]netlink.Route, error) {
 		return s.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
@@ -205,7 +219,11 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error 
 			if h.Dst != nil {
 				dst = h.Dst.String()
 			}
-			found = found || dst == w.Dst.String() && h.LinkIndex == w.LinkIndex
+			if w.Type == unix.RTN_UNREACHABLE {
+				found = found || dst == w.Dst.String() && h.Type == unix.RTN_UNREACHABLE && h.Protocol == failClosedProto
+				continue
+			}
+			found = found || dst == w.Dst.String() && h.LinkIndex == w.LinkIndex && h.Type != unix.RTN_UNREACHABLE
 		}
 		if found {
 			continue

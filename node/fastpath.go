@@ -28,8 +28,9 @@ type wgNet struct {
 
 // routes are the tenant's wanted datapath routes: its /64 here on the
 // bridge, every peer's AllowedIPs behind the device (::/0 as the exit
-// route), and on the exit the outside through the kernel's routes. fast
-// makes them redirect (the fast path).
+// route), on the exit the outside through the kernel's routes, and drop
+// routes for what the device carried before and no longer does (fail
+// closed: failClosedRoutes). fast makes them redirect (the fast path).
 func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
 	n := w.net
 	want := []bpfmaps.Route{{Tenant: n.Num, Prefix: n.Prefix, Kind: bpfmaps.RouteLocal, Ifindex: bridge, Redirect: fast, MTU: uint16(n.MTU)}}
@@ -53,7 +54,7 @@ func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
 		// kernel's routes (ifindex 0: no device of ours).
 		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.RouteExit})
 	}
-	return want
+	return append(want, failClosedRoutes(n.Num, want, w.have)...)
 }
 
 // wgDatapath attaches tn_from_wg to the network's WireGuard device, binds

@@ -58,14 +58,21 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	errs := rotErrs
 	local := map[string]bool{}
 	viaExit := map[string]string{}
+	closed := map[string]string{} // networks whose outside is the exit's only -> their device ("": none)
 	for _, n := range nets {
 		local[n.ID] = true
-		if err := s.reconcileNetWG(n, nodes, routes[n.Num], viaExit, r); err != nil {
+		if err := s.reconcileNetWG(n, nodes, routes[n.Num], viaExit, closed, r); err != nil {
 			errs = append(errs, fmt.Errorf("network %s wireguard: %w", n.ID, err))
 		}
 	}
-	if err := s.syncExitRouting(nets, viaExit, r); err != nil {
+	if err := s.syncExitRouting(nets, viaExit, closed, r); err != nil {
 		errs = append(errs, fmt.Errorf("exit routing: %w", err))
+	}
+	// The kernel's side of failing closed, from the routes just written.
+	if now, err := bpfmaps.New(s.dp).Routes(); err != nil {
+		errs = append(errs, err)
+	} else if err := s.syncUnreachable(unreachablePrefixes(nets, now), r); err != nil {
+		errs = append(errs, fmt.Errorf("fail closed: %w", err))
 	}
 	s.exit.via = viaExit
 	for id, d := range s.wireguard.devs {
@@ -85,7 +92,7 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 // reconcileNetWG keeps one network's device, peers and routes. When this
 // node reaches the outside through the network's exit, it records the
 // device in viaExit (syncExitRouting routes the tenant's /64 there).
-func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []bpfmaps.Route, viaExit map[string]string, r *repairs) error {
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []bpfmaps.Route, viaExit, closed map[string]string, r *repairs) error {
 	name := wg.Name(n.Num, s.cfg.NodeID)
 	role := s.exit.role(n.ID, s.cfg)
 	if role == exitBadClass && !s.exit.warned[n.ID] {
@@ -107,8 +114,13 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	// 45 MB), which a node with a thousand local networks cannot pay. The
 	// key (and so the published record) exists without it.
 	if len(all) == 0 {
-		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, nil, routes); err != nil {
+		// What the device carried stays closed (drop routes): the last
+		// member gone does not open the default route.
+		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, failClosedRoutes(n.Num, nil, routes), routes); err != nil {
 			return err
+		}
+		if role == exitViaPeer {
+			closed[n.ID] = "" // no device: the table holds the /64 and the unreachable default
 		}
 		if d != nil {
 			if err := s.closeWG(n.ID, d); err != nil {
@@ -162,6 +174,9 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	}
 	if want.exitPeer {
 		viaExit[n.ID] = name
+	}
+	if role == exitViaPeer {
+		closed[n.ID] = name // with or without its exit peer now
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {
 		return err

@@ -237,6 +237,21 @@ EOT
 	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad
 	check "web1 spoofing web2's address -> web3" blocked in_ns tn-demo-web1 ping -c1 -W2 -I "$WEB2" "$WEB3"
 	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0
+	# An internet host claims web2's address (acme, on node2) towards web1:
+	# the "same network" rule would let it in; a tenant's sources never
+	# come by the uplink, so node1's XDP prefilter drops it (spoof-path).
+	ip -n tn-demo-client addr add "$WEB2/128" dev eth0 nodad
+	in_ns tn-demo-client ping -c3 -i0.2 -W1 -I "$WEB2" "$WEB1" >/dev/null 2>&1 || true
+	ip -n tn-demo-client addr del "$WEB2/128" dev eth0
+	check "internet host spoofing web2 -> web1: dropped at XDP" ok counted 1 "$ACME1" prefilter spoof-path
+	# A tunnel that goes away fails closed: node1 keeps node2's acme /64
+	# unreachable behind the WireGuard route, and node3 (no native IPv6)
+	# an unreachable default in acme's exit table.
+	ACME2_NET=$(nd 2 network list | awk '$1 == "acme" { print $3 }')
+	check "node1 keeps node2's acme /64 unreachable behind WireGuard" ok \
+		grep -q "unreachable $ACME2_NET" <<<"$(on_node 1 ip -6 route show type unreachable)"
+	check "node3 keeps an unreachable default in acme's exit table" ok \
+		grep -q "^unreachable default" <<<"$(on_node 3 ip -6 route show table all type unreachable)"
 	stats=$(fw 1 stats -o json)
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +53,30 @@ type Node struct {
 	// the kernel's routes (the programs still check). Default true.
 	FastPath *bool    `yaml:"fast_path"`
 	Registry Registry `yaml:"registry"`
+	// HostServices are the node's own services its tenants' workloads may
+	// reach ("udp/53", "tcp/8053"): nothing else of the node is theirs to
+	// reach (its uplink addresses, sshd, etcd, metrics, WireGuard ports),
+	// beyond neighbour discovery and ICMPv6 errors.
+	HostServices []HostService `yaml:"host_services"`
+}
+
+// HostService is a protocol and port of the node open to workloads.
+type HostService struct {
+	Proto string // tcp or udp
+	Port  uint16
+}
+
+func (h HostService) String() string { return fmt.Sprintf("%s/%d", h.Proto, h.Port) }
+
+// UnmarshalYAML reads "tcp/8053".
+func (h *HostService) UnmarshalYAML(v *yaml.Node) error {
+	proto, port, ok := strings.Cut(v.Value, "/")
+	n, err := strconv.ParseUint(port, 10, 16)
+	if !ok || (proto != "tcp" && proto != "udp") || err != nil || n == 0 {
+		return &FieldError{"host_services", v.Value, "want tcp/PORT or udp/PORT"}
+	}
+	h.Proto, h.Port = proto, uint16(n)
+	return nil
 }
 
 // Registry says where the grid registry lives (used by the multi-node

@@ -81,6 +81,9 @@ func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
 	if rep.Unreachable, err = RemoveUnreachable(h); err != nil {
 		return rep, fmt.Errorf("remove the fail-closed routes: %w", err)
 	}
+	if _, err := RemoveHostGuard(); err != nil {
+		return rep, fmt.Errorf("remove the nftables table %s: %w", hostGuardTable, err)
+	}
 	if err := loader.Remove(cfg.BPFDir); err != nil {
 		return rep, err
 	}

@@ -95,10 +95,8 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err := cfg.CheckUplinks(); err != nil {
 		return nil, err
 	}
-	for _, kv := range [][2]string{{"net/ipv6/conf/all/forwarding", "1"}, {"net/ipv4/ip_forward", "1"}} {
-		if err := sysctl(kv[0], kv[1]); err != nil {
-			return nil, fmt.Errorf("sysctl %s: %w", kv[0], err)
-		}
+	if err := routerSysctlsHost(cfg.Uplinks); err != nil {
+		return nil, err
 	}
 	// What is opened here is closed again if New fails later.
 	closeOnError := func(c func() error) {
@@ -275,6 +273,9 @@ func (s *Service) reconcileLocked(deep bool) error {
 }
 
 func (s *Service) reconcileOnce(r *repairs, deep bool) error {
+	if err := s.syncHostGuard(r); err != nil {
+		return err
+	}
 	declErr := s.reconcileDeclared(r)
 	nets, err := s.ipam.Networks()
 	if err != nil {

@@ -58,6 +58,11 @@ type Node struct {
 	// reach (its uplink addresses, sshd, etcd, metrics, WireGuard ports),
 	// beyond neighbour discovery and ICMPv6 errors.
 	HostServices []HostService `yaml:"host_services"`
+	// DropEventSampleRate: a drop event for about 1 in N drops (0: none;
+	// default 64). Every event takes the ring buffer's lock, so 1 (every
+	// drop) serialises a flood's drop path; the counters count every drop
+	// whatever this is.
+	DropEventSampleRate *uint32 `yaml:"drop_event_sample_rate"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -123,6 +128,10 @@ func (n *Node) defaults() {
 	if n.FastPath == nil {
 		on := true
 		n.FastPath = &on
+	}
+	if n.DropEventSampleRate == nil {
+		rate := uint32(64)
+		n.DropEventSampleRate = &rate
 	}
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = defaults.RegistryDir

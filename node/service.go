@@ -109,11 +109,16 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(st.Close)
-	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: 1})
+	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: *cfg.DropEventSampleRate})
 	if err != nil {
 		return nil, err
 	}
 	defer closeOnError(dp.Close)
+	// Maps that outlive a restart keep the rate they were made with
+	// unless told: the configuration decides, every start.
+	if err := bpfmaps.New(dp).SetSampleRate(*cfg.DropEventSampleRate); err != nil {
+		return nil, fmt.Errorf("drop event sample rate: %w", err)
+	}
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return nil, err
@@ -342,7 +347,42 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 			errs = append(errs, fmt.Errorf("delete stray %s: %w", name, err))
 			continue
 		}
+		sn.deleted = append(sn.deleted, name)
 		r.add("deleted stray link %s", name)
+	}
+	if err := s.sweepPortBindings(sn, r); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// sweepPortBindings removes the datapath bindings (port, source
+// addresses, endpoints) of interfaces that no longer exist: a veth that
+// vanished with its namespace, a stray link deleted above. Left alone they
+// would pile up until tn_ports_v1 is full, and a new interface that gets
+// the old index would inherit the old workload's addresses.
+func (s *Service) sweepPortBindings(sn *snapshot, r *repairs) error {
+	if len(sn.links) == 0 {
+		return nil // a snapshot of one workload's links (snapshotFor) says nothing of the others
+	}
+	alive := map[uint32]bool{}
+	for _, l := range sn.links {
+		alive[uint32(l.Attrs().Index)] = true
+	}
+	for _, name := range sn.deleted {
+		delete(alive, uint32(sn.links[name].Attrs().Index))
+	}
+	m := bpfmaps.New(s.dp)
+	var errs []error
+	for idx := range sn.ports {
+		if alive[idx] {
+			continue
+		}
+		if err := m.UnbindPort(idx); err != nil {
+			errs = append(errs, fmt.Errorf("sweep the binding of ifindex %d: %w", idx, err))
+			continue
+		}
+		r.add("swept the binding of vanished ifindex %d", idx)
 	}
 	return errors.Join(errs...)
 }

@@ -28,7 +28,9 @@ import (
 // start. The embedded WireGuard devices run in processes of their own: each
 // is still the same process, with the same link, afterwards, and the
 // restarted service adopted it (same peers, counters not reset, sessions
-// kept). The longest pause in the received data is logged per case.
+// kept). The longest pause in the received data is logged per case. A
+// killed device process is replaced by the next reconcile, and deleting
+// the network stops its device's process.
 func TestSurviveRestart(t *testing.T) {
 	nodes, _ := newGrid(t, "file", 2, "")
 	pid := os.Getpid()
@@ -109,9 +111,53 @@ func TestSurviveRestart(t *testing.T) {
 			}
 		}, holders...)
 	}
+
+	// The device's process itself killed: the next reconcile starts a new
+	// one (its peers from the registry, a new handshake), and the stream
+	// carries on over it after a pause.
+	phase(t, "device-killed-node1", func(t *testing.T) {
+		dev := wg.Name(acme, nodes[0].id)
+		before := deviceOf(t, nodes[0], wgc, dev)
+		s.resetGap()
+		if err := syscall.Kill(before.pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		s.waitFor(t, 256<<10, 30*time.Second, "the stream after the device process was killed")
+		t.Logf("device process killed: longest pause in the received data %s", s.gap().Round(time.Millisecond))
+		after := deviceOf(t, nodes[0], wgc, dev)
+		if after.pid == before.pid || after.ifindex == before.ifindex {
+			t.Errorf("%s: process %d ifindex %d, was %d and %d: not restarted", dev, after.pid, after.ifindex, before.pid, before.ifindex)
+		}
+		if fmt.Sprint(after.peers) != fmt.Sprint(before.peers) {
+			t.Errorf("%s: peers %v, were %v", dev, after.peers, before.peers)
+		}
+		if n := s.accepted.Load(); n != 1 {
+			t.Errorf("%d connections accepted, want the one", n)
+		}
+	}, holders...)
 	if err := s.close(); err != nil {
 		t.Fatal(err)
 	}
+
+	// Deleting the network stops its device's process.
+	phase(t, "network-deleted", func(t *testing.T) {
+		dev := wg.Name(acme, nodes[0].id)
+		pid := deviceOf(t, nodes[0], wgc, dev).pid
+		nodes[0].d.must("workload", "del", "--id", "sv0")
+		nodes[0].d.must("network", "del", "--id", "acme")
+		retry(t, 10*time.Second, "node1's device and its process gone", func() error {
+			if _, err := nodes[0].ns.Netlink(t).LinkByName(dev); err == nil {
+				return fmt.Errorf("%s still there", dev)
+			}
+			if err := syscall.Kill(pid, 0); err == nil {
+				return fmt.Errorf("process %d still there", pid)
+			}
+			if _, err := os.Stat(filepath.Join("/var/run/wireguard", dev+".sock")); err == nil {
+				return fmt.Errorf("%s's socket still there", dev)
+			}
+			return nil
+		})
+	}, holders...)
 }
 
 // stop ends tenantnetd gracefully (SIGTERM) and waits for it.

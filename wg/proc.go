@@ -59,9 +59,10 @@ func sockPath(name string) string { return filepath.Join(UAPIDir, name+".sock") 
 // Start is Open for a service that restarts: a device that is already
 // running is adopted as it is (a kernel link of the name; a TUN whose UAPI
 // socket answers), and a new embedded device runs in a process of its own
-// (p) that outlives the caller. Only the key and port that differ are
-// written, so an adopted device keeps its peers and sessions. Release
-// leaves the device running; Close removes it.
+// (p) that outlives the caller, in the network namespace of the calling
+// thread. Only the key and port that differ are written, so an adopted
+// device keeps its peers and sessions. Release leaves the device running;
+// Close removes it.
 func Start(name string, key wgtypes.Key, port, mtu int, p Process, log *slog.Logger) (*Device, error) {
 	wgc, err := wgctrl.New()
 	if err != nil {

@@ -172,11 +172,12 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 }
 
 // Close releases handles and the registry connection; the datapath stays
-// attached and pinned. Embedded WireGuard devices live in this process and
-// stop with it.
+// attached and pinned, and the WireGuard devices keep running with their
+// peers (kernel devices, and embedded ones in their own processes): the
+// next start adopts them. Only network deletion and Cleanup remove them.
 func (s *Service) Close() error {
 	for _, d := range s.wireguard.devs {
-		d.Close()
+		d.Release()
 	}
 	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }(), s.registry.reg.Close())
 }

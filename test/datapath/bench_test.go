@@ -176,7 +176,7 @@ func expect(b *testing.B, e *env, h model.Hook, ifindex uint32, frame []byte, wa
 	})
 }
 
-func eventsOff(b *testing.B, e *env) {
+func eventsOff(b testing.TB, e *env) {
 	b.Helper()
 	if err := e.maps.SetSampleRate(0); err != nil {
 		b.Fatal(err)
@@ -345,6 +345,6 @@ func BenchmarkUplinkNewFlow(b *testing.B) {
 
 // untracked reports whether the conntrack map is empty.
 func untracked(e *env) bool {
-	k := make([]byte, e.dp.Maps.TnCtV1.KeySize())
-	return errors.Is(e.dp.Maps.TnCtV1.NextKey(nil, k), ebpf.ErrKeyNotExist)
+	k := make([]byte, e.dp.Maps.TnCtV2.KeySize())
+	return errors.Is(e.dp.Maps.TnCtV2.NextKey(nil, k), ebpf.ErrKeyNotExist)
 }

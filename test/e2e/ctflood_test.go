@@ -203,4 +203,6 @@ func TestConntrackFlood(t *testing.T) {
 	t.Logf("evil holds %d flows (its quota), %d new flows refused as ct-quota; acme holds %d", fills[evil].Flows, refused, fills[tenant["acme"]].Flows)
 }
 
-func putLE32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24) }
+func putLE32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}

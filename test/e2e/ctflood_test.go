@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
@@ -201,6 +202,47 @@ func TestConntrackFlood(t *testing.T) {
 		t.Fatalf("evil holds %d flows of its quota %d, %d refused: want the quota full and the rest refused", fills[evil].Flows, fills[evil].FlowsMax, refused)
 	}
 	t.Logf("evil holds %d flows (its quota), %d new flows refused as ct-quota; acme holds %d", fills[evil].Flows, refused, fills[tenant["acme"]].Flows)
+
+	// The outside flood once more through the real path (a raw socket on
+	// the internet bridge, the uplink, the node's forwarding, e1's port),
+	// smaller: the rate says what 2M would take.
+	const real = 200_000
+	beforeIn = nodeCounter(t, g.pin, evil, policy.DirIn, policy.DropCTQuota).Packets
+	start = time.Now()
+	if err := g.inet.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrInet6{Addr: e1.As16()}
+		for i := 0; i < real; i++ {
+			src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xf2, byte(i >> 16), 0, 0, 0, 0, 0, 0, byte(i >> 8), byte(i), 0, 1})
+			frame := packet.Build(packet.Spec{Src: src, Dst: e1, Proto: 6, Sport: uint16(1024 + i%60000), Dport: 8080, TCPFlags: 0x02})
+			if err := unix.Sendto(fd, frame[14:], 0, to); err != nil {
+				return fmt.Errorf("send %d: %w", i, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("raw flood: %v", err)
+	}
+	sent := time.Since(start)
+	var got uint64
+	retry(t, 20*time.Second, "the raw flood counted", func() error {
+		got = nodeCounter(t, g.pin, evil, policy.DirIn, policy.DropCTQuota).Packets - beforeIn
+		if got < real*9/10 {
+			return fmt.Errorf("%d of %d refusals counted", got, real)
+		}
+		return nil
+	})
+	all := time.Since(start)
+	t.Logf("raw-socket outside flood: %d SYNs sent in %v, %d refused as ct-quota at e1's port within %v (%.0f/s: 2M would take %v)",
+		real, sent.Round(time.Millisecond), got, all.Round(time.Millisecond), float64(got)/all.Seconds(),
+		time.Duration(float64(all)*2e6/float64(got)).Round(time.Second))
+	if err := exchange("after the raw flood"); err != nil {
+		t.Fatalf("acme's connection after the raw flood: %v", err)
+	}
 }
 
 func putLE32(b []byte, v uint32) {

@@ -122,10 +122,20 @@ func (d *Device) configure(key wgtypes.Key, port int) error {
 	if cfg.PrivateKey == nil && cfg.ListenPort == nil {
 		return nil
 	}
-	if err := d.wgc.ConfigureDevice(d.Name, cfg); err != nil {
-		return fmt.Errorf("configure %s: %w", d.Name, err)
+	// A device process that just died (the one this Start replaces) may
+	// still hold the port for a moment: its TUN closes, and the link with
+	// it, before its UDP socket does. Retry that, briefly.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err = d.wgc.ConfigureDevice(d.Name, cfg)
+		if err == nil {
+			return nil
+		}
+		// wgctrl reports wireguard-go's errno as text ("errno=-98").
+		inUse := errors.Is(err, unix.EADDRINUSE) || strings.Contains(err.Error(), fmt.Sprintf("errno=-%d", int(unix.EADDRINUSE)))
+		if !inUse || time.Now().After(deadline) {
+			return fmt.Errorf("configure %s: %w", d.Name, err)
+		}
 	}
-	return nil
 }
 
 // spawn starts the device's process and waits until it is up. The child

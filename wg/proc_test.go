@@ -51,10 +51,16 @@ func TestStartAdopt(t *testing.T) {
 	p := Process{Exe: exe, Log: filepath.Join(t.TempDir(), name+".log")}
 	key, _ := wgtypes.GeneratePrivateKey()
 	peer, _ := wgtypes.GeneratePrivateKey()
+	// Asked inside the namespace (it tries a wireguard link); the skip
+	// must come from the test's goroutine, not from inside ns.Do.
+	var kernelWG bool
+	if err := ns.Do(func() error { kernelWG = kernelHasWireGuard(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if kernelWG {
+		t.Skip("the kernel's WireGuard is used here: no device process")
+	}
 	err = ns.Do(func() error {
-		if kernelHasWireGuard() {
-			t.Skip("the kernel's WireGuard is used here: no device process")
-		}
 		d, err := Start(name, key, 51998, 1420, p, slog.Default())
 		if err != nil {
 			return err

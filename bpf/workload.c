@@ -33,41 +33,24 @@ struct tn_btf_types {
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
-static __always_inline int tn_is_link_local(const __u8 *a)
-{
-	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
-}
-
-static __always_inline int tn_is_unspecified(const __u8 *a)
-{
-	__u64 hi, lo;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&lo, a + 8, 8);
-	return !hi && !lo;
-}
-
-/* Is the source bound to the port? Link-local and unspecified sources are
- * accepted for ICMPv6 link traffic only (DAD, ND, RS, MLD). */
+/* Is the source bound to the port? Its own link-local is bound like its
+ * other addresses (tenantnetd derives it from the MAC it gave the
+ * workload); `::` only where RFC 4861/4862/3810 allow it (lib/icmp.h). */
 static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
 {
-	struct tn_srcaddr_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
-
 	if (p->l3 == ETH_P_ARP) {
 		if (!(p->arp_spa[0] | p->arp_spa[1] | p->arp_spa[2] |
 		      p->arp_spa[3]))
 			return 1; /* ARP probe (RFC 5227) */
+		__u8 a[TN_ADDR_LEN];
 		__be32 spa;
 		__builtin_memcpy(&spa, p->arp_spa, 4);
-		tn_map_v4(k.addr, spa);
-	} else {
-		if (p->l3 == ETH_P_IPV6 && p->proto == IPPROTO_ICMPV6 &&
-		    p->frag != TN_FRAG_LATER &&
-		    tn_icmp6_is_link(p->icmp_type) &&
-		    (tn_is_link_local(p->src) || tn_is_unspecified(p->src)))
-			return 1;
-		__builtin_memcpy(k.addr, p->src, TN_ADDR_LEN);
+		tn_map_v4(a, spa);
+		return tn_port_owns(ifindex, a);
 	}
-	return bpf_map_lookup_elem(&tn_srcaddr_v1, &k) != NULL;
+	if (p->l3 == ETH_P_IPV6 && tn_is_unspecified(p->src))
+		return tn_unspecified_ok(p);
+	return tn_port_owns(ifindex, p->src);
 }
 
 SEC("tc")
@@ -111,7 +94,7 @@ int tn_from_workload(struct __sk_buff *skb)
 			goto out;
 		}
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_OUT);
+	reason = tn_stateful(skb, &p, ifindex, tenant, TN_DIR_OUT);
 out:
 	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
 		return TC_ACT_SHOT;
@@ -143,7 +126,7 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_SPOOF_PATH;
 		goto out;
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_IN);
+	reason = tn_stateful(skb, &p, ifindex, tenant, TN_DIR_IN);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
 		       ? TC_ACT_SHOT

@@ -161,6 +161,7 @@ const (
 	WorkloadTnReasonTN_PASS_FRAG           WorkloadTnReason = 5
 	WorkloadTnReasonTN_PASS_REDIRECT       WorkloadTnReason = 6
 	WorkloadTnReasonTN_PASS_STACK          WorkloadTnReason = 7
+	WorkloadTnReasonTN_PASS_RELATED        WorkloadTnReason = 8
 	WorkloadTnReasonTN_DROP_FIRST          WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_TRUNCATED      WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_MALFORMED      WorkloadTnReason = 65
@@ -178,7 +179,9 @@ const (
 	WorkloadTnReasonTN_DROP_ROUTE          WorkloadTnReason = 77
 	WorkloadTnReasonTN_DROP_INTERNAL       WorkloadTnReason = 78
 	WorkloadTnReasonTN_DROP_SPOOF_PATH     WorkloadTnReason = 79
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 80
+	WorkloadTnReasonTN_DROP_ND_SPOOF       WorkloadTnReason = 80
+	WorkloadTnReasonTN_DROP_ROUTING_HDR    WorkloadTnReason = 81
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 82
 )
 
 type WorkloadTnRhostKey struct {

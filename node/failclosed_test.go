@@ -21,7 +21,9 @@ func TestFailClosedRoutes(t *testing.T) {
 	via := func(p netip.Prefix, kind bpfmaps.RouteKind) bpfmaps.Route {
 		return bpfmaps.Route{Tenant: 7, Prefix: p, Kind: kind, Ifindex: dev, Redirect: true, MTU: 1420}
 	}
-	drop := func(p netip.Prefix) bpfmaps.Route { return bpfmaps.Route{Tenant: 7, Prefix: p, Kind: bpfmaps.RouteDrop} }
+	drop := func(p netip.Prefix) bpfmaps.Route {
+		return bpfmaps.Route{Tenant: 7, Prefix: p, Kind: bpfmaps.RouteDrop}
+	}
 	tests := []struct {
 		name  string
 		peers []wg.Peer

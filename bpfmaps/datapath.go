@@ -71,6 +71,14 @@ func (x *Maps) BindPort(b PortBinding) error {
 	return nil
 }
 
+// HasSource reports whether a is bound to the port ifindex as a host
+// address (tn_srcaddr_v1).
+func (x *Maps) HasSource(ifindex uint32, a netip.Addr) bool {
+	var v uint32
+	k := loader.WorkloadTnSrcaddrKey{Prefixlen: 32 + 128, Ifindex: ifindex, Addr: policy.Addr16(a)}
+	return x.m.TnSrcaddrV1.Lookup(k, &v) == nil
+}
+
 // UnbindPort removes a binding: the port entry first (the port then drops
 // everything: fail closed), then its addresses and endpoints.
 func (x *Maps) UnbindPort(ifindex uint32) error {

@@ -46,11 +46,15 @@ type PortBinding struct {
 
 // BindPort writes a binding. Addresses and endpoints are written before the
 // port entry that makes the programs use them, so a port never passes
-// traffic on a half-written binding.
+// traffic on a half-written binding. A port bound before gets exactly the
+// new addresses: those it had and no longer has go (after the new ones
+// are in), so re-binding never leaves an old source allowed.
 func (x *Maps) BindPort(b PortBinding) error {
 	if b.Tenant == 0 {
 		return fmt.Errorf("bind ifindex %d: tenant 0 is reserved", b.Ifindex)
 	}
+	var was loader.WorkloadTnPort
+	rebind := x.m.TnPortsV1.Lookup(b.Ifindex, &was) == nil
 	for _, p := range b.Addrs {
 		a, bits := policy.Prefix16(p)
 		k := loader.WorkloadTnSrcaddrKey{Prefixlen: uint32(32 + bits), Ifindex: b.Ifindex, Addr: a}
@@ -68,7 +72,15 @@ func (x *Maps) BindPort(b PortBinding) error {
 	if err := update(x.m.TnPortsV1, b.Ifindex, port); err != nil {
 		return fmt.Errorf("bind ifindex %d: %w", b.Ifindex, err)
 	}
-	return nil
+	if !rebind {
+		return nil // a new port has no old addresses (and a bulk bind at boot no trie walk)
+	}
+	keep := map[loader.WorkloadTnSrcaddrKey]bool{}
+	for _, p := range b.Addrs {
+		a, bits := policy.Prefix16(p)
+		keep[loader.WorkloadTnSrcaddrKey{Prefixlen: uint32(32 + bits), Ifindex: b.Ifindex, Addr: a}] = true
+	}
+	return x.deleteAddrs(b.Ifindex, keep)
 }
 
 // HasSource reports whether a is bound to the port ifindex as a host
@@ -79,18 +91,15 @@ func (x *Maps) HasSource(ifindex uint32, a netip.Addr) bool {
 	return x.m.TnSrcaddrV1.Lookup(k, &v) == nil
 }
 
-// UnbindPort removes a binding: the port entry first (the port then drops
-// everything: fail closed), then its addresses and endpoints.
-func (x *Maps) UnbindPort(ifindex uint32) error {
-	if err := x.m.TnPortsV1.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("unbind ifindex %d: %w", ifindex, err)
-	}
+// deleteAddrs removes the source addresses of ifindex not in keep, and the
+// endpoints of those that are host addresses of this port.
+func (x *Maps) deleteAddrs(ifindex uint32, keep map[loader.WorkloadTnSrcaddrKey]bool) error {
 	var k loader.WorkloadTnSrcaddrKey
 	var v uint32
 	var stale []loader.WorkloadTnSrcaddrKey
 	it := x.m.TnSrcaddrV1.Iterate()
 	for it.Next(&k, &v) {
-		if k.Ifindex == ifindex {
+		if k.Ifindex == ifindex && !keep[k] {
 			stale = append(stale, k)
 		}
 	}
@@ -110,6 +119,15 @@ func (x *Maps) UnbindPort(ifindex uint32) error {
 		}
 	}
 	return nil
+}
+
+// UnbindPort removes a binding: the port entry first (the port then drops
+// everything: fail closed), then its addresses and endpoints.
+func (x *Maps) UnbindPort(ifindex uint32) error {
+	if err := x.m.TnPortsV1.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unbind ifindex %d: %w", ifindex, err)
+	}
+	return x.deleteAddrs(ifindex, nil)
 }
 
 // Ports lists the bound ports: ifindex -> tenant.

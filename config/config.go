@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +53,35 @@ type Node struct {
 	// the kernel's routes (the programs still check). Default true.
 	FastPath *bool    `yaml:"fast_path"`
 	Registry Registry `yaml:"registry"`
+	// HostServices are the node's own services its tenants' workloads may
+	// reach ("udp/53", "tcp/8053"): nothing else of the node is theirs to
+	// reach (its uplink addresses, sshd, etcd, metrics, WireGuard ports),
+	// beyond neighbour discovery and ICMPv6 errors.
+	HostServices []HostService `yaml:"host_services"`
+	// DropEventSampleRate: a drop event for about 1 in N drops (0: none;
+	// default 64). Every event takes the ring buffer's lock, so 1 (every
+	// drop) serialises a flood's drop path; the counters count every drop
+	// whatever this is.
+	DropEventSampleRate *uint32 `yaml:"drop_event_sample_rate"`
+}
+
+// HostService is a protocol and port of the node open to workloads.
+type HostService struct {
+	Proto string // tcp or udp
+	Port  uint16
+}
+
+func (h HostService) String() string { return fmt.Sprintf("%s/%d", h.Proto, h.Port) }
+
+// UnmarshalYAML reads "tcp/8053".
+func (h *HostService) UnmarshalYAML(v *yaml.Node) error {
+	proto, port, ok := strings.Cut(v.Value, "/")
+	n, err := strconv.ParseUint(port, 10, 16)
+	if !ok || (proto != "tcp" && proto != "udp") || err != nil || n == 0 {
+		return &FieldError{"host_services", v.Value, "want tcp/PORT or udp/PORT"}
+	}
+	h.Proto, h.Port = proto, uint16(n)
+	return nil
 }
 
 // Registry says where the grid registry lives (used by the multi-node
@@ -98,6 +128,10 @@ func (n *Node) defaults() {
 	if n.FastPath == nil {
 		on := true
 		n.FastPath = &on
+	}
+	if n.DropEventSampleRate == nil {
+		rate := uint32(64)
+		n.DropEventSampleRate = &rate
 	}
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = defaults.RegistryDir

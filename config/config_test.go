@@ -20,6 +20,10 @@ func TestParse(t *testing.T) {
 	if n.MTU != 0 || n.WireGuardOverhead() != 80 || n.StateDir != "/var/lib/tenantnet" || n.WGPortBase != 51820 {
 		t.Fatalf("defaults: %+v", n)
 	}
+	hs, err := Parse([]byte(good + "host_services: [\"udp/53\", \"tcp/8053\"]\n"))
+	if err != nil || len(hs.HostServices) != 2 || hs.HostServices[0] != (HostService{"udp", 53}) || hs.HostServices[1].String() != "tcp/8053" {
+		t.Fatalf("host_services: %+v %v", hs.HostServices, err)
+	}
 	bad := []struct{ yaml, want string }{
 		{"uplinks: [eth0]\nprefixes: [\"2001:db8::/48\"]", "node_id: required"},
 		{good + "class: cloud\n", "already defined"},
@@ -37,6 +41,9 @@ func TestParse(t *testing.T) {
 		{"node_id: n\nprefixes: []", "prefixes: at least one"},
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nregistry: {type: etcd}", "registry.endpoints: etcd needs"},
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nregistry: {type: consul}", "registry.type consul"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"icmp/1\"]", "host_services icmp/1: want tcp/PORT or udp/PORT"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"tcp/0\"]", "host_services tcp/0"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"udp/65536\"]", "host_services udp/65536"},
 	}
 	for _, c := range bad {
 		_, err := Parse([]byte(c.yaml))

@@ -252,11 +252,8 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 		if err != nil {
 			return n, err
 		}
-		if workloads := members[Workload](tx, bWorkloads, id); len(workloads) > 0 {
-			return n, fmt.Errorf("network %s still has workloads %v: %w", id, workloads, ErrConflict)
-		}
-		if users := members[User](tx, bUsers, id); len(users) > 0 {
-			return n, fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
+		if err := deletable(tx, id); err != nil {
+			return n, err
 		}
 		idx := s.subnetIndex(n.Prefix)
 		return n, errors.Join(
@@ -266,6 +263,28 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 			tx.Bucket(bPorts).Delete(be32(uint32(n.WGPort))),
 		)
 	})
+}
+
+// CheckDeletable says whether DeleteNetwork would refuse the network (it
+// has workloads or users), so that a caller can remove what hangs off the
+// network elsewhere (the firewall tenant) first.
+func (s *Store) CheckDeletable(id string) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		if _, err := get[Network](tx, bNetworks, "network", id); err != nil {
+			return err
+		}
+		return deletable(tx, id)
+	})
+}
+
+func deletable(tx *bolt.Tx, id string) error {
+	if workloads := members[Workload](tx, bWorkloads, id); len(workloads) > 0 {
+		return fmt.Errorf("network %s still has workloads %v: %w", id, workloads, ErrConflict)
+	}
+	if users := members[User](tx, bUsers, id); len(users) > 0 {
+		return fmt.Errorf("network %s still has users %v: %w", id, users, ErrConflict)
+	}
+	return nil
 }
 
 // member is a record that belongs to a network: a workload or a user.

@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/internal/defaults"
 	"github.com/tenantnet/tenantnet/ipam"
@@ -65,19 +66,37 @@ func (s *Service) addNetworkLocked(id string, mtu int, declared bool) (api.Netwo
 		return api.NetworkInfo{}, false, e
 	}
 	if err := s.withFirewall(func(fw fwAPI) error {
+		if created {
+			// Tenant numbers are handed out again at once: whatever a
+			// network of this number left behind (a delete interrupted
+			// between the firewall and IPAM: its rules, its policy)
+			// goes before the new network inherits it.
+			if err := fw.DeleteTenant(n.Num); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
+				return fmt.Errorf("clear what tenant %d left: %w", n.Num, err)
+			}
+		}
 		if err := fw.EnsureTenant(n.Num, n.ID, []netip.Prefix{n.Prefix}); err != nil {
 			return err
 		}
 		if !created {
 			return nil
 		}
-		// Workloads of one network reach each other by default: an
-		// ordinary rule the tenant sees in `tenantfw rule list` and may
-		// delete.
+		// Workloads of one network reach each other by default: a rule
+		// of tenantnetd's (owner), which the tenant sees in `tenantfw
+		// rule list` and narrows with rules of its own.
 		_, _, err := fw.AddRule(sameNetworkRule(n.Num, n.Prefix))
 		return err
 	}); err != nil {
 		return undo(err)
+	}
+	if created {
+		// And the flows a former network of this number (or /64) left in
+		// conntrack: they would pass before any check of the new one.
+		if k, err := bpfmaps.New(s.dp).FlushFlows(n.Num); err != nil {
+			return undo(fmt.Errorf("flush the flows of tenant %d: %w", n.Num, err))
+		} else if k > 0 {
+			s.log.Info("flushed the flows a former network left", "network", id, "tenant", n.Num, "flows", k)
+		}
 	}
 	sn, err := s.snapshot(false)
 	if err != nil {
@@ -100,17 +119,26 @@ func (s *Service) DeleteNetwork(id string) error {
 }
 
 func (s *Service) deleteNetworkLocked(id string) error {
-	n, err := s.ipam.DeleteNetwork(id)
+	// The firewall tenant goes first: if that fails, the network stays
+	// whole (IPAM still holds its number), instead of leaving rules and a
+	// policy that the next network of the same number would inherit.
+	n, err := s.ipam.Network(id)
 	if err != nil {
+		return err
+	}
+	if err := s.ipam.CheckDeletable(id); err != nil {
+		return err
+	}
+	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
+		return err
+	}
+	if _, err := s.ipam.DeleteNetwork(id); err != nil {
 		return err
 	}
 	if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
 		if err := s.nl.LinkDel(l); err != nil {
 			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)
 		}
-	}
-	if err := s.withFirewall(func(fw fwAPI) error { return fw.DeleteTenant(n.Num) }); err != nil && !errors.Is(err, firewall.ErrUnknownTenant) {
-		return err
 	}
 	// Its keys go too: a network of the same id made later is a new one
 	// (and must not inherit a staged key whose time has passed).

@@ -17,10 +17,6 @@ import (
 	"github.com/tenantnet/tenantnet/wg"
 )
 
-// uapiDir is where embedded wireguard-go devices have their UAPI sockets
-// (wireguard-go's ipc package fixes it).
-const uapiDir = "/var/run/wireguard"
-
 // isOurWG reports whether name is a WireGuard device of node (wg.Name of
 // some network number): other nodes on the same machine (the demo, the
 // tests) have devices with another tag, which are not touched.
@@ -36,7 +32,7 @@ func isOurWG(name, node string) bool {
 // CleanupReport says what Cleanup removed.
 type CleanupReport struct {
 	Links       int  // bridges and workload ports deleted
-	WireGuard   int  // WireGuard devices of this node deleted
+	WireGuard   int  // WireGuard devices of this node deleted (embedded ones: their processes stopped)
 	ExitRules   int  // exit policy-routing rules removed (their tables flushed)
 	Unreachable int  // fail-closed unreachable routes removed from the main table
 	Sockets     int  // UAPI sockets of embedded WireGuard devices removed (left by a kill)
@@ -44,9 +40,10 @@ type CleanupReport struct {
 }
 
 // Cleanup removes everything of ours from the node: bridges and workload
-// ports (the names reconcile owns, isOurs), this node's WireGuard devices,
-// the exit policy routing, the datapath (detached, unpinned), the API
-// socket and leftover UAPI sockets; with purge, the state directory too.
+// ports (the names reconcile owns, isOurs), this node's WireGuard devices
+// (the embedded ones' processes stopped), the exit policy routing, the
+// datapath (detached, unpinned), the API socket and leftover UAPI
+// sockets; with purge, the state directory too.
 // Links that cannot be deleted are skipped (not counted); any other
 // failure stops it with the report so far.
 func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
@@ -68,9 +65,9 @@ func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
 				rep.Links++
 			}
 		case isOurWG(name, cfg.NodeID):
-			// Kernel devices outlive the process (embedded ones die with
-			// it, but a TUN left behind goes as well).
-			if h.LinkDel(l) == nil {
+			// Kernel devices and the embedded devices' processes outlive
+			// tenantnetd: both go here (and with their network).
+			if wg.Remove(name) == nil {
 				rep.WireGuard++
 			}
 		}
@@ -81,11 +78,14 @@ func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
 	if rep.Unreachable, err = RemoveUnreachable(h); err != nil {
 		return rep, fmt.Errorf("remove the fail-closed routes: %w", err)
 	}
+	if _, err := RemoveHostGuard(); err != nil {
+		return rep, fmt.Errorf("remove the nftables table %s: %w", hostGuardTable, err)
+	}
 	if err := loader.Remove(cfg.BPFDir); err != nil {
 		return rep, err
 	}
 	os.Remove(cfg.APISocket) // best effort, as the sockets below
-	socks, _ := filepath.Glob(filepath.Join(uapiDir, "tg*.sock"))
+	socks, _ := filepath.Glob(filepath.Join(wg.UAPIDir, "tg*.sock"))
 	for _, s := range socks {
 		if isOurWG(strings.TrimSuffix(filepath.Base(s), ".sock"), cfg.NodeID) && os.Remove(s) == nil {
 			rep.Sockets++

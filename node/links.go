@@ -65,6 +65,33 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
+// routerSysctlsHost makes the node an IPv6 router and keeps its uplinks'
+// default routes: with forwarding on, an interface with accept_ra=1
+// ignores router advertisements, so a node whose default route comes from
+// RA (home-ipv6, most clouds) would lose it when the router lifetime ends;
+// accept_ra=2 accepts them while forwarding (an uplink set to 0 by the
+// operator stays 0). IPv4 forwarding is not switched on: no feature needs
+// the node to route IPv4 (tenants are IPv6; WireGuard's IPv4 underlay is
+// the node's own traffic).
+func routerSysctlsHost(uplinks []string) error {
+	if err := sysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+		return fmt.Errorf("sysctl net/ipv6/conf/all/forwarding: %w", err)
+	}
+	for _, u := range uplinks {
+		path := fmt.Sprintf("net/ipv6/conf/%s/accept_ra", u)
+		b, err := os.ReadFile("/proc/sys/" + path)
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w", path, err)
+		}
+		if strings.TrimSpace(string(b)) == "1" {
+			if err := sysctl(path, "2"); err != nil {
+				return fmt.Errorf("sysctl %s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
 // routerSysctls are the bridge's IPv6 settings for a router: no RAs, no
 // DAD for its own addresses, forwarding.
 var routerSysctls = [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"forwarding", "1"}}

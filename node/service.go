@@ -95,10 +95,8 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err := cfg.CheckUplinks(); err != nil {
 		return nil, err
 	}
-	for _, kv := range [][2]string{{"net/ipv6/conf/all/forwarding", "1"}, {"net/ipv4/ip_forward", "1"}} {
-		if err := sysctl(kv[0], kv[1]); err != nil {
-			return nil, fmt.Errorf("sysctl %s: %w", kv[0], err)
-		}
+	if err := routerSysctlsHost(cfg.Uplinks); err != nil {
+		return nil, err
 	}
 	// What is opened here is closed again if New fails later.
 	closeOnError := func(c func() error) {
@@ -111,11 +109,16 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(st.Close)
-	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: 1})
+	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: *cfg.DropEventSampleRate})
 	if err != nil {
 		return nil, err
 	}
 	defer closeOnError(dp.Close)
+	// Maps that outlive a restart keep the rate they were made with
+	// unless told: the configuration decides, every start.
+	if err := bpfmaps.New(dp).SetSampleRate(*cfg.DropEventSampleRate); err != nil {
+		return nil, fmt.Errorf("drop event sample rate: %w", err)
+	}
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return nil, err
@@ -169,11 +172,12 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 }
 
 // Close releases handles and the registry connection; the datapath stays
-// attached and pinned. Embedded WireGuard devices live in this process and
-// stop with it.
+// attached and pinned, and the WireGuard devices keep running with their
+// peers (kernel devices, and embedded ones in their own processes): the
+// next start adopts them. Only network deletion and Cleanup remove them.
 func (s *Service) Close() error {
 	for _, d := range s.wireguard.devs {
-		d.Close()
+		d.Release()
 	}
 	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }(), s.registry.reg.Close())
 }
@@ -275,6 +279,9 @@ func (s *Service) reconcileLocked(deep bool) error {
 }
 
 func (s *Service) reconcileOnce(r *repairs, deep bool) error {
+	if err := s.syncHostGuard(r); err != nil {
+		return err
+	}
 	declErr := s.reconcileDeclared(r)
 	nets, err := s.ipam.Networks()
 	if err != nil {
@@ -341,7 +348,42 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 			errs = append(errs, fmt.Errorf("delete stray %s: %w", name, err))
 			continue
 		}
+		sn.deleted = append(sn.deleted, name)
 		r.add("deleted stray link %s", name)
+	}
+	if err := s.sweepPortBindings(sn, r); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// sweepPortBindings removes the datapath bindings (port, source
+// addresses, endpoints) of interfaces that no longer exist: a veth that
+// vanished with its namespace, a stray link deleted above. Left alone they
+// would pile up until tn_ports_v1 is full, and a new interface that gets
+// the old index would inherit the old workload's addresses.
+func (s *Service) sweepPortBindings(sn *snapshot, r *repairs) error {
+	if len(sn.links) == 0 {
+		return nil // a snapshot of one workload's links (snapshotFor) says nothing of the others
+	}
+	alive := map[uint32]bool{}
+	for _, l := range sn.links {
+		alive[uint32(l.Attrs().Index)] = true
+	}
+	for _, name := range sn.deleted {
+		delete(alive, uint32(sn.links[name].Attrs().Index))
+	}
+	m := bpfmaps.New(s.dp)
+	var errs []error
+	for idx := range sn.ports {
+		if alive[idx] {
+			continue
+		}
+		if err := m.UnbindPort(idx); err != nil {
+			errs = append(errs, fmt.Errorf("sweep the binding of ifindex %d: %w", idx, err))
+			continue
+		}
+		r.add("swept the binding of vanished ifindex %d", idx)
 	}
 	return errors.Join(errs...)
 }

@@ -31,6 +31,8 @@ type snapshot struct {
 	// deep: attachments were checked with the kernel, and settings that
 	// rarely drift (sysctls) are checked too
 	deep bool
+	// deleted are links of links this run deleted (stray ones)
+	deleted []string
 }
 
 // snapshotFor reads only what one workload needs (AddWorkload): reading

@@ -6,6 +6,8 @@ package node
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"net/netip"
@@ -135,7 +137,9 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		return s.syncTenantPrefixes(n, want.prefixes, r)
 	}
 	if d != nil {
-		if _, err := s.nl.LinkByName(name); err != nil { // deleted by hand
+		// Deleted by hand, or an embedded device whose process died (its
+		// TUN goes with it): Start makes a new one.
+		if _, err := s.nl.LinkByName(name); err != nil {
 			s.closeWG(n.ID, d) // the sweep removes the dead device's binding
 			d = nil
 		}
@@ -145,15 +149,21 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		if err != nil {
 			return err
 		}
-		if d, err = wg.Open(name, key, n.WGPort, n.MTU, s.log); err != nil {
+		if d, err = wg.Start(name, key, n.WGPort, n.MTU, s.wgProcess(name), s.log); err != nil {
 			return err
 		}
-		if s.wireguard.started[n.ID] {
+		switch {
+		case s.wireguard.started[n.ID]:
 			r.add("restarted wireguard %s (%s) for network %s", name, d.Impl, n.ID)
-		} else {
+		case d.Adopted:
+			// A device left running by the previous process (a
+			// restart, an upgrade, a crash): its peers and sessions
+			// carry on.
+			s.log.Info("wireguard adopted", "device", name, "implementation", d.Impl, "pid", d.PID, "network", n.ID)
+		default:
 			// Starting the device with the process (or with its first
 			// peer) is not a repair.
-			s.log.Info("wireguard started", "device", name, "implementation", d.Impl, "network", n.ID, "port", n.WGPort)
+			s.log.Info("wireguard started", "device", name, "implementation", d.Impl, "pid", d.PID, "network", n.ID, "port", n.WGPort)
 		}
 		s.wireguard.started[n.ID] = true
 		s.wireguard.devs[n.ID] = d
@@ -231,6 +241,16 @@ func (s *Service) syncRoutes(dev string, peers []wg.Peer, r *repairs) error {
 		r.add("routed %s via %s", p, dev)
 	}
 	return nil
+}
+
+// wgProcess is how an embedded device runs: this binary's wg.HelperCommand,
+// logging to <state>/wireguard/<device>.log.
+func (s *Service) wgProcess(name string) wg.Process {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	return wg.Process{Exe: exe, Log: filepath.Join(s.keysDir(), name+".log")}
 }
 
 // PeerStats is one peer for metrics.

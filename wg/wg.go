@@ -1,7 +1,8 @@
 // Package wg runs one WireGuard interface per tenant network on a node:
 // the kernel's when the wireguard module exists, else embedded
-// wireguard-go on /dev/net/tun with its UAPI socket, so that wgctrl and
-// `wg show` work on either. Peers are applied as per-peer diffs: a steady
+// wireguard-go on /dev/net/tun with its UAPI socket (in a process of its
+// own that outlives the service, proc.go), so that wgctrl and `wg show`
+// work on either. Peers are applied as per-peer diffs: a steady
 // state rewrites nothing (rewriting all peers drops sessions).
 package wg
 
@@ -20,10 +21,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/ipc"
-	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -57,10 +55,15 @@ type Peer struct {
 type Device struct {
 	Name string
 	Impl Impl
-	dev  *device.Device // embedded only
-	uapi net.Listener
-	wgc  *wgctrl.Client
-	log  *slog.Logger
+	// PID is the process of an embedded device that Start runs or
+	// adopted (0 for a kernel device and for one in this process).
+	PID int
+	// Adopted: Start found the device running and took it over.
+	Adopted bool
+	dev     *device.Device // embedded in this process (Open) only
+	uapi    net.Listener
+	wgc     *wgctrl.Client
+	log     *slog.Logger
 
 	mu        sync.Mutex
 	endpoints map[wgtypes.Key]string // last endpoint seen per peer
@@ -86,7 +89,10 @@ func LoadKey(dir, network string) (wgtypes.Key, error) {
 	return k, writeFileAtomic(path, []byte(k.String()))
 }
 
-// Open creates (or takes over) the interface and sets key and port.
+// Open creates (or takes over) the interface and sets key and port. An
+// embedded device runs in this process and ends with it (a test, a user's
+// laptop); a service that must restart without taking its devices down
+// uses Start.
 func Open(name string, key wgtypes.Key, port, mtu int, log *slog.Logger) (*Device, error) {
 	wgc, err := wgctrl.New()
 	if err != nil {
@@ -98,16 +104,19 @@ func Open(name string, key wgtypes.Key, port, mtu int, log *slog.Logger) (*Devic
 	switch {
 	case err == nil || errors.Is(err, os.ErrExist):
 		d.Impl = Kernel
+		if err := d.configure(key, port); err != nil {
+			d.Close()
+			return nil, err
+		}
 	default:
 		if l, lerr := netlink.LinkByName(name); lerr == nil {
 			netlink.LinkDel(l) // a stale TUN of a previous process
 		}
-		if err := d.openEmbedded(mtu); err != nil {
+		if d.dev, d.uapi, err = serveEmbedded(name, mtu, log); err != nil {
 			wgc.Close()
 			return nil, err
 		}
-	}
-	if d.dev != nil {
+		d.Impl = Embedded
 		// In process, on the calling thread: wireguard-go opens its UDP
 		// sockets in the network namespace of the thread that sets the
 		// port (the UAPI socket's goroutines may run anywhere).
@@ -116,60 +125,21 @@ func Open(name string, key wgtypes.Key, port, mtu int, log *slog.Logger) (*Devic
 			d.Close()
 			return nil, fmt.Errorf("configure %s: %w", name, err)
 		}
-	} else {
-		p := port
-		if err := wgc.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &p}); err != nil {
-			d.Close()
-			return nil, fmt.Errorf("configure %s: %w", name, err)
-		}
 	}
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		d.Close()
-		return nil, err
-	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		d.Close()
-		return nil, err
-	}
-	return d, nil
+	return d, d.up()
 }
 
-func (d *Device) openEmbedded(mtu int) error {
-	t, err := tun.CreateTUN(d.Name, mtu)
-	if err != nil {
-		return fmt.Errorf("create tun %s: %w", d.Name, err)
+// up sets the link up (a no-op when it is).
+func (d *Device) up() error {
+	l, err := netlink.LinkByName(d.Name)
+	if err == nil {
+		err = netlink.LinkSetUp(l)
 	}
-	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(format string, a ...any) {
-		d.log.Warn("wireguard-go", "device", d.Name, "msg", fmt.Sprintf(format, a...))
-	}}
-	d.dev = device.NewDevice(t, conn.NewDefaultBind(), logger)
-	f, err := ipc.UAPIOpen(d.Name)
 	if err != nil {
-		d.dev.Close()
-		return fmt.Errorf("uapi %s: %w", d.Name, err)
+		d.Release()
+		return fmt.Errorf("%s up: %w", d.Name, err)
 	}
-	// Not ipc.UAPIListen: it spends an inotify instance per device
-	// (fs.inotify.max_user_instances, 128 by default, is shared by every
-	// process of the user) to notice the socket file being deleted. We
-	// own the socket; a plain listener is enough.
-	d.uapi, err = net.FileListener(f)
-	f.Close()
-	if err != nil {
-		d.dev.Close()
-		return fmt.Errorf("uapi listen %s: %w", d.Name, err)
-	}
-	go func() {
-		for {
-			c, err := d.uapi.Accept()
-			if err != nil {
-				return
-			}
-			go d.dev.IpcHandle(c)
-		}
-	}()
-	d.Impl = Embedded
-	return d.dev.Up()
+	return nil
 }
 
 // PublicKey of the device.
@@ -300,19 +270,26 @@ func (d *Device) SetPeers(want []Peer) (int, error) {
 	return len(cfg), d.wgc.ConfigureDevice(d.Name, wgtypes.Config{Peers: cfg})
 }
 
-// Close stops the device (embedded: the interface goes with it).
+// Close removes the device: the interface goes, and an embedded device's
+// process (Remove) or the device in this process stops.
 func (d *Device) Close() error {
+	if d.dev == nil {
+		return errors.Join(Remove(d.Name), d.wgc.Close())
+	}
+	return d.Release()
+}
+
+// Release lets go of the device and leaves it running: a kernel device
+// and an embedded one in a process of its own (Start) stay, with their
+// peers and sessions, for the next Start to adopt. A device in this
+// process (Open) cannot outlive it and stops.
+func (d *Device) Release() error {
 	if d.uapi != nil {
+		os.Remove(sockPath(d.Name))
 		d.uapi.Close()
-		os.Remove(filepath.Join("/var/run/wireguard", d.Name+".sock"))
 	}
 	if d.dev != nil {
 		d.dev.Close()
-	}
-	if d.Impl == Kernel {
-		if l, err := netlink.LinkByName(d.Name); err == nil {
-			netlink.LinkDel(l)
-		}
 	}
 	return d.wgc.Close()
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/internal/defaults"
+	"github.com/tenantnet/tenantnet/wg"
 )
 
 // Env is what every command gets: the global flags it takes and stdout.
@@ -45,6 +46,9 @@ Run 'tenantnetd <command> --help' for flags and examples.
 
 // Main runs tenantnetd and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == wg.HelperCommand {
+		return wireguardGo(args[1:], stderr)
+	}
 	return program().Main(&Env{Stdout: stdout}, args, stdout, stderr)
 }
 

@@ -66,6 +66,6 @@ func serve(cfgPath string) error {
 	go s.Run(ctx)
 	log.Info("tenantnetd ready", "node", cfg.NodeID, "startup", time.Since(start).String(), "metrics", cfg.MetricsAddr)
 	err = api.Serve(ctx, cfg.APISocket, api.Handler(s), log)
-	log.Info("tenantnetd stopping; the datapath stays attached")
+	log.Info("tenantnetd stopping; the datapath stays attached and the WireGuard devices up")
 	return err
 }

@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -147,4 +148,20 @@ func (ns *NetNS) Netlink(tb testing.TB) *netlink.Handle {
 	}
 	tb.Cleanup(h.Close)
 	return h
+}
+
+// IperfReceived is the receiver's rate (bits/s) in iperf3's JSON output
+// (`iperf3 -c ... -J`).
+func IperfReceived(out []byte) (float64, error) {
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	return r.End.SumReceived.BitsPerSecond, nil
 }

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"sync"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
+	"github.com/tenantnet/tenantnet/internal/testutil"
 )
 
 // udpPPS floods small UDP datagrams (64-byte frames) from the sender to the
@@ -97,17 +97,7 @@ func (t *topo) tcpStream(port int, d time.Duration) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var r struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %v", err)
-	}
-	return r.End.SumReceived.BitsPerSecond, nil
+	return testutil.IperfReceived([]byte(out))
 }
 
 // startAcceptor runs a TCP server in the workload that closes every

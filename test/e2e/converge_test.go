@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -30,24 +29,8 @@ func BenchmarkConverge50(b *testing.B) {
 func converge(b *testing.B, members int) {
 	n := newTopo(b)
 	n.up(n.nl, "lo")
-	dir := b.TempDir()
-	regDir := filepath.Join(dir, "registry")
 	id := fmt.Sprintf("conv%d", os.Getpid())
-	d := &daemon{t: b, bin: buildBinary(b, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
-		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
-	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
-uplinks: [uplink]
-prefixes: ["2001:db8:100::/48"]
-addresses: ["2001:db8:ffff::1"]
-state_dir: %s
-bpf_dir: %s
-api_socket: %s
-metrics_listen: 127.0.0.1:19480
-reconcile_interval: 30s
-registry_lease: 3s
-registry: {type: file, dir: %s}
-`, id, filepath.Join(dir, "state"), n.pinDir, d.socket, regDir)), 0o600)
-	d.cleanupAtEnd(id, nil)
+	d, regDir := nodeDaemonEvery(b, n, id, 30*time.Second)
 	d.start()
 	d.must("network", "add", "--id", "acme")
 	reg, err := registry.NewFiles(regDir)

@@ -495,8 +495,16 @@ func checkMetrics(t *testing.T, n *node, addr string) {
 // second) and registers its cleanup: kill, `tenantnetd cleanup`, and the
 // log when the test failed. The caller starts it.
 func nodeDaemon(t testing.TB, n *node, id string) *daemon {
+	d, _ := nodeDaemonEvery(t, n, id, time.Second)
+	return d
+}
+
+// nodeDaemonEvery is nodeDaemon with the reconcile interval given; it also
+// returns the file registry's directory.
+func nodeDaemonEvery(t testing.TB, n *node, id string, reconcile time.Duration) (*daemon, string) {
 	t.Helper()
 	dir := t.TempDir()
+	regDir := filepath.Join(dir, "registry")
 	d := &daemon{t: t, bin: buildBinary(t, "cmd/tenantnetd"), nsName: n.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 		socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
 	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
@@ -507,10 +515,10 @@ state_dir: %s
 bpf_dir: %s
 api_socket: %s
 metrics_listen: 127.0.0.1:%d
-reconcile_interval: 1s
+reconcile_interval: %s
 registry_lease: 3s
 registry: {type: file, dir: %s}
-`, id, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t), filepath.Join(dir, "registry"))), 0o600)
+`, id, filepath.Join(dir, "state"), n.pinDir, d.socket, freePort(t), reconcile, regDir)), 0o600)
 	d.cleanupAtEnd(id, nil)
-	return d
+	return d, regDir
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -89,17 +88,11 @@ func streams(b *testing.B, from, to *testutil.NetNS, addr string) {
 		if err != nil {
 			b.Fatalf("iperf3: %v %s", err, out)
 		}
-		var r struct {
-			End struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
+		bps, err := testutil.IperfReceived(out)
+		if err != nil {
+			b.Fatal(err)
 		}
-		if err := json.Unmarshal(out, &r); err != nil {
-			b.Fatalf("iperf3 output: %v", err)
-		}
-		gbps = append(gbps, r.End.SumReceived.BitsPerSecond/1e9)
+		gbps = append(gbps, bps/1e9)
 	}
 	sort.Float64s(gbps)
 	b.ReportMetric(gbps[1], "Gbit/s")

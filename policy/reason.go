@@ -47,6 +47,9 @@ const (
 	DropNDSpoof Reason = 80
 	// DropRoutingHdr: an IPv6 routing header with segments left.
 	DropRoutingHdr Reason = 81
+	// DropCTQuota: a new flow (or fragmented datagram) that its tenant's
+	// conntrack quota, or a full table, refused.
+	DropCTQuota Reason = 82
 )
 
 var reasonNames = map[Reason]string{
@@ -59,7 +62,7 @@ var reasonNames = map[Reason]string{
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 	DropInternal: "internal", DropSpoofPath: "spoof-path",
-	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header",
+	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header", DropCTQuota: "ct-quota",
 }
 
 // Reasons lists every reason in numeric order.
@@ -67,7 +70,7 @@ func Reasons() []Reason {
 	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
 		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath,
-		DropNDSpoof, DropRoutingHdr}
+		DropNDSpoof, DropRoutingHdr, DropCTQuota}
 }
 
 // IsDrop reports whether the reason drops the packet.

@@ -144,10 +144,10 @@ static __always_inline int tn_related(const void *data, const void *data_end,
 
 	struct tn_ct_key k = {};
 	tn_ct_key(&k, &q, ifindex, 0);
-	struct tn_ct_val *v = bpf_map_lookup_elem(&tn_ct_v1, &k);
+	struct tn_ct_val *v = bpf_map_lookup_elem(&tn_ct_v2, &k);
 	if (!v) {
 		tn_ct_key(&k, &q, ifindex, 1);
-		v = bpf_map_lookup_elem(&tn_ct_v1, &k);
+		v = bpf_map_lookup_elem(&tn_ct_v2, &k);
 		if (!v)
 			return 0;
 	}

@@ -30,44 +30,32 @@ struct tn_btf_types {
 	enum tn_timeout timeout;
 	enum tn_error error;
 	enum tn_frag frag;
+	enum tn_ct_flags ct_flags;
+	enum tn_quota quota;
+	enum tn_ctl_op ctl_op;
+	struct tn_ctl ctl;
+	struct tn_ctfill ctfill;
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
-static __always_inline int tn_is_link_local(const __u8 *a)
-{
-	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
-}
-
-static __always_inline int tn_is_unspecified(const __u8 *a)
-{
-	__u64 hi, lo;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&lo, a + 8, 8);
-	return !hi && !lo;
-}
-
-/* Is the source bound to the port? Link-local and unspecified sources are
- * accepted for ICMPv6 link traffic only (DAD, ND, RS, MLD). */
+/* Is the source bound to the port? Its own link-local is bound like its
+ * other addresses (tenantnetd derives it from the MAC it gave the
+ * workload); `::` only where RFC 4861/4862/3810 allow it (lib/icmp.h). */
 static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
 {
-	struct tn_srcaddr_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
-
 	if (p->l3 == ETH_P_ARP) {
 		if (!(p->arp_spa[0] | p->arp_spa[1] | p->arp_spa[2] |
 		      p->arp_spa[3]))
 			return 1; /* ARP probe (RFC 5227) */
+		__u8 a[TN_ADDR_LEN];
 		__be32 spa;
 		__builtin_memcpy(&spa, p->arp_spa, 4);
-		tn_map_v4(k.addr, spa);
-	} else {
-		if (p->l3 == ETH_P_IPV6 && p->proto == IPPROTO_ICMPV6 &&
-		    p->frag != TN_FRAG_LATER &&
-		    tn_icmp6_is_link(p->icmp_type) &&
-		    (tn_is_link_local(p->src) || tn_is_unspecified(p->src)))
-			return 1;
-		__builtin_memcpy(k.addr, p->src, TN_ADDR_LEN);
+		tn_map_v4(a, spa);
+		return tn_port_owns(ifindex, a);
 	}
-	return bpf_map_lookup_elem(&tn_srcaddr_v1, &k) != NULL;
+	if (p->l3 == ETH_P_IPV6 && tn_is_unspecified(p->src))
+		return tn_unspecified_ok(p);
+	return tn_port_owns(ifindex, p->src);
 }
 
 SEC("tc")
@@ -111,7 +99,7 @@ int tn_from_workload(struct __sk_buff *skb)
 			goto out;
 		}
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_OUT);
+	reason = tn_stateful(skb, &p, ifindex, tenant, TN_DIR_OUT);
 out:
 	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
 		return TC_ACT_SHOT;
@@ -143,9 +131,46 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_SPOOF_PATH;
 		goto out;
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_IN);
+	reason = tn_stateful(skb, &p, ifindex, tenant, TN_DIR_IN);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
 		       ? TC_ACT_SHOT
 		       : TC_ACT_OK;
+}
+
+/* tn_ct_ctl: the conntrack housekeeping, run by the control plane with
+ * BPF_PROG_TEST_RUN on a frame holding a struct tn_ctl (never attached).
+ * It is how entries leave tn_ct_v2 and tn_frag_v2, so that each delete
+ * decrements its tenant's count in tn_ctfill_v2 (see conntrack.h), and how
+ * quotas are set without a user-space write racing the counts. */
+SEC("xdp")
+int tn_ct_ctl(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tn_ctl *cmd = data;
+
+	if ((void *)(cmd + 1) > data_end)
+		return XDP_ABORTED;
+	struct tn_ctl_ctx c = {.now = bpf_ktime_get_ns(),
+			       .op = cmd->op,
+			       .tenant = cmd->tenant};
+	switch (c.op) {
+	case TN_CTL_EXPIRE:
+	case TN_CTL_FLUSH:
+		bpf_for_each_map_elem(&tn_ct_v2, tn_ct_sweep, &c, 0);
+		bpf_for_each_map_elem(&tn_frag_v2, tn_frag_sweep, &c, 0);
+		cmd->ct_deleted = c.ct_deleted;
+		cmd->frag_deleted = c.frag_deleted;
+		return XDP_PASS;
+	case TN_CTL_QUOTA: {
+		struct tn_ctfill *f = tn_fill(c.tenant);
+		if (!f)
+			return XDP_ABORTED;
+		f->ct_max = cmd->ct_max;
+		f->frag_max = cmd->frag_max;
+		return XDP_PASS;
+	}
+	}
+	return XDP_ABORTED;
 }

@@ -21,6 +21,8 @@ const (
 	PassFrag     Reason = 5
 	PassRedirect Reason = 6
 	PassStack    Reason = 7
+	// PassRelated: an ICMP error quoting a live flow of the port.
+	PassRelated  Reason = 8
 	DropFirst    Reason = 64
 	DropTrunc    Reason = 64
 	DropMalform  Reason = 65
@@ -40,24 +42,35 @@ const (
 	// DropSpoofPath: a source inside the tenant's own prefixes that did
 	// not arrive over the tenant's links (its ports, its WireGuard).
 	DropSpoofPath Reason = 79
+	// DropNDSpoof: a Neighbour Advertisement (or DAD Solicitation) from a
+	// workload for an address not bound to its port.
+	DropNDSpoof Reason = 80
+	// DropRoutingHdr: an IPv6 routing header with segments left.
+	DropRoutingHdr Reason = 81
+	// DropCTQuota: a new flow (or fragmented datagram) that its tenant's
+	// conntrack quota, or a full table, refused.
+	DropCTQuota Reason = 82
 )
 
 var reasonNames = map[Reason]string{
 	PassCT: "pass-ct", PassRule: "pass-rule", PassDefault: "pass-default",
 	PassControl: "pass-control", PassFrag: "pass-frag", PassRedirect: "pass-redirect", PassStack: "pass-stack",
-	DropTrunc: "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
+	PassRelated: "pass-related",
+	DropTrunc:   "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
 	DropL3Proto: "l3-proto", DropNoPort: "no-port", DropSpoof: "spoof",
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 	DropInternal: "internal", DropSpoofPath: "spoof-path",
+	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header", DropCTQuota: "ct-quota",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
-	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
+	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath,
+		DropNDSpoof, DropRoutingHdr, DropCTQuota}
 }
 
 // IsDrop reports whether the reason drops the packet.

@@ -26,6 +26,11 @@ type workload struct {
 	port   int
 	tenant uint32
 	v6, v4 netip.Addr
+	ll     netip.Addr // its own link-local, bound to its port
+}
+
+func wlLL(t uint32, host uint16) netip.Addr {
+	return netip.AddrFrom16([16]byte{0xfe, 0x80, 14: byte(t), 15: byte(host)})
 }
 
 type diffGen struct {
@@ -75,14 +80,18 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 	// Ports 0..5: two workloads per tenant; port 6 stays unbound.
 	for i := 0; i < 6; i++ {
 		tn := uint32(i/2 + 1)
-		w := workload{port: i, tenant: tn, v6: addr6(tn, uint16(i+1)), v4: addr4(tn, uint8(i+1))}
-		addrs := []string{w.v6.String(), w.v4.String()}
+		w := workload{port: i, tenant: tn, v6: addr6(tn, uint16(i+1)), v4: addr4(tn, uint8(i+1)), ll: wlLL(tn, uint16(i+1))}
+		addrs := []string{w.v6.String(), w.v4.String(), w.ll.String()}
 		if i == 0 {
 			addrs = append(addrs, "2001:db8:1:0:1::/80") // a delegated prefix
 		}
 		e.bind(e.ports[i], tn, addrs...)
 		g.workloads = append(g.workloads, w)
 	}
+	// Small quotas for tenants 2 and 3, so that ct-quota is exercised
+	// (and tenant 1 keeps the default).
+	e.quota(2, 300, 4)
+	e.quota(3, 40, 2)
 	return e, g
 }
 
@@ -213,7 +222,20 @@ func (g *diffGen) rules(n int) []policy.Rule {
 	return out
 }
 
-var tcpFlagSets = []uint8{0x02, 0x12, 0x10, 0x11, 0x04, 0x18, 0x14, 0x00}
+var tcpFlagSets = []uint8{0x02, 0x12, 0x10, 0x11, 0x04, 0x18, 0x14, 0x00, 0x03, 0x06}
+
+// seqPool: TCP sequence and acknowledgment numbers near each other, a
+// window (1 MiB) apart and around the wrap, so that packets fit a flow's
+// window and miss it.
+var seqPool = []uint32{1000, 1001, 1000 + 1<<19, 1000 + 3<<18, 1000 + 1<<20, 1001 + 1<<20, 1000 + 1<<21, 5000, 5001, 0xfffff000, 0x80000000}
+
+func (g *diffGen) seq() uint32 {
+	if g.pick6(10) {
+		return g.r.Uint32()
+	}
+	return seqPool[g.r.IntN(len(seqPool))]
+}
+
 var icmp6Types = []uint8{128, 129, 1, 2, 3, 4, 130, 133, 134, 135, 136, 137, 143, 139, 200}
 var icmp4Types = []uint8{8, 0, 3, 11, 12, 13, 5, 9}
 var odd4Protos = []uint8{47, 132, 50, 59, 0, 255}
@@ -240,8 +262,46 @@ func (g *diffGen) peer(v4 bool, w workload) netip.Addr {
 		if v4 {
 			return netip.IPv4Unspecified()
 		}
-		return netip.MustParseAddr("fe80::1")
+		return linkPeers[g.r.IntN(len(linkPeers))]
 	}
+}
+
+// Link-scope peers: the gateway, multicast groups, solicited-node groups,
+// a workload's link-local.
+var linkPeers = []netip.Addr{
+	netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1"), netip.MustParseAddr("ff02::2"),
+	netip.MustParseAddr("ff02::16"), netip.MustParseAddr("ff02::1:ff00:1"), netip.MustParseAddr("ff02::1:ff00:2"),
+	netip.MustParseAddr("ff05::2"), wlLL(1, 2), wlLL(2, 3),
+}
+
+// ndTarget: an NS/NA target, often one of the sender's own addresses.
+func (g *diffGen) ndTarget(w workload) netip.Addr {
+	o := g.workloads[g.r.IntN(len(g.workloads))]
+	return []netip.Addr{w.v6, w.ll, w.v6, w.ll, o.v6, o.ll, netip.MustParseAddr("fe80::1"),
+		netip.MustParseAddr("2001:db8:1:0:1::77"), addr6(w.tenant, 0x999), {}}[g.r.IntN(10)]
+}
+
+// quote: what an ICMP error quotes, mostly a packet of the history (as
+// sent, or its answer), so that RELATED finds flows.
+func (g *diffGen) quote() *packet.Spec {
+	if len(g.history) == 0 || g.pick6(15) {
+		return nil
+	}
+	q := g.history[g.r.IntN(len(g.history))].spec
+	q.Ext, q.Inner, q.Truncate, q.BadLength, q.Version, q.IHL, q.EthType = nil, nil, 0, 0, 0, 0, 0
+	if g.pick6(10) {
+		q.Ext = []packet.Ext{{Type: 60, Len: 8}}
+	}
+	if g.pick6(50) {
+		q.Src, q.Dst, q.Sport, q.Dport = q.Dst, q.Src, q.Dport, q.Sport
+	}
+	if q.Proto == 58 && g.pick6(50) {
+		q.ICMPType = 128
+	}
+	if q.Proto == 1 && g.pick6(50) {
+		q.ICMPType = 8
+	}
+	return &q
 }
 
 func (g *diffGen) packet() sent {
@@ -276,6 +336,11 @@ func (g *diffGen) packet() sent {
 	if !v4 && g.pick6(3) {
 		local = netip.MustParseAddr("2001:db8:1:0:1::abcd") // inside the /80
 	}
+	if !v4 && g.pick6(8) {
+		// link-local sources: its own, a sibling's, the gateway's, ::
+		o := g.workloads[g.r.IntN(len(g.workloads))]
+		local = []netip.Addr{w.ll, w.ll, o.ll, netip.MustParseAddr("fe80::1"), netip.IPv6Unspecified()}[g.r.IntN(5)]
+	}
 	peer := g.peer(v4, w)
 	sp := packet.Spec{Src: local, Dst: peer}
 	if s.hook != model.FromWorkload {
@@ -292,6 +357,7 @@ func (g *diffGen) packet() sent {
 	case x < 40:
 		sp.Proto = 6
 		sp.TCPFlags = tcpFlagSets[g.r.IntN(len(tcpFlagSets))]
+		sp.Seq, sp.Ack = g.seq(), g.seq()
 	case x < 65:
 		sp.Proto = 17
 	case x < 92:
@@ -301,8 +367,22 @@ func (g *diffGen) packet() sent {
 		} else {
 			sp.Proto = 58
 			sp.ICMPType = icmp6Types[g.r.IntN(len(icmp6Types))]
+			if (sp.ICMPType == 135 || sp.ICMPType == 136) && g.pick6(85) {
+				sp.NDTarget = g.ndTarget(w)
+			}
+			switch x := g.r.IntN(100); {
+			case x < 50:
+				sp.HopLimit = 255
+			case x < 55:
+				sp.HopLimit = 254
+			case x < 60:
+				sp.HopLimit = 1
+			}
 		}
 		sp.EchoID = uint16(g.r.IntN(4))
+		if isError(sp.Proto, sp.ICMPType) {
+			sp.Inner = g.quote()
+		}
 	default:
 		sp.Proto = odd4Protos[g.r.IntN(len(odd4Protos))]
 	}
@@ -334,6 +414,9 @@ func (g *diffGen) oddities(sp *packet.Spec) {
 		}
 		types := []uint8{0, 43, 60, 51, 44}
 		n := g.r.IntN(11)
+		if g.pick6(40) {
+			sp.SegsLeft = uint8(g.r.IntN(3))
+		}
 		for i := 0; i < n; i++ {
 			x := packet.Ext{Type: types[g.r.IntN(len(types))], Len: 8 * (1 + g.r.IntN(6))}
 			if g.pick6(5) {
@@ -406,6 +489,13 @@ func (g *diffGen) oddities(sp *packet.Spec) {
 	}
 }
 
+func isError(proto, t uint8) bool {
+	if proto == 58 {
+		return t >= 1 && t <= 4
+	}
+	return t == 3 || t == 11 || t == 12
+}
+
 func (g *diffGen) remember(s sent) {
 	if len(g.history) < 4096 {
 		g.history = append(g.history, s)
@@ -432,7 +522,14 @@ func (g *diffGen) reply(o sent) sent {
 	}
 	switch sp.Proto {
 	case 6:
-		sp.TCPFlags = []uint8{0x12, 0x10, 0x11, 0x04, 0x02}[g.r.IntN(5)]
+		sp.TCPFlags = []uint8{0x12, 0x10, 0x11, 0x04, 0x02, 0x14}[g.r.IntN(6)]
+		// Mostly an answer that fits: it acknowledges the packet it
+		// answers and goes on from the numbers of that one's answer.
+		seq, ack := sp.Ack, sp.Seq+1
+		if g.pick6(30) {
+			seq, ack = g.seq(), g.seq()
+		}
+		sp.Seq, sp.Ack = seq, ack
 	case 58:
 		if sp.ICMPType == 128 {
 			sp.ICMPType = 129
@@ -519,6 +616,8 @@ func TestDifferential(t *testing.T) {
 		if failures > 0 {
 			t.Fatalf("round %d: %d of %d packets disagree with the model (seed %d)", round, failures, per, sd)
 		}
+		e.fillAgrees(1, 2, 3)
+		e.flowsAgree()
 	}
 	if total < 100_000 {
 		t.Fatalf("only %d packets checked", total)
@@ -526,7 +625,8 @@ func TestDifferential(t *testing.T) {
 	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
-		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath} {
+		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath,
+		policy.PassRelated, policy.DropNDSpoof, policy.DropRoutingHdr, policy.DropCTQuota} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

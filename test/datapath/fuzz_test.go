@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/tenantnet/tenantnet/internal/packet"
@@ -13,12 +14,18 @@ import (
 //	sudo go test ./test/datapath -run '^$' -fuzz FuzzDatapath -fuzztime 10m
 //
 // The first byte picks the hook and port, the second the interface a packet
-// for tn_to_workload arrived by; the rest is the frame.
+// for tn_to_workload arrived by; the rest is the frame. Tenant B has a
+// quota of 8 flows and 2 fragmented datagrams.
 func FuzzDatapath(f *testing.F) {
 	seeds := []packet.Spec{
 		tcp(ext6, a1v6, 40000, 8080, synF),
 		tcp(ext4, a1v4, 40000, 8080, synF),
-		icmp6(ll6, a1v6, 135),
+		nd(a1ll, netip.MustParseAddr("ff02::1"), 136, ll6),
+		nd(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135, a1v6),
+		icmpErr(ext6, a1v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)),
+		icmpErr(ext4, a1v4, 3, tcp(a1v4, ext4, 8080, 40000, ackF)),
+		{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, Ext: []packet.Ext{{Type: 43, Len: 24}}, SegsLeft: 1},
+		tcpSeq(ext6, a1v6, 443, 40000, rstF|ackF, 77, 1001),
 		{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 0, Len: 16}, {Type: 44, FragOffset: 10, ID: 99}}},
 		{Src: ext4, Dst: a1v4, Proto: 17, Dport: 5000, IPv4Opts: 8},
 		{EthType: 0x0806, ARPSender: a1v4, Dst: a1v4},
@@ -27,6 +34,8 @@ func FuzzDatapath(f *testing.F) {
 		f.Add(append([]byte{byte(i), byte(i)}, packet.Build(s)...))
 	}
 	e := standardEnv(f)
+	// A small quota for tenant B, so that ct-quota is reached.
+	e.quota(tenantB, 8, 2)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) < 2+34 {
 			return // the kernel's test run minimum for TC frames

@@ -11,8 +11,8 @@ import (
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
+	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
-	"golang.org/x/sys/unix"
 )
 
 // No stale state: a workload whose namespace vanished leaves no binding
@@ -81,8 +81,8 @@ func TestStaleState(t *testing.T) {
 		if !strings.Contains(g.d.must("network", "list"), "old") {
 			t.Fatal("the network is gone from IPAM although its firewall tenant could not be removed")
 		}
-		// A flow of old's in conntrack, as a workload would leave it.
-		seedFlow(t, g, num)
+		// Flows of old's in conntrack, as its workloads leave them.
+		seedFlow(t, g, "old", num)
 		g.d.must("network", "del", "--id", "old")
 		g.d.must("network", "add", "--id", "new")
 		if n := networkNum(t, g, "new"); n != num {
@@ -122,25 +122,33 @@ func networkNum(t *testing.T, g *gridNode, id string) uint32 {
 	return 0
 }
 
-// seedFlow writes a conntrack entry of tenant num, as a flow of a
-// workload of that network would have left it.
-func seedFlow(t *testing.T, g *gridNode, num uint32) {
+// seedFlow leaves flows of the network's tenant in conntrack the way
+// workloads do: two of its workloads talk, then are deleted (their flows
+// stay until they expire).
+func seedFlow(t *testing.T, g *gridNode, network string, num uint32) {
 	t.Helper()
+	pid := os.Getpid()
+	a := testutil.NewNetNS(t, fmt.Sprintf("tn-wlsfa-%d", pid))
+	b := testutil.NewNetNS(t, fmt.Sprintf("tn-wlsfb-%d", pid))
+	for id, ns := range map[string]*testutil.NetNS{"sfa": a, "sfb": b} {
+		g.d.must("workload", "add", "--id", id, "--network", network, "--netns", "/run/netns/"+ns.Name)
+	}
+	var w wlInfo
+	for _, line := range strings.Split(g.d.must("workload", "list"), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "sfb" {
+			w.Addr = f[2]
+		}
+	}
+	listenTCP(t, b, "[::]:7070")
+	retry(t, 10*time.Second, "sfa -> sfb", func() error { return dialTCP(a, fmt.Sprintf("[%s]:7070", w.Addr), time.Second) })
 	m, err := loader.OpenMaps(g.pin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	k := loader.WorkloadTnCtKey{Ifindex: 4242, Proto: 6, Sport: 40000, Dport: 443}
-	k.Src[0], k.Dst[0] = 0x20, 0x20
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	now := uint64(ts.Nano())
-	v := loader.WorkloadTnCtVal{Tenant: num, State: uint8(loader.WorkloadTnCtStateTN_CT_ESTABLISHED), CreatedNs: now, LastSeenNs: now}
-	if err := m.TnCtV1.Put(k, v); err != nil {
-		t.Fatal(err)
-	}
 	if flows, err := bpfmaps.FromMaps(m).Flows(num); err != nil || len(flows) == 0 {
-		t.Fatalf("the seeded flow is not listed: %v %v", flows, err)
+		t.Fatalf("no flows of tenant %d after sfa -> sfb: %v %v", num, flows, err)
 	}
+	g.d.must("workload", "del", "--id", "sfa")
+	g.d.must("workload", "del", "--id", "sfb")
 }

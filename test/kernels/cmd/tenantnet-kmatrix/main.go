@@ -103,8 +103,8 @@ func main() {
 	if *out != "" {
 		head := "Kernel matrix (make test-kernels): the datapath, loader, maps and wg tests per kernel.\n" +
 			"6.1 and 6.12: Debian's kernels in qemu (TCG); the last rows: the host kernel.\n" +
-			"Left out (they check the source tree, not the kernel; make test runs them): " + skipped() + ".\n\n"
-		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (grows with the datapath: keep an eye on it)\n"+
+			"Left out (source-tree checks and load tests, not kernel features; make test runs them): " + skipped() + ".\n\n"
+		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (TestLoadVerifies fails a program above 500,000)\n"+
 			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)
 	}
 	if failed {

@@ -14,12 +14,11 @@ import (
 
 // Maps is the typed view of a loaded datapath's maps.
 type Maps struct {
-	m   *loader.WorkloadMaps
-	ctl *ebpf.Program // tn_ct_ctl: conntrack housekeeping (ctfill.go)
+	m *loader.WorkloadMaps
 }
 
 // New wraps the maps of a loaded datapath.
-func New(dp *loader.Datapath) *Maps { return &Maps{m: &dp.Maps, ctl: dp.Progs.TnCtCtl} }
+func New(dp *loader.Datapath) *Maps { return &Maps{m: &dp.Maps} }
 
 // FromMaps wraps maps loaded some other way (tests).
 func FromMaps(m *loader.WorkloadMaps) *Maps { return &Maps{m: m} }

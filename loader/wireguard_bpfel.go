@@ -16,12 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WireguardMapTnCtV2       = "tn_ct_v2"
-	WireguardMapTnCtfillV2   = "tn_ctfill_v2"
+	WireguardMapTnCtV1       = "tn_ct_v1"
 	WireguardMapTnEndpointV1 = "tn_endpoint_v1"
 	WireguardMapTnErrorsV1   = "tn_errors_v1"
 	WireguardMapTnEventsV1   = "tn_events_v1"
-	WireguardMapTnFragV2     = "tn_frag_v2"
+	WireguardMapTnFragV1     = "tn_frag_v1"
 	WireguardMapTnMetaV1     = "tn_meta_v1"
 	WireguardMapTnPortsV1    = "tn_ports_v1"
 	WireguardMapTnPrefixV1   = "tn_prefix_v1"
@@ -86,12 +85,11 @@ type WireguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireguardMapSpecs struct {
-	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
-	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
+	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
-	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
+	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
@@ -132,12 +130,11 @@ func (o *WireguardObjects) Close() error {
 //
 // It can be passed to LoadWireguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WireguardMaps struct {
-	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
-	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
+	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
-	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
+	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
@@ -154,12 +151,11 @@ type WireguardMaps struct {
 
 func (m *WireguardMaps) Close() error {
 	return _WireguardClose(
-		m.TnCtV2,
-		m.TnCtfillV2,
+		m.TnCtV1,
 		m.TnEndpointV1,
 		m.TnErrorsV1,
 		m.TnEventsV1,
-		m.TnFragV2,
+		m.TnFragV1,
 		m.TnMetaV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,

@@ -38,10 +38,6 @@ var RunFilter = map[string]string{
 var SkipFilter = map[string]string{
 	// Go constants against the C headers
 	"./bpfmaps": "^TestConstantsMatchC$",
-	// 4M BPF_PROG_TEST_RUNs: 30 s here, far past the VM's timeout under
-	// TCG; a load test, not a kernel feature (TestCTQuota and
-	// TestExpireUncounts cover the quota's kernel side in every VM)
-	"./test/datapath": "^TestCTFloodKeepsOtherTenants$",
 }
 
 // testArgs are the flags that select a package's tests.

@@ -5,6 +5,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
+	"github.com/tenantnet/tenantnet/trust"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -53,6 +55,17 @@ type Node struct {
 	// the kernel's routes (the programs still check). Default true.
 	FastPath *bool    `yaml:"fast_path"`
 	Registry Registry `yaml:"registry"`
+	// GridPublicKey is the grid operator's public key (base64, or the
+	// absolute path of a file holding it): records, enrollments,
+	// declarations and revocations are believed only when it verifies
+	// them. Required unless InsecureRegistry.
+	GridPublicKey string `yaml:"grid_public_key"`
+	// InsecureRegistry believes the registry unverified (tests only):
+	// anyone who can write it owns the node's networks.
+	InsecureRegistry bool `yaml:"insecure_registry"`
+	// MaxDeclaredNetworks bounds the declared networks this node joins
+	// (default 1024): past it, it joins no new one.
+	MaxDeclaredNetworks int `yaml:"max_declared_networks"`
 	// HostServices are the node's own services its tenants' workloads may
 	// reach ("udp/53", "tcp/8053"): nothing else of the node is theirs to
 	// reach (its uplink addresses, sshd, etcd, metrics, WireGuard ports),
@@ -132,6 +145,9 @@ func (n *Node) defaults() {
 	if n.DropEventSampleRate == nil {
 		rate := uint32(64)
 		n.DropEventSampleRate = &rate
+	}
+	if n.MaxDeclaredNetworks == 0 {
+		n.MaxDeclaredNetworks = 1024
 	}
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = defaults.RegistryDir
@@ -255,7 +271,42 @@ func (n *Node) Validate() error {
 			return &FieldError{d.f, d.v, "must be an absolute path"}
 		}
 	}
+	switch {
+	case n.GridPublicKey == "" && !n.InsecureRegistry:
+		return &FieldError{Field: "grid_public_key", Msg: "required: the grid operator's public key (tenantnetd grid init prints it), base64 or a file; " +
+			"or insecure_registry: true to believe the registry unverified (tests only)"}
+	case n.GridPublicKey != "" && n.InsecureRegistry:
+		return &FieldError{Field: "insecure_registry", Msg: "not with a grid_public_key"}
+	case n.GridPublicKey != "" && !strings.HasPrefix(n.GridPublicKey, "/"):
+		if _, err := trust.ParsePublicKey(n.GridPublicKey); err != nil {
+			return &FieldError{"grid_public_key", n.GridPublicKey, err.Error() + ", or an absolute file path"}
+		}
+	}
+	if n.MaxDeclaredNetworks < 1 {
+		return &FieldError{"max_declared_networks", fmt.Sprint(n.MaxDeclaredNetworks), "at least 1"}
+	}
 	return nil
+}
+
+// GridKey is the grid operator's public key (read from its file when
+// grid_public_key is a path); nil with insecure_registry.
+func (n *Node) GridKey() (ed25519.PublicKey, error) {
+	v := n.GridPublicKey
+	if v == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(v, "/") {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, &FieldError{"grid_public_key", v, err.Error()}
+		}
+		v = string(b)
+	}
+	k, err := trust.ParsePublicKey(v)
+	if err != nil {
+		return nil, &FieldError{"grid_public_key", n.GridPublicKey, err.Error()}
+	}
+	return k, nil
 }
 
 // CheckUplinks verifies that the uplinks exist (in the current netns).

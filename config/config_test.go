@@ -10,6 +10,7 @@ node_id: node-1
 uplinks: [eth0]
 class: dual-stack
 prefixes: ["2001:db8:100::/48"]
+grid_public_key: 11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=
 `
 
 func TestParse(t *testing.T) {
@@ -44,6 +45,10 @@ func TestParse(t *testing.T) {
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"icmp/1\"]", "host_services icmp/1: want tcp/PORT or udp/PORT"},
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"tcp/0\"]", "host_services tcp/0"},
 		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\nhost_services: [\"udp/65536\"]", "host_services udp/65536"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]", "grid_public_key: required"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\ngrid_public_key: nope", "grid_public_key nope: not a base64 ed25519 public key"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\ngrid_public_key: /k\ninsecure_registry: true", "insecure_registry: not with"},
+		{"node_id: n\nprefixes: [\"2001:db8::/48\"]\ninsecure_registry: true\nmax_declared_networks: -1", "max_declared_networks -1"},
 	}
 	for _, c := range bad {
 		_, err := Parse([]byte(c.yaml))

@@ -65,6 +65,8 @@ var (
 		"What the datapath could not record: packets missing from the counters (what=stats-full) and drop events the full ring buffer refused (what=events-lost).", []string{"what"}, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
 		"Failed reads or writes of the registry.", nil, nil)
+	regRejected = prometheus.NewDesc("tenantnet_registry_rejected_total",
+		"Registry entries (records, enrollments, declarations, the revocation list) not believed, by reason: once per change of what was rejected.", []string{"reason"}, nil)
 )
 
 // buckets must match node.reconcileBuckets.
@@ -77,7 +79,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, lost} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, lost} {
 		ch <- d
 	}
 }
@@ -153,6 +155,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(regUp, prometheus.GaugeValue, upv)
 	ch <- prometheus.MustNewConstMetric(regNodes, prometheus.GaugeValue, float64(rn))
 	ch <- prometheus.MustNewConstMetric(regErrs, prometheus.CounterValue, float64(re))
+	for reason, n := range c.s.RegistryRejected() {
+		ch <- prometheus.MustNewConstMetric(regRejected, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 // Handler returns the /metrics handler for a node service.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
@@ -28,17 +29,6 @@ type declaredPlan struct {
 	nets      []declaredNet // by id
 	dropUsers []ipam.User   // declared users no longer declared on this node
 	leave     []string      // declared networks no longer naming this node, by id
-}
-
-// declaredHere picks the specs that name node as a member, by id.
-func declaredHere(specs []registry.NetworkSpec, node string) map[string]registry.NetworkSpec {
-	mine := map[string]registry.NetworkSpec{}
-	for _, sp := range specs {
-		if sp.HasMember(node) {
-			mine[sp.ID] = sp
-		}
-	}
-	return mine
 }
 
 // planDeclared compares the declared networks of node (mine) with the
@@ -104,37 +94,59 @@ func declaresUser(sp registry.NetworkSpec, user, node string) bool {
 }
 
 // reconcileDeclared makes this node's part of the networks the registry
-// declares: a network that names this node as a member is created here
+// declares (signed by the grid key, checkDeclared): a network that names
+// this node as a member is created here
 // (as `network add` would), with the users declared on this node; one
 // created that way is removed when the registry no longer names this node
 // (its users with it; its workloads must be detached first, which is
 // reported until they are). Networks created through the local API are
-// never removed by the registry.
+// never removed by the registry, nor merged with a declared network of
+// their id (no declared users, no exit, no declared members as peers).
 func (s *Service) reconcileDeclared(r *repairs) error {
 	if s.registry.reg == nil {
 		return nil
 	}
-	specs, readErr := s.registry.reg.Declared()
+	if err := s.loadGrid(time.Now()); err != nil {
+		s.registry.failed()
+		return fmt.Errorf("registry trust: %w", err)
+	}
+	entries, readErr := s.registry.reg.Declared()
 	if readErr != nil {
 		s.registry.failed()
 		readErr = fmt.Errorf("read the declared networks: %w", readErr)
-		if specs == nil {
+		if entries == nil {
 			return readErr
 		}
 		// Part of the listing could not be read: join what is declared,
 		// but leave nothing on an incomplete listing.
 	}
-	mine := declaredHere(specs, s.cfg.NodeID)
-	s.exit.learn(mine, readErr == nil)
 	nets, err := s.ipam.Networks()
 	if err != nil {
 		return err
 	}
+	local, joined := map[string]bool{}, map[string]bool{}
+	for _, n := range nets {
+		local[n.ID], joined[n.ID] = !n.Declared, n.Declared
+	}
+	all, mine, bad, verified := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: s.cfg.NodeID,
+		local: local, joined: joined, max: s.cfg.MaxDeclaredNetworks})
+	s.noteRejections("declaration", bad)
+	complete := readErr == nil && verified
+	if !complete {
+		// What could not be read or verified keeps the spec last believed.
+		for id, sp := range s.trust.specs {
+			if _, ok := all[id]; !ok {
+				all[id] = sp
+			}
+		}
+	}
+	s.trust.specs = all
+	s.exit.learn(mine, complete)
 	users, err := s.ipam.Users("")
 	if err != nil {
 		return err
 	}
-	plan := planDeclared(mine, readErr == nil, nets, users, s.cfg.NodeID, s.cfg.MTU)
+	plan := planDeclared(mine, complete, nets, users, s.cfg.NodeID, s.cfg.MTU)
 	errs := s.joinDeclared(plan.nets, r)
 	if readErr != nil {
 		return errors.Join(append(errs, readErr)...)

@@ -17,9 +17,11 @@ func TestPlanDeclared(t *testing.T) {
 		{ID: "globex", Members: []string{"self"}},
 		{ID: "initech", Members: []string{"other"}},
 	}
-	mine := declaredHere(specs, "self")
-	if len(mine) != 2 || mine["acme"].ID != "acme" || mine["globex"].ID != "globex" {
-		t.Fatalf("declaredHere: %v", mine)
+	mine := map[string]registry.NetworkSpec{}
+	for _, sp := range specs {
+		if sp.HasMember("self") {
+			mine[sp.ID] = sp
+		}
 	}
 	tests := []struct {
 		name     string

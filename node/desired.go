@@ -30,15 +30,17 @@ type wgWant struct {
 
 // desiredPeers computes network n's member peers from the registry's
 // records as seen by node self at time now. role and exit are the
-// network's exit path here (exitState.role) and its exit node. Records of
-// self, of nodes without the network, with a bad key or without a usable
-// endpoint give no peer.
-func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, self *config.Node, role exitRole, exit string, now time.Time) wgWant {
+// network's exit path here (exitState.role) and its exit node. nodes are
+// believed records (checkRecords); allowed says which nodes may be the
+// network's members (peersAllowed). Records of self, of nodes not allowed
+// or without the network, with a bad key or without a usable endpoint
+// give no peer.
+func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, allowed func(node string) bool, self *config.Node, role exitRole, exit string, now time.Time) wgWant {
 	want := wgWant{prefixes: []netip.Prefix{n.Prefix}, pathMTU: map[netip.Prefix]int{}}
 	v4only := self.Class == config.HomeNAT || self.Class == config.IPv4Only
 	for _, rec := range nodes {
 		nr, ok := rec.Networks[n.ID]
-		if rec.NodeID == self.NodeID || !ok {
+		if rec.NodeID == self.NodeID || !ok || !allowed(rec.NodeID) {
 			continue
 		}
 		if nr.NextPublicKey != "" && now.Before(nr.RotateAt) {

@@ -121,7 +121,7 @@ func TestDesiredPeers(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := desiredPeers(n, tt.nodes, tt.self, tt.role, tt.exit, now)
+			got := desiredPeers(n, tt.nodes, anyNode, tt.self, tt.role, tt.exit, now)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("desiredPeers:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -139,11 +139,11 @@ func TestDesiredPeersKeyRotation(t *testing.T) {
 		Networks: map[string]registry.NetworkRecord{"acme": {Prefix: p2, PublicKey: old.String(), NextPublicKey: next.String(), RotateAt: at}}}}
 	self := selfAs(config.DualStack)
 
-	before := desiredPeers(n, nodes, self, exitNone, "", now)
+	before := desiredPeers(n, nodes, anyNode, self, exitNone, "", now)
 	if len(before.peers) != 1 || before.peers[0].PublicKey != old || !reflect.DeepEqual(before.wakes, []time.Time{at}) {
 		t.Errorf("before the rotation: peers %+v, wakes %v; want the old key and a wake at %v", before.peers, before.wakes, at)
 	}
-	after := desiredPeers(n, nodes, self, exitNone, "", at)
+	after := desiredPeers(n, nodes, anyNode, self, exitNone, "", at)
 	if len(after.peers) != 1 || after.peers[0].PublicKey != next || after.wakes != nil {
 		t.Errorf("at the rotation: peers %+v, wakes %v; want the next key and no wake", after.peers, after.wakes)
 	}
@@ -185,3 +185,28 @@ func TestWGNetRoutes(t *testing.T) {
 func selfAs(c config.Class) *config.Node { return &config.Node{NodeID: "self", Class: c} }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func anyNode(string) bool { return true }
+
+// A declared network's peers are its members; a local network whose id is
+// declared has none from the registry (never merged); another local
+// network takes any believed record.
+func TestPeersAllowed(t *testing.T) {
+	all := map[string]registry.NetworkSpec{"acme": {ID: "acme", Members: []string{"self", "n2"}}}
+	for _, tt := range []struct {
+		id       string
+		declared bool
+		node     string
+		want     bool
+	}{
+		{"acme", true, "n2", true},
+		{"acme", true, "n3", false},
+		{"acme", false, "n2", false},
+		{"globex", false, "n3", true},
+		{"globex", true, "n3", false}, // declared here, its spec gone: no one
+	} {
+		if got := peersAllowed(tt.id, tt.declared, all)(tt.node); got != tt.want {
+			t.Errorf("peersAllowed(%s, declared %v)(%s) = %v, want %v", tt.id, tt.declared, tt.node, got, tt.want)
+		}
+	}
+}

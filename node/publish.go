@@ -52,7 +52,16 @@ func (s *Service) publish() error {
 	if err != nil {
 		return err
 	}
-	if err := s.registry.reg.Publish(rec, s.cfg.Lease); err != nil {
+	// Signed by this node's identity key, unsigned in an insecure grid.
+	key := s.trust.identity
+	if s.trust.key == nil {
+		key = nil
+	}
+	data, err := rec.Sign(key, s.cfg.Lease)
+	if err != nil {
+		return err
+	}
+	if err := s.registry.reg.Publish(rec.NodeID, data, s.cfg.Lease); err != nil {
 		s.registry.failed()
 		return fmt.Errorf("publish to the registry: %w", err)
 	}

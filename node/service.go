@@ -23,6 +23,7 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/trust"
 )
 
 // Service is a running node. Its parts own their state: WireGuard
@@ -43,6 +44,7 @@ type Service struct {
 	uplinkMode map[string]loader.Mode
 
 	registry  regState
+	trust     trustState
 	wireguard wgState
 	prefixes  prefixState
 	exit      exitState
@@ -124,6 +126,14 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(func() error { nl.Close(); return nil })
+	gridKey, err := cfg.GridKey()
+	if err != nil {
+		return nil, err
+	}
+	identity, err := trust.Identity(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w", err)
+	}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		return nil, err
@@ -131,10 +141,13 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	defer closeOnError(reg.Close)
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		registry: regState{reg: reg}, wireguard: newWGState(), prefixes: newPrefixState(),
+		registry: regState{reg: reg}, trust: newTrustState(gridKey, identity), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}}
 	s.wakes.trigger = s.Trigger
-	log.Info("registry", "type", cfg.Registry.Type)
+	log.Info("registry", "type", cfg.Registry.Type, "identity", trust.EncodePublicKey(s.Identity()))
+	if gridKey == nil {
+		log.Warn("insecure_registry: the registry is believed unverified: anyone who can write it can join this node's networks, claim its prefixes and become their exit")
+	}
 	s.stats.Buckets = make([]uint64, len(reconcileBuckets))
 	if cfg.LegacyTC {
 		s.attachMode = loader.ModeLegacyTC

@@ -46,7 +46,8 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 			rotErrs = append(rotErrs, fmt.Errorf("network %s: rotate key: %w", n.ID, err))
 		}
 	}
-	nodes, err := s.registry.reg.Nodes()
+	// Only records that verify and validate whole (records.go).
+	nodes, err := s.believedNodes()
 	if err != nil {
 		s.registry.failed()
 		return errors.Join(append(rotErrs, fmt.Errorf("read the registry: %w", err))...)
@@ -101,7 +102,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		s.exit.warned[n.ID] = true
 		s.log.Warn("this node is declared the network's exit but has no native IPv6 (class "+string(s.cfg.Class)+"): it does not forward for the network", "network", n.ID)
 	}
-	want := desiredPeers(n, nodes, s.cfg, role, s.exit.exits[n.ID], time.Now())
+	want := desiredPeers(n, nodes, peersAllowed(n.ID, n.Declared, s.trust.specs), s.cfg, role, s.exit.exits[n.ID], time.Now())
 	for _, t := range want.wakes {
 		s.wakeAt(t) // switch the peer's key on time
 	}

@@ -2,13 +2,13 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tenantnet/tenantnet/trust"
 )
 
 // Etcd is the registry backend for a real grid: node records under
@@ -42,12 +42,7 @@ func ctx() (context.Context, context.CancelFunc) {
 
 // Publish implements Registry: a fresh lease of ttl for each renewal (the
 // previous one then expires on its own, with nothing attached).
-func (e *Etcd) Publish(r NodeRecord, ttl time.Duration) error {
-	r.Expires = time.Now().Add(ttl).UTC()
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
+func (e *Etcd) Publish(id string, data []byte, ttl time.Duration) error {
 	c, cancel := ctx()
 	defer cancel()
 	secs := int64(ttl / time.Second)
@@ -58,37 +53,77 @@ func (e *Etcd) Publish(r NodeRecord, ttl time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("etcd lease: %w", err)
 	}
-	if _, err := e.cli.Put(c, e.key(r.NodeID), string(b), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := e.cli.Put(c, e.key(id), string(data), clientv3.WithLease(lease.ID)); err != nil {
 		return fmt.Errorf("etcd put: %w", err)
 	}
 	return nil
 }
 
-// Withdraw implements Registry.
-func (e *Etcd) Withdraw(id string) error {
+func (e *Etcd) put(key string, data []byte) error {
 	c, cancel := ctx()
 	defer cancel()
-	_, err := e.cli.Delete(c, e.key(id))
+	if _, err := e.cli.Put(c, key, string(data)); err != nil {
+		return fmt.Errorf("etcd put: %w", err)
+	}
+	return nil
+}
+
+func (e *Etcd) del(key string) error {
+	c, cancel := ctx()
+	defer cancel()
+	_, err := e.cli.Delete(c, key)
 	return err
 }
 
-// Nodes implements Registry.
-func (e *Etcd) Nodes() ([]NodeRecord, error) {
+// Withdraw implements Registry.
+func (e *Etcd) Withdraw(id string) error { return e.del(e.key(id)) }
+
+// list reads the entries under <prefix>/<sub>/, named by the key's rest
+// (sorted, as etcd returns them).
+func (e *Etcd) list(sub string) ([]trust.Entry, error) {
 	c, cancel := ctx()
 	defer cancel()
-	resp, err := e.cli.Get(c, e.prefix+"/nodes/", clientv3.WithPrefix())
+	resp, err := e.cli.Get(c, e.prefix+"/"+sub+"/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("etcd get: %w", err)
 	}
-	now := time.Now()
-	var out []NodeRecord
+	out := []trust.Entry{}
 	for _, kv := range resp.Kvs {
-		var r NodeRecord
-		if json.Unmarshal(kv.Value, &r) != nil || r.Expires.Before(now) {
-			continue
-		}
-		out = append(out, r)
+		out = append(out, trust.Entry{Name: strings.TrimPrefix(string(kv.Key), e.prefix+"/"+sub+"/"), Data: kv.Value})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
 	return out, nil
+}
+
+// Nodes implements Registry.
+func (e *Etcd) Nodes() ([]trust.Entry, error) { return e.list("nodes") }
+
+// Enroll implements Registry.
+func (e *Etcd) Enroll(id string, data []byte) error {
+	if err := trust.ValidNodeID(id); err != nil {
+		return err
+	}
+	return e.put(e.prefix+"/enrollments/"+id, data)
+}
+
+// Unenroll implements Registry.
+func (e *Etcd) Unenroll(id string) error { return e.del(e.prefix + "/enrollments/" + id) }
+
+// Enrollments implements Registry.
+func (e *Etcd) Enrollments() ([]trust.Entry, error) { return e.list("enrollments") }
+
+// SetRevocations implements Registry.
+func (e *Etcd) SetRevocations(data []byte) error { return e.put(e.prefix+"/revocations", data) }
+
+// Revocations implements Registry.
+func (e *Etcd) Revocations() ([]byte, error) {
+	c, cancel := ctx()
+	defer cancel()
+	resp, err := e.cli.Get(c, e.prefix+"/revocations")
+	if err != nil {
+		return nil, fmt.Errorf("etcd get: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return resp.Kvs[0].Value, nil
 }

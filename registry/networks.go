@@ -1,16 +1,15 @@
 package registry
 
 import (
-	"encoding/json"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/tenantnet/tenantnet/trust"
 )
 
 // NetworkSpec is a tenant network as the grid declares it: which nodes it
@@ -40,11 +39,10 @@ func (n NetworkSpec) HasMember(node string) bool { return slices.Contains(n.Memb
 
 // Validate checks a spec before it is declared.
 func (n NetworkSpec) Validate() error {
+	if err := ValidNetworkID(n.ID); err != nil {
+		return err
+	}
 	switch {
-	case n.ID == "":
-		return errors.New("network id: empty")
-	case strings.ContainsAny(n.ID, "/\\ \t\n") || strings.HasPrefix(n.ID, "."):
-		return fmt.Errorf("network id %q: no slashes, blanks or leading dot", n.ID)
 	case len(n.Members) == 0:
 		return fmt.Errorf("network %s: members: at least one node", n.ID)
 	case n.Exit != "" && !n.HasMember(n.Exit):
@@ -52,134 +50,117 @@ func (n NetworkSpec) Validate() error {
 	case n.MTU != 0 && (n.MTU < 1280 || n.MTU > 9000):
 		return fmt.Errorf("network %s: mtu %d: must be 1280..9000", n.ID, n.MTU)
 	}
+	if len(n.Members) > MaxMembersPerSpec || len(n.Users) > MaxUsersPerNetwork {
+		return fmt.Errorf("network %s: at most %d members and %d users", n.ID, MaxMembersPerSpec, MaxUsersPerNetwork)
+	}
+	for _, m := range n.Members {
+		if err := trust.ValidNodeID(m); err != nil {
+			return fmt.Errorf("network %s: member: %w", n.ID, err)
+		}
+	}
+	users := map[string]bool{}
 	for _, u := range n.Users {
 		if u.ID == "" || u.PublicKey == "" || !n.HasMember(u.Node) {
 			return fmt.Errorf("network %s: user %q: needs an id, a public key and a member node (has %q)", n.ID, u.ID, u.Node)
 		}
+		if k, err := base64.StdEncoding.DecodeString(u.PublicKey); err != nil || len(k) != 32 {
+			return fmt.Errorf("network %s: user %s: public key: not a base64 WireGuard key", n.ID, u.ID)
+		}
+		if users[u.ID] {
+			return fmt.Errorf("network %s: user %s: declared twice", n.ID, u.ID)
+		}
+		users[u.ID] = true
 	}
 	return nil
 }
 
-// Declarations is the part of a backend that holds network specs.
+// Declarations is the part of a backend that holds network specs: signed
+// NetworkSpecs (trust.Signed) by network id.
 type Declarations interface {
-	// Declare writes (or replaces) a network spec.
-	Declare(n NetworkSpec) error
+	// Declare writes (or replaces) a network's signed spec.
+	Declare(id string, data []byte) error
 	// Undeclare removes a spec; its members then remove the network.
 	Undeclare(id string) error
-	// Declared lists the specs, sorted by id.
-	Declared() ([]NetworkSpec, error)
+	// Declared lists the stored specs, sorted by id. A listing that could
+	// not be read whole returns what it could read (never nil) with the
+	// error: readers must not take a network missing from it as
+	// withdrawn.
+	Declared() ([]trust.Entry, error)
+}
+
+// SignSpec makes the stored bytes of a spec, signed by the grid key
+// (nil: unsigned, an insecure grid).
+func SignSpec(n NetworkSpec, key ed25519.PrivateKey) ([]byte, error) {
+	if err := n.Validate(); err != nil {
+		return nil, err
+	}
+	return trust.SignJSON(key, trust.KindNetwork, n)
+}
+
+// OpenSpec verifies a stored spec against the grid key (nil: not
+// verified) and checks it: named by its id, valid, bounded.
+func OpenSpec(e trust.Entry, key ed25519.PublicKey) (NetworkSpec, error) {
+	var n NetworkSpec
+	if len(e.Data) > MaxDeclarationBytes {
+		return n, trust.Reject("too-big", "declaration %s: %d bytes", e.Name, len(e.Data))
+	}
+	if err := trust.OpenJSON(e.Data, trust.KindNetwork, key, &n); err != nil {
+		return n, fmt.Errorf("declaration %s: %w", e.Name, err)
+	}
+	if n.ID != e.Name {
+		return n, trust.Reject("network-id-mismatch", "declaration stored as %q is for network %q", e.Name, n.ID)
+	}
+	if err := n.Validate(); err != nil {
+		return n, trust.Reject("invalid", "%v", err)
+	}
+	return n, nil
+}
+
+// ValidNetworkID checks a network id as the registry stores it (a file name,
+// an etcd key segment, a field of `--user ID:NODE:KEY`).
+func ValidNetworkID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("network id: empty")
+	case len(id) > 64 || strings.ContainsAny(id, "/\\ \t\n:") || strings.HasPrefix(id, "."):
+		return fmt.Errorf("network id %q: at most 64 characters, no slashes, colons, blanks or leading dot", id)
+	}
+	return nil
 }
 
 func (f *Files) specPath(id string) string { return filepath.Join(f.Dir, "networks", id+".json") }
 
 // Declare implements Declarations (atomic write, as node records).
-func (f *Files) Declare(n NetworkSpec) error {
-	if err := n.Validate(); err != nil {
+func (f *Files) Declare(id string, data []byte) error {
+	if err := ValidNetworkID(id); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(n, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeAtomic(f.specPath(n.ID), b)
+	return writeAtomic(f.specPath(id), data)
 }
 
 // Undeclare implements Declarations.
-func (f *Files) Undeclare(id string) error {
-	if err := os.Remove(f.specPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
+func (f *Files) Undeclare(id string) error { return removeFile(f.specPath(id)) }
 
-// Declared implements Declarations. A listing that could not be read
-// whole returns what it could read (never nil) with the error: readers
-// must not take a network missing from it as withdrawn.
-func (f *Files) Declared() ([]NetworkSpec, error) {
+// Declared implements Declarations.
+func (f *Files) Declared() ([]trust.Entry, error) {
 	// The directory is made by NewFiles: its absence means the registry
 	// is not there (an unmounted share), not that nothing is declared.
-	entries, err := os.ReadDir(filepath.Join(f.Dir, "networks"))
-	if err != nil {
-		return nil, err
-	}
-	out := []NetworkSpec{}
-	var errs []error
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(f.Dir, "networks", e.Name()))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // undeclared meanwhile
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		n, err := parseSpec(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", e.Name(), err))
-			continue
-		}
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	out, errs := f.list("networks", MaxDeclarationBytes)
 	return out, errors.Join(errs...)
-}
-
-func parseSpec(b []byte) (NetworkSpec, error) {
-	var n NetworkSpec
-	if err := json.Unmarshal(b, &n); err != nil {
-		return n, err
-	}
-	return n, n.Validate()
 }
 
 func (e *Etcd) specKey(id string) string { return e.prefix + "/networks/" + id }
 
 // Declare implements Declarations.
-func (e *Etcd) Declare(n NetworkSpec) error {
-	if err := n.Validate(); err != nil {
+func (e *Etcd) Declare(id string, data []byte) error {
+	if err := ValidNetworkID(id); err != nil {
 		return err
 	}
-	b, err := json.Marshal(n)
-	if err != nil {
-		return err
-	}
-	c, cancel := ctx()
-	defer cancel()
-	if _, err := e.cli.Put(c, e.specKey(n.ID), string(b)); err != nil {
-		return fmt.Errorf("etcd put: %w", err)
-	}
-	return nil
+	return e.put(e.specKey(id), data)
 }
 
 // Undeclare implements Declarations.
-func (e *Etcd) Undeclare(id string) error {
-	c, cancel := ctx()
-	defer cancel()
-	_, err := e.cli.Delete(c, e.specKey(id))
-	return err
-}
+func (e *Etcd) Undeclare(id string) error { return e.del(e.specKey(id)) }
 
 // Declared implements Declarations.
-func (e *Etcd) Declared() ([]NetworkSpec, error) {
-	c, cancel := ctx()
-	defer cancel()
-	resp, err := e.cli.Get(c, e.prefix+"/networks/", clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("etcd get: %w", err)
-	}
-	out := []NetworkSpec{}
-	var errs []error
-	for _, kv := range resp.Kvs {
-		n, err := parseSpec(kv.Value)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", kv.Key, err))
-			continue
-		}
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, errors.Join(errs...)
-}
+func (e *Etcd) Declared() ([]trust.Entry, error) { return e.list("networks") }

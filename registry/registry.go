@@ -8,15 +8,18 @@
 package registry
 
 import (
-	"encoding/json"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/tenantnet/tenantnet/trust"
 )
 
 // NetworkRecord is one tenant network as a node publishes it.
@@ -62,6 +65,13 @@ type NodeRecord struct {
 	Expires   time.Time                `json:"expires"`
 }
 
+// Sign makes the stored bytes of r: signed by the node's identity key
+// (nil: unsigned, an insecure grid), expiring ttl from now.
+func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, error) {
+	r.Expires = time.Now().Add(ttl).UTC()
+	return trust.SignJSON(key, trust.KindNodeRecord, r)
+}
+
 // Endpoint returns the UDP endpoint of a network of the node: one of its
 // addresses (IPv6 preferred, IPv4 when the asking node has only IPv4
 // connectivity) and the network's port.
@@ -86,14 +96,36 @@ func (r NodeRecord) Endpoint(network string, v4only bool) (netip.AddrPort, bool)
 	return netip.AddrPortFrom(addr, uint16(n.Port)), true
 }
 
-// Registry is a backend.
+// Limits on what a reader takes from the registry (a record bigger than
+// MaxRecordBytes is rejected whole; reads stop one byte past it).
+const (
+	MaxRecordBytes      = 1 << 20
+	MaxNetworksPerNode  = 2048
+	MaxUsersPerNetwork  = 1024
+	MaxMembersPerSpec   = 1024
+	MaxDeclarationBytes = 256 << 10
+)
+
+// Registry is a backend. It stores and lists signed objects (trust.Signed,
+// as bytes) by name; what they say, and whether to believe it, is for the
+// reader to verify (package trust, node's validation).
 type Registry interface {
-	// Publish writes (or renews) this node's record for ttl.
-	Publish(r NodeRecord, ttl time.Duration) error
+	// Publish writes (or renews) node id's signed record for ttl.
+	Publish(id string, data []byte, ttl time.Duration) error
 	// Withdraw removes this node's record (clean shutdown).
 	Withdraw(nodeID string) error
-	// Nodes returns every live record.
-	Nodes() ([]NodeRecord, error)
+	// Nodes lists the stored records by node id (the file or key name),
+	// sorted; the reader verifies each and checks its expiry.
+	Nodes() ([]trust.Entry, error)
+	// Enroll writes a node's signed enrollment; Unenroll removes it.
+	Enroll(id string, data []byte) error
+	Unenroll(id string) error
+	// Enrollments lists them by node id.
+	Enrollments() ([]trust.Entry, error)
+	// SetRevocations writes the signed revocation list; Revocations
+	// reads it (nil: none written yet).
+	SetRevocations(data []byte) error
+	Revocations() ([]byte, error)
 	Declarations
 	// Close releases the backend's connections (the records stay).
 	Close() error
@@ -114,9 +146,11 @@ type Files struct {
 	Dir string
 }
 
+var fileDirs = []string{"nodes", "networks", "enrollments"}
+
 // NewFiles opens (creating) a registry directory.
 func NewFiles(dir string) (*Files, error) {
-	for _, sub := range []string{"nodes", "networks"} {
+	for _, sub := range fileDirs {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("registry %s: %w", dir, err)
 		}
@@ -127,73 +161,105 @@ func NewFiles(dir string) (*Files, error) {
 // Close implements Registry: a directory holds nothing open.
 func (f *Files) Close() error { return nil }
 
-func (f *Files) path(id string) string { return filepath.Join(f.Dir, "nodes", id+".json") }
+func (f *Files) path(sub, id string) string { return filepath.Join(f.Dir, sub, id+".json") }
 
-// Publish implements Registry.
-func (f *Files) Publish(r NodeRecord, ttl time.Duration) error {
-	r.Expires = time.Now().Add(ttl).UTC()
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeAtomic(f.path(r.NodeID), b)
+// Publish implements Registry (the expiry is in the signed record).
+func (f *Files) Publish(id string, data []byte, _ time.Duration) error {
+	return writeAtomic(f.path("nodes", id), data)
 }
 
 // writeAtomic writes a file so that readers see the old or the new
-// content, never a part: temporary file, fsync, rename.
+// content, never a part: temporary file, fsync, rename, fsync of the
+// directory.
 func writeAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return trust.WriteFileSync(path, b, 0o644, true)
 }
 
-// Withdraw implements Registry.
-func (f *Files) Withdraw(id string) error {
-	if err := os.Remove(f.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+func removeFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
 }
 
-// Nodes implements Registry: live records only, sorted by node id.
-func (f *Files) Nodes() ([]NodeRecord, error) {
-	entries, err := os.ReadDir(filepath.Join(f.Dir, "nodes"))
+// Withdraw implements Registry.
+func (f *Files) Withdraw(id string) error { return removeFile(f.path("nodes", id)) }
+
+// Enroll implements Registry.
+func (f *Files) Enroll(id string, data []byte) error {
+	if err := trust.ValidNodeID(id); err != nil {
+		return err
+	}
+	return writeAtomic(f.path("enrollments", id), data)
+}
+
+// Unenroll implements Registry.
+func (f *Files) Unenroll(id string) error { return removeFile(f.path("enrollments", id)) }
+
+// Enrollments implements Registry.
+func (f *Files) Enrollments() ([]trust.Entry, error) {
+	out, err := f.list("enrollments", trust.MaxEnrollmentBytes)
+	return out, errors.Join(err...)
+}
+
+// SetRevocations implements Registry.
+func (f *Files) SetRevocations(data []byte) error {
+	return writeAtomic(filepath.Join(f.Dir, "revocations.json"), data)
+}
+
+// Revocations implements Registry.
+func (f *Files) Revocations() ([]byte, error) {
+	b, err := readLimited(filepath.Join(f.Dir, "revocations.json"), trust.MaxRevocationsBytes)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// readLimited reads at most max+1 bytes of path (more is rejected by the
+// reader as too big, without reading it all).
+func readLimited(path string, max int64) ([]byte, error) {
+	fh, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	var out []NodeRecord
+	defer fh.Close()
+	return io.ReadAll(io.LimitReader(fh, max+1))
+}
+
+// list reads the *.json entries of sub, sorted by name. Entries removed
+// meanwhile are skipped; any other error is returned with the rest.
+func (f *Files) list(sub string, max int64) ([]trust.Entry, []error) {
+	entries, err := os.ReadDir(filepath.Join(f.Dir, sub))
+	if err != nil {
+		return nil, []error{err}
+	}
+	out := []trust.Entry{}
+	var errs []error
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if strings.HasPrefix(e.Name(), ".") || !ok {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(f.Dir, "nodes", e.Name()))
-		if err != nil {
+		b, err := readLimited(filepath.Join(f.Dir, sub, e.Name()), max)
+		if errors.Is(err, os.ErrNotExist) {
 			continue // removed meanwhile
 		}
-		var r NodeRecord
-		if err := json.Unmarshal(b, &r); err != nil {
-			continue // a half-written file cannot happen (rename); a foreign one is ignored
-		}
-		if r.Expires.Before(now) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", e.Name(), err))
 			continue
 		}
-		out = append(out, r)
+		out = append(out, trust.Entry{Name: name, Data: b})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].NodeID < out[j].NodeID })
-	return out, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, errs
+}
+
+// Nodes implements Registry.
+func (f *Files) Nodes() ([]trust.Entry, error) {
+	out, errs := f.list("nodes", MaxRecordBytes)
+	if out == nil {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil // an unreadable record is one the reader does not see
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/trust"
 )
 
 func networkCmd() *command {
@@ -115,16 +117,17 @@ func networkListCmd() *command {
 // itself: they need no running service.
 
 func networkDeclareCmd() *command {
-	var id, exit string
+	var id, exit, key string
 	var mtu int
 	var members, users []string
 	return &command{
 		Name: "declare", Summary: "declare a network in the grid registry: its members create it (needs no service)",
-		Usage: "--id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]... [--config FILE]",
-		Example: `  tenantnetd network declare --id acme --members node1,node2 --exit node1
-  tenantnetd network declare --id acme --members node1,node2 --user alice:node1:$(cat alice.pub)`,
+		Usage: "--key FILE --id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]... [--config FILE]",
+		Example: `  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --exit node1
+  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --user alice:node1:$(cat alice.pub)`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.configFlag(fs)
+			fs.StringVar(&key, "key", "", "the grid operator's private key (signs the declaration)")
 			fs.StringVar(&id, "id", "", "network id (required)")
 			fs.StringSliceVar(&members, "members", nil, "member node ids")
 			fs.StringVar(&exit, "exit", "", "the member node that is the network's exit (dual-stack; members without native IPv6 reach the outside through it)")
@@ -143,37 +146,59 @@ func networkDeclareCmd() *command {
 				}
 				spec.Users = append(spec.Users, registry.UserSpec{ID: parts[0], Node: parts[1], PublicKey: parts[2]})
 			}
-			reg, done, err := openRegistry(env.Config)
+			reg, cfg, done, err := openRegistry(env.Config)
 			if err != nil {
 				return err
 			}
 			defer done()
+			k, err := declarationKey(key, cfg)
+			if err != nil {
+				return err
+			}
 			// An exit forwards the members' IPv6 out of its own uplink:
 			// refuse one the registry knows has none (a node not yet
 			// announced is checked by itself: it logs and does not forward).
 			if spec.Exit != "" {
-				if nodes, err := reg.Nodes(); err == nil {
-					for _, n := range nodes {
-						if n.NodeID == spec.Exit && n.Class != string(config.DualStack) {
-							return cli.Usagef("--exit %s: the node is %s; an exit needs native IPv6 (dual-stack)", spec.Exit, n.Class)
+				if encs, err := reg.Enrollments(); err == nil {
+					for _, e := range encs {
+						var en trust.Enrollment
+						if e.Name != spec.Exit || trust.OpenJSON(e.Data, trust.KindEnrollment, nil, &en) != nil {
+							continue
+						}
+						if en.Class != string(config.DualStack) {
+							return cli.Usagef("--exit %s: the node is %s; an exit needs native IPv6 (dual-stack)", spec.Exit, en.Class)
+						}
+						if !en.Exit && !cfg.InsecureRegistry {
+							return cli.Usagef("--exit %s: the node is not enrolled as an exit (grid enroll --exit)", spec.Exit)
 						}
 					}
 				}
 			}
-			return reg.Declare(spec)
+			b, err := registry.SignSpec(spec, k)
+			if err != nil {
+				return err
+			}
+			return reg.Declare(spec.ID, b)
 		},
 	}
 }
 
 func networkUndeclareCmd() *command {
+	var key string
 	return idCmd("undeclare", "remove a network from the grid registry: its members remove it (needs no service)", "network",
-		"  tenantnetd network undeclare --id acme", (*Env).configFlag,
+		"  tenantnetd network undeclare --key ~/grid.key --id acme", func(env *Env, fs *pflag.FlagSet) {
+			env.configFlag(fs)
+			fs.StringVar(&key, "key", "", "the grid operator's private key")
+		},
 		func(env *Env, id string) error {
-			reg, done, err := openRegistry(env.Config)
+			reg, cfg, done, err := openRegistry(env.Config)
 			if err != nil {
 				return err
 			}
 			defer done()
+			if _, err := declarationKey(key, cfg); err != nil {
+				return err
+			}
 			return reg.Undeclare(id)
 		})
 }
@@ -191,14 +216,27 @@ func networkDeclaredCmd() *command {
 			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
-			reg, done, err := openRegistry(env.Config)
+			reg, cfg, done, err := openRegistry(env.Config)
 			if err != nil {
 				return err
 			}
 			defer done()
-			specs, err := reg.Declared()
+			entries, err := reg.Declared()
 			if err != nil {
 				return err
+			}
+			pub, err := cfg.GridKey()
+			if err != nil {
+				return err
+			}
+			specs := []registry.NetworkSpec{}
+			for _, e := range entries {
+				sp, err := registry.OpenSpec(e, pub)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "tenantnetd: not believed: %v\n", err)
+					continue
+				}
+				specs = append(specs, sp)
 			}
 			return env.print(specs, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "NETWORK\tMEMBERS\tEXIT\tUSERS")
@@ -215,16 +253,16 @@ func networkDeclaredCmd() *command {
 }
 
 // openRegistry opens the grid registry the node configuration names.
-func openRegistry(cfgPath string) (registry.Registry, func(), error) {
+func openRegistry(cfgPath string) (registry.Registry, *config.Node, func(), error) {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return reg, func() {
+	return reg, cfg, func() {
 		if c, ok := reg.(io.Closer); ok {
 			c.Close()
 		}

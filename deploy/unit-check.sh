@@ -30,6 +30,7 @@ api_socket: $W/api.sock
 metrics_listen: 127.0.0.1:19555
 reconcile_interval: 1s
 registry: {type: file, dir: $W/reg}
+insecure_registry: true
 EOC
 mkdir -p $W/config/systemd/user
 sed "s#^ExecStart=.*#ExecStart=/usr/bin/nsenter --net=/run/netns/$NS $BIN run --config $W/node.yaml#" \

@@ -40,7 +40,9 @@ func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, allowed func(node
 	v4only := self.Class == config.HomeNAT || self.Class == config.IPv4Only
 	for _, rec := range nodes {
 		nr, ok := rec.Networks[n.ID]
-		if rec.NodeID == self.NodeID || !ok || !allowed(rec.NodeID) {
+		// A declared network and a local one of the same id are two
+		// networks: never merged.
+		if rec.NodeID == self.NodeID || !ok || nr.Declared != n.Declared || !allowed(rec.NodeID) {
 			continue
 		}
 		if nr.NextPublicKey != "" && now.Before(nr.RotateAt) {

@@ -188,9 +188,8 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func anyNode(string) bool { return true }
 
-// A declared network's peers are its members; a local network whose id is
-// declared has none from the registry (never merged); another local
-// network takes any believed record.
+// A declared network's peers are its members; a local network takes any
+// believed record (of a local network of its id: desiredPeers).
 func TestPeersAllowed(t *testing.T) {
 	all := map[string]registry.NetworkSpec{"acme": {ID: "acme", Members: []string{"self", "n2"}}}
 	for _, tt := range []struct {
@@ -201,7 +200,7 @@ func TestPeersAllowed(t *testing.T) {
 	}{
 		{"acme", true, "n2", true},
 		{"acme", true, "n3", false},
-		{"acme", false, "n2", false},
+		{"acme", false, "n2", true}, // a local acme: its peers are local acmes (desiredPeers)
 		{"globex", false, "n3", true},
 		{"globex", true, "n3", false}, // declared here, its spec gone: no one
 	} {

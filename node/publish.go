@@ -42,7 +42,7 @@ func (s *Service) publish() error {
 		if err != nil {
 			continue
 		}
-		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU}
+		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU, Declared: n.Declared}
 		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
 			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
 		}

@@ -266,17 +266,16 @@ func checkDeclared(entries []trust.Entry, c declaredCheck) (all, mine map[string
 }
 
 // peersAllowed says which nodes may be peers of network n: the members of
-// its declaration (n declared), anyone enrolled (n local and its id
-// declared nowhere), no one (n local but its id is a declared network's:
-// the two are never merged).
+// its declaration (n declared; none once the declaration is gone), anyone
+// enrolled (n local: its peers are the local networks of its id on other
+// nodes, desiredPeers, never the declared network of its id).
 func peersAllowed(id string, declared bool, all map[string]registry.NetworkSpec) func(node string) bool {
 	sp, ok := all[id]
 	switch {
 	case declared && ok:
 		return sp.HasMember
-	case declared, ok:
+	case declared:
 		return func(string) bool { return false }
 	}
 	return func(string) bool { return true }
 }
-

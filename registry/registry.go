@@ -33,6 +33,10 @@ type NetworkRecord struct {
 	RotateAt      time.Time `json:"rotate_at,omitzero"`
 	// MTU of the network on that node (its bridge and WireGuard device).
 	MTU int `json:"mtu,omitempty"`
+	// Declared: the node has the network because the registry declares
+	// it. A declared network and local ones (created through a node's
+	// API) of the same id never peer: they are different networks.
+	Declared bool `json:"declared,omitempty"`
 }
 
 // PathMTU is the largest tenant packet the network takes on the node of

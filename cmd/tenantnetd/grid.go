@@ -32,7 +32,9 @@ func gridInitCmd() *command {
 		Name: "init", Summary: "create the grid operator's key pair (keep the private key off the nodes)",
 		Usage:   "--key FILE",
 		Example: "  tenantnetd grid init --key ~/grid.key   # prints the public key for the nodes' grid_public_key",
-		Flags:   func(fs *pflag.FlagSet, env *Env) { fs.StringVar(&key, "key", "", "the private key file to create (0600; refused if it exists)") },
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			fs.StringVar(&key, "key", "", "the private key file to create (0600; refused if it exists)")
+		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "key"); err != nil {
 				return err
@@ -228,4 +230,3 @@ func declarationKey(path string, cfg *config.Node) (ed25519.PrivateKey, error) {
 	}
 	return gridKey(path, cfg)
 }
-

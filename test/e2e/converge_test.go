@@ -52,7 +52,11 @@ func converge(b *testing.B, members int) {
 			Networks: map[string]registry.NetworkRecord{"acme": {
 				Prefix: netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x:1::/64", 0x1000+i)), PublicKey: k.PublicKey().String(), Port: 51820}}}
 		announced[rec.Networks["acme"].Prefix] = true
-		if err := reg.Publish(rec, time.Minute); err != nil {
+		data, err := rec.Sign(nil, time.Minute) // an insecure grid (nodeDaemonEvery): unsigned
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := reg.Publish(rec.NodeID, data, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 	}

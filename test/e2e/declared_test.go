@@ -43,7 +43,7 @@ func declared(t *testing.T, backend string) {
 		return strings.Contains(g.d.must("network", "list"), id)
 	}
 	alice, _ := wgtypes.GeneratePrivateKey()
-	registryCmd("network", "declare", "--id", "acme", "--members", "node1,node2", "--exit", "node1",
+	registryCmd("network", "declare", "--key", nodes[0].gridKey, "--id", "acme", "--members", "node1,node2", "--exit", "node1",
 		"--user", "alice:node1:"+alice.PublicKey().String())
 	if out := registryCmd("network", "declared"); !strings.Contains(out, "acme") || !strings.Contains(out, "alice@node1") {
 		t.Fatalf("network declared:\n%s", out)
@@ -77,7 +77,7 @@ func declared(t *testing.T, backend string) {
 	eventually("d1 -> d2 on the declared network", func() error { return dialTCP(wl["d1"], fmt.Sprintf("[%s]:8080", addr["d2"]), time.Second) })
 
 	// node3 becomes a member.
-	registryCmd("network", "declare", "--id", "acme", "--members", "node1,node2,node3", "--exit", "node1",
+	registryCmd("network", "declare", "--key", nodes[0].gridKey, "--id", "acme", "--members", "node1,node2,node3", "--exit", "node1",
 		"--user", "alice:node1:"+alice.PublicKey().String())
 	eventually("node3 joins acme", func() error {
 		if !hasNetwork(nodes[2], "acme") {
@@ -92,7 +92,7 @@ func declared(t *testing.T, backend string) {
 
 	// node2 is taken out, and alice: node1 drops the user at once; node2
 	// keeps acme while d2 is attached (and says why), then lets it go.
-	registryCmd("network", "declare", "--id", "acme", "--members", "node1,node3", "--exit", "node1")
+	registryCmd("network", "declare", "--key", nodes[0].gridKey, "--id", "acme", "--members", "node1,node3", "--exit", "node1")
 	eventually("alice removed from node1", func() error {
 		if out := nodes[0].d.must("user", "list"); strings.Contains(out, "alice") {
 			return fmt.Errorf("alice still listed")
@@ -133,7 +133,7 @@ func declared(t *testing.T, backend string) {
 	// Undeclared: the members let it go (once their workloads are gone).
 	nodes[0].d.must("workload", "del", "--id", "d1")
 	nodes[2].d.must("workload", "del", "--id", "d3")
-	registryCmd("network", "undeclare", "--id", "acme")
+	registryCmd("network", "undeclare", "--key", nodes[0].gridKey, "--id", "acme")
 	eventually("acme gone everywhere", func() error {
 		for _, g := range nodes {
 			if hasNetwork(g, "acme") {

@@ -55,7 +55,7 @@ func gridExit(t *testing.T, extra string) {
 
 	declare := func(id string, args ...string) {
 		t.Helper()
-		out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + exit.ns.Name, bin, "network", "declare", "--id", id,
+		out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + exit.ns.Name, bin, "network", "declare", "--key", exit.gridKey, "--id", id,
 			"--members", "node1,node2", "--config", exit.d.cfgPath}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("network declare %s: %v\n%s", id, err, out)
@@ -71,7 +71,7 @@ func gridExit(t *testing.T, extra string) {
 	}
 	declare("acme", "--exit", "node1") // first: tenant number 1 (acme) on both nodes
 	// The home node cannot be an exit: refused, nothing declared.
-	out, err := exec.Command("nsenter", "--net=/run/netns/"+exit.ns.Name, bin, "network", "declare", "--id", "bad",
+	out, err := exec.Command("nsenter", "--net=/run/netns/"+exit.ns.Name, bin, "network", "declare", "--key", exit.gridKey, "--id", "bad",
 		"--members", "node1,node2", "--exit", "node2", "--config", exit.d.cfgPath).CombinedOutput()
 	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "--exit node2: the node is home-nat") {
 		t.Errorf("declaring the home node as exit: exit code %d, output %q; want 2 and the reason", code, out)

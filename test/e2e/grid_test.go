@@ -33,6 +33,21 @@ type gridNode struct {
 	pin   string
 	state string          // tenantnetd's state directory (tenantfw's too)
 	inet  *testutil.NetNS // the "internet" the node's uplink is on
+	// gridKey is the grid operator's private key file (newGrid makes it
+	// and enrolls every node with it: the grid is a signed one).
+	gridKey string
+	regDir  string // the file registry's directory (file backend)
+}
+
+// tenantnetdIn runs bin in netns ns (etcd is reachable from the nodes'
+// namespaces) and returns its output, failing the test on an error.
+func tenantnetdIn(t testing.TB, ns, bin string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, bin}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tenantnetd %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // TestGrid: three nodes, each its own tenantnetd, wired through an
@@ -50,7 +65,10 @@ func TestGrid(t *testing.T) {
 // extra is appended to every node's configuration. With natLast the last
 // node is at "home": class home-nat, IPv4 only, behind a NAT router
 // namespace (nftables masquerade) on the internet, and the others get
-// IPv4 addresses too. Everything goes at cleanup.
+// IPv4 addresses too. The grid is signed: newGrid creates a grid key
+// (grid init), and enrolls each node's identity (identity, grid enroll:
+// its /48, its class, may be an exit) before it starts. Everything goes
+// at cleanup.
 func newGrid(t testing.TB, backend string, count int, extra string, natLast ...bool) ([]*gridNode, string) {
 	pid := os.Getpid()
 	bin := buildBinary(t, "cmd/tenantnetd")
@@ -79,9 +97,13 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		registryYAML = fmt.Sprintf("{type: etcd, endpoints: [%q], prefix: /grid-%d}", url, pid)
 	}
 
+	gridKey := filepath.Join(t.TempDir(), "grid.key")
+	if out, err := exec.Command(bin, "grid", "init", "--key", gridKey).CombinedOutput(); err != nil {
+		t.Fatalf("grid init: %v %s", err, out)
+	}
 	var nodes []*gridNode
 	for i := 1; i <= count; i++ {
-		g := &gridNode{id: fmt.Sprintf("node%d", i), inet: inet}
+		g := &gridNode{id: fmt.Sprintf("node%d", i), inet: inet, gridKey: gridKey, regDir: regDir}
 		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
 		nl := g.ns.Netlink(t)
 		peer := fmt.Sprintf("n%d", i)
@@ -149,8 +171,12 @@ metrics_listen: 127.0.0.1:%d
 reconcile_interval: 1s
 registry_lease: 3s
 registry: %s
+grid_public_key: %s.pub
 %s
-`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, extra)), 0o600)
+`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra)), 0o600)
+		identity := strings.TrimSpace(tenantnetdIn(t, g.ns.Name, bin, "identity", "--config", g.d.cfgPath))
+		tenantnetdIn(t, g.ns.Name, bin, "grid", "enroll", "--key", gridKey, "--config", g.d.cfgPath, "--node", g.id,
+			"--identity", identity, "--class", class, "--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i), "--exit")
 		g.d.cleanupAtEnd(g.id, func() {
 			// What the datapath did, before cleanup removes it.
 			if m, err := loader.OpenMaps(g.pin); err == nil {

@@ -96,8 +96,8 @@ down() {
 	echo "  nothing left: no tn-demo namespace, no pins, no process, no state"
 }
 
-start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint]
-	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-}
+start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit]
+	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-} exit=${6:-}
 	local registry="{type: file, dir: $STATE/registry}"
 	if [[ $REG == etcd ]]; then registry="{type: etcd, endpoints: [\"$etcd\"], prefix: /tenantnet-demo}"; fi
 	cat >"$RUN/node$i.yaml" <<EOT
@@ -113,12 +113,35 @@ metrics_listen: 127.0.0.1:9464
 reconcile_interval: 2s
 registry_lease: 6s
 registry: $registry
+grid_public_key: $STATE/grid.key.pub
 EOT
+	# The node's identity (made on first use), enrolled by the grid
+	# operator: its id, class, /48, and whether it may be an exit.
+	local identity
+	identity=$("$BIN/tenantnetd" identity --config "$RUN/node$i.yaml")
+	on_node "$i" "$BIN/tenantnetd" grid enroll --key "$STATE/grid.key" --config "$RUN/node$i.yaml" --node "node$i" \
+		--identity "$identity" --class "$class" --prefix "$prefix" $exit
 	# nsenter execs tenantnetd: $! is the daemon's pid.
 	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
 	echo $! >"$RUN/node$i.pid"
 	for _ in $(seq 1 100); do nd "$i" status >/dev/null 2>&1 && return 0; sleep 0.1; done
 	echo "node$i did not start:" >&2; cat "$RUN/node$i.log" >&2; exit 1
+}
+
+# forge_record writes a record for "intruder" (never enrolled) claiming
+# acme with a WireGuard key of its own: a file in the registry directory,
+# or a put to etcd (its HTTP gateway).
+forge_record() {
+	FORGED_KEY=$(wg genkey | wg pubkey)
+	local payload rec
+	payload=$(printf '{"node_id":"intruder","class":"dual-stack","addresses":["2001:db8:ffff::66"],"networks":{"acme":{"prefix":"2001:db8:166:1::/64","public_key":"%s","port":51820}},"expires":"2099-01-01T00:00:00Z"}' "$FORGED_KEY" | base64 -w0)
+	rec=$(printf '{"kind":"node-record","payload":"%s"}' "$payload")
+	if [[ $REG == etcd ]]; then
+		in_ns tn-demo-client curl -s -X POST "http://[2001:db8:ffff::100]:2379/v3/kv/put" \
+			-d "{\"key\": \"$(printf /tenantnet-demo/nodes/intruder | base64 -w0)\", \"value\": \"$(printf '%s' "$rec" | base64 -w0)\"}" >/dev/null
+	else
+		printf '%s' "$rec" >"$STATE/registry/nodes/intruder.json"
+	fi
 }
 
 up() {
@@ -191,13 +214,15 @@ EOT
 		echo $! >"$RUN/etcd.pid"
 		for _ in $(seq 1 50); do in_ns tn-demo-client bash -c 'exec 3<>/dev/tcp/192.0.2.100/2379' 2>/dev/null && break; sleep 0.2; done
 	fi
-	say "starting tenantnetd on each node ($REG registry)"
-	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "http://[2001:db8:ffff::100]:2379"
+	say "the grid operator's key (kept off the nodes: here in $STATE/grid.key)"
+	"$BIN/tenantnetd" grid init --key "$STATE/grid.key" >/dev/null
+	say "starting tenantnetd on each node ($REG registry), each enrolled by the grid key"
+	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "http://[2001:db8:ffff::100]:2379" --exit
 	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "http://[2001:db8:ffff::100]:2379"
 	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "http://192.0.2.100:2379"
 
 	say "two tenant networks: acme declared in the registry (all three nodes, exit node1), globex added on node1 and node2"
-	on_node 1 "$BIN/tenantnetd" network declare --id acme --members node1,node2,node3 --exit node1 --config "$RUN/node1.yaml" >/dev/null
+	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3 --exit node1 --config "$RUN/node1.yaml" >/dev/null
 	for i in 1 2; do nd $i network add --id globex >/dev/null; done
 	for i in 1 2 3; do
 		retry has_net $i acme || { echo "node$i did not join acme:" >&2; tail -20 "$RUN/node$i.log" >&2; exit 1; }
@@ -252,6 +277,12 @@ EOT
 		grep -q "unreachable $ACME2_NET" <<<"$(on_node 1 ip -6 route show type unreachable)"
 	check "node3 keeps an unreachable default in acme's exit table" ok \
 		grep -q "^unreachable default" <<<"$(on_node 3 ip -6 route show table all type unreachable)"
+	# Whoever can write the registry, without a node's identity key, gets
+	# nothing: a forged record claiming acme is refused whole.
+	forge_record
+	check "a forged record (intruder joining acme) is refused" ok retry grep -q '"name":"intruder","reason":"not-enrolled"' "$RUN/node1.log"
+	sleep 3
+	check "node1 took no peer from it" blocked grep -q "$FORGED_KEY" <<<"$(on_node 1 wg show all dump 2>/dev/null)"
 	stats=$(fw 1 stats -o json)
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"
@@ -262,6 +293,7 @@ EOT
 	on_node 1 curl -s 127.0.0.1:9464/metrics >"$RUN/metrics.txt"
 	check "node1 /metrics passes promtool check metrics" ok promtool check metrics <"$RUN/metrics.txt"
 	check "node1 exports WireGuard handshakes" ok grep -q '^tenantnet_wireguard_peer_handshaked{.*} 1' "$RUN/metrics.txt"
+	check "node1 counts the forged record" ok grep -q '^tenantnet_registry_rejected_total{reason="not-enrolled"}' "$RUN/metrics.txt"
 
 	say "what was built"
 	for i in 1 2 3; do

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/internal/cli"
+	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
 
@@ -73,6 +74,22 @@ func gridKey(path string, cfg *config.Node) (ed25519.PrivateKey, error) {
 	return k, nil
 }
 
+// openGrid opens the registry of the configuration at cfgPath and loads
+// the grid key at keyPath (gridKey): what the operator's commands write
+// with.
+func openGrid(cfgPath, keyPath string) (registry.Registry, ed25519.PrivateKey, func(), error) {
+	reg, cfg, done, err := openRegistry(cfgPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	k, err := gridKey(keyPath, cfg)
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return reg, k, done, nil
+}
+
 func gridEnrollCmd() *command {
 	var key, node, identity, class string
 	var prefixes []string
@@ -113,15 +130,11 @@ func gridEnrollCmd() *command {
 			if err := en.Validate(); err != nil {
 				return cli.Usagef("%v", err)
 			}
-			reg, cfg, done, err := openRegistry(env.Config)
+			reg, k, done, err := openGrid(env.Config, key)
 			if err != nil {
 				return err
 			}
 			defer done()
-			k, err := gridKey(key, cfg)
-			if err != nil {
-				return err
-			}
 			b, err := trust.SignJSON(k, trust.KindEnrollment, en)
 			if err != nil {
 				return err
@@ -146,15 +159,11 @@ func gridRevokeCmd() *command {
 			if err := checkArgs(fs, args, "key", "node"); err != nil {
 				return err
 			}
-			reg, cfg, done, err := openRegistry(env.Config)
+			reg, k, done, err := openGrid(env.Config, key)
 			if err != nil {
 				return err
 			}
 			defer done()
-			k, err := gridKey(key, cfg)
-			if err != nil {
-				return err
-			}
 			pub := k.Public().(ed25519.PublicKey)
 			encs, err := reg.Enrollments()
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
+	"github.com/tenantnet/tenantnet/wg"
 )
 
 // TestHostileRegistry: whoever can write the registry (here its
@@ -62,14 +63,23 @@ func TestHostileRegistry(t *testing.T) {
 	snapshot := func() string {
 		t.Helper()
 		var b strings.Builder
-		out, _ := exec.Command("ip", "netns", "exec", node1.ns.Name, "wg", "show", "all", "dump").CombinedOutput()
-		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			f := strings.Split(l, "\t")
-			switch len(f) {
-			case 9: // a peer: device, key, allowed IPs
-				fmt.Fprintf(&b, "peer %s %s %s\n", f[0], f[1], f[4])
-			case 5: // a device: name, public key, port
-				fmt.Fprintf(&b, "device %s %s %s\n", f[0], f[2], f[3])
+		// node1's devices (wg show all would list every wireguard-go
+		// socket of the machine: they share /var/run/wireguard).
+		for num := uint32(1); num <= 3; num++ {
+			dev := wg.Name(num, node1.id)
+			out, err := exec.Command("ip", "netns", "exec", node1.ns.Name, "wg", "show", dev, "dump").CombinedOutput()
+			if err != nil {
+				fmt.Fprintf(&b, "no device %s\n", dev)
+				continue
+			}
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				f := strings.Split(l, "\t")
+				switch len(f) {
+				case 8: // a peer: key, allowed IPs
+					fmt.Fprintf(&b, "peer %s %s %s\n", dev, f[0], f[3])
+				case 4: // the device: public key, port
+					fmt.Fprintf(&b, "device %s %s %s\n", dev, f[1], f[2])
+				}
 			}
 		}
 		for _, c := range [][]string{{"-6", "route", "show", "table", "all"}, {"-6", "rule"}} {
@@ -83,15 +93,23 @@ func TestHostileRegistry(t *testing.T) {
 		b.WriteString(node1.d.must("user", "list"))
 		return b.String()
 	}
-	peers := func(s string) int { return strings.Count(s, "peer ") }
-	retry(t, 30*time.Second, "node1 peers with node2 on acme and decl", func() error {
+	peers := func(s string) int { return strings.Count("\n"+s, "\npeer ") }
+	retry(t, 60*time.Second, "node1 peers with node2 on acme and decl", func() error {
 		if n := peers(snapshot()); n != 2 {
 			return fmt.Errorf("%d peers", n)
 		}
 		return nil
 	})
-	time.Sleep(3 * time.Second) // a few reconciles: nothing left to change
-	before := snapshot()
+	// A few reconciles with nothing left to change.
+	var before string
+	retry(t, 30*time.Second, "node1 settles", func() error {
+		a := snapshot()
+		time.Sleep(3 * time.Second)
+		if before = snapshot(); a != before {
+			return fmt.Errorf("node1 still changes")
+		}
+		return nil
+	})
 
 	var node2Rec registry.NodeRecord
 	b, err := os.ReadFile(filepath.Join(reg, "nodes", "node2.json"))
@@ -170,7 +188,7 @@ func TestHostileRegistry(t *testing.T) {
 			cli("grid", "revoke", "--key", node1.gridKey, "--node", "node8")
 			write("enrollments/node8.json", node8Enrollment)
 			write("nodes/node8.json", signed(record("node8", "2001:db8:108:1::/64", wgKey()), ids["node8"]))
-		}},
+		}, undo: func() { os.Remove(filepath.Join(reg, "enrollments", "node8.json")) }},
 		{name: "an expired enrollment", reject: "node7", reason: "enrollment-expired", setup: func() {
 			enroll("node7", "2001:db8:107::/48", "--expires", "1s")
 			time.Sleep(1500 * time.Millisecond)
@@ -234,7 +252,7 @@ func TestHostileRegistry(t *testing.T) {
 					c.undo()
 				}
 				for _, rel := range []string{"nodes/node9.json", "nodes/intruder.json", "nodes/node8.json", "nodes/node7.json", "nodes/nodex.json",
-					"networks/acme.json", "networks/outer2.json", "enrollments/node8.json"} {
+					"networks/acme.json", "networks/outer2.json"} {
 					os.Remove(filepath.Join(reg, rel))
 				}
 				time.Sleep(2 * time.Second)

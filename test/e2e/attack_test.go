@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -293,8 +294,29 @@ func TestFailClosed(t *testing.T) {
 	retry(t, 30*time.Second, "w1 -> w2 after node2 restarted", func() error { return dialTCP(a.w1, a.hp("w2", 7070), time.Second) })
 	leaks("after node2 came back")
 
-	// (2) node1's own tenantnetd is killed while node2 is up.
+	// (2) node1's own tenantnetd is killed while node2 is up, and its
+	// WireGuard device goes too (devices now outlive tenantnetd, so the
+	// test deletes it: a crashed device process, a device removed by
+	// hand). Only the unreachable routes stand between acme and the
+	// default route until tenantnetd is back.
 	a.nodes[0].d.kill9()
+	nl := a.nodes[0].ns.Netlink(t)
+	links, err := nl.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := 0
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "tg") {
+			if err := nl.LinkDel(l); err != nil {
+				t.Fatalf("delete %s: %v", l.Attrs().Name, err)
+			}
+			gone++
+		}
+	}
+	if gone == 0 {
+		t.Fatal("node1 has no WireGuard device to lose: the test would prove nothing")
+	}
 	time.Sleep(3 * time.Second)
 	leaks("after kill -9 of node1's tenantnetd")
 	a.nodes[0].d.start()

@@ -66,10 +66,15 @@ type Result struct {
 	Err              string
 }
 
-// BuildTests builds static test binaries into dir.
-func BuildTests(repo, dir string) (map[string]string, error) {
+// BuildTests builds static test binaries into dir, for every package of
+// Packages, or only those named when only is not empty.
+func BuildTests(repo, dir string, only ...string) (map[string]string, error) {
 	out := map[string]string{}
-	for _, p := range Packages {
+	pkgs := Packages
+	if len(only) > 0 {
+		pkgs = only
+	}
+	for _, p := range pkgs {
 		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
 		bin := filepath.Join(dir, name)
 		cmd := exec.Command("go", "test", "-c", "-o", bin, p)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -22,11 +23,23 @@ func main() {
 	cache := pflag.String("cache", "/var/cache/tenantnet/kernels", "kernels fetched by test/kernels/fetch.sh")
 	verbose := pflag.BoolP("verbose", "v", false, "print the VMs' consoles")
 	out := pflag.String("report", "", "also write the table (markdown) to this file")
+	only := pflag.StringSlice("kernels", nil, "run only these kernels (major.minor, e.g. 6.1)")
+	runs := pflag.StringArray("run", nil, "run only this package's tests matching a -test.run regexp (./test/datapath=TestDifferential); repeatable, other packages are left out")
+	noHost := pflag.Bool("no-host", false, "leave out the host kernel")
 	pflag.Parse()
+	var pkgs []string
+	for _, r := range *runs {
+		pkg, filter, ok := strings.Cut(r, "=")
+		if !ok || !strings.HasPrefix(pkg, "./") {
+			fail(fmt.Errorf("--run %q: want ./package=regexp", r))
+		}
+		kmatrix.RunFilter[pkg] = filter
+		pkgs = append(pkgs, pkg)
+	}
 	repo, _ := os.Getwd()
 	work, _ := os.MkdirTemp("", "tn-kmatrix-")
 	defer os.RemoveAll(work)
-	tests, err := kmatrix.BuildTests(repo, work)
+	tests, err := kmatrix.BuildTests(repo, work, pkgs...)
 	if err != nil {
 		fail(err)
 	}
@@ -34,7 +47,7 @@ func main() {
 	if *verbose {
 		log = os.Stderr
 	}
-	kernels := pickKernels(*cache)
+	kernels := pickKernels(*cache, *only)
 	if len(kernels) == 0 {
 		fail(fmt.Errorf("no kernels in %s: run sudo test/kernels/fetch.sh", *cache))
 	}
@@ -65,9 +78,11 @@ func main() {
 		modLines = append(modLines, fmt.Sprintf("%s: %s", kernel, strings.Join(mods, ", ")))
 		fmt.Printf("   %s done in %s\n", kernel, time.Since(start).Round(time.Second))
 	}
-	fmt.Println(">> host kernel ...")
-	_, hres, _ := kmatrix.Parse(kmatrix.RunHost(tests, log))
-	all = append(all, hres...)
+	if !*noHost {
+		fmt.Println(">> host kernel ...")
+		_, hres, _ := kmatrix.Parse(kmatrix.RunHost(tests, log))
+		all = append(all, hres...)
+	}
 
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
@@ -120,8 +135,9 @@ func firstLine(s string) string {
 	return s
 }
 
-// pickKernels takes the newest fetched kernel of each major.minor.
-func pickKernels(cache string) []string {
+// pickKernels takes the newest fetched kernel of each major.minor (of
+// those in only, when it is not empty).
+func pickKernels(cache string, only []string) []string {
 	entries, _ := os.ReadDir(cache)
 	best := map[string]string{}
 	for _, e := range entries {
@@ -133,6 +149,9 @@ func pickKernels(cache string) []string {
 			continue
 		}
 		mm := f[0] + "." + f[1]
+		if len(only) > 0 && !slices.Contains(only, mm) {
+			continue
+		}
 		if e.Name() > best[mm] {
 			best[mm] = e.Name()
 		}

@@ -30,7 +30,14 @@ func openMaps(env *Env) (*bpfmaps.Maps, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return bpfmaps.FromMaps(wm), func() { wm.Close() }, nil
+	m := bpfmaps.FromMaps(wm)
+	// The conntrack housekeeping program (flows flush); without it only
+	// the flushes fail.
+	ctl, err := loader.OpenCtl(env.PinDir)
+	if err != nil {
+		return m, func() { wm.Close() }, nil
+	}
+	return m.WithCtl(ctl), func() { wm.Close(); ctl.Close() }, nil
 }
 
 func statsCmd() *command {

@@ -38,6 +38,21 @@
 #define EEXIST 17
 #endif
 
+/* bpf_map_update_elem's result, as the int the map's code returns. The
+ * verifier turns the helper into a direct call of the map's update
+ * function, which returns a 32-bit int before 6.4 (kernel commit
+ * d7ba4cc900bf, "bpf: return long from bpf_map_ops funcs"): there the
+ * upper half of the 64-bit result is zero, so -EEXIST arrives as
+ * 0xffffffef and never equals a 64-bit -EEXIST. Comparing the whole long
+ * took a tuple's existing entry for a full map on 6.1 and refused the flow
+ * as ct-quota (a new SYN on a closing flow's tuple, a datagram's repeated
+ * first fragment). */
+static __always_inline int tn_map_insert(void *map, const void *key,
+					 const void *val, __u64 flags)
+{
+	return (int)bpf_map_update_elem(map, key, val, flags);
+}
+
 /* ---- per-tenant fill ------------------------------------------------------ */
 
 static __always_inline struct tn_ctfill *tn_fill(__u32 tenant)
@@ -246,7 +261,7 @@ static __always_inline int tn_ct_create(const struct pkt *p, __u32 ifindex,
 		v.flags = TN_CT_F_SEEN;
 		v.seq[0] = bpf_ntohl(p->seq);
 	}
-	long err = bpf_map_update_elem(&tn_ct_v2, &k, &v, BPF_NOEXIST);
+	int err = tn_map_insert(&tn_ct_v2, &k, &v, BPF_NOEXIST);
 	if (!err)
 		return 0;
 	__sync_fetch_and_add(&c->ct, -1);
@@ -295,7 +310,7 @@ static __always_inline int tn_frag_remember(const struct pkt *p, __u32 ifindex,
 	struct tn_frag_key k = {};
 	tn_frag_key(&k, p, ifindex);
 	struct tn_frag_val v = {.seen_ns = now, .tenant = tenant};
-	long err = bpf_map_update_elem(&tn_frag_v2, &k, &v, BPF_NOEXIST);
+	int err = tn_map_insert(&tn_frag_v2, &k, &v, BPF_NOEXIST);
 	if (!err)
 		return 0;
 	__sync_fetch_and_add(&c->frag, -1);

@@ -43,13 +43,17 @@ static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
 	 * on this CPU's slot (per-CPU values make the race harmless). -E2BIG
 	 * is a full map: the packet is counted in tn_errors_v1 instead. Branch
 	 * free (x == 0 exactly when the insert failed for a full map): a branch
-	 * here doubles the paths the verifier walks after every verdict. */
-	__s64 x = bpf_map_update_elem(&tn_stats_v1, &k, &init, BPF_NOEXIST) +
+	 * here doubles the paths the verifier walks after every verdict. The
+	 * result is taken as an int: before 6.4 the upper half of a map
+	 * update's error is zero (see tn_map_insert in conntrack.h), and a
+	 * 64-bit sum was never 0 on 6.1. */
+	__s32 x = (__s32)bpf_map_update_elem(&tn_stats_v1, &k, &init,
+					     BPF_NOEXIST) +
 		  E2BIG;
 	__u32 e = TN_ERR_STATS_FULL;
 	__u64 *n = bpf_map_lookup_elem(&tn_errors_v1, &e);
 	if (n)
-		*n += 1 - ((__u64)(x | -x) >> 63);
+		*n += 1 - ((__u32)(x | -x) >> 31);
 }
 
 static __always_inline void tn_event(const struct pkt *p, __u32 tenant,

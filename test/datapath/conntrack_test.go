@@ -170,6 +170,33 @@ func TestSYNOnly(t *testing.T) {
 	}
 }
 
+// A tuple that already has an entry (a closing TCP flow reopened by a new
+// SYN, a datagram whose first fragment comes again) replaces it in place
+// and holds one entry of the quota. On 6.1 the map's -EEXIST came back
+// with its upper half zero, was taken for a full map, and the packet was
+// dropped as ct-quota (seen before the fix: "return code 2, model wants 0"
+// for the second SYN and the repeated fragment).
+func TestTupleReuse(t *testing.T) {
+	e := standardEnv(t)
+	frag := packet.Spec{Src: a1v6, Dst: ext6, Proto: 17, Sport: 5353, Dport: 53, Payload: 32,
+		Ext: []packet.Ext{{Type: 44, ID: 7, More: true}}}
+	runSteps(t, e, []step{
+		{"outbound syn", model.FromWorkload, 0, tcpSeq(a1v6, ext6, 46000, 443, synF, 1000, 0), policy.PassDefault},
+		{"refused", model.ToWorkload, 0, tcpSeq(ext6, a1v6, 443, 46000, rstF|ackF, 0, 1001), policy.PassCT},
+		{"a new syn on the closing tuple", model.FromWorkload, 0, tcpSeq(a1v6, ext6, 46000, 443, synF, 7000, 0), policy.PassDefault},
+		{"its answer", model.ToWorkload, 0, tcpSeq(ext6, a1v6, 443, 46000, synF|ackF, 9000, 7001), policy.PassCT},
+		{"inbound syn to the open port", model.ToWorkload, 0, tcpSeq(ext6, a1v6, 40000, 8080, synF, 1000, 0), policy.PassRule},
+		{"no listener: rst", model.FromWorkload, 0, tcpSeq(a1v6, ext6, 8080, 40000, rstF|ackF, 0, 1001), policy.PassCT},
+		{"the same syn again", model.ToWorkload, 0, tcpSeq(ext6, a1v6, 40000, 8080, synF, 1000, 0), policy.PassRule},
+		{"first fragment", model.FromWorkload, 0, frag, policy.PassDefault},
+		{"the same first fragment again", model.FromWorkload, 0, frag, policy.PassCT},
+	})
+	e.fillAgrees(tenantA)
+	if f, _ := e.maps.Fills(); f[tenantA].Flows != 3 || f[tenantA].Frags != 1 {
+		t.Fatalf("tenant A holds %d flows, %d fragments; want 3 and 1 (each tuple once)", f[tenantA].Flows, f[tenantA].Frags)
+	}
+}
+
 // A tenant at its quota has its new flows (and fragmented datagrams)
 // refused as ct-quota; its established flows and other tenants' flows
 // keep working; a flush gives the quota back.

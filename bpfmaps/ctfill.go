@@ -80,11 +80,19 @@ const (
 	DefaultFragQuota = uint32(loader.WorkloadTnQuotaTN_FRAG_QUOTA_DEFAULT)
 )
 
+// InboundShare is how many of a flow quota's entries inbound packets may
+// open (the datapath's tn_ct_create).
+func InboundShare(quota uint32) uint32 { return quota - quota/4 }
+
 // Fill is what one tenant holds in the conntrack and fragment tables, and
 // may hold (its quotas, defaults applied). The counts include expired
 // entries ExpireFlows has not deleted yet.
 type Fill struct {
-	Flows    uint32 `json:"flows"`
+	Flows uint32 `json:"flows"`
+	// FlowsIn of Flows were opened by inbound packets: at most three
+	// quarters of FlowsMax (InboundShare), so that a flood on an open
+	// port never refuses the flows the tenant's workloads open.
+	FlowsIn  uint32 `json:"flows_in"`
 	Frags    uint32 `json:"frags"`
 	FlowsMax uint32 `json:"flows_max"`
 	FragsMax uint32 `json:"frags_max"`
@@ -98,7 +106,7 @@ func (x *Maps) Fills() (map[uint32]Fill, error) {
 	var v loader.WorkloadTnCtfill
 	it := x.m.TnCtfillV2.Iterate()
 	for it.Next(&k, &v) {
-		f := Fill{Flows: v.Ct, Frags: v.Frag, FlowsMax: v.CtMax, FragsMax: v.FragMax}
+		f := Fill{Flows: v.Ct, FlowsIn: v.CtIn, Frags: v.Frag, FlowsMax: v.CtMax, FragsMax: v.FragMax}
 		if f.FlowsMax == 0 {
 			f.FlowsMax = DefaultCTQuota
 		}

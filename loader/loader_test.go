@@ -191,14 +191,15 @@ func TestMigrateSchema1(t *testing.T) {
 			t.Errorf("flow of ifindex %d not migrated: %v", idx, err)
 			continue
 		}
-		if v.CreatedNs != 1 || v.LastSeenNs != 2 || v.State != 2 || v.Dir != 1 || v.Packets != 9 || v.Flags != 0 {
+		if v.CreatedNs != 1 || v.LastSeenNs != 2 || v.State != 2 || v.Dir != 1 || v.Packets != 9 || v.Flags != uint8(loader.WorkloadTnCtFlagsTN_CT_F_IN) {
 			t.Errorf("flow of ifindex %d migrated as %+v", idx, v)
 		}
 	}
 	for tenant, want := range map[uint32]uint32{5: 2, 6: 1} {
 		var f loader.WorkloadTnCtfill
-		if err := dp.Maps.TnCtfillV2.Lookup(tenant, &f); err != nil || f.Ct != want {
-			t.Errorf("tenant %d fill %+v (%v), want %d flows", tenant, f, err, want)
+		// The flows were opened inbound (dir 1): in the inbound share too.
+		if err := dp.Maps.TnCtfillV2.Lookup(tenant, &f); err != nil || f.Ct != want || f.CtIn != want {
+			t.Errorf("tenant %d fill %+v (%v), want %d flows, all inbound", tenant, f, err, want)
 		}
 	}
 	// Loading again is a plain reuse: nothing doubles.
@@ -208,7 +209,7 @@ func TestMigrateSchema1(t *testing.T) {
 	}
 	defer dp2.Close()
 	var f loader.WorkloadTnCtfill
-	if err := dp2.Maps.TnCtfillV2.Lookup(uint32(5), &f); err != nil || f.Ct != 2 {
+	if err := dp2.Maps.TnCtfillV2.Lookup(uint32(5), &f); err != nil || f.Ct != 2 || f.CtIn != 2 {
 		t.Errorf("fill after a second load %+v (%v)", f, err)
 	}
 	// tenantfw of this build opens them; a schema-1 build would refuse them.

@@ -27,7 +27,8 @@ type ctValV1 struct {
 // created the maps this schema added. Schema 1 -> 2: the flows of tn_ct_v1
 // are copied into tn_ct_v2 (with no sequence numbers known: each
 // direction's next packet teaches them), each tenant's count in
-// tn_ctfill_v2 is recounted from what tn_ct_v2 holds, the retired maps
+// tn_ctfill_v2 is recounted from what tn_ct_v2 holds (flows opened
+// inbound also in its inbound share), the retired maps
 // are unpinned, and tn_meta_v1 says 2. Fragments are not copied (they live
 // 30 s). The old programs, still attached until Attach* swaps them, keep
 // writing the unpinned tn_ct_v1 until then: flows they open in that gap
@@ -46,12 +47,15 @@ func (dp *Datapath) migrate(from uint32) error {
 	if err != nil {
 		return err
 	}
-	counts := map[uint32]uint32{}
+	counts, in := map[uint32]uint32{}, map[uint32]uint32{}
 	var k WorkloadTnCtKey
 	var v WorkloadTnCtVal
 	it := dp.Maps.TnCtV2.Iterate()
 	for it.Next(&k, &v) {
 		counts[v.Tenant]++
+		if v.Flags&uint8(WorkloadTnCtFlagsTN_CT_F_IN) != 0 {
+			in[v.Tenant]++
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("migrate: count tn_ct_v2: %w", err)
@@ -59,7 +63,7 @@ func (dp *Datapath) migrate(from uint32) error {
 	for tenant, n := range counts {
 		var f WorkloadTnCtfill
 		_ = dp.Maps.TnCtfillV2.Lookup(tenant, &f) // absent: zero quotas
-		f.Ct, f.Frag = n, 0
+		f.Ct, f.CtIn, f.Frag = n, in[tenant], 0
 		if err := dp.Maps.TnCtfillV2.Put(tenant, f); err != nil {
 			return fmt.Errorf("migrate: write tn_ctfill_v2: %w", err)
 		}
@@ -104,6 +108,9 @@ func (dp *Datapath) copyFlowsV1() (int, error) {
 		v := WorkloadTnCtVal{
 			CreatedNs: ov.CreatedNs, LastSeenNs: ov.LastSeenNs, Tenant: ov.Tenant,
 			State: ov.State, Dir: ov.Dir, Packets: ov.Packets,
+		}
+		if ov.Dir == uint8(WorkloadTnDirTN_DIR_IN) {
+			v.Flags = uint8(WorkloadTnCtFlagsTN_CT_F_IN) // in its tenant's inbound share
 		}
 		err := dp.Maps.TnCtV2.Update(k, v, ebpf.UpdateNoExist)
 		if errors.Is(err, ebpf.ErrKeyExist) {

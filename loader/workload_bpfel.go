@@ -27,6 +27,7 @@ const (
 	WorkloadTnCtFlagsTN_CT_F_SEEN  WorkloadTnCtFlags = 1
 	WorkloadTnCtFlagsTN_CT_F_ACKED WorkloadTnCtFlags = 4
 	WorkloadTnCtFlagsTN_CT_F_FIN   WorkloadTnCtFlags = 16
+	WorkloadTnCtFlagsTN_CT_F_IN    WorkloadTnCtFlags = 64
 )
 
 type WorkloadTnCtKey struct {
@@ -68,6 +69,8 @@ type WorkloadTnCtfill struct {
 	Frag    uint32
 	CtMax   uint32
 	FragMax uint32
+	CtIn    uint32
+	Pad     uint32
 }
 
 type WorkloadTnCtl struct {

@@ -27,6 +27,8 @@ var (
 		[]string{"tenant", "direction", "verdict", "reason"}, nil)
 	ctEntries = prometheus.NewDesc("tenantnet_conntrack_entries",
 		"Conntrack entries a tenant holds (including expired ones not yet swept); new flows beyond tenantnet_conntrack_quota are refused (reason ct-quota).", []string{"tenant"}, nil)
+	ctInbound = prometheus.NewDesc("tenantnet_conntrack_inbound_entries",
+		"Of tenantnet_conntrack_entries, those opened by inbound packets: at most three quarters of the quota, so that a flood on an open port never refuses the flows the tenant's workloads open.", []string{"tenant"}, nil)
 	ctQuota = prometheus.NewDesc("tenantnet_conntrack_quota",
 		"Conntrack entries a tenant may hold.", []string{"tenant"}, nil)
 	fragEntries = prometheus.NewDesc("tenantnet_fragment_entries",
@@ -84,7 +86,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
+	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
 		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, lost} {
 		ch <- d
 	}
@@ -118,6 +120,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for tenant, f := range fills {
 			t := fmt.Sprint(tenant)
 			ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(f.Flows), t)
+			ch <- prometheus.MustNewConstMetric(ctInbound, prometheus.GaugeValue, float64(f.FlowsIn), t)
 			ch <- prometheus.MustNewConstMetric(ctQuota, prometheus.GaugeValue, float64(f.FlowsMax), t)
 			ch <- prometheus.MustNewConstMetric(fragEntries, prometheus.GaugeValue, float64(f.Frags), t)
 			ch <- prometheus.MustNewConstMetric(fragQuota, prometheus.GaugeValue, float64(f.FragsMax), t)

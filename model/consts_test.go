@@ -33,6 +33,7 @@ func TestConstantsMatchC(t *testing.T) {
 		{"TN_CT_F_SEEN", ctSeen, uint64(loader.WorkloadTnCtFlagsTN_CT_F_SEEN)},
 		{"TN_CT_F_ACKED", ctAcked, uint64(loader.WorkloadTnCtFlagsTN_CT_F_ACKED)},
 		{"TN_CT_F_FIN", ctFin, uint64(loader.WorkloadTnCtFlagsTN_CT_F_FIN)},
+		{"TN_CT_F_IN", ctIn, uint64(loader.WorkloadTnCtFlagsTN_CT_F_IN)},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: model %d, C %d", c.name, c.got, c.want)

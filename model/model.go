@@ -61,8 +61,10 @@ type State struct {
 // Quota is how many conntrack and fragment entries a tenant may hold.
 type Quota struct{ Flows, Frags uint32 }
 
-// Fill is how many a tenant holds (expired ones included).
-type Fill struct{ Flows, Frags uint32 }
+// Fill is how many a tenant holds (expired ones included); FlowsIn of
+// its Flows were opened by inbound packets (at most three quarters of
+// its flow quota).
+type Fill struct{ Flows, FlowsIn, Frags uint32 }
 
 // The quotas of a tenant without one (enum tn_quota in bpf/lib/common.h;
 // consts_test.go checks them).

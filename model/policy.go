@@ -32,6 +32,7 @@ const (
 	ctSeen    = 1
 	ctAcked   = 4
 	ctFin     = 16
+	ctIn      = 64 // counts in the tenant's inbound share (Fill.FlowsIn)
 	tcpWindow = 1 << 20
 )
 
@@ -327,7 +328,9 @@ func (s *State) ctCreate(p *packet, ifindex, tenant uint32, dir policy.Direction
 		return true
 	}
 	fl := s.fillOf(tenant)
-	if fl.Flows >= s.quota(tenant).Flows {
+	q := s.quota(tenant).Flows
+	in := dir == policy.DirIn
+	if fl.Flows >= q || in && fl.FlowsIn >= inShare(q) {
 		return false
 	}
 	k := ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}
@@ -335,12 +338,25 @@ func (s *State) ctCreate(p *packet, ifindex, tenant uint32, dir policy.Direction
 	if p.proto == policy.ProtoTCP {
 		e.flags, e.seq[0] = ctSeen, p.seq
 	}
-	if s.ct[k] == nil {
+	if old := s.ct[k]; old != nil {
+		// An expired entry of the tuple is replaced in place: the new
+		// one takes its place in the counts, inbound share included.
+		e.flags |= old.flags & ctIn
+	} else {
 		fl.Flows++
+		if in {
+			fl.FlowsIn++
+			e.flags |= ctIn
+		}
 	}
-	s.ct[k] = e // an expired entry of the tuple is replaced in place
+	s.ct[k] = e
 	return true
 }
+
+// inShare is how many of a tenant's flows may be opened from outside
+// (inbound): three quarters of its quota, so that a flood on an open port
+// never refuses the flows its workloads open.
+func inShare(quota uint32) uint32 { return quota - quota/4 }
 
 // fragRemember remembers an allowed first fragment; false when the
 // tenant's fragment quota refuses it.
@@ -363,7 +379,7 @@ func (s *State) Expire() {
 	for k, e := range s.ct {
 		if e.lastSeen < now && now-e.lastSeen > ctTimeout(k.proto, e.state) {
 			delete(s.ct, k)
-			s.fill[e.tenant].Flows--
+			s.uncount(e)
 		}
 	}
 	for k, e := range s.frags {
@@ -374,13 +390,20 @@ func (s *State) Expire() {
 	}
 }
 
+func (s *State) uncount(e *ctEntry) {
+	s.fill[e.tenant].Flows--
+	if e.flags&ctIn != 0 {
+		s.fill[e.tenant].FlowsIn--
+	}
+}
+
 // Flush deletes the flows and fragments of tenant (0: all), as
 // tn_ct_ctl's TN_CTL_FLUSH.
 func (s *State) Flush(tenant uint32) {
 	for k, e := range s.ct {
 		if tenant == 0 || e.tenant == tenant {
 			delete(s.ct, k)
-			s.fill[e.tenant].Flows--
+			s.uncount(e)
 		}
 	}
 	for k, e := range s.frags {

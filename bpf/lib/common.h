@@ -254,7 +254,8 @@ enum tn_ct_state {
 	TN_CT_CLOSING = 3,     /* TCP: an RST or FINs both ways, that fit */
 };
 
-/* struct tn_ct_val's flags (TCP), by direction d (0: original, 1: reply):
+/* struct tn_ct_val's flags (TCP, but TN_CT_F_IN), by direction d (0:
+ * original, 1: reply):
  * SEEN << d: seq[d] holds the highest sequence number d sent; ACKED << d:
  * ack[d] holds the highest acknowledgment d sent; FIN << d: d sent a FIN
  * that fit. */
@@ -262,6 +263,9 @@ enum tn_ct_flags {
 	TN_CT_F_SEEN = 1,
 	TN_CT_F_ACKED = 4,
 	TN_CT_F_FIN = 16,
+	TN_CT_F_IN = 64, /* counted in its tenant's ct_in (any protocol): opened
+			  * by an inbound packet, or took the place of an
+			  * entry that was */
 };
 
 struct tn_ct_val {
@@ -302,6 +306,10 @@ struct tn_ctfill {
 	__u32 frag;
 	__u32 ct_max;
 	__u32 frag_max;
+	__u32 ct_in; /* of ct, the entries opened by inbound packets: at most
+		      * ct_max - ct_max / 4, so that a flood on an open port
+		      * never refuses the flows the workloads open */
+	__u32 pad;
 };
 
 enum tn_quota {

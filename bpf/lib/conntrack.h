@@ -242,11 +242,17 @@ static __always_inline int tn_ct_create(const struct pkt *p, __u32 ifindex,
 	if (!c)
 		return 1; /* tn_ctfill_v2 full: too many tenants */
 	__u32 max = c->ct_max ? c->ct_max : TN_CT_QUOTA_DEFAULT;
-	if (c->ct >= max)
+	int in = dir == TN_DIR_IN;
+	/* Inbound packets may open three quarters of the quota: a flood on
+	 * an open port (fresh sources, SYNs the workload answers) refuses
+	 * the tenant's new inbound flows, never the ones it opens. */
+	if (c->ct >= max || (in && c->ct_in >= max - max / 4))
 		return 1;
 	/* Counted before the insert, so that a delete can never see the
 	 * entry before its count. */
 	__sync_fetch_and_add(&c->ct, 1);
+	if (in)
+		__sync_fetch_and_add(&c->ct_in, 1);
 	struct tn_ct_key k = {};
 	tn_ct_key(&k, p, ifindex, 0);
 	struct tn_ct_val v = {
@@ -256,19 +262,27 @@ static __always_inline int tn_ct_create(const struct pkt *p, __u32 ifindex,
 		.dir = dir,
 		.packets = 1,
 		.state = TN_CT_NEW,
+		.flags = in ? TN_CT_F_IN : 0,
 	};
 	if (p->proto == IPPROTO_TCP) {
-		v.flags = TN_CT_F_SEEN;
+		v.flags |= TN_CT_F_SEEN;
 		v.seq[0] = bpf_ntohl(p->seq);
 	}
 	int err = tn_map_insert(&tn_ct_v2, &k, &v, BPF_NOEXIST);
 	if (!err)
 		return 0;
 	__sync_fetch_and_add(&c->ct, -1);
+	if (in)
+		__sync_fetch_and_add(&c->ct_in, -1);
 	if (err != -EEXIST)
 		return 1; /* the map is full */
 	/* The tuple has an expired entry (or another CPU just made it):
-	 * take its place, its count stays. */
+	 * take its place in the counts, inbound share included (if a sweep
+	 * deletes it meanwhile, the update fails and nothing is counted). */
+	struct tn_ct_val *old = bpf_map_lookup_elem(&tn_ct_v2, &k);
+	v.flags &= ~TN_CT_F_IN;
+	if (old)
+		v.flags |= old->flags & TN_CT_F_IN;
 	bpf_map_update_elem(&tn_ct_v2, &k, &v, BPF_EXIST);
 	return 0;
 }
@@ -333,15 +347,18 @@ struct tn_ctl_ctx {
 	__u32 frag_deleted;
 };
 
-static __always_inline void tn_uncount(__u32 tenant, int frag)
+static __always_inline void tn_uncount(__u32 tenant, int frag, int in)
 {
 	struct tn_ctfill *c = bpf_map_lookup_elem(&tn_ctfill_v2, &tenant);
 	if (!c)
 		return;
-	if (frag)
+	if (frag) {
 		__sync_fetch_and_add(&c->frag, -1);
-	else
-		__sync_fetch_and_add(&c->ct, -1);
+		return;
+	}
+	__sync_fetch_and_add(&c->ct, -1);
+	if (in)
+		__sync_fetch_and_add(&c->ct_in, -1);
 }
 
 static __attribute__((unused)) long tn_ct_sweep(void *map, struct tn_ct_key *k,
@@ -350,6 +367,7 @@ static __attribute__((unused)) long tn_ct_sweep(void *map, struct tn_ct_key *k,
 {
 	__u32 tenant = v->tenant; /* read before the delete frees v */
 	__u64 seen = v->last_seen_ns;
+	int in = v->flags & TN_CT_F_IN;
 	int del;
 	if (c->op == TN_CTL_FLUSH)
 		del = !c->tenant || tenant == c->tenant;
@@ -357,7 +375,7 @@ static __attribute__((unused)) long tn_ct_sweep(void *map, struct tn_ct_key *k,
 		del = seen < c->now &&
 		      c->now - seen > tn_ct_timeout(k->proto, v->state);
 	if (del && !bpf_map_delete_elem(map, k)) {
-		tn_uncount(tenant, 0);
+		tn_uncount(tenant, 0, in);
 		c->ct_deleted++;
 	}
 	return 0;
@@ -376,7 +394,7 @@ static __attribute__((unused)) long tn_frag_sweep(void *map,
 	else
 		del = seen < c->now && c->now - seen > TN_FRAG_TIMEOUT;
 	if (del && !bpf_map_delete_elem(map, k)) {
-		tn_uncount(tenant, 1);
+		tn_uncount(tenant, 1, 0);
 		c->frag_deleted++;
 	}
 	return 0;

@@ -60,10 +60,10 @@ func flowsCmd() *command {
 			}
 			sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
 			tw := cli.Table(env.Stdout)
-			fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tFRAGMENTS\tQUOTA")
+			fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tINBOUND\tSHARE\tFRAGMENTS\tQUOTA")
 			for _, t := range ts {
 				f := fills[t]
-				fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.Frags, f.FragsMax)
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.FlowsIn, bpfmaps.InboundShare(f.FlowsMax), f.Frags, f.FragsMax)
 			}
 			return tw.Flush()
 		}

@@ -98,7 +98,7 @@ func statsCmd() *command {
 			if len(ts) > 0 {
 				fmt.Fprintln(env.Stdout)
 				tw = cli.Table(env.Stdout)
-				fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tFRAGMENTS\tQUOTA\tREFUSED")
+				fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tINBOUND\tSHARE\tFRAGMENTS\tQUOTA\tREFUSED")
 				for _, t := range ts {
 					var refused uint64
 					for _, c := range cs {
@@ -107,7 +107,7 @@ func statsCmd() *command {
 						}
 					}
 					f := fills[t]
-					fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.Frags, f.FragsMax, refused)
+					fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.FlowsIn, bpfmaps.InboundShare(f.FlowsMax), f.Frags, f.FragsMax, refused)
 				}
 				if err := tw.Flush(); err != nil {
 					return err

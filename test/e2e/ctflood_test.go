@@ -247,9 +247,49 @@ func TestConntrackFlood(t *testing.T) {
 	rawFlood("raw flood from e1", nsE, policy.DirOut, func(i int) packet.Spec {
 		return packet.Spec{Src: e1, Dst: addr(0xf3, i), Proto: 6, Sport: uint16(1024 + i%60000), Dport: 443, TCPFlags: 0x02}
 	})
+	// The outside flood on its own, from an empty table: it may take the
+	// inbound share (three quarters of evil's quota), never the whole
+	// quota, so e1 still opens a connection of its own afterwards. Before
+	// the share the flood took all 65,536 entries and e1's dial was
+	// refused (ct-quota) until the flood's entries expired.
+	// e1 drops the flood's SYNs in its own netfilter (a filtered service):
+	// no RST closes their entries, so they hold their place for 60 s, past
+	// the end of this test, whatever the sweeps do meanwhile.
+	nft := exec.Command("ip", "netns", "exec", nsE.Name, "nft", "-f", "-")
+	nft.Stdin = bytes.NewBufferString("table inet flood { chain in { type filter hook input priority 0; policy accept; tcp dport 8080 drop; } }\n")
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft in e1: %v %s", err, out)
+	}
+	m := bpfmaps.New(dp)
+	if _, err := m.FlushFlows(evil); err != nil {
+		t.Fatal(err)
+	}
 	rawFlood("raw flood of e1:8080 from the internet", g.inet, policy.DirIn, func(i int) packet.Spec {
 		return packet.Spec{Src: addr(0xf2, i), Dst: e1, Proto: 6, Sport: uint16(1024 + i%60000), Dport: 8080, TCPFlags: 0x02}
 	})
+	fills, err = m.Fills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := fills[evil]; f.FlowsIn != bpfmaps.InboundShare(f.FlowsMax) || f.Flows != f.FlowsIn {
+		t.Fatalf("after the outside flood evil holds %d flows, %d opened inbound; want the inbound share %d", f.Flows, f.FlowsIn, bpfmaps.InboundShare(f.FlowsMax))
+	}
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	if err := nsE.Do(func() error {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		c, err := d.Dial("tcp", fmt.Sprintf("[%s]:9090", internetHost))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("e1's own connection after the outside flood: %v", err)
+	}
+	t.Logf("the outside flood holds %d of evil's %d flows (its inbound share); e1 still connects", fills[evil].FlowsIn, fills[evil].FlowsMax)
 	if err := exchange("after the raw flood"); err != nil {
 		t.Fatalf("acme's connection after the raw flood: %v", err)
 	}

@@ -256,7 +256,7 @@ func TestConntrackFlood(t *testing.T) {
 	// no RST closes their entries, so they hold their place for 60 s, past
 	// the end of this test, whatever the sweeps do meanwhile.
 	nft := exec.Command("ip", "netns", "exec", nsE.Name, "nft", "-f", "-")
-	nft.Stdin = bytes.NewBufferString("table inet flood { chain in { type filter hook input priority 0; policy accept; tcp dport 8080 drop; } }\n")
+	nft.Stdin = bytes.NewBufferString("table inet flood {\n\tchain in {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 8080 drop\n\t}\n}\n")
 	if out, err := nft.CombinedOutput(); err != nil {
 		t.Fatalf("nft in e1: %v %s", err, out)
 	}

@@ -1,5 +1,5 @@
-// Package api is tenantnetd's local API: HTTP+JSON on a root-only unix
-// socket, and its client.
+// Package api is tenantnetd's local API: HTTP+JSON on a unix socket for
+// root (and api_group's members), and its client.
 //
 //	POST   /v1/networks          {"id": "acme", "mtu": 1420}      -> network
 //	GET    /v1/networks                                           -> [network]
@@ -19,12 +19,9 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -234,32 +231,4 @@ func Handler(s Node) http.Handler {
 		return http.StatusOK, s.Status(), nil
 	}))
 	return mux
-}
-
-// Serve listens on the unix socket (mode 0600, root only) until ctx ends.
-func Serve(ctx context.Context, path string, h http.Handler, log *slog.Logger) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	os.Remove(path) // a stale socket of a previous run
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	log.Info("API listening", "socket", path)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

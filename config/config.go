@@ -50,13 +50,13 @@ type Node struct {
 	// root only.
 	APIGroup string `yaml:"api_group"`
 	// APIGID is APIGroup resolved by Validate (-1: none).
-	APIGID int `yaml:"-"`
-	MTU         int            `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
-	WGPortBase  int            `yaml:"wireguard_port_base"`
-	WGPortCount int            `yaml:"wireguard_port_count"`
-	Reconcile   time.Duration  `yaml:"reconcile_interval"`
-	Lease       time.Duration  `yaml:"registry_lease"`
-	LegacyTC    bool           `yaml:"legacy_tc"`
+	APIGID      int           `yaml:"-"`
+	MTU         int           `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
+	WGPortBase  int           `yaml:"wireguard_port_base"`
+	WGPortCount int           `yaml:"wireguard_port_count"`
+	Reconcile   time.Duration `yaml:"reconcile_interval"`
+	Lease       time.Duration `yaml:"registry_lease"`
+	LegacyTC    bool          `yaml:"legacy_tc"`
 	// FastPath lets the datapath forward between workload ports and the
 	// WireGuard devices itself (bpf_redirect); false leaves forwarding to
 	// the kernel's routes (the programs still check). Default true.

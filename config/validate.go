@@ -284,6 +284,9 @@ func (n *Node) validatePaths(bad func(field, value, format string, a ...any)) {
 	switch {
 	case len(n.APISocket) > maxSocketPath:
 		bad("api_socket", n.APISocket, "%d bytes: a unix socket path is at most %d", len(n.APISocket), maxSocketPath)
+	case len(sock)+14 > maxSocketPath:
+		// The socket is bound in <dir>/.NNNNNNNNNN/s first (api.Listen).
+		bad("api_socket", n.APISocket, "its directory is %d bytes: at most %d", len(sock), maxSocketPath-14)
 	case systemDirs[sock]:
 		// Its directory is made 0700 (0710 with api_group): never /run's.
 		bad("api_socket", n.APISocket, "its directory %s is a system directory: give the socket one of its own (%s)", sock, "/run/tenantnet/tenantnetd.sock")

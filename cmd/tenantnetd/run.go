@@ -65,7 +65,7 @@ func serve(cfgPath string) error {
 	go func() { <-ctx.Done(); msrv.Close() }()
 	go s.Run(ctx)
 	log.Info("tenantnetd ready", "node", cfg.NodeID, "startup", time.Since(start).String(), "metrics", cfg.MetricsAddr)
-	err = api.Serve(ctx, cfg.APISocket, api.Handler(s), log)
+	err = api.Serve(ctx, api.Options{Path: cfg.APISocket, GID: cfg.APIGID, Log: log}, api.Handler(s))
 	log.Info("tenantnetd stopping; the datapath stays attached and the WireGuard devices up")
 	return err
 }

@@ -27,6 +27,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/tenantnet/tenantnet/ipam"
 )
 
@@ -56,6 +58,9 @@ type UserRequest struct {
 	ID        string `json:"id"`
 	Network   string `json:"network"`
 	PublicKey string `json:"public_key,omitempty"`
+	// Rotate replaces an existing user's key (generated without a
+	// public key); without it an existing user's key is never replaced.
+	Rotate bool `json:"rotate,omitempty"`
 }
 
 // Error is the body of an error response.
@@ -77,7 +82,10 @@ func status(err error) int {
 	return http.StatusInternalServerError
 }
 
-var errBadRequest = errors.New("bad request")
+// ErrBadRequest marks an error as the caller's (400).
+var ErrBadRequest = errors.New("bad request")
+
+var errBadRequest = ErrBadRequest
 
 func reply(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -108,7 +116,7 @@ type Node interface {
 	AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error)
 	DeleteWorkload(id string) error
 	Workloads() ([]WorkloadInfo, error)
-	AddUser(id, network, publicKey string) (UserInfo, bool, error)
+	AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error)
 	DeleteUser(id string) error
 	Users() ([]ipam.User, error)
 	Status() Status
@@ -217,7 +225,12 @@ func Handler(s Node) http.Handler {
 		if err := validID(req.ID); err != nil {
 			return 0, nil, err
 		}
-		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey)
+		if req.PublicKey != "" {
+			if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
+				return 0, nil, fmt.Errorf("%w: public_key %q: not a WireGuard public key (base64 of 32 bytes, wg pubkey)", errBadRequest, req.PublicKey)
+			}
+		}
+		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey, req.Rotate)
 		return made(created), u, err
 	}))
 	mux.HandleFunc("GET /v1/users", handle(func(r *http.Request) (int, any, error) {

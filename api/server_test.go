@@ -37,7 +37,10 @@ func (f *fakeNode) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, 
 }
 func (f *fakeNode) DeleteWorkload(id string) error     { return nil }
 func (f *fakeNode) Workloads() ([]WorkloadInfo, error) { return nil, errors.New("broken") }
-func (f *fakeNode) AddUser(id, network, publicKey string) (UserInfo, bool, error) {
+func (f *fakeNode) AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error) {
+	if rotate {
+		return UserInfo{User: ipam.User{ID: id, PublicKey: publicKey}}, false, nil
+	}
 	return UserInfo{}, false, fmt.Errorf("no addresses: %w", ipam.ErrExhausted)
 }
 func (f *fakeNode) DeleteUser(id string) error  { return nil }
@@ -70,6 +73,8 @@ func TestHandler(t *testing.T) {
 		{"GET", "/v1/workloads", "", 500, `"error":"broken"`},
 		{"DELETE", "/v1/workloads/w", "", 204, ""},
 		{"POST", "/v1/users", `{"id":"alice","network":"acme"}`, 507, `exhausted`},
+		{"POST", "/v1/users", `{"id":"alice","network":"acme","public_key":"nope"}`, 400, `public_key \"nope\": not a WireGuard public key`},
+		{"POST", "/v1/users", `{"id":"alice","network":"acme","public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs=","rotate":true}`, 200, `"public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs="`},
 		{"GET", "/v1/users", "", 200, `[]`},
 		{"DELETE", "/v1/users/alice", "", 204, ""},
 		{"GET", "/v1/status", "", 200, `"reconcile":{"runs":3,"errors":1,"repairs":2,`},

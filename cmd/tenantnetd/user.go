@@ -18,22 +18,25 @@ func userCmd() *command {
 
 func userAddCmd() *command {
 	var id, network, pubkey string
+	var rotate bool
 	return &command{
 		Name: "add", Summary: "a laptop as a peer: prints its wg-quick config",
-		Usage: "--id ID --network NET [--public-key KEY]",
+		Usage: "--id ID --network NET [--public-key KEY] [--rotate]",
 		Example: `  tenantnetd user add --id alice-laptop --network acme > alice.conf
-  tenantnetd user add --id alice-laptop --network acme --public-key "$(cat alice.pub)"`,
+  tenantnetd user add --id alice-laptop --network acme --public-key "$(cat alice.pub)"
+  tenantnetd user add --id alice-laptop --network acme --rotate > alice.conf   # a new key; the old one stops working`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.clientFlags(fs)
 			fs.StringVar(&id, "id", "", "user id (required)")
 			fs.StringVar(&network, "network", "", "network id (required)")
 			fs.StringVar(&pubkey, "public-key", "", "the user's WireGuard public key (default: generate a key pair)")
+			fs.BoolVar(&rotate, "rotate", false, "replace the key of an existing user (without it, an existing user's key is never replaced)")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "id", "network"); err != nil {
 				return err
 			}
-			u, err := env.client().AddUser(api.UserRequest{ID: id, Network: network, PublicKey: pubkey})
+			u, err := env.client().AddUser(api.UserRequest{ID: id, Network: network, PublicKey: pubkey, Rotate: rotate})
 			if err != nil {
 				return err
 			}

@@ -292,12 +292,6 @@ func (s *Service) AddUser(id, network, publicKey string, rotate bool) (api.UserI
 		s.mu.Unlock()
 		return api.UserInfo{}, false, err
 	}
-	// Checked before the user is recorded: a user without the device
-	// would be stored with a key whose config nobody got.
-	if s.wireguard.devs[network] == nil {
-		s.mu.Unlock()
-		return api.UserInfo{}, false, fmt.Errorf("network %s has no WireGuard device yet (see tenantnetd status): user %s not added", network, id)
-	}
 	var priv *wgtypes.Key
 	if publicKey == "" && (i < 0 || rotate) {
 		k, err := wgtypes.GeneratePrivateKey()
@@ -321,7 +315,17 @@ func (s *Service) AddUser(id, network, publicKey string, rotate bool) (api.UserI
 	defer s.mu.Unlock()
 	d := s.wireguard.devs[network]
 	if d == nil {
-		return api.UserInfo{}, false, fmt.Errorf("network %s has no WireGuard device yet", network)
+		// The device is made by the reconcile above once the network
+		// has a peer; without it nobody gets this user's config, so
+		// the user is not left recorded (nor its key replaced).
+		var undo error
+		if created {
+			_, undo = s.ipam.DeleteUser(id)
+		} else if i >= 0 && users[i].PublicKey != u.PublicKey {
+			_, _, undo = s.ipam.AddUser(id, network, users[i].PublicKey)
+		}
+		s.Trigger()
+		return api.UserInfo{}, false, errors.Join(fmt.Errorf("network %s has no WireGuard device (see tenantnetd status and the log): user %s not added", network, id), undo)
 	}
 	pk, err := d.PublicKey()
 	if err != nil {

@@ -258,6 +258,14 @@ func openRegistry(cfgPath string) (registry.Registry, *config.Node, func(), erro
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// The file registry lies in state_dir by default: state_dir is made
+	// 0700 here, not 0755 by the registry's MkdirAll, when declare or
+	// enroll runs before the node's first start.
+	if cfg.Registry.Type == "file" && strings.HasPrefix(cfg.Registry.Dir, cfg.StateDir+"/") {
+		if _, err := cfg.PrepareStateDir(); err != nil {
+			return nil, nil, nil, err
+		}
+	}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		return nil, nil, nil, err

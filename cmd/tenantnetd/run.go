@@ -53,6 +53,13 @@ func serve(cfgPath string) error {
 		return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsAddr, err)
 	}
 	defer mln.Close()
+	note, err := cfg.PrepareStateDir()
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		log.Warn(note)
+	}
 	s, err := node.New(cfg, log)
 	if err != nil {
 		return err

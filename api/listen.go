@@ -24,9 +24,9 @@ import (
 // Options are the API server's socket, who may use it, and its limits.
 type Options struct {
 	Path string
-	// GID is a group whose members may use the API besides root (-1:
-	// root only): the socket is then 0660 root:GID in a 0710 root:GID
-	// directory, and each connection's credentials are checked too.
+	// GID is a group whose members may use the API besides root (0:
+	// none, root only): the socket is then 0660 root:GID in a 0710
+	// root:GID directory. Each connection's credentials are checked too.
 	GID int
 	// MaxConns bounds the connections served at once (default 32);
 	// the others wait in the kernel's backlog.
@@ -71,7 +71,7 @@ func (p Peer) String() string { return fmt.Sprintf("pid %d uid %d gid %d", p.PID
 
 // allowed: root, or a member of the API's group.
 func (o *Options) allowed(p Peer) bool {
-	return p.UID == 0 || (o.GID >= 0 && (p.GID == o.GID || slices.Contains(p.Groups, o.GID)))
+	return p.UID == 0 || (o.GID > 0 && (p.GID == o.GID || slices.Contains(p.Groups, o.GID)))
 }
 
 // Listen makes the API socket: its directory root's own (0700, 0710 with
@@ -105,7 +105,7 @@ func Listen(o Options) (net.Listener, error) {
 	// socket a later tenantnetd put at path.
 	ul.SetUnlinkOnClose(false)
 	mode := os.FileMode(0o600)
-	if o.GID >= 0 {
+	if o.GID > 0 {
 		mode = 0o660
 		err = os.Chown(tpath, -1, o.GID)
 	}
@@ -146,7 +146,7 @@ func ownDir(dir string, gid int) error {
 		return fmt.Errorf("api_socket directory %s: owned by uid %d, want a directory of tenantnetd's own (uid %d)", dir, sys.Uid, os.Geteuid())
 	}
 	mode, g := os.FileMode(0o700), 0
-	if gid >= 0 {
+	if gid > 0 {
 		mode, g = 0o710, gid
 	}
 	if int(sys.Gid) != g {
@@ -224,7 +224,7 @@ func (l *credListener) refuse(c *net.UnixConn, p Peer) {
 	}
 	req.Body.Close()
 	who := "root only"
-	if l.o.GID >= 0 {
+	if l.o.GID > 0 {
 		who = fmt.Sprintf("root and group %d only", l.o.GID)
 	}
 	body := fmt.Sprintf(`{"error":"permission denied: uid %d (gid %d) may not use the tenantnetd API (%s; api_group in the node config)"}`+"\n", p.UID, p.GID, who)

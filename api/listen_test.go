@@ -95,7 +95,7 @@ func TestSocketModeFromTheStart(t *testing.T) {
 	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ATTRIB); err != nil {
 		t.Fatal(err)
 	}
-	serve(t, Options{Path: path, GID: -1})
+	serve(t, Options{Path: path})
 	buf := make([]byte, 64<<10)
 	n, err := unix.Read(fd, buf)
 	if err != nil {
@@ -124,7 +124,7 @@ func TestSocketModeFromTheStart(t *testing.T) {
 		t.Errorf("directory holds %v: want the socket alone", ents)
 	}
 	// A second server on a live socket is refused, not a silent takeover.
-	if _, err := Listen(Options{Path: path, GID: -1}); err == nil || !strings.Contains(err.Error(), "another tenantnetd is listening") {
+	if _, err := Listen(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "another tenantnetd is listening") {
 		t.Errorf("second Listen: %v", err)
 	}
 }
@@ -168,16 +168,16 @@ func TestPeerCredentials(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		gid    int // the API's group
+		gid    int // the API's group (0: none)
 		loose  bool
 		uid    uint32
 		ugid   uint32
 		groups []uint32
 		want   string
 	}{
-		{"root", -1, false, 0, 0, nil, "node: n1"},
-		{"other uid, root-only socket", -1, false, nobody, nobody, nil, "permission denied: the socket is root's"},
-		{"other uid, loosened socket", -1, true, nobody, nobody, nil, "permission denied: uid 65534 (gid 65534) may not use the tenantnetd API (root only"},
+		{"root", 0, false, 0, 0, nil, "node: n1"},
+		{"other uid, root-only socket", 0, false, nobody, nobody, nil, "permission denied: the socket is root's"},
+		{"other uid, loosened socket", 0, true, nobody, nobody, nil, "permission denied: uid 65534 (gid 65534) may not use the tenantnetd API (root only"},
 		{"group member (primary)", group, false, nobody, group, nil, "node: n1"},
 		{"group member (supplementary)", group, false, nobody, nobody, []uint32{100, group}, "node: n1"},
 		{"not in the group", group, false, nobody, nobody, []uint32{100}, "permission denied: the socket is root's"},
@@ -227,7 +227,7 @@ func cutOff(t *testing.T, sock string, limit time.Duration, write func(c net.Con
 func TestSlowClients(t *testing.T) {
 	needRoot(t)
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
-	o := Options{Path: sock, GID: -1, ReadHeaderTimeout: 300 * time.Millisecond, ReadTimeout: time.Second, IdleTimeout: 500 * time.Millisecond}
+	o := Options{Path: sock, ReadHeaderTimeout: 300 * time.Millisecond, ReadTimeout: time.Second, IdleTimeout: 500 * time.Millisecond}
 	serve(t, o)
 	const limit = 5 * time.Second
 	headers := cutOff(t, sock, limit, func(c net.Conn, i int) error {
@@ -265,7 +265,7 @@ func TestSlowClients(t *testing.T) {
 func TestBodyBound(t *testing.T) {
 	needRoot(t)
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
-	serve(t, Options{Path: sock, GID: -1, MaxBodyBytes: 1024})
+	serve(t, Options{Path: sock, MaxBodyBytes: 1024})
 	c, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +288,7 @@ func TestBodyBound(t *testing.T) {
 func TestConnectionLimit(t *testing.T) {
 	needRoot(t)
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
-	serve(t, Options{Path: sock, GID: -1, MaxConns: 4, ReadHeaderTimeout: 30 * time.Second})
+	serve(t, Options{Path: sock, MaxConns: 4, ReadHeaderTimeout: 30 * time.Second})
 	var held []net.Conn
 	for range 20 {
 		c, err := net.Dial("unix", sock)

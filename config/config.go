@@ -49,7 +49,7 @@ type Node struct {
 	// directory, and each connection's SO_PEERCRED is checked. Empty:
 	// root only.
 	APIGroup string `yaml:"api_group"`
-	// APIGID is APIGroup resolved by Validate (-1: none).
+	// APIGID is APIGroup resolved by Validate (0: none).
 	APIGID      int           `yaml:"-"`
 	MTU         int           `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
 	WGPortBase  int           `yaml:"wireguard_port_base"`

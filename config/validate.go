@@ -299,12 +299,16 @@ func (n *Node) validatePaths(bad func(field, value, format string, a ...any)) {
 
 // validateAPIGroup resolves api_group (a name in /etc/group, or a number).
 func (n *Node) validateAPIGroup(bad func(field, value, format string, a ...any)) {
-	n.APIGID = -1
+	n.APIGID = 0
 	g := n.APIGroup
 	if g == "" {
 		return
 	}
 	if id, err := strconv.ParseUint(g, 10, 31); err == nil {
+		if id == 0 {
+			bad("api_group", g, "group 0 is root's: leave api_group out for root only")
+			return
+		}
 		n.APIGID = int(id)
 		return
 	}
@@ -316,6 +320,10 @@ func (n *Node) validateAPIGroup(bad func(field, value, format string, a ...any))
 	id, err := strconv.Atoi(grp.Gid)
 	if err != nil {
 		bad("api_group", g, "group id %q", grp.Gid)
+		return
+	}
+	if id == 0 {
+		bad("api_group", g, "group 0 is root's: leave api_group out for root only")
 		return
 	}
 	n.APIGID = id

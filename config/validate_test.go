@@ -126,6 +126,7 @@ func TestValidateHostile(t *testing.T) {
 		{"api socket too long", map[string]string{"api_socket": "/run/tenantnet/" + strings.Repeat("s", 100)}, `bytes: a unix socket path is at most 107`},
 		{"api socket relative", map[string]string{"api_socket": "tenantnetd.sock"}, `api_socket tenantnetd.sock: must be an absolute path`},
 		{"api group unknown", map[string]string{"api_group": "no-such-group-tn"}, `api_group no-such-group-tn: no such group`},
+		{"api group root", map[string]string{"api_group": "0"}, `api_group 0: group 0 is root's`},
 		// registry.
 		{"registry dir relative", map[string]string{"registry": "{type: file, dir: reg}"}, `registry.dir reg: must be an absolute path`},
 		{"registry dir root", map[string]string{"registry": "{type: file, dir: /}"}, `registry.dir /: a system directory`},
@@ -175,17 +176,21 @@ func TestValidateGood(t *testing.T) {
 		{"state_dir": "/var/lib/tenantnet-2", "api_socket": "/run/tenantnet-2/api.sock"},
 		{"state_dir": "/tmp/TestX/001/state", "api_socket": "/tmp/TestX/001/api.sock"},
 		{"registry": `{type: etcd, endpoints: ["https://[2001:db8::2]:2379", "http://etcd1:2379"], prefix: /tenantnet-demo}`},
-		{"api_group": "0"},
+		{"api_group": "4242"},
 		{"node_id": "node_1.eu-west"},
 	} {
 		if _, err := Parse([]byte(cfg(over))); err != nil {
 			t.Errorf("%v: %v", over, err)
 		}
 	}
-	if g, err := user.LookupGroupId("0"); err == nil {
+	for _, gid := range []string{"4", "100", "1000"} { // adm, users: whichever this host names
+		g, err := user.LookupGroupId(gid)
+		if err != nil {
+			continue
+		}
 		n, err := Parse([]byte(cfg(map[string]string{"api_group": g.Name})))
-		if err != nil || n.APIGID != 0 {
-			t.Errorf("api_group %s: gid %d, %v", g.Name, n.APIGID, err)
+		if err != nil || fmt.Sprint(n.APIGID) != gid {
+			t.Errorf("api_group %s: gid %v, %v", g.Name, n, err)
 		}
 	}
 }

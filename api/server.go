@@ -168,6 +168,9 @@ func Handler(s Node) http.Handler {
 		if err := validID(req.ID); err != nil {
 			return 0, nil, err
 		}
+		if req.MTU != 0 && (req.MTU < 1280 || req.MTU > 9000) {
+			return 0, nil, fmt.Errorf("%w: mtu %d: must be 1280..9000 (0: the node's)", errBadRequest, req.MTU)
+		}
 		n, created, err := s.AddNetwork(req.ID, req.MTU)
 		return made(created), n, err
 	}))
@@ -183,8 +186,8 @@ func Handler(s Node) http.Handler {
 		var overlap time.Duration
 		if req.Overlap != "" {
 			var err error
-			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 {
-				return 0, nil, fmt.Errorf("%w: overlap %q: want a duration such as 30s", errBadRequest, req.Overlap)
+			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 || overlap > 24*time.Hour {
+				return 0, nil, fmt.Errorf("%w: overlap %q: want a duration such as 30s, at most 24h", errBadRequest, req.Overlap)
 			}
 		}
 		next, err := s.RotateKey(r.PathValue("id"), overlap)

@@ -39,7 +39,7 @@ func (s *Service) AddNetwork(id string, mtu int) (api.NetworkInfo, bool, error) 
 		mtu = s.cfg.MTU
 	}
 	if mtu < 1280 || mtu > 9000 {
-		return api.NetworkInfo{}, false, fmt.Errorf("mtu %d: must be 1280..9000", mtu)
+		return api.NetworkInfo{}, false, fmt.Errorf("%w: mtu %d: must be 1280..9000", api.ErrBadRequest, mtu)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -173,7 +173,7 @@ func (s *Service) RotateKey(id string, overlap time.Duration) (api.RotateKeyRepl
 		overlap = s.cfg.Lease
 	}
 	if min := s.cfg.Lease / 3; overlap < min {
-		return api.RotateKeyReply{}, fmt.Errorf("overlap %s: members read the registry every %s, so at least that", overlap, min)
+		return api.RotateKeyReply{}, fmt.Errorf("%w: overlap %s: members read the registry every %s, so at least that", api.ErrBadRequest, overlap, min)
 	}
 	s.mu.Lock()
 	n, err := s.ipam.Network(id)

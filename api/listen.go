@@ -291,11 +291,16 @@ func peerGroups(fd int) ([]int, error) {
 
 // Serve serves h on the API socket until ctx ends.
 func Serve(ctx context.Context, o Options, h http.Handler) error {
-	o.defaults()
 	ln, err := Listen(o)
 	if err != nil {
 		return err
 	}
+	return ServeOn(ctx, ln, o, h)
+}
+
+// ServeOn serves h on ln (from Listen) until ctx ends, and closes ln.
+func ServeOn(ctx context.Context, ln net.Listener, o Options, h http.Handler) error {
+	o.defaults()
 	srv := Server(o, h)
 	go func() {
 		<-ctx.Done()

@@ -53,6 +53,14 @@ func serve(cfgPath string) error {
 		return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsAddr, err)
 	}
 	defer mln.Close()
+	// The API socket too, before the node is touched: a socket another
+	// tenantnetd serves, or a directory not ours, stops this one here.
+	aopts := api.Options{Path: cfg.APISocket, GID: cfg.APIGID, Log: log}
+	aln, err := api.Listen(aopts)
+	if err != nil {
+		return err
+	}
+	defer aln.Close()
 	note, err := cfg.PrepareStateDir()
 	if err != nil {
 		return err
@@ -84,9 +92,14 @@ func serve(cfgPath string) error {
 		}
 	}()
 	go func() { <-ctx.Done(); msrv.Close() }()
-	go s.Run(ctx)
+	// s.Close (deferred) runs only once Run has returned: a reconcile
+	// still running would use what Close closes (L8).
+	ran := make(chan struct{})
+	go func() { defer close(ran); s.Run(ctx) }()
 	log.Info("tenantnetd ready", "node", cfg.NodeID, "startup", time.Since(start).String(), "metrics", cfg.MetricsAddr)
-	err = api.Serve(ctx, api.Options{Path: cfg.APISocket, GID: cfg.APIGID, Log: log}, api.Handler(s))
+	err = api.ServeOn(ctx, aln, aopts, api.Handler(s))
 	log.Info("tenantnetd stopping; the datapath stays attached and the WireGuard devices up")
+	stop() // when the API failed rather than a signal
+	<-ran
 	return err
 }

@@ -29,6 +29,12 @@ var systemDirs = map[string]bool{
 	"/var/lib": true, "/var/lock": true, "/var/log": true, "/var/run": true, "/var/spool": true, "/var/tmp": true,
 }
 
+// virtualFS are kernel filesystems: nothing of the node's state or
+// registry belongs there (/proc/self/cwd is whatever directory it is).
+func virtualFS(p string) bool {
+	return within(p, "/proc") || within(p, "/sys") || within(p, "/dev")
+}
+
 // maxSocketPath is sun_path's 108 bytes less the terminating NUL.
 const maxSocketPath = 107
 
@@ -218,6 +224,8 @@ func (n *Node) validateRegistry(bad func(field, value, format string, a ...any))
 			bad("registry.dir", d, "must be an absolute path")
 		case filepath.Clean(d) != d:
 			bad("registry.dir", d, "not a clean path (did you mean %s?)", filepath.Clean(d))
+		case virtualFS(d) && !systemDirs[d]:
+			bad("registry.dir", d, "in a kernel filesystem (/proc, /sys, /dev)")
 		case systemDirs[d]:
 			bad("registry.dir", d, "a system directory: give the registry a directory of its own (%s)", "/var/lib/tenantnet/registry")
 		}
@@ -258,6 +266,12 @@ func (n *Node) validatePaths(bad func(field, value, format string, a ...any)) {
 		return
 	}
 	st, bpf, sock := n.StateDir, n.BPFDir, filepath.Dir(n.APISocket)
+	if virtualFS(st) && !systemDirs[st] {
+		bad("state_dir", st, "in a kernel filesystem (/proc, /sys, /dev): give the node's state a directory of its own, e.g. /var/lib/tenantnet")
+	}
+	if virtualFS(sock) && !systemDirs[sock] {
+		bad("api_socket", n.APISocket, "in a kernel filesystem (/proc, /sys, /dev)")
+	}
 	if systemDirs[st] {
 		bad("state_dir", st, "a system directory: the node's state needs a directory of its own (cleanup --purge-state removes it whole), e.g. /var/lib/tenantnet")
 	}

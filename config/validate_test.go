@@ -117,6 +117,9 @@ func TestValidateHostile(t *testing.T) {
 		{"state_dir relative", map[string]string{"state_dir": "rel"}, `state_dir rel: must be an absolute path`},
 		{"state_dir is registry", map[string]string{"state_dir": "/srv/reg", "registry": "{type: file, dir: /srv/reg}"}, `state_dir /srv/reg: must not be or lie in registry.dir /srv/reg`},
 		{"state_dir in registry", map[string]string{"state_dir": "/srv/reg/state", "registry": "{type: file, dir: /srv/reg}"}, `must not be or lie in registry.dir`},
+		{"state_dir via /proc", map[string]string{"state_dir": "/proc/self/cwd"}, `state_dir /proc/self/cwd: in a kernel filesystem`},
+		{"state_dir in /dev", map[string]string{"state_dir": "/dev/shm/tn"}, `state_dir /dev/shm/tn: in a kernel filesystem`},
+		{"registry in /proc", map[string]string{"registry": "{type: file, dir: /proc/1/root/x}"}, `registry.dir /proc/1/root/x: in a kernel filesystem`},
 		{"state_dir is bpf_dir", map[string]string{"state_dir": "/sys/fs/bpf/tenantnet"}, `state_dir /sys/fs/bpf/tenantnet: must be apart from bpf_dir`},
 		{"bpf_dir bpffs root", map[string]string{"bpf_dir": "/sys/fs/bpf"}, `bpf_dir /sys/fs/bpf: a system directory`},
 		// api_socket: its directory is tightened.

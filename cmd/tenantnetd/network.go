@@ -40,6 +40,12 @@ func networkAddCmd() *command {
 			if err := checkArgs(fs, args, "id"); err != nil {
 				return err
 			}
+			if err := checkIDs(fs, "id"); err != nil {
+				return err
+			}
+			if mtu != 0 && (mtu < 1280 || mtu > 9000) {
+				return cli.Usagef("--mtu %d: must be 1280..9000 (0: the node's)", mtu)
+			}
 			n, err := env.client().AddNetwork(api.NetworkRequest{ID: id, MTU: mtu})
 			if err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/internal/cli"
@@ -35,6 +36,14 @@ func userAddCmd() *command {
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "id", "network"); err != nil {
 				return err
+			}
+			if err := checkIDs(fs, "id", "network"); err != nil {
+				return err
+			}
+			if pubkey != "" {
+				if _, err := wgtypes.ParseKey(pubkey); err != nil {
+					return cli.Usagef("--public-key %q: not a WireGuard public key (wg pubkey < private.key)", pubkey)
+				}
 			}
 			u, err := env.client().AddUser(api.UserRequest{ID: id, Network: network, PublicKey: pubkey, Rotate: rotate})
 			if err != nil {

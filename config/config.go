@@ -97,15 +97,6 @@ func (h *HostService) UnmarshalYAML(v *yaml.Node) error {
 	return nil
 }
 
-// Registry says where the grid registry lives (used by the multi-node
-// service; validated here so a node config is complete).
-type Registry struct {
-	Type      string   `yaml:"type"` // file or etcd
-	Dir       string   `yaml:"dir"`  // file
-	Endpoints []string `yaml:"endpoints"`
-	Prefix    string   `yaml:"prefix"` // etcd key prefix, /tenantnet by default
-}
-
 // Defaults for fields left out.
 func (n *Node) defaults() {
 	if n.Class == "" {
@@ -257,14 +248,8 @@ func (n *Node) Validate() error {
 	if n.Lease < 3*time.Second {
 		return &FieldError{"registry_lease", n.Lease.String(), "at least 3s"}
 	}
-	switch n.Registry.Type {
-	case "file":
-	case "etcd":
-		if len(n.Registry.Endpoints) == 0 {
-			return &FieldError{Field: "registry.endpoints", Msg: "etcd needs at least one endpoint (http://host:2379)"}
-		}
-	default:
-		return &FieldError{"registry.type", n.Registry.Type, "want file or etcd"}
+	if err := n.Registry.validate(); err != nil {
+		return err
 	}
 	for _, d := range []struct{ f, v string }{{"state_dir", n.StateDir}, {"bpf_dir", n.BPFDir}, {"api_socket", n.APISocket}} {
 		if !strings.HasPrefix(d.v, "/") {

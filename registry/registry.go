@@ -135,11 +135,27 @@ type Registry interface {
 	Close() error
 }
 
+// KeepsAlive is a backend that keeps a published record alive itself for
+// as long as its writer runs (etcd: a lease kept alive): renewing needs
+// no new record, and a Publish of unchanged bytes writes nothing. A node
+// on such a backend re-signs its record only when it changes or when its
+// signed expiry nears (LeasedRecordLifetime).
+type KeepsAlive interface {
+	KeepsAlive() bool
+}
+
+// LeasedRecordLifetime is the signed expiry of a record on a KeepsAlive
+// backend, re-signed at half of it: its liveness is the lease, so the
+// signed expiry only bounds how long a copy of an old record could be
+// replayed by someone who may write the node's key (etcd's root), and
+// how much clock skew readers tolerate (half of it).
+const LeasedRecordLifetime = time.Hour
+
 // Open returns the backend of a node's registry configuration: typ
-// "etcd" (endpoints, key prefix) or "file" (dir).
-func Open(typ, dir string, endpoints []string, prefix string) (Registry, error) {
+// "etcd" (etcd) or "file" (dir).
+func Open(typ, dir string, etcd EtcdConfig) (Registry, error) {
 	if typ == "etcd" {
-		return NewEtcd(endpoints, prefix)
+		return NewEtcd(etcd)
 	}
 	return NewFiles(dir)
 }

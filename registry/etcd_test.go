@@ -237,8 +237,12 @@ func TestEtcdTLSRBAC(t *testing.T) {
 	// No certificate, another CA's certificate, plaintext: nothing.
 	other := testutil.NewPKI(t)
 	for name, tc := range map[string]*tls.Config{
-		"no client certificate":         g.PKI.TLS(testutil.Cert{}),
-		"another CA's certificate":      func() *tls.Config { c := g.PKI.TLS(testutil.Cert{}); c.Certificates = other.TLS(other.Issue("node1", false)).Certificates; return c }(),
+		"no client certificate": g.PKI.TLS(testutil.Cert{}),
+		"another CA's certificate": func() *tls.Config {
+			c := g.PKI.TLS(testutil.Cert{})
+			c.Certificates = other.TLS(other.Issue("node1", false)).Certificates
+			return c
+		}(),
 		"a server it does not know":     other.TLS(other.Issue("node1", false)),
 		"plaintext to the TLS endpoint": nil,
 	} {

@@ -2,10 +2,12 @@ package testutil
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 )
 
 // EtcdGrid is a grid's etcd set up as docs/operations.md says: TLS with
@@ -19,6 +21,9 @@ type EtcdGrid struct {
 	Prefix   string
 	Root     Cert
 	Operator Cert
+	// NS is the namespace etcd is reachable from (nil: this one):
+	// clients of the test dial from there.
+	NS *NetNS
 }
 
 // OperatorUser is the grid operator's etcd user (and certificate name).
@@ -33,9 +38,13 @@ func StartEtcdGrid(tb testing.TB, prefix string, args ...string) *EtcdGrid {
 
 // SetupEtcdGrid sets up the users and roles of a grid on an etcd started
 // with pki, and turns authentication on.
-func SetupEtcdGrid(tb testing.TB, url string, pki *PKI, prefix string) *EtcdGrid {
+// ns (nil: this one) is where etcd is reachable from.
+func SetupEtcdGrid(tb testing.TB, url string, pki *PKI, prefix string, ns ...*NetNS) *EtcdGrid {
 	tb.Helper()
 	g := &EtcdGrid{tb: tb, URL: url, PKI: pki, Prefix: prefix, Root: pki.Issue("root", false), Operator: pki.Issue(OperatorUser, false)}
+	if len(ns) > 0 {
+		g.NS = ns[0]
+	}
 	g.admin(func(c context.Context, cli *clientv3.Client) error {
 		// Users without a password: the certificate's CN names them.
 		noPW := &clientv3.UserAddOptions{NoPassword: true}
@@ -62,10 +71,7 @@ func SetupEtcdGrid(tb testing.TB, url string, pki *PKI, prefix string) *EtcdGrid
 
 func (g *EtcdGrid) admin(f func(context.Context, *clientv3.Client) error) {
 	g.tb.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{g.URL}, TLS: g.PKI.TLS(g.Root), DialTimeout: 5 * time.Second})
-	if err != nil {
-		g.tb.Fatal(err)
-	}
+	cli := g.client(g.Root)
 	defer cli.Close()
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -102,11 +108,30 @@ func (g *EtcdGrid) Node(id string) Cert {
 // Client is an etcd client with cert (zero: none), closed at cleanup.
 func (g *EtcdGrid) Client(cert Cert) *clientv3.Client {
 	g.tb.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{g.URL}, TLS: g.PKI.TLS(cert), DialTimeout: 5 * time.Second})
+	cli := g.client(cert)
+	g.tb.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func (g *EtcdGrid) client(cert Cert) *clientv3.Client {
+	g.tb.Helper()
+	cfg := clientv3.Config{Endpoints: []string{g.URL}, TLS: g.PKI.TLS(cert), DialTimeout: 5 * time.Second}
+	if g.NS != nil {
+		// The socket is made in etcd's namespace (and stays there).
+		cfg.DialOptions = []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := g.NS.Do(func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+				return err
+			})
+			return c, err
+		})}
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		g.tb.Fatal(err)
 	}
-	g.tb.Cleanup(func() { cli.Close() })
 	return cli
 }
 

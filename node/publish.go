@@ -38,6 +38,14 @@ func (g *regState) failed() {
 
 func (s *Service) keysDir() string { return filepath.Join(s.cfg.StateDir, "wireguard") }
 
+// leasedRecordLifetime is the signed expiry of a record on a backend that
+// keeps it alive with a lease (etcd), re-signed at half of it: its
+// liveness is the lease, so the signed expiry only bounds how long a
+// stale record can be kept (another authenticated etcd client may keep
+// any lease alive, and etcd's root may put an old record back) and how
+// much clock skew readers that check it tolerate (half of it).
+const leasedRecordLifetime = time.Hour
+
 // publish writes this node's record: its networks with their /64, public
 // key and port. Called on a timer (lease renewal) and after changes.
 func (s *Service) publish() error {
@@ -69,8 +77,8 @@ func (s *Service) publish() error {
 		key = nil
 	}
 	lifetime := s.cfg.Lease
-	if k, ok := s.registry.reg.(registry.KeepsAlive); ok && k.KeepsAlive() {
-		lifetime = registry.LeasedRecordLifetime
+	if registry.LeaseKept(s.registry.reg) {
+		lifetime = leasedRecordLifetime
 	}
 	content, err := json.Marshal(rec)
 	if err != nil {

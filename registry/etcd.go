@@ -91,10 +91,6 @@ func (e *Etcd) Close() error {
 // Client is the etcd client (tests and the bench read revisions with it).
 func (e *Etcd) Client() *clientv3.Client { return e.cli }
 
-// KeepsAlive implements KeepsAlive: a node's lease is renewed by
-// KeepAlive, not by writing its record again.
-func (e *Etcd) KeepsAlive() bool { return true }
-
 func (e *Etcd) key(id string) string { return e.prefix + "/nodes/" + id }
 
 func ctx() (context.Context, context.CancelFunc) {

@@ -76,6 +76,15 @@ func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, err
 	return trust.SignJSON(key, trust.KindNodeRecord, r)
 }
 
+// LeaseKept reports whether the backend itself removes a record whose
+// writer stopped renewing (etcd: a record lives as long as its lease),
+// so that a listed record is live however long its bytes stay the same.
+// Otherwise (files) readers judge liveness by seeing records renewed.
+func LeaseKept(r Registry) bool {
+	l, ok := r.(interface{ LeaseKept() bool })
+	return ok && l.LeaseKept()
+}
+
 // Endpoint returns the UDP endpoint of a network of the node: one of its
 // addresses (IPv6 preferred, IPv4 when the asking node has only IPv4
 // connectivity) and the network's port.
@@ -134,22 +143,6 @@ type Registry interface {
 	// Close releases the backend's connections (the records stay).
 	Close() error
 }
-
-// KeepsAlive is a backend that keeps a published record alive itself for
-// as long as its writer runs (etcd: a lease kept alive): renewing needs
-// no new record, and a Publish of unchanged bytes writes nothing. A node
-// on such a backend re-signs its record only when it changes or when its
-// signed expiry nears (LeasedRecordLifetime).
-type KeepsAlive interface {
-	KeepsAlive() bool
-}
-
-// LeasedRecordLifetime is the signed expiry of a record on a KeepsAlive
-// backend, re-signed at half of it: its liveness is the lease, so the
-// signed expiry only bounds how long a copy of an old record could be
-// replayed by someone who may write the node's key (etcd's root), and
-// how much clock skew readers tolerate (half of it).
-const LeasedRecordLifetime = time.Hour
 
 // Open returns the backend of a node's registry configuration: typ
 // "etcd" (etcd) or "file" (dir).

@@ -45,6 +45,10 @@ type gridNode struct {
 	etcd  *testutil.EtcdGrid // the etcd backend (TLS, RBAC), else nil
 }
 
+// etcdArgs are more flags for newGrid's etcd (a test sets them for its
+// grid and resets them).
+var etcdArgs []string
+
 // tenantnetdIn runs bin in netns ns (etcd is reachable from the nodes'
 // namespaces) and returns its output, failing the test on an error.
 func tenantnetdIn(t testing.TB, ns, bin string, args ...string) string {
@@ -103,7 +107,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		// With TLS, client certificates and RBAC, as a grid runs it: each
 		// node's certificate may write its own record only.
 		pki := testutil.NewPKI(t)
-		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", testutil.EtcdOptions{PKI: pki})
+		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", testutil.EtcdOptions{PKI: pki, Args: etcdArgs})
 		eg = testutil.SetupEtcdGrid(t, url, pki, fmt.Sprintf("/grid-%d", pid), inet)
 	}
 

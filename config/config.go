@@ -104,15 +104,6 @@ func (h *HostService) UnmarshalYAML(v *yaml.Node) error {
 	return nil
 }
 
-// Registry says where the grid registry lives (used by the multi-node
-// service; validated here so a node config is complete).
-type Registry struct {
-	Type      string   `yaml:"type"` // file or etcd
-	Dir       string   `yaml:"dir"`  // file
-	Endpoints []string `yaml:"endpoints"`
-	Prefix    string   `yaml:"prefix"` // etcd key prefix, /tenantnet by default
-}
-
 // Defaults for fields left out.
 func (n *Node) defaults() {
 	if n.Class == "" {

@@ -215,7 +215,12 @@ func validListen(addr string) error {
 	return nil
 }
 
-func (n *Node) validateRegistry(bad func(field, value, format string, a ...any)) {
+func (n *Node) validateRegistry(report func(field, value, format string, a ...any)) {
+	reported := false
+	bad := func(field, value, format string, a ...any) {
+		reported = true
+		report(field, value, format, a...)
+	}
 	switch n.Registry.Type {
 	case "file":
 		d := n.Registry.Dir
@@ -237,7 +242,7 @@ func (n *Node) validateRegistry(bad func(field, value, format string, a ...any))
 			u, err := url.Parse(e)
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.Port() == "" ||
 				(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-				bad(fmt.Sprintf("registry.endpoints[%d]", i), e, "want http://HOST:PORT or https://HOST:PORT")
+				bad(fmt.Sprintf("registry.endpoints[%d]", i), e, "want https://host:port (or http:// without tls)")
 			}
 		}
 		if p := n.Registry.Prefix; p != "" && (!strings.HasPrefix(p, "/") || len(p) > 256 || strings.ContainsAny(p, " \t\n")) {
@@ -245,6 +250,20 @@ func (n *Node) validateRegistry(bad func(field, value, format string, a ...any))
 		}
 	default:
 		bad("registry.type", n.Registry.Type, "want file or etcd")
+	}
+	// What the checks above leave to the section itself: TLS,
+	// certificates and the password file, read and checked here.
+	// (Not when those have found a mistake: it would be said twice.)
+	if reported {
+		return
+	}
+	if err := n.Registry.validate(); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			bad(fe.Field, fe.Value, "%s", fe.Msg)
+		} else {
+			bad("registry", "", "%v", err)
+		}
 	}
 }
 

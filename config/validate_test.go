@@ -133,7 +133,7 @@ func TestValidateHostile(t *testing.T) {
 		// registry.
 		{"registry dir relative", map[string]string{"registry": "{type: file, dir: reg}"}, `registry.dir reg: must be an absolute path`},
 		{"registry dir root", map[string]string{"registry": "{type: file, dir: /}"}, `registry.dir /: a system directory`},
-		{"etcd not a url", map[string]string{"registry": `{type: etcd, endpoints: ["not a url"]}`}, `registry.endpoints[0] "not a url": want http://HOST:PORT`},
+		{"etcd not a url", map[string]string{"registry": `{type: etcd, endpoints: ["not a url"]}`}, `registry.endpoints[0] "not a url": want https://host:port`},
 		{"etcd no port", map[string]string{"registry": `{type: etcd, endpoints: ["http://etcd"]}`}, `registry.endpoints[0] http://etcd`},
 		{"etcd unix", map[string]string{"registry": `{type: etcd, endpoints: ["unix:///x"]}`}, `registry.endpoints[0] unix:///x`},
 		{"etcd prefix", map[string]string{"registry": `{type: etcd, endpoints: ["http://[::1]:2379"], prefix: tn}`}, `registry.prefix tn: want a key prefix`},
@@ -178,7 +178,7 @@ func TestValidateGood(t *testing.T) {
 		{"wireguard_port_base": "65000", "wireguard_port_count": "536"},
 		{"state_dir": "/var/lib/tenantnet-2", "api_socket": "/run/tenantnet-2/api.sock"},
 		{"state_dir": "/tmp/TestX/001/state", "api_socket": "/tmp/TestX/001/api.sock"},
-		{"registry": `{type: etcd, endpoints: ["https://[2001:db8::2]:2379", "http://etcd1:2379"], prefix: /tenantnet-demo}`},
+		{"registry": `{type: etcd, endpoints: ["https://[2001:db8::2]:2379", "https://etcd1:2379"], prefix: /tenantnet-demo}`},
 		{"api_group": "4242"},
 		{"node_id": "node_1.eu-west"},
 	} {

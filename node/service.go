@@ -22,7 +22,6 @@ import (
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
-	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
 
@@ -134,7 +133,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity key: %w", err)
 	}
-	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, err
 	}

@@ -272,7 +272,7 @@ func openRegistry(cfgPath string) (registry.Registry, *config.Node, func(), erro
 			return nil, nil, nil, err
 		}
 	}
-	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -133,6 +134,14 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	identity, err := trust.Identity(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("identity key: %w", err)
+	}
+	if v := os.Getenv(registry.TestOnlyClockOffsetEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s=%q: %w", registry.TestOnlyClockOffsetEnv, v, err)
+		}
+		registry.SetTestOnlyClockOffset(d)
+		log.Warn("TEST ONLY: this node's records are stamped with a wall clock off by "+d.String(), "env", registry.TestOnlyClockOffsetEnv)
 	}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {

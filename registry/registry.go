@@ -72,9 +72,24 @@ type NodeRecord struct {
 // Sign makes the stored bytes of r: signed by the node's identity key
 // (nil: unsigned, an insecure grid), expiring ttl from now.
 func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, error) {
-	r.Expires = time.Now().Add(ttl).UTC()
+	r.Expires = recordNow().Add(ttl).UTC()
 	return trust.SignJSON(key, trust.KindNodeRecord, r)
 }
+
+// TestOnlyClockOffsetEnv names an environment variable for end-to-end
+// tests, never for deployments: a duration ("-10m") added to the wall
+// clock this node stamps its records with, read once at start. It is how
+// a test makes one node's clock wrong (Go reads CLOCK_REALTIME itself,
+// so neither libfaketime nor time namespaces can).
+const TestOnlyClockOffsetEnv = "TENANTNET_TEST_ONLY_RECORD_CLOCK_OFFSET"
+
+var recordClockOffset time.Duration
+
+// SetTestOnlyClockOffset sets the offset of TestOnlyClockOffsetEnv.
+func SetTestOnlyClockOffset(d time.Duration) { recordClockOffset = d }
+
+// recordNow is the wall clock records are stamped with.
+func recordNow() time.Time { return time.Now().Add(recordClockOffset) }
 
 // Endpoint returns the UDP endpoint of a network of the node: one of its
 // addresses (IPv6 preferred, IPv4 when the asking node has only IPv4

@@ -4,11 +4,19 @@ package node
 // changes) and the health of the registry connection.
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/trust"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -18,6 +26,32 @@ type regState struct {
 	errors atomic.Uint64 // failed registry reads and writes
 	up     atomic.Bool   // the last one succeeded
 	nodes  int           // live nodes it listed last time (under Service.mu)
+	// This node's record: its sequence number (epoch: one per start,
+	// persisted, so that it rises across restarts; seq: renewals since),
+	// and what was signed last), under pubMu: publishes are one at a
+	// time, so a higher Seq is never written before a lower one.
+	pubMu      sync.Mutex
+	epoch, seq uint64
+	lastRec    registry.NodeRecord
+	lastData   []byte
+}
+
+// recordEpoch is this start's epoch of the record's sequence numbers:
+// above the last start's (kept in <state>/registry.epoch) and at least
+// the wall clock's seconds (so a lost file does not go back).
+func recordEpoch(stateDir string) (uint64, error) {
+	path := filepath.Join(stateDir, "registry.epoch")
+	var last uint64
+	if b, err := os.ReadFile(path); err == nil {
+		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("record epoch: %w", err)
+	}
+	epoch := max(last+1, uint64(time.Now().Unix())&0xffffffff)
+	if err := trust.WriteFileSync(path, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600, true); err != nil {
+		return 0, fmt.Errorf("record epoch: %w", err)
+	}
+	return epoch, nil
 }
 
 func (g *regState) failed() {
@@ -33,6 +67,8 @@ func (s *Service) publish() error {
 	if s.registry.reg == nil {
 		return nil
 	}
+	s.registry.pubMu.Lock()
+	defer s.registry.pubMu.Unlock()
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
 		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
@@ -57,9 +93,18 @@ func (s *Service) publish() error {
 	if s.trust.key == nil {
 		key = nil
 	}
-	data, err := rec.Sign(key, s.cfg.Lease)
-	if err != nil {
-		return err
+	data := s.registry.lastData
+	// A file registry's readers see a record live while it is renewed
+	// (a higher Seq each time); etcd's lease is kept apart from the
+	// record, whose bytes then change only with its content.
+	if !registry.LeaseKept(s.registry.reg) || data == nil || !reflect.DeepEqual(rec, s.registry.lastRec) {
+		s.registry.seq++
+		stamped := rec
+		stamped.Seq = s.registry.epoch<<32 | s.registry.seq
+		if data, err = stamped.Sign(key, s.cfg.Lease); err != nil {
+			return err
+		}
+		s.registry.lastRec, s.registry.lastData = rec, data
 	}
 	if err := s.registry.reg.Publish(rec.NodeID, data, s.cfg.Lease); err != nil {
 		s.registry.failed()

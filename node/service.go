@@ -46,6 +46,7 @@ type Service struct {
 
 	registry  regState
 	trust     trustState
+	live      liveState
 	wireguard wgState
 	prefixes  prefixState
 	exit      exitState
@@ -143,6 +144,10 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		registry.SetTestOnlyClockOffset(d)
 		log.Warn("TEST ONLY: this node's records are stamped with a wall clock off by "+d.String(), "env", registry.TestOnlyClockOffsetEnv)
 	}
+	epoch, err := recordEpoch(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
 	if err != nil {
 		return nil, err
@@ -150,7 +155,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	defer closeOnError(reg.Close)
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		registry: regState{reg: reg}, trust: newTrustState(gridKey, identity), wireguard: newWGState(), prefixes: newPrefixState(),
+		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}}
 	s.wakes.trigger = s.Trigger
 	log.Info("registry", "type", cfg.Registry.Type, "identity", trust.EncodePublicKey(s.Identity()))

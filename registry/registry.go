@@ -66,14 +66,38 @@ type NodeRecord struct {
 	Addresses []netip.Addr             `json:"addresses"`
 	MTU       int                      `json:"mtu,omitempty"` // tenant packets the node's path carries inside WireGuard
 	Networks  map[string]NetworkRecord `json:"networks"`
-	Expires   time.Time                `json:"expires"`
+	// Expires is the writer's wall clock plus the lease: information
+	// (and what readers before sequence numbers judged by), never what a
+	// reader decides liveness by: clocks are minutes apart.
+	Expires time.Time `json:"expires"`
+	// Seq rises with every renewal the writer makes (never falls for
+	// one identity: it survives restarts). A file registry's reader
+	// counts a record as renewed when it sees a higher Seq, by its own
+	// clock; a replayed old record renews nothing.
+	Seq uint64 `json:"seq,omitempty"`
+	// Lease is how long the record lives past the last renewal a reader
+	// saw (bounded by the reader: MaxLease).
+	Lease time.Duration `json:"lease,omitempty"`
 }
 
+// MaxLease bounds the lease a reader grants a record, whatever it says.
+const MaxLease = 10 * time.Minute
+
 // Sign makes the stored bytes of r: signed by the node's identity key
-// (nil: unsigned, an insecure grid), expiring ttl from now.
+// (nil: unsigned, an insecure grid), for a lease of ttl.
 func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, error) {
 	r.Expires = recordNow().Add(ttl).UTC()
+	r.Lease = ttl
 	return trust.SignJSON(key, trust.KindNodeRecord, r)
+}
+
+// LeaseKept reports whether the backend itself removes a record whose
+// writer stopped renewing (etcd: a record lives as long as its lease),
+// so that a listed record is live however long its bytes stay the same.
+// Otherwise (files) readers judge liveness by seeing records renewed.
+func LeaseKept(r Registry) bool {
+	l, ok := r.(interface{ LeaseKept() bool })
+	return ok && l.LeaseKept()
 }
 
 // TestOnlyClockOffsetEnv names an environment variable for end-to-end

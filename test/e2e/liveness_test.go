@@ -20,33 +20,67 @@ import (
 )
 
 // TestRegistryLiveness: registry trouble never tears down a tunnel that
-// carries traffic. Two nodes on a file registry (a 2 MiB tmpfs; node1
-// reaches it through a symlink of its own), one cross-node TCP stream
-// from node1's workload to node2's, and each phase checks, sampling every
-// half second, that node2's WireGuard device keeps node1's peer and that
-// the stream never pauses for more than 3 s:
+// carries traffic. Two nodes, one cross-node TCP stream from node1's
+// workload to node2's, and each phase checks, sampling every half second,
+// that node2's WireGuard device keeps node1's peer and that the stream
+// never pauses for more than 3 s:
 //
 //   - node1's clock 10 minutes behind, then 10 minutes ahead (the
 //     TestOnlyClockOffsetEnv hook: only its records' stamps): node1 is
 //     neither hidden nor held (its record is live);
-//   - node1 cut off from the registry for a minute (its symlink gone: it
-//     can neither read nor write): node2 holds node1's peer in grace;
-//   - the registry's disk full for 45 s (no node can write): both hold;
+//   - node1 cut off from the registry for a minute: node2 holds node1's
+//     peer in grace (files: node1 reaches the registry, a directory,
+//     through a symlink of its own, taken away; etcd: nftables in node1's
+//     namespace drops its packets to etcd, so its lease ends);
+//   - files: the registry's disk full for 45 s (a 2 MiB tmpfs: no node can
+//     write): both hold (etcd's NOSPACE is the etcd writer's test);
 //
 // and at last node1, still 10 minutes ahead, dies (tenantnetd and its
 // device killed, no traffic): node2 removes its peer within a minute, not
 // at the record's stamp 10 minutes on.
 func TestRegistryLiveness(t *testing.T) {
+	t.Run("file", func(t *testing.T) { registryLiveness(t, "file") })
+	t.Run("etcd", func(t *testing.T) { registryLiveness(t, "etcd") })
+}
+
+func registryLiveness(t *testing.T, backend string) {
+	var nodes []*gridNode
+	var cut, heal func(t *testing.T)
 	regDir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tn-registry", regDir).CombinedOutput(); err != nil {
-		t.Fatalf("tmpfs for the registry: %v %s", err, out)
+	if backend == "file" {
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tn-registry", regDir).CombinedOutput(); err != nil {
+			t.Fatalf("tmpfs for the registry: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", regDir).Run() }) // after the nodes' cleanup (registered later, run earlier)
+		view := filepath.Join(t.TempDir(), "registry")
+		if err := os.Symlink(regDir, view); err != nil {
+			t.Fatal(err)
+		}
+		nodes, _ = newGridWith(t, gridOpts{backend: "file", count: 2, regDir: regDir, nodeRegDir: map[int]string{1: view}})
+		cut = func(t *testing.T) {
+			if err := os.Remove(view); err != nil {
+				t.Fatal(err)
+			}
+		}
+		heal = func(t *testing.T) {
+			if err := os.Symlink(regDir, view); err != nil && !errors.Is(err, os.ErrExist) {
+				t.Error(err)
+			}
+		}
+	} else {
+		nodes, _ = newGrid(t, "etcd", 2, "")
+		ns := nodes[0].ns.Name
+		cut = func(t *testing.T) {
+			nft := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+			nft.Stdin = strings.NewReader("table inet tncut {\n chain out {\n type filter hook output priority 0; policy accept;\n ip6 daddr 2001:db8:ffff::fe drop\n }\n}\n")
+			if out, err := nft.CombinedOutput(); err != nil {
+				t.Fatalf("nft in node1: %v %s", err, out)
+			}
+		}
+		heal = func(t *testing.T) {
+			exec.Command("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tncut").Run()
+		}
 	}
-	t.Cleanup(func() { exec.Command("umount", regDir).Run() }) // after the nodes' cleanup (registered later, run earlier)
-	view := filepath.Join(t.TempDir(), "registry")
-	if err := os.Symlink(regDir, view); err != nil {
-		t.Fatal(err)
-	}
-	nodes, _ := newGridWith(t, gridOpts{backend: "file", count: 2, regDir: regDir, nodeRegDir: map[int]string{1: view}})
 	pid := os.Getpid()
 	nss := make([]*testutil.NetNS, 2)
 	addrs := make([]string, 2)
@@ -110,54 +144,52 @@ func TestRegistryLiveness(t *testing.T) {
 		}, holders...)
 	}
 	phase(t, "cut-off", func(t *testing.T) {
-		if err := os.Remove(view); err != nil {
-			t.Fatal(err)
-		}
-		restored := false
-		restore := func() {
-			if !restored {
-				restored = true
-				if err := os.Symlink(regDir, view); err != nil {
-					t.Error(err)
-				}
+		cut(t)
+		healed := false
+		defer func() {
+			if !healed {
+				heal(t)
 			}
-		}
-		defer restore()
+		}()
 		through(t, 60*time.Second, "node1 cut off from the registry")
 		if n := metric(t, nodes[1], "tenantnet_registry_held_peers"); n != 1 {
 			t.Errorf("node2 holds %v peers in grace, want node1's", n)
 		}
-		restore()
-		retry(t, 20*time.Second, "node2 believes node1's record again", func() error {
+		heal(t)
+		healed = true
+		retry(t, 30*time.Second, "node2 believes node1's record again", func() error {
 			if n := metric(t, nodes[1], "tenantnet_registry_held_peers"); n != 0 {
 				return fmt.Errorf("%v peers held", n)
 			}
 			return nil
 		})
+		through(t, 5*time.Second, "node1 back on the registry")
 	}, holders...)
-	phase(t, "full-disk", func(t *testing.T) {
-		fill := filepath.Join(regDir, "fill")
-		defer os.Remove(fill)
-		fillDisk(t, fill)
-		if err := os.WriteFile(filepath.Join(regDir, "probe"), []byte("x"), 0o644); !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("a write on the full registry: %v, want ENOSPC", err)
-		}
-		through(t, 45*time.Second, "the registry's disk full")
-		for _, g := range nodes {
-			if n := metric(t, g, "tenantnet_registry_held_peers"); n != 1 {
-				t.Errorf("%s holds %v peers in grace, want its one peer", g.id, n)
+	if backend == "file" {
+		phase(t, "full-disk", func(t *testing.T) {
+			fill := filepath.Join(regDir, "fill")
+			defer os.Remove(fill)
+			fillDisk(t, fill)
+			if err := os.WriteFile(filepath.Join(regDir, "probe"), []byte("x"), 0o644); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("a write on the full registry: %v, want ENOSPC", err)
 			}
-		}
-		os.Remove(fill)
-		retry(t, 20*time.Second, "the nodes believe each other's records again", func() error {
+			through(t, 45*time.Second, "the registry's disk full")
 			for _, g := range nodes {
-				if n := metric(t, g, "tenantnet_registry_held_peers"); n != 0 {
-					return fmt.Errorf("%s: %v peers held", g.id, n)
+				if n := metric(t, g, "tenantnet_registry_held_peers"); n != 1 {
+					t.Errorf("%s holds %v peers in grace, want its one peer", g.id, n)
 				}
 			}
-			return nil
-		})
-	}, holders...)
+			os.Remove(fill)
+			retry(t, 20*time.Second, "the nodes believe each other's records again", func() error {
+				for _, g := range nodes {
+					if n := metric(t, g, "tenantnet_registry_held_peers"); n != 0 {
+						return fmt.Errorf("%s: %v peers held", g.id, n)
+					}
+				}
+				return nil
+			})
+		}, holders...)
+	}
 	phase(t, "dead-node-ahead", func(t *testing.T) {
 		if err := s.close(); err != nil {
 			t.Fatalf("the stream: %v", err)

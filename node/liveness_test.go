@@ -2,7 +2,10 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -201,5 +204,26 @@ func TestGoneNow(t *testing.T) {
 	}, map[string]error{"d": trust.Reject("enrollment-expired", "x"), "e": trust.Reject("not-enrolled", "x")})
 	if len(got) != 2 || got["a"] != "revoked" || got["d"] != "enrollment-expired" {
 		t.Errorf("goneNow %v, want a (revoked) and d (enrollment expired)", got)
+	}
+}
+
+// TestRecordEpoch: each start's epoch is above the last one's, even when
+// the wall clock went back, so a node's Seq never falls.
+func TestRecordEpoch(t *testing.T) {
+	dir := t.TempDir()
+	a, err := recordEpoch(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a < uint64(time.Now().Unix())-1 {
+		t.Errorf("epoch %d below the clock's seconds", a)
+	}
+	// A file from a clock far ahead: the next epoch is still above it.
+	if err := os.WriteFile(filepath.Join(dir, "registry.epoch"), []byte(fmt.Sprint(a+1_000_000)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := recordEpoch(dir)
+	if err != nil || b != a+1_000_001 {
+		t.Errorf("epoch after a clock ahead: %d %v, want %d", b, err, a+1_000_001)
 	}
 }

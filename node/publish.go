@@ -26,10 +26,10 @@ type regState struct {
 	errors atomic.Uint64 // failed registry reads and writes
 	up     atomic.Bool   // the last one succeeded
 	nodes  int           // live nodes it listed last time (under Service.mu)
-	// This node's record: its sequence number (epoch: one per start,
-	// persisted, so that it rises across restarts; seq: renewals since),
-	// and what was signed last), under pubMu: publishes are one at a
-	// time, so a higher Seq is never written before a lower one.
+	// This node's record, under pubMu (publishes are one at a time, so
+	// a higher Seq is never written before a lower one): its sequence
+	// number (epoch: one per start, persisted, so that it rises across
+	// restarts; seq: renewals since), and what was signed last.
 	pubMu      sync.Mutex
 	epoch, seq uint64
 	lastRec    registry.NodeRecord

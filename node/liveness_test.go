@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
@@ -225,5 +227,58 @@ func TestRecordEpoch(t *testing.T) {
 	b, err := recordEpoch(dir)
 	if err != nil || b != a+1_000_001 {
 		t.Errorf("epoch after a clock ahead: %d %v, want %d", b, err, a+1_000_001)
+	}
+}
+
+// pubReg is a registry that keeps what was published (lease: etcd's kind).
+type pubReg struct {
+	registry.Registry
+	lease bool
+	got   [][]byte
+}
+
+func (r *pubReg) Publish(_ string, data []byte, _ time.Duration) error {
+	r.got = append(r.got, data)
+	return nil
+}
+func (r *pubReg) LeaseKept() bool { return r.lease }
+
+// TestPublishSeq: on a file registry every renewal is a higher Seq (what
+// readers see as renewed); where the backend keeps the lease (etcd) an
+// unchanged record is the same bytes (nothing new to write).
+func TestPublishSeq(t *testing.T) {
+	for _, lease := range []bool{false, true} {
+		dir := t.TempDir()
+		st, err := ipam.Open(dir, ipam.Pool{Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		reg := &pubReg{lease: lease}
+		s := &Service{cfg: &config.Node{NodeID: "n1", Class: config.DualStack, StateDir: dir, Lease: 3 * time.Second}, ipam: st,
+			registry: regState{reg: reg, epoch: 7}, trust: newTrustState(nil, nil)}
+		for range 3 {
+			if err := s.publish(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var seqs []uint64
+		for _, b := range reg.got {
+			var rec registry.NodeRecord
+			if err := trust.OpenJSON(b, trust.KindNodeRecord, nil, &rec); err != nil {
+				t.Fatal(err)
+			}
+			seqs = append(seqs, rec.Seq)
+		}
+		want := []uint64{7<<32 | 1, 7<<32 | 2, 7<<32 | 3}
+		if lease {
+			want = []uint64{7<<32 | 1, 7<<32 | 1, 7<<32 | 1}
+			if string(reg.got[0]) != string(reg.got[2]) {
+				t.Error("lease-kept backend: an unchanged record was signed anew (other bytes)")
+			}
+		}
+		if fmt.Sprint(seqs) != fmt.Sprint(want) {
+			t.Errorf("lease kept %v: seqs %v, want %v", lease, seqs, want)
+		}
 	}
 }

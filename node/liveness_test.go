@@ -111,7 +111,9 @@ func TestHoldRecords(t *testing.T) {
 		"acme": {Prefix: netip.MustParsePrefix("2001:db8:2:1::/64"), PublicKey: k1},
 		"beta": {Prefix: netip.MustParsePrefix("2001:db8:2:2::/64"), PublicKey: k2},
 	}}
-	busy := func(at time.Time) peerSeen { return peerSeen{rx: 100, handshake: at.Add(-time.Minute), grew: at.Add(-time.Second)} }
+	busy := func(at time.Time) peerSeen {
+		return peerSeen{rx: 100, handshake: at.Add(-time.Minute), grew: at.Add(-time.Second)}
+	}
 	start := func() map[string]lastGood {
 		last := map[string]lastGood{}
 		holdRecords(last, holdIn{live: []registry.NodeRecord{n2}, grace: grace, lease: lease, now: t0})
@@ -150,8 +152,8 @@ func TestHoldRecords(t *testing.T) {
 			return map[string]peerSeen{peerID("acme", k1): busy(at)}
 		}, released: "revoked"},
 		{name: "its prefix claimed by a live record", at: 10 * time.Second,
-			live: []registry.NodeRecord{{NodeID: "n3", Networks: map[string]registry.NetworkRecord{"acme": {Prefix: n2.Networks["acme"].Prefix, PublicKey: "k3="}}}},
-			peers: func(at time.Time) map[string]peerSeen { return map[string]peerSeen{peerID("acme", k1): busy(at)} },
+			live:    []registry.NodeRecord{{NodeID: "n3", Networks: map[string]registry.NetworkRecord{"acme": {Prefix: n2.Networks["acme"].Prefix, PublicKey: "k3="}}}},
+			peers:   func(at time.Time) map[string]peerSeen { return map[string]peerSeen{peerID("acme", k1): busy(at)} },
 			records: 0, released: "a live record claims its prefix or key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -156,6 +156,12 @@ func registryLiveness(t *testing.T, backend string) {
 		if n := metric(t, nodes[1], "tenantnet_registry_held_peers"); n != 1 {
 			t.Errorf("node2 holds %v peers in grace, want node1's", n)
 		}
+		for _, g := range nodes { // logged once, not at every reconcile of the minute
+			b, _ := os.ReadFile(g.d.logPath)
+			if n := strings.Count(string(b), "peers held in grace"); n != 1 {
+				t.Errorf("%s logged %d times that it holds peers in grace, want once", g.id, n)
+			}
+		}
 		heal(t)
 		healed = true
 		retry(t, 30*time.Second, "node2 believes node1's record again", func() error {

@@ -71,6 +71,12 @@ wl_addr() { nd "$1" workload list | awk -v id="$2" '$1 == id { print $3 }'; }
 counted() { # counted node tenant dir reason: that counter is above zero
 	fw "$1" stats --tenant "$2" | awk -v d="$3" -v r="$4" '$2 == d && $4 == r && $5 > 0 { f = 1 } END { exit !f }'
 }
+fill_row() { # fill_row node tenant awk-condition: the tenant's row under tenantfw stats
+	# (TENANT FLOWS QUOTA INBOUND SHARE FRAGMENTS QUOTA REFUSED) meets it
+	fw "$1" stats --tenant "$2" | awk -v t="$2" "NF == 8 && \$1 == t && ($3) { f = 1 } END { exit !f }"
+}
+at_share() { fill_row "$1" "$2" '$4 == $5 && $4 < $3 && $8 > 0'; }
+at_quota() { fill_row "$1" "$2" '$2 == $3 && $8 > 0'; }
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
@@ -285,6 +291,34 @@ EOT
 	check "a forged record (intruder joining acme) is refused" ok retry grep -q '"name":"intruder","reason":"not-enrolled"' "$RUN/node1.log"
 	sleep 3
 	check "node1 took no peer from it" ok no_forged_peer
+	# Bounded state (issue 14, H4): node1's conntrack is flooded from the
+	# internet (fresh sources on an open port of db1's) and from db1 (new
+	# flows to the internet). globex's quota (300 flows here, to keep the
+	# floods short) refuses them as ct-quota: the outside flood gets three
+	# quarters of it (225), so db1 still opens flows; nothing is evicted, so
+	# acme's idle connection (web1 to the internet host, established before
+	# the floods) still gets the server's push, and acme opens new flows.
+	mkfifo "$RUN/push.fifo"
+	in_ns tn-demo-client busybox nc -l -p 7000 <"$RUN/push.fifo" >/dev/null 2>&1 &
+	echo $! >"$RUN/push-server.pid"
+	exec 5<>"$RUN/push.fifo" # read-write: never blocks, whatever the server did
+	retry bash -c "ip netns exec tn-demo-client ss -Hltn 'sport = :7000' | grep -q LISTEN"
+	in_ns tn-demo-web1 timeout 120 bash -c 'exec 3<>/dev/tcp/2001:db8:ffff::100/7000 && read -r -t 110 l <&3 && echo "$l"' >"$RUN/push.got" 2>&1 &
+	echo $! >"$RUN/push-client.pid"
+	check "web1's idle connection to the internet host is established" ok \
+		retry bash -c "ip netns exec tn-demo-web1 ss -Htn state established 'dport = :7000' | grep -q ."
+	fw 1 flows quota --tenant "$GLOBEX1" --flows 300
+	fw 1 rule add --tenant "$GLOBEX1" --proto udp --port 5001 --dst "$DB1" --action allow --comment "open port (flood target)" >/dev/null
+	in_ns tn-demo-client bash -c 'for i in {1..2000}; do echo x >/dev/udp/'"$DB1"'/5001; done' 2>/dev/null || true
+	check "the internet's flood on db1's open port: held at the inbound share" ok at_share 1 "$GLOBEX1"
+	check "the rest refused and counted (ct-quota, in)" ok counted 1 "$GLOBEX1" in ct-quota
+	in_ns tn-demo-db1 bash -c 'for p in {20000..21999}; do echo x >/dev/udp/2001:db8:ffff::100/$p; done' 2>/dev/null || true
+	check "db1's own flood still opens flows, up to the quota" ok at_quota 1 "$GLOBEX1"
+	check "the rest refused and counted (ct-quota, out)" ok counted 1 "$GLOBEX1" out ct-quota
+	echo pushed >&5
+	check "acme's idle connection survives the flood (server push to web1)" ok retry grep -qx pushed "$RUN/push.got"
+	exec 5>&-
+	check "acme opens new flows on node1 after the flood" ok tcp tn-demo-web1 2001:db8:ffff::100 25
 	stats=$(fw 1 stats -o json)
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"

@@ -238,6 +238,7 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		}
 	}()
+	go s.sweepFlows(ctx)
 	n := 0
 	for {
 		n++
@@ -260,6 +261,33 @@ func (s *Service) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-s.trigger:
+		}
+	}
+}
+
+// flowSweep is how often expired conntrack and fragment entries are
+// deleted. The tables are plain hash maps that never evict (a tenant's
+// flood cannot push out another tenant's flows, bpf/lib/conntrack.h), so
+// an expired entry counts against its tenant's quota until it is swept:
+// the shortest timeout (10 s, a closing TCP flow) is the scale.
+const flowSweep = 10 * time.Second
+
+// sweepFlows deletes expired flows until ctx ends (tn_ct_ctl, which
+// uncounts each from its tenant's quota).
+func (s *Service) sweepFlows(ctx context.Context) {
+	t := time.NewTicker(flowSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		flows, frags, err := bpfmaps.New(s.dp).ExpireFlows()
+		if err != nil {
+			s.log.Warn("sweep expired flows", "err", err)
+		} else if flows+frags > 0 {
+			s.log.Debug("swept expired flows", "flows", flows, "fragments", frags)
 		}
 	}
 }

@@ -80,8 +80,9 @@ type NodeRecord struct {
 	Lease time.Duration `json:"lease,omitempty"`
 }
 
-// MaxLease bounds the lease a reader grants a record, whatever it says.
-const MaxLease = 10 * time.Minute
+// MaxLease bounds the lease a reader grants a record, whatever it says
+// (registry_lease's own bound).
+const MaxLease = time.Hour
 
 // Sign makes the stored bytes of r: signed by the node's identity key
 // (nil: unsigned, an insecure grid), for a lease of ttl.

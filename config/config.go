@@ -56,7 +56,11 @@ type Node struct {
 	WGPortCount int           `yaml:"wireguard_port_count"`
 	Reconcile   time.Duration `yaml:"reconcile_interval"`
 	Lease       time.Duration `yaml:"registry_lease"`
-	LegacyTC    bool          `yaml:"legacy_tc"`
+	// RegistryGrace is how long a peer whose record is no longer live
+	// (not renewed, removed, unreadable) stays while its tunnel carries
+	// traffic (default 1h); revocations apply at once.
+	RegistryGrace time.Duration `yaml:"registry_grace"`
+	LegacyTC      bool          `yaml:"legacy_tc"`
 	// FastPath lets the datapath forward between workload ports and the
 	// WireGuard devices itself (bpf_redirect); false leaves forwarding to
 	// the kernel's routes (the programs still check). Default true.
@@ -132,6 +136,9 @@ func (n *Node) defaults() {
 	}
 	if n.Lease == 0 {
 		n.Lease = 15 * time.Second
+	}
+	if n.RegistryGrace == 0 {
+		n.RegistryGrace = time.Hour
 	}
 	if n.Registry.Type == "" {
 		n.Registry.Type = "file"

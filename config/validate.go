@@ -97,6 +97,9 @@ func (n *Node) Validate() error {
 	if n.Lease < 3*time.Second || n.Lease > time.Hour {
 		bad("registry_lease", n.Lease.String(), "must be 3s..1h")
 	}
+	if n.RegistryGrace < 0 || n.RegistryGrace > 7*24*time.Hour {
+		bad("registry_grace", n.RegistryGrace.String(), "must be 0s..168h (0: the default, 1h)")
+	}
 	n.validateRegistry(bad)
 	n.validatePaths(bad)
 	n.validateAPIGroup(bad)

@@ -75,6 +75,10 @@ var (
 		"Failed reads or writes of the registry.", nil, nil)
 	regRejected = prometheus.NewDesc("tenantnet_registry_rejected_total",
 		"Registry entries (records, enrollments, declarations, the revocation list) not believed, by reason: once per change of what was rejected.", []string{"reason"}, nil)
+	regHeld = prometheus.NewDesc("tenantnet_registry_held_peers",
+		"WireGuard peers kept in grace (registry_grace) though their node's record is not live (not renewed, removed, unreadable, or the registry cannot be read), because their tunnel carries traffic.", nil, nil)
+	regReleased = prometheus.NewDesc("tenantnet_registry_released_total",
+		"Nodes whose record stopped being live and whose peers were removed, by reason (no traffic on its tunnels, grace period over, revoked, ...).", []string{"reason"}, nil)
 )
 
 // buckets must match node.reconcileBuckets.
@@ -87,7 +91,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, lost} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost} {
 		ch <- d
 	}
 }
@@ -174,6 +178,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(regErrs, prometheus.CounterValue, float64(re))
 	for reason, n := range c.s.RegistryRejected() {
 		ch <- prometheus.MustNewConstMetric(regRejected, prometheus.CounterValue, float64(n), reason)
+	}
+	held, released := c.s.HeldPeers()
+	ch <- prometheus.MustNewConstMetric(regHeld, prometheus.GaugeValue, float64(held))
+	for reason, n := range released {
+		ch <- prometheus.MustNewConstMetric(regReleased, prometheus.CounterValue, float64(n), reason)
 	}
 }
 

@@ -4,15 +4,19 @@ package node
 // changes) and the health of the registry connection.
 
 import (
-	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tenantnet/tenantnet/registry"
+	"github.com/tenantnet/tenantnet/trust"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -22,13 +26,32 @@ type regState struct {
 	errors atomic.Uint64 // failed registry reads and writes
 	up     atomic.Bool   // the last one succeeded
 	nodes  int           // live nodes it listed last time (under Service.mu)
-	// The record last signed: on a backend that keeps records alive
-	// (etcd), the same bytes are published again until the record
-	// changes or its signed expiry nears, so renewing writes nothing.
-	pubMu   sync.Mutex
-	content []byte // the record, unsigned, without its expiry
-	signed  []byte
-	expires time.Time
+	// This node's record, under pubMu (publishes are one at a time, so
+	// a higher Seq is never written before a lower one): its sequence
+	// number (epoch: one per start, persisted, so that it rises across
+	// restarts; seq: renewals since), and what was signed last.
+	pubMu      sync.Mutex
+	epoch, seq uint64
+	lastRec    registry.NodeRecord
+	lastData   []byte
+}
+
+// recordEpoch is this start's epoch of the record's sequence numbers:
+// above the last start's (kept in <state>/registry.epoch) and at least
+// the wall clock's seconds (so a lost file does not go back).
+func recordEpoch(stateDir string) (uint64, error) {
+	path := filepath.Join(stateDir, "registry.epoch")
+	var last uint64
+	if b, err := os.ReadFile(path); err == nil {
+		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("record epoch: %w", err)
+	}
+	epoch := max(last+1, uint64(time.Now().Unix())&0xffffffff)
+	if err := trust.WriteFileSync(path, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600, true); err != nil {
+		return 0, fmt.Errorf("record epoch: %w", err)
+	}
+	return epoch, nil
 }
 
 func (g *regState) failed() {
@@ -38,20 +61,14 @@ func (g *regState) failed() {
 
 func (s *Service) keysDir() string { return filepath.Join(s.cfg.StateDir, "wireguard") }
 
-// leasedRecordLifetime is the signed expiry of a record on a backend that
-// keeps it alive with a lease (etcd), re-signed at half of it: its
-// liveness is the lease, so the signed expiry only bounds how long a
-// stale record can be kept (another authenticated etcd client may keep
-// any lease alive, and etcd's root may put an old record back) and how
-// much clock skew readers that check it tolerate (half of it).
-const leasedRecordLifetime = time.Hour
-
 // publish writes this node's record: its networks with their /64, public
 // key and port. Called on a timer (lease renewal) and after changes.
 func (s *Service) publish() error {
 	if s.registry.reg == nil {
 		return nil
 	}
+	s.registry.pubMu.Lock()
+	defer s.registry.pubMu.Unlock()
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
 		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
@@ -76,26 +93,20 @@ func (s *Service) publish() error {
 	if s.trust.key == nil {
 		key = nil
 	}
-	lifetime := s.cfg.Lease
-	if registry.LeaseKept(s.registry.reg) {
-		lifetime = leasedRecordLifetime
-	}
-	content, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	g := &s.registry
-	g.pubMu.Lock()
-	defer g.pubMu.Unlock()
-	if lifetime <= s.cfg.Lease || !bytes.Equal(content, g.content) || time.Until(g.expires) < lifetime/2 {
-		expires := time.Now().Add(lifetime)
-		data, err := rec.Sign(key, lifetime)
-		if err != nil {
+	data := s.registry.lastData
+	// A file registry's readers see a record live while it is renewed
+	// (a higher Seq each time); etcd's lease is kept apart from the
+	// record, whose bytes then change only with its content.
+	if !registry.LeaseKept(s.registry.reg) || data == nil || !reflect.DeepEqual(rec, s.registry.lastRec) {
+		s.registry.seq++
+		stamped := rec
+		stamped.Seq = s.registry.epoch<<32 | s.registry.seq
+		if data, err = stamped.Sign(key, s.cfg.Lease); err != nil {
 			return err
 		}
-		g.content, g.signed, g.expires = content, data, expires
+		s.registry.lastRec, s.registry.lastData = rec, data
 	}
-	if err := g.reg.Publish(rec.NodeID, g.signed, s.cfg.Lease); err != nil {
+	if err := s.registry.reg.Publish(rec.NodeID, data, s.cfg.Lease); err != nil {
 		s.registry.failed()
 		return fmt.Errorf("publish to the registry: %w", err)
 	}

@@ -28,6 +28,10 @@ type recordCheck struct {
 	self      string
 	own       []netip.Prefix // this node's prefixes: no record may claim any part of them
 	now       time.Time
+	// live says whether a verified, valid record is live (liveness.go:
+	// for files, renewed within its lease by this node's clock); nil:
+	// every listed record is (etcd: the lease decides existence).
+	live func(e trust.Entry, rec registry.NodeRecord, identity ed25519.PublicKey) bool
 	// prev says which node held a claim (a WireGuard key, a /64) in the
 	// last accepted set: when two records claim one thing, the holder
 	// keeps it and the newcomer is rejected; when neither held it, both
@@ -111,9 +115,10 @@ func recordClaims(rec registry.NodeRecord) []string {
 	return out
 }
 
-// checkRecord verifies and validates one stored record. live: not
-// expired (an expired record is not believed either, but it is no
-// rejection: a node that stopped ages out).
+// checkRecord verifies and validates one stored record. live: c.live
+// says so (a record not renewed is not believed either, but it is no
+// rejection: a node that stopped ages out). The writer's own expiry
+// stamp decides nothing: its clock may be minutes off.
 func checkRecord(e trust.Entry, c recordCheck) (rec registry.NodeRecord, live bool, err error) {
 	if len(e.Data) > registry.MaxRecordBytes {
 		return rec, false, trust.Reject("too-big", "record %s: more than %d bytes", e.Name, registry.MaxRecordBytes)
@@ -139,7 +144,7 @@ func checkRecord(e trust.Entry, c recordCheck) (rec registry.NodeRecord, live bo
 	if err := validRecord(rec, en, c); err != nil {
 		return rec, false, err
 	}
-	return rec, !rec.Expires.Before(c.now), nil
+	return rec, c.live == nil || c.live(e, rec, key), nil
 }
 
 // validRecord checks every field of a verified record; en is its node's

@@ -165,18 +165,27 @@ func TestCheckRecords(t *testing.T) {
 		})
 	}
 
-	// The honest ones, and a record that is the node's own, or expired.
+	// The honest ones, and a record that is the node's own, or not live
+	// (liveness is the reader's: c.live). The writer's expiry stamp, an
+	// hour gone, decides nothing.
 	c := recordCheck{grid: gr, enrollBad: enrollBad, self: "self", own: []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}, now: g.now, prev: claims{}}
-	expired := g.record("n3", 3)
-	expired.Expires = g.now.Add(-time.Second)
+	c.live = func(e trust.Entry, rec registry.NodeRecord, identity ed25519.PublicKey) bool {
+		if !identity.Equal(g.ids[e.Name].Public()) {
+			t.Errorf("live(%s): identity %x, want the enrolled one", e.Name, identity)
+		}
+		return e.Name != "n3"
+	}
+	stale := g.record("n2", 2)
+	stale.Expires = g.now.Add(-time.Hour)
 	recs, bad, held := checkRecords([]trust.Entry{
-		honest,
-		{Name: "n3", Data: signRecord(t, expired, g.ids["n3"])},
+		{Name: "n2", Data: signRecord(t, stale, g.ids["n2"])},
+		{Name: "n3", Data: signRecord(t, g.record("n3", 3), g.ids["n3"])},
 		{Name: "self", Data: signRecord(t, g.record("self", 1), g.ids["self"])},
 	}, c)
 	if len(bad) != 0 || len(recs) != 1 || recs[0].NodeID != "n2" || held["key "+g.wgKey["n2"]] != "n2" {
 		t.Errorf("honest records: believed %+v, rejected %v, claims %v", recs, bad, held)
 	}
+	c.live = nil
 
 	// A prefix (or a key) two records claim, neither held before: both
 	// rejected; held by one before: the newcomer.

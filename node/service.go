@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
+	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
 
@@ -44,6 +46,7 @@ type Service struct {
 
 	registry  regState
 	trust     trustState
+	live      liveState
 	wireguard wgState
 	prefixes  prefixState
 	exit      exitState
@@ -133,6 +136,18 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity key: %w", err)
 	}
+	if v := os.Getenv(registry.TestOnlyClockOffsetEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s=%q: %w", registry.TestOnlyClockOffsetEnv, v, err)
+		}
+		registry.SetTestOnlyClockOffset(d)
+		log.Warn("TEST ONLY: this node's records are stamped with a wall clock off by "+d.String(), "env", registry.TestOnlyClockOffsetEnv)
+	}
+	epoch, err := recordEpoch(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, err
@@ -140,7 +155,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	defer closeOnError(reg.Close)
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
-		registry: regState{reg: reg}, trust: newTrustState(gridKey, identity), wireguard: newWGState(), prefixes: newPrefixState(),
+		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}}
 	s.wakes.trigger = s.Trigger
 	log.Info("registry", "type", cfg.Registry.Type, "identity", trust.EncodePublicKey(s.Identity()))

@@ -82,20 +82,33 @@ func (s *Service) noteRejections(kind string, bad map[string]error) {
 }
 
 // believedNodes reads the node records and returns those this node
-// believes (not its own), having logged and counted the others.
-func (s *Service) believedNodes() ([]registry.NodeRecord, error) {
+// believes and holds live (not its own), having logged and counted the
+// others; gone are the nodes a signed statement removes at once
+// (goneNow).
+func (s *Service) believedNodes(now time.Time) (recs []registry.NodeRecord, gone map[string]string, err error) {
 	if s.trust.grid == nil {
-		return nil, fmt.Errorf("the grid's enrollments were never read")
+		return nil, nil, fmt.Errorf("the grid's enrollments were never read")
 	}
 	entries, err := s.registry.reg.Nodes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	recs, bad, held := checkRecords(entries, recordCheck{grid: s.trust.grid, enrollBad: s.trust.bad, self: s.cfg.NodeID,
-		own: s.cfg.Prefixes, now: time.Now(), prev: s.trust.claims})
+	c := recordCheck{grid: s.trust.grid, enrollBad: s.trust.bad, self: s.cfg.NodeID,
+		own: s.cfg.Prefixes, now: now, prev: s.trust.claims}
+	if !registry.LeaseKept(s.registry.reg) {
+		listed := map[string]bool{}
+		for _, e := range entries {
+			listed[e.Name] = true
+		}
+		s.live.fresh.forget(listed)
+		c.live = func(e trust.Entry, rec registry.NodeRecord, identity ed25519.PublicKey) bool {
+			return s.live.fresh.observe(e.Name, string(identity), rec, e.Data, now, s.cfg.Lease)
+		}
+	}
+	recs, bad, held := checkRecords(entries, c)
 	s.trust.claims = held
 	s.noteRejections("record", bad)
-	return recs, nil
+	return recs, goneNow(bad, s.trust.bad), nil
 }
 
 // RegistryRejected is the rejections so far by reason (metrics).

@@ -46,19 +46,32 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 			rotErrs = append(rotErrs, fmt.Errorf("network %s: rotate key: %w", n.ID, err))
 		}
 	}
-	// Only records that verify and validate whole (records.go).
-	nodes, err := s.believedNodes()
-	if err != nil {
+	// Only records that verify and validate whole (records.go), live by
+	// this node's clock, and what liveness.go holds of the others.
+	now := time.Now()
+	nodes, gone, readErr := s.believedNodes(now)
+	if readErr != nil {
 		s.registry.failed()
-		return errors.Join(append(rotErrs, fmt.Errorf("read the registry: %w", err))...)
+		readErr = fmt.Errorf("read the registry: %w", readErr)
+		if !s.live.read {
+			// Never read since the start: nothing to judge by, every
+			// peer the devices have stays.
+			return errors.Join(append(rotErrs, readErr)...)
+		}
+	} else {
+		s.live.read = true
+		s.registry.up.Store(true)
+		s.registry.nodes = len(nodes)
 	}
-	s.registry.up.Store(true)
-	s.registry.nodes = len(nodes)
+	nodes = append(nodes, s.holdPeers(nodes, gone, readErr == nil, now)...)
 	routes, err := bpfmaps.New(s.dp).Routes()
 	if err != nil {
 		return err
 	}
 	errs := rotErrs
+	if readErr != nil {
+		errs = append(errs, readErr)
+	}
 	local := map[string]bool{}
 	viaExit := map[string]string{}
 	closed := map[string]string{} // networks whose outside is the exit's only -> their device ("": none)

@@ -66,13 +66,29 @@ type NodeRecord struct {
 	Addresses []netip.Addr             `json:"addresses"`
 	MTU       int                      `json:"mtu,omitempty"` // tenant packets the node's path carries inside WireGuard
 	Networks  map[string]NetworkRecord `json:"networks"`
-	Expires   time.Time                `json:"expires"`
+	// Expires is the writer's wall clock plus the lease: information
+	// (and what readers before sequence numbers judged by), never what a
+	// reader decides liveness by: clocks are minutes apart.
+	Expires time.Time `json:"expires"`
+	// Seq rises with every renewal the writer makes (never falls for
+	// one identity: it survives restarts). A file registry's reader
+	// counts a record as renewed when it sees a higher Seq, by its own
+	// clock; a replayed old record renews nothing.
+	Seq uint64 `json:"seq,omitempty"`
+	// Lease is how long the record lives past the last renewal a reader
+	// saw (bounded by the reader: MaxLease).
+	Lease time.Duration `json:"lease,omitempty"`
 }
 
+// MaxLease bounds the lease a reader grants a record, whatever it says
+// (registry_lease's own bound).
+const MaxLease = time.Hour
+
 // Sign makes the stored bytes of r: signed by the node's identity key
-// (nil: unsigned, an insecure grid), expiring ttl from now.
+// (nil: unsigned, an insecure grid), for a lease of ttl.
 func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, error) {
-	r.Expires = time.Now().Add(ttl).UTC()
+	r.Expires = recordNow().Add(ttl).UTC()
+	r.Lease = ttl
 	return trust.SignJSON(key, trust.KindNodeRecord, r)
 }
 
@@ -84,6 +100,21 @@ func LeaseKept(r Registry) bool {
 	l, ok := r.(interface{ LeaseKept() bool })
 	return ok && l.LeaseKept()
 }
+
+// TestOnlyClockOffsetEnv names an environment variable for end-to-end
+// tests, never for deployments: a duration ("-10m") added to the wall
+// clock this node stamps its records with, read once at start. It is how
+// a test makes one node's clock wrong (Go reads CLOCK_REALTIME itself,
+// so neither libfaketime nor time namespaces can).
+const TestOnlyClockOffsetEnv = "TENANTNET_TEST_ONLY_RECORD_CLOCK_OFFSET"
+
+var recordClockOffset time.Duration
+
+// SetTestOnlyClockOffset sets the offset of TestOnlyClockOffsetEnv.
+func SetTestOnlyClockOffset(d time.Duration) { recordClockOffset = d }
+
+// recordNow is the wall clock records are stamped with.
+func recordNow() time.Time { return time.Now().Add(recordClockOffset) }
 
 // Endpoint returns the UDP endpoint of a network of the node: one of its
 // addresses (IPv6 preferred, IPv4 when the asking node has only IPv4

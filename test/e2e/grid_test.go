@@ -80,6 +80,26 @@ func TestGrid(t *testing.T) {
 // its /48, its class, may be an exit) before it starts. Everything goes
 // at cleanup.
 func newGrid(t testing.TB, backend string, count int, extra string, natLast ...bool) ([]*gridNode, string) {
+	return newGridWith(t, gridOpts{backend: backend, count: count, extra: extra, natLast: len(natLast) > 0 && natLast[0]})
+}
+
+// gridOpts are newGrid's arguments, and what only some tests need: the
+// file registry in a directory of theirs (regDir: a small tmpfs), and a
+// node's own path to it (nodeRegDir, by node number: a symlink the test
+// can take away from that node alone).
+type gridOpts struct {
+	backend    string
+	count      int
+	extra      string
+	natLast    bool
+	regDir     string
+	nodeRegDir map[int]string
+	env        map[int][]string // environment of a node's tenantnetd, by node number
+}
+
+func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
+	backend, count, extra := o.backend, o.count, o.extra
+	natLast := []bool{o.natLast}
 	pid := os.Getpid()
 	bin := buildBinary(t, "cmd/tenantnetd")
 	inet := testutil.NewNetNS(t, fmt.Sprintf("tn-inet-%d", pid))
@@ -94,9 +114,17 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 	}
 	br, _ := inl.LinkByName("br0")
 	inl.LinkSetUp(br)
-	regDir := t.TempDir()
+	regDir := o.regDir
+	if regDir == "" {
+		regDir = t.TempDir()
+	}
 	var eg *testutil.EtcdGrid
-	registryYAML := fmt.Sprintf("{type: file, dir: %s}", regDir)
+	registryOf := func(i int) string {
+		if d, ok := o.nodeRegDir[i]; ok {
+			return fmt.Sprintf("{type: file, dir: %s}", d)
+		}
+		return fmt.Sprintf("{type: file, dir: %s}", regDir)
+	}
 	if backend == "etcd" {
 		// etcd lives on the "internet", where every node reaches it.
 		if out, err := exec.Command("ip", "-n", inet.Name, "addr", "add", "2001:db8:ffff::fe/64", "dev", "br0", "nodad").CombinedOutput(); err != nil {
@@ -172,7 +200,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		g.state = filepath.Join(dir, "state")
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
-			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
+			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"), env: o.env[i]}
 		nodeCfg := func(registryYAML string) []byte {
 			return []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
@@ -190,6 +218,7 @@ grid_public_key: %s.pub
 %s
 `, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
 		}
+		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath
 		if eg != nil {
 			registryYAML = eg.YAML(eg.Node(g.id))

@@ -33,6 +33,7 @@ type daemon struct {
 	metrics string
 	cmd     *exec.Cmd
 	wait    time.Duration // for the first answer after start (default 20s)
+	env     []string      // added to tenantnetd's environment
 }
 
 func (d *daemon) start() {
@@ -43,6 +44,9 @@ func (d *daemon) start() {
 	}
 	d.cmd = exec.Command("nsenter", "--net=/run/netns/"+d.nsName, d.bin, "run", "--config", d.cfgPath)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if d.env != nil {
+		d.cmd.Env = append(os.Environ(), d.env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}

@@ -33,6 +33,7 @@ type daemon struct {
 	metrics string
 	cmd     *exec.Cmd
 	wait    time.Duration // for the first answer after start (default 20s)
+	args    []string      // more flags of run (--adopt)
 }
 
 func (d *daemon) start() {
@@ -41,7 +42,7 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command("nsenter", "--net=/run/netns/"+d.nsName, d.bin, "run", "--config", d.cfgPath)
+	d.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + d.nsName, d.bin, "run", "--config", d.cfgPath}, d.args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

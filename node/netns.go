@@ -10,6 +10,7 @@ package node
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -20,6 +21,9 @@ import (
 
 // netnsOpenTimeout bounds a lookup that the filesystem holds up.
 const netnsOpenTimeout = 2 * time.Second
+
+// hung are the paths whose lookup timed out and has not returned yet.
+var hung sync.Map
 
 type openedNS struct {
 	h   netns.NsHandle
@@ -36,9 +40,17 @@ type openedNS struct {
 // longer than netnsOpenTimeout fails; its goroutine closes what it opened
 // when the filesystem lets it go.
 func openNetns(path string) (netns.NsHandle, ipam.NetnsID, error) {
-	ch := make(chan openedNS, 1)
+	// A path whose last lookup still hangs is not looked up again: each
+	// try would pin another thread in the kernel.
+	if _, busy := hung.Load(path); busy {
+		return -1, ipam.NetnsID{}, fmt.Errorf("netns %s: an earlier lookup of it still has no answer from its filesystem", path)
+	}
+	// Unbuffered: what the lookup opened is handed over or closed, never
+	// left in a channel nobody reads.
+	ch := make(chan openedNS)
 	done := make(chan struct{})
 	go func() {
+		defer hung.Delete(path) // after the hand-over: after any Store below
 		h, id, err := openNetnsNow(path)
 		select {
 		case ch <- openedNS{h, id, err}:
@@ -54,6 +66,7 @@ func openNetns(path string) (netns.NsHandle, ipam.NetnsID, error) {
 	case o := <-ch:
 		return o.h, o.id, o.err
 	case <-t.C:
+		hung.Store(path, true) // until the lookup returns
 		close(done)
 		// The goroutine may have sent just now.
 		select {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/tenantnet/tenantnet/ipam"
@@ -15,7 +17,8 @@ import (
 
 // Client talks to tenantnetd over its socket.
 type Client struct {
-	hc *http.Client
+	hc   *http.Client
+	path string
 }
 
 // NewClient returns a client for the socket at path.
@@ -24,7 +27,7 @@ func NewClient(path string) *Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}
-	return &Client{hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	return &Client{hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}, path: path}
 }
 
 // APIError is an error answered by the server.
@@ -49,8 +52,11 @@ func (c *Client) do(method, path string, body, out any) error {
 		return err
 	}
 	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("tenantnetd API: %w (is tenantnetd running?)", err)
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("tenantnetd API %s: permission denied: the socket is root's (and api_group's, if the node config sets one)", c.path)
+	case err != nil:
+		return fmt.Errorf("tenantnetd API %s: %w (is tenantnetd running?)", c.path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {

@@ -1,5 +1,5 @@
-// Package api is tenantnetd's local API: HTTP+JSON on a root-only unix
-// socket, and its client.
+// Package api is tenantnetd's local API: HTTP+JSON on a unix socket for
+// root (and api_group's members), and its client.
 //
 //	POST   /v1/networks          {"id": "acme", "mtu": 1420}      -> network
 //	GET    /v1/networks                                           -> [network]
@@ -19,16 +19,15 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/ipam"
 )
@@ -59,6 +58,9 @@ type UserRequest struct {
 	ID        string `json:"id"`
 	Network   string `json:"network"`
 	PublicKey string `json:"public_key,omitempty"`
+	// Rotate replaces an existing user's key (generated without a
+	// public key); without it an existing user's key is never replaced.
+	Rotate bool `json:"rotate,omitempty"`
 }
 
 // Error is the body of an error response.
@@ -80,7 +82,10 @@ func status(err error) int {
 	return http.StatusInternalServerError
 }
 
-var errBadRequest = errors.New("bad request")
+// ErrBadRequest marks an error as the caller's (400).
+var ErrBadRequest = errors.New("bad request")
+
+var errBadRequest = ErrBadRequest
 
 func reply(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -111,7 +116,7 @@ type Node interface {
 	AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error)
 	DeleteWorkload(id string) error
 	Workloads() ([]WorkloadInfo, error)
-	AddUser(id, network, publicKey string) (UserInfo, bool, error)
+	AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error)
 	DeleteUser(id string) error
 	Users() ([]ipam.User, error)
 	Status() Status
@@ -163,6 +168,9 @@ func Handler(s Node) http.Handler {
 		if err := validID(req.ID); err != nil {
 			return 0, nil, err
 		}
+		if req.MTU != 0 && (req.MTU < 1280 || req.MTU > 9000) {
+			return 0, nil, fmt.Errorf("%w: mtu %d: must be 1280..9000 (0: the node's)", errBadRequest, req.MTU)
+		}
 		n, created, err := s.AddNetwork(req.ID, req.MTU)
 		return made(created), n, err
 	}))
@@ -178,8 +186,8 @@ func Handler(s Node) http.Handler {
 		var overlap time.Duration
 		if req.Overlap != "" {
 			var err error
-			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 {
-				return 0, nil, fmt.Errorf("%w: overlap %q: want a duration such as 30s", errBadRequest, req.Overlap)
+			if overlap, err = time.ParseDuration(req.Overlap); err != nil || overlap < 0 || overlap > 24*time.Hour {
+				return 0, nil, fmt.Errorf("%w: overlap %q: want a duration such as 30s, at most 24h", errBadRequest, req.Overlap)
 			}
 		}
 		next, err := s.RotateKey(r.PathValue("id"), overlap)
@@ -220,7 +228,12 @@ func Handler(s Node) http.Handler {
 		if err := validID(req.ID); err != nil {
 			return 0, nil, err
 		}
-		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey)
+		if req.PublicKey != "" {
+			if _, err := wgtypes.ParseKey(req.PublicKey); err != nil {
+				return 0, nil, fmt.Errorf("%w: public_key %q: not a WireGuard public key (base64 of 32 bytes, wg pubkey)", errBadRequest, req.PublicKey)
+			}
+		}
+		u, created, err := s.AddUser(req.ID, req.Network, req.PublicKey, req.Rotate)
 		return made(created), u, err
 	}))
 	mux.HandleFunc("GET /v1/users", handle(func(r *http.Request) (int, any, error) {
@@ -234,32 +247,4 @@ func Handler(s Node) http.Handler {
 		return http.StatusOK, s.Status(), nil
 	}))
 	return mux
-}
-
-// Serve listens on the unix socket (mode 0600, root only) until ctx ends.
-func Serve(ctx context.Context, path string, h http.Handler, log *slog.Logger) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	os.Remove(path) // a stale socket of a previous run
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	log.Info("API listening", "socket", path)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

@@ -37,7 +37,10 @@ func (f *fakeNode) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, 
 }
 func (f *fakeNode) DeleteWorkload(id string) error     { return nil }
 func (f *fakeNode) Workloads() ([]WorkloadInfo, error) { return nil, errors.New("broken") }
-func (f *fakeNode) AddUser(id, network, publicKey string) (UserInfo, bool, error) {
+func (f *fakeNode) AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error) {
+	if rotate {
+		return UserInfo{User: ipam.User{ID: id, PublicKey: publicKey}}, false, nil
+	}
 	return UserInfo{}, false, fmt.Errorf("no addresses: %w", ipam.ErrExhausted)
 }
 func (f *fakeNode) DeleteUser(id string) error  { return nil }
@@ -64,12 +67,17 @@ func TestHandler(t *testing.T) {
 		{"DELETE", "/v1/networks/nope", "", 404, `"error":"network nope: not found"`},
 		{"POST", "/v1/networks/acme/rotate-key", `{"overlap":"30s"}`, 200, `"next_public_key":"30s"`},
 		{"POST", "/v1/networks/acme/rotate-key", `{"overlap":"soon"}`, 400, `want a duration`},
+		{"POST", "/v1/networks/acme/rotate-key", `{"overlap":"9999h"}`, 400, `at most 24h`},
+		{"POST", "/v1/networks", `{"id":"big","mtu":65536}`, 400, `mtu 65536: must be 1280..9000`},
+		{"POST", "/v1/networks", `{"id":"small","mtu":-1}`, 400, `mtu -1`},
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"relative"}`, 400, `want an absolute path`},
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/nonexistent/ns"}`, 400, `does not exist`},
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/"}`, 409, `in use: conflict`},
 		{"GET", "/v1/workloads", "", 500, `"error":"broken"`},
 		{"DELETE", "/v1/workloads/w", "", 204, ""},
 		{"POST", "/v1/users", `{"id":"alice","network":"acme"}`, 507, `exhausted`},
+		{"POST", "/v1/users", `{"id":"alice","network":"acme","public_key":"nope"}`, 400, `public_key \"nope\": not a WireGuard public key`},
+		{"POST", "/v1/users", `{"id":"alice","network":"acme","public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs=","rotate":true}`, 200, `"public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs="`},
 		{"GET", "/v1/users", "", 200, `[]`},
 		{"DELETE", "/v1/users/alice", "", 204, ""},
 		{"GET", "/v1/status", "", 200, `"reconcile":{"runs":3,"errors":1,"repairs":2,`},

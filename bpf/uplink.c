@@ -3,7 +3,8 @@
  * Uplink prefilter, XDP on the node's uplink. Packets from outside addressed
  * to a workload are checked against the same conntrack and inbound rules as
  * tn_to_workload and dropped here, before an skb exists, when no rule lets
- * them in. It never creates state and passes everything else (packets not
+ * them in. It only reads conntrack (it never creates or advances an entry:
+ * the port program does, for what it passes) and passes everything else (packets not
  * for a workload, control ICMP, fragments, unparsable frames): the workload
  * port's TC program stays the enforcement point and decides those.
  */
@@ -44,7 +45,7 @@ int tn_uplink(struct xdp_md *ctx)
 	__u32 owner = tn_prefix_owner(p.src);
 	if (owner == ep->tenant)
 		reason = TN_DROP_SPOOF_PATH;
-	else if (tn_ct_lookup(&p, ep->ifindex, bpf_ktime_get_ns()))
+	else if (tn_ct_peek(&p, ep->ifindex, bpf_ktime_get_ns()))
 		return XDP_PASS;
 	else if (owner)
 		reason = TN_DROP_CROSS_TENANT;

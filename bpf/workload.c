@@ -30,6 +30,11 @@ struct tn_btf_types {
 	enum tn_timeout timeout;
 	enum tn_error error;
 	enum tn_frag frag;
+	enum tn_ct_flags ct_flags;
+	enum tn_quota quota;
+	enum tn_ctl_op ctl_op;
+	struct tn_ctl ctl;
+	struct tn_ctfill ctfill;
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
@@ -148,4 +153,41 @@ out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
 		       ? TC_ACT_SHOT
 		       : TC_ACT_OK;
+}
+
+/* tn_ct_ctl: the conntrack housekeeping, run by the control plane with
+ * BPF_PROG_TEST_RUN on a frame holding a struct tn_ctl (never attached).
+ * It is how entries leave tn_ct_v2 and tn_frag_v2, so that each delete
+ * decrements its tenant's count in tn_ctfill_v2 (see conntrack.h), and how
+ * quotas are set without a user-space write racing the counts. */
+SEC("xdp")
+int tn_ct_ctl(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tn_ctl *cmd = data;
+
+	if ((void *)(cmd + 1) > data_end)
+		return XDP_ABORTED;
+	struct tn_ctl_ctx c = {.now = bpf_ktime_get_ns(),
+			       .op = cmd->op,
+			       .tenant = cmd->tenant};
+	switch (c.op) {
+	case TN_CTL_EXPIRE:
+	case TN_CTL_FLUSH:
+		bpf_for_each_map_elem(&tn_ct_v2, tn_ct_sweep, &c, 0);
+		bpf_for_each_map_elem(&tn_frag_v2, tn_frag_sweep, &c, 0);
+		cmd->ct_deleted = c.ct_deleted;
+		cmd->frag_deleted = c.frag_deleted;
+		return XDP_PASS;
+	case TN_CTL_QUOTA: {
+		struct tn_ctfill *f = tn_fill(c.tenant);
+		if (!f)
+			return XDP_ABORTED;
+		f->ct_max = cmd->ct_max;
+		f->frag_max = cmd->frag_max;
+		return XDP_PASS;
+	}
+	}
+	return XDP_ABORTED;
 }

@@ -14,11 +14,12 @@ import (
 
 // Maps is the typed view of a loaded datapath's maps.
 type Maps struct {
-	m *loader.WorkloadMaps
+	m   *loader.WorkloadMaps
+	ctl *ebpf.Program // tn_ct_ctl: conntrack housekeeping (ctfill.go)
 }
 
 // New wraps the maps of a loaded datapath.
-func New(dp *loader.Datapath) *Maps { return &Maps{m: &dp.Maps} }
+func New(dp *loader.Datapath) *Maps { return &Maps{m: &dp.Maps, ctl: dp.Progs.TnCtCtl} }
 
 // FromMaps wraps maps loaded some other way (tests).
 func FromMaps(m *loader.WorkloadMaps) *Maps { return &Maps{m: m} }

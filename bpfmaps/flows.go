@@ -84,7 +84,7 @@ func (x *Maps) Flows(tenant uint32) ([]Flow, error) {
 	var out []Flow
 	var k loader.WorkloadTnCtKey
 	var v loader.WorkloadTnCtVal
-	it := x.m.TnCtV1.Iterate()
+	it := x.m.TnCtV2.Iterate()
 	for it.Next(&k, &v) {
 		if tenant != 0 && v.Tenant != tenant {
 			continue
@@ -105,25 +105,7 @@ func (x *Maps) Flows(tenant uint32) ([]Flow, error) {
 		out = append(out, f)
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read tn_ct_v1: %w", err)
+		return nil, fmt.Errorf("read tn_ct_v2: %w", err)
 	}
 	return out, nil
-}
-
-// FlushFlows deletes tracked flows (of one tenant, or all for 0) and
-// returns how many. Packets of flushed flows are decided again as new.
-func (x *Maps) FlushFlows(tenant uint32) (int, error) {
-	var keys []loader.WorkloadTnCtKey
-	var k loader.WorkloadTnCtKey
-	var v loader.WorkloadTnCtVal
-	it := x.m.TnCtV1.Iterate()
-	for it.Next(&k, &v) {
-		if tenant == 0 || v.Tenant == tenant {
-			keys = append(keys, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("read tn_ct_v1: %w", err)
-	}
-	return len(keys), deleteMany(x.m.TnCtV1, keys)
 }

@@ -55,6 +55,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DROP_ROUTE":          v(loader.WorkloadTnReasonTN_DROP_ROUTE, policy.DropRoute),
 			"TN_DROP_INTERNAL":       v(loader.WorkloadTnReasonTN_DROP_INTERNAL, policy.DropInternal),
 			"TN_DROP_SPOOF_PATH":     v(loader.WorkloadTnReasonTN_DROP_SPOOF_PATH, policy.DropSpoofPath),
+			"TN_DROP_CT_QUOTA":       v(loader.WorkloadTnReasonTN_DROP_CT_QUOTA, policy.DropCTQuota),
 			"TN_REASON_MAX":          v(loader.WorkloadTnReasonTN_REASON_MAX, policy.Reasons()[len(policy.Reasons())-1]+1),
 		},
 		"tn_dir": {
@@ -96,6 +97,12 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_CT_OTHER_S":       v(loader.WorkloadTnTimeoutTN_CT_OTHER_S, sec(47, ctNew)),
 			// Fragments are not read back by Go: only the model keeps them.
 			"TN_FRAG_TIMEOUT_S": v(loader.WorkloadTnTimeoutTN_FRAG_TIMEOUT_S, loader.WorkloadTnTimeoutTN_FRAG_TIMEOUT_S),
+		},
+		"tn_quota": {
+			"TN_CT_QUOTA_DEFAULT":   v(loader.WorkloadTnQuotaTN_CT_QUOTA_DEFAULT, DefaultCTQuota),
+			"TN_FRAG_QUOTA_DEFAULT": v(loader.WorkloadTnQuotaTN_FRAG_QUOTA_DEFAULT, DefaultFragQuota),
+			// Only the model reads the window (model/consts_test.go).
+			"TN_CT_TCP_WINDOW": v(loader.WorkloadTnQuotaTN_CT_TCP_WINDOW, loader.WorkloadTnQuotaTN_CT_TCP_WINDOW),
 		},
 		"tn_error": {
 			"TN_ERR_STATS_FULL":  v(loader.WorkloadTnErrorTN_ERR_STATS_FULL, int64(0)),

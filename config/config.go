@@ -44,12 +44,19 @@ type Node struct {
 	BPFDir      string         `yaml:"bpf_dir"`
 	MetricsAddr string         `yaml:"metrics_listen"`
 	APISocket   string         `yaml:"api_socket"`
-	MTU         int            `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
-	WGPortBase  int            `yaml:"wireguard_port_base"`
-	WGPortCount int            `yaml:"wireguard_port_count"`
-	Reconcile   time.Duration  `yaml:"reconcile_interval"`
-	Lease       time.Duration  `yaml:"registry_lease"`
-	LegacyTC    bool           `yaml:"legacy_tc"`
+	// APIGroup is a group (name or number) whose members may use the API
+	// besides root: the socket is made 0660 root:group in a 0710
+	// directory, and each connection's SO_PEERCRED is checked. Empty:
+	// root only.
+	APIGroup string `yaml:"api_group"`
+	// APIGID is APIGroup resolved by Validate (0: none).
+	APIGID      int           `yaml:"-"`
+	MTU         int           `yaml:"mtu"` // tenant MTU; 0: from the uplinks' MTU less WireGuard's overhead
+	WGPortBase  int           `yaml:"wireguard_port_base"`
+	WGPortCount int           `yaml:"wireguard_port_count"`
+	Reconcile   time.Duration `yaml:"reconcile_interval"`
+	Lease       time.Duration `yaml:"registry_lease"`
+	LegacyTC    bool          `yaml:"legacy_tc"`
 	// FastPath lets the datapath forward between workload ports and the
 	// WireGuard devices itself (bpf_redirect); false leaves forwarding to
 	// the kernel's routes (the programs still check). Default true.
@@ -100,15 +107,6 @@ func (h *HostService) UnmarshalYAML(v *yaml.Node) error {
 	}
 	h.Proto, h.Port = proto, uint16(n)
 	return nil
-}
-
-// Registry says where the grid registry lives (used by the multi-node
-// service; validated here so a node config is complete).
-type Registry struct {
-	Type      string   `yaml:"type"` // file or etcd
-	Dir       string   `yaml:"dir"`  // file
-	Endpoints []string `yaml:"endpoints"`
-	Prefix    string   `yaml:"prefix"` // etcd key prefix, /tenantnet by default
 }
 
 // Defaults for fields left out.
@@ -181,7 +179,11 @@ func (e *FieldError) Error() string {
 	if e.Value == "" {
 		return fmt.Sprintf("%s: %s", e.Field, e.Msg)
 	}
-	return fmt.Sprintf("%s %s: %s", e.Field, e.Value, e.Msg)
+	v := e.Value
+	if strings.ContainsAny(v, " \t\n\"'") || strconv.Quote(v) != `"`+v+`"` {
+		v = strconv.Quote(v) // a value with spaces or control characters, shown as it is
+	}
+	return fmt.Sprintf("%s %s: %s", e.Field, v, e.Msg)
 }
 
 // Load reads and validates a config file.
@@ -203,6 +205,9 @@ func Parse(b []byte) (*Node, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&n); err != nil {
+		if fe := fieldOf(b); fe != nil {
+			return nil, fe
+		}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			return nil, errors.New(strings.Join(te.Errors, "; "))
@@ -211,93 +216,6 @@ func Parse(b []byte) (*Node, error) {
 	}
 	n.defaults()
 	return &n, n.Validate()
-}
-
-// Validate checks the config; lookupLink may be nil (no interface checks).
-func (n *Node) Validate() error {
-	if n.NodeID == "" {
-		return &FieldError{Field: "node_id", Msg: "required"}
-	}
-	if len(n.NodeID) > 64 || strings.ContainsAny(n.NodeID, " /\t\n") {
-		return &FieldError{"node_id", n.NodeID, "at most 64 characters, no spaces or slashes"}
-	}
-	switch n.Class {
-	case DualStack, IPv4Only, HomeNAT, HomeIPv6:
-	default:
-		return &FieldError{"class", string(n.Class), "want dual-stack, ipv4-only, home-nat or home-ipv6"}
-	}
-	if len(n.Prefixes) == 0 {
-		return &FieldError{Field: "prefixes", Msg: "at least one IPv6 prefix to allocate tenant /64s from"}
-	}
-	for i, p := range n.Prefixes {
-		f := fmt.Sprintf("prefixes[%d]", i)
-		if !p.Addr().Is6() || p.Addr().Is4In6() {
-			return &FieldError{f, p.String(), "must be IPv6"}
-		}
-		if p.Bits() >= 64 {
-			return &FieldError{f, p.String(), "must be shorter than /64 (a /48 gives 65,536 networks)"}
-		}
-		if p.Masked() != p {
-			return &FieldError{f, p.String(), fmt.Sprintf("host bits set (did you mean %s?)", p.Masked())}
-		}
-		for j := 0; j < i; j++ {
-			if p.Overlaps(n.Prefixes[j]) {
-				return &FieldError{f, p.String(), fmt.Sprintf("overlaps prefixes[%d] %s", j, n.Prefixes[j])}
-			}
-		}
-	}
-	for i, u := range n.Uplinks {
-		if u == "" || len(u) > 15 {
-			return &FieldError{fmt.Sprintf("uplinks[%d]", i), u, "not an interface name"}
-		}
-	}
-	if n.MTU != 0 && (n.MTU < 1280 || n.MTU > 9000) {
-		return &FieldError{"mtu", fmt.Sprint(n.MTU), "must be 1280..9000 (IPv6 needs at least 1280)"}
-	}
-	if n.WGPortBase < 1024 || n.WGPortBase+n.WGPortCount > 65536 || n.WGPortCount < 1 {
-		return &FieldError{"wireguard_port_base", fmt.Sprint(n.WGPortBase), "the port range must lie within 1024-65535"}
-	}
-	if _, _, err := net.SplitHostPort(n.MetricsAddr); err != nil {
-		return &FieldError{"metrics_listen", n.MetricsAddr, "want host:port"}
-	}
-	if n.Reconcile < time.Second {
-		return &FieldError{"reconcile_interval", n.Reconcile.String(), "at least 1s"}
-	}
-	if n.Lease < 3*time.Second {
-		return &FieldError{"registry_lease", n.Lease.String(), "at least 3s"}
-	}
-	if *n.ReuseQuarantine < 0 {
-		return &FieldError{"reuse_quarantine", n.ReuseQuarantine.String(), "must not be negative"}
-	}
-	switch n.Registry.Type {
-	case "file":
-	case "etcd":
-		if len(n.Registry.Endpoints) == 0 {
-			return &FieldError{Field: "registry.endpoints", Msg: "etcd needs at least one endpoint (http://host:2379)"}
-		}
-	default:
-		return &FieldError{"registry.type", n.Registry.Type, "want file or etcd"}
-	}
-	for _, d := range []struct{ f, v string }{{"state_dir", n.StateDir}, {"bpf_dir", n.BPFDir}, {"api_socket", n.APISocket}} {
-		if !strings.HasPrefix(d.v, "/") {
-			return &FieldError{d.f, d.v, "must be an absolute path"}
-		}
-	}
-	switch {
-	case n.GridPublicKey == "" && !n.InsecureRegistry:
-		return &FieldError{Field: "grid_public_key", Msg: "required: the grid operator's public key (tenantnetd grid init prints it), base64 or a file; " +
-			"or insecure_registry: true to believe the registry unverified (tests only)"}
-	case n.GridPublicKey != "" && n.InsecureRegistry:
-		return &FieldError{Field: "insecure_registry", Msg: "not with a grid_public_key"}
-	case n.GridPublicKey != "" && !strings.HasPrefix(n.GridPublicKey, "/"):
-		if _, err := trust.ParsePublicKey(n.GridPublicKey); err != nil {
-			return &FieldError{"grid_public_key", n.GridPublicKey, err.Error() + ", or an absolute file path"}
-		}
-	}
-	if n.MaxDeclaredNetworks < 1 {
-		return &FieldError{"max_declared_networks", fmt.Sprint(n.MaxDeclaredNetworks), "at least 1"}
-	}
-	return nil
 }
 
 // GridKey is the grid operator's public key (read from its file when

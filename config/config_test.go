@@ -10,6 +10,7 @@ node_id: node-1
 uplinks: [eth0]
 class: dual-stack
 prefixes: ["2001:db8:100::/48"]
+addresses: ["2001:db8:ffff::10"]
 grid_public_key: 11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=
 `
 
@@ -29,8 +30,8 @@ func TestParse(t *testing.T) {
 		{"uplinks: [eth0]\nprefixes: [\"2001:db8::/48\"]", "node_id: required"},
 		{good + "class: cloud\n", "already defined"},
 		{"node_id: n\nclass: cloud\nprefixes: [\"2001:db8::/48\"]", "class cloud: want dual-stack"},
-		{"node_id: n\nprefixes: [\"2001:db8::/64\"]", "prefixes[0] 2001:db8::/64: must be shorter than /64"},
-		{"node_id: n\nprefixes: [\"2001:db8::/80\"]", "must be shorter than /64"},
+		{"node_id: n\nprefixes: [\"2001:db8::/64\"]", "prefixes[0] 2001:db8::/64: too long: /32 to /63"},
+		{"node_id: n\nprefixes: [\"2001:db8::/80\"]", "too long: /32 to /63"},
 		{"node_id: n\nprefixes: [\"10.0.0.0/8\"]", "prefixes[0] 10.0.0.0/8: must be IPv6"},
 		{"node_id: n\nprefixes: [\"2001:db8::1/48\"]", "host bits set (did you mean 2001:db8::/48?)"},
 		{"node_id: n\nprefixes: [\"2001:db8::/48\", \"2001:db8::/56\"]", "prefixes[1] 2001:db8::/56: overlaps prefixes[0]"},

@@ -71,6 +71,12 @@ wl_addr() { nd "$1" workload list | awk -v id="$2" '$1 == id { print $3 }'; }
 counted() { # counted node tenant dir reason: that counter is above zero
 	fw "$1" stats --tenant "$2" | awk -v d="$3" -v r="$4" '$2 == d && $4 == r && $5 > 0 { f = 1 } END { exit !f }'
 }
+fill_row() { # fill_row node tenant awk-condition: the tenant's row under tenantfw stats
+	# (TENANT FLOWS QUOTA INBOUND SHARE FRAGMENTS QUOTA REFUSED) meets it
+	fw "$1" stats --tenant "$2" | awk -v t="$2" "NF == 8 && \$1 == t && ($3) { f = 1 } END { exit !f }"
+}
+at_share() { fill_row "$1" "$2" '$4 == $5 && $4 < $3 && $8 > 0'; }
+at_quota() { fill_row "$1" "$2" '$2 == $3 && $8 > 0'; }
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
@@ -96,11 +102,61 @@ down() {
 	echo "  nothing left: no tn-demo namespace, no pins, no process, no state"
 }
 
+# etcd's CA and certificates, the way docs/operations.md makes them
+# (openssl): etcd's own, root's, the grid operator's, one per node.
+PKI=$STATE/etcd-pki
+cert() { # cert NAME EXTENSIONS
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+		-keyout "$PKI/$1-key.pem" -out "$PKI/$1.csr" 2>/dev/null
+	openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca-key.pem" -CAcreateserial \
+		-days 825 -extfile <(printf '%s\n' "$2") -out "$PKI/$1.pem" 2>/dev/null
+	chmod 600 "$PKI/$1-key.pem"
+}
+# etcdctl as USER (its certificate), from the internet host.
+ectl() { local u=$1; shift; in_ns tn-demo-client etcdctl --endpoints "https://[2001:db8:ffff::100]:2379" \
+	--cacert "$PKI/ca.pem" --cert "$PKI/$u.pem" --key "$PKI/$u-key.pem" "$@"; }
+# etcd_refuses ns why command...: the command fails the way etcd refuses
+# (no certificate: the TLS handshake; a certificate without the right:
+# permission denied), not for another reason.
+etcd_refuses() {
+	local ns=$1 why=$2 out; shift 2
+	if out=$(in_ns "$ns" "$@" 2>&1); then return 1; fi
+	case $why in
+	tls) [[ $out == *"deadline exceeded"* || $out == *"certificate"* || $out == *"handshake"* ]] ;;
+	rbac) [[ $out == *"permission denied"* ]] ;;
+	esac
+}
+
 start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit]
 	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-} exit=${6:-}
-	local registry="{type: file, dir: $STATE/registry}"
-	if [[ $REG == etcd ]]; then registry="{type: etcd, endpoints: [\"$etcd\"], prefix: /tenantnet-demo}"; fi
-	cat >"$RUN/node$i.yaml" <<EOT
+	local registry="{type: file, dir: $STATE/registry}" operator="{type: file, dir: $STATE/registry}"
+	if [[ $REG == etcd ]]; then
+		# Each node's certificate writes its own record only; the grid
+		# operator's commands run with the operator's (the same
+		# configuration, another certificate).
+		local tls="ca: $PKI/ca.pem, cert: $PKI/node$i.pem, key: $PKI/node$i-key.pem"
+		registry="{type: etcd, endpoints: [\"$etcd\"], prefix: /tenantnet-demo, tls: {$tls}}"
+		operator="${registry//node$i.pem/tenantnet-operator.pem}"
+		operator="${operator//node$i-key.pem/tenantnet-operator-key.pem}"
+	fi
+	node_yaml "$i" "$class" "$prefix" "$addrs" "$registry" >"$RUN/node$i.yaml"
+	node_yaml "$i" "$class" "$prefix" "$addrs" "$operator" >"$RUN/operator$i.yaml"
+	# The node's identity (made on first use), enrolled by the grid
+	# operator: its id, class, /48, and whether it may be an exit.
+	local identity
+	identity=$("$BIN/tenantnetd" identity --config "$RUN/node$i.yaml")
+	on_node "$i" "$BIN/tenantnetd" grid enroll --key "$STATE/grid.key" --config "$RUN/operator$i.yaml" --node "node$i" \
+		--identity "$identity" --class "$class" --prefix "$prefix" $exit
+	# nsenter execs tenantnetd: $! is the daemon's pid.
+	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
+	echo $! >"$RUN/node$i.pid"
+	for _ in $(seq 1 100); do nd "$i" status >/dev/null 2>&1 && return 0; sleep 0.1; done
+	echo "node$i did not start:" >&2; cat "$RUN/node$i.log" >&2; exit 1
+}
+
+node_yaml() { # node_yaml i class prefix addresses registry
+	local i=$1 class=$2 prefix=$3 addrs=$4 registry=$5
+	cat <<EOT
 node_id: node$i
 uplinks: [uplink]
 class: $class
@@ -115,30 +171,18 @@ registry_lease: 6s
 registry: $registry
 grid_public_key: $STATE/grid.key.pub
 EOT
-	# The node's identity (made on first use), enrolled by the grid
-	# operator: its id, class, /48, and whether it may be an exit.
-	local identity
-	identity=$("$BIN/tenantnetd" identity --config "$RUN/node$i.yaml")
-	on_node "$i" "$BIN/tenantnetd" grid enroll --key "$STATE/grid.key" --config "$RUN/node$i.yaml" --node "node$i" \
-		--identity "$identity" --class "$class" --prefix "$prefix" $exit
-	# nsenter execs tenantnetd: $! is the daemon's pid.
-	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
-	echo $! >"$RUN/node$i.pid"
-	for _ in $(seq 1 100); do nd "$i" status >/dev/null 2>&1 && return 0; sleep 0.1; done
-	echo "node$i did not start:" >&2; cat "$RUN/node$i.log" >&2; exit 1
 }
 
 # forge_record writes a record for "intruder" (never enrolled) claiming
 # acme with a WireGuard key of its own: a file in the registry directory,
-# or a put to etcd (its HTTP gateway).
+# or a put by etcd's root (who may write any key, but holds no grid key).
 forge_record() {
 	FORGED_KEY=$(wg genkey | wg pubkey)
 	local payload rec
 	payload=$(printf '{"node_id":"intruder","class":"dual-stack","addresses":["2001:db8:ffff::66"],"networks":{"acme":{"prefix":"2001:db8:166:1::/64","public_key":"%s","port":51820}},"expires":"2099-01-01T00:00:00Z"}' "$FORGED_KEY" | base64 -w0)
 	rec=$(printf '{"kind":"node-record","payload":"%s"}' "$payload")
 	if [[ $REG == etcd ]]; then
-		in_ns tn-demo-client curl -s -X POST "http://[2001:db8:ffff::100]:2379/v3/kv/put" \
-			-d "{\"key\": \"$(printf /tenantnet-demo/nodes/intruder | base64 -w0)\", \"value\": \"$(printf '%s' "$rec" | base64 -w0)\"}" >/dev/null
+		ectl root put /tenantnet-demo/nodes/intruder "$rec" >/dev/null
 	else
 		printf '%s' "$rec" >"$STATE/registry/nodes/intruder.json"
 	fi
@@ -207,24 +251,50 @@ EOT
 	ip -n tn-demo-client route add 2001:db8:103::/48 via 2001:db8:ffff::1
 
 	if [[ $REG == etcd ]]; then
-		say "etcd on the internet host (2001:db8:ffff::100 and 192.0.2.100, port 2379)"
+		say "etcd's private CA and certificates (etcd, root, the grid operator, one per node)"
+		mkdir -p "$PKI"
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+			-subj "/CN=tenantnet demo etcd CA" -keyout "$PKI/ca-key.pem" -out "$PKI/ca.pem" 2>/dev/null
+		cert etcd "subjectAltName=IP:2001:db8:ffff::100,IP:192.0.2.100
+extendedKeyUsage=serverAuth,clientAuth"
+		for u in root tenantnet-operator node1 node2 node3; do cert "$u" "extendedKeyUsage=clientAuth"; done
+		say "etcd on the internet host (2001:db8:ffff::100 and 192.0.2.100, port 2379): TLS, client certificates"
 		nsenter --net=/run/netns/tn-demo-client etcd --data-dir "$STATE/etcd" --name demo \
-			--listen-client-urls "http://[2001:db8:ffff::100]:2379,http://192.0.2.100:2379" \
-			--advertise-client-urls "http://[2001:db8:ffff::100]:2379" \
+			--listen-client-urls "https://[2001:db8:ffff::100]:2379,https://192.0.2.100:2379" \
+			--advertise-client-urls "https://[2001:db8:ffff::100]:2379" \
 			--listen-peer-urls "http://[2001:db8:ffff::100]:2380" --initial-advertise-peer-urls "http://[2001:db8:ffff::100]:2380" \
-			--initial-cluster "demo=http://[2001:db8:ffff::100]:2380" >"$RUN/etcd.log" 2>&1 &
+			--initial-cluster "demo=http://[2001:db8:ffff::100]:2380" \
+			--cert-file "$PKI/etcd.pem" --key-file "$PKI/etcd-key.pem" --client-cert-auth --trusted-ca-file "$PKI/ca.pem" \
+			--auto-compaction-mode periodic --auto-compaction-retention 1h >"$RUN/etcd.log" 2>&1 &
 		echo $! >"$RUN/etcd.pid"
 		for _ in $(seq 1 50); do in_ns tn-demo-client bash -c 'exec 3<>/dev/tcp/192.0.2.100/2379' 2>/dev/null && break; sleep 0.2; done
+		say "etcd's users and roles (each node writes its own record only), then auth enable"
+		{
+			ectl root user add root --no-password
+			ectl root user grant-role root root
+			ectl root role add tenantnet-operator
+			ectl root role grant-permission tenantnet-operator readwrite --prefix /tenantnet-demo/
+			ectl root user add tenantnet-operator --no-password
+			ectl root user grant-role tenantnet-operator tenantnet-operator
+			for i in 1 2 3; do
+				ectl root role add "tenantnet-node-node$i"
+				ectl root role grant-permission "tenantnet-node-node$i" read --prefix /tenantnet-demo/
+				ectl root role grant-permission "tenantnet-node-node$i" readwrite "/tenantnet-demo/nodes/node$i"
+				ectl root user add "node$i" --no-password
+				ectl root user grant-role "node$i" "tenantnet-node-node$i"
+			done
+			ectl root auth enable
+		} >"$RUN/etcd-auth.log" 2>&1 || { echo "etcd auth setup failed:" >&2; cat "$RUN/etcd-auth.log" >&2; exit 1; }
 	fi
 	say "the grid operator's key (kept off the nodes: here in $STATE/grid.key)"
 	"$BIN/tenantnetd" grid init --key "$STATE/grid.key" >/dev/null
 	say "starting tenantnetd on each node ($REG registry), each enrolled by the grid key"
-	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "http://[2001:db8:ffff::100]:2379" --exit
-	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "http://[2001:db8:ffff::100]:2379"
-	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "http://192.0.2.100:2379"
+	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "https://[2001:db8:ffff::100]:2379" --exit
+	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "https://[2001:db8:ffff::100]:2379"
+	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "https://192.0.2.100:2379"
 
 	say "two tenant networks: acme declared in the registry (all three nodes, exit node1), globex added on node1 and node2"
-	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3 --exit node1 --config "$RUN/node1.yaml" >/dev/null
+	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3 --exit node1 --config "$RUN/operator1.yaml" >/dev/null
 	for i in 1 2; do nd $i network add --id globex >/dev/null; done
 	for i in 1 2 3; do
 		retry has_net $i acme || { echo "node$i did not join acme:" >&2; tail -20 "$RUN/node$i.log" >&2; exit 1; }
@@ -285,6 +355,49 @@ EOT
 	check "a forged record (intruder joining acme) is refused" ok retry grep -q '"name":"intruder","reason":"not-enrolled"' "$RUN/node1.log"
 	sleep 3
 	check "node1 took no peer from it" ok no_forged_peer
+	# Bounded state (issue 14, H4): node1's conntrack is flooded from the
+	# internet (fresh sources on an open port of db1's) and from db1 (new
+	# flows to the internet). globex's quota (300 flows here, to keep the
+	# floods short) refuses them as ct-quota: the outside flood gets three
+	# quarters of it (225), so db1 still opens flows; nothing is evicted, so
+	# acme's idle connection (web1 to the internet host, established before
+	# the floods) still gets the server's push, and acme opens new flows.
+	mkfifo "$RUN/push.fifo"
+	in_ns tn-demo-client busybox nc -l -p 7000 <"$RUN/push.fifo" >/dev/null 2>&1 &
+	echo $! >"$RUN/push-server.pid"
+	exec 5<>"$RUN/push.fifo" # read-write: never blocks, whatever the server did
+	retry bash -c "ip netns exec tn-demo-client ss -Hltn 'sport = :7000' | grep -q LISTEN"
+	in_ns tn-demo-web1 timeout 120 bash -c 'exec 3<>/dev/tcp/2001:db8:ffff::100/7000 && read -r -t 110 l <&3 && echo "$l"' >"$RUN/push.got" 2>&1 &
+	echo $! >"$RUN/push-client.pid"
+	check "web1's idle connection to the internet host is established" ok \
+		retry bash -c "ip netns exec tn-demo-web1 ss -Htn state established 'dport = :7000' | grep -q ."
+	fw 1 flows quota --tenant "$GLOBEX1" --flows 300
+	fw 1 rule add --tenant "$GLOBEX1" --proto udp --port 5001 --dst "$DB1" --action allow --comment "open port (flood target)" >/dev/null
+	in_ns tn-demo-client bash -c 'for i in {1..2000}; do echo x >/dev/udp/'"$DB1"'/5001; done' 2>/dev/null || true
+	check "the internet's flood on db1's open port: held at the inbound share" ok at_share 1 "$GLOBEX1"
+	check "the rest refused and counted (ct-quota, in)" ok counted 1 "$GLOBEX1" in ct-quota
+	in_ns tn-demo-db1 bash -c 'for p in {20000..21999}; do echo x >/dev/udp/2001:db8:ffff::100/$p; done' 2>/dev/null || true
+	check "db1's own flood still opens flows, up to the quota" ok at_quota 1 "$GLOBEX1"
+	check "the rest refused and counted (ct-quota, out)" ok counted 1 "$GLOBEX1" out ct-quota
+	echo pushed >&5
+	check "acme's idle connection survives the flood (server push to web1)" ok retry grep -qx pushed "$RUN/push.got"
+	exec 5>&-
+	check "acme opens new flows on node1 after the flood" ok tcp tn-demo-web1 2001:db8:ffff::100 25
+	if [[ $REG == etcd ]]; then
+		# etcd is on the internet, where workloads reach: without a
+		# certificate of the grid's CA they get nothing; node3's own
+		# certificate writes node3's record only.
+		check "web1 (a workload) reaches etcd's port" ok tcp tn-demo-web1 2001:db8:ffff::100 2379
+		check "web1 (a workload) writes etcd without a certificate: refused" ok etcd_refuses tn-demo-web1 tls \
+			etcdctl --endpoints "https://[2001:db8:ffff::100]:2379" --cacert "$PKI/ca.pem" --dial-timeout 2s --command-timeout 3s \
+			put /tenantnet-demo/nodes/intruder x
+		check "node3's certificate writes node1's record: refused (RBAC)" ok etcd_refuses "$(node_ns 3)" rbac \
+			etcdctl --endpoints "https://192.0.2.100:2379" --cacert "$PKI/ca.pem" --cert "$PKI/node3.pem" --key "$PKI/node3-key.pem" \
+			put /tenantnet-demo/nodes/node1 x
+		check "node3's certificate declares a network: refused (RBAC)" ok etcd_refuses "$(node_ns 3)" rbac \
+			etcdctl --endpoints "https://192.0.2.100:2379" --cacert "$PKI/ca.pem" --cert "$PKI/node3.pem" --key "$PKI/node3-key.pem" \
+			put /tenantnet-demo/networks/evil x
+	fi
 	stats=$(fw 1 stats -o json)
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"

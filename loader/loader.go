@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"strconv"
 	"sync"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
@@ -22,10 +21,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// SchemaVersion is the layout version of the pinned maps; it is the _vN
-// suffix of every map name and is stored in tn_meta_v1. Keep in sync with
-// TN_SCHEMA_VERSION in bpf/lib/common.h (a test checks it).
-const SchemaVersion = 1
+// SchemaVersion is the layout version of the pinned maps, stored in
+// tn_meta_v1; a map's _vN suffix is the schema that introduced its layout
+// (the maps schema 2 changed are _v2, the others kept their _v1 name).
+// Keep in sync with TN_SCHEMA_VERSION in bpf/lib/common.h (a test checks
+// it).
+const SchemaVersion = 2
+
+// retired are the maps of older schemas this build migrates from and
+// then unpins (migrate): schema 1's LRU conntrack and fragment tables.
+var retired = map[string]bool{"tn_ct_v1": true, "tn_frag_v1": true}
 
 // DefaultPinDir is where a node's datapath lives.
 const DefaultPinDir = defaults.PinDir
@@ -79,45 +84,51 @@ var progAddedLater = map[string]bool{"tn_from_wg": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
-// checkSchema refuses pins of another schema. There is no migration yet
-// (only the identity): a layout change that needs one adds it here, keyed
-// by the version it upgrades from, with a test of the upgrade.
-func checkSchema(dir string) error {
+// checkSchema refuses pins this build cannot use: a tn_*_vN map that is
+// neither one of this build's maps nor one it migrates from (retired),
+// for example a newer build's, or a meta entry of another schema than
+// this one or schema 1 (which Load migrates from). It returns the schema
+// the pins say they are (0: none pinned yet).
+func checkSchema(dir string) (uint32, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil
+			return 0, nil
 		}
-		return fmt.Errorf("read pin directory: %w", err)
+		return 0, fmt.Errorf("read pin directory: %w", err)
 	}
+	ours := mapFields(&WorkloadMaps{})
 	for _, e := range entries {
-		m := mapNameRE.FindStringSubmatch(e.Name())
-		if m == nil {
+		if !mapNameRE.MatchString(e.Name()) {
 			continue
 		}
-		if v, _ := strconv.Atoi(m[1]); v != SchemaVersion {
-			return fmt.Errorf("%w: %s is schema v%d, this build uses v%d and has no migration; "+
+		if _, ok := ours[e.Name()]; !ok && !retired[e.Name()] {
+			v := mapNameRE.FindStringSubmatch(e.Name())[1]
+			return 0, fmt.Errorf("%w: %s is a map of schema v%s this build (v%d) does not know and has no migration from; "+
 				"remove %s (rules are restored from the saved state) or run the matching build",
 				ErrSchemaMismatch, filepath.Join(dir, e.Name()), v, SchemaVersion, dir)
 		}
 	}
 	meta, err := ebpf.LoadPinnedMap(filepath.Join(dir, "tn_meta_v1"), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return fmt.Errorf("open pinned tn_meta_v1: %w", err)
+		return 0, fmt.Errorf("open pinned tn_meta_v1: %w", err)
 	}
 	defer meta.Close()
 	var m WorkloadTnMeta
 	if err := meta.Lookup(uint32(0), &m); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
+		return 0, fmt.Errorf("read schema version: %w", err)
 	}
-	if m.SchemaVersion != 0 && m.SchemaVersion != SchemaVersion {
-		return fmt.Errorf("%w: tn_meta_v1 says schema %d, this build uses %d",
+	if m.SchemaVersion != 0 && m.SchemaVersion != 1 && m.SchemaVersion != SchemaVersion {
+		return 0, fmt.Errorf("%w: tn_meta_v1 says schema %d, this build uses %d",
 			ErrSchemaMismatch, m.SchemaVersion, SchemaVersion)
 	}
-	return nil
+	if m.SchemaVersion == 0 {
+		return 1, nil // written before the version was
+	}
+	return m.SchemaVersion, nil
 }
 
 // Load loads (or upgrades) the datapath pinned at opts.PinDir. Programs
@@ -133,7 +144,8 @@ func Load(opts Options) (*Datapath, error) {
 	if err := ensureBPFFS(opts.PinDir); err != nil {
 		return nil, err
 	}
-	if err := checkSchema(opts.PinDir); err != nil {
+	pinned, err := checkSchema(opts.PinDir)
+	if err != nil {
 		return nil, err
 	}
 	_, statErr := os.Stat(filepath.Join(opts.PinDir, "tn_meta_v1"))
@@ -186,6 +198,11 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("write tn_meta_v1: %w", err)
 		}
 		log.Info("created datapath maps", "pin_dir", opts.PinDir, "schema", SchemaVersion)
+	} else if pinned != SchemaVersion {
+		if err := dp.migrate(pinned); err != nil {
+			dp.Close()
+			return nil, err
+		}
 	} else {
 		log.Info("reusing pinned datapath maps", "pin_dir", opts.PinDir, "schema", SchemaVersion)
 	}
@@ -314,8 +331,11 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 	} else if errors.Is(err, os.ErrPermission) {
 		return nil, fmt.Errorf("%s: %w (run as root)", pinDir, err)
 	}
-	if err := checkSchema(pinDir); err != nil {
+	if v, err := checkSchema(pinDir); err != nil {
 		return nil, err
+	} else if v != SchemaVersion {
+		return nil, fmt.Errorf("%w: the pins at %s are schema %d, this build uses %d: "+
+			"restart tenantnetd (or run `tenantfw datapath load`) with this build to migrate them", ErrSchemaMismatch, pinDir, v, SchemaVersion)
 	}
 	// A same-named pin of another layout must never be written through.
 	// Comparing sizes with this build's object is enough here: Load checks
@@ -364,4 +384,14 @@ func Open(pinDir string) (*Datapath, error) {
 		*dst = p
 	}
 	return dp, nil
+}
+
+// OpenCtl opens the pinned tn_ct_ctl program, the conntrack housekeeping
+// that tenantfw's flow flushes run (bpfmaps.Maps.WithCtl).
+func OpenCtl(pinDir string) (*ebpf.Program, error) {
+	p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, "tn_ct_ctl"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned program tn_ct_ctl: %w", err)
+	}
+	return p, nil
 }

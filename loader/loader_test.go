@@ -41,7 +41,7 @@ func TestLoadVerifies(t *testing.T) {
 				"(a helper not inlined, a bounded loop, fewer live registers across lookups)", name, insns, verifierBudget)
 		}
 	}
-	for _, name := range []string{"tn_meta_v1", "tn_rdst_v1", "tn_ct_v1", "tn_events_v1", "progs/tn_from_workload", "progs/tn_uplink"} {
+	for _, name := range []string{"tn_meta_v1", "tn_rdst_v1", "tn_ct_v2", "tn_frag_v2", "tn_ctfill_v2", "tn_events_v1", "progs/tn_from_workload", "progs/tn_uplink", "progs/tn_ct_ctl"} {
 		if _, err := os.Stat(filepath.Join(dp.PinDir, name)); err != nil {
 			t.Errorf("pin %s: %v", name, err)
 		}
@@ -103,12 +103,12 @@ func TestRefusesOtherSchema(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tn_ct_v1", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 40, MaxEntries: 16})
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tn_ct_v2", Type: ebpf.Hash, KeySize: 40, ValueSize: 40, MaxEntries: 16})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		if err := m.Pin(filepath.Join(dir, "tn_ct_v1")); err != nil {
+		if err := m.Pin(filepath.Join(dir, "tn_ct_v2")); err != nil {
 			t.Fatal(err)
 		}
 		_, err = loader.Load(loader.Options{PinDir: dir})
@@ -116,6 +116,123 @@ func TestRefusesOtherSchema(t *testing.T) {
 			t.Fatalf("got %v, want ErrSchemaMismatch", err)
 		}
 	})
+}
+
+// Pins of schema 1 (an LRU tn_ct_v1 with the old value, no tn_ct_v2,
+// tn_ctfill_v2 or tn_frag_v2) are migrated by Load: the flows are carried
+// over and counted per tenant, the retired maps unpinned, the maps that
+// did not change kept, and tn_meta_v1 says 2 with its sample rate kept. A
+// schema-1 build then refuses the pins (it refuses any tn_*_vN pin whose
+// N is not 1, and tn_meta_v1's 2), which is the downgrade's safety.
+func TestMigrateSchema1(t *testing.T) {
+	dir := testutil.PinDir(t)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = loader.Remove(dir) })
+	pin := func(spec *ebpf.MapSpec) *ebpf.Map {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		if err := m.Pin(filepath.Join(dir, spec.Name)); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	meta := pin(&ebpf.MapSpec{Name: "tn_meta_v1", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err := meta.Put(uint32(0), loader.WorkloadTnMeta{SchemaVersion: 1, SampleRate: 7}); err != nil {
+		t.Fatal(err)
+	}
+	tenants := pin(&ebpf.MapSpec{Name: "tn_tenant_v1", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 65536})
+	if err := tenants.Put(uint32(5), loader.WorkloadTnTenant{DefaultIn: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ct := pin(&ebpf.MapSpec{Name: "tn_ct_v1", Type: ebpf.LRUHash, KeySize: 44, ValueSize: 32, MaxEntries: 1 << 10})
+	pin(&ebpf.MapSpec{Name: "tn_frag_v1", Type: ebpf.LRUHash, KeySize: 44, ValueSize: 8, MaxEntries: 1 << 10})
+	type valV1 struct {
+		Created, LastSeen uint64
+		Tenant            uint32
+		State, Dir        uint8
+		_                 [2]uint8
+		Packets           uint64
+	}
+	keys := map[uint32]loader.WorkloadTnCtKey{}
+	for i, tenant := range []uint32{5, 5, 6} {
+		k := loader.WorkloadTnCtKey{Ifindex: uint32(10 + i), Proto: 6, Sport: 1, Dport: 2}
+		if err := ct.Put(k, valV1{Created: 1, LastSeen: 2, Tenant: tenant, State: 2, Dir: 1, Packets: 9}); err != nil {
+			t.Fatal(err)
+		}
+		keys[uint32(10+i)] = k
+	}
+
+	dp, err := loader.Load(loader.Options{PinDir: dir})
+	if err != nil {
+		t.Fatalf("load over schema 1: %v", err)
+	}
+	defer dp.Close()
+	for _, gone := range []string{"tn_ct_v1", "tn_frag_v1"} {
+		if _, err := os.Stat(filepath.Join(dir, gone)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still pinned after the migration (%v)", gone, err)
+		}
+	}
+	var m loader.WorkloadTnMeta
+	if err := dp.Maps.TnMetaV1.Lookup(uint32(0), &m); err != nil || m.SchemaVersion != 2 || m.SampleRate != 7 {
+		t.Errorf("meta after migration %+v (%v), want schema 2, sample rate 7", m, err)
+	}
+	var tv loader.WorkloadTnTenant
+	if err := dp.Maps.TnTenantV1.Lookup(uint32(5), &tv); err != nil || tv.DefaultIn != 1 {
+		t.Errorf("tn_tenant_v1 not kept: %+v %v", tv, err)
+	}
+	for idx, k := range keys {
+		var v loader.WorkloadTnCtVal
+		if err := dp.Maps.TnCtV2.Lookup(k, &v); err != nil {
+			t.Errorf("flow of ifindex %d not migrated: %v", idx, err)
+			continue
+		}
+		if v.CreatedNs != 1 || v.LastSeenNs != 2 || v.State != 2 || v.Dir != 1 || v.Packets != 9 || v.Flags != uint8(loader.WorkloadTnCtFlagsTN_CT_F_IN) {
+			t.Errorf("flow of ifindex %d migrated as %+v", idx, v)
+		}
+	}
+	for tenant, want := range map[uint32]uint32{5: 2, 6: 1} {
+		var f loader.WorkloadTnCtfill
+		// The flows were opened inbound (dir 1): in the inbound share too.
+		if err := dp.Maps.TnCtfillV2.Lookup(tenant, &f); err != nil || f.Ct != want || f.CtIn != want {
+			t.Errorf("tenant %d fill %+v (%v), want %d flows, all inbound", tenant, f, err, want)
+		}
+	}
+	// Loading again is a plain reuse: nothing doubles.
+	dp2, err := loader.Load(loader.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	var f loader.WorkloadTnCtfill
+	if err := dp2.Maps.TnCtfillV2.Lookup(uint32(5), &f); err != nil || f.Ct != 2 || f.CtIn != 2 {
+		t.Errorf("fill after a second load %+v (%v)", f, err)
+	}
+	// tenantfw of this build opens them; a schema-1 build would refuse them.
+	if wm, err := loader.OpenMaps(dir); err != nil {
+		t.Errorf("OpenMaps after migration: %v", err)
+	} else {
+		wm.Close()
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tn_ct_v2")); err != nil {
+		t.Errorf("no tn_ct_v2 pin, which a schema-1 build refuses: %v", err)
+	}
+}
+
+// Pins of schema 1 are refused by OpenMaps (tenantfw of this build) until
+// a Load migrated them.
+func TestOpenMapsRefusesSchema1(t *testing.T) {
+	dp := testutil.Load(t)
+	if err := dp.Maps.TnMetaV1.Put(uint32(0), loader.WorkloadTnMeta{SchemaVersion: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loader.OpenMaps(dp.PinDir); !errors.Is(err, loader.ErrSchemaMismatch) {
+		t.Fatalf("got %v, want ErrSchemaMismatch", err)
+	}
 }
 
 // Attach in both modes, switch between them, re-attach, detach: exactly

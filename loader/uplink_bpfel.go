@@ -16,11 +16,12 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	UplinkMapTnCtV1       = "tn_ct_v1"
+	UplinkMapTnCtV2       = "tn_ct_v2"
+	UplinkMapTnCtfillV2   = "tn_ctfill_v2"
 	UplinkMapTnEndpointV1 = "tn_endpoint_v1"
 	UplinkMapTnErrorsV1   = "tn_errors_v1"
 	UplinkMapTnEventsV1   = "tn_events_v1"
-	UplinkMapTnFragV1     = "tn_frag_v1"
+	UplinkMapTnFragV2     = "tn_frag_v2"
 	UplinkMapTnMetaV1     = "tn_meta_v1"
 	UplinkMapTnPortsV1    = "tn_ports_v1"
 	UplinkMapTnPrefixV1   = "tn_prefix_v1"
@@ -85,11 +86,12 @@ type UplinkProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type UplinkMapSpecs struct {
-	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
@@ -130,11 +132,12 @@ func (o *UplinkObjects) Close() error {
 //
 // It can be passed to LoadUplinkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type UplinkMaps struct {
-	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
@@ -151,11 +154,12 @@ type UplinkMaps struct {
 
 func (m *UplinkMaps) Close() error {
 	return _UplinkClose(
-		m.TnCtV1,
+		m.TnCtV2,
+		m.TnCtfillV2,
 		m.TnEndpointV1,
 		m.TnErrorsV1,
 		m.TnEventsV1,
-		m.TnFragV1,
+		m.TnFragV2,
 		m.TnMetaV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,

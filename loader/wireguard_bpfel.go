@@ -16,11 +16,12 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WireguardMapTnCtV1       = "tn_ct_v1"
+	WireguardMapTnCtV2       = "tn_ct_v2"
+	WireguardMapTnCtfillV2   = "tn_ctfill_v2"
 	WireguardMapTnEndpointV1 = "tn_endpoint_v1"
 	WireguardMapTnErrorsV1   = "tn_errors_v1"
 	WireguardMapTnEventsV1   = "tn_events_v1"
-	WireguardMapTnFragV1     = "tn_frag_v1"
+	WireguardMapTnFragV2     = "tn_frag_v2"
 	WireguardMapTnMetaV1     = "tn_meta_v1"
 	WireguardMapTnPortsV1    = "tn_ports_v1"
 	WireguardMapTnPrefixV1   = "tn_prefix_v1"
@@ -85,11 +86,12 @@ type WireguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireguardMapSpecs struct {
-	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
@@ -130,11 +132,12 @@ func (o *WireguardObjects) Close() error {
 //
 // It can be passed to LoadWireguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WireguardMaps struct {
-	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
@@ -151,11 +154,12 @@ type WireguardMaps struct {
 
 func (m *WireguardMaps) Close() error {
 	return _WireguardClose(
-		m.TnCtV1,
+		m.TnCtV2,
+		m.TnCtfillV2,
 		m.TnEndpointV1,
 		m.TnErrorsV1,
 		m.TnEventsV1,
-		m.TnFragV1,
+		m.TnFragV2,
 		m.TnMetaV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,

@@ -21,6 +21,15 @@ const (
 	WorkloadTnActionTN_ACT_DENY  WorkloadTnAction = 2
 )
 
+type WorkloadTnCtFlags uint32
+
+const (
+	WorkloadTnCtFlagsTN_CT_F_SEEN  WorkloadTnCtFlags = 1
+	WorkloadTnCtFlagsTN_CT_F_ACKED WorkloadTnCtFlags = 4
+	WorkloadTnCtFlagsTN_CT_F_FIN   WorkloadTnCtFlags = 16
+	WorkloadTnCtFlagsTN_CT_F_IN    WorkloadTnCtFlags = 64
+)
+
 type WorkloadTnCtKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -47,9 +56,41 @@ type WorkloadTnCtVal struct {
 	Tenant     uint32
 	State      uint8
 	Dir        uint8
-	Pad        [2]uint8
+	Flags      uint8
+	Pad        uint8
 	Packets    uint64
+	Seq        [2]uint32
+	Ack        [2]uint32
 }
+
+type WorkloadTnCtfill struct {
+	_       structs.HostLayout
+	Ct      uint32
+	Frag    uint32
+	CtMax   uint32
+	FragMax uint32
+	CtIn    uint32
+	Pad     uint32
+}
+
+type WorkloadTnCtl struct {
+	_           structs.HostLayout
+	Op          uint32
+	Tenant      uint32
+	CtMax       uint32
+	FragMax     uint32
+	CtDeleted   uint32
+	FragDeleted uint32
+	Pad         uint64
+}
+
+type WorkloadTnCtlOp uint32
+
+const (
+	WorkloadTnCtlOpTN_CTL_EXPIRE WorkloadTnCtlOp = 1
+	WorkloadTnCtlOpTN_CTL_FLUSH  WorkloadTnCtlOp = 2
+	WorkloadTnCtlOpTN_CTL_QUOTA  WorkloadTnCtlOp = 3
+)
 
 type WorkloadTnDir uint32
 
@@ -107,6 +148,8 @@ type WorkloadTnFragKey struct {
 type WorkloadTnFragVal struct {
 	_      structs.HostLayout
 	SeenNs uint64
+	Tenant uint32
+	Pad    uint32
 }
 
 type WorkloadTnMeta struct {
@@ -126,6 +169,14 @@ type WorkloadTnPrefixKey struct {
 	Prefixlen uint32
 	Addr      [16]uint8
 }
+
+type WorkloadTnQuota uint32
+
+const (
+	WorkloadTnQuotaTN_CT_QUOTA_DEFAULT   WorkloadTnQuota = 65536
+	WorkloadTnQuotaTN_FRAG_QUOTA_DEFAULT WorkloadTnQuota = 4096
+	WorkloadTnQuotaTN_CT_TCP_WINDOW      WorkloadTnQuota = 1048576
+)
 
 type WorkloadTnRdstFlags uint32
 
@@ -178,7 +229,8 @@ const (
 	WorkloadTnReasonTN_DROP_ROUTE          WorkloadTnReason = 77
 	WorkloadTnReasonTN_DROP_INTERNAL       WorkloadTnReason = 78
 	WorkloadTnReasonTN_DROP_SPOOF_PATH     WorkloadTnReason = 79
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 80
+	WorkloadTnReasonTN_DROP_CT_QUOTA       WorkloadTnReason = 80
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 81
 )
 
 type WorkloadTnRhostKey struct {
@@ -295,11 +347,12 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WorkloadMapTnCtV1          = "tn_ct_v1"
+	WorkloadMapTnCtV2          = "tn_ct_v2"
+	WorkloadMapTnCtfillV2      = "tn_ctfill_v2"
 	WorkloadMapTnEndpointV1    = "tn_endpoint_v1"
 	WorkloadMapTnErrorsV1      = "tn_errors_v1"
 	WorkloadMapTnEventsV1      = "tn_events_v1"
-	WorkloadMapTnFragV1        = "tn_frag_v1"
+	WorkloadMapTnFragV2        = "tn_frag_v2"
 	WorkloadMapTnMetaV1        = "tn_meta_v1"
 	WorkloadMapTnPortsV1       = "tn_ports_v1"
 	WorkloadMapTnPrefixV1      = "tn_prefix_v1"
@@ -312,6 +365,7 @@ const (
 	WorkloadMapTnStatsV1       = "tn_stats_v1"
 	WorkloadMapTnTenantV1      = "tn_tenant_v1"
 	WorkloadMapTnWgdevV1       = "tn_wgdev_v1"
+	WorkloadProgTnCtCtl        = "tn_ct_ctl"
 	WorkloadProgTnFromWorkload = "tn_from_workload"
 	WorkloadProgTnToWorkload   = "tn_to_workload"
 	WorkloadVarTnUnusedTypes   = "tn_unused_types"
@@ -359,6 +413,7 @@ type WorkloadSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WorkloadProgramSpecs struct {
+	TnCtCtl        *ebpf.ProgramSpec `ebpf:"tn_ct_ctl"`
 	TnFromWorkload *ebpf.ProgramSpec `ebpf:"tn_from_workload"`
 	TnToWorkload   *ebpf.ProgramSpec `ebpf:"tn_to_workload"`
 }
@@ -367,11 +422,12 @@ type WorkloadProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WorkloadMapSpecs struct {
-	TnCtV1       *ebpf.MapSpec `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.MapSpec `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
@@ -413,11 +469,12 @@ func (o *WorkloadObjects) Close() error {
 //
 // It can be passed to LoadWorkloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WorkloadMaps struct {
-	TnCtV1       *ebpf.Map `ebpf:"tn_ct_v1"`
+	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
+	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
-	TnFragV1     *ebpf.Map `ebpf:"tn_frag_v1"`
+	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
@@ -434,11 +491,12 @@ type WorkloadMaps struct {
 
 func (m *WorkloadMaps) Close() error {
 	return _WorkloadClose(
-		m.TnCtV1,
+		m.TnCtV2,
+		m.TnCtfillV2,
 		m.TnEndpointV1,
 		m.TnErrorsV1,
 		m.TnEventsV1,
-		m.TnFragV1,
+		m.TnFragV2,
 		m.TnMetaV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,
@@ -465,12 +523,14 @@ type WorkloadVariables struct {
 //
 // It can be passed to LoadWorkloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WorkloadPrograms struct {
+	TnCtCtl        *ebpf.Program `ebpf:"tn_ct_ctl"`
 	TnFromWorkload *ebpf.Program `ebpf:"tn_from_workload"`
 	TnToWorkload   *ebpf.Program `ebpf:"tn_to_workload"`
 }
 
 func (p *WorkloadPrograms) Close() error {
 	return _WorkloadClose(
+		p.TnCtCtl,
 		p.TnFromWorkload,
 		p.TnToWorkload,
 	)

@@ -26,7 +26,15 @@ var (
 		"Bytes seen by the datapath, by tenant, direction, verdict and reason.",
 		[]string{"tenant", "direction", "verdict", "reason"}, nil)
 	ctEntries = prometheus.NewDesc("tenantnet_conntrack_entries",
-		"Entries in the conntrack table (including expired ones not yet reused).", nil, nil)
+		"Conntrack entries a tenant holds (including expired ones not yet swept); new flows beyond tenantnet_conntrack_quota are refused (reason ct-quota).", []string{"tenant"}, nil)
+	ctInbound = prometheus.NewDesc("tenantnet_conntrack_inbound_entries",
+		"Of tenantnet_conntrack_entries, those opened by inbound packets: at most three quarters of the quota, so that a flood on an open port never refuses the flows the tenant's workloads open.", []string{"tenant"}, nil)
+	ctQuota = prometheus.NewDesc("tenantnet_conntrack_quota",
+		"Conntrack entries a tenant may hold.", []string{"tenant"}, nil)
+	fragEntries = prometheus.NewDesc("tenantnet_fragment_entries",
+		"Fragmented datagrams a tenant has remembered (including expired ones not yet swept).", []string{"tenant"}, nil)
+	fragQuota = prometheus.NewDesc("tenantnet_fragment_quota",
+		"Fragmented datagrams a tenant may have remembered at once.", []string{"tenant"}, nil)
 	mapEntries = prometheus.NewDesc("tenantnet_map_entries",
 		"Entries in each datapath map.", []string{"map"}, nil)
 	mapMax = prometheus.NewDesc("tenantnet_map_max_entries",
@@ -80,7 +88,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
+	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
 		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, lost, refused} {
 		ch <- d
 	}
@@ -108,13 +116,22 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.StatsFull), "stats-full")
 		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.EventsLost), "events-lost")
 	}
+	if fills, err := m.Fills(); err != nil {
+		c.log.Warn("read conntrack fill", "err", err)
+	} else {
+		for tenant, f := range fills {
+			t := fmt.Sprint(tenant)
+			ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(f.Flows), t)
+			ch <- prometheus.MustNewConstMetric(ctInbound, prometheus.GaugeValue, float64(f.FlowsIn), t)
+			ch <- prometheus.MustNewConstMetric(ctQuota, prometheus.GaugeValue, float64(f.FlowsMax), t)
+			ch <- prometheus.MustNewConstMetric(fragEntries, prometheus.GaugeValue, float64(f.Frags), t)
+			ch <- prometheus.MustNewConstMetric(fragQuota, prometheus.GaugeValue, float64(f.FragsMax), t)
+		}
+	}
 	for name, mp := range dp.MapsByName() {
 		n := bpfmaps.CountEntries(mp)
 		if n < 0 {
 			continue
-		}
-		if name == "tn_ct_v1" {
-			ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(n))
 		}
 		ch <- prometheus.MustNewConstMetric(mapEntries, prometheus.GaugeValue, float64(n), name)
 		ch <- prometheus.MustNewConstMetric(mapMax, prometheus.GaugeValue, float64(mp.MaxEntries()), name)
@@ -170,5 +187,8 @@ func Handler(s *node.Service, log *slog.Logger) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{s: s, log: log}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
+	// One scrape at a time (each walks the conntrack table and takes the
+	// service's lock): others get 503 rather than piling up.
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		MaxRequestsInFlight: 2, Timeout: 30 * time.Second})
 }

@@ -27,6 +27,13 @@ func TestConstantsMatchC(t *testing.T) {
 		{"TN_CT_ICMP", ctTimeout(policy.ProtoICMP, ctNew), s(loader.WorkloadTnTimeoutTN_CT_ICMP_S)},
 		{"TN_CT_OTHER", ctTimeout(47, ctNew), s(loader.WorkloadTnTimeoutTN_CT_OTHER_S)},
 		{"TN_FRAG_TIMEOUT", fragTO, s(loader.WorkloadTnTimeoutTN_FRAG_TIMEOUT_S)},
+		{"TN_CT_QUOTA_DEFAULT", DefaultFlowQuota, uint64(loader.WorkloadTnQuotaTN_CT_QUOTA_DEFAULT)},
+		{"TN_FRAG_QUOTA_DEFAULT", DefaultFragQuota, uint64(loader.WorkloadTnQuotaTN_FRAG_QUOTA_DEFAULT)},
+		{"TN_CT_TCP_WINDOW", tcpWindow, uint64(loader.WorkloadTnQuotaTN_CT_TCP_WINDOW)},
+		{"TN_CT_F_SEEN", ctSeen, uint64(loader.WorkloadTnCtFlagsTN_CT_F_SEEN)},
+		{"TN_CT_F_ACKED", ctAcked, uint64(loader.WorkloadTnCtFlagsTN_CT_F_ACKED)},
+		{"TN_CT_F_FIN", ctFin, uint64(loader.WorkloadTnCtFlagsTN_CT_F_FIN)},
+		{"TN_CT_F_IN", ctIn, uint64(loader.WorkloadTnCtFlagsTN_CT_F_IN)},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: model %d, C %d", c.name, c.got, c.want)

@@ -5,9 +5,12 @@
 // both the same random rules and packets and requires the same verdict and
 // reason for every packet.
 //
-// Deliberate simplification, documented so it is not mistaken for
-// agreement: LRU eviction is not modelled (tests stay far below the map
-// sizes). Timeouts are, against the clock in State.Now.
+// Conntrack and fragments are modelled with their per-tenant quotas
+// (State.Quotas; the count includes expired entries until Expire deletes
+// them, as in the datapath) and the TCP window tracking. Deliberate
+// simplification, documented so it is not mistaken for agreement: a full
+// table is not modelled (tests stay far below the map sizes). Timeouts
+// are, against the clock in State.Now.
 package model
 
 import (
@@ -41,6 +44,9 @@ type State struct {
 	Endpoints map[netip.Addr]Endpoint
 	Policies  map[uint32]policy.TenantPolicy
 	Rules     []policy.Rule
+	// Quotas are the tenants' conntrack and fragment quotas; a tenant
+	// without one (or a zero field) has the datapath's defaults.
+	Quotas map[uint32]Quota
 
 	// Now returns the time on the datapath's clock (CLOCK_MONOTONIC,
 	// nanoseconds) for conntrack and fragment timeouts; nil means time
@@ -48,16 +54,32 @@ type State struct {
 	Now func() uint64
 
 	ct    map[ctKey]*ctEntry
-	frags map[fragKey]uint64
+	frags map[fragKey]fragEntry
+	fill  map[uint32]*Fill
 }
+
+// Quota is how many conntrack and fragment entries a tenant may hold.
+type Quota struct{ Flows, Frags uint32 }
+
+// Fill is how many a tenant holds (expired ones included); FlowsIn of
+// its Flows were opened by inbound packets (at most three quarters of
+// its flow quota).
+type Fill struct{ Flows, FlowsIn, Frags uint32 }
+
+// The quotas of a tenant without one (enum tn_quota in bpf/lib/common.h;
+// consts_test.go checks them).
+const (
+	DefaultFlowQuota = 65536
+	DefaultFragQuota = 4096
+)
 
 // NewState returns an empty state.
 func NewState() *State {
 	return &State{
 		Ports: map[uint32]uint32{}, WGDevs: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
-		Policies: map[uint32]policy.TenantPolicy{},
-		ct:       map[ctKey]*ctEntry{}, frags: map[fragKey]uint64{},
+		Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
+		ct: map[ctKey]*ctEntry{}, frags: map[fragKey]fragEntry{}, fill: map[uint32]*Fill{},
 	}
 }
 
@@ -79,6 +101,7 @@ type packet struct {
 	fragID     uint32
 	icmpType   uint8
 	tcpFlags   uint8
+	seq, ack   uint32
 	sport      uint16
 	dport      uint16
 	arpSPA     netip.Addr
@@ -228,6 +251,8 @@ func parseL4(b []byte, off int, p *packet) policy.Reason {
 		p.sport = binary.BigEndian.Uint16(b[off:])
 		p.dport = binary.BigEndian.Uint16(b[off+2:])
 		p.tcpFlags = b[off+13]
+		p.seq = binary.BigEndian.Uint32(b[off+4:])
+		p.ack = binary.BigEndian.Uint32(b[off+8:])
 		p.hasL4Ports = true
 	case policy.ProtoUDP:
 		if off+8 > len(b) {

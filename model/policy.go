@@ -17,7 +17,24 @@ type ctKey struct {
 type ctEntry struct {
 	state    uint8 // ctNew, ctEstablished, ctClosing
 	lastSeen uint64
+	tenant   uint32
+	flags    uint8     // ctSeen, ctAcked, ctFin, shifted by direction
+	seq, ack [2]uint32 // by direction: 0 original, 1 reply
 }
+
+type fragEntry struct {
+	seen   uint64
+	tenant uint32
+}
+
+// TCP tracking flags (enum tn_ct_flags) and the window (TN_CT_TCP_WINDOW).
+const (
+	ctSeen    = 1
+	ctAcked   = 4
+	ctFin     = 16
+	ctIn      = 64 // counts in the tenant's inbound share (Fill.FlowsIn)
+	tcpWindow = 1 << 20
+)
 
 // Conntrack states (enum tn_ct_state in bpf/lib/common.h).
 const (
@@ -188,7 +205,9 @@ func trackable(p *packet) bool {
 	return true
 }
 
-func (s *State) ctLookup(p *packet, ifindex uint32) bool {
+// ctLookup looks the packet up in both directions; with update (the port
+// programs; the uplink only reads) a hit advances the entry.
+func (s *State) ctLookup(p *packet, ifindex uint32, update bool) bool {
 	if !trackable(p) {
 		return false
 	}
@@ -210,31 +229,189 @@ func (s *State) ctLookup(p *packet, ifindex uint32) bool {
 		if e.state == ctClosing && f&tcpSYN != 0 && f&tcpACK == 0 {
 			return false
 		}
-		if f&(tcpFIN|tcpRST) != 0 {
-			e.state = ctClosing
-		} else if reply && e.state == ctNew {
-			e.state = ctEstablished
+		if update {
+			e.tcp(p, reply)
 		}
-	} else if reply && e.state == ctNew {
+	} else if update && reply && e.state == ctNew {
 		e.state = ctEstablished
 	}
-	e.lastSeen = now
+	if update {
+		e.lastSeen = now
+	}
 	return true
 }
 
-func (s *State) ctCreate(p *packet, ifindex uint32) {
-	if !trackable(p) {
+// near: a within tcpWindow of b, modulo 2^32.
+func near(a, b uint32) bool {
+	d := int64(int32(a - b))
+	return d >= -tcpWindow && d <= tcpWindow
+}
+
+func after(a, b uint32) bool { return int32(a-b) > 0 }
+
+// tcp is the window check of a live TCP entry (see tn_ct_tcp): a packet
+// fits when nothing is known yet, or its sequence number is near its
+// sender's highest, or near what the other side acknowledged, or it
+// acknowledges something near the other side's highest. Only a fitting
+// packet moves the numbers and the state.
+func (e *ctEntry) tcp(p *packet, reply bool) {
+	d, o := 0, 1
+	if reply {
+		d, o = 1, 0
+	}
+	seen := func(x int) bool { return e.flags&(ctSeen<<x) != 0 }
+	acked := func(x int) bool { return e.flags&(ctAcked<<x) != 0 }
+	f := p.tcpFlags
+	fits := !seen(0) && !seen(1) ||
+		seen(d) && near(p.seq, e.seq[d]) ||
+		acked(o) && near(p.seq, e.ack[o]) ||
+		f&tcpACK != 0 && seen(o) && near(p.ack, e.seq[o])
+	if !fits {
 		return
 	}
-	st := uint8(ctNew)
+	if !seen(d) || after(p.seq, e.seq[d]) {
+		e.seq[d] = p.seq
+	}
+	if f&tcpACK != 0 {
+		if !acked(d) || after(p.ack, e.ack[d]) {
+			e.ack[d] = p.ack
+		}
+		e.flags |= ctAcked << d
+	}
+	e.flags |= ctSeen << d
+	if f&tcpFIN != 0 {
+		e.flags |= ctFin << d
+	}
+	switch {
+	case f&tcpRST != 0 || e.flags&(ctFin|ctFin<<1) == ctFin|ctFin<<1:
+		e.state = ctClosing
+	case e.state == ctNew && seen(o) && f&tcpSYN == 0:
+		e.state = ctEstablished
+	}
+}
+
+func (s *State) quota(tenant uint32) Quota {
+	q := s.Quotas[tenant]
+	if q.Flows == 0 {
+		q.Flows = DefaultFlowQuota
+	}
+	if q.Frags == 0 {
+		q.Frags = DefaultFragQuota
+	}
+	return q
+}
+
+func (s *State) fillOf(tenant uint32) *Fill {
+	f := s.fill[tenant]
+	if f == nil {
+		f = &Fill{}
+		s.fill[tenant] = f
+	}
+	return f
+}
+
+// FillOf returns what tenant holds.
+func (s *State) FillOf(tenant uint32) Fill {
+	if f := s.fill[tenant]; f != nil {
+		return *f
+	}
+	return Fill{}
+}
+
+// ctCreate tracks a passed new flow; TCP only from a SYN. It reports
+// false when the tenant's quota refuses the entry.
+func (s *State) ctCreate(p *packet, ifindex, tenant uint32, dir policy.Direction) bool {
+	if !trackable(p) {
+		return true
+	}
+	if p.proto == policy.ProtoTCP && p.tcpFlags&(tcpSYN|tcpACK|tcpFIN|tcpRST) != tcpSYN {
+		return true
+	}
+	fl := s.fillOf(tenant)
+	q := s.quota(tenant).Flows
+	in := dir == policy.DirIn
+	if fl.Flows >= q || in && fl.FlowsIn >= inShare(q) {
+		return false
+	}
+	k := ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}
+	e := &ctEntry{state: ctNew, lastSeen: s.now(), tenant: tenant}
 	if p.proto == policy.ProtoTCP {
-		if p.tcpFlags&(tcpFIN|tcpRST) != 0 {
-			st = ctClosing
-		} else if p.tcpFlags&tcpSYN == 0 || p.tcpFlags&tcpACK != 0 {
-			st = ctEstablished
+		e.flags, e.seq[0] = ctSeen, p.seq
+	}
+	if old := s.ct[k]; old != nil {
+		// An expired entry of the tuple is replaced in place: the new
+		// one takes its place in the counts, inbound share included.
+		e.flags |= old.flags & ctIn
+	} else {
+		fl.Flows++
+		if in {
+			fl.FlowsIn++
+			e.flags |= ctIn
 		}
 	}
-	s.ct[ctKey{ifindex, p.proto, p.sport, p.dport, as16(p.src), as16(p.dst)}] = &ctEntry{state: st, lastSeen: s.now()}
+	s.ct[k] = e
+	return true
+}
+
+// inShare is how many of a tenant's flows may be opened from outside
+// (inbound): three quarters of its quota, so that a flood on an open port
+// never refuses the flows its workloads open.
+func inShare(quota uint32) uint32 { return quota - quota/4 }
+
+// fragRemember remembers an allowed first fragment; false when the
+// tenant's fragment quota refuses it.
+func (s *State) fragRemember(p *packet, ifindex, tenant uint32) bool {
+	fl := s.fillOf(tenant)
+	if fl.Frags >= s.quota(tenant).Frags {
+		return false
+	}
+	k := s.fragKey(p, ifindex)
+	if _, ok := s.frags[k]; !ok {
+		fl.Frags++
+	}
+	s.frags[k] = fragEntry{seen: s.now(), tenant: tenant}
+	return true
+}
+
+// Expire deletes the expired entries, as tn_ct_ctl's TN_CTL_EXPIRE.
+func (s *State) Expire() {
+	now := s.now()
+	for k, e := range s.ct {
+		if e.lastSeen < now && now-e.lastSeen > ctTimeout(k.proto, e.state) {
+			delete(s.ct, k)
+			s.uncount(e)
+		}
+	}
+	for k, e := range s.frags {
+		if e.seen < now && now-e.seen > fragTO {
+			delete(s.frags, k)
+			s.fill[e.tenant].Frags--
+		}
+	}
+}
+
+func (s *State) uncount(e *ctEntry) {
+	s.fill[e.tenant].Flows--
+	if e.flags&ctIn != 0 {
+		s.fill[e.tenant].FlowsIn--
+	}
+}
+
+// Flush deletes the flows and fragments of tenant (0: all), as
+// tn_ct_ctl's TN_CTL_FLUSH.
+func (s *State) Flush(tenant uint32) {
+	for k, e := range s.ct {
+		if tenant == 0 || e.tenant == tenant {
+			delete(s.ct, k)
+			s.uncount(e)
+		}
+	}
+	for k, e := range s.frags {
+		if tenant == 0 || e.tenant == tenant {
+			delete(s.frags, k)
+			s.fill[e.tenant].Frags--
+		}
+	}
 }
 
 func (s *State) fragKey(p *packet, ifindex uint32) fragKey {
@@ -403,14 +580,14 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 		return policy.DropSpoofPath, 0
 	}
 	if p.frag == 2 {
-		if seen, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-seen <= fragTO {
+		if fe, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-fe.seen <= fragTO {
 			return policy.PassFrag, 0
 		}
 		return policy.DropFrag, 0
 	}
 	var reason policy.Reason
 	var rule uint32
-	if s.ctLookup(p, ifindex) {
+	if s.ctLookup(p, ifindex, true) {
 		reason = policy.PassCT
 	} else {
 		if p.l3 != 0x0806 && s.otherTenant(peer, tenant) {
@@ -420,12 +597,12 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 			return policy.PassControl, 0
 		}
 		reason, rule = s.decide(p, tenant, dir)
-		if !reason.IsDrop() {
-			s.ctCreate(p, ifindex)
+		if !reason.IsDrop() && !s.ctCreate(p, ifindex, tenant, dir) {
+			return policy.DropCTQuota, 0
 		}
 	}
-	if p.frag == 1 && !reason.IsDrop() {
-		s.frags[s.fragKey(p, ifindex)] = s.now()
+	if p.frag == 1 && !reason.IsDrop() && !s.fragRemember(p, ifindex, tenant) {
+		return policy.DropCTQuota, 0
 	}
 	return reason, rule
 }
@@ -447,7 +624,7 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	switch {
 	case owner == ep.Tenant:
 		v.Reason = policy.DropSpoofPath // the tenant's sources never come by the uplink
-	case s.ctLookup(p, ep.Ifindex):
+	case s.ctLookup(p, ep.Ifindex, false): // the uplink only reads
 		return pass
 	case owner != 0:
 		v.Reason = policy.DropCross
@@ -459,4 +636,22 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	}
 	v.Drop, v.Counted = true, true
 	return v
+}
+
+// FlowKey names a conntrack entry by its original tuple.
+type FlowKey struct {
+	Ifindex      uint32
+	Proto        uint8
+	Sport, Dport uint16
+	Src, Dst     netip.Addr // 16-byte form
+}
+
+// FlowStates returns the state of every entry (ctNew 1, ctEstablished 2,
+// ctClosing 3, as enum tn_ct_state), expired ones included.
+func (s *State) FlowStates() map[FlowKey]uint8 {
+	out := make(map[FlowKey]uint8, len(s.ct))
+	for k, e := range s.ct {
+		out[FlowKey{k.ifindex, k.proto, k.sport, k.dport, k.src, k.dst}] = e.state
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ func (s *Service) AddNetwork(id string, mtu int) (api.NetworkInfo, bool, error) 
 		mtu = s.cfg.MTU
 	}
 	if mtu < 1280 || mtu > 9000 {
-		return api.NetworkInfo{}, false, fmt.Errorf("mtu %d: must be 1280..9000", mtu)
+		return api.NetworkInfo{}, false, fmt.Errorf("%w: mtu %d: must be 1280..9000", api.ErrBadRequest, mtu)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,7 +178,7 @@ func (s *Service) RotateKey(id string, overlap time.Duration) (api.RotateKeyRepl
 		overlap = s.cfg.Lease
 	}
 	if min := s.cfg.Lease / 3; overlap < min {
-		return api.RotateKeyReply{}, fmt.Errorf("overlap %s: members read the registry every %s, so at least that", overlap, min)
+		return api.RotateKeyReply{}, fmt.Errorf("%w: overlap %s: members read the registry every %s, so at least that", api.ErrBadRequest, overlap, min)
 	}
 	s.mu.Lock()
 	n, err := s.ipam.Network(id)
@@ -310,24 +311,39 @@ func (s *Service) Workloads() ([]api.WorkloadInfo, error) {
 
 // AddUser adds a user's laptop as a peer of a network on this node. With
 // no public key, a key pair is generated for the user and the private key
-// is only returned (in the config), never stored.
-func (s *Service) AddUser(id, network, publicKey string) (api.UserInfo, bool, error) {
-	var priv *wgtypes.Key
-	if publicKey == "" {
-		k, err := wgtypes.GeneratePrivateKey()
-		if err != nil {
-			return api.UserInfo{}, false, err
+// is only returned (in the config), never stored. An existing user keeps
+// its key unless rotate: replacing it silently would lock its laptop out.
+func (s *Service) AddUser(id, network, publicKey string, rotate bool) (api.UserInfo, bool, error) {
+	if publicKey != "" {
+		if _, err := wgtypes.ParseKey(publicKey); err != nil {
+			return api.UserInfo{}, false, fmt.Errorf("%w: public key %q: not a WireGuard key", api.ErrBadRequest, publicKey)
 		}
-		priv = &k
-		publicKey = k.PublicKey().String()
-	} else if _, err := wgtypes.ParseKey(publicKey); err != nil {
-		return api.UserInfo{}, false, fmt.Errorf("public key: %w", err)
 	}
 	s.mu.Lock()
 	n, err := s.ipam.Network(network)
 	if err != nil {
 		s.mu.Unlock()
 		return api.UserInfo{}, false, err
+	}
+	users, err := s.ipam.Users("")
+	if err != nil {
+		s.mu.Unlock()
+		return api.UserInfo{}, false, err
+	}
+	i := slices.IndexFunc(users, func(u ipam.User) bool { return u.ID == id })
+	if err := userChange(users, i, id, network, publicKey, rotate); err != nil {
+		s.mu.Unlock()
+		return api.UserInfo{}, false, err
+	}
+	var priv *wgtypes.Key
+	if publicKey == "" && (i < 0 || rotate) {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			s.mu.Unlock()
+			return api.UserInfo{}, false, err
+		}
+		priv = &k
+		publicKey = k.PublicKey().String()
 	}
 	u, created, err := s.ipam.AddUser(id, network, publicKey)
 	if err != nil {
@@ -342,7 +358,17 @@ func (s *Service) AddUser(id, network, publicKey string) (api.UserInfo, bool, er
 	defer s.mu.Unlock()
 	d := s.wireguard.devs[network]
 	if d == nil {
-		return api.UserInfo{}, false, fmt.Errorf("network %s has no WireGuard device yet", network)
+		// The device is made by the reconcile above once the network
+		// has a peer; without it nobody gets this user's config, so
+		// the user is not left recorded (nor its key replaced).
+		var undo error
+		if created {
+			_, undo = s.ipam.DeleteUser(id)
+		} else if i >= 0 && users[i].PublicKey != u.PublicKey {
+			_, _, undo = s.ipam.AddUser(id, network, users[i].PublicKey)
+		}
+		s.Trigger()
+		return api.UserInfo{}, false, errors.Join(fmt.Errorf("network %s has no WireGuard device (see tenantnetd status and the log): user %s not added", network, id), undo)
 	}
 	pk, err := d.PublicKey()
 	if err != nil {
@@ -368,6 +394,33 @@ func (s *Service) AddUser(id, network, publicKey string) (api.UserInfo, bool, er
 	}
 	fmt.Fprintf(&b, "AllowedIPs = %s\nPersistentKeepalive = 25\n", strings.Join(allowed, ", "))
 	return api.UserInfo{User: u, Config: b.String()}, created, nil
+}
+
+// userChange says whether adding user id (users[i], or i < 0) with this
+// key is allowed: a new user; the same user and key again; or, with
+// rotate, a new key for an existing local user.
+func userChange(users []ipam.User, i int, id, network, publicKey string, rotate bool) error {
+	if i < 0 {
+		if rotate {
+			return fmt.Errorf("user %s: %w: nothing to rotate (add it without --rotate)", id, ipam.ErrNotFound)
+		}
+		return nil
+	}
+	u := users[i]
+	switch {
+	case u.Network != network:
+		return fmt.Errorf("user %s belongs to network %s: %w", id, u.Network, ipam.ErrConflict)
+	case u.Declared:
+		return fmt.Errorf("user %s is declared in the registry: its key is the declaration's (%w)", id, ipam.ErrConflict)
+	case rotate:
+		return nil
+	case publicKey == "":
+		return fmt.Errorf("user %s exists in network %s with key %s: %w; --rotate replaces its key (the laptop's current key stops working), "+
+			"or give that --public-key", id, network, u.PublicKey, ipam.ErrConflict)
+	case publicKey != u.PublicKey:
+		return fmt.Errorf("user %s exists in network %s with another key (%s): %w; --rotate replaces it", id, network, u.PublicKey, ipam.ErrConflict)
+	}
+	return nil
 }
 
 // DeleteUser removes a user-access peer.

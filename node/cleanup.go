@@ -19,7 +19,6 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
-	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -156,7 +155,7 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, err
 	}

@@ -4,9 +4,13 @@ package node
 // changes) and the health of the registry connection.
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/wg"
@@ -18,6 +22,13 @@ type regState struct {
 	errors atomic.Uint64 // failed registry reads and writes
 	up     atomic.Bool   // the last one succeeded
 	nodes  int           // live nodes it listed last time (under Service.mu)
+	// The record last signed: on a backend that keeps records alive
+	// (etcd), the same bytes are published again until the record
+	// changes or its signed expiry nears, so renewing writes nothing.
+	pubMu   sync.Mutex
+	content []byte // the record, unsigned, without its expiry
+	signed  []byte
+	expires time.Time
 }
 
 func (g *regState) failed() {
@@ -26,6 +37,14 @@ func (g *regState) failed() {
 }
 
 func (s *Service) keysDir() string { return filepath.Join(s.cfg.StateDir, "wireguard") }
+
+// leasedRecordLifetime is the signed expiry of a record on a backend that
+// keeps it alive with a lease (etcd), re-signed at half of it: its
+// liveness is the lease, so the signed expiry only bounds how long a
+// stale record can be kept (another authenticated etcd client may keep
+// any lease alive, and etcd's root may put an old record back) and how
+// much clock skew readers that check it tolerate (half of it).
+const leasedRecordLifetime = time.Hour
 
 // publish writes this node's record: its networks with their /64, public
 // key and port. Called on a timer (lease renewal) and after changes.
@@ -68,11 +87,26 @@ func (s *Service) publish() error {
 	if s.trust.key == nil {
 		key = nil
 	}
-	data, err := rec.Sign(key, s.cfg.Lease)
+	lifetime := s.cfg.Lease
+	if registry.LeaseKept(s.registry.reg) {
+		lifetime = leasedRecordLifetime
+	}
+	content, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	if err := s.registry.reg.Publish(rec.NodeID, data, s.cfg.Lease); err != nil {
+	g := &s.registry
+	g.pubMu.Lock()
+	defer g.pubMu.Unlock()
+	if lifetime <= s.cfg.Lease || !bytes.Equal(content, g.content) || time.Until(g.expires) < lifetime/2 {
+		expires := time.Now().Add(lifetime)
+		data, err := rec.Sign(key, lifetime)
+		if err != nil {
+			return err
+		}
+		g.content, g.signed, g.expires = content, data, expires
+	}
+	if err := g.reg.Publish(rec.NodeID, g.signed, s.cfg.Lease); err != nil {
 		s.registry.failed()
 		return fmt.Errorf("publish to the registry: %w", err)
 	}

@@ -21,7 +21,6 @@ import (
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
-	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
 
@@ -136,7 +135,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity key: %w", err)
 	}
-	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +225,7 @@ func (s *Service) Run(ctx context.Context) {
 			}
 		}
 	}()
+	go s.sweepFlows(ctx)
 	n := 0
 	for {
 		n++
@@ -248,6 +248,33 @@ func (s *Service) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-s.trigger:
+		}
+	}
+}
+
+// flowSweep is how often expired conntrack and fragment entries are
+// deleted. The tables are plain hash maps that never evict (a tenant's
+// flood cannot push out another tenant's flows, bpf/lib/conntrack.h), so
+// an expired entry counts against its tenant's quota until it is swept:
+// the shortest timeout (10 s, a closing TCP flow) is the scale.
+const flowSweep = 10 * time.Second
+
+// sweepFlows deletes expired flows until ctx ends (tn_ct_ctl, which
+// uncounts each from its tenant's quota).
+func (s *Service) sweepFlows(ctx context.Context) {
+	t := time.NewTicker(flowSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		flows, frags, err := bpfmaps.New(s.dp).ExpireFlows()
+		if err != nil {
+			s.log.Warn("sweep expired flows", "err", err)
+		} else if flows+frags > 0 {
+			s.log.Debug("swept expired flows", "flows", flows, "fragments", frags)
 		}
 	}
 }

@@ -40,6 +40,9 @@ const (
 	// DropSpoofPath: a source inside the tenant's own prefixes that did
 	// not arrive over the tenant's links (its ports, its WireGuard).
 	DropSpoofPath Reason = 79
+	// DropCTQuota: a new flow (or fragmented datagram) that its tenant's
+	// conntrack quota, or a full table, refused.
+	DropCTQuota Reason = 80
 )
 
 var reasonNames = map[Reason]string{
@@ -50,14 +53,14 @@ var reasonNames = map[Reason]string{
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
-	DropInternal: "internal", DropSpoofPath: "spoof-path",
+	DropInternal: "internal", DropSpoofPath: "spoof-path", DropCTQuota: "ct-quota",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
 	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath, DropCTQuota}
 }
 
 // IsDrop reports whether the reason drops the packet.

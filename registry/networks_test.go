@@ -105,7 +105,7 @@ func TestFilesDeclarations(t *testing.T) {
 }
 
 func TestEtcdDeclarations(t *testing.T) {
-	e, err := NewEtcd([]string{testutil.StartEtcd(t)}, "/decl")
+	e, err := NewEtcd(EtcdConfig{Endpoints: []string{testutil.StartEtcd(t)}, Prefix: "/decl"})
 	if err != nil {
 		t.Fatal(err)
 	}

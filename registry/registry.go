@@ -76,6 +76,15 @@ func (r NodeRecord) Sign(key ed25519.PrivateKey, ttl time.Duration) ([]byte, err
 	return trust.SignJSON(key, trust.KindNodeRecord, r)
 }
 
+// LeaseKept reports whether the backend itself removes a record whose
+// writer stopped renewing (etcd: a record lives as long as its lease),
+// so that a listed record is live however long its bytes stay the same.
+// Otherwise (files) readers judge liveness by seeing records renewed.
+func LeaseKept(r Registry) bool {
+	l, ok := r.(interface{ LeaseKept() bool })
+	return ok && l.LeaseKept()
+}
+
 // Endpoint returns the UDP endpoint of a network of the node: one of its
 // addresses (IPv6 preferred, IPv4 when the asking node has only IPv4
 // connectivity) and the network's port.
@@ -136,10 +145,10 @@ type Registry interface {
 }
 
 // Open returns the backend of a node's registry configuration: typ
-// "etcd" (endpoints, key prefix) or "file" (dir).
-func Open(typ, dir string, endpoints []string, prefix string) (Registry, error) {
+// "etcd" (etcd) or "file" (dir).
+func Open(typ, dir string, etcd EtcdConfig) (Registry, error) {
 	if typ == "etcd" {
-		return NewEtcd(endpoints, prefix)
+		return NewEtcd(etcd)
 	}
 	return NewFiles(dir)
 }

@@ -16,7 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define TN_SCHEMA_VERSION 1
+#define TN_SCHEMA_VERSION 2
 
 /* Every address is stored as 16 bytes; IPv4 uses the IPv4-mapped form
  * ::ffff:a.b.c.d so one LPM trie serves both families. */
@@ -76,7 +76,9 @@ enum tn_reason {
 	TN_DROP_INTERNAL = 78,	 /* a helper failed that cannot fail */
 	TN_DROP_SPOOF_PATH = 79, /* a source of the tenant's that did not
 				  * come over the tenant's own links */
-	TN_REASON_MAX = 80,
+	TN_DROP_CT_QUOTA = 80,	 /* a new flow or fragmented datagram over
+				  * its tenant's conntrack quota */
+	TN_REASON_MAX = 81,
 };
 
 /* tn_errors_v1 (per-CPU array): what the datapath could not record. */
@@ -231,8 +233,9 @@ struct tn_rport_val {
 	__u8 pad[3];
 };
 
-/* tn_ct_v1 (LRU): one entry per flow and enforcement point, keyed by the
- * tuple of the packet that created it (the "original" direction). */
+/* tn_ct_v2 (hash, not LRU: nothing is ever evicted, see conntrack.h): one
+ * entry per flow and enforcement point, keyed by the tuple of the packet
+ * that created it (the "original" direction). */
 struct tn_ct_key {
 	__u32 ifindex;
 	__u8 proto;
@@ -244,9 +247,25 @@ struct tn_ct_key {
 };
 
 enum tn_ct_state {
-	TN_CT_NEW = 1,	       /* UDP/other before a reply; TCP SYN seen */
-	TN_CT_ESTABLISHED = 2, /* reply seen (TCP: SYN-ACK or later) */
-	TN_CT_CLOSING = 3,     /* TCP FIN or RST seen */
+	TN_CT_NEW = 1,	       /* UDP/other before a reply; TCP until the
+				* handshake is complete */
+	TN_CT_ESTABLISHED = 2, /* UDP/other: reply seen; TCP: both directions
+				* seen, then a packet without SYN */
+	TN_CT_CLOSING = 3,     /* TCP: an RST or FINs both ways, that fit */
+};
+
+/* struct tn_ct_val's flags (TCP, but TN_CT_F_IN), by direction d (0:
+ * original, 1: reply):
+ * SEEN << d: seq[d] holds the highest sequence number d sent; ACKED << d:
+ * ack[d] holds the highest acknowledgment d sent; FIN << d: d sent a FIN
+ * that fit. */
+enum tn_ct_flags {
+	TN_CT_F_SEEN = 1,
+	TN_CT_F_ACKED = 4,
+	TN_CT_F_FIN = 16,
+	TN_CT_F_IN = 64, /* counted in its tenant's ct_in (any protocol): opened
+			  * by an inbound packet, or took the place of an
+			  * entry that was */
 };
 
 struct tn_ct_val {
@@ -255,11 +274,14 @@ struct tn_ct_val {
 	__u32 tenant;
 	__u8 state; /* enum tn_ct_state */
 	__u8 dir;   /* enum tn_dir of the packet that created it */
-	__u8 pad[2];
+	__u8 flags; /* enum tn_ct_flags */
+	__u8 pad;
 	__u64 packets;
+	__u32 seq[2]; /* host order, by direction */
+	__u32 ack[2];
 };
 
-/* tn_frag_v1 (LRU): datagrams whose first fragment was allowed. */
+/* tn_frag_v2 (hash): datagrams whose first fragment was allowed. */
 struct tn_frag_key {
 	__u32 ifindex;
 	__u32 id;
@@ -271,6 +293,47 @@ struct tn_frag_key {
 
 struct tn_frag_val {
 	__u64 seen_ns;
+	__u32 tenant;
+	__u32 pad;
+};
+
+/* tn_ctfill_v2 (hash): tenant -> the entries it holds in tn_ct_v2 and
+ * tn_frag_v2, and its quotas (0: the defaults, enum tn_quota). Written by
+ * BPF only (the counts with atomic adds, the quotas by tn_ct_ctl), so no
+ * update from user space can lose a concurrent count. */
+struct tn_ctfill {
+	__u32 ct;
+	__u32 frag;
+	__u32 ct_max;
+	__u32 frag_max;
+	__u32 ct_in; /* of ct, the entries opened by inbound packets: at most
+		      * ct_max - ct_max / 4, so that a flood on an open port
+		      * never refuses the flows the workloads open */
+	__u32 pad;
+};
+
+enum tn_quota {
+	TN_CT_QUOTA_DEFAULT = 65536,  /* 1/16 of tn_ct_v2 per tenant */
+	TN_FRAG_QUOTA_DEFAULT = 4096, /* 1/16 of tn_frag_v2 */
+	TN_CT_TCP_WINDOW = 1 << 20,   /* how far (bytes) a TCP RST or FIN may be
+				       * from the sequence numbers seen */
+};
+
+/* tn_ct_ctl's command and answer: the frame of its BPF_PROG_TEST_RUN. */
+enum tn_ctl_op {
+	TN_CTL_EXPIRE = 1, /* delete expired entries of tn_ct_v2, tn_frag_v2 */
+	TN_CTL_FLUSH = 2,  /* delete the flows of tenant (0: all) */
+	TN_CTL_QUOTA = 3,  /* set tenant's ct_max and frag_max */
+};
+
+struct tn_ctl {
+	__u32 op; /* enum tn_ctl_op */
+	__u32 tenant;
+	__u32 ct_max;
+	__u32 frag_max;
+	__u32 ct_deleted; /* answers */
+	__u32 frag_deleted;
+	__u64 pad;
 };
 
 /* tn_stats_v1 (per-CPU hash): packets and bytes by tenant, dir and reason. */

@@ -123,21 +123,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tn_rport_v1 SEC(".maps");
 
+/* Conntrack and fragments are plain (preallocated) hash maps, not LRU:
+ * an LRU evicts whatever entry it likes when it runs short (before it is
+ * full, with per-CPU free lists), so one tenant's flood would evict other
+ * tenants' flows. Here an entry leaves only when it is deleted (expired,
+ * by tn_ct_ctl; flushed), and each tenant holds at most its quota
+ * (tn_ctfill_v2, see conntrack.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TN_CT_ENTRIES);
 	__type(key, struct tn_ct_key);
 	__type(value, struct tn_ct_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} tn_ct_v1 SEC(".maps");
+} tn_ct_v2 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TN_FRAG_ENTRIES);
 	__type(key, struct tn_frag_key);
 	__type(value, struct tn_frag_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} tn_frag_v1 SEC(".maps");
+} tn_frag_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_TENANT_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct tn_ctfill);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_ctfill_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);

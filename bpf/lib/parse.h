@@ -66,6 +66,8 @@ struct pkt {
 	__u32 frag_id;	 /* IPv4 id or IPv6 fragment identification */
 	__u8 arp_spa[4]; /* ARP sender protocol address */
 	__u16 l4off;	 /* offset of the L4 header in the packet */
+	__be32 seq;	 /* TCP sequence and acknowledgment numbers */
+	__be32 ack;
 };
 
 #define TN_TCP_FIN 0x01
@@ -108,6 +110,8 @@ static __always_inline int tn_parse_l4(void *data, void *data_end, __u32 off,
 		p->sport = th->source;
 		p->dport = th->dest;
 		p->tcp_flags = ((__u8 *)th)[TN_TCP_FLAGS_OFF];
+		p->seq = th->seq;
+		p->ack = th->ack_seq;
 		return 0;
 	}
 	case IPPROTO_UDP: {

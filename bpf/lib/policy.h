@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The verdict pipeline shared by the hooks: ICMP control classification,
- * tenant isolation, fragments, conntrack, the three-stage rule lookup,
- * counters and drop events. The order is documented in docs/reference.md
+ * tenant isolation, the three-stage rule lookup, counters and drop events;
+ * conntrack and fragments are in conntrack.h. The order is documented in docs/reference.md
  * ("Verdict order"); the Go reference model in model/ mirrors it for
  * tn_from_workload, tn_to_workload and tn_uplink.
  */
@@ -11,6 +11,7 @@
 #include "common.h"
 #include "maps.h"
 #include "parse.h"
+#include "conntrack.h"
 
 /* ---- counters and events ------------------------------------------------ */
 
@@ -42,13 +43,17 @@ static __always_inline void tn_count(__u32 tenant, __u8 dir, __u16 reason,
 	 * on this CPU's slot (per-CPU values make the race harmless). -E2BIG
 	 * is a full map: the packet is counted in tn_errors_v1 instead. Branch
 	 * free (x == 0 exactly when the insert failed for a full map): a branch
-	 * here doubles the paths the verifier walks after every verdict. */
-	__s64 x = bpf_map_update_elem(&tn_stats_v1, &k, &init, BPF_NOEXIST) +
+	 * here doubles the paths the verifier walks after every verdict. The
+	 * result is taken as an int: before 6.4 the upper half of a map
+	 * update's error is zero (see tn_map_insert in conntrack.h), and a
+	 * 64-bit sum was never 0 on 6.1. */
+	__s32 x = (__s32)bpf_map_update_elem(&tn_stats_v1, &k, &init,
+					     BPF_NOEXIST) +
 		  E2BIG;
 	__u32 e = TN_ERR_STATS_FULL;
 	__u64 *n = bpf_map_lookup_elem(&tn_errors_v1, &e);
 	if (n)
-		*n += 1 - ((__u64)(x | -x) >> 63);
+		*n += 1 - ((__u32)(x | -x) >> 31);
 }
 
 static __always_inline void tn_event(const struct pkt *p, __u32 tenant,
@@ -182,150 +187,6 @@ static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
 	return !arrival && tn_is_gateway(p->src);
 }
 
-/* ---- conntrack ------------------------------------------------------------ */
-
-static __always_inline void tn_ct_key(struct tn_ct_key *k, const struct pkt *p,
-				      __u32 ifindex, int reverse)
-{
-	k->ifindex = ifindex;
-	k->proto = p->proto;
-	if (!reverse) {
-		k->sport = p->sport;
-		k->dport = p->dport;
-		__builtin_memcpy(k->src, p->src, TN_ADDR_LEN);
-		__builtin_memcpy(k->dst, p->dst, TN_ADDR_LEN);
-	} else {
-		k->sport = p->dport;
-		k->dport = p->sport;
-		__builtin_memcpy(k->src, p->dst, TN_ADDR_LEN);
-		__builtin_memcpy(k->dst, p->src, TN_ADDR_LEN);
-	}
-}
-
-static __always_inline __u64 tn_ct_timeout(__u8 proto, __u8 state)
-{
-	switch (proto) {
-	case IPPROTO_TCP:
-		if (state == TN_CT_ESTABLISHED)
-			return TN_CT_TCP_EST;
-		if (state == TN_CT_CLOSING)
-			return TN_CT_TCP_CLOSING;
-		return TN_CT_TCP_SYN;
-	case IPPROTO_UDP:
-		return state == TN_CT_ESTABLISHED ? TN_CT_UDP_EST
-						  : TN_CT_UDP_NEW;
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6:
-		return TN_CT_ICMP;
-	}
-	return TN_CT_OTHER;
-}
-
-/* Only ICMP echo opens ICMP flows; other ICMP (not control) is policed per
- * packet. */
-static __always_inline int tn_ct_trackable(const struct pkt *p)
-{
-	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
-		return tn_is_echo(p->proto, p->icmp_type);
-	return 1;
-}
-
-/* Look the packet up in both directions. Returns 1 on a live entry and
- * advances its state. */
-static __always_inline int tn_ct_lookup(const struct pkt *p, __u32 ifindex,
-					__u64 now)
-{
-	struct tn_ct_key k = {};
-	int reply = 0;
-
-	if (!tn_ct_trackable(p))
-		return 0;
-	tn_ct_key(&k, p, ifindex, 0);
-	struct tn_ct_val *v = bpf_map_lookup_elem(&tn_ct_v1, &k);
-	if (!v) {
-		tn_ct_key(&k, p, ifindex, 1);
-		v = bpf_map_lookup_elem(&tn_ct_v1, &k);
-		if (!v)
-			return 0;
-		reply = 1;
-	}
-	if (now - v->last_seen_ns > tn_ct_timeout(p->proto, v->state))
-		return 0; /* expired: decide again as a new flow */
-	if (p->proto == IPPROTO_TCP) {
-		__u8 f = p->tcp_flags;
-		/* A fresh SYN on a closing entry is a new connection that
-		 * reuses the tuple: decide it again. */
-		if (v->state == TN_CT_CLOSING && (f & TN_TCP_SYN) &&
-		    !(f & TN_TCP_ACK))
-			return 0;
-		if (f & (TN_TCP_FIN | TN_TCP_RST))
-			v->state = TN_CT_CLOSING;
-		else if (reply && v->state == TN_CT_NEW)
-			v->state = TN_CT_ESTABLISHED;
-	} else if (reply && v->state == TN_CT_NEW) {
-		v->state = TN_CT_ESTABLISHED;
-	}
-	v->last_seen_ns = now;
-	v->packets++;
-	return 1;
-}
-
-static __always_inline void tn_ct_create(const struct pkt *p, __u32 ifindex,
-					 __u32 tenant, __u8 dir, __u64 now)
-{
-	if (!tn_ct_trackable(p))
-		return;
-	struct tn_ct_key k = {};
-	tn_ct_key(&k, p, ifindex, 0);
-	struct tn_ct_val v = {
-		.created_ns = now,
-		.last_seen_ns = now,
-		.tenant = tenant,
-		.dir = dir,
-		.packets = 1,
-		.state = TN_CT_NEW,
-	};
-	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & (TN_TCP_FIN | TN_TCP_RST))
-			v.state = TN_CT_CLOSING;
-		else if (!(p->tcp_flags & TN_TCP_SYN) ||
-			 (p->tcp_flags & TN_TCP_ACK))
-			/* mid-stream pickup (e.g. after a flush) */
-			v.state = TN_CT_ESTABLISHED;
-	}
-	bpf_map_update_elem(&tn_ct_v1, &k, &v, BPF_ANY);
-}
-
-/* ---- fragments ------------------------------------------------------------ */
-
-static __always_inline void tn_frag_key(struct tn_frag_key *k,
-					const struct pkt *p, __u32 ifindex)
-{
-	k->ifindex = ifindex;
-	k->id = p->frag_id;
-	k->proto = p->proto;
-	__builtin_memcpy(k->src, p->src, TN_ADDR_LEN);
-	__builtin_memcpy(k->dst, p->dst, TN_ADDR_LEN);
-}
-
-static __always_inline int tn_frag_allowed(const struct pkt *p, __u32 ifindex,
-					   __u64 now)
-{
-	struct tn_frag_key k = {};
-	tn_frag_key(&k, p, ifindex);
-	struct tn_frag_val *v = bpf_map_lookup_elem(&tn_frag_v1, &k);
-	return v && now - v->seen_ns <= TN_FRAG_TIMEOUT;
-}
-
-static __always_inline void tn_frag_remember(const struct pkt *p, __u32 ifindex,
-					     __u64 now)
-{
-	struct tn_frag_key k = {};
-	tn_frag_key(&k, p, ifindex);
-	struct tn_frag_val v = {.seen_ns = now};
-	bpf_map_update_elem(&tn_frag_v1, &k, &v, BPF_ANY);
-}
-
 /* ---- rules ----------------------------------------------------------------
  * Three LPM stages (see common.h). Returns the action (TN_ACT_NONE when no
  * rule matches). The peer is the source for inbound and the destination's
@@ -424,10 +285,12 @@ static __always_inline int tn_stateful(const struct pkt *p, __u32 ifindex,
 		if (tn_is_control(p))
 			return TN_PASS_CONTROL;
 		reason = tn_decide(p, tenant, dir);
-		if (reason < TN_DROP_FIRST)
-			tn_ct_create(p, ifindex, tenant, dir, now);
+		if (reason < TN_DROP_FIRST &&
+		    tn_ct_create(p, ifindex, tenant, dir, now))
+			return TN_DROP_CT_QUOTA;
 	}
-	if (p->frag == TN_FRAG_FIRST && reason < TN_DROP_FIRST)
-		tn_frag_remember(p, ifindex, now);
+	if (p->frag == TN_FRAG_FIRST && reason < TN_DROP_FIRST &&
+	    tn_frag_remember(p, ifindex, tenant, now))
+		return TN_DROP_CT_QUOTA;
 	return reason;
 }

@@ -11,15 +11,19 @@ import (
 )
 
 func flowsCmd() *command {
-	var tenant uint32
+	var tenant, maxFlows, maxFrags uint32
 	var all bool
 	c := &command{
-		Name: "flows", Summary: "the conntrack table, decoded; `flows flush` forgets flows",
-		Usage:   "[--tenant T] [--all] [-o json] | flush [--tenant T]",
-		Example: "  tenantfw flows --tenant 7\n  tenantfw flows flush --tenant 7   # packets of flushed flows are decided again",
+		Name: "flows", Summary: "the conntrack table, decoded; `flows flush` forgets flows; `flows fill` shows each tenant's share",
+		Usage: "[--tenant T] [--all] [-o json] | flush [--tenant T] | expire | fill [-o json] | quota --tenant T [--flows N] [--frags N]",
+		Example: "  tenantfw flows --tenant 7\n  tenantfw flows flush --tenant 7   # packets of flushed flows are decided again\n" +
+			"  tenantfw flows expire             # delete expired entries now (tenantnetd does every 10 s)\n" +
+			"  tenantfw flows quota --tenant 7 --flows 10000   # until the maps are recreated; 0: the default",
 		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
-			fs.BoolVar(&all, "all", false, "include expired entries not yet reused")
+			fs.BoolVar(&all, "all", false, "include expired entries not yet swept")
+			fs.Uint32Var(&maxFlows, "flows", 0, "quota: conntrack entries the tenant may hold (0: the default)")
+			fs.Uint32Var(&maxFrags, "frags", 0, "quota: fragmented datagrams the tenant may have remembered (0: the default)")
 		},
 	}
 	c.Run = func(env *Env, fs *pflag.FlagSet, args []string) error {
@@ -28,6 +32,41 @@ func flowsCmd() *command {
 			return err
 		}
 		defer done()
+		if len(args) == 1 && args[0] == "expire" {
+			flows, frags, err := m.ExpireFlows()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "deleted %d expired flows, %d fragment entries\n", flows, frags)
+			return nil
+		}
+		if len(args) == 1 && args[0] == "quota" {
+			if tenant == 0 {
+				return fmt.Errorf("flows quota: --tenant is required")
+			}
+			return m.SetQuota(tenant, maxFlows, maxFrags)
+		}
+		if len(args) == 1 && args[0] == "fill" {
+			fills, err := m.Fills()
+			if err != nil {
+				return err
+			}
+			if env.Output == "json" {
+				return cli.JSON(env.Stdout, fills)
+			}
+			var ts []uint32
+			for t := range fills {
+				ts = append(ts, t)
+			}
+			sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+			tw := cli.Table(env.Stdout)
+			fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tINBOUND\tSHARE\tFRAGMENTS\tQUOTA")
+			for _, t := range ts {
+				f := fills[t]
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.FlowsIn, bpfmaps.InboundShare(f.FlowsMax), f.Frags, f.FragsMax)
+			}
+			return tw.Flush()
+		}
 		if len(args) == 1 && args[0] == "flush" {
 			n, err := m.FlushFlows(tenant)
 			if err != nil {

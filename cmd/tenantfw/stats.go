@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/spf13/pflag"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/policy"
 )
 
 // CounterView is the JSON shape of a counter.
@@ -30,7 +32,14 @@ func openMaps(env *Env) (*bpfmaps.Maps, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return bpfmaps.FromMaps(wm), func() { wm.Close() }, nil
+	m := bpfmaps.FromMaps(wm)
+	// The conntrack housekeeping program (flows flush); without it only
+	// the flushes fail.
+	ctl, err := loader.OpenCtl(env.PinDir)
+	if err != nil {
+		return m, func() { wm.Close() }, nil
+	}
+	return m.WithCtl(ctl), func() { wm.Close(); ctl.Close() }, nil
 }
 
 func statsCmd() *command {
@@ -71,6 +80,38 @@ func statsCmd() *command {
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			// Each tenant's share of the conntrack and fragment tables
+			// beside its ct-quota refusals above: a tenant at its quota
+			// has its new flows refused, nobody's entries evicted.
+			fills, err := m.Fills()
+			if err != nil {
+				return err
+			}
+			var ts []uint32
+			for t := range fills {
+				if tenant == 0 || t == tenant {
+					ts = append(ts, t)
+				}
+			}
+			sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+			if len(ts) > 0 {
+				fmt.Fprintln(env.Stdout)
+				tw = cli.Table(env.Stdout)
+				fmt.Fprintln(tw, "TENANT\tFLOWS\tQUOTA\tINBOUND\tSHARE\tFRAGMENTS\tQUOTA\tREFUSED")
+				for _, t := range ts {
+					var refused uint64
+					for _, c := range cs {
+						if c.Tenant == t && c.Reason == policy.DropCTQuota {
+							refused += c.Packets
+						}
+					}
+					f := fills[t]
+					fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", t, f.Flows, f.FlowsMax, f.FlowsIn, bpfmaps.InboundShare(f.FlowsMax), f.Frags, f.FragsMax, refused)
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
 			}
 			// What the counters above miss, so a full map never hides.
 			l, err := m.Losses()

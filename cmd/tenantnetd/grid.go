@@ -218,6 +218,9 @@ func identityCmd() *command {
 			if err != nil {
 				return err
 			}
+			if _, err := cfg.PrepareStateDir(); err != nil {
+				return err
+			}
 			k, err := trust.Identity(cfg.StateDir)
 			if err != nil {
 				return err

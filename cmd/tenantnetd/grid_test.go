@@ -34,7 +34,7 @@ func TestGridCommands(t *testing.T) {
 		t.Errorf("a second grid init: %s", out)
 	}
 	cfg := filepath.Join(dir, "node.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("node_id: node1\nprefixes: [\"2001:db8:101::/48\"]\nstate_dir: %s/state\nregistry: {type: file, dir: %s/reg}\ngrid_public_key: %s.pub\n", dir, dir, key)), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("node_id: node1\nprefixes: [\"2001:db8:101::/48\"]\naddresses: [\"2001:db8:ffff::1\"]\nstate_dir: %s/state\nregistry: {type: file, dir: %s/reg}\ngrid_public_key: %s.pub\n", dir, dir, key)), 0o600)
 	id := run(0, "identity", "--config", cfg)
 	if again := run(0, "identity", "--config", cfg); again != id {
 		t.Errorf("identity changed: %s then %s", id, again)

@@ -40,6 +40,12 @@ func networkAddCmd() *command {
 			if err := checkArgs(fs, args, "id"); err != nil {
 				return err
 			}
+			if err := checkIDs(fs, "id"); err != nil {
+				return err
+			}
+			if mtu != 0 && (mtu < 1280 || mtu > 9000) {
+				return cli.Usagef("--mtu %d: must be 1280..9000 (0: the node's)", mtu)
+			}
 			n, err := env.client().AddNetwork(api.NetworkRequest{ID: id, MTU: mtu})
 			if err != nil {
 				return err
@@ -258,7 +264,15 @@ func openRegistry(cfgPath string) (registry.Registry, *config.Node, func(), erro
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	reg, err := registry.Open(cfg.Registry.Type, cfg.Registry.Dir, cfg.Registry.Endpoints, cfg.Registry.Prefix)
+	// The file registry lies in state_dir by default: state_dir is made
+	// 0700 here, not 0755 by the registry's MkdirAll, when declare or
+	// enroll runs before the node's first start.
+	if cfg.Registry.Type == "file" && strings.HasPrefix(cfg.Registry.Dir, cfg.StateDir+"/") {
+		if _, err := cfg.PrepareStateDir(); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	reg, err := cfg.Registry.Open()
 	if err != nil {
 		return nil, nil, nil, err
 	}

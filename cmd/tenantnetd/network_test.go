@@ -7,6 +7,8 @@ func TestNetworkUsage(t *testing.T) {
 		{"add without --id", []string{"network", "add"}, 2, "--id is required"},
 		{"add with an empty --id", []string{"network", "add", "--id", ""}, 2, "--id is required"},
 		{"add with a bad mtu", []string{"network", "add", "--id", "acme", "--mtu", "big"}, 2, `invalid argument "big" for "--mtu"`},
+		{"add with a bad id", []string{"network", "add", "--id", ".hidden", "--socket", "$DIR/none.sock"}, 2, `--id: id ".hidden"`},
+		{"add with an mtu out of range", []string{"network", "add", "--id", "acme", "--mtu", "70000", "--socket", "$DIR/none.sock"}, 2, `--mtu 70000: must be 1280..9000`},
 		{"add with a workload flag", []string{"network", "add", "--id", "acme", "--netns", "/run/netns/x"}, 2, "unknown flag: --netns"},
 		{"del without --id", []string{"network", "del"}, 2, "--id is required"},
 		{"rotate-key with a bad overlap", []string{"network", "rotate-key", "--id", "acme", "--overlap", "soon"}, 2, "--overlap"},

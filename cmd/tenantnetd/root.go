@@ -14,6 +14,7 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/internal/defaults"
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -94,6 +95,17 @@ func checkArgs(fs *pflag.FlagSet, args []string, required ...string) error {
 		return err
 	}
 	return cli.Required(fs, required...)
+}
+
+// checkIDs refuses an id flag the service would refuse (exit 2 naming
+// the flag, before anything is sent).
+func checkIDs(fs *pflag.FlagSet, names ...string) error {
+	for _, name := range names {
+		if err := ipam.ValidID(fs.Lookup(name).Value.String()); err != nil {
+			return cli.Usagef("--%s: %v", name, err)
+		}
+	}
+	return nil
 }
 
 // idCmd is a command whose one flag of its own is the required --id of

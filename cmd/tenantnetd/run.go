@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/net/netutil"
 
 	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/config"
@@ -47,6 +50,29 @@ func serve(cfgPath string, adopt bool) error {
 		return err
 	}
 	start := time.Now()
+	// Bound before the node changes anything: a port in use or an
+	// address the node lacks is the operator's to fix, and a node whose
+	// metrics nobody can scrape is not left running as if all were well.
+	mln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsAddr, err)
+	}
+	defer mln.Close()
+	// The API socket too, before the node is touched: a socket another
+	// tenantnetd serves, or a directory not ours, stops this one here.
+	aopts := api.Options{Path: cfg.APISocket, GID: cfg.APIGID, Log: log}
+	aln, err := api.Listen(aopts)
+	if err != nil {
+		return err
+	}
+	defer aln.Close()
+	note, err := cfg.PrepareStateDir()
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		log.Warn(note)
+	}
 	s, err := node.New(cfg, log)
 	if err != nil {
 		return err
@@ -65,16 +91,24 @@ func serve(cfgPath string, adopt bool) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(s, log))
-	msrv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// A scrape walks every map: its time is bounded, and so are the
+	// connections (and the handler serves two scrapes at once).
+	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	go func() {
-		if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := msrv.Serve(netutil.LimitListener(mln, 16)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server", "err", err)
 		}
 	}()
 	go func() { <-ctx.Done(); msrv.Close() }()
-	go s.Run(ctx)
+	// s.Close (deferred) runs only once Run has returned: a reconcile
+	// still running would use what Close closes (L8).
+	ran := make(chan struct{})
+	go func() { defer close(ran); s.Run(ctx) }()
 	log.Info("tenantnetd ready", "node", cfg.NodeID, "startup", time.Since(start).String(), "metrics", cfg.MetricsAddr)
-	err = api.Serve(ctx, cfg.APISocket, api.Handler(s), log)
+	err = api.ServeOn(ctx, aln, aopts, api.Handler(s))
 	log.Info("tenantnetd stopping; the datapath stays attached and the WireGuard devices up")
+	stop() // when the API failed rather than a signal
+	<-ran
 	return err
 }

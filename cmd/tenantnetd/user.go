@@ -5,6 +5,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/internal/cli"
@@ -18,22 +19,33 @@ func userCmd() *command {
 
 func userAddCmd() *command {
 	var id, network, pubkey string
+	var rotate bool
 	return &command{
 		Name: "add", Summary: "a laptop as a peer: prints its wg-quick config",
-		Usage: "--id ID --network NET [--public-key KEY]",
+		Usage: "--id ID --network NET [--public-key KEY] [--rotate]",
 		Example: `  tenantnetd user add --id alice-laptop --network acme > alice.conf
-  tenantnetd user add --id alice-laptop --network acme --public-key "$(cat alice.pub)"`,
+  tenantnetd user add --id alice-laptop --network acme --public-key "$(cat alice.pub)"
+  tenantnetd user add --id alice-laptop --network acme --rotate > alice.conf   # a new key; the old one stops working`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.clientFlags(fs)
 			fs.StringVar(&id, "id", "", "user id (required)")
 			fs.StringVar(&network, "network", "", "network id (required)")
 			fs.StringVar(&pubkey, "public-key", "", "the user's WireGuard public key (default: generate a key pair)")
+			fs.BoolVar(&rotate, "rotate", false, "replace the key of an existing user (without it, an existing user's key is never replaced)")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "id", "network"); err != nil {
 				return err
 			}
-			u, err := env.client().AddUser(api.UserRequest{ID: id, Network: network, PublicKey: pubkey})
+			if err := checkIDs(fs, "id", "network"); err != nil {
+				return err
+			}
+			if pubkey != "" {
+				if _, err := wgtypes.ParseKey(pubkey); err != nil {
+					return cli.Usagef("--public-key %q: not a WireGuard public key (wg pubkey < private.key)", pubkey)
+				}
+			}
+			u, err := env.client().AddUser(api.UserRequest{ID: id, Network: network, PublicKey: pubkey, Rotate: rotate})
 			if err != nil {
 				return err
 			}

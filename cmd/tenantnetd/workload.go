@@ -34,6 +34,9 @@ func workloadAddCmd() *command {
 			if err := checkArgs(fs, args, "id", "network", "netns"); err != nil {
 				return err
 			}
+			if err := checkIDs(fs, "id", "network"); err != nil {
+				return err
+			}
 			w, err := env.client().AddWorkload(api.WorkloadRequest{ID: id, Network: network, Netns: nsPath})
 			if err != nil {
 				return err

@@ -28,6 +28,7 @@ type Spec struct {
 	Sport    uint16
 	Dport    uint16
 	TCPFlags uint8
+	Seq, Ack uint32 // TCP sequence and acknowledgment numbers
 	TCPOpts  []byte // TCP options (padded to 4 bytes with end-of-options)
 	ICMPType uint8
 	ICMPCode uint8
@@ -75,6 +76,8 @@ func l4(s *Spec, nonFirst bool) []byte {
 	case 6:
 		binary.BigEndian.PutUint16(b[0:], s.Sport)
 		binary.BigEndian.PutUint16(b[2:], s.Dport)
+		binary.BigEndian.PutUint32(b[4:], s.Seq)
+		binary.BigEndian.PutUint32(b[8:], s.Ack)
 		doff := uint8(l4Len(s) / 4)
 		if s.TCPDoff != 0 {
 			doff = s.TCPDoff

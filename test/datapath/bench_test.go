@@ -176,7 +176,7 @@ func expect(b *testing.B, e *env, h model.Hook, ifindex uint32, frame []byte, wa
 	})
 }
 
-func eventsOff(b *testing.B, e *env) {
+func eventsOff(b testing.TB, e *env) {
 	b.Helper()
 	if err := e.maps.SetSampleRate(0); err != nil {
 		b.Fatal(err)
@@ -345,6 +345,24 @@ func BenchmarkUplinkNewFlow(b *testing.B) {
 
 // untracked reports whether the conntrack map is empty.
 func untracked(e *env) bool {
-	k := make([]byte, e.dp.Maps.TnCtV1.KeySize())
-	return errors.Is(e.dp.Maps.TnCtV1.NextKey(nil, k), ebpf.ErrKeyNotExist)
+	k := make([]byte, e.dp.Maps.TnCtV2.KeySize())
+	return errors.Is(e.dp.Maps.TnCtV2.NextKey(nil, k), ebpf.ErrKeyNotExist)
+}
+
+// BenchmarkNewFlowAtQuota: tn_to_workload on an allowed TCP SYN of a
+// tenant at its conntrack quota: the whole new-flow path (both lookups
+// miss, the rules allow, the tenant's fill is read) and the refusal
+// (ct-quota), with no state written, so every repetition is the same.
+func BenchmarkNewFlowAtQuota(b *testing.B) {
+	e := standardEnv(b)
+	eventsOff(b, e)
+	e.quota(tenantA, 1, 0)
+	port := e.ports[0]
+	expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, a1v6, 40001, 8080, synF)), policy.PassRule)
+	frame := packet.Build(tcp(ext6, a1v6, 40000, 8080, synF))
+	expect(b, e, model.ToWorkload, port, frame, policy.DropCTQuota)
+
+	before := counter(b, e, tenantA, policy.DirIn, policy.DropCTQuota)
+	runs := measure(b, e, e.dp.Progs.TnToWorkload, frame, skbCtx(port, 1), tcShot)
+	counted(b, e, tenantA, policy.DirIn, policy.DropCTQuota, before, runs)
 }

@@ -83,6 +83,10 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 		e.bind(e.ports[i], tn, addrs...)
 		g.workloads = append(g.workloads, w)
 	}
+	// Small quotas for tenants 2 and 3, so that ct-quota is exercised
+	// (and tenant 1 keeps the default).
+	e.quota(2, 300, 4)
+	e.quota(3, 40, 2)
 	return e, g
 }
 
@@ -213,7 +217,20 @@ func (g *diffGen) rules(n int) []policy.Rule {
 	return out
 }
 
-var tcpFlagSets = []uint8{0x02, 0x12, 0x10, 0x11, 0x04, 0x18, 0x14, 0x00}
+var tcpFlagSets = []uint8{0x02, 0x12, 0x10, 0x11, 0x04, 0x18, 0x14, 0x00, 0x03, 0x06}
+
+// seqPool: TCP sequence and acknowledgment numbers near each other, a
+// window (1 MiB) apart and around the wrap, so that packets fit a flow's
+// window and miss it.
+var seqPool = []uint32{1000, 1001, 1000 + 1<<19, 1000 + 3<<18, 1000 + 1<<20, 1001 + 1<<20, 1000 + 1<<21, 5000, 5001, 0xfffff000, 0x80000000}
+
+func (g *diffGen) seq() uint32 {
+	if g.pick6(10) {
+		return g.r.Uint32()
+	}
+	return seqPool[g.r.IntN(len(seqPool))]
+}
+
 var icmp6Types = []uint8{128, 129, 1, 2, 3, 4, 130, 133, 134, 135, 136, 137, 143, 139, 200}
 var icmp4Types = []uint8{8, 0, 3, 11, 12, 13, 5, 9}
 var odd4Protos = []uint8{47, 132, 50, 59, 0, 255}
@@ -292,6 +309,7 @@ func (g *diffGen) packet() sent {
 	case x < 40:
 		sp.Proto = 6
 		sp.TCPFlags = tcpFlagSets[g.r.IntN(len(tcpFlagSets))]
+		sp.Seq, sp.Ack = g.seq(), g.seq()
 	case x < 65:
 		sp.Proto = 17
 	case x < 92:
@@ -432,7 +450,14 @@ func (g *diffGen) reply(o sent) sent {
 	}
 	switch sp.Proto {
 	case 6:
-		sp.TCPFlags = []uint8{0x12, 0x10, 0x11, 0x04, 0x02}[g.r.IntN(5)]
+		sp.TCPFlags = []uint8{0x12, 0x10, 0x11, 0x04, 0x02, 0x14}[g.r.IntN(6)]
+		// Mostly an answer that fits: it acknowledges the packet it
+		// answers and goes on from the numbers of that one's answer.
+		seq, ack := sp.Ack, sp.Seq+1
+		if g.pick6(30) {
+			seq, ack = g.seq(), g.seq()
+		}
+		sp.Seq, sp.Ack = seq, ack
 	case 58:
 		if sp.ICMPType == 128 {
 			sp.ICMPType = 129
@@ -519,6 +544,8 @@ func TestDifferential(t *testing.T) {
 		if failures > 0 {
 			t.Fatalf("round %d: %d of %d packets disagree with the model (seed %d)", round, failures, per, sd)
 		}
+		e.fillAgrees(1, 2, 3)
+		e.flowsAgree()
 	}
 	if total < 100_000 {
 		t.Fatalf("only %d packets checked", total)
@@ -526,7 +553,7 @@ func TestDifferential(t *testing.T) {
 	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
-		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath} {
+		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath, policy.DropCTQuota} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

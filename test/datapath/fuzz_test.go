@@ -13,11 +13,13 @@ import (
 //	sudo go test ./test/datapath -run '^$' -fuzz FuzzDatapath -fuzztime 10m
 //
 // The first byte picks the hook and port, the second the interface a packet
-// for tn_to_workload arrived by; the rest is the frame.
+// for tn_to_workload arrived by; the rest is the frame. Tenant B has a
+// quota of 8 flows and 2 fragmented datagrams.
 func FuzzDatapath(f *testing.F) {
 	seeds := []packet.Spec{
 		tcp(ext6, a1v6, 40000, 8080, synF),
 		tcp(ext4, a1v4, 40000, 8080, synF),
+		tcpSeq(ext6, a1v6, 443, 40000, rstF|ackF, 77, 1001),
 		icmp6(ll6, a1v6, 135),
 		{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 0, Len: 16}, {Type: 44, FragOffset: 10, ID: 99}}},
 		{Src: ext4, Dst: a1v4, Proto: 17, Dport: 5000, IPv4Opts: 8},
@@ -27,6 +29,8 @@ func FuzzDatapath(f *testing.F) {
 		f.Add(append([]byte{byte(i), byte(i)}, packet.Build(s)...))
 	}
 	e := standardEnv(f)
+	// A small quota for tenant B, so that ct-quota is reached.
+	e.quota(tenantB, 8, 2)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) < 2+34 {
 			return // the kernel's test run minimum for TC frames

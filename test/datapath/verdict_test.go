@@ -217,14 +217,15 @@ func TestVerdicts(t *testing.T) {
 	runSteps(t, e, steps)
 }
 
-// TestTCPClosingReopen: after FIN the flow is closing; a new SYN on the
-// same tuple is decided again by the rules.
+// TestTCPClosingReopen: after FINs both ways the flow is closing; a new
+// SYN on the same tuple is decided again by the rules.
 func TestTCPClosingReopen(t *testing.T) {
 	e := standardEnv(t)
 	runSteps(t, e, []step{
 		{"outbound syn", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, synF), policy.PassDefault},
 		{"synack", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF|ackF), policy.PassCT},
 		{"fin", model.FromWorkload, 0, tcp(a1v6, ext6, 42000, 443, finF|ackF), policy.PassCT},
+		{"fin back", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, finF|ackF), policy.PassCT},
 		{"inbound syn reusing tuple reversed", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 42000, synF), policy.DropDefault},
 	})
 }

@@ -27,12 +27,13 @@ func TestDeclaredNetworks(t *testing.T) {
 
 func declared(t *testing.T, backend string) {
 	nodes, bin := newGrid(t, backend, 3, "")
-	// Registry commands read the node's configuration and talk to the
-	// registry itself (from the node's namespace, where etcd is reachable).
+	// Registry commands read a configuration (the operator's credentials)
+	// and talk to the registry itself (from the node's namespace, where
+	// etcd is reachable).
 	registryCmd := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + nodes[0].ns.Name, bin},
-			append(args, "--config", nodes[0].d.cfgPath)...)...).CombinedOutput()
+			append(args, "--config", nodes[0].opCfg)...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("tenantnetd %s: %v\n%s", strings.Join(args, " "), err, out)
 		}

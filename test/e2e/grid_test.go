@@ -37,7 +37,17 @@ type gridNode struct {
 	// and enrolls every node with it: the grid is a signed one).
 	gridKey string
 	regDir  string // the file registry's directory (file backend)
+	// opCfg is the configuration the grid operator's commands run with
+	// (grid enroll/revoke, network declare): on etcd, the node's with the
+	// operator's etcd credentials (a node's own may write only its
+	// record); on files, the node's.
+	opCfg string
+	etcd  *testutil.EtcdGrid // the etcd backend (TLS, RBAC), else nil
 }
+
+// etcdArgs are more flags for newGrid's etcd (a test sets them for its
+// grid and resets them).
+var etcdArgs []string
 
 // tenantnetdIn runs bin in netns ns (etcd is reachable from the nodes'
 // namespaces) and returns its output, failing the test on an error.
@@ -85,6 +95,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 	br, _ := inl.LinkByName("br0")
 	inl.LinkSetUp(br)
 	regDir := t.TempDir()
+	var eg *testutil.EtcdGrid
 	registryYAML := fmt.Sprintf("{type: file, dir: %s}", regDir)
 	if backend == "etcd" {
 		// etcd lives on the "internet", where every node reaches it.
@@ -93,8 +104,11 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		}
 		inl.LinkSetUp(br)
 		exec.Command("ip", "-n", inet.Name, "link", "set", "lo", "up").Run()
-		url := testutil.StartEtcdIn(t, inet, "2001:db8:ffff::fe")
-		registryYAML = fmt.Sprintf("{type: etcd, endpoints: [%q], prefix: /grid-%d}", url, pid)
+		// With TLS, client certificates and RBAC, as a grid runs it: each
+		// node's certificate may write its own record only.
+		pki := testutil.NewPKI(t)
+		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", testutil.EtcdOptions{PKI: pki, Args: etcdArgs})
+		eg = testutil.SetupEtcdGrid(t, url, pki, fmt.Sprintf("/grid-%d", pid), inet)
 	}
 
 	gridKey := filepath.Join(t.TempDir(), "grid.key")
@@ -103,7 +117,7 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 	}
 	var nodes []*gridNode
 	for i := 1; i <= count; i++ {
-		g := &gridNode{id: fmt.Sprintf("node%d", i), inet: inet, gridKey: gridKey, regDir: regDir}
+		g := &gridNode{id: fmt.Sprintf("node%d", i), inet: inet, gridKey: gridKey, regDir: regDir, etcd: eg}
 		g.ns = testutil.NewNetNS(t, fmt.Sprintf("tn-node%d-%d", i, pid))
 		nl := g.ns.Netlink(t)
 		peer := fmt.Sprintf("n%d", i)
@@ -159,7 +173,8 @@ func newGrid(t testing.TB, backend string, count int, extra string, natLast ...b
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log")}
-		os.WriteFile(g.d.cfgPath, []byte(fmt.Sprintf(`node_id: %s
+		nodeCfg := func(registryYAML string) []byte {
+			return []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
 class: %s
 prefixes: ["2001:db8:%d::/48"]
@@ -173,9 +188,17 @@ registry_lease: 3s
 registry: %s
 grid_public_key: %s.pub
 %s
-`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra)), 0o600)
+`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
+		}
+		g.opCfg = g.d.cfgPath
+		if eg != nil {
+			registryYAML = eg.YAML(eg.Node(g.id))
+			g.opCfg = filepath.Join(dir, "operator.yaml")
+			os.WriteFile(g.opCfg, nodeCfg(eg.YAML(eg.Operator)), 0o600)
+		}
+		os.WriteFile(g.d.cfgPath, nodeCfg(registryYAML), 0o600)
 		identity := strings.TrimSpace(tenantnetdIn(t, g.ns.Name, bin, "identity", "--config", g.d.cfgPath))
-		tenantnetdIn(t, g.ns.Name, bin, "grid", "enroll", "--key", gridKey, "--config", g.d.cfgPath, "--node", g.id,
+		tenantnetdIn(t, g.ns.Name, bin, "grid", "enroll", "--key", gridKey, "--config", g.opCfg, "--node", g.id,
 			"--identity", identity, "--class", class, "--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i), "--exit")
 		g.d.cleanupAtEnd(g.id, func() {
 			// What the datapath did, before cleanup removes it.

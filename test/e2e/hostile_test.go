@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/registry"
@@ -19,21 +23,123 @@ import (
 	"github.com/tenantnet/tenantnet/wg"
 )
 
-// TestHostileRegistry: whoever can write the registry (here its
-// directory) but holds neither the grid key nor a node's identity key
-// gets nothing from node1: each hostile entry is rejected with its reason
-// (logged, counted in tenantnet_registry_rejected_total) and node1's
-// WireGuard peers, routes, rules, datapath routes, firewall tenants and
-// rules and users stay exactly as they were. node9 is an enrolled node
-// the attacker controls (its identity key is the test's).
+// TestHostileRegistry: whoever can write the registry (its directory;
+// etcd's root, over TLS with RBAC on) but holds neither the grid key nor a
+// node's identity key gets nothing from node1: each hostile entry is
+// rejected with its reason (logged, counted in
+// tenantnet_registry_rejected_total) and node1's WireGuard peers, routes,
+// rules, datapath routes, firewall tenants and rules and users stay
+// exactly as they were. node9 is an enrolled node the attacker controls
+// (its identity key is the test's).
 func TestHostileRegistry(t *testing.T) {
-	nodes, bin := newGrid(t, "file", 2, "max_declared_networks: 16")
+	t.Run("file", func(t *testing.T) { hostileRegistry(t, "file") })
+	t.Run("etcd", func(t *testing.T) { hostileRegistry(t, "etcd") })
+}
+
+// hostileStore is the registry as the attacker writes it, by the file
+// registry's relative paths ("nodes/node9.json"; on etcd the key
+// <prefix>/nodes/node9).
+type hostileStore struct {
+	t     *testing.T
+	dir   string
+	etcd  *clientv3.Client
+	pfx   string
+	batch []clientv3.Op
+}
+
+func (h *hostileStore) key(rel string) string { return h.pfx + "/" + strings.TrimSuffix(rel, ".json") }
+
+func (h *hostileStore) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+func (h *hostileStore) read(rel string) ([]byte, error) {
+	if h.etcd == nil {
+		return os.ReadFile(filepath.Join(h.dir, rel))
+	}
+	c, cancel := h.ctx()
+	defer cancel()
+	resp, err := h.etcd.Get(c, h.key(rel))
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, os.ErrNotExist
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+func (h *hostileStore) write(rel string, data []byte) {
+	h.t.Helper()
+	if h.etcd == nil {
+		if err := os.WriteFile(filepath.Join(h.dir, rel), data, 0o644); err != nil {
+			h.t.Fatal(err)
+		}
+		return
+	}
+	h.do(clientv3.OpPut(h.key(rel), string(data)))
+}
+
+func (h *hostileStore) remove(rel string) {
+	h.t.Helper()
+	if h.etcd == nil {
+		os.Remove(filepath.Join(h.dir, rel))
+		return
+	}
+	h.do(clientv3.OpDelete(h.key(rel)))
+}
+
+// do runs op, or adds it to the batch (see many).
+func (h *hostileStore) do(op clientv3.Op) {
+	h.t.Helper()
+	if h.batch != nil {
+		h.batch = append(h.batch, op)
+		return
+	}
+	c, cancel := h.ctx()
+	defer cancel()
+	if _, err := h.etcd.Do(c, op); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// many runs f's writes in transactions of 100 operations (etcd's limit
+// is 128 a transaction): ten thousand entries in seconds.
+func (h *hostileStore) many(f func()) {
+	h.t.Helper()
+	if h.etcd == nil {
+		f()
+		return
+	}
+	h.batch = []clientv3.Op{}
+	f()
+	ops := h.batch
+	h.batch = nil
+	for len(ops) > 0 {
+		n := min(len(ops), 100)
+		c, cancel := h.ctx()
+		_, err := h.etcd.Txn(c).Then(ops[:n]...).Commit()
+		cancel()
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		ops = ops[n:]
+	}
+}
+
+func hostileRegistry(t *testing.T, backend string) {
+	nodes, bin := newGrid(t, backend, 2, "max_declared_networks: 16")
 	node1 := nodes[0]
-	reg := node1.regDir
+	reg := &hostileStore{t: t, dir: node1.regDir}
+	if node1.etcd != nil {
+		// etcd's root: it may write every key, but holds no grid key.
+		reg.etcd, reg.pfx = node1.etcd.Client(node1.etcd.Root), node1.etcd.Prefix
+	}
 	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: node1.ns.Name, pin: node1.pin, state: node1.state}
+	// The grid operator's commands (its credentials on etcd).
 	cli := func(args ...string) string {
 		t.Helper()
-		return tenantnetdIn(t, node1.ns.Name, bin, append(args, "--config", node1.d.cfgPath)...)
+		return tenantnetdIn(t, node1.ns.Name, bin, append(args, "--config", node1.opCfg)...)
 	}
 	gridKey, err := trust.LoadKey(node1.gridKey)
 	if err != nil {
@@ -112,7 +218,7 @@ func TestHostileRegistry(t *testing.T) {
 	})
 
 	var node2Rec registry.NodeRecord
-	b, err := os.ReadFile(filepath.Join(reg, "nodes", "node2.json"))
+	b, err := reg.read("nodes/node2.json")
 	if err == nil {
 		err = trust.OpenJSON(b, trust.KindNodeRecord, nil, &node2Rec)
 	}
@@ -146,14 +252,9 @@ func TestHostileRegistry(t *testing.T) {
 	}
 	_, stranger, _ := ed25519.GenerateKey(nil)
 	evil := registry.UserSpec{ID: "evil", Node: "node1", PublicKey: wgKey()}
-	write := func(rel string, data []byte) {
-		t.Helper()
-		if err := os.WriteFile(filepath.Join(reg, rel), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	declBytes, _ := os.ReadFile(filepath.Join(reg, "networks", "decl.json"))
-	node8Enrollment, _ := os.ReadFile(filepath.Join(reg, "enrollments", "node8.json"))
+	write := reg.write
+	declBytes, _ := reg.read("networks/decl.json")
+	node8Enrollment, _ := reg.read("enrollments/node8.json")
 	// The node's log says each rejection once: look past what was there.
 	logOffset := 0
 	rejected := func(name, reason string) error {
@@ -188,7 +289,7 @@ func TestHostileRegistry(t *testing.T) {
 			cli("grid", "revoke", "--key", node1.gridKey, "--node", "node8")
 			write("enrollments/node8.json", node8Enrollment)
 			write("nodes/node8.json", signed(record("node8", "2001:db8:108:1::/64", wgKey()), ids["node8"]))
-		}, undo: func() { os.Remove(filepath.Join(reg, "enrollments", "node8.json")) }},
+		}, undo: func() { reg.remove("enrollments/node8.json") }},
 		{name: "an expired enrollment", reject: "node7", reason: "enrollment-expired", setup: func() {
 			enroll("node7", "2001:db8:107::/48", "--expires", "1s")
 			time.Sleep(1500 * time.Millisecond)
@@ -234,13 +335,17 @@ func TestHostileRegistry(t *testing.T) {
 			write("nodes/node9.json", []byte(`{"kind":"node-record","payload":"`+strings.Repeat("A", registry.MaxRecordBytes)+`"}`))
 		}},
 		{name: "ten thousand declared networks", reject: "flood00000", reason: "too-many-declared", setup: func() {
-			for i := range 10000 {
-				write(fmt.Sprintf("networks/flood%05d.json", i), spec(registry.NetworkSpec{ID: fmt.Sprintf("flood%05d", i), Members: []string{"node1", "node9"}}, gridKey))
-			}
+			reg.many(func() {
+				for i := range 10000 {
+					write(fmt.Sprintf("networks/flood%05d.json", i), spec(registry.NetworkSpec{ID: fmt.Sprintf("flood%05d", i), Members: []string{"node1", "node9"}}, gridKey))
+				}
+			})
 		}, undo: func() {
-			for i := range 10000 {
-				os.Remove(filepath.Join(reg, "networks", fmt.Sprintf("flood%05d.json", i)))
-			}
+			reg.many(func() {
+				for i := range 10000 {
+					reg.remove(fmt.Sprintf("networks/flood%05d.json", i))
+				}
+			})
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -253,12 +358,35 @@ func TestHostileRegistry(t *testing.T) {
 				}
 				for _, rel := range []string{"nodes/node9.json", "nodes/intruder.json", "nodes/node8.json", "nodes/node7.json", "nodes/nodex.json",
 					"networks/acme.json", "networks/outer2.json"} {
-					os.Remove(filepath.Join(reg, rel))
+					reg.remove(rel)
 				}
 				time.Sleep(2 * time.Second)
 			}()
 			retry(t, 30*time.Second, "node1 rejects "+c.reject+" ("+c.reason+")", func() error { return rejected(c.reject, c.reason) })
 			time.Sleep(3 * time.Second) // reconciles after the rejection
+			if after := snapshot(); after != before {
+				t.Errorf("node1 changed:\n--- before\n%s\n--- after\n%s", before, after)
+			}
+		})
+	}
+	if node1.etcd != nil {
+		// On etcd the enrolled node the attacker controls has its own
+		// credentials too: they write its record only.
+		t.Run("node9's etcd credentials on node2's record and a declaration", func(t *testing.T) {
+			cli9 := node1.etcd.Client(node1.etcd.Node("node9"))
+			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for key, val := range map[string][]byte{
+				"nodes/node2":   signed(record("node2", "2001:db8:109:1::/64", wgKey()), ids["node9"]),
+				"nodes/node10":  signed(record("node10", "2001:db8:109:1::/64", wgKey()), ids["node9"]),
+				"networks/decl": spec(registry.NetworkSpec{ID: "decl", Members: []string{"node1", "node2", "node9"}, Users: []registry.UserSpec{evil}}, nil),
+				"revocations":   []byte("{}"),
+			} {
+				if _, err := cli9.Put(c, node1.etcd.Prefix+"/"+key, string(val)); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+					t.Errorf("node9's credentials put %s: %v, want permission denied", key, err)
+				}
+			}
+			time.Sleep(3 * time.Second)
 			if after := snapshot(); after != before {
 				t.Errorf("node1 changed:\n--- before\n%s\n--- after\n%s", before, after)
 			}

@@ -141,6 +141,7 @@ func TestNodeService(t *testing.T) {
 uplinks: [uplink]
 class: dual-stack
 prefixes: ["2001:db8:100::/48"]
+addresses: ["2001:db8:ffff::1"]
 state_dir: %s
 bpf_dir: %s
 api_socket: %s

@@ -44,6 +44,7 @@ func scale(b *testing.B, nets, wls int) {
 	os.WriteFile(d.cfgPath, []byte(fmt.Sprintf(`node_id: scale
 uplinks: [uplink]
 prefixes: ["2001:db8:100::/48"]
+addresses: ["2001:db8:ffff::1"]
 state_dir: %s
 bpf_dir: %s
 api_socket: %s

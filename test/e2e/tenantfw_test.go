@@ -208,7 +208,7 @@ func TestTenantfwEndToEnd(t *testing.T) {
 		}
 	}
 	c.json(&st, "status")
-	if st.Schema != 1 || len(st.Attachments) != 7 {
+	if st.Schema != loader.SchemaVersion || len(st.Attachments) != 7 {
 		t.Errorf("status: %+v", st)
 	}
 	for _, a := range st.Attachments {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -77,6 +78,45 @@ func TestUserAccess(t *testing.T) {
 	}
 	if out := d.must("user", "list"); !strings.Contains(out, "alice-laptop") {
 		t.Errorf("user list: %s", out)
+	}
+	// Adding alice again never silently replaces her key (that would
+	// lock her laptop out): the same key is fine, no key or another key
+	// is refused naming her, --rotate replaces it.
+	pub := priv.PublicKey().String()
+	userKey := func() string {
+		var us []struct {
+			ID        string `json:"id"`
+			PublicKey string `json:"public_key"`
+		}
+		d.jsonOut(&us, "user", "list")
+		for _, u := range us {
+			if u.ID == "alice-laptop" {
+				return u.PublicKey
+			}
+		}
+		return ""
+	}
+	other, _ := wgtypes.GeneratePrivateKey()
+	for _, args := range [][]string{
+		{"user", "add", "--id", "alice-laptop", "--network", "acme"},
+		{"user", "add", "--id", "alice-laptop", "--network", "acme", "--public-key", other.PublicKey().String()},
+	} {
+		out, err := d.client(args...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "user alice-laptop exists in network acme") || !strings.Contains(out, "--rotate") {
+			t.Errorf("%v: %v %s; want exit 1 naming the user and --rotate", args, err, out)
+		}
+		if k := userKey(); k != pub {
+			t.Fatalf("%v replaced alice's key: %s, was %s", args, k, pub)
+		}
+	}
+	d.must("user", "add", "--id", "alice-laptop", "--network", "acme", "--public-key", pub)
+	if out, err := d.client("user", "add", "--id", "bob-laptop", "--network", "acme", "--rotate"); err == nil || !strings.Contains(out, "user bob-laptop: not found: nothing to rotate") {
+		t.Errorf("rotating a user that does not exist: %v %s", err, out)
+	}
+	rotated := parseWGQuick(t, d.must("user", "add", "--id", "alice-laptop", "--network", "acme", "--rotate"))
+	if k := userKey(); k == pub || k != rotated.privateKey.PublicKey().String() || rotated.address != wq.address {
+		t.Errorf("--rotate: key %s (was %s), address %s (was %s)", k, pub, rotated.address, wq.address)
 	}
 	d.must("user", "del", "--id", "alice-laptop")
 }

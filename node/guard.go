@@ -103,29 +103,37 @@ func (s *Service) sweepStray(sn *snapshot, want map[string]bool, nets []ipam.Net
 		}
 	}
 	sort.Strings(stray)
+	// Firewall tenants are looked at on deep runs only: it takes the
+	// firewall's lock, which a long tenantfw run holds, and the loop must
+	// not wait for it every run (the leftovers it finds are not urgent).
 	var all, zombies []uint32
-	if err := s.withFirewall(func(fw fwAPI) error {
-		ts, err := fw.Tenants()
-		if err != nil {
-			return err
-		}
-		nums := map[uint32]bool{}
-		for _, n := range nets {
-			nums[n.Num] = true
-		}
-		for _, t := range ts {
-			all = append(all, t.ID)
-			if !nums[t.ID] {
-				zombies = append(zombies, t.ID)
+	if sn.deep {
+		if err := s.withFirewall(func(fw fwAPI) error {
+			ts, err := fw.Tenants()
+			if err != nil {
+				return err
 			}
+			nums := map[uint32]bool{}
+			for _, n := range nets {
+				nums[n.Num] = true
+			}
+			for _, t := range ts {
+				all = append(all, t.ID)
+				if !nums[t.ID] {
+					zombies = append(zombies, t.ID)
+				}
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("list firewall tenants: %w", err)
 		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list firewall tenants: %w", err)
 	}
 	adopt := s.held.adopt
 	s.held.adopt = false // once: an --adopt left in a unit file must not disarm this for good
-	s.held.links, s.held.tenants = 0, 0
+	s.held.links = 0
+	if sn.deep {
+		s.held.tenants = 0
+	}
 	if why := suspicious(present, stray, all, zombies); why != "" && !adopt {
 		s.held.links, s.held.tenants = len(stray), len(zombies)
 		if why != s.held.said {

@@ -96,7 +96,9 @@ func TestInheritedState(t *testing.T) {
 		g2.d.must("workload", "del", "--id", "o1")
 		// Delete while the firewall step fails (a long tenantfw run holds
 		// the lock): refused whole.
-		hold := exec.Command("flock", filepath.Join(g2.state, "lock"), "sleep", "13")
+		// Longer than the loop may wait for it (10 s, holding the
+		// service's lock) plus the delete's own wait (10 s).
+		hold := exec.Command("flock", filepath.Join(g2.state, "lock"), "sleep", "25")
 		if err := hold.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -143,7 +145,7 @@ func TestInheritedState(t *testing.T) {
 		// and an open inbound policy, no network.
 		fw.must("tenant", "add", "--tenant", "77", "--prefix", "2001:db8:101:77::/64", "--inbound", "allow")
 		fw.must("rule", "add", "--tenant", "77", "--proto", "tcp", "--port", "22", "--action", "allow")
-		retry(t, 10*time.Second, "tenant 77 swept", func() error {
+		retry(t, 20*time.Second, "tenant 77 swept (deep reconciles: every 10th)", func() error {
 			if out := fw.must("tenant", "list"); strings.Contains(out, "\n77 ") {
 				return fmt.Errorf("still there:\n%s", out)
 			}

@@ -87,6 +87,11 @@ type Node struct {
 	// drop) serialises a flood's drop path; the counters count every drop
 	// whatever this is.
 	DropEventSampleRate *uint32 `yaml:"drop_event_sample_rate"`
+	// ReuseQuarantine is how long a deleted network's /64 and tenant
+	// number stay unallocated (default 24h; 0s: reused at once). Until
+	// the registry has told every member, and tenants have dropped rules
+	// naming the old /64, they still mean the old network.
+	ReuseQuarantine *time.Duration `yaml:"reuse_quarantine"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -142,6 +147,10 @@ func (n *Node) defaults() {
 	}
 	if n.Registry.Type == "" {
 		n.Registry.Type = "file"
+	}
+	if n.ReuseQuarantine == nil {
+		d := 24 * time.Hour
+		n.ReuseQuarantine = &d
 	}
 	if n.FastPath == nil {
 		on := true

@@ -100,6 +100,9 @@ func (n *Node) Validate() error {
 	if n.RegistryGrace < 0 || n.RegistryGrace > 7*24*time.Hour {
 		bad("registry_grace", n.RegistryGrace.String(), "must be 0s..168h (0: the default, 1h)")
 	}
+	if n.ReuseQuarantine != nil && *n.ReuseQuarantine < 0 {
+		bad("reuse_quarantine", n.ReuseQuarantine.String(), "must not be negative (0s: reused at once)")
+	}
 	n.validateRegistry(bad)
 	n.validatePaths(bad)
 	n.validateAPIGroup(bad)

@@ -87,7 +87,7 @@ down() {
 	sleep 0.3
 	for i in 1 2 3; do
 		if [[ -e /run/netns/$(node_ns "$i") && -f $RUN/node$i.yaml ]]; then
-			on_node "$i" "$BIN/tenantnetd" cleanup --config "$RUN/node$i.yaml" --purge-state >/dev/null 2>&1 || true
+			on_node "$i" "$BIN/tenantnetd" cleanup --config "$RUN/node$i.yaml" --purge-state --force >/dev/null 2>&1 || true
 		fi
 		rm -rf "/sys/fs/bpf/tenantnet-demo-node$i"
 	done

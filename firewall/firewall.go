@@ -735,3 +735,63 @@ func (fw *Firewall) EnsureTenant(id uint32, name string, prefixes []netip.Prefix
 	tn.Name, tn.Prefixes = name, prefixes
 	return fw.AddTenant(tn)
 }
+
+// SetSameNetwork turns a tenant's "same network" rules (tenantnetd's, one
+// per prefix of the tenant) off or on again, in one change: off removes
+// them and records it on the tenant, so tenantnetd adds none back (at a
+// restart, when members change); on adds one per prefix the tenant has.
+func (fw *Firewall) SetSameNetwork(id uint32, on bool) (bpfmaps.Change, error) {
+	var before, after []policy.Rule
+	var change bpfmaps.Change
+	err := fw.change(func(tx *store.Tx) error {
+		tn, err := fw.knownTenant(tx, id)
+		if err != nil {
+			return err
+		}
+		if before, err = tx.Rules(id); err != nil {
+			return err
+		}
+		tn.NoSameNetwork = !on
+		if err := tx.PutTenant(tn); err != nil {
+			return err
+		}
+		have := map[netip.Prefix]bool{}
+		for _, r := range before {
+			if r.Owner != policy.OwnerNode {
+				continue
+			}
+			if !on {
+				if _, err := tx.DeleteRule(r.ID); err != nil {
+					return err
+				}
+				continue
+			}
+			have[r.Src] = true
+		}
+		if on {
+			var add []policy.Rule
+			for _, p := range tn.Prefixes {
+				if !have[p] {
+					add = append(add, policy.SameNetworkRule(id, p))
+				}
+			}
+			if _, err := tx.AddRules(add); err != nil {
+				return err
+			}
+		}
+		after, err = tx.Rules(id)
+		return err
+	}, func() error {
+		b, err := bpfmaps.Compile(before)
+		if err != nil {
+			return err
+		}
+		a, err := bpfmaps.Compile(after)
+		if err != nil {
+			return err
+		}
+		change, err = bpfmaps.Diff(fw.Maps.Rules(), b, a)
+		return err
+	})
+	return change, err
+}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -33,6 +34,12 @@ var (
 	bWlNums    = []byte("wlnums")    // workload number -> workload id
 	bAddrs     = []byte("addrs")     // address -> workload or user id
 	bUsers     = []byte("users")     // id -> User
+	// Released /64s and tenant numbers wait here (key -> the time they
+	// may be handed out again, unix nanoseconds) before anything reuses
+	// them: other nodes' records, routes and rules, and tenants' rules
+	// naming the old /64, still mean the old network for a while.
+	bQSubnets = []byte("quarantine-subnets")
+	bQNums    = []byte("quarantine-nums")
 )
 
 var (
@@ -71,12 +78,24 @@ func (n Network) Gateway() netip.Addr {
 
 // Workload is a workload attached to a network.
 type Workload struct {
-	ID      string     `json:"id"`
-	Network string     `json:"network"`
-	Num     uint32     `json:"num"`
-	Netns   string     `json:"netns"`
+	ID      string `json:"id"`
+	Network string `json:"network"`
+	Num     uint32 `json:"num"`
+	Netns   string `json:"netns"`
+	// NetnsID is the namespace Netns named when the workload was added:
+	// every reopen must find the same one (a /proc/PID path outlives its
+	// process). Zero in records from before it was kept.
+	NetnsID NetnsID    `json:"netns_id,omitzero"`
 	Addr    netip.Addr `json:"address"`
 }
+
+// NetnsID names a namespace: the device and inode of its nsfs file.
+type NetnsID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func (n NetnsID) String() string { return fmt.Sprintf("%d:%d", n.Dev, n.Ino) }
 
 // HostIf is the host side of the workload's veth: "tnw" and its number in
 // hex, at most 11 characters as Bridge.
@@ -87,22 +106,29 @@ type Pool struct {
 	Prefixes   []netip.Prefix
 	WGPortBase int
 	WGPorts    int
+	// Quarantine is how long a released /64 and tenant number stay
+	// unallocated (0: reused at once).
+	Quarantine time.Duration
 }
 
 // Store is the allocation database.
 type Store struct {
 	db   *bolt.DB
 	pool Pool
+	now  func() time.Time // the clock quarantines are judged by (tests set it)
 }
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, pool Pool) (*Store, error) {
-	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers}, nil)
+	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers, bQSubnets, bQNums}, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, pool: pool}, nil
+	return &Store{db: db, pool: pool, now: time.Now}, nil
 }
+
+// SetClock replaces the clock quarantines are judged by (tests).
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 // Close closes the store.
 func (s *Store) Close() error { return s.db.Close() }
@@ -151,6 +177,33 @@ func lowestFree(b *bolt.Bucket, from, limit uint64) (uint64, bool) {
 		next = v + 1
 	}
 	return next, next < limit
+}
+
+// lowestAllowed is lowestFree that also skips keys still in quarantine
+// (q). A quarantine that has ended is forgotten in the same transaction.
+func lowestAllowed(b, q *bolt.Bucket, from, limit uint64, now time.Time) (uint64, bool, error) {
+	for {
+		v, ok := lowestFree(b, from, limit)
+		if !ok {
+			return v, false, nil
+		}
+		until := q.Get(be32(uint32(v)))
+		if until == nil {
+			return v, true, nil
+		}
+		if len(until) != 8 || now.UnixNano() >= int64(binary.BigEndian.Uint64(until)) {
+			return v, true, q.Delete(be32(uint32(v)))
+		}
+		from = v + 1
+	}
+}
+
+// quarantine keeps key out of allocation until now+d.
+func quarantine(q *bolt.Bucket, key uint32, now time.Time, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	return q.Put(be32(key), binary.BigEndian.AppendUint64(nil, uint64(now.Add(d).UnixNano())))
 }
 
 // subnet returns the index-th /64 of the pool.
@@ -213,12 +266,19 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 			return nil
 		}
 		// Subnet index 0 of the first prefix stays for the node itself.
-		idx, ok := lowestFree(tx.Bucket(bSubnets), 1, s.subnetCount())
+		now := s.now()
+		idx, ok, err := lowestAllowed(tx.Bucket(bSubnets), tx.Bucket(bQSubnets), 1, s.subnetCount(), now)
+		if err != nil {
+			return err
+		}
 		if !ok {
-			return fmt.Errorf("no free /64 left in %v: %w", s.pool.Prefixes, ErrExhausted)
+			return fmt.Errorf("no free /64 left in %v (%d in quarantine after a delete): %w", s.pool.Prefixes, tx.Bucket(bQSubnets).Stats().KeyN, ErrExhausted)
 		}
 		prefix, _ := s.subnet(idx)
-		num, ok := lowestFree(tx.Bucket(bNums), 1, 1<<31)
+		num, ok, err := lowestAllowed(tx.Bucket(bNums), tx.Bucket(bQNums), 1, 1<<31, now)
+		if err != nil {
+			return err
+		}
 		if !ok {
 			return fmt.Errorf("network numbers: %w", ErrExhausted)
 		}
@@ -245,7 +305,9 @@ func (s *Store) Network(id string) (Network, error) {
 	return inTx(s.db.View, func(tx *bolt.Tx) (Network, error) { return get[Network](tx, bNetworks, "network", id) })
 }
 
-// DeleteNetwork releases a network; it must have no workloads and no users.
+// DeleteNetwork releases a network; it must have no workloads and no
+// users. Its /64 and number go into quarantine (Pool.Quarantine) in the
+// same transaction; its WireGuard port is free at once.
 func (s *Store) DeleteNetwork(id string) (Network, error) {
 	return inTx(s.db.Update, func(tx *bolt.Tx) (Network, error) {
 		n, err := get[Network](tx, bNetworks, "network", id)
@@ -256,11 +318,14 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 			return n, err
 		}
 		idx := s.subnetIndex(n.Prefix)
+		now := s.now()
 		return n, errors.Join(
 			tx.Bucket(bNetworks).Delete([]byte(id)),
 			tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
 			tx.Bucket(bNums).Delete(be32(n.Num)),
 			tx.Bucket(bPorts).Delete(be32(uint32(n.WGPort))),
+			quarantine(tx.Bucket(bQSubnets), uint32(idx), now, s.pool.Quarantine),
+			quarantine(tx.Bucket(bQNums), n.Num, now, s.pool.Quarantine),
 		)
 	})
 }
@@ -355,8 +420,9 @@ func allocAddr(tx *bolt.Tx, n Network, seed string) (netip.Addr, error) {
 }
 
 // AddWorkload allocates a workload's address and number (or returns the
-// existing allocation for the same id and network).
-func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
+// existing allocation for the same id and network, unchanged: a new
+// namespace for it is the caller's to check and SetWorkloadNetns).
+func (s *Store) AddWorkload(id, network, netns string, nsid NetnsID) (Workload, bool, error) {
 	var w Workload
 	created := false
 	if err := ValidID(id); err != nil {
@@ -371,8 +437,7 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 			if w.Network != network {
 				return fmt.Errorf("workload %s is attached to network %s: %w", id, w.Network, ErrConflict)
 			}
-			w.Netns = netns // a restarted workload comes back in a new netns
-			return boltjson.Put(tx, bWorkloads, []byte(id), w)
+			return nil
 		}
 		n, err := get[Network](tx, bNetworks, "network", network)
 		if err != nil {
@@ -386,7 +451,7 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 		if err != nil {
 			return err
 		}
-		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, Addr: addr}
+		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr}
 		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
 			return err
 		}
@@ -398,6 +463,18 @@ func (s *Store) AddWorkload(id, network, netns string) (Workload, bool, error) {
 		)
 	})
 	return w, created, err
+}
+
+// SetWorkloadNetns records a workload's namespace path and identity.
+func (s *Store) SetWorkloadNetns(id, netns string, nsid NetnsID) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		w, err := get[Workload](tx, bWorkloads, "workload", id)
+		if err != nil {
+			return err
+		}
+		w.Netns, w.NetnsID = netns, nsid
+		return boltjson.Put(tx, bWorkloads, []byte(id), w)
+	})
 }
 
 // Workload returns a workload.
@@ -426,14 +503,27 @@ func (s *Store) Workloads() ([]Workload, error) {
 	return inTx(s.db.View, func(tx *bolt.Tx) ([]Workload, error) { return boltjson.List[Workload](tx, bWorkloads, nil) })
 }
 
-// Counts of allocations, for metrics: networks, workloads, free /64s.
+// Counts of allocations, for metrics: networks, workloads, free /64s
+// (quarantined ones are not free).
 func (s *Store) Counts() (networks, workloads int, freeSubnets uint64) {
+	var held int
 	s.db.View(func(tx *bolt.Tx) error {
 		networks = tx.Bucket(bNetworks).Stats().KeyN
 		workloads = tx.Bucket(bWorkloads).Stats().KeyN
+		held = tx.Bucket(bQSubnets).Stats().KeyN
 		return nil
 	})
-	return networks, workloads, s.subnetCount() - 1 - uint64(networks)
+	return networks, workloads, s.subnetCount() - 1 - min(s.subnetCount()-1, uint64(networks+held))
+}
+
+// Quarantined says how many /64s and tenant numbers wait in quarantine
+// (ended quarantines are counted until the next allocation forgets them).
+func (s *Store) Quarantined() (subnets, nums int) {
+	s.db.View(func(tx *bolt.Tx) error {
+		subnets, nums = tx.Bucket(bQSubnets).Stats().KeyN, tx.Bucket(bQNums).Stats().KeyN
+		return nil
+	})
+	return subnets, nums
 }
 
 // User is a user-access peer of a network: a laptop with its own

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -64,18 +65,31 @@ func TestWorkloads(t *testing.T) {
 	s := open(t, t.TempDir(), "2001:db8:100::/48")
 	defer s.Close()
 	n, _, _ := s.AddNetwork("acme", 1420)
-	w, created, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1")
-	if err != nil || !created || !n.Prefix.Contains(w.Addr) || w.Addr == n.Gateway() {
+	ns1 := NetnsID{Dev: 4, Ino: 4026532001}
+	w, created, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1", ns1)
+	if err != nil || !created || !n.Prefix.Contains(w.Addr) || w.Addr == n.Gateway() || w.NetnsID != ns1 {
 		t.Fatalf("%+v %v", w, err)
 	}
-	w2, created, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1b")
-	if err != nil || created || w2.Addr != w.Addr || w2.Num != w.Num {
+	// Adding again changes nothing, the namespace included: a new one
+	// is for the caller to check first (SetWorkloadNetns).
+	w2, created, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1b", NetnsID{Dev: 4, Ino: 9})
+	if err != nil || created || w2 != w {
 		t.Fatalf("not stable: %+v vs %+v", w2, w)
 	}
-	if _, _, err := s.AddWorkload("web-1", "other", "/x"); !errors.Is(err, ErrConflict) {
+	if got, _ := s.Workload("web-1"); got != w {
+		t.Fatalf("re-adding rewrote the record: %+v", got)
+	}
+	ns2 := NetnsID{Dev: 4, Ino: 4026532002}
+	if err := s.SetWorkloadNetns("web-1", "/run/netns/web-1b", ns2); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Workload("web-1"); got.Netns != "/run/netns/web-1b" || got.NetnsID != ns2 || got.Addr != w.Addr {
+		t.Fatalf("after SetWorkloadNetns: %+v", got)
+	}
+	if _, _, err := s.AddWorkload("web-1", "other", "/x", NetnsID{}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("want conflict, got %v", err)
 	}
-	if _, _, err := s.AddWorkload("web-2", "nope", "/x"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.AddWorkload("web-2", "nope", "/x", NetnsID{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("want not found, got %v", err)
 	}
 	if _, err := s.DeleteNetwork("acme"); !errors.Is(err, ErrConflict) {
@@ -84,7 +98,7 @@ func TestWorkloads(t *testing.T) {
 	if _, err := s.DeleteWorkload("web-1"); err != nil {
 		t.Fatal(err)
 	}
-	w3, _, _ := s.AddWorkload("web-1", "acme", "/x")
+	w3, _, _ := s.AddWorkload("web-1", "acme", "/x", NetnsID{})
 	if w3.Addr != w.Addr {
 		t.Fatalf("address of a re-added workload changed: %s -> %s", w.Addr, w3.Addr)
 	}
@@ -103,7 +117,7 @@ func TestOnDiskFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, _, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1")
+	w, _, err := s.AddWorkload("web-1", "acme", "/run/netns/web-1", NetnsID{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,5 +158,63 @@ func TestOnDiskFormat(t *testing.T) {
 	}
 	if _, err := s.Workload("nobody"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing workload: %v", err)
+	}
+}
+
+// A deleted network's /64 and tenant number are not handed out again
+// until the quarantine ends (other nodes' rules and routes, and tenants'
+// rules naming the /64, still mean the old network): a new network gets
+// fresh ones, and the old ones come back only after the quarantine, also
+// across a reopen.
+func TestQuarantine(t *testing.T) {
+	dir := t.TempDir()
+	pool := Pool{Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:100::/62")}, WGPortBase: 51820, WGPorts: 8, Quarantine: 24 * time.Hour}
+	s, err := Open(dir, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	s.SetClock(func() time.Time { return now })
+	old, _, err := s.AddNetwork("old", 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteNetwork("old"); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _, err := s.AddNetwork("new", 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Prefix == old.Prefix || fresh.Num == old.Num {
+		t.Fatalf("new network %+v reuses the deleted one's /64 or number %+v", fresh, old)
+	}
+	if sub, nums := s.Quarantined(); sub != 1 || nums != 1 {
+		t.Fatalf("quarantined %d /64s, %d numbers; want 1, 1", sub, nums)
+	}
+	// Index 0 is the node's, old had 1, new has 2: one /64 left.
+	if _, _, err := s.AddNetwork("third", 1420); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.AddNetwork("fourth", 1420); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "quarantine") {
+		t.Fatalf("with the only other /64 in quarantine: %v, want exhaustion naming the quarantine", err)
+	}
+	s.Close()
+	if s, err = Open(dir, pool); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now = now.Add(24*time.Hour - time.Second)
+	s.SetClock(func() time.Time { return now })
+	if _, _, err := s.AddNetwork("fourth", 1420); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("a second before the quarantine ends: %v, want exhaustion", err)
+	}
+	now = now.Add(time.Second)
+	back, _, err := s.AddNetwork("fourth", 1420)
+	if err != nil || back.Prefix != old.Prefix || back.Num != old.Num {
+		t.Fatalf("after the quarantine: %+v %v, want the old /64 %s and number %d", back, err, old.Prefix, old.Num)
+	}
+	if sub, nums := s.Quarantined(); sub != 0 || nums != 0 {
+		t.Fatalf("ended quarantines kept: %d /64s, %d numbers", sub, nums)
 	}
 }

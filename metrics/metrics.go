@@ -73,6 +73,8 @@ var (
 		"What the datapath could not record: packets missing from the counters (what=stats-full) and drop events the full ring buffer refused (what=events-lost).", []string{"what"}, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
 		"Failed reads or writes of the registry.", nil, nil)
+	refused = prometheus.NewDesc("tenantnet_state_refused",
+		"What the service refuses to do because its state looks wrong, at the last run: stray links and firewall tenants without a network held back (what=stray-link, tenant-without-network: the state looks empty or not this node's; `tenantnetd run --adopt`), workloads not plumbed because their netns path names another namespace (netns-changed), networks left out of the published record because their key file is damaged (damaged-key).", []string{"what"}, nil)
 	regRejected = prometheus.NewDesc("tenantnet_registry_rejected_total",
 		"Registry entries (records, enrollments, declarations, the revocation list) not believed, by reason: once per change of what was rejected.", []string{"reason"}, nil)
 	regHeld = prometheus.NewDesc("tenantnet_registry_held_peers",
@@ -91,7 +93,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused} {
 		ch <- d
 	}
 }
@@ -176,6 +178,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(regUp, prometheus.GaugeValue, upv)
 	ch <- prometheus.MustNewConstMetric(regNodes, prometheus.GaugeValue, float64(rn))
 	ch <- prometheus.MustNewConstMetric(regErrs, prometheus.CounterValue, float64(re))
+	for what, n := range c.s.Refused() {
+		ch <- prometheus.MustNewConstMetric(refused, prometheus.GaugeValue, float64(n), what)
+	}
 	for reason, n := range c.s.RegistryRejected() {
 		ch <- prometheus.MustNewConstMetric(regRejected, prometheus.CounterValue, float64(n), reason)
 	}

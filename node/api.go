@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/tenantnet/tenantnet/api"
@@ -141,6 +140,12 @@ func (s *Service) deleteNetworkLocked(id string) error {
 			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)
 		}
 	}
+	// What this process remembers of it goes too: a network of the same
+	// id made later is a new one, whose prefixes and rules are synced
+	// afresh.
+	delete(s.prefixes.applied, id)
+	delete(s.prefixes.spans, id)
+	delete(s.held.keys, id)
 	// Its keys go too: a network of the same id made later is a new one
 	// (and must not inherit a staged key whose time has passed).
 	if err := wg.RemoveKeys(s.keysDir(), id); err != nil {
@@ -200,41 +205,78 @@ func (s *Service) RotateKey(id string, overlap time.Duration) (api.RotateKeyRepl
 }
 
 // AddWorkload attaches a workload, given its network namespace, to a
-// network. On any error everything it made is removed again.
+// network. On any error everything it made is removed again. The path
+// must name a network namespace of the workload's own (openNetns); adding
+// an attached workload again with another namespace moves it there, all
+// or nothing: on failure it stays in the one it had.
 func (s *Service) AddWorkload(id, network, nsPath string) (api.WorkloadInfo, bool, error) {
-	h, err := netns.GetFromPath(nsPath)
+	// Opened before the lock, and held until the end: the namespace
+	// checked is the one plumbed, whatever happens to the path meanwhile.
+	nsh, nsid, err := openNetns(nsPath)
 	if err != nil {
-		return api.WorkloadInfo{}, false, fmt.Errorf("netns %s: %w", nsPath, err)
+		return api.WorkloadInfo{}, false, err
 	}
-	h.Close()
+	defer nsh.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, err := s.ipam.Network(network)
 	if err != nil {
 		return api.WorkloadInfo{}, false, err
 	}
-	w, created, err := s.ipam.AddWorkload(id, network, nsPath)
+	w, created, err := s.ipam.AddWorkload(id, network, nsPath, nsid)
 	if err != nil {
 		return api.WorkloadInfo{}, false, err
+	}
+	old := w
+	moved := !created && w.NetnsID != nsid
+	if moved {
+		// Another namespace: delete (the old veth, in the old namespace)
+		// and add (in the new one).
+		if err := s.removeWorkloadLinks(w); err != nil {
+			return api.WorkloadInfo{}, false, fmt.Errorf("workload %s: leave %s: %w", id, w.Netns, err)
+		}
+		if err := s.ipam.SetWorkloadNetns(id, nsPath, nsid); err != nil {
+			s.Trigger() // the old port comes back
+			return api.WorkloadInfo{}, false, err
+		}
+		w.Netns, w.NetnsID = nsPath, nsid
+	} else if !created && w.Netns != nsPath {
+		// The same namespace under another name: only the path changes.
+		if err := s.ipam.SetWorkloadNetns(id, nsPath, nsid); err != nil {
+			return api.WorkloadInfo{}, false, err
+		}
+		w.Netns = nsPath
 	}
 	sn, err := s.snapshotFor(w, n)
 	if err == nil {
 		var r repairs
-		err = s.ensureWorkload(w, n, sn, &r, true)
+		err = s.ensureWorkloadIn(w, n, sn, &r, true, nsh)
 	}
 	if err == nil {
 		err = s.flushBindings(sn)
 	}
 	if err != nil {
-		if created {
+		switch {
+		case created:
 			if rerr := s.removeWorkloadLinks(w); rerr != nil {
 				s.log.Error("undo workload", "workload", id, "err", rerr)
 			}
 			s.ipam.DeleteWorkload(id)
+		case moved:
+			// Back to the namespace it had: reconcile plumbs it again
+			// there (if it still exists).
+			if rerr := s.removeWorkloadLinks(w); rerr != nil {
+				s.log.Error("undo workload move", "workload", id, "err", rerr)
+			}
+			if rerr := s.ipam.SetWorkloadNetns(id, old.Netns, old.NetnsID); rerr != nil {
+				s.log.Error("undo workload move", "workload", id, "err", rerr)
+			}
+			s.Trigger()
 		}
 		return api.WorkloadInfo{}, false, err
 	}
-	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created)
+	delete(s.held.netns, id)
+	s.log.Info("workload attached", "workload", id, "network", network, "address", w.Addr, "port", w.HostIf(), "created", created, "moved", moved)
 	return workloadInfo(w), created, nil
 }
 
@@ -252,6 +294,7 @@ func (s *Service) DeleteWorkload(id string) error {
 	if _, err := s.ipam.DeleteWorkload(id); err != nil {
 		return err
 	}
+	delete(s.held.netns, id)
 	s.log.Info("workload detached", "workload", id)
 	return nil
 }

@@ -5,14 +5,19 @@ package node
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/wg"
 )
@@ -43,11 +48,27 @@ type CleanupReport struct {
 // ports (the names reconcile owns, isOurs), this node's WireGuard devices
 // (the embedded ones' processes stopped), the exit policy routing, the
 // datapath (detached, unpinned), the API socket and leftover UAPI
-// sockets; with purge, the state directory too.
+// sockets; with purge, the state directory too, unless other nodes still
+// reach the outside through this one (ExitDependents; force purges
+// anyway): then nothing at all is removed.
 // Links that cannot be deleted are skipped (not counted); any other
 // failure stops it with the report so far.
-func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
+func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	var rep CleanupReport
+	if purge && !force {
+		deps, err := ExitDependents(cfg)
+		if err != nil {
+			return rep, fmt.Errorf("--purge-state: cannot tell whether other nodes use this one as their exit (--force purges anyway): %w", err)
+		}
+		if len(deps) > 0 {
+			var s []string
+			for _, id := range sortedKeys(deps) {
+				s = append(s, fmt.Sprintf("%s (members %s)", id, strings.Join(deps[id], ", ")))
+			}
+			return rep, fmt.Errorf("--purge-state refused: this node is the exit of %s, whose members are live in the registry: "+
+				"purging forgets the networks' /64s, keys and rules while their traffic still comes here; move the exit first, or --force", strings.Join(s, "; "))
+		}
+	}
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return rep, err
@@ -98,4 +119,74 @@ func Cleanup(cfg *config.Node, purge bool) (CleanupReport, error) {
 		rep.Purged = true
 	}
 	return rep, nil
+}
+
+func sortedKeys(m map[string][]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// ExitDependents lists the declared networks of this node's state whose
+// exit this node is, with their other members that have a live, believed
+// record in the registry: they send their outside traffic here. (Prefix
+// delegations, once they exist, depend on the exit the same way.)
+func ExitDependents(cfg *config.Node) (map[string][]string, error) {
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes})
+	if err != nil {
+		return nil, fmt.Errorf("%w (is tenantnetd still running? stop it first)", err)
+	}
+	nets, err := st.Networks()
+	st.Close()
+	if err != nil {
+		return nil, err
+	}
+	local, joined := map[string]bool{}, map[string]bool{}
+	for _, n := range nets {
+		local[n.ID], joined[n.ID] = !n.Declared, n.Declared
+	}
+	if len(joined) == 0 {
+		return nil, nil
+	}
+	gridKey, err := cfg.GridKey()
+	if err != nil {
+		return nil, err
+	}
+	reg, err := cfg.Registry.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Close()
+	// The same checks as the running service: only what the grid key
+	// verifies counts.
+	s := &Service{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), registry: regState{reg: reg}, trust: newTrustState(gridKey, nil), live: newLiveState()}
+	if err := s.loadGrid(time.Now()); err != nil {
+		return nil, err
+	}
+	entries, err := reg.Declared()
+	if err != nil {
+		return nil, err
+	}
+	_, mine, _, _ := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: cfg.NodeID, local: local, joined: joined, max: len(joined)})
+	// A fresh liveness state counts every listed file record as just
+	// renewed: a member's stale record makes purge refuse (--force).
+	nodes, _, err := s.believedNodes(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	deps := map[string][]string{}
+	for id, sp := range mine {
+		if sp.Exit != cfg.NodeID || !joined[id] {
+			continue
+		}
+		for _, rec := range nodes {
+			if nr, ok := rec.Networks[id]; ok && nr.Declared && rec.NodeID != cfg.NodeID {
+				deps[id] = append(deps[id], rec.NodeID)
+			}
+		}
+	}
+	return deps, nil
 }

@@ -21,6 +21,12 @@ func TestOurNames(t *testing.T) {
 		{"tgzz" + mine[len(mine)-4:], false, false},
 		{"eth0", false, false},
 		{"wg0", false, false},
+		// An operator's links that merely start like ours.
+		{"tnbackup0", false, false},
+		{"tnwatch", false, false},
+		{"tnb0", false, false},
+		{"tnb", false, false},
+		{"tnw123456789", false, false},
 	}
 	for _, tt := range tests {
 		if got := isOurs(tt.name); got != tt.ours {

@@ -36,10 +36,6 @@ const (
 // never needs renumbering.
 var gatewayLL = netip.PrefixFrom(defaults.GatewayLL, 64)
 
-func isOurs(name string) bool {
-	return strings.HasPrefix(name, bridgePrefix) || strings.HasPrefix(name, portPrefix)
-}
-
 // repairs records what a reconcile changed, for the log and metrics.
 type repairs struct {
 	items []string
@@ -164,16 +160,21 @@ func (s *Service) ensureNetwork(n ipam.Network, sn *snapshot, r *repairs) error 
 // and bound before it comes up, enslaved to its network's bridge, and the
 // workload's side addressed and routed.
 func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool) error {
+	return s.ensureWorkloadIn(w, n, sn, r, deep, -1)
+}
+
+// ensureWorkloadIn is ensureWorkload with the workload's namespace
+// already open (nsh >= 0, AddWorkload), else opened here when needed.
+func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool, nsh netns.NsHandle) error {
 	host := w.HostIf()
 	l, ok := sn.links[host]
 	created := false
 	// The workload's namespace is opened only to create its port or to
 	// look inside (deep): thousands of opens per no-op reconcile add up.
-	var nsh netns.NsHandle = -1
-	if !ok || deep {
+	if nsh < 0 && (!ok || deep) {
 		var err error
-		if nsh, err = netns.GetFromPath(w.Netns); err != nil {
-			return fmt.Errorf("workload %s: netns %s: %w", w.ID, w.Netns, err)
+		if nsh, err = s.openWorkloadNetns(w); err != nil {
+			return err
 		}
 		defer nsh.Close()
 	}

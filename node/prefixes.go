@@ -13,11 +13,6 @@ import (
 	"github.com/tenantnet/tenantnet/policy"
 )
 
-// sameNetworkComment says to a person what the rule is for; what makes
-// it tenantnetd's is its Owner, which a tenant cannot set or edit (the
-// firewall refuses a tenant's change of an owned rule).
-const sameNetworkComment = "same network (added by tenantnetd)"
-
 // isSameNetworkRule tells tenantnetd's "same network" rules from the
 // tenant's: by owner, never by comment.
 func isSameNetworkRule(rl policy.Rule) bool {
@@ -27,8 +22,7 @@ func isSameNetworkRule(rl policy.Rule) bool {
 // sameNetworkRule lets traffic from prefix src (one of the network's
 // /64s) into the network's tenant.
 func sameNetworkRule(tenant uint32, src netip.Prefix) policy.Rule {
-	return policy.Rule{Tenant: tenant, Dir: policy.DirIn, Proto: policy.ProtoAny, Src: src, Action: policy.ActionAllow,
-		Comment: sameNetworkComment, Owner: policy.OwnerNode}
+	return policy.SameNetworkRule(tenant, src)
 }
 
 // prefixState is what the firewall was last given, per network.
@@ -92,7 +86,13 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		if err != nil {
 			return err
 		}
-		del, add := sameNetworkDiff(rules, prefixes)
+		// A tenant that turned them off keeps them off: the flag is in
+		// the firewall's state, so it holds across restarts.
+		sameNet := prefixes
+		if cur.NoSameNetwork {
+			sameNet = nil
+		}
+		del, add := sameNetworkDiff(rules, sameNet)
 		for _, rl := range del {
 			if _, _, err := fw.DeleteOwnedRule(policy.OwnerNode, rl.ID); err != nil {
 				return err

@@ -17,7 +17,7 @@ func TestSameNetworkDiff(t *testing.T) {
 	}
 	tenant := policy.Rule{ID: 9, Tenant: 7, Src: p3, Comment: "the tenant's own"}
 	// A tenant's rule that only says it is ours is not: the owner decides.
-	forged := policy.Rule{ID: 10, Tenant: 7, Src: p2, Comment: sameNetworkComment}
+	forged := policy.Rule{ID: 10, Tenant: 7, Src: p2, Comment: policy.SameNetworkComment}
 	tests := []struct {
 		name     string
 		rules    []policy.Rule

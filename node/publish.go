@@ -73,9 +73,14 @@ func (s *Service) publish() error {
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
 		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
 	nets, err := s.ipam.Networks()
+	damaged := map[string]string{}
 	for _, n := range nets {
 		key, err := wg.LoadKey(s.keysDir(), n.ID)
 		if err != nil {
+			// Without its key the network cannot be in the record (its
+			// members drop this node for it): said loudly, once per
+			// change, and counted (tenantnet_state_refused).
+			damaged[n.ID] = err.Error()
 			continue
 		}
 		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU, Declared: n.Declared}
@@ -84,6 +89,12 @@ func (s *Service) publish() error {
 		}
 		rec.Networks[n.ID] = nr
 	}
+	for id, e := range damaged {
+		if s.held.keys[id] != e {
+			s.log.Error("network left out of the published record: its WireGuard key cannot be read; its members on other nodes lose this node", "network", id, "err", e)
+		}
+	}
+	s.held.keys = damaged
 	s.mu.Unlock()
 	if err != nil {
 		return err

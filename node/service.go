@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -52,6 +51,7 @@ type Service struct {
 	exit      exitState
 	attachq   attachQueue
 	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
+	held      heldState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -79,6 +79,8 @@ type fwAPI interface {
 	Tenant(id uint32) (firewall.Tenant, error)
 	Rules(tenant uint32) ([]policy.Rule, error)
 	DeleteOwnedRule(owner string, id uint32) (policy.Rule, bpfmaps.Change, error)
+	Tenants() ([]firewall.Tenant, error)
+	Ports() ([]firewall.Port, error)
 }
 
 // withFirewall opens the firewall state (taking the state directory's
@@ -108,7 +110,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 			c()
 		}
 	}
-	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount})
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount, Quarantine: *cfg.ReuseQuarantine})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +158,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
-		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}}
+		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
 	s.wakes.trigger = s.Trigger
 	log.Info("registry", "type", cfg.Registry.Type, "identity", trust.EncodePublicKey(s.Identity()))
 	if gridKey == nil {
@@ -385,26 +387,11 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err := s.flushBindings(sn); err != nil {
 		errs = append(errs, err)
 	}
-	// Links of ours that nothing owns go (a crash between creating a link
-	// and recording it, or a workload deleted while we were down).
-	var stray []string
-	for name := range sn.links {
-		if isOurs(name) && !want[name] {
-			stray = append(stray, name)
-		}
-	}
-	sort.Strings(stray)
-	for _, name := range stray {
-		l := sn.links[name]
-		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
-			errs = append(errs, err)
-		}
-		if err := s.nl.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete stray %s: %w", name, err))
-			continue
-		}
-		sn.deleted = append(sn.deleted, name)
-		r.add("deleted stray link %s", name)
+	// Links and firewall tenants of ours that nothing owns go (a crash
+	// between creating a link and recording it, a delete interrupted
+	// between its steps), unless the state looks wrong (guard.go).
+	if err := s.sweepStray(sn, want, nets, r); err != nil {
+		errs = append(errs, err)
 	}
 	if err := s.sweepPortBindings(sn, r); err != nil {
 		errs = append(errs, err)

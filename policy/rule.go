@@ -134,6 +134,18 @@ type Rule struct {
 // OwnerNode owns the rules tenantnetd keeps (the "same network" rules).
 const OwnerNode = "tenantnetd"
 
+// SameNetworkComment says to a person what a "same network" rule is for;
+// what makes it tenantnetd's is its Owner.
+const SameNetworkComment = "same network (added by tenantnetd)"
+
+// SameNetworkRule lets traffic from src (one of a network's /64s, on
+// this node or another member) into the network's tenant: tenantnetd's
+// rule, one per /64, unless the tenant turned them off.
+func SameNetworkRule(tenant uint32, src netip.Prefix) Rule {
+	return Rule{Tenant: tenant, Dir: DirIn, Proto: ProtoAny, Src: src, Action: ActionAllow,
+		Comment: SameNetworkComment, Owner: OwnerNode}
+}
+
 // Match is the part of a rule that selects packets; two rules with the
 // same Match are duplicates (same action) or in conflict.
 type Match struct {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,12 +71,21 @@ type Device struct {
 	epChanges map[wgtypes.Key]uint64 // times it changed (roaming, NAT rebinding, registry)
 }
 
+// ErrDamagedKey is a key file that exists but holds no key (truncated by
+// a crash, edited by hand): never replaced by a new key, which would
+// change the network's identity on every member without a rotation.
+var ErrDamagedKey = errors.New("damaged key file")
+
 // LoadKey reads the network's private key from dir, generating it (0600)
 // the first time. The private key never leaves the node.
 func LoadKey(dir, network string) (wgtypes.Key, error) {
 	path := filepath.Join(dir, network+".key")
 	if b, err := os.ReadFile(path); err == nil {
-		return wgtypes.ParseKey(string(b))
+		k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+		if err != nil {
+			return k, fmt.Errorf("%w %s (%d bytes): %v; restore it from a backup, or delete it for a new key (every member must then learn it)", ErrDamagedKey, path, len(b), err)
+		}
+		return k, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return wgtypes.Key{}, err
 	}

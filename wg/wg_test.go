@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,5 +120,38 @@ func TestStageAndPromoteKey(t *testing.T) {
 	}
 	if err := PromoteKey(dir, "acme"); err != nil { // nothing staged: no-op
 		t.Fatal(err)
+	}
+}
+
+// A key file cut short (a crash before the data reached the disk) is a
+// loud error naming the file, and is never replaced by a new key (which
+// would change the network's key on every member without a rotation).
+func TestDamagedKey(t *testing.T) {
+	dir := t.TempDir()
+	k, err := LoadKey(dir, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "acme.key")
+	for _, damaged := range []string{"", k.String()[:20], "not a key\n"} {
+		if err := os.WriteFile(path, []byte(damaged), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadKey(dir, "acme"); !errors.Is(err, ErrDamagedKey) || !strings.Contains(err.Error(), path) {
+			t.Errorf("key file %q: %v, want ErrDamagedKey naming %s", damaged, err, path)
+		}
+		if b, _ := os.ReadFile(path); string(b) != damaged {
+			t.Errorf("the damaged key file was rewritten: %q", b)
+		}
+	}
+	// Written whole, synced, no temporary file left beside it.
+	if err := writeFileAtomic(path, []byte(k.String())); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := LoadKey(dir, "acme"); err != nil || got != k {
+		t.Fatalf("%v %v", got, err)
+	}
+	if es, _ := os.ReadDir(dir); len(es) != 1 {
+		t.Fatalf("left beside the key: %v", es)
 	}
 }

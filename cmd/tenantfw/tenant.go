@@ -14,7 +14,7 @@ import (
 
 func tenantCmd() *command {
 	return &command{Name: "tenant", Summary: "declare tenants on this node (tenantnetd does this for its networks)",
-		Sub: []*command{tenantAddCmd(), tenantDelCmd(), tenantListCmd()}}
+		Sub: []*command{tenantAddCmd(), tenantDelCmd(), tenantListCmd(), tenantSameNetworkCmd()}}
 }
 
 func tenantAddCmd() *command {
@@ -110,6 +110,34 @@ func tenantDelCmd() *command {
 	}
 }
 
+func tenantSameNetworkCmd() *command {
+	var id uint32
+	return &command{
+		Name: "same-network", Summary: "turn tenantnetd's \"same network\" rules of a tenant off (kept off across restarts) or on",
+		Usage: "--tenant T on|off", Example: "  tenantfw tenant same-network --tenant 7 off   # then only the tenant's own rules let its /64s in",
+		Flags: func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&id, "tenant", 0, "tenant id (required)") },
+		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
+			if !fs.Changed("tenant") {
+				return cli.Usagef("--tenant is required")
+			}
+			if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+				return cli.Usagef("want on or off")
+			}
+			fw, err := openFirewall(env, false)
+			if err != nil {
+				return err
+			}
+			defer fw.Close()
+			ch, err := fw.SetSameNetwork(id, args[0] == "on")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "tenant %d: same network rules %s (%s)\n", id, args[0], ch)
+			return nil
+		},
+	}
+}
+
 func tenantListCmd() *command {
 	return &command{
 		Name: "list", Summary: "list tenants", Usage: "[-o json]", Example: "  tenantfw tenant list -o json",
@@ -141,10 +169,12 @@ func tenantListCmd() *command {
 				Inbound  string   `json:"inbound"`
 				Outbound string   `json:"outbound"`
 				Rules    int      `json:"rules"`
+				// SameNetwork: tenantnetd's "same network" rules are on
+				SameNetwork bool `json:"same_network"`
 			}
 			vs := []view{}
 			for _, t := range ts {
-				v := view{Tenant: t.ID, Name: t.Name, Inbound: t.Inbound.String(), Outbound: t.Outbound.String(), Rules: counts[t.ID], Prefixes: []string{}}
+				v := view{Tenant: t.ID, Name: t.Name, Inbound: t.Inbound.String(), Outbound: t.Outbound.String(), Rules: counts[t.ID], Prefixes: []string{}, SameNetwork: !t.NoSameNetwork}
 				for _, p := range t.Prefixes {
 					v.Prefixes = append(v.Prefixes, p.String())
 				}

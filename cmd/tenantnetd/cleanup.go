@@ -12,33 +12,37 @@ import (
 )
 
 func cleanupCmd() *command {
-	var purge bool
+	var purge, force bool
 	return &command{
 		Name: "cleanup", Summary: "remove everything of ours: links, exit routing, the datapath (state kept unless --purge-state)",
-		Usage: "[--config FILE] [--purge-state]",
+		Usage: "[--config FILE] [--purge-state [--force]]",
 		Example: `  tenantnetd cleanup --config /etc/tenantnet/node.yaml
   tenantnetd cleanup --purge-state   # also forget networks, workloads and rules`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.configFlag(fs)
-			fs.BoolVar(&purge, "purge-state", false, "also delete the state directory")
+			fs.BoolVar(&purge, "purge-state", false, "also delete the state directory (refused while this node is the exit of a network with live members)")
+			fs.BoolVar(&force, "force", false, "with --purge-state: purge even while other nodes reach the outside through this one")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
-			return cleanup(env.Config, purge, env.Stdout)
+			if force && !purge {
+				return cli.Usagef("--force goes with --purge-state")
+			}
+			return cleanup(env.Config, purge, force, env.Stdout)
 		},
 	}
 }
 
 // cleanup removes everything of ours (node.Cleanup says what) and
 // reports what it removed.
-func cleanup(cfgPath string, purge bool, stdout io.Writer) error {
+func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err
 	}
-	rep, err := node.Cleanup(cfg, purge)
+	rep, err := node.Cleanup(cfg, purge, force)
 	if err != nil {
 		return err
 	}

@@ -23,21 +23,26 @@ import (
 )
 
 func runCmd() *command {
+	var adopt bool
 	return &command{
 		Name: "run", Summary: "run the service (systemd: tenantnetd.service)",
-		Usage:   "[--config FILE]",
-		Example: "  tenantnetd run --config /etc/tenantnet/node.yaml",
-		Flags:   func(fs *pflag.FlagSet, env *Env) { env.configFlag(fs) },
+		Usage: "[--config FILE] [--adopt]",
+		Example: `  tenantnetd run --config /etc/tenantnet/node.yaml
+  tenantnetd run --adopt   # once: take the state as the node's, deleting links and firewall tenants it does not know`,
+		Flags: func(fs *pflag.FlagSet, env *Env) {
+			env.configFlag(fs)
+			fs.BoolVar(&adopt, "adopt", false, "let the first reconcile delete every link and firewall tenant the state does not know, even all of them (held back otherwise)")
+		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := cli.NoArgs(args); err != nil {
 				return err
 			}
-			return serve(env.Config)
+			return serve(env.Config, adopt)
 		},
 	}
 }
 
-func serve(cfgPath string) error {
+func serve(cfgPath string, adopt bool) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(log)
 	cfg, err := config.Load(cfgPath)
@@ -73,6 +78,10 @@ func serve(cfgPath string) error {
 		return err
 	}
 	defer s.Close()
+	if adopt {
+		log.Warn("--adopt: the first reconcile deletes every link and firewall tenant the state does not know", "state_dir", cfg.StateDir)
+		s.SetAdopt(true)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Converge once before serving: the API then answers from a node

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -236,6 +237,20 @@ func gridExit(t *testing.T, extra string) {
 	p := netip.MustParsePrefix(addr["x2"] + "/64").Masked().String()
 	if !strings.Contains(string(rules), "from "+p+" lookup") {
 		t.Errorf("home: no policy rule for %s:\n%s", p, rules)
+	}
+	// The home node reaches the outside through the exit: purging the
+	// exit's state (its /64s, keys, rules) is refused, and nothing is
+	// removed. (The operator stops the service first.)
+	exit.d.kill9()
+	out, err = exec.Command("nsenter", "--net=/run/netns/"+exit.ns.Name, bin, "cleanup", "--purge-state", "--config", exit.d.cfgPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "refused: this node is the exit of acme") || !strings.Contains(string(out), "node2") {
+		t.Errorf("cleanup --purge-state on the exit of a live member: %v %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(exit.state, "ipam.db")); err != nil {
+		t.Errorf("the exit's state is gone: %v", err)
+	}
+	if _, err := exit.ns.Netlink(t).LinkByName(wg.Name(acme, exit.id)); err != nil {
+		t.Errorf("a refused cleanup removed the exit's WireGuard device: %v", err)
 	}
 }
 

@@ -34,6 +34,7 @@ type daemon struct {
 	cmd     *exec.Cmd
 	wait    time.Duration // for the first answer after start (default 20s)
 	env     []string      // added to tenantnetd's environment
+	args    []string      // more flags of run (--adopt)
 }
 
 func (d *daemon) start() {
@@ -42,7 +43,7 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command("nsenter", "--net=/run/netns/"+d.nsName, d.bin, "run", "--config", d.cfgPath)
+	d.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + d.nsName, d.bin, "run", "--config", d.cfgPath}, d.args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if d.env != nil {
 		d.cmd.Env = append(os.Environ(), d.env...)

@@ -116,6 +116,9 @@ type Tenant struct {
 	Inbound  policy.Action  `json:"inbound"`
 	Outbound policy.Action  `json:"outbound"`
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
+	// NoSameNetwork: the tenant turned tenantnetd's "same network"
+	// rules off (SetSameNetwork); tenantnetd adds none while it is set.
+	NoSameNetwork bool `json:"no_same_network,omitempty"`
 }
 
 // Policy returns the tenant's default policy.

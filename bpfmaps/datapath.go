@@ -84,6 +84,14 @@ func (x *Maps) BindPort(b PortBinding) error {
 	return x.deleteAddrs(b.Ifindex, keep)
 }
 
+// HasSource reports whether a is bound to the port ifindex as a host
+// address (tn_srcaddr_v1).
+func (x *Maps) HasSource(ifindex uint32, a netip.Addr) bool {
+	var v uint32
+	k := loader.WorkloadTnSrcaddrKey{Prefixlen: 32 + 128, Ifindex: ifindex, Addr: policy.Addr16(a)}
+	return x.m.TnSrcaddrV1.Lookup(k, &v) == nil
+}
+
 // deleteAddrs removes the source addresses of ifindex not in keep, and the
 // endpoints of those that are host addresses of this port.
 func (x *Maps) deleteAddrs(ifindex uint32, keep map[loader.WorkloadTnSrcaddrKey]bool) error {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
 	"github.com/tenantnet/tenantnet/model"
 	"github.com/tenantnet/tenantnet/policy"
@@ -379,4 +380,29 @@ func TestArrival(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// tenantfw check explains a new flow as the ports decide it: link control
+// only on the link, ICMP errors (which a new flow cannot be RELATED to) by
+// the rules.
+func TestCheckControl(t *testing.T) {
+	e := standardEnv(t)
+	sol := netip.MustParseAddr("ff02::1:ff00:2")
+	for _, c := range []struct {
+		name string
+		q    bpfmaps.Query
+		want policy.Reason
+	}{
+		{"NS on the link", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 135, Src: a1ll, Dst: sol}, policy.PassControl},
+		{"NA to a sibling", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 136, Src: a1v6, Dst: a2v6}, policy.PassControl},
+		{"NS to the internet", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 135, Src: a1v6, Dst: ext6}, policy.PassDefault},
+		{"NS from the internet", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirIn, Proto: 58, ICMPType: 135, Src: ext6, Dst: a1v6}, policy.DropDefault},
+		{"packet too big, no flow", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirIn, Proto: 58, ICMPType: 2, Src: ext6, Dst: a1v6}, policy.DropDefault},
+		{"RA from a workload", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 134, Src: a1ll, Dst: netip.MustParseAddr("ff02::1")}, policy.DropRogueRA},
+	} {
+		x, err := e.maps.Check(c.q)
+		if err != nil || x.Reason != c.want {
+			t.Errorf("%s: %s %v, want %s", c.name, x.Reason, err, c.want)
+		}
+	}
 }

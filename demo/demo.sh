@@ -271,6 +271,19 @@ EOT
 	in_ns tn-demo-client ping -c3 -i0.2 -W1 -I "$WEB2" "$WEB1" >/dev/null 2>&1 || true
 	ip -n tn-demo-client addr del "$WEB2/128" dev eth0
 	check "internet host spoofing web2 -> web1: dropped at XDP" ok counted 1 "$ACME1" prefilter spoof-path
+	# web1 claims the gateway fe80::1 as a root in a workload can: it adds
+	# the address (its kernel sends a DAD NS from :: for it) and, with
+	# ndisc_notify, announces it by an unsolicited override NA. Its port
+	# drops the DAD NS as nd-spoof and the NA (from fe80::1, not its own
+	# link-local) as spoof; nothing reaches the bridge, and web1 keeps
+	# working once it gives the address up.
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=1
+	ip -n tn-demo-web1 addr add fe80::1/64 dev eth0
+	sleep 2
+	ip -n tn-demo-web1 addr del fe80::1/64 dev eth0
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=0
+	check "web1 claiming the gateway fe80::1 (DAD, NA): dropped as nd-spoof" ok counted 1 "$ACME1" out nd-spoof
+	check "web2 -> web1 ping after the impersonation (ND still works)" ok retry in_ns tn-demo-web2 ping -c1 -W1 "$WEB1"
 	# A tunnel that goes away fails closed: node1 keeps node2's acme /64
 	# unreachable behind the WireGuard route, and node3 (no native IPv6)
 	# an unreachable default in acme's exit table.

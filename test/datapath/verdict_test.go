@@ -25,7 +25,6 @@ var (
 	// The workloads' own link-locals, bound to their ports.
 	a1ll = netip.MustParseAddr("fe80::a:1")
 	a2ll = netip.MustParseAddr("fe80::a:2")
-	b1ll = netip.MustParseAddr("fe80::b:1")
 )
 
 const (

@@ -158,6 +158,16 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_SPOOF_PATH;
 		goto out;
 	}
+	/* The bridge forwards by MAC, and learns MACs from frame sources: a
+	 * workload that forges its sibling's MAC gets the sibling's frames
+	 * (as it would by a forged NA). A port receives only unicast for the
+	 * addresses bound to it (the rules are judged by destination, so the
+	 * sibling's rules would let them in); multicast is the link's. */
+	if (p.l3 == ETH_P_IPV6 && p.dst[0] != 0xff &&
+	    !tn_port_owns(ifindex, p.dst)) {
+		reason = TN_DROP_WRONG_PORT;
+		goto out;
+	}
 	reason = tn_stateful_in(skb, &p, ifindex, tenant);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)

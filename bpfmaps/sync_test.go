@@ -59,6 +59,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DROP_CT_QUOTA":       v(loader.WorkloadTnReasonTN_DROP_CT_QUOTA, policy.DropCTQuota),
 			"TN_DROP_ND_SPOOF":       v(loader.WorkloadTnReasonTN_DROP_ND_SPOOF, policy.DropNDSpoof),
 			"TN_DROP_ROUTING_HDR":    v(loader.WorkloadTnReasonTN_DROP_ROUTING_HDR, policy.DropRoutingHdr),
+			"TN_DROP_WRONG_PORT":     v(loader.WorkloadTnReasonTN_DROP_WRONG_PORT, policy.DropWrongPort),
 			"TN_REASON_MAX":          v(loader.WorkloadTnReasonTN_REASON_MAX, policy.Reasons()[len(policy.Reasons())-1]+1),
 		},
 		"tn_dir": {

@@ -230,7 +230,8 @@ const (
 	WorkloadTnReasonTN_DROP_CT_QUOTA       WorkloadTnReason = 80
 	WorkloadTnReasonTN_DROP_ND_SPOOF       WorkloadTnReason = 81
 	WorkloadTnReasonTN_DROP_ROUTING_HDR    WorkloadTnReason = 82
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 83
+	WorkloadTnReasonTN_DROP_WRONG_PORT     WorkloadTnReason = 83
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 84
 )
 
 type WorkloadTnRhostKey struct {

@@ -670,6 +670,9 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 		}
 	} else if !s.arrivalOK(p, arrival, tenant) {
 		return policy.DropSpoofPath, 0
+	} else if p.l3 == 0x86dd && p.dst.As16()[0] != 0xff && !s.portOwns(ifindex, p.dst) {
+		// tn_to_workload: unicast only for the port's own addresses
+		return policy.DropWrongPort, 0
 	}
 	if p.frag == 2 {
 		if fe, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-fe.seen <= fragTO {

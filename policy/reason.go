@@ -50,6 +50,10 @@ const (
 	DropNDSpoof Reason = 81
 	// DropRoutingHdr: an IPv6 routing header with segments left.
 	DropRoutingHdr Reason = 82
+	// DropWrongPort: an IPv6 unicast packet handed to a port its
+	// destination is not bound to (a sibling's traffic, after a forged
+	// source MAC moved the sibling in the bridge's table).
+	DropWrongPort Reason = 83
 )
 
 var reasonNames = map[Reason]string{
@@ -62,7 +66,7 @@ var reasonNames = map[Reason]string{
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 	DropInternal: "internal", DropSpoofPath: "spoof-path", DropCTQuota: "ct-quota",
-	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header",
+	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header", DropWrongPort: "wrong-port",
 }
 
 // Reasons lists every reason in numeric order.
@@ -70,7 +74,7 @@ func Reasons() []Reason {
 	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
 		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath, DropCTQuota,
-		DropNDSpoof, DropRoutingHdr}
+		DropNDSpoof, DropRoutingHdr, DropWrongPort}
 }
 
 // IsDrop reports whether the reason drops the packet.

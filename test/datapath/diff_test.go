@@ -626,7 +626,7 @@ func TestDifferential(t *testing.T) {
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
 		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath,
-		policy.PassRelated, policy.DropNDSpoof, policy.DropRoutingHdr, policy.DropCTQuota} {
+		policy.PassRelated, policy.DropNDSpoof, policy.DropRoutingHdr, policy.DropWrongPort, policy.DropCTQuota} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

@@ -139,6 +139,12 @@ func TestVerdicts(t *testing.T) {
 		{"inbound established", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, ackF), policy.PassCT},
 		{"inbound closed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40001, 8081, synF), policy.DropDefault},
 		{"rule for other workload", model.ToWorkload, 1, tcp(ext6, a2v6, 40000, 8080, synF), policy.DropDefault},
+		// A2's traffic handed to A1's port (A1 forged A2's MAC as a frame
+		// source, and the bridge learnt it on A1's port): A2's rule must
+		// not deliver it to A1.
+		{"sibling's address on this port", model.ToWorkload, 0, tcp(ext6, a2v6, 40002, 22, synF), policy.DropWrongPort},
+		{"sibling's link-local on this port", model.ToWorkload, 0, nd(ll6, a2ll, 135, a2ll), policy.DropWrongPort},
+		{"multicast on this port", model.ToWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.PassControl},
 		{"inbound ipv4 allowed", model.ToWorkload, 0, tcp(ext4, a1v4, 40000, 8080, synF), policy.PassRule},
 		{"outbound default allow", model.FromWorkload, 0, tcp(a1v6, ext6, 41000, 443, synF), policy.PassDefault},
 		{"return of outbound flow", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 41000, synF|ackF), policy.PassCT},

@@ -89,7 +89,10 @@ func neighMAC(t *testing.T, ns string, addr netip.Addr) string {
 // inbound traffic). Its port drops both (nd-spoof, counted); the sibling's
 // entry for its router and the node's entry for the sibling keep their
 // true MACs, and the network still works: TCP and ping between the
-// siblings and across nodes (neighbour discovery itself is fine).
+// siblings and across nodes (neighbour discovery itself is fine). Then
+// the same theft by a forged MAC (the bridge learns it from frame
+// sources): the sibling's traffic reaches the attacker's port and is
+// dropped there (wrong-port), never delivered.
 func TestNDImpersonation(t *testing.T) {
 	a := newTwoNodeAcme(t, "")
 	node1 := a.nodes[0]
@@ -135,6 +138,43 @@ func TestNDImpersonation(t *testing.T) {
 	if got := neighMAC(t, node1.ns.Name, a.addr["w3"]); got != w3MAC {
 		t.Errorf("node1's entry for w3 is now %s (w3 is %s, w1 %s): poisoned", got, w3MAC, w1MAC)
 	}
+
+	// The same theft at layer 2: w1 takes w3's MAC as its own (any root in
+	// a workload can) and keeps sending from its own address, so its
+	// port's program passes the frames and the bridge learns w3's MAC on
+	// w1's port. The bridge then hands w1 what node1 sends to w3 (w2's
+	// pings, across nodes); w1's port drops it as wrong-port, and a
+	// capture in w1 sees none of it.
+	cap3 := captureOn(t, a.w1, "eth0", netip.PrefixFrom(a.addr["w3"], 128))
+	beforeWP := nodeCounter(t, node1.pin, acme, policy.DirIn, policy.DropWrongPort).Packets
+	setMAC := func(mac string) {
+		t.Helper()
+		if out, err := exec.Command("ip", "-n", a.w1.Name, "link", "set", "eth0", "address", mac).CombinedOutput(); err != nil {
+			t.Fatalf("w1 eth0 address %s: %v %s", mac, err, out)
+		}
+	}
+	setMAC(w3MAC)
+	forge := exec.Command("ip", "netns", "exec", a.w1.Name, "ping", "-q", "-c", "40", "-i", "0.1", "-W", "1", a.addr["w2"].String())
+	if err := forge.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	// w2's pings to w3 go unanswered while the bridge is poisoned: the
+	// exit status is not the point, what w1 receives is.
+	_ = exec.Command("ip", "netns", "exec", a.w2.Name, "ping", "-q", "-c", "25", "-i", "0.1", "-W", "1", a.addr["w3"].String()).Run()
+	_ = forge.Wait()
+	setMAC(w1MAC)
+	time.Sleep(200 * time.Millisecond)
+	cap3.stop()
+	if n := cap3.leaked.Load(); n > 0 {
+		t.Errorf("w1, forging w3's MAC, received %d packets of w3's (e.g. %v)", n, cap3.example.Load())
+	}
+	if got := nodeCounter(t, node1.pin, acme, policy.DirIn, policy.DropWrongPort).Packets; got <= beforeWP {
+		t.Errorf("wrong-port counter %d -> %d: the forged MAC did not steer w3's traffic to w1's port (the test proves nothing)", beforeWP, got)
+	}
+	// Until w3 sends again, the bridge keeps its MAC on w1's port (a
+	// denial of service the datapath cannot undo): w3 speaks first.
+	_ = exec.Command("ip", "netns", "exec", w3.Name, "ping", "-c", "1", "-W", "1", a.addr["w1"].String()).Run()
 
 	// The network still works, neighbour discovery included.
 	for _, c := range []struct {

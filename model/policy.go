@@ -254,6 +254,9 @@ func (s *State) related(b []byte, p *packet, ifindex uint32) bool {
 		q.proto = b[off+9]
 		h = off + ihl*4
 	}
+	if as16(q.src) != as16(p.dst) {
+		return false // an error goes back to the sender of what it quotes
+	}
 	if h+8 > len(b) {
 		return false
 	}

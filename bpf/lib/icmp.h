@@ -93,7 +93,8 @@ static __always_inline int tn_on_link(const __u8 *a, __u32 tenant)
 
 /* RELATED: the packet an ICMP error quotes (8 bytes into the message: an
  * IP header and at least the first 8 bytes of its payload, RFC 792 and RFC
- * 4443 2.4(c)) is of a live flow of this port, either direction. Only a
+ * 4443 2.4(c)) is of a live flow of this port, either direction, and the
+ * error is addressed to that packet's source. Only a
  * quoted L4 header right after the IP header is found: a quoted IPv6
  * extension header, a quoted later IPv4 fragment or a quote cut short is
  * not related (the rules decide). Read only: conntrack is not advanced. */
@@ -125,6 +126,17 @@ static __always_inline int tn_related(const void *data, const void *data_end,
 		q.proto = ip->protocol;
 		h += (__u32)ip->ihl * 4;
 	}
+	/* The error goes back to the sender of what it quotes (netfilter
+	 * checks the same, nf_conntrack_inet_error): else a workload could
+	 * send its flows' errors, payload and all, to any third host past
+	 * an outbound deny, or be sent errors about packets it never sent. */
+	__u64 d0, d1, s0, s1;
+	__builtin_memcpy(&d0, p->dst, 8);
+	__builtin_memcpy(&d1, p->dst + 8, 8);
+	__builtin_memcpy(&s0, q.src, 8);
+	__builtin_memcpy(&s1, q.src + 8, 8);
+	if ((d0 ^ s0) | (d1 ^ s1))
+		return 0;
 	if ((const void *)(h + 8) > data_end)
 		return 0;
 	switch (q.proto) {

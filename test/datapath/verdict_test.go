@@ -216,6 +216,12 @@ func TestVerdicts(t *testing.T) {
 		{"packet too big for another port's flow", model.ToWorkload, 1, icmpErr(ext6, a2v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)), policy.DropDefault},
 		{"quoted error type", model.ToWorkload, 0, icmpErr(ext6, a1v6, 1, icmp6(a1v6, ext6, 1)), policy.DropDefault},
 		{"port unreachable from the workload", model.FromWorkload, 0, icmpErr(a1v6, ext6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.PassRelated},
+		// An error goes back to the sender of the packet it quotes (as
+		// netfilter requires since 5.1): a workload cannot send its
+		// flows' errors to a third host (a channel past an outbound
+		// deny), nor be sent errors quoting packets it did not send.
+		{"flow's error from the workload to a third host", model.FromWorkload, 0, icmpErr(a1v6, bad6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.PassDefault},
+		{"error to the workload quoting a packet to it", model.ToWorkload, 0, icmpErr(ext6, a1v6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.DropDefault},
 		{"error from the workload, no flow", model.FromWorkload, 0, icmpErr(a1v6, ext6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5501}), policy.PassDefault},
 		{"ipv4 frag needed for a flow", model.ToWorkload, 0, icmpErr(ext4, a1v4, 3, tcp(a1v4, ext4, 8080, 40000, synF|ackF)), policy.PassRelated},
 		{"ipv4 frag needed, no flow", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 3, ICMPCode: 4}, policy.DropDefault},

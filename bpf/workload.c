@@ -162,8 +162,10 @@ int tn_to_workload(struct __sk_buff *skb)
 	 * workload that forges its sibling's MAC gets the sibling's frames
 	 * (as it would by a forged NA). A port receives only unicast for the
 	 * addresses bound to it (the rules are judged by destination, so the
-	 * sibling's rules would let them in); multicast is the link's. */
-	if (p.l3 == ETH_P_IPV6 && p.dst[0] != 0xff &&
+	 * sibling's rules would let them in); multicast and IPv4 broadcast
+	 * (224.0.0.0 and above) are the link's. ARP is judged by its sender. */
+	if (((p.l3 == ETH_P_IPV6 && p.dst[0] != 0xff) ||
+	     (p.l3 == ETH_P_IP && p.dst[12] < 224)) &&
 	    !tn_port_owns(ifindex, p.dst)) {
 		reason = TN_DROP_WRONG_PORT;
 		goto out;

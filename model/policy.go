@@ -673,7 +673,7 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 		}
 	} else if !s.arrivalOK(p, arrival, tenant) {
 		return policy.DropSpoofPath, 0
-	} else if p.l3 == 0x86dd && p.dst.As16()[0] != 0xff && !s.portOwns(ifindex, p.dst) {
+	} else if (p.l3 == 0x86dd && p.dst.As16()[0] != 0xff || p.l3 == 0x0800 && p.dst.As4()[0] < 224) && !s.portOwns(ifindex, p.dst) {
 		// tn_to_workload: unicast only for the port's own addresses
 		return policy.DropWrongPort, 0
 	}

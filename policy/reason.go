@@ -50,7 +50,7 @@ const (
 	DropNDSpoof Reason = 81
 	// DropRoutingHdr: an IPv6 routing header with segments left.
 	DropRoutingHdr Reason = 82
-	// DropWrongPort: an IPv6 unicast packet handed to a port its
+	// DropWrongPort: a unicast packet handed to a port its
 	// destination is not bound to (a sibling's traffic, after a forged
 	// source MAC moved the sibling in the bridge's table).
 	DropWrongPort Reason = 83

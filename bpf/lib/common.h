@@ -83,7 +83,7 @@ enum tn_reason {
 				  * to the port: a neighbour impersonated */
 	TN_DROP_ROUTING_HDR = 82, /* IPv6 routing header with segments left:
 				   * the final destination is not dst */
-	TN_DROP_WRONG_PORT = 83,  /* IPv6 unicast to a port its destination
+	TN_DROP_WRONG_PORT = 83,  /* unicast to a port its destination
 				   * is not bound to (a forged source MAC
 				   * moved a sibling in the bridge) */
 	TN_REASON_MAX = 84,

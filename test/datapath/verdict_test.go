@@ -144,6 +144,7 @@ func TestVerdicts(t *testing.T) {
 		// not deliver it to A1.
 		{"sibling's address on this port", model.ToWorkload, 0, tcp(ext6, a2v6, 40002, 22, synF), policy.DropWrongPort},
 		{"sibling's link-local on this port", model.ToWorkload, 0, nd(ll6, a2ll, 135, a2ll), policy.DropWrongPort},
+		{"sibling's IPv4 address on this port", model.ToWorkload, 0, tcp(ext4, netip.MustParseAddr("10.1.0.2"), 40002, 8080, synF), policy.DropWrongPort},
 		{"multicast on this port", model.ToWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.PassControl},
 		{"inbound ipv4 allowed", model.ToWorkload, 0, tcp(ext4, a1v4, 40000, 8080, synF), policy.PassRule},
 		{"outbound default allow", model.FromWorkload, 0, tcp(a1v6, ext6, 41000, 443, synF), policy.PassDefault},

@@ -29,6 +29,8 @@ func FuzzDatapath(f *testing.F) {
 		{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 0, Len: 16}, {Type: 44, FragOffset: 10, ID: 99}}},
 		{Src: ext4, Dst: a1v4, Proto: 17, Dport: 5000, IPv4Opts: 8},
 		{EthType: 0x0806, ARPSender: a1v4, Dst: a1v4},
+		tcp(ext6, a2v6, 40000, 22, synF), // A2's address: wrong-port on any other port
+		icmpErr(a1v6, bad6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}),
 	}
 	for i, s := range seeds {
 		f.Add(append([]byte{byte(i), byte(i)}, packet.Build(s)...))

@@ -24,6 +24,19 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* The verdict's counters and drop event, as a global function: the
+ * verifier checks it once, on its own, instead of once per way to out:
+ * below (inlined, 6.1 walked tn_from_wg in 675k processed instructions
+ * once the routing-header parse and the int-sized map update result met).
+ * p may be NULL to the verifier: then the packet is dropped. */
+__noinline int tn_from_wg_verdict(const struct pkt *p, __u32 tenant,
+				  __u32 ifindex, __u32 reason, __u32 bytes)
+{
+	if (!p)
+		return 1;
+	return tn_verdict(p, tenant, ifindex, TN_DIR_WG, reason, bytes);
+}
+
 SEC("tc")
 int tn_from_wg(struct __sk_buff *skb)
 {
@@ -113,7 +126,7 @@ int tn_from_wg(struct __sk_buff *skb)
 	}
 	reason = TN_PASS_REDIRECT;
 out:
-	if (tn_verdict(&p, tenant, ifindex, TN_DIR_WG, reason, skb->len))
+	if (tn_from_wg_verdict(&p, tenant, ifindex, reason, skb->len))
 		return TC_ACT_SHOT;
 	if (reason != TN_PASS_REDIRECT)
 		return TC_ACT_OK;

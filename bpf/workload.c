@@ -38,41 +38,51 @@ struct tn_btf_types {
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
-static __always_inline int tn_is_link_local(const __u8 *a)
-{
-	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
-}
-
-static __always_inline int tn_is_unspecified(const __u8 *a)
-{
-	__u64 hi, lo;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&lo, a + 8, 8);
-	return !hi && !lo;
-}
-
-/* Is the source bound to the port? Link-local and unspecified sources are
- * accepted for ICMPv6 link traffic only (DAD, ND, RS, MLD). */
+/* Is the source bound to the port? Its own link-local is bound like its
+ * other addresses (tenantnetd derives it from the MAC it gave the
+ * workload); `::` only where RFC 4861/4862/3810 allow it (lib/icmp.h). */
 static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
 {
-	struct tn_srcaddr_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
-
 	if (p->l3 == ETH_P_ARP) {
 		if (!(p->arp_spa[0] | p->arp_spa[1] | p->arp_spa[2] |
 		      p->arp_spa[3]))
 			return 1; /* ARP probe (RFC 5227) */
+		__u8 a[TN_ADDR_LEN];
 		__be32 spa;
 		__builtin_memcpy(&spa, p->arp_spa, 4);
-		tn_map_v4(k.addr, spa);
-	} else {
-		if (p->l3 == ETH_P_IPV6 && p->proto == IPPROTO_ICMPV6 &&
-		    p->frag != TN_FRAG_LATER &&
-		    tn_icmp6_is_link(p->icmp_type) &&
-		    (tn_is_link_local(p->src) || tn_is_unspecified(p->src)))
-			return 1;
-		__builtin_memcpy(k.addr, p->src, TN_ADDR_LEN);
+		tn_map_v4(a, spa);
+		return tn_port_owns(ifindex, a);
 	}
-	return bpf_map_lookup_elem(&tn_srcaddr_v1, &k) != NULL;
+	if (p->l3 == ETH_P_IPV6 && tn_is_unspecified(p->src))
+		return tn_unspecified_ok(p);
+	return tn_port_owns(ifindex, p->src);
+}
+
+/* The stateful tail of each port program, as a global function: the
+ * verifier checks a global (non-static, not inlined) function once, on its
+ * own, for any packet and any state of its caller, instead of once per path
+ * that reaches the call. Inlined, every way through the parser and the
+ * port checks multiplied the ways through conntrack, isolation, control
+ * traffic and the rules: tn_from_workload cost 324k processed instructions
+ * on 6.1 before the checks of lib/icmp.h, and more than the 1M 6.1 allows
+ * with them. It is a BPF-to-BPF call in the same program, so an upgrade
+ * replaces both halves at once and there is no half to go missing. The
+ * verifier passes p as memory that may be NULL; a global function cannot
+ * take a constant, so each direction has its own. */
+__noinline int tn_stateful_out(struct __sk_buff *skb, const struct pkt *p,
+			       __u32 ifindex, __u32 tenant)
+{
+	if (!p)
+		return TN_DROP_INTERNAL;
+	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_OUT);
+}
+
+__noinline int tn_stateful_in(struct __sk_buff *skb, const struct pkt *p,
+			      __u32 ifindex, __u32 tenant)
+{
+	if (!p)
+		return TN_DROP_INTERNAL;
+	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_IN);
 }
 
 SEC("tc")
@@ -116,7 +126,7 @@ int tn_from_workload(struct __sk_buff *skb)
 			goto out;
 		}
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_OUT);
+	reason = tn_stateful_out(skb, &p, ifindex, tenant);
 out:
 	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
 		return TC_ACT_SHOT;
@@ -148,7 +158,19 @@ int tn_to_workload(struct __sk_buff *skb)
 		reason = TN_DROP_SPOOF_PATH;
 		goto out;
 	}
-	reason = tn_stateful(&p, ifindex, tenant, TN_DIR_IN);
+	/* The bridge forwards by MAC, and learns MACs from frame sources: a
+	 * workload that forges its sibling's MAC gets the sibling's frames
+	 * (as it would by a forged NA). A port receives only unicast for the
+	 * addresses bound to it (the rules are judged by destination, so the
+	 * sibling's rules would let them in); multicast and IPv4 broadcast
+	 * (224.0.0.0 and above) are the link's. ARP is judged by its sender. */
+	if (((p.l3 == ETH_P_IPV6 && p.dst[0] != 0xff) ||
+	     (p.l3 == ETH_P_IP && p.dst[12] < 224)) &&
+	    !tn_port_owns(ifindex, p.dst)) {
+		reason = TN_DROP_WRONG_PORT;
+		goto out;
+	}
+	reason = tn_stateful_in(skb, &p, ifindex, tenant);
 out:
 	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
 		       ? TC_ACT_SHOT

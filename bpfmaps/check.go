@@ -29,8 +29,9 @@ type Explanation struct {
 }
 
 // Check runs the datapath's decision for a new flow against the live maps,
-// with the same lookups the programs do (tn_other_tenant, tn_is_control,
-// tn_rules, tn_default in bpf/lib/policy.h). Source binding (anti-spoofing)
+// with the same lookups the programs do (tn_other_tenant, tn_is_control
+// and tn_control's scope test, tn_rules, tn_default in bpf/lib/policy.h and
+// icmp.h). Source binding (anti-spoofing)
 // and conntrack are per port and per flow and not part of the question.
 func (x *Maps) Check(q Query) (Explanation, error) {
 	peer := q.Src
@@ -44,11 +45,17 @@ func (x *Maps) Check(q Query) (Explanation, error) {
 	} else if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return Explanation{}, err
 	}
-	if isControl(q) {
-		if q.Dir == policy.DirOut && q.Proto == policy.ProtoICMPv6 && (q.ICMPType == ndiscRouterAdvert || q.ICMPType == ndiscRedirect) {
+	if isLinkControl(q) {
+		if q.Dir == policy.DirOut && (q.ICMPType == ndiscRouterAdvert || q.ICMPType == ndiscRedirect) {
 			return Explanation{Reason: policy.DropRogueRA, Stage: "control"}, nil
 		}
-		return Explanation{Reason: policy.PassControl, Stage: "control"}, nil
+		link, err := x.onLink(q)
+		if err != nil {
+			return Explanation{}, err
+		}
+		if link {
+			return Explanation{Reason: policy.PassControl, Stage: "control"}, nil
+		}
 	}
 	v, err := x.lookupRules(q)
 	if err != nil {
@@ -77,30 +84,47 @@ func (x *Maps) Check(q Query) (Explanation, error) {
 // ICMP types by the names of the kernel's headers (bpf/include/linux/icmp.h,
 // icmpv6.h; ND's from include/net/ndisc.h), as bpf/lib/parse.h uses them.
 const (
-	icmpv6DestUnreach = 1   // ICMPV6_DEST_UNREACH, the first error
-	icmpv6ParamProb   = 4   // ICMPV6_PARAMPROB, the last error
 	icmpv6MgmQuery    = 130 // ICMPV6_MGM_QUERY, the first MLD message
 	ndiscRouterAdvert = 134 // NDISC_ROUTER_ADVERTISEMENT
 	ndiscRedirect     = 137 // NDISC_REDIRECT, the last ND message
 	icmpv6MLD2Report  = 143 // ICMPV6_MLD2_REPORT
-
-	icmpDestUnreach   = 3  // ICMP_DEST_UNREACH
-	icmpTimeExceeded  = 11 // ICMP_TIME_EXCEEDED
-	icmpParameterProb = 12 // ICMP_PARAMETERPROB
 )
 
-// isControl is tn_is_control (bpf/lib/policy.h) for a first packet:
-// ICMPv6 errors and link traffic (MLD, ND), ICMP errors.
-func isControl(q Query) bool {
+// isLinkControl is the link half of tn_is_control (bpf/lib/policy.h):
+// MLD, RS, RA, NS, NA, redirect. ICMP errors are control only when they
+// quote a tracked flow (pass-related, bpf/lib/icmp.h), which a new flow
+// has not: the rules decide them here.
+func isLinkControl(q Query) bool {
 	t := q.ICMPType
-	switch {
-	case q.Proto == policy.ProtoICMPv6 && q.Dst.Is6():
-		return t >= icmpv6DestUnreach && t <= icmpv6ParamProb ||
-			t >= icmpv6MgmQuery && t <= ndiscRedirect || t == icmpv6MLD2Report
-	case q.Proto == policy.ProtoICMP && q.Dst.Is4():
-		return t == icmpDestUnreach || t == icmpTimeExceeded || t == icmpParameterProb
+	return q.Proto == policy.ProtoICMPv6 && q.Dst.Is6() &&
+		(t >= icmpv6MgmQuery && t <= ndiscRedirect || t == icmpv6MLD2Report)
+}
+
+// onLink is tn_control's scope test (bpf/lib/icmp.h) for link control:
+// the source link-local, :: or the tenant's, the destination link-local,
+// ff02::/16 or the tenant's (hop limit 255, which ND also needs, is
+// assumed: a query has none).
+func (x *Maps) onLink(q Query) (bool, error) {
+	mine := func(a netip.Addr) (bool, error) {
+		if a.IsLinkLocalUnicast() {
+			return true, nil
+		}
+		var owner uint32
+		err := x.m.TnPrefixV1.Lookup(loader.WorkloadTnPrefixKey{Prefixlen: 128, Addr: policy.Addr16(a)}, &owner)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return err == nil && owner == q.Tenant, err
 	}
-	return false
+	if !q.Src.IsUnspecified() {
+		if ok, err := mine(q.Src); !ok || err != nil {
+			return false, err
+		}
+	}
+	if q.Dst.IsLinkLocalMulticast() {
+		return true, nil
+	}
+	return mine(q.Dst)
 }
 
 func (x *Maps) lookupRules(q Query) (PortVal, error) {

@@ -37,9 +37,11 @@ func (x *Maps) Raw() *loader.WorkloadMaps { return x.m }
 type PortBinding struct {
 	Ifindex uint32
 	Tenant  uint32
-	// Addrs are the workload's own addresses (host prefixes) or delegated
-	// prefixes. Host addresses are also registered as endpoints so the
-	// uplink prefilter can find the port.
+	// Addrs are the workload's own addresses (host prefixes), delegated
+	// prefixes, and its link-local (fe80::/10, a /128: the only link-local
+	// source it may use, and the only one its NAs may claim). Global host
+	// addresses are also registered as endpoints so the uplink prefilter
+	// can find the port.
 	Addrs []netip.Prefix
 }
 
@@ -60,7 +62,7 @@ func (x *Maps) BindPort(b PortBinding) error {
 		if err := update(x.m.TnSrcaddrV1, k, uint32(1)); err != nil {
 			return fmt.Errorf("bind %s to ifindex %d: %w", p, b.Ifindex, err)
 		}
-		if bits == 128 {
+		if bits == 128 && !p.Addr().IsLinkLocalUnicast() {
 			ep := loader.WorkloadTnEndpoint{Ifindex: b.Ifindex, Tenant: b.Tenant}
 			if err := update(x.m.TnEndpointV1, loader.WorkloadTnEndpointKey{Addr: a}, ep); err != nil {
 				return fmt.Errorf("endpoint %s: %w", p, err)
@@ -80,6 +82,14 @@ func (x *Maps) BindPort(b PortBinding) error {
 		keep[loader.WorkloadTnSrcaddrKey{Prefixlen: uint32(32 + bits), Ifindex: b.Ifindex, Addr: a}] = true
 	}
 	return x.deleteAddrs(b.Ifindex, keep)
+}
+
+// HasSource reports whether a is bound to the port ifindex as a host
+// address (tn_srcaddr_v1).
+func (x *Maps) HasSource(ifindex uint32, a netip.Addr) bool {
+	var v uint32
+	k := loader.WorkloadTnSrcaddrKey{Prefixlen: 32 + 128, Ifindex: ifindex, Addr: policy.Addr16(a)}
+	return x.m.TnSrcaddrV1.Lookup(k, &v) == nil
 }
 
 // deleteAddrs removes the source addresses of ifindex not in keep, and the

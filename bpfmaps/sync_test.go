@@ -38,6 +38,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_PASS_FRAG":           v(loader.WorkloadTnReasonTN_PASS_FRAG, policy.PassFrag),
 			"TN_PASS_REDIRECT":       v(loader.WorkloadTnReasonTN_PASS_REDIRECT, policy.PassRedirect),
 			"TN_PASS_STACK":          v(loader.WorkloadTnReasonTN_PASS_STACK, policy.PassStack),
+			"TN_PASS_RELATED":        v(loader.WorkloadTnReasonTN_PASS_RELATED, policy.PassRelated),
 			"TN_DROP_FIRST":          v(loader.WorkloadTnReasonTN_DROP_FIRST, policy.DropFirst),
 			"TN_DROP_TRUNCATED":      v(loader.WorkloadTnReasonTN_DROP_TRUNCATED, policy.DropTrunc),
 			"TN_DROP_MALFORMED":      v(loader.WorkloadTnReasonTN_DROP_MALFORMED, policy.DropMalform),
@@ -56,6 +57,9 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DROP_INTERNAL":       v(loader.WorkloadTnReasonTN_DROP_INTERNAL, policy.DropInternal),
 			"TN_DROP_SPOOF_PATH":     v(loader.WorkloadTnReasonTN_DROP_SPOOF_PATH, policy.DropSpoofPath),
 			"TN_DROP_CT_QUOTA":       v(loader.WorkloadTnReasonTN_DROP_CT_QUOTA, policy.DropCTQuota),
+			"TN_DROP_ND_SPOOF":       v(loader.WorkloadTnReasonTN_DROP_ND_SPOOF, policy.DropNDSpoof),
+			"TN_DROP_ROUTING_HDR":    v(loader.WorkloadTnReasonTN_DROP_ROUTING_HDR, policy.DropRoutingHdr),
+			"TN_DROP_WRONG_PORT":     v(loader.WorkloadTnReasonTN_DROP_WRONG_PORT, policy.DropWrongPort),
 			"TN_REASON_MAX":          v(loader.WorkloadTnReasonTN_REASON_MAX, policy.Reasons()[len(policy.Reasons())-1]+1),
 		},
 		"tn_dir": {

@@ -77,6 +77,12 @@ fill_row() { # fill_row node tenant awk-condition: the tenant's row under tenant
 }
 at_share() { fill_row "$1" "$2" '$4 == $5 && $4 < $3 && $8 > 0'; }
 at_quota() { fill_row "$1" "$2" '$2 == $3 && $8 > 0'; }
+packets_of() { # packets_of node tenant dir reason: that counter's packets (0 if none)
+	fw "$1" stats --tenant "$2" | awk -v d="$3" -v r="$4" '$2 == d && $4 == r { n = $5 } END { print n + 0 }'
+}
+grew() { # grew before node tenant dir reason: that counter is now above before
+	[[ $(packets_of "$2" "$3" "$4" "$5") -gt $1 ]]
+}
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
@@ -341,6 +347,30 @@ extendedKeyUsage=serverAuth,clientAuth"
 	in_ns tn-demo-client ping -c3 -i0.2 -W1 -I "$WEB2" "$WEB1" >/dev/null 2>&1 || true
 	ip -n tn-demo-client addr del "$WEB2/128" dev eth0
 	check "internet host spoofing web2 -> web1: dropped at XDP" ok counted 1 "$ACME1" prefilter spoof-path
+	# web1 claims the gateway fe80::1 as a root in a workload can: it adds
+	# the address (its kernel sends a DAD NS from :: for it) and, with
+	# ndisc_notify, announces it by an unsolicited override NA. Its port
+	# drops the DAD NS as nd-spoof and the NA (from fe80::1, not its own
+	# link-local) as spoof; nothing reaches the bridge, and web1 keeps
+	# working once it gives the address up.
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=1
+	ip -n tn-demo-web1 addr add fe80::1/64 dev eth0
+	sleep 2
+	ip -n tn-demo-web1 addr del fe80::1/64 dev eth0
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=0
+	check "web1 claiming the gateway fe80::1 (DAD, NA): dropped as nd-spoof" ok counted 1 "$ACME1" out nd-spoof
+	check "web2 -> web1 ping after the impersonation (ND still works)" ok retry in_ns tn-demo-web2 ping -c1 -W1 "$WEB1"
+	# The same for a sibling's address: web1 claims web2's. Its DAD NS
+	# names web2's address (nd-spoof: the counter must grow, the gateway
+	# check above already set it) and its NA comes from that address
+	# (spoof).
+	ND_BEFORE=$(packets_of 1 "$ACME1" out nd-spoof)
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=1
+	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0
+	sleep 2
+	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=0
+	check "web1 claiming web2's address (DAD, NA): dropped as nd-spoof" ok grew "$ND_BEFORE" 1 "$ACME1" out nd-spoof
 	# A tunnel that goes away fails closed: node1 keeps node2's acme /64
 	# unreachable behind the WireGuard route, and node3 (no native IPv6)
 	# an unreachable default in acme's exit table.

@@ -688,7 +688,9 @@ func (fw *Firewall) BindPorts(ps []PortBinding) error {
 				return err
 			}
 			for _, a := range p.Port.Addrs {
-				inside := len(tn.Prefixes) == 0
+				// A port's own link-local (LinkLocal): one address, in
+				// no tenant's prefix.
+				inside := len(tn.Prefixes) == 0 || a.Addr().IsLinkLocalUnicast() && a.IsSingleIP()
 				for _, tp := range tn.Prefixes {
 					inside = inside || (tp.Contains(a.Addr()) && tp.Bits() <= a.Bits())
 				}

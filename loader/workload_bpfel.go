@@ -212,6 +212,7 @@ const (
 	WorkloadTnReasonTN_PASS_FRAG           WorkloadTnReason = 5
 	WorkloadTnReasonTN_PASS_REDIRECT       WorkloadTnReason = 6
 	WorkloadTnReasonTN_PASS_STACK          WorkloadTnReason = 7
+	WorkloadTnReasonTN_PASS_RELATED        WorkloadTnReason = 8
 	WorkloadTnReasonTN_DROP_FIRST          WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_TRUNCATED      WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_MALFORMED      WorkloadTnReason = 65
@@ -230,7 +231,10 @@ const (
 	WorkloadTnReasonTN_DROP_INTERNAL       WorkloadTnReason = 78
 	WorkloadTnReasonTN_DROP_SPOOF_PATH     WorkloadTnReason = 79
 	WorkloadTnReasonTN_DROP_CT_QUOTA       WorkloadTnReason = 80
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 81
+	WorkloadTnReasonTN_DROP_ND_SPOOF       WorkloadTnReason = 81
+	WorkloadTnReasonTN_DROP_ROUTING_HDR    WorkloadTnReason = 82
+	WorkloadTnReasonTN_DROP_WRONG_PORT     WorkloadTnReason = 83
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 84
 )
 
 type WorkloadTnRhostKey struct {

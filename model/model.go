@@ -106,6 +106,7 @@ type packet struct {
 	dport      uint16
 	arpSPA     netip.Addr
 	hasL4Ports bool
+	l4off      int // where the L4 header starts (not for a later fragment)
 }
 
 const (
@@ -160,6 +161,7 @@ func parse6(b []byte, p *packet) policy.Reason {
 	p.dst = netip.AddrFrom16([16]byte(ip[24:40]))
 	nh := ip[6]
 	off := 14 + 40
+	segsLeft := false
 	for i := 0; i < maxExt && isExt(nh); i++ {
 		if off > maxHdrOff {
 			return policy.DropExtLimit
@@ -188,12 +190,19 @@ func parse6(b []byte, p *packet) policy.Reason {
 		case 51:
 			off += (int(h[1]) + 2) * 4
 		default:
+			if nh == 43 && h[3] != 0 {
+				segsLeft = true
+			}
 			off += (int(h[1]) + 1) * 8
 		}
 		nh = h[0]
 	}
 	if isExt(nh) {
 		return policy.DropExtLimit
+	}
+	if segsLeft {
+		// a source route: dst is not the final destination
+		return policy.DropRoutingHdr
 	}
 	p.proto = nh
 	return parseL4(b, off, p)
@@ -240,6 +249,7 @@ func parseL4(b []byte, off int, p *packet) policy.Reason {
 	if p.frag == 2 {
 		return 0
 	}
+	p.l4off = off
 	switch p.proto {
 	case policy.ProtoTCP:
 		if off+20 > len(b) {

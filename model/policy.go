@@ -176,26 +176,144 @@ func isLinkLocal(a netip.Addr) bool {
 	return b[0] == 0xfe && b[1]&0xc0 == 0x80
 }
 
-func (s *State) sourceOK(p *packet, ifindex uint32) bool {
-	var a netip.Addr
-	if p.l3 == 0x0806 {
-		if p.arpSPA == netip.IPv4Unspecified() {
-			return true
-		}
-		a = p.arpSPA
-	} else {
-		if p.l3 == 0x86dd && p.proto == policy.ProtoICMPv6 && p.frag != 2 && icmp6Link(p.icmpType) &&
-			(isLinkLocal(p.src) || as16(p.src) == netip.IPv6Unspecified()) {
-			return true
-		}
-		a = p.src
-	}
+func isUnspecified(a netip.Addr) bool { return as16(a) == netip.IPv6Unspecified() }
+
+// isLLMulticast: ff02::/16.
+func isLLMulticast(a netip.Addr) bool {
+	b := a.As16()
+	return b[0] == 0xff && b[1] == 0x02
+}
+
+// solicitedNode: ff02::1:ff00:0/104.
+var solicitedNode = netip.MustParsePrefix("ff02::1:ff00:0/104")
+
+// portOwns: a is bound to the port (an address, a delegated prefix, its
+// own link-local).
+func (s *State) portOwns(ifindex uint32, a netip.Addr) bool {
 	for _, pr := range s.SrcAddrs[ifindex] {
 		if contains(pr, a) {
 			return true
 		}
 	}
 	return false
+}
+
+// unspecifiedOK: the source :: is only for DAD (an NS to a solicited-node
+// group), RS and MLD reports.
+func unspecifiedOK(p *packet) bool {
+	if p.proto != policy.ProtoICMPv6 || p.frag == 2 {
+		return false
+	}
+	switch p.icmpType {
+	case 135:
+		return solicitedNode.Contains(as16(p.dst))
+	case 133, 131, 143:
+		return true
+	}
+	return false
+}
+
+func (s *State) sourceOK(p *packet, ifindex uint32) bool {
+	switch {
+	case p.l3 == 0x0806:
+		return p.arpSPA == netip.IPv4Unspecified() || s.portOwns(ifindex, p.arpSPA)
+	case p.l3 == 0x86dd && isUnspecified(p.src):
+		return unspecifiedOK(p)
+	}
+	return s.portOwns(ifindex, p.src)
+}
+
+func (s *State) onLink(a netip.Addr, tenant uint32) bool {
+	return isLinkLocal(a) || s.owner(a) == tenant
+}
+
+// related: the packet an ICMP error quotes (8 bytes into the message) is
+// of a live flow of the port, in either direction. Only an L4 header right
+// after the quoted IP header is found.
+func (s *State) related(b []byte, p *packet, ifindex uint32) bool {
+	off := p.l4off + 8
+	var q packet
+	var h int
+	if p.l3 == 0x86dd {
+		if off+40 > len(b) {
+			return false
+		}
+		q.src = netip.AddrFrom16([16]byte(b[off+8 : off+24]))
+		q.dst = netip.AddrFrom16([16]byte(b[off+24 : off+40]))
+		q.proto = b[off+6]
+		h = off + 40
+	} else {
+		if off+20 > len(b) {
+			return false
+		}
+		ihl := int(b[off] & 0xf)
+		if ihl < 5 || binary.BigEndian.Uint16(b[off+6:])&0x1fff != 0 {
+			return false
+		}
+		q.src = netip.AddrFrom4([4]byte(b[off+12 : off+16]))
+		q.dst = netip.AddrFrom4([4]byte(b[off+16 : off+20]))
+		q.proto = b[off+9]
+		h = off + ihl*4
+	}
+	if as16(q.src) != as16(p.dst) {
+		return false // an error goes back to the sender of what it quotes
+	}
+	if h+8 > len(b) {
+		return false
+	}
+	switch q.proto {
+	case policy.ProtoTCP, policy.ProtoUDP:
+		q.sport = binary.BigEndian.Uint16(b[h:])
+		q.dport = binary.BigEndian.Uint16(b[h+2:])
+	case policy.ProtoICMP, policy.ProtoICMPv6:
+		if !isEcho(q.proto, b[h]) {
+			return false
+		}
+		q.sport = binary.BigEndian.Uint16(b[h+4:])
+		q.dport = q.sport
+	}
+	e := s.ct[ctKey{ifindex, q.proto, q.sport, q.dport, as16(q.src), as16(q.dst)}]
+	if e == nil {
+		e = s.ct[ctKey{ifindex, q.proto, q.dport, q.sport, as16(q.dst), as16(q.src)}]
+	}
+	return e != nil && s.now()-e.lastSeen <= ctTimeout(q.proto, e.state)
+}
+
+// control is tn_control (bpf/lib/icmp.h) for a packet isControl
+// classified: ARP; ICMP errors RELATED to a flow of the port; ND/RS/MLD on
+// the link only, with hop limit 255 for ND/RS/RA/redirect, and a
+// workload's NA (or DAD NS) only for its own addresses. 0: the rules
+// decide.
+func (s *State) control(b []byte, p *packet, ifindex, tenant uint32, dir policy.Direction) policy.Reason {
+	if p.l3 == 0x0806 {
+		return policy.PassControl
+	}
+	t := p.icmpType
+	if p.proto == policy.ProtoICMP || icmp6Error(t) {
+		if s.related(b, p, ifindex) {
+			return policy.PassRelated
+		}
+		return 0
+	}
+	hopLimit := b[14+7]
+	if t >= 133 && t <= 137 {
+		if dir == policy.DirOut && (t == 136 || t == 135 && isUnspecified(p.src)) {
+			off := p.l4off + 8
+			if off+16 > len(b) || !s.portOwns(ifindex, netip.AddrFrom16([16]byte(b[off:off+16]))) {
+				return policy.DropNDSpoof
+			}
+		}
+		if hopLimit != 255 {
+			return 0
+		}
+	}
+	if !isUnspecified(p.src) && !s.onLink(p.src, tenant) {
+		return 0
+	}
+	if !isLLMulticast(p.dst) && !s.onLink(p.dst, tenant) {
+		return 0
+	}
+	return policy.PassControl
 }
 
 func trackable(p *packet) bool {
@@ -578,6 +696,9 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 		}
 	} else if !s.arrivalOK(p, arrival, tenant) {
 		return policy.DropSpoofPath, 0
+	} else if (p.l3 == 0x86dd && p.dst.As16()[0] != 0xff || p.l3 == 0x0800 && p.dst.As4()[0] < 224) && !s.portOwns(ifindex, p.dst) {
+		// tn_to_workload: unicast only for the port's own addresses
+		return policy.DropWrongPort, 0
 	}
 	if p.frag == 2 {
 		if fe, ok := s.frags[s.fragKey(p, ifindex)]; ok && s.now()-fe.seen <= fragTO {
@@ -594,7 +715,9 @@ func (s *State) portReason(h Hook, ifindex, arrival, tenant uint32, bound bool, 
 			return policy.DropCross, 0
 		}
 		if p.isControl() {
-			return policy.PassControl, 0
+			if r := s.control(b, p, ifindex, tenant, dir); r != 0 {
+				return r, 0
+			}
 		}
 		reason, rule = s.decide(p, tenant, dir)
 		if !reason.IsDrop() && !s.ctCreate(p, ifindex, tenant, dir) {

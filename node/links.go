@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
@@ -180,7 +181,7 @@ func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot
 	}
 	if !ok {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: n.MTU}, PeerName: WorkloadIf,
-			PeerNamespace: netlink.NsFd(nsh)}
+			PeerNamespace: netlink.NsFd(nsh), PeerHardwareAddr: workloadMAC(w.Addr)}
 		if err := s.nl.LinkAdd(v); err != nil {
 			return fmt.Errorf("workload %s: create veth %s: %w", w.ID, host, err)
 		}
@@ -201,10 +202,13 @@ func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot
 			r.add("re-attached datapath to %s", host)
 		}
 	}
-	bound := sn.ports[uint32(idx)] == n.Num && attached
+	// Bound, to this tenant, with the workload's link-local (a binding
+	// written before link-locals were bound lacks it).
+	ll := workloadLL(w.Addr)
+	bound := sn.ports[uint32(idx)] == n.Num && attached && bpfmaps.New(s.dp).HasSource(uint32(idx), ll)
 	if !bound {
 		sn.bind = append(sn.bind, firewall.PortBinding{Ifindex: uint32(idx),
-			Port: firewall.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128)}}})
+			Port: firewall.Port{Ifname: host, Tenant: n.Num, Addrs: []netip.Prefix{netip.PrefixFrom(w.Addr, 128), netip.PrefixFrom(ll, 128)}}})
 		if !created {
 			r.add("re-bound %s to tenant %d", host, n.Num)
 		}
@@ -265,12 +269,40 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 			return err
 		}
 	}
+	// The MAC and link-local the port binding names (workloadLL): a
+	// workload made before they were chosen gets them now.
+	if mac := workloadMAC(w.Addr); l.Attrs().HardwareAddr.String() != mac.String() {
+		if err := h.LinkSetHardwareAddr(l, mac); err != nil {
+			return fmt.Errorf("workload %s: MAC %s: %w", w.ID, mac, err)
+		}
+		if !fresh {
+			r.add("set MAC %s in workload %s", mac, w.ID)
+		}
+	}
+	if fresh {
+		// Before it comes up: no link-local of the kernel's own making.
+		if err := h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
+			return fmt.Errorf("workload %s: address generation: %w", w.ID, err)
+		}
+	}
 	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		return err
 	}
-	p := netip.PrefixFrom(w.Addr, 64)
-	if !hasAddr(addrs, p) {
+	ll := netip.PrefixFrom(workloadLL(w.Addr), 64)
+	for _, a := range addrs {
+		if ap, ok := netip.AddrFromSlice(a.IP); ok && ap.IsLinkLocalUnicast() && ap != ll.Addr() {
+			// another link-local: its port would drop what it sends
+			if err := h.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("workload %s: remove %s: %w", w.ID, ap, err)
+			}
+			r.add("removed link-local %s in workload %s", ap, w.ID)
+		}
+	}
+	for _, p := range []netip.Prefix{netip.PrefixFrom(w.Addr, 64), ll} {
+		if hasAddr(addrs, p) {
+			continue
+		}
 		if err := h.AddrAdd(l, nlAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("workload %s: address %s: %w", w.ID, p, err)
 		}
@@ -301,6 +333,10 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 	}
 	return nil
 }
+
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h):
+// the kernel forms no link-local address of its own.
+const addrGenModeNone = 1
 
 func isZeroMask(m net.IPMask) bool {
 	ones, _ := m.Size()

@@ -21,6 +21,8 @@ const (
 	PassFrag     Reason = 5
 	PassRedirect Reason = 6
 	PassStack    Reason = 7
+	// PassRelated: an ICMP error quoting a live flow of the port.
+	PassRelated  Reason = 8
 	DropFirst    Reason = 64
 	DropTrunc    Reason = 64
 	DropMalform  Reason = 65
@@ -43,24 +45,36 @@ const (
 	// DropCTQuota: a new flow (or fragmented datagram) that its tenant's
 	// conntrack quota, or a full table, refused.
 	DropCTQuota Reason = 80
+	// DropNDSpoof: a Neighbour Advertisement (or DAD Solicitation) from a
+	// workload for an address not bound to its port.
+	DropNDSpoof Reason = 81
+	// DropRoutingHdr: an IPv6 routing header with segments left.
+	DropRoutingHdr Reason = 82
+	// DropWrongPort: a unicast packet handed to a port its
+	// destination is not bound to (a sibling's traffic, after a forged
+	// source MAC moved the sibling in the bridge's table).
+	DropWrongPort Reason = 83
 )
 
 var reasonNames = map[Reason]string{
 	PassCT: "pass-ct", PassRule: "pass-rule", PassDefault: "pass-default",
 	PassControl: "pass-control", PassFrag: "pass-frag", PassRedirect: "pass-redirect", PassStack: "pass-stack",
-	DropTrunc: "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
+	PassRelated: "pass-related",
+	DropTrunc:   "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
 	DropL3Proto: "l3-proto", DropNoPort: "no-port", DropSpoof: "spoof",
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 	DropInternal: "internal", DropSpoofPath: "spoof-path", DropCTQuota: "ct-quota",
+	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header", DropWrongPort: "wrong-port",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
-	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack,
+	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
-		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath, DropCTQuota}
+		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath, DropCTQuota,
+		DropNDSpoof, DropRoutingHdr, DropWrongPort}
 }
 
 // IsDrop reports whether the reason drops the packet.

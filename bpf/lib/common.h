@@ -51,10 +51,11 @@ enum tn_reason {
 	TN_PASS_CT = 1,	      /* conntrack hit: packet of a known flow */
 	TN_PASS_RULE = 2,     /* new flow allowed by a rule */
 	TN_PASS_DEFAULT = 3,  /* new flow allowed by the default policy */
-	TN_PASS_CONTROL = 4,  /* ICMPv6 ND/RS/RA/MLD, ICMP errors, ARP */
+	TN_PASS_CONTROL = 4,  /* link-local ND/RS/RA/MLD (lib/icmp.h), ARP */
 	TN_PASS_FRAG = 5,     /* non-first fragment of an allowed datagram */
 	TN_PASS_REDIRECT = 6, /* routed by the datapath (bpf_redirect*) */
 	TN_PASS_STACK = 7,    /* checked, handed to the kernel's routing */
+	TN_PASS_RELATED = 8, /* ICMP error quoting a tracked flow of the port */
 
 	TN_DROP_FIRST = 64,
 	TN_DROP_TRUNCATED = 64,	   /* a header ends beyond the packet */
@@ -67,18 +68,25 @@ enum tn_reason {
 	TN_DROP_CROSS_TENANT = 71, /* peer address belongs to another tenant */
 	TN_DROP_FRAG_UNTRACKED = 72, /* non-first fragment, first not allowed */
 	TN_DROP_POLICY = 73,	     /* a deny rule matched */
-	TN_DROP_DEFAULT = 74,	 /* no rule matched, default policy denies */
-	TN_DROP_WG_SOURCE = 75,	 /* via WireGuard from a source that peer
+	TN_DROP_DEFAULT = 74,	  /* no rule matched, default policy denies */
+	TN_DROP_WG_SOURCE = 75,	  /* via WireGuard from a source that peer
 				 * does not route for this tenant */
-	TN_DROP_WG_DEST = 76,	 /* via WireGuard to a destination not on
+	TN_DROP_WG_DEST = 76,	  /* via WireGuard to a destination not on
 				 * this node's part of the network */
-	TN_DROP_ROUTE = 77,	 /* destination routed to drop */
-	TN_DROP_INTERNAL = 78,	 /* a helper failed that cannot fail */
-	TN_DROP_SPOOF_PATH = 79, /* a source of the tenant's that did not
+	TN_DROP_ROUTE = 77,	  /* destination routed to drop */
+	TN_DROP_INTERNAL = 78,	  /* a helper failed that cannot fail */
+	TN_DROP_SPOOF_PATH = 79,  /* a source of the tenant's that did not
 				  * come over the tenant's own links */
-	TN_DROP_CT_QUOTA = 80,	 /* a new flow or fragmented datagram over
+	TN_DROP_CT_QUOTA = 80,	  /* a new flow or fragmented datagram over
 				  * its tenant's conntrack quota */
-	TN_REASON_MAX = 81,
+	TN_DROP_ND_SPOOF = 81,	  /* NA (or DAD NS) for an address not bound
+				  * to the port: a neighbour impersonated */
+	TN_DROP_ROUTING_HDR = 82, /* IPv6 routing header with segments left:
+				   * the final destination is not dst */
+	TN_DROP_WRONG_PORT = 83,  /* unicast to a port its destination
+				   * is not bound to (a forged source MAC
+				   * moved a sibling in the bridge) */
+	TN_REASON_MAX = 84,
 };
 
 /* tn_errors_v1 (per-CPU array): what the datapath could not record. */

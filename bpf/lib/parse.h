@@ -159,6 +159,7 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 
 	__u8 nh = ip6->nexthdr;
 	__u32 off = l3off + sizeof(*ip6);
+	__u8 segs = 0;
 	int i;
 
 #pragma unroll
@@ -185,6 +186,10 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 		} else if (nh == TN_NH_AH) {
 			off += ((__u32)h[1] + 2) * 4;
 		} else {
+			/* A routing header's segments left (byte 3), gathered
+			 * without a branch: each branch here is walked by the
+			 * verifier once per header of the chain. */
+			segs |= h[3] & -(__u8)(nh == TN_NH_ROUTING);
 			off += ((__u32)h[1] + 1) * 8;
 		}
 		nh = h[0];
@@ -192,6 +197,11 @@ static __always_inline int tn_parse_ipv6(void *data, void *data_end,
 	if (nh == TN_NH_HOPOPTS || nh == TN_NH_ROUTING ||
 	    nh == TN_NH_FRAGMENT || nh == TN_NH_AH || nh == TN_NH_DSTOPTS)
 		return TN_DROP_EXT_LIMIT;
+	/* Segments left: dst is only the next hop of a source route, and
+	 * isolation and the rules would judge the wrong address (RFC 8200
+	 * 4.4). Such packets are dropped, not followed. */
+	if (segs)
+		return TN_DROP_ROUTING_HDR;
 	p->proto = nh;
 	return tn_parse_l4(data, data_end, off, p);
 }

@@ -99,7 +99,9 @@ static __always_inline int tn_verdict(const struct pkt *p, __u32 tenant,
 /* ---- ICMP control traffic -------------------------------------------------
  * RFC 4890: neighbour discovery, router discovery and MLD must flow for the
  * link to work; error messages (Packet Too Big above all) must never be
- * dropped or path MTU discovery breaks. They bypass the rules. */
+ * dropped or path MTU discovery breaks. tn_is_control classifies by type
+ * only (the uplink passes these on to the port's program); tn_control in
+ * icmp.h decides whether a port lets them bypass the rules. */
 
 static __always_inline int tn_icmp6_is_error(__u8 t)
 {
@@ -187,6 +189,10 @@ static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
 	return !arrival && tn_is_gateway(p->src);
 }
 
+/* ---- control traffic: ND ownership, link scope, RELATED errors ---------- */
+
+#include "icmp.h"
+
 /* ---- rules ----------------------------------------------------------------
  * Three LPM stages (see common.h). Returns the action (TN_ACT_NONE when no
  * rule matches). The peer is the source for inbound and the destination's
@@ -258,12 +264,14 @@ static __always_inline __u16 tn_decide(const struct pkt *p, __u32 tenant,
 }
 
 /* The stateful tail of a workload port's verdict, the same in both
- * directions: fragments, conntrack, isolation, control traffic, the rules,
+ * directions: fragments, conntrack, isolation, control traffic (tn_control:
+ * ND ownership, link scope, RELATED errors; else the rules), the rules,
  * and the state a passed packet leaves (its flow, its datagram's later
  * fragments). dir is TN_DIR_OUT (tn_from_workload: the peer is the
  * destination) or TN_DIR_IN (tn_to_workload: the source); a constant at
  * each call, so the peer is chosen at compile time. Returns a reason. */
-static __always_inline int tn_stateful(const struct pkt *p, __u32 ifindex,
+static __always_inline int tn_stateful(struct __sk_buff *skb,
+				       const struct pkt *p, __u32 ifindex,
 				       __u32 tenant, __u8 dir)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -282,8 +290,11 @@ static __always_inline int tn_stateful(const struct pkt *p, __u32 ifindex,
 		const __u8 *peer = dir == TN_DIR_OUT ? p->dst : p->src;
 		if (p->l3 != ETH_P_ARP && tn_other_tenant(peer, tenant))
 			return TN_DROP_CROSS_TENANT;
-		if (tn_is_control(p))
-			return TN_PASS_CONTROL;
+		if (tn_is_control(p)) {
+			reason = tn_control(skb, p, ifindex, tenant, dir);
+			if (reason)
+				return reason;
+		}
 		reason = tn_decide(p, tenant, dir);
 		if (reason < TN_DROP_FIRST &&
 		    tn_ct_create(p, ifindex, tenant, dir, now))

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 
 	"github.com/spf13/pflag"
 	"github.com/vishvananda/netlink"
@@ -23,15 +25,18 @@ func portAttachCmd() *command {
 	var tenant uint32
 	var addrs []string
 	var legacy bool
+	var mac string
 	return &command{
 		Name: "attach", Summary: "attach the firewall to a workload port and bind it to a tenant",
-		Usage:   "--ifname IF --tenant T --addr A [--addr B ...] [--legacy-tc]",
-		Example: "  tenantfw port attach --ifname veth-web1 --tenant 7 --addr 2001:db8:7::10 --addr 10.7.0.10",
+		Usage: "--ifname IF --tenant T --addr A [--addr B ...] [--mac MAC] [--legacy-tc]",
+		Example: "  tenantfw port attach --ifname veth-web1 --tenant 7 --addr 2001:db8:7::10 --addr 10.7.0.10\n" +
+			"  tenantfw port attach --ifname tap-vm1 --tenant 7 --addr 2001:db8:7::11 --mac 52:54:00:12:34:56",
 		Flags: func(fs *pflag.FlagSet, _ *Env) {
 			fs.StringVar(&ifname, "ifname", "", "host side of the workload's veth or tap (required)")
 			fs.Uint32Var(&tenant, "tenant", 0, "tenant id (required)")
 			fs.StringSliceVar(&addrs, "addr", nil, "address (or delegated prefix) the workload may send from (repeat)")
 			fs.BoolVar(&legacy, "legacy-tc", false, "use clsact + cls_bpf even where TCX exists")
+			fs.StringVar(&mac, "mac", "", "the workload side's MAC: its EUI-64 link-local is bound (default: asked of a veth's peer; or give the link-local as an --addr)")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := cli.NoArgs(args); err != nil {
@@ -51,6 +56,9 @@ func portAttachCmd() *command {
 			link, err := netlink.LinkByName(ifname)
 			if err != nil {
 				return fmt.Errorf("--ifname %s: %w", ifname, err)
+			}
+			if err := bindLinkLocal(&p, link, mac); err != nil {
+				return err
 			}
 			fw, err := openFirewall(env, false)
 			if err != nil {
@@ -154,4 +162,34 @@ func portListCmd() *command {
 
 func mapsBinding(p firewall.Port, ifindex int) bpfmaps.PortBinding {
 	return bpfmaps.PortBinding{Ifindex: uint32(ifindex), Tenant: p.Tenant, Addrs: p.Addrs}
+}
+
+// bindLinkLocal adds the workload's link-local to the binding, unless an
+// --addr names one: the EUI-64 of --mac, or of the veth peer's MAC. A
+// port without one drops the workload's neighbour discovery (its own
+// link-local is the only one it may send from).
+func bindLinkLocal(p *firewall.Port, link netlink.Link, mac string) error {
+	for _, a := range p.Addrs {
+		if a.Addr().IsLinkLocalUnicast() {
+			if mac != "" {
+				return cli.Usagef("--mac and a link-local --addr: give one")
+			}
+			return nil
+		}
+	}
+	var hw net.HardwareAddr
+	var err error
+	if mac != "" {
+		if hw, err = net.ParseMAC(mac); err != nil {
+			return fmt.Errorf("--mac %s: %w", mac, err)
+		}
+	} else if hw, err = firewall.PeerMAC(link); err != nil {
+		return fmt.Errorf("the workload's link-local: %w (or give --mac, or a link-local --addr)", err)
+	}
+	ll, err := firewall.LinkLocal(hw)
+	if err != nil {
+		return fmt.Errorf("--mac: %w", err)
+	}
+	p.Addrs = append(p.Addrs, netip.PrefixFrom(ll, 128))
+	return nil
 }

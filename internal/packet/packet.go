@@ -33,6 +33,14 @@ type Spec struct {
 	ICMPType uint8
 	ICMPCode uint8
 	EchoID   uint16
+	// NDTarget: the target of an NS/NA (16 bytes after the ICMPv6 header).
+	NDTarget netip.Addr
+	// Inner: the packet an ICMP error quotes, from its IP header on.
+	Inner *Spec
+	// HopLimit (IPv6) or TTL (IPv4); 0 means 64.
+	HopLimit uint8
+	// Segments left of the routing headers (Ext type 43).
+	SegsLeft uint8
 	Ext      []Ext // IPv6 extension headers, in order
 	// IPv4 fragment fields.
 	FragOffset uint16 // in 8-byte units
@@ -62,6 +70,9 @@ func l4Len(s *Spec) int {
 	case 17:
 		return 8
 	case 1, 58:
+		if s.NDTarget.IsValid() {
+			return 24
+		}
 		return 8
 	}
 	return 0
@@ -71,7 +82,12 @@ func l4(s *Spec, nonFirst bool) []byte {
 	if nonFirst {
 		return make([]byte, s.Payload)
 	}
-	b := make([]byte, l4Len(s)+s.Payload)
+	var inner []byte
+	if s.Inner != nil && (s.Proto == 1 || s.Proto == 58) {
+		inner = Build(*s.Inner)[14:]
+	}
+	b := make([]byte, l4Len(s)+len(inner)+s.Payload)
+	copy(b[l4Len(s):], inner)
 	switch s.Proto {
 	case 6:
 		binary.BigEndian.PutUint16(b[0:], s.Sport)
@@ -93,6 +109,9 @@ func l4(s *Spec, nonFirst bool) []byte {
 		b[0] = s.ICMPType
 		b[1] = s.ICMPCode
 		binary.BigEndian.PutUint16(b[4:], s.EchoID)
+		if s.NDTarget.IsValid() {
+			copy(b[8:24], s.NDTarget.AsSlice())
+		}
 	}
 	return b
 }
@@ -162,7 +181,7 @@ func ipv4(s *Spec) []byte {
 		fo |= 0x2000
 	}
 	binary.BigEndian.PutUint16(b[6:], fo)
-	b[8] = 64
+	b[8] = hopLimit(s)
 	b[9] = s.Proto
 	copy(b[12:], s.Src.AsSlice())
 	copy(b[16:], s.Dst.AsSlice())
@@ -213,6 +232,9 @@ func ipv6(s *Spec) []byte {
 			h := make([]byte, n)
 			h[0] = next
 			h[1] = uint8(n/8 - 1)
+			if e.Type == 43 {
+				h[3] = s.SegsLeft
+			}
 			if e.Type == 0 || e.Type == 60 {
 				// PadN option filling the header
 				h[2] = 1
@@ -234,9 +256,16 @@ func ipv6(s *Spec) []byte {
 	} else {
 		b[6] = s.Proto
 	}
-	b[7] = 64
+	b[7] = hopLimit(s)
 	copy(b[8:], s.Src.AsSlice())
 	copy(b[24:], s.Dst.AsSlice())
 	b = append(b, ext...)
 	return append(b, body...)
+}
+
+func hopLimit(s *Spec) uint8 {
+	if s.HopLimit != 0 {
+		return s.HopLimit
+	}
+	return 64
 }

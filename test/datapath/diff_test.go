@@ -26,6 +26,11 @@ type workload struct {
 	port   int
 	tenant uint32
 	v6, v4 netip.Addr
+	ll     netip.Addr // its own link-local, bound to its port
+}
+
+func wlLL(t uint32, host uint16) netip.Addr {
+	return netip.AddrFrom16([16]byte{0xfe, 0x80, 14: byte(t), 15: byte(host)})
 }
 
 type diffGen struct {
@@ -75,8 +80,8 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 	// Ports 0..5: two workloads per tenant; port 6 stays unbound.
 	for i := 0; i < 6; i++ {
 		tn := uint32(i/2 + 1)
-		w := workload{port: i, tenant: tn, v6: addr6(tn, uint16(i+1)), v4: addr4(tn, uint8(i+1))}
-		addrs := []string{w.v6.String(), w.v4.String()}
+		w := workload{port: i, tenant: tn, v6: addr6(tn, uint16(i+1)), v4: addr4(tn, uint8(i+1)), ll: wlLL(tn, uint16(i+1))}
+		addrs := []string{w.v6.String(), w.v4.String(), w.ll.String()}
 		if i == 0 {
 			addrs = append(addrs, "2001:db8:1:0:1::/80") // a delegated prefix
 		}
@@ -257,8 +262,46 @@ func (g *diffGen) peer(v4 bool, w workload) netip.Addr {
 		if v4 {
 			return netip.IPv4Unspecified()
 		}
-		return netip.MustParseAddr("fe80::1")
+		return linkPeers[g.r.IntN(len(linkPeers))]
 	}
+}
+
+// Link-scope peers: the gateway, multicast groups, solicited-node groups,
+// a workload's link-local.
+var linkPeers = []netip.Addr{
+	netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1"), netip.MustParseAddr("ff02::2"),
+	netip.MustParseAddr("ff02::16"), netip.MustParseAddr("ff02::1:ff00:1"), netip.MustParseAddr("ff02::1:ff00:2"),
+	netip.MustParseAddr("ff05::2"), wlLL(1, 2), wlLL(2, 3),
+}
+
+// ndTarget: an NS/NA target, often one of the sender's own addresses.
+func (g *diffGen) ndTarget(w workload) netip.Addr {
+	o := g.workloads[g.r.IntN(len(g.workloads))]
+	return []netip.Addr{w.v6, w.ll, w.v6, w.ll, o.v6, o.ll, netip.MustParseAddr("fe80::1"),
+		netip.MustParseAddr("2001:db8:1:0:1::77"), addr6(w.tenant, 0x999), {}}[g.r.IntN(10)]
+}
+
+// quote: what an ICMP error quotes, mostly a packet of the history (as
+// sent, or its answer), so that RELATED finds flows.
+func (g *diffGen) quote() *packet.Spec {
+	if len(g.history) == 0 || g.pick6(15) {
+		return nil
+	}
+	q := g.history[g.r.IntN(len(g.history))].spec
+	q.Ext, q.Inner, q.Truncate, q.BadLength, q.Version, q.IHL, q.EthType = nil, nil, 0, 0, 0, 0, 0
+	if g.pick6(10) {
+		q.Ext = []packet.Ext{{Type: 60, Len: 8}}
+	}
+	if g.pick6(50) {
+		q.Src, q.Dst, q.Sport, q.Dport = q.Dst, q.Src, q.Dport, q.Sport
+	}
+	if q.Proto == 58 && g.pick6(50) {
+		q.ICMPType = 128
+	}
+	if q.Proto == 1 && g.pick6(50) {
+		q.ICMPType = 8
+	}
+	return &q
 }
 
 func (g *diffGen) packet() sent {
@@ -293,6 +336,11 @@ func (g *diffGen) packet() sent {
 	if !v4 && g.pick6(3) {
 		local = netip.MustParseAddr("2001:db8:1:0:1::abcd") // inside the /80
 	}
+	if !v4 && g.pick6(8) {
+		// link-local sources: its own, a sibling's, the gateway's, ::
+		o := g.workloads[g.r.IntN(len(g.workloads))]
+		local = []netip.Addr{w.ll, w.ll, o.ll, netip.MustParseAddr("fe80::1"), netip.IPv6Unspecified()}[g.r.IntN(5)]
+	}
 	peer := g.peer(v4, w)
 	sp := packet.Spec{Src: local, Dst: peer}
 	if s.hook != model.FromWorkload {
@@ -319,8 +367,22 @@ func (g *diffGen) packet() sent {
 		} else {
 			sp.Proto = 58
 			sp.ICMPType = icmp6Types[g.r.IntN(len(icmp6Types))]
+			if (sp.ICMPType == 135 || sp.ICMPType == 136) && g.pick6(85) {
+				sp.NDTarget = g.ndTarget(w)
+			}
+			switch x := g.r.IntN(100); {
+			case x < 50:
+				sp.HopLimit = 255
+			case x < 55:
+				sp.HopLimit = 254
+			case x < 60:
+				sp.HopLimit = 1
+			}
 		}
 		sp.EchoID = uint16(g.r.IntN(4))
+		if isError(sp.Proto, sp.ICMPType) {
+			sp.Inner = g.quote()
+		}
 	default:
 		sp.Proto = odd4Protos[g.r.IntN(len(odd4Protos))]
 	}
@@ -352,6 +414,9 @@ func (g *diffGen) oddities(sp *packet.Spec) {
 		}
 		types := []uint8{0, 43, 60, 51, 44}
 		n := g.r.IntN(11)
+		if g.pick6(40) {
+			sp.SegsLeft = uint8(g.r.IntN(3))
+		}
 		for i := 0; i < n; i++ {
 			x := packet.Ext{Type: types[g.r.IntN(len(types))], Len: 8 * (1 + g.r.IntN(6))}
 			if g.pick6(5) {
@@ -422,6 +487,13 @@ func (g *diffGen) oddities(sp *packet.Spec) {
 	default:
 		sp.Payload = g.r.IntN(1400)
 	}
+}
+
+func isError(proto, t uint8) bool {
+	if proto == 58 {
+		return t >= 1 && t <= 4
+	}
+	return t == 3 || t == 11 || t == 12
 }
 
 func (g *diffGen) remember(s sent) {
@@ -553,7 +625,8 @@ func TestDifferential(t *testing.T) {
 	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
-		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath, policy.DropCTQuota} {
+		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath,
+		policy.PassRelated, policy.DropNDSpoof, policy.DropRoutingHdr, policy.DropWrongPort, policy.DropCTQuota} {
 		if reasons[r] == 0 {
 			t.Errorf("no packet exercised reason %s: the generator lost coverage", r)
 		}

@@ -70,7 +70,7 @@ func (e *env) bind(ifindex, tenant uint32, addrs ...string) {
 		}
 		b.Addrs = append(b.Addrs, p)
 		e.model.SrcAddrs[ifindex] = append(e.model.SrcAddrs[ifindex], p)
-		if p.Bits() == p.Addr().BitLen() {
+		if p.Bits() == p.Addr().BitLen() && !p.Addr().IsLinkLocalUnicast() {
 			e.model.Endpoints[netip.AddrFrom16(p.Addr().As16())] = model.Endpoint{Ifindex: ifindex, Tenant: tenant}
 		}
 	}

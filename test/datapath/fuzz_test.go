@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/tenantnet/tenantnet/internal/packet"
@@ -19,11 +20,17 @@ func FuzzDatapath(f *testing.F) {
 	seeds := []packet.Spec{
 		tcp(ext6, a1v6, 40000, 8080, synF),
 		tcp(ext4, a1v4, 40000, 8080, synF),
+		nd(a1ll, netip.MustParseAddr("ff02::1"), 136, ll6),
+		nd(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135, a1v6),
+		icmpErr(ext6, a1v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)),
+		icmpErr(ext4, a1v4, 3, tcp(a1v4, ext4, 8080, 40000, ackF)),
+		{Src: ext6, Dst: a1v6, Proto: 6, Dport: 8080, Ext: []packet.Ext{{Type: 43, Len: 24}}, SegsLeft: 1},
 		tcpSeq(ext6, a1v6, 443, 40000, rstF|ackF, 77, 1001),
-		icmp6(ll6, a1v6, 135),
 		{Src: ext6, Dst: a1v6, Proto: 6, Payload: 64, Ext: []packet.Ext{{Type: 0, Len: 16}, {Type: 44, FragOffset: 10, ID: 99}}},
 		{Src: ext4, Dst: a1v4, Proto: 17, Dport: 5000, IPv4Opts: 8},
 		{EthType: 0x0806, ARPSender: a1v4, Dst: a1v4},
+		tcp(ext6, a2v6, 40000, 22, synF), // A2's address: wrong-port on any other port
+		icmpErr(a1v6, bad6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}),
 	}
 	for i, s := range seeds {
 		f.Add(append([]byte{byte(i), byte(i)}, packet.Build(s)...))

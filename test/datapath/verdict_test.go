@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
 	"github.com/tenantnet/tenantnet/model"
 	"github.com/tenantnet/tenantnet/policy"
@@ -19,8 +20,11 @@ var (
 	ext6  = netip.MustParseAddr("2001:db8:ffff::5")
 	bad6  = netip.MustParseAddr("2001:db8:bad::7")
 	ext4  = netip.MustParseAddr("198.51.100.7")
-	ll6   = netip.MustParseAddr("fe80::1")
+	ll6   = netip.MustParseAddr("fe80::1") // the gateway's link-local
 	unsp6 = netip.MustParseAddr("::")
+	// The workloads' own link-locals, bound to their ports.
+	a1ll = netip.MustParseAddr("fe80::a:1")
+	a2ll = netip.MustParseAddr("fe80::a:2")
 )
 
 const (
@@ -44,9 +48,9 @@ func standardEnv(t testing.TB) *env {
 	e.tenantPrefix("10.1.0.0/16", tenantA)
 	e.tenantPrefix("2001:db8:b::/64", tenantB)
 	e.tenantPrefix("10.2.0.0/16", tenantB)
-	e.bind(e.ports[0], tenantA, "2001:db8:a::1", "10.1.0.1")
-	e.bind(e.ports[1], tenantA, "2001:db8:a::2", "10.1.0.2")
-	e.bind(e.ports[2], tenantB, "2001:db8:b::1", "10.2.0.1")
+	e.bind(e.ports[0], tenantA, "2001:db8:a::1", "10.1.0.1", "fe80::a:1")
+	e.bind(e.ports[1], tenantA, "2001:db8:a::2", "10.1.0.2", "fe80::a:2")
+	e.bind(e.ports[2], tenantB, "2001:db8:b::1", "10.2.0.1", "fe80::b:1")
 	e.wgdev(wgA, tenantA)
 	e.wgdev(wgB, tenantB)
 	e.policy(tenantA, policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow})
@@ -73,6 +77,21 @@ func tcp(src, dst netip.Addr, sport, dport uint16, flags uint8) packet.Spec {
 
 func icmp6(src, dst netip.Addr, typ uint8) packet.Spec {
 	return packet.Spec{Src: src, Dst: dst, Proto: 58, ICMPType: typ, EchoID: 77}
+}
+
+// nd is a neighbour discovery message as a host sends it: hop limit 255,
+// with its target (NS, NA; invalid for RS, RA).
+func nd(src, dst netip.Addr, typ uint8, target netip.Addr) packet.Spec {
+	return packet.Spec{Src: src, Dst: dst, Proto: 58, ICMPType: typ, NDTarget: target, HopLimit: 255}
+}
+
+// icmpErr is an ICMP(v6) error of type typ from src to dst quoting inner.
+func icmpErr(src, dst netip.Addr, typ uint8, inner packet.Spec) packet.Spec {
+	proto := uint8(58)
+	if src.Is4() {
+		proto = 1
+	}
+	return packet.Spec{Src: src, Dst: dst, Proto: proto, ICMPType: typ, Inner: &inner}
 }
 
 type step struct {
@@ -120,6 +139,13 @@ func TestVerdicts(t *testing.T) {
 		{"inbound established", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, ackF), policy.PassCT},
 		{"inbound closed port", model.ToWorkload, 0, tcp(ext6, a1v6, 40001, 8081, synF), policy.DropDefault},
 		{"rule for other workload", model.ToWorkload, 1, tcp(ext6, a2v6, 40000, 8080, synF), policy.DropDefault},
+		// A2's traffic handed to A1's port (A1 forged A2's MAC as a frame
+		// source, and the bridge learnt it on A1's port): A2's rule must
+		// not deliver it to A1.
+		{"sibling's address on this port", model.ToWorkload, 0, tcp(ext6, a2v6, 40002, 22, synF), policy.DropWrongPort},
+		{"sibling's link-local on this port", model.ToWorkload, 0, nd(ll6, a2ll, 135, a2ll), policy.DropWrongPort},
+		{"sibling's IPv4 address on this port", model.ToWorkload, 0, tcp(ext4, netip.MustParseAddr("10.1.0.2"), 40002, 8080, synF), policy.DropWrongPort},
+		{"multicast on this port", model.ToWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.PassControl},
 		{"inbound ipv4 allowed", model.ToWorkload, 0, tcp(ext4, a1v4, 40000, 8080, synF), policy.PassRule},
 		{"outbound default allow", model.FromWorkload, 0, tcp(a1v6, ext6, 41000, 443, synF), policy.PassDefault},
 		{"return of outbound flow", model.ToWorkload, 0, tcp(ext6, a1v6, 443, 41000, synF|ackF), policy.PassCT},
@@ -142,20 +168,69 @@ func TestVerdicts(t *testing.T) {
 		{"arp spoof", model.FromWorkload, 0, packet.Spec{EthType: 0x0806, ARPSender: netip.MustParseAddr("10.1.0.2"), Dst: a1v4}, policy.DropSpoof},
 		{"link-local source non-ICMP", model.FromWorkload, 0, tcp(ll6, ext6, 1, 80, synF), policy.DropSpoof},
 
-		// ICMPv6 link traffic and errors (RFC 4890).
-		{"NS from link-local", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1:ff00:1"), 135), policy.PassControl},
-		{"DAD NS from ::", model.FromWorkload, 0, icmp6(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135), policy.PassControl},
-		{"RS from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::2"), 133), policy.PassControl},
-		{"MLDv2 report", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::16"), 143), policy.PassControl},
-		{"RA from workload", model.FromWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), policy.DropRogueRA},
-		{"redirect from workload", model.FromWorkload, 0, icmp6(ll6, a2v6, 137), policy.DropRogueRA},
-		{"RA to workload", model.ToWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), policy.PassControl},
-		{"NA to workload", model.ToWorkload, 0, icmp6(ll6, a1v6, 136), policy.PassControl},
-		{"packet too big", model.ToWorkload, 0, icmp6(ext6, a1v6, 2), policy.PassControl},
-		{"dest unreachable", model.ToWorkload, 0, icmp6(ext6, a1v6, 1), policy.PassControl},
-		{"time exceeded", model.ToWorkload, 0, icmp6(ext6, a1v6, 3), policy.PassControl},
-		{"ipv4 frag needed", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 3, ICMPCode: 4}, policy.PassControl},
+		// ICMPv6 link traffic (RFC 4890, RFC 4861): on the link only, a
+		// workload's own link-local, ND for its own addresses only.
+		{"NS from own link-local", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.PassControl},
+		{"NS for the gateway", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1:ff00:1"), 135, ll6), policy.PassControl},
+		{"NS from global to sibling", model.FromWorkload, 0, nd(a1v6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.PassControl},
+		{"NS from the gateway's link-local", model.FromWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.DropSpoof},
+		{"NS from a sibling's link-local", model.FromWorkload, 0, nd(a2ll, netip.MustParseAddr("ff02::1:ff00:1"), 135, ll6), policy.DropSpoof},
+		{"DAD NS from :: for own address", model.FromWorkload, 0, nd(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135, a1v6), policy.PassControl},
+		{"DAD NS from :: for own link-local", model.FromWorkload, 0, nd(unsp6, netip.MustParseAddr("ff02::1:ff0a:1"), 135, a1ll), policy.PassControl},
+		{"DAD NS from :: for a sibling", model.FromWorkload, 0, nd(unsp6, netip.MustParseAddr("ff02::1:ff00:2"), 135, a2v6), policy.DropNDSpoof},
+		{"DAD NS from :: for the gateway", model.FromWorkload, 0, nd(unsp6, netip.MustParseAddr("ff02::1:ff00:1"), 135, ll6), policy.DropNDSpoof},
+		{"NS from :: not to a solicited-node group", model.FromWorkload, 0, nd(unsp6, a2v6, 135, a1v6), policy.DropSpoof},
+		{"NA for own address", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1"), 136, a1v6), policy.PassControl},
+		{"NA for own link-local", model.FromWorkload, 0, nd(a1ll, ll6, 136, a1ll), policy.PassControl},
+		{"NA claiming the gateway fe80::1", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1"), 136, ll6), policy.DropNDSpoof},
+		{"NA claiming the gateway from fe80::1", model.FromWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1"), 136, ll6), policy.DropSpoof},
+		{"NA claiming a sibling", model.FromWorkload, 0, nd(a1v6, netip.MustParseAddr("ff02::1"), 136, a2v6), policy.DropNDSpoof},
+		{"NA claiming a sibling's link-local", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1"), 136, a2ll), policy.DropNDSpoof},
+		{"NA claiming a sibling, hop limit 64", model.FromWorkload, 0, packet.Spec{Src: a1ll, Dst: netip.MustParseAddr("ff02::1"), Proto: 58, ICMPType: 136, NDTarget: a2v6}, policy.DropNDSpoof},
+		{"NA without a target", model.FromWorkload, 0, packet.Spec{Src: a1ll, Dst: netip.MustParseAddr("ff02::1"), Proto: 58, ICMPType: 136, HopLimit: 255}, policy.DropNDSpoof},
+		{"NA own, hop limit 64: the rules", model.FromWorkload, 0, packet.Spec{Src: a1ll, Dst: netip.MustParseAddr("ff02::1"), Proto: 58, ICMPType: 136, NDTarget: a1v6}, policy.PassDefault},
+		{"NS to an internet host: the rules", model.FromWorkload, 0, nd(a1v6, ext6, 135, ext6), policy.PassDefault},
+		{"RS from own link-local", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::2"), 133, netip.Addr{}), policy.PassControl},
+		{"RS from ::", model.FromWorkload, 0, nd(unsp6, netip.MustParseAddr("ff02::2"), 133, netip.Addr{}), policy.PassControl},
+		{"MLDv2 report", model.FromWorkload, 0, packet.Spec{Src: a1ll, Dst: netip.MustParseAddr("ff02::16"), Proto: 58, ICMPType: 143, HopLimit: 1}, policy.PassControl},
+		{"MLDv2 report from ::", model.FromWorkload, 0, packet.Spec{Src: unsp6, Dst: netip.MustParseAddr("ff02::16"), Proto: 58, ICMPType: 143, HopLimit: 1}, policy.PassControl},
+		{"MLD report to the internet: the rules", model.FromWorkload, 0, packet.Spec{Src: a1v6, Dst: ext6, Proto: 58, ICMPType: 143, HopLimit: 1}, policy.PassDefault},
+		{"echo from ::", model.FromWorkload, 0, icmp6(unsp6, ext6, 128), policy.DropSpoof},
+		{"own link-local, TCP", model.FromWorkload, 0, tcp(a1ll, ll6, 41500, 22, synF), policy.PassDefault},
+		{"RA from workload", model.FromWorkload, 0, nd(a1ll, netip.MustParseAddr("ff02::1"), 134, netip.Addr{}), policy.DropRogueRA},
+		{"redirect from workload", model.FromWorkload, 0, nd(a1ll, a2v6, 137, a2v6), policy.DropRogueRA},
+		{"RA to workload", model.ToWorkload, 0, nd(ll6, netip.MustParseAddr("ff02::1"), 134, netip.Addr{}), policy.PassControl},
+		{"RA to workload, hop limit 64", model.ToWorkload, 0, icmp6(ll6, netip.MustParseAddr("ff02::1"), 134), policy.DropDefault},
+		{"NA to workload", model.ToWorkload, 0, nd(ll6, a1v6, 136, ll6), policy.PassControl},
+		{"NS to workload from the internet", model.ToWorkload, 0, nd(ext6, a1v6, 135, a1v6), policy.DropDefault},
+		{"MLD query to workload", model.ToWorkload, 0, packet.Spec{Src: ll6, Dst: netip.MustParseAddr("ff02::1"), Proto: 58, ICMPType: 130, HopLimit: 1}, policy.PassControl},
+
+		// ICMP errors (RFC 4890) pass when they quote a flow of the port:
+		// netfilter's RELATED. The flows: outbound 41000 -> 443 and echo
+		// id 77 above, inbound ext4:40000 -> a1v4:8080.
+		{"packet too big for an outbound flow", model.ToWorkload, 0, icmpErr(ext6, a1v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)), policy.PassRelated},
+		{"packet too big from a router on the path", model.ToWorkload, 0, icmpErr(netip.MustParseAddr("2001:db8:ffff:1::9"), a1v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)), policy.PassRelated},
+		{"packet too big for an inbound flow's reply", model.ToWorkload, 0, icmpErr(ext6, a1v6, 2, tcp(a1v6, ext6, 8080, 40000, synF|ackF)), policy.PassRelated},
+		{"dest unreachable for the echo", model.ToWorkload, 0, icmpErr(ext6, a1v6, 1, icmp6(a1v6, ext6, 128)), policy.PassRelated},
+		{"time exceeded, no such flow", model.ToWorkload, 0, icmpErr(ext6, a1v6, 3, tcp(a1v6, ext6, 41999, 443, ackF)), policy.DropDefault},
+		{"packet too big quoting nothing", model.ToWorkload, 0, icmp6(ext6, a1v6, 2), policy.DropDefault},
+		{"packet too big for another port's flow", model.ToWorkload, 1, icmpErr(ext6, a2v6, 2, tcp(a1v6, ext6, 41000, 443, ackF)), policy.DropDefault},
+		{"quoted error type", model.ToWorkload, 0, icmpErr(ext6, a1v6, 1, icmp6(a1v6, ext6, 1)), policy.DropDefault},
+		{"port unreachable from the workload", model.FromWorkload, 0, icmpErr(a1v6, ext6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.PassRelated},
+		// An error goes back to the sender of the packet it quotes (as
+		// netfilter requires since 5.1): a workload cannot send its
+		// flows' errors to a third host (a channel past an outbound
+		// deny), nor be sent errors quoting packets it did not send.
+		{"flow's error from the workload to a third host", model.FromWorkload, 0, icmpErr(a1v6, bad6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.PassDefault},
+		{"error to the workload quoting a packet to it", model.ToWorkload, 0, icmpErr(ext6, a1v6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5500}), policy.DropDefault},
+		{"error from the workload, no flow", model.FromWorkload, 0, icmpErr(a1v6, ext6, 1, packet.Spec{Src: ext6, Dst: a1v6, Proto: 17, Sport: 9, Dport: 5501}), policy.PassDefault},
+		{"ipv4 frag needed for a flow", model.ToWorkload, 0, icmpErr(ext4, a1v4, 3, tcp(a1v4, ext4, 8080, 40000, synF|ackF)), policy.PassRelated},
+		{"ipv4 frag needed, no flow", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 3, ICMPCode: 4}, policy.DropDefault},
 		{"ipv4 echo no rule", model.ToWorkload, 0, packet.Spec{Src: ext4, Dst: a1v4, Proto: 1, ICMPType: 8}, policy.DropDefault},
+
+		// Routing headers: followed nowhere, dropped with segments left.
+		{"routing header, segments left", model.ToWorkload, 0, packet.Spec{Src: ext6, Dst: a1v6, Proto: 6, Sport: 40030, Dport: 8080, TCPFlags: synF, Ext: ext(43), SegsLeft: 1}, policy.DropRoutingHdr},
+		{"routing header out, segments left", model.FromWorkload, 0, packet.Spec{Src: a1v6, Dst: a2v6, Proto: 6, Sport: 40031, Dport: 22, TCPFlags: synF, Ext: ext(0, 43), SegsLeft: 2}, policy.DropRoutingHdr},
 
 		// Extension headers.
 		{"hbh+dst+routing then tcp", model.ToWorkload, 0, withExt(tcp(ext6, a1v6, 40010, 8080, synF), ext(0, 60, 43)), policy.PassRule},
@@ -278,8 +353,10 @@ func TestArrival(t *testing.T) {
 		{"A's source from B's WireGuard", wgB, tcp(member, a1v6, 41005, 7000, synF), policy.DropSpoofPath},
 		{"A's source from the unbound port", e.ports[3], tcp(member, a1v6, 41006, 7000, synF), policy.DropSpoofPath},
 		{"A's source from the host", 0, tcp(member, a1v6, 41007, 7000, synF), policy.DropSpoofPath},
-		{"the gateway from the host", 0, icmp6(gw, a1v6, 2), policy.PassControl},
-		{"the gateway from the uplink", uplink, icmp6(gw, a1v6, 2), policy.DropSpoofPath},
+		{"the gateway from the host", 0, nd(gw, netip.MustParseAddr("ff02::1:ff00:1"), 135, a1v6), policy.PassControl},
+		{"the gateway from the uplink", uplink, nd(gw, netip.MustParseAddr("ff02::1:ff00:1"), 135, a1v6), policy.DropSpoofPath},
+		{"a sibling's NA", e.ports[1], nd(a2v6, a1v6, 136, a2v6), policy.PassControl},
+		{"ND from a member over WireGuard (hop limit 255 cannot come routed)", wgA, nd(member, a1v6, 135, a1v6), policy.PassControl},
 		{"UDP of A's from the uplink", uplink, packet.Spec{Src: member, Dst: a1v6, Proto: 17, Sport: 53, Dport: 5353}, policy.DropSpoofPath},
 		{"a later fragment of A's from the uplink", uplink,
 			packet.Spec{Src: member, Dst: a1v6, Proto: 17, Payload: 64, Ext: []packet.Ext{{Type: 44, FragOffset: 10, ID: 7}}}, policy.DropSpoofPath},
@@ -315,4 +392,29 @@ func TestArrival(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// tenantfw check explains a new flow as the ports decide it: link control
+// only on the link, ICMP errors (which a new flow cannot be RELATED to) by
+// the rules.
+func TestCheckControl(t *testing.T) {
+	e := standardEnv(t)
+	sol := netip.MustParseAddr("ff02::1:ff00:2")
+	for _, c := range []struct {
+		name string
+		q    bpfmaps.Query
+		want policy.Reason
+	}{
+		{"NS on the link", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 135, Src: a1ll, Dst: sol}, policy.PassControl},
+		{"NA to a sibling", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 136, Src: a1v6, Dst: a2v6}, policy.PassControl},
+		{"NS to the internet", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 135, Src: a1v6, Dst: ext6}, policy.PassDefault},
+		{"NS from the internet", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirIn, Proto: 58, ICMPType: 135, Src: ext6, Dst: a1v6}, policy.DropDefault},
+		{"packet too big, no flow", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirIn, Proto: 58, ICMPType: 2, Src: ext6, Dst: a1v6}, policy.DropDefault},
+		{"RA from a workload", bpfmaps.Query{Tenant: tenantA, Dir: policy.DirOut, Proto: 58, ICMPType: 134, Src: a1ll, Dst: netip.MustParseAddr("ff02::1")}, policy.DropRogueRA},
+	} {
+		x, err := e.maps.Check(c.q)
+		if err != nil || x.Reason != c.want {
+			t.Errorf("%s: %s %v, want %s", c.name, x.Reason, err, c.want)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/firewall"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
 )
@@ -35,7 +36,8 @@ type wl struct {
 	tenant  uint32
 	addr    netip.Addr
 	ns      *testutil.NetNS
-	ifindex int // host side, in the node namespace
+	ifindex int        // host side, in the node namespace
+	ll      netip.Addr // its link-local (EUI-64 of its MAC), bound to its port
 }
 
 func sysctl(path, val string) error {
@@ -164,19 +166,28 @@ func (n *node) workload(name string, tenant uint32, addr string) *wl {
 		n.t.Fatal(err)
 	}
 	w.ifindex = l.Attrs().Index
+	wnl := w.ns.Netlink(n.t)
+	// Its own link-local, the kernel's EUI-64 of its MAC: the only
+	// link-local source its port lets through.
+	eth, err := wnl.LinkByName("eth0")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if w.ll, err = firewall.LinkLocal(eth.Attrs().HardwareAddr); err != nil {
+		n.t.Fatal(err)
+	}
 	if n.dp != nil {
 		n.do(n.ns, func() error {
 			_, err := n.dp.AttachPort(w.ifindex, loader.AttachOptions{})
 			return err
 		})
 		if err := n.maps.BindPort(bpfmaps.PortBinding{Ifindex: uint32(w.ifindex), Tenant: tenant,
-			Addrs: []netip.Prefix{netip.PrefixFrom(w.addr, 128)}}); err != nil {
+			Addrs: []netip.Prefix{netip.PrefixFrom(w.addr, 128), netip.PrefixFrom(w.ll, 128)}}); err != nil {
 			n.t.Fatal(err)
 		}
 	}
 	n.addr(n.nl, host, "fe80::1/64")
 	n.route(n.nl, addr+"/128", host, "")
-	wnl := w.ns.Netlink(n.t)
 	n.up(wnl, "lo")
 	n.addr(wnl, "eth0", addr+"/128") // routed port: nothing else is on-link
 	n.route(wnl, "::/0", "eth0", "fe80::1")

@@ -226,10 +226,21 @@ func TestWireGuardDevice(t *testing.T) {
 		// to answer (Time Exceeded, Packet Too Big): not redirected, not
 		// sent.
 		fast++
+		related := count(t, policy.DirIn, policy.PassRelated)
 		sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 1, 100)
 		sendUDPHops(n, a1, "[2001:db8:a:2::7]:5353", 64, 1450)
 		if p := readTUN(tun, netip.MustParseAddr("2001:db8:a:2::7"), 500*time.Millisecond); p != nil {
 			t.Errorf("a %d-byte packet with hop limit %d came out of the device", len(p), p[7])
+		}
+		// The kernel's Time Exceeded and Packet Too Big quote A1's flow:
+		// they reach A1 as RELATED (path MTU discovery works).
+		if got := count(t, policy.DirIn, policy.PassRelated); got < related+2 {
+			t.Errorf("pass-related to A1 %d -> %d, want the Time Exceeded and the Packet Too Big", related, got)
+		}
+		// By netlink, not `ip route get`: the kernel matrix's VMs have
+		// BusyBox's ip, which lacks it.
+		if rs, err := a1.ns.Netlink(t).RouteGet(net.ParseIP("2001:db8:a:2::7")); err != nil || len(rs) == 0 || rs[0].MTU != 1420 {
+			t.Errorf("A1 did not learn the path MTU from the Packet Too Big: %+v %v", rs, err)
 		}
 		if got := count(t, policy.DirFast, policy.PassRedirect); got != fast {
 			t.Errorf("fast path took %d packets it must leave to the kernel", got-fast)

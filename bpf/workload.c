@@ -35,6 +35,10 @@ struct tn_btf_types {
 	enum tn_ctl_op ctl_op;
 	struct tn_ctl ctl;
 	struct tn_ctfill ctfill;
+	struct tn_6in4_key sixin4_key;
+	struct tn_6in4 sixin4;
+	enum tn_6in4_flags sixin4_flags;
+	struct tn_6in4ep_key sixin4ep_key;
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 

@@ -21,6 +21,9 @@ const (
 	RouteWG    = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_WG)    // behind the tenant's WireGuard device
 	RouteExit  = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_EXIT)  // the tenant's exit path (kernel routes)
 	RouteDrop  = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_DROP)  // unreachable by policy
+	// Route6in4 is ::/0 on an ipv4-only member: the exit over the 6in4
+	// tunnel of the source's /64 (tn_6in4_v1).
+	Route6in4 = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_6IN4)
 )
 
 func (k RouteKind) String() string {
@@ -33,6 +36,8 @@ func (k RouteKind) String() string {
 		return "exit"
 	case RouteDrop:
 		return "drop"
+	case Route6in4:
+		return "6in4"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -42,13 +47,13 @@ func (k RouteKind) MarshalText() ([]byte, error) { return []byte(k.String()), ni
 
 // UnmarshalText reads a kind by name.
 func (k *RouteKind) UnmarshalText(b []byte) error {
-	for _, c := range []RouteKind{RouteLocal, RouteWG, RouteExit, RouteDrop} {
+	for _, c := range []RouteKind{RouteLocal, RouteWG, RouteExit, RouteDrop, Route6in4} {
 		if c.String() == string(b) {
 			*k = c
 			return nil
 		}
 	}
-	return fmt.Errorf("route kind %q: want local, wireguard, exit or drop", b)
+	return fmt.Errorf("route kind %q: want local, wireguard, exit, drop or 6in4", b)
 }
 
 const routeRedirect = uint8(loader.WorkloadTnRouteFlagsTN_ROUTE_F_REDIRECT)

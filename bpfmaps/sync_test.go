@@ -39,6 +39,8 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_PASS_REDIRECT":       v(loader.WorkloadTnReasonTN_PASS_REDIRECT, policy.PassRedirect),
 			"TN_PASS_STACK":          v(loader.WorkloadTnReasonTN_PASS_STACK, policy.PassStack),
 			"TN_PASS_RELATED":        v(loader.WorkloadTnReasonTN_PASS_RELATED, policy.PassRelated),
+			"TN_PASS_ENCAP":          v(loader.WorkloadTnReasonTN_PASS_ENCAP, policy.PassEncap),
+			"TN_PASS_DECAP":          v(loader.WorkloadTnReasonTN_PASS_DECAP, policy.PassDecap),
 			"TN_DROP_FIRST":          v(loader.WorkloadTnReasonTN_DROP_FIRST, policy.DropFirst),
 			"TN_DROP_TRUNCATED":      v(loader.WorkloadTnReasonTN_DROP_TRUNCATED, policy.DropTrunc),
 			"TN_DROP_MALFORMED":      v(loader.WorkloadTnReasonTN_DROP_MALFORMED, policy.DropMalform),
@@ -60,6 +62,10 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DROP_ND_SPOOF":       v(loader.WorkloadTnReasonTN_DROP_ND_SPOOF, policy.DropNDSpoof),
 			"TN_DROP_ROUTING_HDR":    v(loader.WorkloadTnReasonTN_DROP_ROUTING_HDR, policy.DropRoutingHdr),
 			"TN_DROP_WRONG_PORT":     v(loader.WorkloadTnReasonTN_DROP_WRONG_PORT, policy.DropWrongPort),
+			"TN_DROP_6IN4_PEER":      v(loader.WorkloadTnReasonTN_DROP_6IN4PEER, policy.Drop6in4Peer),
+			"TN_DROP_6IN4_INNER":     v(loader.WorkloadTnReasonTN_DROP_6IN4INNER, policy.Drop6in4Inner),
+			"TN_DROP_6IN4_FRAG":      v(loader.WorkloadTnReasonTN_DROP_6IN4FRAG, policy.Drop6in4Frag),
+			"TN_DROP_6IN4_LEAK":      v(loader.WorkloadTnReasonTN_DROP_6IN4LEAK, policy.Drop6in4Leak),
 			"TN_REASON_MAX":          v(loader.WorkloadTnReasonTN_REASON_MAX, policy.Reasons()[len(policy.Reasons())-1]+1),
 		},
 		"tn_dir": {
@@ -68,6 +74,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_DIR_PREFILTER": v(loader.WorkloadTnDirTN_DIR_PREFILTER, policy.DirPrefilter),
 			"TN_DIR_WG":        v(loader.WorkloadTnDirTN_DIR_WG, policy.DirWG),
 			"TN_DIR_FAST":      v(loader.WorkloadTnDirTN_DIR_FAST, policy.DirFast),
+			"TN_DIR_6IN4":      v(loader.WorkloadTnDirTN_DIR_6IN4, policy.Dir6in4),
 		},
 		"tn_action": {
 			"TN_ACT_NONE":  v(loader.WorkloadTnActionTN_ACT_NONE, policy.ActionNone),
@@ -78,6 +85,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_ROUTE_LOCAL": v(loader.WorkloadTnRouteKindTN_ROUTE_LOCAL, RouteLocal),
 			"TN_ROUTE_WG":    v(loader.WorkloadTnRouteKindTN_ROUTE_WG, RouteWG),
 			"TN_ROUTE_EXIT":  v(loader.WorkloadTnRouteKindTN_ROUTE_EXIT, RouteExit),
+			"TN_ROUTE_6IN4":  v(loader.WorkloadTnRouteKindTN_ROUTE_6IN4, Route6in4),
 			"TN_ROUTE_DROP":  v(loader.WorkloadTnRouteKindTN_ROUTE_DROP, RouteDrop),
 		},
 		"tn_route_flags": {

@@ -16,6 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	UplinkMapTn6in4V1     = "tn_6in4_v1"
+	UplinkMapTn6in4epV1   = "tn_6in4ep_v1"
 	UplinkMapTnCtV2       = "tn_ct_v2"
 	UplinkMapTnCtfillV2   = "tn_ctfill_v2"
 	UplinkMapTnEndpointV1 = "tn_endpoint_v1"
@@ -86,6 +88,8 @@ type UplinkProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type UplinkMapSpecs struct {
+	Tn6in4V1     *ebpf.MapSpec `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.MapSpec `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
@@ -132,6 +136,8 @@ func (o *UplinkObjects) Close() error {
 //
 // It can be passed to LoadUplinkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type UplinkMaps struct {
+	Tn6in4V1     *ebpf.Map `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.Map `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
@@ -154,6 +160,8 @@ type UplinkMaps struct {
 
 func (m *UplinkMaps) Close() error {
 	return _UplinkClose(
+		m.Tn6in4V1,
+		m.Tn6in4epV1,
 		m.TnCtV2,
 		m.TnCtfillV2,
 		m.TnEndpointV1,

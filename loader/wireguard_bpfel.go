@@ -16,6 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	WireguardMapTn6in4V1     = "tn_6in4_v1"
+	WireguardMapTn6in4epV1   = "tn_6in4ep_v1"
 	WireguardMapTnCtV2       = "tn_ct_v2"
 	WireguardMapTnCtfillV2   = "tn_ctfill_v2"
 	WireguardMapTnEndpointV1 = "tn_endpoint_v1"
@@ -86,6 +88,8 @@ type WireguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireguardMapSpecs struct {
+	Tn6in4V1     *ebpf.MapSpec `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.MapSpec `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
@@ -132,6 +136,8 @@ func (o *WireguardObjects) Close() error {
 //
 // It can be passed to LoadWireguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WireguardMaps struct {
+	Tn6in4V1     *ebpf.Map `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.Map `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
@@ -154,6 +160,8 @@ type WireguardMaps struct {
 
 func (m *WireguardMaps) Close() error {
 	return _WireguardClose(
+		m.Tn6in4V1,
+		m.Tn6in4epV1,
 		m.TnCtV2,
 		m.TnCtfillV2,
 		m.TnEndpointV1,

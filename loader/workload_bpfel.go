@@ -13,6 +13,36 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type WorkloadTn6in4 struct {
+	_       structs.HostLayout
+	Remote  uint32
+	Local   uint32
+	Ifindex uint32
+	Tenant  uint32
+	Mtu     uint16
+	Flags   uint8
+	Pad     uint8
+}
+
+type WorkloadTn6in4Flags uint32
+
+const (
+	WorkloadTn6in4FlagsTN_6IN4F_MINE WorkloadTn6in4Flags = 1
+	WorkloadTn6in4FlagsTN_6IN4F_PEER WorkloadTn6in4Flags = 2
+)
+
+type WorkloadTn6in4Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
+type WorkloadTn6in4epKey struct {
+	_      structs.HostLayout
+	Remote uint32
+	Local  uint32
+}
+
 type WorkloadTnAction uint32
 
 const (
@@ -100,6 +130,7 @@ const (
 	WorkloadTnDirTN_DIR_PREFILTER WorkloadTnDir = 3
 	WorkloadTnDirTN_DIR_WG        WorkloadTnDir = 4
 	WorkloadTnDirTN_DIR_FAST      WorkloadTnDir = 5
+	WorkloadTnDirTN_DIR_6IN4      WorkloadTnDir = 6
 )
 
 type WorkloadTnEndpoint struct {
@@ -213,6 +244,8 @@ const (
 	WorkloadTnReasonTN_PASS_REDIRECT       WorkloadTnReason = 6
 	WorkloadTnReasonTN_PASS_STACK          WorkloadTnReason = 7
 	WorkloadTnReasonTN_PASS_RELATED        WorkloadTnReason = 8
+	WorkloadTnReasonTN_PASS_ENCAP          WorkloadTnReason = 9
+	WorkloadTnReasonTN_PASS_DECAP          WorkloadTnReason = 10
 	WorkloadTnReasonTN_DROP_FIRST          WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_TRUNCATED      WorkloadTnReason = 64
 	WorkloadTnReasonTN_DROP_MALFORMED      WorkloadTnReason = 65
@@ -234,7 +267,11 @@ const (
 	WorkloadTnReasonTN_DROP_ND_SPOOF       WorkloadTnReason = 81
 	WorkloadTnReasonTN_DROP_ROUTING_HDR    WorkloadTnReason = 82
 	WorkloadTnReasonTN_DROP_WRONG_PORT     WorkloadTnReason = 83
-	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 84
+	WorkloadTnReasonTN_DROP_6IN4PEER       WorkloadTnReason = 84
+	WorkloadTnReasonTN_DROP_6IN4INNER      WorkloadTnReason = 85
+	WorkloadTnReasonTN_DROP_6IN4FRAG       WorkloadTnReason = 86
+	WorkloadTnReasonTN_DROP_6IN4LEAK       WorkloadTnReason = 87
+	WorkloadTnReasonTN_REASON_MAX          WorkloadTnReason = 88
 )
 
 type WorkloadTnRhostKey struct {
@@ -272,6 +309,7 @@ const (
 	WorkloadTnRouteKindTN_ROUTE_WG    WorkloadTnRouteKind = 2
 	WorkloadTnRouteKindTN_ROUTE_EXIT  WorkloadTnRouteKind = 3
 	WorkloadTnRouteKindTN_ROUTE_DROP  WorkloadTnRouteKind = 4
+	WorkloadTnRouteKindTN_ROUTE_6IN4  WorkloadTnRouteKind = 5
 )
 
 type WorkloadTnRportKey struct {
@@ -351,6 +389,8 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	WorkloadMapTn6in4V1        = "tn_6in4_v1"
+	WorkloadMapTn6in4epV1      = "tn_6in4ep_v1"
 	WorkloadMapTnCtV2          = "tn_ct_v2"
 	WorkloadMapTnCtfillV2      = "tn_ctfill_v2"
 	WorkloadMapTnEndpointV1    = "tn_endpoint_v1"
@@ -426,6 +466,8 @@ type WorkloadProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WorkloadMapSpecs struct {
+	Tn6in4V1     *ebpf.MapSpec `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.MapSpec `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.MapSpec `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.MapSpec `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.MapSpec `ebpf:"tn_endpoint_v1"`
@@ -473,6 +515,8 @@ func (o *WorkloadObjects) Close() error {
 //
 // It can be passed to LoadWorkloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WorkloadMaps struct {
+	Tn6in4V1     *ebpf.Map `ebpf:"tn_6in4_v1"`
+	Tn6in4epV1   *ebpf.Map `ebpf:"tn_6in4ep_v1"`
 	TnCtV2       *ebpf.Map `ebpf:"tn_ct_v2"`
 	TnCtfillV2   *ebpf.Map `ebpf:"tn_ctfill_v2"`
 	TnEndpointV1 *ebpf.Map `ebpf:"tn_endpoint_v1"`
@@ -495,6 +539,8 @@ type WorkloadMaps struct {
 
 func (m *WorkloadMaps) Close() error {
 	return _WorkloadClose(
+		m.Tn6in4V1,
+		m.Tn6in4epV1,
 		m.TnCtV2,
 		m.TnCtfillV2,
 		m.TnEndpointV1,

@@ -22,7 +22,11 @@ const (
 	PassRedirect Reason = 6
 	PassStack    Reason = 7
 	// PassRelated: an ICMP error quoting a live flow of the port.
-	PassRelated  Reason = 8
+	PassRelated Reason = 8
+	// PassEncap, PassDecap: into and out of a 6in4 tunnel (counted
+	// under Dir6in4, besides the packet's verdict).
+	PassEncap    Reason = 9
+	PassDecap    Reason = 10
 	DropFirst    Reason = 64
 	DropTrunc    Reason = 64
 	DropMalform  Reason = 65
@@ -54,27 +58,39 @@ const (
 	// destination is not bound to (a sibling's traffic, after a forged
 	// source MAC moved the sibling in the bridge's table).
 	DropWrongPort Reason = 83
+	// Drop6in4Peer: protocol 41 to one of this node's tunnel endpoints
+	// from an IPv4 that is no tunnel's other end.
+	Drop6in4Peer Reason = 84
+	// Drop6in4Inner: from a tunnel's other end, an inner source or
+	// destination outside what that end may use.
+	Drop6in4Inner Reason = 85
+	// Drop6in4Frag: fragmented protocol 41 (RFC 4213: dropped silently).
+	Drop6in4Frag Reason = 86
+	// Drop6in4Leak: a destination in a tenant's prefixes that would
+	// leave the node in cleartext through a 6in4 tunnel.
+	Drop6in4Leak Reason = 87
 )
 
 var reasonNames = map[Reason]string{
 	PassCT: "pass-ct", PassRule: "pass-rule", PassDefault: "pass-default",
 	PassControl: "pass-control", PassFrag: "pass-frag", PassRedirect: "pass-redirect", PassStack: "pass-stack",
-	PassRelated: "pass-related",
-	DropTrunc:   "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
+	PassRelated: "pass-related", PassEncap: "pass-encap", PassDecap: "pass-decap",
+	DropTrunc: "truncated", DropMalform: "malformed", DropExtLimit: "ext-limit",
 	DropL3Proto: "l3-proto", DropNoPort: "no-port", DropSpoof: "spoof",
 	DropRogueRA: "rogue-ra", DropCross: "cross-tenant", DropFrag: "frag-untracked",
 	DropPolicy: "policy", DropDefault: "default-deny",
 	DropWGSource: "wg-source", DropWGDest: "wg-dest", DropRoute: "route-drop",
 	DropInternal: "internal", DropSpoofPath: "spoof-path", DropCTQuota: "ct-quota",
 	DropNDSpoof: "nd-spoof", DropRoutingHdr: "routing-header", DropWrongPort: "wrong-port",
+	Drop6in4Peer: "6in4-peer", Drop6in4Inner: "6in4-inner", Drop6in4Frag: "6in4-frag", Drop6in4Leak: "6in4-leak",
 }
 
 // Reasons lists every reason in numeric order.
 func Reasons() []Reason {
-	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated,
+	return []Reason{PassCT, PassRule, PassDefault, PassControl, PassFrag, PassRedirect, PassStack, PassRelated, PassEncap, PassDecap,
 		DropTrunc, DropMalform, DropExtLimit, DropL3Proto, DropNoPort, DropSpoof,
 		DropRogueRA, DropCross, DropFrag, DropPolicy, DropDefault, DropWGSource, DropWGDest, DropRoute, DropInternal, DropSpoofPath, DropCTQuota,
-		DropNDSpoof, DropRoutingHdr, DropWrongPort}
+		DropNDSpoof, DropRoutingHdr, DropWrongPort, Drop6in4Peer, Drop6in4Inner, Drop6in4Frag, Drop6in4Leak}
 }
 
 // IsDrop reports whether the reason drops the packet.

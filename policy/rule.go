@@ -22,6 +22,9 @@ const (
 	// DirFast counts packets a port program redirected straight to the
 	// WireGuard device (also counted under their verdict).
 	DirFast Direction = 5
+	// Dir6in4 counts packets put into and taken out of 6in4 tunnels, and
+	// the tunnels' drops.
+	Dir6in4 Direction = 6
 )
 
 func (d Direction) String() string {
@@ -36,6 +39,8 @@ func (d Direction) String() string {
 		return "wireguard"
 	case DirFast:
 		return "fast-path"
+	case Dir6in4:
+		return "6in4"
 	}
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }

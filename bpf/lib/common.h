@@ -37,6 +37,8 @@ enum tn_dir {
 	TN_DIR_WG = 4,	 /* from a tenant's WireGuard device (TC ingress) */
 	TN_DIR_FAST = 5, /* redirected past the stack by a port program
 			       * (counted in addition to its verdict) */
+	TN_DIR_6IN4 = 6, /* into or out of a 6in4 tunnel (counted in
+			  * addition to the packet's verdict) */
 };
 
 enum tn_action {
@@ -56,6 +58,8 @@ enum tn_reason {
 	TN_PASS_REDIRECT = 6, /* routed by the datapath (bpf_redirect*) */
 	TN_PASS_STACK = 7,    /* checked, handed to the kernel's routing */
 	TN_PASS_RELATED = 8, /* ICMP error quoting a tracked flow of the port */
+	TN_PASS_ENCAP = 9,   /* put into a 6in4 tunnel (TN_DIR_6IN4) */
+	TN_PASS_DECAP = 10,  /* taken out of a 6in4 tunnel (TN_DIR_6IN4) */
 
 	TN_DROP_FIRST = 64,
 	TN_DROP_TRUNCATED = 64,	   /* a header ends beyond the packet */
@@ -86,7 +90,18 @@ enum tn_reason {
 	TN_DROP_WRONG_PORT = 83,  /* unicast to a port its destination
 				   * is not bound to (a forged source MAC
 				   * moved a sibling in the bridge) */
-	TN_REASON_MAX = 84,
+	TN_DROP_6IN4_PEER = 84,	  /* protocol 41 to a tunnel endpoint of this
+				   * node from an IPv4 that is no tunnel's
+				   * other end */
+	TN_DROP_6IN4_INNER = 85,  /* from a tunnel's other end, an inner
+				   * source or destination outside what that
+				   * end may use (its delegated /64s; the
+				   * internet) */
+	TN_DROP_6IN4_FRAG = 86,	  /* fragmented protocol 41 (RFC 4213 3.6:
+				   * not reassembled, dropped silently) */
+	TN_DROP_6IN4_LEAK = 87,	  /* a destination in a tenant's prefixes
+				   * would leave the node in cleartext */
+	TN_REASON_MAX = 88,
 };
 
 /* tn_errors_v1 (per-CPU array): what the datapath could not record. */
@@ -152,6 +167,9 @@ enum tn_route_kind {
 	TN_ROUTE_EXIT =
 		3, /* ::/0: the WireGuard device on a member, the kernel (ifindex 0) on the exit */
 	TN_ROUTE_DROP = 4, /* unreachable by policy */
+	TN_ROUTE_6IN4 = 5, /* ::/0 on an ipv4-only member: its exit over 6in4
+			    * (the tunnel is tn_6in4_v1's entry for the
+			    * source's /64) */
 };
 
 /* struct tn_route's flags. */
@@ -165,6 +183,44 @@ struct tn_route {
 	__u8 flags;
 	__u16 mtu; /* path MTU for the tenant's packets; 0: unknown. TCP SYNs
 		    * to and from the prefix get their MSS clamped to fit it. */
+};
+
+/* tn_6in4_v1 (LPM): 6in4 tunnels (IPv6 in IPv4, protocol 41, RFC 4213)
+ * between an ipv4-only member and its network's exit, one entry per /64
+ * the exit delegated to the member (docs/reference.md, "6in4"). */
+struct tn_6in4_key {
+	__u32 prefixlen; /* address prefix length, 0..128 */
+	__u8 addr[TN_ADDR_LEN];
+};
+
+enum tn_6in4_flags {
+	/* This node's /64 (on the member): what it sends (by source) goes
+	 * into the tunnel to remote; what remote sends for it (by
+	 * destination) is taken out. */
+	TN_6IN4_F_MINE = 1,
+	/* A member's /64 behind this node (on the exit): what goes to it
+	 * (by destination) goes into the tunnel to remote; what remote
+	 * sends from it (by source) is taken out. */
+	TN_6IN4_F_PEER = 2,
+};
+
+struct tn_6in4 {
+	__be32 remote; /* the other end's IPv4 (outer destination) */
+	__be32 local;  /* this node's IPv4 (outer source) */
+	__u32 ifindex; /* the uplink the outer packet leaves on */
+	__u32 tenant;
+	__u16 mtu;  /* the tunnel's IPv6 MTU, 1280..1480 */
+	__u8 flags; /* enum tn_6in4_flags */
+	__u8 pad;
+};
+
+/* tn_6in4ep_v1: the tunnels' outer addresses. {remote, local}: a tunnel's
+ * other end and this node's address it talks to; {0, local}: local is one
+ * of this node's tunnel endpoints (protocol 41 to it from any other
+ * address is dropped as 6in4-peer; to other addresses it is not ours). */
+struct tn_6in4ep_key {
+	__be32 remote;
+	__be32 local;
 };
 
 /* tn_tenant_v1: tenant -> default policy. A tenant without an entry gets

@@ -70,6 +70,26 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tn_route_v1 SEC(".maps");
 
+#define TN_6IN4_ENTRIES 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TN_6IN4_ENTRIES);
+	__type(key, struct tn_6in4_key);
+	__type(value, struct tn_6in4);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_6in4_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_6IN4_ENTRIES);
+	__type(key, struct tn_6in4ep_key);
+	__type(value, __u32); /* tunnels (/64s) with these ends */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_6in4ep_v1 SEC(".maps");
+
 /* tn_wgdev_v1: ifindex of a tenant's WireGuard device -> its tenant. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -33,6 +33,19 @@ const (
 	HomeIPv6  Class = "home-ipv6"
 )
 
+// ExitTunnel is how an ipv4-only member carries its tenants' outside
+// traffic to their networks' exits.
+type ExitTunnel string
+
+const (
+	// ExitTunnel6in4: IPv6 in IPv4 (protocol 41), on the /64 the exit
+	// delegated (the default).
+	ExitTunnel6in4 ExitTunnel = "6in4"
+	// ExitTunnelWireGuard: inside the network's WireGuard, as home-nat
+	// nodes do (where the DC filters protocol 41).
+	ExitTunnelWireGuard ExitTunnel = "wireguard"
+)
+
 // Node is the configuration of one node.
 type Node struct {
 	NodeID      string         `yaml:"node_id"`
@@ -92,6 +105,12 @@ type Node struct {
 	// the registry has told every member, and tenants have dropped rules
 	// naming the old /64, they still mean the old network.
 	ReuseQuarantine *time.Duration `yaml:"reuse_quarantine"`
+	// ExitTunnel (ipv4-only nodes): 6in4 (default) or wireguard.
+	ExitTunnel ExitTunnel `yaml:"exit_tunnel"`
+	// SixIn4MTU is the IPv6 MTU of 6in4 tunnels, at either end (default
+	// 1480: the IPv4 path's 1500 less the 20-byte header; RFC 4213
+	// allows 1280..1480).
+	SixIn4MTU int `yaml:"sixin4_mtu"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -159,6 +178,12 @@ func (n *Node) defaults() {
 	if n.DropEventSampleRate == nil {
 		rate := uint32(64)
 		n.DropEventSampleRate = &rate
+	}
+	if n.ExitTunnel == "" {
+		n.ExitTunnel = ExitTunnel6in4
+	}
+	if n.SixIn4MTU == 0 {
+		n.SixIn4MTU = 1480
 	}
 	if n.MaxDeclaredNetworks == 0 {
 		n.MaxDeclaredNetworks = 1024

@@ -100,6 +100,12 @@ func (n *Node) Validate() error {
 	if n.RegistryGrace < 0 || n.RegistryGrace > 7*24*time.Hour {
 		bad("registry_grace", n.RegistryGrace.String(), "must be 0s..168h (0: the default, 1h)")
 	}
+	if n.ExitTunnel != ExitTunnel6in4 && n.ExitTunnel != ExitTunnelWireGuard {
+		bad("exit_tunnel", string(n.ExitTunnel), "want 6in4 or wireguard")
+	}
+	if n.SixIn4MTU < 1280 || n.SixIn4MTU > 1480 {
+		bad("sixin4_mtu", fmt.Sprint(n.SixIn4MTU), "must be 1280..1480 (RFC 4213: the IPv4 path's 1500 less 20)")
+	}
 	if n.ReuseQuarantine != nil && *n.ReuseQuarantine < 0 {
 		bad("reuse_quarantine", n.ReuseQuarantine.String(), "must not be negative (0s: reused at once)")
 	}

@@ -84,7 +84,10 @@ func TestPlanDeclared(t *testing.T) {
 func TestExitState(t *testing.T) {
 	e := newExitState()
 	e.learn(map[string]registry.NetworkSpec{"a": {ID: "a", Exit: "self"}, "b": {ID: "b", Exit: "n2"}, "c": {ID: "c"}}, true)
-	dual, v4 := selfAs(config.DualStack), selfAs(config.IPv4Only)
+	dual, v4, home := selfAs(config.DualStack), selfAs(config.IPv4Only), selfAs(config.HomeNAT)
+	v4.ExitTunnel = config.ExitTunnelWireGuard
+	sit := selfAs(config.IPv4Only)
+	sit.ExitTunnel = config.ExitTunnel6in4
 	tests := []struct {
 		id      string
 		self    *config.Node
@@ -95,6 +98,9 @@ func TestExitState(t *testing.T) {
 		{"a", v4, exitBadClass, "none: declared exit, but ipv4-only has no native IPv6"},
 		{"b", dual, exitNone, "native"},
 		{"b", v4, exitViaPeer, "none: exit n2 not reachable yet"},
+		{"b", home, exitViaPeer, "none: exit n2 not reachable yet"},
+		{"b", sit, exitVia6in4, "none: exit n2 not reachable yet"},
+		{"a", sit, exitBadClass, "none: declared exit, but ipv4-only has no native IPv6"},
 		{"c", dual, exitNone, "native"},
 		{"c", v4, exitNone, "none: no exit declared"},
 		{"unknown", v4, exitNone, "none: no exit declared"},
@@ -108,8 +114,12 @@ func TestExitState(t *testing.T) {
 		}
 	}
 	e.via["b"] = "tg1abcd"
-	if got := e.outside("b", v4); got != "via n2" {
-		t.Errorf("outside once routed = %q, want via n2", got)
+	if got := e.outside("b", v4); got != "via n2 over WireGuard" {
+		t.Errorf("outside once routed = %q, want via n2 over WireGuard", got)
+	}
+	e.via["b"] = "tn6in4"
+	if got := e.outside("b", sit); got != "via n2 over 6in4" {
+		t.Errorf("outside once routed = %q, want via n2 over 6in4", got)
 	}
 
 	// An incomplete listing only adds; a complete one also forgets.

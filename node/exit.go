@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -53,7 +54,8 @@ type exitRole int
 const (
 	exitNone     exitRole = iota // native IPv6 here, or no exit declared
 	exitHere                     // this node is the network's exit
-	exitViaPeer                  // the outside is reached through the exit peer
+	exitViaPeer                  // the outside is reached through the exit peer (WireGuard)
+	exitVia6in4                  // the outside is reached through the exit over 6in4 (sixin4.go)
 	exitBadClass                 // declared exit, but without native IPv6
 )
 
@@ -94,6 +96,8 @@ func (e *exitState) role(id string, self *config.Node) exitRole {
 		return exitBadClass
 	case exit == self.NodeID:
 		return exitHere
+	case self.Class == config.IPv4Only && self.ExitTunnel == config.ExitTunnel6in4:
+		return exitVia6in4
 	case self.Class != config.DualStack:
 		return exitViaPeer
 	}
@@ -113,7 +117,12 @@ func (e *exitState) outside(id string, self *config.Node) string {
 		if e.via[id] == "" {
 			return "none: exit " + exit + " not reachable yet"
 		}
-		return "via " + exit
+		return "via " + exit + " over WireGuard"
+	case exitVia6in4:
+		if e.via[id] == "" {
+			return "none: exit " + exit + " not reachable yet"
+		}
+		return "via " + exit + " over 6in4"
 	}
 	if self.Class == config.DualStack {
 		return "native"
@@ -121,12 +130,21 @@ func (e *exitState) outside(id string, self *config.Node) string {
 	return "none: no exit declared"
 }
 
+// memberRoutes are, in a network's exit table whose default is not the
+// WireGuard device (6in4), the network's other prefixes: routed to the
+// device wg (or unreachable, without one), never to the default.
+type memberRoutes struct {
+	wg       string
+	prefixes []netip.Prefix
+}
+
 // syncExitRouting makes the policy routing of the networks in via (network
-// id -> WireGuard device name) and of those in closed (whose outside is
-// their exit's only: while the exit peer is away, their table keeps the
-// tenant's /64 from the main table's default route), and removes ours for
-// any other network.
-func (s *Service) syncExitRouting(nets []ipam.Network, via, closed map[string]string, r *repairs) error {
+// id -> the device of its default route: WireGuard, or tn6in4) and of
+// those in closed (whose outside is their exit's only: while the exit
+// peer is away, their table keeps the tenant's /64 from the main table's
+// default route), and removes ours for any other network. members has
+// the other prefixes of the networks whose default is not WireGuard.
+func (s *Service) syncExitRouting(nets []ipam.Network, via, closed map[string]string, members map[string]memberRoutes, r *repairs) error {
 	rules, err := dump(func() ([]netlink.Rule, error) { return s.nl.RuleList(netlink.FAMILY_V6) })
 	if err != nil {
 		return fmt.Errorf("list rules: %w", err)
@@ -162,7 +180,7 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via, closed map[string]st
 		if !ok {
 			dev = closed[n.ID]
 		}
-		if err := s.exitTableRoutes(n, dev, r); err != nil {
+		if err := s.exitTableRoutes(n, dev, members[n.ID], r); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -188,8 +206,11 @@ func (s *Service) syncExitRouting(nets []ipam.Network, via, closed map[string]st
 // WireGuard device dev (other members' /64s and, via the exit peer, the
 // outside: WireGuard picks the peer by AllowedIPs) when there is one, and
 // behind it an unreachable default, so that a device gone (or no exit
-// peer) never sends the tenant's packets to the main table.
-func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error {
+// peer) never sends the tenant's packets to the main table. When dev is
+// not the WireGuard device (6in4), the network's other prefixes (mr) go
+// to the WireGuard device, each with an unreachable route behind it, so
+// that no member's /64 takes the cleartext default.
+func (s *Service) exitTableRoutes(n ipam.Network, dev string, mr memberRoutes, r *repairs) error {
 	br, err := s.nl.LinkByName(n.Bridge())
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", n.Bridge(), err)
@@ -202,9 +223,24 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error 
 	if dev != "" {
 		wgl, err := s.nl.LinkByName(dev)
 		if err != nil {
-			return fmt.Errorf("wireguard %s: %w", dev, err)
+			return fmt.Errorf("device %s: %w", dev, err)
 		}
 		want = append(want, netlink.Route{LinkIndex: wgl.Attrs().Index, Dst: prefixNet(defaultRoute), Table: table})
+	}
+	var wgIdx int
+	if mr.wg != "" {
+		if l, err := s.nl.LinkByName(mr.wg); err == nil {
+			wgIdx = l.Attrs().Index
+		}
+	}
+	for _, p := range mr.prefixes {
+		if p == n.Prefix || p.Bits() == 0 {
+			continue
+		}
+		want = append(want, *unreachableRoute(p, table))
+		if wgIdx != 0 {
+			want = append(want, netlink.Route{LinkIndex: wgIdx, Dst: prefixNet(p), Table: table})
+		}
 	}
 	have, err := dump(func() ([]netlink.Route, error) {
 		return s.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
@@ -233,6 +269,25 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, r *repairs) error 
 		}
 		if len(have) > 0 {
 			r.add("restored route %s in table %d of network %s", w.Dst, table, n.ID)
+		}
+	}
+	// A member gone, or the default moved to another device: what the
+	// table no longer wants goes (its unreachable routes stay until the
+	// network's prefixes no longer name them).
+	for _, h := range have {
+		stale := !slices.ContainsFunc(want, func(w netlink.Route) bool {
+			if routePrefix(h) != routePrefix(w) {
+				return false
+			}
+			if w.Type == unix.RTN_UNREACHABLE {
+				return h.Type == unix.RTN_UNREACHABLE
+			}
+			return h.Type != unix.RTN_UNREACHABLE && h.LinkIndex == w.LinkIndex
+		})
+		if stale && h.Table == table {
+			if err := s.nl.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("network %s: remove route %s from table %d: %w", n.ID, routePrefix(h), table, err)
+			}
 		}
 	}
 	return nil

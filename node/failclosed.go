@@ -52,7 +52,7 @@ func failClosedRoutes(tenant uint32, want, have []bpfmaps.Route) []bpfmaps.Route
 		if wanted[h.Prefix] {
 			continue
 		}
-		if h.Kind == bpfmaps.RouteWG || h.Kind == bpfmaps.RouteDrop || (h.Kind == bpfmaps.RouteExit && h.Ifindex != 0) {
+		if h.Kind == bpfmaps.RouteWG || h.Kind == bpfmaps.RouteDrop || h.Kind == bpfmaps.Route6in4 || (h.Kind == bpfmaps.RouteExit && h.Ifindex != 0) {
 			out = append(out, bpfmaps.Route{Tenant: tenant, Prefix: h.Prefix, Kind: bpfmaps.RouteDrop})
 			wanted[h.Prefix] = true
 		}

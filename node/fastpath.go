@@ -22,8 +22,11 @@ type wgNet struct {
 	// pathMTU has the prefixes whose path carries less than the
 	// network's MTU (their TCP SYNs get the MSS clamped).
 	pathMTU  map[netip.Prefix]int
-	exitHere bool            // this node is the network's exit
-	have     []bpfmaps.Route // the tenant's routes in the datapath now
+	exitHere bool // this node is the network's exit
+	// sixin4 is this member's tunnel to the exit (nil: none): ::/0 goes
+	// into it.
+	sixin4 *bpfmaps.Tunnel6in4
+	have   []bpfmaps.Route // the tenant's routes in the datapath now
 }
 
 // routes are the tenant's wanted datapath routes: its /64 here on the
@@ -48,6 +51,12 @@ func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
 			}
 			want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: a, Kind: kind, Ifindex: dev, Redirect: fast, MTU: uint16(mtu)})
 		}
+	}
+	if w.sixin4 != nil {
+		// The outside, over 6in4 to the exit: tn_from_workload puts it
+		// into the tunnel of the source's /64 (fast), else the kernel
+		// routes it into tn6in4 (the exit table).
+		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.Route6in4, Redirect: fast, MTU: w.sixin4.MTU})
 	}
 	if w.exitHere {
 		// The members' packets for the outside leave through the

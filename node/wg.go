@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"net/netip"
@@ -73,15 +74,20 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 		errs = append(errs, readErr)
 	}
 	local := map[string]bool{}
-	viaExit := map[string]string{}
-	closed := map[string]string{} // networks whose outside is the exit's only -> their device ("": none)
+	out := exitPaths{via: map[string]string{}, closed: map[string]string{}, members: map[string]memberRoutes{}}
 	for _, n := range nets {
 		local[n.ID] = true
-		if err := s.reconcileNetWG(n, nodes, routes[n.Num], viaExit, closed, r); err != nil {
+		if err := s.reconcileNetWG(n, nodes, routes[n.Num], &out, r); err != nil {
 			errs = append(errs, fmt.Errorf("network %s wireguard: %w", n.ID, err))
 		}
 	}
-	if err := s.syncExitRouting(nets, viaExit, closed, r); err != nil {
+	// The tunnels (and their device) before the exit tables route into
+	// them.
+	if err := s.sync6in4(out.sixin4, r); err != nil {
+		errs = append(errs, fmt.Errorf("6in4: %w", err))
+	}
+	viaExit := out.via
+	if err := s.syncExitRouting(nets, viaExit, out.closed, out.members, r); err != nil {
 		errs = append(errs, fmt.Errorf("exit routing: %w", err))
 	}
 	// The kernel's side of failing closed, from the routes just written.
@@ -105,17 +111,50 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	return errors.Join(errs...)
 }
 
+// exitPaths collects what reconcileNetWG finds of the networks' ways out.
+type exitPaths struct {
+	via     map[string]string // networks routed to their exit -> the device of the default route
+	closed  map[string]string // networks whose outside is the exit's only -> their WireGuard device ("": none)
+	members map[string]memberRoutes
+	sixin4  sixin4Want
+}
+
 // reconcileNetWG keeps one network's device, peers and routes. When this
 // node reaches the outside through the network's exit, it records the
-// device in viaExit (syncExitRouting routes the tenant's /64 there).
-func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []bpfmaps.Route, viaExit, closed map[string]string, r *repairs) error {
+// device in out.via (syncExitRouting routes the tenant's /64 there); the
+// 6in4 tunnels of the network go to out.sixin4.
+func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, routes []bpfmaps.Route, out *exitPaths, r *repairs) error {
+	viaExit, closed := out.via, out.closed
 	name := wg.Name(n.Num, s.cfg.NodeID)
 	role := s.exit.role(n.ID, s.cfg)
+	allowed := peersAllowed(n.ID, n.Declared, s.trust.specs)
+	uplink := uint32(0)
+	if role == exitVia6in4 || role == exitHere {
+		uplink = s.uplinkIndex()
+	}
+	var tunnel *bpfmaps.Tunnel6in4 // this member's, to the exit
+	switch role {
+	case exitVia6in4:
+		for _, rec := range nodes {
+			if rec.NodeID == s.exit.exits[n.ID] && allowed(rec.NodeID) {
+				if t, ok := memberTunnel(n, rec, s.cfg, uplink); ok {
+					tunnel = &t
+					out.sixin4.tunnels = append(out.sixin4.tunnels, t)
+				}
+			}
+		}
+	case exitHere:
+		ts := exitTunnels(n, nodes, allowed, s.cfg, uplink)
+		out.sixin4.tunnels = append(out.sixin4.tunnels, ts...)
+		for _, t := range ts {
+			out.sixin4.members = append(out.sixin4.members, t.Prefix)
+		}
+	}
 	if role == exitBadClass && !s.exit.warned[n.ID] {
 		s.exit.warned[n.ID] = true
 		s.log.Warn("this node is declared the network's exit but has no native IPv6 (class "+string(s.cfg.Class)+"): it does not forward for the network", "network", n.ID)
 	}
-	want := desiredPeers(n, nodes, peersAllowed(n.ID, n.Declared, s.trust.specs), s.cfg, role, s.exit.exits[n.ID], time.Now())
+	want := desiredPeers(n, nodes, allowed, s.cfg, role, s.exit.exits[n.ID], time.Now())
 	for _, t := range want.wakes {
 		s.wakeAt(t) // switch the peer's key on time
 	}
@@ -135,7 +174,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, failClosedRoutes(n.Num, nil, routes), routes); err != nil {
 			return err
 		}
-		if role == exitViaPeer {
+		if role == exitViaPeer || role == exitVia6in4 {
 			closed[n.ID] = "" // no device: the table holds the /64 and the unreachable default
 		}
 		if d != nil {
@@ -193,13 +232,17 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
-	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, have: routes}, r); err != nil {
+	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, sixin4: tunnel, have: routes}, r); err != nil {
 		return err
 	}
 	if want.exitPeer {
 		viaExit[n.ID] = name
 	}
-	if role == exitViaPeer {
+	if tunnel != nil {
+		viaExit[n.ID] = sixin4DevName
+		out.members[n.ID] = memberRoutes{wg: name, prefixes: append(slices.Clone(want.prefixes), hosts...)}
+	}
+	if role == exitViaPeer || role == exitVia6in4 {
 		closed[n.ID] = name // with or without its exit peer now
 	}
 	if err := s.syncProxyNDP(n, hosts, r); err != nil {

@@ -116,7 +116,7 @@ func gridExit(t *testing.T, extra string) {
 	for _, c := range []struct {
 		g             *gridNode
 		network, want string
-	}{{home, "acme", "via node1"}, {home, "globex", "none: no exit declared"}, {exit, "acme", "exit"}, {exit, "globex", "native"}} {
+	}{{home, "acme", "via node1 over WireGuard"}, {home, "globex", "none: no exit declared"}, {exit, "acme", "exit"}, {exit, "globex", "native"}} {
 		var nets []struct {
 			ID      string `json:"id"`
 			Outside string `json:"outside"`

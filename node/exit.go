@@ -302,7 +302,8 @@ func flushTable(h *netlink.Handle, table int) {
 	}
 }
 
-// RemoveExitRouting removes every rule and table of ours (cleanup).
+// RemoveExitRouting removes every rule and table of ours, the exits' and
+// 6in4's (cleanup).
 func RemoveExitRouting(h *netlink.Handle) (int, error) {
 	rules, err := dump(func() ([]netlink.Rule, error) { return h.RuleList(netlink.FAMILY_V6) })
 	if err != nil {
@@ -310,7 +311,7 @@ func RemoveExitRouting(h *netlink.Handle) (int, error) {
 	}
 	n := 0
 	for _, ru := range rules {
-		if !isExitRule(ru) {
+		if !isExitRule(ru) && (ru.Priority != sixin4RulePriority || ru.Table != sixin4Table) {
 			continue
 		}
 		if err := h.RuleDel(&ru); err == nil {

@@ -53,7 +53,7 @@ int tn_6in4_out(struct __sk_buff *skb)
 	if (reason)
 		goto drop;
 	tn_clamp_mss(skb, &p, tun.mtu);
-	return tn_6in4_xmit(skb, &p, &tun, 0);
+	return tn_6in4_xmit(skb, &p, &tun, 0, skb->ifindex);
 drop:
 	tn_verdict(&p, tenant, skb->ifindex, TN_DIR_6IN4, reason, skb->len);
 	return TC_ACT_SHOT;

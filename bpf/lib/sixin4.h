@@ -105,7 +105,7 @@ static __always_inline __u32 tn_6in4_seglen(struct __sk_buff *skb,
  * a TC action. A global function: the verifier checks it once, whatever
  * state its callers are in. p and t may be NULL to the verifier. */
 __noinline int tn_6in4_xmit(struct __sk_buff *skb, const struct pkt *p,
-			    const struct tn_6in4 *t, __u32 fast)
+			    const struct tn_6in4 *t, __u32 fast, __u32 dev)
 {
 	if (!p || !t)
 		return TC_ACT_SHOT;
@@ -130,16 +130,22 @@ __noinline int tn_6in4_xmit(struct __sk_buff *skb, const struct pkt *p,
 
 	/* The outer route first, while nothing is changed yet. tot_len is one
 	 * segment's: the lookup fails with FRAG_NEEDED when the IPv4 path
-	 * (its route's MTU, a learnt PMTU) is narrower than the tunnel. */
+	 * (its route's MTU, a learnt PMTU) is narrower than the tunnel. It is
+	 * a forwarding lookup as if the packet came in by the 6in4 device
+	 * dev: bpf_fib_lookup answers FWD_DISABLED for an interface that
+	 * does not forward IPv4, OUTPUT lookups included, and the device
+	 * (which never receives anything: its veth peer is down) is the one
+	 * interface whose IPv4 forwarding costs nothing (sixin4/ switches it
+	 * on; the uplink's stays off). */
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET,
 		.l4_protocol = IPPROTO_IPV6,
 		.tot_len = seg + TN_6IN4_HLEN,
-		.ifindex = t->ifindex,
+		.ifindex = dev,
 		.ipv4_src = t->local,
 		.ipv4_dst = t->remote,
 	};
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if ((rc != BPF_FIB_LKUP_RET_SUCCESS &&
 	     rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
 	    fib.ifindex != t->ifindex) {
@@ -236,7 +242,8 @@ static __always_inline int tn_6in4_route(const struct pkt *p, __u32 tenant,
 }
 
 /* The member's fast path into its tunnel, after the port's verdict
- * passed the packet: with TN_ROUTE_F_REDIRECT encapsulated here and
+ * passed the packet (rt->ifindex is the 6in4 device, the kernel route's
+ * too): with TN_ROUTE_F_REDIRECT encapsulated here and
  * sent out of the uplink; without, left to the kernel, whose route
  * takes it to the slow path device (tn_6in4_out). The MSS is clamped
  * either way. Returns a TC action. */
@@ -248,5 +255,5 @@ static __always_inline int tn_fast_to_6in4(struct __sk_buff *skb,
 	tn_clamp_mss(skb, p, tun->mtu);
 	if (!rt || !(rt->flags & TN_ROUTE_F_REDIRECT))
 		return TC_ACT_OK;
-	return tn_6in4_xmit(skb, p, tun, 1);
+	return tn_6in4_xmit(skb, p, tun, 1, rt->ifindex);
 }

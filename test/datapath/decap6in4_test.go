@@ -35,7 +35,7 @@ var (
 
 const tenantC = 3
 
-func sixin4Env(t *testing.T) *env {
+func decapEnv(t *testing.T) *env {
 	e := standardEnv(t)
 	e.tenantPrefix("2001:db8:c::/64", tenantC)
 	e.tenantPrefix("2001:db8:e::/64", tenantC)
@@ -50,8 +50,8 @@ func sixin4Env(t *testing.T) *env {
 	return e
 }
 
-// outer is how a 6in4 frame is wrapped, and how it is corrupted.
-type outer struct {
+// decapOuter is how a 6in4 frame is wrapped, and how it is corrupted.
+type decapOuter struct {
 	src, dst  netip.Addr
 	tos       uint8
 	fragOff   uint16 // 8-byte units
@@ -69,7 +69,7 @@ type outer struct {
 // wrap6in4 puts the IPv6 packet of a frame (from its IP header on) into
 // an IPv4 header with protocol 41 and returns the frame and the inner
 // frame a decapsulator should leave (the same MACs, ethertype IPv6).
-func wrap6in4(o outer, inner packet.Spec) (frame, want []byte) {
+func wrap6in4(o decapOuter, inner packet.Spec) (frame, want []byte) {
 	in := packet.IPv6(inner)
 	if o.innerTC != 0 {
 		binary.BigEndian.PutUint32(in[0:], 6<<28|uint32(o.innerTC)<<20|binary.BigEndian.Uint32(in[0:])&0xfffff)
@@ -196,18 +196,18 @@ func runSixin4(t *testing.T, e *env, cases []sixin4Case) {
 }
 
 func TestSixin4DecapAccepted(t *testing.T) {
-	e := sixin4Env(t)
+	e := decapEnv(t)
 	var cases []sixin4Case
-	add := func(name string, o outer, in packet.Spec, counts ...ckey) {
+	add := func(name string, o decapOuter, in packet.Spec, counts ...ckey) {
 		f, w := wrap6in4(o, in)
 		cases = append(cases, sixin4Case{name: name, frame: f, ret: xdpPass, counts: counts, out: w})
 	}
-	fromM := outer{src: memberM, dst: exitLocal}
-	fromExit := outer{src: theExit, dst: memberLocal}
+	fromM := decapOuter{src: memberM, dst: exitLocal}
+	fromExit := decapOuter{src: theExit, dst: memberLocal}
 	// The exit: its member's packet for the internet comes out as the
 	// inner frame and goes on to the kernel's routing.
 	add("exit side: member to the internet", fromM, tcp(mHost, inet6, 40000, 443, synF), decapOK(tenantC))
-	add("exit side: the other member", outer{src: memberN, dst: exitLocal}, tcp(nHost, inet6, 40000, 443, synF), decapOK(tenantC))
+	add("exit side: the other member", decapOuter{src: memberN, dst: exitLocal}, tcp(nHost, inet6, 40000, 443, synF), decapOK(tenantC))
 	// RFC 4213 3.6: the length is the inner one; padding inside the IPv4
 	// packet and after it (Ethernet's minimum frame) is cut off.
 	o := fromM
@@ -227,28 +227,28 @@ func TestSixin4DecapAccepted(t *testing.T) {
 	w[15] |= 0x30
 	cases = append(cases, sixin4Case{name: "member side: CE onto ECT(0)", frame: f, ret: xdpPass, counts: []ckey{decapOK(tenantA)}, out: w})
 	o.tos = 0x02 // ECT(0) outer: the inner is left as it is
-	add("member side: ECT outer, inner kept", o, tcp(inet6, a1v6, 40105, 8080, synF), decapOK(tenantA))
+	add("member side: ECT decapOuter, inner kept", o, tcp(inet6, a1v6, 40105, 8080, synF), decapOK(tenantA))
 	runSixin4(t, e, cases)
 }
 
 func TestSixin4DecapAttacks(t *testing.T) {
-	e := sixin4Env(t)
+	e := decapEnv(t)
 	var cases []sixin4Case
-	add := func(name string, o outer, in packet.Spec, ret uint32, counts ...ckey) {
+	add := func(name string, o decapOuter, in packet.Spec, ret uint32, counts ...ckey) {
 		f, _ := wrap6in4(o, in)
 		cases = append(cases, sixin4Case{name: name, frame: f, ret: ret, counts: counts})
 	}
-	drop := func(name string, o outer, in packet.Spec, counts ...ckey) {
+	drop := func(name string, o decapOuter, in packet.Spec, counts ...ckey) {
 		add(name, o, in, xdpDrop, counts...)
 	}
-	fromM := outer{src: memberM, dst: exitLocal}
-	fromExit := outer{src: theExit, dst: memberLocal}
+	fromM := decapOuter{src: memberM, dst: exitLocal}
+	fromExit := decapOuter{src: theExit, dst: memberLocal}
 	good := tcp(mHost, inet6, 40000, 443, synF)
 
 	// The outer addresses.
-	drop("unregistered IPv4 to the exit's endpoint", outer{src: stranger4, dst: exitLocal}, good, drop6(0, policy.Drop6in4Peer))
-	drop("the exit's address, to the member's endpoint", outer{src: theExit, dst: exitLocal}, tcp(inet6, a1v6, 1, 8080, synF), drop6(0, policy.Drop6in4Peer))
-	drop("a member, to the other tunnel's local end", outer{src: memberM, dst: memberLocal}, good, drop6(0, policy.Drop6in4Peer))
+	drop("unregistered IPv4 to the exit's endpoint", decapOuter{src: stranger4, dst: exitLocal}, good, drop6(0, policy.Drop6in4Peer))
+	drop("the exit's address, to the member's endpoint", decapOuter{src: theExit, dst: exitLocal}, tcp(inet6, a1v6, 1, 8080, synF), drop6(0, policy.Drop6in4Peer))
+	drop("a member, to the other tunnel's local end", decapOuter{src: memberM, dst: memberLocal}, good, drop6(0, policy.Drop6in4Peer))
 	// The right peer, an inner source outside its delegation.
 	drop("member M as member N", fromM, tcp(nHost, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
 	drop("member M as the exit's own /64", fromM, tcp(a1v6, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
@@ -272,7 +272,7 @@ func TestSixin4DecapAttacks(t *testing.T) {
 	drop("first fragment", o, good, drop6(0, policy.Drop6in4Frag))
 	o.more, o.fragOff = false, 185
 	drop("last fragment", o, good, drop6(0, policy.Drop6in4Frag))
-	o = outer{src: stranger4, dst: exitLocal, more: true, fragOff: 3}
+	o = decapOuter{src: stranger4, dst: exitLocal, more: true, fragOff: 3}
 	drop("a stranger's fragment", o, good, drop6(0, policy.Drop6in4Frag))
 	// Malformed headers and lengths.
 	o = fromM
@@ -295,15 +295,15 @@ func TestSixin4DecapAttacks(t *testing.T) {
 	drop("total length short of the inner packet", o, good, drop6(0, policy.DropMalform))
 	o = fromM
 	o.version = 5
-	drop("outer version 5", o, good, drop6(0, policy.DropMalform))
+	drop("decapOuter version 5", o, good, drop6(0, policy.DropMalform))
 	// ECN: CE on a sender that does not do ECN (as sit: dropped).
-	o = outer{src: theExit, dst: memberLocal, tos: 0x03}
+	o = decapOuter{src: theExit, dst: memberLocal, tos: 0x03}
 	drop("CE onto Not-ECT", o, tcp(inet6, a1v6, 40100, 8080, synF), drop6(tenantA, policy.DropMalform))
 
 	// Not ours: protocol 41 to an address that is no endpoint of ours
 	// (an operator's own tunnel) passes as it came, counted nowhere.
-	add("protocol 41 to another address", outer{src: memberM, dst: netip.MustParseAddr("192.0.2.200")}, good, xdpPass)
-	o = outer{src: stranger4, dst: netip.MustParseAddr("192.0.2.200"), more: true}
+	add("protocol 41 to another address", decapOuter{src: memberM, dst: netip.MustParseAddr("192.0.2.200")}, good, xdpPass)
+	o = decapOuter{src: stranger4, dst: netip.MustParseAddr("192.0.2.200"), more: true}
 	add("a fragment to another address", o, good, xdpPass)
 
 	// Decapsulated, then prefiltered like native traffic: the member's
@@ -319,8 +319,8 @@ func TestSixin4DecapAttacks(t *testing.T) {
 // uplink) arrives in several buffers (xdp.frags); the headers are in the
 // first, the trim of the padding works on the last.
 func TestSixin4DecapMultiBuffer(t *testing.T) {
-	e := sixin4Env(t)
-	o := outer{src: memberM, dst: exitLocal, framePad: 3}
+	e := decapEnv(t)
+	o := decapOuter{src: memberM, dst: exitLocal, framePad: 3}
 	in := packet.Spec{Src: mHost, Dst: inet6, Proto: 17, Sport: 5000, Dport: 5001, Payload: 6000}
 	f, w := wrap6in4(o, in)
 	runSixin4(t, e, []sixin4Case{{name: "6 KB over 6in4", frame: f, ret: xdpPass, counts: []ckey{decapOK(tenantC)}, out: w}})

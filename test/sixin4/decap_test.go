@@ -1,4 +1,4 @@
-package sixin4
+package sixin4test
 
 import (
 	"net/netip"

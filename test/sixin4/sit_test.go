@@ -1,4 +1,4 @@
-package sixin4
+package sixin4test
 
 import (
 	"net/netip"
@@ -10,7 +10,10 @@ import (
 )
 
 // TestSitInterop: one end is Linux's own 6in4 (`ip tunnel add sit1 mode
-// sit remote <v4> local <v4> ttl 64`, MTU 1480), the other our eBPF. The
+// sit remote <v4> local <v4> ttl 64`, MTU 1480), the other our eBPF
+// (tn_uplink's decap, tn_6in4_out's encap): what sit sends is taken out
+// (and what it must not send is dropped, counted, silently), then ping6,
+// PMTU and 10 MB of TCP both ways (twoWay). The
 // host kernel has no sit module, so this runs in the kernel-matrix VMs
 // (Debian 6.1 and 6.12 load sit.ko) and skips on the host.
 func TestSitInterop(t *testing.T) {
@@ -33,6 +36,8 @@ func TestSitInterop(t *testing.T) {
 		if got := x.counter(t, tenant, policy.Dir6in4, policy.PassDecap) - before; got != 2 {
 			t.Errorf("pass-decap moved by %d, want 2", got)
 		}
+		// and back: our encapsulation into sit1
+		twoWay(t, tp)
 
 		// The member's kernel puts a source it was never delegated into
 		// the tunnel: the exit drops it, counted, silently.
@@ -73,6 +78,7 @@ func TestSitInterop(t *testing.T) {
 		if got := m.counter(t, tenant, policy.Dir6in4, policy.PassDecap) - before; got != 2 {
 			t.Errorf("pass-decap moved by %d, want 2", got)
 		}
+		twoWay(t, tp)
 
 		w := watchICMP(t, tp.exit.ns, "up0")
 		// Another tenant's source, carried by the exit's sit.

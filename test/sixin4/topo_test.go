@@ -1,4 +1,4 @@
-package sixin4
+package sixin4test
 
 import (
 	"errors"
@@ -17,6 +17,7 @@ import (
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/policy"
+	"github.com/tenantnet/tenantnet/sixin4"
 )
 
 // The two ends. The member's uplink is IPv4 only (its IPv6 has nothing
@@ -140,6 +141,8 @@ func newTopo(t *testing.T, memberSit, exitSit bool) *topo {
 	} else {
 		tp.member.load(t, []bpfmaps.Tunnel6in4{{Prefix: delegated, Tenant: tenant, Mine: true,
 			Remote: exitV4, Local: memberV4, Ifindex: uint32(tp.member.up), MTU: mtu6}})
+		// the member's outside: ip -6 route add ::/0 dev tn6in4 mtu 1480
+		tp.slowPath(&tp.member, "::/0")
 	}
 	if exitSit {
 		tp.sit(enl, "sit1", exitV4, memberV4)
@@ -149,6 +152,8 @@ func newTopo(t *testing.T, memberSit, exitSit bool) *topo {
 	} else {
 		tp.exit.load(t, []bpfmaps.Tunnel6in4{{Prefix: delegated, Tenant: tenant,
 			Remote: memberV4, Local: exitV4, Ifindex: uint32(tp.exit.up), MTU: mtu6}})
+		// the member's /64: ip -6 route add <it> dev tn6in4 mtu 1480
+		tp.slowPath(&tp.exit, delegated.String())
 	}
 	return tp
 }
@@ -176,6 +181,26 @@ func (e *end) load(t *testing.T, tunnels []bpfmaps.Tunnel6in4) {
 		return err
 	}); err != nil {
 		t.Fatalf("attach tn_uplink in %s: %v", e.ns.Name, err)
+	}
+}
+
+// slowPath makes the end's 6in4 device (sixin4.EnsureDevice: a NOARP
+// veth), attaches tn_6in4_out to it (the encapsulation) and routes dsts
+// into it with the tunnel's MTU.
+func (tp *topo) slowPath(e *end, dsts ...string) {
+	tp.t.Helper()
+	tp.do(e.ns, func() error {
+		l, err := sixin4.EnsureDevice(e.nl, sixin4.DefaultName, mtu6)
+		if err != nil {
+			return err
+		}
+		if _, err := e.dp.Attach6in4(l.Attrs().Index, loader.AttachOptions{}); err != nil {
+			return fmt.Errorf("attach tn_6in4_out: %w", err)
+		}
+		return nil
+	})
+	for _, d := range dsts {
+		tp.route(e.nl, d, sixin4.DefaultName, "", mtu6)
 	}
 }
 

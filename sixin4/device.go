@@ -114,7 +114,6 @@ func EnsureDevice(nl *netlink.Handle, name string, mtu int) (netlink.Link, error
 	return l, nil
 }
 
-
 // Remove deletes the device (its peer goes with it); a device that is
 // not there is no error. Its routes and TC attachment go with it (the
 // loader's pin of the attachment is left for loader.Detach).

@@ -77,7 +77,9 @@ type Datapath struct {
 // addedLater are maps newer builds added to schema 1 without changing any
 // existing layout: pins made by an older build lack them until the next
 // Load creates them, and readers must cope with their absence.
-var addedLater = map[string]bool{"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true}
+var addedLater = map[string]bool{
+	"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true, "tn_6in4_v1": true, "tn_6in4ep_v1": true,
+}
 
 // progAddedLater are programs newer builds added: Open copes with pins of
 // an older build that lack them.

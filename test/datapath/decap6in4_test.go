@@ -23,6 +23,7 @@ import (
 // address 192.0.2.9.
 var (
 	exitLocal   = netip.MustParseAddr("192.0.2.1")
+	exitLocal2  = netip.MustParseAddr("192.0.2.2") // the exit's second endpoint: M's other /64
 	memberM     = netip.MustParseAddr("198.51.100.10")
 	memberN     = netip.MustParseAddr("198.51.100.20")
 	memberLocal = netip.MustParseAddr("192.0.2.9")
@@ -43,6 +44,7 @@ func decapEnv(t *testing.T) *env {
 		{Prefix: netip.MustParsePrefix("2001:db8:c::/64"), Tenant: tenantC, Remote: memberM, Local: exitLocal, Ifindex: uplink, MTU: 1480},
 		{Prefix: netip.MustParsePrefix("2001:db8:e::/64"), Tenant: tenantC, Remote: memberN, Local: exitLocal, Ifindex: uplink, MTU: 1480},
 		{Prefix: netip.MustParsePrefix("2001:db8:a::/64"), Tenant: tenantA, Mine: true, Remote: theExit, Local: memberLocal, Ifindex: uplink, MTU: 1480},
+		{Prefix: netip.MustParsePrefix("2001:db8:f::/64"), Tenant: tenantC, Remote: memberM, Local: exitLocal2, Ifindex: uplink, MTU: 1480},
 	}
 	if _, err := e.maps.SyncTunnels6in4(tun); err != nil {
 		t.Fatal(err)
@@ -251,6 +253,7 @@ func TestSixin4DecapAttacks(t *testing.T) {
 	drop("a member, to the other tunnel's local end", decapOuter{src: memberM, dst: memberLocal}, good, drop6(0, policy.Drop6in4Peer))
 	// The right peer, an inner source outside its delegation.
 	drop("member M as member N", fromM, tcp(nHost, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
+	drop("member M's /64 by its other tunnel (another local end)", decapOuter{src: memberM, dst: exitLocal2}, good, drop6(0, policy.Drop6in4Inner))
 	drop("member M as the exit's own /64", fromM, tcp(a1v6, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
 	drop("member M as the exit's other tenant", fromM, tcp(b1v6, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
 	drop("member M as a random address", fromM, tcp(inet6, ext6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))

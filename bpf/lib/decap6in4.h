@@ -17,13 +17,15 @@
  *     (TN_DROP_6IN4_PEER);
  *   - and the inner addresses are what that end may use (else
  *     TN_DROP_6IN4_INNER): on the exit, the inner source inside a /64 it
- *     delegated to that member (F_PEER, remote = the outer source), and
- *     then a destination in no tenant's prefixes (TN_DROP_6IN4_LEAK:
- *     tenant traffic rides WireGuard, never this cleartext tunnel); on
+ *     delegated to that member (F_PEER, remote = the outer source), to
+ *     a destination that is no multicast, link-local or RFC 4213 bogon,
+ *     and in no tenant's prefixes (TN_DROP_6IN4_LEAK: tenant traffic
+ *     rides WireGuard, never this cleartext tunnel); on
  *     the member, the inner destination inside its own /64 whose exit is
  *     the outer source (F_MINE), from an internet source (not in a
  *     tenant's prefixes, and none of what RFC 4213 3.6 rules out:
- *     multicast, loopback, ::/96, ::ffff:0:0/96, link-local).
+ *     multicast, loopback, ::/96, ::ffff:0:0/96, link-local);
+ *   - an inner hop limit below 255 (no link-scope message: see below).
  * Every drop is silent (no ICMP, RFC 4213 3.6) and counted under
  * TN_DIR_6IN4; a packet taken out is counted as TN_PASS_DECAP and goes on
  * to the prefilter as the inner IPv6 frame.
@@ -46,8 +48,9 @@
 
 /* RFC 4213 3.6: sources an encapsulator never sends from (multicast,
  * loopback, the IPv4-compatible ::/96 (:: included), the IPv4-mapped
- * ::ffff:0:0/96), and link-local, which is no tunnel's business here. */
-static __always_inline int tn_6in4_bad_source(const __u8 *a)
+ * ::ffff:0:0/96), and link-local, which is no tunnel's business here; as
+ * destinations, none of them is routed through a tunnel either. */
+static __always_inline int tn_6in4_bogon(const __u8 *a)
 {
 	__u64 hi;
 	__u32 w2;
@@ -124,6 +127,8 @@ static __always_inline int tn_6in4_decap(struct xdp_md *ctx, __u32 *tenant,
 	if (t) {
 		/* the exit, from its member */
 		*tenant = t->tenant;
+		if (tn_6in4_bogon(ev->dst))
+			return TN_DROP_6IN4_INNER;
 		if (tn_prefix_owner(ev->dst))
 			return TN_DROP_6IN4_LEAK;
 	} else {
@@ -133,9 +138,17 @@ static __always_inline int tn_6in4_decap(struct xdp_md *ctx, __u32 *tenant,
 		if (!t)
 			return TN_DROP_6IN4_INNER;
 		*tenant = t->tenant;
-		if (tn_6in4_bad_source(ev->src) || tn_prefix_owner(ev->src))
+		if (tn_6in4_bogon(ev->src) || tn_prefix_owner(ev->src))
 			return TN_DROP_6IN4_INNER;
 	}
+	/* Taken out here, the packet reaches the kernel as if it had come by
+	 * the uplink's own link, and hop limit 255 is what neighbour
+	 * discovery, router advertisements and redirects take for proof that
+	 * it crossed no router (RFC 4861 7.1.2): a tunnel's end could rewrite
+	 * this node's neighbours on the uplink (its gateway's MAC). Nothing
+	 * routed arrives with 255 (the other end forwarded it: 254 at most). */
+	if (ip6->hop_limit == 255)
+		return TN_DROP_6IN4_INNER;
 
 	/* ECN (RFC 6040, as sit's IP_ECN_decapsulate): congestion marked on
 	 * the outer header reaches the inner one; a CE mark on a packet whose

@@ -258,6 +258,22 @@ func TestSixin4DecapAttacks(t *testing.T) {
 	drop("member M as the exit's other tenant", fromM, tcp(b1v6, inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
 	drop("member M as a random address", fromM, tcp(inet6, ext6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
 	drop("member M from a link-local", fromM, tcp(netip.MustParseAddr("fe80::1"), inet6, 40000, 443, synF), drop6(0, policy.Drop6in4Inner))
+	// The right peer and source, to what is not routed through a tunnel.
+	for _, d := range []string{"ff02::1", "ff05::2", "fe80::1", "::1", "::ffff:10.0.0.1"} {
+		drop("member M to "+d, fromM, tcp(mHost, netip.MustParseAddr(d), 40000, 443, synF), drop6(tenantC, policy.Drop6in4Inner))
+	}
+	// Hop limit 255 is ND's proof of an on-link sender (RFC 4861): a
+	// tunnel's end would rewrite this node's neighbours on the uplink.
+	nd := packet.Spec{Src: mHost, Dst: netip.MustParseAddr("2001:db8:ffff::1"), Proto: 58, ICMPType: 136, NDTarget: netip.MustParseAddr("fe80::beef"), HopLimit: 255}
+	drop("member M: a neighbour advertisement (hop limit 255)", fromM, nd, drop6(tenantC, policy.Drop6in4Inner))
+	hl := good
+	hl.HopLimit = 255
+	drop("member M: hop limit 255", fromM, hl, drop6(tenantC, policy.Drop6in4Inner))
+	nd = packet.Spec{Src: inet6, Dst: a1v6, Proto: 58, ICMPType: 136, NDTarget: netip.MustParseAddr("fe80::1"), HopLimit: 255}
+	drop("the exit: a neighbour advertisement (hop limit 255)", fromExit, nd, drop6(tenantA, policy.Drop6in4Inner))
+	hl.HopLimit = 254
+	f, w := wrap6in4(fromM, hl)
+	cases = append(cases, sixin4Case{name: "member M: hop limit 254", frame: f, ret: xdpPass, counts: []ckey{decapOK(tenantC)}, out: w})
 	// The right peer and source, to a tenant's prefix: cleartext.
 	drop("member M to a workload of the exit", fromM, tcp(mHost, a1v6, 40000, 8080, synF), drop6(tenantC, policy.Drop6in4Leak))
 	drop("member M to member N", fromM, tcp(mHost, nHost, 40000, 22, synF), drop6(tenantC, policy.Drop6in4Leak))

@@ -47,8 +47,10 @@ func TestSitInterop(t *testing.T) {
 			t.Fatal(err)
 		}
 		sink.expect(t, false, outsider, "an undelegated source through sit")
-		if got := x.counter(t, 0, policy.Dir6in4, policy.Drop6in4Inner) - before; got != 1 {
-			t.Errorf("6in4-inner moved by %d, want 1", got)
+		// At least: Linux's sit1 has a link-local of its own, and what
+		// the member's kernel sends from it (MLD) is 6in4-inner too.
+		if got := x.counter(t, 0, policy.Dir6in4, policy.Drop6in4Inner) - before; got < 1 {
+			t.Errorf("6in4-inner moved by %d, want 1 or more", got)
 		}
 		// A sit tunnel from an IPv4 the exit has no tunnel with.
 		before = x.counter(t, 0, policy.Dir6in4, policy.Drop6in4Peer)

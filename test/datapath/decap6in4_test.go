@@ -58,14 +58,15 @@ type decapOuter struct {
 	tos       uint8
 	fragOff   uint16 // 8-byte units
 	more      bool
-	ihl       uint8 // 0: 5
-	version   uint8 // 0: 4
-	totDelta  int   // added to the IPv4 total length
-	ipPad     int   // bytes after the inner packet inside the IPv4 packet
-	framePad  int   // bytes after the IPv4 packet in the frame
-	truncate  int   // cut the frame to this many bytes
-	innerTC   uint8 // the inner traffic class
-	innerVers uint8 // 0: 6
+	ihl       uint8  // 0: 5
+	version   uint8  // 0: 4
+	totDelta  int    // added to the IPv4 total length
+	ipPad     int    // bytes after the inner packet inside the IPv4 packet
+	framePad  int    // bytes after the IPv4 packet in the frame
+	truncate  int    // cut the frame to this many bytes
+	innerTC   uint8  // the inner traffic class
+	innerVers uint8  // 0: 6
+	badSum    uint16 // XORed into the header checksum
 }
 
 // wrap6in4 puts the IPv6 packet of a frame (from its IP header on) into
@@ -100,6 +101,7 @@ func wrap6in4(o decapOuter, inner packet.Spec) (frame, want []byte) {
 	ip[8], ip[9] = 64, 41
 	copy(ip[12:], o.src.AsSlice())
 	copy(ip[16:], o.dst.AsSlice())
+	binary.BigEndian.PutUint16(ip[10:], ^ipSum(ip[:20])^o.badSum)
 	ip = append(append(ip, in...), make([]byte, o.ipPad)...)
 	frame = append(append(append([]byte{}, want[:12]...), 0x08, 0x00), ip...)
 	frame = append(frame, make([]byte, o.framePad)...)
@@ -312,6 +314,9 @@ func TestSixin4DecapAttacks(t *testing.T) {
 	drop("total length beyond the frame", o, good, drop6(0, policy.DropMalform))
 	o.totDelta = -1
 	drop("total length short of the inner packet", o, good, drop6(0, policy.DropMalform))
+	o = fromM
+	o.badSum = 0x0100
+	drop("a wrong header checksum", o, good, drop6(0, policy.DropMalform))
 	o = fromM
 	o.version = 5
 	drop("decapOuter version 5", o, good, drop6(0, policy.DropMalform))

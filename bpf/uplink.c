@@ -7,11 +7,16 @@
  * the port program does, for what it passes) and passes everything else (packets not
  * for a workload, control ICMP, fragments, unparsable frames): the workload
  * port's TC program stays the enforcement point and decides those.
+ *
+ * First, it takes 6in4 (protocol 41) for this node's tunnel endpoints out
+ * of its IPv4 header (lib/decap6in4.h); the inner IPv6 packet is then
+ * prefiltered like one that came natively.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
+#include "lib/decap6in4.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -23,11 +28,18 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 SEC("xdp.frags")
 int tn_uplink(struct xdp_md *ctx)
 {
+	struct pkt p = {};
+	__u32 tenant = 0;
+	int reason = tn_6in4_decap(ctx, &tenant, &p);
+	if (reason) {
+		if (tn_verdict(&p, tenant, ctx->ingress_ifindex, TN_DIR_6IN4,
+			       reason, bpf_xdp_get_buff_len(ctx)))
+			return XDP_DROP;
+		__builtin_memset(&p, 0, sizeof(p));
+	}
+
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct pkt p = {};
-	int reason;
-
 	if (tn_parse(data, data_end, bpf_xdp_get_buff_len(ctx), &p))
 		return XDP_PASS;
 	if (p.l3 == ETH_P_ARP || p.frag == TN_FRAG_LATER || tn_is_control(&p))

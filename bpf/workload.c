@@ -13,6 +13,7 @@
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/route.h"
+#include "lib/sixin4.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -94,6 +95,7 @@ int tn_from_workload(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct tn_route *rt = NULL;
+	struct tn_6in4 tun = {}; /* flags 0: not into a tunnel */
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
 	int reason;
@@ -129,11 +131,18 @@ int tn_from_workload(struct __sk_buff *skb)
 			reason = TN_DROP_ROUTE;
 			goto out;
 		}
+		if (rt && rt->kind == TN_ROUTE_6IN4) {
+			reason = tn_6in4_route(&p, tenant, &tun);
+			if (reason)
+				goto out;
+		}
 	}
 	reason = tn_stateful_out(skb, &p, ifindex, tenant);
 out:
 	if (tn_verdict(&p, tenant, ifindex, TN_DIR_OUT, reason, skb->len))
 		return TC_ACT_SHOT;
+	if (tun.flags)
+		return tn_fast_to_6in4(skb, &p, rt, &tun);
 	return tn_fast_to_wg(skb, &p, rt, tenant);
 }
 

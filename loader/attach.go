@@ -29,9 +29,11 @@ const (
 	HookUplink Hook = "xdp"
 	// HookFromWG is TC ingress of a tenant's WireGuard device.
 	HookFromWG Hook = "wg"
+	// Hook6in4Out is TC egress of the 6in4 slow path device (tn6in4).
+	Hook6in4Out Hook = "6in4"
 )
 
-var allHooks = []Hook{HookFromWorkload, HookToWorkload, HookUplink, HookFromWG}
+var allHooks = []Hook{HookFromWorkload, HookToWorkload, HookUplink, HookFromWG, Hook6in4Out}
 
 // Mode is how a program is attached.
 type Mode string
@@ -100,6 +102,19 @@ func (dp *Datapath) AttachWG(ifindex int, opts AttachOptions) (Mode, error) {
 	return dp.attachTC(ifindex, HookFromWG, mode)
 }
 
+// Attach6in4 attaches tn_6in4_out to TC egress of the 6in4 slow path
+// device (sixin4.EnsureDevice), replacing it in place like AttachPort.
+func (dp *Datapath) Attach6in4(ifindex int, opts AttachOptions) (Mode, error) {
+	if dp.SixIn4 == nil {
+		return "", fmt.Errorf("attach 6in4 ifindex %d: tn_6in4_out is not loaded (load the datapath with this build)", ifindex)
+	}
+	mode := ModeLegacyTC
+	if !opts.ForceLegacyTC {
+		mode = ModeTCX
+	}
+	return dp.attachTC(ifindex, Hook6in4Out, mode)
+}
+
 // tcHook is what a TC hook attaches: the program, the TCX attach type and
 // the clsact parent of its legacy filter.
 func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, parent uint32) {
@@ -108,6 +123,8 @@ func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, 
 		return dp.Progs.TnToWorkload, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
 	case HookFromWG:
 		return dp.WG, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
+	case Hook6in4Out:
+		return dp.SixIn4, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
 	}
 	return dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
 }
@@ -296,7 +313,7 @@ func (dp *Datapath) attachLegacy(ifindex int, h Hook, prog *ebpf.Program, parent
 
 func legacyFilter(ifindex int, h Hook) *netlink.BpfFilter {
 	parent := uint32(netlink.HANDLE_MIN_INGRESS)
-	if h == HookToWorkload {
+	if h == HookToWorkload || h == Hook6in4Out {
 		parent = netlink.HANDLE_MIN_EGRESS
 	}
 	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{

@@ -32,7 +32,7 @@ func TestFieldsCoverObjects(t *testing.T) {
 	}
 
 	want = slices.Collect(maps.Keys(spec.Programs))
-	for _, load := range []func() (*ebpf.CollectionSpec, error){LoadUplink, LoadWireguard} {
+	for _, load := range []func() (*ebpf.CollectionSpec, error){LoadUplink, LoadWireguard, LoadSixin4} {
 		s, err := load()
 		if err != nil {
 			t.Fatal(err)

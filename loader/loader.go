@@ -65,6 +65,7 @@ type Datapath struct {
 	Progs   WorkloadPrograms
 	Uplink  *ebpf.Program
 	WG      *ebpf.Program // tn_from_wg
+	SixIn4  *ebpf.Program // tn_6in4_out
 	log     *slog.Logger
 	created bool
 
@@ -76,11 +77,13 @@ type Datapath struct {
 // addedLater are maps newer builds added to schema 1 without changing any
 // existing layout: pins made by an older build lack them until the next
 // Load creates them, and readers must cope with their absence.
-var addedLater = map[string]bool{"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true}
+var addedLater = map[string]bool{
+	"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true, "tn_6in4_v1": true, "tn_6in4ep_v1": true,
+}
 
 // progAddedLater are programs newer builds added: Open copes with pins of
 // an older build that lack them.
-var progAddedLater = map[string]bool{"tn_from_wg": true}
+var progAddedLater = map[string]bool{"tn_from_wg": true, "tn_6in4_out": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
@@ -191,6 +194,19 @@ func Load(opts Options) (*Datapath, error) {
 	wobjs.WireguardMaps.Close()
 	dp.WG = wobjs.TnFromWg
 
+	sspec, err := LoadSixin4()
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("parse 6in4 object: %w", err)
+	}
+	var sobjs Sixin4Objects
+	if err := sspec.LoadAndAssign(&sobjs, &ebpf.CollectionOptions{MapReplacements: dp.mapsByName()}); err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("load 6in4 program: %w", err)
+	}
+	sobjs.Sixin4Maps.Close()
+	dp.SixIn4 = sobjs.Tn6in4Out
+
 	if created {
 		meta := WorkloadTnMeta{SchemaVersion: SchemaVersion, SampleRate: opts.SampleRate}
 		if err := dp.Maps.TnMetaV1.Put(uint32(0), meta); err != nil {
@@ -222,11 +238,12 @@ func mapFields(m *WorkloadMaps) map[string]**ebpf.Map {
 }
 
 // programFields returns the field of dp for each program, by its name:
-// the workload object's programs and the uplink's and WireGuard's.
+// the workload object's programs and the uplink's, WireGuard's and 6in4's.
 func (dp *Datapath) programFields() map[string]**ebpf.Program {
 	out := tagged[*ebpf.Program](reflect.ValueOf(&dp.Progs).Elem())
 	for name, dst := range map[string]**ebpf.Program{
 		programName(UplinkPrograms{}): &dp.Uplink, programName(WireguardPrograms{}): &dp.WG,
+		programName(Sixin4Programs{}): &dp.SixIn4,
 	} {
 		out[name] = dst
 	}

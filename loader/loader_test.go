@@ -489,3 +489,69 @@ func TestAliveByTag(t *testing.T) {
 		}
 	}
 }
+
+// tn_6in4_out attaches to TC egress of the 6in4 device (TCX, or legacy tc
+// before 6.6), is replaced in place by a re-attach and by the next Load's
+// program (an upgrade: Alive follows the new instance), and detaches.
+func TestAttach6in4(t *testing.T) {
+	dp := testutil.Load(t)
+	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-6in4-%d", os.Getpid()))
+	nl := ns.Netlink(t)
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tn6in4"}, PeerName: "tn6in4-p"}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := nl.LinkByName("tn6in4")
+	idx := l.Attrs().Index
+	err := ns.Do(func() error {
+		check := func(step string, dp *loader.Datapath, legacy bool) error {
+			atts := loader.ListAttachments(dp.PinDir)
+			if len(atts) != 1 || atts[0].Hook != loader.Hook6in4Out || !atts[0].Live || (atts[0].Mode == loader.ModeLegacyTC) != legacy {
+				return fmt.Errorf("%s: attachments %+v, want one live 6in4 (legacy %v)", step, atts, legacy)
+			}
+			if !dp.Alive(atts[0]) {
+				return fmt.Errorf("%s: %+v does not run this datapath's tn_6in4_out", step, atts[0])
+			}
+			return nil
+		}
+		tcx := kernelAtLeast(6, 6)
+		if _, err := dp.Attach6in4(idx, loader.AttachOptions{}); err != nil {
+			return err
+		}
+		if err := check("attach", dp, !tcx); err != nil {
+			return err
+		}
+		if _, err := dp.Attach6in4(idx, loader.AttachOptions{ForceLegacyTC: true}); err != nil {
+			return err
+		}
+		if err := check("legacy", dp, true); err != nil {
+			return err
+		}
+		if _, err := dp.Attach6in4(idx, loader.AttachOptions{}); err != nil {
+			return err
+		}
+		if err := check("again", dp, !tcx); err != nil {
+			return err
+		}
+		dp2, err := loader.Load(loader.Options{PinDir: dp.PinDir})
+		if err != nil {
+			return err
+		}
+		defer dp2.Close()
+		if _, err := dp2.Attach6in4(idx, loader.AttachOptions{}); err != nil {
+			return err
+		}
+		if err := check("upgrade", dp2, !tcx); err != nil {
+			return err
+		}
+		if err := loader.Detach(dp.PinDir, idx); err != nil {
+			return err
+		}
+		if atts := loader.ListAttachments(dp.PinDir); len(atts) != 0 {
+			return fmt.Errorf("after detach: %+v", atts)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -169,7 +169,7 @@ enum tn_route_kind {
 	TN_ROUTE_DROP = 4, /* unreachable by policy */
 	TN_ROUTE_6IN4 = 5, /* ::/0 on an ipv4-only member: its exit over 6in4
 			    * (the tunnel is tn_6in4_v1's entry for the
-			    * source's /64) */
+			    * source's /64); ifindex is the 6in4 device */
 };
 
 /* struct tn_route's flags. */

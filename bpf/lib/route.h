@@ -122,7 +122,7 @@ static __always_inline int tn_global_unicast(const __u8 *addr)
 }
 
 /* The route of a packet leaving a workload for dst. The tenant's ::/0
- * (its exit) also matches link-local and multicast destinations, which
+ * (its exit, over WireGuard or 6in4) also matches link-local and multicast destinations, which
  * stay on the node's side of the port: for those, no route. Decided here,
  * right after the lookup, so that nothing later reads the address again
  * (a late read keeps it live across the whole program and costs the
@@ -131,7 +131,8 @@ static __always_inline struct tn_route *tn_route_out(__u32 tenant,
 						     const __u8 *dst)
 {
 	struct tn_route *rt = tn_route_lookup(tenant, dst);
-	if (rt && rt->kind == TN_ROUTE_EXIT && !tn_global_unicast(dst))
+	if (rt && (rt->kind == TN_ROUTE_EXIT || rt->kind == TN_ROUTE_6IN4) &&
+	    !tn_global_unicast(dst))
 		return NULL;
 	return rt;
 }

@@ -41,7 +41,7 @@ func program() *cli.Program[*Env] {
 		Footer: "Run 'tenantfw <command> --help' for flags and examples. Manual: docs/tenantfw.md.\n",
 		Commands: []*command{
 			ruleCmd(), applyCmd(), policyCmd(), tenantCmd(), portCmd(),
-			statsCmd(), monitorCmd(), flowsCmd(), routesCmd(), statusCmd(), checkCmd(), datapathCmd(),
+			statsCmd(), monitorCmd(), flowsCmd(), routesCmd(), tunnelsCmd(), statusCmd(), checkCmd(), datapathCmd(),
 		},
 		Globals: globalFlags,
 	}

@@ -39,6 +39,8 @@ type Spec struct {
 	Inner *Spec
 	// HopLimit (IPv6) or TTL (IPv4); 0 means 64.
 	HopLimit uint8
+	// TrafficClass (IPv6): DSCP << 2 | ECN.
+	TrafficClass uint8
 	// Segments left of the routing headers (Ext type 43).
 	SegsLeft uint8
 	Ext      []Ext // IPv6 extension headers, in order
@@ -249,7 +251,8 @@ func ipv6(s *Spec) []byte {
 	if s.Version != 0 {
 		ver = s.Version
 	}
-	b[0] = ver << 4
+	b[0] = ver<<4 | s.TrafficClass>>4
+	b[1] = s.TrafficClass << 4
 	binary.BigEndian.PutUint16(b[4:], uint16(len(ext)+len(body)+s.BadLength))
 	if len(s.Ext) > 0 {
 		b[6] = s.Ext[0].Type

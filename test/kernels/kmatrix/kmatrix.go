@@ -23,7 +23,7 @@ import (
 // Packages whose tests run in the VMs. Of the e2e tests only those that
 // need nothing but the kernel (most need iproute2, nftables and more than
 // a busybox initramfs has): RunFilter names them.
-var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e"}
+var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e", "./sixin4"}
 
 // RunFilter limits a package's tests (-test.run syntax).
 var RunFilter = map[string]string{

@@ -240,11 +240,17 @@ func (s *Store) RenumberNetwork(id string, prefix netip.Prefix, exit string) (ol
 		if old, err = get[Network](tx, bNetworks, "network", id); err != nil {
 			return err
 		}
-		if old.DelegatedBy == "" {
-			return fmt.Errorf("network %s is on this node's own %s, not a delegation: %w", id, old.Prefix, ErrConflict)
-		}
 		if err := prefixFree(tx, id, prefix); err != nil {
 			return err
+		}
+		if old.DelegatedBy == "" && old.Prefix.IsValid() {
+			// Off this node's own prefixes (a node upgraded to
+			// delegations): its /64 is ours to quarantine.
+			idx := s.subnetIndex(old.Prefix)
+			if err := errors.Join(tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
+				quarantine(tx.Bucket(bQSubnets), uint32(idx), s.now(), s.pool.Quarantine)); err != nil {
+				return err
+			}
 		}
 		n = old
 		n.Prefix, n.DelegatedBy = prefix, exit

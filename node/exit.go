@@ -62,10 +62,16 @@ type exitState struct {
 	exits  map[string]string // declared network -> its exit node
 	warned map[string]bool   // networks whose exit here was refused (logged once)
 	via    map[string]string // networks routed to their exit: network -> device (last reconcile)
+	// waiting are the declared networks whose /64 is their exit's
+	// delegation and which wait for it (not here yet, or to be
+	// renumbered onto a new exit's): network -> the exit.
+	waiting map[string]string
+	logged  map[string]string // what was last logged of a waiting network
 }
 
 func newExitState() exitState {
-	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{}}
+	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{},
+		waiting: map[string]string{}, logged: map[string]string{}}
 }
 
 // learn records the exits of the declared networks this node is a member
@@ -101,9 +107,14 @@ func (e *exitState) role(id string, self *config.Node) exitRole {
 }
 
 // outside says how network id's workloads reach the outside from node
-// self (network list).
+// self (network list). This is the one place a member decides how its
+// outside goes (exitViaPeer: inside the network's WireGuard to the exit;
+// a 6in4 path for ipv4-only members would be another role here).
 func (e *exitState) outside(id string, self *config.Node) string {
 	exit := e.exits[id]
+	if w, ok := e.waiting[id]; ok {
+		return "renumbering: waiting for its delegation from " + w
+	}
 	switch e.role(id, self) {
 	case exitHere:
 		return "exit"

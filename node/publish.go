@@ -71,8 +71,13 @@ func (s *Service) publish() error {
 	defer s.registry.pubMu.Unlock()
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
-		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
+		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}, DelegationPrefix: s.cfg.DelegationPrefix}
+	// What this node (an exit) delegated, signed with the rest: the only
+	// /64s its networks' members without native IPv6 may claim.
+	ds, derr := s.ipam.ReadDelegations()
+	delegs := liveDelegations(ds)
 	nets, err := s.ipam.Networks()
+	err = errors.Join(err, derr)
 	damaged := map[string]string{}
 	for _, n := range nets {
 		key, err := wg.LoadKey(s.keysDir(), n.ID)
@@ -84,6 +89,9 @@ func (s *Service) publish() error {
 			continue
 		}
 		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU, Declared: n.Declared}
+		if n.Declared && len(delegs[n.ID]) > 0 {
+			nr.Delegations = delegs[n.ID]
+		}
 		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
 			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
 		}

@@ -50,12 +50,12 @@ func planDeclared(mine map[string]registry.NetworkSpec, complete bool, nets []ip
 	var p declaredPlan
 	for _, id := range slices.Sorted(maps.Keys(mine)) {
 		sp := mine[id]
-		dn := declaredNet{id: id, exit: sp.Exit, mtu: sp.MTU}
-		if dn.mtu == 0 {
-			dn.mtu = defaultMTU
-		}
+		dn := declaredNet{id: id, exit: sp.Exit}
 		if _, ok := have[id]; !ok {
-			dn.join = true
+			dn.join, dn.mtu = true, sp.MTU
+			if dn.mtu == 0 {
+				dn.mtu = defaultMTU
+			}
 		}
 		for _, u := range sp.Users {
 			if u.Node != node {

@@ -137,6 +137,9 @@ func checkRecordsDeleg(entries []trust.Entry, c recordCheck) ([]registry.NodeRec
 			}
 		}
 	}
+	// A record rejected so claims nothing: it cannot knock out the
+	// holder of what it claims (the exit's own /64, another member's).
+	cand = slices.DeleteFunc(cand, func(rec registry.NodeRecord) bool { _, rejected := bad[rec.NodeID]; return rejected })
 	// What each record claims, and who else claims it.
 	by := map[string][]string{}
 	for _, rec := range cand {

@@ -533,6 +533,9 @@ func (s *Store) Counts() (networks, workloads int, freeSubnets uint64) {
 		held = tx.Bucket(bQSubnets).Stats().KeyN
 		return nil
 	})
+	if s.subnetCount() == 0 {
+		return networks, workloads, 0 // no prefixes: every /64 is an exit's delegation
+	}
 	own := s.subnetCount() - 1 - min(s.subnetCount()-1, s.delegationSize())
 	return networks, workloads, own - min(own, uint64(networks+held))
 }

@@ -49,13 +49,32 @@ type CleanupReport struct {
 // (the embedded ones' processes stopped), the exit policy routing, the
 // datapath (detached, unpinned), the API socket and leftover UAPI
 // sockets; with purge, the state directory too, unless other nodes still
-// reach the outside through this one (ExitDependents; force purges
+// reach the outside through this one (ExitDependents) or it holds
+// delegations, live or in quarantine (HeldDelegations; force purges
 // anyway): then nothing at all is removed.
 // Links that cannot be deleted are skipped (not counted); any other
 // failure stops it with the report so far.
 func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	var rep CleanupReport
 	if purge && !force {
+		ds, err := HeldDelegations(cfg)
+		if err != nil {
+			return rep, fmt.Errorf("--purge-state: cannot tell whether this node holds delegations (--force purges anyway): %w", err)
+		}
+		if len(ds) > 0 {
+			var live, held []string
+			for _, d := range ds {
+				s := fmt.Sprintf("%s to %s for %s", d.Prefix, d.Member, d.Network)
+				if d.Live() {
+					live = append(live, s)
+				} else {
+					held = append(held, s+fmt.Sprintf(" (left %s)", d.Left.Format(time.RFC3339)))
+				}
+			}
+			return rep, fmt.Errorf("--purge-state refused: this node delegated %d /64s (live: %s; in quarantine: %s): "+
+				"purging forgets its delegation pool, and the /64s would be handed out again while members and the internet still use them; "+
+				"move the networks' exit first, or --force", len(ds), orNone(live), orNone(held))
+		}
 		deps, err := ExitDependents(cfg)
 		if err != nil {
 			return rep, fmt.Errorf("--purge-state: cannot tell whether other nodes use this one as their exit (--force purges anyway): %w", err)
@@ -119,6 +138,24 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 		rep.Purged = true
 	}
 	return rep, nil
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+// HeldDelegations lists the delegations this node (an exit) holds: live
+// ones and those in quarantine.
+func HeldDelegations(cfg *config.Node) ([]ipam.Delegation, error) {
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes})
+	if err != nil {
+		return nil, fmt.Errorf("%w (is tenantnetd still running? stop it first)", err)
+	}
+	defer st.Close()
+	return st.ReadDelegations()
 }
 
 func sortedKeys(m map[string][]string) []string {

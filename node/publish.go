@@ -71,11 +71,16 @@ func (s *Service) publish() error {
 	defer s.registry.pubMu.Unlock()
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
-		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}, DelegationPrefix: s.cfg.DelegationPrefix}
+		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
 	// What this node (an exit) delegated, signed with the rest: the only
 	// /64s its networks' members without native IPv6 may claim.
 	ds, derr := s.ipam.ReadDelegations()
 	delegs := liveDelegations(ds)
+	if len(delegs) > 0 {
+		// Only then: a record without delegations stays what readers
+		// before delegations decode (they refuse unknown fields).
+		rec.DelegationPrefix = s.cfg.DelegationPrefix
+	}
 	nets, err := s.ipam.Networks()
 	err = errors.Join(err, derr)
 	damaged := map[string]string{}

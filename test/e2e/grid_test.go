@@ -95,6 +95,9 @@ type gridOpts struct {
 	regDir     string
 	nodeRegDir map[int]string
 	env        map[int][]string // environment of a node's tenantnetd, by node number
+	// bareNAT: the NAT node (natLast) has no prefixes of its own, in its
+	// configuration or its enrollment (its exits delegate its /64s).
+	bareNAT bool
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -201,11 +204,16 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"), env: o.env[i]}
+		prefixes := fmt.Sprintf(`["2001:db8:%d::/48"]`, 100+i)
+		enrollPrefix := []string{"--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i)}
+		if nat && o.bareNAT {
+			prefixes, enrollPrefix = "[]", nil
+		}
 		nodeCfg := func(registryYAML string) []byte {
 			return []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
 class: %s
-prefixes: ["2001:db8:%d::/48"]
+prefixes: %s
 addresses: [%s]
 state_dir: %s
 bpf_dir: %s
@@ -216,7 +224,7 @@ registry_lease: 3s
 registry: %s
 grid_public_key: %s.pub
 %s
-`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
+`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
 		}
 		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath
@@ -227,8 +235,8 @@ grid_public_key: %s.pub
 		}
 		os.WriteFile(g.d.cfgPath, nodeCfg(registryYAML), 0o600)
 		identity := strings.TrimSpace(tenantnetdIn(t, g.ns.Name, bin, "identity", "--config", g.d.cfgPath))
-		tenantnetdIn(t, g.ns.Name, bin, "grid", "enroll", "--key", gridKey, "--config", g.opCfg, "--node", g.id,
-			"--identity", identity, "--class", class, "--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i), "--exit")
+		tenantnetdIn(t, g.ns.Name, bin, append([]string{"grid", "enroll", "--key", gridKey, "--config", g.opCfg, "--node", g.id,
+			"--identity", identity, "--class", class, "--exit"}, enrollPrefix...)...)
 		g.d.cleanupAtEnd(g.id, func() {
 			// What the datapath did, before cleanup removes it.
 			if m, err := loader.OpenMaps(g.pin); err == nil {

@@ -159,7 +159,9 @@ func TestGridDelegation(t *testing.T) {
 		t.Error("the internet reached a3:8080 with no rule allowing it")
 	}
 	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: home.ns.Name, pin: home.pin, state: home.state}
-	fw.must("rule", "add", "--tenant", fmt.Sprint(acme.Tenant), "--proto", "tcp", "--port", "8080", "--dst", addr["a3"], "--action", "allow")
+	for _, port := range []string{"8080", "9100"} { // 9100: transfer's
+		fw.must("rule", "add", "--tenant", fmt.Sprint(acme.Tenant), "--proto", "tcp", "--port", port, "--dst", addr["a3"], "--action", "allow")
+	}
 	retry(t, 10*time.Second, "the internet -> a3:8080 once allowed", func() error { return dialTCP(inet, to, time.Second) })
 	transfer(t, inet, ns["a3"], addr["a3"], 1<<20)
 

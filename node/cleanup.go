@@ -57,6 +57,18 @@ type CleanupReport struct {
 func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	var rep CleanupReport
 	if purge && !force {
+		deps, err := ExitDependents(cfg)
+		if err != nil {
+			return rep, fmt.Errorf("--purge-state: cannot tell whether other nodes use this one as their exit (--force purges anyway): %w", err)
+		}
+		if len(deps) > 0 {
+			var s []string
+			for _, id := range sortedKeys(deps) {
+				s = append(s, fmt.Sprintf("%s (members %s)", id, strings.Join(deps[id], ", ")))
+			}
+			return rep, fmt.Errorf("--purge-state refused: this node is the exit of %s, whose members are live in the registry: "+
+				"purging forgets the networks' /64s, keys and rules while their traffic still comes here; move the exit first, or --force", strings.Join(s, "; "))
+		}
 		ds, err := HeldDelegations(cfg)
 		if err != nil {
 			return rep, fmt.Errorf("--purge-state: cannot tell whether this node holds delegations (--force purges anyway): %w", err)
@@ -74,18 +86,6 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 			return rep, fmt.Errorf("--purge-state refused: this node delegated %d /64s (live: %s; in quarantine: %s): "+
 				"purging forgets its delegation pool, and the /64s would be handed out again while members and the internet still use them; "+
 				"move the networks' exit first, or --force", len(ds), orNone(live), orNone(held))
-		}
-		deps, err := ExitDependents(cfg)
-		if err != nil {
-			return rep, fmt.Errorf("--purge-state: cannot tell whether other nodes use this one as their exit (--force purges anyway): %w", err)
-		}
-		if len(deps) > 0 {
-			var s []string
-			for _, id := range sortedKeys(deps) {
-				s = append(s, fmt.Sprintf("%s (members %s)", id, strings.Join(deps[id], ", ")))
-			}
-			return rep, fmt.Errorf("--purge-state refused: this node is the exit of %s, whose members are live in the registry: "+
-				"purging forgets the networks' /64s, keys and rules while their traffic still comes here; move the exit first, or --force", strings.Join(s, "; "))
 		}
 	}
 	h, err := netlink.NewHandle()
@@ -176,8 +176,8 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (is tenantnetd still running? stop it first)", err)
 	}
+	defer st.Close()
 	nets, err := st.Networks()
-	st.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +199,7 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	defer reg.Close()
 	// The same checks as the running service: only what the grid key
 	// verifies counts.
-	s := &Service{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), registry: regState{reg: reg}, trust: newTrustState(gridKey, nil), live: newLiveState()}
+	s := &Service{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: st, registry: regState{reg: reg}, trust: newTrustState(gridKey, nil), live: newLiveState()}
 	if err := s.loadGrid(time.Now()); err != nil {
 		return nil, err
 	}
@@ -207,7 +207,8 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, mine, _, _ := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: cfg.NodeID, local: local, joined: joined, max: len(joined)})
+	all, mine, _, _ := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: cfg.NodeID, local: local, joined: joined, max: len(joined)})
+	s.trust.specs = all // members on this node's delegations are believed as the service believes them
 	// A fresh liveness state counts every listed file record as just
 	// renewed: a member's stale record makes purge refuse (--force).
 	nodes, _, err := s.believedNodes(time.Now())

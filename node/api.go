@@ -178,11 +178,18 @@ func (s *Service) Networks() ([]api.NetworkInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ns, err := s.ipam.Networks()
+	ds, derr := s.ipam.ReadDelegations()
+	err = errors.Join(err, derr)
+	byNet := map[string][]ipam.Delegation{}
+	for _, d := range ds {
+		byNet[d.Network] = append(byNet[d.Network], d)
+	}
 	out := make([]api.NetworkInfo, 0, len(ns))
 	have := map[string]bool{}
 	for _, n := range ns {
 		i := netInfo(n)
 		i.Outside = s.exit.outside(n.ID, s.cfg)
+		i.Delegations = byNet[n.ID]
 		out = append(out, i)
 		have[n.ID] = true
 	}

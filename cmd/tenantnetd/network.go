@@ -110,13 +110,34 @@ func networkListCmd() *command {
 				return err
 			}
 			return env.print(ns, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE")
+				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE\tDELEGATED")
 				for _, n := range ns {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside)
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside, delegated(n))
 				}
 			})
 		},
 	}
+}
+
+// delegated says what a network's /64 comes from (a member's: "from
+// <exit>") or, on its exit, what it delegated ("node3 <p>, node4 <p> (left
+// <time>)").
+func delegated(n api.NetworkInfo) string {
+	if n.DelegatedBy != "" {
+		return "from " + n.DelegatedBy
+	}
+	var ds []string
+	for _, d := range n.Delegations {
+		s := d.Member + " " + d.Prefix.String()
+		if !d.Live() {
+			s += " (left " + d.Left.Format(time.RFC3339) + ")"
+		}
+		ds = append(ds, s)
+	}
+	if len(ds) == 0 {
+		return "-"
+	}
+	return strings.Join(ds, ", ")
 }
 
 // The registry commands read --config and talk to the grid registry

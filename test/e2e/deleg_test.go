@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/policy"
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
@@ -38,19 +39,41 @@ func delegNets(t *testing.T, g *gridNode) map[string]delegNet {
 	return out
 }
 
-// exitDelegations reads what node id's record (file registry) delegates
-// for network: member -> /64.
-func exitDelegations(t *testing.T, g *gridNode, id, network string) map[string]netip.Prefix {
+// exitDelegations is what exit g delegated for network, live (member ->
+// /64): as its network list says and, with the file registry, as its
+// published record says (they must agree).
+func exitDelegations(t *testing.T, g *gridNode, network string) map[string]netip.Prefix {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(g.regDir, "nodes", id+".json"))
+	var ns []struct {
+		ID          string            `json:"id"`
+		Delegations []ipam.Delegation `json:"delegations"`
+	}
+	if err := jsonUnmarshal(g.d.must("network", "list", "-o", "json"), &ns); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]netip.Prefix{}
+	for _, n := range ns {
+		for _, d := range n.Delegations {
+			if n.ID == network && d.Live() {
+				out[d.Member] = d.Prefix
+			}
+		}
+	}
+	if g.etcd != nil {
+		return out
+	}
+	b, err := os.ReadFile(filepath.Join(g.regDir, "nodes", g.id+".json"))
 	if err != nil {
-		return nil
+		t.Fatal(err)
 	}
 	var rec registry.NodeRecord
 	if err := trust.OpenJSON(b, trust.KindNodeRecord, nil, &rec); err != nil {
-		t.Fatalf("record of %s: %v", id, err)
+		t.Fatalf("record of %s: %v", g.id, err)
 	}
-	return rec.Networks[network].Delegations
+	if pub := rec.Networks[network].Delegations; fmt.Sprint(pub) != fmt.Sprint(out) && !(len(pub) == 0 && len(out) == 0) {
+		return map[string]netip.Prefix{"(record and ipam differ)": netip.Prefix{}}
+	}
+	return out
 }
 
 // TestGridDelegation: two dual-stack exits and a home node behind NAT
@@ -63,7 +86,13 @@ func exitDelegations(t *testing.T, g *gridNode, id, network string) map[string]n
 // its /64, which no one gets within the quarantine; a new exit renumbers
 // the member, after a loud warning.
 func TestGridDelegation(t *testing.T) {
-	nodes, bin := newGridWith(t, gridOpts{backend: "file", count: 3, extra: "reuse_quarantine: 25s", natLast: true, bareNAT: true})
+	for _, backend := range []string{"file", "etcd"} {
+		t.Run(backend, func(t *testing.T) { gridDelegation(t, backend) })
+	}
+}
+
+func gridDelegation(t *testing.T, backend string) {
+	nodes, bin := newGridWith(t, gridOpts{backend: backend, count: 3, extra: "reuse_quarantine: 25s", natLast: true, bareNAT: true})
 	x1, x2, home := nodes[0], nodes[1], nodes[2]
 	inet := x1.inet
 	// The internet routes the exits' /48s to them, and nothing of the
@@ -85,7 +114,7 @@ func TestGridDelegation(t *testing.T) {
 	declare := func(id, members, exit string) string {
 		t.Helper()
 		out, err := exec.Command("nsenter", "--net=/run/netns/"+x1.ns.Name, bin, "network", "declare", "--key", x1.gridKey, "--id", id,
-			"--members", members, "--exit", exit, "--config", x1.d.cfgPath).CombinedOutput()
+			"--members", members, "--exit", exit, "--config", x1.opCfg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("network declare %s: %v\n%s", id, err, out)
 		}
@@ -113,7 +142,7 @@ func TestGridDelegation(t *testing.T) {
 	declare("acme", "node1,node3", "node1")
 	declare("globex", "node2,node3", "node2")
 	acme, globex := onDelegation("acme", "node1"), onDelegation("globex", "node2")
-	if got := exitDelegations(t, x1, "node1", "acme")["node3"]; got != acme.Prefix {
+	if got := exitDelegations(t, x1, "acme")["node3"]; got != acme.Prefix {
 		t.Errorf("node1's record delegates %s to node3 for acme, home has %s", got, acme.Prefix)
 	}
 
@@ -169,7 +198,7 @@ func TestGridDelegation(t *testing.T) {
 	x1.d.stop()
 	x1.d.start()
 	retry(t, 30*time.Second, "node1 publishes the same delegation after its restart", func() error {
-		if got := exitDelegations(t, x1, "node1", "acme")["node3"]; got != acme.Prefix {
+		if got := exitDelegations(t, x1, "acme")["node3"]; got != acme.Prefix {
 			return fmt.Errorf("node1 delegates %s, want %s", got, acme.Prefix)
 		}
 		return nil
@@ -203,12 +232,31 @@ func TestGridDelegation(t *testing.T) {
 	home.d.must("workload", "del", "--id", "g3")
 	declare("globex", "node2", "node2")
 	retry(t, 20*time.Second, "node2 drops its delegation to node3", func() error {
-		if p, ok := exitDelegations(t, x2, "node2", "globex")["node3"]; ok {
+		if p, ok := exitDelegations(t, x2, "globex")["node3"]; ok {
 			return fmt.Errorf("still delegates %s", p)
 		}
 		return nil
 	})
 	left := time.Now()
+	var x2nets []struct {
+		ID          string            `json:"id"`
+		Delegations []ipam.Delegation `json:"delegations"`
+	}
+	if err := jsonUnmarshal(x2.d.must("network", "list", "-o", "json"), &x2nets); err != nil {
+		t.Fatal(err)
+	}
+	marked := false
+	for _, n := range x2nets {
+		for _, d := range n.Delegations {
+			marked = marked || n.ID == "globex" && d.Member == "node3" && d.Prefix == globex.Prefix && !d.Live()
+		}
+	}
+	if !marked {
+		t.Errorf("node2 does not show globex's delegation to node3 in quarantine: %+v", x2nets)
+	}
+	if out := x2.d.must("network", "list"); !strings.Contains(out, "node3 "+globex.Prefix.String()+" (left ") {
+		t.Errorf("node2's network list:\n%s", out)
+	}
 	retry(t, 20*time.Second, "home leaves globex", func() error {
 		if _, ok := delegNets(t, home)["globex"]; ok {
 			return fmt.Errorf("globex still here")

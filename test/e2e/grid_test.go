@@ -79,6 +79,9 @@ func TestGrid(t *testing.T) {
 // (grid init), and enrolls each node's identity (identity, grid enroll:
 // its /48, its class, may be an exit) before it starts. Everything goes
 // at cleanup.
+// etcdIPv4 is etcd's address on the internet for nodes with IPv4 only.
+const etcdIPv4 = "192.0.2.254"
+
 func newGrid(t testing.TB, backend string, count int, extra string, natLast ...bool) ([]*gridNode, string) {
 	return newGridWith(t, gridOpts{backend: backend, count: count, extra: extra, natLast: len(natLast) > 0 && natLast[0]})
 }
@@ -138,7 +141,15 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		// With TLS, client certificates and RBAC, as a grid runs it: each
 		// node's certificate may write its own record only.
 		pki := testutil.NewPKI(t)
-		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", testutil.EtcdOptions{PKI: pki, Args: etcdArgs})
+		eo := testutil.EtcdOptions{PKI: pki, Args: etcdArgs}
+		if o.natLast {
+			// The node behind NAT has IPv4 only: etcd serves it there too.
+			if out, err := exec.Command("ip", "-n", inet.Name, "addr", "add", etcdIPv4+"/24", "dev", "br0").CombinedOutput(); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			eo.ExtraHosts = []string{etcdIPv4}
+		}
+		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", eo)
 		eg = testutil.SetupEtcdGrid(t, url, pki, fmt.Sprintf("/grid-%d", pid), inet)
 	}
 
@@ -229,9 +240,15 @@ grid_public_key: %s.pub
 		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath
 		if eg != nil {
-			registryYAML = eg.YAML(eg.Node(g.id))
+			etcdYAML := eg.YAML
+			if nat {
+				etcdYAML = func(c testutil.Cert) string {
+					return strings.Replace(eg.YAML(c), eg.URL, "https://"+etcdIPv4+":2379", 1)
+				}
+			}
+			registryYAML = etcdYAML(eg.Node(g.id))
 			g.opCfg = filepath.Join(dir, "operator.yaml")
-			os.WriteFile(g.opCfg, nodeCfg(eg.YAML(eg.Operator)), 0o600)
+			os.WriteFile(g.opCfg, nodeCfg(etcdYAML(eg.Operator)), 0o600)
 		}
 		os.WriteFile(g.d.cfgPath, nodeCfg(registryYAML), 0o600)
 		identity := strings.TrimSpace(tenantnetdIn(t, g.ns.Name, bin, "identity", "--config", g.d.cfgPath))

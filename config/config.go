@@ -38,12 +38,7 @@ type Node struct {
 	NodeID      string         `yaml:"node_id"`
 	Uplinks     []string       `yaml:"uplinks"`
 	Class       Class          `yaml:"class"`
-	Prefixes    []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network (none: a node without native IPv6 whose networks get theirs from their exits)
-	// DelegationPrefix is the part of Prefixes an exit delegates /64s
-	// from, one per (network, member without native IPv6); the node's own
-	// networks never get a /64 of it. Default: the upper half of the
-	// first prefix (2001:db8:101:8000::/49 of 2001:db8:101::/48).
-	DelegationPrefix netip.Prefix `yaml:"delegation_prefix"`
+	Prefixes    []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network (none: a node without native IPv6, its exits delegate)
 	Addresses   []netip.Addr   `yaml:"addresses"`
 	StateDir    string         `yaml:"state_dir"`
 	BPFDir      string         `yaml:"bpf_dir"`
@@ -97,6 +92,11 @@ type Node struct {
 	// the registry has told every member, and tenants have dropped rules
 	// naming the old /64, they still mean the old network.
 	ReuseQuarantine *time.Duration `yaml:"reuse_quarantine"`
+	// DelegationPrefix is the part of Prefixes an exit delegates /64s
+	// from, one per (network, member without native IPv6); the node's own
+	// networks never get a /64 of it. Default: the upper half of the
+	// first prefix (2001:db8:101:8000::/49 of 2001:db8:101::/48).
+	DelegationPrefix netip.Prefix `yaml:"delegation_prefix"`
 }
 
 // HostService is a protocol and port of the node open to workloads.

@@ -22,7 +22,7 @@ import (
 )
 
 var (
-	bDelegations = []byte("delegations")       // network "\x00" member -> Delegation
+	bDelegations = []byte("delegations")        // network "\x00" member -> Delegation
 	bDelegSubnet = []byte("delegation-subnets") // the /64's upper 64 bits -> network "\x00" member
 )
 
@@ -90,7 +90,7 @@ func (s *Store) Delegate(network, member string) (Delegation, bool, error) {
 		base := hi64(s.pool.Delegation)
 		next, n := base, s.delegationSize()
 		c := tx.Bucket(bDelegSubnet).Cursor()
-		for k, _ := c.Seek(be64(base)); k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) == next; k, _ = c.Next() {
+		for k, _ := c.Seek(be64(base)); len(k) == 8 && binary.BigEndian.Uint64(k) == next; k, _ = c.Next() {
 			next++
 		}
 		if next-base >= n {

@@ -35,7 +35,6 @@ func (g *testGrid) enrollAs(t *testing.T, node, class string, exit bool, prefixe
 }
 
 var (
-
 	dpool = pfx("2001:db8:101:8000::/49")
 	d3    = pfx("2001:db8:101:8000::/64") // x1's delegation to m3
 	d4    = pfx("2001:db8:101:8001::/64") // x1's delegation to m4

@@ -20,9 +20,9 @@ import (
 // ::/0 besides its /64, and the tenant's /64 is policy-routed into a table
 // of its own whose default route is that device (the node's other traffic
 // and other tenants keep the main table). The exit forwards it out of its
-// uplink. The operator routes such a member's prefix to the exit (its /48
-// is carved from the exit's space, as the design's IPv4-only case says),
-// so the answers come back the same way.
+// uplink. The member's /64 of the network is the exit's delegation, from
+// the exit's own space (delegation.go), which the internet routes to the
+// exit: the answers come back the same way.
 //
 // In tn_route_v1 both ends hold (tenant, ::/0) with kind exit: on the
 // member with the device's ifindex (the fast path redirects there and

@@ -23,10 +23,10 @@ type trustState struct {
 	bad      map[string]error   // enrollments that failed
 	claims   claims             // what the believed records claimed last time
 	specs    map[string]registry.NetworkSpec
-	delegs   delegTable        // what the networks' exits delegated, as believed last time
+	delegs   delegTable                     // what the networks' exits delegated, as believed last time
 	records  map[string]registry.NodeRecord // the records believed last time, by node id
-	logged   map[string]string // "<kind> <name>" -> the rejection last logged
-	rejected map[string]uint64 // reason -> rejections (one per change)
+	logged   map[string]string              // "<kind> <name>" -> the rejection last logged
+	rejected map[string]uint64              // reason -> rejections (one per change)
 }
 
 func newTrustState(key ed25519.PublicKey, identity ed25519.PrivateKey) trustState {

@@ -295,4 +295,41 @@ func gridDelegation(t *testing.T, backend string) {
 		return fmt.Errorf("workloads %+v", w)
 	})
 	retry(t, 30*time.Second, "a3 -> the internet through node2 after renumbering", func() error { return dialTCP(ns["a3"], outside, time.Second) })
+
+	if backend != "file" {
+		return
+	}
+	// The member, its own identity key in hand, claims a /64 of its exit's
+	// pool that was not delegated to it: every reader rejects its record.
+	home.d.stop()
+	key, err := trust.Identity(home.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := netip.MustParsePrefix("2001:db8:102:80ff::/64")
+	rec := registry.NodeRecord{NodeID: "node3", Class: "home-nat", Addresses: []netip.Addr{netip.MustParseAddr("10.0.3.2")},
+		Networks: map[string]registry.NetworkRecord{"acme": {Prefix: forged, PublicKey: "uIq0ct1v6nPnS2ZT2ZQ+OmC1k8lzE1wxjMLtxd2bnWg=", Port: 51820, Declared: true}},
+		Seq: 1 << 62}
+	b, err := rec.Sign(key, 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(home.regDir, "nodes", "node3.json")
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []*gridNode{x1, x2} {
+		retry(t, 20*time.Second, g.id+" rejects node3's claim of "+forged.String(), func() error {
+			if b, _ := os.ReadFile(g.d.logPath); !strings.Contains(string(b), `"name":"node3","reason":"prefix-not-delegated"`) {
+				return fmt.Errorf("not rejected yet")
+			}
+			return nil
+		})
+	}
+	if out, _ := exec.Command("ip", "-n", x2.ns.Name, "-6", "route", "show", forged.String()).CombinedOutput(); strings.Contains(string(out), "dev") {
+		t.Errorf("node2 routes the forged %s: %s", forged, out)
+	}
 }

@@ -67,11 +67,17 @@ type exitState struct {
 	// renumbered onto a new exit's): network -> the exit.
 	waiting map[string]string
 	logged  map[string]string // what was last logged of a waiting network
+	// learned: exits holds a whole listing (one was read since the
+	// start); unpublished are the delegated networks left out of the
+	// record because their exit is no longer the one that delegated
+	// their /64 (network -> why, logged once).
+	learned     bool
+	unpublished map[string]string
 }
 
 func newExitState() exitState {
 	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{},
-		waiting: map[string]string{}, logged: map[string]string{}}
+		waiting: map[string]string{}, logged: map[string]string{}, unpublished: map[string]string{}}
 }
 
 // learn records the exits of the declared networks this node is a member
@@ -82,6 +88,7 @@ func (e *exitState) learn(mine map[string]registry.NetworkSpec, complete bool) {
 		e.exits[id] = sp.Exit
 	}
 	if complete {
+		e.learned = true
 		for id := range e.exits {
 			if _, ok := mine[id]; !ok {
 				delete(e.exits, id)
@@ -114,6 +121,9 @@ func (e *exitState) outside(id string, self *config.Node) string {
 	exit := e.exits[id]
 	if w, ok := e.waiting[id]; ok {
 		return "renumbering: waiting for its delegation from " + w
+	}
+	if why, ok := e.unpublished[id]; ok {
+		return "none: not published: " + why
 	}
 	switch e.role(id, self) {
 	case exitHere:

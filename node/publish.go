@@ -84,7 +84,16 @@ func (s *Service) publish() error {
 	nets, err := s.ipam.Networks()
 	err = errors.Join(err, derr)
 	damaged := map[string]string{}
+	unpublished := map[string]string{}
 	for _, n := range nets {
+		if n.DelegatedBy != "" && s.exit.learned && s.exit.exits[n.ID] != n.DelegatedBy {
+			// Its /64 is a former exit's delegation (the exit changed, or
+			// the network has none now): no reader believes that claim,
+			// and it would take this node's other networks down with
+			// the record. Left out until renumbered.
+			unpublished[n.ID] = fmt.Sprintf("its /64 %s was delegated by %s, the network's exit is now %q", n.Prefix, n.DelegatedBy, s.exit.exits[n.ID])
+			continue
+		}
 		key, err := wg.LoadKey(s.keysDir(), n.ID)
 		if err != nil {
 			// Without its key the network cannot be in the record (its
@@ -108,6 +117,12 @@ func (s *Service) publish() error {
 		}
 	}
 	s.held.keys = damaged
+	for id, why := range unpublished {
+		if s.exit.unpublished[id] != why {
+			s.log.Error("network left out of the published record until it is renumbered: its members on other nodes lose this node", "network", id, "why", why)
+		}
+	}
+	s.exit.unpublished = unpublished
 	s.mu.Unlock()
 	if err != nil {
 		return err

@@ -2,12 +2,16 @@ package node
 
 import (
 	"crypto/ed25519"
+	"io"
+	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/tenantnet/tenantnet/config"
+	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 )
@@ -207,4 +211,111 @@ func TestDelegationAtTheExit(t *testing.T) {
 	if _, bad, _ := checkRecords([]trust.Entry{g.entry(t, n5)}, c); bad["n5"] == nil {
 		t.Error("a dual-stack member claimed the exit's delegation to m3")
 	}
+}
+
+// deleg service: just what syncDelegations and adoptDelegation use.
+func delegService(t *testing.T, self string, class config.Class, g *testGrid) *Service {
+	t.Helper()
+	q := time.Hour
+	cfg := &config.Node{NodeID: self, Class: class, ReuseQuarantine: &q}
+	pool := ipam.Pool{Quarantine: q, WGPortBase: 51820, WGPorts: 8}
+	if class == config.DualStack {
+		cfg.Prefixes = []netip.Prefix{pfx("2001:db8:101::/48")}
+		cfg.DelegationPrefix = dpool
+		pool.Prefixes, pool.Delegation = cfg.Prefixes, dpool
+	}
+	st, err := ipam.Open(t.TempDir(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	gr, _ := g.grid(t)
+	s := &Service{cfg: cfg, ipam: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), exit: newExitState(), trust: newTrustState(g.pub, nil)}
+	s.trust.grid = gr
+	return s
+}
+
+// TestSyncDelegations: the exit delegates to its networks' members
+// without native IPv6 (their class from their enrollment), never to a
+// dual-stack one; a member no longer declared is marked, on a whole
+// listing only.
+func TestSyncDelegations(t *testing.T) {
+	g, _ := delegGrid(t)
+	s := delegService(t, "x1", config.DualStack, g)
+	acme := registry.NetworkSpec{ID: "acme", Members: []string{"x1", "m3", "m4", "n5"}, Exit: "x1"}
+	mine := map[string]registry.NetworkSpec{"acme": acme}
+	var r repairs
+	s.exit.learn(mine, true)
+	if err := s.syncDelegations(mine, true, &r); err != nil {
+		t.Fatal(err)
+	}
+	got := liveDelegations(must(s.ipam.Delegations()))
+	if len(got["acme"]) != 2 || !dpool.Contains(got["acme"]["m3"].Addr()) || !dpool.Contains(got["acme"]["m4"].Addr()) {
+		t.Fatalf("delegations %v: want m3 and m4 (not n5, dual-stack; not x1 itself)", got)
+	}
+	// m4 leaves; an incomplete listing marks nothing, a whole one does.
+	acme.Members = []string{"x1", "m3", "n5"}
+	mine = map[string]registry.NetworkSpec{"acme": acme}
+	s.syncDelegations(mine, false, &r)
+	if n := len(liveDelegations(must(s.ipam.Delegations()))["acme"]); n != 2 {
+		t.Fatalf("an incomplete listing released a delegation: %d live", n)
+	}
+	s.syncDelegations(mine, true, &r)
+	ds := must(s.ipam.Delegations())
+	if live := liveDelegations(ds)["acme"]; len(live) != 1 || len(ds) != 2 {
+		t.Fatalf("after m4 left: %+v", ds)
+	}
+	// A dual-stack node that is not the exit delegates nothing.
+	n5 := delegService(t, "n5", config.DualStack, g)
+	n5.exit.learn(mine, true)
+	n5.syncDelegations(mine, true, &r)
+	if ds := must(n5.ipam.Delegations()); len(ds) != 0 {
+		t.Fatalf("a non-exit delegated %+v", ds)
+	}
+}
+
+// TestAdoptWaits: a member without native IPv6 waits for its exit's
+// delegation (nothing made) and, restarted with its exit down, keeps the
+// /64 it adopted.
+func TestAdoptWaits(t *testing.T) {
+	g, _ := delegGrid(t)
+	s := delegService(t, "m3", config.HomeNAT, g)
+	dn := declaredNet{id: "acme", join: true, mtu: 1420, exit: "x1"}
+	var r repairs
+	if !s.needsDelegation("x1") || s.needsDelegation("m3") || s.needsDelegation("") {
+		t.Fatal("needsDelegation")
+	}
+	ready, err := s.adoptDelegation(dn, &r)
+	if err != nil || ready || s.exit.waiting["acme"] != "x1" {
+		t.Fatalf("no delegation yet: ready %v, %v, waiting %v", ready, err, s.exit.waiting)
+	}
+	if ns := s.waitingNetworks(map[string]bool{}); len(ns) != 1 || ns[0].Outside != "waiting for its delegation from x1" {
+		t.Fatalf("network list: %+v", ns)
+	}
+	if nets, _ := s.ipam.Networks(); len(nets) != 0 {
+		t.Fatalf("made %+v while waiting", nets)
+	}
+	// Adopted earlier (persisted), the exit's record gone: kept as it is.
+	if _, _, err := s.ipam.AdoptNetwork("acme", 1420, d3, "x1"); err != nil {
+		t.Fatal(err)
+	}
+	ready, err = s.adoptDelegation(dn, &r)
+	if err != nil || !ready || s.exit.waiting["acme"] != "" {
+		t.Fatalf("persisted delegation, exit down: ready %v, %v, waiting %v", ready, err, s.exit.waiting)
+	}
+	// The exit changed and has not delegated yet: pending, shown.
+	dn.exit = "n5"
+	if ready, err := s.adoptDelegation(dn, &r); err != nil || !ready || s.exit.waiting["acme"] != "n5" {
+		t.Fatalf("new exit: ready %v, %v, waiting %v", ready, err, s.exit.waiting)
+	}
+	if got := s.exit.outside("acme", s.cfg); got != "renumbering: waiting for its delegation from n5" {
+		t.Fatalf("outside %q", got)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

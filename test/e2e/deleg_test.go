@@ -309,7 +309,7 @@ func gridDelegation(t *testing.T, backend string) {
 	forged := netip.MustParsePrefix("2001:db8:102:80ff::/64")
 	rec := registry.NodeRecord{NodeID: "node3", Class: "home-nat", Addresses: []netip.Addr{netip.MustParseAddr("10.0.3.2")},
 		Networks: map[string]registry.NetworkRecord{"acme": {Prefix: forged, PublicKey: "uIq0ct1v6nPnS2ZT2ZQ+OmC1k8lzE1wxjMLtxd2bnWg=", Port: 51820, Declared: true}},
-		Seq: 1 << 62}
+		Seq:      1 << 62}
 	b, err := rec.Sign(key, 15*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -131,6 +131,22 @@ func TestDelegatedClaims(t *testing.T) {
 	if recs, bad, _ := checkRecords([]trust.Entry{m3(d3)}, c); len(bad) != 0 || len(recs) != 1 {
 		t.Errorf("exit down: rejected %v, believed %d", bad, len(recs))
 	}
+	// The exit's record back, delegating nothing to m3 any more (it
+	// left, or was dropped): what it delegated before counts no longer.
+	none := g.entry(t, g.exitRec(map[string]netip.Prefix{"m4": d4}))
+	if _, bad, _ := checkRecords([]trust.Entry{none, m3(d3)}, c); trust.ReasonOf(bad["m3"]) != "prefix-not-delegated" {
+		t.Errorf("the exit withdrew m3's delegation: m3 rejected %v", bad["m3"])
+	}
+	empty := g.entry(t, g.exitRec(nil))
+	if _, bad, _ := checkRecords([]trust.Entry{empty, m3(d3)}, c); trust.ReasonOf(bad["m3"]) != "prefix-not-delegated" {
+		t.Errorf("the exit delegates nothing now: m3 rejected %v", bad["m3"])
+	}
+	// A revoked exit (its enrollment rejected) delegates nothing any more.
+	revoked := c
+	revoked.enrollBad = map[string]error{"x1": trust.Reject("revoked", "x1")}
+	if _, bad, _ := checkRecords([]trust.Entry{m3(d3)}, revoked); trust.ReasonOf(bad["m3"]) != "prefix-not-delegated" {
+		t.Errorf("revoked exit: m3 rejected %v", bad["m3"])
+	}
 	c.specs = map[string]registry.NetworkSpec{"acme": {ID: "acme", Members: c.specs["acme"].Members, Exit: "n5"}}
 	if _, bad, _ := checkRecords([]trust.Entry{m3(d3)}, c); trust.ReasonOf(bad["m3"]) != "prefix-not-delegated" {
 		t.Errorf("the exit changed to n5, m3 still on x1's /64: rejected %v", bad)

@@ -193,17 +193,25 @@ func delegationTable(cand []registry.NodeRecord, c recordCheck) delegTable {
 			t[id] = delegOf{exit: c.self, to: to}
 		}
 	}
+	seen := map[string]bool{}
 	for _, rec := range cand {
+		seen[rec.NodeID] = true
 		for id, nr := range rec.Networks {
-			if len(nr.Delegations) > 0 && c.specs[id].Exit == rec.NodeID {
-				t[id] = delegOf{exit: rec.NodeID, to: nr.Delegations}
+			if nr.Declared && c.specs[id].Exit == rec.NodeID {
+				t[id] = delegOf{exit: rec.NodeID, to: nr.Delegations} // none: it delegates nothing now
 			}
 		}
 	}
 	for id, d := range c.prevDelegs {
-		if _, ok := t[id]; !ok && c.specs[id].Exit == d.exit && d.exit != c.self {
-			t[id] = d
+		// Only for an exit with no believed record now (down, its lease
+		// ended), still enrolled: a revoked or expired exit delegates
+		// nothing any more.
+		_, enrolled := c.grid.Enrollments[d.exit]
+		if _, ok := t[id]; ok || seen[d.exit] || d.exit == c.self || c.specs[id].Exit != d.exit ||
+			c.enrollBad[d.exit] != nil || !c.grid.Insecure() && !enrolled {
+			continue
 		}
+		t[id] = d
 	}
 	return t
 }

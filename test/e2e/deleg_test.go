@@ -192,6 +192,14 @@ func gridDelegation(t *testing.T, backend string) {
 		fw.must("rule", "add", "--tenant", fmt.Sprint(acme.Tenant), "--proto", "tcp", "--port", port, "--dst", addr["a3"], "--action", "allow")
 	}
 	retry(t, 10*time.Second, "the internet -> a3:8080 once allowed", func() error { return dialTCP(inet, to, time.Second) })
+	// And globex's workload, through node2.
+	toG := fmt.Sprintf("[%s]:8080", addr["g3"])
+	in2 := nodeCounter(t, x2.pin, 1, policy.DirWG, policy.PassStack).Packets
+	fw.must("rule", "add", "--tenant", fmt.Sprint(globex.Tenant), "--proto", "tcp", "--port", "8080", "--dst", addr["g3"], "--action", "allow")
+	retry(t, 10*time.Second, "the internet -> g3:8080 once allowed", func() error { return dialTCP(inet, toG, time.Second) })
+	if n := nodeCounter(t, x2.pin, 1, policy.DirWG, policy.PassStack).Packets; n <= in2 {
+		t.Errorf("g3's answers to the internet did not go through node2 (%d, before %d)", n, in2)
+	}
 	transfer(t, inet, ns["a3"], addr["a3"], 1<<20)
 
 	// The exit restarts: the same delegation.

@@ -21,6 +21,10 @@ type NetworkInfo struct {
 	// Outside: how the network's workloads reach the outside from this
 	// node ("native", "exit", "via <exit node>", "none: <why>").
 	Outside string `json:"outside,omitempty"`
+	// Delegations: this node is the network's exit, and these are the
+	// /64s it delegated to the network's members without native IPv6
+	// (live, or in quarantine after the member left).
+	Delegations []ipam.Delegation `json:"delegations,omitempty"`
 }
 
 // WorkloadInfo is a workload as the API shows it.

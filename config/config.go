@@ -51,7 +51,7 @@ type Node struct {
 	NodeID      string         `yaml:"node_id"`
 	Uplinks     []string       `yaml:"uplinks"`
 	Class       Class          `yaml:"class"`
-	Prefixes    []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network
+	Prefixes    []netip.Prefix `yaml:"prefixes"` // allocated from, one /64 per network (none: a node without native IPv6, its exits delegate)
 	Addresses   []netip.Addr   `yaml:"addresses"`
 	StateDir    string         `yaml:"state_dir"`
 	BPFDir      string         `yaml:"bpf_dir"`
@@ -111,6 +111,11 @@ type Node struct {
 	// 1480: the IPv4 path's 1500 less the 20-byte header; RFC 4213
 	// allows 1280..1480).
 	SixIn4MTU int `yaml:"sixin4_mtu"`
+	// DelegationPrefix is the part of Prefixes an exit delegates /64s
+	// from, one per (network, member without native IPv6); the node's own
+	// networks never get a /64 of it. Default: the upper half of the
+	// first prefix (2001:db8:101:8000::/49 of 2001:db8:101::/48).
+	DelegationPrefix netip.Prefix `yaml:"delegation_prefix"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -185,12 +190,23 @@ func (n *Node) defaults() {
 	if n.SixIn4MTU == 0 {
 		n.SixIn4MTU = 1480
 	}
+	if !n.DelegationPrefix.IsValid() && len(n.Prefixes) > 0 && n.Prefixes[0].IsValid() && n.Prefixes[0].Bits() < 64 && n.Prefixes[0].Bits() > 0 {
+		n.DelegationPrefix = UpperHalf(n.Prefixes[0])
+	}
 	if n.MaxDeclaredNetworks == 0 {
 		n.MaxDeclaredNetworks = 1024
 	}
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = defaults.RegistryDir
 	}
+}
+
+// UpperHalf is the upper half of p (p one bit longer, that bit set).
+func UpperHalf(p netip.Prefix) netip.Prefix {
+	b := p.Masked().Addr().As16()
+	bit := p.Bits()
+	b[bit/8] |= 0x80 >> (bit % 8)
+	return netip.PrefixFrom(netip.AddrFrom16(b), bit+1)
 }
 
 // WireGuardOverhead is what WireGuard adds to a tenant packet: outer IP

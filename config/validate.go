@@ -138,8 +138,24 @@ func (n *Node) Validate() error {
 }
 
 func (n *Node) validatePrefixes(bad func(field, value, format string, a ...any)) {
-	if len(n.Prefixes) == 0 {
-		bad("prefixes", "", "at least one IPv6 prefix to allocate tenant /64s from")
+	if len(n.Prefixes) == 0 && n.Class == DualStack {
+		// A node without native IPv6 may have none: its declared
+		// networks get their /64 from their exits' delegations.
+		bad("prefixes", "", "at least one IPv6 prefix to allocate tenant /64s from (class dual-stack)")
+	}
+	if dp := n.DelegationPrefix; dp.IsValid() {
+		in := false
+		for _, p := range n.Prefixes {
+			in = in || p.Bits() <= dp.Bits() && p.Contains(dp.Addr())
+		}
+		switch {
+		case dp.Masked() != dp:
+			bad("delegation_prefix", dp.String(), "host bits set (did you mean %s?)", dp.Masked())
+		case dp.Bits() > 64:
+			bad("delegation_prefix", dp.String(), "too long: /64 or shorter, each delegation is a /64 of it")
+		case !in:
+			bad("delegation_prefix", dp.String(), "must lie inside one of prefixes %v", n.Prefixes)
+		}
 	}
 	for i, p := range n.Prefixes {
 		f := fmt.Sprintf("prefixes[%d]", i)

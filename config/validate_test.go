@@ -68,6 +68,10 @@ func TestValidateHostile(t *testing.T) {
 		{"prefix loopback", map[string]string{"prefixes": `["::1/128"]`}, `prefixes[0] ::1/128: must be global unicast`},
 		{"prefix everything", map[string]string{"prefixes": `["::/0"]`}, `prefixes[0] ::/0: must be global unicast`},
 		{"prefix ULA", map[string]string{"prefixes": `["fd00::/48"]`}, `prefixes[0] fd00::/48: must be global unicast`},
+		{"no prefixes, dual-stack", map[string]string{"prefixes": "[]"}, `prefixes: at least one IPv6 prefix`},
+		{"delegation prefix outside", map[string]string{"delegation_prefix": "2001:db8:200::/49"}, `delegation_prefix 2001:db8:200::/49: must lie inside one of prefixes`},
+		{"delegation prefix host bits", map[string]string{"delegation_prefix": "2001:db8:100:8000::1/49"}, `delegation_prefix 2001:db8:100:8000::1/49: host bits set`},
+		{"delegation prefix /65", map[string]string{"delegation_prefix": "2001:db8:100:8000::/65"}, `delegation_prefix 2001:db8:100:8000::/65: too long`},
 		{"prefix unmasked", map[string]string{"prefixes": `["2001:db8::1/48"]`}, `prefixes[0] 2001:db8::1/48: host bits set (did you mean 2001:db8::/48?)`},
 		{"prefix /64", map[string]string{"prefixes": `["2001:db8::/64"]`}, `prefixes[0] 2001:db8::/64: too long: /32 to /63`},
 		{"prefix /80", map[string]string{"prefixes": `["2001:db8::/80"]`}, `prefixes[0] 2001:db8::/80: too long`},
@@ -159,6 +163,24 @@ func TestValidateHostile(t *testing.T) {
 }
 
 // Every mistake is reported at once, one line each.
+// The delegation pool defaults to the upper half of the first prefix.
+func TestDelegationPrefixDefault(t *testing.T) {
+	for prefixes, want := range map[string]string{
+		`["2001:db8:101::/48"]`:                      "2001:db8:101:8000::/49",
+		`["2001:db8:1:100::/63", "2001:db8:2::/48"]`: "2001:db8:1:101::/64",
+		`["2001:db8::/32"]`:                          "2001:db8:8000::/33",
+	} {
+		n, err := Parse([]byte(cfg(map[string]string{"prefixes": prefixes})))
+		if err != nil || n.DelegationPrefix.String() != want {
+			t.Errorf("prefixes %s: delegation prefix %v (%v), want %s", prefixes, n, err, want)
+		}
+	}
+	n, err := Parse([]byte(cfg(map[string]string{"prefixes": "", "class": "home-nat", "addresses": `["10.0.0.2"]`})))
+	if err != nil || n.DelegationPrefix.IsValid() {
+		t.Errorf("no prefixes: delegation prefix %v (%v)", n.DelegationPrefix, err)
+	}
+}
+
 func TestValidateAll(t *testing.T) {
 	_, err := Parse([]byte(cfg(map[string]string{"node_id": ".x", "state_dir": "/", "metrics_listen": "127.0.0.1:0"})))
 	if err == nil || strings.Count(err.Error(), "\n") != 2 {
@@ -181,6 +203,10 @@ func TestValidateGood(t *testing.T) {
 		{"registry": `{type: etcd, endpoints: ["https://[2001:db8::2]:2379", "https://etcd1:2379"], prefix: /tenantnet-demo}`},
 		{"api_group": "4242"},
 		{"node_id": "node_1.eu-west"},
+		// A node without native IPv6 needs no prefixes: its exits delegate.
+		{"prefixes": "", "class": "home-nat", "addresses": `["10.0.0.2"]`},
+		{"prefixes": "[]", "class": "ipv4-only", "addresses": `["192.0.2.1"]`},
+		{"delegation_prefix": "2001:db8:100:ff00::/56"},
 	} {
 		if _, err := Parse([]byte(cfg(over))); err != nil {
 			t.Errorf("%v: %v", over, err)

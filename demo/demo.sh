@@ -15,9 +15,11 @@
 #   db1 (globex)         db2 (globex)          web3 (acme)
 #
 # acme is declared in the grid registry with node1 as its exit: node3 has no
-# IPv6 of its own, so web3 reaches the internet through node1 over acme's
-# WireGuard (node3's /48 is routed to node1). globex is made through the
-# nodes' local API.
+# IPv6 (and no prefixes) of its own, so node1 delegates it a /64 of its
+# delegation pool (2001:db8:101:8000::/49) for acme, and web3 reaches the
+# internet through node1 over acme's WireGuard (the delegated /64 lies in
+# node1's /48, already routed to node1). globex is made through the nodes'
+# local API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,7 +85,8 @@ packets_of() { # packets_of node tenant dir reason: that counter's packets (0 if
 grew() { # grew before node tenant dir reason: that counter is now above before
 	[[ $(packets_of "$2" "$3" "$4" "$5") -gt $1 ]]
 }
-has_net() { nd "$1" network list | awk -v id="$2" '$1 == id { f = 1 } END { exit !f }'; }
+# has_net: the network is here (not waiting for its exit's delegation: tenant 0).
+has_net() { nd "$1" network list | awk -v id="$2" '$1 == id && $2 != 0 { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 
 down() {
@@ -148,11 +151,11 @@ start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] 
 	node_yaml "$i" "$class" "$prefix" "$addrs" "$registry" >"$RUN/node$i.yaml"
 	node_yaml "$i" "$class" "$prefix" "$addrs" "$operator" >"$RUN/operator$i.yaml"
 	# The node's identity (made on first use), enrolled by the grid
-	# operator: its id, class, /48, and whether it may be an exit.
+	# operator: its id, class, /48 (none for node3), and whether it may be an exit.
 	local identity
 	identity=$("$BIN/tenantnetd" identity --config "$RUN/node$i.yaml")
 	on_node "$i" "$BIN/tenantnetd" grid enroll --key "$STATE/grid.key" --config "$RUN/operator$i.yaml" --node "node$i" \
-		--identity "$identity" --class "$class" --prefix "$prefix" $exit
+		--identity "$identity" --class "$class" ${prefix:+--prefix "$prefix"} $exit
 	# nsenter execs tenantnetd: $! is the daemon's pid.
 	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
 	echo $! >"$RUN/node$i.pid"
@@ -166,7 +169,7 @@ node_yaml() { # node_yaml i class prefix addresses registry
 node_id: node$i
 uplinks: [uplink]
 class: $class
-prefixes: ["$prefix"]
+prefixes: [${prefix:+"$prefix"}]
 addresses: $addrs
 state_dir: $STATE/node$i
 bpf_dir: /sys/fs/bpf/tenantnet-demo-node$i
@@ -253,8 +256,6 @@ EOT
 	ip -n "$ns3" link set uplink up
 	ip -n "$ns3" link set lo up
 	ip -n "$ns3" route add default via 10.0.3.1
-	# node3's /48 is carved from the space of its exit, node1: routed there.
-	ip -n tn-demo-client route add 2001:db8:103::/48 via 2001:db8:ffff::1
 
 	if [[ $REG == etcd ]]; then
 		say "etcd's private CA and certificates (etcd, root, the grid operator, one per node)"
@@ -297,7 +298,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 	say "starting tenantnetd on each node ($REG registry), each enrolled by the grid key"
 	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "https://[2001:db8:ffff::100]:2379" --exit
 	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "https://[2001:db8:ffff::100]:2379"
-	start_node 3 home-nat 2001:db8:103::/48 '["10.0.3.2"]' "https://192.0.2.100:2379"
+	# node3 has no prefixes: its exits delegate its networks' /64s.
+	start_node 3 home-nat "" '["10.0.3.2"]' "https://192.0.2.100:2379"
 
 	say "two tenant networks: acme declared in the registry (all three nodes, exit node1), globex added on node1 and node2"
 	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3 --exit node1 --config "$RUN/operator1.yaml" >/dev/null
@@ -335,6 +337,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 	check "internet -> web2 tcp/8080 (no rule on node2)" blocked tcp tn-demo-client "$WEB2" 8080
 	check "db1 -> internet tcp/25 (globex denies outbound SMTP)" blocked tcp tn-demo-db1 2001:db8:ffff::100 25
 	check "web1 -> internet tcp/25 (acme allows outbound)" ok tcp tn-demo-web1 2001:db8:ffff::100 25
+	check "web3's /64 is node1's delegation (node3 has no prefixes; node1's pool 2001:db8:101:8000::/49)" ok \
+		bash -c "[[ $WEB3 == 2001:db8:101:8* ]]"
 	check "web3 -> internet tcp (node3 has no IPv6: via acme's exit node1)" ok retry_tcp tn-demo-web3 2001:db8:ffff::100 25
 	check "internet -> web3 tcp/8080 (via the exit; no rule on node3)" blocked tcp tn-demo-client "$WEB3" 8080
 	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad

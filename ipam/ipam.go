@@ -61,6 +61,9 @@ type Network struct {
 	// Declared: created because the registry declares this node a member
 	// (the node removes it when that ends), not through the local API.
 	Declared bool `json:"declared,omitempty"`
+	// DelegatedBy: the /64 is not this node's own but the one the
+	// network's exit (this node id) delegated to it; "": from Pool.
+	DelegatedBy string `json:"delegated_by,omitempty"`
 }
 
 // Bridge is the network's bridge name: derived from its number, so unique
@@ -109,6 +112,10 @@ type Pool struct {
 	// Quarantine is how long a released /64 and tenant number stay
 	// unallocated (0: reused at once).
 	Quarantine time.Duration
+	// Delegation is the part of Prefixes this node delegates /64s from
+	// to the members of the networks it is the exit of (invalid: none).
+	// The node's own networks never get a /64 of it.
+	Delegation netip.Prefix
 }
 
 // Store is the allocation database.
@@ -120,7 +127,7 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, pool Pool) (*Store, error) {
-	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers, bQSubnets, bQNums}, nil)
+	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers, bQSubnets, bQNums, bDelegations, bDelegSubnet}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -265,11 +272,20 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 			}
 			return nil
 		}
-		// Subnet index 0 of the first prefix stays for the node itself.
+		// Subnet index 0 of the first prefix stays for the node itself;
+		// the delegation pool is the members'.
 		now := s.now()
-		idx, ok, err := lowestAllowed(tx.Bucket(bSubnets), tx.Bucket(bQSubnets), 1, s.subnetCount(), now)
-		if err != nil {
-			return err
+		var idx uint64
+		var ok bool
+		for from := uint64(1); ; {
+			idx, ok, err = lowestAllowed(tx.Bucket(bSubnets), tx.Bucket(bQSubnets), from, s.subnetCount(), now)
+			if err != nil {
+				return err
+			}
+			if p, in := s.subnet(idx); !ok || !in || !s.pool.Delegation.Contains(p.Addr()) {
+				break
+			}
+			from = s.subnetIndex(s.pool.Delegation) + s.delegationSize()
 		}
 		if !ok {
 			return fmt.Errorf("no free /64 left in %v (%d in quarantine after a delete): %w", s.pool.Prefixes, tx.Bucket(bQSubnets).Stats().KeyN, ErrExhausted)
@@ -317,16 +333,20 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 		if err := deletable(tx, id); err != nil {
 			return n, err
 		}
-		idx := s.subnetIndex(n.Prefix)
 		now := s.now()
-		return n, errors.Join(
+		errs := []error{
 			tx.Bucket(bNetworks).Delete([]byte(id)),
-			tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
 			tx.Bucket(bNums).Delete(be32(n.Num)),
 			tx.Bucket(bPorts).Delete(be32(uint32(n.WGPort))),
-			quarantine(tx.Bucket(bQSubnets), uint32(idx), now, s.pool.Quarantine),
 			quarantine(tx.Bucket(bQNums), n.Num, now, s.pool.Quarantine),
-		)
+		}
+		if n.DelegatedBy == "" {
+			// A delegated /64 is its exit's to quarantine, not ours.
+			idx := s.subnetIndex(n.Prefix)
+			errs = append(errs, tx.Bucket(bSubnets).Delete(be32(uint32(idx))),
+				quarantine(tx.Bucket(bQSubnets), uint32(idx), now, s.pool.Quarantine))
+		}
+		return n, errors.Join(errs...)
 	})
 }
 
@@ -513,7 +533,11 @@ func (s *Store) Counts() (networks, workloads int, freeSubnets uint64) {
 		held = tx.Bucket(bQSubnets).Stats().KeyN
 		return nil
 	})
-	return networks, workloads, s.subnetCount() - 1 - min(s.subnetCount()-1, uint64(networks+held))
+	if s.subnetCount() == 0 {
+		return networks, workloads, 0 // no prefixes: every /64 is an exit's delegation
+	}
+	own := s.subnetCount() - 1 - min(s.subnetCount()-1, s.delegationSize())
+	return networks, workloads, own - min(own, uint64(networks+held))
 }
 
 // Quarantined says how many /64s and tenant numbers wait in quarantine

@@ -53,6 +53,8 @@ var (
 		"Workloads attached on this node.", nil, nil)
 	freeSubnets = prometheus.NewDesc("tenantnet_free_subnets",
 		"/64s left to allocate from the node's prefixes (capped at 2^32).", nil, nil)
+	delegations = prometheus.NewDesc("tenantnet_delegations",
+		"/64s this node (an exit) delegated to its networks' members without native IPv6: live, or in quarantine after the member left.", []string{"state"}, nil)
 	wgInfo = prometheus.NewDesc("tenantnet_wireguard_info",
 		"The WireGuard implementation in use (kernel or wireguard-go).", []string{"implementation"}, nil)
 	wgHandshaked = prometheus.NewDesc("tenantnet_wireguard_peer_handshaked",
@@ -92,7 +94,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets,
+	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets, delegations,
 		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused} {
 		ch <- d
 	}
@@ -155,6 +157,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(networks, prometheus.GaugeValue, float64(nn))
 	ch <- prometheus.MustNewConstMetric(workloads, prometheus.GaugeValue, float64(nw))
 	ch <- prometheus.MustNewConstMetric(freeSubnets, prometheus.GaugeValue, float64(free))
+	if ds, err := c.s.IPAM().ReadDelegations(); err != nil {
+		c.log.Warn("read delegations", "err", err)
+	} else {
+		live := 0
+		for _, d := range ds {
+			if d.Live() {
+				live++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(delegations, prometheus.GaugeValue, float64(live), "live")
+		ch <- prometheus.MustNewConstMetric(delegations, prometheus.GaugeValue, float64(len(ds)-live), "quarantine")
+	}
 	impl, peers := c.s.WireGuardStats()
 	if impl != "" {
 		ch <- prometheus.MustNewConstMetric(wgInfo, prometheus.GaugeValue, 1, string(impl))

@@ -52,7 +52,24 @@ func (s *Service) addNetworkLocked(id string, mtu int, declared bool) (api.Netwo
 	if declared {
 		add = s.ipam.AddDeclaredNetwork
 	}
-	n, created, err := add(id, mtu)
+	if len(s.cfg.Prefixes) == 0 {
+		if _, err := s.ipam.Network(id); err != nil {
+			how := "a local network needs this node's own prefixes"
+			if declared {
+				how = "a declared network without an exit needs this node's own prefixes"
+			}
+			return api.NetworkInfo{}, false, fmt.Errorf("%w: network %s: this node (class %s) has no prefixes: %s; "+
+				"declare the network with an exit (the exit delegates this node its /64), or give the node prefixes (configuration and enrollment)",
+				api.ErrBadRequest, id, s.cfg.Class, how)
+		}
+	}
+	return s.makeNetwork(id, func() (ipam.Network, bool, error) { return add(id, mtu) })
+}
+
+// makeNetwork allocates a network (alloc) and makes its firewall tenant
+// and bridge; on any error what it made is undone.
+func (s *Service) makeNetwork(id string, alloc func() (ipam.Network, bool, error)) (api.NetworkInfo, bool, error) {
+	n, created, err := alloc()
 	if err != nil {
 		return api.NetworkInfo{}, false, err
 	}
@@ -161,13 +178,22 @@ func (s *Service) Networks() ([]api.NetworkInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ns, err := s.ipam.Networks()
+	ds, derr := s.ipam.ReadDelegations()
+	err = errors.Join(err, derr)
+	byNet := map[string][]ipam.Delegation{}
+	for _, d := range ds {
+		byNet[d.Network] = append(byNet[d.Network], d)
+	}
 	out := make([]api.NetworkInfo, 0, len(ns))
+	have := map[string]bool{}
 	for _, n := range ns {
 		i := netInfo(n)
 		i.Outside = s.exit.outside(n.ID, s.cfg)
+		i.Delegations = byNet[n.ID]
 		out = append(out, i)
+		have[n.ID] = true
 	}
-	return out, err
+	return append(out, s.waitingNetworks(have)...), err
 }
 
 // RotateKey stages a new key for the network, announced now and taking

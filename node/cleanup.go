@@ -49,7 +49,8 @@ type CleanupReport struct {
 // (the embedded ones' processes stopped), the exit policy routing, the
 // datapath (detached, unpinned), the API socket and leftover UAPI
 // sockets; with purge, the state directory too, unless other nodes still
-// reach the outside through this one (ExitDependents; force purges
+// reach the outside through this one (ExitDependents) or it holds
+// delegations, live or in quarantine (HeldDelegations; force purges
 // anyway): then nothing at all is removed.
 // Links that cannot be deleted are skipped (not counted); any other
 // failure stops it with the report so far.
@@ -67,6 +68,24 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 			}
 			return rep, fmt.Errorf("--purge-state refused: this node is the exit of %s, whose members are live in the registry: "+
 				"purging forgets the networks' /64s, keys and rules while their traffic still comes here; move the exit first, or --force", strings.Join(s, "; "))
+		}
+		ds, err := HeldDelegations(cfg)
+		if err != nil {
+			return rep, fmt.Errorf("--purge-state: cannot tell whether this node holds delegations (--force purges anyway): %w", err)
+		}
+		if len(ds) > 0 {
+			var live, held []string
+			for _, d := range ds {
+				s := fmt.Sprintf("%s to %s for %s", d.Prefix, d.Member, d.Network)
+				if d.Live() {
+					live = append(live, s)
+				} else {
+					held = append(held, s+fmt.Sprintf(" (left %s)", d.Left.Format(time.RFC3339)))
+				}
+			}
+			return rep, fmt.Errorf("--purge-state refused: this node delegated %d /64s (live: %s; in quarantine: %s): "+
+				"purging forgets its delegation pool, and the /64s would be handed out again while members and the internet still use them; "+
+				"move the networks' exit first, or --force", len(ds), orNone(live), orNone(held))
 		}
 	}
 	h, err := netlink.NewHandle()
@@ -121,6 +140,24 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	return rep, nil
 }
 
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+// HeldDelegations lists the delegations this node (an exit) holds: live
+// ones and those in quarantine.
+func HeldDelegations(cfg *config.Node) ([]ipam.Delegation, error) {
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes})
+	if err != nil {
+		return nil, fmt.Errorf("%w (is tenantnetd still running? stop it first)", err)
+	}
+	defer st.Close()
+	return st.ReadDelegations()
+}
+
 func sortedKeys(m map[string][]string) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
@@ -139,8 +176,8 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (is tenantnetd still running? stop it first)", err)
 	}
+	defer st.Close()
 	nets, err := st.Networks()
-	st.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +199,7 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	defer reg.Close()
 	// The same checks as the running service: only what the grid key
 	// verifies counts.
-	s := &Service{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), registry: regState{reg: reg}, trust: newTrustState(gridKey, nil), live: newLiveState()}
+	s := &Service{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: st, registry: regState{reg: reg}, trust: newTrustState(gridKey, nil), live: newLiveState()}
 	if err := s.loadGrid(time.Now()); err != nil {
 		return nil, err
 	}
@@ -170,7 +207,8 @@ func ExitDependents(cfg *config.Node) (map[string][]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, mine, _, _ := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: cfg.NodeID, local: local, joined: joined, max: len(joined)})
+	all, mine, _, _ := checkDeclared(entries, declaredCheck{grid: s.trust.grid, self: cfg.NodeID, local: local, joined: joined, max: len(joined)})
+	s.trust.specs = all // members on this node's delegations are believed as the service believes them
 	// A fresh liveness state counts every listed file record as just
 	// renewed: a member's stale record makes purge refuse (--force).
 	nodes, _, err := s.believedNodes(time.Now())

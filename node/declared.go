@@ -21,6 +21,7 @@ type declaredNet struct {
 	id    string
 	join  bool // not here yet: create it (declared)
 	mtu   int  // when joining
+	exit  string
 	users []registry.UserSpec
 }
 
@@ -49,7 +50,7 @@ func planDeclared(mine map[string]registry.NetworkSpec, complete bool, nets []ip
 	var p declaredPlan
 	for _, id := range slices.Sorted(maps.Keys(mine)) {
 		sp := mine[id]
-		dn := declaredNet{id: id}
+		dn := declaredNet{id: id, exit: sp.Exit}
 		if _, ok := have[id]; !ok {
 			dn.join, dn.mtu = true, sp.MTU
 			if dn.mtu == 0 {
@@ -142,12 +143,16 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 	}
 	s.trust.specs = all
 	s.exit.learn(mine, complete)
+	delegErr := s.syncDelegations(mine, complete, r)
 	users, err := s.ipam.Users("")
 	if err != nil {
 		return err
 	}
 	plan := planDeclared(mine, complete, nets, users, s.cfg.NodeID, s.cfg.MTU)
 	errs := s.joinDeclared(plan.nets, r)
+	if delegErr != nil {
+		errs = append(errs, delegErr)
+	}
 	if readErr != nil {
 		return errors.Join(append(errs, readErr)...)
 	}
@@ -160,8 +165,22 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 // created).
 func (s *Service) joinDeclared(nets []declaredNet, r *repairs) []error {
 	var errs []error
+	for id := range s.exit.waiting {
+		if !slices.ContainsFunc(nets, func(dn declaredNet) bool { return dn.id == id && s.needsDelegation(dn.exit) }) {
+			delete(s.exit.waiting, id) // no longer declared here, or no longer delegated
+		}
+	}
 	for _, dn := range nets {
-		if dn.join {
+		if s.needsDelegation(dn.exit) {
+			ready, err := s.adoptDelegation(dn, r)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("declared network %s: %w", dn.id, err))
+				continue
+			}
+			if !ready {
+				continue // waiting for the exit's delegation: nothing of it here yet
+			}
+		} else if dn.join {
 			if _, _, err := s.addNetworkLocked(dn.id, dn.mtu, true); err != nil {
 				errs = append(errs, fmt.Errorf("join declared network %s: %w", dn.id, err))
 				continue

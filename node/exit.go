@@ -21,9 +21,9 @@ import (
 // ::/0 besides its /64, and the tenant's /64 is policy-routed into a table
 // of its own whose default route is that device (the node's other traffic
 // and other tenants keep the main table). The exit forwards it out of its
-// uplink. The operator routes such a member's prefix to the exit (its /48
-// is carved from the exit's space, as the design's IPv4-only case says),
-// so the answers come back the same way.
+// uplink. The member's /64 of the network is the exit's delegation, from
+// the exit's own space (delegation.go), which the internet routes to the
+// exit: the answers come back the same way.
 //
 // In tn_route_v1 both ends hold (tenant, ::/0) with kind exit: on the
 // member with the device's ifindex (the fast path redirects there and
@@ -64,10 +64,22 @@ type exitState struct {
 	exits  map[string]string // declared network -> its exit node
 	warned map[string]bool   // networks whose exit here was refused (logged once)
 	via    map[string]string // networks routed to their exit: network -> device (last reconcile)
+	// waiting are the declared networks whose /64 is their exit's
+	// delegation and which wait for it (not here yet, or to be
+	// renumbered onto a new exit's): network -> the exit.
+	waiting map[string]string
+	logged  map[string]string // what was last logged of a waiting network
+	// learned: exits holds a whole listing (one was read since the
+	// start); unpublished are the delegated networks left out of the
+	// record because their exit is no longer the one that delegated
+	// their /64 (network -> why, logged once).
+	learned     bool
+	unpublished map[string]string
 }
 
 func newExitState() exitState {
-	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{}}
+	return exitState{exits: map[string]string{}, warned: map[string]bool{}, via: map[string]string{},
+		waiting: map[string]string{}, logged: map[string]string{}, unpublished: map[string]string{}}
 }
 
 // learn records the exits of the declared networks this node is a member
@@ -78,6 +90,7 @@ func (e *exitState) learn(mine map[string]registry.NetworkSpec, complete bool) {
 		e.exits[id] = sp.Exit
 	}
 	if complete {
+		e.learned = true
 		for id := range e.exits {
 			if _, ok := mine[id]; !ok {
 				delete(e.exits, id)
@@ -105,9 +118,17 @@ func (e *exitState) role(id string, self *config.Node) exitRole {
 }
 
 // outside says how network id's workloads reach the outside from node
-// self (network list).
+// self (network list). This is the one place a member decides how its
+// outside goes (exitViaPeer: inside the network's WireGuard to the exit;
+// a 6in4 path for ipv4-only members would be another role here).
 func (e *exitState) outside(id string, self *config.Node) string {
 	exit := e.exits[id]
+	if w, ok := e.waiting[id]; ok {
+		return "renumbering: waiting for its delegation from " + w
+	}
+	if why, ok := e.unpublished[id]; ok {
+		return "none: not published: " + why
+	}
 	switch e.role(id, self) {
 	case exitHere:
 		return "exit"

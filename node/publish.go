@@ -72,9 +72,28 @@ func (s *Service) publish() error {
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
 		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
+	// What this node (an exit) delegated, signed with the rest: the only
+	// /64s its networks' members without native IPv6 may claim.
+	ds, derr := s.ipam.ReadDelegations()
+	delegs := liveDelegations(ds)
+	if len(delegs) > 0 {
+		// Only then: a record without delegations stays what readers
+		// before delegations decode (they refuse unknown fields).
+		rec.DelegationPrefix = s.cfg.DelegationPrefix
+	}
 	nets, err := s.ipam.Networks()
+	err = errors.Join(err, derr)
 	damaged := map[string]string{}
+	unpublished := map[string]string{}
 	for _, n := range nets {
+		if n.DelegatedBy != "" && s.exit.learned && s.exit.exits[n.ID] != n.DelegatedBy {
+			// Its /64 is a former exit's delegation (the exit changed, or
+			// the network has none now): no reader believes that claim,
+			// and it would take this node's other networks down with
+			// the record. Left out until renumbered.
+			unpublished[n.ID] = fmt.Sprintf("its /64 %s was delegated by %s, the network's exit is now %q", n.Prefix, n.DelegatedBy, s.exit.exits[n.ID])
+			continue
+		}
 		key, err := wg.LoadKey(s.keysDir(), n.ID)
 		if err != nil {
 			// Without its key the network cannot be in the record (its
@@ -84,6 +103,9 @@ func (s *Service) publish() error {
 			continue
 		}
 		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU, Declared: n.Declared}
+		if n.Declared && len(delegs[n.ID]) > 0 {
+			nr.Delegations = delegs[n.ID]
+		}
 		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
 			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
 		}
@@ -95,6 +117,12 @@ func (s *Service) publish() error {
 		}
 	}
 	s.held.keys = damaged
+	for id, why := range unpublished {
+		if s.exit.unpublished[id] != why {
+			s.log.Error("network left out of the published record until it is renumbered: its members on other nodes lose this node", "network", id, "why", why)
+		}
+	}
+	s.exit.unpublished = unpublished
 	s.mu.Unlock()
 	if err != nil {
 		return err

@@ -37,6 +37,52 @@ type recordCheck struct {
 	// keeps it and the newcomer is rejected; when neither held it, both
 	// are.
 	prev claims
+	// specs are the declared networks (by id, with their exits as
+	// checkDeclared believes them): a member without native IPv6 may
+	// claim, for a declared network with an exit, only the /64 the exit
+	// delegated to it, and only the exit's delegations are believed.
+	specs map[string]registry.NetworkSpec
+	// selfDelegs are this node's own delegations (it is the exit):
+	// network -> member -> /64. A member's claim of exactly that /64 is
+	// no overlap with this node's prefixes.
+	selfDelegs map[string]map[string]netip.Prefix
+	// prevDelegs is the delegation table of the last check: an exit
+	// whose record is not there this time (down, a lease ended) still
+	// delegated what it delegated, until the network's exit changes.
+	prevDelegs delegTable
+}
+
+// delegTable is what the networks' exits delegated: network -> its exit
+// and the /64 of each member.
+type delegTable map[string]delegOf
+
+type delegOf struct {
+	exit string
+	to   map[string]netip.Prefix // member -> /64
+}
+
+// delegatedTo is the /64 network's exit delegated to member (false: none).
+func (t delegTable) delegatedTo(network, member string) (netip.Prefix, string, bool) {
+	d, ok := t[network]
+	if !ok {
+		return netip.Prefix{}, "", false
+	}
+	p, ok := d.to[member]
+	return p, d.exit, ok
+}
+
+// delegatedClaim says whether network id of rec is one whose /64 must be
+// its exit's delegation: rec's node has no native IPv6, and the network
+// is declared with an exit that is another node.
+func delegatedClaim(rec registry.NodeRecord, id string, nr registry.NetworkRecord, specs map[string]registry.NetworkSpec) (exit string, ok bool) {
+	if rec.Class == "dual-stack" || !nr.Declared {
+		return "", false
+	}
+	sp, found := specs[id]
+	if !found || sp.Exit == "" || sp.Exit == rec.NodeID {
+		return "", false
+	}
+	return sp.Exit, true
 }
 
 // claims maps a claimed thing ("key <base64>", "prefix <p>") to a node.
@@ -48,6 +94,13 @@ var validClasses = []string{"dual-stack", "ipv4-only", "home-nat", "home-ipv6"}
 // left out), the rejected ones by name with their reason (trust.Rejection),
 // and the claims of the believed ones.
 func checkRecords(entries []trust.Entry, c recordCheck) ([]registry.NodeRecord, map[string]error, claims) {
+	recs, bad, held, _ := checkRecordsDeleg(entries, c)
+	return recs, bad, held
+}
+
+// checkRecordsDeleg is checkRecords that also returns the delegation
+// table the believed exits (and this node, c.selfDelegs) make.
+func checkRecordsDeleg(entries []trust.Entry, c recordCheck) ([]registry.NodeRecord, map[string]error, claims, delegTable) {
 	bad := map[string]error{}
 	var cand []registry.NodeRecord
 	for _, e := range entries {
@@ -63,6 +116,30 @@ func checkRecords(entries []trust.Entry, c recordCheck) ([]registry.NodeRecord, 
 			cand = append(cand, rec)
 		}
 	}
+	// The exits' delegations, then what the members claim of them.
+	table := delegationTable(cand, c)
+	for _, rec := range cand {
+		for _, id := range slices.Sorted(maps.Keys(rec.Networks)) {
+			nr := rec.Networks[id]
+			exit, ok := delegatedClaim(rec, id, nr, c.specs)
+			if !ok {
+				continue
+			}
+			got, from, found := table.delegatedTo(id, rec.NodeID)
+			if !found || from != exit || got != nr.Prefix {
+				what := "none"
+				if found {
+					what = got.String()
+				}
+				bad[rec.NodeID] = trust.Reject("prefix-not-delegated", "network %s: prefix %s: the network's exit %s delegated %s to %s",
+					id, nr.Prefix, exit, what, rec.NodeID)
+				break
+			}
+		}
+	}
+	// A record rejected so claims nothing: it cannot knock out the
+	// holder of what it claims (the exit's own /64, another member's).
+	cand = slices.DeleteFunc(cand, func(rec registry.NodeRecord) bool { _, rejected := bad[rec.NodeID]; return rejected })
 	// What each record claims, and who else claims it.
 	by := map[string][]string{}
 	for _, rec := range cand {
@@ -101,7 +178,42 @@ func checkRecords(entries []trust.Entry, c recordCheck) ([]registry.NodeRecord, 
 			held[k] = rec.NodeID
 		}
 	}
-	return out, bad, held
+	return out, bad, held, table
+}
+
+// delegationTable is what the declared networks' exits delegated: this
+// node's own delegations for the networks it is the exit of, the believed
+// records of the others' exits (validRecord kept only an exit's
+// delegations), and, for an exit without a believed record this time,
+// what it delegated last time if it is still the network's exit.
+func delegationTable(cand []registry.NodeRecord, c recordCheck) delegTable {
+	t := delegTable{}
+	for id, to := range c.selfDelegs {
+		if c.specs[id].Exit == c.self {
+			t[id] = delegOf{exit: c.self, to: to}
+		}
+	}
+	seen := map[string]bool{}
+	for _, rec := range cand {
+		seen[rec.NodeID] = true
+		for id, nr := range rec.Networks {
+			if nr.Declared && c.specs[id].Exit == rec.NodeID {
+				t[id] = delegOf{exit: rec.NodeID, to: nr.Delegations} // none: it delegates nothing now
+			}
+		}
+	}
+	for id, d := range c.prevDelegs {
+		// Only for an exit with no believed record now (down, its lease
+		// ended), still enrolled: a revoked or expired exit delegates
+		// nothing any more.
+		_, enrolled := c.grid.Enrollments[d.exit]
+		if _, ok := t[id]; ok || seen[d.exit] || d.exit == c.self || c.specs[id].Exit != d.exit ||
+			c.enrollBad[d.exit] != nil || !c.grid.Insecure() && !enrolled {
+			continue
+		}
+		t[id] = d
+	}
+	return t
 }
 
 func recordClaims(rec registry.NodeRecord) []string {
@@ -182,10 +294,17 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 		if !p.IsValid() || p.Bits() != 64 || p.Masked() != p || !trust.GlobalUnicast(p.Addr()) {
 			return trust.Reject("prefix", "network %s: prefix %s: want a masked global unicast /64", id, p)
 		}
-		if secure && !en.Allows(p) {
+		// A delegated /64 is bound by its exit's delegation (checked
+		// against the exit's record, checkRecords), not by the member's
+		// enrollment: such a member may have no prefixes at all.
+		_, delegated := delegatedClaim(rec, id, nr, c.specs)
+		if secure && !delegated && !en.Allows(p) {
 			return trust.Reject("prefix-not-enrolled", "network %s: prefix %s is outside the enrolled %v", id, p, en.Prefixes)
 		}
 		for _, o := range c.own {
+			if delegated && c.selfDelegs[id][rec.NodeID] == p {
+				break // this node (the exit) delegated it to the record's node: its own to claim
+			}
 			if o.Overlaps(p) {
 				return trust.Reject("prefix-overlap", "network %s: prefix %s lies in this node's %s", id, p, o)
 			}
@@ -215,6 +334,70 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 		if nr.NextPublicKey != "" && nr.RotateAt.After(c.now.Add(24*time.Hour)) {
 			return trust.Reject("rotate-at", "network %s: key rotation at %s: more than a day ahead", id, nr.RotateAt.Format(time.RFC3339))
 		}
+	}
+	return validDelegations(rec, en, prefixes, c)
+}
+
+// validDelegations checks what an exit's record delegates. Delegations
+// in the record of a node that is not the network's declared exit (a
+// former exit, or a forger) are dropped from the record, never believed;
+// so are those to nodes that are not the network's members (a
+// declaration the exit has not caught up with). The rest must be masked
+// global unicast /64s inside the node's enrolled prefixes and its
+// DelegationPrefix, none its own network's, none given twice.
+func validDelegations(rec registry.NodeRecord, en trust.Enrollment, own map[netip.Prefix]string, c recordCheck) error {
+	dp := rec.DelegationPrefix
+	if dp.IsValid() && (dp.Masked() != dp || dp.Bits() > 64 || !trust.GlobalUnicast(dp.Addr()) || !c.grid.Insecure() && !en.Allows(dp)) {
+		return trust.Reject("delegation-prefix", "delegation prefix %s: want a masked global unicast prefix, /64 or shorter, inside the enrolled %v", dp, en.Prefixes)
+	}
+	for p, id := range own {
+		if dp.IsValid() && dp.Overlaps(p) && len(rec.Networks[id].Delegations) > 0 {
+			return trust.Reject("delegation-overlap", "network %s: its own prefix %s lies in the delegation prefix %s", id, p, dp)
+		}
+	}
+	given := map[netip.Prefix]string{}
+	for _, id := range slices.Sorted(maps.Keys(rec.Networks)) {
+		nr := rec.Networks[id]
+		if len(nr.Delegations) == 0 {
+			continue
+		}
+		sp := c.specs[id]
+		if !nr.Declared || sp.Exit != rec.NodeID {
+			nr.Delegations = nil // not the network's exit: ignored
+			rec.Networks[id] = nr
+			continue
+		}
+		if len(nr.Delegations) > registry.MaxMembersPerSpec {
+			return trust.Reject("too-many-delegations", "network %s: %d delegations: at most %d", id, len(nr.Delegations), registry.MaxMembersPerSpec)
+		}
+		kept := map[string]netip.Prefix{}
+		for _, m := range slices.Sorted(maps.Keys(nr.Delegations)) {
+			p := nr.Delegations[m]
+			if err := trust.ValidNodeID(m); err != nil {
+				return trust.Reject("delegation-member", "network %s: delegation to %q: %v", id, m, err)
+			}
+			if !p.IsValid() || p.Bits() != 64 || p.Masked() != p || !trust.GlobalUnicast(p.Addr()) {
+				return trust.Reject("delegation-prefix", "network %s: delegation %s to %s: want a masked global unicast /64", id, p, m)
+			}
+			if !c.grid.Insecure() && !en.Allows(p) {
+				return trust.Reject("delegation-not-enrolled", "network %s: delegation %s to %s is outside the enrolled %v", id, p, m, en.Prefixes)
+			}
+			if !dp.IsValid() || !dp.Contains(p.Addr()) {
+				return trust.Reject("delegation-prefix", "network %s: delegation %s to %s is outside the delegation prefix %s", id, p, m, dp)
+			}
+			if o, dup := given[p]; dup {
+				return trust.Reject("delegation-overlap", "network %s: %s delegated to %s and to %s", id, p, m, o)
+			}
+			if o, dup := own[p]; dup {
+				return trust.Reject("delegation-overlap", "network %s: %s delegated to %s is network %s's own", id, p, m, o)
+			}
+			given[p] = m
+			if m != rec.NodeID && sp.HasMember(m) {
+				kept[m] = p
+			}
+		}
+		nr.Delegations = kept
+		rec.Networks[id] = nr
 	}
 	return nil
 }

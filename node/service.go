@@ -110,7 +110,8 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 			c()
 		}
 	}
-	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount, Quarantine: *cfg.ReuseQuarantine})
+	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount, Quarantine: *cfg.ReuseQuarantine,
+		Delegation: cfg.DelegationPrefix})
 	if err != nil {
 		return nil, err
 	}

@@ -23,8 +23,10 @@ type trustState struct {
 	bad      map[string]error   // enrollments that failed
 	claims   claims             // what the believed records claimed last time
 	specs    map[string]registry.NetworkSpec
-	logged   map[string]string // "<kind> <name>" -> the rejection last logged
-	rejected map[string]uint64 // reason -> rejections (one per change)
+	delegs   delegTable                     // what the networks' exits delegated, as believed last time
+	records  map[string]registry.NodeRecord // the records believed last time, by node id
+	logged   map[string]string              // "<kind> <name>" -> the rejection last logged
+	rejected map[string]uint64              // reason -> rejections (one per change)
 }
 
 func newTrustState(key ed25519.PublicKey, identity ed25519.PrivateKey) trustState {
@@ -94,7 +96,14 @@ func (s *Service) believedNodes(now time.Time) (recs []registry.NodeRecord, gone
 		return nil, nil, err
 	}
 	c := recordCheck{grid: s.trust.grid, enrollBad: s.trust.bad, self: s.cfg.NodeID,
-		own: s.cfg.Prefixes, now: now, prev: s.trust.claims}
+		own: s.cfg.Prefixes, now: now, prev: s.trust.claims, specs: s.trust.specs, prevDelegs: s.trust.delegs}
+	if s.ipam != nil {
+		ds, err := s.ipam.ReadDelegations()
+		if err != nil {
+			return nil, nil, fmt.Errorf("read this node's delegations: %w", err)
+		}
+		c.selfDelegs = liveDelegations(ds)
+	}
 	if !registry.LeaseKept(s.registry.reg) {
 		listed := map[string]bool{}
 		for _, e := range entries {
@@ -105,8 +114,17 @@ func (s *Service) believedNodes(now time.Time) (recs []registry.NodeRecord, gone
 			return s.live.fresh.observe(e.Name, string(identity), rec, e.Data, now, s.cfg.Lease)
 		}
 	}
-	recs, bad, held := checkRecords(entries, c)
-	s.trust.claims = held
+	recs, bad, held, delegs := checkRecordsDeleg(entries, c)
+	s.trust.claims, s.trust.delegs = held, delegs
+	for id, exit := range s.exit.waiting {
+		if _, from, ok := delegs.delegatedTo(id, s.cfg.NodeID); ok && from == exit {
+			s.Trigger() // the delegation a network waits for is here: adopt it now
+		}
+	}
+	s.trust.records = map[string]registry.NodeRecord{}
+	for _, rec := range recs {
+		s.trust.records[rec.NodeID] = rec
+	}
 	s.noteRejections("record", bad)
 	return recs, goneNow(bad, s.trust.bad), nil
 }

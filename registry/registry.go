@@ -37,6 +37,12 @@ type NetworkRecord struct {
 	// it. A declared network and local ones (created through a node's
 	// API) of the same id never peer: they are different networks.
 	Declared bool `json:"declared,omitempty"`
+	// Delegations: the node is the network's declared exit, and these
+	// are the /64s it delegated, by member node id, to the members
+	// without native IPv6 (the only /64 such a member may claim for the
+	// network). Readers believe them only from the network's exit, inside
+	// its enrolled prefixes and its DelegationPrefix.
+	Delegations map[string]netip.Prefix `json:"delegations,omitempty"`
 }
 
 // PathMTU is the largest tenant packet the network takes on the node of
@@ -66,6 +72,9 @@ type NodeRecord struct {
 	Addresses []netip.Addr             `json:"addresses"`
 	MTU       int                      `json:"mtu,omitempty"` // tenant packets the node's path carries inside WireGuard
 	Networks  map[string]NetworkRecord `json:"networks"`
+	// DelegationPrefix is the part of its space an exit delegates /64s
+	// from (its networks' own /64s lie outside it).
+	DelegationPrefix netip.Prefix `json:"delegation_prefix,omitzero"`
 	// Expires is the writer's wall clock plus the lease: information
 	// (and what readers before sequence numbers judged by), never what a
 	// reader decides liveness by: clocks are minutes apart.

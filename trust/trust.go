@@ -171,8 +171,10 @@ func (e Enrollment) Validate() error {
 	default:
 		return fmt.Errorf("enrollment %s: class %q: want dual-stack, ipv4-only, home-nat or home-ipv6", e.NodeID, e.Class)
 	}
-	if len(e.Prefixes) == 0 || len(e.Prefixes) > 64 {
-		return fmt.Errorf("enrollment %s: prefixes: 1 to 64", e.NodeID)
+	// A node without native IPv6 may have none: its declared networks'
+	// /64s are delegated by their exits.
+	if len(e.Prefixes) == 0 && e.Class == "dual-stack" || len(e.Prefixes) > 64 {
+		return fmt.Errorf("enrollment %s: prefixes: 1 to 64 (0 to 64 for a node without native IPv6)", e.NodeID)
 	}
 	for _, p := range e.Prefixes {
 		if !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p || p.Bits() > 64 || p.Bits() < 16 || !GlobalUnicast(p.Addr()) {

@@ -92,3 +92,16 @@ func TestLoadGrid(t *testing.T) {
 		t.Error("an unsigned revocation list believed")
 	}
 }
+
+// A node without native IPv6 may be enrolled without prefixes (its exits
+// delegate its /64s); a dual-stack node may not.
+func TestEnrollmentPrefixes(t *testing.T) {
+	pub, _, _ := ed25519.GenerateKey(nil)
+	now := time.Now()
+	for class, ok := range map[string]bool{"dual-stack": false, "ipv4-only": true, "home-nat": true, "home-ipv6": true} {
+		err := Enrollment{NodeID: "n", Identity: pub, Class: class, Issued: now, Expires: now.Add(time.Hour)}.Validate()
+		if (err == nil) != ok {
+			t.Errorf("class %s without prefixes: %v", class, err)
+		}
+	}
+}

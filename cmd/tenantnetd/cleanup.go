@@ -20,7 +20,7 @@ func cleanupCmd() *command {
   tenantnetd cleanup --purge-state   # also forget networks, workloads and rules`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.configFlag(fs)
-			fs.BoolVar(&purge, "purge-state", false, "also delete the state directory (refused while this node is the exit of a network with live members)")
+			fs.BoolVar(&purge, "purge-state", false, "also delete the state directory (refused while this node is the exit of a network with live members, or holds delegations)")
 			fs.BoolVar(&force, "force", false, "with --purge-state: purge even while other nodes reach the outside through this one")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {

@@ -97,7 +97,7 @@ func gridEnrollCmd() *command {
 	var expires time.Duration
 	return &command{
 		Name: "enroll", Summary: "sign a node's enrollment into the registry: its identity, class, prefixes, exit",
-		Usage: "--key FILE --node ID --identity PUB --class CLASS --prefix P... [--exit] [--expires 8760h] [--config FILE]",
+		Usage: "--key FILE --node ID --identity PUB --class CLASS [--prefix P...] [--exit] [--expires 8760h] [--config FILE]",
 		Example: `  tenantnetd grid enroll --key ~/grid.key --node node1 --identity $(ssh node1 tenantnetd identity) \
       --class dual-stack --prefix 2001:db8:101::/48 --exit`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
@@ -106,12 +106,18 @@ func gridEnrollCmd() *command {
 			fs.StringVar(&node, "node", "", "node id")
 			fs.StringVar(&identity, "identity", "", "the node's identity public key (tenantnetd identity on the node)")
 			fs.StringVar(&class, "class", "dual-stack", "the node's class")
-			fs.StringSliceVar(&prefixes, "prefix", nil, "a prefix the node's network /64s may come from (repeatable)")
+			fs.StringSliceVar(&prefixes, "prefix", nil, "a prefix the node's network /64s may come from (repeatable; none for ipv4-only, home-nat, home-ipv6: their exits delegate)")
 			fs.BoolVar(&exit, "exit", false, "the node may be a network's exit")
 			fs.DurationVar(&expires, "expires", 8760*time.Hour, "valid for")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
-			if err := checkArgs(fs, args, "key", "node", "identity", "prefix"); err != nil {
+			required := []string{"key", "node", "identity"}
+			if class == "dual-stack" {
+				// A node without native IPv6 needs none: its declared
+				// networks' /64s come from their exits.
+				required = append(required, "prefix")
+			}
+			if err := checkArgs(fs, args, required...); err != nil {
 				return err
 			}
 			id, err := trust.ParsePublicKey(identity)

@@ -110,13 +110,34 @@ func networkListCmd() *command {
 				return err
 			}
 			return env.print(ns, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE")
+				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE\tDELEGATED")
 				for _, n := range ns {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside)
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside, delegated(n))
 				}
 			})
 		},
 	}
+}
+
+// delegated says what a network's /64 comes from (a member's: "from
+// <exit>") or, on its exit, what it delegated ("node3 <p>, node4 <p> (left
+// <time>)").
+func delegated(n api.NetworkInfo) string {
+	if n.DelegatedBy != "" {
+		return "from " + n.DelegatedBy
+	}
+	var ds []string
+	for _, d := range n.Delegations {
+		s := d.Member + " " + d.Prefix.String()
+		if !d.Live() {
+			s += " (left " + d.Left.Format(time.RFC3339) + ")"
+		}
+		ds = append(ds, s)
+	}
+	if len(ds) == 0 {
+		return "-"
+	}
+	return strings.Join(ds, ", ")
 }
 
 // The registry commands read --config and talk to the grid registry
@@ -184,6 +205,7 @@ func networkDeclareCmd() *command {
 			if err != nil {
 				return err
 			}
+			warnRenumbering(reg, cfg, spec, os.Stderr)
 			return reg.Declare(spec.ID, b)
 		},
 	}
@@ -256,6 +278,58 @@ func networkDeclaredCmd() *command {
 			})
 		},
 	}
+}
+
+// warnRenumbering says, before a declaration replaces another, which
+// members without native IPv6 it renumbers: their /64 is their exit's
+// delegation, so a new exit means a new /64 (and new addresses for their
+// workloads).
+func warnRenumbering(reg registry.Registry, cfg *config.Node, spec registry.NetworkSpec, w io.Writer) {
+	entries, _ := reg.Declared()
+	pub, _ := cfg.GridKey()
+	var old registry.NetworkSpec
+	found := false
+	for _, e := range entries {
+		if e.Name == spec.ID {
+			if sp, err := registry.OpenSpec(e, pub); err == nil {
+				old, found = sp, true
+			}
+		}
+	}
+	if !found || old.Exit == "" || old.Exit == spec.Exit {
+		return
+	}
+	classes := map[string]string{}
+	if encs, err := reg.Enrollments(); err == nil {
+		for _, e := range encs {
+			var en trust.Enrollment
+			if trust.OpenJSON(e.Data, trust.KindEnrollment, pub, &en) == nil {
+				classes[en.NodeID] = en.Class
+			}
+		}
+	}
+	var affected []string
+	for _, m := range old.Members {
+		if m == old.Exit || m == spec.Exit || classes[m] == string(config.DualStack) {
+			continue
+		}
+		c := classes[m]
+		if c == "" {
+			c = "class unknown"
+		}
+		affected = append(affected, m+" ("+c+")")
+	}
+	to := spec.Exit
+	if to == "" {
+		to = "no exit"
+	}
+	if len(affected) == 0 {
+		fmt.Fprintf(w, "tenantnetd: network %s: the exit changes from %s to %s; no member without native IPv6 is affected\n", spec.ID, old.Exit, to)
+		return
+	}
+	fmt.Fprintf(w, "tenantnetd: WARNING: network %s: the exit changes from %s to %s: this RENUMBERS its members without native IPv6, %s: "+
+		"their /64 in %s was delegated by %s and moves to a delegation of %s; every workload of theirs in %s gets a new address\n",
+		spec.ID, old.Exit, to, strings.Join(affected, ", "), spec.ID, old.Exit, to, spec.ID)
 }
 
 // openRegistry opens the grid registry the node configuration names.

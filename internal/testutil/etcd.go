@@ -32,6 +32,9 @@ type EtcdOptions struct {
 	PasswordOnly bool
 	// Args are more etcd flags (--quota-backend-bytes ...).
 	Args []string
+	// ExtraHosts are more addresses etcd serves clients on (and its
+	// certificate names): an IPv4 one for nodes that have only IPv4.
+	ExtraHosts []string
 }
 
 // StartEtcdWith runs etcd on loopback as o says and returns its client URL.
@@ -62,10 +65,18 @@ func startEtcd(tb testing.TB, ns *NetNS, host string, cport, pport int, o EtcdOp
 	client, peer := "http://"+hostport(cport), "http://"+hostport(pport)
 	args := []string{"--data-dir", tb.TempDir(), "--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "default=" + peer, "--name", "default"}
+	listen := func(scheme string) string {
+		urls := scheme + "://" + hostport(cport)
+		for _, h := range o.ExtraHosts {
+			urls += "," + scheme + "://" + net.JoinHostPort(h, fmt.Sprint(cport))
+		}
+		return urls
+	}
+	args[3] = listen("http")
 	if o.PKI != nil {
 		client = "https://" + hostport(cport)
-		srv := o.PKI.Issue("etcd-server", true, host, "localhost")
-		args[3], args[5] = client, client
+		srv := o.PKI.Issue("etcd-server", true, append([]string{host, "localhost"}, o.ExtraHosts...)...)
+		args[3], args[5] = listen("https"), client
 		args = append(args, "--cert-file", srv.Cert, "--key-file", srv.Key)
 		if !o.PasswordOnly {
 			args = append(args, "--client-cert-auth", "--trusted-ca-file", o.PKI.CA)

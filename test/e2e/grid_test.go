@@ -79,6 +79,9 @@ func TestGrid(t *testing.T) {
 // (grid init), and enrolls each node's identity (identity, grid enroll:
 // its /48, its class, may be an exit) before it starts. Everything goes
 // at cleanup.
+// etcdIPv4 is etcd's address on the internet for nodes with IPv4 only.
+const etcdIPv4 = "192.0.2.254"
+
 func newGrid(t testing.TB, backend string, count int, extra string, natLast ...bool) ([]*gridNode, string) {
 	return newGridWith(t, gridOpts{backend: backend, count: count, extra: extra, natLast: len(natLast) > 0 && natLast[0]})
 }
@@ -95,6 +98,9 @@ type gridOpts struct {
 	regDir     string
 	nodeRegDir map[int]string
 	env        map[int][]string // environment of a node's tenantnetd, by node number
+	// bareNAT: the NAT node (natLast) has no prefixes of its own, in its
+	// configuration or its enrollment (its exits delegate its /64s).
+	bareNAT bool
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -135,7 +141,15 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		// With TLS, client certificates and RBAC, as a grid runs it: each
 		// node's certificate may write its own record only.
 		pki := testutil.NewPKI(t)
-		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", testutil.EtcdOptions{PKI: pki, Args: etcdArgs})
+		eo := testutil.EtcdOptions{PKI: pki, Args: etcdArgs}
+		if o.natLast {
+			// The node behind NAT has IPv4 only: etcd serves it there too.
+			if out, err := exec.Command("ip", "-n", inet.Name, "addr", "add", etcdIPv4+"/24", "dev", "br0").CombinedOutput(); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+			eo.ExtraHosts = []string{etcdIPv4}
+		}
+		url := testutil.StartEtcdInWith(t, inet, "2001:db8:ffff::fe", eo)
 		eg = testutil.SetupEtcdGrid(t, url, pki, fmt.Sprintf("/grid-%d", pid), inet)
 	}
 
@@ -201,11 +215,16 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		g.pin = fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-%d", pid, 100+i)
 		g.d = &daemon{t: t, bin: bin, nsName: g.ns.Name, cfgPath: filepath.Join(dir, "node.yaml"),
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"), env: o.env[i]}
+		prefixes := fmt.Sprintf(`["2001:db8:%d::/48"]`, 100+i)
+		enrollPrefix := []string{"--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i)}
+		if nat && o.bareNAT {
+			prefixes, enrollPrefix = "[]", nil
+		}
 		nodeCfg := func(registryYAML string) []byte {
 			return []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
 class: %s
-prefixes: ["2001:db8:%d::/48"]
+prefixes: %s
 addresses: [%s]
 state_dir: %s
 bpf_dir: %s
@@ -216,19 +235,25 @@ registry_lease: 3s
 registry: %s
 grid_public_key: %s.pub
 %s
-`, g.id, class, 100+i, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
+`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
 		}
 		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath
 		if eg != nil {
-			registryYAML = eg.YAML(eg.Node(g.id))
+			etcdYAML := eg.YAML
+			if nat {
+				etcdYAML = func(c testutil.Cert) string {
+					return strings.Replace(eg.YAML(c), eg.URL, "https://"+etcdIPv4+":2379", 1)
+				}
+			}
+			registryYAML = etcdYAML(eg.Node(g.id))
 			g.opCfg = filepath.Join(dir, "operator.yaml")
-			os.WriteFile(g.opCfg, nodeCfg(eg.YAML(eg.Operator)), 0o600)
+			os.WriteFile(g.opCfg, nodeCfg(etcdYAML(eg.Operator)), 0o600)
 		}
 		os.WriteFile(g.d.cfgPath, nodeCfg(registryYAML), 0o600)
 		identity := strings.TrimSpace(tenantnetdIn(t, g.ns.Name, bin, "identity", "--config", g.d.cfgPath))
-		tenantnetdIn(t, g.ns.Name, bin, "grid", "enroll", "--key", gridKey, "--config", g.opCfg, "--node", g.id,
-			"--identity", identity, "--class", class, "--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i), "--exit")
+		tenantnetdIn(t, g.ns.Name, bin, append([]string{"grid", "enroll", "--key", gridKey, "--config", g.opCfg, "--node", g.id,
+			"--identity", identity, "--class", class, "--exit"}, enrollPrefix...)...)
 		g.d.cleanupAtEnd(g.id, func() {
 			// What the datapath did, before cleanup removes it.
 			if m, err := loader.OpenMaps(g.pin); err == nil {

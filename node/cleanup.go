@@ -19,6 +19,7 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/loader"
+	"github.com/tenantnet/tenantnet/sixin4"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -110,6 +111,11 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 			if wg.Remove(name) == nil {
 				rep.WireGuard++
 			}
+		}
+	}
+	if l, err := h.LinkByName(sixin4.DefaultName); err == nil && l.Type() == "veth" {
+		if sixin4.Remove(h, sixin4.DefaultName) == nil {
+			rep.Links++
 		}
 	}
 	if rep.ExitRules, err = RemoveExitRouting(h); err != nil {

@@ -118,9 +118,9 @@ func (e *exitState) role(id string, self *config.Node) exitRole {
 }
 
 // outside says how network id's workloads reach the outside from node
-// self (network list). This is the one place a member decides how its
-// outside goes (exitViaPeer: inside the network's WireGuard to the exit;
-// a 6in4 path for ipv4-only members would be another role here).
+// self (network list). How a member's outside goes is its role
+// (exitViaPeer: inside the network's WireGuard to the exit; exitVia6in4:
+// in a 6in4 tunnel to the exit, sixin4.go).
 func (e *exitState) outside(id string, self *config.Node) string {
 	exit := e.exits[id]
 	if w, ok := e.waiting[id]; ok {

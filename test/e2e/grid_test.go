@@ -101,6 +101,11 @@ type gridOpts struct {
 	// bareNAT: the NAT node (natLast) has no prefixes of its own, in its
 	// configuration or its enrollment (its exits delegate its /64s).
 	bareNAT bool
+	// ipv4Only: these nodes (by number) are ipv4-only DC nodes: their
+	// uplink is on the internet bridge with a public IPv4 and no IPv6
+	// address at all, and they have no prefixes (their exits delegate
+	// their /64s); the other nodes (but natLast's) get an IPv4 too.
+	ipv4Only map[int]bool
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -142,7 +147,7 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		// node's certificate may write its own record only.
 		pki := testutil.NewPKI(t)
 		eo := testutil.EtcdOptions{PKI: pki, Args: etcdArgs}
-		if o.natLast {
+		if o.natLast || len(o.ipv4Only) > 0 {
 			// The node behind NAT has IPv4 only: etcd serves it there too.
 			if out, err := exec.Command("ip", "-n", inet.Name, "addr", "add", etcdIPv4+"/24", "dev", "br0").CombinedOutput(); err != nil {
 				t.Fatalf("%v %s", err, out)
@@ -173,7 +178,19 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 				}
 			}
 		}
-		if nat {
+		v4only := o.ipv4Only[i]
+		if v4only {
+			if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: peer, PeerNamespace: netlink.NsFd(inet.Handle)}); err != nil {
+				t.Fatal(err)
+			}
+			// IPv6 stays enabled (the decapsulated packets are IPv6 of the
+			// uplink), but the uplink has no IPv6 address, not even a
+			// link-local.
+			ipIn(g.ns.Name, []string{"link", "set", "uplink", "addrgenmode", "none"},
+				[]string{"addr", "add", fmt.Sprintf("192.0.2.%d/24", i), "dev", "uplink"},
+				[]string{"link", "set", "uplink", "up"}, []string{"link", "set", "lo", "up"})
+			class, addrs = "ipv4-only", fmt.Sprintf("%q", fmt.Sprintf("192.0.2.%d", i))
+		} else if nat {
 			// internet bridge <- wan [NAT router] lan -> uplink [node]
 			router := testutil.NewNetNS(t, fmt.Sprintf("tn-nat%d-%d", i, pid))
 			rnl := router.Netlink(t)
@@ -202,7 +219,7 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 			}
 			ipIn(g.ns.Name, []string{"addr", "add", fmt.Sprintf("2001:db8:ffff::%d/64", i), "dev", "uplink", "nodad"},
 				[]string{"link", "set", "uplink", "up"}, []string{"link", "set", "lo", "up"})
-			if len(natLast) > 0 && natLast[0] {
+			if len(natLast) > 0 && natLast[0] || len(o.ipv4Only) > 0 {
 				ipIn(g.ns.Name, []string{"addr", "add", fmt.Sprintf("192.0.2.%d/24", i), "dev", "uplink"})
 				addrs += fmt.Sprintf(", %q", fmt.Sprintf("192.0.2.%d", i))
 			}
@@ -217,7 +234,7 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 			socket: filepath.Join(dir, "api.sock"), logPath: filepath.Join(dir, "tenantnetd.log"), env: o.env[i]}
 		prefixes := fmt.Sprintf(`["2001:db8:%d::/48"]`, 100+i)
 		enrollPrefix := []string{"--prefix", fmt.Sprintf("2001:db8:%d::/48", 100+i)}
-		if nat && o.bareNAT {
+		if nat && o.bareNAT || v4only {
 			prefixes, enrollPrefix = "[]", nil
 		}
 		nodeCfg := func(registryYAML string) []byte {
@@ -241,7 +258,7 @@ grid_public_key: %s.pub
 		g.opCfg = g.d.cfgPath
 		if eg != nil {
 			etcdYAML := eg.YAML
-			if nat {
+			if nat || v4only {
 				etcdYAML = func(c testutil.Cert) string {
 					return strings.Replace(eg.YAML(c), eg.URL, "https://"+etcdIPv4+":2379", 1)
 				}

@@ -25,8 +25,9 @@ type wgNet struct {
 	exitHere bool // this node is the network's exit
 	// sixin4 is this member's tunnel to the exit (nil: none): ::/0 goes
 	// into it.
-	sixin4 *bpfmaps.Tunnel6in4
-	have   []bpfmaps.Route // the tenant's routes in the datapath now
+	sixin4    *bpfmaps.Tunnel6in4
+	sixin4Dev uint32          // the 6in4 device (tn6in4)
+	have      []bpfmaps.Route // the tenant's routes in the datapath now
 }
 
 // routes are the tenant's wanted datapath routes: its /64 here on the
@@ -56,7 +57,7 @@ func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
 		// The outside, over 6in4 to the exit: tn_from_workload puts it
 		// into the tunnel of the source's /64 (fast), else the kernel
 		// routes it into tn6in4 (the exit table).
-		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.Route6in4, Redirect: fast, MTU: w.sixin4.MTU})
+		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.Route6in4, Ifindex: w.sixin4Dev, Redirect: fast, MTU: w.sixin4.MTU})
 	}
 	if w.exitHere {
 		// The members' packets for the outside leave through the

@@ -128,7 +128,7 @@ func (s *Service) sync6in4(want sixin4Want, r *repairs) error {
 	m := bpfmaps.New(s.dp)
 	var errs []error
 	if len(want.tunnels) > 0 {
-		if err := s.ensure6in4Device(r); err != nil {
+		if _, err := s.ensure6in4Device(r); err != nil {
 			return err
 		}
 	}

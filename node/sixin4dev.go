@@ -10,12 +10,13 @@ const sixin4DevName = sixin4.DefaultName
 
 // ensure6in4Device keeps the slow path device and tn_6in4_out on its TC
 // egress (this build's program: after an upgrade it gets the new one).
-func (s *Service) ensure6in4Device(r *repairs) error {
+// It returns the device's ifindex.
+func (s *Service) ensure6in4Device(r *repairs) (int, error) {
 	_, err := s.nl.LinkByName(sixin4DevName)
 	fresh := err != nil
 	l, err := sixin4.EnsureDevice(s.nl, sixin4DevName, s.cfg.SixIn4MTU)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	idx := l.Attrs().Index
 	live := false
@@ -24,7 +25,7 @@ func (s *Service) ensure6in4Device(r *repairs) error {
 	}
 	if !live {
 		if _, err := s.dp.Attach6in4(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
-			return err
+			return 0, err
 		}
 		if !fresh {
 			r.add("re-attached tn_6in4_out to %s", sixin4DevName)
@@ -33,7 +34,7 @@ func (s *Service) ensure6in4Device(r *repairs) error {
 	if fresh {
 		s.log.Info("6in4 device created", "device", sixin4DevName, "mtu", s.cfg.SixIn4MTU)
 	}
-	return nil
+	return idx, nil
 }
 
 // remove6in4Device removes the device when no tunnel needs it.

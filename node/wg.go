@@ -117,6 +117,9 @@ type exitPaths struct {
 	closed  map[string]string // networks whose outside is the exit's only -> their WireGuard device ("": none)
 	members map[string]memberRoutes
 	sixin4  sixin4Want
+	// sixin4Dev is the 6in4 device's ifindex once this reconcile made
+	// sure of it (0: not yet).
+	sixin4Dev int
 }
 
 // reconcileNetWG keeps one network's device, peers and routes. When this
@@ -142,6 +145,15 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 					out.sixin4.tunnels = append(out.sixin4.tunnels, t)
 				}
 			}
+		}
+		if tunnel != nil && out.sixin4Dev == 0 {
+			// The datapath route names the device (the fast path's outer
+			// lookup is made as if from it), so it exists first.
+			idx, err := s.ensure6in4Device(r)
+			if err != nil {
+				return err
+			}
+			out.sixin4Dev = idx
 		}
 	case exitHere:
 		ts := exitTunnels(n, nodes, allowed, s.cfg, uplink)
@@ -232,7 +244,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
-	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, sixin4: tunnel, have: routes}, r); err != nil {
+	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, sixin4: tunnel, sixin4Dev: uint32(out.sixin4Dev), have: routes}, r); err != nil {
 		return err
 	}
 	if want.exitPeer {

@@ -630,6 +630,6 @@ func transfer(t *testing.T, from, to *testutil.NetNS, toAddr string, n int) {
 	if !bytes.Equal(b, data) {
 		t.Fatalf("transfer: %d of %d bytes arrived intact", len(b), n)
 	}
-	t.Logf("%d MB across nodes over WireGuard in %s (%.0f Mbit/s)", n>>20, time.Since(start).Round(time.Millisecond),
+	t.Logf("%d MB in %s (%.0f Mbit/s)", n>>20, time.Since(start).Round(time.Millisecond),
 		float64(n)*8/time.Since(start).Seconds()/1e6)
 }

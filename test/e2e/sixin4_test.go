@@ -30,8 +30,15 @@ import (
 // with an inner address outside what that end may use, is dropped and
 // counted at either end; a restart of the member (with its exit down)
 // or of the exit keeps the delegation.
+// Run with the eBPF fast path (tn_from_workload encapsulates) and with
+// the kernel's routes alone (the slow path device tn6in4 does).
 func TestGridSixIn4(t *testing.T) {
-	nodes, bin := newGridWith(t, gridOpts{backend: "file", count: 4, natLast: true, bareNAT: true, ipv4Only: map[int]bool{3: true}})
+	t.Run("fast-path", func(t *testing.T) { gridSixIn4(t, "") })
+	t.Run("kernel-routes", func(t *testing.T) { gridSixIn4(t, "fast_path: false") })
+}
+
+func gridSixIn4(t *testing.T, extra string) {
+	nodes, bin := newGridWith(t, gridOpts{backend: "file", count: 4, extra: extra, natLast: true, bareNAT: true, ipv4Only: map[int]bool{3: true}})
 	x1, x2, dc, home := nodes[0], nodes[1], nodes[2], nodes[3]
 	inet := x1.inet
 	for _, c := range [][]string{

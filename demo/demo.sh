@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tenantnet demo: a grid of three nodes in network namespaces on this
+# tenantnet demo: a grid of five nodes in network namespaces on this
 # machine, each running tenantnetd, joined by WireGuard per tenant network,
 # with the eBPF firewall driven by tenantfw.
 #
@@ -8,24 +8,31 @@
 #
 #                 internet (tn-demo-inet): bridge, 2001:db8:ffff::/64 + 192.0.2.0/24,
 #                 a client host 2001:db8:ffff::100 / 192.0.2.100
-#        ____________/        |                \____________
-#   node1 (dual-stack)   node2 (dual-stack)     NAT router (tn-demo-nat, 192.0.2.3, masquerade)
-#   ::1, 192.0.2.1       ::2, 192.0.2.2             |
-#   web1 (acme)          web2 (acme)           node3 (home-nat, 10.0.3.2, IPv4 only)
-#   db1 (globex)         db2 (globex)          web3 (acme)
+#        ____________/        |              |                 \____________________
+#   node1 (dual-stack)   node2 (dual-stack)  node4 (ipv4-only DC)  NAT router          home router
+#   ::1, 192.0.2.1       ::2, 192.0.2.2      192.0.2.4, no IPv6    (tn-demo-nat,       (tn-demo-home, ::5,
+#   web1 (acme)          web2 (acme)         web4 (acme)           192.0.2.3)          2001:db8:5::/64, inbound
+#   db1 (globex)         db2 (globex)                                 |                blocked)  |
+#                                                              node3 (home-nat,        node5 (home-ipv6,
+#                                                              10.0.3.2) web3 (acme)   2001:db8:5::2) web5 (acme)
 #
-# acme is declared in the grid registry with node1 as its exit: node3 has no
-# IPv6 (and no prefixes) of its own, so node1 delegates it a /64 of its
-# delegation pool (2001:db8:101:8000::/49) for acme, and web3 reaches the
-# internet through node1 over acme's WireGuard (the delegated /64 lies in
-# node1's /48, already routed to node1). globex is made through the nodes'
-# local API.
+# The four situations of the design note (README, "Node situations"):
+# node1 and node2 are dual-stack (native IPv6); node4 is in a DC with IPv4
+# only; node3 is at home behind NAT; node5 is at home with one IPv6 /64
+# behind a router that lets nothing in. acme is declared in the grid
+# registry with node1 as its exit: node3, node4 and node5 have no prefixes
+# of their own, so node1 delegates each a /64 of its pool
+# (2001:db8:101:8000::/49) for acme, already routed to node1 with its /48.
+# web4 reaches the internet through node1 over 6in4 (IPv6 in IPv4,
+# encapsulated and taken out in eBPF), web3 and web5 over acme's
+# WireGuard. globex is made through the nodes' local API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN=/run/tenantnet-demo
 STATE=/var/lib/tenantnet-demo
-INET=tn-demo-inet NAT=tn-demo-nat
+INET=tn-demo-inet NAT=tn-demo-nat HOME=tn-demo-home
+NODES="1 2 3 4 5"
 BIN="$PWD/bin"
 REG="${DEMO_REGISTRY:-file}"
 fails=0 passes=0
@@ -88,13 +95,14 @@ grew() { # grew before node tenant dir reason: that counter is now above before
 # has_net: the network is here (not waiting for its exit's delegation: tenant 0).
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id && $2 != 0 { f = 1 } END { exit !f }'; }
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
+outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3"; }
 
 down() {
 	say "removing the demo"
 	for p in "$RUN"/*.pid; do [[ -f $p ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
 	pkill -9 -f "tenantnetd run --config $RUN/" 2>/dev/null || true
 	sleep 0.3
-	for i in 1 2 3; do
+	for i in $NODES; do
 		if [[ -e /run/netns/$(node_ns "$i") && -f $RUN/node$i.yaml ]]; then
 			on_node "$i" "$BIN/tenantnetd" cleanup --config "$RUN/node$i.yaml" --purge-state --force >/dev/null 2>&1 || true
 		fi
@@ -220,7 +228,7 @@ up() {
 	ip -n tn-demo-client link set eth0 up
 	ip -n tn-demo-client link set lo up
 
-	say "three nodes: node1 and node2 dual-stack, node3 at home behind a NAT router"
+	say "five nodes: node1 and node2 dual-stack, node3 at home behind NAT, node4 in an IPv4-only DC, node5 at home with one /64"
 	for i in 1 2; do
 		ns=$(node_ns $i)
 		ip netns add "$ns"
@@ -256,6 +264,47 @@ EOT
 	ip -n "$ns3" link set uplink up
 	ip -n "$ns3" link set lo up
 	ip -n "$ns3" route add default via 10.0.3.1
+	# node4: a DC that gives it one public IPv4 and no IPv6 at all (IPv6
+	# stays enabled on the uplink for what 6in4 brings, without any
+	# address on it, not even a link-local).
+	ns4=$(node_ns 4)
+	ip netns add "$ns4"
+	ip -n $INET link add n4 type veth peer name uplink netns "$ns4"
+	ip -n $INET link set n4 master br0 up
+	ip -n "$ns4" link set uplink addrgenmode none
+	ip -n "$ns4" addr add 192.0.2.4/24 dev uplink
+	ip -n "$ns4" link set uplink up
+	ip -n "$ns4" link set lo up
+	# node5: at home, one /64 (2001:db8:5::/64) from the ISP on the home
+	# router's LAN; the router forwards out, and lets in only what answers.
+	ip netns add $HOME
+	ip -n $INET link add n5 type veth peer name wan netns $HOME
+	ip -n $INET link set n5 master br0 up
+	ip -n $HOME addr add 2001:db8:ffff::5/64 dev wan nodad
+	ip -n $HOME link set wan up
+	ns5=$(node_ns 5)
+	ip netns add "$ns5"
+	ip -n $HOME link add lan type veth peer name uplink netns "$ns5"
+	ip -n $HOME addr add 2001:db8:5::1/64 dev lan nodad
+	ip -n $HOME link set lan up
+	in_ns $HOME sysctl -qw net.ipv6.conf.all.forwarding=1
+	in_ns $HOME nft -f - <<'EOT'
+table inet home {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "wan" ct state established,related accept
+		iifname "wan" icmpv6 type { packet-too-big, destination-unreachable, time-exceeded, parameter-problem } accept
+		iifname "wan" drop
+	}
+}
+EOT
+	ip -n "$ns5" addr add 2001:db8:5::2/64 dev uplink nodad
+	ip -n "$ns5" link set uplink up
+	ip -n "$ns5" link set lo up
+	ip -n "$ns5" route add default via 2001:db8:5::1
+	# The internet routes the home's /64 to its router (the dual-stack
+	# nodes and the client are on the internet's bridge, with no default).
+	for ns in tn-demo-client "$(node_ns 1)" "$(node_ns 2)"; do ip -n "$ns" route add 2001:db8:5::/64 via 2001:db8:ffff::5; done
 
 	if [[ $REG == etcd ]]; then
 		say "etcd's private CA and certificates (etcd, root, the grid operator, one per node)"
@@ -264,7 +313,7 @@ EOT
 			-subj "/CN=tenantnet demo etcd CA" -keyout "$PKI/ca-key.pem" -out "$PKI/ca.pem" 2>/dev/null
 		cert etcd "subjectAltName=IP:2001:db8:ffff::100,IP:192.0.2.100
 extendedKeyUsage=serverAuth,clientAuth"
-		for u in root tenantnet-operator node1 node2 node3; do cert "$u" "extendedKeyUsage=clientAuth"; done
+		for u in root tenantnet-operator node1 node2 node3 node4 node5; do cert "$u" "extendedKeyUsage=clientAuth"; done
 		say "etcd on the internet host (2001:db8:ffff::100 and 192.0.2.100, port 2379): TLS, client certificates"
 		nsenter --net=/run/netns/tn-demo-client etcd --data-dir "$STATE/etcd" --name demo \
 			--listen-client-urls "https://[2001:db8:ffff::100]:2379,https://192.0.2.100:2379" \
@@ -283,7 +332,7 @@ extendedKeyUsage=serverAuth,clientAuth"
 			ectl root role grant-permission tenantnet-operator readwrite --prefix /tenantnet-demo/
 			ectl root user add tenantnet-operator --no-password
 			ectl root user grant-role tenantnet-operator tenantnet-operator
-			for i in 1 2 3; do
+			for i in $NODES; do
 				ectl root role add "tenantnet-node-node$i"
 				ectl root role grant-permission "tenantnet-node-node$i" read --prefix /tenantnet-demo/
 				ectl root role grant-permission "tenantnet-node-node$i" readwrite "/tenantnet-demo/nodes/node$i"
@@ -300,11 +349,13 @@ extendedKeyUsage=serverAuth,clientAuth"
 	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "https://[2001:db8:ffff::100]:2379"
 	# node3 has no prefixes: its exits delegate its networks' /64s.
 	start_node 3 home-nat "" '["10.0.3.2"]' "https://192.0.2.100:2379"
+	start_node 4 ipv4-only "" '["192.0.2.4"]' "https://192.0.2.100:2379"
+	start_node 5 home-ipv6 "" '["2001:db8:5::2"]' "https://[2001:db8:ffff::100]:2379"
 
-	say "two tenant networks: acme declared in the registry (all three nodes, exit node1), globex added on node1 and node2"
-	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3 --exit node1 --config "$RUN/operator1.yaml" >/dev/null
+	say "two tenant networks: acme declared in the registry (all five nodes, exit node1), globex added on node1 and node2"
+	on_node 1 "$BIN/tenantnetd" network declare --key "$STATE/grid.key" --id acme --members node1,node2,node3,node4,node5 --exit node1 --config "$RUN/operator1.yaml" >/dev/null
 	for i in 1 2; do nd $i network add --id globex >/dev/null; done
-	for i in 1 2 3; do
+	for i in $NODES; do
 		retry has_net $i acme || { echo "node$i did not join acme:" >&2; tail -20 "$RUN/node$i.log" >&2; exit 1; }
 	done
 	wl() { # wl node id network
@@ -313,10 +364,11 @@ extendedKeyUsage=serverAuth,clientAuth"
 		in_ns "tn-demo-$2" iperf3 -s -D -p 8080 --pidfile "$RUN/$2-8080.pid" >/dev/null
 		in_ns "tn-demo-$2" iperf3 -s -D -p 22 --pidfile "$RUN/$2-22.pid" >/dev/null
 	}
-	wl 1 web1 acme; wl 2 web2 acme; wl 3 web3 acme; wl 1 db1 globex; wl 2 db2 globex
+	wl 1 web1 acme; wl 2 web2 acme; wl 3 web3 acme; wl 4 web4 acme; wl 5 web5 acme; wl 1 db1 globex; wl 2 db2 globex
 	in_ns tn-demo-client iperf3 -s -D -p 25 --pidfile "$RUN/client-25.pid" >/dev/null
 
-	WEB1=$(wl_addr 1 web1) WEB2=$(wl_addr 2 web2) WEB3=$(wl_addr 3 web3) DB1=$(wl_addr 1 db1) DB2=$(wl_addr 2 db2)
+	WEB1=$(wl_addr 1 web1) WEB2=$(wl_addr 2 web2) WEB3=$(wl_addr 3 web3) WEB4=$(wl_addr 4 web4) WEB5=$(wl_addr 5 web5)
+	DB1=$(wl_addr 1 db1) DB2=$(wl_addr 2 db2)
 
 	say "firewall policy per tenant, with tenantfw"
 	ACME1=$(net_tenant 1 acme) GLOBEX1=$(net_tenant 1 globex)
@@ -341,6 +393,28 @@ extendedKeyUsage=serverAuth,clientAuth"
 		bash -c "[[ $WEB3 == 2001:db8:101:8* ]]"
 	check "web3 -> internet tcp (node3 has no IPv6: via acme's exit node1)" ok retry_tcp tn-demo-web3 2001:db8:ffff::100 25
 	check "internet -> web3 tcp/8080 (via the exit; no rule on node3)" blocked tcp tn-demo-client "$WEB3" 8080
+	# The IPv4-only DC (node4): its /64 from node1's pool, the outside
+	# over 6in4 to node1 (node4 encapsulates, node1 takes out, in eBPF),
+	# acme's traffic between members still on WireGuard.
+	ACME4=$(net_tenant 4 acme)
+	check "web4's /64 is node1's delegation (node4: IPv4-only DC, no prefixes)" ok bash -c "[[ $WEB4 == 2001:db8:101:8* ]]"
+	check "web4 -> internet tcp (node4 has IPv4 only: 6in4 to acme's exit node1)" ok retry_tcp tn-demo-web4 2001:db8:ffff::100 25
+	check "node4 says acme goes out via node1 over 6in4" ok outside_is 4 acme "via node1 over 6in4"
+	check "node4 put web4's packets into the 6in4 tunnel (pass-encap)" ok counted 4 "$ACME4" 6in4 pass-encap
+	check "node1 took them out of the tunnel in XDP (pass-decap)" ok counted 1 "$ACME1" 6in4 pass-decap
+	check "internet -> web4 tcp/8080 (no rule on node4)" blocked tcp tn-demo-client "$WEB4" 8080
+	fw 4 rule add --tenant "$ACME4" --proto tcp --port 8080 --dst "$WEB4" --action allow --comment "web4 public" >/dev/null
+	check "internet -> web4 tcp/8080 (node4's rule opens it; in through node1 over 6in4)" ok retry_tcp tn-demo-client "$WEB4" 8080
+	ENC4=$(packets_of 4 "$ACME4" 6in4 pass-encap)
+	check "web4 -> web3 tcp (acme between members: WireGuard, not 6in4)" ok retry_tcp tn-demo-web4 "$WEB3" 8080
+	check "web4 -> web1 tcp (acme to the exit's own workload: WireGuard)" ok retry_tcp tn-demo-web4 "$WEB1" 8080
+	check "node4 put none of that into the cleartext tunnel" ok bash -c "[[ $ENC4 -ge 1 && $ENC4 -eq \$1 ]]" _ "$(packets_of 4 "$ACME4" 6in4 pass-encap)"
+	# Home with one /64 (node5): one /64 is not enough and the home router
+	# lets nothing in, so like node3: a /64 of node1's, WireGuard to node1.
+	check "web5's /64 is node1's delegation (node5: home with one /64)" ok bash -c "[[ $WEB5 == 2001:db8:101:8* ]]"
+	check "web5 -> internet tcp (node5: via node1 over WireGuard)" ok retry_tcp tn-demo-web5 2001:db8:ffff::100 25
+	check "web2 -> web5 tcp (acme, into the home behind its router: WireGuard)" ok retry_tcp tn-demo-web2 "$WEB5" 8080
+	check "internet -> web5 tcp/8080 (via node1; no rule on node5)" blocked tcp tn-demo-client "$WEB5" 8080
 	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad
 	check "web1 spoofing web2's address -> web3" blocked in_ns tn-demo-web1 ping -c1 -W2 -I "$WEB2" "$WEB3"
 	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0
@@ -445,12 +519,12 @@ extendedKeyUsage=serverAuth,clientAuth"
 	check "node1 counts the forged record" ok grep -q '^tenantnet_registry_rejected_total{reason="not-enrolled"}' "$RUN/metrics.txt"
 
 	say "what was built"
-	for i in 1 2 3; do
+	for i in $NODES; do
 		echo "node$i: $(nd $i status | head -2 | tr '\n' ' ')"
 		nd $i network list | sed 's/^/    /'
 	done
 	echo
-	nd 1 workload list; nd 2 workload list | tail -n +2; nd 3 workload list | tail -n +2
+	nd 1 workload list; for i in 2 3 4 5; do nd $i workload list | tail -n +2; done
 	echo
 	if command -v wg >/dev/null; then
 		say "WireGuard peers (wg show on node1)"
@@ -471,6 +545,9 @@ Explore (as root):
   ip netns exec tn-demo-web1 ping -c2 $WEB3                 # node1 -> node3 (behind NAT) over WireGuard
   ip netns exec tn-demo-web3 ping -c2 2001:db8:ffff::100    # node3 -> the internet through acme's exit, node1
   nsenter --net=/run/netns/tn-demo-node3 ip -6 rule           # node3 routes acme's /64 to its exit
+  ip netns exec tn-demo-web4 ping -c2 2001:db8:ffff::100    # node4 (IPv4-only DC) -> the internet over 6in4 to node1
+  nsenter --net=/run/netns/tn-demo-node4 ip -6 route show table all | grep tn6in4   # where 6in4 goes
+  nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw tunnels --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
   bin/tenantnetd status --socket $RUN/node1.sock
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw stats   --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw monitor --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1

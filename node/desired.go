@@ -66,8 +66,10 @@ func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, allowed func(node
 		if m := nr.PathMTU(rec); m > 0 && m < n.MTU {
 			want.pathMTU[nr.Prefix] = m // the path shrinks: clamp TCP MSS
 		}
-		// Behind NAT (either side) the mapping must be kept open.
-		if rec.Class == string(config.HomeNAT) || self.Class == config.HomeNAT {
+		// Behind NAT, or a home router that lets in only answers
+		// (either side), the mapping must be kept open.
+		if rec.Class == string(config.HomeNAT) || self.Class == config.HomeNAT ||
+			rec.Class == string(config.HomeIPv6) || self.Class == config.HomeIPv6 {
 			p.Keepalive = 25 * time.Second
 		}
 		want.peers = append(want.peers, p)

@@ -35,6 +35,7 @@ var (
 	wlLL    = netip.MustParseAddr("fe80::a:1")
 	gwLL    = netip.MustParseAddr("fe80::1")
 	inet6   = netip.MustParseAddr("2001:db8:ffff::5")
+	inet6b  = netip.MustParseAddr("2001:db8:ffff::6")
 	local4  = netip.MustParseAddr("192.0.2.1")
 	exit4   = netip.MustParseAddr("192.0.2.2")
 	wlMAC   = net.HardwareAddr{0x02, 0, 0, 0, 0xa, 1}
@@ -271,11 +272,13 @@ func check6in4(t *testing.T, f []byte) []byte {
 
 // udp returns a UDP socket of the workload connected to inet6:9, with
 // path MTU discovery on (DF: too big is an error, never a fragment).
-func (tp *topo) udp() *net.UDPConn {
+func (tp *topo) udp() *net.UDPConn { return tp.udpTo(inet6) }
+
+func (tp *topo) udpTo(dst netip.Addr) *net.UDPConn {
 	tp.t.Helper()
 	var c *net.UDPConn
 	must(tp.t, tp.wl.Do(func() (err error) {
-		c, err = net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(inet6, 9)))
+		c, err = net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9)))
 		return err
 	}))
 	tp.t.Cleanup(func() { c.Close() })
@@ -398,6 +401,33 @@ func TestTunnelTraffic(t *testing.T) {
 			}
 			if fs := cap.frames(200 * time.Millisecond); len(fs) != 0 || tp.encapsulated() != before {
 				t.Errorf("a 1500-byte packet went out: %d frames", len(fs))
+			}
+			// A GSO packet whose segments do not fit (3 x 1500 bytes): the
+			// segments are what counts, so PTB too, for that destination.
+			g := tp.udpTo(inet6b)
+			before = tp.encapsulated()
+			if err := sendGSO(t, g, 3*1452, 1452); err != nil {
+				t.Fatalf("UDP_SEGMENT send of 1500-byte segments: %v", err)
+			}
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if mtu = pmtu(t, g); mtu != 1500 {
+					break
+				}
+			}
+			if mtu != 1480 {
+				t.Errorf("GSO: path MTU %d after 1500-byte segments, want 1480 (Packet Too Big from the node)", mtu)
+			}
+			if fs := cap.frames(200 * time.Millisecond); len(fs) != 0 || tp.encapsulated() != before {
+				t.Errorf("GSO: 1500-byte segments went out: %d frames", len(fs))
+			}
+
+			// Hop limit 1: Time Exceeded from the node, nothing on the wire.
+			before = tp.encapsulated()
+			if typ := tp.hopLimit1(); typ != 3 {
+				t.Errorf("hop limit 1: ICMPv6 error type %d back, want 3 (Time Exceeded from the node)", typ)
+			}
+			if fs := cap.frames(200 * time.Millisecond); len(fs) != 0 || tp.encapsulated() != before {
+				t.Errorf("a packet with hop limit 1 went out: %d frames", len(fs))
 			}
 			// And the workload goes on with what fits.
 			if _, err := c.Write(make([]byte, 1480-48)); err != nil && !errors.Is(err, unix.EMSGSIZE) {
@@ -529,4 +559,40 @@ func TestTunnelSitTCP(t *testing.T) {
 			t.Logf("%s: 4 MiB each way; %d packets (GSO packets count once) into the tunnel", name, n)
 		})
 	}
+}
+
+// hopLimit1 sends a UDP datagram with hop limit 1 from the workload and
+// returns the type of the ICMPv6 error its socket gets back (0: none).
+func (tp *topo) hopLimit1() uint8 {
+	t := tp.t
+	var fd int
+	must(t, tp.wl.Do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	}))
+	defer unix.Close(fd)
+	must(t, unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1))
+	must(t, unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 1))
+	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
+	must(t, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
+	must(t, unix.Sendto(fd, []byte("ttl"), 0, &unix.SockaddrInet6{Port: 9, Addr: inet6.As16()}))
+	buf, oob := make([]byte, 64), make([]byte, 512)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE)
+		if err != nil {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		must(t, err)
+		for _, m := range msgs {
+			if m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR && len(m.Data) >= 16 {
+				// struct sock_extended_err: errno u32, origin, type, code
+				if m.Data[4] == unix.SO_EE_ORIGIN_ICMP6 {
+					return m.Data[5]
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -22,9 +22,10 @@ import (
 
 // Packages whose tests run in the VMs. Of the e2e tests only those that
 // need nothing but the kernel (most need iproute2, nftables and more than
-// a busybox initramfs has): RunFilter names them. ./test/sixin4 needs
-// only the kernel (its sit interop runs here: the host has no sit).
-var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e", "./test/sixin4"}
+// a busybox initramfs has): RunFilter names them. ./sixin4 and
+// ./test/sixin4 need only the kernel (their sit interop runs here: the
+// host has no sit).
+var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e", "./sixin4", "./test/sixin4"}
 
 // RunFilter limits a package's tests (-test.run syntax).
 var RunFilter = map[string]string{

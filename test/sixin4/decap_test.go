@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -92,4 +93,43 @@ func TestDecap(t *testing.T) {
 			t.Errorf("%s: %s counter (tenant %d) moved by %d, want %d", c.name, c.reason, c.tenant, got, c.count)
 		}
 	}
+}
+
+// TestDecapPrefilter: what the member takes out of the tunnel meets the
+// uplink prefilter as native traffic would: with the workload known to
+// tn_uplink (its address in tn_endpoint_v1) and inbound default deny, a
+// datagram from the internet is dropped there, counted twice (taken out,
+// then prefiltered); once a rule opens the port it is delivered.
+func TestDecapPrefilter(t *testing.T) {
+	testutil.RequireRoot(t)
+	tp := newTopo(t, false, false)
+	m := &tp.member
+	wlIf := tp.ifindex(m.nl, "wl0")
+	if err := m.maps.BindPort(bpfmaps.PortBinding{Ifindex: uint32(wlIf), Tenant: tenant,
+		Addrs: []netip.Prefix{netip.PrefixFrom(workload, 128)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.maps.SetPolicy(tenant, policy.TenantPolicy{Inbound: policy.ActionDeny, Outbound: policy.ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	s := listenUDP(t, tp.wl, 9002)
+	send := func() {
+		t.Helper()
+		if err := sendUDP(tp.inet, inetHost, netip.AddrPortFrom(workload, 9002), 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decap0 := m.counter(t, tenant, policy.Dir6in4, policy.PassDecap)
+	deny0 := m.counter(t, tenant, policy.DirPrefilter, policy.DropDefault)
+	send()
+	s.expect(t, false, inetHost, "through the tunnel to a closed port")
+	if d, p := m.counter(t, tenant, policy.Dir6in4, policy.PassDecap)-decap0, m.counter(t, tenant, policy.DirPrefilter, policy.DropDefault)-deny0; d != 1 || p != 1 {
+		t.Errorf("closed port: pass-decap moved by %d, prefilter default-deny by %d, want 1 and 1", d, p)
+	}
+	if _, err := m.maps.ApplyRules([]policy.Rule{{ID: 1, Tenant: tenant, Dir: policy.DirIn, Action: policy.ActionAllow,
+		Proto: policy.ProtoUDP, PortLo: 9002, PortHi: 9002, Dst: netip.PrefixFrom(workload, 128)}}); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	s.expect(t, true, inetHost, "through the tunnel to an open port")
 }

@@ -176,7 +176,7 @@ func gridDelegation(t *testing.T, backend string) {
 	if n := nodeCounter(t, x2.pin, 1, policy.DirWG, policy.PassStack).Packets; n <= mid2 || mid2 != before2 {
 		t.Errorf("globex's packets at node2: %d before, %d after acme's dial, %d after globex's", before2, mid2, n)
 	}
-	for id, want := range map[string]string{"acme": "via node1", "globex": "via node2"} {
+	for id, want := range map[string]string{"acme": "via node1 over WireGuard", "globex": "via node2 over WireGuard"} {
 		if got := delegNets(t, home)[id].Outside; got != want {
 			t.Errorf("home: %s outside %q, want %q", id, got, want)
 		}

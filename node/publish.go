@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/registry"
 	"github.com/tenantnet/tenantnet/trust"
 	"github.com/tenantnet/tenantnet/wg"
@@ -71,7 +72,8 @@ func (s *Service) publish() error {
 	defer s.registry.pubMu.Unlock()
 	s.mu.Lock()
 	rec := registry.NodeRecord{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), Addresses: s.cfg.Addresses,
-		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{}}
+		MTU: s.cfg.MTU, Networks: map[string]registry.NetworkRecord{},
+		SixIn4: s.cfg.Class == config.IPv4Only && s.cfg.ExitTunnel == config.ExitTunnel6in4}
 	// What this node (an exit) delegated, signed with the rest: the only
 	// /64s its networks' members without native IPv6 may claim.
 	ds, derr := s.ipam.ReadDelegations()

@@ -269,6 +269,9 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 	if secure && rec.Class != en.Class {
 		return trust.Reject("class", "class %s, enrolled as %s", rec.Class, en.Class)
 	}
+	if rec.SixIn4 && rec.Class != "ipv4-only" {
+		return trust.Reject("class", "6in4 from a %s node: only ipv4-only nodes take it", rec.Class)
+	}
 	if len(rec.Addresses) == 0 || len(rec.Addresses) > 16 {
 		return trust.Reject("address", "%d addresses: want 1 to 16", len(rec.Addresses))
 	}

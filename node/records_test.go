@@ -136,6 +136,7 @@ func TestCheckRecords(t *testing.T) {
 		{"port 0", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.Port = 0 })), g.ids["n3"])}, "port"},
 		{"mtu 100", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) { r.MTU = 100 }), g.ids["n3"])}, "mtu"},
 		{"another class", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) { r.Class = "home-nat" }), g.ids["n3"])}, "class"},
+		{"6in4 asked by a dual-stack node", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) { r.SixIn4 = true }), g.ids["n3"])}, "class"},
 		{"no address", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) { r.Addresses = nil }), g.ids["n3"])}, "address"},
 		{"a loopback address", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) { r.Addresses = []netip.Addr{netip.IPv6Loopback()} }), g.ids["n3"])}, "address"},
 		{"a bad network id", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) {

@@ -75,8 +75,9 @@ func memberTunnel(n ipam.Network, exit registry.NodeRecord, self *config.Node, u
 
 // exitTunnels are, on network n's exit, the tunnels to its ipv4-only
 // members: each believed record of an allowed member of class ipv4-only
-// with the network (its /64 is the one this exit delegated to it: a
-// record claiming any other is not believed, records.go).
+// that takes 6in4 (SixIn4: not with exit_tunnel: wireguard) with the
+// network (its /64 is the one this exit delegated to it: a record
+// claiming any other is not believed, records.go).
 func exitTunnels(n ipam.Network, nodes []registry.NodeRecord, allowed func(string) bool, self *config.Node, uplink uint32) []bpfmaps.Tunnel6in4 {
 	local, ok := firstV4(self.Addresses)
 	if !ok || uplink == 0 {
@@ -85,7 +86,7 @@ func exitTunnels(n ipam.Network, nodes []registry.NodeRecord, allowed func(strin
 	var out []bpfmaps.Tunnel6in4
 	for _, rec := range nodes {
 		nr, has := rec.Networks[n.ID]
-		if rec.NodeID == self.NodeID || !has || nr.Declared != n.Declared || !allowed(rec.NodeID) || rec.Class != string(config.IPv4Only) {
+		if rec.NodeID == self.NodeID || !has || nr.Declared != n.Declared || !allowed(rec.NodeID) || rec.Class != string(config.IPv4Only) || !rec.SixIn4 {
 			continue
 		}
 		remote, ok := firstV4(rec.Addresses)

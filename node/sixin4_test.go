@@ -17,14 +17,17 @@ func TestSixIn4Tunnels(t *testing.T) {
 	exitCfg := &config.Node{NodeID: "exit", Class: config.DualStack, SixIn4MTU: 1480,
 		Addresses: []netip.Addr{netip.MustParseAddr("2001:db8:ffff::1"), netip.MustParseAddr("192.0.2.1")}}
 	rec := func(id, class string, p string, addrs ...string) registry.NodeRecord {
-		r := registry.NodeRecord{NodeID: id, Class: class, Networks: map[string]registry.NetworkRecord{"acme": {Prefix: pfx(p), Declared: true}}}
+		r := registry.NodeRecord{NodeID: id, Class: class, SixIn4: class == "ipv4-only", Networks: map[string]registry.NetworkRecord{"acme": {Prefix: pfx(p), Declared: true}}}
 		for _, a := range addrs {
 			r.Addresses = append(r.Addresses, netip.MustParseAddr(a))
 		}
 		return r
 	}
+	wgOnly := rec("wg4", "ipv4-only", "2001:db8:101:8005::/64", "192.0.2.5") // exit_tunnel: wireguard
+	wgOnly.SixIn4 = false
 	nodes := []registry.NodeRecord{
 		rec("m4", "ipv4-only", "2001:db8:101:8001::/64", "192.0.2.4"),
+		wgOnly,
 		rec("home", "home-nat", "2001:db8:101:8002::/64", "10.0.3.2"),          // WireGuard, not 6in4
 		rec("dual", "dual-stack", "2001:db8:102::/64", "2001:db8:ffff::2"),     // native
 		rec("outsider", "ipv4-only", "2001:db8:101:8003::/64", "192.0.2.9"),    // not a member

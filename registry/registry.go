@@ -75,6 +75,10 @@ type NodeRecord struct {
 	// DelegationPrefix is the part of its space an exit delegates /64s
 	// from (its networks' own /64s lie outside it).
 	DelegationPrefix netip.Prefix `json:"delegation_prefix,omitzero"`
+	// SixIn4 (an ipv4-only node): it takes its networks' outside traffic
+	// from their exits in 6in4 (exit_tunnel: 6in4). Without it an exit
+	// sends the member's /64 over WireGuard, as to any other member.
+	SixIn4 bool `json:"sixin4,omitempty"`
 	// Expires is the writer's wall clock plus the lease: information
 	// (and what readers before sequence numbers judged by), never what a
 	// reader decides liveness by: clocks are minutes apart.

@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
+)
+
+// copyChunk is how much one io.Copy moves before the byte counters are
+// updated. An *io.LimitedReader around a *net.TCPConn still splices
+// (net/splice_linux.go); 1 MiB is the size of one splice in Go's poller.
+const copyChunk = 1 << 20
+
+func (mp *mapping) serveTCP(ln *net.TCPListener) {
+	defer mp.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE, ENFILE, ECONNABORTED: wait a little, as
+			// net/http does, rather than spin or give up.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			mp.log.Warn("accept", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-mp.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		if r := mp.acquire(); r != "" {
+			mp.st.refuse(r)
+			reset(c)
+			continue
+		}
+		mp.wg.Add(1)
+		go mp.handleTCP(c)
+	}
+}
+
+// reset closes c with an RST: a refused client learns at once, and no
+// TIME_WAIT is left behind on this side for each one of a flood.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	c.Close()
+}
+
+func (mp *mapping) handleTCP(client *net.TCPConn) {
+	defer mp.wg.Done()
+	defer mp.release()
+	_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
+	up, err := mp.dialTCP(client)
+	if err != nil {
+		mp.st.dialErrors.Add(1)
+		mp.st.refuse(RefusedDial)
+		mp.log.Debug("dial", "client", client.RemoteAddr(), "err", err)
+		reset(client)
+		return
+	}
+	if mp.cfg.ProxyProtocol != ProxyProtocolNone {
+		if err := mp.writeHeader(client, up); err != nil {
+			mp.st.refuse(RefusedHeader)
+			mp.log.Debug("proxy header", "client", client.RemoteAddr(), "err", err)
+			reset(client)
+			up.Close()
+			return
+		}
+	}
+	mp.st.total.Add(1)
+	c := &tcpConn{mp: mp, client: client, up: up}
+	mp.mu.Lock()
+	if mp.stopped {
+		mp.mu.Unlock()
+		c.close()
+		return
+	}
+	mp.conns[c] = struct{}{}
+	mp.mu.Unlock()
+	c.run()
+	mp.mu.Lock()
+	delete(mp.conns, c)
+	mp.mu.Unlock()
+}
+
+func (mp *mapping) dialTCP(client *net.TCPConn) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(mp.ctx, mp.cfg.ConnectTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAliveConfig: mp.p.opts.KeepAlive}
+	if src := mp.cfg.embed(client.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()); src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		d.Control = controlEmbedTCP
+	}
+	var conn net.Conn
+	err := mp.p.opts.InNetNS(func() error {
+		var err error
+		conn, err = d.DialContext(ctx, "tcp6", mp.cfg.Target.String())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return conn.(*net.TCPConn), nil
+}
+
+// writeHeader writes the PROXY header of the original connection: the
+// IPv4 client and the IPv4 listener (never the IPv6 legs: the header
+// family comes from both addresses, and a v6 one would turn it into TCP6
+// with a v4-mapped client).
+func (mp *mapping) writeHeader(client, up *net.TCPConn) error {
+	v := byte(1)
+	if mp.cfg.ProxyProtocol == ProxyProtocolV2 {
+		v = 2
+	}
+	src := net.TCPAddrFromAddrPort(unmapAP(client.RemoteAddr().(*net.TCPAddr).AddrPort()))
+	dst := net.TCPAddrFromAddrPort(unmapAP(client.LocalAddr().(*net.TCPAddr).AddrPort()))
+	h := proxyproto.HeaderProxyFromAddrs(v, src, dst)
+	if err := up.SetWriteDeadline(time.Now().Add(mp.cfg.ConnectTimeout)); err != nil {
+		return err
+	}
+	if _, err := h.WriteTo(up); err != nil {
+		return err
+	}
+	return up.SetWriteDeadline(time.Time{})
+}
+
+// tcpConn is one proxied connection: the client's leg and the upstream
+// leg, always raw *net.TCPConn (any wrapper turns splice off).
+type tcpConn struct {
+	mp         *mapping
+	client, up *net.TCPConn
+	closeOnce  sync.Once
+
+	// The idle watchdog's state.
+	wmu        sync.Mutex
+	timer      *time.Timer
+	done       bool
+	progress   uint64
+	lastChange time.Time
+}
+
+func (c *tcpConn) close() {
+	c.closeOnce.Do(func() {
+		c.client.Close()
+		c.up.Close()
+	})
+}
+
+// run copies both ways until both directions have ended. A direction
+// that reaches EOF half-closes the other leg (CloseWrite): the peer may
+// still send, and its reply must reach the side that stopped writing. An
+// error in either direction ends both.
+func (c *tcpConn) run() {
+	c.wmu.Lock()
+	c.lastChange = time.Now()
+	c.progress, _ = c.kernelProgress()
+	c.timer = time.AfterFunc(c.tick(), c.watch)
+	c.wmu.Unlock()
+	var wg sync.WaitGroup
+	wg.Go(func() { c.pipe(c.up, c.client, &c.mp.st.bytesToTarget) })
+	wg.Go(func() { c.pipe(c.client, c.up, &c.mp.st.bytesFromTarget) })
+	wg.Wait()
+	c.wmu.Lock()
+	c.done = true
+	c.timer.Stop()
+	c.wmu.Unlock()
+	c.close()
+}
+
+func (c *tcpConn) pipe(dst, src *net.TCPConn, counter interface{ Add(uint64) uint64 }) {
+	lr := &io.LimitedReader{R: src}
+	for {
+		lr.N = copyChunk
+		n, err := io.Copy(dst, lr) // dst.ReadFrom(lr): splice(2)
+		counter.Add(uint64(n))
+		if err != nil {
+			c.close()
+			return
+		}
+		if n < copyChunk { // EOF
+			if err := dst.CloseWrite(); err != nil {
+				c.close()
+			}
+			return
+		}
+	}
+}
+
+// tick: the watchdog looks four times per idle timeout, so an idle
+// connection is closed between 1 and 1.25 timeouts after its last byte.
+func (c *tcpConn) tick() time.Duration { return max(c.mp.cfg.IdleTimeout/4, 10*time.Millisecond) }
+
+// watch closes the connection once no byte moved on either leg for the
+// idle timeout. Activity is the kernel's (bytes received and bytes
+// acknowledged, from TCP_INFO), not the copy loop's: a splice in flight
+// shows no progress to Go until it returns, and a direction blocked on a
+// reader that stopped reading (a zero window) must count as idle too.
+func (c *tcpConn) watch() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.done {
+		return
+	}
+	p, err := c.kernelProgress()
+	if err != nil {
+		return // closed
+	}
+	now := time.Now()
+	if p != c.progress {
+		c.progress, c.lastChange = p, now
+	} else if now.Sub(c.lastChange) >= c.mp.cfg.IdleTimeout {
+		c.mp.st.idleClosed.Add(1)
+		c.mp.log.Debug("idle timeout", "client", c.client.RemoteAddr())
+		c.close()
+		return
+	}
+	c.timer.Reset(c.tick())
+}
+
+// kernelProgress sums bytes received and acknowledged on both legs.
+func (c *tcpConn) kernelProgress() (uint64, error) {
+	var sum uint64
+	for _, conn := range [2]*net.TCPConn{c.client, c.up} {
+		rc, err := conn.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		var info *unix.TCPInfo
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		}); err != nil {
+			return 0, err
+		}
+		if serr != nil {
+			return 0, serr
+		}
+		sum += info.Bytes_received + info.Bytes_acked
+	}
+	return sum, nil
+}

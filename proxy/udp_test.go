@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	listenUDP = netip.AddrPortFrom(proxyIP4, 53)
+	targetUDP = netip.AddrPortFrom(serviceIP, 5353)
+)
+
+func udpMapping() Mapping {
+	return Mapping{Name: "test/dns", Listen: listenUDP, Proto: UDP, Target: targetUDP, SourcePrefix: prefix96}
+}
+
+// echo answers every datagram with "<source>|<payload>" and records the
+// sources it saw.
+type echo struct {
+	mu      sync.Mutex
+	sources map[netip.AddrPort]int
+}
+
+func (tp *topo) echo(t *testing.T) *echo {
+	pc := tp.listenUDP(tp.service, targetUDP)
+	e := &echo{sources: map[netip.AddrPort]int{}}
+	go func() {
+		buf := make([]byte, maxDatagram)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.sources[from]++
+			e.mu.Unlock()
+			reply := append([]byte(from.String()+"|"), buf[:n]...)
+			pc.WriteToUDPAddrPort(reply, from)
+		}
+	}()
+	return e
+}
+
+func (e *echo) seen() map[netip.AddrPort]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := make(map[netip.AddrPort]int, len(e.sources))
+	for k, v := range e.sources {
+		m[k] = v
+	}
+	return m
+}
+
+// ask sends payload and returns the reply, retrying a lost datagram.
+func ask(c *net.UDPConn, payload []byte) (string, error) {
+	buf := make([]byte, maxDatagram)
+	var err error
+	for range 3 {
+		if _, err = c.Write(payload); err != nil {
+			return "", err
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		var n int
+		if n, err = c.Read(buf); err == nil {
+			return string(buf[:n]), nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", err
+		}
+	}
+	return "", err
+}
+
+// An IPv4 client reaches an IPv6 UDP service; the service sees the
+// client's IPv4 in the /96; a 9000-byte datagram (fragmented on both
+// sides) comes back whole.
+func TestUDPEmbedsClient(t *testing.T) {
+	tp := newTopo(t)
+	tp.echo(t)
+	p := tp.proxy(Options{})
+	m := udpMapping()
+	if err := p.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.dialUDP(listenUDP)
+	reply, err := ask(c, []byte("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, payload, _ := strings.Cut(reply, "|")
+	src, err := netip.ParseAddrPort(from)
+	if err != nil || src.Addr() != embedded || payload != "hello" {
+		t.Fatalf("reply %q: want the source %s and the payload back", reply, embedded)
+	}
+	big := bytes.Repeat([]byte("0123456789"), 900)
+	reply, err = ask(c, big)
+	if err != nil || !strings.HasSuffix(reply, string(big)) || len(reply) != len(from)+1+len(big) {
+		t.Fatalf("a 9000-byte datagram: %d bytes back (%.60q), %v; stats %+v", len(reply), reply, err, func() Stats { s, _ := p.Stats(m.Key()); return s }())
+	}
+	eventually(t, time.Second, "the stats count both datagrams each way", func() bool {
+		st, _ := p.Stats(m.Key())
+		return st.Active == 1 && st.Total == 1 && st.BytesToTarget == uint64(5+len(big)) && st.BytesFromTarget == uint64(len(reply)+len(from)+1+5)
+	})
+}
+
+// A session idle for its timeout is closed; the next datagram makes a new
+// one (the service sees a new source port).
+func TestUDPIdleTimeout(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.echo(t)
+	p := tp.proxy(Options{})
+	m := udpMapping()
+	m.IdleTimeout = 300 * time.Millisecond
+	if err := p.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.dialUDP(listenUDP)
+	for range 5 { // activity keeps it: 5 × 100 ms > the timeout
+		if _, err := ask(c, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(e.seen()); n != 1 {
+		t.Fatalf("an active session was replaced: the service saw %d sources", n)
+	}
+	eventually(t, 2*time.Second, "the idle session was closed", func() bool { return p.Active() == 0 })
+	if _, err := ask(c, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.Stats(m.Key())
+	if n := len(e.seen()); n != 2 || st.IdleClosed != 1 || st.Total != 2 {
+		t.Errorf("after the timeout: %d sources, stats %+v; want a second session, one closed idle", n, st)
+	}
+}
+
+// Attacker: a client sprays datagrams from thousands of source ports. The
+// table never exceeds the cap, the excess is refused and counted, a real
+// session that keeps talking is never evicted, and once the spray's own
+// sessions are idle they are evicted for new ones.
+func TestUDPSpoofedPortsFlood(t *testing.T) {
+	tp := newTopo(t)
+	e := tp.echo(t)
+	p := tp.proxy(Options{UDPEvictIdle: 300 * time.Millisecond})
+	m := udpMapping()
+	m.MaxConns = 50
+	if err := p.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	real := tp.dialUDP(listenUDP)
+	first, err := ask(real, []byte("real"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	realErr := make(chan error, 1)
+	go func() { // the real client, every 50 ms
+		defer close(realErr)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			reply, err := ask(real, []byte("real"))
+			if err != nil {
+				realErr <- err
+				return
+			}
+			if reply != first { // another upstream source: a new session
+				realErr <- fmt.Errorf("the real client's session was replaced: %q, then %q", first, reply)
+				return
+			}
+		}
+	}()
+	var peak int64
+	spray := func(n int) {
+		tp.do(tp.client, func() error {
+			for range n {
+				c, err := net.Dial("udp4", listenUDP.String())
+				if err != nil {
+					return fmt.Errorf("spray: %w", err)
+				}
+				c.Write([]byte("spoof"))
+				c.Close()
+				peak = max(peak, p.Active())
+			}
+			return nil
+		})
+	}
+	spray(2000)
+	time.Sleep(100 * time.Millisecond)
+	st, _ := p.Stats(m.Key())
+	if peak > 50 || st.Active > 50 {
+		t.Errorf("the table reached %d sessions (now %d), over the cap of 50", peak, st.Active)
+	}
+	if st.Refused[RefusedMappingCap] == 0 {
+		t.Errorf("nothing refused: %+v", st)
+	}
+	time.Sleep(400 * time.Millisecond) // the spray's sessions are now evictable
+	spray(100)
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	if err := <-realErr; err != nil {
+		t.Errorf("the real client lost its replies: %v", err)
+	}
+	st, _ = p.Stats(m.Key())
+	if st.Evicted == 0 || st.Active > 50 {
+		t.Errorf("after the spray went idle: %+v; want evictions and at most 50 sessions", st)
+	}
+	if n := len(e.seen()); uint64(n) != st.Total {
+		t.Errorf("the service saw %d sources, the proxy made %d sessions", n, st.Total)
+	}
+	t.Logf("stats after the spray: active %d, total %d, refused %v, evicted %d", st.Active, st.Total, st.Refused, st.Evicted)
+}
+
+// Remove closes a UDP mapping's socket and its sessions; the client gets
+// an ICMP port unreachable.
+func TestUDPRemove(t *testing.T) {
+	tp := newTopo(t)
+	tp.echo(t)
+	p := tp.proxy(Options{})
+	m := udpMapping()
+	pc := tp.listenUDP(tp.px, listenUDP)
+	if err := p.AddUDPConn(m, pc); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.dialUDP(listenUDP)
+	if _, err := ask(c, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Remove(m.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if p.Active() != 0 {
+		t.Errorf("%d sessions after Remove", p.Active())
+	}
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.Read(make([]byte, 64)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("after Remove: %v, want connection refused (the socket is closed)", err)
+	}
+}

@@ -61,6 +61,10 @@ func (mp *mapping) handleTCP(client *net.TCPConn) {
 	_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
 	up, err := mp.dialTCP(client)
 	if err != nil {
+		if mp.ctx.Err() != nil { // removed while dialling
+			reset(client)
+			return
+		}
 		mp.st.dialErrors.Add(1)
 		mp.st.refuse(RefusedDial)
 		mp.log.Debug("dial", "client", client.RemoteAddr(), "err", err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -130,6 +131,7 @@ func TestTCPHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := next(t, svc)
+	checkKeepAlive(t, p)
 	req, err := io.ReadAll(s) // ends only if the proxy passed the FIN on
 	if err != nil || string(req) != "GET /" {
 		t.Fatalf("the service read %q, %v", req, err)
@@ -418,5 +420,50 @@ func TestTCPListenerHandedIn(t *testing.T) {
 	got, _ := io.ReadAll(next(t, svc))
 	if string(got) != "hi" {
 		t.Fatalf("the service got %q", got)
+	}
+}
+
+// checkKeepAlive reads SO_KEEPALIVE and TCP_KEEPIDLE on both legs of
+// every connection the proxy holds.
+func checkKeepAlive(t *testing.T, p *Proxy) {
+	t.Helper()
+	eventually(t, time.Second, "the proxy holds one connection", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		n := 0
+		for _, mp := range p.maps {
+			mp.mu.Lock()
+			n += len(mp.conns)
+			mp.mu.Unlock()
+		}
+		return n == 1
+	})
+	var legs int
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, mp := range p.maps {
+		mp.mu.Lock()
+		for c := range mp.conns {
+			for _, leg := range []*net.TCPConn{c.client, c.up} {
+				rc, err := leg.SyscallConn()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var on, idle int
+				var err1, err2 error
+				rc.Control(func(fd uintptr) {
+					on, err1 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+					idle, err2 = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+				})
+				if err1 != nil || err2 != nil || on != 1 || time.Duration(idle)*time.Second != DefaultKeepAlive.Idle {
+					t.Errorf("%s → %s: SO_KEEPALIVE %d, TCP_KEEPIDLE %d s (%v %v); want on, %v", leg.LocalAddr(), leg.RemoteAddr(), on, idle, err1, err2, DefaultKeepAlive.Idle)
+				}
+				legs++
+			}
+		}
+		mp.mu.Unlock()
+	}
+	if legs != 2 {
+		t.Errorf("checked %d legs, want 2", legs)
 	}
 }

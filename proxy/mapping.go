@@ -77,6 +77,10 @@ type Mapping struct {
 	// MaxConns caps open TCP connections (or UDP sessions); 0:
 	// DefaultMaxConns.
 	MaxConns int
+	// MaxPerClient caps what one client IPv4 address holds of MaxConns,
+	// so that one client cannot lock every other out; 0: half of
+	// MaxConns (at least 1). Clients behind one NAT share it.
+	MaxPerClient int
 	// ConnectTimeout bounds the upstream TCP connect and the write of
 	// the PROXY header; 0: DefaultConnectTimeout.
 	ConnectTimeout time.Duration
@@ -133,8 +137,8 @@ func (m Mapping) Validate() error {
 			errs = append(errs, fmt.Errorf("source prefix %s: want an IPv6 /96 (its host bits zero)", m.SourcePrefix))
 		}
 	}
-	if m.MaxConns < 0 {
-		errs = append(errs, fmt.Errorf("max conns %d: negative", m.MaxConns))
+	if m.MaxConns < 0 || m.MaxPerClient < 0 {
+		errs = append(errs, fmt.Errorf("max conns %d, per client %d: negative", m.MaxConns, m.MaxPerClient))
 	}
 	if m.ConnectTimeout < 0 || m.IdleTimeout < 0 {
 		errs = append(errs, errors.New("timeouts: negative"))
@@ -152,6 +156,9 @@ func (m Mapping) withDefaults() Mapping {
 	}
 	if m.MaxConns == 0 {
 		m.MaxConns = DefaultMaxConns
+	}
+	if m.MaxPerClient == 0 {
+		m.MaxPerClient = max(m.MaxConns/2, 1)
 	}
 	if m.ConnectTimeout == 0 {
 		m.ConnectTimeout = DefaultConnectTimeout

@@ -12,19 +12,20 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mod := range map[string]func(*Mapping){
-		"proto":              func(m *Mapping) { m.Proto = "sctp" },
-		"listen v6":          func(m *Mapping) { m.Listen = netip.MustParseAddrPort("[2001:db8::1]:443") },
-		"listen unspecified": func(m *Mapping) { m.Listen = netip.MustParseAddrPort("0.0.0.0:443") },
-		"listen port 0":      func(m *Mapping) { m.Listen = netip.MustParseAddrPort("203.0.113.7:0") },
-		"target v4":          func(m *Mapping) { m.Target = netip.MustParseAddrPort("192.0.2.1:80") },
-		"target v4-mapped":   func(m *Mapping) { m.Target = netip.MustParseAddrPort("[::ffff:192.0.2.1]:80") },
-		"proxy protocol":     func(m *Mapping) { m.ProxyProtocol = "v3" },
-		"proxy udp":          func(m *Mapping) { m.Proto, m.ProxyProtocol = UDP, ProxyProtocolV2 },
-		"prefix /64":         func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("2001:db8:ffff::/64") },
-		"prefix host bits":   func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("2001:db8:ffff::1/96") },
-		"prefix v4":          func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("10.0.0.0/8") },
-		"negative cap":       func(m *Mapping) { m.MaxConns = -1 },
-		"negative timeout":   func(m *Mapping) { m.IdleTimeout = -1 },
+		"proto":               func(m *Mapping) { m.Proto = "sctp" },
+		"listen v6":           func(m *Mapping) { m.Listen = netip.MustParseAddrPort("[2001:db8::1]:443") },
+		"listen unspecified":  func(m *Mapping) { m.Listen = netip.MustParseAddrPort("0.0.0.0:443") },
+		"listen port 0":       func(m *Mapping) { m.Listen = netip.MustParseAddrPort("203.0.113.7:0") },
+		"target v4":           func(m *Mapping) { m.Target = netip.MustParseAddrPort("192.0.2.1:80") },
+		"target v4-mapped":    func(m *Mapping) { m.Target = netip.MustParseAddrPort("[::ffff:192.0.2.1]:80") },
+		"proxy protocol":      func(m *Mapping) { m.ProxyProtocol = "v3" },
+		"proxy udp":           func(m *Mapping) { m.Proto, m.ProxyProtocol = UDP, ProxyProtocolV2 },
+		"prefix /64":          func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("2001:db8:ffff::/64") },
+		"prefix host bits":    func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("2001:db8:ffff::1/96") },
+		"prefix v4":           func(m *Mapping) { m.SourcePrefix = netip.MustParsePrefix("10.0.0.0/8") },
+		"negative cap":        func(m *Mapping) { m.MaxConns = -1 },
+		"negative per client": func(m *Mapping) { m.MaxPerClient = -1 },
+		"negative timeout":    func(m *Mapping) { m.IdleTimeout = -1 },
 	} {
 		m := ok
 		mod(&m)

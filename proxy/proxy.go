@@ -54,6 +54,7 @@ const (
 	RefusedNodeCap    Reason = "node_cap"    // Options.MaxConns
 	RefusedDial       Reason = "dial"        // the target did not answer (or refused) in time; also a DialErrors
 	RefusedHeader     Reason = "header"      // the PROXY header could not be written
+	RefusedClientCap  Reason = "client_cap"  // the mapping's MaxPerClient
 )
 
 // Stats is a snapshot of one mapping's counters.
@@ -88,10 +89,10 @@ type counters struct {
 	total, dialErrors              atomic.Uint64
 	bytesToTarget, bytesFromTarget atomic.Uint64
 	idleClosed, evicted, dropped   atomic.Uint64
-	refused                        [4]atomic.Uint64
+	refused                        [len(reasons)]atomic.Uint64
 }
 
-var reasons = [...]Reason{RefusedMappingCap, RefusedNodeCap, RefusedDial, RefusedHeader}
+var reasons = [...]Reason{RefusedMappingCap, RefusedNodeCap, RefusedDial, RefusedHeader, RefusedClientCap}
 
 func (c *counters) refuse(r Reason) { c.refused[slices.Index(reasons[:], r)].Add(1) }
 
@@ -220,7 +221,7 @@ func sameAddr(m Mapping, a net.Addr) error {
 func (p *Proxy) add(m Mapping, ln io.Closer) error {
 	m = m.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	mp := &mapping{cfg: m, p: p, log: p.log.With("mapping", m.String()), ctx: ctx, cancel: cancel, conns: map[*tcpConn]struct{}{}}
+	mp := &mapping{cfg: m, p: p, log: p.log.With("mapping", m.String()), ctx: ctx, cancel: cancel, conns: map[*tcpConn]struct{}{}, perClient: map[netip.Addr]int{}}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -331,10 +332,11 @@ type mapping struct {
 	ln *net.TCPListener
 	pc *net.UDPConn
 
-	mu      sync.Mutex
-	stopped bool
-	conns   map[*tcpConn]struct{}
-	udp     *udpTable
+	mu        sync.Mutex
+	stopped   bool
+	conns     map[*tcpConn]struct{}
+	udp       *udpTable
+	perClient map[netip.Addr]int // connections or sessions by client IPv4
 }
 
 func (mp *mapping) stats() Stats {
@@ -371,6 +373,22 @@ func (mp *mapping) acquire() Reason {
 		return RefusedNodeCap
 	}
 	return ""
+}
+
+// takeClientLocked counts one more connection or session from c, unless
+// c has MaxPerClient already.
+func (mp *mapping) takeClientLocked(c netip.Addr) bool {
+	if mp.perClient[c] >= mp.cfg.MaxPerClient {
+		return false
+	}
+	mp.perClient[c]++
+	return true
+}
+
+func (mp *mapping) dropClientLocked(c netip.Addr) {
+	if mp.perClient[c]--; mp.perClient[c] <= 0 {
+		delete(mp.perClient, c)
+	}
 }
 
 func (mp *mapping) release() {

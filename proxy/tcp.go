@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -38,13 +39,25 @@ func (mp *mapping) serveTCP(ln *net.TCPListener) {
 			continue
 		}
 		backoff = 0
+		ip := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		mp.mu.Lock()
+		ok := mp.takeClientLocked(ip)
+		mp.mu.Unlock()
+		if !ok {
+			mp.st.refuse(RefusedClientCap)
+			reset(c)
+			continue
+		}
 		if r := mp.acquire(); r != "" {
+			mp.mu.Lock()
+			mp.dropClientLocked(ip)
+			mp.mu.Unlock()
 			mp.st.refuse(r)
 			reset(c)
 			continue
 		}
 		mp.wg.Add(1)
-		go mp.handleTCP(c)
+		go mp.handleTCP(c, ip)
 	}
 }
 
@@ -55,9 +68,14 @@ func reset(c *net.TCPConn) {
 	c.Close()
 }
 
-func (mp *mapping) handleTCP(client *net.TCPConn) {
+func (mp *mapping) handleTCP(client *net.TCPConn, ip netip.Addr) {
 	defer mp.wg.Done()
-	defer mp.release()
+	defer func() {
+		mp.mu.Lock()
+		mp.dropClientLocked(ip)
+		mp.mu.Unlock()
+		mp.release()
+	}()
 	_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
 	up, err := mp.dialTCP(client)
 	if err != nil {

@@ -216,66 +216,71 @@ func TestTCPDialError(t *testing.T) {
 }
 
 // Attacker: one client opens connections as fast as it can and holds
-// them. The mapping's cap lets 10 through to the service; every other is
-// reset and counted; the node-wide cap holds across mappings.
+// them. It gets its share of the mapping (MaxPerClient), every other is
+// reset and counted, and another client still gets in, up to the
+// mapping's cap; the node-wide cap holds across mappings.
 func TestTCPConnectionFloodCapped(t *testing.T) {
 	tp := newTopo(t)
 	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
 	p := tp.proxy(Options{MaxConns: 15})
 	m := tcpMapping()
-	m.MaxConns = 10
+	m.MaxConns, m.MaxPerClient = 10, 6
 	if err := p.Add(m); err != nil {
 		t.Fatal(err)
 	}
-	const flood = 100
-	var conns []*net.TCPConn
-	var refusedAtDial int
-	for range flood {
-		// The kernel completes the handshake; the proxy resets what is
-		// over the cap, so fast that the dial may see it.
-		c, err := tp.dialTCP(listenTCP)
-		if err != nil {
-			if !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatal(err)
+	// held dials n connections from src and says how many the proxy
+	// kept: the kernel completes every handshake, the proxy resets what
+	// is over a cap, so fast that the dial itself may see it.
+	held := func(src netip.Addr, ap netip.AddrPort, n int) int {
+		var conns []*net.TCPConn
+		for range n {
+			c, err := tp.dialTCPFrom(src, ap)
+			if err != nil {
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Fatal(err)
+				}
+				continue
 			}
-			refusedAtDial++
-			continue
+			conns = append(conns, c)
 		}
-		conns = append(conns, c)
+		time.Sleep(300 * time.Millisecond)
+		kept := 0
+		for _, c := range conns {
+			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+				kept++
+			}
+		}
+		return kept
 	}
-	time.Sleep(300 * time.Millisecond)
-	refused := refusedAtDial
-	for _, c := range conns {
-		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
-			refused++
-		}
+	const flood = 100
+	if kept := held(clientIP, listenTCP, flood); kept != 6 {
+		t.Errorf("the flooding client kept %d connections, want its share, 6", kept)
+	}
+	other := otherClients[0]
+	if kept := held(other, listenTCP, 5); kept != 4 {
+		t.Errorf("another client kept %d connections during the flood, want the 4 left of the cap", kept)
 	}
 	if n := len(svc); n != 10 {
 		t.Errorf("the service got %d connections, want the cap, 10", n)
 	}
 	st, _ := p.Stats(m.Key())
-	if st.Active != 10 || st.Refused[RefusedMappingCap] != flood-10 || refused != flood-10 {
-		t.Errorf("active %d, refused %v, the client saw %d refused; want 10 active, %d refused", st.Active, st.Refused, refused, flood-10)
+	if st.Active != 10 || st.Refused[RefusedClientCap] != flood-6 || st.Refused[RefusedMappingCap] != 1 {
+		t.Errorf("active %d, refused %v; want 10 active, %d refused for the client's cap, 1 for the mapping's", st.Active, st.Refused, flood-6)
 	}
 
 	// A second mapping gets the node's last 5 slots, no more.
 	m2 := m
-	m2.Listen = netip.AddrPortFrom(proxyIP4, 81)
+	m2.Listen, m2.MaxPerClient = netip.AddrPortFrom(proxyIP4, 81), 10
 	if err := p.Add(m2); err != nil {
 		t.Fatal(err)
 	}
-	for range 8 {
-		if _, err := tp.dialTCP(m2.Listen); err != nil && !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatal(err)
-		}
+	if kept := held(other, m2.Listen, 8); kept != 5 {
+		t.Errorf("the second mapping kept %d, want the node's last 5", kept)
 	}
-	eventually(t, 3*time.Second, "the node cap refused 3", func() bool {
-		st2, _ := p.Stats(m2.Key())
-		return st2.Active == 5 && st2.Refused[RefusedNodeCap] == 3
-	})
-	if p.Active() != 15 {
-		t.Errorf("node active %d, want 15", p.Active())
+	st2, _ := p.Stats(m2.Key())
+	if st2.Active != 5 || st2.Refused[RefusedNodeCap] != 3 || p.Active() != 15 {
+		t.Errorf("second mapping: active %d, refused %v, node active %d; want 5, 3 for the node cap, 15", st2.Active, st2.Refused, p.Active())
 	}
 }
 
@@ -288,7 +293,7 @@ func TestTCPIdleTimeout(t *testing.T) {
 	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
 	p := tp.proxy(Options{})
 	m := tcpMapping()
-	m.MaxConns, m.IdleTimeout = 3, 500*time.Millisecond
+	m.MaxConns, m.MaxPerClient, m.IdleTimeout = 3, 4, 500*time.Millisecond
 	if err := p.Add(m); err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,14 @@ var (
 	prefix96  = netip.MustParsePrefix("2001:db8:ff::/96")
 	// embedded is <prefix96>::198.51.100.2.
 	embedded = netip.MustParseAddr("2001:db8:ff::c633:6402")
+	// otherClients are more of the client's addresses: 198.51.100.10-69.
+	otherClients = func() []netip.Addr {
+		var as []netip.Addr
+		for i := range 60 {
+			as = append(as, netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}))
+		}
+		return as
+	}()
 )
 
 type topo struct {
@@ -71,6 +79,9 @@ func newTopo(t *testing.T) *topo {
 	tp.veth(tp.pxNL, "v6", "eth0", tp.service)
 	tp.addr(tp.pxNL, "v4", netip.PrefixFrom(proxyIP4, 24))
 	tp.addr(tp.clientNL, "eth0", netip.PrefixFrom(clientIP, 24))
+	for _, a := range otherClients {
+		tp.addr(tp.clientNL, "eth0", netip.PrefixFrom(a, 24))
+	}
 	tp.addr(tp.pxNL, "v6", netip.PrefixFrom(proxyIP6, 64))
 	tp.addr(tp.svNL, "eth0", netip.PrefixFrom(serviceIP, 64))
 	// ip -6 route add local 2001:db8:ff::/96 dev lo (in the proxy's).
@@ -174,9 +185,18 @@ func (tp *topo) listenUDP(ns *testutil.NetNS, ap netip.AddrPort) *net.UDPConn {
 
 // dialTCP connects from the client's namespace.
 func (tp *topo) dialTCP(ap netip.AddrPort) (*net.TCPConn, error) {
+	return tp.dialTCPFrom(netip.Addr{}, ap)
+}
+
+// dialTCPFrom connects from src, one of the client's addresses (zero:
+// the kernel picks).
+func (tp *topo) dialTCPFrom(src netip.Addr, ap netip.AddrPort) (*net.TCPConn, error) {
 	var c net.Conn
 	err := tp.client.Do(func() (err error) {
 		d := net.Dialer{Timeout: 3 * time.Second}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
 		c, err = d.DialContext(context.Background(), "tcp4", ap.String())
 		return
 	})
@@ -199,8 +219,20 @@ func (tp *topo) mustDialTCP(ap netip.AddrPort) *net.TCPConn {
 // dialUDP makes a connected UDP socket in the client's namespace.
 func (tp *topo) dialUDP(ap netip.AddrPort) *net.UDPConn {
 	tp.t.Helper()
+	return tp.dialUDPFrom(netip.Addr{}, ap)
+}
+
+func (tp *topo) dialUDPFrom(src netip.Addr, ap netip.AddrPort) *net.UDPConn {
+	tp.t.Helper()
 	var c net.Conn
-	tp.do(tp.client, func() (err error) { c, err = net.Dial("udp4", ap.String()); return })
+	tp.do(tp.client, func() (err error) {
+		var d net.Dialer
+		if src.IsValid() {
+			d.LocalAddr = &net.UDPAddr{IP: src.AsSlice()}
+		}
+		c, err = d.DialContext(context.Background(), "udp4", ap.String())
+		return
+	})
 	tp.t.Cleanup(func() { c.Close() })
 	return c.(*net.UDPConn)
 }

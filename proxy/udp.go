@@ -102,20 +102,24 @@ func (mp *mapping) session(client netip.AddrPort) (*udpSession, Reason) {
 		s.touch(now)
 		return s, ""
 	}
+	if !mp.takeClientLocked(client.Addr()) {
+		return nil, RefusedClientCap
+	}
 	r := mp.acquire()
 	if r != "" {
-		v := mp.evictable(now)
-		if v == nil {
-			return nil, r
+		if v := mp.evictable(now); v != nil {
+			mp.removeLocked(v)
+			mp.st.evicted.Add(1)
+			r = mp.acquire() // another mapping may have taken the node's slot
 		}
-		mp.removeLocked(v)
-		mp.st.evicted.Add(1)
-		if r = mp.acquire(); r != "" {
-			return nil, r // another mapping took the node's slot
+		if r != "" {
+			mp.dropClientLocked(client.Addr())
+			return nil, r
 		}
 	}
 	up, err := mp.dialUDP(client)
 	if err != nil {
+		mp.dropClientLocked(client.Addr())
 		mp.release()
 		mp.st.dialErrors.Add(1)
 		mp.log.Debug("udp upstream", "client", client, "err", err)
@@ -156,6 +160,7 @@ func (mp *mapping) removeLocked(s *udpSession) {
 	delete(mp.udp.sessions, s.client)
 	mp.udp.lru.Remove(s.elem)
 	s.up.Close()
+	mp.dropClientLocked(s.client.Addr())
 	mp.release()
 }
 

@@ -142,20 +142,22 @@ func TestUDPIdleTimeout(t *testing.T) {
 	}
 }
 
-// Attacker: a client sprays datagrams from thousands of source ports. The
-// table never exceeds the cap, the excess is refused and counted, a real
-// session that keeps talking is never evicted, and once the spray's own
-// sessions are idle they are evicted for new ones.
+// Attacker: a client sprays datagrams from thousands of source ports,
+// then from many addresses (UDP sources are easy to spoof). One address
+// gets no more than its share of the mapping, the table never exceeds
+// the cap, the excess is refused and counted, a real session that keeps
+// talking is never evicted, and once the spray's own sessions are idle
+// they are evicted for new ones.
 func TestUDPSpoofedPortsFlood(t *testing.T) {
 	tp := newTopo(t)
 	e := tp.echo(t)
 	p := tp.proxy(Options{UDPEvictIdle: 300 * time.Millisecond})
 	m := udpMapping()
-	m.MaxConns = 50
+	m.MaxConns, m.MaxPerClient = 50, 20
 	if err := p.Add(m); err != nil {
 		t.Fatal(err)
 	}
-	real := tp.dialUDP(listenUDP)
+	real := tp.dialUDPFrom(otherClients[59], listenUDP)
 	first, err := ask(real, []byte("real"))
 	if err != nil {
 		t.Fatal(err)
@@ -182,44 +184,57 @@ func TestUDPSpoofedPortsFlood(t *testing.T) {
 		}
 	}()
 	var peak int64
-	spray := func(n int) {
+	spray := func(srcs []netip.Addr, ports int) {
 		tp.do(tp.client, func() error {
-			for range n {
-				c, err := net.Dial("udp4", listenUDP.String())
-				if err != nil {
-					return fmt.Errorf("spray: %w", err)
+			for _, src := range srcs {
+				for range ports {
+					c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, net.UDPAddrFromAddrPort(listenUDP))
+					if err != nil {
+						return fmt.Errorf("spray: %w", err)
+					}
+					c.Write([]byte("spoof"))
+					c.Close()
+					peak = max(peak, p.Active())
 				}
-				c.Write([]byte("spoof"))
-				c.Close()
-				peak = max(peak, p.Active())
 			}
 			return nil
 		})
 	}
-	spray(2000)
+	sessionsOf := func(client netip.Addr) int {
+		n := 0
+		for src := range e.seen() {
+			if src.Addr() == m.embed(client) {
+				n++
+			}
+		}
+		return n
+	}
+
+	spray([]netip.Addr{clientIP}, 2000) // many ports, one address
 	time.Sleep(100 * time.Millisecond)
 	st, _ := p.Stats(m.Key())
-	if peak > 50 || st.Active > 50 {
-		t.Errorf("the table reached %d sessions (now %d), over the cap of 50", peak, st.Active)
+	if n := sessionsOf(clientIP); n > 20 || st.Refused[RefusedClientCap] == 0 {
+		t.Errorf("one address sprayed from 2000 ports and got %d sessions (refused %v), want at most its share, 20", n, st.Refused)
 	}
-	if st.Refused[RefusedMappingCap] == 0 {
-		t.Errorf("nothing refused: %+v", st)
-	}
+	spray(otherClients[:40], 5) // many addresses
 	time.Sleep(400 * time.Millisecond) // the spray's sessions are now evictable
-	spray(100)
+	spray(otherClients[40:50], 5)
 	time.Sleep(100 * time.Millisecond)
 	close(stop)
 	if err := <-realErr; err != nil {
 		t.Errorf("the real client lost its replies: %v", err)
 	}
 	st, _ = p.Stats(m.Key())
-	if st.Evicted == 0 || st.Active > 50 {
-		t.Errorf("after the spray went idle: %+v; want evictions and at most 50 sessions", st)
+	if peak > 50 || st.Active > 50 {
+		t.Errorf("the table reached %d sessions (now %d), over the cap of 50", peak, st.Active)
+	}
+	if st.Evicted == 0 || st.Refused[RefusedMappingCap] == 0 {
+		t.Errorf("stats %+v: want sessions refused at the cap, and evicted once idle", st)
 	}
 	if n := len(e.seen()); uint64(n) != st.Total {
 		t.Errorf("the service saw %d sources, the proxy made %d sessions", n, st.Total)
 	}
-	t.Logf("stats after the spray: active %d, total %d, refused %v, evicted %d", st.Active, st.Total, st.Refused, st.Evicted)
+	t.Logf("stats after the spray: active %d (peak %d), total %d, refused %v, evicted %d", st.Active, peak, st.Total, st.Refused, st.Evicted)
 }
 
 // Remove closes a UDP mapping's socket and its sessions; the client gets

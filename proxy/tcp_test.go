@@ -150,7 +150,9 @@ func TestTCPHalfClose(t *testing.T) {
 
 // PROXY v1 and v2 headers carry the original IPv4 connection, parsed by
 // go-proxyproto's reader on the service side; without a source prefix
-// the kernel picks the upstream source.
+// the kernel picks the upstream source. Attacker: a client that sends a
+// forged PROXY header of its own gets it delivered as payload, after the
+// proxy's.
 func TestTCPProxyProtocol(t *testing.T) {
 	for _, v := range []ProxyProtocol{ProxyProtocolV1, ProxyProtocolV2} {
 		t.Run(string(v), func(t *testing.T) {
@@ -163,7 +165,8 @@ func TestTCPProxyProtocol(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := tp.mustDialTCP(listenTCP)
-			if _, err := c.Write([]byte("payload")); err != nil {
+			const forged = "PROXY TCP4 6.6.6.6 198.51.100.1 6666 80\r\n"
+			if _, err := c.Write([]byte(forged)); err != nil {
 				t.Fatal(err)
 			}
 			c.CloseWrite()
@@ -186,7 +189,7 @@ func TestTCPProxyProtocol(t *testing.T) {
 				t.Errorf("header %s → %s, want %s → %s", src, dst, clientAP, listenTCP)
 			}
 			rest, err := io.ReadAll(r)
-			if err != nil || string(rest) != "payload" {
+			if err != nil || string(rest) != forged {
 				t.Errorf("after the header: %q, %v", rest, err)
 			}
 		})

@@ -216,7 +216,7 @@ func TestUDPSpoofedPortsFlood(t *testing.T) {
 	if n := sessionsOf(clientIP); n > 20 || st.Refused[RefusedClientCap] == 0 {
 		t.Errorf("one address sprayed from 2000 ports and got %d sessions (refused %v), want at most its share, 20", n, st.Refused)
 	}
-	spray(otherClients[:40], 5) // many addresses
+	spray(otherClients[:40], 5)        // many addresses
 	time.Sleep(400 * time.Millisecond) // the spray's sessions are now evictable
 	spray(otherClients[40:50], 5)
 	time.Sleep(100 * time.Millisecond)

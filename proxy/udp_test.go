@@ -264,3 +264,35 @@ func TestUDPRemove(t *testing.T) {
 		t.Errorf("after Remove: %v, want connection refused (the socket is closed)", err)
 	}
 }
+
+// The node-wide cap counts TCP connections and UDP sessions together.
+func TestUDPNodeCap(t *testing.T) {
+	tp := newTopo(t)
+	tp.echo(t)
+	accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{MaxConns: 3})
+	if err := p.Add(tcpMapping()); err != nil {
+		t.Fatal(err)
+	}
+	m := udpMapping()
+	if err := p.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		tp.mustDialTCP(listenTCP)
+	}
+	eventually(t, time.Second, "two TCP connections held", func() bool { return p.Active() == 2 })
+	if _, err := ask(tp.dialUDPFrom(otherClients[0], listenUDP), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.dialUDPFrom(otherClients[1], listenUDP)
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a fourth flow on a node capped at 3: %v, want no reply", err)
+	}
+	st, _ := p.Stats(m.Key())
+	if st.Active != 1 || st.Refused[RefusedNodeCap] != 1 || p.Active() != 3 {
+		t.Errorf("udp stats %+v, node active %d; want 1 session, 1 refused for the node cap, 3", st, p.Active())
+	}
+}

@@ -1,0 +1,46 @@
+package proxy
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+// The node cap's default counts six descriptors per TCP connection (two
+// sockets, and a pipe for each direction's splice): check that an open,
+// idle connection holds no more.
+func TestTCPDescriptorsPerConnection(t *testing.T) {
+	tp := newTopo(t)
+	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{})
+	if err := p.Add(tcpMapping()); err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int {
+		es, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(es)
+	}
+	// One connection first: the netns handles, epoll and the like are
+	// opened once.
+	tp.mustDialTCP(listenTCP)
+	next(t, svc)
+	eventually(t, time.Second, "one connection", func() bool { return p.Active() == 1 })
+	time.Sleep(50 * time.Millisecond)
+	before := fds()
+	const n = 20
+	for range n {
+		tp.mustDialTCP(listenTCP)
+		next(t, svc)
+	}
+	eventually(t, time.Second, "all connected", func() bool { return p.Active() == n+1 })
+	time.Sleep(100 * time.Millisecond) // both copies of each are in splice
+	// The test holds each connection's client and service ends too.
+	per := float64(fds()-before)/n - 2
+	t.Logf("the proxy holds %.1f descriptors per idle connection", per)
+	if per > 6 {
+		t.Errorf("%.1f descriptors per connection, more than the 6 the node cap assumes", per)
+	}
+}

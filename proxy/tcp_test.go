@@ -216,6 +216,32 @@ func TestTCPDialError(t *testing.T) {
 		st, _ := p.Stats(tcpMapping().Key())
 		return st.DialErrors == 1 && st.Refused[RefusedDial] == 1 && st.Total == 0 && st.Active == 0
 	})
+
+	t.Run("connect timeout", func(t *testing.T) {
+		// Nobody answers neighbour solicitations for this address:
+		// the kernel would give up after 3 s, the connect timeout
+		// first.
+		m := tcpMapping()
+		m.Listen = netip.AddrPortFrom(proxyIP4, 81)
+		m.Target = netip.MustParseAddrPort("[fd00:5::99]:8080")
+		m.ConnectTimeout = 300 * time.Millisecond
+		if err := p.Add(m); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		c := tp.mustDialTCP(m.Listen)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		if took := time.Since(start); err == nil || errors.Is(err, os.ErrDeadlineExceeded) || took > 2*time.Second {
+			t.Fatalf("read after %v: %v, want a reset after the 300 ms connect timeout", took, err)
+		} else {
+			t.Logf("reset after %v", took)
+		}
+		st, _ := p.Stats(m.Key())
+		if st.DialErrors != 1 {
+			t.Errorf("stats %+v: want one dial error", st)
+		}
+	})
 }
 
 // Attacker: one client opens connections as fast as it can and holds

@@ -295,4 +295,7 @@ func TestUDPNodeCap(t *testing.T) {
 	if st.Active != 1 || st.Refused[RefusedNodeCap] != 1 || p.Active() != 3 {
 		t.Errorf("udp stats %+v, node active %d; want 1 session, 1 refused for the node cap, 3", st, p.Active())
 	}
+	if all := p.AllStats(); len(all) != 2 || all[0].Mapping.Proto != TCP || all[1].Mapping.Proto != UDP || all[0].Active != 2 {
+		t.Errorf("AllStats %+v: want the TCP mapping (2 active), then the UDP one", all)
+	}
 }

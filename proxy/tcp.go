@@ -177,10 +177,22 @@ func (c *tcpConn) close() {
 	})
 }
 
+// abort closes both legs with an RST: when one leg was reset, the other
+// peer must not take the end for a complete stream (an EOF would tell it
+// that everything was sent).
+func (c *tcpConn) abort() {
+	c.closeOnce.Do(func() {
+		_ = c.client.SetLinger(0)
+		_ = c.up.SetLinger(0)
+		c.client.Close()
+		c.up.Close()
+	})
+}
+
 // run copies both ways until both directions have ended. A direction
 // that reaches EOF half-closes the other leg (CloseWrite): the peer may
 // still send, and its reply must reach the side that stopped writing. An
-// error in either direction ends both.
+// error in either direction (a reset) resets both.
 func (c *tcpConn) run() {
 	c.wmu.Lock()
 	c.lastChange = time.Now()
@@ -205,7 +217,7 @@ func (c *tcpConn) pipe(dst, src *net.TCPConn, counter interface{ Add(uint64) uin
 		n, err := io.Copy(dst, lr) // dst.ReadFrom(lr): splice(2)
 		counter.Add(uint64(n))
 		if err != nil {
-			c.close()
+			c.abort() // a reset, a timeout of the kernel's; or closed already (Remove, idle)
 			return
 		}
 		if n < copyChunk { // EOF

@@ -148,6 +148,31 @@ func TestTCPHalfClose(t *testing.T) {
 	}
 }
 
+// A service that resets its connection mid-stream: the client is reset
+// too, and does not see an EOF (which would tell it the stream was
+// complete).
+func TestTCPResetPropagates(t *testing.T) {
+	tp := newTopo(t)
+	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{})
+	if err := p.Add(tcpMapping()); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.mustDialTCP(listenTCP)
+	s := next(t, svc)
+	if _, err := s.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	s.SetLinger(0)
+	s.Close() // RST
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, err := io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client read to %v, want connection reset", err)
+	}
+}
+
 // PROXY v1 and v2 headers carry the original IPv4 connection, parsed by
 // go-proxyproto's reader on the service side; without a source prefix
 // the kernel picks the upstream source. Attacker: a client that sends a

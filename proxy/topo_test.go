@@ -106,7 +106,30 @@ func newTopo(t *testing.T) *topo {
 			return tp.link(l.h, l.name).Attrs().OperState == netlink.OperUp
 		})
 	}
+	// Permanent neighbours: a test's first datagrams wait for no
+	// resolution (a solicitation lost while the links settle costs a
+	// second).
+	pxV4, pxV6 := tp.link(tp.pxNL, "v4"), tp.link(tp.pxNL, "v6")
+	cEth, sEth := tp.link(tp.clientNL, "eth0"), tp.link(tp.svNL, "eth0")
+	for _, a := range append([]netip.Addr{clientIP}, otherClients...) {
+		tp.neigh(tp.pxNL, pxV4, a, cEth.Attrs().HardwareAddr)
+	}
+	tp.neigh(tp.clientNL, cEth, proxyIP4, pxV4.Attrs().HardwareAddr)
+	tp.neigh(tp.pxNL, pxV6, serviceIP, sEth.Attrs().HardwareAddr)
+	tp.neigh(tp.svNL, sEth, proxyIP6, pxV6.Attrs().HardwareAddr)
 	return tp
+}
+
+func (tp *topo) neigh(h *netlink.Handle, l netlink.Link, a netip.Addr, mac net.HardwareAddr) {
+	tp.t.Helper()
+	fam := netlink.FAMILY_V4
+	if a.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT,
+		IP: a.AsSlice(), HardwareAddr: mac}); err != nil {
+		tp.t.Fatalf("neighbour %s: %v", a, err)
+	}
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {

@@ -217,7 +217,9 @@ func (c *tcpConn) pipe(dst, src *net.TCPConn, counter interface{ Add(uint64) uin
 		n, err := io.Copy(dst, lr) // dst.ReadFrom(lr): splice(2)
 		counter.Add(uint64(n))
 		if err != nil {
-			c.abort() // a reset, a timeout of the kernel's; or closed already (Remove, idle)
+			// A reset, a keepalive or retransmission timeout; or closed
+			// already (Remove, idle timeout), and this does nothing.
+			c.abort()
 			return
 		}
 		if n < copyChunk { // EOF

@@ -95,8 +95,12 @@ func gridSixIn4(t *testing.T, extra string) {
 		addr[w.id] = info.Addr
 		listenTCP(t, ns[w.id], "[::]:8080")
 	}
-	encap := func(g *gridNode, n delegNet) uint64 { return nodeCounter(t, g.pin, n.Tenant, policy.Dir6in4, policy.PassEncap).Packets }
-	decap := func(g *gridNode, n delegNet) uint64 { return nodeCounter(t, g.pin, n.Tenant, policy.Dir6in4, policy.PassDecap).Packets }
+	encap := func(g *gridNode, n delegNet) uint64 {
+		return nodeCounter(t, g.pin, n.Tenant, policy.Dir6in4, policy.PassEncap).Packets
+	}
+	decap := func(g *gridNode, n delegNet) uint64 {
+		return nodeCounter(t, g.pin, n.Tenant, policy.Dir6in4, policy.PassDecap).Packets
+	}
 	x1acme, x2globex := delegNets(t, x1)["acme"], delegNets(t, x2)["globex"]
 
 	// Out through each network's own exit: node3 over 6in4, node4 over
@@ -181,7 +185,9 @@ func gridSixIn4(t *testing.T, extra string) {
 	// tunnel's end: dropped at node3, counted, never delivered.
 	peerDrops := func(g *gridNode) uint64 { return nodeCounter(t, g.pin, 0, policy.Dir6in4, policy.Drop6in4Peer).Packets }
 	// Until a tunnel matches, a drop has no tenant.
-	innerDrops := func(g *gridNode) uint64 { return nodeCounter(t, g.pin, 0, policy.Dir6in4, policy.Drop6in4Inner).Packets }
+	innerDrops := func(g *gridNode) uint64 {
+		return nodeCounter(t, g.pin, 0, policy.Dir6in4, policy.Drop6in4Inner).Packets
+	}
 	syn := func(src, dst string) []byte {
 		return packet.IPv6(packet.Spec{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: 6, Sport: 40000, Dport: 8080, TCPFlags: 0x02})
 	}

@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -30,49 +34,71 @@ const (
 type sixin4Fig struct{ tcpIn, tcpOut, ppsIn, ppsOut float64 }
 
 // BenchmarkSixIn4 measures the outside path of a workload on an
-// ipv4-only member, one topology three ways: an internet host on the
-// "internet" bridge, an exit (dual-stack) and an ipv4-only member with
-// their uplinks on that bridge, the workload behind the member.
+// ipv4-only member, on one topology: an internet host on the "internet"
+// bridge, an exit (dual-stack) and a member with their uplinks on that
+// bridge, the workload behind the member.
 //
 //   - plain: bare namespaces in that shape, no tenantnet, the kernel's
 //     IPv6 forwarding alone: the exit routes the member's /64 to the
 //     member over the bridge (route MTU 1480, as 6in4's), the member
-//     routes ::/0 back to the exit (MTU 1480); workload MTU 1420 as the
-//     grid's;
-//   - wireguard: tenantnetd on both nodes, the member with exit_tunnel:
-//     wireguard (its outside inside the network's WireGuard to the exit);
-//   - 6in4: tenantnetd on both nodes, the fast path on, the member's
-//     outside in the eBPF 6in4 tunnel (TC encapsulation, XDP
-//     decapsulation on the uplinks).
+//     routes ::/0 back to the exit (MTU 1480); workload MTU 1440 as an
+//     ipv4-only node's;
+//   - plain-xdp: the same with an empty XDP program (XDP_PASS) on the
+//     exit's and the member's uplinks, in driver mode as the loader
+//     attaches tn_uplink: on a veth that takes TSO off its peer (the
+//     bridge segments everything sent to it) and GRO stays off;
+//   - wireguard: tenantnetd on both nodes, the member at home behind a NAT
+//     router (home-nat: its outside inside the network's WireGuard to the
+//     exit, userspace wireguard-go on this host). Not exit_tunnel:
+//     wireguard on an ipv4-only member: its exit still sends the member's
+//     /64 in 6in4, which the member drops (docs/reference.md, 6in4);
+//   - 6in4: tenantnetd on both nodes, the member ipv4-only, the fast path
+//     on, its outside in the eBPF 6in4 tunnel (TC encapsulation, XDP
+//     decapsulation on the uplinks);
+//   - 6in4-gro: the same with GRO turned on on both uplinks (ethtool),
+//     what the datapath's veth uplinks lack.
 //
 // Each: one TCP stream (iperf3, 5 s, median of three) and small packets
 // (64-byte UDP payloads from two senders at full speed, 5 s, median of
-// three: the packets/s the receiver read), both ways; the member's firewall
-// allows the iperf3 port to the workload. 6in4 reports its ratios to the
-// other two, measured in the same run (run the whole benchmark for them).
+// three: the packets/s the receiver read), both ways; the member's
+// firewall allows the benchmark's ports to the workload. 6in4 reports its
+// ratios to the others, measured in the same run (run the whole
+// benchmark for them).
 //
 //	sudo go test ./test/e2e -run '^$' -bench SixIn4 -benchtime 1x -v
 func BenchmarkSixIn4(b *testing.B) {
 	figs := map[string]sixin4Fig{}
 	b.Run("plain", func(b *testing.B) {
-		inet, wl, addr := plainSixIn4Topo(b)
+		inet, wl, addr := plainSixIn4Topo(b, false)
 		for b.Loop() {
 			figs["plain"] = sixin4Measure(b, inet, wl, addr)
 		}
 	})
+	b.Run("plain-xdp", func(b *testing.B) {
+		inet, wl, addr := plainSixIn4Topo(b, true)
+		for b.Loop() {
+			figs["plain-xdp"] = sixin4Measure(b, inet, wl, addr)
+		}
+	})
 	b.Run("wireguard", func(b *testing.B) {
-		inet, wl, addr := gridSixIn4Bench(b, "exit_tunnel: wireguard", "via node1 over WireGuard")
+		inet, wl, addr := gridSixIn4Bench(b, gridOpts{natLast: true, bareNAT: true}, "via node1 over WireGuard", false)
 		for b.Loop() {
 			figs["wireguard"] = sixin4Measure(b, inet, wl, addr)
 		}
 	})
+	b.Run("6in4-gro", func(b *testing.B) {
+		inet, wl, addr := gridSixIn4Bench(b, gridOpts{ipv4Only: map[int]bool{2: true}}, "via node1 over 6in4", true)
+		for b.Loop() {
+			figs["6in4-gro"] = sixin4Measure(b, inet, wl, addr)
+		}
+	})
 	b.Run("6in4", func(b *testing.B) {
-		inet, wl, addr := gridSixIn4Bench(b, "exit_tunnel: 6in4", "via node1 over 6in4")
+		inet, wl, addr := gridSixIn4Bench(b, gridOpts{ipv4Only: map[int]bool{2: true}}, "via node1 over 6in4", false)
 		for b.Loop() {
 			figs["6in4"] = sixin4Measure(b, inet, wl, addr)
 		}
 		f := figs["6in4"]
-		for _, base := range []string{"plain", "wireguard"} {
+		for _, base := range []string{"plain", "plain-xdp", "wireguard", "6in4-gro"} {
 			o, ok := figs[base]
 			if !ok {
 				continue
@@ -85,7 +111,7 @@ func BenchmarkSixIn4(b *testing.B) {
 			b.Logf("6in4 / %s: TCP in %.2fx out %.2fx, small packets in %.2fx out %.2fx", base, r.tcpIn, r.tcpOut, r.ppsIn, r.ppsOut)
 		}
 	})
-	for _, v := range []string{"plain", "wireguard", "6in4"} {
+	for _, v := range []string{"plain", "plain-xdp", "wireguard", "6in4-gro", "6in4"} {
 		if f, ok := figs[v]; ok {
 			b.Logf("%-9s TCP in %5.2f out %5.2f Gbit/s; 64-byte UDP in %7.0f out %7.0f packets/s", v, f.tcpIn, f.tcpOut, f.ppsIn, f.ppsOut)
 		}
@@ -207,15 +233,16 @@ func udpMedian(b *testing.B, what string, from, to *testutil.NetNS, addr string)
 	return vs[1]
 }
 
-// gridSixIn4Bench builds BenchmarkSixIn4's grid: node1 a dual-stack exit,
-// node2 ipv4-only (extra in both configurations: exit_tunnel matters to
-// the ipv4-only one only), acme declared on both with exit node1, a
-// workload on node2 once its outside is want, the internet host routing
-// node1's /48 to it, and node2's firewall allowing the iperf3 port to the
-// workload. It returns the internet namespace, the workload's and its
-// address.
-func gridSixIn4Bench(b *testing.B, extra, want string) (inet, wl *testutil.NetNS, addr string) {
-	nodes, bin := newGridWith(b, gridOpts{backend: "file", count: 2, extra: "fast_path: true\n" + extra, ipv4Only: map[int]bool{2: true}})
+// gridSixIn4Bench builds BenchmarkSixIn4's grids: node1 a dual-stack
+// exit, node2 the member as o makes it (ipv4-only, or home-nat behind a
+// NAT router), acme declared on both with exit node1, a workload on node2
+// once its outside is want, the internet host routing node1's /48 to it,
+// and node2's firewall allowing the benchmark's ports to the workload;
+// with gro, GRO turned on on both nodes' uplinks. It returns the internet
+// namespace, the workload's and its address.
+func gridSixIn4Bench(b *testing.B, o gridOpts, want string, gro bool) (inet, wl *testutil.NetNS, addr string) {
+	o.backend, o.count, o.extra = "file", 2, "fast_path: true"
+	nodes, bin := newGridWith(b, o)
 	x1, member := nodes[0], nodes[1]
 	inet = x1.inet
 	for _, c := range [][]string{
@@ -260,8 +287,18 @@ func gridSixIn4Bench(b *testing.B, extra, want string) (inet, wl *testutil.NetNS
 	if tunnelled := encap > 0; tunnelled != strings.HasSuffix(want, "6in4") {
 		b.Fatalf("%s: the member encapsulated %d packets in 6in4", want, encap)
 	}
-	out, _ := exec.Command("ip", "-n", wl.Name, "link", "show").CombinedOutput()
-	b.Logf("workload %s on %s (%s); its links:\n%s", addr, n.Prefix, want, out)
+	if gro {
+		for _, g := range nodes {
+			if out, err := exec.Command("ip", "netns", "exec", g.ns.Name, "ethtool", "-K", "uplink", "gro", "on").CombinedOutput(); err != nil {
+				b.Skipf("ethtool -K uplink gro on (install ethtool): %v %s", err, out)
+			}
+		}
+	}
+	mtu := "?"
+	if l, err := wl.Netlink(b).LinkByName("eth0"); err == nil {
+		mtu = fmt.Sprint(l.Attrs().MTU)
+	}
+	b.Logf("workload %s (MTU %s) on %s, %s", addr, mtu, n.Prefix, want)
 	return inet, wl, addr
 }
 
@@ -269,9 +306,10 @@ func gridSixIn4Bench(b *testing.B, extra, want string) (inet, wl *testutil.NetNS
 // internet bridge br0 with the internet host on it; the exit's and the
 // member's uplinks on the bridge (1500); the exit routes the member's
 // /64 to the member, the member ::/0 to the exit, both with MTU 1480 (the
-// 6in4 path's); the workload behind the member (veth, MTU 1420 as a
-// grid workload's). IPv6 forwarding by the kernel, nothing else.
-func plainSixIn4Topo(b *testing.B) (inet, wl *testutil.NetNS, addr string) {
+// 6in4 path's); the workload behind the member (veth, MTU 1440 as a
+// workload's on an ipv4-only node). IPv6 forwarding by the kernel, nothing else; with
+// xdp an XDP program that passes everything on both uplinks.
+func plainSixIn4Topo(b *testing.B, xdp bool) (inet, wl *testutil.NetNS, addr string) {
 	pid := os.Getpid()
 	inet = testutil.NewNetNS(b, fmt.Sprintf("tn-b6in-%d", pid))
 	exit := testutil.NewNetNS(b, fmt.Sprintf("tn-b6ex-%d", pid))
@@ -322,9 +360,33 @@ func plainSixIn4Topo(b *testing.B) (inet, wl *testutil.NetNS, addr string) {
 	}
 	ip(exit, "route add 2001:db8:101:8000::/64 via 2001:db8:fffe::2 dev uplink mtu 1480")
 	ip(member, "route add default via 2001:db8:fffe::1 dev uplink mtu 1480",
-		fmt.Sprintf("link add wl mtu 1420 type veth peer name eth0 mtu 1420 netns %s", wl.Name), "link set wl up",
+		fmt.Sprintf("link add wl mtu 1440 type veth peer name eth0 mtu 1440 netns %s", wl.Name), "link set wl up",
 		"addr add 2001:db8:101:8000::1/64 dev wl nodad")
 	ip(wl, "link set lo up", "link set eth0 up", "addr add "+wlAddr+"/64 dev eth0 nodad", "route add default via 2001:db8:101:8000::1")
+	if xdp {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
+		if err != nil {
+			b.Fatalf("load XDP_PASS: %v", err)
+		}
+		b.Cleanup(func() { prog.Close() })
+		for _, ns := range []*testutil.NetNS{exit, member} {
+			if err := ns.Do(func() error {
+				up, err := net.InterfaceByName("uplink")
+				if err != nil {
+					return err
+				}
+				l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: up.Index, Flags: link.XDPDriverMode})
+				if err != nil {
+					return fmt.Errorf("attach XDP_PASS to %s's uplink: %w", ns.Name, err)
+				}
+				b.Cleanup(func() { l.Close() })
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	listenTCP(b, wl, "[::]:8080")
 	retry(b, 10*time.Second, "the internet -> the workload (plain)", func() error {
 		return dialTCP(inet, fmt.Sprintf("[%s]:8080", wlAddr), time.Second)

@@ -94,7 +94,7 @@ demo-down:
 # member nodes are announced, ~2 minutes; the etcd revisions per minute
 # per idle node, ~2 minutes; the outside path of an ipv4-only member: one
 # TCP stream and 64-byte UDP through the eBPF 6in4 tunnel, WireGuard to
-# the exit and plain IPv6 forwarding, ~4 minutes) with `make bench-grid`.
+# the exit and plain IPv6 forwarding, ~6 minutes) with `make bench-grid`.
 bench: deps build
 	$(BIN)/tenantnet-bench --out BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/

@@ -308,8 +308,18 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 		}
 	}
 	b.WriteString("```\n")
+	// The sections other benchmarks' figures go in (make bench-grid's) are
+	// kept by hand below the marker: a new run rewrites only its own.
+	if old, err := os.ReadFile(o.Out); err == nil {
+		if i := strings.Index(string(old), keptMarker); i >= 0 {
+			b.WriteString("\n" + string(old[i:]))
+		}
+	}
 	return os.WriteFile(o.Out, []byte(b.String()), 0o644)
 }
+
+// keptMarker starts the part of BENCHMARKS.md that make bench keeps.
+const keptMarker = "<!-- kept by make bench: figures of other benchmarks, by hand -->"
 
 func num(v float64) string {
 	switch {

@@ -26,7 +26,7 @@ type delegNet struct {
 	Outside     string       `json:"outside"`
 }
 
-func delegNets(t *testing.T, g *gridNode) map[string]delegNet {
+func delegNets(t testing.TB, g *gridNode) map[string]delegNet {
 	t.Helper()
 	var ns []delegNet
 	if err := jsonUnmarshal(g.d.must("network", "list", "-o", "json"), &ns); err != nil {

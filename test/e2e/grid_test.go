@@ -551,7 +551,7 @@ const (
 )
 
 // nodeCounter reads one counter of a node's datapath.
-func nodeCounter(t *testing.T, pinDir string, tenant uint32, dir policy.Direction, r policy.Reason) bpfmaps.Counter {
+func nodeCounter(t testing.TB, pinDir string, tenant uint32, dir policy.Direction, r policy.Reason) bpfmaps.Counter {
 	t.Helper()
 	m, err := loader.OpenMaps(pinDir)
 	if err != nil {

@@ -187,6 +187,11 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		}
 		s.uplinkMode[u] = mode
 		log.Info("uplink prefilter attached", "uplink", u, "mode", mode)
+		if changed, err := vethGRO(l); err != nil {
+			log.Warn("uplink: GRO could not be turned on (forwarding through it stays per packet)", "uplink", u, "err", err)
+		} else if changed {
+			log.Info("uplink: GRO on (a veth with XDP does none otherwise)", "uplink", u)
+		}
 	}
 	// The tenant MTU: what a WireGuard packet carries on the uplinks (new
 	// networks get it; existing ones keep theirs).

@@ -116,6 +116,20 @@ type Node struct {
 	// networks never get a /64 of it. Default: the upper half of the
 	// first prefix (2001:db8:101:8000::/49 of 2001:db8:101::/48).
 	DelegationPrefix netip.Prefix `yaml:"delegation_prefix"`
+	// IPv4Pool is the public IPv4 this node sells to its tenant networks
+	// (issue 17), addresses (/32) or prefixes. An address inside an
+	// uplink's connected IPv4 subnet is put on that uplink (the node
+	// answers ARP for it); any other must be routed to the node by its
+	// DC, and is taken locally with a `local` route. Empty: the node
+	// sells none.
+	IPv4Pool []netip.Prefix `yaml:"ipv4_pool"`
+	// ProxyPrefix is the /64 of Prefixes the IPv4 proxy dials from: each
+	// network gets the /96 ipam.ProxySubnet(ProxyPrefix, tenant number),
+	// the client's IPv4 in its low 32 bits. No network /64 and no
+	// delegation is taken from it. Default (with an ipv4_pool): the last
+	// /64 of the lower half of the first prefix
+	// (2001:db8:101:7fff::/64 of 2001:db8:101::/48).
+	ProxyPrefix netip.Prefix `yaml:"proxy_prefix"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -193,6 +207,9 @@ func (n *Node) defaults() {
 	if !n.DelegationPrefix.IsValid() && len(n.Prefixes) > 0 && n.Prefixes[0].IsValid() && n.Prefixes[0].Bits() < 64 && n.Prefixes[0].Bits() > 0 {
 		n.DelegationPrefix = UpperHalf(n.Prefixes[0])
 	}
+	if !n.ProxyPrefix.IsValid() && len(n.IPv4Pool) > 0 && len(n.Prefixes) > 0 && n.Prefixes[0].IsValid() && n.Prefixes[0].Bits() < 64 && n.Prefixes[0].Bits() > 0 {
+		n.ProxyPrefix = LastOfLowerHalf(n.Prefixes[0])
+	}
 	if n.MaxDeclaredNetworks == 0 {
 		n.MaxDeclaredNetworks = 1024
 	}
@@ -207,6 +224,17 @@ func UpperHalf(p netip.Prefix) netip.Prefix {
 	bit := p.Bits()
 	b[bit/8] |= 0x80 >> (bit % 8)
 	return netip.PrefixFrom(netip.AddrFrom16(b), bit+1)
+}
+
+// LastOfLowerHalf is the last /64 of the lower half of p (p shorter
+// than /64): the highest /64 a network of p could get, out of the way of
+// the sequential allocation from the bottom.
+func LastOfLowerHalf(p netip.Prefix) netip.Prefix {
+	b := p.Masked().Addr().As16()
+	for bit := p.Bits() + 1; bit < 64; bit++ {
+		b[bit/8] |= 0x80 >> (bit % 8)
+	}
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64)
 }
 
 // WireGuardOverhead is what WireGuard adds to a tenant packet: outer IP

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -63,5 +64,16 @@ func TestCheckUplinks(t *testing.T) {
 	n, _ := Parse([]byte("node_id: n\nuplinks: [nosuchif0]\nprefixes: [\"2001:db8::/48\"]"))
 	if err := n.CheckUplinks(); err == nil || !strings.Contains(err.Error(), "uplinks[0] nosuchif0: no such interface") {
 		t.Fatal(err)
+	}
+}
+
+func TestLastOfLowerHalf(t *testing.T) {
+	for in, want := range map[string]string{
+		"2001:db8:101::/48": "2001:db8:101:7fff::/64",
+		"2001:db8::/56":     "2001:db8:0:7f::/64",
+	} {
+		if got := LastOfLowerHalf(netip.MustParsePrefix(in)); got.String() != want {
+			t.Errorf("LastOfLowerHalf(%s) = %s, want %s", in, got, want)
+		}
 	}
 }

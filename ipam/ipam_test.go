@@ -218,3 +218,10 @@ func TestQuarantine(t *testing.T) {
 		t.Fatalf("ended quarantines kept: %d /64s, %d numbers", sub, nums)
 	}
 }
+
+func TestProxySubnet(t *testing.T) {
+	got := ProxySubnet(netip.MustParsePrefix("2001:db8:101:7fff::/64"), 0x2a)
+	if want := netip.MustParsePrefix("2001:db8:101:7fff:0:2a::/96"); got != want {
+		t.Fatalf("ProxySubnet = %s, want %s", got, want)
+	}
+}

@@ -23,6 +23,18 @@ type NetworkSpec struct {
 	Exit    string     `json:"exit,omitempty"` // node id: members without native IPv6 reach the outside through it
 	MTU     int        `json:"mtu,omitempty"`  // 0: each node's configured mtu
 	Users   []UserSpec `json:"users,omitempty"`
+	// IPv4 are the addresses the network buys, each from a member's
+	// ipv4_pool (issue 17): that node allocates them and publishes them in
+	// its NetworkRecord.IPv4.
+	IPv4 []IPv4Claim `json:"ipv4,omitempty"`
+}
+
+// IPv4Claim asks Count public IPv4 addresses of node Node's pool for the
+// network (Node must be a member: its exit, or a member with a pool of
+// its own for the local proxy).
+type IPv4Claim struct {
+	Node  string `json:"node"`
+	Count int    `json:"count"`
 }
 
 // UserSpec is a user-access peer: the user's laptop peers with the

@@ -43,6 +43,18 @@ type NetworkRecord struct {
 	// network). Readers believe them only from the network's exit, inside
 	// its enrolled prefixes and its DelegationPrefix.
 	Delegations map[string]netip.Prefix `json:"delegations,omitempty"`
+	// IPv4 are the public IPv4 addresses the network bought from this
+	// node's pool (issue 17); the node's proxy serves the network's
+	// exposures on them. Readers believe them only inside the node's
+	// enrolled ipv4_pool.
+	IPv4 []netip.Addr `json:"ipv4,omitempty"`
+	// ProxyPrefix is the /96 this node's IPv4 proxy dials the network's
+	// services from (the client's IPv4 in its low 32 bits). Members route
+	// it back to this node over the network's WireGuard and take it as
+	// the tenant's only when it arrives from this node. Readers believe it
+	// only inside the node's enrolled prefixes, outside every /64 of the
+	// network and every delegation.
+	ProxyPrefix netip.Prefix `json:"proxy_prefix,omitzero"`
 }
 
 // PathMTU is the largest tenant packet the network takes on the node of

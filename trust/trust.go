@@ -154,6 +154,10 @@ type Enrollment struct {
 	Class    string         `json:"class"`
 	Prefixes []netip.Prefix `json:"prefixes"` // its network /64s lie in these
 	Exit     bool           `json:"exit,omitempty"`
+	// IPv4Pool is the public IPv4 the node may sell (its ipv4_pool must
+	// lie inside it); others believe a node's NetworkRecord.IPv4 only
+	// inside this.
+	IPv4Pool []netip.Prefix `json:"ipv4_pool,omitempty"`
 	Issued   time.Time      `json:"issued"`
 	Expires  time.Time      `json:"expires"`
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/internal/defaults"
 	"github.com/tenantnet/tenantnet/ipam"
+	"github.com/tenantnet/tenantnet/proxyd"
 	"github.com/tenantnet/tenantnet/wg"
 )
 
@@ -49,6 +50,9 @@ Run 'tenantnetd <command> --help' for flags and examples.
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == wg.HelperCommand {
 		return wireguardGo(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == proxyd.Command {
+		return proxyMain(args[1:], stdout, stderr)
 	}
 	return program().Main(&Env{Stdout: stdout}, args, stdout, stderr)
 }

@@ -1,0 +1,679 @@
+package proxyd
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/proxy"
+)
+
+// DefaultDrainTimeout bounds how long a replaced proxy process keeps its
+// connections: the TCP idle timeout's default, past which the engine
+// would have closed an idle connection anyway.
+const DefaultDrainTimeout = proxy.DefaultTCPIdleTimeout
+
+// ServeConfig is the proxy process's.
+type ServeConfig struct {
+	Dir string
+	// Takeover: receive the listening sockets of the proxy now serving
+	// Dir, accept on them, then tell it to drain (an upgrade). With no
+	// proxy there, start empty.
+	Takeover bool
+	// DrainTimeout bounds this process's drain when a successor takes
+	// over (0: DefaultDrainTimeout).
+	DrainTimeout time.Duration
+	Options      proxy.Options
+	Logger       *slog.Logger
+}
+
+type server struct {
+	cfg   ServeConfig
+	log   *slog.Logger
+	p     *proxy.Proxy
+	build string
+	rev   string
+	start time.Time
+
+	mu       sync.Mutex
+	want     map[proxy.Key]proxy.Mapping // as applied, without defaults
+	socks    map[proxy.Key]*os.File      // our own copy of each listening socket
+	draining bool
+
+	done     chan struct{} // closed when the process is to exit
+	doneOnce sync.Once
+	sockIno  uint64 // the control socket we bound, to remove only our own
+}
+
+// Serve runs the proxy process until it is stopped (op stop, SIGTERM,
+// SIGINT) or has drained after a takeover.
+func Serve(cfg ServeConfig) error {
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.Options.InNetNS != nil {
+		return errors.New("proxy process: Options.InNetNS is not supported (the process serves its own network namespace)")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	log = log.With("pid", os.Getpid())
+	cfg.Options.Logger = log
+	if err := prepareDir(cfg.Dir); err != nil {
+		return err
+	}
+	build, err := BuildID("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	s := &server{cfg: cfg, log: log, p: proxy.New(cfg.Options), build: build, rev: revision(), start: time.Now(),
+		want: map[proxy.Key]proxy.Mapping{}, socks: map[proxy.Key]*os.File{}, done: make(chan struct{})}
+	procFile := filepath.Join(cfg.Dir, procsDir, strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(procFile, []byte(build+"\n"), 0o600); err != nil {
+		return fmt.Errorf("proxy process: %w", err)
+	}
+	defer os.Remove(procFile)
+
+	var old *msgConn
+	if v, err := version(cfg.Dir); err == nil && v.State == StateServing {
+		if !cfg.Takeover {
+			return fmt.Errorf("proxy process: a proxy already serves %s (pid %d, build %.12s); --takeover replaces it", cfg.Dir, v.PID, v.Build)
+		}
+		old, err = s.takeover(v)
+		if err != nil {
+			s.p.Close()
+			s.closeSocks()
+			return err
+		}
+		defer old.close()
+	} else if cfg.Takeover {
+		log.Info("takeover: no proxy serving, starting empty", "dir", cfg.Dir)
+	}
+
+	ln, err := s.listenControl()
+	if err != nil {
+		s.p.Close()
+		s.closeSocks()
+		return err
+	}
+	go s.acceptLoop(ln)
+	if err := writeFileAtomic(filepath.Join(cfg.Dir, PIDName), []byte(strconv.Itoa(os.Getpid())+"\n")); err != nil {
+		log.Warn("pid file", "err", err)
+	}
+	if old != nil {
+		// Only now: until here the old process accepts too, and if this
+		// one had died on the way the old one would still be serving.
+		if err := old.send(request{Op: opDrain}); err != nil {
+			log.Warn("takeover: tell the old proxy to drain", "err", err)
+		} else {
+			var resp response
+			if err := old.recv(&resp); err != nil || !resp.OK {
+				log.Warn("takeover: the old proxy did not confirm its drain", "err", err, "answer", resp.Error)
+			}
+		}
+	}
+	log.Info("proxy serving", "dir", cfg.Dir, "build", build, "revision", s.rev, "mappings", len(s.want), "max_conns", s.p.MaxConns())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	select {
+	case got := <-sig:
+		log.Info("stopping", "signal", got.String())
+	case <-s.done:
+	}
+	ln.Close()
+	s.removeOwn()
+	s.p.Close()
+	s.closeSocks()
+	log.Info("proxy exited")
+	return nil
+}
+
+// takeover receives the listening sockets of the proxy v and serves them.
+func (s *server) takeover(v Version) (*msgConn, error) {
+	m, err := dial(s.cfg.Dir, 30*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("takeover from pid %d: %w", v.PID, err)
+	}
+	if err := m.send(request{Op: opHandover}); err != nil {
+		m.close()
+		return nil, fmt.Errorf("takeover from pid %d: %w", v.PID, err)
+	}
+	n := 0
+	for {
+		var resp response
+		if err := m.recv(&resp); err != nil {
+			m.close()
+			return nil, fmt.Errorf("takeover from pid %d: %w", v.PID, err)
+		}
+		if !resp.OK {
+			m.close()
+			return nil, fmt.Errorf("takeover from pid %d: %s", v.PID, resp.Error)
+		}
+		if resp.Done {
+			break
+		}
+		if resp.Listener == nil {
+			continue
+		}
+		fd, err := m.takeFD()
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		mp := *resp.Listener
+		f := os.NewFile(uintptr(fd), mp.Key().String())
+		if err := s.serveSocket(mp, f); err != nil {
+			// The old one keeps accepting it until it drains; the
+			// supervisor's next apply names it.
+			s.log.Error("takeover: a listener handed over", "mapping", mp.String(), "err", err)
+			f.Close()
+			continue
+		}
+		n++
+	}
+	m.c.SetDeadline(time.Time{})
+	s.log.Info("takeover: accepting on the sockets handed over", "from_pid", v.PID, "from_build", v.Build, "listeners", n)
+	return m, nil
+}
+
+// serveSocket gives the engine its own descriptor of f's socket and keeps
+// f (our copy, for handovers and replacements).
+func (s *server) serveSocket(m proxy.Mapping, f *os.File) error {
+	var err error
+	if m.Proto == proxy.TCP {
+		var ln net.Listener
+		if ln, err = net.FileListener(f); err == nil {
+			tl, ok := ln.(*net.TCPListener)
+			if !ok {
+				ln.Close()
+				return fmt.Errorf("mapping %s: the socket is not a TCP listener", m)
+			}
+			if err = s.p.AddTCPListener(m, tl); err != nil {
+				tl.Close()
+			}
+		}
+	} else {
+		var pc net.PacketConn
+		if pc, err = net.FilePacketConn(f); err == nil {
+			uc, ok := pc.(*net.UDPConn)
+			if !ok {
+				pc.Close()
+				return fmt.Errorf("mapping %s: the socket is not a UDP socket", m)
+			}
+			if err = s.p.AddUDPConn(m, uc); err != nil {
+				uc.Close()
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.want[m.Key()] = m
+	s.socks[m.Key()] = f
+	s.mu.Unlock()
+	return nil
+}
+
+// open makes m's listening socket, with IP_FREEBIND: the bought address
+// may come up on the interface after the listener.
+func open(m proxy.Mapping) (*os.File, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var c interface{ File() (*os.File, error) }
+	var cl io.Closer
+	if m.Proto == proxy.TCP {
+		ln, err := lc.Listen(context.Background(), "tcp4", m.Listen.String())
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", m.Key(), err)
+		}
+		c, cl = ln.(*net.TCPListener), ln
+	} else {
+		pc, err := lc.ListenPacket(context.Background(), "udp4", m.Listen.String())
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", m.Key(), err)
+		}
+		c, cl = pc.(*net.UDPConn), pc
+	}
+	defer cl.Close() // the File is a copy of the same socket
+	f, err := c.File()
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", m.Key(), err)
+	}
+	return f, nil
+}
+
+// apply makes the served set exactly ms. A changed mapping keeps its
+// socket (so no SYN is refused) but its connections to the old target
+// are closed with the old mapping.
+func (s *server) apply(ms []proxy.Mapping) []MappingError {
+	var failed []MappingError
+	fail := func(k proxy.Key, err error) {
+		failed = append(failed, MappingError{Key: k.String(), Error: err.Error()})
+	}
+	wanted := map[proxy.Key]proxy.Mapping{}
+	for _, m := range ms {
+		if _, dup := wanted[m.Key()]; dup {
+			fail(m.Key(), errors.New("given twice"))
+			continue
+		}
+		if err := m.Validate(); err != nil {
+			fail(m.Key(), err)
+			continue
+		}
+		wanted[m.Key()] = m
+	}
+	s.mu.Lock()
+	have := maps(s.want)
+	s.mu.Unlock()
+	for k := range have {
+		if _, ok := wanted[k]; !ok {
+			s.remove(k)
+			s.log.Info("mapping removed", "key", k.String())
+		}
+	}
+	for _, k := range sortedKeys(wanted) {
+		m := wanted[k]
+		old, ok := have[k]
+		switch {
+		case ok && old == m:
+			continue
+		case ok:
+			s.mu.Lock()
+			f := s.socks[k]
+			delete(s.socks, k)
+			delete(s.want, k)
+			s.mu.Unlock()
+			s.p.Remove(k)
+			if err := s.serveSocket(m, f); err != nil {
+				f.Close()
+				fail(k, err)
+				continue
+			}
+			s.log.Info("mapping replaced", "mapping", m.String(), "was", old.String())
+		default:
+			f, err := open(m)
+			if err == nil {
+				if err = s.serveSocket(m, f); err != nil {
+					f.Close()
+				}
+			}
+			if err != nil {
+				fail(k, err)
+				continue
+			}
+			s.log.Info("mapping added", "mapping", m.String())
+		}
+	}
+	return failed
+}
+
+func (s *server) remove(k proxy.Key) {
+	s.p.Remove(k)
+	s.mu.Lock()
+	if f := s.socks[k]; f != nil {
+		f.Close()
+	}
+	delete(s.socks, k)
+	delete(s.want, k)
+	s.mu.Unlock()
+}
+
+func (s *server) closeSocks() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, f := range s.socks {
+		f.Close()
+		delete(s.socks, k)
+	}
+}
+
+// drain stops accepting (the successor accepts on the same sockets), ends
+// the UDP sessions (their replies go out through the listening socket,
+// which the successor now reads: the client's next datagram makes a
+// session there), and exits once the TCP connections have ended, or at
+// the timeout.
+func (s *server) drain(timeout time.Duration) {
+	s.mu.Lock()
+	keys := sortedKeys(s.want)
+	s.mu.Unlock()
+	for _, k := range keys {
+		if k.Proto == proxy.TCP {
+			if err := s.p.StopAccepting(k); err != nil {
+				s.log.Warn("drain", "key", k.String(), "err", err)
+			}
+		} else {
+			s.p.Remove(k)
+		}
+	}
+	s.closeSocks()
+	s.log.Info("draining: not accepting; exiting when the connections have ended", "active", s.p.Active(), "timeout", timeout.String())
+	deadline := time.Now().Add(timeout)
+	for s.p.Active() > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.log.Info("drained", "active_left", s.p.Active())
+	s.finish()
+}
+
+func (s *server) finish() { s.doneOnce.Do(func() { close(s.done) }) }
+
+// listenControl binds the control socket under a name of its own, makes
+// it 0600 and renames it over DIR/proxy.sock: a predecessor keeps its
+// own (now unnamed) socket for the connections it has, and a client
+// never finds no socket at all.
+func (s *server) listenControl() (*net.UnixListener, error) {
+	final := socketPath(s.cfg.Dir)
+	tmp := filepath.Join(s.cfg.Dir, fmt.Sprintf(".%s.%d", SocketName, os.Getpid()))
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(tmp, &st); err == nil {
+		s.sockIno = st.Ino
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// removeOwn removes the socket and the pid file if they are still this
+// process's (a successor's are left alone).
+func (s *server) removeOwn() {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Stat(socketPath(s.cfg.Dir), &st) == nil && st.Ino == s.sockIno {
+		os.Remove(socketPath(s.cfg.Dir))
+	}
+	pidf := filepath.Join(s.cfg.Dir, PIDName)
+	if b, err := os.ReadFile(pidf); err == nil && string(b) == strconv.Itoa(os.Getpid())+"\n" {
+		os.Remove(pidf)
+	}
+}
+
+func (s *server) acceptLoop(ln *net.UnixListener) {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("control accept", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		go s.handle(c)
+	}
+}
+
+// peerAllowed: root, or the uid the proxy runs as. The socket is 0600 in
+// a 0700 directory already; this holds even if someone loosens those.
+func peerAllowed(c *net.UnixConn) (*unix.Ucred, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
+		return nil, false
+	}
+	return cred, cred.Uid == 0 || int(cred.Uid) == os.Geteuid()
+}
+
+func (s *server) handle(c *net.UnixConn) {
+	m := newMsgConn(c)
+	defer m.close()
+	if cred, ok := peerAllowed(c); !ok {
+		if cred != nil {
+			s.log.Warn("control: peer refused", "uid", cred.Uid, "pid", cred.Pid)
+		}
+		_ = m.send(response{Error: "permission denied: root only"})
+		return
+	}
+	for {
+		var req request
+		if err := m.recv(&req); err != nil {
+			return
+		}
+		if !s.serveOne(m, req) {
+			return
+		}
+	}
+}
+
+// serveOne answers req; false ends the connection.
+func (s *server) serveOne(m *msgConn, req request) bool {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	switch req.Op {
+	case opVersion:
+		return m.send(response{OK: true, Version: s.version()}) == nil
+	case opStats:
+		return m.send(response{OK: true, Stats: s.p.AllStats()}) == nil
+	case opApply:
+		if draining {
+			return m.send(response{Error: "draining: a successor serves; ask it"}) == nil
+		}
+		return m.send(response{OK: true, Failed: s.apply(req.Mappings)}) == nil
+	case opHandover:
+		return s.handover(m)
+	case opDrain:
+		s.mu.Lock()
+		already := s.draining
+		s.draining = true
+		s.mu.Unlock()
+		if err := m.send(response{OK: true}); err != nil || already {
+			return false
+		}
+		t := req.DrainTimeout
+		if t <= 0 {
+			t = s.cfg.DrainTimeout
+		}
+		go s.drain(t)
+		return true
+	case opWatch:
+		if m.send(response{OK: true, Version: s.version()}) != nil {
+			return false
+		}
+		// Held until the process exits: the supervisor learns of it by
+		// the end of this connection.
+		go func() { <-s.done; m.c.Close() }()
+		var r request
+		for m.recv(&r) == nil {
+		}
+		return false
+	case opStop:
+		s.log.Info("stop requested")
+		_ = m.send(response{OK: true})
+		s.finish()
+		return false
+	default:
+		return m.send(response{Error: fmt.Sprintf("unknown op %q", req.Op)}) == nil
+	}
+}
+
+// handover sends a copy of every listening socket, with its mapping. This
+// process keeps accepting until it is told to drain.
+func (s *server) handover(m *msgConn) bool {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return m.send(response{Error: "draining"}) == nil
+	}
+	type item struct {
+		m  proxy.Mapping
+		fd int
+	}
+	var items []item
+	for _, k := range sortedKeys(s.want) {
+		fd, err := unix.FcntlInt(s.socks[k].Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			s.mu.Unlock()
+			for _, it := range items {
+				unix.Close(it.fd)
+			}
+			return m.send(response{Error: fmt.Sprintf("handover: dup %s: %v", k, err)}) == nil
+		}
+		items = append(items, item{s.want[k], fd})
+	}
+	s.mu.Unlock()
+	defer func() {
+		for _, it := range items {
+			unix.Close(it.fd)
+		}
+	}()
+	for _, it := range items {
+		mp := it.m
+		if err := m.send(response{OK: true, Listener: &mp}, it.fd); err != nil {
+			return false
+		}
+	}
+	s.log.Info("handover: listening sockets sent", "count", len(items))
+	return m.send(response{OK: true, Done: true}) == nil
+}
+
+func (s *server) version() *Version {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := StateServing
+	if s.draining {
+		st = StateDraining
+	}
+	return &Version{Build: s.build, Revision: s.rev, PID: os.Getpid(), State: st, Started: s.start, Mappings: len(s.want)}
+}
+
+// BuildID is the sha256 of the executable at path: two binaries are the
+// same build exactly when their bytes are.
+func BuildID(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("build id: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("build id of %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func revision() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			return s.Value
+		}
+	}
+	return ""
+}
+
+func socketPath(dir string) string { return filepath.Join(dir, SocketName) }
+
+// prepareDir makes dir (and procs/) 0700, or checks that the one there is
+// a directory of this uid's that nobody else can write.
+func prepareDir(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("proxy dir %s: must be an absolute path", dir)
+	}
+	if len(socketPath(dir)) >= len(unix.RawSockaddrUnix{}.Path) {
+		return fmt.Errorf("proxy dir %s: too long for a unix socket path", dir)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, procsDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("proxy dir: %w", err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(d, &st); err != nil {
+			return fmt.Errorf("proxy dir: %w", err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() {
+			return fmt.Errorf("proxy dir %s: not a directory of uid %d", d, os.Geteuid())
+		}
+		if st.Mode&0o077 != 0 {
+			if err := os.Chmod(d, 0o700); err != nil {
+				return fmt.Errorf("proxy dir: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func maps(m map[proxy.Key]proxy.Mapping) map[proxy.Key]proxy.Mapping {
+	out := make(map[proxy.Key]proxy.Mapping, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[proxy.Key]V) []proxy.Key {
+	ks := make([]proxy.Key, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, compareKeys)
+	return ks
+}
+
+func compareKeys(a, b proxy.Key) int {
+	if a.Proto != b.Proto {
+		if a.Proto < b.Proto {
+			return -1
+		}
+		return 1
+	}
+	return a.Listen.Compare(b.Listen)
+}

@@ -1,0 +1,409 @@
+package proxyd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tenantnet/tenantnet/proxy"
+)
+
+// Config is the Supervisor's.
+type Config struct {
+	// Binary runs the proxy process as `Binary proxy --dir Dir ...`
+	// (tenantnetd: os.Executable()). Its sha256 is the build a running
+	// proxy must have to be adopted.
+	Binary string
+	// Dir holds the control socket, the pid file and the log
+	// (tenantnetd: <state_dir>/proxy). It must outlive tenantnetd's
+	// restarts: not a RuntimeDirectory systemd removes at stop.
+	Dir    string
+	Logger *slog.Logger
+	// Options of the engine; InNetNS is not supported (the process
+	// serves the namespace it is started in) and Logger is the
+	// process's own (to DIR/proxy.log).
+	Options proxy.Options
+	// DrainTimeout bounds how long a replaced process keeps its
+	// connections (0: DefaultDrainTimeout).
+	DrainTimeout time.Duration
+	// StartTimeout bounds a start or an upgrade (0: 10 s).
+	StartTimeout time.Duration
+}
+
+// Supervisor keeps a proxy process serving the last set applied. It
+// implements node.ProxyRunner.
+type Supervisor struct {
+	cfg   Config
+	log   *slog.Logger
+	build string
+
+	mu         sync.Mutex // one start, upgrade or apply at a time
+	pid        int        // the proxy serving
+	desired    []proxy.Mapping
+	hasDesired bool
+	applied    []proxy.Mapping // last applied in full to pid, sorted
+	appliedTo  int
+
+	closing chan struct{}
+	closed  sync.Once
+	watch   *msgConn
+	wmu     sync.Mutex
+	loop    sync.WaitGroup
+}
+
+// Start adopts the proxy serving cfg.Dir if it is of this build, upgrades
+// it if not (the new process takes its listening sockets over), starts
+// one if there is none, and keeps one running from then on: a proxy that
+// dies is started again, and given the last set applied.
+func Start(cfg Config) (*Supervisor, error) {
+	if cfg.Binary == "" || cfg.Dir == "" {
+		return nil, errors.New("proxy supervisor: Binary and Dir are required")
+	}
+	if cfg.Options.InNetNS != nil {
+		return nil, errors.New("proxy supervisor: Options.InNetNS is not supported")
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := prepareDir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	build, err := BuildID(cfg.Binary)
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{cfg: cfg, log: log.With("component", "proxy-supervisor"), build: build, closing: make(chan struct{})}
+	s.mu.Lock()
+	err = s.ensureLocked()
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	s.loop.Add(1)
+	go s.monitor()
+	return s, nil
+}
+
+// Build is the build id the Supervisor runs.
+func (s *Supervisor) Build() string { return s.build }
+
+// PID is the proxy process serving now.
+func (s *Supervisor) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pid
+}
+
+// ensureLocked makes a proxy of this build serve Dir.
+func (s *Supervisor) ensureLocked() error {
+	v, err := version(s.cfg.Dir)
+	switch {
+	case err == nil && v.State == StateServing && v.Build == s.build:
+		if v.PID != s.pid {
+			s.log.Info("proxy adopted", "pid", v.PID, "mappings", v.Mappings, "since", v.Started)
+		}
+		s.pid = v.PID
+	case err == nil && v.State == StateServing:
+		s.log.Info("proxy upgrade: the running proxy is another build; the new one takes its sockets over", "pid", v.PID, "build", v.Build, "new_build", s.build)
+		pid, err := s.spawn(true)
+		if err != nil {
+			return fmt.Errorf("proxy upgrade from pid %d: %w", v.PID, err)
+		}
+		s.pid = pid
+		s.log.Info("proxy upgraded", "pid", pid, "old_pid", v.PID)
+	default:
+		if err == nil {
+			s.log.Info("proxy draining, none serving: starting one", "draining_pid", v.PID)
+		}
+		pid, err := s.spawn(false)
+		if err != nil {
+			return fmt.Errorf("start the proxy: %w", err)
+		}
+		s.pid = pid
+		s.log.Info("proxy started", "pid", pid)
+	}
+	if s.hasDesired && s.appliedTo != s.pid {
+		if err := s.applyLocked(s.desired); err != nil {
+			s.log.Warn("proxy: re-apply", "err", err)
+		}
+	}
+	return nil
+}
+
+// spawn starts a proxy process and waits until it serves the socket.
+func (s *Supervisor) spawn(takeover bool) (int, error) {
+	logf, err := openLog(s.cfg.Dir)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	args := []string{Command, "--dir", s.cfg.Dir, "--drain-timeout", s.cfg.DrainTimeout.String()}
+	o := s.cfg.Options
+	if o.MaxConns > 0 {
+		args = append(args, "--max-conns", strconv.Itoa(o.MaxConns))
+	}
+	if o.UDPEvictIdle > 0 {
+		args = append(args, "--udp-evict-idle", o.UDPEvictIdle.String())
+	}
+	if ka := o.KeepAlive; ka != (proxy.Options{}).KeepAlive {
+		args = append(args, "--keepalive", fmt.Sprintf("%t,%s,%s,%d", ka.Enable, ka.Idle, ka.Interval, ka.Count))
+	}
+	if takeover {
+		args = append(args, "--takeover")
+	}
+	cmd := exec.Command(s.cfg.Binary, args...)
+	// Its own session and process group: a kill -9 of tenantnetd, or of
+	// its group, leaves it be. No pipe to us: it writes to its log.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("run %s: %w", s.cfg.Binary, err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it, if it dies while we live
+	deadline := time.After(s.cfg.StartTimeout)
+	for {
+		if v, err := version(s.cfg.Dir); err == nil && v.PID == pid && v.State == StateServing {
+			return pid, nil
+		}
+		select {
+		case err := <-exited:
+			return 0, fmt.Errorf("proxy process %d exited (%v) before serving; see %s", pid, err, filepath.Join(s.cfg.Dir, LogName))
+		case <-deadline:
+			cmd.Process.Kill()
+			return 0, fmt.Errorf("proxy process %d did not serve within %s; killed; see %s", pid, s.cfg.StartTimeout, filepath.Join(s.cfg.Dir, LogName))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// openLog opens DIR/proxy.log for appending, moving it to proxy.log.1
+// first once it has grown past 64 MiB.
+func openLog(dir string) (*os.File, error) {
+	p := filepath.Join(dir, LogName)
+	if st, err := os.Stat(p); err == nil && st.Size() > 64<<20 {
+		os.Rename(p, p+".1")
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("proxy log: %w", err)
+	}
+	return f, nil
+}
+
+// monitor holds a watch connection to the proxy serving; when it ends
+// (the process died, or drained after an upgrade), it makes sure one
+// serves again.
+func (s *Supervisor) monitor() {
+	defer s.loop.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		select {
+		case <-s.closing:
+			return
+		default:
+		}
+		s.mu.Lock()
+		want := s.pid
+		s.mu.Unlock()
+		if s.watchOnce(want) {
+			backoff = 50 * time.Millisecond
+		}
+		select {
+		case <-s.closing:
+			return
+		default:
+		}
+		s.mu.Lock()
+		err := s.ensureLocked()
+		s.mu.Unlock()
+		if err != nil {
+			s.log.Error("proxy not serving", "err", err, "retry_in", backoff)
+			select {
+			case <-s.closing:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+		}
+	}
+}
+
+// watchOnce blocks while the proxy pid serves; true if it did at first.
+func (s *Supervisor) watchOnce(pid int) bool {
+	m, err := dial(s.cfg.Dir, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	defer m.close()
+	if err := m.send(request{Op: opWatch}); err != nil {
+		return false
+	}
+	var resp response
+	if err := m.recv(&resp); err != nil || !resp.OK || resp.Version == nil || resp.Version.PID != pid {
+		return false
+	}
+	m.c.SetDeadline(time.Time{})
+	s.wmu.Lock()
+	s.watch = m
+	s.wmu.Unlock()
+	select {
+	case <-s.closing:
+		return true
+	default:
+	}
+	var r response
+	_ = m.recv(&r) // returns when the proxy's end closes, or Close closes ours
+	s.wmu.Lock()
+	s.watch = nil
+	s.wmu.Unlock()
+	return true
+}
+
+// Apply makes the proxy serve exactly ms (by proxy.Key). When ms is the
+// set last applied in full to the same process, it costs a sort and a
+// compare, no call.
+func (s *Supervisor) Apply(ms []proxy.Mapping) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.desired = slices.Clone(ms)
+	s.hasDesired = true
+	return s.applyLocked(ms)
+}
+
+func (s *Supervisor) applyLocked(ms []proxy.Mapping) error {
+	sorted := slices.Clone(ms)
+	slices.SortStableFunc(sorted, func(a, b proxy.Mapping) int { return compareKeys(a.Key(), b.Key()) })
+	if s.appliedTo == s.pid && s.pid != 0 && slices.Equal(sorted, s.applied) {
+		return nil
+	}
+	s.appliedTo, s.applied = 0, nil
+	resp, err := call(s.cfg.Dir, request{Op: opApply, Mappings: sorted}, time.Minute)
+	if err != nil {
+		return fmt.Errorf("proxy apply: %w", err)
+	}
+	if len(resp.Failed) > 0 {
+		var errs []string
+		for _, f := range resp.Failed {
+			errs = append(errs, f.Key+": "+f.Error)
+		}
+		return fmt.Errorf("proxy apply: %d of %d mappings failed: %s", len(resp.Failed), len(ms), strings.Join(errs, "; "))
+	}
+	s.applied, s.appliedTo = sorted, s.pid
+	return nil
+}
+
+// Stats are the counters of every mapping the proxy serves.
+func (s *Supervisor) Stats() ([]proxy.Stats, error) {
+	resp, err := call(s.cfg.Dir, request{Op: opStats}, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("proxy stats: %w", err)
+	}
+	return resp.Stats, nil
+}
+
+// Close stops supervising and leaves the proxy serving: tenantnetd
+// exits, the proxied connections go on, and the next Start adopts it.
+func (s *Supervisor) Close() error {
+	s.closed.Do(func() {
+		close(s.closing)
+		s.wmu.Lock()
+		if s.watch != nil {
+			s.watch.c.Close()
+		}
+		s.wmu.Unlock()
+		s.loop.Wait()
+	})
+	return nil
+}
+
+// Stop stops for good every proxy process of dir, the draining ones too
+// (tenantnetd cleanup), and waits for them to exit. No proxy there is not
+// an error. A process that does not exit in time is killed.
+func Stop(dir string) (stopped int, err error) {
+	if v, verr := version(dir); verr == nil {
+		if _, err := call(dir, request{Op: opStop}, 5*time.Second); err != nil {
+			return 0, err
+		}
+		if !waitGone(v.PID, 10*time.Second) {
+			return 0, fmt.Errorf("proxy %s: pid %d did not exit after stop", dir, v.PID)
+		}
+		stopped++
+	}
+	// The draining ones, and a serving one whose socket was removed.
+	ents, _ := os.ReadDir(filepath.Join(dir, procsDir))
+	for _, e := range ents {
+		pid, perr := strconv.Atoi(e.Name())
+		if perr != nil || !isProxyOf(pid, dir) {
+			os.Remove(filepath.Join(dir, procsDir, e.Name()))
+			continue
+		}
+		syscall.Kill(pid, syscall.SIGTERM)
+		if !waitGone(pid, 10*time.Second) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitGone(pid, 2*time.Second)
+		}
+		os.Remove(filepath.Join(dir, procsDir, e.Name()))
+		stopped++
+	}
+	if verr := func() error { _, e := version(dir); return e }(); verr == nil {
+		return stopped, fmt.Errorf("proxy %s: still serving after stop", dir)
+	}
+	os.Remove(socketPath(dir))
+	os.Remove(filepath.Join(dir, PIDName))
+	return stopped, nil
+}
+
+// isProxyOf says whether pid is a proxy process of dir (and not another
+// process that got the number since).
+func isProxyOf(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if len(args) < 2 || args[1] != Command {
+		return false
+	}
+	for i, a := range args {
+		if a == "--dir" && i+1 < len(args) && args[i+1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+func waitGone(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return true
+		}
+		// A zombie child of ours counts as gone.
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+				return true
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}

@@ -141,6 +141,7 @@ func (m *msgConn) recv(v any) error {
 		oob := make([]byte, unix.CmsgSpace(4*64))
 		// Go's ReadMsgUnix passes MSG_CMSG_CLOEXEC.
 		n, oobn, flags, _, err := m.c.ReadMsgUnix(b, oob)
+		n, oobn = max(n, 0), max(oobn, 0)
 		if oobn > 0 {
 			cms, perr := unix.ParseSocketControlMessage(oob[:oobn])
 			if perr != nil {
@@ -206,6 +207,11 @@ func call(dir string, req request, timeout time.Duration) (response, error) {
 	}
 	defer m.close()
 	if err := m.send(req); err != nil {
+		// A refused peer is told why before the proxy hangs up.
+		var resp response
+		if m.recv(&resp) == nil && resp.Error != "" {
+			return resp, fmt.Errorf("proxy %s: %s: %s", dir, req.Op, resp.Error)
+		}
 		return response{}, fmt.Errorf("proxy %s: send %s: %w", dir, req.Op, err)
 	}
 	var resp response

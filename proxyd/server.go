@@ -466,7 +466,7 @@ func (s *server) handle(c *net.UnixConn) {
 	defer m.close()
 	if cred, ok := peerAllowed(c); !ok {
 		if cred != nil {
-			s.log.Warn("control: peer refused", "uid", cred.Uid, "pid", cred.Pid)
+			s.log.Warn("control: peer refused", "uid", cred.Uid, "peer_pid", cred.Pid)
 		}
 		_ = m.send(response{Error: "permission denied: root only"})
 		return

@@ -32,7 +32,6 @@ const (
 	SocketName = "proxy.sock"
 	PIDName    = "proxy.pid"
 	LogName    = "proxy.log"
-	procsDir   = "procs" // one file per live proxy process, draining ones included
 )
 
 // Command is the subcommand of the binary that runs the proxy process.

@@ -23,8 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/tenantnet/tenantnet/proxy"
 )
 
@@ -618,7 +616,7 @@ func TestUpgradeHandsListenersOver(t *testing.T) {
 		t.Errorf("udp after the upgrade: %v", err)
 	}
 	if err := <-done; err != nil {
-		t.Fatalf("the transfer through the old process: %v", err)
+		t.Errorf("the transfer through the old process: %v", err)
 	}
 	time.Sleep(300 * time.Millisecond)
 	ok, failed, errs := loop.finish()
@@ -645,7 +643,9 @@ func TestUpgradeHandsListenersOver(t *testing.T) {
 	if got := socketInode(t, la); got != ino {
 		t.Errorf("the apply after the upgrade reopened the listener: inode %s, was %s", got, ino)
 	}
-	t.Logf("upgrade %d → %d: %d connections during it, none failed; the transfer through the old process finished", oldPID, newPID, ok)
+	if !t.Failed() {
+		t.Logf("upgrade %d → %d: %d connections during it, none failed; the transfer through the old process finished", oldPID, newPID, ok)
+	}
 }
 
 func TestProxyCrashIsRestarted(t *testing.T) {
@@ -772,5 +772,3 @@ func roundTripOn(c net.Conn) error {
 	_, err := io.ReadFull(c, b)
 	return err
 }
-
-var _ = unix.Getuid

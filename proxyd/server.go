@@ -85,11 +85,6 @@ func Serve(cfg ServeConfig) error {
 	}
 	s := &server{cfg: cfg, log: log, p: proxy.New(cfg.Options), build: build, rev: revision(), start: time.Now(),
 		want: map[proxy.Key]proxy.Mapping{}, socks: map[proxy.Key]*os.File{}, done: make(chan struct{})}
-	procFile := filepath.Join(cfg.Dir, procsDir, strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(procFile, []byte(build+"\n"), 0o600); err != nil {
-		return fmt.Errorf("proxy process: %w", err)
-	}
-	defer os.Remove(procFile)
 
 	var old *msgConn
 	if v, err := version(cfg.Dir); err == nil && v.State == StateServing {
@@ -614,8 +609,8 @@ func revision() string {
 
 func socketPath(dir string) string { return filepath.Join(dir, SocketName) }
 
-// prepareDir makes dir (and procs/) 0700, or checks that the one there is
-// a directory of this uid's that nobody else can write.
+// prepareDir makes dir 0700, or checks that the one there is a directory
+// of this uid's, and makes it 0700.
 func prepareDir(dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("proxy dir %s: must be an absolute path", dir)
@@ -623,21 +618,19 @@ func prepareDir(dir string) error {
 	if len(socketPath(dir)) >= len(unix.RawSockaddrUnix{}.Path) {
 		return fmt.Errorf("proxy dir %s: too long for a unix socket path", dir)
 	}
-	for _, d := range []string{dir, filepath.Join(dir, procsDir)} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("proxy dir: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("proxy dir: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("proxy dir %s: not a directory of uid %d", dir, os.Geteuid())
+	}
+	if st.Mode&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("proxy dir: %w", err)
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(d, &st); err != nil {
-			return fmt.Errorf("proxy dir: %w", err)
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() {
-			return fmt.Errorf("proxy dir %s: not a directory of uid %d", d, os.Geteuid())
-		}
-		if st.Mode&0o077 != 0 {
-			if err := os.Chmod(d, 0o700); err != nil {
-				return fmt.Errorf("proxy dir: %w", err)
-			}
 		}
 	}
 	return nil

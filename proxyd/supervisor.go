@@ -336,9 +336,13 @@ func (s *Supervisor) Close() error {
 }
 
 // Stop stops for good every proxy process of dir, the draining ones too
-// (tenantnetd cleanup), and waits for them to exit. No proxy there is not
-// an error. A process that does not exit in time is killed.
+// (tenantnetd cleanup), and waits for them to exit: the one serving
+// through its socket, then any other found in /proc by its command line
+// (`... proxy --dir DIR`), which finds them even when dir was removed.
+// No proxy there is not an error. A process that does not exit in time
+// is killed.
 func Stop(dir string) (stopped int, err error) {
+	dir = filepath.Clean(dir)
 	if v, verr := version(dir); verr == nil {
 		if _, err := call(dir, request{Op: opStop}, 5*time.Second); err != nil {
 			return 0, err
@@ -348,62 +352,84 @@ func Stop(dir string) (stopped int, err error) {
 		}
 		stopped++
 	}
-	// The draining ones, and a serving one whose socket was removed.
-	ents, _ := os.ReadDir(filepath.Join(dir, procsDir))
-	for _, e := range ents {
-		pid, perr := strconv.Atoi(e.Name())
-		if perr != nil || !isProxyOf(pid, dir) {
-			os.Remove(filepath.Join(dir, procsDir, e.Name()))
-			continue
-		}
+	for _, pid := range proxiesOf(dir) {
 		syscall.Kill(pid, syscall.SIGTERM)
 		if !waitGone(pid, 10*time.Second) {
 			syscall.Kill(pid, syscall.SIGKILL)
-			waitGone(pid, 2*time.Second)
+			if !waitGone(pid, 2*time.Second) {
+				return stopped, fmt.Errorf("proxy %s: pid %d survives SIGKILL", dir, pid)
+			}
 		}
-		os.Remove(filepath.Join(dir, procsDir, e.Name()))
 		stopped++
-	}
-	if verr := func() error { _, e := version(dir); return e }(); verr == nil {
-		return stopped, fmt.Errorf("proxy %s: still serving after stop", dir)
 	}
 	os.Remove(socketPath(dir))
 	os.Remove(filepath.Join(dir, PIDName))
 	return stopped, nil
 }
 
-// isProxyOf says whether pid is a proxy process of dir (and not another
-// process that got the number since).
-func isProxyOf(pid int, dir string) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
-	}
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	if len(args) < 2 || args[1] != Command {
-		return false
-	}
-	for i, a := range args {
-		if a == "--dir" && i+1 < len(args) && args[i+1] == dir {
-			return true
+// proxiesOf lists the live proxy processes of dir, from their command
+// lines (`<binary> proxy ... --dir DIR ...`, not --status or --stop).
+func proxiesOf(dir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) < 2 || args[1] != Command || slices.Contains(args, "--status") || slices.Contains(args, "--stop") {
+			continue
+		}
+		for i, a := range args {
+			if a == "--dir" && i+1 < len(args) && filepath.Clean(args[i+1]) == dir && !gone(pid) {
+				pids = append(pids, pid)
+				break
+			}
 		}
 	}
-	return false
+	return pids
 }
+
+// DirFor is the proxy's directory of a node whose state_dir is stateDir:
+// it survives restarts of the service (systemd removes a
+// RuntimeDirectory at stop).
+func DirFor(stateDir string) string { return filepath.Join(stateDir, "proxy") }
 
 func waitGone(pid int, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if gone(pid) {
 			return true
-		}
-		// A zombie child of ours counts as gone.
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-			if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] == "Z" {
-				return true
-			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return false
+	return gone(pid)
+}
+
+// gone: no such process, or a zombie (a child of ours not reaped yet).
+func gone(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// Running says whether a proxy process of dir is alive (serving or
+// draining).
+func Running(dir string) bool {
+	if _, err := version(dir); err == nil {
+		return true
+	}
+	return len(proxiesOf(filepath.Clean(dir))) > 0
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/internal/cli"
 	"github.com/tenantnet/tenantnet/node"
+	"github.com/tenantnet/tenantnet/proxyd"
 )
 
 func cleanupCmd() *command {
@@ -46,7 +47,14 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules and the datapath at %s%s\n",
-		rep.Links, rep.WireGuard, rep.ExitRules, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
+	// After node.Cleanup, which removes nothing when it refuses a purge;
+	// Stop finds the proxy processes by their command line even when the
+	// purge took their directory.
+	proxies, err := proxyd.Stop(proxyd.DirFor(cfg.StateDir))
+	if err != nil {
+		return fmt.Errorf("stop the IPv4 proxy: %w", err)
+	}
+	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules, %d proxy processes and the datapath at %s%s\n",
+		rep.Links, rep.WireGuard, rep.ExitRules, proxies, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
 	return nil
 }

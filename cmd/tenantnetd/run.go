@@ -82,6 +82,19 @@ func serve(cfgPath string, adopt bool) error {
 		log.Warn("--adopt: the first reconcile deletes every link and firewall tenant the state does not know", "state_dir", cfg.StateDir)
 		s.SetAdopt(true)
 	}
+	// The IPv4 proxy (issue 17) is a process of its own that outlives
+	// this one: adopted if it runs, upgraded if it is another build,
+	// started if none. A proxy that cannot start is logged, not fatal:
+	// the rest of the node does not wait on it.
+	// TODO(merge): hand px to the node once h-ipv4's setter exists:
+	// s.SetProxyRunner(px) (reconcile then calls px.Apply every run).
+	px, err := startProxy(cfg, log)
+	if err != nil {
+		log.Error("the IPv4 proxy is not running; exposures are not served", "err", err)
+	}
+	if px != nil {
+		defer px.Close() // leaves the proxy serving
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Converge once before serving: the API then answers from a node

@@ -206,10 +206,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Handler returns the /metrics handler for a node service.
-func Handler(s *node.Service, log *slog.Logger) http.Handler {
+func Handler(s *node.Service, log *slog.Logger, extra ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{s: s, log: log}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(extra...)
 	// One scrape at a time (each walks the conntrack table and takes the
 	// service's lock): others get 503 rather than piling up.
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),

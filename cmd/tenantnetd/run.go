@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	"golang.org/x/net/netutil"
 
@@ -103,7 +104,11 @@ func serve(cfgPath string, adopt bool) error {
 		log.Warn("first reconcile had errors; retrying in the loop", "err", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(s, log))
+	var extra []prometheus.Collector
+	if px != nil {
+		extra = append(extra, metrics.ProxyCollector(px, log))
+	}
+	mux.Handle("/metrics", metrics.Handler(s, log, extra...))
 	// A scrape walks every map: its time is bounded, and so are the
 	// connections (and the handler serves two scrapes at once).
 	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,

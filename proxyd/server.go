@@ -51,6 +51,9 @@ type server struct {
 	rev   string
 	start time.Time
 
+	// opMu makes apply, handover and drain one at a time: a handover
+	// sends the set as it is between two applies.
+	opMu     sync.Mutex
 	mu       sync.Mutex
 	want     map[proxy.Key]proxy.Mapping // as applied, without defaults
 	socks    map[proxy.Key]*os.File      // our own copy of each listening socket
@@ -479,6 +482,11 @@ func (s *server) handle(c *net.UnixConn) {
 
 // serveOne answers req; false ends the connection.
 func (s *server) serveOne(m *msgConn, req request) bool {
+	switch req.Op {
+	case opApply, opHandover, opDrain:
+		s.opMu.Lock()
+		defer s.opMu.Unlock()
+	}
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()

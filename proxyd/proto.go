@@ -192,6 +192,16 @@ func dial(dir string, timeout time.Duration) (*msgConn, error) {
 		return nil, err
 	}
 	uc := c.(*net.UnixConn)
+	// The other way round too: a socket someone else put at that path
+	// (a directory opened to all, even for a moment) is not our proxy,
+	// and must not get the mappings nor be adopted.
+	if cred, ok := peerAllowed(uc); !ok {
+		uc.Close()
+		if cred == nil {
+			return nil, fmt.Errorf("proxy socket %s: cannot tell who serves it", socketPath(dir))
+		}
+		return nil, fmt.Errorf("proxy socket %s: served by uid %d (pid %d), not root: refused", socketPath(dir), cred.Uid, cred.Pid)
+	}
 	if timeout > 0 {
 		_ = uc.SetDeadline(time.Now().Add(timeout))
 	}

@@ -41,6 +41,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childSupervise())
 	case "dial":
 		os.Exit(childDial())
+	case "fake":
+		os.Exit(childFake())
 	}
 	os.Exit(m.Run())
 }
@@ -80,6 +82,43 @@ func childDial() int {
 		fmt.Println("ANSWERED", resp.Version.PID)
 	}
 	return 0
+}
+
+// childFake (run as another uid) listens on PROXYD_TEST_DIR/proxy.sock
+// and says it is a serving proxy of build PROXYD_TEST_BUILD; it prints
+// every op it is sent.
+func childFake() int {
+	os.Remove(socketPath(os.Getenv("PROXYD_TEST_DIR")))
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socketPath(os.Getenv("PROXYD_TEST_DIR")), Net: "unix"})
+	if err != nil {
+		fmt.Println("LISTEN", err)
+		return 1
+	}
+	os.Chmod(socketPath(os.Getenv("PROXYD_TEST_DIR")), 0o777)
+	fmt.Println("listening")
+	v := &Version{Build: os.Getenv("PROXYD_TEST_BUILD"), PID: os.Getpid(), State: StateServing}
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return 1
+		}
+		go func() {
+			m := newMsgConn(c)
+			defer m.close()
+			for {
+				var req request
+				if m.recv(&req) != nil {
+					return
+				}
+				fmt.Println("GOT", req.Op)
+				if req.Op == opWatch {
+					m.send(response{OK: true, Version: v})
+					select {}
+				}
+				m.send(response{OK: true, Version: v})
+			}
+		}()
+	}
 }
 
 func needRoot(t *testing.T) {
@@ -807,4 +846,88 @@ func roundTripOn(c net.Conn) error {
 	b := make([]byte, 1)
 	_, err := io.ReadFull(c, b)
 	return err
+}
+
+func TestSupervisorRefusesAProxyOfAnotherUser(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	bdir, err := os.MkdirTemp("", "pxdbin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(bdir)
+	os.Chmod(bdir, 0o755)
+	b, _ := os.ReadFile(testBinary(t))
+	bin := filepath.Join(bdir, "t")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build, err := BuildID(testBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Binary: testBinary(t), Dir: dir, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+
+	// A user who got to a directory open to all first, with a socket of
+	// their own that claims our build.
+	os.Chmod(dir, 0o777)
+	fake := exec.Command(bin)
+	fake.Env = []string{"PROXYD_TEST_CHILD=fake", "PROXYD_TEST_DIR=" + dir, "PROXYD_TEST_BUILD=" + build}
+	fake.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := fake.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { fake.Process.Kill(); fake.Wait() }()
+	r := bufio.NewReader(out)
+	if line, _ := r.ReadString('\n'); line != "listening\n" {
+		t.Fatalf("fake proxy: %q", line)
+	}
+	var mu sync.Mutex
+	var got []string
+	go func() {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got = append(got, strings.TrimSpace(line))
+			mu.Unlock()
+		}
+	}()
+	if s, err := Start(cfg); err == nil {
+		s.Close()
+		t.Errorf("started on a directory writable by all (proxy %d, the fake is %d)", s.PID(), fake.Process.Pid)
+	} else if !strings.Contains(err.Error(), "writable by group or others") {
+		t.Errorf("start on a directory writable by all: %v", err)
+	}
+
+	// Once the directory is ours again, with the fake's socket still in
+	// it: neither adopted nor sent the mappings.
+	os.Chmod(dir, 0o700)
+	la := listenAddr(t)
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatalf("start with the fake's socket in the way: %v", err)
+	}
+	defer s.Close()
+	if s.PID() == fake.Process.Pid {
+		t.Errorf("adopted the socket of uid 65534 (pid %d) as its proxy", s.PID())
+	}
+	if err := s.Apply([]proxy.Mapping{{Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}}); err != nil {
+		t.Errorf("apply: %v", err)
+	}
+	if err := roundTrip(la); err != nil {
+		t.Errorf("the real proxy does not serve: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) > 0 {
+		t.Errorf("the fake proxy was sent %q", got)
+	}
 }

@@ -618,7 +618,7 @@ func revision() string {
 func socketPath(dir string) string { return filepath.Join(dir, SocketName) }
 
 // prepareDir makes dir 0700, or checks that the one there is a directory
-// of this uid's, and makes it 0700.
+// of this uid's that only this uid can write (and makes it 0700).
 func prepareDir(dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("proxy dir %s: must be an absolute path", dir)
@@ -636,6 +636,11 @@ func prepareDir(dir string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("proxy dir %s: not a directory of uid %d", dir, os.Geteuid())
 	}
+	// Writable by others, it may hold what others put there: a socket
+	// posing as the proxy, a symlink where the log goes.
+	if st.Mode&0o022 != 0 {
+		return fmt.Errorf("proxy dir %s: writable by group or others (mode %#o): remove it, or make it 0700", dir, st.Mode&0o777)
+	}
 	if st.Mode&0o077 != 0 {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("proxy dir: %w", err)
@@ -646,7 +651,15 @@ func prepareDir(dir string) error {
 
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

@@ -202,7 +202,7 @@ func openLog(dir string) (*os.File, error) {
 	if st, err := os.Stat(p); err == nil && st.Size() > 64<<20 {
 		os.Rename(p, p+".1")
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("proxy log: %w", err)
 	}

@@ -410,20 +410,33 @@ func (l *clientLoop) finish() (ok, failed int64, errs []string) {
 // /proc/net/tcp: the same inode means the same socket, never reopened.
 func socketInode(t *testing.T, a netip.AddrPort) string {
 	t.Helper()
+	ino, ok := listenInodes(t)[a]
+	if !ok {
+		t.Fatalf("no socket listening on %s", a)
+	}
+	return ino
+}
+
+func listenInodes(t *testing.T) map[netip.AddrPort]string {
+	t.Helper()
 	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ip := a.Addr().As4()
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port())
+	out := map[netip.AddrPort]string{}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 9 && f[1] == want && f[3] == "0A" { // LISTEN
-			return f[9]
+		if len(f) < 10 || f[3] != "0A" { // LISTEN
+			continue
 		}
+		var ip [4]byte
+		var port uint16
+		if _, err := fmt.Sscanf(f[1], "%02X%02X%02X%02X:%04X", &ip[3], &ip[2], &ip[1], &ip[0], &port); err != nil {
+			continue
+		}
+		out[netip.AddrPortFrom(netip.AddrFrom4(ip), port)] = f[9]
 	}
-	t.Fatalf("no socket listening on %s", a)
-	return ""
+	return out
 }
 
 func startSupervisor(t *testing.T, binary, dir string) *Supervisor {
@@ -929,5 +942,93 @@ func TestSupervisorRefusesAProxyOfAnotherUser(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) > 0 {
 		t.Errorf("the fake proxy was sent %q", got)
+	}
+}
+
+// Many listeners handed over at once: each descriptor must go with its
+// own mapping (a mix-up would serve one address's clients on another's
+// target, or fail the address check).
+func TestUpgradeManyListeners(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	const n = 300
+	var ms []proxy.Mapping
+	tags := map[netip.AddrPort]string{}
+	for i := range n {
+		la := listenAddr(t)
+		tag := fmt.Sprintf("target-%d", i)
+		ms = append(ms, proxy.Mapping{Name: tag, Listen: la, Proto: proxy.TCP, Target: tagTCP(t, tag)})
+		tags[la] = tag
+	}
+	s1 := startSupervisor(t, testBinary(t), dir)
+	if err := s1.Apply(ms); err != nil {
+		t.Fatal(err)
+	}
+	inodes := listenInodes(t)
+	s1.Close()
+	s2 := startSupervisor(t, otherBuild(t, dir), dir)
+	if err := s2.Apply(ms); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := version(dir); err != nil || v.Mappings != n {
+		t.Fatalf("after the upgrade: %+v, %v", v, err)
+	}
+	for la, tag := range tags {
+		c, err := net.DialTimeout("tcp4", la.String(), 2*time.Second)
+		if err != nil {
+			t.Errorf("%s: %v", la, err)
+			continue
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if string(b) != tag {
+			t.Errorf("%s answered %q, want %q", la, b, tag)
+		}
+	}
+	after := listenInodes(t)
+	for la := range tags {
+		if after[la] == "" || after[la] != inodes[la] {
+			t.Errorf("%s reopened: inode %s, was %s", la, after[la], inodes[la])
+		}
+	}
+}
+
+// A connection that never ends does not keep the old process forever.
+func TestDrainTimeout(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	la := listenAddr(t)
+	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
+	s1, err := Start(Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
+		t.Fatal(err)
+	}
+	old := s1.PID()
+	c, err := net.Dial("tcp4", la.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTripOn(c); err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+	s2, err := Start(Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	start := time.Now()
+	if !waitGone(old, 5*time.Second) {
+		t.Fatal("the old process outlived its drain timeout by 4 s")
+	}
+	t.Logf("old process gone %s after the upgrade (drain timeout 1 s)", time.Since(start).Round(10*time.Millisecond))
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the connection held by the old process is still open")
 	}
 }

@@ -46,6 +46,7 @@ const (
 	opDrain    = "drain"
 	opWatch    = "watch"
 	opStop     = "stop"
+	opFollow   = "follow"
 )
 
 // States a proxy process reports.

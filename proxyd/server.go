@@ -59,8 +59,10 @@ type server struct {
 	socks    map[proxy.Key]*os.File      // our own copy of each listening socket
 	draining bool
 
-	done     chan struct{} // closed when the process is to exit
-	doneOnce sync.Once
+	done      chan struct{} // closed when the process is to exit
+	doneOnce  sync.Once
+	followers sync.WaitGroup // follow connections still to get the final counters
+	pred      *predecessor   // the process this one took over from, while it drains
 	sockIno  uint64 // the control socket we bound, to remove only our own
 }
 
@@ -94,6 +96,7 @@ func Serve(cfg ServeConfig) error {
 		if !cfg.Takeover {
 			return fmt.Errorf("proxy process: a proxy already serves %s (pid %d, build %.12s); --takeover replaces it", cfg.Dir, v.PID, v.Build)
 		}
+		s.pred = follow(cfg.Dir, log)
 		old, err = s.takeover(v)
 		if err != nil {
 			s.p.Close()
@@ -139,6 +142,14 @@ func Serve(cfg ServeConfig) error {
 	}
 	ln.Close()
 	s.removeOwn()
+	// A successor following our counters gets the final ones before the
+	// mappings close.
+	flushed := make(chan struct{})
+	go func() { s.followers.Wait(); close(flushed) }()
+	select {
+	case <-flushed:
+	case <-time.After(2 * time.Second):
+	}
 	s.p.Close()
 	s.closeSocks()
 	log.Info("proxy exited")
@@ -291,6 +302,7 @@ func (s *server) apply(ms []proxy.Mapping) []MappingError {
 	for k := range have {
 		if _, ok := wanted[k]; !ok {
 			s.remove(k)
+			s.pred.forget(k)
 			s.log.Info("mapping removed", "key", k.String())
 		}
 	}
@@ -307,6 +319,7 @@ func (s *server) apply(ms []proxy.Mapping) []MappingError {
 			delete(s.want, k)
 			s.mu.Unlock()
 			s.p.Remove(k)
+			s.pred.forget(k)
 			if err := s.serveSocket(m, f); err != nil {
 				f.Close()
 				fail(k, err)
@@ -494,7 +507,28 @@ func (s *server) serveOne(m *msgConn, req request) bool {
 	case opVersion:
 		return m.send(response{OK: true, Version: s.version()}) == nil
 	case opStats:
-		return m.send(response{OK: true, Stats: s.p.AllStats()}) == nil
+		return m.send(response{OK: true, Stats: s.allStats()}) == nil
+	case opFollow:
+		// Counters every second and, once the process is to exit, the
+		// final ones: the successor adds them to its own.
+		s.followers.Add(1)
+		defer s.followers.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		if m.send(response{OK: true, Stats: s.allStats()}) != nil {
+			return false
+		}
+		for {
+			select {
+			case <-tick.C:
+				if m.send(response{OK: true, Stats: s.allStats()}) != nil {
+					return false
+				}
+			case <-s.done:
+				m.send(response{OK: true, Stats: s.allStats(), Done: true})
+				return false
+			}
+		}
 	case opApply:
 		if draining {
 			return m.send(response{Error: "draining: a successor serves; ask it"}) == nil
@@ -690,4 +724,112 @@ func compareKeys(a, b proxy.Key) int {
 		return 1
 	}
 	return a.Listen.Compare(b.Listen)
+}
+
+// predecessor holds the counters of the process this one took over from:
+// they are added to this one's, so that the counters of a mapping carry
+// on across an upgrade.
+type predecessor struct {
+	mu        sync.Mutex
+	last      map[proxy.Key]proxy.Stats
+	forgotten map[proxy.Key]bool
+}
+
+// follow asks the proxy serving dir for its counters until it exits; nil
+// if it cannot be reached.
+func follow(dir string, log *slog.Logger) *predecessor {
+	m, err := dial(dir, 5*time.Second)
+	if err != nil {
+		log.Warn("takeover: follow the old proxy's counters", "err", err)
+		return nil
+	}
+	if err := m.send(request{Op: opFollow}); err != nil {
+		m.close()
+		log.Warn("takeover: follow the old proxy's counters", "err", err)
+		return nil
+	}
+	m.c.SetDeadline(time.Time{})
+	p := &predecessor{last: map[proxy.Key]proxy.Stats{}, forgotten: map[proxy.Key]bool{}}
+	go func() {
+		defer m.close()
+		for {
+			var resp response
+			err := m.recv(&resp)
+			p.mu.Lock()
+			if err == nil && resp.OK {
+				seen := map[proxy.Key]bool{}
+				for _, st := range resp.Stats {
+					k := st.Mapping.Key()
+					seen[k] = true
+					if !p.forgotten[k] {
+						p.last[k] = st
+					}
+				}
+				// Gone from the old process (its UDP mappings end at
+				// the drain): what it counted stays, nothing is open.
+				for k, st := range p.last {
+					if !seen[k] {
+						st.Active = 0
+						p.last[k] = st
+					}
+				}
+			}
+			if err != nil || resp.Done {
+				for k, st := range p.last {
+					st.Active = 0
+					p.last[k] = st
+				}
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+// forget drops k's counters: a replaced or removed mapping starts again.
+func (p *predecessor) forget(k proxy.Key) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	delete(p.last, k)
+	p.forgotten[k] = true
+	p.mu.Unlock()
+}
+
+// allStats are the engine's counters plus, for the mappings handed over,
+// the predecessor's.
+func (s *server) allStats() []proxy.Stats {
+	own := s.p.AllStats()
+	if s.pred == nil {
+		return own
+	}
+	s.pred.mu.Lock()
+	defer s.pred.mu.Unlock()
+	for i, st := range own {
+		b, ok := s.pred.last[st.Mapping.Key()]
+		if !ok {
+			continue
+		}
+		st.Active += b.Active
+		st.Total += b.Total
+		st.DialErrors += b.DialErrors
+		st.BytesToTarget += b.BytesToTarget
+		st.BytesFromTarget += b.BytesFromTarget
+		st.IdleClosed += b.IdleClosed
+		st.Evicted += b.Evicted
+		st.Dropped += b.Dropped
+		refused := make(map[proxy.Reason]uint64, len(st.Refused))
+		for r, n := range st.Refused {
+			refused[r] = n
+		}
+		for r, n := range b.Refused {
+			refused[r] += n
+		}
+		st.Refused = refused
+		own[i] = st
+	}
+	return own
 }

@@ -12,9 +12,10 @@ import (
 )
 
 // The IPv4 proxy's counters, per mapping (issue 17). They live in the
-// proxy process: a restart of tenantnetd keeps them, an upgrade of the
-// proxy (a new process) starts them again from zero, which rate() and
-// increase() take for a counter reset.
+// proxy process: a restart of tenantnetd keeps them, and so does an
+// upgrade (the new process adds the old one's); a crash of the proxy
+// starts them again from zero, which rate() and increase() take for a
+// counter reset.
 var (
 	proxyLabels = []string{"mapping", "listen", "proto", "target"}
 	pxUp        = prometheus.NewDesc("tenantnet_proxy_up",

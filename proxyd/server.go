@@ -63,7 +63,7 @@ type server struct {
 	doneOnce  sync.Once
 	followers sync.WaitGroup // follow connections still to get the final counters
 	pred      *predecessor   // the process this one took over from, while it drains
-	sockIno  uint64 // the control socket we bound, to remove only our own
+	sockIno   uint64         // the control socket we bound, to remove only our own
 }
 
 // Serve runs the proxy process until it is stopped (op stop, SIGTERM,

@@ -1036,3 +1036,39 @@ func TestDrainTimeout(t *testing.T) {
 		t.Error("the connection held by the old process is still open")
 	}
 }
+
+// A new build that cannot serve leaves the old proxy serving, and in use.
+func TestFailedUpgradeKeepsTheOldProxy(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	la := listenAddr(t)
+	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
+	s1 := startSupervisor(t, testBinary(t), dir)
+	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
+		t.Fatal(err)
+	}
+	old := s1.PID()
+	s1.Close()
+	bad := filepath.Join(dir, "broken")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho broken build >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s2 := startSupervisor(t, bad, dir)
+	if s2.PID() != old {
+		t.Fatalf("after a failed upgrade the supervisor runs %d, want the old %d", s2.PID(), old)
+	}
+	m2 := m
+	m2.Target = tagTCP(t, "applied")
+	if err := s2.Apply([]proxy.Mapping{m2}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp4", la.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close()
+	if string(b) != "applied" {
+		t.Errorf("the old proxy after the apply answered %q", b)
+	}
+}

@@ -124,6 +124,15 @@ func (s *Supervisor) ensureLocked() error {
 		s.log.Info("proxy upgrade: the running proxy is another build; the new one takes its sockets over", "pid", v.PID, "build", v.Build, "new_build", s.build)
 		pid, err := s.spawn(true)
 		if err != nil {
+			// The old process accepts until the new one tells it to
+			// drain, which comes last: it still serves. Keep using it
+			// (the protocol's apply and stats are the same) rather
+			// than have no proxy; the next start tries again.
+			if v2, verr := version(s.cfg.Dir); verr == nil && v2.PID == v.PID && v2.State == StateServing {
+				s.log.Error("proxy upgrade failed; the running proxy of the other build stays in use", "pid", v.PID, "err", err)
+				s.pid = v.PID
+				break
+			}
 			return fmt.Errorf("proxy upgrade from pid %d: %w", v.PID, err)
 		}
 		s.pid = pid

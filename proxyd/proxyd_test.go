@@ -931,7 +931,7 @@ func TestSupervisorRefusesAProxyOfAnotherUser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("start with the fake's socket in the way: %v", err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	if s.PID() == fake.Process.Pid {
 		t.Errorf("adopted the socket of uid 65534 (pid %d) as its proxy", s.PID())
 	}
@@ -1008,6 +1008,9 @@ func TestDrainTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before testDir's cleanup stops the proxies, or a supervisor left
+	// running would start them again.
+	t.Cleanup(func() { s1.Close() })
 	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
 		t.Fatal(err)
 	}
@@ -1025,7 +1028,7 @@ func TestDrainTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s2.Close()
+	t.Cleanup(func() { s2.Close() })
 	start := time.Now()
 	if !waitGone(old, 5*time.Second) {
 		t.Fatal("the old process outlived its drain timeout by 4 s")

@@ -328,8 +328,10 @@ func (s *Store) Expose(e Exposure, remote []netip.Prefix) (bool, error) {
 	default:
 		return false, fmt.Errorf("proxy protocol %q: want none, v1 or v2: %w", e.ProxyProtocol, ErrInvalid)
 	}
-	if e.Proto == "udp" && e.ProxyProtocol == PPV1 {
-		return false, fmt.Errorf("proxy protocol v1 is TCP only (v2 for udp): %w", ErrInvalid)
+	if e.Proto == "udp" && e.ProxyProtocol != PPNone {
+		// The proxy engine puts no header on datagrams: the client's
+		// IPv4 reaches a UDP service in the source address only.
+		return false, fmt.Errorf("proxy protocol %s: tcp only (a udp service sees the client's IPv4 in the source address): %w", e.ProxyProtocol, ErrInvalid)
 	}
 	if !e.Addr.Is4() {
 		return false, fmt.Errorf("address %s: not IPv4: %w", e.Addr, ErrInvalid)

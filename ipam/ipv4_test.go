@@ -197,7 +197,7 @@ func TestExpose(t *testing.T) {
 		{"port 0", Exposure{Network: "acme", Proto: "tcp", Addr: la.Addr, Port: 0, Target: netip.AddrPortFrom(web.Addr, 80)}, ErrInvalid, "port 0"},
 		{"target port 0", Exposure{Network: "acme", Proto: "tcp", Addr: la.Addr, Port: 80, Target: netip.AddrPortFrom(web.Addr, 0)}, ErrInvalid, "want [IPv6]:port"},
 		{"bad proto", Exposure{Network: "acme", Proto: "sctp", Addr: la.Addr, Port: 80, Target: netip.AddrPortFrom(web.Addr, 80)}, ErrInvalid, "want tcp or udp"},
-		{"v1 on udp", Exposure{Network: "acme", Proto: "udp", Addr: la.Addr, Port: 80, Target: netip.AddrPortFrom(web.Addr, 80), ProxyProtocol: PPV1}, ErrInvalid, "TCP only"},
+		{"v2 on udp", Exposure{Network: "acme", Proto: "udp", Addr: la.Addr, Port: 80, Target: netip.AddrPortFrom(web.Addr, 80), ProxyProtocol: PPV2}, ErrInvalid, "tcp only"},
 	} {
 		_, err := s.Expose(c.e, remote)
 		if !errors.Is(err, c.kind) || !strings.Contains(err.Error(), c.msg) {
@@ -206,7 +206,7 @@ func TestExpose(t *testing.T) {
 	}
 	// UDP on the same port is another exposure; a remote workload is fine.
 	for _, e := range []Exposure{
-		{Network: "acme", Proto: "udp", Addr: la.Addr, Port: 443, Target: netip.AddrPortFrom(web.Addr, 443), ProxyProtocol: PPV2},
+		{Network: "acme", Proto: "udp", Addr: la.Addr, Port: 443, Target: netip.AddrPortFrom(web.Addr, 443)},
 		{Network: "acme", Proto: "tcp", Addr: la.Addr, Port: 80, Target: netip.MustParseAddrPort("[2001:db8:200:1::42]:80")},
 	} {
 		if _, err := s.Expose(e, remote); err != nil {

@@ -109,7 +109,7 @@ func TestHandler(t *testing.T) {
 		{"GET", "/v1/ipv4", "", 200, `[]`},
 		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":443,"proto":"tcp","to":"evil"}`, 400, `target evil: invalid`},
 		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":70000,"proto":"tcp","to":"web"}`, 400, `port 70000`},
-		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":443,"proto":"icmp","to":"web"}`, 400, `proto "icmp"`},
+		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":443,"proto":"icmp","to":"web"}`, 400, `proto \"icmp\": want tcp or udp`},
 		{"DELETE", "/v1/exposures/tcp/203.0.113.9/0", "", 400, `port \"0\": want 1..65535`},
 		{"DELETE", "/v1/exposures/tcp/203.0.113.9/443", "", 204, ""},
 		{"GET", "/v1/exposures", "", 200, `[]`},

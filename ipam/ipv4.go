@@ -419,3 +419,19 @@ func (s *Store) Unexpose(proto string, addr netip.Addr, port uint16) (Exposure, 
 func (s *Store) Exposures() ([]Exposure, error) {
 	return inTx(s.db.View, func(tx *bolt.Tx) ([]Exposure, error) { return boltjson.List[Exposure](tx, bExposures, nil) })
 }
+
+// UnbuyIPv4 undoes a lease made a moment ago that the caller could not
+// go on with: the address is free again at once, without quarantine
+// (nobody was told of it).
+func (s *Store) UnbuyIPv4(addr netip.Addr) (Lease, bool, error) {
+	var l Lease
+	var found bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if l, found, err = boltjson.Get[Lease](tx, bV4Leases, v4key(addr)); err != nil || !found {
+			return err
+		}
+		return tx.Bucket(bV4Leases).Delete(v4key(addr))
+	})
+	return l, found, err
+}

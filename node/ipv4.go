@@ -589,3 +589,21 @@ func localV4Route(a netip.Addr, lo int) *netlink.Route {
 func (s *Service) reconcileIPv4(r *repairs) error {
 	return errors.Join(s.syncIPv4Addrs(r), s.applyProxyLocked())
 }
+
+// ProxyStats are the runner's counters (metrics); none without a runner.
+func (s *Service) ProxyStats() ([]proxy.Stats, error) {
+	s.mu.Lock()
+	r := s.v4.runner
+	s.mu.Unlock()
+	if r == nil {
+		return nil, nil
+	}
+	return r.Stats()
+}
+
+// MappingNetwork is the network of a mapping tenantnetd made (its Name
+// is "network/proto/port").
+func MappingNetwork(m proxy.Mapping) string {
+	n, _, _ := strings.Cut(m.Name, "/")
+	return n
+}

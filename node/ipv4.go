@@ -25,6 +25,7 @@ import (
 	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/proxy"
+	"github.com/tenantnet/tenantnet/registry"
 )
 
 const (
@@ -606,4 +607,68 @@ func (s *Service) ProxyStats() ([]proxy.Stats, error) {
 func MappingNetwork(m proxy.Mapping) string {
 	n, _, _ := strings.Cut(m.Name, "/")
 	return n
+}
+
+// syncDeclaredIPv4 buys and releases the addresses declarations ask of
+// this node (NetworkSpec.IPv4): as many as each claim's count, for each
+// declared network joined here. On a complete listing only (a claim
+// missing from a partial one is not withdrawn), more than claimed,
+// or of a network no longer declared here, are released (into
+// quarantine); addresses bought through the local API are not the
+// registry's to release.
+func (s *Service) syncDeclaredIPv4(mine map[string]registry.NetworkSpec, complete bool, r *repairs) []error {
+	nets, err := s.ipam.Networks()
+	if err != nil {
+		return []error{err}
+	}
+	ls, err := s.ipam.IPv4Leases()
+	if err != nil {
+		return []error{err}
+	}
+	have := map[string][]ipam.Lease{}
+	for _, l := range ls {
+		if l.Declared {
+			have[l.Network] = append(have[l.Network], l)
+		}
+	}
+	var errs []error
+	changed := false
+	for _, n := range nets {
+		want := 0
+		if sp, ok := mine[n.ID]; ok && n.Declared {
+			want = sp.IPv4From(s.cfg.NodeID)
+		}
+		got := have[n.ID]
+		for i := len(got); i < want; i++ {
+			l, _, err := s.ipam.BuyIPv4(n.ID, netip.Addr{}, true)
+			if err == nil {
+				if err = s.sellable(l.Addr); err != nil {
+					s.ipam.UnbuyIPv4(l.Addr)
+				}
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("declared network %s: ipv4 %d of %d: %w", n.ID, i+1, want, err))
+				break
+			}
+			changed = true
+			r.add("bought ipv4 %s for network %s (declared in the registry)", l.Addr, n.ID)
+		}
+		// The newest go first: the oldest are the ones clients know.
+		slices.SortFunc(got, func(a, b ipam.Lease) int { return a.Since.Compare(b.Since) })
+		for i := len(got) - 1; complete && i >= want; i-- {
+			if _, _, err := s.ipam.ReleaseIPv4(got[i].Addr); err != nil {
+				errs = append(errs, fmt.Errorf("declared network %s: release ipv4 %s: %w", n.ID, got[i].Addr, err))
+				continue
+			}
+			changed = true
+			r.add("released ipv4 %s of network %s (no longer declared)", got[i].Addr, n.ID)
+		}
+	}
+	if changed {
+		if err := s.reconcileIPv4(r); err != nil {
+			errs = append(errs, err)
+		}
+		s.Trigger()
+	}
+	return errs
 }

@@ -182,3 +182,61 @@ func TestServiceIPv4Enrolled(t *testing.T) {
 		t.Fatalf("leases %v: the refused one was kept", ls)
 	}
 }
+
+// Declared claims: the named member buys as many as claimed, releases
+// what a smaller or withdrawn claim no longer asks (on a complete
+// listing only), and leaves the addresses bought through its API alone.
+func TestDeclaredIPv4(t *testing.T) {
+	s, _, _ := v4Service(t, "203.0.113.8/29")
+	if _, _, err := s.ipam.AddDeclaredNetwork("decl", 1420); err != nil {
+		t.Fatal(err)
+	}
+	own, _, err := s.BuyIPv4("decl", netip.MustParseAddr("203.0.113.14"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := func(n int) map[string]registry.NetworkSpec {
+		sp := registry.NetworkSpec{ID: "decl", Members: []string{"self", "n2"}, IPv4: []registry.IPv4Claim{{Node: "n2", Count: 5}}}
+		if n > 0 {
+			sp.IPv4 = append(sp.IPv4, registry.IPv4Claim{Node: "self", Count: n})
+		}
+		return map[string]registry.NetworkSpec{"decl": sp}
+	}
+	count := func() (declared int, all int) {
+		ls, _ := s.ipam.IPv4Leases()
+		for _, l := range ls {
+			if l.Network == "decl" && l.Declared {
+				declared++
+			}
+			if l.Network == "decl" {
+				all++
+			}
+		}
+		return
+	}
+	var r repairs
+	for _, step := range []struct {
+		name     string
+		mine     map[string]registry.NetworkSpec
+		complete bool
+		declared int
+	}{
+		{"claim 3", spec(3), true, 3},
+		{"again", spec(3), true, 3},
+		{"claim 1", spec(1), true, 1},
+		{"withdrawn on a partial listing", map[string]registry.NetworkSpec{}, false, 1},
+		{"withdrawn", spec(0), true, 0},
+	} {
+		if errs := s.syncDeclaredIPv4(step.mine, step.complete, &r); len(errs) > 0 {
+			t.Fatalf("%s: %v", step.name, errs)
+		}
+		if d, all := count(); d != step.declared || all != d+1 {
+			t.Fatalf("%s: %d declared leases (%d in all), want %d and the API's %s", step.name, d, all, step.declared, own.Address)
+		}
+	}
+	// More than the pool holds: an error, what could be bought is kept.
+	errs := s.syncDeclaredIPv4(spec(16), true, &r)
+	if d, _ := count(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "ipv4 pool empty") || d != 2 {
+		t.Fatalf("claim 16 of a pool of 6 (1 leased, 3 in quarantine): %d declared, %v", d, errs)
+	}
+}

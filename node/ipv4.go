@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/config"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/proxy"
 	"github.com/tenantnet/tenantnet/registry"
@@ -671,4 +672,20 @@ func (s *Service) syncDeclaredIPv4(mine map[string]registry.NetworkSpec, complet
 		s.Trigger()
 	}
 	return errs
+}
+
+// RemoveIPv4 takes every bought address this node put in the kernel out
+// of it (cleanup): the labelled /32s on the uplinks, the local routes.
+func RemoveIPv4(h *netlink.Handle, cfg *config.Node) (int, error) {
+	s := &Service{cfg: cfg, nl: h}
+	var r repairs
+	var errs []error
+	for _, u := range cfg.Uplinks {
+		if _, err := h.LinkByName(u); err != nil {
+			continue // a missing uplink holds nothing of ours
+		}
+		errs = append(errs, s.syncUplinkV4(u, nil, &r))
+	}
+	errs = append(errs, s.syncLocalV4(nil, &r))
+	return len(r.items), errors.Join(errs...)
 }

@@ -46,7 +46,7 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules and the datapath at %s%s\n",
-		rep.Links, rep.WireGuard, rep.ExitRules, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
+	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules, %d bought ipv4 addresses and the datapath at %s%s\n",
+		rep.Links, rep.WireGuard, rep.ExitRules, rep.IPv4, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
 	return nil
 }

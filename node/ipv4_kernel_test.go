@@ -283,6 +283,16 @@ func TestIPv4Kernel(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Cleanup takes the rest out; the admin's address stays.
+	if n, err := RemoveIPv4(nl, cfg); err != nil || n != 1 {
+		t.Fatalf("RemoveIPv4: %d, %v", n, err)
+	}
+	if m := localRoutes(); len(m) != 0 {
+		t.Fatalf("after cleanup: local routes %v", m)
+	}
+	if m := onUplink(); m["192.0.2.13/32"] != "up0" {
+		t.Fatalf("after cleanup: uplink %v (the admin's address went)", m)
+	}
 }
 
 func errorsJoin(errs ...error) error {

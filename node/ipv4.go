@@ -41,9 +41,8 @@ const (
 // ipv4State is what the node holds of its proxy (under Service.mu).
 type ipv4State struct {
 	runner ProxyRunner
-	// failed: the mappings the runner refused last time, by name.
+	// applyErr: what the runner said of the last Apply ("": all served).
 	applyErr string
-	applied  map[string]bool // names of the mappings handed to the runner last
 }
 
 // SetProxyRunner sets what serves the exposures (proxyd's supervisor in

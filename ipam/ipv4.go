@@ -141,9 +141,10 @@ func (s *Store) quarantinedUntil(tx *bolt.Tx, a netip.Addr, now time.Time) (time
 }
 
 // BuyIPv4 leases an address of the pool to network: addr, or (invalid)
-// the lowest one free and out of quarantine. Buying an address the
-// network already has returns its lease (created false).
-func (s *Store) BuyIPv4(network string, addr netip.Addr, declared bool) (Lease, bool, error) {
+// the lowest one free, out of quarantine and allowed (nil: all; the node
+// passes its enrollment). Buying an address the network already has
+// returns its lease (created false).
+func (s *Store) BuyIPv4(network string, addr netip.Addr, declared bool, allowed func(netip.Addr) bool) (Lease, bool, error) {
 	var l Lease
 	created := false
 	if len(s.pool.IPv4) == 0 {
@@ -185,10 +186,14 @@ func (s *Store) BuyIPv4(network string, addr netip.Addr, declared bool) (Lease, 
 				return fmt.Errorf("address %s in quarantine until %s (released then: reuse_quarantine): %w", addr, until.UTC().Format(time.RFC3339), ErrConflict)
 			}
 		} else {
-			held := 0
+			held, barred := 0, 0
 			for _, p := range s.pool.IPv4 {
 				for a := p.Masked().Addr(); p.Contains(a); a = a.Next() {
 					if _, _, ok := s.inPool(a); !ok || leases.Get(v4key(a)) != nil {
+						continue
+					}
+					if allowed != nil && !allowed(a) {
+						barred++
 						continue
 					}
 					_, q, err := s.quarantinedUntil(tx, a, now)
@@ -207,8 +212,12 @@ func (s *Store) BuyIPv4(network string, addr netip.Addr, declared bool) (Lease, 
 				}
 			}
 			if !addr.IsValid() {
-				return fmt.Errorf("ipv4 pool empty: all %d addresses of %v leased (%d of them in quarantine after a release): %w",
-					s.poolSize(), s.pool.IPv4, held, ErrExhausted)
+				why := ""
+				if barred > 0 {
+					why = fmt.Sprintf("; %d more are not enrolled (grid enroll --ipv4-pool)", barred)
+				}
+				return fmt.Errorf("ipv4 pool empty: all %d addresses of %v leased (%d of them in quarantine after a release)%s: %w",
+					s.poolSize(), s.pool.IPv4, held, why, ErrExhausted)
 			}
 		}
 		l = Lease{Addr: addr, Network: n.ID, Since: now.UTC(), Declared: declared}

@@ -77,7 +77,7 @@ func TestIPv4BuyRelease(t *testing.T) {
 	s := openV4(t, dir, "203.0.113.8/30", "198.51.100.7/32")
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	s.SetClock(func() time.Time { return now })
-	if _, _, err := s.BuyIPv4("acme", netip.Addr{}, false); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.BuyIPv4("acme", netip.Addr{}, false, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a network that does not exist: %v", err)
 	}
 	for _, id := range []string{"acme", "globex"} {
@@ -86,36 +86,36 @@ func TestIPv4BuyRelease(t *testing.T) {
 		}
 	}
 	// The lowest free, skipping the /30's network and broadcast addresses.
-	l, created, err := s.BuyIPv4("acme", netip.Addr{}, false)
+	l, created, err := s.BuyIPv4("acme", netip.Addr{}, false, nil)
 	if err != nil || !created || l.Addr != a4("203.0.113.9") || l.Network != "acme" {
 		t.Fatalf("buy: %+v %v %v", l, created, err)
 	}
 	// The attacker's second buy of a taken address.
-	_, _, err = s.BuyIPv4("globex", a4("203.0.113.9"), false)
+	_, _, err = s.BuyIPv4("globex", a4("203.0.113.9"), false, nil)
 	wantErr(t, err, ErrConflict, "address 203.0.113.9 taken by network acme")
 	// Buying one's own again is no new lease.
-	if again, created, err := s.BuyIPv4("acme", a4("203.0.113.9"), false); err != nil || created || again != l {
+	if again, created, err := s.BuyIPv4("acme", a4("203.0.113.9"), false, nil); err != nil || created || again != l {
 		t.Fatalf("again: %+v %v %v", again, created, err)
 	}
-	_, _, err = s.BuyIPv4("acme", a4("192.0.2.1"), false)
+	_, _, err = s.BuyIPv4("acme", a4("192.0.2.1"), false, nil)
 	wantErr(t, err, ErrInvalid, "address 192.0.2.1 not in pool")
-	_, _, err = s.BuyIPv4("acme", a4("203.0.113.11"), false)
+	_, _, err = s.BuyIPv4("acme", a4("203.0.113.11"), false, nil)
 	wantErr(t, err, ErrInvalid, "broadcast address of 203.0.113.8/30")
-	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false); err != nil || l.Addr != a4("203.0.113.10") {
+	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false, nil); err != nil || l.Addr != a4("203.0.113.10") {
 		t.Fatalf("second: %+v %v", l, err)
 	}
-	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false); err != nil || l.Addr != a4("198.51.100.7") {
+	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false, nil); err != nil || l.Addr != a4("198.51.100.7") {
 		t.Fatalf("third: %+v %v", l, err)
 	}
-	_, _, err = s.BuyIPv4("globex", netip.Addr{}, false)
+	_, _, err = s.BuyIPv4("globex", netip.Addr{}, false, nil)
 	wantErr(t, err, ErrExhausted, "ipv4 pool empty")
 	// Release: quarantined, not bought again within it, by anyone.
 	if _, _, err := s.ReleaseIPv4(a4("203.0.113.9")); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.BuyIPv4("globex", netip.Addr{}, false)
+	_, _, err = s.BuyIPv4("globex", netip.Addr{}, false, nil)
 	wantErr(t, err, ErrExhausted, "1 of them in quarantine")
-	_, _, err = s.BuyIPv4("acme", a4("203.0.113.9"), false)
+	_, _, err = s.BuyIPv4("acme", a4("203.0.113.9"), false, nil)
 	wantErr(t, err, ErrConflict, "address 203.0.113.9 in quarantine until 2026-12-01T13:00:00Z")
 	if free, used, q := s.IPv4Counts(); free != 0 || used != 2 || q != 1 {
 		t.Fatalf("counts free %d used %d quarantined %d", free, used, q)
@@ -131,7 +131,7 @@ func TestIPv4BuyRelease(t *testing.T) {
 		t.Fatalf("quarantined after reopen: %v %v", qs, err)
 	}
 	now = now.Add(time.Hour)
-	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false); err != nil || l.Addr != a4("203.0.113.9") {
+	if l, _, err := s.BuyIPv4("globex", netip.Addr{}, false, nil); err != nil || l.Addr != a4("203.0.113.9") {
 		t.Fatalf("after the quarantine: %+v %v", l, err)
 	}
 	// Deleting a network releases its addresses (into quarantine).
@@ -149,7 +149,7 @@ func TestIPv4BuyRelease(t *testing.T) {
 func TestIPv4NoPool(t *testing.T) {
 	s := openV4(t, t.TempDir())
 	s.AddNetwork("acme", 1420)
-	_, _, err := s.BuyIPv4("acme", netip.Addr{}, false)
+	_, _, err := s.BuyIPv4("acme", netip.Addr{}, false, nil)
 	wantErr(t, err, ErrExhausted, "ipv4 pool empty: this node has no ipv4_pool")
 }
 
@@ -162,8 +162,8 @@ func TestExpose(t *testing.T) {
 		t.Fatal(err)
 	}
 	evil, _, _ := s.AddWorkload("evil", "globex", "/run/netns/evil", NetnsID{})
-	la, _, _ := s.BuyIPv4("acme", netip.Addr{}, false)
-	lg, _, _ := s.BuyIPv4("globex", netip.Addr{}, false)
+	la, _, _ := s.BuyIPv4("acme", netip.Addr{}, false, nil)
+	lg, _, _ := s.BuyIPv4("globex", netip.Addr{}, false, nil)
 	remote := []netip.Prefix{p4("2001:db8:200:1::/64")} // acme's /64 on another member
 	e := Exposure{Network: "acme", Proto: "tcp", Addr: la.Addr, Port: 443, Target: netip.AddrPortFrom(web.Addr, 8443)}
 	if created, err := s.Expose(e, remote); err != nil || !created {

@@ -92,6 +92,8 @@ func (s *Service) sellable(a netip.Addr) error {
 		a, en.IPv4Pool, ipam.ErrInvalid)
 }
 
+func (s *Service) allowedIPv4(a netip.Addr) bool { return s.sellable(a) == nil }
+
 // BuyIPv4 buys an address of this node's pool for network.
 func (s *Service) BuyIPv4(network string, addr netip.Addr, node string) (api.IPv4Info, bool, error) {
 	if node != "" && node != s.cfg.NodeID {
@@ -105,7 +107,7 @@ func (s *Service) BuyIPv4(network string, addr netip.Addr, node string) (api.IPv
 			return api.IPv4Info{}, false, err
 		}
 	}
-	l, created, err := s.ipam.BuyIPv4(network, addr, false)
+	l, created, err := s.ipam.BuyIPv4(network, addr, false, s.allowedIPv4)
 	if err != nil {
 		return api.IPv4Info{}, false, err
 	}
@@ -640,7 +642,7 @@ func (s *Service) syncDeclaredIPv4(mine map[string]registry.NetworkSpec, complet
 		}
 		got := have[n.ID]
 		for i := len(got); i < want; i++ {
-			l, _, err := s.ipam.BuyIPv4(n.ID, netip.Addr{}, true)
+			l, _, err := s.ipam.BuyIPv4(n.ID, netip.Addr{}, true, s.allowedIPv4)
 			if err == nil {
 				if err = s.sellable(l.Addr); err != nil {
 					s.ipam.UnbuyIPv4(l.Addr)

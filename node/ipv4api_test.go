@@ -175,7 +175,7 @@ func TestServiceIPv4Enrolled(t *testing.T) {
 	s.BuyIPv4("acme", netip.Addr{}, "") // .10
 	s.BuyIPv4("acme", netip.Addr{}, "") // .11
 	// .12 is the lowest free: in the config's /29, not in the enrolled /30.
-	if _, _, err := s.BuyIPv4("acme", netip.Addr{}, ""); !errors.Is(err, ipam.ErrInvalid) {
+	if _, _, err := s.BuyIPv4("acme", netip.Addr{}, ""); !errors.Is(err, ipam.ErrExhausted) || !strings.Contains(err.Error(), "3 more are not enrolled") {
 		t.Fatalf("the lowest free outside the enrollment: %v", err)
 	}
 	if ls, _ := s.ipam.IPv4Leases(); len(ls) != 3 {

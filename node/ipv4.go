@@ -43,6 +43,9 @@ type ipv4State struct {
 	runner ProxyRunner
 	// applyErr: what the runner said of the last Apply ("": all served).
 	applyErr string
+	// unenrolled: the part of ipv4_pool last found outside the
+	// enrollment (warned once per change).
+	unenrolled string
 }
 
 // SetProxyRunner sets what serves the exposures (proxyd's supervisor in
@@ -590,7 +593,33 @@ func localV4Route(a netip.Addr, lo int) *netlink.Route {
 
 // reconcileIPv4: the addresses in the kernel and the proxy's mappings.
 func (s *Service) reconcileIPv4(r *repairs) error {
+	s.warnUnenrolledPool()
 	return errors.Join(s.syncIPv4Addrs(r), s.applyProxyLocked())
+}
+
+// warnUnenrolledPool says, once per change, which part of ipv4_pool the
+// node's enrollment does not cover: it sells none of it.
+func (s *Service) warnUnenrolledPool() {
+	if s.trust.key == nil || s.trust.grid == nil || len(s.cfg.IPv4Pool) == 0 {
+		return
+	}
+	en := s.trust.grid.Enrollments[s.cfg.NodeID]
+	var out []string
+	for _, p := range s.cfg.IPv4Pool {
+		covered := false
+		for _, q := range en.IPv4Pool {
+			covered = covered || q.Bits() <= p.Bits() && q.Contains(p.Addr())
+		}
+		if !covered {
+			out = append(out, p.String())
+		}
+	}
+	msg := strings.Join(out, ", ")
+	if msg != s.v4.unenrolled && msg != "" {
+		s.log.Warn("ipv4_pool outside this node's enrollment: none of it is sold or published (grid enroll --ipv4-pool)",
+			"not_enrolled", msg, "enrolled", fmt.Sprint(en.IPv4Pool))
+	}
+	s.v4.unenrolled = msg
 }
 
 // ProxyStats are the runner's counters (metrics); none without a runner.

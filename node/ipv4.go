@@ -139,6 +139,17 @@ func (s *Service) BuyIPv4(network string, addr netip.Addr, node string) (api.IPv
 func (s *Service) ReleaseIPv4(addr netip.Addr) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ls, err := s.ipam.IPv4Leases()
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		if l.Addr == addr && l.Declared {
+			// The next reconcile would buy another for the claim.
+			return fmt.Errorf("address %s was bought for network %s's declaration: lower or withdraw its claim (network declare ... --ipv4): %w",
+				addr, l.Network, ipam.ErrConflict)
+		}
+	}
 	l, gone, err := s.ipam.ReleaseIPv4(addr)
 	if err != nil {
 		return err

@@ -239,4 +239,11 @@ func TestDeclaredIPv4(t *testing.T) {
 	if d, _ := count(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "ipv4 pool empty") || d != 2 {
 		t.Fatalf("claim 16 of a pool of 6 (1 leased, 3 in quarantine): %d declared, %v", d, errs)
 	}
+	// Not the API's to release: the claim would buy another.
+	ls, _ := s.ipam.IPv4Leases()
+	for _, l := range ls {
+		if err := s.ReleaseIPv4(l.Addr); l.Declared && !errors.Is(err, ipam.ErrConflict) || !l.Declared && err != nil {
+			t.Fatalf("release of %+v through the API: %v", l, err)
+		}
+	}
 }

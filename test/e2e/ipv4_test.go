@@ -136,6 +136,23 @@ func TestIPv4Buy(t *testing.T) {
 		}
 	})
 
+	run("metrics", func(t *testing.T) {
+		cfg, _ := os.ReadFile(d.cfgPath)
+		var addr string
+		for _, l := range strings.Split(string(cfg), "\n") {
+			if v, ok := strings.CutPrefix(l, "metrics_listen: "); ok {
+				addr = strings.TrimSpace(v)
+			}
+		}
+		body := scrape(t, n, addr)
+		for _, w := range []string{"tenantnet_ipv4_pool_used 2", "tenantnet_ipv4_pool_free 5", "tenantnet_ipv4_pool_quarantined 0"} {
+			if !strings.Contains(body, w+"\n") {
+				t.Errorf("/metrics lacks %q", w)
+			}
+		}
+		promtool(t, body)
+	})
+
 	run("crash-leftover", func(t *testing.T) {
 		d.kill9()
 		ip("addr", "add", "192.0.2.12/32", "dev", "uplink", "label", "uplink:tn4") // what a crash mid-release leaves

@@ -17,6 +17,8 @@ func TestValidateIPv4Pool(t *testing.T) {
 		{"host bits", map[string]string{"ipv4_pool": `["203.0.113.9/29"]`}, "ipv4_pool[0] 203.0.113.9/29: host bits set (did you mean 203.0.113.8/29?)"},
 		{"too large", map[string]string{"ipv4_pool": `["10.0.0.0/8"]`}, "ipv4_pool[0] 10.0.0.0/8: too large"},
 		{"overlap", map[string]string{"ipv4_pool": `["203.0.113.0/24", "203.0.113.7/32"]`}, "ipv4_pool[1] 203.0.113.7/32: overlaps ipv4_pool[0]"},
+		{"the node's own endpoint", map[string]string{"addresses": `["2001:db8:ffff::10", "203.0.113.10"]`, "ipv4_pool": `["203.0.113.8/29"]`},
+			"ipv4_pool[0] 203.0.113.8/29: holds addresses[1] 203.0.113.10, the node's own WireGuard endpoint"},
 		{"loopback", map[string]string{"ipv4_pool": `["127.0.0.1/32"]`}, "ipv4_pool[0] 127.0.0.1/32: not unicast"},
 		{"multicast", map[string]string{"ipv4_pool": `["224.0.0.0/24"]`}, "ipv4_pool[0] 224.0.0.0/24: not unicast"},
 		{"in all too many", map[string]string{"ipv4_pool": `["198.18.0.0/16", "198.19.0.0/31"]`}, "ipv4_pool: 65538 addresses"},

@@ -215,6 +215,11 @@ func (n *Node) validateIPv4Pool(bad func(field, value, format string, a ...any))
 					bad(f, p.String(), "overlaps ipv4_pool[%d] %s", j, n.IPv4Pool[j])
 				}
 			}
+			for j, a := range n.Addresses {
+				if p.Contains(a) {
+					bad(f, p.String(), "holds addresses[%d] %s, the node's own WireGuard endpoint: not for sale", j, a)
+				}
+			}
 		}
 	}
 	if total > MaxIPv4Pool {

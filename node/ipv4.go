@@ -95,7 +95,34 @@ func (s *Service) sellable(a netip.Addr) error {
 		a, en.IPv4Pool, ipam.ErrInvalid)
 }
 
-func (s *Service) allowedIPv4(a netip.Addr) bool { return s.sellable(a) == nil }
+func (s *Service) allowedIPv4(a netip.Addr) bool { return s.sellable(a) == nil && s.nodeOwn(a) == "" }
+
+// nodeOwn names the interface that already has a (not as a bought
+// address of ours): the node's own address is not for sale. "" if none
+// (or no kernel: tests).
+func (s *Service) nodeOwn(a netip.Addr) string {
+	if s.nl == nil {
+		return ""
+	}
+	addrs, err := s.nl.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return ""
+	}
+	for _, ad := range addrs {
+		got, ok := netip.AddrFromSlice(ad.IP)
+		if !ok || got.Unmap() != a || strings.HasSuffix(ad.Label, ipv4LabelSuffix) {
+			continue
+		}
+		if l, err := s.nl.LinkByIndex(ad.LinkIndex); err == nil {
+			if _, mine := s.oursV4(l.Attrs().Name, ad); mine {
+				continue
+			}
+			return l.Attrs().Name
+		}
+		return fmt.Sprintf("ifindex %d", ad.LinkIndex)
+	}
+	return ""
+}
 
 // BuyIPv4 buys an address of this node's pool for network.
 func (s *Service) BuyIPv4(network string, addr netip.Addr, node string) (api.IPv4Info, bool, error) {
@@ -108,6 +135,9 @@ func (s *Service) BuyIPv4(network string, addr netip.Addr, node string) (api.IPv
 	if addr.IsValid() {
 		if err := s.sellable(addr); err != nil {
 			return api.IPv4Info{}, false, err
+		}
+		if on := s.nodeOwn(addr); on != "" {
+			return api.IPv4Info{}, false, fmt.Errorf("address %s is this node's own (on %s): not for sale: %w", addr, on, ipam.ErrInvalid)
 		}
 	}
 	l, created, err := s.ipam.BuyIPv4(network, addr, false, s.allowedIPv4)

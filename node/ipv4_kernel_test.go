@@ -165,6 +165,10 @@ func TestIPv4Kernel(t *testing.T) {
 	if m := localRoutes(); len(m) != 1 || !m["198.51.100.7/32"] {
 		t.Fatalf("after reconcile: local routes %v", m)
 	}
+	// The admin's address is the node's own: not for sale.
+	if _, _, err := s.BuyIPv4("acme", netip.MustParseAddr("192.0.2.13"), ""); err == nil || !strings.Contains(err.Error(), "this node's own (on up0)") {
+		t.Fatalf("buying the node's own address: %v", err)
+	}
 
 	// The service: on the workload's address (here on the node's lo),
 	// answering with the source it sees. The proxy /64 routed locally is

@@ -155,11 +155,15 @@ func TestIPv4Kernel(t *testing.T) {
 	if err := errorsJoin(nl.AddrAdd(up0, left), nl.AddrAdd(up0, admin), nl.RouteAdd(localV4Route(netip.MustParseAddr("198.51.100.99"), lo.Attrs().Index))); err != nil {
 		t.Fatal(err)
 	}
+	// And a crash after a buy's transaction, before the take-in.
+	if _, _, err := st.BuyIPv4("acme", netip.MustParseAddr("192.0.2.10"), false, nil); err != nil {
+		t.Fatal(err)
+	}
 	var r repairs
 	if err := s.reconcileIPv4(&r); err != nil {
 		t.Fatal(err)
 	}
-	if m := onUplink(); m["192.0.2.12/32"] != "" || m["192.0.2.13/32"] != "up0" || m["192.0.2.9/32"] == "" {
+	if m := onUplink(); m["192.0.2.12/32"] != "" || m["192.0.2.13/32"] != "up0" || m["192.0.2.9/32"] == "" || m["192.0.2.10/32"] != "up0:tn4" {
 		t.Fatalf("after reconcile: uplink %v (want the leftover gone, the admin's kept): repairs %v", m, r.items)
 	}
 	if m := localRoutes(); len(m) != 1 || !m["198.51.100.7/32"] {
@@ -288,7 +292,7 @@ func TestIPv4Kernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Cleanup takes the rest out; the admin's address stays.
-	if n, err := RemoveIPv4(nl, cfg); err != nil || n != 1 {
+	if n, err := RemoveIPv4(nl, cfg); err != nil || n != 2 { // 192.0.2.10 on up0, 198.51.100.7's route
 		t.Fatalf("RemoveIPv4: %d, %v", n, err)
 	}
 	if m := localRoutes(); len(m) != 0 {

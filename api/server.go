@@ -12,6 +12,7 @@
 //	GET    /v1/users                                              -> [user]
 //	DELETE /v1/users/{id}
 //	GET    /v1/status                                             -> status
+//	(and the IPv4 endpoints of ipv4.go)
 //
 // Errors are {"error": "..."} with 400 (bad input), 404 (unknown id),
 // 409 (conflict: in use, or the id exists with other parameters), 507
@@ -23,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -76,7 +78,7 @@ func status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ipam.ErrExhausted):
 		return http.StatusInsufficientStorage
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, errBadRequest), errors.Is(err, ipam.ErrInvalid):
 		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
@@ -120,6 +122,13 @@ type Node interface {
 	DeleteUser(id string) error
 	Users() ([]ipam.User, error)
 	Status() Status
+	// Public IPv4 and exposures (api/ipv4.go).
+	BuyIPv4(network string, addr netip.Addr, node string) (IPv4Info, bool, error)
+	ReleaseIPv4(addr netip.Addr) error
+	IPv4() ([]IPv4Info, error)
+	Expose(req ExposeRequest) (ExposureInfo, bool, error)
+	Unexpose(proto string, addr netip.Addr, port uint16) error
+	Exposures() ([]ExposureInfo, error)
 }
 
 // handle adapts an endpoint to HTTP: the error becomes an Error body with
@@ -246,5 +255,6 @@ func Handler(s Node) http.Handler {
 	mux.HandleFunc("GET /v1/status", handle(func(r *http.Request) (int, any, error) {
 		return http.StatusOK, s.Status(), nil
 	}))
+	ipv4Routes(mux, s)
 	return mux
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +51,25 @@ func (f *fakeNode) Status() Status {
 		Reconcile: ReconcileStatus{Runs: 3, Errors: 1, Repairs: 2}}
 }
 
+func (f *fakeNode) BuyIPv4(network string, addr netip.Addr, node string) (IPv4Info, bool, error) {
+	if !addr.IsValid() {
+		addr = netip.MustParseAddr("203.0.113.9")
+	}
+	return IPv4Info{Address: addr, Network: network, State: "in use", On: "routed"}, true, nil
+}
+func (f *fakeNode) ReleaseIPv4(addr netip.Addr) error {
+	return fmt.Errorf("address %s: not leased: %w", addr, ipam.ErrNotFound)
+}
+func (f *fakeNode) IPv4() ([]IPv4Info, error) { return []IPv4Info{}, nil }
+func (f *fakeNode) Expose(req ExposeRequest) (ExposureInfo, bool, error) {
+	return ExposureInfo{}, false, fmt.Errorf("target %s: %w", req.To, ipam.ErrInvalid)
+}
+func (f *fakeNode) Unexpose(proto string, addr netip.Addr, port uint16) error {
+	f.deleted = append(f.deleted, fmt.Sprintf("%s/%s/%d", proto, addr, port))
+	return nil
+}
+func (f *fakeNode) Exposures() ([]ExposureInfo, error) { return []ExposureInfo{}, nil }
+
 func TestHandler(t *testing.T) {
 	f := &fakeNode{}
 	h := Handler(f)
@@ -81,6 +101,18 @@ func TestHandler(t *testing.T) {
 		{"GET", "/v1/users", "", 200, `[]`},
 		{"DELETE", "/v1/users/alice", "", 204, ""},
 		{"GET", "/v1/status", "", 200, `"reconcile":{"runs":3,"errors":1,"repairs":2,`},
+		{"POST", "/v1/ipv4", `{"network":"acme"}`, 201, `"address":"203.0.113.9","network":"acme","state":"in use"`},
+		{"POST", "/v1/ipv4", `{"network":"acme","address":"2001:db8::1"}`, 400, `want an IPv4 address`},
+		{"POST", "/v1/ipv4", `{"network":"../x"}`, 400, `bad request: id`},
+		{"DELETE", "/v1/ipv4/203.0.113.9", "", 404, `not leased`},
+		{"DELETE", "/v1/ipv4/nope", "", 400, `want an IPv4 address`},
+		{"GET", "/v1/ipv4", "", 200, `[]`},
+		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":443,"proto":"tcp","to":"evil"}`, 400, `target evil: invalid`},
+		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":70000,"proto":"tcp","to":"web"}`, 400, `port 70000`},
+		{"POST", "/v1/exposures", `{"network":"acme","ipv4":"203.0.113.9","port":443,"proto":"icmp","to":"web"}`, 400, `proto \"icmp\": want tcp or udp`},
+		{"DELETE", "/v1/exposures/tcp/203.0.113.9/0", "", 400, `port \"0\": want 1..65535`},
+		{"DELETE", "/v1/exposures/tcp/203.0.113.9/443", "", 204, ""},
+		{"GET", "/v1/exposures", "", 200, `[]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path+" "+tt.body, func(t *testing.T) {
@@ -98,8 +130,8 @@ func TestHandler(t *testing.T) {
 			}
 		})
 	}
-	if len(f.deleted) != 1 {
-		t.Errorf("deleted %v, want acme once", f.deleted)
+	if len(f.deleted) != 2 {
+		t.Errorf("deleted %v, want acme once and one exposure", f.deleted)
 	}
 }
 

@@ -66,6 +66,7 @@ func (n *Node) Validate() error {
 		bad("class", string(n.Class), "want dual-stack, ipv4-only, home-nat or home-ipv6")
 	}
 	n.validatePrefixes(bad)
+	n.validateIPv4Pool(bad)
 	n.validateAddresses(bad)
 	seen := map[string]int{}
 	for i, u := range n.Uplinks {
@@ -182,6 +183,77 @@ func (n *Node) validatePrefixes(bad func(field, value, format string, a ...any))
 				}
 			}
 		}
+	}
+}
+
+// MaxIPv4Pool is the most addresses a node's ipv4_pool may hold (a /16):
+// the pool is walked address by address when one is bought.
+const MaxIPv4Pool = 1 << 16
+
+// validateIPv4Pool: the addresses the node sells (issue 17) and the /64
+// its proxy dials the tenants' services from.
+func (n *Node) validateIPv4Pool(bad func(field, value, format string, a ...any)) {
+	total := 0
+	for i, p := range n.IPv4Pool {
+		f := fmt.Sprintf("ipv4_pool[%d]", i)
+		a := p.Addr()
+		switch {
+		case !p.IsValid():
+			bad(f, p.String(), "not a prefix")
+		case !a.Is4():
+			bad(f, p.String(), "must be IPv4 (203.0.113.8/29, or 203.0.113.7/32 for one address)")
+		case a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.As4()[0] >= 240 || a.As4()[0] == 0:
+			bad(f, p.String(), "not unicast addresses clients can reach (not 0/8, loopback, link-local, multicast or 240/4)")
+		case p.Masked() != p:
+			bad(f, p.String(), "host bits set (did you mean %s?)", p.Masked())
+		case p.Bits() < 16:
+			bad(f, p.String(), "too large: /16 to /32 (at most %d addresses in all)", MaxIPv4Pool)
+		default:
+			total += 1 << (32 - p.Bits())
+			for j := 0; j < i; j++ {
+				if p.Overlaps(n.IPv4Pool[j]) {
+					bad(f, p.String(), "overlaps ipv4_pool[%d] %s", j, n.IPv4Pool[j])
+				}
+			}
+			for j, a := range n.Addresses {
+				if p.Contains(a) {
+					bad(f, p.String(), "holds addresses[%d] %s, the node's own WireGuard endpoint: not for sale", j, a)
+				}
+			}
+		}
+	}
+	if total > MaxIPv4Pool {
+		bad("ipv4_pool", "", "%d addresses: at most %d (a /16)", total, MaxIPv4Pool)
+	}
+	if len(n.IPv4Pool) > 0 && len(n.Prefixes) == 0 {
+		bad("ipv4_pool", "", "a node without prefixes cannot sell IPv4: its proxy dials the tenants' services from a /64 of its own "+
+			"prefixes (proxy_prefix); give the node prefixes, or leave ipv4_pool out")
+		return
+	}
+	pp := n.ProxyPrefix
+	if !pp.IsValid() {
+		if len(n.IPv4Pool) > 0 && len(n.Prefixes) > 0 {
+			bad("proxy_prefix", "", "required with an ipv4_pool: a /64 of prefixes (default: the last /64 of the lower half of prefixes[0])")
+		}
+		return
+	}
+	in := false
+	for _, p := range n.Prefixes {
+		in = in || p.IsValid() && p.Bits() <= pp.Bits() && p.Contains(pp.Addr())
+	}
+	switch {
+	case !pp.Addr().Is6() || pp.Addr().Is4In6():
+		bad("proxy_prefix", pp.String(), "must be IPv6, a /64 of prefixes")
+	case pp.Bits() != 64:
+		bad("proxy_prefix", pp.String(), "must be a /64 (each network gets a /96 of it)")
+	case pp.Masked() != pp:
+		bad("proxy_prefix", pp.String(), "host bits set (did you mean %s?)", pp.Masked())
+	case !in:
+		bad("proxy_prefix", pp.String(), "must lie inside one of prefixes %v", n.Prefixes)
+	case n.DelegationPrefix.IsValid() && n.DelegationPrefix.Overlaps(pp):
+		bad("proxy_prefix", pp.String(), "must lie outside delegation_prefix %s (the members' /64s)", n.DelegationPrefix)
+	case n.Prefixes[0].IsValid() && n.Prefixes[0].Contains(pp.Addr()) && pp.Addr() == n.Prefixes[0].Masked().Addr():
+		bad("proxy_prefix", pp.String(), "the first /64 of prefixes[0] is the node's own: take another")
 	}
 }
 

@@ -49,6 +49,9 @@ var (
 	ErrExhausted = errors.New("exhausted")
 	// ErrConflict: the id exists with other parameters, or is in use.
 	ErrConflict = errors.New("conflict")
+	// ErrInvalid: the request cannot be right (an address outside the
+	// pool, a target outside the network).
+	ErrInvalid = errors.New("invalid")
 )
 
 // Network is a tenant network on this node.
@@ -116,6 +119,11 @@ type Pool struct {
 	// to the members of the networks it is the exit of (invalid: none).
 	// The node's own networks never get a /64 of it.
 	Delegation netip.Prefix
+	// Proxy is the /64 of Prefixes the IPv4 proxy dials from (config
+	// proxy_prefix; invalid: none): no network gets it.
+	Proxy netip.Prefix
+	// IPv4 is the public IPv4 this node sells (config ipv4_pool).
+	IPv4 []netip.Prefix
 }
 
 // Store is the allocation database.
@@ -127,7 +135,7 @@ type Store struct {
 
 // Open opens (or creates) the store in dir.
 func Open(dir string, pool Pool) (*Store, error) {
-	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers, bQSubnets, bQNums, bDelegations, bDelegSubnet}, nil)
+	db, err := boltjson.Open(dir, FileName, [][]byte{bNetworks, bWorkloads, bSubnets, bNums, bPorts, bWlNums, bAddrs, bUsers, bQSubnets, bQNums, bDelegations, bDelegSubnet, bV4Leases, bV4Quarantine, bExposures}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +290,12 @@ func (s *Store) addNetwork(id string, mtu int, declared bool) (Network, bool, er
 			if err != nil {
 				return err
 			}
-			if p, in := s.subnet(idx); !ok || !in || !s.pool.Delegation.Contains(p.Addr()) {
+			p, in := s.subnet(idx)
+			if ok && in && p == s.pool.Proxy {
+				from = idx + 1 // the proxy's /64: its /96s are the networks' proxy sources
+				continue
+			}
+			if !ok || !in || !s.pool.Delegation.Contains(p.Addr()) {
 				break
 			}
 			from = s.subnetIndex(s.pool.Delegation) + s.delegationSize()
@@ -334,6 +347,9 @@ func (s *Store) DeleteNetwork(id string) (Network, error) {
 			return n, err
 		}
 		now := s.now()
+		if _, err := s.releaseNetworkIPv4(tx, id, now); err != nil {
+			return n, err
+		}
 		errs := []error{
 			tx.Bucket(bNetworks).Delete([]byte(id)),
 			tx.Bucket(bNums).Delete(be32(n.Num)),
@@ -537,6 +553,9 @@ func (s *Store) Counts() (networks, workloads int, freeSubnets uint64) {
 		return networks, workloads, 0 // no prefixes: every /64 is an exit's delegation
 	}
 	own := s.subnetCount() - 1 - min(s.subnetCount()-1, s.delegationSize())
+	if s.pool.Proxy.IsValid() && own > 0 {
+		own-- // the proxy's /64
+	}
 	return networks, workloads, own - min(own, uint64(networks+held))
 }
 

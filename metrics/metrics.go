@@ -16,6 +16,7 @@ import (
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/node"
+	"github.com/tenantnet/tenantnet/proxy"
 )
 
 var (
@@ -77,6 +78,33 @@ var (
 		"Failed reads or writes of the registry.", nil, nil)
 	refused = prometheus.NewDesc("tenantnet_state_refused",
 		"What the service refuses to do because its state looks wrong, at the last run: stray links and firewall tenants without a network held back (what=stray-link, tenant-without-network: the state looks empty or not this node's; `tenantnetd run --adopt`), workloads not plumbed because their netns path names another namespace (netns-changed), networks left out of the published record because their key file is damaged (damaged-key).", []string{"what"}, nil)
+	proxyLabels = []string{"network", "proto", "listen"}
+	pxActive    = prometheus.NewDesc("tenantnet_proxy_connections_active",
+		"TCP connections the IPv4 proxy holds open, per exposure.", proxyLabels, nil)
+	pxTotal = prometheus.NewDesc("tenantnet_proxy_connections_total",
+		"TCP connections carried to the service (dialled), or UDP sessions made, per exposure.", proxyLabels, nil)
+	pxRefused = prometheus.NewDesc("tenantnet_proxy_refused_total",
+		"TCP connections (or UDP datagrams without a session) refused, per exposure and reason (mapping_cap, node_cap, client_cap, dial, header).",
+		append(proxyLabels, "reason"), nil)
+	pxBytes = prometheus.NewDesc("tenantnet_proxy_bytes_total",
+		"Payload bytes the proxy carried, per exposure and direction (in: client to service, out: service to client).",
+		append(proxyLabels, "direction"), nil)
+	pxSessions = prometheus.NewDesc("tenantnet_proxy_udp_sessions_active",
+		"UDP sessions in the proxy's table, per exposure.", proxyLabels, nil)
+	pxDialErrors = prometheus.NewDesc("tenantnet_proxy_dial_errors_total",
+		"Upstream connects (or UDP upstream sockets) that failed, per exposure.", proxyLabels, nil)
+	pxIdle = prometheus.NewDesc("tenantnet_proxy_idle_closed_total",
+		"Connections or sessions the IPv4 proxy ended by the idle timeout, per exposure.", proxyLabels, nil)
+	pxEvicted = prometheus.NewDesc("tenantnet_proxy_udp_evicted_total",
+		"UDP sessions closed to make room for a new one at a cap, per exposure.", proxyLabels, nil)
+	pxDropped = prometheus.NewDesc("tenantnet_proxy_udp_dropped_total",
+		"UDP datagrams dropped after their session was found or made (a send failed), per exposure.", proxyLabels, nil)
+	v4Pool = prometheus.NewDesc("tenantnet_ipv4_pool_free",
+		"Addresses of the node's ipv4_pool free to buy.", nil, nil)
+	v4Used = prometheus.NewDesc("tenantnet_ipv4_pool_used",
+		"Addresses of the node's ipv4_pool leased to networks.", nil, nil)
+	v4Quarantined = prometheus.NewDesc("tenantnet_ipv4_pool_quarantined",
+		"Released addresses of the node's ipv4_pool waiting out reuse_quarantine.", nil, nil)
 	regRejected = prometheus.NewDesc("tenantnet_registry_rejected_total",
 		"Registry entries (records, enrollments, declarations, the revocation list) not believed, by reason: once per change of what was rejected.", []string{"reason"}, nil)
 	regHeld = prometheus.NewDesc("tenantnet_registry_held_peers",
@@ -95,7 +123,8 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets, delegations,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused} {
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused,
+		pxActive, pxTotal, pxRefused, pxBytes, pxSessions, pxDialErrors, pxIdle, pxEvicted, pxDropped, v4Pool, v4Used, v4Quarantined} {
 		ch <- d
 	}
 }
@@ -198,10 +227,43 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range c.s.RegistryRejected() {
 		ch <- prometheus.MustNewConstMetric(regRejected, prometheus.CounterValue, float64(n), reason)
 	}
+	free4, used4, q4 := c.s.IPAM().IPv4Counts()
+	ch <- prometheus.MustNewConstMetric(v4Pool, prometheus.GaugeValue, float64(free4))
+	ch <- prometheus.MustNewConstMetric(v4Used, prometheus.GaugeValue, float64(used4))
+	ch <- prometheus.MustNewConstMetric(v4Quarantined, prometheus.GaugeValue, float64(q4))
+	if ps, err := c.s.ProxyStats(); err != nil {
+		c.log.Warn("read the proxy's counters", "err", err)
+	} else {
+		collectProxy(ch, ps)
+	}
 	held, released := c.s.HeldPeers()
 	ch <- prometheus.MustNewConstMetric(regHeld, prometheus.GaugeValue, float64(held))
 	for reason, n := range released {
 		ch <- prometheus.MustNewConstMetric(regReleased, prometheus.CounterValue, float64(n), reason)
+	}
+}
+
+// collectProxy writes the proxy's counters, one series set per mapping.
+func collectProxy(ch chan<- prometheus.Metric, ps []proxy.Stats) {
+	for _, p := range ps {
+		lv := []string{node.MappingNetwork(p.Mapping), string(p.Mapping.Proto), p.Mapping.Listen.String()}
+		if p.Mapping.Proto == proxy.UDP {
+			ch <- prometheus.MustNewConstMetric(pxSessions, prometheus.GaugeValue, float64(p.Active), lv...)
+		} else {
+			ch <- prometheus.MustNewConstMetric(pxActive, prometheus.GaugeValue, float64(p.Active), lv...)
+		}
+		ch <- prometheus.MustNewConstMetric(pxTotal, prometheus.CounterValue, float64(p.Total), lv...)
+		for _, r := range []proxy.Reason{proxy.RefusedMappingCap, proxy.RefusedNodeCap, proxy.RefusedClientCap, proxy.RefusedDial, proxy.RefusedHeader} {
+			ch <- prometheus.MustNewConstMetric(pxRefused, prometheus.CounterValue, float64(p.Refused[r]), append(lv, string(r))...)
+		}
+		ch <- prometheus.MustNewConstMetric(pxBytes, prometheus.CounterValue, float64(p.BytesToTarget), append(lv, "in")...)
+		ch <- prometheus.MustNewConstMetric(pxBytes, prometheus.CounterValue, float64(p.BytesFromTarget), append(lv, "out")...)
+		ch <- prometheus.MustNewConstMetric(pxDialErrors, prometheus.CounterValue, float64(p.DialErrors), lv...)
+		ch <- prometheus.MustNewConstMetric(pxIdle, prometheus.CounterValue, float64(p.IdleClosed), lv...)
+		if p.Mapping.Proto == proxy.UDP {
+			ch <- prometheus.MustNewConstMetric(pxEvicted, prometheus.CounterValue, float64(p.Evicted), lv...)
+			ch <- prometheus.MustNewConstMetric(pxDropped, prometheus.CounterValue, float64(p.Dropped), lv...)
+		}
 	}
 }
 

@@ -152,6 +152,12 @@ func (s *Service) deleteNetworkLocked(id string) error {
 	if _, err := s.ipam.DeleteNetwork(id); err != nil {
 		return err
 	}
+	// Its addresses were released with it (ipam): their listeners and
+	// kernel addresses go now, not at the next reconcile.
+	var r repairs
+	if err := s.reconcileIPv4(&r); err != nil {
+		s.log.Warn("network deleted: its ipv4 not yet out of the proxy or the kernel (reconcile retries)", "network", id, "err", err)
+	}
 	if l, err := s.nl.LinkByName(n.Bridge()); err == nil {
 		if err := s.nl.LinkDel(l); err != nil {
 			return fmt.Errorf("delete bridge %s: %w", n.Bridge(), err)

@@ -42,6 +42,7 @@ type CleanupReport struct {
 	ExitRules   int  // exit policy-routing rules removed (their tables flushed)
 	Unreachable int  // fail-closed unreachable routes removed from the main table
 	Sockets     int  // UAPI sockets of embedded WireGuard devices removed (left by a kill)
+	IPv4        int  // bought IPv4 addresses taken out of the kernel (uplink /32s, local routes)
 	Purged      bool // the state directory was deleted
 }
 
@@ -123,6 +124,9 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	}
 	if rep.Unreachable, err = RemoveUnreachable(h); err != nil {
 		return rep, fmt.Errorf("remove the fail-closed routes: %w", err)
+	}
+	if rep.IPv4, err = RemoveIPv4(h, cfg); err != nil {
+		return rep, fmt.Errorf("remove the bought ipv4: %w", err)
 	}
 	if _, err := RemoveHostGuard(); err != nil {
 		return rep, fmt.Errorf("remove the nftables table %s: %w", hostGuardTable, err)

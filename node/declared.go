@@ -157,6 +157,7 @@ func (s *Service) reconcileDeclared(r *repairs) error {
 		return errors.Join(append(errs, readErr)...)
 	}
 	errs = append(errs, s.leaveDeclared(plan, r)...)
+	errs = append(errs, s.syncDeclaredIPv4(mine, complete, r)...)
 	return errors.Join(errs...)
 }
 

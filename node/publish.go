@@ -6,6 +6,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -85,6 +86,14 @@ func (s *Service) publish() error {
 	}
 	nets, err := s.ipam.Networks()
 	err = errors.Join(err, derr)
+	leases, lerr := s.ipam.IPv4Leases()
+	err = errors.Join(err, lerr)
+	v4 := map[string][]netip.Addr{}
+	for _, l := range leases {
+		if s.sellable(l.Addr) == nil { // peers believe no address outside the enrolled pool
+			v4[l.Network] = append(v4[l.Network], l.Addr)
+		}
+	}
 	damaged := map[string]string{}
 	unpublished := map[string]string{}
 	for _, n := range nets {
@@ -105,6 +114,7 @@ func (s *Service) publish() error {
 			continue
 		}
 		nr := registry.NetworkRecord{Prefix: n.Prefix, PublicKey: key.PublicKey().String(), Port: n.WGPort, MTU: n.MTU, Declared: n.Declared}
+		nr.IPv4 = v4[n.ID]
 		if n.Declared && len(delegs[n.ID]) > 0 {
 			nr.Delegations = delegs[n.ID]
 		}

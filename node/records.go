@@ -288,10 +288,14 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 	}
 	prefixes := map[netip.Prefix]string{}
 	keys := map[string]string{}
+	v4 := map[netip.Addr]string{}
 	for _, id := range slices.Sorted(maps.Keys(rec.Networks)) {
 		nr := rec.Networks[id]
 		if err := registry.ValidNetworkID(id); err != nil {
 			return trust.Reject("network-id", "%v", err)
+		}
+		if err := validRecordIPv4(id, nr.IPv4, en, secure, v4); err != nil {
+			return err
 		}
 		p := nr.Prefix
 		if !p.IsValid() || p.Bits() != 64 || p.Masked() != p || !trust.GlobalUnicast(p.Addr()) {
@@ -339,6 +343,39 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 		}
 	}
 	return validDelegations(rec, en, prefixes, c)
+}
+
+// maxIPv4PerNetwork bounds the addresses one network's record may claim.
+const maxIPv4PerNetwork = 256
+
+// validRecordIPv4: a network's bought IPv4 addresses are IPv4, each
+// claimed once in the record, and (secure grid) inside the node's
+// enrolled ipv4_pool: a writer may not claim another node's addresses or
+// the internet's.
+func validRecordIPv4(id string, addrs []netip.Addr, en trust.Enrollment, secure bool, seen map[netip.Addr]string) error {
+	if len(addrs) > maxIPv4PerNetwork {
+		return trust.Reject("ipv4", "network %s: %d ipv4 addresses: at most %d", id, len(addrs), maxIPv4PerNetwork)
+	}
+	for _, a := range addrs {
+		if !a.Is4() || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() {
+			return trust.Reject("ipv4", "network %s: ipv4 %s: not a unicast IPv4 address", id, a)
+		}
+		if o, dup := seen[a]; dup {
+			return trust.Reject("ipv4", "network %s: ipv4 %s claimed twice (and by network %s)", id, a, o)
+		}
+		seen[a] = id
+		if !secure {
+			continue
+		}
+		in := false
+		for _, p := range en.IPv4Pool {
+			in = in || p.Contains(a)
+		}
+		if !in {
+			return trust.Reject("ipv4-not-enrolled", "network %s: ipv4 %s is outside the enrolled ipv4_pool %v", id, a, en.IPv4Pool)
+		}
+	}
+	return nil
 }
 
 // validDelegations checks what an exit's record delegates. Delegations

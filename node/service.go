@@ -52,6 +52,7 @@ type Service struct {
 	attachq   attachQueue
 	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
 	held      heldState
+	v4        ipv4State
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -111,11 +112,14 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		}
 	}
 	st, err := ipam.Open(cfg.StateDir, ipam.Pool{Prefixes: cfg.Prefixes, WGPortBase: cfg.WGPortBase, WGPorts: cfg.WGPortCount, Quarantine: *cfg.ReuseQuarantine,
-		Delegation: cfg.DelegationPrefix})
+		Delegation: cfg.DelegationPrefix, Proxy: cfg.ProxyPrefix, IPv4: cfg.IPv4Pool})
 	if err != nil {
 		return nil, err
 	}
 	defer closeOnError(st.Close)
+	if err := checkProxyPrefix(st, cfg.ProxyPrefix); err != nil {
+		return nil, err
+	}
 	dp, err := loader.Load(loader.Options{PinDir: cfg.BPFDir, Logger: log, SampleRate: *cfg.DropEventSampleRate})
 	if err != nil {
 		return nil, err
@@ -204,6 +208,25 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 			"mtu", cfg.MTU, "fits", pathMTU)
 	}
 	return s, nil
+}
+
+// checkProxyPrefix refuses a proxy_prefix that a network already has (a
+// configuration changed under existing networks): its /96s would name
+// that network's workloads.
+func checkProxyPrefix(st *ipam.Store, pp netip.Prefix) error {
+	if !pp.IsValid() {
+		return nil
+	}
+	nets, err := st.Networks()
+	if err != nil {
+		return err
+	}
+	for _, n := range nets {
+		if n.Prefix.Overlaps(pp) {
+			return fmt.Errorf("proxy_prefix %s is network %s's /64: give the proxy another /64 of prefixes", pp, n.ID)
+		}
+	}
+	return nil
 }
 
 // Close releases handles and the registry connection; the datapath stays
@@ -401,6 +424,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	}
 	if err := s.sweepPortBindings(sn, r); err != nil {
 		errs = append(errs, err)
+	}
+	if err := s.reconcileIPv4(r); err != nil {
+		errs = append(errs, fmt.Errorf("ipv4: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -49,6 +49,19 @@ type UserSpec struct {
 // HasMember reports whether node is a member.
 func (n NetworkSpec) HasMember(node string) bool { return slices.Contains(n.Members, node) }
 
+// MaxIPv4PerClaim bounds the addresses one declaration asks of one node.
+const MaxIPv4PerClaim = 16
+
+// IPv4From is how many addresses the spec asks of node's pool.
+func (n NetworkSpec) IPv4From(node string) int {
+	for _, c := range n.IPv4 {
+		if c.Node == node {
+			return c.Count
+		}
+	}
+	return 0
+}
+
 // Validate checks a spec before it is declared.
 func (n NetworkSpec) Validate() error {
 	if err := ValidNetworkID(n.ID); err != nil {
@@ -69,6 +82,18 @@ func (n NetworkSpec) Validate() error {
 		if err := trust.ValidNodeID(m); err != nil {
 			return fmt.Errorf("network %s: member: %w", n.ID, err)
 		}
+	}
+	claimed := map[string]bool{}
+	for _, c := range n.IPv4 {
+		switch {
+		case !n.HasMember(c.Node):
+			return fmt.Errorf("network %s: ipv4 from %q: not a member", n.ID, c.Node)
+		case c.Count < 1 || c.Count > MaxIPv4PerClaim:
+			return fmt.Errorf("network %s: ipv4 from %s: count %d: want 1..%d", n.ID, c.Node, c.Count, MaxIPv4PerClaim)
+		case claimed[c.Node]:
+			return fmt.Errorf("network %s: ipv4 from %s: claimed twice", n.ID, c.Node)
+		}
+		claimed[c.Node] = true
 	}
 	users := map[string]bool{}
 	for _, u := range n.Users {

@@ -185,6 +185,14 @@ func (e Enrollment) Validate() error {
 			return fmt.Errorf("enrollment %s: prefix %s: want a masked global unicast IPv6 prefix, /16 to /64", e.NodeID, p)
 		}
 	}
+	if len(e.IPv4Pool) > 64 {
+		return fmt.Errorf("enrollment %s: ipv4_pool: at most 64 prefixes", e.NodeID)
+	}
+	for _, p := range e.IPv4Pool {
+		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p || p.Bits() < 8 {
+			return fmt.Errorf("enrollment %s: ipv4_pool %s: want a masked IPv4 prefix, /8 to /32", e.NodeID, p)
+		}
+	}
 	if !e.Expires.After(e.Issued) {
 		return fmt.Errorf("enrollment %s: expires before it is issued", e.NodeID)
 	}

@@ -54,7 +54,7 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("stop the IPv4 proxy: %w", err)
 	}
-	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules, %d proxy processes and the datapath at %s%s\n",
-		rep.Links, rep.WireGuard, rep.ExitRules, proxies, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
+	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules, %d bought ipv4 addresses, %d proxy processes and the datapath at %s%s\n",
+		rep.Links, rep.WireGuard, rep.ExitRules, rep.IPv4, proxies, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])
 	return nil
 }

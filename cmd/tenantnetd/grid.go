@@ -92,14 +92,14 @@ func openGrid(cfgPath, keyPath string) (registry.Registry, ed25519.PrivateKey, f
 
 func gridEnrollCmd() *command {
 	var key, node, identity, class string
-	var prefixes []string
+	var prefixes, pool []string
 	var exit bool
 	var expires time.Duration
 	return &command{
 		Name: "enroll", Summary: "sign a node's enrollment into the registry: its identity, class, prefixes, exit",
-		Usage: "--key FILE --node ID --identity PUB --class CLASS [--prefix P...] [--exit] [--expires 8760h] [--config FILE]",
+		Usage: "--key FILE --node ID --identity PUB --class CLASS [--prefix P...] [--exit] [--ipv4-pool P...] [--expires 8760h] [--config FILE]",
 		Example: `  tenantnetd grid enroll --key ~/grid.key --node node1 --identity $(ssh node1 tenantnetd identity) \
-      --class dual-stack --prefix 2001:db8:101::/48 --exit`,
+      --class dual-stack --prefix 2001:db8:101::/48 --exit --ipv4-pool 203.0.113.8/29`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.configFlag(fs)
 			fs.StringVar(&key, "key", "", "the grid operator's private key")
@@ -108,6 +108,7 @@ func gridEnrollCmd() *command {
 			fs.StringVar(&class, "class", "dual-stack", "the node's class")
 			fs.StringSliceVar(&prefixes, "prefix", nil, "a prefix the node's network /64s may come from (repeatable; none for ipv4-only, home-nat, home-ipv6: their exits delegate)")
 			fs.BoolVar(&exit, "exit", false, "the node may be a network's exit")
+			fs.StringSliceVar(&pool, "ipv4-pool", nil, "public IPv4 the node may sell to its networks (repeatable; its ipv4_pool must lie inside; others believe its addresses only inside)")
 			fs.DurationVar(&expires, "expires", 8760*time.Hour, "valid for")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
@@ -132,6 +133,17 @@ func gridEnrollCmd() *command {
 					return cli.Usagef("--prefix %s: %v", p, err)
 				}
 				en.Prefixes = append(en.Prefixes, pp)
+			}
+			for _, p := range pool {
+				pp, err := netip.ParsePrefix(p)
+				if err != nil {
+					if a, aerr := netip.ParseAddr(p); aerr == nil && a.Is4() {
+						pp = netip.PrefixFrom(a, 32)
+					} else {
+						return cli.Usagef("--ipv4-pool %s: %v", p, err)
+					}
+				}
+				en.IPv4Pool = append(en.IPv4Pool, pp)
 			}
 			if err := en.Validate(); err != nil {
 				return cli.Usagef("%v", err)

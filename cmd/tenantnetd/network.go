@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -146,12 +147,13 @@ func delegated(n api.NetworkInfo) string {
 func networkDeclareCmd() *command {
 	var id, exit, key string
 	var mtu int
-	var members, users []string
+	var members, users, ipv4 []string
 	return &command{
 		Name: "declare", Summary: "declare a network in the grid registry: its members create it (needs no service)",
-		Usage: "--key FILE --id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]... [--config FILE]",
+		Usage: "--key FILE --id ID --members N1,N2 [--exit N1] [--mtu N] [--user ID:NODE:PUBKEY]... [--ipv4 NODE[:COUNT]]... [--config FILE]",
 		Example: `  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --exit node1
-  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --user alice:node1:$(cat alice.pub)`,
+  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --user alice:node1:$(cat alice.pub)
+  tenantnetd network declare --key ~/grid.key --id acme --members node1,node2 --exit node1 --ipv4 node1:2`,
 		Flags: func(fs *pflag.FlagSet, env *Env) {
 			env.configFlag(fs)
 			fs.StringVar(&key, "key", "", "the grid operator's private key (signs the declaration)")
@@ -160,6 +162,7 @@ func networkDeclareCmd() *command {
 			fs.StringVar(&exit, "exit", "", "the member node that is the network's exit (dual-stack; members without native IPv6 reach the outside through it)")
 			fs.IntVar(&mtu, "mtu", 0, "network MTU (default: each node's mtu)")
 			fs.StringArrayVar(&users, "user", nil, "a user-access peer ID:NODE:PUBKEY (repeatable)")
+			fs.StringArrayVar(&ipv4, "ipv4", nil, "public IPv4 the network buys from a member's ipv4_pool: NODE or NODE:COUNT (repeatable; the node allocates and publishes them)")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "id"); err != nil {
@@ -172,6 +175,20 @@ func networkDeclareCmd() *command {
 					return cli.Usagef("--user %q: want ID:NODE:PUBKEY", u)
 				}
 				spec.Users = append(spec.Users, registry.UserSpec{ID: parts[0], Node: parts[1], PublicKey: parts[2]})
+			}
+			for _, c := range ipv4 {
+				node, count, found := strings.Cut(c, ":")
+				n := 1
+				if found {
+					var err error
+					if n, err = strconv.Atoi(count); err != nil || n < 1 || n > registry.MaxIPv4PerClaim {
+						return cli.Usagef("--ipv4 %q: want NODE or NODE:COUNT, COUNT 1..%d", c, registry.MaxIPv4PerClaim)
+					}
+				}
+				spec.IPv4 = append(spec.IPv4, registry.IPv4Claim{Node: node, Count: n})
+			}
+			if err := spec.Validate(); err != nil {
+				return cli.Usagef("%v", err)
 			}
 			reg, cfg, done, err := openRegistry(env.Config)
 			if err != nil {

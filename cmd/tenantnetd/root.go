@@ -42,7 +42,7 @@ func program() *cli.Program[*Env] {
 config: /run/tenantnet/tenantnetd.sock) and -o json. Exit codes: 0 ok, 1 failed, 2 usage.
 Run 'tenantnetd <command> --help' for flags and examples.
 `,
-		Commands: []*command{runCmd(), networkCmd(), workloadCmd(), userCmd(), statusCmd(), netnsCmd(), cleanupCmd(), gridCmd(), identityCmd()},
+		Commands: []*command{runCmd(), networkCmd(), workloadCmd(), userCmd(), ipv4Cmd(), exposeCmd(), unexposeCmd(), statusCmd(), netnsCmd(), cleanupCmd(), gridCmd(), identityCmd()},
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	"golang.org/x/net/netutil"
 
@@ -87,14 +86,14 @@ func serve(cfgPath string, adopt bool) error {
 	// this one: adopted if it runs, upgraded if it is another build,
 	// started if none. A proxy that cannot start is logged, not fatal:
 	// the rest of the node does not wait on it.
-	// TODO(merge): hand px to the node once h-ipv4's setter exists:
-	// s.SetProxyRunner(px) (reconcile then calls px.Apply every run).
+	// Reconcile then hands it the exposures (px.Apply) every run.
 	px, err := startProxy(cfg, log)
 	if err != nil {
 		log.Error("the IPv4 proxy is not running; exposures are not served", "err", err)
 	}
 	if px != nil {
-		defer px.Close() // leaves the proxy serving
+		defer px.Close()     // leaves the proxy serving
+		s.SetProxyRunner(px) // never a nil *Supervisor: a non-nil interface
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -104,11 +103,7 @@ func serve(cfgPath string, adopt bool) error {
 		log.Warn("first reconcile had errors; retrying in the loop", "err", err)
 	}
 	mux := http.NewServeMux()
-	var extra []prometheus.Collector
-	if px != nil {
-		extra = append(extra, metrics.ProxyCollector(px, log))
-	}
-	mux.Handle("/metrics", metrics.Handler(s, log, extra...))
+	mux.Handle("/metrics", metrics.Handler(s, log))
 	// A scrape walks every map: its time is bounded, and so are the
 	// connections (and the handler serves two scrapes at once).
 	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,

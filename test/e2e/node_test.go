@@ -467,7 +467,18 @@ func grepLines(s, sub string) string {
 
 func checkMetrics(t *testing.T, n *node, addr string) {
 	t.Helper()
-	var body []byte
+	body := scrape(t, n, addr)
+	for _, want := range []string{"tenantnet_packets_total{", "tenantnet_reconcile_duration_seconds_bucket", "tenantnet_conntrack_entries", "tenantnet_networks 2", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	promtool(t, body)
+}
+
+// scrape reads /metrics at addr from inside the node namespace.
+func scrape(t *testing.T, n *node, addr string) string {
+	t.Helper()
 	var conn net.Conn
 	n.do(n.ns, func() (err error) { conn, err = net.Dial("tcp", addr); return }) // a socket of the node namespace
 	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
@@ -475,23 +486,24 @@ func checkMetrics(t *testing.T, n *node, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, err = io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"tenantnet_packets_total{", "tenantnet_reconcile_duration_seconds_bucket", "tenantnet_conntrack_entries", "tenantnet_networks 2", "go_goroutines", "process_resident_memory_bytes"} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	return string(body)
+}
+
+// promtool checks a scrape's format (promtool check metrics).
+func promtool(t *testing.T, body string) {
+	t.Helper()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Error("promtool (Debian package prometheus) is not installed: `sudo make deps` installs it")
 		return
 	}
 	cmd := exec.Command(promtool, "check", "metrics")
-	cmd.Stdin = strings.NewReader(string(body))
+	cmd.Stdin = strings.NewReader(body)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}

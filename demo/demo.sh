@@ -94,6 +94,21 @@ grew() { # grew before node tenant dir reason: that counter is now above before
 }
 # has_net: the network is here (not waiting for its exit's delegation: tenant 0).
 has_net() { nd "$1" network list | awk -v id="$2" '$1 == id && $2 != 0 { f = 1 } END { exit !f }'; }
+# v4hex 192.0.2.100: the IPv4 as the low 32 bits of an IPv6 (c000:264).
+v4hex() { local IFS=.; set -- $1; printf '%x:%x' $(($1 << 8 | $2)) $(($3 << 8 | $4)); }
+# seen_by wl port v4 v4port: the source web's service sees for a client
+# of the demo's internet host connecting to v4:v4port (held open while
+# the workload's kernel is asked).
+seen_by() {
+	in_ns tn-demo-client bash -c "exec 3<>/dev/tcp/$3/$4; sleep 2" &
+	local holder=$! seen=""
+	for _ in $(seq 1 15); do
+		seen=$(in_ns "tn-demo-$1" ss -Htn state established "( sport = :$2 )" | awk '{ print $4 }' | sed 's/^\[\(.*\)\]:[0-9]*$/\1/' | grep -v '^$' | head -1) && [[ -n $seen ]] && break
+		sleep 0.1
+	done
+	wait "$holder" 2>/dev/null || true
+	echo "${seen:-nothing}"
+}
 net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3"; }
 
@@ -111,7 +126,7 @@ down() {
 	for ns in $(ip netns list | awk '/^tn-demo/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$RUN" "$STATE"
 	local left
-	left="$(ip netns list | grep '^tn-demo' || true)$(ls -d /sys/fs/bpf/tenantnet-demo* 2>/dev/null || true)$(pgrep -f "$RUN/node" || true)"
+	left="$(ip netns list | grep '^tn-demo' || true)$(ls -d /sys/fs/bpf/tenantnet-demo* 2>/dev/null || true)$(pgrep -f "$RUN/node" || true)$(pgrep -f "tenantnetd proxy.*$STATE" || true)"
 	if [[ -n $left ]]; then
 		echo "leftovers: $left" >&2
 		exit 1
@@ -144,8 +159,8 @@ etcd_refuses() {
 	esac
 }
 
-start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit]
-	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-} exit=${6:-}
+start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit] [ipv4 pool]
+	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-} exit=${6:-} pool=${7:-}
 	local registry="{type: file, dir: $STATE/registry}" operator="{type: file, dir: $STATE/registry}"
 	if [[ $REG == etcd ]]; then
 		# Each node's certificate writes its own record only; the grid
@@ -156,14 +171,14 @@ start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] 
 		operator="${registry//node$i.pem/tenantnet-operator.pem}"
 		operator="${operator//node$i-key.pem/tenantnet-operator-key.pem}"
 	fi
-	node_yaml "$i" "$class" "$prefix" "$addrs" "$registry" >"$RUN/node$i.yaml"
-	node_yaml "$i" "$class" "$prefix" "$addrs" "$operator" >"$RUN/operator$i.yaml"
+	node_yaml "$i" "$class" "$prefix" "$addrs" "$registry" "$pool" >"$RUN/node$i.yaml"
+	node_yaml "$i" "$class" "$prefix" "$addrs" "$operator" "$pool" >"$RUN/operator$i.yaml"
 	# The node's identity (made on first use), enrolled by the grid
 	# operator: its id, class, /48 (none for node3), and whether it may be an exit.
 	local identity
 	identity=$("$BIN/tenantnetd" identity --config "$RUN/node$i.yaml")
 	on_node "$i" "$BIN/tenantnetd" grid enroll --key "$STATE/grid.key" --config "$RUN/operator$i.yaml" --node "node$i" \
-		--identity "$identity" --class "$class" ${prefix:+--prefix "$prefix"} $exit
+		--identity "$identity" --class "$class" ${prefix:+--prefix "$prefix"} ${pool:+--ipv4-pool "$pool"} $exit
 	# nsenter execs tenantnetd: $! is the daemon's pid.
 	nsenter --net=/run/netns/"$(node_ns "$i")" "$BIN/tenantnetd" run --config "$RUN/node$i.yaml" >"$RUN/node$i.log" 2>&1 &
 	echo $! >"$RUN/node$i.pid"
@@ -171,13 +186,14 @@ start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] 
 	echo "node$i did not start:" >&2; cat "$RUN/node$i.log" >&2; exit 1
 }
 
-node_yaml() { # node_yaml i class prefix addresses registry
-	local i=$1 class=$2 prefix=$3 addrs=$4 registry=$5
+node_yaml() { # node_yaml i class prefix addresses registry [ipv4 pool]
+	local i=$1 class=$2 prefix=$3 addrs=$4 registry=$5 pool=${6:-}
 	cat <<EOT
 node_id: node$i
 uplinks: [uplink]
 class: $class
 prefixes: [${prefix:+"$prefix"}]
+ipv4_pool: [$pool]
 addresses: $addrs
 state_dir: $STATE/node$i
 bpf_dir: /sys/fs/bpf/tenantnet-demo-node$i
@@ -345,7 +361,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 	say "the grid operator's key (kept off the nodes: here in $STATE/grid.key)"
 	"$BIN/tenantnetd" grid init --key "$STATE/grid.key" >/dev/null
 	say "starting tenantnetd on each node ($REG registry), each enrolled by the grid key"
-	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "https://[2001:db8:ffff::100]:2379" --exit
+	# node1 sells public IPv4: 192.0.2.48/29, on its uplink's segment.
+	start_node 1 dual-stack 2001:db8:101::/48 '["2001:db8:ffff::1", "192.0.2.1"]' "https://[2001:db8:ffff::100]:2379" --exit 192.0.2.48/29
 	start_node 2 dual-stack 2001:db8:102::/48 '["2001:db8:ffff::2", "192.0.2.2"]' "https://[2001:db8:ffff::100]:2379"
 	# node3 has no prefixes: its exits delegate its networks' /64s.
 	start_node 3 home-nat "" '["10.0.3.2"]' "https://192.0.2.100:2379"
@@ -415,6 +432,21 @@ extendedKeyUsage=serverAuth,clientAuth"
 	check "web5 -> internet tcp (node5: via node1 over WireGuard)" ok retry_tcp tn-demo-web5 2001:db8:ffff::100 25
 	check "web2 -> web5 tcp (acme, into the home behind its router: WireGuard)" ok retry_tcp tn-demo-web2 "$WEB5" 8080
 	check "internet -> web5 tcp/8080 (via node1; no rule on node5)" blocked tcp tn-demo-client "$WEB5" 8080
+	# IPv4 for tenants: acme buys an address of node1's pool and exposes
+	# web3 (at home, behind NAT) on it. node1's proxy dials web3 over
+	# acme's WireGuard from acme's /96 at node1, the client's IPv4 in its
+	# low 32 bits; web3's tenant allows tcp/8080 from that /96, that is
+	# from every IPv4 client.
+	ACME3=$(net_tenant 3 acme)
+	V4=$(nd 1 ipv4 buy --network acme)
+	nd 1 expose --network acme --ipv4 "$V4" --port 80 --proto tcp --to web3:8080 >/dev/null
+	SRC96="2001:db8:101:7fff:0:$(printf %x "$ACME1")::/96" # node1's proxy_prefix, acme's tenant number there
+	check "internet (IPv4 only) -> $V4:80 tcp -> web3 (no rule on node3 for the proxy yet)" blocked tcp tn-demo-client "$V4" 80
+	fw 3 rule add --tenant "$ACME3" --proto tcp --port 8080 --src "$SRC96" --dst "$WEB3" --action allow --comment "IPv4 clients via node1" >/dev/null
+	check "internet (IPv4 only) -> $V4:80 tcp -> web3 (home, behind NAT; via node1's proxy)" ok retry tcp tn-demo-client "$V4" 80
+	SEEN=$(seen_by web3 8080 "$V4" 80)
+	check "web3 saw the client 192.0.2.100 as $SEEN" ok bash -c "[[ $SEEN == ${SRC96%::/96}:$(v4hex 192.0.2.100) ]]"
+	check "iperf3 through the proxy: internet -> $V4:80 -> web3" ok in_ns tn-demo-client timeout 10 iperf3 -c "$V4" -p 80 -t 2
 	ip -n tn-demo-web1 addr add "$WEB2/128" dev eth0 nodad
 	check "web1 spoofing web2's address -> web3" blocked in_ns tn-demo-web1 ping -c1 -W2 -I "$WEB2" "$WEB3"
 	ip -n tn-demo-web1 addr del "$WEB2/128" dev eth0

@@ -106,6 +106,9 @@ type gridOpts struct {
 	// address at all, and they have no prefixes (their exits delegate
 	// their /64s); the other nodes (but natLast's) get an IPv4 too.
 	ipv4Only map[int]bool
+	// pool: these nodes (by number) sell public IPv4 (ipv4_pool, in
+	// their configuration and their enrollment).
+	pool map[int]string
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -237,6 +240,11 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		if nat && o.bareNAT || v4only {
 			prefixes, enrollPrefix = "[]", nil
 		}
+		nodeExtra := extra
+		if p, ok := o.pool[i]; ok {
+			nodeExtra += fmt.Sprintf("\nipv4_pool: [%s]\n", p)
+			enrollPrefix = append(enrollPrefix, "--ipv4-pool", p)
+		}
 		nodeCfg := func(registryYAML string) []byte {
 			return []byte(fmt.Sprintf(`node_id: %s
 uplinks: [uplink]
@@ -252,7 +260,7 @@ registry_lease: 3s
 registry: %s
 grid_public_key: %s.pub
 %s
-`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
+`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, nodeExtra))
 		}
 		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath

@@ -52,6 +52,9 @@ type ExposeRequest struct {
 	// or "[ipv6]:port" (a workload of the network on another member).
 	To            string `json:"to"`
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
+	// MaxConns caps the exposure's TCP connections or UDP sessions (0:
+	// the proxy's default); past it, connections are reset and counted.
+	MaxConns int `json:"max_conns,omitempty"`
 }
 
 // ExposureInfo is an exposure and, when the proxy serves it, its

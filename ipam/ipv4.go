@@ -61,7 +61,14 @@ type Exposure struct {
 	// this node or another member's /64), and its port.
 	Target        netip.AddrPort `json:"target"`
 	ProxyProtocol string         `json:"proxy_protocol"`
+	// MaxConns caps the exposure's open TCP connections or UDP sessions
+	// (0: the proxy's default, proxy.DefaultMaxConns).
+	MaxConns int `json:"max_conns,omitempty"`
 }
+
+// MaxExposureConns bounds an exposure's MaxConns: the node-wide cap
+// (the proxy's --max-conns) bounds them all together anyway.
+const MaxExposureConns = 1 << 20
 
 // Listen is the exposure's address and port.
 func (e Exposure) Listen() netip.AddrPort { return netip.AddrPortFrom(e.Addr, e.Port) }
@@ -336,6 +343,9 @@ func (s *Store) Expose(e Exposure, remote []netip.Prefix) (bool, error) {
 	case PPNone, PPV1, PPV2:
 	default:
 		return false, fmt.Errorf("proxy protocol %q: want none, v1 or v2: %w", e.ProxyProtocol, ErrInvalid)
+	}
+	if e.MaxConns < 0 || e.MaxConns > MaxExposureConns {
+		return false, fmt.Errorf("max conns %d: want 0 (the default) ..%d: %w", e.MaxConns, MaxExposureConns, ErrInvalid)
 	}
 	if e.Proto == "udp" && e.ProxyProtocol != PPNone {
 		// The proxy engine puts no header on datagrams: the client's

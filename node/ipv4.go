@@ -340,7 +340,8 @@ func (s *Service) Expose(req api.ExposeRequest) (api.ExposureInfo, bool, error) 
 	if err != nil {
 		return api.ExposureInfo{}, false, err
 	}
-	e := ipam.Exposure{Network: n.ID, Proto: req.Proto, Addr: a, Port: uint16(req.Port), Target: target, ProxyProtocol: req.ProxyProtocol}
+	e := ipam.Exposure{Network: n.ID, Proto: req.Proto, Addr: a, Port: uint16(req.Port), Target: target, ProxyProtocol: req.ProxyProtocol,
+		MaxConns: req.MaxConns}
 	if e.ProxyProtocol == "" {
 		e.ProxyProtocol = ipam.PPNone
 	}
@@ -452,7 +453,7 @@ func (s *Service) proxyMappings() ([]proxy.Mapping, error) {
 			continue
 		}
 		m := proxy.Mapping{Name: mappingName(e), Listen: e.Listen(), Proto: proxy.Proto(e.Proto), Target: e.Target,
-			ProxyProtocol: proxy.ProxyProtocol(e.ProxyProtocol)}
+			ProxyProtocol: proxy.ProxyProtocol(e.ProxyProtocol), MaxConns: e.MaxConns}
 		if s.cfg.ProxyPrefix.IsValid() {
 			m.SourcePrefix = ipam.ProxySubnet(s.cfg.ProxyPrefix, n.Num)
 		}

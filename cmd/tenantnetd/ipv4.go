@@ -111,10 +111,11 @@ func dash(s string) string {
 
 func exposeCmd() *command {
 	var network, ipv4, to, proto, pp string
+	var maxConns int
 	var port int
 	return &command{
 		Name: "expose", Summary: "serve a network's service on one of its bought IPv4 addresses (or: expose list)",
-		Usage: "--network NET --ipv4 A --port P --to <workload[:port] | [ipv6]:port> --proto tcp|udp [--proxy-protocol none|v1|v2] | list",
+		Usage: "--network NET --ipv4 A --port P --to <workload[:port] | [ipv6]:port> --proto tcp|udp [--proxy-protocol none|v1|v2] [--max-conns N] | list",
 		Example: `  tenantnetd expose --network acme --ipv4 $A --port 443 --to web-1 --proto tcp
   tenantnetd expose --network acme --ipv4 $A --port 80 --to web-1:8080 --proto tcp --proxy-protocol v2
   tenantnetd expose --network acme --ipv4 $A --port 53 --to '[2001:db8:102:1::53]:53' --proto udp
@@ -127,6 +128,7 @@ func exposeCmd() *command {
 			fs.StringVar(&to, "to", "", "the service: a workload id (same port), workload:port, or [ipv6]:port of the network's (required)")
 			fs.StringVar(&proto, "proto", "", "tcp or udp (required)")
 			fs.StringVar(&pp, "proxy-protocol", "none", "PROXY protocol header to the service: none, v1 or v2 (tcp)")
+			fs.IntVar(&maxConns, "max-conns", 0, "cap of open TCP connections or UDP sessions (0: the proxy's default, 1024); over it, refused and counted")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if len(args) == 1 && args[0] == "list" {
@@ -150,7 +152,7 @@ func exposeCmd() *command {
 			if pp != "none" && pp != "v1" && pp != "v2" {
 				return cli.Usagef("--proxy-protocol %q: want none, v1 or v2", pp)
 			}
-			e, err := env.client().Expose(api.ExposeRequest{Network: network, IPv4: ipv4, Port: port, Proto: proto, To: to, ProxyProtocol: pp})
+			e, err := env.client().Expose(api.ExposeRequest{Network: network, IPv4: ipv4, Port: port, Proto: proto, To: to, ProxyProtocol: pp, MaxConns: maxConns})
 			if err != nil {
 				return err
 			}

@@ -155,7 +155,9 @@ func (p *Proxy) Add(m Mapping) error {
 	}
 	var ln io.Closer
 	err := p.opts.InNetNS(func() error {
-		lc := net.ListenConfig{Control: controlFreebind}
+		// KeepAlive -1: not Go's default on each accepted connection;
+		// handleTCP sets the Options' (4 setsockopts, not 8).
+		lc := net.ListenConfig{Control: controlFreebind, KeepAlive: -1}
 		var err error
 		if m.Proto == TCP {
 			ln, err = lc.Listen(context.Background(), "tcp4", m.Listen.String())

@@ -19,6 +19,9 @@ import (
 	"github.com/tenantnet/tenantnet/internal/testutil"
 )
 
+// nofile is the descriptor limit of every process of the run.
+var nofile uint64
+
 // Options of a run.
 type Options struct {
 	Exe       string        // this binary (its engine, serve and client commands)
@@ -27,7 +30,9 @@ type Options struct {
 	ConnPar   int           // parallel clients opening connections
 	UDPPar    int           // concurrent UDP clients
 	IdleConns int
-	Reps      int
+	Reps      int    // of each iperf3 figure
+	ShortReps int    // of each connection and UDP figure
+	Only      string // comma-separated metric keys; "": all
 	Out       string // BENCHMARKS.md; "" prints only
 	Profile   string // a directory: tenantnet's CPU profile goes there
 	Log       io.Writer
@@ -73,12 +78,30 @@ func Run(o Options) (err error) {
 	t0 := time.Now()
 	logf := func(format string, a ...any) { fmt.Fprintf(o.Log, format+"\n", a...) }
 	// Idle connections: the client holds them, the server answers them,
-	// the proxy has 2 sockets and (tenantnet) 2 pipes each. A unit file
-	// would raise the limit the same way (LimitNOFILE); with Debian's
-	// default hard limit the engine's node cap is (limit − 256) / 6.
-	rl := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	// each proxy has 2 sockets per connection, and tenantnet 2 pipes more.
+	// Raise the soft limit to the hard one for every process started here
+	// (a unit file's LimitNOFILE would do the same for the proxy); the
+	// engine's node cap is (limit − 256) / 6.
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return err
+	}
+	rl.Cur = rl.Max
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
+	}
+	nofile = rl.Max
+	idleNote := ""
+	if o.IdleConns == 0 {
+		// 5,000, or what the engine's default node cap ((limit − 256) / 6,
+		// six descriptors per active connection) leaves room for, less
+		// the other mappings' connections.
+		o.IdleConns = 5000
+		if room := (int(nofile)-256)/6 - 200; room < o.IdleConns {
+			o.IdleConns = room
+			idleNote = fmt.Sprintf(" (not 5,000: the hard descriptor limit here is %d, and tenantnet's default node cap, "+
+				"six descriptors per connection, is %d)", nofile, (nofile-256)/6)
+		}
 	}
 	t, err := newTopo()
 	if err != nil {
@@ -125,7 +148,10 @@ func Run(o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	ha, err := startHAProxy(t, dir, 4*o.IdleConns)
+	// HAProxy needs 2 descriptors per connection and 2 per pipe (maxpipes:
+	// maxconn / 4), and
+	// refuses to start if it cannot have them.
+	ha, err := startHAProxy(t, dir, min(2*o.IdleConns, (int(nofile)-1000)*2/5))
 	if err != nil {
 		return err
 	}
@@ -163,7 +189,14 @@ func Run(o Options) (err error) {
 		return names, pids
 	}
 	for _, m := range metrics {
-		for rep := 0; rep < o.Reps; rep++ {
+		if o.Only != "" && !slices.Contains(strings.Split(o.Only, ","), m.key) {
+			continue
+		}
+		reps := o.Reps
+		if m.key == "conn" || m.key == "udp" {
+			reps = o.ShortReps
+		}
+		for rep := 0; rep < reps; rep++ {
 			for _, tg := range targets {
 				c := put(m.key, tg.name)
 				var v float64
@@ -235,7 +268,7 @@ func Run(o Options) (err error) {
 		}
 	}
 	killAll() // the engine writes its profile on SIGTERM
-	report := render(o, targets, res, time.Since(t0))
+	report := render(o, targets, res, idleNote, time.Since(t0))
 	fmt.Fprint(o.Log, "\n"+report)
 	if o.Out != "" {
 		if err := writeSection(o.Out, report); err != nil {
@@ -314,7 +347,7 @@ func ratio(a, b float64, lowerBetter bool) string {
 }
 
 // render is the report's section: the table, then what each process used.
-func render(o Options, targets []target, res map[string]map[string]*cell, took time.Duration) string {
+func render(o Options, targets []target, res map[string]map[string]*cell, idleNote string, took time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Produced by `sudo make bench-proxy` (`bin/tenantnet-bench-proxy`) on %s, %s; the run took %s.\n\n",
 		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
@@ -322,9 +355,9 @@ func render(o Options, targets []target, res map[string]map[string]*cell, took t
 		fmt.Fprintf(&b, "- **%s**: %s\n", tg.name, tg.note)
 	}
 	fmt.Fprintf(&b, "\nStreams: %s each. Connections: %d parallel clients for %s; UDP: %d concurrent clients for %s. "+
-		"Idle: %d connections held. Each cell is the median of %d; ratios are higher-is-better "+
+		"Idle: %d connections held%s. Each cell is the median of %d runs (streams, idle) or %d (connections, UDP), interleaved; ratios are higher-is-better "+
 		"(for memory, the inverse: HAProxy's bytes / tenantnet's).\n\n",
-		o.Stream, o.ConnPar, o.Short, o.UDPPar, o.Short, o.IdleConns, o.Reps)
+		o.Stream, o.ConnPar, o.Short, o.UDPPar, o.Short, o.IdleConns, idleNote, o.Reps, o.ShortReps)
 	b.WriteString("| | plain route | tenantnet | HAProxy | tenantnet / HAProxy | tenantnet / plain |\n|---|---|---|---|---|---|\n")
 	med := func(m, tg string) float64 {
 		if c := res[m][tg]; c != nil {

@@ -35,8 +35,14 @@ var procs struct {
 }
 
 // start runs argv in namespace ns. If ready is not empty, start waits
-// (up to 10 s) for a line of the process's stdout equal to it.
+// (up to 10 s) for a line of the process's stdout equal to it; the rest
+// of its stdout is discarded.
 func start(name, ns string, ready string, argv ...string) (*proc, error) {
+	return startOut(name, ns, ready, false, argv...)
+}
+
+// startOut is start; with own, the caller reads p.stdout.
+func startOut(name, ns string, ready string, own bool, argv ...string) (*proc, error) {
 	p := &proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--"}, argv...)...)
 	p.cmd.Stderr = &p.stderr
@@ -56,6 +62,9 @@ func start(name, ns string, ready string, argv ...string) (*proc, error) {
 	procs.Lock()
 	procs.list = append(procs.list, p)
 	procs.Unlock()
+	if own { // the caller reads stdout to its end, then waits (Wait closes the pipe)
+		return p, nil
+	}
 	lines := make(chan string, 16)
 	go func() {
 		sc := bufio.NewScanner(p.stdout)
@@ -121,12 +130,13 @@ func killAll() {
 // run runs argv in ns to its end and returns its stdout and the CPU it
 // used (user + system, seconds; its rusage, read when it was reaped).
 func run(ns string, argv ...string) ([]byte, float64, error) {
-	p, err := start(argv[0], ns, "", argv...)
+	p, err := startOut(argv[0], ns, "", true, argv...)
 	if err != nil {
 		return nil, 0, err
 	}
 	out, _ := io.ReadAll(p.stdout)
-	<-p.done
+	p.err = p.cmd.Wait()
+	close(p.done)
 	var cpu float64
 	if st := p.cmd.ProcessState; st != nil {
 		cpu = (st.UserTime() + st.SystemTime()).Seconds()

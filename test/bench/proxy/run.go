@@ -66,6 +66,9 @@ func (s series) median() float64 {
 	}
 	c := slices.Clone(s)
 	slices.Sort(c)
+	if len(c)%2 == 0 {
+		return (c[len(c)/2-1] + c[len(c)/2]) / 2
+	}
 	return c[len(c)/2]
 }
 
@@ -284,6 +287,9 @@ func Run(o Options) (err error) {
 // connection.
 func idleCost(t *topo, o Options, tg target, src string) (float64, error) {
 	pid := tg.proc.pid()
+	if tg.name == "tenantnet" {
+		tg.proc.cmd.Process.Signal(syscall.SIGUSR1)
+	}
 	before, err := rssKiB(pid)
 	if err != nil {
 		return 0, err
@@ -299,6 +305,15 @@ func idleCost(t *topo, o Options, tg target, src string) (float64, error) {
 	after, err := rssKiB(pid)
 	if err != nil {
 		return 0, err
+	}
+	if tg.name == "tenantnet" {
+		tg.proc.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(100 * time.Millisecond)
+		for _, l := range strings.Split(tg.proc.stderr.String(), "\n") {
+			if strings.HasPrefix(l, "memstats") {
+				fmt.Fprintf(o.Log, "tenantnet %s\n", l)
+			}
+		}
 	}
 	return float64(after-before) * 1024 / float64(o.IdleConns), nil
 }

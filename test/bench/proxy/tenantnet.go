@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -111,6 +112,18 @@ func Engine(args []string) error {
 			return err
 		}
 	}
+	// SIGUSR1: where the engine's memory is (the idle measurement's
+	// breakdown), on stderr.
+	usr := make(chan os.Signal, 1)
+	signal.Notify(usr, syscall.SIGUSR1)
+	go func() {
+		for range usr {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Fprintf(os.Stderr, "memstats goroutines=%d heap_inuse=%d stack_inuse=%d heap_alloc=%d sys=%d other_sys=%d num_gc=%d\n",
+				runtime.NumGoroutine(), ms.HeapInuse, ms.StackInuse, ms.HeapAlloc, ms.Sys, ms.OtherSys, ms.NumGC)
+		}
+	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	fmt.Println("ready")

@@ -256,5 +256,11 @@ func (u cpuUse) String() string {
 	for i, n := range u.names {
 		parts = append(parts, fmt.Sprintf("%s %.0f%%", n, u.pct[i]))
 	}
-	return fmt.Sprintf("%s; softirq %.0f%%, machine %.0f%%", strings.Join(parts, ", "), u.softirq, u.busy)
+	// The rest is what processes outside the bench used (on a shared
+	// machine, other work), and kernel threads.
+	rest := u.busy - u.softirq
+	for _, p := range u.pct {
+		rest -= p
+	}
+	return fmt.Sprintf("%s; softirq %.0f%%, the rest of the machine %.0f%%, machine %.0f%%", strings.Join(parts, ", "), u.softirq, max(rest, 0), u.busy)
 }

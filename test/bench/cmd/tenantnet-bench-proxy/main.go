@@ -39,7 +39,7 @@ bench:
 	pflag.IntVar(&o.ConnPar, "conn-par", 32, "parallel clients opening connections")
 	pflag.IntVar(&o.UDPPar, "udp-par", 32, "concurrent UDP clients")
 	pflag.IntVar(&o.IdleConns, "idle", 0, "idle connections to hold through each proxy (0: 5000, or fewer if the descriptor limit is lower)")
-	pflag.IntVar(&o.Reps, "reps", 2, "repetitions of each stream and idle figure (the median is shown)")
+	pflag.IntVar(&o.Reps, "reps", 2, "repetitions of each stream figure (the median is shown)")
 	pflag.IntVar(&o.ShortReps, "short-reps", 3, "repetitions of each connection and UDP figure")
 	pflag.StringVar(&o.Only, "only", "", "measure only these (comma-separated: tcp1,tcp100,conn,udp,idle)")
 	pflag.StringVar(&o.Out, "out", "", "write the IPv4 proxy section of this file (BENCHMARKS.md)")

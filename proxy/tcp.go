@@ -245,7 +245,16 @@ func (c *tcpConn) pipe(dst, src *net.TCPConn, counter interface{ Add(uint64) uin
 			c.abort()
 			return
 		}
-		// n < q only at an EOF, which the next queued sees.
+		if n < int64(q) {
+			// splice returned 0 with bytes queued: an EOF, or an urgent
+			// byte (MSG_OOB), at which splice stops for good while the
+			// peek skips it. Ending the direction is what a splice
+			// returning 0 always meant here; going round again would spin.
+			if err := dst.CloseWrite(); err != nil {
+				c.close()
+			}
+			return
+		}
 	}
 }
 

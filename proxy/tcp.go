@@ -77,7 +77,9 @@ func (mp *mapping) handleTCP(client *net.TCPConn, ip netip.Addr) {
 		mp.mu.Unlock()
 		mp.release()
 	}()
-	_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
+	if !mp.keepAliveInherited {
+		_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
+	}
 	up, err := mp.dialTCP(client)
 	if err != nil {
 		if mp.ctx.Err() != nil { // removed while dialling

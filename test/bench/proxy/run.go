@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -110,11 +111,16 @@ func Run(o Options) (err error) {
 	if err != nil {
 		return err
 	}
+	// Once: a signal and the return of Run may both clean up; the
+	// second waits for the first to finish.
+	var once sync.Once
 	cleanup := func() {
-		killAll()
-		if cerr := t.close(); cerr != nil {
-			logf("cleanup: %v", cerr)
-		}
+		once.Do(func() {
+			killAll()
+			if cerr := t.close(); cerr != nil {
+				logf("cleanup: %v", cerr)
+			}
+		})
 	}
 	defer cleanup()
 	sig := make(chan os.Signal, 1)

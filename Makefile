@@ -22,7 +22,7 @@ DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
 
 BIN := bin
 
-.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale bench-grid test-kernels
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale bench-grid bench-proxy test-kernels
 
 all: build
 
@@ -105,6 +105,15 @@ bench-scale: deps build
 
 bench-grid: deps build
 	$(GO) test ./test/e2e -run '^$$' -bench 'CrossNodeStream|Converge50|EtcdRevisions|SixIn4' -benchtime 1x -timeout 30m -v | grep -v '^        {'
+
+# The IPv4 proxy (issue 17) against HAProxy 2.6 (mode tcp, splice) and a
+# plain kernel route, on one topology, in one run (~4 minutes): one TCP
+# stream, 100 streams, new connections/s, UDP request/response/s, memory
+# per idle connection, with the CPU of each process. Prints the table and
+# rewrites the generated part of BENCHMARKS.md's "IPv4 proxy" section.
+# Not a test (its smoke test, TestTopology in test/bench/proxy, is).
+bench-proxy: deps build
+	$(BIN)/tenantnet-bench-proxy --out BENCHMARKS.md
 
 
 clean:

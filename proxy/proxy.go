@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -155,7 +156,21 @@ func (p *Proxy) Add(m Mapping) error {
 	}
 	var ln io.Closer
 	err := p.opts.InNetNS(func() error {
-		lc := net.ListenConfig{Control: controlFreebind}
+		// The Options' keepalive is set on the listener, and accepted
+		// connections inherit it from there (the kernel copies the
+		// listener's SO_KEEPALIVE and TCP_KEEP*); KeepAlive -1: Go sets
+		// nothing on each accepted connection (4 setsockopts saved per
+		// connection, not 4 more).
+		ka := p.opts.KeepAlive
+		lc := net.ListenConfig{KeepAlive: -1, Control: func(network, address string, rc syscall.RawConn) error {
+			if err := controlFreebind(network, address, rc); err != nil {
+				return err
+			}
+			if m.Proto == TCP {
+				return controlKeepAlive(rc, ka)
+			}
+			return nil
+		}}
 		var err error
 		if m.Proto == TCP {
 			ln, err = lc.Listen(context.Background(), "tcp4", m.Listen.String())
@@ -167,7 +182,7 @@ func (p *Proxy) Add(m Mapping) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", m.Key(), err)
 	}
-	if err := p.add(m, ln); err != nil {
+	if err := p.add(m, ln, true); err != nil {
 		ln.Close()
 		return err
 	}
@@ -187,7 +202,7 @@ func (p *Proxy) AddTCPListener(m Mapping, ln *net.TCPListener) error {
 	if err := sameAddr(m, ln.Addr()); err != nil {
 		return err
 	}
-	return p.add(m, ln)
+	return p.add(m, ln, false)
 }
 
 // AddUDPConn is AddTCPListener for a UDP mapping's socket.
@@ -201,7 +216,7 @@ func (p *Proxy) AddUDPConn(m Mapping, pc *net.UDPConn) error {
 	if err := sameAddr(m, pc.LocalAddr()); err != nil {
 		return err
 	}
-	return p.add(m, pc)
+	return p.add(m, pc, false)
 }
 
 func sameAddr(m Mapping, a net.Addr) error {
@@ -218,10 +233,13 @@ func sameAddr(m Mapping, a net.Addr) error {
 	return nil
 }
 
-func (p *Proxy) add(m Mapping, ln io.Closer) error {
+// add serves m on ln; ownListener: Add opened ln, with the keepalive
+// that accepted connections inherit.
+func (p *Proxy) add(m Mapping, ln io.Closer, ownListener bool) error {
 	m = m.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	mp := &mapping{cfg: m, p: p, log: p.log.With("mapping", m.String()), ctx: ctx, cancel: cancel, conns: map[*tcpConn]struct{}{}, perClient: map[netip.Addr]int{}}
+	mp := &mapping{cfg: m, p: p, log: p.log.With("mapping", m.String()), ctx: ctx, cancel: cancel, conns: map[*tcpConn]struct{}{}, perClient: map[netip.Addr]int{},
+		keepAliveInherited: ownListener}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -331,6 +349,11 @@ type mapping struct {
 
 	ln *net.TCPListener
 	pc *net.UDPConn
+	// keepAliveInherited: accepted connections have the Options'
+	// keepalive from the listener. A listener handed in was made by
+	// someone else's ListenConfig, whose accept sets Go's default on
+	// each connection: handleTCP sets the Options' then.
+	keepAliveInherited bool
 
 	mu        sync.Mutex
 	stopped   bool

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +33,45 @@ func controlEmbedTCP(_, _ string, rc syscall.RawConn) error {
 
 func controlEmbedUDP(_, _ string, rc syscall.RawConn) error {
 	return setsockopt(rc, unix.SOL_IP, unix.IP_FREEBIND)
+}
+
+// controlKeepAlive sets ka on a listening socket, for the connections it
+// accepts to inherit, as (*net.TCPConn).SetKeepAliveConfig would on each:
+// a zero field is Go's default (15 s, 15 s, 9 probes), a negative one is
+// left as it is.
+func controlKeepAlive(rc syscall.RawConn, ka net.KeepAliveConfig) error {
+	if !ka.Enable {
+		return nil
+	}
+	if ka.Idle == 0 {
+		ka.Idle = 15 * time.Second
+	}
+	if ka.Interval == 0 {
+		ka.Interval = 15 * time.Second
+	}
+	if ka.Count == 0 {
+		ka.Count = 9
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for _, o := range []struct{ level, opt, v int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(ka.Idle / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(ka.Interval / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count},
+		} {
+			if o.v <= 0 {
+				continue // negative: left as it is
+			}
+			if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
+				serr = fmt.Errorf("setsockopt(%d, %d): %w", o.level, o.opt, serr)
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func setsockopt(rc syscall.RawConn, level, opt int) error {

@@ -7,14 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 )
 
-// copyChunk is how much one io.Copy moves before the byte counters are
-// updated. An *io.LimitedReader around a *net.TCPConn still splices
+// copyChunk is the most one io.Copy moves (what is queued, up to this)
+// before the byte counters are updated. An *io.LimitedReader around a *net.TCPConn still splices
 // (net/splice_linux.go); 1 MiB is the size of one splice in Go's poller.
 const copyChunk = 1 << 20
 
@@ -76,7 +77,9 @@ func (mp *mapping) handleTCP(client *net.TCPConn, ip netip.Addr) {
 		mp.mu.Unlock()
 		mp.release()
 	}()
-	_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
+	if !mp.keepAliveInherited {
+		_ = client.SetKeepAliveConfig(mp.p.opts.KeepAlive)
+	}
 	up, err := mp.dialTCP(client)
 	if err != nil {
 		if mp.ctx.Err() != nil { // removed while dialling
@@ -199,9 +202,11 @@ func (c *tcpConn) run() {
 	c.progress, _ = c.kernelProgress()
 	c.timer = time.AfterFunc(c.tick(), c.watch)
 	c.wmu.Unlock()
+	// One direction in a goroutine of its own, the other in this one: a
+	// goroutine (and its stack) fewer per connection.
 	var wg sync.WaitGroup
 	wg.Go(func() { c.pipe(c.up, c.client, &c.mp.st.bytesToTarget) })
-	wg.Go(func() { c.pipe(c.client, c.up, &c.mp.st.bytesFromTarget) })
+	c.pipe(c.client, c.up, &c.mp.st.bytesFromTarget)
 	wg.Wait()
 	c.wmu.Lock()
 	c.done = true
@@ -211,24 +216,78 @@ func (c *tcpConn) run() {
 }
 
 func (c *tcpConn) pipe(dst, src *net.TCPConn, counter interface{ Add(uint64) uint64 }) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		c.abort()
+		return
+	}
 	lr := &io.LimitedReader{R: src}
 	for {
-		lr.N = copyChunk
-		n, err := io.Copy(dst, lr) // dst.ReadFrom(lr): splice(2)
-		counter.Add(uint64(n))
+		// Wait for bytes without a pipe, then splice only what is
+		// queued: a splice that waits holds its pipe (two descriptors and
+		// the kernel's pipe buffers), and most of a proxy's connections
+		// are idle most of the time.
+		q, err := queued(rc)
 		if err != nil {
 			// A reset, a keepalive or retransmission timeout; or closed
 			// already (Remove, idle timeout), and this does nothing.
 			c.abort()
 			return
 		}
-		if n < copyChunk { // EOF
+		if q == 0 { // EOF
+			if err := dst.CloseWrite(); err != nil {
+				c.close()
+			}
+			return
+		}
+		lr.N = int64(q)
+		n, err := io.Copy(dst, lr) // dst.ReadFrom(lr): splice(2)
+		counter.Add(uint64(n))
+		if err != nil {
+			c.abort()
+			return
+		}
+		if n < int64(q) {
+			// splice returned 0 with bytes queued: an EOF, or an urgent
+			// byte (MSG_OOB), at which splice stops for good while the
+			// peek skips it. Ending the direction is what a splice
+			// returning 0 always meant here; going round again would spin.
 			if err := dst.CloseWrite(); err != nil {
 				c.close()
 			}
 			return
 		}
 	}
+}
+
+// queued waits until conn has bytes to read or has ended (its poller
+// parks the goroutine; no pipe, no buffer) and returns how many bytes are
+// queued, up to copyChunk; 0 at EOF. recv(MSG_PEEK|MSG_TRUNC) on TCP
+// reports the queued length without copying a byte (the buffer is never
+// touched: it may be NULL).
+func queued(rc syscall.RawConn) (int, error) {
+	var n int
+	var serr error
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, copyChunk, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+			switch e {
+			case 0:
+				n = int(r)
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false // wait until readable
+			default:
+				serr = e
+			}
+			return true
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return n, err
 }
 
 // tick: the watchdog looks four times per idle timeout, so an idle

@@ -526,3 +526,59 @@ func checkKeepAlive(t *testing.T, p *Proxy) {
 		t.Errorf("checked %d legs, want 2", legs)
 	}
 }
+
+// TestTCPUrgentData: a client sends TCP urgent data (MSG_OOB), which
+// splice stops at and the queued-length peek skips. The proxy must not
+// spin on it (a CPU per attacker connection), and the client's close must
+// still end the stream.
+func TestTCPUrgentData(t *testing.T) {
+	tp := newTopo(t)
+	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{})
+	if err := p.Add(tcpMapping()); err != nil {
+		t.Fatal(err)
+	}
+	c := tp.mustDialTCP(listenTCP)
+	s := next(t, svc)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("ab")); err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool { serr = unix.Sendto(int(fd), []byte("!"), unix.MSG_OOB, nil); return true }); err != nil || serr != nil {
+		t.Fatalf("send urgent byte: %v %v", err, serr)
+	}
+	if _, err := c.Write([]byte("cd")); err != nil {
+		t.Fatal(err)
+	}
+	cpu := func() time.Duration {
+		var ru unix.Rusage
+		unix.Getrusage(unix.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	time.Sleep(100 * time.Millisecond)
+	before := cpu()
+	time.Sleep(500 * time.Millisecond)
+	if used := cpu() - before; used > 200*time.Millisecond {
+		t.Errorf("the proxy used %v of CPU in 500 ms on a connection with urgent data: it spins", used)
+	}
+	// Then the client closes: the direction must end, without spinning.
+	t0, before := time.Now(), cpu()
+	c.CloseWrite()
+	s.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got, err := io.ReadAll(s)
+	time.Sleep(300 * time.Millisecond)
+	if used, took := cpu()-before, time.Since(t0); used > took/2 {
+		t.Errorf("the proxy used %v of CPU in %v after the client's close: it spins", used, took)
+	}
+	t.Logf("the service got %q", got)
+	if err != nil {
+		t.Errorf("the client's close did not end the stream: %v (got %q)", err, got)
+	}
+	if !bytes.HasPrefix(got, []byte("ab")) {
+		t.Errorf("the service got %q, want the bytes before the urgent one first", got)
+	}
+}

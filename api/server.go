@@ -120,6 +120,7 @@ type Node interface {
 	DeleteUser(id string) error
 	Users() ([]ipam.User, error)
 	Status() Status
+	Routes() (Routes, error)
 }
 
 // handle adapts an endpoint to HTTP: the error becomes an Error body with
@@ -242,6 +243,10 @@ func Handler(s Node) http.Handler {
 	}))
 	mux.HandleFunc("DELETE /v1/users/{id}", handle(func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, s.DeleteUser(r.PathValue("id"))
+	}))
+	mux.HandleFunc("GET /v1/routes", handle(func(r *http.Request) (int, any, error) {
+		rs, err := s.Routes()
+		return http.StatusOK, rs, err
 	}))
 	mux.HandleFunc("GET /v1/status", handle(func(r *http.Request) (int, any, error) {
 		return http.StatusOK, s.Status(), nil

@@ -52,6 +52,7 @@ type Service struct {
 	attachq   attachQueue
 	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
 	held      heldState
+	routes    routeState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -312,6 +313,11 @@ func (s *Service) reconcileLocked(deep bool) error {
 	start := time.Now()
 	var r repairs
 	err := s.reconcileOnce(&r, deep)
+	// The routes upstream follow what the run made (a declared network
+	// joined or left, a delegation): within the run.
+	if rerr := s.syncRoutesLocked(&r); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
 	d := time.Since(start)
 	s.stats.Runs++
 	s.stats.LastRun = start

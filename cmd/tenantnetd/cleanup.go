@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"io"
 
 	"github.com/spf13/pflag"
@@ -45,6 +48,14 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	rep, err := node.Cleanup(cfg, purge, force)
 	if err != nil {
 		return err
+	}
+	// A node stopped for good takes its routes back: its last run left
+	// them with its BGP peers (graceful restart).
+	if err := node.WithdrawBGP(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("withdraw the routes from the bgp neighbours: %w", err)
+	}
+	if cfg.BGP != nil {
+		fmt.Fprintln(stdout, "bgp: routes withdrawn from the neighbours")
 	}
 	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules and the datapath at %s%s\n",
 		rep.Links, rep.WireGuard, rep.ExitRules, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])

@@ -88,8 +88,18 @@ func Start(ctx context.Context, cfg config.BGP, o Options) (*Speaker, error) {
 		return nil, fmt.Errorf("bgp: start (asn %d, router id %s): %w", cfg.LocalASN, cfg.RouterID, err)
 	}
 	// Export only: every path a peer announces is rejected on import.
+	// The global import policy sees this node's own paths too, so they
+	// are let through first (Cilium's "allow-local").
+	allowLocal := &api.Policy{Name: "allow-local", Statements: []*api.Statement{{Name: "allow-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}}}}
+	if err := srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: allowLocal}); err != nil {
+		srv.Stop()
+		return nil, fmt.Errorf("bgp: policy allow-local: %w", err)
+	}
 	if err := srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 		Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT, DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
+		Policies: []*api.Policy{{Name: "allow-local"}},
 	}}); err != nil {
 		srv.Stop()
 		return nil, fmt.Errorf("bgp: import policy reject all: %w", err)

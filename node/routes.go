@@ -12,6 +12,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -312,8 +313,9 @@ func WithdrawBGP(ctx context.Context, cfg *config.Node, log *slog.Logger) error 
 	if !fileExists(marker) {
 		return nil
 	}
-	if err := bgp.Withdraw(ctx, *cfg.BGP, log, 10*time.Second); err != nil {
-		return err
-	}
-	return os.Remove(marker)
+	// The datapath is gone either way: a neighbour not reached now drops
+	// the stale routes when the restart time ends, and the next start is
+	// no restart.
+	err := bgp.Withdraw(ctx, *cfg.BGP, log, 10*time.Second)
+	return errors.Join(err, os.Remove(marker))
 }

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
-	"io"
 
 	"github.com/spf13/pflag"
 
@@ -51,11 +51,14 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	}
 	// A node stopped for good takes its routes back: its last run left
 	// them with its BGP peers (graceful restart).
-	if err := node.WithdrawBGP(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
-		return fmt.Errorf("withdraw the routes from the bgp neighbours: %w", err)
-	}
+	// What is local is removed already: a router not reached is said,
+	// not a failure of the cleanup.
 	if cfg.BGP != nil {
-		fmt.Fprintln(stdout, "bgp: routes withdrawn from the neighbours")
+		if err := node.WithdrawBGP(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+			fmt.Fprintf(stdout, "bgp: WARNING: %v\n", err)
+		} else {
+			fmt.Fprintln(stdout, "bgp: routes withdrawn from the neighbours")
+		}
 	}
 	fmt.Fprintf(stdout, "removed %d links, %d WireGuard devices, %d exit routing rules and the datapath at %s%s\n",
 		rep.Links, rep.WireGuard, rep.ExitRules, cfg.BPFDir, map[bool]string{true: "; state purged", false: ""}[rep.Purged])

@@ -342,3 +342,87 @@ func httpGet(t *testing.T, n *node, d *daemon) string {
 	}
 	return string(out)
 }
+
+// TestBGPRefusesOutsideEnrollment: a node whose configuration names
+// another's space (a /48 and an IPv4 pool its enrollment does not bind
+// to it) announces none of it, each with a clear reason in the export,
+// and still announces what its enrollment does allow.
+func TestBGPRefusesOutsideEnrollment(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	n := newTopo(t)
+	d := bgpNode(t, n, `ipv4_pool: ["198.51.100.8/30"]
+`)
+	gridKey := filepath.Join(t.TempDir(), "grid.key")
+	if out, err := exec.Command(d.bin, "grid", "init", "--key", gridKey).CombinedOutput(); err != nil {
+		t.Fatalf("grid init: %v %s", err, out)
+	}
+	b, _ := os.ReadFile(d.cfgPath)
+	// The hijack: 2001:db8:200::/48 first (the networks' /64s come from
+	// it), enrolled with 2001:db8:100::/48 only and no pool.
+	cfg := strings.Replace(string(b), `prefixes: ["2001:db8:100::/48"]`, `prefixes: ["2001:db8:200::/48", "2001:db8:100::/48"]`, 1)
+	cfg = strings.Replace(cfg, "insecure_registry: true  # one node: no grid to verify", "grid_public_key: "+gridKey+".pub", 1)
+	os.WriteFile(d.cfgPath, []byte(cfg), 0o600)
+	identity := strings.TrimSpace(tenantnetdIn(t, n.ns.Name, d.bin, "identity", "--config", d.cfgPath))
+	tenantnetdIn(t, n.ns.Name, d.bin, "grid", "enroll", "--key", gridKey, "--config", d.cfgPath, "--node", "bgpnode",
+		"--identity", identity, "--prefix", "2001:db8:100::/48")
+	br := startBird(t, n.ext.Name, birdConf)
+	d.start()
+	retry(t, 15*time.Second, "session established", func() error {
+		if out := br.birdc("show", "protocols", "n6"); !strings.Contains(out, "Established") {
+			return fmt.Errorf("%s", out)
+		}
+		return nil
+	})
+	var ni struct{ Prefix string }
+	d.jsonOut(&ni, "network", "add", "--id", "acme")
+	if !strings.HasPrefix(ni.Prefix, "2001:db8:200:") {
+		t.Fatalf("network /64 %s: the test wants it from the hijacked /48", ni.Prefix)
+	}
+	time.Sleep(2 * time.Second)
+	if r := extRoute(t, n, ni.Prefix); r != "" {
+		t.Errorf("HIJACK: %s (outside the enrollment) reached the router: %s", ni.Prefix, r)
+	}
+	if r := extRoute(t, n, "198.51.100.8/30"); r != "" {
+		t.Errorf("HIJACK: the IPv4 pool (not in the enrollment) reached the router: %s", r)
+	}
+	if out := br.birdc("show", "route", "protocol", "n6"); strings.Contains(out, "2001:db8:200:") || strings.Contains(out, "198.51.100") {
+		t.Errorf("HIJACK: BIRD learned space outside the enrollment:\n%s", out)
+	}
+	var ex exportJSON
+	if err := json.Unmarshal([]byte(d.must("routes", "export", "--format", "json")), &ex); err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]string{}
+	for _, r := range ex.Refused {
+		refused[r.Prefix] = r.Refused
+	}
+	for _, r := range ex.Routes {
+		t.Errorf("exported %s (%s): outside the enrollment", r.Prefix, r.Kind)
+	}
+	if why := refused[ni.Prefix]; !strings.Contains(why, "outside this node's enrollment") {
+		t.Errorf("refusal of %s: %q", ni.Prefix, why)
+	}
+	if why := refused["198.51.100.8/30"]; !strings.Contains(why, "outside this node's enrollment") {
+		t.Errorf("refusal of the pool: %q", why)
+	}
+	if ip := d.must("routes", "export"); !strings.Contains(ip, "# refused: "+ni.Prefix) {
+		t.Errorf("routes export (ip) does not say the refusal:\n%s", ip)
+	}
+
+	// announce: aggregates: the enrolled /48 goes out, the other does not.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Wait()
+	cfg = strings.Replace(cfg, "  local_asn: 65001\n", "  local_asn: 65001\n  announce: aggregates\n", 1)
+	os.WriteFile(d.cfgPath, []byte(cfg), 0o600)
+	d.start()
+	waitRoute(t, n, "2001:db8:100::/48", true, 20*time.Second)
+	time.Sleep(time.Second)
+	if r := extRoute(t, n, "2001:db8:200::/48"); r != "" {
+		t.Errorf("HIJACK: aggregate 2001:db8:200::/48 reached the router: %s", r)
+	}
+	if out := br.birdc("show", "route", "protocol", "n6"); strings.Contains(out, "2001:db8:200:") {
+		t.Errorf("HIJACK: BIRD learned space outside the enrollment:\n%s", out)
+	}
+}

@@ -40,11 +40,11 @@ type Speaker struct {
 	log *slog.Logger
 	srv *server.BgpServer
 
-	mu        sync.Mutex
-	announced map[netip.Prefix]announced
-	peered    bool // the neighbours were added (after the first Sync)
+	mu             sync.Mutex
+	announced      map[netip.Prefix]announced
+	peered         bool // the neighbours were added (after the first Sync)
 	restarting, gr bool
-	lastErr   string
+	lastErr        string
 }
 
 type announced struct {

@@ -144,6 +144,34 @@ etcd_refuses() {
 	esac
 }
 
+# bird_up: the DC's router (BIRD 2) on the internet's client host: an
+# eBGP session with each dual-stack node, graceful restart aware, what
+# it learns put in the host's kernel table (proto bird), nothing
+# announced back.
+bird_up() {
+	cat >"$RUN/bird.conf" <<EOT
+log "$RUN/bird.log" all;
+router id 192.0.2.100;
+protocol device {}
+protocol kernel { ipv6 { import none; export all; }; }
+template bgp node { local 2001:db8:ffff::100 as 65000; graceful restart aware; connect retry time 2; error wait time 1, 5;
+	ipv6 { import all; export none; }; }
+protocol bgp node1 from node { neighbor 2001:db8:ffff::1 as 65101; }
+protocol bgp node2 from node { neighbor 2001:db8:ffff::2 as 65102; }
+EOT
+	in_ns tn-demo-client bird -c "$RUN/bird.conf" -s "$RUN/bird.ctl" -P "$RUN/bird.pid"
+}
+# learned i: every route node i exports is in the internet host's table,
+# learned over BGP (proto bird) via the node's address.
+learned() {
+	local routes
+	routes=$(nd "$1" routes export | awk '/^ip route add/ { print $4, $6 }')
+	[[ -n $routes ]] || return 1
+	while read -r p via; do
+		ip -n tn-demo-client -6 route show "$p" proto bird | grep -q "via $via" || return 1
+	done <<<"$routes"
+}
+
 start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit]
 	local i=$1 class=$2 prefix=$3 addrs=$4 etcd=${5:-} exit=${6:-}
 	local registry="{type: file, dir: $STATE/registry}" operator="{type: file, dir: $STATE/registry}"
@@ -188,6 +216,14 @@ registry_lease: 6s
 registry: $registry
 grid_public_key: $STATE/grid.key.pub
 EOT
+	if [[ $class == dual-stack ]]; then
+		# Its routes upstream, announced to the internet's router.
+		cat <<EOT
+bgp:
+  local_asn: 6510$i
+  neighbors: [{address: "2001:db8:ffff::100", peer_asn: 65000}]
+EOT
+	fi
 }
 
 # forge_record writes a record for "intruder" (never enrolled) claiming
@@ -228,6 +264,9 @@ up() {
 	ip -n tn-demo-client link set eth0 up
 	ip -n tn-demo-client link set lo up
 
+	say "the internet's router: BIRD on the client host, learning the nodes' /64s over BGP (no static routes)"
+	bird_up
+
 	say "five nodes: node1 and node2 dual-stack, node3 at home behind NAT, node4 in an IPv4-only DC, node5 at home with one /64"
 	for i in 1 2; do
 		ns=$(node_ns $i)
@@ -238,8 +277,6 @@ up() {
 		ip -n "$ns" addr add "192.0.2.$i/24" dev uplink
 		ip -n "$ns" link set uplink up
 		ip -n "$ns" link set lo up
-		# What the DC's router would do: route the node's /48 to it.
-		ip -n tn-demo-client route add "2001:db8:10$i::/48" via "2001:db8:ffff::$i"
 	done
 	ip netns add $NAT
 	ip -n $INET link add n3 type veth peer name wan netns $NAT
@@ -376,6 +413,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 	fw 1 rule add --tenant "$GLOBEX1" --dir out --proto tcp --port 25 --action deny --comment "no spam"
 
 	say "checks"
+	check "the internet's router learned node1's /64s over BGP (routes export = BIRD's routes)" ok retry learned 1
+	check "the internet's router learned node2's /64s over BGP (routes export = BIRD's routes)" ok retry learned 2
 	check "web1 -> web2 tcp (acme, node1 -> node2, WireGuard)" ok retry_tcp tn-demo-web1 "$WEB2" 8080
 	check "web2 -> web3 tcp (acme, to the node behind NAT)" ok retry_tcp tn-demo-web2 "$WEB3" 8080
 	check "web3 -> web1 tcp (acme, from behind NAT)" ok retry_tcp tn-demo-web3 "$WEB1" 8080

@@ -22,7 +22,9 @@
 # behind a router that lets nothing in. acme is declared in the grid
 # registry with node1 as its exit: node3, node4 and node5 have no prefixes
 # of their own, so node1 delegates each a /64 of its pool
-# (2001:db8:101:8000::/49) for acme, already routed to node1 with its /48.
+# (2001:db8:101:8000::/49) for acme, which node1 announces. The internet's
+# router is BIRD on the client host: node1 and node2 announce their /64s
+# (and node1 its delegations) to it over BGP; nothing is routed by hand.
 # web4 reaches the internet through node1 over 6in4 (IPv6 in IPv4,
 # encapsulated and taken out in eBPF), web3 and web5 over acme's
 # WireGuard. globex is made through the nodes' local API.
@@ -584,6 +586,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 
 Explore (as root):
   ip netns exec tn-demo-web1 ping -c2 $WEB3                 # node1 -> node3 (behind NAT) over WireGuard
+  birdc -s /run/tenantnet-demo/bird.ctl show route              # the internet's router: the /64s it learned over BGP
+  bin/tenantnetd routes export --socket /run/tenantnet-demo/node1.sock   # what node1 announces
   ip netns exec tn-demo-web3 ping -c2 2001:db8:ffff::100    # node3 -> the internet through acme's exit, node1
   nsenter --net=/run/netns/tn-demo-node3 ip -6 rule           # node3 routes acme's /64 to its exit
   ip netns exec tn-demo-web4 ping -c2 2001:db8:ffff::100    # node4 (IPv4-only DC) -> the internet over 6in4 to node1

@@ -426,3 +426,77 @@ func TestBGPRefusesOutsideEnrollment(t *testing.T) {
 		t.Errorf("HIJACK: BIRD learned space outside the enrollment:\n%s", out)
 	}
 }
+
+// TestBGPGoBGPd: the same announce and withdraw against a second
+// implementation, Debian's gobgpd, as the router.
+func TestBGPGoBGPd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := exec.LookPath("gobgpd"); err != nil {
+		t.Skip("gobgpd not installed (make deps: gobgpd)")
+	}
+	n := newTopo(t)
+	d := bgpNode(t, n, "")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "gobgpd.toml")
+	os.WriteFile(conf, []byte(`[global.config]
+  as = 65000
+  router-id = "192.0.2.254"
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "2001:db8:ffff::1"
+    peer-as = 65001
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+`), 0o600)
+	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	logf, _ := os.Create(filepath.Join(dir, "gobgpd.log"))
+	cmd := exec.Command("ip", "netns", "exec", n.ext.Name, "gobgpd", "-f", conf, "--api-hosts", api, "--log-plain")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	gobgp := func(args ...string) string {
+		host, port, _ := strings.Cut(api, ":")
+		out, _ := exec.Command("ip", append([]string{"netns", "exec", n.ext.Name, "gobgp", "-u", host, "-p", port}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("gobgpd log:\n%s\nneighbours:\n%s", b, gobgp("neighbor"))
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		logf.Close()
+	})
+	d.start()
+	retry(t, 20*time.Second, "gobgpd: session established", func() error {
+		if out := gobgp("neighbor"); !strings.Contains(out, "Establ") {
+			return fmt.Errorf("%s", out)
+		}
+		return nil
+	})
+	var ni struct{ Prefix string }
+	d.jsonOut(&ni, "network", "add", "--id", "acme")
+	start := time.Now()
+	retry(t, 3*time.Second, "gobgpd learns "+ni.Prefix, func() error {
+		if out := gobgp("global", "rib", "-a", "ipv6", ni.Prefix); !strings.Contains(out, ni.Prefix) || !strings.Contains(out, "2001:db8:ffff::1") {
+			return fmt.Errorf("%s", out)
+		}
+		return nil
+	})
+	t.Logf("gobgpd learned %s after %s", ni.Prefix, time.Since(start))
+	d.must("network", "del", "--id", "acme")
+	start = time.Now()
+	retry(t, 3*time.Second, "gobgpd withdraws "+ni.Prefix, func() error {
+		if out := gobgp("global", "rib", "-a", "ipv6", ni.Prefix); strings.Contains(out, ni.Prefix) {
+			return fmt.Errorf("%s", out)
+		}
+		return nil
+	})
+	t.Logf("gobgpd withdrew %s after %s", ni.Prefix, time.Since(start))
+}

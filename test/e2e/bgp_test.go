@@ -500,3 +500,32 @@ func TestBGPGoBGPd(t *testing.T) {
 	})
 	t.Logf("gobgpd withdrew %s after %s", ni.Prefix, time.Since(start))
 }
+
+// TestBGPBirdPassword: a neighbour with a TCP MD5 password comes up
+// with the router's password and announces; with another password it
+// never comes up.
+func TestBGPBirdPassword(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	n := newTopo(t)
+	d := bgpNode(t, n, "")
+	b, _ := os.ReadFile(d.cfgPath)
+	cfg := strings.Replace(string(b), `{address: "2001:db8:ffff::5", peer_asn: 65000}`, `{address: "2001:db8:ffff::5", peer_asn: 65000, password: "s3cret"}`, 1)
+	cfg = strings.Replace(cfg, `{address: "192.0.2.5", peer_asn: 65000}`, `{address: "192.0.2.5", peer_asn: 65000, password: "wrong"}`, 1)
+	os.WriteFile(d.cfgPath, []byte(cfg), 0o600)
+	conf := strings.Replace(birdConf, "neighbor 2001:db8:ffff::1 as 65001;", `neighbor 2001:db8:ffff::1 as 65001; password "s3cret";`, 1)
+	conf = strings.Replace(conf, "neighbor 192.0.2.1 as 65001;", `neighbor 192.0.2.1 as 65001; password "s3cret";`, 1)
+	br := startBird(t, n.ext.Name, conf)
+	d.start()
+	var ni struct{ Prefix string }
+	d.jsonOut(&ni, "network", "add", "--id", "acme")
+	waitRoute(t, n, ni.Prefix, true, 20*time.Second)
+	time.Sleep(3 * time.Second) // a few connect retries of the other session
+	if out := br.birdc("show", "protocols", "n4"); strings.Contains(out, "Established") {
+		t.Errorf("the session with the wrong password came up:\n%s", out)
+	}
+	if out := br.birdc("show", "protocols", "n6"); !strings.Contains(out, "Established") {
+		t.Errorf("the session with the password is not up:\n%s", out)
+	}
+}

@@ -101,7 +101,8 @@ outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3";
 
 down() {
 	say "removing the demo"
-	for p in "$RUN"/*.pid; do [[ -f $p ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
+	# BIRD last: the nodes' cleanup withdraws their routes from it.
+	for p in "$RUN"/*.pid; do [[ -f $p && $p != "$RUN/bird.pid" ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
 	pkill -9 -f "tenantnetd run --config $RUN/" 2>/dev/null || true
 	sleep 0.3
 	for i in $NODES; do
@@ -110,6 +111,7 @@ down() {
 		fi
 		rm -rf "/sys/fs/bpf/tenantnet-demo-node$i"
 	done
+	[[ -f $RUN/bird.pid ]] && kill -9 "$(cat "$RUN/bird.pid")" 2>/dev/null || true
 	for ns in $(ip netns list | awk '/^tn-demo/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$RUN" "$STATE"
 	local left

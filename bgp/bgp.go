@@ -42,7 +42,7 @@ type Speaker struct {
 
 	mu             sync.Mutex
 	announced      map[netip.Prefix]announced
-	peered         bool // the neighbours were added (after the first Sync)
+	peered         map[netip.Addr]bool // the neighbours added (from the first Sync on)
 	restarting, gr bool
 	lastErr        string
 }
@@ -104,7 +104,7 @@ func Start(ctx context.Context, cfg config.BGP, o Options) (*Speaker, error) {
 		srv.Stop()
 		return nil, fmt.Errorf("bgp: import policy reject all: %w", err)
 	}
-	s := &Speaker{cfg: cfg, log: log, srv: srv, announced: map[netip.Prefix]announced{}}
+	s := &Speaker{cfg: cfg, log: log, srv: srv, announced: map[netip.Prefix]announced{}, peered: map[netip.Addr]bool{}}
 	s.restarting, s.gr = o.Restarting, o.GracefulRestart
 	return s, nil
 }
@@ -221,13 +221,17 @@ func (s *Speaker) Sync(ctx context.Context, routes []Route) (added, withdrawn in
 		s.announced[p] = announced{nextHop: want[p], id: res[0].UUID}
 		added++
 	}
-	if !s.peered {
-		for _, nb := range s.cfg.Neighbors {
-			if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(nb)}); err != nil {
-				errs = append(errs, fmt.Errorf("bgp: neighbour %s (as %d): %w", nb.Address, nb.PeerASN, err))
-			}
+	// A neighbour that could not be added (its local address not there
+	// yet) is tried again at the next Sync.
+	for _, nb := range s.cfg.Neighbors {
+		if s.peered[nb.Address] {
+			continue
 		}
-		s.peered = true
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(nb)}); err != nil {
+			errs = append(errs, fmt.Errorf("bgp: neighbour %s (as %d): %w", nb.Address, nb.PeerASN, err))
+			continue
+		}
+		s.peered[nb.Address] = true
 	}
 	err = errors.Join(errs...)
 	s.lastErr = ""

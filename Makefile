@@ -17,7 +17,7 @@ export PATH := $(PATH):/usr/local/go/bin
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
 	qemu-system-x86 busybox-static cpio xz-utils \
 	util-linux nftables iptables iperf3 prometheus curl wireguard-tools etcd-server etcd-client strace \
-	haproxy nginx-light bird2 \
+	haproxy nginx-light bird2 gobgpd \
 	ca-certificates git make
 
 BIN := bin

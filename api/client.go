@@ -108,6 +108,13 @@ func (c *Client) Workloads() ([]WorkloadInfo, error) {
 	return ws, c.do("GET", "/v1/workloads", nil, &ws)
 }
 
+// Routes is the node's route export.
+func (c *Client) Routes() (Routes, error) {
+	var rs Routes
+	err := c.do("GET", "/v1/routes", nil, &rs)
+	return rs, err
+}
+
 // Status reports the
 func (c *Client) Status() (Status, error) {
 	var s Status

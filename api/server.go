@@ -129,6 +129,7 @@ type Node interface {
 	Expose(req ExposeRequest) (ExposureInfo, bool, error)
 	Unexpose(proto string, addr netip.Addr, port uint16) error
 	Exposures() ([]ExposureInfo, error)
+	Routes() (Routes, error)
 }
 
 // handle adapts an endpoint to HTTP: the error becomes an Error body with
@@ -251,6 +252,10 @@ func Handler(s Node) http.Handler {
 	}))
 	mux.HandleFunc("DELETE /v1/users/{id}", handle(func(r *http.Request) (int, any, error) {
 		return http.StatusNoContent, nil, s.DeleteUser(r.PathValue("id"))
+	}))
+	mux.HandleFunc("GET /v1/routes", handle(func(r *http.Request) (int, any, error) {
+		rs, err := s.Routes()
+		return http.StatusOK, rs, err
 	}))
 	mux.HandleFunc("GET /v1/status", handle(func(r *http.Request) (int, any, error) {
 		return http.StatusOK, s.Status(), nil

@@ -46,6 +46,9 @@ func (f *fakeNode) AddUser(id, network, publicKey string, rotate bool) (UserInfo
 }
 func (f *fakeNode) DeleteUser(id string) error  { return nil }
 func (f *fakeNode) Users() ([]ipam.User, error) { return []ipam.User{}, nil }
+func (f *fakeNode) Routes() (Routes, error) {
+	return Routes{Routes: []Route{{Prefix: netip.MustParsePrefix("2001:db8:1::/64"), Via: netip.MustParseAddr("2001:db8::1"), Kind: RouteNetwork}}}, nil
+}
 func (f *fakeNode) Status() Status {
 	return Status{NodeID: "n1", Uplinks: map[string]string{"eth1": "xdp-generic", "eth0": "xdp-native"},
 		Reconcile: ReconcileStatus{Runs: 3, Errors: 1, Repairs: 2}}
@@ -100,6 +103,7 @@ func TestHandler(t *testing.T) {
 		{"POST", "/v1/users", `{"id":"alice","network":"acme","public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs=","rotate":true}`, 200, `"public_key":"uHoYyU1rAY5eA4kRGw0EPs3qkOqGvwTzBHFTYXo9jVs="`},
 		{"GET", "/v1/users", "", 200, `[]`},
 		{"DELETE", "/v1/users/alice", "", 204, ""},
+		{"GET", "/v1/routes", "", 200, `{"routes":[{"prefix":"2001:db8:1::/64","via":"2001:db8::1","kind":"network"}]}`},
 		{"GET", "/v1/status", "", 200, `"reconcile":{"runs":3,"errors":1,"repairs":2,`},
 		{"POST", "/v1/ipv4", `{"network":"acme"}`, 201, `"address":"203.0.113.9","network":"acme","state":"in use"`},
 		{"POST", "/v1/ipv4", `{"network":"acme","address":"2001:db8::1"}`, 400, `want an IPv4 address`},

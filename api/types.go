@@ -2,6 +2,7 @@ package api
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -54,6 +55,7 @@ type Status struct {
 	PortsOnLegacyTC int               `json:"ports_on_legacy_tc,omitempty"`
 	Uplinks         map[string]string `json:"uplinks"` // uplink name -> attach mode
 	Reconcile       ReconcileStatus   `json:"reconcile"`
+	BGP             *BGPStatus        `json:"bgp,omitempty"`
 }
 
 // ReconcileStatus is the reconcile loop's part of Status.
@@ -89,4 +91,53 @@ type RotateKeyReply struct {
 	Network       string    `json:"network"`
 	NextPublicKey string    `json:"next_public_key"`
 	At            time.Time `json:"at"`
+}
+
+// Route kinds: what a prefix of the export is to this node.
+const (
+	RouteNetwork   = "network"   // a tenant network's /64 of this node's own space
+	RouteDelegated = "delegated" // a /64 this node (an exit) delegated to a member without native IPv6
+	RouteProxy     = "proxy"     // a network's /96 the IPv4 proxy dials from
+	RouteIPv4      = "ipv4"      // the node's IPv4 pool (ipv4_pool, as configured)
+	RouteAggregate = "aggregate" // an enrollment prefix (bgp announce: aggregates)
+)
+
+// Route is one prefix this node serves and the route its upstream needs:
+// Prefix via Via (the node's own address of the family).
+type Route struct {
+	Prefix  netip.Prefix `json:"prefix"`
+	Via     netip.Addr   `json:"via"`
+	Kind    string       `json:"kind"`
+	Network string       `json:"network,omitempty"`
+	// Refused: why the node does not export it (outside its enrollment,
+	// no address of the family): not announced, not in the export.
+	Refused string `json:"refused,omitempty"`
+}
+
+// Routes is the export: what the upstream should route to this node, and
+// what the node serves but refuses to export (each with its reason).
+type Routes struct {
+	Routes  []Route `json:"routes"`
+	Refused []Route `json:"refused,omitempty"`
+}
+
+// BGPStatus is the embedded speaker's state (absent: no bgp configured).
+type BGPStatus struct {
+	LocalASN  uint32          `json:"local_asn"`
+	RouterID  string          `json:"router_id"`
+	Announce  string          `json:"announce"`
+	Announced []string        `json:"announced"`
+	Peers     []BGPPeerStatus `json:"peers"`
+	LastError string          `json:"last_error,omitempty"`
+}
+
+// BGPPeerStatus is one neighbour's session.
+type BGPPeerStatus struct {
+	Address    string `json:"address"`
+	PeerASN    uint32 `json:"peer_asn"`
+	State      string `json:"state"`
+	Flaps      uint32 `json:"flaps"`
+	Advertised uint64 `json:"advertised"`
+	Received   uint64 `json:"received"` // all rejected: export only
+	Uptime     string `json:"uptime,omitempty"`
 }

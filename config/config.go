@@ -130,6 +130,8 @@ type Node struct {
 	// /64 of the lower half of the first prefix
 	// (2001:db8:101:7fff::/64 of 2001:db8:101::/48).
 	ProxyPrefix netip.Prefix `yaml:"proxy_prefix"`
+	// BGP, when set, runs the embedded BGP speaker (config/bgp.go).
+	BGP *BGP `yaml:"bgp"`
 }
 
 // HostService is a protocol and port of the node open to workloads.
@@ -216,6 +218,7 @@ func (n *Node) defaults() {
 	if n.Registry.Dir == "" {
 		n.Registry.Dir = defaults.RegistryDir
 	}
+	n.bgpDefaults()
 }
 
 // UpperHalf is the upper half of p (p one bit longer, that bit set).

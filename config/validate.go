@@ -111,6 +111,7 @@ func (n *Node) Validate() error {
 		bad("reuse_quarantine", n.ReuseQuarantine.String(), "must not be negative (0s: reused at once)")
 	}
 	n.validateRegistry(bad)
+	n.validateBGP(bad)
 	n.validatePaths(bad)
 	n.validateAPIGroup(bad)
 	switch {

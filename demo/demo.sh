@@ -22,7 +22,9 @@
 # behind a router that lets nothing in. acme is declared in the grid
 # registry with node1 as its exit: node3, node4 and node5 have no prefixes
 # of their own, so node1 delegates each a /64 of its pool
-# (2001:db8:101:8000::/49) for acme, already routed to node1 with its /48.
+# (2001:db8:101:8000::/49) for acme, which node1 announces. The internet's
+# router is BIRD on the client host: node1 and node2 announce their /64s
+# (and node1 its delegations) to it over BGP; nothing is routed by hand.
 # web4 reaches the internet through node1 over 6in4 (IPv6 in IPv4,
 # encapsulated and taken out in eBPF), web3 and web5 over acme's
 # WireGuard. globex is made through the nodes' local API.
@@ -114,7 +116,8 @@ outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3";
 
 down() {
 	say "removing the demo"
-	for p in "$RUN"/*.pid; do [[ -f $p ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
+	# BIRD last: the nodes' cleanup withdraws their routes from it.
+	for p in "$RUN"/*.pid; do [[ -f $p && $p != "$RUN/bird.pid" ]] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
 	pkill -9 -f "tenantnetd run --config $RUN/" 2>/dev/null || true
 	sleep 0.3
 	for i in $NODES; do
@@ -123,6 +126,7 @@ down() {
 		fi
 		rm -rf "/sys/fs/bpf/tenantnet-demo-node$i"
 	done
+	[[ -f $RUN/bird.pid ]] && kill -9 "$(cat "$RUN/bird.pid")" 2>/dev/null || true
 	for ns in $(ip netns list | awk '/^tn-demo/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
 	rm -rf "$RUN" "$STATE"
 	local left
@@ -157,6 +161,36 @@ etcd_refuses() {
 	tls) [[ $out == *"deadline exceeded"* || $out == *"certificate"* || $out == *"handshake"* ]] ;;
 	rbac) [[ $out == *"permission denied"* ]] ;;
 	esac
+}
+
+# bird_up: the DC's router (BIRD 2) on the internet's client host: an
+# eBGP session with each dual-stack node, graceful restart aware, what
+# it learns put in the host's kernel table (proto bird), nothing
+# announced back.
+bird_up() {
+	cat >"$RUN/bird.conf" <<EOT
+log "$RUN/bird.log" all;
+router id 192.0.2.100;
+protocol device {}
+protocol kernel { ipv6 { import none; export all; }; }
+template bgp node { local 2001:db8:ffff::100 as 65000; graceful restart aware; connect retry time 2; error wait time 1, 5;
+	ipv6 { import all; export none; }; }
+protocol bgp node1 from node { neighbor 2001:db8:ffff::1 as 65101; }
+protocol bgp node2 from node { neighbor 2001:db8:ffff::2 as 65102; }
+EOT
+	in_ns tn-demo-client bird -c "$RUN/bird.conf" -s "$RUN/bird.ctl" -P "$RUN/bird.pid"
+}
+# learned i: every route node i exports is in the internet host's table,
+# learned over BGP (proto bird) via the node's address.
+learned() {
+	local routes
+	# IPv6 only: the sessions carry IPv6 (node1's IPv4 pool is on the
+	# internet's segment, answered by ARP).
+	routes=$(nd "$1" routes export | awk '/^ip route add/ && $4 ~ /:/ { print $4, $6 }')
+	[[ -n $routes ]] || return 1
+	while read -r p via; do
+		ip -n tn-demo-client -6 route show "$p" proto bird | grep -q "via $via" || return 1
+	done <<<"$routes"
 }
 
 start_node() { # start_node i class prefix addresses(YAML list) [etcd endpoint] [--exit] [ipv4 pool]
@@ -204,6 +238,14 @@ registry_lease: 6s
 registry: $registry
 grid_public_key: $STATE/grid.key.pub
 EOT
+	if [[ $class == dual-stack ]]; then
+		# Its routes upstream, announced to the internet's router.
+		cat <<EOT
+bgp:
+  local_asn: 6510$i
+  neighbors: [{address: "2001:db8:ffff::100", peer_asn: 65000}]
+EOT
+	fi
 }
 
 # forge_record writes a record for "intruder" (never enrolled) claiming
@@ -244,6 +286,9 @@ up() {
 	ip -n tn-demo-client link set eth0 up
 	ip -n tn-demo-client link set lo up
 
+	say "the internet's router: BIRD on the client host, learning the nodes' /64s over BGP (no static routes)"
+	bird_up
+
 	say "five nodes: node1 and node2 dual-stack, node3 at home behind NAT, node4 in an IPv4-only DC, node5 at home with one /64"
 	for i in 1 2; do
 		ns=$(node_ns $i)
@@ -254,8 +299,6 @@ up() {
 		ip -n "$ns" addr add "192.0.2.$i/24" dev uplink
 		ip -n "$ns" link set uplink up
 		ip -n "$ns" link set lo up
-		# What the DC's router would do: route the node's /48 to it.
-		ip -n tn-demo-client route add "2001:db8:10$i::/48" via "2001:db8:ffff::$i"
 	done
 	ip netns add $NAT
 	ip -n $INET link add n3 type veth peer name wan netns $NAT
@@ -393,6 +436,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 	fw 1 rule add --tenant "$GLOBEX1" --dir out --proto tcp --port 25 --action deny --comment "no spam"
 
 	say "checks"
+	check "the internet's router learned node1's /64s over BGP (routes export = BIRD's routes)" ok retry learned 1
+	check "the internet's router learned node2's /64s over BGP (routes export = BIRD's routes)" ok retry learned 2
 	check "web1 -> web2 tcp (acme, node1 -> node2, WireGuard)" ok retry_tcp tn-demo-web1 "$WEB2" 8080
 	check "web2 -> web3 tcp (acme, to the node behind NAT)" ok retry_tcp tn-demo-web2 "$WEB3" 8080
 	check "web3 -> web1 tcp (acme, from behind NAT)" ok retry_tcp tn-demo-web3 "$WEB1" 8080
@@ -462,7 +507,11 @@ extendedKeyUsage=serverAuth,clientAuth"
 	# ndisc_notify, announces it by an unsolicited override NA. Its port
 	# drops the DAD NS as nd-spoof and the NA (from fe80::1, not its own
 	# link-local) as spoof; nothing reaches the bridge, and web1 keeps
-	# working once it gives the address up.
+	# working once it gives the address up. With no DAD delay the NS
+	# leaves at once: tenantnetd's reconcile removes a foreign link-local,
+	# and with the kernel's random delay of up to a second it could win
+	# before the NS was sent.
+	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.rtr_solicit_delay=0
 	in_ns tn-demo-web1 sysctl -qw net.ipv6.conf.eth0.ndisc_notify=1
 	ip -n tn-demo-web1 addr add fe80::1/64 dev eth0
 	sleep 2
@@ -577,6 +626,8 @@ extendedKeyUsage=serverAuth,clientAuth"
 
 Explore (as root):
   ip netns exec tn-demo-web1 ping -c2 $WEB3                 # node1 -> node3 (behind NAT) over WireGuard
+  birdc -s /run/tenantnet-demo/bird.ctl show route              # the internet's router: the /64s it learned over BGP
+  bin/tenantnetd routes export --socket /run/tenantnet-demo/node1.sock   # what node1 announces
   ip netns exec tn-demo-web3 ping -c2 2001:db8:ffff::100    # node3 -> the internet through acme's exit, node1
   nsenter --net=/run/netns/tn-demo-node3 ip -6 rule           # node3 routes acme's /64 to its exit
   ip netns exec tn-demo-web4 ping -c2 2001:db8:ffff::100    # node4 (IPv4-only DC) -> the internet over 6in4 to node1

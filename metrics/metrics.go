@@ -109,6 +109,18 @@ var (
 		"Registry entries (records, enrollments, declarations, the revocation list) not believed, by reason: once per change of what was rejected.", []string{"reason"}, nil)
 	regHeld = prometheus.NewDesc("tenantnet_registry_held_peers",
 		"WireGuard peers kept in grace (registry_grace) though their node's record is not live (not renewed, removed, unreadable, or the registry cannot be read), because their tunnel carries traffic.", nil, nil)
+	routeExported = prometheus.NewDesc("tenantnet_route_exported",
+		"1 for each prefix this node serves and exports (tenantnetd routes export): its upstream routes it via the node's address; kind network, delegated, proxy or ipv4.", []string{"prefix", "kind"}, nil)
+	routeRefused = prometheus.NewDesc("tenantnet_route_refused",
+		"1 for each prefix this node serves but refuses to export or announce (outside its enrollment, no address of the family): see the log for why.", []string{"prefix", "kind"}, nil)
+	bgpUp = prometheus.NewDesc("tenantnet_bgp_session_up",
+		"1 if the BGP session with the neighbour is established, else 0.", []string{"neighbor"}, nil)
+	bgpFlaps = prometheus.NewDesc("tenantnet_bgp_session_flaps_total",
+		"Times the BGP session with the neighbour went down from established.", []string{"neighbor"}, nil)
+	bgpAdvertised = prometheus.NewDesc("tenantnet_bgp_advertised_prefixes",
+		"Prefixes advertised to the neighbour.", []string{"neighbor"}, nil)
+	bgpAnnounced = prometheus.NewDesc("tenantnet_bgp_announced_prefixes",
+		"Prefixes the BGP speaker announces.", nil, nil)
 	regReleased = prometheus.NewDesc("tenantnet_registry_released_total",
 		"Nodes whose record stopped being live and whose peers were removed, by reason (no traffic on its tunnels, grace period over, revoked, ...).", []string{"reason"}, nil)
 )
@@ -124,7 +136,8 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets, delegations,
 		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused,
-		pxActive, pxTotal, pxRefused, pxBytes, pxSessions, pxDialErrors, pxIdle, pxEvicted, pxDropped, v4Pool, v4Used, v4Quarantined} {
+		pxActive, pxTotal, pxRefused, pxBytes, pxSessions, pxDialErrors, pxIdle, pxEvicted, pxDropped, v4Pool, v4Used, v4Quarantined,
+		routeExported, routeRefused, bgpUp, bgpFlaps, bgpAdvertised, bgpAnnounced} {
 		ch <- d
 	}
 }
@@ -235,6 +248,25 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		c.log.Warn("read the proxy's counters", "err", err)
 	} else {
 		collectProxy(ch, ps)
+	}
+	rs := c.s.ExportedRoutes()
+	for _, r := range rs.Routes {
+		ch <- prometheus.MustNewConstMetric(routeExported, prometheus.GaugeValue, 1, r.Prefix.String(), r.Kind)
+	}
+	for _, r := range rs.Refused {
+		ch <- prometheus.MustNewConstMetric(routeRefused, prometheus.GaugeValue, 1, r.Prefix.String(), r.Kind)
+	}
+	if b := c.s.BGPStatus(); b != nil {
+		ch <- prometheus.MustNewConstMetric(bgpAnnounced, prometheus.GaugeValue, float64(len(b.Announced)))
+		for _, p := range b.Peers {
+			up := 0.0
+			if p.State == "established" {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(bgpUp, prometheus.GaugeValue, up, p.Address)
+			ch <- prometheus.MustNewConstMetric(bgpFlaps, prometheus.CounterValue, float64(p.Flaps), p.Address)
+			ch <- prometheus.MustNewConstMetric(bgpAdvertised, prometheus.GaugeValue, float64(p.Advertised), p.Address)
+		}
 	}
 	held, released := c.s.HeldPeers()
 	ch <- prometheus.MustNewConstMetric(regHeld, prometheus.GaugeValue, float64(held))

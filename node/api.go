@@ -42,7 +42,19 @@ func (s *Service) AddNetwork(id string, mtu int) (api.NetworkInfo, bool, error) 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addNetworkLocked(id, mtu, false)
+	info, created, err := s.addNetworkLocked(id, mtu, false)
+	if err == nil {
+		s.syncRoutesNow()
+	}
+	return info, created, err
+}
+
+// syncRoutesNow announces (or withdraws) what an API change made at once,
+// not at the next reconcile.
+func (s *Service) syncRoutesNow() {
+	if err := s.syncRoutesLocked(nil); err != nil {
+		s.log.Warn("routes upstream", "err", err)
+	}
 }
 
 // addNetworkLocked creates a network (declared: because the registry
@@ -132,7 +144,11 @@ func (s *Service) makeNetwork(id string, alloc func() (ipam.Network, bool, error
 func (s *Service) DeleteNetwork(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deleteNetworkLocked(id)
+	err := s.deleteNetworkLocked(id)
+	if err == nil {
+		s.syncRoutesNow()
+	}
+	return err
 }
 
 func (s *Service) deleteNetworkLocked(id string) error {
@@ -472,6 +488,12 @@ func (s *Service) Users() ([]ipam.User, error) { return s.ipam.Users("") }
 
 // Status reports the node's state.
 func (s *Service) Status() api.Status {
+	st := s.status()
+	st.BGP = s.BGPStatus()
+	return st
+}
+
+func (s *Service) status() api.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := api.Status{NodeID: s.cfg.NodeID, Class: string(s.cfg.Class), AttachMode: string(s.attachMode),

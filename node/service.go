@@ -53,6 +53,7 @@ type Service struct {
 	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
 	held      heldState
 	v4        ipv4State
+	routes    routeState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -335,6 +336,11 @@ func (s *Service) reconcileLocked(deep bool) error {
 	start := time.Now()
 	var r repairs
 	err := s.reconcileOnce(&r, deep)
+	// The routes upstream follow what the run made (a declared network
+	// joined or left, a delegation): within the run.
+	if rerr := s.syncRoutesLocked(&r); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
 	d := time.Since(start)
 	s.stats.Runs++
 	s.stats.LastRun = start

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 
 	"github.com/spf13/pflag"
 
@@ -46,6 +49,17 @@ func cleanup(cfgPath string, purge, force bool, stdout io.Writer) error {
 	rep, err := node.Cleanup(cfg, purge, force)
 	if err != nil {
 		return err
+	}
+	// A node stopped for good takes its routes back: its last run left
+	// them with its BGP peers (graceful restart).
+	// What is local is removed already: a router not reached is said,
+	// not a failure of the cleanup.
+	if cfg.BGP != nil {
+		if err := node.WithdrawBGP(context.Background(), cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+			fmt.Fprintf(stdout, "bgp: WARNING: %v\n", err)
+		} else {
+			fmt.Fprintln(stdout, "bgp: routes withdrawn from the neighbours")
+		}
 	}
 	// After node.Cleanup, which removes nothing when it refuses a purge;
 	// Stop finds the proxy processes by their command line even when the

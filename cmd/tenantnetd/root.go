@@ -38,11 +38,11 @@ func program() *cli.Program[*Env] {
   tenantnetd netns create web-1
   tenantnetd workload add --id web-1 --network acme --netns /run/netns/web-1
   tenantnetd status`,
-		Footer: `Client commands (network, workload, user, status) take --socket (default from the
+		Footer: `Client commands (network, workload, user, status, routes) take --socket (default from the
 config: /run/tenantnet/tenantnetd.sock) and -o json. Exit codes: 0 ok, 1 failed, 2 usage.
 Run 'tenantnetd <command> --help' for flags and examples.
 `,
-		Commands: []*command{runCmd(), networkCmd(), workloadCmd(), userCmd(), ipv4Cmd(), exposeCmd(), unexposeCmd(), statusCmd(), netnsCmd(), cleanupCmd(), gridCmd(), identityCmd()},
+		Commands: []*command{runCmd(), networkCmd(), workloadCmd(), userCmd(), ipv4Cmd(), exposeCmd(), unexposeCmd(), statusCmd(), routesCmd(), netnsCmd(), cleanupCmd(), gridCmd(), identityCmd()},
 	}
 }
 

@@ -102,6 +102,11 @@ func serve(cfgPath string, adopt bool) error {
 	if err := s.Reconcile(true); err != nil {
 		log.Warn("first reconcile had errors; retrying in the loop", "err", err)
 	}
+	// BGP after the first reconcile: the peers get the whole table in
+	// the first update (a restart's End-of-RIB follows every route).
+	if err := s.StartBGP(ctx); err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(s, log))
 	// A scrape walks every map: its time is bounded, and so are the
@@ -123,5 +128,8 @@ func serve(cfgPath string, adopt bool) error {
 	log.Info("tenantnetd stopping; the datapath stays attached and the WireGuard devices up")
 	stop() // when the API failed rather than a signal
 	<-ran
+	// No Cease: the peers keep the routes for the graceful restart time
+	// while the datapath forwards; `tenantnetd cleanup` withdraws them.
+	s.StopBGP(context.Background())
 	return err
 }

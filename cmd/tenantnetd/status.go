@@ -59,6 +59,20 @@ func printStatus(w io.Writer, st api.Status) {
 	if r.LastError != "" {
 		fmt.Fprintf(w, "reconcile: last error: %s\n", r.LastError)
 	}
+	if b := st.BGP; b != nil {
+		fmt.Fprintf(w, "bgp: as %d, router id %s, announce %s: %d prefixes announced\n", b.LocalASN, b.RouterID, b.Announce, len(b.Announced))
+		for _, p := range b.Peers {
+			up := ""
+			if p.Uptime != "" {
+				up = " for " + p.Uptime
+			}
+			fmt.Fprintf(w, "bgp: neighbour %s as %d: %s%s, %d advertised, %d received (rejected), %s\n",
+				p.Address, p.PeerASN, p.State, up, p.Advertised, p.Received, plural(uint64(p.Flaps), "flap"))
+		}
+		if b.LastError != "" {
+			fmt.Fprintf(w, "bgp: last error: %s\n", b.LastError)
+		}
+	}
 }
 
 func plural(n uint64, what string) string {

@@ -124,6 +124,9 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	if rep.Unreachable, err = RemoveUnreachable(h); err != nil {
 		return rep, fmt.Errorf("remove the fail-closed routes: %w", err)
 	}
+	if _, err := RemoveProxyRoutes(h); err != nil {
+		return rep, fmt.Errorf("remove the proxy's local routes: %w", err)
+	}
 	if _, err := RemoveHostGuard(); err != nil {
 		return rep, fmt.Errorf("remove the nftables table %s: %w", hostGuardTable, err)
 	}

@@ -7,6 +7,7 @@ package node
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/tenantnet/tenantnet/ipam"
@@ -64,9 +65,17 @@ func sameNetworkDiff(rules []policy.Rule, prefixes []netip.Prefix) (del []policy
 
 // syncTenantPrefixes keeps the network's tenant owning all of its /64s
 // (local and remote, for isolation) and the "same network" rules that let
-// its workloads reach each other across nodes.
-func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r *repairs) error {
-	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].String() < prefixes[j].String() })
+// its workloads reach each other across nodes; and owning the IPv4
+// proxies' /96s (proxies: this node's and the members'), which get no
+// such rule (proxy96.go).
+func (s *Service) syncTenantPrefixes(n ipam.Network, nets, proxies []netip.Prefix, r *repairs) error {
+	byName := func(ps []netip.Prefix) {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].String() < ps[j].String() })
+	}
+	nets = slices.Clone(nets)
+	byName(nets)
+	prefixes := append(slices.Clone(nets), proxies...)
+	byName(prefixes)
 	key := fmt.Sprint(prefixes)
 	if s.prefixes.applied[n.ID] == key {
 		return nil
@@ -88,7 +97,7 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		}
 		// A tenant that turned them off keeps them off: the flag is in
 		// the firewall's state, so it holds across restarts.
-		sameNet := prefixes
+		sameNet := nets
 		if cur.NoSameNetwork {
 			sameNet = nil
 		}

@@ -27,9 +27,10 @@ type wgWant struct {
 	// proxies are the IPv4 proxy /96s other members publish for the
 	// network (NetworkRecord.ProxyPrefix), each in its node's peer: the
 	// tenant owns them, without a "same network" rule.
-	proxies  []netip.Prefix
-	exitPeer bool        // one peer carries ::/0: the outside is reached through the exit
-	wakes    []time.Time // peers' key rotations still to come: reconcile then
+	proxies    []netip.Prefix
+	proxyNodes []string    // the node of each of proxies
+	exitPeer   bool        // one peer carries ::/0: the outside is reached through the exit
+	wakes      []time.Time // peers' key rotations still to come: reconcile then
 }
 
 // desiredPeers computes network n's member peers from the registry's
@@ -68,6 +69,7 @@ func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, allowed func(node
 			// tn_from_wg ties it to the tenant). records.go believed it.
 			p.AllowedIPs = append(p.AllowedIPs, nr.ProxyPrefix)
 			want.proxies = append(want.proxies, nr.ProxyPrefix)
+			want.proxyNodes = append(want.proxyNodes, rec.NodeID)
 		}
 		if role == exitViaPeer && rec.NodeID == exit {
 			// The outside, through the exit (WireGuard still sends the

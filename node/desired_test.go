@@ -123,11 +123,12 @@ func TestDesiredPeers(t *testing.T) {
 			rec("n3", "dual-stack", 0, []netip.Addr{v4}, map[string]registry.NetworkRecord{"acme": {Prefix: p3, PublicKey: k3.String(), Port: 51821, ProxyPrefix: x96}}),
 		},
 		want: wgWant{
-			peers:    []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v4, 51821), AllowedIPs: []netip.Prefix{p3, x96, defaultRoute}, Keepalive: 25 * time.Second}},
-			prefixes: []netip.Prefix{n.Prefix, p3},
-			proxies:  []netip.Prefix{x96},
-			pathMTU:  map[netip.Prefix]int{},
-			exitPeer: true,
+			peers:      []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v4, 51821), AllowedIPs: []netip.Prefix{p3, x96, defaultRoute}, Keepalive: 25 * time.Second}},
+			prefixes:   []netip.Prefix{n.Prefix, p3},
+			proxies:    []netip.Prefix{x96},
+			proxyNodes: []string{"n3"},
+			pathMTU:    map[netip.Prefix]int{},
+			exitPeer:   true,
 		},
 	}, {
 		name: "a proxy node's /96, dual-stack",
@@ -136,10 +137,11 @@ func TestDesiredPeers(t *testing.T) {
 			rec("n3", "dual-stack", 0, []netip.Addr{v6b}, map[string]registry.NetworkRecord{"acme": {Prefix: p3, PublicKey: k3.String(), Port: 51821, ProxyPrefix: x96}}),
 		},
 		want: wgWant{
-			peers:    []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v6b, 51821), AllowedIPs: []netip.Prefix{p3, x96}}},
-			prefixes: []netip.Prefix{n.Prefix, p3},
-			proxies:  []netip.Prefix{x96},
-			pathMTU:  map[netip.Prefix]int{},
+			peers:      []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v6b, 51821), AllowedIPs: []netip.Prefix{p3, x96}}},
+			prefixes:   []netip.Prefix{n.Prefix, p3},
+			proxies:    []netip.Prefix{x96},
+			proxyNodes: []string{"n3"},
+			pathMTU:    map[netip.Prefix]int{},
 		},
 	}, {
 		name: "a bad key or no address gives no peer",

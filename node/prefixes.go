@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -30,10 +31,13 @@ func sameNetworkRule(tenant uint32, src netip.Prefix) policy.Rule {
 type prefixState struct {
 	applied map[string]string         // network -> prefixes last given to the firewall
 	spans   map[string][]netip.Prefix // network -> its /64s on every node
+	// proxies: network -> the IPv4 proxies' /96s of it (this node's and
+	// the members'), as network list shows them.
+	proxies map[string][]api.IPv4Clients
 }
 
 func newPrefixState() prefixState {
-	return prefixState{applied: map[string]string{}, spans: map[string][]netip.Prefix{}}
+	return prefixState{applied: map[string]string{}, spans: map[string][]netip.Prefix{}, proxies: map[string][]api.IPv4Clients{}}
 }
 
 // sameNetworkDiff is the change that makes the "same network" rules of

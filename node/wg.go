@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
@@ -268,11 +269,18 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 
 // proxyPrefixes are the IPv4 proxies' /96s of network n: this node's
 // (with a proxy_prefix) and the members' (want.proxies).
+// It also keeps them for network list.
 func (s *Service) proxyPrefixes(n ipam.Network, want wgWant) []netip.Prefix {
 	out := slices.Clone(want.proxies)
+	var show []api.IPv4Clients
 	if p, ok := proxySubnet(s.cfg, n); ok {
 		out = append(out, p)
+		show = append(show, api.IPv4Clients{Prefix: p, Node: s.cfg.NodeID})
 	}
+	for i, p := range want.proxies {
+		show = append(show, api.IPv4Clients{Prefix: p, Node: want.proxyNodes[i]})
+	}
+	s.prefixes.proxies[n.ID] = show
 	return out
 }
 

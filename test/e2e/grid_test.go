@@ -106,6 +106,9 @@ type gridOpts struct {
 	// address at all, and they have no prefixes (their exits delegate
 	// their /64s); the other nodes (but natLast's) get an IPv4 too.
 	ipv4Only map[int]bool
+	// extraFor is more configuration for one node (by number), after
+	// extra.
+	extraFor map[int]string
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -252,7 +255,7 @@ registry_lease: 3s
 registry: %s
 grid_public_key: %s.pub
 %s
-`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra))
+`, g.id, class, prefixes, addrs, g.state, g.pin, g.d.socket, 19470+i, registryYAML, gridKey, extra+"\n"+o.extraFor[i]))
 		}
 		registryYAML := registryOf(i)
 		g.opCfg = g.d.cfgPath

@@ -288,6 +288,10 @@ func TestGridProxy96(t *testing.T) {
 	}
 	pre2 := counted(t, m, policy.DirPrefilter, policy.DropSpoofPath)
 	pre1 := counted(t, p, policy.DirPrefilter, policy.DropSpoofPath)
+	// What the workloads' rules let in meanwhile: nothing (the SYN never
+	// meets them; a handshake could not complete anyway, the answer goes
+	// to node1, which has no such socket).
+	ruled := map[*gridNode]uint64{m: counted(t, m, policy.DirIn, policy.PassRule), home: counted(t, home, policy.DirIn, policy.PassRule)}
 	if dialFreebind(inet, cl7, hp("w2", 9000), 2*time.Second) == nil {
 		t.Error("the internet reached w2 from the /96")
 	}
@@ -297,6 +301,11 @@ func TestGridProxy96(t *testing.T) {
 	for _, id := range []string{"w2", "w3"} {
 		if a, none := seen[id].none(time.Second); !none {
 			t.Errorf("%s accepted a connection from %s (the internet's)", id, a)
+		}
+	}
+	for g, before := range ruled {
+		if n := counted(t, g, policy.DirIn, policy.PassRule); n != before {
+			t.Errorf("%s: acme's rules let in %d packets during the internet's /96 attack", g.id, n-before)
 		}
 	}
 	if n := counted(t, m, policy.DirPrefilter, policy.DropSpoofPath); n <= pre2 {

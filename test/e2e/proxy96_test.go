@@ -258,6 +258,19 @@ func TestGridProxy96(t *testing.T) {
 	if n := counted(t, p, policy.DirWG, policy.PassStack); n == 0 {
 		t.Error("node1 passed no answer to its /96 from WireGuard to the kernel")
 	}
+	// The /96s are node1's local addresses, but not a way for workloads
+	// into the node: the host guard lets in only what is for a socket
+	// bound in the proxy /64 (the proxy's), not for a wildcard listener.
+	listenTCP(t, p.ns, "[::]:9999")
+	node1Svc := fmt.Sprintf("[%s]:9999", embed(x, "198.51.100.9"))
+	if err := dialTCP(p.ns, node1Svc, 2*time.Second); err != nil {
+		t.Errorf("node1's own listener on the /96: %v", err)
+	}
+	for _, id := range []string{"w1", "w2"} {
+		if dialTCP(wns[id], node1Svc, 2*time.Second) == nil {
+			t.Errorf("%s reached node1's wildcard listener through acme's /96", id)
+		}
+	}
 	// The local route is repaired.
 	exec.Command("ip", "-n", p.ns.Name, "-6", "route", "del", "local", x.String(), "dev", "lo", "table", "local").Run()
 	retry(t, 10*time.Second, "node1 restores the proxy route", func() error {

@@ -26,6 +26,18 @@ type NetworkInfo struct {
 	// /64s it delegated to the network's members without native IPv6
 	// (live, or in quarantine after the member left).
 	Delegations []ipam.Delegation `json:"delegations,omitempty"`
+	// IPv4Clients are the IPv4 proxies' /96s of the network (issue 17):
+	// a proxy on Node dials the network's services from
+	// <Prefix>::a.b.c.d, the IPv4 client a.b.c.d in the low 32 bits. The
+	// tenant's inbound rules name them: "tcp 443 from <Prefix>" lets in
+	// every IPv4 client of that proxy, "from <Prefix>::a.b.c.d/128" one.
+	IPv4Clients []IPv4Clients `json:"ipv4_clients,omitempty"`
+}
+
+// IPv4Clients is one IPv4 proxy's /96 of a network.
+type IPv4Clients struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Node   string       `json:"node"`
 }
 
 // WorkloadInfo is a workload as the API shows it.

@@ -42,6 +42,20 @@ int tn_uplink(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	if (tn_parse(data, data_end, bpf_xdp_get_buff_len(ctx), &p))
 		return XDP_PASS;
+	/* A source the node itself speaks from (a tenant's proxy /96 here)
+	 * never comes by the uplink, whatever it is for: for a workload of
+	 * another node, forwarded into the tenant's WireGuard, it would pass
+	 * there as the proxy's dial. Before the passes below: fragments and
+	 * ICMP errors included. */
+	if (p.l3 != ETH_P_ARP) {
+		__u32 src_owner = tn_prefix_owner(p.src);
+		if (src_owner && tn_host_source(src_owner, p.src)) {
+			tn_verdict(&p, src_owner, ctx->ingress_ifindex,
+				   TN_DIR_PREFILTER, TN_DROP_SPOOF_PATH,
+				   bpf_xdp_get_buff_len(ctx));
+			return XDP_DROP;
+		}
+	}
 	if (p.l3 == ETH_P_ARP || p.frag == TN_FRAG_LATER || tn_is_control(&p))
 		return XDP_PASS;
 

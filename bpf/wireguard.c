@@ -91,12 +91,16 @@ int tn_from_wg(struct __sk_buff *skb)
 		reason = TN_PASS_STACK;
 		goto out;
 	}
-	if (src_kind == TN_ROUTE_WG && dst && dst->kind == TN_ROUTE_EXIT &&
-	    !dst->ifindex && tn_global_unicast(p.dst) &&
-	    !tn_other_tenant(p.dst, tenant)) {
+	if (src_kind == TN_ROUTE_WG && dst &&
+	    ((dst->kind == TN_ROUTE_EXIT && !dst->ifindex &&
+	      tn_global_unicast(p.dst) && !tn_other_tenant(p.dst, tenant)) ||
+	     dst->kind == TN_ROUTE_HOST)) {
 		/* This node is the network's exit: a member without native
-		 * IPv6 reaches the outside through it. The kernel routes it
-		 * out of the uplink. */
+		 * IPv6 reaches the outside through it, and the kernel routes
+		 * it out of the uplink. Or it is for the node itself: a
+		 * member's workload answering the IPv4 proxy's dial from the
+		 * tenant's /96, which the kernel takes locally (its local
+		 * route). */
 		tn_clamp_mss(skb, &p, src_mtu);
 		reason = TN_PASS_STACK;
 		goto out;

@@ -24,6 +24,12 @@ const (
 	// Route6in4 is ::/0 on an ipv4-only member: the exit over the 6in4
 	// tunnel of the source's /64 (tn_6in4_v1).
 	Route6in4 = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_6IN4)
+	// RouteHost is a prefix of the tenant's that the node itself speaks
+	// from and takes locally (the IPv4 proxy's /96 on its node, a `local`
+	// kernel route): tn_to_workload believes it from the host only,
+	// tn_from_wg hands packets for it to the kernel, tn_uplink drops it as
+	// a source.
+	RouteHost = RouteKind(loader.WorkloadTnRouteKindTN_ROUTE_HOST)
 )
 
 func (k RouteKind) String() string {
@@ -38,6 +44,8 @@ func (k RouteKind) String() string {
 		return "drop"
 	case Route6in4:
 		return "6in4"
+	case RouteHost:
+		return "host"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -47,13 +55,13 @@ func (k RouteKind) MarshalText() ([]byte, error) { return []byte(k.String()), ni
 
 // UnmarshalText reads a kind by name.
 func (k *RouteKind) UnmarshalText(b []byte) error {
-	for _, c := range []RouteKind{RouteLocal, RouteWG, RouteExit, RouteDrop, Route6in4} {
+	for _, c := range []RouteKind{RouteLocal, RouteWG, RouteExit, RouteDrop, Route6in4, RouteHost} {
 		if c.String() == string(b) {
 			*k = c
 			return nil
 		}
 	}
-	return fmt.Errorf("route kind %q: want local, wireguard, exit, drop or 6in4", b)
+	return fmt.Errorf("route kind %q: want local, wireguard, exit, drop, 6in4 or host", b)
 }
 
 const routeRedirect = uint8(loader.WorkloadTnRouteFlagsTN_ROUTE_F_REDIRECT)

@@ -86,6 +86,7 @@ func TestConstantsMatchC(t *testing.T) {
 			"TN_ROUTE_WG":    v(loader.WorkloadTnRouteKindTN_ROUTE_WG, RouteWG),
 			"TN_ROUTE_EXIT":  v(loader.WorkloadTnRouteKindTN_ROUTE_EXIT, RouteExit),
 			"TN_ROUTE_6IN4":  v(loader.WorkloadTnRouteKindTN_ROUTE_6IN4, Route6in4),
+			"TN_ROUTE_HOST":  v(loader.WorkloadTnRouteKindTN_ROUTE_HOST, RouteHost),
 			"TN_ROUTE_DROP":  v(loader.WorkloadTnRouteKindTN_ROUTE_DROP, RouteDrop),
 		},
 		"tn_route_flags": {

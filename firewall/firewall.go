@@ -773,7 +773,9 @@ func (fw *Firewall) SetSameNetwork(id uint32, on bool) (bpfmaps.Change, error) {
 		if on {
 			var add []policy.Rule
 			for _, p := range tn.Prefixes {
-				if !have[p] {
+				// A /96 of IPv6 is an IPv4 proxy's (node/proxy96.go):
+				// its dials are the internet's, never "same network".
+				if !have[p] && !(p.Addr().Is6() && !p.Addr().Is4In6() && p.Bits() == 96) {
 					add = append(add, policy.SameNetworkRule(id, p))
 				}
 			}

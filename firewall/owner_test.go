@@ -88,3 +88,33 @@ func TestOwnedRules(t *testing.T) {
 		mustMatchStore(t, fw)
 	})
 }
+
+// A tenant's IPv4 proxy /96 (node/proxy96.go) never gets a "same
+// network" rule: turning them back on gives one per /64 only, so the
+// proxy's dials stay the tenant's inbound rules' to decide.
+func TestSameNetworkSkipsProxy96(t *testing.T) {
+	fw := openFW(t)
+	p64, p96 := netip.MustParsePrefix("2001:db8:101:1::/64"), netip.MustParsePrefix("2001:db8:101:7fff:0:7::/96")
+	if err := fw.EnsureTenant(7, "acme", []netip.Prefix{p64, p96}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.SetSameNetwork(7, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.SetSameNetwork(7, true); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := fw.Rules(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srcs []netip.Prefix
+	for _, r := range rules {
+		if r.Owner == policy.OwnerNode {
+			srcs = append(srcs, r.Src)
+		}
+	}
+	if len(srcs) != 1 || srcs[0] != p64 {
+		t.Fatalf("same-network rules from %v, want %v alone", srcs, p64)
+	}
+}

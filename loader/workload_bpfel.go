@@ -310,6 +310,7 @@ const (
 	WorkloadTnRouteKindTN_ROUTE_EXIT  WorkloadTnRouteKind = 3
 	WorkloadTnRouteKindTN_ROUTE_DROP  WorkloadTnRouteKind = 4
 	WorkloadTnRouteKindTN_ROUTE_6IN4  WorkloadTnRouteKind = 5
+	WorkloadTnRouteKindTN_ROUTE_HOST  WorkloadTnRouteKind = 6
 )
 
 type WorkloadTnRportKey struct {

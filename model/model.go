@@ -37,13 +37,17 @@ type Endpoint struct {
 
 // State is everything the datapath's maps hold, in plain form.
 type State struct {
-	Ports     map[uint32]uint32         // ifindex -> tenant
-	WGDevs    map[uint32]uint32         // WireGuard device ifindex -> tenant
-	SrcAddrs  map[uint32][]netip.Prefix // ifindex -> bound source prefixes
-	Prefixes  map[netip.Prefix]uint32   // tenant prefixes
-	Endpoints map[netip.Addr]Endpoint
-	Policies  map[uint32]policy.TenantPolicy
-	Rules     []policy.Rule
+	Ports    map[uint32]uint32         // ifindex -> tenant
+	WGDevs   map[uint32]uint32         // WireGuard device ifindex -> tenant
+	SrcAddrs map[uint32][]netip.Prefix // ifindex -> bound source prefixes
+	Prefixes map[netip.Prefix]uint32   // tenant prefixes
+	// HostPrefixes are prefixes of a tenant's that the node itself speaks
+	// from (tn_route_v1 kind host: the IPv4 proxy's /96 on its node), by
+	// prefix, with the tenant. Only the host sends from them.
+	HostPrefixes map[netip.Prefix]uint32
+	Endpoints    map[netip.Addr]Endpoint
+	Policies     map[uint32]policy.TenantPolicy
+	Rules        []policy.Rule
 	// Quotas are the tenants' conntrack and fragment quotas; a tenant
 	// without one (or a zero field) has the datapath's defaults.
 	Quotas map[uint32]Quota
@@ -77,7 +81,7 @@ const (
 func NewState() *State {
 	return &State{
 		Ports: map[uint32]uint32{}, WGDevs: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
-		Prefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
+		Prefixes: map[netip.Prefix]uint32{}, HostPrefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
 		Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
 		ct: map[ctKey]*ctEntry{}, frags: map[fragKey]fragEntry{}, fill: map[uint32]*Fill{},
 	}

@@ -167,8 +167,22 @@ func (s *State) arrivalOK(p *packet, arrival, tenant uint32) bool {
 	if s.owner(p.src) != tenant {
 		return true
 	}
+	if arrival != 0 {
+		return false
+	}
 	b := p.src.As16()
-	return arrival == 0 && binary.BigEndian.Uint64(b[8:]) == 1
+	return binary.BigEndian.Uint64(b[8:]) == 1 || s.hostSource(p.src, tenant)
+}
+
+// hostSource says whether a is in one of tenant's HostPrefixes (the node's
+// own: the proxy's /96), as tn_route_v1's longest match of kind host.
+func (s *State) hostSource(a netip.Addr, tenant uint32) bool {
+	for hp, t := range s.HostPrefixes {
+		if t == tenant && contains(hp, a) {
+			return true
+		}
+	}
+	return false
 }
 
 func isLinkLocal(a netip.Addr) bool {
@@ -734,6 +748,15 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	pass := Verdict{}
 	if parse(b, p) != 0 {
 		return pass
+	}
+	// A source the node itself speaks from (the proxy's /96) never comes
+	// by the uplink, whatever it is for: a workload here, or one the node
+	// forwards to over WireGuard, where the source would pass as the
+	// proxy's.
+	if p.l3 != 0x0806 {
+		if owner := s.owner(p.src); owner != 0 && s.hostSource(p.src, owner) {
+			return Verdict{Drop: true, Counted: true, Tenant: owner, Dir: policy.DirPrefilter, Reason: policy.DropSpoofPath}
+		}
 	}
 	if p.l3 == 0x0806 || p.frag == 2 || p.isControl() {
 		return pass

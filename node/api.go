@@ -184,6 +184,7 @@ func (s *Service) deleteNetworkLocked(id string) error {
 	// afresh.
 	delete(s.prefixes.applied, id)
 	delete(s.prefixes.spans, id)
+	delete(s.prefixes.proxies, id)
 	delete(s.held.keys, id)
 	// Its keys go too: a network of the same id made later is a new one
 	// (and must not inherit a staged key whose time has passed).
@@ -212,6 +213,14 @@ func (s *Service) Networks() ([]api.NetworkInfo, error) {
 		i := netInfo(n)
 		i.Outside = s.exit.outside(n.ID, s.cfg)
 		i.Delegations = byNet[n.ID]
+		i.IPv4Clients = s.prefixes.proxies[n.ID]
+		if len(i.IPv4Clients) == 0 {
+			// Before the first reconcile (or without a registry): this
+			// node's own, which needs no record.
+			if p, ok := proxySubnet(s.cfg, n); ok {
+				i.IPv4Clients = []api.IPv4Clients{{Prefix: p, Node: s.cfg.NodeID}}
+			}
+		}
 		out = append(out, i)
 		have[n.ID] = true
 	}

@@ -128,6 +128,9 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 	if rep.IPv4, err = RemoveIPv4(h, cfg); err != nil {
 		return rep, fmt.Errorf("remove the bought ipv4: %w", err)
 	}
+	if _, err := RemoveProxyRoutes(h); err != nil {
+		return rep, fmt.Errorf("remove the proxy's local routes: %w", err)
+	}
 	if _, err := RemoveHostGuard(); err != nil {
 		return rep, fmt.Errorf("remove the nftables table %s: %w", hostGuardTable, err)
 	}

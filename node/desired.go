@@ -23,9 +23,14 @@ type wgWant struct {
 	prefixes []netip.Prefix
 	// pathMTU has the prefixes whose path carries less than the
 	// network's MTU (their TCP SYNs get the MSS clamped).
-	pathMTU  map[netip.Prefix]int
-	exitPeer bool        // one peer carries ::/0: the outside is reached through the exit
-	wakes    []time.Time // peers' key rotations still to come: reconcile then
+	pathMTU map[netip.Prefix]int
+	// proxies are the IPv4 proxy /96s other members publish for the
+	// network (NetworkRecord.ProxyPrefix), each in its node's peer: the
+	// tenant owns them, without a "same network" rule.
+	proxies    []netip.Prefix
+	proxyNodes []string    // the node of each of proxies
+	exitPeer   bool        // one peer carries ::/0: the outside is reached through the exit
+	wakes      []time.Time // peers' key rotations still to come: reconcile then
 }
 
 // desiredPeers computes network n's member peers from the registry's
@@ -57,6 +62,15 @@ func desiredPeers(n ipam.Network, nodes []registry.NodeRecord, allowed func(node
 			continue
 		}
 		p := wg.Peer{PublicKey: pk, Endpoint: ep, AllowedIPs: []netip.Prefix{nr.Prefix}}
+		if nr.ProxyPrefix.IsValid() {
+			// The answers to that node's IPv4 proxy go back to it in the
+			// tunnel (dual-stack members too: not natively), and only
+			// that peer may send from it (WireGuard's cryptokey routing;
+			// tn_from_wg ties it to the tenant). records.go believed it.
+			p.AllowedIPs = append(p.AllowedIPs, nr.ProxyPrefix)
+			want.proxies = append(want.proxies, nr.ProxyPrefix)
+			want.proxyNodes = append(want.proxyNodes, rec.NodeID)
+		}
 		if role == exitViaPeer && rec.NodeID == exit {
 			// The outside, through the exit (WireGuard still sends the
 			// other members' /64s to them: the longest match wins).

@@ -31,6 +31,7 @@ func TestDesiredPeers(t *testing.T) {
 	p2, p3 := pfx("2001:db8:0:2::/64"), pfx("2001:db8:0:3::/64")
 	v6a, v6b := netip.MustParseAddr("2001:db8:ff::2"), netip.MustParseAddr("2001:db8:ff::3")
 	v4 := netip.MustParseAddr("192.0.2.3")
+	x96 := pfx("2001:db8:0:7fff:0:7::/96")
 	rec := func(id, class string, mtu int, addrs []netip.Addr, nets map[string]registry.NetworkRecord) registry.NodeRecord {
 		return registry.NodeRecord{NodeID: id, Class: class, MTU: mtu, Addresses: addrs, Networks: nets}
 	}
@@ -111,6 +112,38 @@ func TestDesiredPeers(t *testing.T) {
 		nodes: []registry.NodeRecord{rec("n2", "ipv4-only", 0, []netip.Addr{v6a}, member(p2, k2))},
 		want:  onePeer(k2, v6a, p2),
 	}, {
+		// The proxy node's /96 (issue 17) is its peer's, on a
+		// dual-stack member too (answers go back in the tunnel, not
+		// natively), and on a member behind NAT beside its ::/0.
+		name: "a proxy node's /96",
+		self: nat,
+		role: exitViaPeer,
+		exit: "n3",
+		nodes: []registry.NodeRecord{
+			rec("n3", "dual-stack", 0, []netip.Addr{v4}, map[string]registry.NetworkRecord{"acme": {Prefix: p3, PublicKey: k3.String(), Port: 51821, ProxyPrefix: x96}}),
+		},
+		want: wgWant{
+			peers:      []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v4, 51821), AllowedIPs: []netip.Prefix{p3, x96, defaultRoute}, Keepalive: 25 * time.Second}},
+			prefixes:   []netip.Prefix{n.Prefix, p3},
+			proxies:    []netip.Prefix{x96},
+			proxyNodes: []string{"n3"},
+			pathMTU:    map[netip.Prefix]int{},
+			exitPeer:   true,
+		},
+	}, {
+		name: "a proxy node's /96, dual-stack",
+		self: dual,
+		nodes: []registry.NodeRecord{
+			rec("n3", "dual-stack", 0, []netip.Addr{v6b}, map[string]registry.NetworkRecord{"acme": {Prefix: p3, PublicKey: k3.String(), Port: 51821, ProxyPrefix: x96}}),
+		},
+		want: wgWant{
+			peers:      []wg.Peer{{PublicKey: k3, Endpoint: netip.AddrPortFrom(v6b, 51821), AllowedIPs: []netip.Prefix{p3, x96}}},
+			prefixes:   []netip.Prefix{n.Prefix, p3},
+			proxies:    []netip.Prefix{x96},
+			proxyNodes: []string{"n3"},
+			pathMTU:    map[netip.Prefix]int{},
+		},
+	}, {
 		name: "a bad key or no address gives no peer",
 		self: dual,
 		nodes: []registry.NodeRecord{
@@ -178,6 +211,21 @@ func TestWGNetRoutes(t *testing.T) {
 	}
 	if got := exit.routes(br, dev, false); !reflect.DeepEqual(got, want) {
 		t.Errorf("exit routes:\n got %+v\nwant %+v", got, want)
+	}
+
+	// The proxy's node: its /96 is the host's (kind host, no device).
+	cfg := &config.Node{ProxyPrefix: pfx("2001:db8:0:7fff::/64")}
+	proxy := wgNet{net: n, peers: []wg.Peer{{AllowedIPs: []netip.Prefix{p2}}}, host: hostRoutes(cfg, n)}
+	want = []bpfmaps.Route{
+		{Tenant: 7, Prefix: n.Prefix, Kind: bpfmaps.RouteLocal, Ifindex: br, MTU: 1420},
+		{Tenant: 7, Prefix: p2, Kind: bpfmaps.RouteWG, Ifindex: dev, MTU: 1420},
+		{Tenant: 7, Prefix: pfx("2001:db8:0:7fff:0:7::/96"), Kind: bpfmaps.RouteHost},
+	}
+	if got := proxy.routes(br, dev, false); !reflect.DeepEqual(got, want) {
+		t.Errorf("proxy node routes:\n got %+v\nwant %+v", got, want)
+	}
+	if hostRoutes(&config.Node{}, n) != nil {
+		t.Error("a node without a proxy_prefix has a host route")
 	}
 }
 

@@ -27,6 +27,7 @@ type wgNet struct {
 	// into it.
 	sixin4    *bpfmaps.Tunnel6in4
 	sixin4Dev uint32          // the 6in4 device (tn6in4)
+	host      []bpfmaps.Route // this node's own prefixes of the tenant (kind host: the proxy's /96)
 	have      []bpfmaps.Route // the tenant's routes in the datapath now
 }
 
@@ -64,6 +65,7 @@ func (w wgNet) routes(bridge, dev uint32, fast bool) []bpfmaps.Route {
 		// kernel's routes (ifindex 0: no device of ours).
 		want = append(want, bpfmaps.Route{Tenant: n.Num, Prefix: defaultRoute, Kind: bpfmaps.RouteExit})
 	}
+	want = append(want, w.host...)
 	return append(want, failClosedRoutes(n.Num, want, w.have)...)
 }
 

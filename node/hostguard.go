@@ -11,7 +11,8 @@ package node
 // ICMPv6 errors and echo replies (answers to the node's own pings), and
 // the host services the operator lists (config host_services). The rest
 // (sshd, etcd, metrics, the WireGuard ports, anything bound to the node's
-// addresses) is dropped and counted.
+// addresses) is dropped and counted. On a node with a proxy_prefix, what
+// is for the IPv4 proxy's own sockets in it passes too (proxy96.go).
 //
 // Input only: forwarded tenant traffic never meets this table, and no
 // conntrack expression is used (it would turn on the kernel's connection
@@ -21,6 +22,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -46,7 +48,7 @@ var icmpv6Allowed = []uint8{
 
 // hostGuardRules builds the table's rules into c (one batch): input chain
 // jumping to from_tenants for the tenants' interfaces.
-func hostGuardRules(c *nftables.Conn, services []config.HostService) {
+func hostGuardRules(c *nftables.Conn, services []config.HostService, proxy []netip.Prefix) {
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: hostGuardTable})
 	policy := nftables.ChainPolicyAccept
 	input := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
@@ -83,6 +85,9 @@ func hostGuardRules(c *nftables.Conn, services []config.HostService) {
 			&expr.Verdict{Kind: expr.VerdictAccept},
 		}})
 	}
+	for _, p := range proxy {
+		c.AddRule(proxyGuardRule(t, from, p))
+	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: from, Exprs: []expr.Any{
 		&expr.Counter{},
 		&expr.Verdict{Kind: expr.VerdictDrop},
@@ -98,7 +103,7 @@ func (s *Service) syncHostGuard(r *repairs) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	want := len(tenantIfPrefixes) + len(icmpv6Allowed) + len(s.cfg.HostServices) + 1
+	want := len(tenantIfPrefixes) + len(icmpv6Allowed) + len(s.cfg.HostServices) + len(proxyPrefixes64(s.cfg)) + 1
 	t, err := c.ListTableOfFamily(hostGuardTable, nftables.TableFamilyINet)
 	if err == nil {
 		if n, ok := hostGuardRuleCount(c, t); ok && n == want {
@@ -108,7 +113,7 @@ func (s *Service) syncHostGuard(r *repairs) error {
 	} else if !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("list nftables table %s: %w", hostGuardTable, err)
 	}
-	hostGuardRules(c, s.cfg.HostServices)
+	hostGuardRules(c, s.cfg.HostServices, proxyPrefixes64(s.cfg))
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables table %s: %w", hostGuardTable, err)
 	}

@@ -7,8 +7,10 @@ package node
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -29,10 +31,13 @@ func sameNetworkRule(tenant uint32, src netip.Prefix) policy.Rule {
 type prefixState struct {
 	applied map[string]string         // network -> prefixes last given to the firewall
 	spans   map[string][]netip.Prefix // network -> its /64s on every node
+	// proxies: network -> the IPv4 proxies' /96s of it (this node's and
+	// the members'), as network list shows them.
+	proxies map[string][]api.IPv4Clients
 }
 
 func newPrefixState() prefixState {
-	return prefixState{applied: map[string]string{}, spans: map[string][]netip.Prefix{}}
+	return prefixState{applied: map[string]string{}, spans: map[string][]netip.Prefix{}, proxies: map[string][]api.IPv4Clients{}}
 }
 
 // sameNetworkDiff is the change that makes the "same network" rules of
@@ -64,9 +69,17 @@ func sameNetworkDiff(rules []policy.Rule, prefixes []netip.Prefix) (del []policy
 
 // syncTenantPrefixes keeps the network's tenant owning all of its /64s
 // (local and remote, for isolation) and the "same network" rules that let
-// its workloads reach each other across nodes.
-func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r *repairs) error {
-	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].String() < prefixes[j].String() })
+// its workloads reach each other across nodes; and owning the IPv4
+// proxies' /96s (proxies: this node's and the members'), which get no
+// such rule (proxy96.go).
+func (s *Service) syncTenantPrefixes(n ipam.Network, nets, proxies []netip.Prefix, r *repairs) error {
+	byName := func(ps []netip.Prefix) {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].String() < ps[j].String() })
+	}
+	nets = slices.Clone(nets)
+	byName(nets)
+	prefixes := append(slices.Clone(nets), proxies...)
+	byName(prefixes)
 	key := fmt.Sprint(prefixes)
 	if s.prefixes.applied[n.ID] == key {
 		return nil
@@ -88,7 +101,7 @@ func (s *Service) syncTenantPrefixes(n ipam.Network, prefixes []netip.Prefix, r 
 		}
 		// A tenant that turned them off keeps them off: the flag is in
 		// the firewall's state, so it holds across restarts.
-		sameNet := prefixes
+		sameNet := nets
 		if cur.NoSameNetwork {
 			sameNet = nil
 		}

@@ -118,6 +118,11 @@ func (s *Service) publish() error {
 		if n.Declared && len(delegs[n.ID]) > 0 {
 			nr.Delegations = delegs[n.ID]
 		}
+		if p, ok := proxySubnet(s.cfg, n); ok {
+			// The members route it back here and take it as the
+			// tenant's only from this node (proxy96.go).
+			nr.ProxyPrefix = p
+		}
 		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
 			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
 		}

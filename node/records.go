@@ -10,6 +10,7 @@ package node
 
 import (
 	"crypto/ed25519"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -137,6 +138,13 @@ func checkRecordsDeleg(entries []trust.Entry, c recordCheck) ([]registry.NodeRec
 			}
 		}
 	}
+	// A proxy /96 in a /64 someone holds (checked across records: each
+	// alone was checked by validRecord).
+	for id, err := range proxyOverlaps(cand, table) {
+		if _, done := bad[id]; !done {
+			bad[id] = err
+		}
+	}
 	// A record rejected so claims nothing: it cannot knock out the
 	// holder of what it claims (the exit's own /64, another member's).
 	cand = slices.DeleteFunc(cand, func(rec registry.NodeRecord) bool { _, rejected := bad[rec.NodeID]; return rejected })
@@ -220,6 +228,9 @@ func recordClaims(rec registry.NodeRecord) []string {
 	var out []string
 	for _, nr := range rec.Networks {
 		out = append(out, "prefix "+nr.Prefix.String(), "key "+nr.PublicKey)
+		if nr.ProxyPrefix.IsValid() {
+			out = append(out, "prefix "+nr.ProxyPrefix.String())
+		}
 		if nr.NextPublicKey != "" {
 			out = append(out, "key "+nr.NextPublicKey)
 		}
@@ -342,6 +353,9 @@ func validRecord(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) er
 			return trust.Reject("rotate-at", "network %s: key rotation at %s: more than a day ahead", id, nr.RotateAt.Format(time.RFC3339))
 		}
 	}
+	if err := validProxyPrefixes(rec, en, c); err != nil {
+		return err
+	}
 	return validDelegations(rec, en, prefixes, c)
 }
 
@@ -376,6 +390,89 @@ func validRecordIPv4(id string, addrs []netip.Addr, en trust.Enrollment, secure 
 		}
 	}
 	return nil
+}
+
+// validProxyPrefixes checks the IPv4 proxy /96s a record publishes
+// (NetworkRecord.ProxyPrefix): the members route each to the record's
+// node and take its sources as the tenant's from that node only, so a
+// /96 must be the node's to give: a masked global unicast /96 inside its
+// enrolled prefixes, none twice, in none of its networks' /64s, its
+// delegation prefix or its delegations (a member's /64), none in this
+// node's prefixes. What other records claim is checkRecords' (proxy
+// /96s against every believed /64 and delegation).
+func validProxyPrefixes(rec registry.NodeRecord, en trust.Enrollment, c recordCheck) error {
+	nets := map[netip.Prefix]string{} // the record's /64s and delegations
+	for id, nr := range rec.Networks {
+		nets[nr.Prefix] = "network " + id + "'s /64"
+		for m, d := range nr.Delegations {
+			nets[d] = "the delegation to " + m
+		}
+	}
+	seen := map[netip.Prefix]string{}
+	for _, id := range slices.Sorted(maps.Keys(rec.Networks)) {
+		pp := rec.Networks[id].ProxyPrefix
+		if pp == (netip.Prefix{}) {
+			continue
+		}
+		if !pp.IsValid() || pp.Bits() != 96 || pp.Masked() != pp || !pp.Addr().Is6() || pp.Addr().Is4In6() || !trust.GlobalUnicast(pp.Addr()) {
+			return trust.Reject("proxy-prefix", "network %s: proxy prefix %s: want a masked global unicast /96", id, pp)
+		}
+		if !c.grid.Insecure() && !en.Allows(pp) {
+			return trust.Reject("proxy-prefix-not-enrolled", "network %s: proxy prefix %s is outside the enrolled %v", id, pp, en.Prefixes)
+		}
+		if o, dup := seen[pp]; dup {
+			return trust.Reject("proxy-prefix-overlap", "networks %s and %s: one proxy prefix %s", o, id, pp)
+		}
+		seen[pp] = id
+		if what, ok := nets[proxy64(pp)]; ok {
+			return trust.Reject("proxy-prefix-overlap", "network %s: proxy prefix %s lies in %s", id, pp, what)
+		}
+		if dp := rec.DelegationPrefix; dp.IsValid() && dp.Overlaps(pp) {
+			return trust.Reject("proxy-prefix-overlap", "network %s: proxy prefix %s lies in the delegation prefix %s", id, pp, dp)
+		}
+		for _, o := range c.own {
+			if o.Overlaps(pp) {
+				return trust.Reject("proxy-prefix-overlap", "network %s: proxy prefix %s lies in this node's %s", id, pp, o)
+			}
+		}
+	}
+	return nil
+}
+
+// proxy64 is the /64 a proxy /96 lies in: the only /64 it can overlap.
+func proxy64(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(p.Addr(), 64).Masked()
+}
+
+// proxyOverlaps are the believed candidates whose proxy /96 lies in a /64
+// another record (or the exits' delegations, t) claims: the members would
+// take a workload's addresses there for the proxy's.
+func proxyOverlaps(cand []registry.NodeRecord, t delegTable) map[string]error {
+	held := map[netip.Prefix]string{}
+	for _, rec := range cand {
+		for id, nr := range rec.Networks {
+			held[nr.Prefix] = fmt.Sprintf("%s's /64 of network %s", rec.NodeID, id)
+		}
+	}
+	for id, d := range t {
+		for m, p := range d.to {
+			held[p] = fmt.Sprintf("the /64 %s delegated to %s for network %s", d.exit, m, id)
+		}
+	}
+	bad := map[string]error{}
+	for _, rec := range cand {
+		for _, id := range slices.Sorted(maps.Keys(rec.Networks)) {
+			pp := rec.Networks[id].ProxyPrefix
+			if !pp.IsValid() {
+				continue
+			}
+			if what, ok := held[proxy64(pp)]; ok {
+				bad[rec.NodeID] = trust.Reject("proxy-prefix-overlap", "network %s: proxy prefix %s lies in %s", id, pp, what)
+				break
+			}
+		}
+	}
+	return bad
 }
 
 // validDelegations checks what an exit's record delegates. Delegations

@@ -151,6 +151,27 @@ func TestCheckRecords(t *testing.T) {
 			nr.NextPublicKey, nr.RotateAt = k.PublicKey().String(), g.now.Add(48*time.Hour)
 		})), g.ids["n3"])}, "rotate-at"},
 		{"too many networks", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, many), g.ids["n3"])}, "too-many-networks"},
+		// The IPv4 proxy's /96 (issue 17): the members route it to n3
+		// and take its sources as acme's from n3.
+		{"a proxy /96 in another node's space", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("2001:db8:2:7fff:0:1::/96") })), g.ids["n3"])}, "proxy-prefix-not-enrolled"},
+		{"a proxy /96 in this node's space", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("2001:db8:1:7fff:0:1::/96") })), g.ids["n3"])}, "proxy-prefix-not-enrolled"},
+		{"a proxy /64", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("2001:db8:3:7fff::/64") })), g.ids["n3"])}, "proxy-prefix"},
+		{"a proxy /96 with host bits", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("2001:db8:3:7fff:0:1::1/96") })), g.ids["n3"])}, "proxy-prefix"},
+		{"a proxy /96 of IPv4-mapped", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("::ffff:0:0/96") })), g.ids["n3"])}, "proxy-prefix"},
+		{"a proxy /96 in the network's own /64", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, setNet(func(nr *registry.NetworkRecord) { nr.ProxyPrefix = netip.MustParsePrefix("2001:db8:3:1:0:1::/96") })), g.ids["n3"])}, "proxy-prefix-overlap"},
+		{"one proxy /96 for two networks", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) {
+			k, _ := wgtypes.GeneratePrivateKey()
+			x := netip.MustParsePrefix("2001:db8:3:7fff:0:1::/96")
+			nr := r.Networks["acme"]
+			nr.ProxyPrefix = x
+			r.Networks["acme"] = nr
+			r.Networks["b"] = registry.NetworkRecord{Prefix: netip.MustParsePrefix("2001:db8:3:2::/64"), PublicKey: k.PublicKey().String(), Port: 1, ProxyPrefix: x}
+		}), g.ids["n3"])}, "proxy-prefix-overlap"},
+		{"a proxy /96 in another network's /64 of its own", trust.Entry{Name: "n3", Data: signRecord(t, mod("n3", 3, func(r *registry.NodeRecord) {
+			k, _ := wgtypes.GeneratePrivateKey()
+			r.Networks["b"] = registry.NetworkRecord{Prefix: netip.MustParsePrefix("2001:db8:3:2::/64"), PublicKey: k.PublicKey().String(), Port: 1,
+				ProxyPrefix: netip.MustParsePrefix("2001:db8:3:1:0:2::/96")}
+		}), g.ids["n3"])}, "proxy-prefix-overlap"},
 		{"oversized", trust.Entry{Name: "n3", Data: []byte(strings.Repeat(" ", registry.MaxRecordBytes+1))}, "too-big"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -254,5 +275,33 @@ func TestCheckDeclared(t *testing.T) {
 	_, mine, bad, complete = checkDeclared(many, c)
 	if !complete || len(mine) != 1 || mine["n00007"].ID == "" || trust.ReasonOf(bad["n00008"]) != "too-many-declared" {
 		t.Errorf("ten thousand declared: mine %d (want n00007 alone), complete %v, n00008: %v", len(mine), complete, bad["n00008"])
+	}
+}
+
+// TestProxyOverlaps: a proxy /96 in a /64 another believed record holds,
+// or an exit delegated, is refused (each record alone cannot tell).
+func TestProxyOverlaps(t *testing.T) {
+	rec := func(node, p64, proxy string) registry.NodeRecord {
+		nr := registry.NetworkRecord{Prefix: netip.MustParsePrefix(p64)}
+		if proxy != "" {
+			nr.ProxyPrefix = netip.MustParsePrefix(proxy)
+		}
+		return registry.NodeRecord{NodeID: node, Networks: map[string]registry.NetworkRecord{"acme": nr}}
+	}
+	cand := []registry.NodeRecord{
+		rec("n2", "2001:db8:2:1::/64", ""),
+		rec("n3", "2001:db8:3:1::/64", "2001:db8:2:1:0:1::/96"),    // in n2's /64
+		rec("n4", "2001:db8:4:1::/64", "2001:db8:4:7fff:0:1::/96"), // its own space: fine
+		rec("n5", "2001:db8:5:1::/64", "2001:db8:9:8000:0:1::/96"), // in a member's delegated /64
+	}
+	table := delegTable{"acme": {exit: "n9", to: map[string]netip.Prefix{"h": netip.MustParsePrefix("2001:db8:9:8000::/64")}}}
+	bad := proxyOverlaps(cand, table)
+	for _, n := range []string{"n3", "n5"} {
+		if trust.ReasonOf(bad[n]) != "proxy-prefix-overlap" {
+			t.Errorf("%s: %v, want proxy-prefix-overlap", n, bad[n])
+		}
+	}
+	if len(bad) != 2 {
+		t.Errorf("rejected %v, want n3 and n5 only", bad)
 	}
 }

@@ -48,12 +48,15 @@ type Service struct {
 	live      liveState
 	wireguard wgState
 	prefixes  prefixState
-	exit      exitState
-	attachq   attachQueue
-	wakes     wakeups // reconciles scheduled by wakeAt (own lock)
-	held      heldState
-	v4        ipv4State
-	routes    routeState
+	// proxyRoutesDone: syncProxyRoutes ran once (a route it adds later is
+	// a repair).
+	proxyRoutesDone bool
+	exit            exitState
+	attachq         attachQueue
+	wakes           wakeups // reconciles scheduled by wakeAt (own lock)
+	held            heldState
+	v4              ipv4State
+	routes          routeState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -410,6 +413,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		}
 	}
 	if err := s.reconcileWG(nets, r); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.syncProxyRoutes(nets, r); err != nil {
 		errs = append(errs, err)
 	}
 	tNets = time.Since(t0)

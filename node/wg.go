@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tenantnet/tenantnet/api"
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/registry"
@@ -182,8 +183,10 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	// key (and so the published record) exists without it.
 	if len(all) == 0 {
 		// What the device carried stays closed (drop routes): the last
-		// member gone does not open the default route.
-		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, failClosedRoutes(n.Num, nil, routes), routes); err != nil {
+		// member gone does not open the default route. The proxy's /96
+		// stays the host's: the proxy dials this node's workloads.
+		host := hostRoutes(s.cfg, n)
+		if _, err := bpfmaps.New(s.dp).SyncRoutes(n.Num, append(host, failClosedRoutes(n.Num, host, routes)...), routes); err != nil {
 			return err
 		}
 		if role == exitViaPeer || role == exitVia6in4 {
@@ -199,7 +202,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 			}
 		}
 		s.prefixes.spans[n.ID] = want.prefixes
-		return s.syncTenantPrefixes(n, want.prefixes, r)
+		return s.syncTenantPrefixes(n, want.prefixes, s.proxyPrefixes(n, want), r)
 	}
 	if d != nil {
 		// Deleted by hand, or an embedded device whose process died (its
@@ -244,7 +247,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	if err := s.syncRoutes(name, all, r); err != nil {
 		return err
 	}
-	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, sixin4: tunnel, sixin4Dev: uint32(out.sixin4Dev), have: routes}, r); err != nil {
+	if err := s.wgDatapath(wgNet{net: n, dev: d, peers: all, pathMTU: want.pathMTU, exitHere: role == exitHere, sixin4: tunnel, sixin4Dev: uint32(out.sixin4Dev), host: hostRoutes(s.cfg, n), have: routes}, r); err != nil {
 		return err
 	}
 	if want.exitPeer {
@@ -252,7 +255,7 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 	}
 	if tunnel != nil {
 		viaExit[n.ID] = sixin4DevName
-		out.members[n.ID] = memberRoutes{wg: name, prefixes: append(slices.Clone(want.prefixes), hosts...)}
+		out.members[n.ID] = memberRoutes{wg: name, prefixes: append(append(slices.Clone(want.prefixes), want.proxies...), hosts...)}
 	}
 	if role == exitViaPeer || role == exitVia6in4 {
 		closed[n.ID] = name // with or without its exit peer now
@@ -261,7 +264,24 @@ func (s *Service) reconcileNetWG(n ipam.Network, nodes []registry.NodeRecord, ro
 		return err
 	}
 	s.prefixes.spans[n.ID] = want.prefixes
-	return s.syncTenantPrefixes(n, want.prefixes, r)
+	return s.syncTenantPrefixes(n, want.prefixes, s.proxyPrefixes(n, want), r)
+}
+
+// proxyPrefixes are the IPv4 proxies' /96s of network n: this node's
+// (with a proxy_prefix) and the members' (want.proxies).
+// It also keeps them for network list.
+func (s *Service) proxyPrefixes(n ipam.Network, want wgWant) []netip.Prefix {
+	out := slices.Clone(want.proxies)
+	var show []api.IPv4Clients
+	if p, ok := proxySubnet(s.cfg, n); ok {
+		out = append(out, p)
+		show = append(show, api.IPv4Clients{Prefix: p, Node: s.cfg.NodeID})
+	}
+	for i, p := range want.proxies {
+		show = append(show, api.IPv4Clients{Prefix: p, Node: want.proxyNodes[i]})
+	}
+	s.prefixes.proxies[n.ID] = show
+	return out
 }
 
 // syncRoutes routes every peer's /64 via the WireGuard device (in the main

@@ -170,6 +170,9 @@ enum tn_route_kind {
 	TN_ROUTE_6IN4 = 5, /* ::/0 on an ipv4-only member: its exit over 6in4
 			    * (the tunnel is tn_6in4_v1's entry for the
 			    * source's /64); ifindex is the 6in4 device */
+	TN_ROUTE_HOST = 6, /* the node's own (ifindex 0): the IPv4 proxy's /96
+			    * on its node, a local route; only the host
+			    * speaks from it */
 };
 
 /* struct tn_route's flags. */

@@ -162,15 +162,27 @@ static __always_inline int tn_other_tenant(const __u8 *addr, __u32 tenant)
  * source to the peer that routes it). From anywhere else (the uplink, the
  * host, another tenant's port or device) it is a spoof, whatever rule would
  * let that source in ("same network" means from the network, not from its
- * addresses). The one exception is the node itself speaking from a
+ * addresses). The exceptions are the node itself speaking from a
  * network's gateway address (prefix::1: ICMPv6 errors, neighbour
- * discovery), which arrives from no interface. arrival is
+ * discovery) or from the tenant's proxy /96 (tn_host_source), which arrive
+ * from no interface. arrival is
  * skb->ingress_ifindex: the interface the packet entered the node by. */
 static __always_inline int tn_is_gateway(const __u8 *a)
 {
 	__u64 iid;
 	__builtin_memcpy(&iid, a + 8, 8);
 	return iid == bpf_cpu_to_be64(1);
+}
+
+/* Is a one of the tenant's prefixes the node itself speaks from (a route
+ * of kind host: the IPv4 proxy's /96 on the proxy's node, which dials the
+ * tenant's services from <96>::a.b.c.d)? */
+static __always_inline int tn_host_source(__u32 tenant, const __u8 *a)
+{
+	struct tn_route_key k = {.prefixlen = 32 + 128, .tenant = tenant};
+	__builtin_memcpy(k.addr, a, TN_ADDR_LEN);
+	struct tn_route *rt = bpf_map_lookup_elem(&tn_route_v1, &k);
+	return rt && rt->kind == TN_ROUTE_HOST;
 }
 
 static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
@@ -186,7 +198,9 @@ static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
 		return 1;
 	if (tn_prefix_owner(p->src) != tenant)
 		return 1; /* not the tenant's source: isolation and rules decide */
-	return !arrival && tn_is_gateway(p->src);
+	if (arrival)
+		return 0;
+	return tn_is_gateway(p->src) || tn_host_source(tenant, p->src);
 }
 
 /* ---- control traffic: ND ownership, link scope, RELATED errors ---------- */

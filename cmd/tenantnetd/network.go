@@ -111,13 +111,28 @@ func networkListCmd() *command {
 				return err
 			}
 			return env.print(ns, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE\tDELEGATED")
+				fmt.Fprintln(tw, "NETWORK\tTENANT\tPREFIX\tBRIDGE\tWG PORT\tMTU\tOUTSIDE\tDELEGATED\tIPV4 CLIENTS FROM")
 				for _, n := range ns {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside, delegated(n))
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", n.ID, n.Tenant, n.Prefix, n.Bridge, n.WGPort, n.MTU, n.Outside, delegated(n), ipv4Clients(n))
 				}
 			})
 		},
 	}
+}
+
+// ipv4Clients names the network's IPv4 proxies' /96s, as a tenant's
+// inbound rules need them ("2001:db8:101:7fff:0:2a::/96 (via node1)": a
+// rule from that /96 lets in every IPv4 client of node1's proxy, from
+// <96>::a.b.c.d/128 the client a.b.c.d).
+func ipv4Clients(n api.NetworkInfo) string {
+	var out []string
+	for _, c := range n.IPv4Clients {
+		out = append(out, c.Prefix.String()+" (via "+c.Node+")")
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ", ")
 }
 
 // delegated says what a network's /64 comes from (a member's: "from

@@ -77,6 +77,23 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 	for tn := uint32(1); tn <= 3; tn++ {
 		e.wgdev(9000+tn, tn)
 	}
+	// IPv4 proxy /96s (docs/proxy.md): tenant 1's is this node's (route
+	// kind host: only the host speaks from it), tenant 2's a member's
+	// (behind its WireGuard). Their addresses are among the sources.
+	for tn, kind := range map[uint32]bpfmaps.RouteKind{1: bpfmaps.RouteHost, 2: bpfmaps.RouteWG} {
+		p := netip.MustParsePrefix(fmt.Sprintf("2001:db8:101:7fff:0:%d::/96", tn))
+		e.tenantPrefix(p.String(), tn)
+		rt := bpfmaps.Route{Tenant: tn, Prefix: p, Kind: kind}
+		if kind == bpfmaps.RouteWG {
+			rt.Ifindex = 9000 + tn
+		} else {
+			e.model.HostPrefixes[p] = tn
+		}
+		if _, err := e.maps.SyncRoutes(tn, []bpfmaps.Route{rt}, nil); err != nil {
+			t.Fatal(err)
+		}
+		g.extV6 = append(g.extV6, embedV4(p, "198.51.100.7"))
+	}
 	// Ports 0..5: two workloads per tenant; port 6 stays unbound.
 	for i := 0; i < 6; i++ {
 		tn := uint32(i/2 + 1)
@@ -93,6 +110,13 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 	e.quota(2, 300, 4)
 	e.quota(3, 40, 2)
 	return e, g
+}
+
+// embedV4 is IPv4 client v4's address in proxy /96 p.
+func embedV4(p netip.Prefix, v4 string) netip.Addr {
+	b := p.Addr().As16()
+	copy(b[12:], netip.MustParseAddr(v4).AsSlice())
+	return netip.AddrFrom16(b)
 }
 
 func (g *diffGen) pick6(n int) bool { return g.r.IntN(100) < n }

@@ -109,6 +109,9 @@ type gridOpts struct {
 	// pool: these nodes (by number) sell public IPv4 (ipv4_pool, in
 	// their configuration and their enrollment).
 	pool map[int]string
+	// extraFor is more configuration for one node (by number), after
+	// extra.
+	extraFor map[int]string
 }
 
 func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
@@ -240,7 +243,7 @@ func newGridWith(t testing.TB, o gridOpts) ([]*gridNode, string) {
 		if nat && o.bareNAT || v4only {
 			prefixes, enrollPrefix = "[]", nil
 		}
-		nodeExtra := extra
+		nodeExtra := extra + "\n" + o.extraFor[i]
 		if p, ok := o.pool[i]; ok {
 			nodeExtra += fmt.Sprintf("\nipv4_pool: [%s]\n", p)
 			enrollPrefix = append(enrollPrefix, "--ipv4-pool", p)

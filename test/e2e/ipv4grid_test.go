@@ -180,7 +180,7 @@ func TestGridIPv4(t *testing.T) {
 	startNginx(t, ns["p1"], "8443")
 	expose("83", "tcp", "p1:8443", "--proxy-protocol", "v2")
 	retry(t, 20*time.Second, "nginx behind PROXY v2 sees the client", func() error {
-		got, err := httpGet(inet, ipv4Client, "http://"+a+":83/")
+		got, err := httpGetFrom(inet, ipv4Client, "http://"+a+":83/")
 		if err != nil {
 			return err
 		}
@@ -451,8 +451,8 @@ http {
 	})
 }
 
-// httpGet fetches url from ns, bound to src, and returns the body.
-func httpGet(ns *testutil.NetNS, src, url string) (string, error) {
+// httpGetFrom fetches url from ns, bound to src, and returns the body.
+func httpGetFrom(ns *testutil.NetNS, src, url string) (string, error) {
 	c, err := connect4(ns, src, strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/"))
 	if err != nil {
 		return "", err

@@ -95,6 +95,13 @@ func (s *Service) sellable(a netip.Addr) error {
 		a, en.IPv4Pool, ipam.ErrInvalid)
 }
 
+// enrollmentsUnread: a secure grid whose enrollments this start has not
+// read yet. Until then nothing is known to be unsellable: what the proxy
+// serves and the addresses the kernel holds stay as the last run left
+// them (a restart must not cut the proxied connections, nor take an
+// address away from under them).
+func (s *Service) enrollmentsUnread() bool { return s.trust.key != nil && s.trust.grid == nil }
+
 func (s *Service) allowedIPv4(a netip.Addr) bool { return s.sellable(a) == nil && s.nodeOwn(a) == "" }
 
 // nodeOwn names the interface that already has a (not as a bought
@@ -464,7 +471,7 @@ func (s *Service) proxyMappings() ([]proxy.Mapping, error) {
 
 // applyProxyLocked hands the runner the mappings of every exposure.
 func (s *Service) applyProxyLocked() error {
-	if s.v4.runner == nil {
+	if s.v4.runner == nil || s.enrollmentsUnread() {
 		return nil
 	}
 	ms, err := s.proxyMappings()
@@ -484,7 +491,7 @@ func (s *Service) applyProxyLocked() error {
 // (those this node may sell): each on its uplink or as a local route;
 // marked leftovers of released ones go.
 func (s *Service) syncIPv4Addrs(r *repairs) error {
-	if s.nl == nil {
+	if s.nl == nil || s.enrollmentsUnread() {
 		return nil
 	}
 	ls, err := s.ipam.IPv4Leases()

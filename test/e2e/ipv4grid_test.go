@@ -45,6 +45,12 @@ func TestGridIPv4(t *testing.T) {
 	nodes, bin := newGridWith(t, gridOpts{backend: "file", count: 3, natLast: true, bareNAT: true,
 		pool: map[int]string{1: ipv4Pool}})
 	x1, n2, home := nodes[0], nodes[1], nodes[2]
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(x1.state, "proxy", "proxy.log"))
+			t.Logf("node1's proxy log:\n%s", b)
+		}
+	})
 	inet := x1.inet
 	for _, c := range [][]string{
 		{"addr", "add", ipv4Client + "/24", "dev", "br0"},
@@ -122,10 +128,10 @@ func TestGridIPv4(t *testing.T) {
 	}
 	expose("80", "tcp", "p1:8080")
 	expose("81", "tcp", fmt.Sprintf("[%s]:8080", addr["p2"]))
-	expose("82", "tcp", "p3:8080")
+	expose("82", "tcp", fmt.Sprintf("[%s]:8080", addr["p3"])) // another node's workload: by address
 	expose("53", "udp", "p1:5353")
-	expose("54", "udp", "p2:5353")
-	expose("55", "udp", "p3:5353")
+	expose("54", "udp", fmt.Sprintf("[%s]:5353", addr["p2"]))
+	expose("55", "udp", fmt.Sprintf("[%s]:5353", addr["p3"]))
 	before := x1.d.must("expose", "list")
 	for _, bad := range []struct {
 		what string
@@ -133,7 +139,7 @@ func TestGridIPv4(t *testing.T) {
 		want string
 	}{
 		{"a target of another network (globex's q1)", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", fmt.Sprintf("[%s]:8080", addr["q1"])}, ""},
-		{"a port used twice", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "80", "--proto", "tcp", "--to", "p1:8080"}, ""},
+		{"a port used twice", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "80", "--proto", "tcp", "--to", "p1:9090"}, ""},
 		{"an address not acme's", []string{"expose", "--network", "acme", "--ipv4", "192.0.2.99", "--port", "90", "--proto", "tcp", "--to", "p1:8080"}, ""},
 		{"globex exposing acme's address", []string{"expose", "--network", "globex", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", "q1:8080"}, ""},
 		{"buying an address not in the pool", []string{"ipv4", "buy", "--network", "acme", "--address", "192.0.2.99"}, "pool"},
@@ -209,15 +215,21 @@ func TestGridIPv4(t *testing.T) {
 
 	// Caps refuse and are counted.
 	expose("84", "tcp", "p1:8080", "--max-conns", "2")
+	// Two clients hold one connection each (a client may hold half of
+	// the cap); a third connection is over it.
 	var held []net.Conn
-	for i := 0; i < 2; i++ {
-		c, err := connect4(inet, ipv4Client, a+":84")
+	for _, client := range []string{ipv4Client, ipv4Client2} {
+		c, err := connect4(inet, client, a+":84")
 		if err != nil {
-			t.Fatalf("conn %d under the cap: %v", i, err)
+			t.Fatalf("%s under the cap: %v", client, err)
 		}
 		held = append(held, c)
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || strings.TrimSpace(line) != embedded(client) {
+			t.Fatalf("%s under the cap: %q %v", client, line, err)
+		}
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	if err := whoamiIs(inet, ipv4Client2, a+":84", embedded(ipv4Client2)); err == nil {
 		t.Error("a third connection over --max-conns 2 was served")
 	}
@@ -245,9 +257,9 @@ func TestGridIPv4(t *testing.T) {
 	if out := x1.d.must("ipv4", "list"); !strings.Contains(out, "quarantined") {
 		t.Errorf("ipv4 list after release:\n%s", out)
 	}
-	// The pool runs dry with a clear error (a /29: 8 addresses, one in
-	// quarantine).
-	for i := 0; i < 7; i++ {
+	// The pool runs dry with a clear error (a /29: 6 addresses without
+	// its network and broadcast addresses, one in quarantine).
+	for i := 0; i < 5; i++ {
 		x1.d.must("ipv4", "buy", "--network", "globex")
 	}
 	if out, err := x1.d.client("ipv4", "buy", "--network", "globex"); err == nil || !strings.Contains(out, "empty") {

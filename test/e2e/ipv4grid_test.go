@@ -245,6 +245,34 @@ func TestGridIPv4(t *testing.T) {
 		return fmt.Errorf("expose list:\n%s", x1.d.must("expose", "list"))
 	})
 
+	// And UDP sessions: one session per client address and port, the
+	// second client's datagram is refused while the first holds the only
+	// one.
+	expose("56", "udp", "p1:5353", "--max-conns", "1")
+	if err := udpWhoamiIs(inet, ipv4Client, a+":56", embedded(ipv4Client)); err != nil {
+		t.Fatalf("udp under the session cap: %v", err)
+	}
+	if err := udpWhoamiIs(inet, ipv4Client2, a+":56", embedded(ipv4Client2)); err == nil {
+		t.Error("a second UDP session over --max-conns 1 was served")
+	}
+	var exps []struct {
+		Proto string `json:"proto"`
+		Port  int    `json:"port"`
+		Stats struct {
+			Refused map[string]uint64 `json:"refused"`
+		} `json:"stats"`
+	}
+	if err := jsonUnmarshal(x1.d.must("expose", "list", "-o", "json"), &exps); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range exps {
+		if e.Proto == "udp" && e.Port == 56 {
+			if n := e.Stats.Refused["mapping_cap"] + e.Stats.Refused["client_cap"]; n == 0 {
+				t.Errorf("udp/56: the refused session is not counted: %+v", e.Stats)
+			}
+		}
+	}
+
 	// Release closes the listeners; the address is quarantined, not
 	// sold again.
 	x1.d.must("ipv4", "release", "--address", a)

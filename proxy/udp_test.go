@@ -105,7 +105,7 @@ func TestUDPEmbedsClient(t *testing.T) {
 	if err != nil || !strings.HasSuffix(reply, string(big)) || len(reply) != len(from)+1+len(big) {
 		t.Fatalf("a 9000-byte datagram: %d bytes back (%.60q), %v; stats %+v", len(reply), reply, err, func() Stats { s, _ := p.Stats(m.Key()); return s }())
 	}
-	eventually(t, time.Second, "the stats count both datagrams each way", func() bool {
+	eventually(t, 5*time.Second, "the stats count both datagrams each way", func() bool {
 		st, _ := p.Stats(m.Key())
 		return st.Active == 1 && st.Total == 1 && st.BytesToTarget == uint64(5+len(big)) && st.BytesFromTarget == uint64(len(reply)+len(from)+1+5)
 	})
@@ -132,7 +132,7 @@ func TestUDPIdleTimeout(t *testing.T) {
 	if n := len(e.seen()); n != 1 {
 		t.Fatalf("an active session was replaced: the service saw %d sources", n)
 	}
-	eventually(t, 2*time.Second, "the idle session was closed", func() bool { return p.Active() == 0 })
+	eventually(t, 5*time.Second, "the idle session was closed", func() bool { return p.Active() == 0 })
 	if _, err := ask(c, []byte("again")); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// parkAfter is how long a direction waits for bytes in Go's poller, with
+// its goroutine, before it parks: its goroutine ends and the socket waits
+// in the parking epoll set, at no memory but the kernel's epoll entry.
+// Short connections (a request and its answer) never park, and pay
+// nothing for it; a connection idle for longer holds no goroutine (a
+// goroutine and its stack are most of what an idle connection costs).
+// A variable for the tests.
+var parkAfter = time.Second
+
+// parker is the process's parking epoll set and the one goroutine that
+// waits on it. A parked direction's socket is armed once
+// (EPOLLIN|EPOLLRDHUP|EPOLLONESHOT): bytes, a FIN, a reset or a socket
+// error (EPOLLERR and EPOLLHUP are always reported) wake it, and its
+// direction starts again in a new goroutine. A closed socket leaves the
+// set by itself (the kernel drops an epoll entry with the file).
+type parker struct {
+	epfd int
+
+	mu      sync.Mutex
+	next    uint64
+	waiting map[uint64]*direction
+}
+
+var (
+	parkOnce  sync.Once
+	theParker *parker
+	parkErr   error
+)
+
+func getParker() (*parker, error) {
+	parkOnce.Do(func() {
+		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			parkErr = fmt.Errorf("epoll_create1: %w", err)
+			return
+		}
+		theParker = &parker{epfd: fd, waiting: map[uint64]*direction{}}
+		go theParker.loop()
+	})
+	return theParker, parkErr
+}
+
+// arm puts d's source socket in the set, or re-arms it. The caller holds
+// d.c.mu, and d's socket is open (the caller is in its RawConn.Control).
+func (p *parker) arm(d *direction, fd int) error {
+	p.mu.Lock()
+	p.next++
+	tok := p.next
+	p.waiting[tok] = d
+	p.mu.Unlock()
+	d.token = tok
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(tok), Pad: int32(tok >> 32)}
+	op := unix.EPOLL_CTL_MOD
+	if !d.inSet {
+		op = unix.EPOLL_CTL_ADD
+	}
+	if err := unix.EpollCtl(p.epfd, op, fd, &ev); err != nil {
+		p.forget(tok)
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	d.inSet = true
+	return nil
+}
+
+func (p *parker) forget(tok uint64) {
+	p.mu.Lock()
+	delete(p.waiting, tok)
+	p.mu.Unlock()
+}
+
+func (p *parker) loop() {
+	evs := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(p.epfd, evs, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			// Not expected (EBADF, EFAULT, EINVAL are bugs): parked
+			// directions would never wake; say so loudly rather than spin.
+			panic(fmt.Sprintf("proxy: epoll_wait on the parking set: %v", err))
+		}
+		for _, ev := range evs[:n] {
+			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			p.mu.Lock()
+			d := p.waiting[tok]
+			delete(p.waiting, tok)
+			p.mu.Unlock()
+			if d != nil {
+				d.wake(tok)
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,7 +34,7 @@ type parker struct {
 
 var (
 	parkOnce  sync.Once
-	theParker *parker
+	theParker atomic.Pointer[parker] // set once; read by the tests too
 	parkErr   error
 )
 
@@ -44,10 +45,11 @@ func getParker() (*parker, error) {
 			parkErr = fmt.Errorf("epoll_create1: %w", err)
 			return
 		}
-		theParker = &parker{epfd: fd, waiting: map[uint64]*direction{}}
-		go theParker.loop()
+		p := &parker{epfd: fd, waiting: map[uint64]*direction{}}
+		theParker.Store(p)
+		go p.loop()
 	})
-	return theParker, parkErr
+	return theParker.Load(), parkErr
 }
 
 // arm puts d's source socket in the set, or re-arms it. The caller holds

@@ -32,12 +32,13 @@ func shortPark(t *testing.T) {
 }
 
 func parked() int {
-	if theParker == nil {
+	p := theParker.Load()
+	if p == nil {
 		return 0
 	}
-	theParker.mu.Lock()
-	defer theParker.mu.Unlock()
-	return len(theParker.waiting)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.waiting)
 }
 
 // waitParked waits until n directions (of every test's connections

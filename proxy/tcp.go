@@ -231,7 +231,7 @@ func (c *tcpConn) reapParked() {
 		d := &c.dirs[i]
 		if d.parked {
 			d.parked = false
-			theParker.forget(d.token)
+			theParker.Load().forget(d.token)
 			n++
 		}
 	}

@@ -12,11 +12,17 @@ import (
 // parkAfter is how long a direction waits for bytes in Go's poller, with
 // its goroutine, before it parks: its goroutine ends and the socket waits
 // in the parking epoll set, at no memory but the kernel's epoll entry.
-// Short connections (a request and its answer) never park, and pay
-// nothing for it; a connection idle for longer holds no goroutine (a
-// goroutine and its stack are most of what an idle connection costs).
-// A variable for the tests.
-var parkAfter = time.Second
+// A pause shorter than this (a reply being computed, a FIN on its way)
+// costs nothing more than Go's poller; a connection idle for longer holds
+// no goroutine (a goroutine and its stack are most of what an idle
+// connection costs). Short, because a goroutine that ends gives its stack
+// back only to Go's pool: the pool grows to the goroutines waiting at
+// once, about the connection rate times this window (20 ms at 2,000 new
+// connections/s: 40 goroutines), not to every connection that was opened.
+// A parked direction costs an epoll_ctl and a goroutine start when it
+// wakes (~2 µs); in a stream, a pause of 20 ms dwarfs that. A variable
+// for the tests.
+var parkAfter = 20 * time.Millisecond
 
 // parker is the process's parking epoll set and the one goroutine that
 // waits on it. A parked direction's socket is armed once

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -120,23 +119,29 @@ func (mp *mapping) handleTCP(client *net.TCPConn, ip netip.Addr) {
 }
 
 func (mp *mapping) dialTCP(client *net.TCPConn) (*net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(mp.ctx, mp.cfg.ConnectTimeout)
-	defer cancel()
-	d := net.Dialer{KeepAliveConfig: mp.p.opts.KeepAlive}
-	if src := mp.cfg.embed(client.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()); src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	// Timeout, not a context of its own: the Dialer makes one from
+	// mp.ctx (Remove cancels the dial) and the timeout in one go.
+	d := net.Dialer{Timeout: mp.cfg.ConnectTimeout, KeepAliveConfig: mp.p.opts.KeepAlive}
+	src := mp.cfg.embed(client.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
+	if src.IsValid() {
 		d.Control = controlEmbedTCP
 	}
-	var conn net.Conn
+	var conn *net.TCPConn
 	err := mp.p.opts.InNetNS(func() error {
 		var err error
-		conn, err = d.DialContext(ctx, "tcp6", mp.cfg.Target.String())
+		if src.IsValid() {
+			// DialTCP with addresses: no parsing of the target's string
+			// and no resolver per connection.
+			conn, err = d.DialTCP(mp.ctx, "tcp6", netip.AddrPortFrom(src, 0), mp.cfg.Target)
+			return err
+		}
+		var c net.Conn
+		if c, err = d.DialContext(mp.ctx, "tcp6", mp.cfg.Target.String()); err == nil {
+			conn = c.(*net.TCPConn)
+		}
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return conn.(*net.TCPConn), nil
+	return conn, err
 }
 
 // writeHeader writes the PROXY header of the original connection: the

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,7 +21,8 @@ import (
 // topology: new connections per second with the engine's CPU per
 // connection, and the engine's RSS per idle connection. Run with
 // PROXY_BENCH_EXE=bin/tenantnet-bench-proxy (strace -f -c -p the engine's
-// pid, logged, for its system calls); skipped otherwise.
+// pid, logged, for its system calls; PROXY_BENCH_PROFILE=FILE for its CPU
+// profile); skipped otherwise.
 func TestTCPEngineBench(t *testing.T) {
 	exe := os.Getenv("PROXY_BENCH_EXE")
 	if exe == "" {
@@ -42,7 +44,13 @@ func TestTCPEngineBench(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+		t.Cleanup(func() {
+			stdin.Close()
+			cmd.Process.Signal(syscall.SIGTERM) // the engine writes its profile
+			t := time.AfterFunc(5*time.Second, func() { cmd.Process.Kill() })
+			cmd.Wait()
+			t.Stop()
+		})
 		if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "ready\n" {
 			t.Fatalf("%v: %q, %v", args, l, err)
 		}
@@ -56,7 +64,11 @@ func TestTCPEngineBench(t *testing.T) {
 		return fmt.Sprintf("tcp,%s,%s,%s,%d", listen, netip.AddrPortFrom(serviceIP, to), prefix96, max)
 	}
 	const idle = 2000
-	eng := start(tp.px.Name, "engine", "--map", m(once, 7000, 0), "--map", m(hold, 7002, 2*idle))
+	args := []string{"engine", "--map", m(once, 7000, 0), "--map", m(hold, 7002, 2*idle)}
+	if f := os.Getenv("PROXY_BENCH_PROFILE"); f != "" {
+		args = append(args, "--cpuprofile", f)
+	}
+	eng := start(tp.px.Name, args...)
 	pid := eng.Process.Pid
 	t.Logf("engine pid %d", pid)
 	if d, _ := time.ParseDuration(os.Getenv("PROXY_BENCH_PAUSE")); d > 0 {

@@ -38,6 +38,10 @@ type parker struct {
 	waiting map[uint64]*direction
 }
 
+// armFault, set by tests, fails arm as the kernel may (ENOSPC at
+// fs.epoll.max_user_watches).
+var armFault func() error
+
 var (
 	parkOnce  sync.Once
 	theParker atomic.Pointer[parker] // set once; read by the tests too
@@ -61,6 +65,11 @@ func getParker() (*parker, error) {
 // arm puts d's source socket in the set, or re-arms it. The caller holds
 // d.c.mu, and d's socket is open (the caller is in its RawConn.Control).
 func (p *parker) arm(d *direction, fd int) error {
+	if armFault != nil {
+		if err := armFault(); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	p.next++
 	tok := p.next

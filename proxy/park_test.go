@@ -181,3 +181,34 @@ func goroutines() int {
 	runtime.GC()
 	return runtime.NumGoroutine()
 }
+
+// When the kernel refuses to park a socket (ENOSPC: the user's epoll
+// watches are used up), the connection goes on with goroutines, as
+// before parking: not reset, not stuck.
+func TestTCPParkRefused(t *testing.T) {
+	shortPark(t)
+	armFault = func() error { return syscall.ENOSPC }
+	t.Cleanup(func() { armFault = nil })
+	tp := newTopo(t)
+	svc := accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{})
+	if err := p.Add(tcpMapping()); err != nil {
+		t.Fatal(err)
+	}
+	base := parked()
+	c := tp.mustDialTCP(listenTCP)
+	s := next(t, svc)
+	time.Sleep(100 * time.Millisecond) // well past the window
+	for _, pair := range [][2]*net.TCPConn{{c, s}, {s, c}} {
+		if _, err := pair[0].Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		pair[1].SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.ReadFull(pair[1], make([]byte, 1)); err != nil {
+			t.Fatalf("after a refused park: %v", err)
+		}
+	}
+	if parked() != base || p.Active() != 1 {
+		t.Errorf("%d parked (want %d), %d active (want 1)", parked(), base, p.Active())
+	}
+}

@@ -197,6 +197,7 @@ type direction struct {
 	rc       syscall.RawConn
 	counter  interface{ Add(uint64) uint64 }
 	lr       io.LimitedReader
+	window   time.Duration // how long to wait before parking; < 0: never park
 
 	// Under c.mu.
 	parked bool
@@ -259,6 +260,7 @@ func (c *tcpConn) run() {
 	c.dirs[1] = direction{c: c, dst: c.client, src: c.up, counter: &c.mp.st.bytesFromTarget}
 	for i := range c.dirs {
 		d := &c.dirs[i]
+		d.window = parkAfter
 		d.lr.R = d.src
 		rc, err := d.src.SyscallConn()
 		if err != nil { // not for a *net.TCPConn that is open
@@ -314,13 +316,15 @@ func (d *direction) end() {
 }
 
 // park hands d to the parker: its goroutine returns. If the connection
-// was closed meanwhile, d ends instead.
+// was closed meanwhile, d ends instead. Without a parking set, or when
+// the kernel refuses the socket one (fs.epoll.max_user_watches is
+// reached: ENOSPC), d waits in Go's poller from then on, as before
+// parking was: its connection must not pay for that.
 func (d *direction) park() {
 	c := d.c
 	p, err := getParker()
 	if err != nil {
-		c.mp.log.Warn("park", "err", err)
-		go d.run() // wait in Go's poller, as without a parker
+		d.noPark(err)
 		return
 	}
 	c.mu.Lock()
@@ -331,16 +335,24 @@ func (d *direction) park() {
 	}
 	var aerr error
 	if err := d.rc.Control(func(fd uintptr) { aerr = p.arm(d, int(fd)) }); err != nil {
-		aerr = err // closed
-	}
-	if aerr != nil {
-		c.mu.Unlock()
+		c.mu.Unlock() // closed
 		c.abort()
 		d.end()
 		return
 	}
+	if aerr != nil {
+		c.mu.Unlock()
+		d.noPark(aerr)
+		return
+	}
 	d.parked = true
 	c.mu.Unlock()
+}
+
+func (d *direction) noPark(err error) {
+	d.c.mp.log.Warn("park: waiting with a goroutine", "client", d.c.client.RemoteAddr(), "err", err)
+	d.window = -1
+	go d.run()
 }
 
 // wake is the parker's: d's socket has bytes, a FIN or an error.
@@ -373,7 +385,7 @@ func (d *direction) pipe() bool {
 		// queued: a splice that waits holds its pipe (two descriptors and
 		// the kernel's pipe buffers), and most of a proxy's connections
 		// are idle most of the time.
-		q, err := queued(d.rc, d.src, parkAfter)
+		q, err := queued(d.rc, d.src, d.window)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return true
 		}
@@ -414,7 +426,8 @@ func (d *direction) pipe() bool {
 // queued, up to copyChunk; 0 at EOF. recv(MSG_PEEK|MSG_TRUNC) on TCP
 // reports the queued length without copying a byte (the buffer is never
 // touched: it may be NULL). With nothing queued at once, it waits for at
-// most window (os.ErrDeadlineExceeded after); the read deadline is set
+// most window (os.ErrDeadlineExceeded after; window < 0: for as long as
+// it takes); the read deadline is set
 // only then, so that a direction with bytes waiting pays no timer.
 func queued(rc syscall.RawConn, conn *net.TCPConn, window time.Duration) (int, error) {
 	var n int

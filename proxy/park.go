@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +34,8 @@ var parkAfter = 20 * time.Millisecond
 // set by itself (the kernel drops an epoll entry with the file).
 type parker struct {
 	epfd int
+	f    *os.File // epfd, kept open for the process's life
+	rc   syscall.RawConn
 
 	mu      sync.Mutex
 	next    uint64
@@ -55,7 +59,23 @@ func getParker() (*parker, error) {
 			parkErr = fmt.Errorf("epoll_create1: %w", err)
 			return
 		}
-		p := &parker{epfd: fd, waiting: map[uint64]*direction{}}
+		// The set's own descriptor waits in Go's poller (an epoll set is
+		// readable while it has events): the parker's goroutine holds no
+		// thread in epoll_wait, and Go's sysmon has no blocked system
+		// call to take a P back from at each wake-up.
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			parkErr = fmt.Errorf("epoll set: %w", err)
+			return
+		}
+		f := os.NewFile(uintptr(fd), "proxy-parking-epoll")
+		rc, err := f.SyscallConn()
+		if err != nil {
+			f.Close()
+			parkErr = fmt.Errorf("epoll set: %w", err)
+			return
+		}
+		p := &parker{epfd: fd, f: f, rc: rc, waiting: map[uint64]*direction{}}
 		theParker.Store(p)
 		go p.loop()
 	})
@@ -98,11 +118,21 @@ func (p *parker) forget(tok uint64) {
 func (p *parker) loop() {
 	evs := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.epfd, evs, -1)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
+		var n int
+		var werr error
+		err := p.rc.Read(func(fd uintptr) bool {
+			for {
+				n, werr = unix.EpollWait(int(fd), evs, 0)
+				if werr == unix.EINTR {
+					continue
+				}
+				return werr != nil || n > 0 // none: wait in Go's poller
 			}
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
 			// Not expected (EBADF, EFAULT, EINVAL are bugs): parked
 			// directions would never wake; say so loudly rather than spin.
 			panic(fmt.Sprintf("proxy: epoll_wait on the parking set: %v", err))

@@ -105,7 +105,7 @@ func (mp *mapping) handleTCP(client *net.TCPConn, ip netip.Addr) {
 		}
 	}
 	mp.st.total.Add(1)
-	c := &tcpConn{mp: mp, client: client, up: up, ip: ip, left: 2}
+	c := newTCPConn(mp, client, up, ip)
 	mp.mu.Lock()
 	if mp.stopped {
 		mp.mu.Unlock()
@@ -249,6 +249,21 @@ func (c *tcpConn) reapParked() {
 	}
 }
 
+// newTCPConn makes the connection whole before anyone else sees it (a
+// Remove may close it as soon as it is in mp.conns).
+func newTCPConn(mp *mapping, client, up *net.TCPConn, ip netip.Addr) *tcpConn {
+	c := &tcpConn{mp: mp, client: client, up: up, ip: ip, left: 2}
+	c.dirs[0] = direction{c: c, dst: c.up, src: c.client, counter: &c.mp.st.bytesToTarget}
+	c.dirs[1] = direction{c: c, dst: c.client, src: c.up, counter: &c.mp.st.bytesFromTarget}
+	for i := range c.dirs {
+		d := &c.dirs[i]
+		d.window = parkAfter
+		d.lr.R = d.src
+		d.rc, _ = d.src.SyscallConn() // fails only for a nil conn; run checks
+	}
+	return c
+}
+
 // run starts both directions: one in a goroutine of its own, the other in
 // this one (a goroutine fewer per connection). A direction that reaches
 // EOF half-closes the other leg (CloseWrite): the peer may still send, and
@@ -256,18 +271,6 @@ func (c *tcpConn) reapParked() {
 // direction (a reset) resets both. The last direction to end finishes the
 // connection.
 func (c *tcpConn) run() {
-	c.dirs[0] = direction{c: c, dst: c.up, src: c.client, counter: &c.mp.st.bytesToTarget}
-	c.dirs[1] = direction{c: c, dst: c.client, src: c.up, counter: &c.mp.st.bytesFromTarget}
-	for i := range c.dirs {
-		d := &c.dirs[i]
-		d.window = parkAfter
-		d.lr.R = d.src
-		rc, err := d.src.SyscallConn()
-		if err != nil { // not for a *net.TCPConn that is open
-			c.abort()
-		}
-		d.rc = rc
-	}
 	c.wmu.Lock()
 	c.lastChange = time.Now()
 	// No TCP_INFO here (two getsockopt per connection): the first look of

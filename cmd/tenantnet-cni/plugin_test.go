@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -169,5 +170,26 @@ func TestGC(t *testing.T) {
 	}
 	if !slices.Equal(f.deleted, []string{stale}) {
 		t.Errorf("GC deleted %v, want only %s (live %s, other config %s, by hand web-1, cni-by-hand)", f.deleted, stale, live, other)
+	}
+}
+
+// CHECK compares the namespace by identity: a workload recorded in
+// another namespace fails, even under the same path (a path reused by
+// a new namespace, a swapped sandbox), before anything inside is read.
+func TestCheckNetnsIdentity(t *testing.T) {
+	cid := "c0ffee"
+	id := workloadID("tn", cid, "eth0")
+	f := &fakeNode{networks: []string{"acme"}, workloads: map[string]api.WorkloadInfo{
+		id: {Workload: ipam.Workload{ID: id, Network: "acme", Netns: "/proc/self/ns/net", NetnsID: ipam.NetnsID{Dev: 1, Ino: 2}}, Gateway: "fe80::1"},
+	}}
+	sock := serve(t, f)
+	err := cmdCheck(&skel.CmdArgs{ContainerID: cid, Netns: "/proc/self/ns/net", IfName: "eth0", StdinData: conf(sock, "acme")})
+	if code(t, err) != types.ErrInternal || !strings.Contains(err.Error(), "namespace") {
+		t.Errorf("CHECK of a workload in another namespace: %v, want a namespace mismatch (999)", err)
+	}
+	// Another network than the configuration's fails too.
+	err = cmdCheck(&skel.CmdArgs{ContainerID: cid, Netns: "/proc/self/ns/net", IfName: "eth0", StdinData: conf(sock, "globex")})
+	if code(t, err) != types.ErrInternal || !strings.Contains(err.Error(), "network") {
+		t.Errorf("CHECK with another network: %v, want a network mismatch (999)", err)
 	}
 }

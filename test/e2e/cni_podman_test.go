@@ -240,7 +240,7 @@ events_logfile_path = %q
 	if wl.Addr != ctrAddr || wl.Network != "acme" || !linkIn(node1.ns.Name, wl.Port) {
 		t.Fatalf("tenantnetd's workload for %s: %+v, want acme's %s with its port on node1", sandbox, wl, ctrAddr)
 	}
-	if out := p.must("exec", name, "ip", "-6", "addr", "show", "dev", "eth0"); !strings.Contains(out, ctrAddr+"/64") || !strings.Contains(out, pn.MacAddress) {
+	if out := p.must("exec", name, "ip", "addr", "show", "dev", "eth0"); !strings.Contains(out, ctrAddr+"/64") || !strings.Contains(out, pn.MacAddress) {
 		t.Errorf("eth0 inside the container:\n%s", out)
 	}
 

@@ -152,7 +152,7 @@ func TestCNI(t *testing.T) {
 			t.Errorf("gateway %s, route %+v: want fe80::1 and ::/0 via it", ip.Gateway, r.Routes[0])
 		}
 		// The same as the kernel has it inside, and as tenantnetd lists it.
-		out, err := exec.Command("ip", "-n", c1.Name, "-6", "addr", "show", "dev", "ctr0").CombinedOutput()
+		out, err := exec.Command("ip", "-n", c1.Name, "addr", "show", "dev", "ctr0").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), ctrAddr+"/64") || !strings.Contains(string(out), ifc.Mac) {
 			t.Errorf("ctr0 in the container: %v\n%s", err, out)
 		}

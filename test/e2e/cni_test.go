@@ -191,23 +191,26 @@ func TestCNI(t *testing.T) {
 		}
 	})
 
-	// A container that takes w2's address as its source is dropped at its
-	// port and counted.
+	// A container that takes another address of its /64 as its source
+	// is dropped at its port and counted.
 	run("spoof", func(t *testing.T) {
 		sink := listenUDP(t, g.w2, "[::]:5353")
-		if out, err := exec.Command("ip", "-n", c1.Name, "addr", "add", g.addr["w2"]+"/128", "dev", "ctr0", "nodad").CombinedOutput(); err != nil {
+		a16 := netip.MustParsePrefix(g.prefix["acme"]).Addr().As16()
+		a16[14], a16[15] = 0xbe, 0xef
+		forged := netip.AddrFrom16(a16).String()
+		if out, err := exec.Command("ip", "-n", c1.Name, "addr", "add", forged+"/128", "dev", "ctr0", "nodad").CombinedOutput(); err != nil {
 			t.Fatalf("%v %s", err, out)
 		}
 		before := reasonPackets(t, node1.pin, acme, policy.DropSpoof)
-		if err := sendUDP(c1, g.addr["w2"], hp(g.addr["w2"], 5353)); err != nil {
+		if err := sendUDP(c1, forged, hp(g.addr["w2"], 5353)); err != nil {
 			t.Fatal(err)
 		}
-		sink.expect(t, false, time.Second, "container spoofing w2's source")
+		sink.expect(t, false, time.Second, "container sending from "+forged)
 		if got := reasonPackets(t, node1.pin, acme, policy.DropSpoof); got != before+1 {
 			t.Errorf("node1's acme spoof counter %d -> %d, want one more", before, got)
 		}
-		exec.Command("ip", "-n", c1.Name, "addr", "del", g.addr["w2"]+"/128", "dev", "ctr0").Run()
-		// Its own source still goes.
+		exec.Command("ip", "-n", c1.Name, "addr", "del", forged+"/128", "dev", "ctr0").Run()
+		// Its own source goes.
 		if err := sendUDP(c1, "", hp(g.addr["w2"], 5353)); err != nil {
 			t.Fatal(err)
 		}

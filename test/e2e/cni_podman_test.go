@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,6 +18,20 @@ import (
 
 	"github.com/tenantnet/tenantnet/internal/testutil"
 )
+
+// echo answers every connection of l with what it sends.
+func echo(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
 
 // podmanEnv is podman with nothing of the machine's: its storage, run
 // and temporary directories, its containers.conf (CONTAINERS_CONF: the
@@ -212,7 +228,7 @@ events_logfile_path = %q
 	tarball := filepath.Join(base, "busybox.tar")
 	busyboxImage(t, tarball)
 	p.must("import", tarball, "localhost/tn-busybox:test")
-	p.must("run", "-d", "--pull", "never", "--name", name, "--network", "tn-acme", "localhost/tn-busybox:test", "sleep", "3600")
+	p.must("run", "-d", "--pull", "never", "--cap-add", "NET_RAW", "--name", name, "--network", "tn-acme", "localhost/tn-busybox:test", "sleep", "3600")
 	sandbox = strings.TrimSpace(p.must("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name))
 	var nets map[string]struct {
 		GlobalIPv6Address   string
@@ -251,15 +267,34 @@ events_logfile_path = %q
 		}
 		return nil
 	})
-	if out, err := p.run("exec", name, "sh", "-c", fmt.Sprintf("echo hello-tenantnet | nc -w 2 %s 8080", g.addr["w2"])); err != nil || !strings.Contains(out, "hello-tenantnet") {
-		t.Errorf("container -> w2:8080 (echo): %v %q", err, out)
+	// (w2 echoes and never closes: timeout ends nc.)
+	if out, _ := p.run("exec", name, "sh", "-c", fmt.Sprintf("echo hello-tenantnet | timeout 3 nc %s 8080; true", g.addr["w2"])); !strings.Contains(out, "hello-tenantnet") {
+		t.Errorf("container -> w2:8080 with nc: no echo back, got %q", out)
 	}
 
 	// The tenant's rules: a deny of 8081 to the container beats the
 	// same-network allow, 8080 stays open.
+	// Listeners in the container's namespace, closed before podman rm (a
+	// socket holds its namespace).
 	ctr := &testutil.NetNS{Name: filepath.Base(sandbox)}
-	listenTCP(t, ctr, "[::]:8080")
-	listenTCP(t, ctr, "[::]:8081")
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for _, port := range []string{"8080", "8081"} {
+		if err := ctr.Do(func() error {
+			l, err := net.Listen("tcp", "[::]:"+port)
+			if err == nil {
+				lns = append(lns, l)
+				go echo(l)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("listen in the container's namespace %s: %v", sandbox, err)
+		}
+	}
 	hp := func(port int) string { return fmt.Sprintf("[%s]:%d", ctrAddr, port) }
 	if err := dialTCP(g.w2, hp(8081), 3*time.Second); err != nil {
 		t.Fatalf("w2 -> container:8081 before any rule: %v", err)
@@ -273,6 +308,9 @@ events_logfile_path = %q
 		t.Errorf("w2 -> container:8080 beside the deny: %v", err)
 	}
 
+	for _, l := range lns {
+		l.Close()
+	}
 	// podman rm: CNI DEL; the workload, its port and the namespace go.
 	p.must("rm", "-f", "-t", "0", name)
 	if _, ok := g.workloads(t)[wl.ID]; ok {

@@ -13,11 +13,12 @@ export GOTOOLCHAIN ?= local
 # so do the tests and tools that run `go` themselves.
 export PATH := $(PATH):/usr/local/go/bin
 
-# Debian packages the build, tests and demo need.
+# Debian packages the build, tests and demo need (podman and runc: the
+# container runtime of TestCNIPodman; runc where crun refuses hybrid cgroups).
 DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
 	qemu-system-x86 busybox-static cpio xz-utils \
 	util-linux nftables iptables iperf3 prometheus curl wireguard-tools etcd-server etcd-client strace \
-	haproxy nginx-light bird2 gobgpd \
+	haproxy nginx-light bird2 gobgpd podman runc \
 	ca-certificates git make
 
 BIN := bin

@@ -5,7 +5,7 @@
 //	GET    /v1/networks                                           -> [network]
 //	DELETE /v1/networks/{id}
 //	POST   /v1/networks/{id}/rotate-key {"overlap": "30s"}        -> the next key and when it takes over
-//	POST   /v1/workloads         {"id": "web-1", "network": "acme", "netns": "/run/netns/web-1"}
+//	POST   /v1/workloads         {"id": "web-1", "network": "acme", "netns": "/run/netns/web-1"[, "ifname": "eth0"]}
 //	GET    /v1/workloads                                          -> [workload]
 //	DELETE /v1/workloads/{id}
 //	POST   /v1/users             {"id": "alice-laptop", "network": "acme"} -> user with a wg-quick config
@@ -52,6 +52,9 @@ type WorkloadRequest struct {
 	ID      string `json:"id"`
 	Network string `json:"network"`
 	Netns   string `json:"netns"`
+	// Ifname names the workload's side of its port in its namespace
+	// (a CNI runtime's CNI_IFNAME); empty: eth0.
+	Ifname string `json:"ifname,omitempty"`
 }
 
 // UserRequest adds a user-access peer; without a public key the node
@@ -115,7 +118,7 @@ type Node interface {
 	Networks() ([]NetworkInfo, error)
 	DeleteNetwork(id string) error
 	RotateKey(id string, overlap time.Duration) (RotateKeyReply, error)
-	AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error)
+	AddWorkload(id, network, nsPath, ifname string) (WorkloadInfo, bool, error)
 	DeleteWorkload(id string) error
 	Workloads() ([]WorkloadInfo, error)
 	AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error)
@@ -220,7 +223,12 @@ func Handler(s Node) http.Handler {
 		if _, err := os.Stat(req.Netns); err != nil {
 			return 0, nil, fmt.Errorf("%w: netns %s does not exist", errBadRequest, req.Netns)
 		}
-		wl, created, err := s.AddWorkload(req.ID, req.Network, req.Netns)
+		if req.Ifname != "" {
+			if err := ipam.ValidIfname(req.Ifname); err != nil {
+				return 0, nil, badRequest(err)
+			}
+		}
+		wl, created, err := s.AddWorkload(req.ID, req.Network, req.Netns, req.Ifname)
 		return made(created), wl, err
 	}))
 	mux.HandleFunc("GET /v1/workloads", handle(func(r *http.Request) (int, any, error) {

@@ -33,7 +33,7 @@ func (f *fakeNode) DeleteNetwork(id string) error {
 func (f *fakeNode) RotateKey(id string, overlap time.Duration) (RotateKeyReply, error) {
 	return RotateKeyReply{Network: id, NextPublicKey: overlap.String()}, nil
 }
-func (f *fakeNode) AddWorkload(id, network, nsPath string) (WorkloadInfo, bool, error) {
+func (f *fakeNode) AddWorkload(id, network, nsPath, ifname string) (WorkloadInfo, bool, error) {
 	return WorkloadInfo{}, false, fmt.Errorf("in use: %w", ipam.ErrConflict)
 }
 func (f *fakeNode) DeleteWorkload(id string) error     { return nil }
@@ -96,6 +96,8 @@ func TestHandler(t *testing.T) {
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"relative"}`, 400, `want an absolute path`},
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/nonexistent/ns"}`, 400, `does not exist`},
 		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/"}`, 409, `in use: conflict`},
+		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/","ifname":"a/b"}`, 400, `interface name`},
+		{"POST", "/v1/workloads", `{"id":"w","network":"acme","netns":"/","ifname":"net1"}`, 409, `in use: conflict`},
 		{"GET", "/v1/workloads", "", 500, `"error":"broken"`},
 		{"DELETE", "/v1/workloads/w", "", 204, ""},
 		{"POST", "/v1/users", `{"id":"alice","network":"acme"}`, 507, `exhausted`},

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -93,6 +94,30 @@ type Workload struct {
 	// process). Zero in records from before it was kept.
 	NetnsID NetnsID    `json:"netns_id,omitzero"`
 	Addr    netip.Addr `json:"address"`
+	// Ifname is the name of the workload's side of its port, in its
+	// namespace (a CNI runtime names it: CNI_IFNAME); empty: eth0.
+	Ifname string `json:"ifname,omitempty"`
+}
+
+// DefaultIfname is the workload's side of its port when it names none.
+const DefaultIfname = "eth0"
+
+// InsideIf is the name of the workload's side of its port.
+func (w Workload) InsideIf() string {
+	if w.Ifname == "" {
+		return DefaultIfname
+	}
+	return w.Ifname
+}
+
+// ValidIfname checks an interface name as the kernel does
+// (dev_valid_name): 1-15 bytes, not "." or "..", no '/', ':' or
+// whitespace.
+func ValidIfname(name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r") {
+		return fmt.Errorf("interface name %q: 1-15 bytes, not . or .., without '/', ':' or whitespace: %w", name, ErrInvalid)
+	}
+	return nil
 }
 
 // NetnsID names a namespace: the device and inode of its nsfs file.
@@ -459,10 +484,26 @@ func allocAddr(tx *bolt.Tx, n Network, seed string) (netip.Addr, error) {
 // existing allocation for the same id and network, unchanged: a new
 // namespace for it is the caller's to check and SetWorkloadNetns).
 func (s *Store) AddWorkload(id, network, netns string, nsid NetnsID) (Workload, bool, error) {
+	return s.AddWorkloadIf(id, network, netns, nsid, "")
+}
+
+// AddWorkloadIf is AddWorkload with the name of the workload's side of
+// its port (empty: eth0). An existing workload keeps its name: asked
+// with another, it is a conflict, since the name is the workload's
+// identity inside its namespace.
+func (s *Store) AddWorkloadIf(id, network, netns string, nsid NetnsID, ifname string) (Workload, bool, error) {
 	var w Workload
 	created := false
 	if err := ValidID(id); err != nil {
 		return w, false, err
+	}
+	if ifname == DefaultIfname {
+		ifname = "" // one spelling of the default: the records stay as they were
+	}
+	if ifname != "" {
+		if err := ValidIfname(ifname); err != nil {
+			return w, false, err
+		}
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		var found bool
@@ -472,6 +513,9 @@ func (s *Store) AddWorkload(id, network, netns string, nsid NetnsID) (Workload, 
 		} else if found {
 			if w.Network != network {
 				return fmt.Errorf("workload %s is attached to network %s: %w", id, w.Network, ErrConflict)
+			}
+			if w.Ifname != ifname {
+				return fmt.Errorf("workload %s is attached as %s: %w", id, w.InsideIf(), ErrConflict)
 			}
 			return nil
 		}
@@ -487,7 +531,7 @@ func (s *Store) AddWorkload(id, network, netns string, nsid NetnsID) (Workload, 
 		if err != nil {
 			return err
 		}
-		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr}
+		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr, Ifname: ifname}
 		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
 			return err
 		}

@@ -225,3 +225,38 @@ func TestProxySubnet(t *testing.T) {
 		t.Fatalf("ProxySubnet = %s, want %s", got, want)
 	}
 }
+
+// A workload's inside name is kept; asked again with another it is a
+// conflict (its identity inside the namespace), eth0 is the default
+// spelled either way, and a name the kernel refuses is invalid.
+func TestAddWorkloadIfname(t *testing.T) {
+	s := open(t, t.TempDir(), "2001:db8:100::/62")
+	if _, _, err := s.AddNetwork("acme", 1420); err != nil {
+		t.Fatal(err)
+	}
+	w, created, err := s.AddWorkloadIf("c1", "acme", "/run/netns/c1", NetnsID{}, "net1")
+	if err != nil || !created || w.InsideIf() != "net1" {
+		t.Fatalf("add net1: %+v %v %v", w, created, err)
+	}
+	if _, created, err := s.AddWorkloadIf("c1", "acme", "/run/netns/c1", NetnsID{}, "net1"); err != nil || created {
+		t.Fatalf("again: created %v err %v", created, err)
+	}
+	if _, _, err := s.AddWorkloadIf("c1", "acme", "/run/netns/c1", NetnsID{}, "eth0"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("other name: %v, want a conflict", err)
+	}
+	w2, _, err := s.AddWorkloadIf("c2", "acme", "/run/netns/c2", NetnsID{}, "eth0")
+	if err != nil || w2.Ifname != "" || w2.InsideIf() != "eth0" {
+		t.Fatalf("eth0: %+v %v", w2, err)
+	}
+	if _, _, err := s.AddWorkload("c2", "acme", "/run/netns/c2", NetnsID{}); err != nil {
+		t.Fatalf("eth0 as default: %v", err)
+	}
+	for _, bad := range []string{"", "a/b", "a:b", "a b", "..", "0123456789abcdef"} {
+		if bad == "" {
+			continue // "" is the default
+		}
+		if _, _, err := s.AddWorkloadIf("c3", "acme", "/run/netns/c3", NetnsID{}, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ifname %q: %v, want invalid", bad, err)
+		}
+	}
+}

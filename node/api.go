@@ -266,7 +266,7 @@ func (s *Service) RotateKey(id string, overlap time.Duration) (api.RotateKeyRepl
 // must name a network namespace of the workload's own (openNetns); adding
 // an attached workload again with another namespace moves it there, all
 // or nothing: on failure it stays in the one it had.
-func (s *Service) AddWorkload(id, network, nsPath string) (api.WorkloadInfo, bool, error) {
+func (s *Service) AddWorkload(id, network, nsPath, ifname string) (api.WorkloadInfo, bool, error) {
 	// Opened before the lock, and held until the end: the namespace
 	// checked is the one plumbed, whatever happens to the path meanwhile.
 	nsh, nsid, err := openNetns(nsPath)
@@ -280,7 +280,7 @@ func (s *Service) AddWorkload(id, network, nsPath string) (api.WorkloadInfo, boo
 	if err != nil {
 		return api.WorkloadInfo{}, false, err
 	}
-	w, created, err := s.ipam.AddWorkload(id, network, nsPath, nsid)
+	w, created, err := s.ipam.AddWorkloadIf(id, network, nsPath, nsid, ifname)
 	if err != nil {
 		return api.WorkloadInfo{}, false, err
 	}

@@ -28,8 +28,9 @@ import (
 const (
 	bridgePrefix = "tnb"
 	portPrefix   = "tnw"
-	// WorkloadIf is the workload's side of its veth.
-	WorkloadIf = "eth0"
+	// WorkloadIf is the workload's side of its veth unless the workload
+	// names it (ipam.Workload.InsideIf).
+	WorkloadIf = ipam.DefaultIfname
 )
 
 // gatewayLL is the bridge's link-local address: the workloads' default
@@ -180,7 +181,7 @@ func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot
 		defer nsh.Close()
 	}
 	if !ok {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: n.MTU}, PeerName: WorkloadIf,
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: n.MTU}, PeerName: w.InsideIf(),
 			PeerNamespace: netlink.NsFd(nsh), PeerHardwareAddr: workloadMAC(w.Addr)}
 		if err := s.nl.LinkAdd(v); err != nil {
 			return fmt.Errorf("workload %s: create veth %s: %w", w.ID, host, err)
@@ -257,9 +258,9 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 		return fmt.Errorf("workload %s: netlink in %s: %w", w.ID, w.Netns, err)
 	}
 	defer h.Close()
-	l, err := h.LinkByName(WorkloadIf)
+	l, err := h.LinkByName(w.InsideIf())
 	if err != nil {
-		return fmt.Errorf("workload %s: %s in %s: %w", w.ID, WorkloadIf, w.Netns, err)
+		return fmt.Errorf("workload %s: %s in %s: %w", w.ID, w.InsideIf(), w.Netns, err)
 	}
 	if lo, err := h.LinkByName("lo"); err == nil && lo.Attrs().Flags&net.FlagUp == 0 {
 		h.LinkSetUp(lo)

@@ -17,10 +17,10 @@ func workloadCmd() *command {
 }
 
 func workloadAddCmd() *command {
-	var id, network, nsPath string
+	var id, network, nsPath, ifname string
 	return &command{
 		Name: "add", Summary: "give a namespace an address on a network, behind the firewall",
-		Usage: "--id ID --network NET --netns PATH",
+		Usage: "--id ID --network NET --netns PATH [--ifname NAME]",
 		Example: `  tenantnetd netns create web-1
   tenantnetd workload add --id web-1 --network acme --netns /run/netns/web-1
   tenantnetd workload add --id db-1 --network acme --netns /proc/4242/ns/net -o json`,
@@ -29,6 +29,7 @@ func workloadAddCmd() *command {
 			fs.StringVar(&id, "id", "", "workload id (required)")
 			fs.StringVar(&network, "network", "", "network id (required)")
 			fs.StringVar(&nsPath, "netns", "", "workload network namespace (/run/netns/NAME or /proc/PID/ns/net) (required)")
+			fs.StringVar(&ifname, "ifname", "", "name of the workload's interface in its namespace (default eth0)")
 		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := checkArgs(fs, args, "id", "network", "netns"); err != nil {
@@ -37,7 +38,7 @@ func workloadAddCmd() *command {
 			if err := checkIDs(fs, "id", "network"); err != nil {
 				return err
 			}
-			w, err := env.client().AddWorkload(api.WorkloadRequest{ID: id, Network: network, Netns: nsPath})
+			w, err := env.client().AddWorkload(api.WorkloadRequest{ID: id, Network: network, Netns: nsPath, Ifname: ifname})
 			if err != nil {
 				return err
 			}

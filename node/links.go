@@ -167,6 +167,9 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 // ensureWorkloadIn is ensureWorkload with the workload's namespace
 // already open (nsh >= 0, AddWorkload), else opened here when needed.
 func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool, nsh netns.NsHandle) error {
+	if w.Tap != nil {
+		return s.ensureTap(w, n, sn, r)
+	}
 	host := w.HostIf()
 	l, ok := sn.links[host]
 	created := false
@@ -348,7 +351,9 @@ func isZeroMask(m net.IPMask) bool {
 func (s *Service) removeWorkloadLinks(w ipam.Workload) error {
 	host := w.HostIf()
 	l, err := s.nl.LinkByName(host)
-	if err == nil {
+	if _, isTun := l.(*netlink.Tuntap); err == nil && w.Tap != nil && !isTun {
+		l, err = nil, nil // not the tap we made: someone else's, left alone
+	} else if err == nil {
 		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
 			return err
 		}

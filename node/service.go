@@ -57,6 +57,7 @@ type Service struct {
 	held            heldState
 	v4              ipv4State
 	routes          routeState
+	ra              raState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -238,6 +239,7 @@ func checkProxyPrefix(st *ipam.Store, pp netip.Prefix) error {
 // peers (kernel devices, and embedded ones in their own processes): the
 // next start adopts them. Only network deletion and Cleanup remove them.
 func (s *Service) Close() error {
+	s.stopRA()
 	for _, d := range s.wireguard.devs {
 		d.Release()
 	}
@@ -412,6 +414,7 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 			errs = append(errs, fmt.Errorf("network %s: %w", n.ID, err))
 		}
 	}
+	s.syncRA(nets)
 	if err := s.reconcileWG(nets, r); err != nil {
 		errs = append(errs, err)
 	}

@@ -178,8 +178,9 @@ func serveRA(ctx context.Context, bridge string, l *raLink) error {
 		return fmt.Errorf("listen on %s as %s: %w", bridge, defaults.GatewayLL, err)
 	}
 	defer c.Close()
-	// A raw socket bound to an address sees multicast only for the groups
-	// it joined: ff02::2 is where RSs go.
+	// ff02::2 is where RSs go: joined so that the bridge's multicast
+	// snooping counts the node as a listener of it (a router joins it
+	// anyway when forwarding is on; this does not depend on that).
 	if err := c.JoinGroup(netip.MustParseAddr("ff02::2")); err != nil {
 		return fmt.Errorf("join ff02::2 on %s: %w", bridge, err)
 	}

@@ -262,7 +262,9 @@ func TestRASenderVM(t *testing.T) {
 	if kv == "" {
 		t.Skip("TN_VM_KERNEL not set (make test-vm)")
 	}
-	matches, _ := filepath.Glob(filepath.Join("/var/cache/tenantnet/kernels", kv+"[.-]*"))
+	matches, _ := filepath.Glob(filepath.Join("/var/cache/tenantnet/kernels", kv+".*"))
+	more, _ := filepath.Glob(filepath.Join("/var/cache/tenantnet/kernels", kv+"-*"))
+	matches = append(matches, more...)
 	if len(matches) == 0 {
 		t.Fatalf("no kernel %s", kv)
 	}

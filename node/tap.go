@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -85,20 +84,6 @@ func createTap(t *ipam.Tap) error {
 	return nil
 }
 
-// tunFlags reads a tun device's flags from sysfs (tun_flags, hex): what
-// tells a tap from a tun and says whether it is multi-queue.
-func tunFlags(name string) (uint32, error) {
-	b, err := os.ReadFile("/sys/class/net/" + name + "/tun_flags")
-	if err != nil {
-		return 0, err
-	}
-	var f uint32
-	if _, err := fmt.Sscanf(string(b), "0x%x", &f); err != nil {
-		return 0, fmt.Errorf("tun_flags of %s: %q: %w", name, b, err)
-	}
-	return f, nil
-}
-
 // ensureTap is ensureWorkloadIn for a VM: the tap exists, is a tap of
 // the recorded kind, is filtered and bound before it comes up, and is
 // enslaved to the network's bridge with its MTU.
@@ -118,16 +103,12 @@ func (s *Service) ensureTap(w ipam.Workload, n ipam.Network, sn *snapshot, r *re
 		created = true
 		r.add("created tap %s for workload %s", host, w.ID)
 	}
-	// Someone else's link of that name is never taken over.
-	if _, isTun := l.(*netlink.Tuntap); !isTun {
-		return fmt.Errorf("workload %s: %s exists and is a %s, not its tap", w.ID, host, l.Type())
-	}
-	f, err := tunFlags(host)
-	if err != nil {
-		return fmt.Errorf("workload %s: tap %s: %w", w.ID, host, err)
-	}
-	if f&unix.IFF_TAP == 0 || (f&unix.IFF_MULTI_QUEUE != 0) != w.Tap.MultiQueue {
-		return fmt.Errorf("workload %s: %s is a tun device with flags %#x, not its tap (multi-queue %v)", w.ID, host, f, w.Tap.MultiQueue)
+	// Someone else's link of that name is never taken over. (The kind is
+	// read from netlink, IFLA_INFO_DATA: sysfs shows the namespace it was
+	// mounted in, which need not be ours.)
+	tt, isTun := l.(*netlink.Tuntap)
+	if !isTun || tt.Mode != netlink.TUNTAP_MODE_TAP || tt.NonPersist || (tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0) != w.Tap.MultiQueue {
+		return fmt.Errorf("workload %s: %s exists and is not its tap (a %s: %+v; want a persistent tap, multi-queue %v)", w.ID, host, l.Type(), l, w.Tap.MultiQueue)
 	}
 	idx := l.Attrs().Index
 	attached := sn.atts[idx][loader.HookFromWorkload] && sn.atts[idx][loader.HookToWorkload]

@@ -69,7 +69,9 @@ func TestVMOnTap(t *testing.T) {
 	if cache == "" {
 		cache = "/var/cache/tenantnet/kernels"
 	}
-	matches, _ := filepath.Glob(filepath.Join(cache, kv+"[.-]*"))
+	matches, _ := filepath.Glob(filepath.Join(cache, kv+".*"))
+	more, _ := filepath.Glob(filepath.Join(cache, kv+"-*"))
+	matches = append(matches, more...)
 	if len(matches) == 0 {
 		t.Fatalf("no kernel %s* in %s", kv, cache)
 	}

@@ -308,7 +308,9 @@ poweroff -f
 	for sc.Scan() {
 		l := strings.TrimRight(sc.Text(), "\r")
 		console.WriteString(l + "\n")
-		if rest, ok := strings.CutPrefix(l, "TNVM "); ok {
+		// (the first line may follow the firmware's escape sequences)
+		if i := strings.Index(l, "TNVM "); i >= 0 {
+			rest := l[i+len("TNVM "):]
 			k, v, _ := strings.Cut(rest, " ")
 			got[k] = strings.TrimSpace(v)
 		}

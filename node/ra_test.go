@@ -173,7 +173,24 @@ func firewallLL(mac net.HardwareAddr) (netip.Addr, error) {
 // autonomous, the MTU, a router lifetime and the bridge's MAC; an RS with
 // a hop limit below 255 (forwarded, not from the link) is not.
 func TestRASender(t *testing.T) {
-	lab := newRALab(t, ipam.Tap{Name: "ratap"})
+	uid, gid := 1000, 1001
+	lab := newRALab(t, ipam.Tap{Name: "ratap", UID: &uid, GID: &gid})
+	// createTap: a persistent tap, owned as asked, that a second creation
+	// of the same name does not adopt.
+	l, err := lab.ns.Netlink(t).LinkByName("ratap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tt, ok := l.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TAP || tt.NonPersist || tt.Owner != 1000 || tt.Group != 1001 {
+		t.Fatalf("ratap is %+v", l)
+	}
+	out, err := exec.Command("ip", "netns", "exec", lab.ns.Name, "cat", "/sys/class/net/ratap/tun_flags").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "0x1802" { // IFF_TAP|IFF_PERSIST|IFF_NO_PI
+		t.Fatalf("ratap tun_flags %q %v, want 0x1802", out, err)
+	}
+	if err := lab.ns.Do(func() error { return createTap(&ipam.Tap{Name: "ratap"}) }); err == nil {
+		t.Fatal("createTap adopted an existing tap")
+	}
 	f := openTapIn(t, lab.ns, "ratap")
 	defer f.Close()
 	mac, _ := net.ParseMAC("52:54:00:aa:bb:cc")
@@ -208,8 +225,8 @@ func TestRASender(t *testing.T) {
 		return nil
 	}
 	// The initial unsolicited RAs come first (raInitialCount, to ff02::1).
-	if ra := read(3*time.Second, false); ra == nil {
-		t.Fatal("no unsolicited RA on the tap within 3s")
+	if ra := read(5*time.Second, false); ra == nil {
+		t.Fatal("no unsolicited RA on the tap within 5s")
 	}
 	var ra *ndp.RouterAdvertisement
 	for i := 0; i < 5 && ra == nil; i++ {
@@ -289,7 +306,7 @@ echo "TNVM mtu $(cat /proc/sys/net/ipv6/conf/eth0/mtu)"
 poweroff -f
 `
 	initrd := filepath.Join(t.TempDir(), "guest.cpio.gz")
-	if err := kmatrix.GuestInitramfs(kdir, init, initrd, "virtio_net"); err != nil {
+	if err := kmatrix.GuestInitramfs(kdir, init, initrd, "virtio_pci", "virtio_net"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

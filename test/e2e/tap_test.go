@@ -249,7 +249,7 @@ func TestTapWorkload(t *testing.T) {
 	if want := netip.AddrFrom16([16]byte(append(prefix.Addr().AsSlice()[:8:8], mac[0]^2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]))); vmAddr != want {
 		t.Fatalf("the tap's address %s is not its MAC %s's EUI-64 in %s (%s)", vmAddr, mac, prefix, want)
 	}
-	for _, c := range []struct{ file, want string }{{"owner", "1000"}, {"group", "1001"}, {"tun_flags", "0x1002"}} {
+	for _, c := range []struct{ file, want string }{{"owner", "1000"}, {"group", "1001"}, {"tun_flags", "0x1802"}} {
 		out, err := exec.Command("ip", "netns", "exec", n1.ns.Name, "cat", "/sys/class/net/vmtap1/"+c.file).CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != c.want {
 			t.Fatalf("vmtap1 %s: %q %v, want %s", c.file, out, err, c.want)

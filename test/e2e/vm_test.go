@@ -108,7 +108,7 @@ func TestVMOnTap(t *testing.T) {
 	spoof := vmAddr.Next()
 	init := strings.NewReplacer("{{W2}}", addr["w2"], "{{G1}}", addr["g1"], "{{SPOOF}}", spoof.String()).Replace(vmInit)
 	initrd := filepath.Join(t.TempDir(), "guest.cpio.gz")
-	if err := kmatrix.GuestInitramfs(kdir, init, initrd, "virtio_net"); err != nil {
+	if err := kmatrix.GuestInitramfs(kdir, init, initrd, "virtio_pci", "virtio_net"); err != nil {
 		t.Fatal(err)
 	}
 	// The WireGuard path is up before the guest is.

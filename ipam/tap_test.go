@@ -12,8 +12,9 @@ import (
 // and a second workload on one tap are refused; adding again is
 // idempotent; the address is released with the workload.
 func TestTapWorkloads(t *testing.T) {
-	s := open(t, t.TempDir(), "2001:db8:100::/62")
-	defer s.Close()
+	dir := t.TempDir()
+	s := open(t, dir, "2001:db8:100::/62")
+	defer func() { s.Close() }()
 	n, _, _ := s.AddNetwork("acme", 1420)
 	w, created, err := s.AddTapWorkload("vm1", "acme", Tap{Name: "vm1tap", MAC: "52:54:00:12:34:56"})
 	if err != nil || !created {
@@ -58,5 +59,17 @@ func TestTapWorkloads(t *testing.T) {
 	}
 	if w2, _, err := s.AddTapWorkload("vm3", "acme", Tap{Name: "vm3tap", MAC: "52:54:00:12:34:56"}); err != nil || w2.Addr != w.Addr {
 		t.Fatalf("the released address: %+v %v", w2, err)
+	}
+	// cleanup's read: refused while the store is open, then the taps.
+	if _, err := TapNames(dir); err == nil {
+		t.Fatal("TapNames read a database another process holds")
+	}
+	s.Close()
+	names, err := TapNames(dir)
+	if err != nil || len(names) != 2 {
+		t.Fatalf("TapNames %v %v, want vm2tap and vm3tap", names, err)
+	}
+	if names, err := TapNames(t.TempDir()); err != nil || names != nil {
+		t.Fatalf("no database: %v %v", names, err)
 	}
 }

@@ -365,7 +365,7 @@ func (s *Service) AddTapWorkload(id, network string, t ipam.Tap) (api.WorkloadIn
 	sn, err := s.snapshotFor(w, n)
 	if err == nil {
 		var r repairs
-		err = s.ensureTap(w, n, sn, &r)
+		err = s.ensureTap(w, n, sn, &r, true)
 	}
 	if err == nil {
 		err = s.flushBindings(sn)

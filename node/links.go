@@ -169,7 +169,7 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 // already open (nsh >= 0, AddWorkload), else opened here when needed.
 func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool, nsh netns.NsHandle) error {
 	if w.Tap != nil {
-		return s.ensureTap(w, n, sn, r)
+		return s.ensureTap(w, n, sn, r, deep)
 	}
 	host := w.HostIf()
 	l, ok := sn.links[host]

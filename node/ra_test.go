@@ -37,6 +37,9 @@ type raLab struct {
 	stop   func()
 }
 
+// labGuestMAC is the MAC the lab pins on its tap.
+var labGuestMAC, _ = net.ParseMAC("52:54:00:aa:bb:cc")
+
 func newRALab(t *testing.T, tap ipam.Tap) *raLab {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-ra-%d", os.Getpid()))
@@ -109,6 +112,9 @@ func (lab *raLab) setup() error {
 		return err
 	}
 	if err := nl.LinkSetMaster(tl, br); err != nil {
+		return err
+	}
+	if err := pinGuestMAC(nl, tl, labGuestMAC); err != nil {
 		return err
 	}
 	if err := nl.LinkSetMTU(tl, 1420); err != nil {
@@ -191,6 +197,15 @@ func TestRASender(t *testing.T) {
 	if err := lab.ns.Do(func() error { return createTap(&ipam.Tap{Name: "ratap"}) }); err == nil {
 		t.Fatal("createTap adopted an existing tap")
 	}
+	// pinGuestMAC: no learning on the tap, the guest's MAC static there.
+	out, err = exec.Command("bridge", "-n", lab.ns.Name, "-d", "link", "show", "dev", "ratap").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "learning off") {
+		t.Fatalf("bridge link ratap: %v\n%s", err, out)
+	}
+	out, err = exec.Command("bridge", "-n", lab.ns.Name, "fdb", "show", "dev", "ratap").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "52:54:00:aa:bb:cc master tnb1 static") {
+		t.Fatalf("bridge fdb ratap: %v\n%s", err, out)
+	}
 	f := openTapIn(t, lab.ns, "ratap")
 	defer f.Close()
 	mac, _ := net.ParseMAC("52:54:00:aa:bb:cc")
@@ -223,6 +238,17 @@ func TestRASender(t *testing.T) {
 			return m.(*ndp.RouterAdvertisement)
 		}
 		return nil
+	}
+	// A frame with a forged source MAC (a sibling's) is not learned on
+	// the tap.
+	forged := rsFrame(labGuestMAC, 255)
+	copy(forged[6:12], []byte{0x02, 0, 0, 0, 0, 0x99})
+	if _, err := f.Write(forged); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if out, _ := exec.Command("bridge", "-n", lab.ns.Name, "fdb", "show", "dev", "ratap").CombinedOutput(); strings.Contains(string(out), "02:00:00:00:00:99") {
+		t.Fatalf("the bridge learned a forged source MAC on the tap:\n%s", out)
 	}
 	// The initial unsolicited RAs come first (raInitialCount, to ff02::1).
 	if ra := read(5*time.Second, false); ra == nil {

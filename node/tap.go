@@ -84,10 +84,27 @@ func createTap(t *ipam.Tap) error {
 	return nil
 }
 
+// pinGuestMAC makes the bridge learn no MAC from the tap and know the
+// guest's MAC there statically (an fdb entry, before the guest sends
+// anything): a guest that forges a sibling's source MAC moves nothing
+// in the bridge, so the sibling's frames are not sent its way (where
+// tn_to_workload would drop them as wrong-port: the sibling cut off).
+// The datapath still judges every packet by its addresses.
+func pinGuestMAC(nl *netlink.Handle, l netlink.Link, mac net.HardwareAddr) error {
+	if err := nl.LinkSetLearning(l, false); err != nil {
+		return fmt.Errorf("learning off on %s: %w", l.Attrs().Name, err)
+	}
+	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_NOARP,
+		Flags: netlink.NTF_MASTER, HardwareAddr: mac}); err != nil {
+		return fmt.Errorf("fdb %s on %s: %w", mac, l.Attrs().Name, err)
+	}
+	return nil
+}
+
 // ensureTap is ensureWorkloadIn for a VM: the tap exists, is a tap of
 // the recorded kind, is filtered and bound before it comes up, and is
 // enslaved to the network's bridge with its MTU.
-func (s *Service) ensureTap(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs) error {
+func (s *Service) ensureTap(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool) error {
 	host := w.HostIf()
 	l, ok := sn.links[host]
 	created := false
@@ -131,12 +148,18 @@ func (s *Service) ensureTap(w ipam.Workload, n ipam.Network, sn *snapshot, r *re
 	if br == nil {
 		return fmt.Errorf("workload %s: bridge %s missing", w.ID, n.Bridge())
 	}
-	if l.Attrs().MasterIndex != br.Attrs().Index {
+	enslaved := l.Attrs().MasterIndex != br.Attrs().Index
+	if enslaved {
 		if err := s.nl.LinkSetMaster(l, br); err != nil {
 			return fmt.Errorf("workload %s: enslave %s to %s: %w", w.ID, host, n.Bridge(), err)
 		}
 		if !created {
 			r.add("re-enslaved %s to %s", host, n.Bridge())
+		}
+	}
+	if enslaved || deep {
+		if err := pinGuestMAC(s.nl, l, portMAC(w)); err != nil {
+			return fmt.Errorf("workload %s: %w", w.ID, err)
 		}
 	}
 	if l.Attrs().MTU != n.MTU {

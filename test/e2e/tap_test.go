@@ -331,6 +331,19 @@ func TestTapWorkload(t *testing.T) {
 			t.Fatalf("spoof drops %d -> %d, want 2 more", before, got)
 		}
 	})
+	t.Run("forged source MAC", func(t *testing.T) {
+		// w1's MAC as source, the guest's own address: the bridge must not
+		// move w1's MAC to the tap (its traffic would then go to the
+		// guest's port, where it is dropped as wrong-port: w1 cut off).
+		g.echo(w1MAC, routerMAC, vmAddr, addr["w2"], 8, time.Second)
+		out, _ := exec.Command("bridge", "-n", n1.ns.Name, "fdb", "show", "dev", "vmtap1").CombinedOutput()
+		if strings.Contains(string(out), w1MAC.String()) {
+			t.Fatalf("the bridge learned w1's MAC on the tap:\n%s", out)
+		}
+		if err := dialTCP(wlNS["w2"], fmt.Sprintf("[%s]:8080", addr["w1"]), 3*time.Second); err != nil {
+			t.Fatalf("w2 -> w1 after the guest forged w1's MAC: %v", err)
+		}
+	})
 	t.Run("rogue RA", func(t *testing.T) {
 		before := nodeCounter(t, n1.pin, acme, policy.DirOut, policy.DropRogueRA).Packets
 		bad, _ := ndp.MarshalMessage(&ndp.RouterAdvertisement{CurrentHopLimit: 64, RouterLifetime: 1800 * time.Second,

@@ -414,7 +414,6 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 			errs = append(errs, fmt.Errorf("network %s: %w", n.ID, err))
 		}
 	}
-	s.syncRA(nets)
 	if err := s.reconcileWG(nets, r); err != nil {
 		errs = append(errs, err)
 	}
@@ -431,6 +430,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err := s.flushBindings(sn); err != nil {
 		errs = append(errs, err)
 	}
+	// After the workloads: a veth workload has autoconf off (ensureInside)
+	// before the first RA of a bridge (a restart into this version).
+	s.syncRA(nets)
 	// Links and firewall tenants of ours that nothing owns go (a crash
 	// between creating a link and recording it, a delete interrupted
 	// between its steps), unless the state looks wrong (guard.go).

@@ -541,14 +541,14 @@ func (s *Store) AddWorkload(id, network, netns string, nsid NetnsID) (Workload, 
 }
 
 // ValidTapName checks a tap's name: a valid interface name that is not
-// one of ours (tnb*, tnw*: bridges and veth ports, which reconcile owns
-// by name).
+// one of ours (tn*: bridges, veth ports, tn6in4; tg*: WireGuard devices,
+// which reconcile owns by name).
 func ValidTapName(name string) error {
 	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/: \t\n%") || name == "." || name == ".." {
 		return fmt.Errorf("tap name %q: 1-15 characters, no '/', ':', '%%' or space: %w", name, ErrInvalid)
 	}
-	if strings.HasPrefix(name, "tn") {
-		return fmt.Errorf("tap name %q: names starting with \"tn\" are tenantnet's own links: %w", name, ErrInvalid)
+	if strings.HasPrefix(name, "tn") || strings.HasPrefix(name, "tg") {
+		return fmt.Errorf("tap name %q: names starting with \"tn\" or \"tg\" are tenantnet's own links (bridges, ports, WireGuard): %w", name, ErrInvalid)
 	}
 	return nil
 }

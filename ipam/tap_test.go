@@ -45,6 +45,7 @@ func TestTapWorkloads(t *testing.T) {
 		{"vm3", Tap{Name: "vm3tap", MAC: "52:54:00:12:34:56"}, ErrConflict}, // vm1's MAC: its address
 		{"vm3", Tap{Name: "vm1tap"}, ErrConflict},                           // vm1's tap
 		{"vm3", Tap{Name: "tnw5"}, ErrInvalid},                              // a name of ours
+		{"vm3", Tap{Name: "tg1abcd"}, ErrInvalid},                           // a WireGuard device's
 		{"vm3", Tap{Name: "a/b"}, ErrInvalid},
 		{"vm3", Tap{Name: "vm3tap", MAC: "01:00:5e:00:00:01"}, ErrInvalid}, // multicast
 		{"vm3", Tap{Name: "vm3tap", MAC: "00:00:00:00:00:00"}, ErrInvalid},

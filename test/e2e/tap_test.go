@@ -376,6 +376,12 @@ func TestTapWorkload(t *testing.T) {
 		}
 	})
 	t.Run("veth keeps its address", func(t *testing.T) {
+		// No SLAAC in a veth workload: autoconf off (a deep reconcile
+		// would also remove such an address, so the address check alone
+		// depends on timing).
+		if out, err := exec.Command("ip", "netns", "exec", wlNS["w1"].Name, "cat", "/proc/sys/net/ipv6/conf/eth0/autoconf").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "0" {
+			t.Fatalf("w1 eth0 autoconf %q %v, want 0", out, err)
+		}
 		out, _ := exec.Command("ip", "-n", wlNS["w1"].Name, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global").CombinedOutput()
 		if n := strings.Count(string(out), "inet6 "); n != 1 || !strings.Contains(string(out), addr["w1"].String()+"/64") {
 			t.Fatalf("w1's global addresses after our RAs, want only %s:\n%s", addr["w1"], out)

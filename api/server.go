@@ -6,6 +6,7 @@
 //	DELETE /v1/networks/{id}
 //	POST   /v1/networks/{id}/rotate-key {"overlap": "30s"}        -> the next key and when it takes over
 //	POST   /v1/workloads         {"id": "web-1", "network": "acme", "netns": "/run/netns/web-1"[, "ifname": "eth0"]}
+//	                             {"id": "vm1", "network": "acme", "tap": {"name": "vm1tap", "mac": "02:..", "uid": 1000, "multi_queue": true}}
 //	GET    /v1/workloads                                          -> [workload]
 //	DELETE /v1/workloads/{id}
 //	POST   /v1/users             {"id": "alice-laptop", "network": "acme"} -> user with a wg-quick config
@@ -51,10 +52,13 @@ type RotateKeyRequest struct {
 type WorkloadRequest struct {
 	ID      string `json:"id"`
 	Network string `json:"network"`
-	Netns   string `json:"netns"`
+	Netns   string `json:"netns,omitempty"`
 	// Ifname names the workload's side of its port in its namespace
 	// (a CNI runtime's CNI_IFNAME); empty: eth0.
 	Ifname string `json:"ifname,omitempty"`
+	// Tap, instead of Netns: a VM's port (a persistent tap the VMM
+	// opens). Its MAC may be left out: the node chooses one.
+	Tap *ipam.Tap `json:"tap,omitempty"`
 }
 
 // UserRequest adds a user-access peer; without a public key the node
@@ -119,6 +123,7 @@ type Node interface {
 	DeleteNetwork(id string) error
 	RotateKey(id string, overlap time.Duration) (RotateKeyReply, error)
 	AddWorkload(id, network, nsPath, ifname string) (WorkloadInfo, bool, error)
+	AddTapWorkload(id, network string, tap ipam.Tap) (WorkloadInfo, bool, error)
 	DeleteWorkload(id string) error
 	Workloads() ([]WorkloadInfo, error)
 	AddUser(id, network, publicKey string, rotate bool) (UserInfo, bool, error)
@@ -216,6 +221,16 @@ func Handler(s Node) http.Handler {
 		}
 		if err := validID(req.ID); err != nil {
 			return 0, nil, err
+		}
+		if req.Tap != nil {
+			if req.Netns != "" {
+				return 0, nil, fmt.Errorf("%w: a workload has a netns or a tap, not both", errBadRequest)
+			}
+			if err := ipam.ValidTapName(req.Tap.Name); err != nil {
+				return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+			}
+			wl, created, err := s.AddTapWorkload(req.ID, req.Network, *req.Tap)
+			return made(created), wl, err
 		}
 		if !filepath.IsAbs(req.Netns) {
 			return 0, nil, fmt.Errorf("%w: netns %q: want an absolute path (/run/netns/NAME or /proc/PID/ns/net)", errBadRequest, req.Netns)

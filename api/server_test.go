@@ -33,6 +33,10 @@ func (f *fakeNode) DeleteNetwork(id string) error {
 func (f *fakeNode) RotateKey(id string, overlap time.Duration) (RotateKeyReply, error) {
 	return RotateKeyReply{Network: id, NextPublicKey: overlap.String()}, nil
 }
+func (f *fakeNode) AddTapWorkload(id, network string, t ipam.Tap) (WorkloadInfo, bool, error) {
+	return WorkloadInfo{}, false, errors.New("no taps here")
+}
+
 func (f *fakeNode) AddWorkload(id, network, nsPath, ifname string) (WorkloadInfo, bool, error) {
 	return WorkloadInfo{}, false, fmt.Errorf("in use: %w", ipam.ErrConflict)
 }

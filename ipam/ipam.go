@@ -8,11 +8,13 @@
 package ipam
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -97,6 +99,9 @@ type Workload struct {
 	// Ifname is the name of the workload's side of its port, in its
 	// namespace (a CNI runtime names it: CNI_IFNAME); empty: eth0.
 	Ifname string `json:"ifname,omitempty"`
+	// Tap is set for a VM's port: a persistent tap that the VMM opens,
+	// instead of a veth into Netns (then empty).
+	Tap *Tap `json:"tap,omitempty"`
 }
 
 // DefaultIfname is the workload's side of its port when it names none.
@@ -120,6 +125,33 @@ func ValidIfname(name string) error {
 	return nil
 }
 
+// Tap is a VM workload's port. The guest's MAC is fixed here, before the
+// guest boots, and its address is the EUI-64 SLAAC address of that MAC in
+// the network's /64 (TapAddr): what the guest's kernel forms from the
+// node's Router Advertisement, and all the port lets it send from.
+type Tap struct {
+	Name       string `json:"name"`
+	MAC        string `json:"mac"`
+	UID        *int   `json:"uid,omitempty"` // who may open it besides root
+	GID        *int   `json:"gid,omitempty"`
+	MultiQueue bool   `json:"multi_queue,omitempty"`
+}
+
+// HardwareAddr is the guest's MAC.
+func (t *Tap) HardwareAddr() net.HardwareAddr {
+	m, _ := net.ParseMAC(t.MAC) // checked when added
+	return m
+}
+
+// EUI64Addr is the SLAAC address (RFC 4862, modified EUI-64 of RFC 4291
+// appendix A) of mac in prefix: what a guest's kernel forms from an RA
+// when it uses neither stable-privacy nor temporary addresses.
+func EUI64Addr(prefix netip.Prefix, mac net.HardwareAddr) netip.Addr {
+	b := prefix.Masked().Addr().As16()
+	b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15] = mac[0]^0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]
+	return netip.AddrFrom16(b)
+}
+
 // NetnsID names a namespace: the device and inode of its nsfs file.
 type NetnsID struct {
 	Dev uint64 `json:"dev"`
@@ -130,7 +162,13 @@ func (n NetnsID) String() string { return fmt.Sprintf("%d:%d", n.Dev, n.Ino) }
 
 // HostIf is the host side of the workload's veth: "tnw" and its number in
 // hex, at most 11 characters as Bridge.
-func (w Workload) HostIf() string { return fmt.Sprintf("tnw%x", w.Num) }
+// A tap's port is the tap, under the name the operator gave it.
+func (w Workload) HostIf() string {
+	if w.Tap != nil {
+		return w.Tap.Name
+	}
+	return fmt.Sprintf("tnw%x", w.Num)
+}
 
 // Pool describes what can be allocated.
 type Pool struct {
@@ -532,6 +570,116 @@ func (s *Store) AddWorkloadIf(id, network, netns string, nsid NetnsID, ifname st
 			return err
 		}
 		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr, Ifname: ifname}
+		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
+			return err
+		}
+		a := addr.As16()
+		created = true
+		return errors.Join(
+			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
+			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
+		)
+	})
+	return w, created, err
+}
+
+// ValidTapName checks a tap's name: a valid interface name that is not
+// one of ours (tn*: bridges, veth ports, tn6in4; tg*: WireGuard devices,
+// which reconcile owns by name).
+func ValidTapName(name string) error {
+	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/: \t\n%") || name == "." || name == ".." {
+		return fmt.Errorf("tap name %q: 1-15 characters, no '/', ':', '%%' or space: %w", name, ErrInvalid)
+	}
+	if strings.HasPrefix(name, "tn") || strings.HasPrefix(name, "tg") {
+		return fmt.Errorf("tap name %q: names starting with \"tn\" or \"tg\" are tenantnet's own links (bridges, ports, WireGuard): %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// validGuestMAC refuses what cannot be a guest's own unicast MAC.
+func validGuestMAC(m net.HardwareAddr) error {
+	if len(m) != 6 {
+		return fmt.Errorf("mac %s: want 6 bytes (aa:bb:cc:dd:ee:ff): %w", m, ErrInvalid)
+	}
+	if m[0]&1 != 0 || bytes.Equal(m, make(net.HardwareAddr, 6)) {
+		return fmt.Errorf("mac %s: a multicast or zero MAC cannot be a guest's: %w", m, ErrInvalid)
+	}
+	return nil
+}
+
+// tapMAC is the MAC tenantnetd gives a tap workload without --mac:
+// locally administered unicast, from a hash of the workload id (attempt
+// > 0 when its address is taken).
+func tapMAC(id string, attempt int) net.HardwareAddr {
+	h := sha256.Sum256([]byte(fmt.Sprintf("tap/%s/%d", id, attempt)))
+	return net.HardwareAddr{0x02, h[0], h[1], h[2], h[3], h[4]}
+}
+
+// AddTapWorkload allocates a VM workload: its number, its MAC (t.MAC, or
+// chosen) and the address that MAC gives it by SLAAC. An existing
+// workload with the same id is returned unchanged if it is the same tap,
+// refused otherwise.
+func (s *Store) AddTapWorkload(id, network string, t Tap) (Workload, bool, error) {
+	var w Workload
+	created := false
+	if err := ValidID(id); err != nil {
+		return w, false, err
+	}
+	if err := ValidTapName(t.Name); err != nil {
+		return w, false, err
+	}
+	var mac net.HardwareAddr
+	if t.MAC != "" {
+		var err error
+		if mac, err = net.ParseMAC(t.MAC); err != nil {
+			return w, false, fmt.Errorf("mac %q: %v: %w", t.MAC, err, ErrInvalid)
+		}
+		if err := validGuestMAC(mac); err != nil {
+			return w, false, err
+		}
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var found bool
+		var err error
+		if w, found, err = boltjson.Get[Workload](tx, bWorkloads, []byte(id)); err != nil {
+			return err
+		} else if found {
+			if w.Network != network || w.Tap == nil || w.Tap.Name != t.Name || (mac != nil && w.Tap.MAC != mac.String()) {
+				return fmt.Errorf("workload %s exists with another network, port or MAC: %w", id, ErrConflict)
+			}
+			return nil
+		}
+		if same, err := boltjson.List(tx, bWorkloads, func(o Workload) bool { return o.HostIf() == t.Name }); err != nil {
+			return err
+		} else if len(same) > 0 {
+			return fmt.Errorf("tap %s is workload %s's: %w", t.Name, same[0].ID, ErrConflict)
+		}
+		n, err := get[Network](tx, bNetworks, "network", network)
+		if err != nil {
+			return err
+		}
+		num, ok := lowestFree(tx.Bucket(bWlNums), 1, 1<<31)
+		if !ok {
+			return fmt.Errorf("workload numbers: %w", ErrExhausted)
+		}
+		var addr netip.Addr
+		for attempt := 0; ; attempt++ {
+			m := mac
+			if m == nil {
+				m = tapMAC(id, attempt)
+			}
+			a := EUI64Addr(n.Prefix, m)
+			b := a.As16()
+			if binary.BigEndian.Uint64(b[8:]) > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
+				addr, mac = a, m
+				break
+			}
+			if mac != nil || attempt == 64 {
+				return fmt.Errorf("address %s of mac %s in %s is taken: %w", a, m, n.Prefix, ErrConflict)
+			}
+		}
+		t.MAC = mac.String()
+		w = Workload{ID: id, Network: network, Num: uint32(num), Addr: addr, Tap: &t}
 		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
 			return err
 		}

@@ -337,6 +337,52 @@ func (s *Service) AddWorkload(id, network, nsPath, ifname string) (api.WorkloadI
 	return workloadInfo(w), created, nil
 }
 
+// AddTapWorkload makes a VM's port: a persistent tap on the network's
+// bridge, filtered and bound to the address its MAC gets by SLAAC from
+// the node's Router Advertisements. On any error everything it made is
+// removed again. Adding it again with the same tap (and MAC, if given)
+// returns it as it is, repaired.
+func (s *Service) AddTapWorkload(id, network string, t ipam.Tap) (api.WorkloadInfo, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.ipam.Network(network)
+	if err != nil {
+		return api.WorkloadInfo{}, false, err
+	}
+	if err := ipam.ValidTapName(t.Name); err != nil {
+		return api.WorkloadInfo{}, false, err
+	}
+	if l, err := s.nl.LinkByName(t.Name); err == nil {
+		// A link of that name that is not this workload's: never adopted.
+		if old, err := s.ipam.Workload(id); err != nil || old.Tap == nil || old.Tap.Name != t.Name {
+			return api.WorkloadInfo{}, false, fmt.Errorf("tap %s: a %s of that name exists already: %w", t.Name, l.Type(), ipam.ErrConflict)
+		}
+	}
+	w, created, err := s.ipam.AddTapWorkload(id, network, t)
+	if err != nil {
+		return api.WorkloadInfo{}, false, err
+	}
+	sn, err := s.snapshotFor(w, n)
+	if err == nil {
+		var r repairs
+		err = s.ensureTap(w, n, sn, &r, true)
+	}
+	if err == nil {
+		err = s.flushBindings(sn)
+	}
+	if err != nil {
+		if created {
+			if rerr := s.removeWorkloadLinks(w); rerr != nil {
+				s.log.Error("undo workload", "workload", id, "err", rerr)
+			}
+			s.ipam.DeleteWorkload(id)
+		}
+		return api.WorkloadInfo{}, false, err
+	}
+	s.log.Info("tap workload attached", "workload", id, "network", network, "address", w.Addr, "tap", w.Tap.Name, "mac", w.Tap.MAC, "created", created)
+	return workloadInfo(w), created, nil
+}
+
 // DeleteWorkload detaches a workload and releases its address.
 func (s *Service) DeleteWorkload(id string) error {
 	s.mu.Lock()

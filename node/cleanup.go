@@ -114,6 +114,20 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 			}
 		}
 	}
+	// VMs' taps have the names their operator gave them, not ours: those
+	// IPAM records go too (if they are still taps).
+	// (Read-only: a tenantnetd still running keeps them, and this says so.)
+	taps, err := ipam.TapNames(cfg.StateDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cleanup: the taps of VM workloads stay (their names are in ipam, which cannot be read now: %v)\n", err)
+	}
+	for _, name := range taps {
+		if l, err := h.LinkByName(name); err == nil {
+			if _, isTun := l.(*netlink.Tuntap); isTun && h.LinkDel(l) == nil {
+				rep.Links++
+			}
+		}
+	}
 	if l, err := h.LinkByName(sixin4.DefaultName); err == nil && l.Type() == "veth" {
 		if sixin4.Remove(h, sixin4.DefaultName) == nil {
 			rep.Links++

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
+	"github.com/tenantnet/tenantnet/internal/netnsutil"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -168,6 +169,9 @@ func (s *Service) ensureWorkload(w ipam.Workload, n ipam.Network, sn *snapshot, 
 // ensureWorkloadIn is ensureWorkload with the workload's namespace
 // already open (nsh >= 0, AddWorkload), else opened here when needed.
 func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot, r *repairs, deep bool, nsh netns.NsHandle) error {
+	if w.Tap != nil {
+		return s.ensureTap(w, n, sn, r, deep)
+	}
 	host := w.HostIf()
 	l, ok := sn.links[host]
 	created := false
@@ -286,13 +290,30 @@ func (s *Service) ensureInside(w ipam.Workload, n ipam.Network, nsh netns.NsHand
 			return fmt.Errorf("workload %s: address generation: %w", w.ID, err)
 		}
 	}
+	// The bridge's Router Advertisements (ra.go) are for VMs: a veth
+	// workload has its address from here (ipam's, not its MAC's EUI-64),
+	// and an address SLAAC formed from the /64 would be one its port
+	// drops. Route and MTU from the RA agree with what is set here.
+	if err := netnsutil.In(nsh, func() error {
+		return sysctl("net/ipv6/conf/"+w.InsideIf()+"/autoconf", "0")
+	}); err != nil {
+		return fmt.Errorf("workload %s: no SLAAC in %s: %w", w.ID, w.Netns, err)
+	}
 	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V6) })
 	if err != nil {
 		return err
 	}
 	ll := netip.PrefixFrom(workloadLL(w.Addr), 64)
 	for _, a := range addrs {
-		if ap, ok := netip.AddrFromSlice(a.IP); ok && ap.IsLinkLocalUnicast() && ap != ll.Addr() {
+		ap, ok := netip.AddrFromSlice(a.IP)
+		if ok && n.Prefix.Contains(ap) && ap != w.Addr {
+			// formed by SLAAC before autoconf was off (an RA came first)
+			if err := h.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("workload %s: remove %s: %w", w.ID, ap, err)
+			}
+			r.add("removed SLAAC address %s in workload %s", ap, w.ID)
+		}
+		if ok && ap.IsLinkLocalUnicast() && ap != ll.Addr() {
 			// another link-local: its port would drop what it sends
 			if err := h.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				return fmt.Errorf("workload %s: remove %s: %w", w.ID, ap, err)
@@ -349,7 +370,9 @@ func isZeroMask(m net.IPMask) bool {
 func (s *Service) removeWorkloadLinks(w ipam.Workload) error {
 	host := w.HostIf()
 	l, err := s.nl.LinkByName(host)
-	if err == nil {
+	if _, isTun := l.(*netlink.Tuntap); err == nil && w.Tap != nil && !isTun {
+		l, err = nil, nil // not the tap we made: someone else's, left alone
+	} else if err == nil {
 		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
 			return err
 		}

@@ -57,6 +57,7 @@ type Service struct {
 	held            heldState
 	v4              ipv4State
 	routes          routeState
+	ra              raState
 }
 
 // ReconcileStats are the reconcile loop's figures (metrics, status).
@@ -238,6 +239,7 @@ func checkProxyPrefix(st *ipam.Store, pp netip.Prefix) error {
 // peers (kernel devices, and embedded ones in their own processes): the
 // next start adopts them. Only network deletion and Cleanup remove them.
 func (s *Service) Close() error {
+	s.stopRA()
 	for _, d := range s.wireguard.devs {
 		d.Release()
 	}
@@ -428,6 +430,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err := s.flushBindings(sn); err != nil {
 		errs = append(errs, err)
 	}
+	// After the workloads: a veth workload has autoconf off (ensureInside)
+	// before the first RA of a bridge (a restart into this version).
+	s.syncRA(nets)
 	// Links and firewall tenants of ours that nothing owns go (a crash
 	// between creating a link and recording it, a delete interrupted
 	// between its steps), unless the state looks wrong (guard.go).

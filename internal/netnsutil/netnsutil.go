@@ -136,3 +136,15 @@ func sharedRunDir() error {
 	}
 	return nil
 }
+
+// In runs fn on a locked thread inside the namespace h (what only the
+// calling thread's namespace decides: /proc/sys/net, sockets), and puts
+// the thread back afterwards.
+func In(h netns.NsHandle, fn func() error) error {
+	return do(fmt.Sprintf("fd %d", int(h)), func() error {
+		if err := netns.Set(h); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
+		}
+		return fn()
+	})
+}

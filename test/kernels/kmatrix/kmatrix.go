@@ -354,3 +354,67 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 	}
 	return kernel, res, modules
 }
+
+// GuestInitramfs writes an initramfs for a guest that runs init (a
+// shell script, with busybox's applets) on kernel kdir, with the
+// modules named (and what they depend on) in /lib/modules, listed in
+// /modules.list in load order: a VM on a tenantnet tap (e2e TestVMOnTap).
+func GuestInitramfs(kdir, init, out string, modules ...string) error {
+	work, err := os.MkdirTemp("", "tn-guest-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	for _, d := range []string{"bin", "proc", "sys", "dev", "lib/modules", "tmp", "run"} {
+		os.MkdirAll(filepath.Join(work, d), 0o755)
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return errors.New("busybox (Debian busybox-static) is needed")
+	}
+	if err := copyFile(bb, filepath.Join(work, "bin/busybox"), 0o755); err != nil {
+		return err
+	}
+	out2, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		return fmt.Errorf("busybox --list: %w", err)
+	}
+	for _, app := range strings.Fields(string(out2)) {
+		if app != "busybox" {
+			os.Symlink("busybox", filepath.Join(work, "bin", app))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(work, "init"), []byte(init), 0o755); err != nil {
+		return err
+	}
+	saved := Modules
+	Modules = modules
+	mods, _ := modulesFor(kdir)
+	Modules = saved
+	var names []string
+	for _, m := range mods {
+		name := m[0].(string)
+		if err := os.WriteFile(filepath.Join(work, "lib/modules", name+".ko"), m[1].([]byte), 0o644); err != nil {
+			return err
+		}
+		names = append(names, name)
+	}
+	os.WriteFile(filepath.Join(work, "modules.list"), []byte(strings.Join(names, "\n")+"\n"), 0o644)
+	cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet | gzip -1 > "+out)
+	cmd.Dir = work
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cpio: %v %s", err, b)
+	}
+	return nil
+}
+
+// GuestArgs are qemu's arguments for such a guest (TCG, as RunVM) with
+// one virtio-net NIC of MAC mac on the existing tap named tap: the VMM
+// opens it, nothing is created (script=no).
+func GuestArgs(kdir, initrd, tap, mac string) []string {
+	return []string{"-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "512",
+		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + mac}
+}

@@ -113,8 +113,10 @@ func leaveAsFound(t *testing.T) {
 			made = append(made, d)
 		}
 	}
-	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*/")
-	cgroups = append(cgroups, "/sys/fs/cgroup/")
+	// Every hierarchy (a v1 controller's directory, or the v2 root).
+	// Glob's pattern ends without a slash: with one it matches nothing.
+	cgroups, _ := filepath.Glob("/sys/fs/cgroup/*")
+	cgroups = append(cgroups, "/sys/fs/cgroup")
 	var cgMade []string
 	for _, c := range cgroups {
 		d := filepath.Join(c, "libpod_parent")

@@ -61,6 +61,7 @@ type Firewall struct {
 	Maps       *bpfmaps.Maps // nil with NoDatapath
 	log        *slog.Logger
 	lock       *os.File
+	dir        string // the state directory
 	borrowMaps bool
 }
 
@@ -116,7 +117,7 @@ func Open(opts Options) (*Firewall, error) {
 		lock.Close()
 		return nil, err
 	}
-	fw := &Firewall{st: st, log: log, lock: lock}
+	fw := &Firewall{st: st, log: log, lock: lock, dir: opts.StateDir}
 	if !opts.NoDatapath {
 		if opts.Maps != nil {
 			fw.Maps, fw.borrowMaps = opts.Maps, true
@@ -128,9 +129,7 @@ func Open(opts Options) (*Firewall, error) {
 			}
 			fw.Maps = bpfmaps.FromMaps(wm)
 		}
-		var dirty bool
-		_ = st.View(func(tx *store.Tx) error { dirty = tx.Dirty(); return nil })
-		if dirty {
+		if fw.dirty() {
 			log.Warn("a previous update of the maps was interrupted: reconciling them from the saved state")
 			if err := fw.Reconcile(); err != nil {
 				fw.Close()
@@ -158,19 +157,25 @@ func (fw *Firewall) Close() error {
 
 // change applies one update to the store and the maps, all or nothing:
 //
-//  1. mark the maps dirty (own transaction, fsynced);
-//  2. in one store transaction: change the store, write the maps, clear
-//     the mark, commit;
-//  3. if the maps could not be written (a full map, say), roll the store
-//     transaction back and rebuild the maps from the unchanged store.
+//  1. mark the maps dirty: create the mark file (dirtyFile);
+//  2. in one store transaction: change the store, write the maps, commit;
+//  3. remove the mark;
+//  4. if the maps could not be written (a full map, say) or the commit
+//     failed, the transaction is rolled back and the maps are rebuilt from
+//     the unchanged store.
 //
 // A crash at any point leaves either the old store with the mark (the next
-// Open rebuilds the maps from it) or the new store without it.
+// Open rebuilds the maps from it) or the new store (with or without the
+// mark: rebuilding then changes nothing). The mark is a file, not a store
+// record, and is not fsynced: it only has to outlive the process (the
+// page cache does that), since the maps it speaks of are in bpffs and do
+// not outlive a reboot, after which loading the datapath rebuilds them
+// anyway. A store record cost one more fsynced commit per change.
 func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error) error {
 	if fw.Maps == nil {
 		return fw.st.Update(storePart)
 	}
-	if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(true) }); err != nil {
+	if err := fw.setDirty(); err != nil {
 		return err
 	}
 	mapsTouched := false
@@ -179,25 +184,52 @@ func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error
 			return err
 		}
 		mapsTouched = true
-		if err := mapPart(); err != nil {
-			return err
-		}
-		return tx.SetDirty(false)
+		return mapPart()
 	})
 	if err == nil {
+		fw.clearDirty()
 		return nil
 	}
 	if !mapsTouched {
 		// Rejected before any map was written: just clear the mark.
-		if cerr := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); cerr != nil {
-			return errors.Join(err, cerr)
-		}
+		fw.clearDirty()
 		return err
 	}
 	if rerr := fw.Reconcile(); rerr != nil {
 		return fmt.Errorf("%w; restoring the maps from the saved state also failed (the next run retries): %v", err, rerr)
 	}
 	return fmt.Errorf("%w (nothing was changed)", err)
+}
+
+// dirtyFile, in the state directory, says an update of the maps may have
+// been interrupted (see change). Builds before it kept the mark in the
+// store (store.Tx.Dirty), which is still read and cleared.
+const dirtyFile = "maps-dirty"
+
+func (fw *Firewall) setDirty() error {
+	f, err := os.OpenFile(filepath.Join(fw.dir, dirtyFile), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("mark the maps dirty: %w", err)
+	}
+	return f.Close()
+}
+
+// clearDirty removes the mark; a mark left behind (the removal failed)
+// only makes the next Open reconcile.
+func (fw *Firewall) clearDirty() {
+	if err := os.Remove(filepath.Join(fw.dir, dirtyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		fw.log.Warn("could not clear the dirty mark of the maps: the next run reconciles them", "err", err)
+	}
+}
+
+// dirty reports whether an update of the maps may have been interrupted.
+func (fw *Firewall) dirty() bool {
+	if _, err := os.Stat(filepath.Join(fw.dir, dirtyFile)); err == nil {
+		return true
+	}
+	var d bool
+	_ = fw.st.View(func(tx *store.Tx) error { d = tx.Dirty(); return nil })
+	return d
 }
 
 func (fw *Firewall) knownTenant(tx *store.Tx, id uint32) (store.Tenant, error) {
@@ -614,7 +646,15 @@ func (fw *Firewall) Reconcile() error {
 	if ch != (bpfmaps.Change{}) {
 		fw.log.Info("reconciled rule maps with the saved state", "change", ch.String(), "rules", len(rules))
 	}
-	return fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) })
+	var old bool // the mark of an older build
+	_ = fw.st.View(func(tx *store.Tx) error { old = tx.Dirty(); return nil })
+	if old {
+		if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); err != nil {
+			return err
+		}
+	}
+	fw.clearDirty()
+	return nil
 }
 
 func toMapTenants(ts []store.Tenant) map[uint32]bpfmaps.TenantState {

@@ -1,7 +1,10 @@
 package firewall_test
 
 import (
+	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -40,8 +43,16 @@ func mustMatchStore(t *testing.T, fw *firewall.Firewall) *bpfmaps.Compiled {
 }
 
 // An update interrupted after the store committed (mark set, maps half
-// written or not at all) is repaired by the next Open.
+// written or not at all) is repaired by the next Open: with the mark of
+// this build (a file in the state directory) and with that of builds
+// before it (a record in the store).
 func TestInterruptedUpdateRepaired(t *testing.T) {
+	for _, mark := range []string{"file", "store"} {
+		t.Run(mark, func(t *testing.T) { testInterruptedUpdateRepaired(t, mark) })
+	}
+}
+
+func testInterruptedUpdateRepaired(t *testing.T, mark string) {
 	dp := testutil.Load(t)
 	state := t.TempDir()
 	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
@@ -60,9 +71,14 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 		if _, err := tx.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirOut, Proto: policy.ProtoTCP, PortLo: 25, PortHi: 25, Action: policy.ActionDeny}); err != nil {
 			return err
 		}
-		return tx.SetDirty(true)
+		return tx.SetDirty(mark == "store")
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if mark == "file" {
+		if err := os.WriteFile(filepath.Join(state, "maps-dirty"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var k bpfmaps.HostKey
 	var v bpfmaps.DstVal
@@ -97,6 +113,9 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 		}
 		return nil
 	})
+	if _, err := os.Stat(filepath.Join(state, "maps-dirty")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the mark file is still there after the repair: %v", err)
+	}
 }
 
 // Re-applying a set with one rule changed touches only that rule's

@@ -15,8 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -54,12 +56,22 @@ type Store struct {
 	db *bolt.DB
 }
 
-// Open opens (creating if needed) the store in dir.
+// Open opens (creating if needed) the store in dir. A store that is
+// already initialised (buckets, layout version, owners migrated) is opened
+// with a read transaction only: a write transaction commits and fsyncs
+// even when it changes nothing, and every tenantfw command opens the
+// store (BENCHMARKS.md, "Where the time of a rule change goes").
 func Open(dir string) (*Store, error) {
-	db, err := boltjson.Open(dir, FileName, [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches}, func(tx *bolt.Tx) error {
+	buckets := [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches}
+	path := filepath.Join(dir, FileName)
+	db, err := openReady(dir, path, buckets)
+	if err != nil || db != nil {
+		return &Store{db: db}, err
+	}
+	db, err = boltjson.Open(dir, FileName, buckets, func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get(kVersion); v != nil && binary.BigEndian.Uint32(v) != Version {
-			return fmt.Errorf("%s has layout version %d, this build reads %d", filepath.Join(dir, FileName), binary.BigEndian.Uint32(v), Version)
+			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
 		}
 		if err := meta.Put(kVersion, be32(Version)); err != nil {
 			return err
@@ -70,6 +82,47 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	return &Store{db: db}, nil
+}
+
+// boltOptions: the initial mmap covers a store of about 200,000 rules, so
+// a large apply does not remap the file (bbolt copies every node it holds
+// out of the old mapping at each remap) while it commits. Only address
+// space: the file grows as it always did.
+var boltOptions = bolt.Options{Timeout: 10 * time.Second, InitialMmapSize: 64 << 20}
+
+// openReady opens an existing, fully initialised store without writing to
+// it; it returns a nil DB (and no error) when the store must go through
+// the initialising write transaction instead (new, older layout, owners
+// not yet migrated), and an error for a layout of another version.
+func openReady(dir, path string, buckets [][]byte) (*bolt.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, nil
+	}
+	db, err := bolt.Open(path, 0o600, &boltOptions)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	ready := true
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if tx.Bucket(b) == nil {
+				ready = false
+				return nil
+			}
+		}
+		meta := tx.Bucket(bMeta)
+		v := meta.Get(kVersion)
+		if len(v) == 4 && binary.BigEndian.Uint32(v) != Version {
+			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
+		}
+		ready = len(v) == 4 && meta.Get(kOwners) != nil
+		return nil
+	})
+	if err != nil || !ready {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // Close closes the database.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -167,4 +168,58 @@ func TestOneRuleAddDelIsLocal(t *testing.T) {
 		t.Fatalf("delete: %s %v", ch, err)
 	}
 	mustMatchStore(t, fw)
+}
+
+// A change whose batch of map writes fails part-way (here: a rule stage
+// too small for the new set, so the kernel's batch stops at the entry
+// that does not fit, with the entries before it written) leaves the maps
+// exactly as the unchanged store says, and the store unchanged.
+func TestFailedBatchLeavesOldRules(t *testing.T) {
+	dp := testutil.Load(t)
+	// Swap the pinned port stage for one of the same layout that holds
+	// 100 entries: the firewall opens pins by name and size.
+	orig := dp.Maps.TnRportV1
+	small, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: orig.KeySize(), ValueSize: orig.ValueSize(),
+		MaxEntries: 100, Flags: orig.Flags()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer small.Close()
+	pin := filepath.Join(dp.PinDir, "tn_rport_v1")
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := firewall.Open(firewall.Options{StateDir: t.TempDir(), PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if err := fw.AddTenant(store.Tenant{ID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(50, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMatchStore(t, fw)
+	// 500 new rules: the host stage takes them (a large map), the port
+	// stage's batch writes 50 more and stops.
+	_, err = fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(500, 7)[50:]}}, false)
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("apply over a full stage: %v, want a full map", err)
+	}
+	after := mustMatchStore(t, fw)
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("maps changed by a failed apply: %d entries, were %d", after.Len(), before.Len())
+	}
+	if n := fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 50 {
+			t.Errorf("store holds %d rules after the failed apply, want the 50 of before", len(rs))
+		}
+		return nil
+	}); n != nil {
+		t.Fatal(n)
+	}
 }

@@ -47,16 +47,37 @@ type RuleYAML struct {
 // parseRulesFile decodes and validates the whole file; errors name the
 // tenant, the rule's position and the field.
 func parseRulesFile(b []byte) ([]firewall.TenantRules, error) {
+	f, err := decodeRulesFile(b)
+	if err != nil {
+		return nil, err
+	}
+	return rulesFromFile(f)
+}
+
+// decodeRulesFile reads the YAML: the common layout without the YAML
+// parser (fastRulesFile), anything else with it.
+func decodeRulesFile(b []byte) (RulesFile, error) {
+	if f, ok := fastRulesFile(b); ok {
+		return f, nil
+	}
+	return yamlRulesFile(b)
+}
+
+func yamlRulesFile(b []byte) (RulesFile, error) {
 	var f RulesFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			return nil, fmt.Errorf("%s", strings.Join(te.Errors, "; "))
+			return f, fmt.Errorf("%s", strings.Join(te.Errors, "; "))
 		}
-		return nil, fmt.Errorf("parse: %w", err)
+		return f, fmt.Errorf("parse: %w", err)
 	}
+	return f, nil
+}
+
+func rulesFromFile(f RulesFile) ([]firewall.TenantRules, error) {
 	var out []firewall.TenantRules
 	for ti, t := range f.Tenants {
 		if t.Tenant == 0 {

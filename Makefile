@@ -22,7 +22,7 @@ DEB_PACKAGES := clang-19 llvm-19 clang-format-19 bpftool iproute2 iputils-ping \
 
 BIN := bin
 
-.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-scale bench-grid bench-proxy test-kernels
+.PHONY: all deps generate build test test-short lint fmt clean check-generate demo demo-down bench bench-rules bench-scale bench-grid bench-proxy test-kernels
 
 all: build
 
@@ -99,6 +99,12 @@ demo-down:
 bench: deps build
 	$(BIN)/tenantnet-bench --out BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/
+
+# Only the rule-loading figures of make bench (loading N rules, adding one,
+# tenantnet against nftables and iptables; no traffic; ~2 minutes), to
+# bin/bench-rules.md.
+bench-rules: deps build
+	$(BIN)/tenantnet-bench --only rules --out $(BIN)/bench-rules.md
 
 bench-scale: deps build
 	$(GO) test ./test/e2e -run '^$$' -bench 'NodeScale' -benchtime 1x -timeout 60m -v | grep -v '^        {'

@@ -500,11 +500,15 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 		}
 		return nil
 	}, func() error {
-		before, err := bpfmaps.Compile(oldRules)
+		// Both sets are valid: the old one is what the store held (each
+		// change to it was validated), the new one the validated input
+		// with the owned rules it was checked against (diffTenant) and
+		// the ids the store gave.
+		before, err := bpfmaps.CompileValidated(oldRules)
 		if err != nil {
 			return err
 		}
-		after, err := bpfmaps.Compile(newRules)
+		after, err := bpfmaps.CompileValidated(newRules)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -250,7 +251,58 @@ func encodeRule(r policy.Rule) ([]byte, error) {
 	if r.Src.IsValid() {
 		s.Src = r.Src.String()
 	}
+	if b, ok := appendStoredRule(make([]byte, 0, 96), &s); ok {
+		return b, nil
+	}
 	return json.Marshal(s)
+}
+
+// appendStoredRule writes exactly what json.Marshal writes for s (the
+// on-disk format, TestOnDiskFormat; FuzzEncodeRule compares the two),
+// without reflection: encoding was a tenth of storing 100,000 rules. ok
+// is false for a string json.Marshal would escape; the caller then uses
+// json.Marshal.
+func appendStoredRule(b []byte, s *storedRule) ([]byte, bool) {
+	num := func(key string, v uint64) {
+		b = append(b, key...)
+		b = strconv.AppendUint(b, v, 10)
+	}
+	str := func(key, v string) bool {
+		for i := 0; i < len(v); i++ {
+			if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		b = append(b, key...)
+		b = append(b, '"')
+		b = append(b, v...)
+		b = append(b, '"')
+		return true
+	}
+	num(`{"id":`, uint64(s.ID))
+	num(`,"t":`, uint64(s.Tenant))
+	num(`,"d":`, uint64(s.Dir))
+	num(`,"p":`, uint64(s.Proto))
+	if s.PortLo != 0 {
+		num(`,"lo":`, uint64(s.PortLo))
+	}
+	if s.PortHi != 0 {
+		num(`,"hi":`, uint64(s.PortHi))
+	}
+	if s.Dst != "" && !str(`,"dst":`, s.Dst) {
+		return nil, false
+	}
+	if s.Src != "" && !str(`,"src":`, s.Src) {
+		return nil, false
+	}
+	num(`,"a":`, uint64(s.Action))
+	if s.Comment != "" && !str(`,"c":`, s.Comment) {
+		return nil, false
+	}
+	if s.Owner != "" && !str(`,"o":`, s.Owner) {
+		return nil, false
+	}
+	return append(b, '}'), true
 }
 
 func decodeRule(b []byte) (policy.Rule, error) {

@@ -459,9 +459,11 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	if err != nil {
 		return res, err
 	}
-	var oldRules, newRules []policy.Rule
+	var oldRules, newRules, pending []policy.Rule
 	var policies []store.Tenant
-	err = fw.change(func(tx *store.Tx) error {
+	var tx *store.Tx // the change's: mapPart runs inside it
+	err = fw.change(func(t *store.Tx) error {
+		tx = t
 		targets := sets
 		if prune {
 			tenants, err := tx.Tenants()
@@ -492,37 +494,53 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 				}
 				policies = append(policies, tn)
 			}
-			was, is, err := diffTenant(tx, ts, &res)
+			was, is, added, err := diffTenant(tx, ts, &res)
 			if err != nil {
 				return err
 			}
 			oldRules, newRules = append(oldRules, was...), append(newRules, is...)
+			pending = append(pending, added...)
+		}
+		if fw.Maps == nil {
+			return tx.PutNewRules(pending) // no mapPart
 		}
 		return nil
 	}, func() error {
-		// Both sets are valid: the old one is what the store held (each
-		// change to it was validated), the new one the validated input
-		// with the owned rules it was checked against (diffTenant) and
-		// the ids the store gave.
-		before, err := bpfmaps.CompileValidated(oldRules)
-		if err != nil {
-			return err
-		}
-		after, err := bpfmaps.CompileValidated(newRules)
-		if err != nil {
-			return err
-		}
-		if res.Maps, err = bpfmaps.Diff(fw.Maps.Rules(), before, after); err != nil {
-			return err
-		}
-		for _, tn := range policies {
-			if err := fw.Maps.SetPolicy(tn.ID, tn.Policy()); err != nil {
-				return err
-			}
-		}
-		return nil
+		// Storing the new rules (bbolt inserts) and compiling and writing
+		// them to the maps need nothing of each other: both run at once,
+		// in the same transaction, which commits only if both succeed.
+		stored := make(chan error, 1)
+		go func() { stored <- tx.PutNewRules(pending) }()
+		err := fw.applyMaps(oldRules, newRules, policies, &res)
+		return errors.Join(err, <-stored)
 	})
 	return res, err
+}
+
+// applyMaps writes the difference between the compiled old and new rule
+// sets, and the policies.
+func (fw *Firewall) applyMaps(oldRules, newRules []policy.Rule, policies []store.Tenant, res *ApplyResult) error {
+	// Both sets are valid: the old one is what the store held (each
+	// change to it was validated), the new one the validated input with
+	// the owned rules it was checked against (diffTenant) and the ids the
+	// store gave.
+	before, err := bpfmaps.CompileValidated(oldRules)
+	if err != nil {
+		return err
+	}
+	after, err := bpfmaps.CompileValidated(newRules)
+	if err != nil {
+		return err
+	}
+	if res.Maps, err = bpfmaps.Diff(fw.Maps.Rules(), before, after); err != nil {
+		return err
+	}
+	for _, tn := range policies {
+		if err := fw.Maps.SetPolicy(tn.ID, tn.Policy()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // validateSets checks the whole input of Apply before anything is
@@ -556,13 +574,14 @@ func validateSets(sets []TenantRules) (map[uint32]bool, error) {
 // a stored rule with the same match and action stays (its id, so its map
 // entries, unchanged; only its comment follows), the others go, the new
 // ones are added. It returns the tenant's rules before and after, and
-// counts into res.
-func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []policy.Rule, err error) {
+// counts into res. The rules it adds (in is, with their ids) are not
+// stored yet: added are for tx.PutNewRules.
+func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is, added []policy.Rule, err error) {
 	was, err = tx.Rules(ts.Tenant)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	want := map[policy.Match]policy.Rule{}
+	want := make(map[policy.Match]policy.Rule, len(ts.Rules))
 	for _, r := range ts.Rules {
 		want[r.Match()] = r
 	}
@@ -574,7 +593,7 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 			// rule in the set is already there; another action for its
 			// match is a conflict the tenant must hear about.
 			if ok && w.Action != h.Action {
-				return nil, nil, fmt.Errorf("rule %s conflicts with %w", w, &OwnedRuleError{Rule: h})
+				return nil, nil, nil, fmt.Errorf("rule %s conflicts with %w", w, &OwnedRuleError{Rule: h})
 			}
 			delete(want, h.Match())
 			res.Kept++
@@ -582,7 +601,7 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 		case ok && w.Action == h.Action:
 			if w.Comment != h.Comment {
 				if err := tx.UpdateComment(h.ID, w.Comment); err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 			}
 			delete(want, h.Match())
@@ -591,23 +610,23 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 			is = append(is, h)
 		default:
 			if _, err := tx.DeleteRule(h.ID); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			res.Gone++
 		}
 	}
-	var fresh []policy.Rule
+	fresh := make([]policy.Rule, 0, len(want))
 	for _, r := range ts.Rules {
 		if _, ok := want[r.Match()]; ok {
 			fresh = append(fresh, r)
 		}
 	}
-	added, err := tx.AddRules(fresh)
+	added, err = tx.NewRuleIDs(fresh)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	res.Added += len(added)
-	return was, append(is, added...), nil
+	return was, append(is, added...), added, nil
 }
 
 // Flush removes every rule of a tenant.

@@ -223,3 +223,27 @@ func TestFailedBatchLeavesOldRules(t *testing.T) {
 		t.Fatal(n)
 	}
 }
+
+// Without a datapath (NoDatapath) an apply still stores its rules: the
+// store's writes do not wait for the maps' part.
+func TestApplyWithoutDatapath(t *testing.T) {
+	testutil.RequireRoot(t)
+	fw, err := firewall.Open(firewall.Options{StateDir: t.TempDir(), NoDatapath: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if err := fw.AddTenant(store.Tenant{ID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(20, 7)}}, false)
+	if err != nil || res.Added != 20 {
+		t.Fatalf("apply: %+v %v", res, err)
+	}
+	fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 20 {
+			t.Errorf("%d rules stored, want 20", len(rs))
+		}
+		return nil
+	})
+}

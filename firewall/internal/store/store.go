@@ -17,7 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"time"
 
@@ -431,13 +431,19 @@ func records(r policy.Rule) ([3]kv, error) {
 
 // AddRules stores many rules at once (apply), assigning ids. Every rule
 // must be valid and new (no selector already stored, none twice): the
-// caller checked. Keys are written in sorted order per bucket, which keeps
-// bbolt's inserts linear instead of quadratic.
+// caller checked.
 func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
-	var sets [3][]kv // per bucket of ruleBuckets
-	for i := range sets {
-		sets[i] = make([]kv, 0, len(rules))
+	out, err := t.NewRuleIDs(rules)
+	if err != nil {
+		return nil, err
 	}
+	return out, t.PutNewRules(out)
+}
+
+// NewRuleIDs gives new rules their ids, without storing them: PutNewRules
+// does, in the same transaction (apply compiles the rules for the maps in
+// between, or meanwhile). A selector already stored is refused.
+func (t *Tx) NewRuleIDs(rules []policy.Rule) ([]policy.Rule, error) {
 	out := make([]policy.Rule, len(rules))
 	for i, r := range rules {
 		if _, ok, err := t.RuleByMatch(r.Match()); err != nil {
@@ -449,29 +455,42 @@ func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
 		if r.ID, err = t.nextID(); err != nil {
 			return nil, err
 		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// PutNewRules stores rules that NewRuleIDs numbered. Keys are written in
+// sorted order per bucket, which keeps bbolt's inserts linear instead of
+// quadratic.
+func (t *Tx) PutNewRules(rules []policy.Rule) error {
+	var sets [3][]kv // per bucket of ruleBuckets
+	for i := range sets {
+		sets[i] = make([]kv, 0, len(rules))
+	}
+	for _, r := range rules {
 		recs, err := records(r)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for j, rec := range recs {
 			sets[j] = append(sets[j], rec)
 		}
-		out[i] = r
 	}
 	for n, set := range sets {
-		sort.Slice(set, func(i, j int) bool { return bytes.Compare(set[i].k, set[j].k) < 0 })
+		slices.SortFunc(set, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
 		b := t.tx.Bucket(ruleBuckets[n])
 		b.FillPercent = 0.9
 		for i, e := range set {
 			if i > 0 && bytes.Equal(e.k, set[i-1].k) {
-				return nil, fmt.Errorf("internal: duplicate key in %s", ruleBuckets[n])
+				return fmt.Errorf("internal: duplicate key in %s", ruleBuckets[n])
 			}
 			if err := b.Put(e.k, e.v); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Rule returns a rule by id.

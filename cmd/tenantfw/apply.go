@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -99,6 +100,7 @@ func rulesFromFile(f RulesFile) ([]firewall.TenantRules, error) {
 			}
 			tr.Policy = p
 		}
+		tr.Rules = make([]policy.Rule, 0, len(t.Rules))
 		for ri, y := range t.Rules {
 			r, err := y.rule(t.Tenant)
 			if err != nil {
@@ -132,7 +134,7 @@ func (y RuleYAML) rule(tenant uint32) (policy.Rule, error) {
 	switch p := y.Port.(type) {
 	case nil:
 	case int:
-		port = fmt.Sprint(p)
+		port = strconv.Itoa(p)
 	case string:
 		port = p
 	default:

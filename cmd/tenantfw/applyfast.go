@@ -34,7 +34,7 @@ func fastRulesFile(b []byte) (f RulesFile, ok bool) {
 	}
 	var cur *TenantRulesYAML
 	inRules := false
-	for _, l := range lines[1:] {
+	for i, l := range lines[1:] {
 		switch {
 		case bytes.HasPrefix(l, []byte("      - {")):
 			if cur == nil || !inRules {
@@ -57,6 +57,16 @@ func fastRulesFile(b []byte) (f RulesFile, ok bool) {
 				return f, false
 			}
 			inRules = true
+			n := 0
+			for _, r := range lines[i+2:] {
+				if !bytes.HasPrefix(r, []byte("      - {")) {
+					break
+				}
+				n++
+			}
+			if n > 0 {
+				cur.Rules = make([]RuleYAML, 0, n)
+			}
 		case bytes.HasPrefix(l, []byte("    policy: {")):
 			if cur == nil || cur.Policy != nil || inRules {
 				// After rules: the YAML parser accepts it; keep its
@@ -78,9 +88,13 @@ func fastRulesFile(b []byte) (f RulesFile, ok bool) {
 	return f, true
 }
 
+// maxPairs bounds the pairs of one flow mapping: a rule has seven fields.
+const maxPairs = 8
+
 // flowPairs splits "{k: v, k: v}" into its pairs; values keep their
 // quotes. Keys are lower-case words; each appears once.
-func flowPairs(b []byte) (keys, vals [][]byte, ok bool) {
+func flowPairs(b []byte, keyBuf, valBuf *[maxPairs][]byte) (keys, vals [][]byte, ok bool) {
+	keys, vals = keyBuf[:0], valBuf[:0]
 	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
 		return nil, nil, false
 	}
@@ -89,6 +103,9 @@ func flowPairs(b []byte) (keys, vals [][]byte, ok bool) {
 		return nil, nil, true
 	}
 	for {
+		if len(keys) == maxPairs {
+			return nil, nil, false
+		}
 		i := 0
 		for i < len(b) && b[i] >= 'a' && b[i] <= 'z' {
 			i++
@@ -197,7 +214,8 @@ func fastUint32(b []byte) (uint32, bool) {
 
 func fastRule(b []byte) (RuleYAML, bool) {
 	var r RuleYAML
-	keys, vals, ok := flowPairs(b)
+	var kb, vb [maxPairs][]byte
+	keys, vals, ok := flowPairs(b, &kb, &vb)
 	if !ok {
 		return r, false
 	}
@@ -246,7 +264,8 @@ func fastRule(b []byte) (RuleYAML, bool) {
 }
 
 func fastPolicy(b []byte) (*PolicyYAML, bool) {
-	keys, vals, ok := flowPairs(b)
+	var kb, vb [maxPairs][]byte
+	keys, vals, ok := flowPairs(b, &kb, &vb)
 	if !ok {
 		return nil, false
 	}

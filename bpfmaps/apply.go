@@ -57,8 +57,8 @@ func Diff(m RuleMaps, have, want *Compiled) (Change, error) {
 
 func put[K comparable, V comparable](m *ebpf.Map, have, want map[K]V) (Change, error) {
 	var c Change
-	var keys []K
-	var vals []V
+	keys := make([]K, 0, len(want))
+	vals := make([]V, 0, len(want))
 	for k, v := range want {
 		old, ok := have[k]
 		if ok && old == v {

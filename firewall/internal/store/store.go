@@ -426,7 +426,8 @@ func records(r policy.Rule) ([3]kv, error) {
 		return [3]kv{}, err
 	}
 	k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
-	return [3]kv{{k, v}, {be32(r.ID), k}, {matchKey(r.Match()), be32(r.ID)}}, nil
+	id := be32(r.ID)
+	return [3]kv{{k, v}, {id, k}, {matchKey(r.Match()), id}}, nil
 }
 
 // AddRules stores many rules at once (apply), assigning ids. Every rule

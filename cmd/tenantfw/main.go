@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 )
@@ -20,6 +21,12 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { <-sig; close(interrupt) }()
+	if os.Getenv("GOGC") == "" {
+		// A short-lived command: collecting less often made loading
+		// 100,000 rules 10-15% faster for 90 MB more at its peak (260
+		// MB); small commands never reach a first collection anyway.
+		debug.SetGCPercent(300)
+	}
 	stop := startProfile(os.Getenv(profileEnv))
 	code := Main(os.Args[1:], os.Stdout, os.Stderr, interrupt)
 	stop()

@@ -455,15 +455,55 @@ type ApplyResult struct {
 // match and another action is refused.
 func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	var res ApplyResult
-	seenTenant, err := validateSets(sets)
+	seenTenant, all, err := checkSets(sets)
 	if err != nil {
 		return res, err
+	}
+	// The rules are validated as a set while the store works out the
+	// difference; nothing reaches the maps (nor is committed) before the
+	// answer, and an invalid input is reported as before: first, with
+	// nothing applied.
+	valid := make(chan error, 1)
+	go func() { valid <- policy.ValidateSet(all) }()
+	var verr error
+	validated := false
+	waitValid := func() error {
+		if !validated {
+			verr, validated = <-valid, true
+		}
+		return verr
 	}
 	var oldRules, newRules, pending []policy.Rule
 	var policies []store.Tenant
 	var tx *store.Tx // the change's: mapPart runs inside it
 	err = fw.change(func(t *store.Tx) error {
 		tx = t
+		err := fw.applyStore(tx, sets, prune, seenTenant, &res, &oldRules, &newRules, &pending, &policies)
+		if verr := waitValid(); verr != nil {
+			return verr
+		}
+		return err
+	}, func() error {
+		// Storing the new rules (bbolt inserts) and compiling and writing
+		// them to the maps need nothing of each other: both run at once,
+		// in the same transaction, which commits only if both succeed.
+		stored := make(chan error, 1)
+		go func() { stored <- tx.PutNewRules(pending) }()
+		err := fw.applyMaps(oldRules, newRules, policies, &res)
+		return errors.Join(err, <-stored)
+	})
+	if verr := waitValid(); verr != nil {
+		return ApplyResult{}, verr
+	}
+	return res, err
+}
+
+// applyStore is the store's part of Apply: the tenants' policies and the
+// difference of their rule sets; the new rules get ids and are left in
+// pending, stored by the maps' part (or here, without a datapath).
+func (fw *Firewall) applyStore(tx *store.Tx, sets []TenantRules, prune bool, seenTenant map[uint32]bool, res *ApplyResult,
+	oldRules, newRules, pending *[]policy.Rule, policies *[]store.Tenant) error {
+	{
 		targets := sets
 		if prune {
 			tenants, err := tx.Tenants()
@@ -492,29 +532,20 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 				if err := tx.PutTenant(tn); err != nil {
 					return err
 				}
-				policies = append(policies, tn)
+				*policies = append(*policies, tn)
 			}
-			was, is, added, err := diffTenant(tx, ts, &res)
+			was, is, added, err := diffTenant(tx, ts, res)
 			if err != nil {
 				return err
 			}
-			oldRules, newRules = append(oldRules, was...), append(newRules, is...)
-			pending = append(pending, added...)
+			*oldRules, *newRules = append(*oldRules, was...), append(*newRules, is...)
+			*pending = append(*pending, added...)
 		}
 		if fw.Maps == nil {
-			return tx.PutNewRules(pending) // no mapPart
+			return tx.PutNewRules(*pending) // no mapPart
 		}
 		return nil
-	}, func() error {
-		// Storing the new rules (bbolt inserts) and compiling and writing
-		// them to the maps need nothing of each other: both run at once,
-		// in the same transaction, which commits only if both succeed.
-		stored := make(chan error, 1)
-		go func() { stored <- tx.PutNewRules(pending) }()
-		err := fw.applyMaps(oldRules, newRules, policies, &res)
-		return errors.Join(err, <-stored)
-	})
-	return res, err
+	}
 }
 
 // applyMaps writes the difference between the compiled old and new rule
@@ -543,31 +574,36 @@ func (fw *Firewall) applyMaps(oldRules, newRules []policy.Rule, policies []store
 	return nil
 }
 
-// validateSets checks the whole input of Apply before anything is
-// touched: every tenant listed once, every rule inside its tenant, and all
-// rules valid together. It returns the tenants listed.
-func validateSets(sets []TenantRules) (map[uint32]bool, error) {
-	var all []policy.Rule
+// checkSets checks the input of Apply before anything is touched: every
+// tenant listed once, every rule inside its tenant and not owned. It
+// returns the tenants listed and all rules, numbered by their place in
+// the input, for policy.ValidateSet (all rules valid together).
+func checkSets(sets []TenantRules) (map[uint32]bool, []policy.Rule, error) {
+	n := 0
+	for _, ts := range sets {
+		n += len(ts.Rules)
+	}
+	all := make([]policy.Rule, 0, n)
 	listed := map[uint32]bool{}
 	id := uint32(1)
 	for _, ts := range sets {
 		if listed[ts.Tenant] {
-			return nil, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
+			return nil, nil, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
 		}
 		listed[ts.Tenant] = true
 		for _, r := range ts.Rules {
 			if r.Tenant != ts.Tenant {
-				return nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
+				return nil, nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
 			}
 			if r.Owner != "" {
-				return nil, fmt.Errorf("rule %s: a tenant's rule set has no owned rules (owner %s)", r, r.Owner)
+				return nil, nil, fmt.Errorf("rule %s: a tenant's rule set has no owned rules (owner %s)", r, r.Owner)
 			}
 			r.ID = id // its place in the input, which the errors name ("rule 3: ...")
 			id++
 			all = append(all, r)
 		}
 	}
-	return listed, policy.ValidateSet(all)
+	return listed, all, nil
 }
 
 // diffTenant makes the store hold exactly the rules of ts for its tenant:

@@ -247,3 +247,30 @@ func TestApplyWithoutDatapath(t *testing.T) {
 		return nil
 	})
 }
+
+// An invalid set is refused with nothing applied, and its error comes
+// first, before what the store would have said (validation runs while the
+// store works out the difference).
+func TestApplyInvalidChangesNothing(t *testing.T) {
+	fw := openFW(t)
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(50, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMatchStore(t, fw)
+	bad := bigSet(80, 7)
+	bad[79] = bad[3]
+	bad[79].Action = policy.ActionDeny // same match as rule 4, other action
+	_, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bad}, {Tenant: 99}}, false)
+	if err == nil || !strings.Contains(err.Error(), "conflicts with rule 4") {
+		t.Fatalf("apply of a conflicting set (and an unknown tenant): %v, want the conflict", err)
+	}
+	if after := mustMatchStore(t, fw); !reflect.DeepEqual(before, after) {
+		t.Fatal("maps changed by a refused apply")
+	}
+	fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 50 {
+			t.Errorf("%d rules stored after a refused apply, want 50", len(rs))
+		}
+		return nil
+	})
+}

@@ -57,8 +57,8 @@ func Diff(m RuleMaps, have, want *Compiled) (Change, error) {
 
 func put[K comparable, V comparable](m *ebpf.Map, have, want map[K]V) (Change, error) {
 	var c Change
-	var keys []K
-	var vals []V
+	keys := make([]K, 0, len(want))
+	vals := make([]V, 0, len(want))
 	for k, v := range want {
 		old, ok := have[k]
 		if ok && old == v {
@@ -90,23 +90,34 @@ func del[K comparable, V any](m *ebpf.Map, have, want map[K]V) (Change, error) {
 	return c, deleteMany(m, keys)
 }
 
-// batchUnsupported remembers maps whose kernel has no batch operations
-// (LPM tries never had them; hash maps have since 5.6).
+// isBatchUnsupported: the kernel has no batch operations for this map
+// type (hash maps have them since 5.6, LPM tries since 5.13; anything
+// older falls back to one syscall per entry).
 func isBatchUnsupported(err error) bool {
-	return errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, errNoBatch)
+	return errors.Is(err, ebpf.ErrNotSupported)
 }
 
-var errNoBatch = errors.New("batch not supported")
-
+// updateMany writes the entries in one BPF_MAP_UPDATE_BATCH where the
+// kernel has it: one syscall instead of one per entry, which is most of
+// what loading 100,000 rules cost (BENCHMARKS.md). The kernel writes a
+// batch entry by entry and stops at the first error, so a failed batch
+// may have written a prefix of it: exactly what a failed loop of single
+// updates leaves, and what the caller (firewall.change) repairs by
+// rebuilding the maps from the store.
 func updateMany[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	if m.Type() != ebpf.LPMTrie {
-		if _, err := m.BatchUpdate(keys, vals, nil); err == nil {
+	if len(keys) > 1 {
+		done, err := m.BatchUpdate(keys, vals, nil)
+		if err == nil {
 			return nil
-		} else if !isBatchUnsupported(err) {
-			return fmt.Errorf("batch update %s: %w", mapName(m), err)
+		}
+		if !isBatchUnsupported(err) {
+			if isFull(err) {
+				return fmt.Errorf("%s is full (%d entries): %w", mapName(m), m.MaxEntries(), err)
+			}
+			return fmt.Errorf("batch update %s (%d of %d written): %w", mapName(m), done, len(keys), err)
 		}
 	}
 	for i := range keys {
@@ -120,16 +131,26 @@ func updateMany[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	return nil
 }
 
+// deleteMany deletes the keys, in one BPF_MAP_DELETE_BATCH where the
+// kernel has it. A key already gone is not an error (a repair may delete
+// what an interrupted run already deleted); the kernel's batch stops at
+// it (ENOENT), so the rest are deleted one by one from there.
 func deleteMany[K any](m *ebpf.Map, keys []K) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	if m.Type() != ebpf.LPMTrie {
-		if _, err := m.BatchDelete(keys, nil); err == nil {
+	if len(keys) > 1 {
+		done, err := m.BatchDelete(keys, nil)
+		switch {
+		case err == nil:
 			return nil
-		} else if !isBatchUnsupported(err) && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("batch delete %s: %w", mapName(m), err)
+		case isBatchUnsupported(err):
+			done = 0
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+		default:
+			return fmt.Errorf("batch delete %s (%d of %d deleted): %w", mapName(m), done, len(keys), err)
 		}
+		keys = keys[min(max(done, 0), len(keys)):]
 	}
 	for i := range keys {
 		if err := m.Delete(keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -1,6 +1,8 @@
 package bpfmaps
 
 import (
+	"encoding/binary"
+	"hash/fnv"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -165,4 +167,40 @@ func mustPrefix(s string) netip.Prefix {
 		panic(err)
 	}
 	return p
+}
+
+// The group and subgroup ids are in the pinned maps: a build that hashed
+// differently would rewrite every rule entry at its first change. These
+// are the ids of hash/fnv over the same bytes, as the first builds had.
+func TestGroupIDsStable(t *testing.T) {
+	ref := func(parts ...[]byte) uint64 {
+		h := fnv.New64a()
+		for _, p := range parts {
+			h.Write(p)
+		}
+		if v := h.Sum64(); v != 0 {
+			return v
+		}
+		return 1
+	}
+	for _, c := range []struct {
+		tenant uint32
+		dir    policy.Direction
+		p      prefix
+	}{
+		{7, policy.DirIn, prefix{}},
+		{1, policy.DirOut, prefix{[16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 1}, 128}},
+		{0xfffffffe, policy.DirIn, prefix{[16]byte{10: 0xff, 11: 0xff, 12: 198, 13: 51, 14: 100}, 120}},
+	} {
+		g := groupID(c.tenant, c.dir, c.p)
+		want := ref([]byte("grp"), binary.LittleEndian.AppendUint32(nil, c.tenant), []byte{byte(c.dir)}, c.p.addr[:], []byte{byte(c.p.bits)})
+		if g != want {
+			t.Errorf("groupID(%d, %s, %v) = %#x, want %#x", c.tenant, c.dir, c.p, g, want)
+		}
+		s := subgroupID(g, c.p)
+		want = ref([]byte("sub"), binary.LittleEndian.AppendUint64(nil, g), c.p.addr[:], []byte{byte(c.p.bits)})
+		if s != want {
+			t.Errorf("subgroupID(%#x, %v) = %#x, want %#x", g, c.p, s, want)
+		}
+	}
 }

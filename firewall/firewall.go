@@ -61,6 +61,7 @@ type Firewall struct {
 	Maps       *bpfmaps.Maps // nil with NoDatapath
 	log        *slog.Logger
 	lock       *os.File
+	dir        string // the state directory
 	borrowMaps bool
 }
 
@@ -116,7 +117,7 @@ func Open(opts Options) (*Firewall, error) {
 		lock.Close()
 		return nil, err
 	}
-	fw := &Firewall{st: st, log: log, lock: lock}
+	fw := &Firewall{st: st, log: log, lock: lock, dir: opts.StateDir}
 	if !opts.NoDatapath {
 		if opts.Maps != nil {
 			fw.Maps, fw.borrowMaps = opts.Maps, true
@@ -128,9 +129,7 @@ func Open(opts Options) (*Firewall, error) {
 			}
 			fw.Maps = bpfmaps.FromMaps(wm)
 		}
-		var dirty bool
-		_ = st.View(func(tx *store.Tx) error { dirty = tx.Dirty(); return nil })
-		if dirty {
+		if fw.dirty() {
 			log.Warn("a previous update of the maps was interrupted: reconciling them from the saved state")
 			if err := fw.Reconcile(); err != nil {
 				fw.Close()
@@ -158,19 +157,25 @@ func (fw *Firewall) Close() error {
 
 // change applies one update to the store and the maps, all or nothing:
 //
-//  1. mark the maps dirty (own transaction, fsynced);
-//  2. in one store transaction: change the store, write the maps, clear
-//     the mark, commit;
-//  3. if the maps could not be written (a full map, say), roll the store
-//     transaction back and rebuild the maps from the unchanged store.
+//  1. mark the maps dirty: create the mark file (dirtyFile);
+//  2. in one store transaction: change the store, write the maps, commit;
+//  3. remove the mark;
+//  4. if the maps could not be written (a full map, say) or the commit
+//     failed, the transaction is rolled back and the maps are rebuilt from
+//     the unchanged store.
 //
 // A crash at any point leaves either the old store with the mark (the next
-// Open rebuilds the maps from it) or the new store without it.
+// Open rebuilds the maps from it) or the new store (with or without the
+// mark: rebuilding then changes nothing). The mark is a file, not a store
+// record, and is not fsynced: it only has to outlive the process (the
+// page cache does that), since the maps it speaks of are in bpffs and do
+// not outlive a reboot, after which loading the datapath rebuilds them
+// anyway. A store record cost one more fsynced commit per change.
 func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error) error {
 	if fw.Maps == nil {
 		return fw.st.Update(storePart)
 	}
-	if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(true) }); err != nil {
+	if err := fw.setDirty(); err != nil {
 		return err
 	}
 	mapsTouched := false
@@ -179,25 +184,52 @@ func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error
 			return err
 		}
 		mapsTouched = true
-		if err := mapPart(); err != nil {
-			return err
-		}
-		return tx.SetDirty(false)
+		return mapPart()
 	})
 	if err == nil {
+		fw.clearDirty()
 		return nil
 	}
 	if !mapsTouched {
 		// Rejected before any map was written: just clear the mark.
-		if cerr := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); cerr != nil {
-			return errors.Join(err, cerr)
-		}
+		fw.clearDirty()
 		return err
 	}
 	if rerr := fw.Reconcile(); rerr != nil {
 		return fmt.Errorf("%w; restoring the maps from the saved state also failed (the next run retries): %v", err, rerr)
 	}
 	return fmt.Errorf("%w (nothing was changed)", err)
+}
+
+// dirtyFile, in the state directory, says an update of the maps may have
+// been interrupted (see change). Builds before it kept the mark in the
+// store (store.Tx.Dirty), which is still read and cleared.
+const dirtyFile = "maps-dirty"
+
+func (fw *Firewall) setDirty() error {
+	f, err := os.OpenFile(filepath.Join(fw.dir, dirtyFile), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("mark the maps dirty: %w", err)
+	}
+	return f.Close()
+}
+
+// clearDirty removes the mark; a mark left behind (the removal failed)
+// only makes the next Open reconcile.
+func (fw *Firewall) clearDirty() {
+	if err := os.Remove(filepath.Join(fw.dir, dirtyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		fw.log.Warn("could not clear the dirty mark of the maps: the next run reconciles them", "err", err)
+	}
+}
+
+// dirty reports whether an update of the maps may have been interrupted.
+func (fw *Firewall) dirty() bool {
+	if _, err := os.Stat(filepath.Join(fw.dir, dirtyFile)); err == nil {
+		return true
+	}
+	var d bool
+	_ = fw.st.View(func(tx *store.Tx) error { d = tx.Dirty(); return nil })
+	return d
 }
 
 func (fw *Firewall) knownTenant(tx *store.Tx, id uint32) (store.Tenant, error) {
@@ -423,13 +455,55 @@ type ApplyResult struct {
 // match and another action is refused.
 func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 	var res ApplyResult
-	seenTenant, err := validateSets(sets)
+	seenTenant, all, err := checkSets(sets)
 	if err != nil {
 		return res, err
 	}
-	var oldRules, newRules []policy.Rule
+	// The rules are validated as a set while the store works out the
+	// difference; nothing reaches the maps (nor is committed) before the
+	// answer, and an invalid input is reported as before: first, with
+	// nothing applied.
+	valid := make(chan error, 1)
+	go func() { valid <- policy.ValidateSet(all) }()
+	var verr error
+	validated := false
+	waitValid := func() error {
+		if !validated {
+			verr, validated = <-valid, true
+		}
+		return verr
+	}
+	var oldRules, newRules, pending []policy.Rule
 	var policies []store.Tenant
-	err = fw.change(func(tx *store.Tx) error {
+	var tx *store.Tx // the change's: mapPart runs inside it
+	err = fw.change(func(t *store.Tx) error {
+		tx = t
+		err := fw.applyStore(tx, sets, prune, seenTenant, &res, &oldRules, &newRules, &pending, &policies)
+		if verr := waitValid(); verr != nil {
+			return verr
+		}
+		return err
+	}, func() error {
+		// Storing the new rules (bbolt inserts) and compiling and writing
+		// them to the maps need nothing of each other: both run at once,
+		// in the same transaction, which commits only if both succeed.
+		stored := make(chan error, 1)
+		go func() { stored <- tx.PutNewRules(pending) }()
+		err := fw.applyMaps(oldRules, newRules, policies, &res)
+		return errors.Join(err, <-stored)
+	})
+	if verr := waitValid(); verr != nil {
+		return ApplyResult{}, verr
+	}
+	return res, err
+}
+
+// applyStore is the store's part of Apply: the tenants' policies and the
+// difference of their rule sets; the new rules get ids and are left in
+// pending, stored by the maps' part (or here, without a datapath).
+func (fw *Firewall) applyStore(tx *store.Tx, sets []TenantRules, prune bool, seenTenant map[uint32]bool, res *ApplyResult,
+	oldRules, newRules, pending *[]policy.Rule, policies *[]store.Tenant) error {
+	{
 		targets := sets
 		if prune {
 			tenants, err := tx.Tenants()
@@ -458,75 +532,92 @@ func (fw *Firewall) Apply(sets []TenantRules, prune bool) (ApplyResult, error) {
 				if err := tx.PutTenant(tn); err != nil {
 					return err
 				}
-				policies = append(policies, tn)
+				*policies = append(*policies, tn)
 			}
-			was, is, err := diffTenant(tx, ts, &res)
+			was, is, added, err := diffTenant(tx, ts, res)
 			if err != nil {
 				return err
 			}
-			oldRules, newRules = append(oldRules, was...), append(newRules, is...)
+			*oldRules, *newRules = append(*oldRules, was...), append(*newRules, is...)
+			*pending = append(*pending, added...)
+		}
+		if fw.Maps == nil {
+			return tx.PutNewRules(*pending) // no mapPart
 		}
 		return nil
-	}, func() error {
-		before, err := bpfmaps.Compile(oldRules)
-		if err != nil {
-			return err
-		}
-		after, err := bpfmaps.Compile(newRules)
-		if err != nil {
-			return err
-		}
-		if res.Maps, err = bpfmaps.Diff(fw.Maps.Rules(), before, after); err != nil {
-			return err
-		}
-		for _, tn := range policies {
-			if err := fw.Maps.SetPolicy(tn.ID, tn.Policy()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return res, err
+	}
 }
 
-// validateSets checks the whole input of Apply before anything is
-// touched: every tenant listed once, every rule inside its tenant, and all
-// rules valid together. It returns the tenants listed.
-func validateSets(sets []TenantRules) (map[uint32]bool, error) {
-	var all []policy.Rule
+// applyMaps writes the difference between the compiled old and new rule
+// sets, and the policies.
+func (fw *Firewall) applyMaps(oldRules, newRules []policy.Rule, policies []store.Tenant, res *ApplyResult) error {
+	// Both sets are valid: the old one is what the store held (each
+	// change to it was validated), the new one the validated input with
+	// the owned rules it was checked against (diffTenant) and the ids the
+	// store gave.
+	before, err := bpfmaps.CompileValidated(oldRules)
+	if err != nil {
+		return err
+	}
+	after, err := bpfmaps.CompileValidated(newRules)
+	if err != nil {
+		return err
+	}
+	if res.Maps, err = bpfmaps.Diff(fw.Maps.Rules(), before, after); err != nil {
+		return err
+	}
+	for _, tn := range policies {
+		if err := fw.Maps.SetPolicy(tn.ID, tn.Policy()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSets checks the input of Apply before anything is touched: every
+// tenant listed once, every rule inside its tenant and not owned. It
+// returns the tenants listed and all rules, numbered by their place in
+// the input, for policy.ValidateSet (all rules valid together).
+func checkSets(sets []TenantRules) (map[uint32]bool, []policy.Rule, error) {
+	n := 0
+	for _, ts := range sets {
+		n += len(ts.Rules)
+	}
+	all := make([]policy.Rule, 0, n)
 	listed := map[uint32]bool{}
 	id := uint32(1)
 	for _, ts := range sets {
 		if listed[ts.Tenant] {
-			return nil, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
+			return nil, nil, fmt.Errorf("tenant %d is listed twice", ts.Tenant)
 		}
 		listed[ts.Tenant] = true
 		for _, r := range ts.Rules {
 			if r.Tenant != ts.Tenant {
-				return nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
+				return nil, nil, fmt.Errorf("rule %s is inside tenant %d", r, ts.Tenant)
 			}
 			if r.Owner != "" {
-				return nil, fmt.Errorf("rule %s: a tenant's rule set has no owned rules (owner %s)", r, r.Owner)
+				return nil, nil, fmt.Errorf("rule %s: a tenant's rule set has no owned rules (owner %s)", r, r.Owner)
 			}
 			r.ID = id // its place in the input, which the errors name ("rule 3: ...")
 			id++
 			all = append(all, r)
 		}
 	}
-	return listed, policy.ValidateSet(all)
+	return listed, all, nil
 }
 
 // diffTenant makes the store hold exactly the rules of ts for its tenant:
 // a stored rule with the same match and action stays (its id, so its map
 // entries, unchanged; only its comment follows), the others go, the new
 // ones are added. It returns the tenant's rules before and after, and
-// counts into res.
-func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []policy.Rule, err error) {
+// counts into res. The rules it adds (in is, with their ids) are not
+// stored yet: added are for tx.PutNewRules.
+func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is, added []policy.Rule, err error) {
 	was, err = tx.Rules(ts.Tenant)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	want := map[policy.Match]policy.Rule{}
+	want := make(map[policy.Match]policy.Rule, len(ts.Rules))
 	for _, r := range ts.Rules {
 		want[r.Match()] = r
 	}
@@ -538,7 +629,7 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 			// rule in the set is already there; another action for its
 			// match is a conflict the tenant must hear about.
 			if ok && w.Action != h.Action {
-				return nil, nil, fmt.Errorf("rule %s conflicts with %w", w, &OwnedRuleError{Rule: h})
+				return nil, nil, nil, fmt.Errorf("rule %s conflicts with %w", w, &OwnedRuleError{Rule: h})
 			}
 			delete(want, h.Match())
 			res.Kept++
@@ -546,7 +637,7 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 		case ok && w.Action == h.Action:
 			if w.Comment != h.Comment {
 				if err := tx.UpdateComment(h.ID, w.Comment); err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 			}
 			delete(want, h.Match())
@@ -555,23 +646,23 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is []polic
 			is = append(is, h)
 		default:
 			if _, err := tx.DeleteRule(h.ID); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			res.Gone++
 		}
 	}
-	var fresh []policy.Rule
+	fresh := make([]policy.Rule, 0, len(want))
 	for _, r := range ts.Rules {
 		if _, ok := want[r.Match()]; ok {
 			fresh = append(fresh, r)
 		}
 	}
-	added, err := tx.AddRules(fresh)
+	added, err = tx.NewRuleIDs(fresh)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	res.Added += len(added)
-	return was, append(is, added...), nil
+	return was, append(is, added...), added, nil
 }
 
 // Flush removes every rule of a tenant.
@@ -614,7 +705,15 @@ func (fw *Firewall) Reconcile() error {
 	if ch != (bpfmaps.Change{}) {
 		fw.log.Info("reconciled rule maps with the saved state", "change", ch.String(), "rules", len(rules))
 	}
-	return fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) })
+	var old bool // the mark of an older build
+	_ = fw.st.View(func(tx *store.Tx) error { old = tx.Dirty(); return nil })
+	if old {
+		if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); err != nil {
+			return err
+		}
+	}
+	fw.clearDirty()
+	return nil
 }
 
 func toMapTenants(ts []store.Tenant) map[uint32]bpfmaps.TenantState {

@@ -1,8 +1,12 @@
 package firewall_test
 
 import (
+	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -40,8 +44,16 @@ func mustMatchStore(t *testing.T, fw *firewall.Firewall) *bpfmaps.Compiled {
 }
 
 // An update interrupted after the store committed (mark set, maps half
-// written or not at all) is repaired by the next Open.
+// written or not at all) is repaired by the next Open: with the mark of
+// this build (a file in the state directory) and with that of builds
+// before it (a record in the store).
 func TestInterruptedUpdateRepaired(t *testing.T) {
+	for _, mark := range []string{"file", "store"} {
+		t.Run(mark, func(t *testing.T) { testInterruptedUpdateRepaired(t, mark) })
+	}
+}
+
+func testInterruptedUpdateRepaired(t *testing.T, mark string) {
 	dp := testutil.Load(t)
 	state := t.TempDir()
 	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
@@ -60,9 +72,14 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 		if _, err := tx.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirOut, Proto: policy.ProtoTCP, PortLo: 25, PortHi: 25, Action: policy.ActionDeny}); err != nil {
 			return err
 		}
-		return tx.SetDirty(true)
+		return tx.SetDirty(mark == "store")
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if mark == "file" {
+		if err := os.WriteFile(filepath.Join(state, "maps-dirty"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var k bpfmaps.HostKey
 	var v bpfmaps.DstVal
@@ -97,6 +114,9 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 		}
 		return nil
 	})
+	if _, err := os.Stat(filepath.Join(state, "maps-dirty")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the mark file is still there after the repair: %v", err)
+	}
 }
 
 // Re-applying a set with one rule changed touches only that rule's
@@ -148,4 +168,109 @@ func TestOneRuleAddDelIsLocal(t *testing.T) {
 		t.Fatalf("delete: %s %v", ch, err)
 	}
 	mustMatchStore(t, fw)
+}
+
+// A change whose batch of map writes fails part-way (here: a rule stage
+// too small for the new set, so the kernel's batch stops at the entry
+// that does not fit, with the entries before it written) leaves the maps
+// exactly as the unchanged store says, and the store unchanged.
+func TestFailedBatchLeavesOldRules(t *testing.T) {
+	dp := testutil.Load(t)
+	// Swap the pinned port stage for one of the same layout that holds
+	// 100 entries: the firewall opens pins by name and size.
+	orig := dp.Maps.TnRportV1
+	small, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: orig.KeySize(), ValueSize: orig.ValueSize(),
+		MaxEntries: 100, Flags: orig.Flags()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer small.Close()
+	pin := filepath.Join(dp.PinDir, "tn_rport_v1")
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := firewall.Open(firewall.Options{StateDir: t.TempDir(), PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if err := fw.AddTenant(store.Tenant{ID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(50, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMatchStore(t, fw)
+	// 500 new rules: the host stage takes them (a large map), the port
+	// stage's batch writes 50 more and stops.
+	_, err = fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(500, 7)[50:]}}, false)
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("apply over a full stage: %v, want a full map", err)
+	}
+	after := mustMatchStore(t, fw)
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("maps changed by a failed apply: %d entries, were %d", after.Len(), before.Len())
+	}
+	if n := fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 50 {
+			t.Errorf("store holds %d rules after the failed apply, want the 50 of before", len(rs))
+		}
+		return nil
+	}); n != nil {
+		t.Fatal(n)
+	}
+}
+
+// Without a datapath (NoDatapath) an apply still stores its rules: the
+// store's writes do not wait for the maps' part.
+func TestApplyWithoutDatapath(t *testing.T) {
+	testutil.RequireRoot(t)
+	fw, err := firewall.Open(firewall.Options{StateDir: t.TempDir(), NoDatapath: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if err := fw.AddTenant(store.Tenant{ID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(20, 7)}}, false)
+	if err != nil || res.Added != 20 {
+		t.Fatalf("apply: %+v %v", res, err)
+	}
+	fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 20 {
+			t.Errorf("%d rules stored, want 20", len(rs))
+		}
+		return nil
+	})
+}
+
+// An invalid set is refused with nothing applied, and its error comes
+// first, before what the store would have said (validation runs while the
+// store works out the difference).
+func TestApplyInvalidChangesNothing(t *testing.T) {
+	fw := openFW(t)
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(50, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMatchStore(t, fw)
+	bad := bigSet(80, 7)
+	bad[79] = bad[3]
+	bad[79].Action = policy.ActionDeny // same match as rule 4, other action
+	_, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bad}, {Tenant: 99}}, false)
+	if err == nil || !strings.Contains(err.Error(), "conflicts with rule 4") {
+		t.Fatalf("apply of a conflicting set (and an unknown tenant): %v, want the conflict", err)
+	}
+	if after := mustMatchStore(t, fw); !reflect.DeepEqual(before, after) {
+		t.Fatal("maps changed by a refused apply")
+	}
+	fw.StoreForTest().View(func(tx *store.Tx) error {
+		if rs, _ := tx.Rules(7); len(rs) != 50 {
+			t.Errorf("%d rules stored after a refused apply, want 50", len(rs))
+		}
+		return nil
+	})
 }

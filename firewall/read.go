@@ -81,8 +81,4 @@ func (fw *Firewall) CountRules() (int, error) {
 
 // Dirty reports whether a change of the maps was interrupted and not yet
 // repaired (the next Open with the datapath repairs it).
-func (fw *Firewall) Dirty() (bool, error) {
-	var d bool
-	err := fw.st.View(func(tx *store.Tx) error { d = tx.Dirty(); return nil })
-	return d, err
-}
+func (fw *Firewall) Dirty() (bool, error) { return fw.dirty(), nil }

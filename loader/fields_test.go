@@ -1,7 +1,9 @@
 package loader
 
 import (
+	"hash/crc32"
 	"maps"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -42,5 +44,26 @@ func TestFieldsCoverObjects(t *testing.T) {
 	var dp Datapath
 	if got := slices.Sorted(maps.Keys(dp.programFields())); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Errorf("programs from tags %v, objects have %v", got, want)
+	}
+}
+
+// workloadSizes must describe the object it names: after `make generate`
+// changes the object, set workloadObject to the new length and CRC-32
+// and the sizes to what this test prints.
+func TestWorkloadMapSizes(t *testing.T) {
+	parsed, err := parseMapSizes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(_WorkloadBytes) != workloadObject.len || crc32.ChecksumIEEE(_WorkloadBytes) != workloadObject.crc {
+		t.Errorf("workloadObject is {%d, %#08x}, the object is {%d, %#08x}: OpenMaps parses the object each time (slow, still correct)",
+			workloadObject.len, workloadObject.crc, len(_WorkloadBytes), crc32.ChecksumIEEE(_WorkloadBytes))
+	}
+	if !reflect.DeepEqual(parsed, workloadSizes) {
+		t.Errorf("workloadSizes are\n%v\nthe object has\n%v", workloadSizes, parsed)
+	}
+	got, err := workloadMapSizes()
+	if err != nil || !reflect.DeepEqual(got, parsed) {
+		t.Errorf("workloadMapSizes = %v, %v; want %v", got, err, parsed)
 	}
 }

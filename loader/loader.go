@@ -9,6 +9,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -357,9 +358,9 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 	// A same-named pin of another layout must never be written through.
 	// Comparing sizes with this build's object is enough here: Load checks
 	// the rest.
-	spec, err := LoadWorkload()
+	sizes, err := workloadMapSizes()
 	if err != nil {
-		return nil, fmt.Errorf("parse workload object: %w", err)
+		return nil, err
 	}
 	var m WorkloadMaps
 	for name, dst := range mapFields(&m) {
@@ -372,13 +373,71 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 			return nil, fmt.Errorf("open pinned %s: %w", name, err)
 		}
 		*dst = mp
-		if want := spec.Maps[name]; mp.KeySize() != want.KeySize || mp.ValueSize() != want.ValueSize {
+		if want := sizes[name]; mp.KeySize() != want[0] || mp.ValueSize() != want[1] {
 			m.Close()
 			return nil, fmt.Errorf("%w: %s has key/value sizes %d/%d, this build uses %d/%d", ErrSchemaMismatch,
-				name, mp.KeySize(), mp.ValueSize(), want.KeySize, want.ValueSize)
+				name, mp.KeySize(), mp.ValueSize(), want[0], want[1])
 		}
 	}
 	return &m, nil
+}
+
+// workloadObject identifies the workload object that workloadSizes
+// describes: its length and CRC-32 (IEEE).
+var workloadObject = struct {
+	len int
+	crc uint32
+}{144712, 0x7be5b450}
+
+// workloadSizes are the key and value sizes of the workload object's maps.
+// OpenMaps (every tenantfw command) checks the pins against them: parsing
+// the object for them was a fifth of a one-rule change (BENCHMARKS.md).
+// They are used only for the object they were read from (workloadObject);
+// for any other, the object is parsed. TestWorkloadMapSizes says when to
+// update both.
+var workloadSizes = map[string][2]uint32{
+	"tn_6in4_v1":     {20, 20},
+	"tn_6in4ep_v1":   {8, 4},
+	"tn_ct_v2":       {44, 48},
+	"tn_ctfill_v2":   {4, 24},
+	"tn_endpoint_v1": {16, 8},
+	"tn_errors_v1":   {4, 8},
+	"tn_events_v1":   {0, 0},
+	"tn_frag_v2":     {44, 16},
+	"tn_meta_v1":     {4, 8},
+	"tn_ports_v1":    {4, 8},
+	"tn_prefix_v1":   {20, 4},
+	"tn_rdst_v1":     {28, 24},
+	"tn_rhost_v1":    {24, 24},
+	"tn_route_v1":    {24, 8},
+	"tn_rport_v1":    {16, 8},
+	"tn_rsrc_v1":     {28, 8},
+	"tn_srcaddr_v1":  {24, 4},
+	"tn_stats_v1":    {8, 16},
+	"tn_tenant_v1":   {4, 8},
+	"tn_wgdev_v1":    {4, 8},
+}
+
+// workloadMapSizes returns the key and value sizes of this build's maps.
+func workloadMapSizes() (map[string][2]uint32, error) {
+	if len(_WorkloadBytes) == workloadObject.len && crc32.ChecksumIEEE(_WorkloadBytes) == workloadObject.crc {
+		return workloadSizes, nil
+	}
+	return parseMapSizes()
+}
+
+func parseMapSizes() (map[string][2]uint32, error) {
+	spec, err := LoadWorkload()
+	if err != nil {
+		return nil, fmt.Errorf("parse workload object: %w", err)
+	}
+	out := map[string][2]uint32{}
+	for name := range mapFields(&WorkloadMaps{}) {
+		if ms := spec.Maps[name]; ms != nil {
+			out[name] = [2]uint32{ms.KeySize, ms.ValueSize}
+		}
+	}
+	return out, nil
 }
 
 // Open returns the pinned datapath (maps and programs) without loading

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -47,16 +48,37 @@ type RuleYAML struct {
 // parseRulesFile decodes and validates the whole file; errors name the
 // tenant, the rule's position and the field.
 func parseRulesFile(b []byte) ([]firewall.TenantRules, error) {
+	f, err := decodeRulesFile(b)
+	if err != nil {
+		return nil, err
+	}
+	return rulesFromFile(f)
+}
+
+// decodeRulesFile reads the YAML: the common layout without the YAML
+// parser (fastRulesFile), anything else with it.
+func decodeRulesFile(b []byte) (RulesFile, error) {
+	if f, ok := fastRulesFile(b); ok {
+		return f, nil
+	}
+	return yamlRulesFile(b)
+}
+
+func yamlRulesFile(b []byte) (RulesFile, error) {
 	var f RulesFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			return nil, fmt.Errorf("%s", strings.Join(te.Errors, "; "))
+			return f, fmt.Errorf("%s", strings.Join(te.Errors, "; "))
 		}
-		return nil, fmt.Errorf("parse: %w", err)
+		return f, fmt.Errorf("parse: %w", err)
 	}
+	return f, nil
+}
+
+func rulesFromFile(f RulesFile) ([]firewall.TenantRules, error) {
 	var out []firewall.TenantRules
 	for ti, t := range f.Tenants {
 		if t.Tenant == 0 {
@@ -78,6 +100,7 @@ func parseRulesFile(b []byte) ([]firewall.TenantRules, error) {
 			}
 			tr.Policy = p
 		}
+		tr.Rules = make([]policy.Rule, 0, len(t.Rules))
 		for ri, y := range t.Rules {
 			r, err := y.rule(t.Tenant)
 			if err != nil {
@@ -111,7 +134,7 @@ func (y RuleYAML) rule(tenant uint32) (policy.Rule, error) {
 	switch p := y.Port.(type) {
 	case nil:
 	case int:
-		port = fmt.Sprint(p)
+		port = strconv.Itoa(p)
 	case string:
 		port = p
 	default:

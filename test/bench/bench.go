@@ -19,6 +19,11 @@ type Options struct {
 	Dur      time.Duration
 	Out      string // BENCHMARKS.md
 	Log      io.Writer
+	// RulesOnly measures only loading rules and adding one (the (e)
+	// tables, process start and the in-process change): no traffic, no
+	// prefilter, no per-packet cost. The report has only those figures,
+	// so Out should not be BENCHMARKS.md.
+	RulesOnly bool
 }
 
 type series []float64
@@ -92,7 +97,7 @@ func Run(o Options) error {
 					}
 				}
 			}
-			for i := 0; i < o.Reps; i++ {
+			for i := 0; i < o.Reps && !o.RulesOnly; i++ {
 				pps, err := t.udpPPS(9000, o.Dur)
 				if err != nil {
 					return err
@@ -123,6 +128,9 @@ func Run(o Options) error {
 	// nftables netdev ingress hook on the same interface.
 	xdp := map[string]series{}
 	sentRate := map[string]series{}
+	if o.RulesOnly {
+		return rulesReport(o, res, start)
+	}
 	if _, err := tn.load(makeRules(10)); err != nil {
 		return err
 	}
@@ -164,21 +172,43 @@ func Run(o Options) error {
 	if err != nil {
 		return fmt.Errorf("per-packet benchmarks: %v\n%s", err, cost)
 	}
-	// One rule change in process (what tenantfw does once started), and
-	// what starting the binary alone costs: the two parts of add1.
+	upd, startup, err := changeFigures(o)
+	if err != nil {
+		return err
+	}
+	return writeReport(o, res, xdp, sentRate, string(cost), string(upd), startup, time.Since(start))
+}
+
+// changeFigures measures one rule change in process (what tenantfw does
+// once started) and what starting the binary alone costs: the two parts
+// of add1.
+func changeFigures(o Options) (string, series, error) {
 	upd, err := exec.Command("go", "test", "-C", o.RepoDir, "-run", "^$", "-bench", "OneRuleChange", "-benchtime", "200x", "./firewall/").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("rule update benchmark: %v\n%s", err, upd)
+		return "", nil, fmt.Errorf("rule update benchmark: %v\n%s", err, upd)
 	}
 	var startup series
 	for i := 0; i < 20; i++ {
 		d, err := timed(func() error { return exec.Command(o.Tenantfw, "--help").Run() })
 		if err != nil {
-			return fmt.Errorf("tenantfw --help: %w", err)
+			return "", nil, fmt.Errorf("tenantfw --help: %w", err)
 		}
 		startup = append(startup, float64(d.Microseconds())/1000)
 	}
-	return writeReport(o, res, xdp, sentRate, string(cost), string(upd), startup, time.Since(start))
+	return string(upd), startup, nil
+}
+
+// rulesReport writes the figures of a RulesOnly run.
+func rulesReport(o Options, res results, start time.Time) error {
+	upd, startup, err := changeFigures(o)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Rule loading (tenantnet-bench --only rules)\n\nOn %s, %s; the run took %s.\n",
+		machine(), time.Now().UTC().Format("2006-01-02"), time.Since(start).Round(time.Second))
+	writeRuleTables(&b, o, res, upd, startup)
+	return os.WriteFile(o.Out, []byte(b.String()), 0o644)
 }
 
 func tnCounter(tn *tenantnet) uint64 {
@@ -240,60 +270,12 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 `)
 	modes := []string{"none", "tenantnet", "nftables", "iptables"}
 	table := func(title, metric, unit string, withBase bool, modes []string) {
-		fmt.Fprintf(&b, "\n## %s\n\n| N |", title)
-		for _, m := range modes {
-			fmt.Fprintf(&b, " %s (%s) |", m, unit)
-		}
-		if withBase {
-			b.WriteString(" tenantnet / none | tenantnet / nftables | tenantnet / iptables |")
-		} else {
-			b.WriteString(" tenantnet / nftables | tenantnet / iptables |")
-		}
-		b.WriteString("\n|---|")
-		for range modes {
-			b.WriteString("---|")
-		}
-		b.WriteString("---|---|")
-		if withBase {
-			b.WriteString("---|")
-		}
-		b.WriteString("\n")
-		for _, n := range o.Ns {
-			fmt.Fprintf(&b, "| %d |", n)
-			meds := map[string]float64{}
-			for _, m := range modes {
-				mn, md, mx := res[metric][m][n].stats()
-				meds[m] = md
-				fmt.Fprintf(&b, " %s [%s–%s] |", num(md), num(mn), num(mx))
-			}
-			ratio := func(a, c float64) string {
-				if c == 0 {
-					return "-"
-				}
-				return fmt.Sprintf("%.2f×", a/c)
-			}
-			if withBase {
-				fmt.Fprintf(&b, " %s |", ratio(meds["tenantnet"], meds["none"]))
-			}
-			fmt.Fprintf(&b, " %s | %s |\n", ratio(meds["tenantnet"], meds["nftables"]), ratio(meds["tenantnet"], meds["iptables"]))
-		}
+		writeTable(&b, o, res, title, metric, unit, withBase, modes)
 	}
 	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
 	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)
 	table("(c) New TCP connections", "conn", "conn/s", true, modes)
-	table("(e) Loading all N rules", "load", "ms", false, modes[1:])
-	table("(e) Adding one rule to N (end to end: the CLI process included)", "add1", "ms", false, modes[1:])
-	mn, md, mx := startup.stats()
-	fmt.Fprintf(&b, "\nOf that, starting a process: `tenantfw --help` (run directly, 20 times) takes %s [%s–%s] ms; "+
-		"the cells above also include `ip netns exec` and a shell, for all three tools. "+
-		"The change itself, in process at N = 100,000 (`go test ./firewall -bench OneRuleChange -benchtime 200x`: "+
-		"store commit, map writes, flock held):\n\n```\n", num(md), num(mn), num(mx))
-	for _, l := range strings.Split(upd, "\n") {
-		if strings.HasPrefix(l, "Benchmark") {
-			b.WriteString(l + "\n")
-		}
-	}
-	b.WriteString("```\n")
+	writeRuleTables(&b, o, res, upd, startup)
 
 	b.WriteString("\n## Uplink prefilter: a flood of denied packets\n\nDrops per second at the uplink (the sender's rate in brackets).\n\n| Dropper | drops/s | sent/s |\n|---|---|---|\n")
 	for _, k := range []string{"tenantnet XDP", "nftables netdev ingress"} {
@@ -316,6 +298,64 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 		}
 	}
 	return os.WriteFile(o.Out, []byte(b.String()), 0o644)
+}
+
+func writeTable(b *strings.Builder, o Options, res results, title, metric, unit string, withBase bool, modes []string) {
+	fmt.Fprintf(b, "\n## %s\n\n| N |", title)
+	for _, m := range modes {
+		fmt.Fprintf(b, " %s (%s) |", m, unit)
+	}
+	if withBase {
+		b.WriteString(" tenantnet / none | tenantnet / nftables | tenantnet / iptables |")
+	} else {
+		b.WriteString(" tenantnet / nftables | tenantnet / iptables |")
+	}
+	b.WriteString("\n|---|")
+	for range modes {
+		b.WriteString("---|")
+	}
+	b.WriteString("---|---|")
+	if withBase {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	for _, n := range o.Ns {
+		fmt.Fprintf(b, "| %d |", n)
+		meds := map[string]float64{}
+		for _, m := range modes {
+			mn, md, mx := res[metric][m][n].stats()
+			meds[m] = md
+			fmt.Fprintf(b, " %s [%s–%s] |", num(md), num(mn), num(mx))
+		}
+		ratio := func(a, c float64) string {
+			if c == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f×", a/c)
+		}
+		if withBase {
+			fmt.Fprintf(b, " %s |", ratio(meds["tenantnet"], meds["none"]))
+		}
+		fmt.Fprintf(b, " %s | %s |\n", ratio(meds["tenantnet"], meds["nftables"]), ratio(meds["tenantnet"], meds["iptables"]))
+	}
+}
+
+// writeRuleTables writes the (e) tables and the parts of a one-rule change.
+func writeRuleTables(b *strings.Builder, o Options, res results, upd string, startup series) {
+	modes := []string{"tenantnet", "nftables", "iptables"}
+	writeTable(b, o, res, "(e) Loading all N rules", "load", "ms", false, modes)
+	writeTable(b, o, res, "(e) Adding one rule to N (end to end: the CLI process included)", "add1", "ms", false, modes)
+	mn, md, mx := startup.stats()
+	fmt.Fprintf(b, "\nOf that, starting a process: `tenantfw --help` (run directly, 20 times) takes %s [%s–%s] ms; "+
+		"the cells above also include `ip netns exec` and a shell, for all three tools. "+
+		"The change itself, in process at N = 100,000 (`go test ./firewall -bench OneRuleChange -benchtime 200x`: "+
+		"store commit, map writes, flock held):\n\n```\n", num(md), num(mn), num(mx))
+	for _, l := range strings.Split(upd, "\n") {
+		if strings.HasPrefix(l, "Benchmark") {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("```\n")
 }
 
 // keptMarker starts the part of BENCHMARKS.md that make bench keeps.

@@ -263,12 +263,14 @@ func TestTenantfwKilledMidApply(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(150+i*250) * time.Millisecond)
+		// A 30,000-rule apply takes about 0.3 s: the kills land from
+		// the parse to the commit.
+		time.Sleep(kill(i))
 		cmd.Process.Kill()
 		cmd.Wait()
 		if fw, err := firewall.Open(firewall.Options{StateDir: c.state, NoDatapath: true}); err == nil {
 			dirty, _ := fw.Dirty()
-			t.Logf("kill %d after %v: maps marked dirty: %v", i, time.Duration(150+i*250)*time.Millisecond, dirty)
+			t.Logf("kill %d after %v: maps marked dirty: %v", i, kill(i), dirty)
 			fw.Close()
 		}
 		// The next command of either tool repairs; check is one.
@@ -278,6 +280,8 @@ func TestTenantfwKilledMidApply(t *testing.T) {
 		assertMapsMatchStore(t, pin, c.state)
 	}
 }
+
+func kill(i int) time.Duration { return time.Duration(40+i*50) * time.Millisecond }
 
 func filepathForPins(t *testing.T) string {
 	dir := fmt.Sprintf("/sys/fs/bpf/tenantnet-test-%d-kill", os.Getpid())

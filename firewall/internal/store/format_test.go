@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"net/netip"
 	"testing"
 
@@ -105,5 +106,24 @@ func TestOwnersMigrated(t *testing.T) {
 			t.Errorf("the tenant's rule: %+v %v, want no owner", r, err)
 		}
 		return nil
+	})
+}
+
+// appendStoredRule must write what json.Marshal writes, byte for byte, or
+// decline.
+func FuzzEncodeRule(f *testing.F) {
+	f.Add(uint32(1), uint32(7), uint8(1), uint8(6), uint16(443), uint16(443), "2001:db8:7::5/128", "", uint8(1), "web", "")
+	f.Add(uint32(0xffffffff), uint32(1), uint8(2), uint8(0), uint16(0), uint16(0), "", "203.0.113.0/24", uint8(2), "a<b & \"c\"\n", "node")
+	f.Add(uint32(5), uint32(3), uint8(1), uint8(17), uint16(0), uint16(9), "x", "y", uint8(0), "é\u2028", "\x7f")
+	f.Fuzz(func(t *testing.T, id, tenant uint32, dir, proto uint8, lo, hi uint16, dst, src string, action uint8, comment, owner string) {
+		s := storedRule{ID: id, Tenant: tenant, Dir: dir, Proto: proto, PortLo: lo, PortHi: hi, Dst: dst, Src: src,
+			Action: policy.Action(action), Comment: comment, Owner: owner}
+		want, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := appendStoredRule(nil, &s); ok && string(got) != string(want) {
+			t.Fatalf("appendStoredRule %s, json.Marshal %s", got, want)
+		}
 	})
 }

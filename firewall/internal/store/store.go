@@ -15,8 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strconv"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -54,12 +57,22 @@ type Store struct {
 	db *bolt.DB
 }
 
-// Open opens (creating if needed) the store in dir.
+// Open opens (creating if needed) the store in dir. A store that is
+// already initialised (buckets, layout version, owners migrated) is opened
+// with a read transaction only: a write transaction commits and fsyncs
+// even when it changes nothing, and every tenantfw command opens the
+// store (BENCHMARKS.md, "Where the time of a rule change goes").
 func Open(dir string) (*Store, error) {
-	db, err := boltjson.Open(dir, FileName, [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches}, func(tx *bolt.Tx) error {
+	buckets := [][]byte{bMeta, bTenants, bPorts, bRules, bRuleIDs, bMatches}
+	path := filepath.Join(dir, FileName)
+	db, err := openReady(dir, path, buckets)
+	if err != nil || db != nil {
+		return &Store{db: db}, err
+	}
+	db, err = boltjson.Open(dir, FileName, buckets, func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get(kVersion); v != nil && binary.BigEndian.Uint32(v) != Version {
-			return fmt.Errorf("%s has layout version %d, this build reads %d", filepath.Join(dir, FileName), binary.BigEndian.Uint32(v), Version)
+			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
 		}
 		if err := meta.Put(kVersion, be32(Version)); err != nil {
 			return err
@@ -70,6 +83,47 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	return &Store{db: db}, nil
+}
+
+// boltOptions: the initial mmap covers a store of about 200,000 rules, so
+// a large apply does not remap the file (bbolt copies every node it holds
+// out of the old mapping at each remap) while it commits. Only address
+// space: the file grows as it always did.
+var boltOptions = bolt.Options{Timeout: 10 * time.Second, InitialMmapSize: 64 << 20}
+
+// openReady opens an existing, fully initialised store without writing to
+// it; it returns a nil DB (and no error) when the store must go through
+// the initialising write transaction instead (new, older layout, owners
+// not yet migrated), and an error for a layout of another version.
+func openReady(dir, path string, buckets [][]byte) (*bolt.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, nil
+	}
+	db, err := bolt.Open(path, 0o600, &boltOptions)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	ready := true
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if tx.Bucket(b) == nil {
+				ready = false
+				return nil
+			}
+		}
+		meta := tx.Bucket(bMeta)
+		v := meta.Get(kVersion)
+		if len(v) == 4 && binary.BigEndian.Uint32(v) != Version {
+			return fmt.Errorf("%s has layout version %d, this build reads %d", path, binary.BigEndian.Uint32(v), Version)
+		}
+		ready = len(v) == 4 && meta.Get(kOwners) != nil
+		return nil
+	})
+	if err != nil || !ready {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // Close closes the database.
@@ -197,7 +251,58 @@ func encodeRule(r policy.Rule) ([]byte, error) {
 	if r.Src.IsValid() {
 		s.Src = r.Src.String()
 	}
+	if b, ok := appendStoredRule(make([]byte, 0, 96), &s); ok {
+		return b, nil
+	}
 	return json.Marshal(s)
+}
+
+// appendStoredRule writes exactly what json.Marshal writes for s (the
+// on-disk format, TestOnDiskFormat; FuzzEncodeRule compares the two),
+// without reflection: encoding was a tenth of storing 100,000 rules. ok
+// is false for a string json.Marshal would escape; the caller then uses
+// json.Marshal.
+func appendStoredRule(b []byte, s *storedRule) ([]byte, bool) {
+	num := func(key string, v uint64) {
+		b = append(b, key...)
+		b = strconv.AppendUint(b, v, 10)
+	}
+	str := func(key, v string) bool {
+		for i := 0; i < len(v); i++ {
+			if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		b = append(b, key...)
+		b = append(b, '"')
+		b = append(b, v...)
+		b = append(b, '"')
+		return true
+	}
+	num(`{"id":`, uint64(s.ID))
+	num(`,"t":`, uint64(s.Tenant))
+	num(`,"d":`, uint64(s.Dir))
+	num(`,"p":`, uint64(s.Proto))
+	if s.PortLo != 0 {
+		num(`,"lo":`, uint64(s.PortLo))
+	}
+	if s.PortHi != 0 {
+		num(`,"hi":`, uint64(s.PortHi))
+	}
+	if s.Dst != "" && !str(`,"dst":`, s.Dst) {
+		return nil, false
+	}
+	if s.Src != "" && !str(`,"src":`, s.Src) {
+		return nil, false
+	}
+	num(`,"a":`, uint64(s.Action))
+	if s.Comment != "" && !str(`,"c":`, s.Comment) {
+		return nil, false
+	}
+	if s.Owner != "" && !str(`,"o":`, s.Owner) {
+		return nil, false
+	}
+	return append(b, '}'), true
 }
 
 func decodeRule(b []byte) (policy.Rule, error) {
@@ -321,18 +426,25 @@ func records(r policy.Rule) ([3]kv, error) {
 		return [3]kv{}, err
 	}
 	k := dstKey(r.Tenant, r.Dir, r.Dst, r.ID)
-	return [3]kv{{k, v}, {be32(r.ID), k}, {matchKey(r.Match()), be32(r.ID)}}, nil
+	id := be32(r.ID)
+	return [3]kv{{k, v}, {id, k}, {matchKey(r.Match()), id}}, nil
 }
 
 // AddRules stores many rules at once (apply), assigning ids. Every rule
 // must be valid and new (no selector already stored, none twice): the
-// caller checked. Keys are written in sorted order per bucket, which keeps
-// bbolt's inserts linear instead of quadratic.
+// caller checked.
 func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
-	var sets [3][]kv // per bucket of ruleBuckets
-	for i := range sets {
-		sets[i] = make([]kv, 0, len(rules))
+	out, err := t.NewRuleIDs(rules)
+	if err != nil {
+		return nil, err
 	}
+	return out, t.PutNewRules(out)
+}
+
+// NewRuleIDs gives new rules their ids, without storing them: PutNewRules
+// does, in the same transaction (apply compiles the rules for the maps in
+// between, or meanwhile). A selector already stored is refused.
+func (t *Tx) NewRuleIDs(rules []policy.Rule) ([]policy.Rule, error) {
 	out := make([]policy.Rule, len(rules))
 	for i, r := range rules {
 		if _, ok, err := t.RuleByMatch(r.Match()); err != nil {
@@ -344,29 +456,42 @@ func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
 		if r.ID, err = t.nextID(); err != nil {
 			return nil, err
 		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// PutNewRules stores rules that NewRuleIDs numbered. Keys are written in
+// sorted order per bucket, which keeps bbolt's inserts linear instead of
+// quadratic.
+func (t *Tx) PutNewRules(rules []policy.Rule) error {
+	var sets [3][]kv // per bucket of ruleBuckets
+	for i := range sets {
+		sets[i] = make([]kv, 0, len(rules))
+	}
+	for _, r := range rules {
 		recs, err := records(r)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for j, rec := range recs {
 			sets[j] = append(sets[j], rec)
 		}
-		out[i] = r
 	}
 	for n, set := range sets {
-		sort.Slice(set, func(i, j int) bool { return bytes.Compare(set[i].k, set[j].k) < 0 })
+		slices.SortFunc(set, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
 		b := t.tx.Bucket(ruleBuckets[n])
 		b.FillPercent = 0.9
 		for i, e := range set {
 			if i > 0 && bytes.Equal(e.k, set[i-1].k) {
-				return nil, fmt.Errorf("internal: duplicate key in %s", ruleBuckets[n])
+				return fmt.Errorf("internal: duplicate key in %s", ruleBuckets[n])
 			}
 			if err := b.Put(e.k, e.v); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Rule returns a rule by id.

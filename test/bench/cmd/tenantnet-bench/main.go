@@ -21,7 +21,16 @@ func main() {
 	pflag.IntVar(&o.Reps, "reps", 5, "repetitions per figure")
 	pflag.DurationVar(&o.Dur, "duration", 2*time.Second, "length of one traffic measurement")
 	pflag.StringVar(&o.Out, "out", "BENCHMARKS.md", "report")
+	only := pflag.String("only", "", "measure only this part: rules (loading N rules and adding one; no traffic): write it with --out elsewhere than BENCHMARKS.md")
 	pflag.Parse()
+	switch *only {
+	case "":
+	case "rules":
+		o.RulesOnly = true
+	default:
+		fmt.Fprintf(os.Stderr, "tenantnet-bench: --only %s: want rules\n", *only)
+		os.Exit(2)
+	}
 	exe, _ := os.Executable()
 	o.Tenantfw = filepath.Join(filepath.Dir(exe), "tenantfw")
 	o.RepoDir, _ = os.Getwd()

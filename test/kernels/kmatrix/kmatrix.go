@@ -63,9 +63,13 @@ type Result struct {
 	Pass, Fail, Skip int
 	Skips            []string // "TestX: reason"
 	Failed           []string
-	Verified         []string // verifier figures logged by the loader test
-	Duration         time.Duration
-	Err              string
+	// FailLog has, per failed test, the test's last log lines (those
+	// naming a _test.go file, or a panic): printed last, so that a CI
+	// log's tail says what failed.
+	FailLog  []string
+	Verified []string // verifier figures logged by the loader test
+	Duration time.Duration
+	Err      string
 }
 
 // BuildTests builds static test binaries into dir, for every package of
@@ -312,6 +316,7 @@ var (
 func Parse(out string) (kernel string, res []Result, modules []string) {
 	var cur *Result
 	var lastSkip string
+	var recent []string // the current package's last test log lines
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -323,6 +328,7 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 			modules = append(modules, strings.TrimPrefix(l, "TNMOD "))
 		case strings.HasPrefix(l, "TNPKG "):
 			lastSkip = ""
+			recent = nil
 			res = append(res, Result{Kernel: kernel, Package: strings.TrimSuffix(strings.TrimPrefix(l, "TNPKG "), ".test")})
 			cur = &res[len(res)-1]
 		case strings.HasPrefix(l, "TNEND "):
@@ -339,13 +345,17 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 				case "FAIL":
 					cur.Fail++
 					cur.Failed = append(cur.Failed, m[2])
+					cur.FailLog = append(cur.FailLog, m[2]+":\n      "+strings.Join(recent, "\n      "))
 				case "SKIP":
 					cur.Skip++
 					// go test -v prints t.Skip's reason just before
 					cur.Skips = append(cur.Skips, m[2]+": "+lastSkip)
 				}
-			} else if s := strings.TrimSpace(l); strings.Contains(s, "_test.go:") {
+			} else if s := strings.TrimSpace(l); strings.Contains(s, "_test.go:") || strings.HasPrefix(s, "panic:") {
 				lastSkip = s
+				if recent = append(recent, s); len(recent) > 10 {
+					recent = recent[1:]
+				}
 			}
 			if m := reVerified.FindStringSubmatch(l); m != nil {
 				cur.Verified = append(cur.Verified, m[1]+" "+m[2])

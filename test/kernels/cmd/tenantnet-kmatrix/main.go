@@ -126,6 +126,16 @@ func main() {
 			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)
 	}
 	if failed {
+		// Last, so that the tail of a CI log names what failed.
+		fmt.Println("\nFAILED:")
+		for _, r := range all {
+			for _, f := range r.FailLog {
+				fmt.Printf("  %s %s %s\n", r.Kernel, r.Package, f)
+			}
+			if r.Err != "" {
+				fmt.Printf("  %s %s %s\n", r.Kernel, r.Package, firstLine(r.Err))
+			}
+		}
 		os.Exit(1)
 	}
 }

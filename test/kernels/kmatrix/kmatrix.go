@@ -66,7 +66,10 @@ type Result struct {
 	// FailLog has, per failed test, the test's last log lines (those
 	// naming a _test.go file, or a panic): printed last, so that a CI
 	// log's tail says what failed.
-	FailLog  []string
+	FailLog []string
+	// Flaky are the tests that failed and passed when run again alone
+	// (with the first run's log lines): reported, not failures.
+	Flaky    []string
 	Verified []string // verifier figures logged by the loader test
 	Duration time.Duration
 	Err      string
@@ -194,8 +197,17 @@ echo "TNKERNEL $(uname -r)"
 cd /t
 for t in *.test; do
 	echo "TNPKG $t"
-	./$t -test.v -test.count=1 -test.timeout=20m $(cat $t.args 2>/dev/null) 2>&1
-	echo "TNEND $t $?"
+	{ ./$t -test.v -test.count=1 -test.timeout=20m $(cat $t.args 2>/dev/null); echo $? >/tmp/rc; } 2>&1 | tee /tmp/out
+	rc=$(cat /tmp/rc)
+	# A failed test runs once more, alone (see Parse): a timing flake
+	# under TCG is then reported as one, and a real failure fails twice.
+	failed=$(sed -n 's/^--- FAIL: \([^ /]*\).*/\1/p' /tmp/out | sort -u | tr '\n' '|')
+	if [ "$rc" != 0 ] && [ -n "$failed" ]; then
+		echo "TNRERUN $t"
+		./$t -test.v -test.count=1 -test.timeout=20m $(cat $t.args 2>/dev/null) "-test.run=^(${failed%|})\$" 2>&1
+		rc=$?
+	fi
+	echo "TNEND $t $rc"
 done
 poweroff -f
 `
@@ -301,13 +313,39 @@ func RunHost(tests map[string]string, log io.Writer) string {
 		if err != nil {
 			code = 1
 		}
+		if failed := topLevelFailures(string(out)); code != 0 && len(failed) > 0 {
+			// As the VMs do: the failed tests once more, alone.
+			fmt.Fprintf(&b, "TNRERUN %s\n", name)
+			cmd := exec.Command(tests[p], append(args, "-test.run=^("+strings.Join(failed, "|")+")$")...)
+			cmd.Dir = filepath.Dir(tests[p])
+			out, err := cmd.CombinedOutput()
+			b.Write(out)
+			if code = 0; err != nil {
+				code = 1
+			}
+		}
 		fmt.Fprintf(&b, "TNEND %s %d\n", name, code)
 		fmt.Fprintf(log, "host %s: exit %d\n", name, code)
 	}
 	return b.String()
 }
 
+// topLevelFailures are the names of the top-level tests that failed in
+// go test -v output.
+func topLevelFailures(out string) []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		if m := reTopFail.FindStringSubmatch(l); m != nil && !seen[m[1]] {
+			seen[m[1]] = true
+			names = append(names, m[1])
+		}
+	}
+	return names
+}
+
 var (
+	reTopFail  = regexp.MustCompile(`^--- FAIL: ([^ /]+)`)
 	reResult   = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+)`)
 	reVerified = regexp.MustCompile(`(tn_\w+): (\d+) verified instructions`)
 )
@@ -317,6 +355,7 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 	var cur *Result
 	var lastSkip string
 	var recent []string // the current package's last test log lines
+	rerun := false      // in the rerun of a package's failed tests
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -331,22 +370,36 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 			recent = nil
 			res = append(res, Result{Kernel: kernel, Package: strings.TrimSuffix(strings.TrimPrefix(l, "TNPKG "), ".test")})
 			cur = &res[len(res)-1]
+		case strings.HasPrefix(l, "TNRERUN "):
+			// What failed is run once more: what passes now was a
+			// flake (kept in Flaky with its log), what fails again
+			// is the failure.
+			if cur != nil {
+				cur.Flaky = append(cur.Flaky, cur.FailLog...)
+				cur.Fail, cur.Failed, cur.FailLog = 0, nil, nil
+				rerun = true
+			}
 		case strings.HasPrefix(l, "TNEND "):
 			f := strings.Fields(l)
 			if cur != nil && len(f) == 3 && f[2] != "0" && cur.Fail == 0 {
 				cur.Err = "exit " + f[2]
 			}
-			cur = nil
+			cur, rerun = nil, false
 		case cur != nil:
 			if m := reResult.FindStringSubmatch(l); m != nil {
 				switch m[1] {
 				case "PASS":
-					cur.Pass++
+					if !rerun || !strings.Contains(m[2], "/") {
+						cur.Pass++
+					}
 				case "FAIL":
 					cur.Fail++
 					cur.Failed = append(cur.Failed, m[2])
 					cur.FailLog = append(cur.FailLog, m[2]+":\n      "+strings.Join(recent, "\n      "))
 				case "SKIP":
+					if rerun {
+						break
+					}
 					cur.Skip++
 					// go test -v prints t.Skip's reason just before
 					cur.Skips = append(cur.Skips, m[2]+": "+lastSkip)

@@ -1,6 +1,9 @@
 package kmatrix
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -16,5 +19,46 @@ func TestParseFailLog(t *testing.T) {
 	r := res[0]
 	if r.Pass != 1 || r.Fail != 1 || len(r.FailLog) != 1 || !strings.Contains(r.FailLog[0], "x_test.go:12: boom") {
 		t.Fatalf("result %+v", r)
+	}
+}
+
+// A test that fails and then passes when run again alone is reported as
+// flaky, not failed; one that fails twice is a failure.
+func TestParseRerun(t *testing.T) {
+	flaky := "TNKERNEL 6.1.0\nTNPKG a.test\n--- PASS: TestY (0.10s)\n    x_test.go:12: boom\n--- FAIL: TestX (0.10s)\nTNRERUN a.test\n=== RUN   TestX\n--- PASS: TestX (0.10s)\nTNEND a.test 0\n"
+	_, res, _ := Parse(flaky)
+	if r := res[0]; r.Pass != 2 || r.Fail != 0 || len(r.Failed) != 0 || len(r.Flaky) != 1 || !strings.Contains(r.Flaky[0], "boom") || r.Err != "" {
+		t.Fatalf("flaky: %+v", r)
+	}
+	failed := "TNKERNEL 6.1.0\nTNPKG a.test\n    x_test.go:12: boom\n--- FAIL: TestX (0.10s)\nTNRERUN a.test\n    x_test.go:12: boom again\n--- FAIL: TestX (0.10s)\nTNEND a.test 1\n"
+	_, res, _ = Parse(failed)
+	if r := res[0]; r.Fail != 1 || len(r.Failed) != 1 || len(r.FailLog) != 1 || !strings.Contains(r.FailLog[0], "boom again") {
+		t.Fatalf("failed twice: %+v", r)
+	}
+}
+
+// The VMs' init script reruns a package's failed top-level tests once,
+// alone: run its loop under busybox sh on a fake test binary that fails
+// its first run.
+func TestInitScriptRerun(t *testing.T) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox (Debian busybox-static) not installed")
+	}
+	dir := t.TempDir()
+	loop := initScript[strings.Index(initScript, "for t in *.test"):strings.Index(initScript, "poweroff")]
+	loop = strings.ReplaceAll(loop, "/tmp/", dir+"/")
+	fake := "#!/bin/sh\necho \"ARGS $*\"\nif [ ! -e " + dir + "/ran ]; then touch " + dir + "/ran; echo '--- PASS: TestY (0.1s)'; echo '--- FAIL: TestX (0.1s)'; echo '    --- FAIL: TestX/sub (0.1s)'; exit 1; fi\necho '--- PASS: TestX (0.1s)'\n"
+	if err := os.WriteFile(filepath.Join(dir, "a.test"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bb, "sh", "-c", loop)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "TNRERUN a.test") || !strings.Contains(string(out), "-test.run=^(TestX)$") || !strings.Contains(string(out), "TNEND a.test 0") {
+		t.Fatalf("no rerun of TestX alone:\n%s", out)
 	}
 }

@@ -93,6 +93,13 @@ func main() {
 	failed := false
 	for _, r := range all {
 		notes := strings.Join(r.Skips, "; ")
+		if len(r.Flaky) > 0 {
+			var names []string
+			for _, f := range r.Flaky {
+				names = append(names, strings.TrimSuffix(firstLine(f), ":"))
+			}
+			notes = strings.TrimPrefix(notes+"; FLAKY (failed, then passed alone): "+strings.Join(names, ", "), "; ")
+		}
 		if len(r.Failed) > 0 {
 			notes = "FAILED: " + strings.Join(r.Failed, ", ")
 			failed = true
@@ -124,6 +131,11 @@ func main() {
 			"Left out (source-tree checks and load tests, not kernel features; make test runs them): " + skipped() + ".\n\n"
 		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (TestLoadVerifies fails a program above 500,000)\n"+
 			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)
+	}
+	for _, r := range all {
+		for _, f := range r.Flaky {
+			fmt.Printf("\nFLAKY %s %s %s\n", r.Kernel, r.Package, f)
+		}
 	}
 	if failed {
 		// Last, so that the tail of a CI log names what failed.

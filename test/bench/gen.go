@@ -259,4 +259,3 @@ func (t *topo) startEcho(port int) (func(), error) {
 	// shutdown wakes the accept blocked in the kernel (close would not).
 	return func() { unix.Shutdown(lfd, unix.SHUT_RDWR); unix.Close(lfd) }, nil
 }
-

@@ -64,15 +64,6 @@ func newGen(t *topo) (*gen, error) {
 	// 14 + 40 + 8 + 10 = 72-byte frames, as the socket sender's.
 	g.allowed = trafficgen.UDP6Frame(sndMAC, upMAC, src, dst, 40000, 9000, 10)
 	g.denied = trafficgen.UDP6Frame(sndMAC, upMAC, src, dst, 40000, 7777, 10)
-	// The uplink's NAPI in a thread of its own: the scheduler puts it on
-	// the CPU the generator leaves free, so the whole node (receive,
-	// forward, firewall, the workload's veth) runs on one CPU and the
-	// generator on the other, outrunning it. ip netns exec mounts the
-	// node's /sys.
-	if out, err := exec.Command("ip", "netns", "exec", t.node, "sh", "-c", "echo 1 > /sys/class/net/"+uplinkIf+"/threaded").CombinedOutput(); err != nil {
-		objs.Close()
-		return nil, fmt.Errorf("threaded NAPI on %s: %v: %s", uplinkIf, err, strings.TrimSpace(string(out)))
-	}
 	return g, nil
 }
 
@@ -86,8 +77,18 @@ func (g *gen) napi(on bool) error {
 	if on {
 		v = "on"
 	}
-	_, err := sh(g.t.node, "ethtool -K "+uplinkIf+" gro "+v, "")
-	return err
+	if _, err := sh(g.t.node, "ethtool -K "+uplinkIf+" gro "+v, ""); err != nil || !on {
+		return err
+	}
+	// The uplink's NAPI in a thread of its own (it needs NAPI first): the
+	// scheduler puts it on the CPU the generator leaves free, so the whole
+	// node (receive, forward, firewall, the workload's veth) runs on one
+	// CPU and the generator on the other, outrunning it. ip netns exec
+	// mounts the node's /sys.
+	if out, err := exec.Command("ip", "netns", "exec", g.t.node, "sh", "-c", "echo 1 > /sys/class/net/"+uplinkIf+"/threaded").CombinedOutput(); err != nil {
+		return fmt.Errorf("threaded NAPI on %s: %v: %s", uplinkIf, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 func (g *gen) uplinkStats() (rx, drop uint64, err error) {

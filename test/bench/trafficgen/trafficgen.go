@@ -24,6 +24,10 @@ type xdpMd struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
 }
 
+// hdrLen is TG_HDR_LEN: Ethernet, IPv6 and UDP headers, which tg_xmit
+// writes back into every frame before it sends it.
+const hdrLen = 14 + 40 + 8
+
 // Objects are the loaded generator and sink.
 type Objects struct{ objs TrafficgenObjects }
 
@@ -50,6 +54,14 @@ func (o *Objects) Close() error { return o.objs.Close() }
 // returns how many frames the kernel ran. Frames the receiving veth has
 // no room for are dropped by the kernel, as a NIC's would be.
 func (o *Objects) Send(ifindex int, frame []byte, n uint32) error {
+	if len(frame) < hdrLen {
+		return fmt.Errorf("frame of %d bytes: want at least the %d of the headers", len(frame), hdrLen)
+	}
+	var h [64]byte
+	copy(h[:], frame[:hdrLen])
+	if err := o.objs.TgHdr.Put(uint32(0), h); err != nil {
+		return fmt.Errorf("write the frame's headers: %w", err)
+	}
 	_, err := o.objs.TgXmit.Run(&ebpf.RunOptions{
 		Data:      frame,
 		Context:   xdpMd{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},

@@ -8,15 +8,22 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type TrafficgenTgHdr struct {
+	_     structs.HostLayout
+	Bytes [64]uint8
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TrafficgenMapTgCount  = "tg_count"
+	TrafficgenMapTgHdr    = "tg_hdr"
 	TrafficgenProgTgSink  = "tg_sink"
 	TrafficgenProgTgXmit  = "tg_xmit"
 	TrafficgenVarSinkPort = "sink_port"
@@ -73,6 +80,7 @@ type TrafficgenProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TrafficgenMapSpecs struct {
 	TgCount *ebpf.MapSpec `ebpf:"tg_count"`
+	TgHdr   *ebpf.MapSpec `ebpf:"tg_hdr"`
 }
 
 // TrafficgenVariableSpecs contains global variables before they are loaded into the kernel.
@@ -103,11 +111,13 @@ func (o *TrafficgenObjects) Close() error {
 // It can be passed to LoadTrafficgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TrafficgenMaps struct {
 	TgCount *ebpf.Map `ebpf:"tg_count"`
+	TgHdr   *ebpf.Map `ebpf:"tg_hdr"`
 }
 
 func (m *TrafficgenMaps) Close() error {
 	return _TrafficgenClose(
 		m.TgCount,
+		m.TgHdr,
 	)
 }
 

@@ -107,7 +107,9 @@ demo-down:
 	demo/demo.sh down
 
 # Figures, not tests: tenantnet against nftables and iptables in one run
-# (writes BENCHMARKS.md, about 15 minutes), then the Go benchmarks of rule
+# (node forwarding rate between an XDP live-frame generator and a counting
+# sink, socket-level figures, rule loading, the uplink prefilter; writes
+# BENCHMARKS.md, beginning with issue 19's targets, ~25 minutes), then the Go benchmarks of rule
 # updates and per-packet cost. The node-scale benchmark (1,000 networks,
 # 2,000 workloads, ~20 minutes) runs with `make bench-scale`; the grid
 # figures (one TCP stream across nodes via the eBPF fast path, via kernel

@@ -11,7 +11,7 @@ import (
 // figure another benchmark produces says which.
 func writeSummary(b *strings.Builder, o Options, res results, drops map[string][]genRate, cost string) {
 	b.WriteString("\n## Summary: the targets of issue 19\n\n" +
-		"Ratios from this run (medians; \"every N\" is the worst N). A target missed is discussed in the section of its figure.\n\n" +
+		"Ratios of medians from this run; for a target \"at every N\", the worst N and its figures. The sections below have the detail.\n\n" +
 		"| Target | Figure | Ratio | Met |\n|---|---|---|---|\n")
 	row := func(target, figure, ratio string, met bool) {
 		m := "no"

@@ -3,8 +3,11 @@ package bench
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,10 +88,44 @@ func (g *gen) napi(on bool) error {
 	// node (receive, forward, firewall, the workload's veth) runs on one
 	// CPU and the generator on the other, outrunning it. ip netns exec
 	// mounts the node's /sys.
+	before := napiThreads()
 	if out, err := exec.Command("ip", "netns", "exec", g.t.node, "sh", "-c", "echo 1 > /sys/class/net/"+uplinkIf+"/threaded").CombinedOutput(); err != nil {
 		return fmt.Errorf("threaded NAPI on %s: %v: %s", uplinkIf, err, strings.TrimSpace(string(out)))
 	}
+	if runtime.NumCPU() < 2 {
+		return nil
+	}
+	// Pin the thread to CPU 1, away from the generator's: left to the
+	// scheduler, a wake-up from the generator may put it beside it. The
+	// thread is ours: the one that appeared when we turned it on (other
+	// namespaces may have an up0 of their own).
+	var cpu1 unix.CPUSet
+	cpu1.Set(1)
+	for pid := range napiThreads() {
+		if !before[pid] {
+			if err := unix.SchedSetaffinity(pid, &cpu1); err != nil {
+				return fmt.Errorf("pin NAPI thread %d: %w", pid, err)
+			}
+		}
+	}
 	return nil
+}
+
+// napiThreads returns the pids of the kernel's NAPI threads of devices
+// named like the uplink.
+func napiThreads() map[int]bool {
+	pids := map[int]bool{}
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, c := range comms {
+		b, err := os.ReadFile(c)
+		if err != nil || !strings.HasPrefix(string(b), "napi/"+uplinkIf+"-") {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(c))); err == nil {
+			pids[pid] = true
+		}
+	}
+	return pids
 }
 
 func (g *gen) uplinkStats() (rx, drop uint64, err error) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,7 +64,7 @@ func newGen(t *topo) (*gen, error) {
 			return nil, fmt.Errorf("%s in %s: %w", l.dev, l.ns, err)
 		}
 	}
-	src, dst := net.ParseIP(sndAddr), net.ParseIP(wlAddr)
+	src, dst := netip.MustParseAddr(sndAddr), netip.MustParseAddr(wlAddr)
 	// 14 + 40 + 8 + 10 = 72-byte frames, as the socket sender's.
 	g.allowed = trafficgen.UDP6Frame(sndMAC, upMAC, src, dst, 40000, 9000, 10)
 	g.denied = trafficgen.UDP6Frame(sndMAC, upMAC, src, dst, 40000, 7777, 10)

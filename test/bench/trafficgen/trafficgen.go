@@ -10,11 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/tenantnet/tenantnet/internal/packet"
 )
 
 // xdpMd is struct xdp_md, the context BPF_PROG_RUN takes for XDP: the
@@ -129,45 +132,11 @@ func (s *Sink) Close() error { return s.l.Close() }
 
 // UDP6Frame builds an Ethernet/IPv6/UDP frame with a payload of plen bytes
 // and a valid checksum (conntrack checks it).
-func UDP6Frame(srcMAC, dstMAC net.HardwareAddr, src, dst net.IP, sport, dport uint16, plen int) []byte {
-	f := make([]byte, 14+40+8+plen)
+func UDP6Frame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, plen int) []byte {
+	ip := packet.IPv6(packet.Spec{Src: src, Dst: dst, Proto: unix.IPPROTO_UDP, Sport: sport, Dport: dport, Payload: plen})
+	f := make([]byte, 14, 14+len(ip))
 	copy(f[0:6], dstMAC)
 	copy(f[6:12], srcMAC)
 	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IPV6)
-	ip := f[14:]
-	ip[0] = 0x60
-	binary.BigEndian.PutUint16(ip[4:], uint16(8+plen))
-	ip[6] = unix.IPPROTO_UDP
-	ip[7] = 64
-	copy(ip[8:24], src.To16())
-	copy(ip[24:40], dst.To16())
-	udp := ip[40:]
-	binary.BigEndian.PutUint16(udp[0:], sport)
-	binary.BigEndian.PutUint16(udp[2:], dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+plen))
-	for i := 0; i < plen; i++ {
-		udp[8+i] = byte(i)
-	}
-	// Pseudo-header (addresses, length, next header), then the datagram.
-	var sum uint32
-	add := func(b []byte) {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-		if len(b)%2 == 1 {
-			sum += uint32(b[len(b)-1]) << 8
-		}
-	}
-	add(ip[8:40])
-	sum += uint32(8+plen) + unix.IPPROTO_UDP
-	add(udp)
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	c := ^uint16(sum)
-	if c == 0 {
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], c)
-	return f
+	return append(f, ip...)
 }

@@ -5,9 +5,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options of a run.
@@ -60,10 +64,20 @@ func Run(o Options) error {
 	defer t.close()
 	logf := func(format string, a ...any) { fmt.Fprintf(o.Log, format+"\n", a...) }
 
-	if _, err := sh(t.wl, "iperf3 -s -D -p 5201", ""); err != nil {
+	// The server's pid from its pid file: pkill by name would also end
+	// another test's iperf3 on this machine (namespaces do not hide pids).
+	iperfPid := filepath.Join(os.TempDir(), fmt.Sprintf("tenantnet-bench-iperf3-%d.pid", os.Getpid()))
+	if _, err := sh(t.wl, "iperf3 -s -D -p 5201 -I "+iperfPid, ""); err != nil {
 		return err
 	}
-	defer sh(t.wl, "pkill -f 'iperf3 -s -D -p 5201'", "")
+	defer func() {
+		if b, err := os.ReadFile(iperfPid); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				unix.Kill(pid, unix.SIGTERM)
+			}
+		}
+		os.Remove(iperfPid)
+	}()
 	stopAcc, err := t.startAcceptor(9001)
 	if err != nil {
 		return err

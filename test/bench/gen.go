@@ -81,6 +81,9 @@ func (g *gen) napi(on bool) error {
 	if on {
 		v = "on"
 	}
+	// Threads from before: the device keeps its threaded setting, so
+	// NAPI's thread may start with GRO, before the write below.
+	before := napiThreads()
 	if _, err := sh(g.t.node, "ethtool -K "+uplinkIf+" gro "+v, ""); err != nil || !on {
 		return err
 	}
@@ -89,7 +92,6 @@ func (g *gen) napi(on bool) error {
 	// node (receive, forward, firewall, the workload's veth) runs on one
 	// CPU and the generator on the other, outrunning it. ip netns exec
 	// mounts the node's /sys.
-	before := napiThreads()
 	if out, err := exec.Command("ip", "netns", "exec", g.t.node, "sh", "-c", "echo 1 > /sys/class/net/"+uplinkIf+"/threaded").CombinedOutput(); err != nil {
 		return fmt.Errorf("threaded NAPI on %s: %v: %s", uplinkIf, err, strings.TrimSpace(string(out)))
 	}
@@ -98,7 +100,7 @@ func (g *gen) napi(on bool) error {
 	}
 	// Pin the thread to CPU 1, away from the generator's: left to the
 	// scheduler, a wake-up from the generator may put it beside it. The
-	// thread is ours: the one that appeared when we turned it on (other
+	// thread is ours: the one that appeared when we turned NAPI on (other
 	// namespaces may have an up0 of their own).
 	var cpu1 unix.CPUSet
 	cpu1.Set(1)

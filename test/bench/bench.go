@@ -5,9 +5,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options of a run.
@@ -60,15 +64,37 @@ func Run(o Options) error {
 	defer t.close()
 	logf := func(format string, a ...any) { fmt.Fprintf(o.Log, format+"\n", a...) }
 
-	if _, err := sh(t.wl, "iperf3 -s -D -p 5201", ""); err != nil {
+	// The server's pid from its pid file: pkill by name would also end
+	// another test's iperf3 on this machine (namespaces do not hide pids).
+	iperfPid := filepath.Join(os.TempDir(), fmt.Sprintf("tenantnet-bench-iperf3-%d.pid", os.Getpid()))
+	if _, err := sh(t.wl, "iperf3 -s -D -p 5201 -I "+iperfPid, ""); err != nil {
 		return err
 	}
-	defer sh(t.wl, "pkill -f 'iperf3 -s -D -p 5201'", "")
+	defer func() {
+		if b, err := os.ReadFile(iperfPid); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				unix.Kill(pid, unix.SIGTERM)
+			}
+		}
+		os.Remove(iperfPid)
+	}()
 	stopAcc, err := t.startAcceptor(9001)
 	if err != nil {
 		return err
 	}
 	defer stopAcc()
+	stopEcho, err := t.startEcho(9002)
+	if err != nil {
+		return err
+	}
+	defer stopEcho()
+	var g *gen
+	if !o.RulesOnly {
+		if g, err = newGen(t); err != nil {
+			return fmt.Errorf("traffic generator: %w", err)
+		}
+		defer g.close()
+	}
 
 	state, _ := os.MkdirTemp("", "tenantnet-bench-state-")
 	defer os.RemoveAll(state)
@@ -113,24 +139,41 @@ func Run(o Options) error {
 					return err
 				}
 				res.add("conn", m.name(), n, cps)
+				tps, err := t.tcpRR(9002, o.Dur)
+				if err != nil {
+					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
+				}
+				res.add("rr", m.name(), n, tps)
+				r, err := g.measure(g.allowed, o.Dur, nil)
+				if err != nil {
+					return fmt.Errorf("%s N=%d: node forwarding rate: %w", m.name(), n, err)
+				}
+				res.add("fwd", m.name(), n, r.sunk)
+				res.add("offered", m.name(), n, r.offered)
+				res.add("received", m.name(), n, r.received)
 			}
 			_, med, _ := res["udp"][m.name()][n].stats()
 			_, tmed, _ := res["tcp"][m.name()][n].stats()
 			_, cmed, _ := res["conn"][m.name()][n].stats()
-			logf("N=%-6d %-9s udp %8.0f pps  tcp %5.2f Gbit/s  conn %6.0f/s  (%s)", n, m.name(), med, tmed, cmed, time.Since(start).Round(time.Second))
+			_, rmed, _ := res["rr"][m.name()][n].stats()
+			_, fmed, _ := res["fwd"][m.name()][n].stats()
+			_, omed, _ := res["offered"][m.name()][n].stats()
+			logf("N=%-6d %-9s udp %8.0f pps  tcp %5.2f Gbit/s  conn %6.0f/s  rr %6.0f/s  fwd %8.0f pps (offered %8.0f)  (%s)",
+				n, m.name(), med, tmed, cmed, rmed, fmed, omed, time.Since(start).Round(time.Second))
 			if err := m.teardown(); err != nil {
 				return fmt.Errorf("%s teardown: %w", m.name(), err)
 			}
 		}
 	}
 
-	// The uplink prefilter: a flood of denied packets dropped in XDP vs an
-	// nftables netdev ingress hook on the same interface.
-	xdp := map[string]series{}
-	sentRate := map[string]series{}
+	// The uplink prefilter: the generator's flood of denied packets
+	// dropped in XDP vs an nftables netdev ingress hook on the same
+	// interface, at the same offered load (the generator has a CPU of its
+	// own; the dropper, the other).
 	if o.RulesOnly {
 		return rulesReport(o, res, start)
 	}
+	drops := map[string][]genRate{}
 	if _, err := tn.load(makeRules(10)); err != nil {
 		return err
 	}
@@ -138,13 +181,11 @@ func Run(o Options) error {
 		return err
 	}
 	for i := 0; i < o.Reps; i++ {
-		before := tnCounter(tn)
-		sent, err := t.udpFlood(wlAddr, 7777, o.Dur)
+		r, err := g.measure(g.denied, o.Dur, func() (uint64, error) { return tnCounter(tn), nil })
 		if err != nil {
-			return err
+			return fmt.Errorf("prefilter: %w", err)
 		}
-		xdp["tenantnet XDP"] = append(xdp["tenantnet XDP"], float64(tnCounter(tn)-before)/o.Dur.Seconds())
-		sentRate["tenantnet XDP"] = append(sentRate["tenantnet XDP"], float64(sent)/o.Dur.Seconds())
+		drops["tenantnet XDP"] = append(drops["tenantnet XDP"], r)
 	}
 	tn.teardown()
 	if _, err := sh(t.node, "nft -f -", `table netdev benchx {
@@ -157,13 +198,11 @@ func Run(o Options) error {
 		return err
 	}
 	for i := 0; i < o.Reps; i++ {
-		before := nftCounter(t)
-		sent, err := t.udpFlood(wlAddr, 7777, o.Dur)
+		r, err := g.measure(g.denied, o.Dur, func() (uint64, error) { return nftCounter(t), nil })
 		if err != nil {
-			return err
+			return fmt.Errorf("nftables netdev: %w", err)
 		}
-		xdp["nftables netdev ingress"] = append(xdp["nftables netdev ingress"], float64(nftCounter(t)-before)/o.Dur.Seconds())
-		sentRate["nftables netdev ingress"] = append(sentRate["nftables netdev ingress"], float64(sent)/o.Dur.Seconds())
+		drops["nftables netdev ingress"] = append(drops["nftables netdev ingress"], r)
 	}
 	sh(t.node, "nft delete table netdev benchx", "")
 
@@ -176,7 +215,7 @@ func Run(o Options) error {
 	if err != nil {
 		return err
 	}
-	return writeReport(o, res, xdp, sentRate, string(cost), string(upd), startup, time.Since(start))
+	return writeReport(o, res, drops, string(cost), string(upd), startup, time.Since(start))
 }
 
 // changeFigures measures one rule change in process (what tenantfw does
@@ -250,10 +289,11 @@ func machine() string {
 
 func countCPU(cpuinfo string) int { return strings.Count(cpuinfo, "processor\t:") }
 
-func writeReport(o Options, res results, xdp, sent map[string]series, cost, upd string, startup series, took time.Duration) error {
+func writeReport(o Options, res results, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
 		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
+	writeSummary(&b, o, res, drops, cost)
 	b.WriteString(`
 Topology: sender namespace -> node namespace (routes, firewall on the
 workload's port) -> workload namespace, veth pairs. One inbound policy
@@ -262,9 +302,9 @@ written four ways: **tenantnet** maps (rules applied with tenantfw),
 ` + "`l4proto . ip6 daddr . th dport`" + `, conntrack first, forward hook),
 **iptables** (ip6tables-legacy) with linear rules, and **none** (baseline).
 N allow rules for distinct (address, port) pairs; the measured flows (UDP
-9000, TCP 5201 for iperf3, TCP 9001 for new connections) are the last
-rules written. A 2-core VM: the ratios, measured in the same run, are
-what count.
+9000, TCP 5201 for iperf3, TCP 9001 for new connections, TCP 9002 for
+request/response) are the last rules written. A 2-core VM: the ratios,
+measured in the same run, are what count.
 
 Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` + o.Dur.String() + `.
 `)
@@ -272,16 +312,62 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 	table := func(title, metric, unit string, withBase bool, modes []string) {
 		writeTable(&b, o, res, title, metric, unit, withBase, modes)
 	}
+	table("(f) Node forwarding rate (XDP live-frame generator, counting sink)", "fwd", "pps", true, modes)
+	b.WriteString(`
+The sender's side is the kernel's live-frame mode of BPF_PROG_RUN
+(` + "`BPF_F_TEST_XDP_LIVE_FRAMES`" + `, as xdp-trafficgen): an XDP program returning
+XDP_TX on the sender's eth0 turns each injected 72-byte UDP frame (to port
+9000, an allowed flow) into a redirect into the node's uplink, no socket
+and no stack on the way; the generator is pinned to CPU 0. The uplink's
+NAPI runs in a thread of its own (` + "`threaded`" + `, GRO on: a veth needs NAPI to
+take redirected frames), which the scheduler puts on CPU 1: receive,
+forwarding, firewall and the workload's veth all run there. The workload
+counts with a TC (tcx ingress) program that drops what it counts
+(test/bench/trafficgen), so the figure is what one CPU of the node
+forwards. What the generator offered and what the uplink took in (the
+rest found its ring full), per cell, median packets/s:
+
+`)
+	b.WriteString("| N |")
+	for _, m := range modes {
+		fmt.Fprintf(&b, " %s: offered / uplink rx |", m)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(modes)) + "\n")
+	for _, n := range o.Ns {
+		fmt.Fprintf(&b, "| %d |", n)
+		for _, m := range modes {
+			_, off, _ := res["offered"][m][n].stats()
+			_, rx, _ := res["received"][m][n].stats()
+			fmt.Fprintf(&b, " %s / %s |", num(off), num(rx))
+		}
+		b.WriteString("\n")
+	}
 	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
 	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)
 	table("(c) New TCP connections", "conn", "conn/s", true, modes)
+	table("(g) 1-byte TCP request/response (netperf TCP_RR's pattern: one connection, one transaction in flight)", "rr", "transactions/s", true, modes)
 	writeRuleTables(&b, o, res, upd, startup)
 
-	b.WriteString("\n## Uplink prefilter: a flood of denied packets\n\nDrops per second at the uplink (the sender's rate in brackets).\n\n| Dropper | drops/s | sent/s |\n|---|---|---|\n")
+	b.WriteString(`
+## Uplink prefilter: a flood of denied packets, at the same offered load
+
+The generator above (on CPU 0) offers 72-byte UDP frames to port 7777 of
+the workload (no rule allows it) to the uplink, where **tenantnet XDP**
+(` + "`tenantfw datapath load --uplink`" + `, native XDP on the veth) or an
+**nftables netdev ingress** chain (` + "`counter drop`" + `, priority -500) drops
+them, on CPU 1. Drops/s read from each dropper's own counter; offered is
+the generator's rate, uplink rx what reached the dropper (the rest found
+the uplink's ring full). Median [min–max] over ` + fmt.Sprint(o.Reps) + ` runs of ` + o.Dur.String() + `.
+
+| Dropper | drops/s | offered/s | uplink rx/s |
+|---|---|---|---|
+`)
 	for _, k := range []string{"tenantnet XDP", "nftables netdev ingress"} {
-		mn, md, mx := xdp[k].stats()
-		_, smd, _ := sent[k].stats()
-		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s |\n", k, num(md), num(mn), num(mx), num(smd))
+		d, off, rx := dropSeries(drops[k])
+		mn, md, mx := d.stats()
+		_, omd, _ := off.stats()
+		_, rmd, _ := rx.stats()
+		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s | %s |\n", k, num(md), num(mn), num(mx), num(omd), num(rmd))
 	}
 	b.WriteString("\n## (d) Per-packet program cost (BPF_PROG_TEST_RUN)\n\n`go test ./test/datapath -bench 'Empty$|Established|NewFlow' -benchtime 5x`:\n\n```\n")
 	for _, l := range strings.Split(cost, "\n") {

@@ -11,8 +11,9 @@ import (
 
 // A mode is one way of writing the same inbound policy: N allow rules for
 // distinct (address, port) pairs of the workload's /64, everything else to
-// the workload denied, return traffic allowed. The three measured flows
-// (UDP 9000, iperf3 TCP 5201, connections TCP 9001) are the last rules.
+// the workload denied, return traffic allowed. The four measured flows
+// (UDP 9000, iperf3 TCP 5201, connections TCP 9001, request/response TCP
+// 9002) are the last rules.
 type mode interface {
 	name() string
 	// load writes the whole policy with n rules; returns the time it took.
@@ -29,17 +30,17 @@ type rule struct {
 	port  int
 }
 
-// makeRules returns n rules; the measured flows are the last three.
+// makeRules returns n rules; the measured flows are the last four.
 func makeRules(n int) []rule {
 	rs := make([]rule, 0, n)
-	for i := 0; i < n-3; i++ {
+	for i := 0; i < n-4; i++ {
 		proto := "tcp"
 		if i%2 == 1 {
 			proto = "udp"
 		}
 		rs = append(rs, rule{proto, fmt.Sprintf("2001:db8:a::%x:%x", 1+i/65536, i%65536), 10000 + i%50000})
 	}
-	return append(rs, rule{"udp", wlAddr, 9000}, rule{"tcp", wlAddr, 5201}, rule{"tcp", wlAddr, 9001})
+	return append(rs, rule{"udp", wlAddr, 9000}, rule{"tcp", wlAddr, 5201}, rule{"tcp", wlAddr, 9001}, rule{"tcp", wlAddr, 9002})
 }
 
 var extraRule = rule{"tcp", "2001:db8:a::ffff:ffff", 1}

@@ -37,8 +37,8 @@ func main() {
 	o.Log = os.Stdout
 	for _, s := range strings.Split(*ns, ",") {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 3 {
-			fmt.Fprintf(os.Stderr, "tenantnet-bench: -n %s: want rule counts >= 3\n", s)
+		if err != nil || n < 4 {
+			fmt.Fprintf(os.Stderr, "tenantnet-bench: -n %s: want rule counts >= 4 (the measured flows are the last four rules)\n", s)
 			os.Exit(2)
 		}
 		o.Ns = append(o.Ns, n)

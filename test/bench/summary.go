@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// writeSummary writes the table BENCHMARKS.md begins with: each target of
+// issue 19, the figure of this run, the ratio, met or not. A target whose
+// figure another benchmark produces says which.
+func writeSummary(b *strings.Builder, o Options, res results, drops map[string][]genRate, cost string) {
+	b.WriteString("\n## Summary: the targets of issue 19\n\n" +
+		"Ratios of medians from this run; for a target \"at every N\", the worst N and its figures. The sections below have the detail.\n\n" +
+		"| Target | Figure | Ratio | Met |\n|---|---|---|---|\n")
+	row := func(target, figure, ratio string, met bool) {
+		m := "no"
+		if met {
+			m = "yes"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", target, figure, ratio, m)
+	}
+	med := func(metric, mode string, n int) float64 {
+		_, m, _ := res[metric][mode][n].stats()
+		return m
+	}
+	// worst returns the lowest (or, for times, highest) ratio of
+	// tenantnet to other over N, with the figures at that N.
+	worst := func(metric, other, unit string, lowerIsBetter bool) (string, float64, bool) {
+		var fig string
+		var w float64
+		found := false
+		for _, n := range o.Ns {
+			a, c := med(metric, "tenantnet", n), med(metric, other, n)
+			if c == 0 {
+				continue
+			}
+			r := a / c
+			if !found || (!lowerIsBetter && r < w) || (lowerIsBetter && r > w) {
+				w, found = r, true
+				fig = fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, num(a), other, num(c), unit)
+			}
+		}
+		return fig, w, found
+	}
+	atLeast := func(target, metric, other, unit string, goal float64) {
+		fig, r, ok := worst(metric, other, unit, false)
+		if !ok {
+			row(target, "not measured in this run", "-", false)
+			return
+		}
+		row(target, fig, fmt.Sprintf("%.2f× (goal %.1f×)", r, goal), r >= goal)
+	}
+	atN := func(target, metric, other, unit string, n int, goal float64) {
+		a, c := med(metric, "tenantnet", n), med(metric, other, n)
+		if c == 0 {
+			row(target, fmt.Sprintf("N = %d not measured in this run (--rules)", n), "-", false)
+			return
+		}
+		row(target, fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, num(a), other, num(c), unit),
+			fmt.Sprintf("%.2f× (goal %.1f×)", a/c, goal), a/c >= goal)
+	}
+	atMost := func(target, metric, other, unit string, goal float64) {
+		fig, r, ok := worst(metric, other, unit, true)
+		if !ok {
+			row(target, "not measured in this run", "-", false)
+			return
+		}
+		row(target, fig, fmt.Sprintf("%.2f× (goal ≤ %.1f×)", r, goal), r <= goal)
+	}
+
+	atLeast("Node forwarding rate ≥ 1.5× none, every N", "fwd", "none", "pps", 1.5)
+	atLeast("Node forwarding rate ≥ 1.5× nftables, every N", "fwd", "nftables", "pps", 1.5)
+	atN("Node forwarding rate ≥ 10× iptables at N = 10,000", "fwd", "iptables", "pps", 10000, 10)
+	{
+		x, xo, _ := dropSeries(drops["tenantnet XDP"])
+		f, fo, _ := dropSeries(drops["nftables netdev ingress"])
+		_, xd, _ := x.stats()
+		_, fd, _ := f.stats()
+		_, xof, _ := xo.stats()
+		_, fof, _ := fo.stats()
+		r := 0.0
+		if fd > 0 {
+			r = xd / fd
+		}
+		row("XDP prefilter drops ≥ 3× nftables netdev ingress, same offered load",
+			fmt.Sprintf("tenantnet XDP %s drops/s, nftables %s (offered %s and %s pps)", num(xd), num(fd), num(xof), num(fof)),
+			fmt.Sprintf("%.2f× (goal 3.0×)", r), r >= 3)
+	}
+	atLeast("Socket-level UDP pps ≥ 1.2× none, every N", "udp", "none", "pps", 1.2)
+	atLeast("Socket-level TCP_RR ≥ 1.2× none, every N", "rr", "none", "transactions/s", 1.2)
+	atLeast("One TCP stream ≥ 1.0× none, every N", "tcp", "none", "Gbit/s", 1.0)
+	atLeast("New connections/s ≥ 1.1× nftables, every N", "conn", "nftables", "conn/s", 1.1)
+	{
+		a, c := med("load", "tenantnet", 100000), med("load", "nftables", 100000)
+		if c == 0 {
+			row("Loading 100,000 rules ≤ 1.0× nftables' time", "N = 100000 not measured in this run (--rules)", "-", false)
+		} else {
+			row("Loading 100,000 rules ≤ 1.0× nftables' time", fmt.Sprintf("tenantnet %s ms, nftables %s ms", num(a), num(c)),
+				fmt.Sprintf("%.2f× (goal ≤ 1.0×)", a/c), a/c <= 1)
+		}
+	}
+	atMost("One rule end to end ≤ 1.0× nftables', every N", "add1", "nftables", "ms", 1.0)
+	row("Cross-node TCP stream over embedded wireguard-go ≥ 2.5 Gbit/s", "not measured here: `make bench-grid` (BenchmarkCrossNodeStream)", "-", false)
+	row("Scale: no-op reconcile ≤ 50 ms (1,000 networks, 2,000 workloads)", "not measured here: `make bench-scale` (BenchmarkNodeScale)", "-", false)
+	row("Scale: every port on TCX ≤ 60 s after start", "not measured here: `make bench-scale`", "-", false)
+	row("Scale: RSS ≤ 100 MB", "not measured here: `make bench-scale`", "-", false)
+
+	// Item 4's per-packet targets, from the (d) benchmarks of this run.
+	c := parseCost(cost)
+	if e, ok := c["Empty"]; ok {
+		if est, ok := c["Established"]; ok {
+			row("Per packet (item 4): established ≤ 100 ns above the empty program",
+				fmt.Sprintf("%s ns, empty %s ns: %s ns above", num(est), num(e), num(est-e)), "-", est-e <= 100)
+		}
+	}
+	if nf, ok := c["NewFlow/rules=100000"]; ok {
+		row("Per packet (item 4): new flow at 100,000 rules ≤ 300 ns", num(nf)+" ns", "-", nf <= 300)
+		if n10, ok := c["NewFlow/rules=10"]; ok && n10 > 0 {
+			row("Per packet (item 4): new flow at 100,000 rules ≤ 1.5× at 10", fmt.Sprintf("%s ns at 100,000, %s ns at 10", num(nf), num(n10)),
+				fmt.Sprintf("%.2f× (goal ≤ 1.5×)", nf/n10), nf/n10 <= 1.5)
+		}
+	}
+}
+
+// parseCost reads "BenchmarkX-2 ... 160.4 ns/pkt" lines: ns per packet by
+// benchmark name (without the Benchmark prefix and the -CPUs suffix).
+func parseCost(out string) map[string]float64 {
+	m := map[string]float64{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "Benchmark")
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			name = name[:i]
+		}
+		for i := 1; i < len(f); i++ {
+			if f[i] == "ns/pkt" {
+				if v, err := strconv.ParseFloat(f[i-1], 64); err == nil {
+					m[name] = v
+				}
+				break
+			}
+		}
+	}
+	return m
+}
+
+// dropSeries splits prefilter runs into drops, offered and uplink rx per
+// second.
+func dropSeries(rs []genRate) (drops, offered, rx series) {
+	for _, r := range rs {
+		drops = append(drops, r.sunk)
+		offered = append(offered, r.offered)
+		rx = append(rx, r.received)
+	}
+	return drops, offered, rx
+}

@@ -307,9 +307,25 @@ func serveEmbedded(name string, mtu int, log *slog.Logger) (*device.Device, net.
 	if err != nil {
 		return nil, nil, fmt.Errorf("create tun %s: %w", name, err)
 	}
-	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(format string, a ...any) {
+	// The one verbose line kept: wireguard-go turns UDP GSO off for good
+	// (and says so only verbosely) when a send fails for want of checksum
+	// offload; every datagram is then a system call of its own. (The
+	// line is the error's text passed as the format; the test on the
+	// format keeps the other verbose lines, some per packet, free.)
+	verbose := func(format string, a ...any) {
+		if strings.Contains(format, "UDP GSO") {
+			log.Warn("wireguard-go", "device", name, "msg", fmt.Sprintf(format, a...))
+		}
+	}
+	logger := &device.Logger{Verbosef: verbose, Errorf: func(format string, a ...any) {
 		log.Warn("wireguard-go", "device", name, "msg", fmt.Sprintf(format, a...))
 	}}
+	// CreateTUN opens the TUN with a virtio-net header (IFF_VNET_HDR) and
+	// TSO/USO offloads where the kernel has them: reads and writes are then
+	// GSO super-packets (up to 64 KB) and a batch is IdealBatchSize; without
+	// them every packet is a read or write of its own (batch 1), several
+	// times slower. Logged, so that a slow device says why.
+	log.Info("wireguard-go tun", "device", name, "batch", t.BatchSize(), "offloads", t.BatchSize() > 1)
 	dev := device.NewDevice(t, conn.NewDefaultBind(), logger)
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {

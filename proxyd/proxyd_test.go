@@ -438,7 +438,17 @@ func listenInodes(t *testing.T) map[netip.AddrPort]string {
 
 func startSupervisor(t *testing.T, binary, dir string) *Supervisor {
 	t.Helper()
-	s, err := Start(Config{Binary: binary, Dir: dir, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	return startSupervisorWith(t, Config{Binary: binary, Dir: dir})
+}
+
+// startSupervisorWith starts a Supervisor of cfg (its Logger: the
+// test's log, if none) and closes it at the end of the test.
+func startSupervisorWith(t *testing.T, cfg Config) *Supervisor {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	}
+	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -968,13 +978,9 @@ func TestDrainTimeout(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1, err := Start(Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Before testDir's cleanup stops the proxies, or a supervisor left
-	// running would start them again.
-	t.Cleanup(func() { s1.Close() })
+	// Closed before testDir's cleanup stops the proxies, or a
+	// supervisor left running would start them again.
+	s1 := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second})
 	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
 		t.Fatal(err)
 	}
@@ -988,11 +994,7 @@ func TestDrainTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	s1.Close()
-	s2, err := Start(Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s2.Close() })
+	startSupervisorWith(t, Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
 	start := time.Now()
 	if !waitGone(old, 5*time.Second) {
 		t.Fatal("the old process outlived its drain timeout by 4 s")
@@ -1037,5 +1039,40 @@ func TestFailedUpgradeKeepsTheOldProxy(t *testing.T) {
 	c.Close()
 	if string(b) != "applied" {
 		t.Errorf("the old proxy after the apply answered %q", b)
+	}
+}
+
+// A proxy that hangs (SIGSTOP: its sockets stay open, it answers nothing)
+// keeps its watch connection open forever: only a ping with a timeout
+// finds it. The supervisor kills it, starts another, re-applies, and
+// counts the restart as hung.
+func TestHungProxyIsRestarted(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	la := listenAddr(t)
+	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
+	s := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir, PingInterval: 200 * time.Millisecond, PingTimeout: 300 * time.Millisecond})
+	if err := s.Apply([]proxy.Mapping{m}); err != nil {
+		t.Fatal(err)
+	}
+	old := s.PID()
+	if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever happens, the stopped process does not outlive the test.
+	t.Cleanup(func() { syscall.Kill(old, syscall.SIGKILL) })
+	stopped := time.Now()
+	for s.PID() == old || roundTrip(la) != nil {
+		if time.Since(stopped) > 10*time.Second {
+			t.Fatalf("10 s after SIGSTOP of the proxy: pid %d (was %d), restarts %v; want a new proxy serving", s.PID(), old, s.Restarts())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("serving again %s after SIGSTOP of the proxy", time.Since(stopped).Round(time.Millisecond))
+	if !waitGone(old, 5*time.Second) {
+		t.Errorf("the hung proxy %d is still there", old)
+	}
+	if r := s.Restarts(); r[RestartHung] != 1 {
+		t.Errorf("restarts %v, want one for %s", r, RestartHung)
 	}
 }

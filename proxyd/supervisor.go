@@ -268,6 +268,7 @@ func openLog(dir string) (*os.File, error) {
 func (s *Supervisor) monitor() {
 	defer s.loop.Done()
 	backoff := 50 * time.Millisecond
+	counted := 0 // the last pid whose end was counted: once, if starting another fails again and again
 	for {
 		select {
 		case <-s.closing:
@@ -288,13 +289,20 @@ func (s *Supervisor) monitor() {
 			return
 		default:
 		}
+		s.mu.Lock()
+		current := s.pid == want
+		s.mu.Unlock()
 		switch {
+		case want == counted:
 		case hung:
 			s.restarted(RestartHung)
-		case served && gone(want):
-			// Not a drain after an upgrade: that process lives on.
+			counted = want
+		case want != 0 && current && gone(want):
+			// Still the one serving: not a predecessor that drained
+			// and exited after an upgrade.
 			s.log.Error("proxy exited; starting another", "pid", want)
 			s.restarted(RestartExited)
+			counted = want
 		}
 		s.mu.Lock()
 		err := s.ensureLocked()

@@ -508,11 +508,10 @@ func interfaceID(id string, attempt int) uint64 {
 // the seed (stable), skipping ::0, ::1 (the gateway) and addresses taken.
 func allocAddr(tx *bolt.Tx, n Network, seed string) (netip.Addr, error) {
 	for attempt := 0; attempt <= 64; attempt++ {
-		iid := interfaceID(seed, attempt)
 		b := n.Prefix.Addr().As16()
-		binary.BigEndian.PutUint64(b[8:], iid)
-		if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
-			return netip.AddrFrom16(b), nil
+		binary.BigEndian.PutUint64(b[8:], interfaceID(seed, attempt))
+		if a := netip.AddrFrom16(b); !NodeOwnIID(a) && tx.Bucket(bAddrs).Get(b[:]) == nil {
+			return a, nil
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("no free address for %s in %s: %w", seed, n.Prefix, ErrExhausted)
@@ -670,7 +669,7 @@ func (s *Store) AddTapWorkload(id, network string, t Tap) (Workload, bool, error
 			}
 			a := EUI64Addr(n.Prefix, m)
 			b := a.As16()
-			if binary.BigEndian.Uint64(b[8:]) > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
+			if !NodeOwnIID(a) && tx.Bucket(bAddrs).Get(b[:]) == nil {
 				addr, mac = a, m
 				break
 			}

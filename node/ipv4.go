@@ -456,7 +456,9 @@ func (s *Service) proxyMappings() ([]proxy.Mapping, error) {
 	out := []proxy.Mapping{}
 	for _, e := range es {
 		n, ok := byID[e.Network]
-		if !ok || s.sellable(e.Addr) != nil {
+		// A target that is a node's own address (recorded before
+		// ipam.Expose refused them) is not served: listed "not served".
+		if !ok || s.sellable(e.Addr) != nil || ipam.NodeOwnIID(e.Target.Addr()) {
 			continue
 		}
 		m := proxy.Mapping{Name: mappingName(e), Listen: e.Listen(), Proto: proxy.Proto(e.Proto), Target: e.Target,

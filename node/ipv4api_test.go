@@ -124,6 +124,26 @@ func TestServiceIPv4(t *testing.T) {
 	if _, _, err := s.Expose(api.ExposeRequest{Network: "acme", IPv4: "203.0.113.9", Port: 81, Proto: "tcp", To: "[2001:db8:202:2::5]:8080"}); !errors.Is(err, ipam.ErrInvalid) {
 		t.Fatalf("globex's remote /64 for acme: %v", err)
 	}
+	// Attacker: an address of acme's /64s that is no workload, here or
+	// on n2: the nodes' own (the gateway ::1 is the bridge's, so the
+	// node's sshd; ::0 is the subnet-router anycast, the node too), or
+	// unused here; and an address in no /64 of acme.
+	acme, _ := s.ipam.Network("acme")
+	for _, to := range []string{
+		"[" + acme.Gateway().String() + "]:22",
+		"[" + acme.Prefix.Addr().String() + "]:22",
+		"[" + netip.AddrFrom16(func() [16]byte { b := acme.Prefix.Addr().As16(); b[15] = 0x77; return b }()).String() + "]:22",
+		"[2001:db8:202:1::1]:22",
+		"[2001:db8:202:1::]:22",
+		"[2001:db8:202:3::5]:22",
+		"[fe80::1]:22",
+		"[::1]:22",
+	} {
+		_, _, err := s.Expose(api.ExposeRequest{Network: "acme", IPv4: "203.0.113.9", Port: 82, Proto: "tcp", To: to})
+		if !errors.Is(err, ipam.ErrInvalid) || !strings.Contains(err.Error(), "not a workload of network acme") {
+			t.Errorf("expose --to %s: %v, want refused: not a workload of acme", to, err)
+		}
+	}
 	if ms := r.last(); len(ms) != 2 {
 		t.Fatalf("mappings after the second expose: %+v", ms)
 	}

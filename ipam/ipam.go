@@ -709,20 +709,32 @@ func (s *Store) Workload(id string) (Workload, error) {
 	return inTx(s.db.View, func(tx *bolt.Tx) (Workload, error) { return get[Workload](tx, bWorkloads, "workload", id) })
 }
 
-// DeleteWorkload releases a workload.
-func (s *Store) DeleteWorkload(id string) (Workload, error) {
-	return inTx(s.db.Update, func(tx *bolt.Tx) (Workload, error) {
-		w, err := get[Workload](tx, bWorkloads, "workload", id)
-		if err != nil {
-			return w, err
+// DeleteWorkload releases a workload, and removes the exposures that
+// target it in the same transaction (returned): left behind, one would
+// serve whatever workload gets the address next.
+func (s *Store) DeleteWorkload(id string) (w Workload, gone []Exposure, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if w, err = get[Workload](tx, bWorkloads, "workload", id); err != nil {
+			return err
+		}
+		if gone, err = boltjson.List(tx, bExposures, func(e Exposure) bool { return e.Network == w.Network && e.Target.Addr() == w.Addr }); err != nil {
+			return err
 		}
 		a := w.Addr.As16()
-		return w, errors.Join(
+		errs := []error{
 			tx.Bucket(bWorkloads).Delete([]byte(id)),
 			tx.Bucket(bWlNums).Delete(be32(w.Num)),
 			tx.Bucket(bAddrs).Delete(a[:]),
-		)
+		}
+		for _, e := range gone {
+			errs = append(errs, tx.Bucket(bExposures).Delete(exposureKey(e.Proto, e.Addr, e.Port)))
+		}
+		return errors.Join(errs...)
 	})
+	if err != nil {
+		return w, nil, err
+	}
+	return w, gone, nil
 }
 
 // Workloads lists all workloads.

@@ -1076,3 +1076,160 @@ func TestHungProxyIsRestarted(t *testing.T) {
 		t.Errorf("restarts %v, want one for %s", r, RestartHung)
 	}
 }
+
+// fdCount is the number of descriptors process pid holds.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+// Attacker: a UDP source flood through the node's proxy process. One
+// exposure is sprayed from many source ports of one address, then from
+// many addresses (UDP sources are easy to spoof), each datagram making a
+// session and so an upstream socket. The mapping's cap and the node's
+// cap hold, the excess is refused and counted, the spray's idle sessions
+// are evicted, the process's descriptors stay bounded by the node cap,
+// and the node's other exposures go on working: their established
+// sessions, their TCP, and new clients of theirs, although the spray
+// filled the node cap.
+func TestUDPFloodThroughTheProcess(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	const nodeCap, mapCap, perClient = 60, 40, 10
+	s := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir,
+		Options: proxy.Options{MaxConns: nodeCap, UDPEvictIdle: 300 * time.Millisecond}})
+	flooded, other, otherTCP := listenAddr(t), listenAddr(t), listenAddr(t)
+	fa := proxy.Mapping{Name: "t/flooded", Listen: flooded, Proto: proxy.UDP, Target: echoUDP(t), MaxConns: mapCap, MaxPerClient: perClient}
+	fb := proxy.Mapping{Name: "t/flooded2", Listen: listenAddr(t), Proto: proxy.UDP, Target: echoUDP(t), MaxConns: mapCap, MaxPerClient: perClient}
+	ob := proxy.Mapping{Name: "t/other", Listen: other, Proto: proxy.UDP, Target: echoUDP(t)}
+	ot := proxy.Mapping{Name: "t/tcp", Listen: otherTCP, Proto: proxy.TCP, Target: echoTCP(t)}
+	if err := s.Apply([]proxy.Mapping{fa, fb, ob, ot}); err != nil {
+		t.Fatal(err)
+	}
+	pid := s.PID()
+	// A real client of the other exposure, talking all along.
+	real, err := net.Dial("udp4", other.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer real.Close()
+	ask := func(c net.Conn, msg string) error {
+		buf := make([]byte, 1500)
+		for range 5 {
+			c.Write([]byte(msg))
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if n, err := c.Read(buf); err == nil {
+				if string(buf[:n]) != msg {
+					return fmt.Errorf("echo %q", buf[:n])
+				}
+				return nil
+			}
+		}
+		return errors.New("no answer")
+	}
+	if err := ask(real, "real"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the one-time descriptors (epoll, the netns of none) are open
+	base := fdCount(t, pid)
+	var peak atomic.Int64
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil && int64(len(es)) > peak.Load() {
+				peak.Store(int64(len(es)))
+			}
+		}
+	}()
+	realErrs := make(chan error, 1)
+	stopReal := make(chan struct{})
+	go func() {
+		defer close(realErrs)
+		for {
+			select {
+			case <-stopReal:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if err := ask(real, "real"); err != nil {
+				realErrs <- fmt.Errorf("the other exposure's client during the flood: %w", err)
+				return
+			}
+		}
+	}()
+	spray := func(to netip.AddrPort, srcs, ports int) {
+		for i := range srcs {
+			src := &net.UDPAddr{IP: net.IPv4(127, 88, byte(i/250), byte(i%250+1))}
+			for range ports {
+				c, err := net.DialUDP("udp4", src, net.UDPAddrFromAddrPort(to))
+				if err != nil {
+					t.Fatalf("spray: %v", err)
+				}
+				c.Write([]byte("spoof"))
+				c.Close()
+			}
+		}
+	}
+	spray(fa.Listen, 1, 2000) // many ports, one address
+	spray(fa.Listen, 100, 5)  // many addresses
+	spray(fb.Listen, 100, 5)  // the second exposure too: the node cap
+	time.Sleep(400 * time.Millisecond)
+	spray(fa.Listen, 100, 5) // the spray's first sessions are idle: evicted for these
+	time.Sleep(100 * time.Millisecond)
+
+	// New clients of the other exposures, while the spray holds the node cap.
+	for i := range 3 {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 99, 0, byte(i+1))}, net.UDPAddrFromAddrPort(other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ask(c, "new"); err != nil {
+			t.Errorf("a new client of the other UDP exposure during the flood: %v", err)
+		}
+		c.Close()
+	}
+	if err := roundTrip(otherTCP); err != nil {
+		t.Errorf("the other TCP exposure during the flood: %v", err)
+	}
+	close(stopReal)
+	if err := <-realErrs; err != nil {
+		t.Error(err)
+	}
+	close(sampling)
+	<-sampled
+
+	sa, sb, so := statsOf(t, s, fa.Key()), statsOf(t, s, fb.Key()), statsOf(t, s, ob.Key())
+	t.Logf("flooded: active %d total %d refused %v evicted %d; second: active %d refused %v; other: active %d total %d; descriptors %d before, peak %d",
+		sa.Active, sa.Total, sa.Refused, sa.Evicted, sb.Active, sb.Refused, so.Active, so.Total, base, peak.Load())
+	if sa.Active > mapCap || sb.Active > mapCap {
+		t.Errorf("sessions %d and %d, over the mapping cap %d", sa.Active, sb.Active, mapCap)
+	}
+	if sa.Refused[proxy.RefusedClientCap] == 0 || sa.Refused[proxy.RefusedMappingCap] == 0 {
+		t.Errorf("flooded refusals %v: want client_cap (2000 ports of one address) and mapping_cap", sa.Refused)
+	}
+	if sa.Refused[proxy.RefusedNodeCap]+sb.Refused[proxy.RefusedNodeCap] == 0 {
+		t.Errorf("refusals %v and %v: want node_cap once two sprayed exposures hold the node's %d", sa.Refused, sb.Refused, nodeCap)
+	}
+	if sa.Evicted == 0 {
+		t.Errorf("flooded: no session evicted once the spray's were idle")
+	}
+	if got := sa.Active + sb.Active + so.Active + statsOf(t, s, ot.Key()).Active; got > nodeCap {
+		t.Errorf("%d sessions and connections over the node cap %d", got, nodeCap)
+	}
+	// A session is one descriptor (its upstream socket); a little slack
+	// for the TCP connection and the control connections of the test.
+	if p := int(peak.Load()); p > base+nodeCap+10 {
+		t.Errorf("the proxy held up to %d descriptors (%d before the flood), over %d + the node cap %d", p, base, base, nodeCap)
+	}
+}

@@ -347,6 +347,11 @@ func udpRoundTrip(addr netip.AddrPort, msg string) error {
 		return err
 	}
 	defer c.Close()
+	return udpAsk(c, msg)
+}
+
+// udpAsk sends msg on c until the echo comes back (5 tries).
+func udpAsk(c net.Conn, msg string) error {
 	buf := make([]byte, 1500)
 	for try := 0; try < 5; try++ {
 		c.Write([]byte(msg))
@@ -1077,13 +1082,10 @@ func TestHungProxyIsRestarted(t *testing.T) {
 	}
 }
 
-// fdCount is the number of descriptors process pid holds.
-func fdCount(t *testing.T, pid int) int {
-	t.Helper()
-	es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
+// fdCount is the number of descriptors process pid holds (0: it is
+// gone). No t: the flood test samples it from a goroutine.
+func fdCount(pid int) int {
+	es, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	return len(es)
 }
 
@@ -1117,25 +1119,11 @@ func TestUDPFloodThroughTheProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer real.Close()
-	ask := func(c net.Conn, msg string) error {
-		buf := make([]byte, 1500)
-		for range 5 {
-			c.Write([]byte(msg))
-			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			if n, err := c.Read(buf); err == nil {
-				if string(buf[:n]) != msg {
-					return fmt.Errorf("echo %q", buf[:n])
-				}
-				return nil
-			}
-		}
-		return errors.New("no answer")
-	}
-	if err := ask(real, "real"); err != nil {
+	if err := udpAsk(real, "real"); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // the one-time descriptors (epoll, the netns of none) are open
-	base := fdCount(t, pid)
+	base := fdCount(pid)
 	var peak atomic.Int64
 	sampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -1147,8 +1135,8 @@ func TestUDPFloodThroughTheProcess(t *testing.T) {
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			if es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil && int64(len(es)) > peak.Load() {
-				peak.Store(int64(len(es)))
+			if n := int64(fdCount(pid)); n > peak.Load() {
+				peak.Store(n)
 			}
 		}
 	}()
@@ -1162,7 +1150,7 @@ func TestUDPFloodThroughTheProcess(t *testing.T) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			if err := ask(real, "real"); err != nil {
+			if err := udpAsk(real, "real"); err != nil {
 				realErrs <- fmt.Errorf("the other exposure's client during the flood: %w", err)
 				return
 			}
@@ -1194,7 +1182,7 @@ func TestUDPFloodThroughTheProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := ask(c, "new"); err != nil {
+		if err := udpAsk(c, "new"); err != nil {
 			t.Errorf("a new client of the other UDP exposure during the flood: %v", err)
 		}
 		c.Close()

@@ -569,25 +569,35 @@ func (s *Store) AddWorkloadIf(id, network, netns string, nsid NetnsID, ifname st
 			return err
 		}
 		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr, Ifname: ifname}
-		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
-			return err
-		}
-		a := addr.As16()
 		created = true
-		return errors.Join(
-			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
-			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
-		)
+		return putWorkload(tx, w)
 	})
 	return w, created, err
+}
+
+// putWorkload stores a new workload with its number and its address,
+// in the caller's transaction: all three or none.
+func putWorkload(tx *bolt.Tx, w Workload) error {
+	if err := boltjson.Put(tx, bWorkloads, []byte(w.ID), w); err != nil {
+		return err
+	}
+	a := w.Addr.As16()
+	return errors.Join(
+		tx.Bucket(bWlNums).Put(be32(w.Num), []byte(w.ID)),
+		tx.Bucket(bAddrs).Put(a[:], []byte(w.ID)),
+	)
 }
 
 // ValidTapName checks a tap's name: a valid interface name that is not
 // one of ours (tn*: bridges, veth ports, tn6in4; tg*: WireGuard devices,
 // which reconcile owns by name).
 func ValidTapName(name string) error {
-	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/: \t\n%") || name == "." || name == ".." {
-		return fmt.Errorf("tap name %q: 1-15 characters, no '/', ':', '%%' or space: %w", name, ErrInvalid)
+	if err := ValidIfname(name); err != nil {
+		return fmt.Errorf("tap: %w", err)
+	}
+	if strings.Contains(name, "%") {
+		// The kernel would take it for a pattern (tap%d) and pick a name.
+		return fmt.Errorf("tap name %q: no '%%': %w", name, ErrInvalid)
 	}
 	if strings.HasPrefix(name, "tn") || strings.HasPrefix(name, "tg") {
 		return fmt.Errorf("tap name %q: names starting with \"tn\" or \"tg\" are tenantnet's own links (bridges, ports, WireGuard): %w", name, ErrInvalid)
@@ -679,15 +689,8 @@ func (s *Store) AddTapWorkload(id, network string, t Tap) (Workload, bool, error
 		}
 		t.MAC = mac.String()
 		w = Workload{ID: id, Network: network, Num: uint32(num), Addr: addr, Tap: &t}
-		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
-			return err
-		}
-		a := addr.As16()
 		created = true
-		return errors.Join(
-			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
-			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
-		)
+		return putWorkload(tx, w)
 	})
 	return w, created, err
 }

@@ -461,6 +461,32 @@ func startSupervisorWith(t *testing.T, cfg Config) *Supervisor {
 	return s
 }
 
+// applied starts a Supervisor of cfg (startSupervisorWith) and applies
+// ms.
+func applied(t *testing.T, cfg Config, ms ...proxy.Mapping) *Supervisor {
+	t.Helper()
+	s := startSupervisorWith(t, cfg)
+	if err := s.Apply(ms); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// heldConn connects to la and makes one round trip; the connection stays
+// open until the end of the test.
+func heldConn(t *testing.T, la netip.AddrPort) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp4", la.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := roundTripOn(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) {
@@ -654,10 +680,7 @@ func TestUpgradeHandsListenersOver(t *testing.T) {
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
 	um := proxy.Mapping{Name: "t/udp", Listen: la, Proto: proxy.UDP, Target: echoUDP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m, um}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m, um)
 	oldPID := s1.PID()
 	ino := socketInode(t, la)
 	started, done := transfer(la, 10<<20, 3*time.Second)
@@ -725,10 +748,7 @@ func TestProxyCrashIsRestarted(t *testing.T) {
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
 	um := proxy.Mapping{Name: "t/udp", Listen: la, Proto: proxy.UDP, Target: echoUDP(t)}
-	s := startSupervisor(t, testBinary(t), dir)
-	if err := s.Apply([]proxy.Mapping{m, um}); err != nil {
-		t.Fatal(err)
-	}
+	s := applied(t, Config{Binary: testBinary(t), Dir: dir}, m, um)
 	old := s.PID()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -797,20 +817,10 @@ func TestStopEndsEveryProcess(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m)
 	old := s1.PID()
 	// A connection held open keeps the old process draining.
-	c, err := net.Dial("tcp4", la.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTripOn(c); err != nil {
-		t.Fatal(err)
-	}
+	heldConn(t, la)
 	s1.Close()
 	s2 := startSupervisor(t, otherBuild(t, dir), dir)
 	s2.Close()
@@ -985,19 +995,9 @@ func TestDrainTimeout(t *testing.T) {
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
 	// Closed before testDir's cleanup stops the proxies, or a
 	// supervisor left running would start them again.
-	s1 := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second})
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second}, m)
 	old := s1.PID()
-	c, err := net.Dial("tcp4", la.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTripOn(c); err != nil {
-		t.Fatal(err)
-	}
+	c := heldConn(t, la)
 	s1.Close()
 	startSupervisorWith(t, Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
 	start := time.Now()
@@ -1017,10 +1017,7 @@ func TestFailedUpgradeKeepsTheOldProxy(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m)
 	old := s1.PID()
 	s1.Close()
 	bad := filepath.Join(dir, "broken")
@@ -1056,10 +1053,7 @@ func TestHungProxyIsRestarted(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir, PingInterval: 200 * time.Millisecond, PingTimeout: 300 * time.Millisecond})
-	if err := s.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s := applied(t, Config{Binary: testBinary(t), Dir: dir, PingInterval: 200 * time.Millisecond, PingTimeout: 300 * time.Millisecond}, m)
 	old := s.PID()
 	if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

@@ -175,8 +175,11 @@ func (p *Proxy) evictIdleUDP(now time.Time) bool {
 		if !mp.mu.TryLock() {
 			continue
 		}
-		v := mp.evictable(now)
-		if v != nil && !mp.stopped {
+		var v *udpSession
+		if !mp.stopped { // a mapping being removed frees its own
+			v = mp.evictable(now)
+		}
+		if v != nil {
 			mp.removeLocked(v)
 			mp.st.evicted.Add(1)
 		}

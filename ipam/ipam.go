@@ -508,11 +508,10 @@ func interfaceID(id string, attempt int) uint64 {
 // the seed (stable), skipping ::0, ::1 (the gateway) and addresses taken.
 func allocAddr(tx *bolt.Tx, n Network, seed string) (netip.Addr, error) {
 	for attempt := 0; attempt <= 64; attempt++ {
-		iid := interfaceID(seed, attempt)
 		b := n.Prefix.Addr().As16()
-		binary.BigEndian.PutUint64(b[8:], iid)
-		if iid > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
-			return netip.AddrFrom16(b), nil
+		binary.BigEndian.PutUint64(b[8:], interfaceID(seed, attempt))
+		if a := netip.AddrFrom16(b); !NodeOwnIID(a) && tx.Bucket(bAddrs).Get(b[:]) == nil {
+			return a, nil
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("no free address for %s in %s: %w", seed, n.Prefix, ErrExhausted)
@@ -570,25 +569,35 @@ func (s *Store) AddWorkloadIf(id, network, netns string, nsid NetnsID, ifname st
 			return err
 		}
 		w = Workload{ID: id, Network: network, Num: uint32(num), Netns: netns, NetnsID: nsid, Addr: addr, Ifname: ifname}
-		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
-			return err
-		}
-		a := addr.As16()
 		created = true
-		return errors.Join(
-			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
-			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
-		)
+		return putWorkload(tx, w)
 	})
 	return w, created, err
+}
+
+// putWorkload stores a new workload with its number and its address,
+// in the caller's transaction: all three or none.
+func putWorkload(tx *bolt.Tx, w Workload) error {
+	if err := boltjson.Put(tx, bWorkloads, []byte(w.ID), w); err != nil {
+		return err
+	}
+	a := w.Addr.As16()
+	return errors.Join(
+		tx.Bucket(bWlNums).Put(be32(w.Num), []byte(w.ID)),
+		tx.Bucket(bAddrs).Put(a[:], []byte(w.ID)),
+	)
 }
 
 // ValidTapName checks a tap's name: a valid interface name that is not
 // one of ours (tn*: bridges, veth ports, tn6in4; tg*: WireGuard devices,
 // which reconcile owns by name).
 func ValidTapName(name string) error {
-	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/: \t\n%") || name == "." || name == ".." {
-		return fmt.Errorf("tap name %q: 1-15 characters, no '/', ':', '%%' or space: %w", name, ErrInvalid)
+	if err := ValidIfname(name); err != nil {
+		return fmt.Errorf("tap: %w", err)
+	}
+	if strings.Contains(name, "%") {
+		// The kernel would take it for a pattern (tap%d) and pick a name.
+		return fmt.Errorf("tap name %q: no '%%': %w", name, ErrInvalid)
 	}
 	if strings.HasPrefix(name, "tn") || strings.HasPrefix(name, "tg") {
 		return fmt.Errorf("tap name %q: names starting with \"tn\" or \"tg\" are tenantnet's own links (bridges, ports, WireGuard): %w", name, ErrInvalid)
@@ -670,7 +679,7 @@ func (s *Store) AddTapWorkload(id, network string, t Tap) (Workload, bool, error
 			}
 			a := EUI64Addr(n.Prefix, m)
 			b := a.As16()
-			if binary.BigEndian.Uint64(b[8:]) > 1 && tx.Bucket(bAddrs).Get(b[:]) == nil {
+			if !NodeOwnIID(a) && tx.Bucket(bAddrs).Get(b[:]) == nil {
 				addr, mac = a, m
 				break
 			}
@@ -680,15 +689,8 @@ func (s *Store) AddTapWorkload(id, network string, t Tap) (Workload, bool, error
 		}
 		t.MAC = mac.String()
 		w = Workload{ID: id, Network: network, Num: uint32(num), Addr: addr, Tap: &t}
-		if err := boltjson.Put(tx, bWorkloads, []byte(id), w); err != nil {
-			return err
-		}
-		a := addr.As16()
 		created = true
-		return errors.Join(
-			tx.Bucket(bWlNums).Put(be32(uint32(num)), []byte(id)),
-			tx.Bucket(bAddrs).Put(a[:], []byte(id)),
-		)
+		return putWorkload(tx, w)
 	})
 	return w, created, err
 }
@@ -710,20 +712,32 @@ func (s *Store) Workload(id string) (Workload, error) {
 	return inTx(s.db.View, func(tx *bolt.Tx) (Workload, error) { return get[Workload](tx, bWorkloads, "workload", id) })
 }
 
-// DeleteWorkload releases a workload.
-func (s *Store) DeleteWorkload(id string) (Workload, error) {
-	return inTx(s.db.Update, func(tx *bolt.Tx) (Workload, error) {
-		w, err := get[Workload](tx, bWorkloads, "workload", id)
-		if err != nil {
-			return w, err
+// DeleteWorkload releases a workload, and removes the exposures that
+// target it in the same transaction (returned): left behind, one would
+// serve whatever workload gets the address next.
+func (s *Store) DeleteWorkload(id string) (w Workload, gone []Exposure, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if w, err = get[Workload](tx, bWorkloads, "workload", id); err != nil {
+			return err
+		}
+		if gone, err = boltjson.List(tx, bExposures, func(e Exposure) bool { return e.Network == w.Network && e.Target.Addr() == w.Addr }); err != nil {
+			return err
 		}
 		a := w.Addr.As16()
-		return w, errors.Join(
+		errs := []error{
 			tx.Bucket(bWorkloads).Delete([]byte(id)),
 			tx.Bucket(bWlNums).Delete(be32(w.Num)),
 			tx.Bucket(bAddrs).Delete(a[:]),
-		)
+		}
+		for _, e := range gone {
+			errs = append(errs, tx.Bucket(bExposures).Delete(exposureKey(e.Proto, e.Addr, e.Port)))
+		}
+		return errors.Join(errs...)
 	})
+	if err != nil {
+		return w, nil, err
+	}
+	return w, gone, nil
 }
 
 // Workloads lists all workloads.

@@ -95,7 +95,7 @@ func TestWorkloads(t *testing.T) {
 	if _, err := s.DeleteNetwork("acme"); !errors.Is(err, ErrConflict) {
 		t.Fatalf("deleting a network with workloads: %v", err)
 	}
-	if _, err := s.DeleteWorkload("web-1"); err != nil {
+	if _, _, err := s.DeleteWorkload("web-1"); err != nil {
 		t.Fatal(err)
 	}
 	w3, _, _ := s.AddWorkload("web-1", "acme", "/x", NetnsID{})

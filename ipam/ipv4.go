@@ -404,12 +404,26 @@ func targetOf(tx *bolt.Tx, e Exposure, remote []netip.Prefix) error {
 			return nil
 		}
 	}
-	for _, p := range remote {
-		if p.Contains(t) {
-			return nil
+	// Another member's workloads are not in its record, only its /64:
+	// any address of it may be one, except the member's own, ::1 (the
+	// gateway on its bridge: its sshd, its API) and ::0 (subnet-router
+	// anycast: the node too), which no workload is given (allocAddr,
+	// AddTapWorkload). An address of no workload there reaches nothing:
+	// the member's datapath delivers only to a port bound to it.
+	if !NodeOwnIID(t) {
+		for _, p := range remote {
+			if p.Contains(t) {
+				return nil
+			}
 		}
 	}
-	return fmt.Errorf("target %s is not a workload of network %s (on this node, or in its /64 on another member): %w", t, e.Network, ErrInvalid)
+	return fmt.Errorf("target %s is not a workload of network %s (on this node, or in its /64 on another member, but not the member's own ::0 and ::1): %w", t, e.Network, ErrInvalid)
+}
+
+// NodeOwnIID: a /64's ::0 or ::1, the node's and never a workload's.
+func NodeOwnIID(a netip.Addr) bool {
+	b := a.As16()
+	return binary.BigEndian.Uint64(b[8:]) <= 1
 }
 
 // Unexpose removes an exposure.

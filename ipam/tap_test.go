@@ -55,7 +55,7 @@ func TestTapWorkloads(t *testing.T) {
 			t.Errorf("%s %+v: %v, want %v", c.id, c.tap, err, c.err)
 		}
 	}
-	if _, err := s.DeleteWorkload("vm1"); err != nil {
+	if _, _, err := s.DeleteWorkload("vm1"); err != nil {
 		t.Fatal(err)
 	}
 	if w2, _, err := s.AddTapWorkload("vm3", "acme", Tap{Name: "vm3tap", MAC: "52:54:00:12:34:56"}); err != nil || w2.Addr != w.Addr {

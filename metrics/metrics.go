@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -78,6 +79,10 @@ var (
 		"Failed reads or writes of the registry.", nil, nil)
 	refused = prometheus.NewDesc("tenantnet_state_refused",
 		"What the service refuses to do because its state looks wrong, at the last run: stray links and firewall tenants without a network held back (what=stray-link, tenant-without-network: the state looks empty or not this node's; `tenantnetd run --adopt`), workloads not plumbed because their netns path names another namespace (netns-changed), networks left out of the published record because their key file is damaged (damaged-key).", []string{"what"}, nil)
+	pxUp = prometheus.NewDesc("tenantnet_proxy_up",
+		"1 if the IPv4 proxy process answered the scrape, else 0 (on a node with an ipv4_pool).", nil, nil)
+	pxRestarts = prometheus.NewDesc("tenantnet_proxy_restarts_total",
+		"IPv4 proxy processes tenantnetd started again, by reason: exited (it died), hung (alive, but it answered no ping in time: killed).", []string{"reason"}, nil)
 	proxyLabels = []string{"network", "proto", "listen"}
 	pxActive    = prometheus.NewDesc("tenantnet_proxy_connections_active",
 		"TCP connections the IPv4 proxy holds open, per exposure.", proxyLabels, nil)
@@ -136,8 +141,10 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets, delegations,
 		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused,
-		pxActive, pxTotal, pxRefused, pxBytes, pxSessions, pxDialErrors, pxIdle, pxEvicted, pxDropped, v4Pool, v4Used, v4Quarantined,
-		routeExported, routeRefused, bgpUp, bgpFlaps, bgpAdvertised, bgpAnnounced} {
+		v4Pool, v4Used, v4Quarantined, routeExported, routeRefused, bgpUp, bgpFlaps, bgpAdvertised, bgpAnnounced} {
+		ch <- d
+	}
+	for _, d := range proxyDescs {
 		ch <- d
 	}
 }
@@ -244,11 +251,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(v4Pool, prometheus.GaugeValue, float64(free4))
 	ch <- prometheus.MustNewConstMetric(v4Used, prometheus.GaugeValue, float64(used4))
 	ch <- prometheus.MustNewConstMetric(v4Quarantined, prometheus.GaugeValue, float64(q4))
-	if ps, err := c.s.ProxyStats(); err != nil {
-		c.log.Warn("read the proxy's counters", "err", err)
-	} else {
-		collectProxy(ch, ps)
-	}
+	r, wanted := c.s.Proxy()
+	collectProxyRunner(ch, c.log, r, wanted)
 	rs := c.s.ExportedRoutes()
 	for _, r := range rs.Routes {
 		ch <- prometheus.MustNewConstMetric(routeExported, prometheus.GaugeValue, 1, r.Prefix.String(), r.Kind)
@@ -272,6 +276,35 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(regHeld, prometheus.GaugeValue, float64(held))
 	for reason, n := range released {
 		ch <- prometheus.MustNewConstMetric(regReleased, prometheus.CounterValue, float64(n), reason)
+	}
+}
+
+var proxyDescs = []*prometheus.Desc{pxUp, pxRestarts, pxActive, pxTotal, pxRefused, pxBytes, pxSessions, pxDialErrors, pxIdle, pxEvicted, pxDropped}
+
+// collectProxyRunner writes whether the proxy answers (on a node meant
+// to run one), its restarts, and its counters.
+func collectProxyRunner(ch chan<- prometheus.Metric, log *slog.Logger, r node.ProxyRunner, wanted bool) {
+	if !wanted {
+		return
+	}
+	var ps []proxy.Stats
+	err := errors.New("no proxy runs (it failed to start: see the log)")
+	if r != nil {
+		ps, err = r.Stats()
+	}
+	up := 1.0
+	if err != nil {
+		log.Warn("read the proxy's counters", "err", err)
+		up = 0
+	}
+	ch <- prometheus.MustNewConstMetric(pxUp, prometheus.GaugeValue, up)
+	if rr, ok := r.(node.ProxyRestarts); ok {
+		for why, n := range rr.Restarts() {
+			ch <- prometheus.MustNewConstMetric(pxRestarts, prometheus.CounterValue, float64(n), why)
+		}
+	}
+	if err == nil {
+		collectProxy(ch, ps)
 	}
 }
 

@@ -318,7 +318,7 @@ func (s *Service) AddWorkload(id, network, nsPath, ifname string) (api.WorkloadI
 			if rerr := s.removeWorkloadLinks(w); rerr != nil {
 				s.log.Error("undo workload", "workload", id, "err", rerr)
 			}
-			s.ipam.DeleteWorkload(id)
+			s.ipam.DeleteWorkload(id) // made a moment ago: no exposure targets it yet
 		case moved:
 			// Back to the namespace it had: reconcile plumbs it again
 			// there (if it still exists).
@@ -375,7 +375,7 @@ func (s *Service) AddTapWorkload(id, network string, t ipam.Tap) (api.WorkloadIn
 			if rerr := s.removeWorkloadLinks(w); rerr != nil {
 				s.log.Error("undo workload", "workload", id, "err", rerr)
 			}
-			s.ipam.DeleteWorkload(id)
+			s.ipam.DeleteWorkload(id) // made a moment ago: no exposure targets it yet
 		}
 		return api.WorkloadInfo{}, false, err
 	}
@@ -394,11 +394,21 @@ func (s *Service) DeleteWorkload(id string) error {
 	if err := s.removeWorkloadLinks(w); err != nil {
 		return err
 	}
-	if _, err := s.ipam.DeleteWorkload(id); err != nil {
+	_, gone, err := s.ipam.DeleteWorkload(id)
+	if err != nil {
 		return err
 	}
 	delete(s.held.netns, id)
 	s.log.Info("workload detached", "workload", id)
+	if len(gone) > 0 {
+		for _, e := range gone {
+			s.log.Warn("exposure removed with its workload", "workload", id, "network", e.Network, "proto", e.Proto,
+				"listen", e.Listen(), "target", e.Target)
+		}
+		if err := s.applyProxyLocked(); err != nil {
+			s.log.Warn("proxy: apply after workload del (reconcile retries)", "err", err)
+		}
+	}
 	return nil
 }
 

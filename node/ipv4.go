@@ -456,7 +456,9 @@ func (s *Service) proxyMappings() ([]proxy.Mapping, error) {
 	out := []proxy.Mapping{}
 	for _, e := range es {
 		n, ok := byID[e.Network]
-		if !ok || s.sellable(e.Addr) != nil {
+		// A target that is a node's own address (recorded before
+		// ipam.Expose refused them) is not served: listed "not served".
+		if !ok || s.sellable(e.Addr) != nil || ipam.NodeOwnIID(e.Target.Addr()) {
 			continue
 		}
 		m := proxy.Mapping{Name: mappingName(e), Listen: e.Listen(), Proto: proxy.Proto(e.Proto), Target: e.Target,
@@ -671,15 +673,13 @@ func (s *Service) warnUnenrolledPool() {
 	s.v4.unenrolled = msg
 }
 
-// ProxyStats are the runner's counters (metrics); none without a runner.
-func (s *Service) ProxyStats() ([]proxy.Stats, error) {
+// Proxy is the runner serving the exposures (nil: none), and whether
+// this node is meant to run one (it has an ipv4_pool): a node with a
+// pool and no runner has a proxy that failed to start.
+func (s *Service) Proxy() (r ProxyRunner, wanted bool) {
 	s.mu.Lock()
-	r := s.v4.runner
-	s.mu.Unlock()
-	if r == nil {
-		return nil, nil
-	}
-	return r.Stats()
+	defer s.mu.Unlock()
+	return s.v4.runner, s.v4.runner != nil || len(s.cfg.IPv4Pool) > 0
 }
 
 // MappingNetwork is the network of a mapping tenantnetd made (its Name

@@ -2,9 +2,11 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +125,26 @@ func TestServiceIPv4(t *testing.T) {
 	}
 	if _, _, err := s.Expose(api.ExposeRequest{Network: "acme", IPv4: "203.0.113.9", Port: 81, Proto: "tcp", To: "[2001:db8:202:2::5]:8080"}); !errors.Is(err, ipam.ErrInvalid) {
 		t.Fatalf("globex's remote /64 for acme: %v", err)
+	}
+	// Attacker: an address of acme's /64s that is no workload, here or
+	// on n2: the nodes' own (the gateway ::1 is the bridge's, so the
+	// node's sshd; ::0 is the subnet-router anycast, the node too), or
+	// unused here; and an address in no /64 of acme.
+	acme, _ := s.ipam.Network("acme")
+	for _, to := range []string{
+		"[" + acme.Gateway().String() + "]:22",
+		"[" + acme.Prefix.Addr().String() + "]:22",
+		"[" + netip.AddrFrom16(func() [16]byte { b := acme.Prefix.Addr().As16(); b[15] = 0x77; return b }()).String() + "]:22",
+		"[2001:db8:202:1::1]:22",
+		"[2001:db8:202:1::]:22",
+		"[2001:db8:202:3::5]:22",
+		"[fe80::1]:22",
+		"[::1]:22",
+	} {
+		_, _, err := s.Expose(api.ExposeRequest{Network: "acme", IPv4: "203.0.113.9", Port: 82, Proto: "tcp", To: to})
+		if !errors.Is(err, ipam.ErrInvalid) || !strings.Contains(err.Error(), "not a workload of network acme") {
+			t.Errorf("expose --to %s: %v, want refused: not a workload of acme", to, err)
+		}
 	}
 	if ms := r.last(); len(ms) != 2 {
 		t.Fatalf("mappings after the second expose: %+v", ms)
@@ -245,5 +267,74 @@ func TestDeclaredIPv4(t *testing.T) {
 		if err := s.ReleaseIPv4(l.Addr); l.Declared && !errors.Is(err, ipam.ErrConflict) || !l.Declared && err != nil {
 			t.Fatalf("release of %+v through the API: %v", l, err)
 		}
+	}
+}
+
+// A workload deleted while exposed takes its exposures with it, in the
+// same transaction, and the proxy stops serving them at once: CNI DEL
+// and `podman rm` must succeed (refusing them would leave containers
+// half-removed), and an exposure left behind would serve whatever
+// workload gets that address next (the same id gets the same address).
+// An exposure of a remote target stays: this node cannot see the
+// member's workloads.
+func TestWorkloadDeleteTakesItsExposures(t *testing.T) {
+	s, web, _ := v4Service(t, "203.0.113.8/29")
+	r := &recRunner{}
+	s.SetProxyRunner(r)
+	if _, _, err := s.BuyIPv4("acme", netip.MustParseAddr("203.0.113.9"), ""); err != nil {
+		t.Fatal(err)
+	}
+	s.trust.records = map[string]registry.NodeRecord{"n2": {NodeID: "n2", Networks: map[string]registry.NetworkRecord{
+		"acme": {Prefix: netip.MustParsePrefix("2001:db8:202:1::/64")}}}}
+	if _, _, err := s.ipam.AddWorkload("other", "acme", "/run/netns/other", ipam.NetnsID{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []api.ExposeRequest{
+		{Network: "acme", IPv4: "203.0.113.9", Port: 443, Proto: "tcp", To: "web"},
+		{Network: "acme", IPv4: "203.0.113.9", Port: 53, Proto: "udp", To: "[" + web.Addr.String() + "]:5353"},
+		{Network: "acme", IPv4: "203.0.113.9", Port: 80, Proto: "tcp", To: "other:8080"},
+		{Network: "acme", IPv4: "203.0.113.9", Port: 81, Proto: "tcp", To: "[2001:db8:202:1::5]:8080"},
+	} {
+		if _, _, err := s.Expose(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(r.last()); n != 4 {
+		t.Fatalf("%d mappings, want 4", n)
+	}
+	if err := s.DeleteWorkload("web"); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.Exposures()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range es {
+		left = append(left, fmt.Sprintf("%s/%d", e.Proto, e.Port))
+		if e.Target.Addr() == web.Addr {
+			t.Errorf("exposure %s/%d still targets the deleted workload web (%s)", e.Proto, e.Port, e.Target)
+		}
+	}
+	if len(es) != 2 {
+		t.Errorf("exposures after workload del web: %v, want tcp/80 (other) and tcp/81 (remote)", left)
+	}
+	var served []string
+	for _, m := range r.last() {
+		served = append(served, m.Name)
+	}
+	if len(served) != 2 || slices.Contains(served, "acme/tcp/443") || slices.Contains(served, "acme/udp/53") {
+		t.Errorf("the proxy serves %v after workload del web, want only acme/tcp/80 and acme/tcp/81", served)
+	}
+	// web again (the same id: the same address) is not exposed unasked.
+	w2, _, err := s.ipam.AddWorkload("web", "acme", "/run/netns/web", ipam.NetnsID{})
+	if err != nil || w2.Addr != web.Addr {
+		t.Fatalf("web again: %v at %s, was %s", err, w2.Addr, web.Addr)
+	}
+	s.mu.Lock()
+	err = s.applyProxyLocked() // as each reconcile does
+	s.mu.Unlock()
+	if n := len(r.last()); err != nil || n != 2 {
+		t.Errorf("%d mappings once web is back (%v), want 2", n, err)
 	}
 }

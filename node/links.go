@@ -368,6 +368,9 @@ func isZeroMask(m net.IPMask) bool {
 // removeWorkloadLinks deletes the workload's veth (both ends go) and its
 // attachment pins.
 func (s *Service) removeWorkloadLinks(w ipam.Workload) error {
+	if s.nl == nil {
+		return nil // no kernel (tests of the state alone): nothing was made
+	}
 	host := w.HostIf()
 	l, err := s.nl.LinkByName(host)
 	if _, isTun := l.(*netlink.Tuntap); err == nil && w.Tap != nil && !isTun {

@@ -14,3 +14,9 @@ type ProxyRunner interface {
 	// Stats are the counters of every running mapping.
 	Stats() ([]proxy.Stats, error)
 }
+
+// ProxyRestarts is a ProxyRunner that starts its proxy again when it
+// dies or hangs (proxyd's supervisor), and counts why.
+type ProxyRestarts interface {
+	Restarts() map[string]uint64
+}

@@ -49,7 +49,11 @@ func (mp *mapping) serveTCP(ln *net.TCPListener) {
 			reset(c)
 			continue
 		}
-		if r := mp.acquire(); r != "" {
+		r := mp.acquire()
+		if r == RefusedNodeCap && mp.p.evictIdleUDP(time.Now()) {
+			r = mp.acquire()
+		}
+		if r != "" {
 			mp.mu.Lock()
 			mp.dropClientLocked(ip)
 			mp.mu.Unlock()

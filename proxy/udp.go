@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +113,8 @@ func (mp *mapping) session(client netip.AddrPort) (*udpSession, Reason) {
 			mp.removeLocked(v)
 			mp.st.evicted.Add(1)
 			r = mp.acquire() // another mapping may have taken the node's slot
+		} else if r == RefusedNodeCap && mp.p.evictIdleUDP(now) {
+			r = mp.acquire()
 		}
 		if r != "" {
 			mp.dropClientLocked(client.Addr())
@@ -148,6 +152,43 @@ func (mp *mapping) evictable(now time.Time) *udpSession {
 		e = e.Prev()
 	}
 	return nil
+}
+
+// evictIdleUDP frees a slot of the node's cap: a UDP session idle for
+// at least UDPEvictIdle, from the mapping that holds the most sessions
+// first. Without it a spray at one exposure that fills the node's cap
+// refuses every new client of every other exposure, TCP included, until
+// the spray's sessions time out (a minute); with it, they take the
+// spray's idle sessions. Mappings whose lock is held are skipped: the
+// caller may hold its own, and two callers must not wait on each other.
+func (p *Proxy) evictIdleUDP(now time.Time) bool {
+	p.mu.Lock()
+	ms := make([]*mapping, 0, len(p.maps))
+	for _, mp := range p.maps {
+		if mp.udp != nil {
+			ms = append(ms, mp)
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(ms, func(a, b *mapping) int { return cmp.Compare(b.st.active.Load(), a.st.active.Load()) })
+	for _, mp := range ms {
+		if !mp.mu.TryLock() {
+			continue
+		}
+		var v *udpSession
+		if !mp.stopped { // a mapping being removed frees its own
+			v = mp.evictable(now)
+		}
+		if v != nil {
+			mp.removeLocked(v)
+			mp.st.evicted.Add(1)
+		}
+		mp.mu.Unlock()
+		if v != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // removeLocked takes s out of the table, frees its slot and closes its

@@ -299,3 +299,45 @@ func TestUDPNodeCap(t *testing.T) {
 		t.Errorf("AllStats %+v: want the TCP mapping (2 active), then the UDP one", all)
 	}
 }
+
+// Attacker: UDP sessions at one mapping fill the node's cap. Once they
+// are idle for UDPEvictIdle, a new client of another mapping, UDP or
+// TCP, takes one of them rather than being refused until they time out.
+func TestUDPNodeCapEvictsAcrossMappings(t *testing.T) {
+	tp := newTopo(t)
+	tp.echo(t)
+	accepts(t, tp.listenTCP(tp.service, targetTCP))
+	p := tp.proxy(Options{MaxConns: 4, UDPEvictIdle: 200 * time.Millisecond})
+	sprayed := udpMapping()
+	sprayed.MaxPerClient = 1
+	other := udpMapping()
+	other.Name, other.Listen = "test/other", netip.AddrPortFrom(proxyIP4, 54)
+	for _, m := range []Mapping{sprayed, other, tcpMapping()} {
+		if err := p.Add(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 4 {
+		if _, err := ask(tp.dialUDPFrom(otherClients[i], listenUDP), []byte("spray")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p.Active() != 4 {
+		t.Fatalf("%d sessions, want the node cap, 4", p.Active())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := ask(tp.dialUDPFrom(otherClients[10], other.Listen), []byte("new")); err != nil {
+		t.Errorf("a new client of another UDP mapping at the node cap: %v", err)
+	}
+	if _, err := tp.dialTCP(listenTCP); err != nil {
+		t.Errorf("a new TCP connection at the node cap: %v", err)
+	}
+	eventually(t, time.Second, "the TCP connection accepted", func() bool {
+		st, _ := p.Stats(tcpMapping().Key())
+		return st.Active == 1
+	})
+	st, _ := p.Stats(sprayed.Key())
+	if st.Evicted != 2 || st.Active != 2 || p.Active() != 4 {
+		t.Errorf("sprayed %+v, node active %d: want 2 of its idle sessions evicted for the others, the node at its cap", st, p.Active())
+	}
+}

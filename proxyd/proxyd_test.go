@@ -347,6 +347,11 @@ func udpRoundTrip(addr netip.AddrPort, msg string) error {
 		return err
 	}
 	defer c.Close()
+	return udpAsk(c, msg)
+}
+
+// udpAsk sends msg on c until the echo comes back (5 tries).
+func udpAsk(c net.Conn, msg string) error {
 	buf := make([]byte, 1500)
 	for try := 0; try < 5; try++ {
 		c.Write([]byte(msg))
@@ -438,12 +443,48 @@ func listenInodes(t *testing.T) map[netip.AddrPort]string {
 
 func startSupervisor(t *testing.T, binary, dir string) *Supervisor {
 	t.Helper()
-	s, err := Start(Config{Binary: binary, Dir: dir, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	return startSupervisorWith(t, Config{Binary: binary, Dir: dir})
+}
+
+// startSupervisorWith starts a Supervisor of cfg (its Logger: the
+// test's log, if none) and closes it at the end of the test.
+func startSupervisorWith(t *testing.T, cfg Config) *Supervisor {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	}
+	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// applied starts a Supervisor of cfg (startSupervisorWith) and applies
+// ms.
+func applied(t *testing.T, cfg Config, ms ...proxy.Mapping) *Supervisor {
+	t.Helper()
+	s := startSupervisorWith(t, cfg)
+	if err := s.Apply(ms); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// heldConn connects to la and makes one round trip; the connection stays
+// open until the end of the test.
+func heldConn(t *testing.T, la netip.AddrPort) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp4", la.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := roundTripOn(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 type testWriter struct{ t *testing.T }
@@ -639,10 +680,7 @@ func TestUpgradeHandsListenersOver(t *testing.T) {
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
 	um := proxy.Mapping{Name: "t/udp", Listen: la, Proto: proxy.UDP, Target: echoUDP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m, um}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m, um)
 	oldPID := s1.PID()
 	ino := socketInode(t, la)
 	started, done := transfer(la, 10<<20, 3*time.Second)
@@ -710,10 +748,7 @@ func TestProxyCrashIsRestarted(t *testing.T) {
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
 	um := proxy.Mapping{Name: "t/udp", Listen: la, Proto: proxy.UDP, Target: echoUDP(t)}
-	s := startSupervisor(t, testBinary(t), dir)
-	if err := s.Apply([]proxy.Mapping{m, um}); err != nil {
-		t.Fatal(err)
-	}
+	s := applied(t, Config{Binary: testBinary(t), Dir: dir}, m, um)
 	old := s.PID()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -782,20 +817,10 @@ func TestStopEndsEveryProcess(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m)
 	old := s1.PID()
 	// A connection held open keeps the old process draining.
-	c, err := net.Dial("tcp4", la.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTripOn(c); err != nil {
-		t.Fatal(err)
-	}
+	heldConn(t, la)
 	s1.Close()
 	s2 := startSupervisor(t, otherBuild(t, dir), dir)
 	s2.Close()
@@ -968,31 +993,13 @@ func TestDrainTimeout(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1, err := Start(Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Before testDir's cleanup stops the proxies, or a supervisor left
-	// running would start them again.
-	t.Cleanup(func() { s1.Close() })
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	// Closed before testDir's cleanup stops the proxies, or a
+	// supervisor left running would start them again.
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir, DrainTimeout: time.Second}, m)
 	old := s1.PID()
-	c, err := net.Dial("tcp4", la.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTripOn(c); err != nil {
-		t.Fatal(err)
-	}
+	c := heldConn(t, la)
 	s1.Close()
-	s2, err := Start(Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s2.Close() })
+	startSupervisorWith(t, Config{Binary: otherBuild(t, dir), Dir: dir, DrainTimeout: time.Second})
 	start := time.Now()
 	if !waitGone(old, 5*time.Second) {
 		t.Fatal("the old process outlived its drain timeout by 4 s")
@@ -1010,10 +1017,7 @@ func TestFailedUpgradeKeepsTheOldProxy(t *testing.T) {
 	dir := testDir(t)
 	la := listenAddr(t)
 	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
-	s1 := startSupervisor(t, testBinary(t), dir)
-	if err := s1.Apply([]proxy.Mapping{m}); err != nil {
-		t.Fatal(err)
-	}
+	s1 := applied(t, Config{Binary: testBinary(t), Dir: dir}, m)
 	old := s1.PID()
 	s1.Close()
 	bad := filepath.Join(dir, "broken")
@@ -1037,5 +1041,177 @@ func TestFailedUpgradeKeepsTheOldProxy(t *testing.T) {
 	c.Close()
 	if string(b) != "applied" {
 		t.Errorf("the old proxy after the apply answered %q", b)
+	}
+}
+
+// A proxy that hangs (SIGSTOP: its sockets stay open, it answers nothing)
+// keeps its watch connection open forever: only a ping with a timeout
+// finds it. The supervisor kills it, starts another, re-applies, and
+// counts the restart as hung.
+func TestHungProxyIsRestarted(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	la := listenAddr(t)
+	m := proxy.Mapping{Name: "t/echo", Listen: la, Proto: proxy.TCP, Target: echoTCP(t)}
+	s := applied(t, Config{Binary: testBinary(t), Dir: dir, PingInterval: 200 * time.Millisecond, PingTimeout: 300 * time.Millisecond}, m)
+	old := s.PID()
+	if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever happens, the stopped process does not outlive the test.
+	t.Cleanup(func() { syscall.Kill(old, syscall.SIGKILL) })
+	stopped := time.Now()
+	for s.PID() == old || roundTrip(la) != nil {
+		if time.Since(stopped) > 10*time.Second {
+			t.Fatalf("10 s after SIGSTOP of the proxy: pid %d (was %d), restarts %v; want a new proxy serving", s.PID(), old, s.Restarts())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("serving again %s after SIGSTOP of the proxy", time.Since(stopped).Round(time.Millisecond))
+	if !waitGone(old, 5*time.Second) {
+		t.Errorf("the hung proxy %d is still there", old)
+	}
+	if r := s.Restarts(); r[RestartHung] != 1 {
+		t.Errorf("restarts %v, want one for %s", r, RestartHung)
+	}
+}
+
+// fdCount is the number of descriptors process pid holds (0: it is
+// gone). No t: the flood test samples it from a goroutine.
+func fdCount(pid int) int {
+	es, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(es)
+}
+
+// Attacker: a UDP source flood through the node's proxy process. One
+// exposure is sprayed from many source ports of one address, then from
+// many addresses (UDP sources are easy to spoof), each datagram making a
+// session and so an upstream socket. The mapping's cap and the node's
+// cap hold, the excess is refused and counted, the spray's idle sessions
+// are evicted, the process's descriptors stay bounded by the node cap,
+// and the node's other exposures go on working: their established
+// sessions, their TCP, and new clients of theirs, although the spray
+// filled the node cap.
+func TestUDPFloodThroughTheProcess(t *testing.T) {
+	needRoot(t)
+	dir := testDir(t)
+	const nodeCap, mapCap, perClient = 60, 40, 10
+	s := startSupervisorWith(t, Config{Binary: testBinary(t), Dir: dir,
+		Options: proxy.Options{MaxConns: nodeCap, UDPEvictIdle: 300 * time.Millisecond}})
+	flooded, other, otherTCP := listenAddr(t), listenAddr(t), listenAddr(t)
+	fa := proxy.Mapping{Name: "t/flooded", Listen: flooded, Proto: proxy.UDP, Target: echoUDP(t), MaxConns: mapCap, MaxPerClient: perClient}
+	fb := proxy.Mapping{Name: "t/flooded2", Listen: listenAddr(t), Proto: proxy.UDP, Target: echoUDP(t), MaxConns: mapCap, MaxPerClient: perClient}
+	ob := proxy.Mapping{Name: "t/other", Listen: other, Proto: proxy.UDP, Target: echoUDP(t)}
+	ot := proxy.Mapping{Name: "t/tcp", Listen: otherTCP, Proto: proxy.TCP, Target: echoTCP(t)}
+	if err := s.Apply([]proxy.Mapping{fa, fb, ob, ot}); err != nil {
+		t.Fatal(err)
+	}
+	pid := s.PID()
+	// A real client of the other exposure, talking all along.
+	real, err := net.Dial("udp4", other.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer real.Close()
+	if err := udpAsk(real, "real"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the one-time descriptors (epoll, the netns of none) are open
+	base := fdCount(pid)
+	var peak atomic.Int64
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if n := int64(fdCount(pid)); n > peak.Load() {
+				peak.Store(n)
+			}
+		}
+	}()
+	realErrs := make(chan error, 1)
+	stopReal := make(chan struct{})
+	go func() {
+		defer close(realErrs)
+		for {
+			select {
+			case <-stopReal:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if err := udpAsk(real, "real"); err != nil {
+				realErrs <- fmt.Errorf("the other exposure's client during the flood: %w", err)
+				return
+			}
+		}
+	}()
+	spray := func(to netip.AddrPort, srcs, ports int) {
+		for i := range srcs {
+			src := &net.UDPAddr{IP: net.IPv4(127, 88, byte(i/250), byte(i%250+1))}
+			for range ports {
+				c, err := net.DialUDP("udp4", src, net.UDPAddrFromAddrPort(to))
+				if err != nil {
+					t.Fatalf("spray: %v", err)
+				}
+				c.Write([]byte("spoof"))
+				c.Close()
+			}
+		}
+	}
+	spray(fa.Listen, 1, 2000) // many ports, one address
+	spray(fa.Listen, 100, 5)  // many addresses
+	spray(fb.Listen, 100, 5)  // the second exposure too: the node cap
+	time.Sleep(400 * time.Millisecond)
+	spray(fa.Listen, 100, 5) // the spray's first sessions are idle: evicted for these
+	time.Sleep(100 * time.Millisecond)
+
+	// New clients of the other exposures, while the spray holds the node cap.
+	for i := range 3 {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 99, 0, byte(i+1))}, net.UDPAddrFromAddrPort(other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := udpAsk(c, "new"); err != nil {
+			t.Errorf("a new client of the other UDP exposure during the flood: %v", err)
+		}
+		c.Close()
+	}
+	if err := roundTrip(otherTCP); err != nil {
+		t.Errorf("the other TCP exposure during the flood: %v", err)
+	}
+	close(stopReal)
+	if err := <-realErrs; err != nil {
+		t.Error(err)
+	}
+	close(sampling)
+	<-sampled
+
+	sa, sb, so := statsOf(t, s, fa.Key()), statsOf(t, s, fb.Key()), statsOf(t, s, ob.Key())
+	t.Logf("flooded: active %d total %d refused %v evicted %d; second: active %d refused %v; other: active %d total %d; descriptors %d before, peak %d",
+		sa.Active, sa.Total, sa.Refused, sa.Evicted, sb.Active, sb.Refused, so.Active, so.Total, base, peak.Load())
+	if sa.Active > mapCap || sb.Active > mapCap {
+		t.Errorf("sessions %d and %d, over the mapping cap %d", sa.Active, sb.Active, mapCap)
+	}
+	if sa.Refused[proxy.RefusedClientCap] == 0 || sa.Refused[proxy.RefusedMappingCap] == 0 {
+		t.Errorf("flooded refusals %v: want client_cap (2000 ports of one address) and mapping_cap", sa.Refused)
+	}
+	if sa.Refused[proxy.RefusedNodeCap]+sb.Refused[proxy.RefusedNodeCap] == 0 {
+		t.Errorf("refusals %v and %v: want node_cap once two sprayed exposures hold the node's %d", sa.Refused, sb.Refused, nodeCap)
+	}
+	if sa.Evicted == 0 {
+		t.Errorf("flooded: no session evicted once the spray's were idle")
+	}
+	if got := sa.Active + sb.Active + so.Active + statsOf(t, s, ot.Key()).Active; got > nodeCap {
+		t.Errorf("%d sessions and connections over the node cap %d", got, nodeCap)
+	}
+	// A session is one descriptor (its upstream socket); a little slack
+	// for the TCP connection and the control connections of the test.
+	if p := int(peak.Load()); p > base+nodeCap+10 {
+		t.Errorf("the proxy held up to %d descriptors (%d before the flood), over %d + the node cap %d", p, base, base, nodeCap)
 	}
 }

@@ -38,7 +38,20 @@ type Config struct {
 	DrainTimeout time.Duration
 	// StartTimeout bounds a start or an upgrade (0: 10 s).
 	StartTimeout time.Duration
+	// PingInterval and PingTimeout: the proxy serving is asked its
+	// version every PingInterval (0: 5 s), and one that has not answered
+	// within PingTimeout (0: 2 s) HungAfter times in a row (0: 3) is
+	// hung: killed and started again. The watch connection alone cannot
+	// tell: a stopped or deadlocked process keeps its sockets open.
+	PingInterval, PingTimeout time.Duration
+	HungAfter                 int
 }
+
+// Why the Supervisor started a proxy again (Restarts).
+const (
+	RestartExited = "exited" // the proxy serving died
+	RestartHung   = "hung"   // it stopped answering its pings: killed
+)
 
 // Supervisor keeps a proxy process serving the last set applied. It
 // implements node.ProxyRunner.
@@ -59,6 +72,9 @@ type Supervisor struct {
 	watch   *msgConn
 	wmu     sync.Mutex
 	loop    sync.WaitGroup
+
+	rmu      sync.Mutex
+	restarts map[string]uint64
 }
 
 // Start adopts the proxy serving cfg.Dir if it is of this build, upgrades
@@ -78,6 +94,15 @@ func Start(cfg Config) (*Supervisor, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 5 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 2 * time.Second
+	}
+	if cfg.HungAfter <= 0 {
+		cfg.HungAfter = 3
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -89,7 +114,8 @@ func Start(cfg Config) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: log.With("component", "proxy-supervisor"), build: build, closing: make(chan struct{})}
+	s := &Supervisor{cfg: cfg, log: log.With("component", "proxy-supervisor"), build: build, closing: make(chan struct{}),
+		restarts: map[string]uint64{RestartExited: 0, RestartHung: 0}}
 	s.mu.Lock()
 	err = s.ensureLocked()
 	s.mu.Unlock()
@@ -99,6 +125,24 @@ func Start(cfg Config) (*Supervisor, error) {
 	s.loop.Add(1)
 	go s.monitor()
 	return s, nil
+}
+
+// Restarts counts the proxies started again, by why (RestartExited,
+// RestartHung); an upgrade is not a restart.
+func (s *Supervisor) Restarts() map[string]uint64 {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	out := make(map[string]uint64, len(s.restarts))
+	for k, v := range s.restarts {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Supervisor) restarted(why string) {
+	s.rmu.Lock()
+	s.restarts[why]++
+	s.rmu.Unlock()
 }
 
 // Build is the build id the Supervisor runs.
@@ -224,6 +268,7 @@ func openLog(dir string) (*os.File, error) {
 func (s *Supervisor) monitor() {
 	defer s.loop.Done()
 	backoff := 50 * time.Millisecond
+	counted := 0 // the last pid whose end was counted: once, if starting another fails again and again
 	for {
 		select {
 		case <-s.closing:
@@ -233,13 +278,31 @@ func (s *Supervisor) monitor() {
 		s.mu.Lock()
 		want := s.pid
 		s.mu.Unlock()
-		if s.watchOnce(want) {
+		served, hung := s.watchOnce(want)
+		if served {
 			backoff = 50 * time.Millisecond
+		} else {
+			hung = s.hungAtStart(want)
 		}
 		select {
 		case <-s.closing:
 			return
 		default:
+		}
+		s.mu.Lock()
+		current := s.pid == want
+		s.mu.Unlock()
+		switch {
+		case want == counted:
+		case hung:
+			s.restarted(RestartHung)
+			counted = want
+		case want != 0 && current && gone(want):
+			// Still the one serving: not a predecessor that drained
+			// and exited after an upgrade.
+			s.log.Error("proxy exited; starting another", "pid", want)
+			s.restarted(RestartExited)
+			counted = want
 		}
 		s.mu.Lock()
 		err := s.ensureLocked()
@@ -256,19 +319,20 @@ func (s *Supervisor) monitor() {
 	}
 }
 
-// watchOnce blocks while the proxy pid serves; true if it did at first.
-func (s *Supervisor) watchOnce(pid int) bool {
+// watchOnce blocks while the proxy pid serves; served: it did at first;
+// hung: it stopped answering its pings and was killed.
+func (s *Supervisor) watchOnce(pid int) (served, hung bool) {
 	m, err := dial(s.cfg.Dir, 2*time.Second)
 	if err != nil {
-		return false
+		return false, false
 	}
 	defer m.close()
 	if err := m.send(request{Op: opWatch}); err != nil {
-		return false
+		return false, false
 	}
 	var resp response
 	if err := m.recv(&resp); err != nil || !resp.OK || resp.Version == nil || resp.Version.PID != pid {
-		return false
+		return false, false
 	}
 	m.c.SetDeadline(time.Time{})
 	s.wmu.Lock()
@@ -276,15 +340,91 @@ func (s *Supervisor) watchOnce(pid int) bool {
 	s.wmu.Unlock()
 	select {
 	case <-s.closing:
-		return true
+		return true, false
 	default:
 	}
+	watchEnded := make(chan struct{})
+	pinged := make(chan bool, 1)
+	go func() { pinged <- s.pingUntil(pid, m, watchEnded) }()
 	var r response
-	_ = m.recv(&r) // returns when the proxy's end closes, or Close closes ours
+	_ = m.recv(&r) // returns when the proxy's end closes, or Close or pingUntil closes ours
+	close(watchEnded)
+	hung = <-pinged
 	s.wmu.Lock()
 	s.watch = nil
 	s.wmu.Unlock()
+	return true, hung
+}
+
+// pingUntil asks the proxy pid its version every PingInterval until the
+// watch ends. A process that is alive and has not answered HungAfter
+// pings in a row is hung: it is killed (its connections are lost with
+// it, but they were not moving), and the watch is closed so that the
+// monitor starts another. True if it did that.
+func (s *Supervisor) pingUntil(pid int, watch *msgConn, ended <-chan struct{}) bool {
+	tick := time.NewTicker(s.cfg.PingInterval)
+	defer tick.Stop()
+	missed := 0
+	for {
+		select {
+		case <-ended:
+			return false
+		case <-s.closing:
+			return false
+		case <-tick.C:
+		}
+		_, err := call(s.cfg.Dir, request{Op: opVersion}, s.cfg.PingTimeout)
+		if err == nil {
+			missed = 0 // pid, or a successor that took its socket over
+			continue
+		}
+		if gone(pid) {
+			return false // died: the watch ends by itself
+		}
+		if missed++; missed < s.cfg.HungAfter {
+			s.log.Warn("proxy ping unanswered", "pid", pid, "missed", missed, "err", err)
+			continue
+		}
+		s.killHung(pid, missed)
+		watch.c.Close()
+		return true
+	}
+}
+
+// hungAtStart: the watch on pid could not be set up (no answer in
+// time) while pid lives, e.g. stopped before it answered. It is pinged
+// HungAfter times, and killed if it answers none: the monitor starts
+// another then, which could not bind the sockets pid holds.
+func (s *Supervisor) hungAtStart(pid int) bool {
+	if pid == 0 || gone(pid) {
+		return false
+	}
+	for missed := 0; missed < s.cfg.HungAfter; {
+		if _, err := call(s.cfg.Dir, request{Op: opVersion}, s.cfg.PingTimeout); err == nil || gone(pid) {
+			return false
+		}
+		if missed++; missed < s.cfg.HungAfter {
+			select {
+			case <-s.closing:
+				return false
+			case <-time.After(s.cfg.PingInterval):
+			}
+		}
+	}
+	s.killHung(pid, s.cfg.HungAfter)
 	return true
+}
+
+func (s *Supervisor) killHung(pid, missed int) {
+	s.log.Error("proxy hung: alive but not answering; killing it to start another", "pid", pid, "missed", missed,
+		"ping_timeout", s.cfg.PingTimeout)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		s.log.Error("kill the hung proxy", "pid", pid, "err", err)
+	}
+	// Its listening sockets must be closed before another binds them.
+	if !waitGone(pid, 5*time.Second) {
+		s.log.Error("the hung proxy survives SIGKILL", "pid", pid)
+	}
 }
 
 // Apply makes the proxy serve exactly ms (by proxy.Key). When ms is the

@@ -133,6 +133,9 @@ func TestGridIPv4(t *testing.T) {
 	expose("54", "udp", fmt.Sprintf("[%s]:5353", addr["p2"]))
 	expose("55", "udp", fmt.Sprintf("[%s]:5353", addr["p3"]))
 	before := x1.d.must("expose", "list")
+	// The gateway of acme's /64 on node3: node3's own address (its sshd).
+	gw3 := netip.MustParsePrefix(addr["p3"] + "/64").Masked().Addr().As16()
+	gw3[15] = 1
 	for _, bad := range []struct {
 		what string
 		args []string
@@ -140,6 +143,8 @@ func TestGridIPv4(t *testing.T) {
 	}{
 		{"a target of another network (globex's q1)", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", fmt.Sprintf("[%s]:8080", addr["q1"])}, ""},
 		{"a port used twice", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "80", "--proto", "tcp", "--to", "p1:9090"}, ""},
+		{"node3's own address in acme's /64 (its gateway)", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", fmt.Sprintf("[%s]:22", netip.AddrFrom16(gw3))}, "not a workload of network acme"},
+		{"an address outside acme", []string{"expose", "--network", "acme", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", "[2001:db8:ffff::66]:80"}, "not a workload of network acme"},
 		{"an address not acme's", []string{"expose", "--network", "acme", "--ipv4", "192.0.2.99", "--port", "90", "--proto", "tcp", "--to", "p1:8080"}, ""},
 		{"globex exposing acme's address", []string{"expose", "--network", "globex", "--ipv4", a, "--port", "90", "--proto", "tcp", "--to", "q1:8080"}, ""},
 		{"buying an address not in the pool", []string{"ipv4", "buy", "--network", "acme", "--address", "192.0.2.99"}, "pool"},
@@ -167,6 +172,26 @@ func TestGridIPv4(t *testing.T) {
 			return udpWhoamiIs(inet, ipv4Client, a+":"+port, embedded(ipv4Client))
 		})
 	}
+	// A workload deleted while exposed takes its exposure with it: the
+	// listener closes, expose list no longer shows it.
+	ns["p4"] = testutil.NewNetNS(t, fmt.Sprintf("tn-wlp4-%d", pid))
+	var p4 wlInfo
+	if err := jsonUnmarshal(x1.d.must("workload", "add", "--id", "p4", "--network", "acme", "--netns", "/run/netns/"+ns["p4"].Name, "-o", "json"), &p4); err != nil {
+		t.Fatal(err)
+	}
+	listenWhoami(t, ns["p4"], "[::]:8080")
+	fwOn(x1).must("rule", "add", "--tenant", tenantOf(x1), "--proto", "tcp", "--port", "8080", "--src", src96.String(), "--dst", p4.Addr, "--action", "allow")
+	expose("85", "tcp", "p4:8080")
+	retry(t, 30*time.Second, "tcp "+a+":85 -> p4", func() error { return whoamiIs(inet, ipv4Client, a+":85", embedded(ipv4Client)) })
+	x1.d.must("workload", "del", "--id", "p4")
+	if l := x1.d.must("expose", "list"); strings.Contains(l, a+":85") {
+		t.Errorf("expose list after workload del p4 still has %s:85:\n%s", a, l)
+	}
+	if c, err := connect4(inet, ipv4Client, a+":85"); err == nil {
+		c.Close()
+		t.Errorf("%s:85 still accepts after workload del p4", a)
+	}
+
 	// p2's rule lets one client in, not the other.
 	if err := whoamiIs(inet, ipv4Client2, a+":81", embedded(ipv4Client2)); err == nil {
 		t.Errorf("%s reached p2 through %s:81, whose rule allows %s only", ipv4Client2, a, ipv4Client)
@@ -299,25 +324,10 @@ func TestGridIPv4(t *testing.T) {
 // and a newline, then echoes what it reads until EOF, then closes.
 func listenWhoami(t *testing.T, ns *testutil.NetNS, addr string) {
 	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				ap := netip.MustParseAddrPort(c.RemoteAddr().String())
-				fmt.Fprintf(c, "%s\n", ap.Addr())
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	serveTCP(t, ns, addr, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", netip.MustParseAddrPort(c.RemoteAddr().String()).Addr())
+		io.Copy(c, c)
+	})
 }
 
 // listenUDPWhoami answers every datagram with the sender's address.
@@ -343,13 +353,7 @@ func listenUDPWhoami(t *testing.T, ns *testutil.NetNS, addr string) {
 
 // connect4 connects from ns, bound to the IPv4 src, to an IPv4 addr:port.
 func connect4(ns *testutil.NetNS, src, to string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() (err error) {
-		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		c, err = d.Dial("tcp4", to)
-		return
-	})
-	return c, err
+	return dialIn(ns, net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}, "tcp4", to)
 }
 
 // whoamiIs checks that the service behind to saw the client src as want.

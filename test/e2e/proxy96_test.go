@@ -23,33 +23,10 @@ type sourceSeen struct{ got chan netip.Addr }
 func listenSeen(t *testing.T, ns *testutil.NetNS, addr string) *sourceSeen {
 	t.Helper()
 	s := &sourceSeen{got: make(chan netip.Addr, 64)}
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.got <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr()
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1024)
-				for {
-					k, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:k]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	serveTCP(t, ns, addr, func(c net.Conn) {
+		s.got <- netip.MustParseAddrPort(c.RemoteAddr().String()).Addr()
+		echoConn(c)
+	})
 	return s
 }
 
@@ -78,7 +55,6 @@ func (s *sourceSeen) none(d time.Duration) (netip.Addr, bool) {
 // way, an address of an AnyIP route or of no interface at all) and
 // exchanges one message.
 func dialFreebind(ns *testutil.NetNS, src netip.Addr, dst string, timeout time.Duration) error {
-	var c net.Conn
 	d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
@@ -87,18 +63,11 @@ func dialFreebind(ns *testutil.NetNS, src netip.Addr, dst string, timeout time.D
 			}
 			return serr
 		}}
-	if err := ns.Do(func() (err error) { c, err = d.Dial("tcp", dst); return }); err != nil {
+	c, err := dialIn(ns, d, "tcp", dst)
+	if err != nil {
 		return err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	msg := []byte("hello from an IPv4 client")
-	if _, err := c.Write(msg); err != nil {
-		return err
-	}
-	buf := make([]byte, len(msg))
-	_, err := ioReadFull(c, buf)
-	return err
+	return exchange(c, "hello from an IPv4 client", timeout)
 }
 
 // embed is the address of IPv4 client v4 in proxy /96 p.

@@ -195,8 +195,9 @@ func (n *node) workload(name string, tenant uint32, addr string) *wl {
 	return w
 }
 
-// listenTCP starts an echo server in the workload; it stops at cleanup.
-func listenTCP(t testing.TB, ns *testutil.NetNS, addr string) {
+// serveTCP listens on addr in ns and runs handle for each connection
+// (closed when handle returns); it stops at cleanup.
+func serveTCP(t testing.TB, ns *testutil.NetNS, addr string, handle func(net.Conn)) {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {
@@ -211,36 +212,55 @@ func listenTCP(t testing.TB, ns *testutil.NetNS, addr string) {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					k, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:k]); err != nil {
-						return
-					}
-				}
+				handle(c)
 			}()
 		}
 	}()
 }
 
-// dialTCP connects from ns and exchanges one message.
-func dialTCP(ns *testutil.NetNS, addr string, timeout time.Duration) error {
-	var c net.Conn
-	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, timeout); return }); err != nil {
-		return err
+// echoConn sends back what it reads until an error or EOF.
+func echoConn(c net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(buf[:k]); err != nil {
+			return
+		}
 	}
+}
+
+// listenTCP starts an echo server in the workload; it stops at cleanup.
+func listenTCP(t testing.TB, ns *testutil.NetNS, addr string) { serveTCP(t, ns, addr, echoConn) }
+
+// dialIn connects with d from ns.
+func dialIn(ns *testutil.NetNS, d net.Dialer, network, addr string) (c net.Conn, err error) {
+	err = ns.Do(func() (err error) { c, err = d.Dial(network, addr); return })
+	return c, err
+}
+
+// exchange sends msg on c and reads it back from an echo, within
+// timeout; c is closed after.
+func exchange(c net.Conn, msg string, timeout time.Duration) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
-	msg := []byte("hello tenantnet")
-	if _, err := c.Write(msg); err != nil {
+	if _, err := c.Write([]byte(msg)); err != nil {
 		return err
 	}
 	buf := make([]byte, len(msg))
 	_, err := ioReadFull(c, buf)
 	return err
+}
+
+// dialTCP connects from ns and exchanges one message.
+func dialTCP(ns *testutil.NetNS, addr string, timeout time.Duration) error {
+	c, err := dialIn(ns, net.Dialer{Timeout: timeout}, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return exchange(c, "hello tenantnet", timeout)
 }
 
 func ioReadFull(c net.Conn, buf []byte) (int, error) {

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 )
@@ -278,7 +279,7 @@ func Run(o Options) (err error) {
 				if use.names != nil {
 					cpuStr = "  CPU: " + use.String()
 				}
-				logf("%-7s %-12s %10s %s%s (%s)", m.key, tg.name, num(v), m.unit, cpuStr, time.Since(t0).Round(time.Second))
+				logf("%-7s %-12s %10s %s%s (%s)", m.key, tg.name, benchutil.Num(v), m.unit, cpuStr, time.Since(t0).Round(time.Second))
 			}
 		}
 	}
@@ -351,18 +352,6 @@ func waitTCP(ns, addr string) error {
 	}
 }
 
-func num(v float64) string {
-	switch {
-	case v == 0:
-		return "0"
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	}
-	return fmt.Sprintf("%.2f", v)
-}
-
 func ratio(a, b float64, lowerBetter bool) string {
 	if a == 0 || b == 0 {
 		return "-"
@@ -377,7 +366,7 @@ func ratio(a, b float64, lowerBetter bool) string {
 func render(o Options, targets []target, res map[string]map[string]*cell, idleNote string, took time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Produced by `sudo make bench-proxy` (`bin/tenantnet-bench-proxy`) on %s, %s; the run took %s.\n\n",
-		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
+		benchutil.Machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
 	for _, tg := range targets {
 		fmt.Fprintf(&b, "- **%s**: %s\n", tg.name, tg.note)
 	}
@@ -400,7 +389,7 @@ func render(o Options, targets []target, res map[string]map[string]*cell, idleNo
 			}
 			return "-"
 		}
-		return num(v)
+		return benchutil.Num(v)
 	}
 	for _, m := range metrics {
 		fmt.Fprintf(&b, "| %s (%s) | %s | %s | %s | %s | %s |\n", m.title, m.unit, show(m.key, "plain route"), show(m.key, "tenantnet"),
@@ -423,19 +412,6 @@ func render(o Options, targets []target, res map[string]map[string]*cell, idleNo
 		}
 	}
 	return b.String()
-}
-
-func machine() string {
-	cpu, _ := os.ReadFile("/proc/cpuinfo")
-	model := "unknown CPU"
-	for _, l := range strings.Split(string(cpu), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
-			break
-		}
-	}
-	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return fmt.Sprintf("%s, %d CPUs, kernel %s", model, strings.Count(string(cpu), "processor\t:"), strings.TrimSpace(string(rel)))
 }
 
 const (

@@ -11,9 +11,9 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
@@ -65,27 +65,15 @@ func newTopo() (*topo, error) {
 func (t *topo) names() []string { return []string{t.client, t.node, t.server} }
 
 func (t *topo) build() error {
-	hs := map[string]netns.NsHandle{}
-	nls := map[string]*netlink.Handle{}
-	defer func() {
-		for _, nl := range nls {
-			nl.Close()
-		}
-		for _, h := range hs {
-			h.Close()
-		}
-	}()
+	n, err := benchutil.NewNamespaces(t.names()...)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	hs, nls := n.Handles, n.Netlink
 	for _, name := range t.names() {
-		h, err := netnsutil.NewNamed(name)
-		if err != nil {
-			return err
-		}
-		hs[name] = h
-		if nls[name], err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE); err != nil {
-			return fmt.Errorf("netlink in %s: %w", name, err)
-		}
 		// No DAD: the figures must not wait for tentative addresses.
-		if err := netnsutil.Do(h, func() error {
+		if err := netnsutil.Do(hs[name], func() error {
 			for _, f := range []string{"all", "default"} {
 				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/accept_dad", []byte("0"), 0o644); err != nil {
 					return err
@@ -191,12 +179,4 @@ func addAddr(nl *netlink.Handle, dev string, p netip.Prefix) error {
 }
 
 // close deletes the namespaces, and with them the veths.
-func (t *topo) close() error {
-	var errs []error
-	for _, name := range t.names() {
-		if _, err := os.Stat("/run/netns/" + name); err == nil {
-			errs = append(errs, netnsutil.DeleteNamed(name))
-		}
-	}
-	return errors.Join(errs...)
-}
+func (t *topo) close() error { return benchutil.DeleteNamespaces(t.names()...) }

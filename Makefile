@@ -50,7 +50,7 @@ check-generate: generate
 # benchmark and the kernel-matrix harness live under test/).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/... ./test/bench/cmd/... ./test/kernels/cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./test/bench/cmd/... ./test/kernels/cmd/... ./test/cmd/...
 	# tenantfw starts once per command: without cgo it is a static binary
 	# (no dynamic loader, no libc threads) that starts 1 ms sooner.
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/tenantfw ./cmd/tenantfw

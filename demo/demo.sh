@@ -121,12 +121,10 @@ outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3";
 # A VM's port (issue 20): what `workload add --tap` made is a tap on the
 # network's bridge with the port programs attached (tc or TCX).
 tap_on_bridge() { # tap_on_bridge node tap network
-	local br out
+	local br link progs
 	br=$(nd "$1" network list | awk -v id="$3" '$1 == id { print $4 }')
-	[[ -n $br ]] && on_node "$1" ip -d link show "$2" | grep -q "master $br .*" || return 1
-	on_node "$1" ip -d link show "$2" | grep -q "tun type tap" || return 1
-	out=$(on_node "$1" bpftool net show dev "$2")
-	[[ $out == *tn_from_workl* && $out == *tn_to_workload* ]]
+	link=$(on_node "$1" ip -d link show "$2") progs=$(on_node "$1" bpftool net show dev "$2")
+	[[ -n $br && $link == *" master $br "* && $link == *"tun type tap"* && $progs == *tn_from_workl* && $progs == *tn_to_workload* ]]
 }
 # tapprobe node tap mac network [args]: a guest on the tap without a VM
 # (test/cmd/tenantnet-tapprobe): an RS from the MAC must bring our RA

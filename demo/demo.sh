@@ -119,12 +119,16 @@ net_tenant() { nd "$1" network list | awk -v id="$2" '$1 == id { print $2 }'; }
 outside_is() { nd "$1" network list | awk -v id="$2" '$1 == id' | grep -qF "$3"; }
 
 # A VM's port (issue 20): what `workload add --tap` made is a tap on the
-# network's bridge with the port programs attached (tc or TCX).
+# network's bridge with the port programs attached and live (tc or TCX):
+# the workload side's (from) and the bridge side's (to).
 tap_on_bridge() { # tap_on_bridge node tap network
-	local br link progs
+	local br link hooks
 	br=$(nd "$1" network list | awk -v id="$3" '$1 == id { print $4 }')
-	link=$(on_node "$1" ip -d link show "$2") progs=$(on_node "$1" bpftool net show dev "$2")
-	[[ -n $br && $link == *" master $br "* && $link == *"tun type tap"* && $progs == *tn_from_workl* && $progs == *tn_to_workload* ]]
+	link=$(on_node "$1" ip -d link show "$2")
+	# (tenantfw status asks the kernel; Debian's bpftool 7.1 shows no TCX)
+	# (its attachment rows: IFINDEX IFNAME HOOK MODE PROG LIVE)
+	hooks=$(fw "$1" status | awk -v d="$2" '$2 == d && $6 == "true" { print $3 }' | sort | paste -sd,)
+	[[ -n $br && $link == *" master $br "* && $link == *"tun type tap"* && $hooks == from,to ]]
 }
 # tapprobe node tap mac network [args]: a guest on the tap without a VM
 # (test/cmd/tenantnet-tapprobe): an RS from the MAC must bring our RA
@@ -189,10 +193,11 @@ EOT
 	cp /bin/busybox "$PM/img/bin/busybox"
 	for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$PM/img/bin/$a"; done
 	tar -C "$PM/img" -cf "$PM/busybox.tar" .
-	pm import "$PM/busybox.tar" localhost/tn-busybox:demo >/dev/null
+	local out
+	out=$(pm import "$PM/busybox.tar" localhost/tn-busybox:demo 2>&1) || { echo "podman import: $out" >&2; exit 1; }
 	# Echo servers on 8080 and 8081 (busybox nc: -ll keeps listening).
-	pm run -d --pull never --cap-add NET_RAW --name tn-demo-ctr1 --network tn-demo-acme localhost/tn-busybox:demo \
-		sh -c 'nc -ll -p 8080 -e cat & nc -ll -p 8081 -e cat & exec sleep 3600' >/dev/null
+	out=$(pm run -d --pull never --cap-add NET_RAW --name tn-demo-ctr1 --network tn-demo-acme localhost/tn-busybox:demo \
+		sh -c 'nc -ll -p 8080 -e cat & nc -ll -p 8081 -e cat & exec sleep 3600' 2>&1) || { echo "podman run: $out" >&2; exit 1; }
 	pm inspect --format '{{.NetworkSettings.SandboxKey}}' tn-demo-ctr1 >"$PM/sandbox"
 }
 podman_down() {
@@ -787,6 +792,7 @@ Explore (as root):
   nsenter --net=/run/netns/tn-demo-node4 ip -6 route show table all | grep tn6in4   # where 6in4 goes
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw tunnels --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
   bin/tenantnetd status --socket $RUN/node1.sock
+  nsenter --net=/run/netns/tn-demo-node1 bin/tenantnet-tapprobe --tap vmtap1 --mac $VM1_MAC --prefix $(nd 1 network list | awk '$1 == "acme" { print $3 }') --ping $WEB2   # vm1's tap: RS, RA, ping
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw stats   --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
   nsenter --net=/run/netns/tn-demo-node1 bin/tenantfw monitor --pin-dir /sys/fs/bpf/tenantnet-demo-node1 --state-dir $STATE/node1
       (then: ip netns exec tn-demo-db1 ping $WEB2)

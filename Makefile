@@ -55,7 +55,7 @@ check-generate: generate
 # benchmark and the kernel-matrix harness live under test/).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/... ./test/bench/cmd/... ./test/kernels/cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./test/bench/cmd/... ./test/kernels/cmd/... ./test/cmd/...
 	# tenantfw starts once per command: without cgo it is a static binary
 	# (no dynamic loader, no libc threads) that starts 1 ms sooner.
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/tenantfw ./cmd/tenantfw
@@ -83,8 +83,11 @@ fmt:
 	$(CLANG_FORMAT) --style=file:bpf/.clang-format -i test/bench/trafficgen/bpf/*.c
 
 # The kernel matrix: the datapath, loader and maps tests on Debian's 6.1
-# and 6.12 kernels in qemu (TCG) and on the host kernel. Kernels are
-# fetched with apt-get download into a cache outside the repository.
+# and 6.12 kernels in qemu (TCG) and on the host kernel; then a real VM
+# on a tenantnet tap with each of those kernels as the guest's (e2e
+# TestVMOnTap on the host: the vm_on_tap rows). Kernels are fetched with
+# apt-get download into a cache outside the repository. On a shared
+# machine: under the e2e lock, then the VM lock (as test-vm).
 KERNEL_CACHE ?= /var/cache/tenantnet/kernels
 test-kernels: deps build
 	test/kernels/fetch.sh $(KERNEL_CACHE)
@@ -92,8 +95,9 @@ test-kernels: deps build
 
 # A real VM on a tenantnet tap: qemu (TCG) boots a Debian kernel of the
 # matrix whose SLAAC configures it from our RA, on a two-node grid
-# (test/e2e TestVMOnTap). Under the e2e lock, then the VM lock (that
-# order: a CI run holds the first while it waits for the second).
+# (test/e2e TestVMOnTap; test-kernels runs it with each kernel). Under
+# the e2e lock, then the VM lock (that order: a CI run holds the first
+# while it waits for the second).
 VM_KERNEL ?= 6.12
 test-vm: deps build
 	flock -o /tmp/tenantnet-e2e.lock flock -o /tmp/tenantnet-vm.lock \

@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,8 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
-	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/internal/tapguest"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/ipam"
 	"github.com/tenantnet/tenantnet/test/kernels/kmatrix"
@@ -123,54 +122,14 @@ func (lab *raLab) setup() error {
 	return nl.LinkSetUp(tl)
 }
 
-// openTapIn opens the tap as a VMM does: TUNSETIFF, IFF_TAP|IFF_NO_PI.
+// openTapIn opens the tap as a VMM does (internal/tapguest).
 func openTapIn(t *testing.T, ns *testutil.NetNS, name string) *os.File {
 	t.Helper()
 	var f *os.File
-	if err := ns.Do(func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			return err
-		}
-		ifr, _ := unix.NewIfreq(name)
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("TUNSETIFF %s: %w", name, err)
-		}
-		f = os.NewFile(uintptr(fd), "/dev/net/tun")
-		return nil
-	}); err != nil {
+	if err := ns.Do(func() (err error) { f, err = tapguest.Open(name); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return f
-}
-
-// rsFrame is a Router Solicitation from mac and its EUI-64 link-local to
-// ff02::2, hop limit hop, checksum computed.
-func rsFrame(mac net.HardwareAddr, hop uint8) []byte {
-	src, _ := firewallLL(mac)
-	dst := netip.MustParseAddr("ff02::2")
-	body, _ := ndp.MarshalMessage(&ndp.RouterSolicitation{Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: mac}}})
-	ph := append(append(append([]byte(nil), src.AsSlice()...), dst.AsSlice()...), 0, 0, 0, byte(len(body)), 0, 0, 0, 58)
-	var sum uint32
-	for _, b := range [][]byte{ph, body} {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(body[2:], ^uint16(sum))
-	f := append([]byte{0x33, 0x33, 0, 0, 0, 2}, mac...)
-	f = append(f, 0x86, 0xdd, 0x60, 0, 0, 0, 0, byte(len(body)), 58, hop)
-	f = append(append(append(f, src.AsSlice()...), dst.AsSlice()...), body...)
-	return f
-}
-
-func firewallLL(mac net.HardwareAddr) (netip.Addr, error) {
-	return netip.AddrFrom16([16]byte{0xfe, 0x80, 8: mac[0] ^ 2, 9: mac[1], 10: mac[2], 11: 0xff, 12: 0xfe, 13: mac[3], 14: mac[4], 15: mac[5]}), nil
 }
 
 // TestRASender: on a bridge as tenantnetd makes it, a Router
@@ -209,7 +168,7 @@ func TestRASender(t *testing.T) {
 	f := openTapIn(t, lab.ns, "ratap")
 	defer f.Close()
 	mac, _ := net.ParseMAC("52:54:00:aa:bb:cc")
-	ll, _ := firewallLL(mac)
+	ll := tapguest.LinkLocal(mac)
 	read := func(within time.Duration, unicastOnly bool) *ndp.RouterAdvertisement {
 		deadline := time.Now().Add(within)
 		b := make([]byte, 2000)
@@ -241,7 +200,7 @@ func TestRASender(t *testing.T) {
 	}
 	// A frame with a forged source MAC (a sibling's) is not learned on
 	// the tap.
-	forged := rsFrame(labGuestMAC, 255)
+	forged := tapguest.RSFrame(labGuestMAC, 255)
 	copy(forged[6:12], []byte{0x02, 0, 0, 0, 0, 0x99})
 	if _, err := f.Write(forged); err != nil {
 		t.Fatal(err)
@@ -256,7 +215,7 @@ func TestRASender(t *testing.T) {
 	}
 	var ra *ndp.RouterAdvertisement
 	for i := 0; i < 5 && ra == nil; i++ {
-		if _, err := f.Write(rsFrame(mac, 255)); err != nil {
+		if _, err := f.Write(tapguest.RSFrame(mac, 255)); err != nil {
 			t.Fatal(err)
 		}
 		ra = read(time.Second, true)
@@ -268,7 +227,7 @@ func TestRASender(t *testing.T) {
 	// first: the kernel has the guest's MAC from that one, so an answer
 	// would not wait for neighbour discovery.)
 	time.Sleep(raMinGap)
-	f.Write(rsFrame(mac, 64))
+	f.Write(tapguest.RSFrame(mac, 64))
 	if ra := read(time.Second, true); ra != nil {
 		t.Fatal("an RS with hop limit 64 was answered")
 	}

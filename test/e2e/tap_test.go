@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -13,10 +12,8 @@ import (
 	"time"
 
 	"github.com/mdlayher/ndp"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv6"
-	"golang.org/x/sys/unix"
 
+	"github.com/tenantnet/tenantnet/internal/tapguest"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -32,171 +29,44 @@ type tapInfo struct {
 	} `json:"tap"`
 }
 
-// guest is what a VMM does with a tap, in Go: it opens the tap
-// (TUNSETIFF, IFF_TAP|IFF_NO_PI, in the node's namespace) and reads and
-// writes Ethernet frames. It answers Neighbour Solicitations for its
-// address and link-local (a guest's kernel would) and hands every other
-// IPv6 frame to frames.
+// guest is what a VMM does with a tap (internal/tapguest), opened in
+// the node's namespace, its write errors the test's.
 type guest struct {
-	t      *testing.T
-	f      *os.File
-	mac    net.HardwareAddr
-	addr   netip.Addr // what SLAAC gives the MAC in the /64
-	ll     netip.Addr
-	frames chan []byte
-}
-
-func openTap(t *testing.T, ns *testutil.NetNS, name string) *os.File {
-	t.Helper()
-	var f *os.File
-	if err := ns.Do(func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			return err
-		}
-		ifr, _ := unix.NewIfreq(name)
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("TUNSETIFF %s: %w", name, err)
-		}
-		f = os.NewFile(uintptr(fd), "/dev/net/tun")
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return f
+	*tapguest.Guest
+	t *testing.T
 }
 
 func newGuest(t *testing.T, ns *testutil.NetNS, tap string, mac net.HardwareAddr, addr netip.Addr) *guest {
-	g := &guest{t: t, f: openTap(t, ns, tap), mac: mac, addr: addr, frames: make(chan []byte, 256)}
-	g.ll = netip.AddrFrom16([16]byte{0xfe, 0x80, 8: mac[0] ^ 2, 9: mac[1], 10: mac[2], 11: 0xff, 12: 0xfe, 13: mac[3], 14: mac[4], 15: mac[5]})
-	go g.read()
-	return g
+	t.Helper()
+	var f *os.File
+	if err := ns.Do(func() (err error) { f, err = tapguest.Open(tap); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return &guest{Guest: tapguest.NewGuest(f, mac, addr), t: t}
 }
 
-func (g *guest) close() { g.f.Close() }
-
-func (g *guest) read() {
-	defer close(g.frames)
-	b := make([]byte, 9000)
-	for {
-		n, err := g.f.Read(b)
-		if err != nil {
-			return
-		}
-		fr := append([]byte(nil), b[:n]...)
-		if len(fr) < 14+40+8 || binary.BigEndian.Uint16(fr[12:]) != 0x86dd {
-			continue
-		}
-		if fr[14+6] == 58 && fr[14+40] == byte(ipv6.ICMPTypeNeighborSolicitation) {
-			if m, err := ndp.ParseMessage(fr[14+40:]); err == nil {
-				if ns, ok := m.(*ndp.NeighborSolicitation); ok && (ns.TargetAddress == g.addr || ns.TargetAddress == g.ll) {
-					src, _ := netip.AddrFromSlice(fr[14+8 : 14+24])
-					dst := src
-					if src.IsUnspecified() {
-						dst = netip.IPv6LinkLocalAllNodes()
-					}
-					na := &ndp.NeighborAdvertisement{Solicited: !src.IsUnspecified(), Override: true, TargetAddress: ns.TargetAddress,
-						Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: g.mac}}}
-					body, _ := ndp.MarshalMessage(na)
-					g.send(net.HardwareAddr(fr[6:12]), ns.TargetAddress, dst, 255, body)
-					continue
-				}
-			}
-		}
-		select {
-		case g.frames <- fr:
-		default:
-		}
-	}
-}
-
-// frame is an Ethernet frame of IPv6 carrying ICMPv6 body (its checksum
-// computed here), from the guest's MAC unless srcMAC is given.
-func frame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, hop uint8, body []byte) []byte {
-	body = append([]byte(nil), body...)
-	body[2], body[3] = 0, 0
-	c := append(append(append([]byte(nil), src.AsSlice()...), dst.AsSlice()...), 0, 0, 0, 0, 0, 0, 0, 58)
-	binary.BigEndian.PutUint32(c[32:], uint32(len(body)))
-	c = append(c, body...)
-	var sum uint32
-	for i := 0; i+1 < len(c); i += 2 {
-		sum += uint32(c[i])<<8 | uint32(c[i+1])
-	}
-	if len(c)%2 == 1 {
-		sum += uint32(c[len(c)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(body[2:], ^uint16(sum))
-	f := make([]byte, 14+40+len(body))
-	copy(f[0:6], dstMAC)
-	copy(f[6:12], srcMAC)
-	binary.BigEndian.PutUint16(f[12:], 0x86dd)
-	f[14] = 0x60
-	binary.BigEndian.PutUint16(f[14+4:], uint16(len(body)))
-	f[14+6], f[14+7] = 58, hop
-	copy(f[14+8:], src.AsSlice())
-	copy(f[14+24:], dst.AsSlice())
-	copy(f[54:], body)
-	return f
-}
+func (g *guest) close() { g.Close() }
 
 func (g *guest) send(dstMAC net.HardwareAddr, src, dst netip.Addr, hop uint8, body []byte) {
-	g.sendFrom(g.mac, dstMAC, src, dst, hop, body)
+	if err := g.Send(dstMAC, src, dst, hop, body); err != nil {
+		g.t.Error(err)
+	}
 }
 
 func (g *guest) sendFrom(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, hop uint8, body []byte) {
-	if _, err := g.f.Write(frame(srcMAC, dstMAC, src, dst, hop, body)); err != nil {
-		g.t.Errorf("write to the tap: %v", err)
+	if err := g.SendFrom(srcMAC, dstMAC, src, dst, hop, body); err != nil {
+		g.t.Error(err)
 	}
-}
-
-// multicastMAC is the Ethernet address of an IPv6 multicast group.
-func multicastMAC(a netip.Addr) net.HardwareAddr {
-	b := a.As16()
-	return net.HardwareAddr{0x33, 0x33, b[12], b[13], b[14], b[15]}
-}
-
-// await returns the first frame match accepts within d, or nil.
-func (g *guest) await(d time.Duration, match func(fr []byte) bool) []byte {
-	deadline := time.After(d)
-	for {
-		select {
-		case fr, ok := <-g.frames:
-			if !ok {
-				return nil
-			}
-			if match(fr) {
-				return fr
-			}
-		case <-deadline:
-			return nil
-		}
-	}
-}
-
-// icmpOf is the ICMPv6 message of fr, its source and destination.
-func icmpOf(fr []byte) (body []byte, src, dst netip.Addr, hop uint8, ok bool) {
-	if len(fr) < 14+40+4 || fr[14+6] != 58 {
-		return nil, netip.Addr{}, netip.Addr{}, 0, false
-	}
-	src, _ = netip.AddrFromSlice(fr[14+8 : 14+24])
-	dst, _ = netip.AddrFromSlice(fr[14+24 : 14+40])
-	return fr[54:], src, dst, fr[14+7], true
 }
 
 // echo sends an echo request with id from src to dst (through dstMAC)
 // and says whether its reply came back.
 func (g *guest) echo(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, id int, within time.Duration) bool {
-	req, _ := (&icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("tap")}}).Marshal(nil)
-	g.sendFrom(srcMAC, dstMAC, src, dst, 64, req)
-	return g.await(within, func(fr []byte) bool {
-		body, s, _, _, ok := icmpOf(fr)
-		return ok && s == dst && body[0] == byte(ipv6.ICMPTypeEchoReply) && int(binary.BigEndian.Uint16(body[4:])) == id
-	}) != nil
+	ok, err := g.Echo(srcMAC, dstMAC, src, dst, id, within)
+	if err != nil {
+		g.t.Error(err)
+	}
+	return ok
 }
 
 // TestTapWorkload: a VM's port, driven as a VMM drives it. The tap is made
@@ -261,38 +131,14 @@ func TestTapWorkload(t *testing.T) {
 
 	g := newGuest(t, n1.ns, "vmtap1", mac, vmAddr)
 	defer func() { g.close() }()
-	allRouters := netip.MustParseAddr("ff02::2")
-	rs, _ := ndp.MarshalMessage(&ndp.RouterSolicitation{Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: mac}}})
-	var ra *ndp.RouterAdvertisement
-	var routerMAC net.HardwareAddr
 	// The answer to the RS is unicast to the guest's link-local: the
 	// periodic ones go to ff02::1.
-	retry(t, 10*time.Second, "an RA in answer to the guest's RS", func() error {
-		g.send(multicastMAC(allRouters), g.ll, allRouters, 255, rs)
-		fr := g.await(2*time.Second, func(fr []byte) bool {
-			body, src, dst, hop, ok := icmpOf(fr)
-			return ok && body[0] == byte(ipv6.ICMPTypeRouterAdvertisement) && dst == g.ll && src == netip.MustParseAddr("fe80::1") && hop == 255
-		})
-		if fr == nil {
-			return errors.New("none within 2s")
-		}
-		m, err := ndp.ParseMessage(fr[54:])
-		if err != nil {
-			return err
-		}
-		ra, routerMAC = m.(*ndp.RouterAdvertisement), net.HardwareAddr(fr[6:12])
-		return nil
+	var ra *tapguest.RA
+	retry(t, 10*time.Second, "an RA in answer to the guest's RS", func() (err error) {
+		ra, err = g.Solicit(2 * time.Second)
+		return err
 	})
-	var pi *ndp.PrefixInformation
-	var mtu uint32
-	for _, o := range ra.Options {
-		switch o := o.(type) {
-		case *ndp.PrefixInformation:
-			pi = o
-		case *ndp.MTU:
-			mtu = o.MTU
-		}
-	}
+	pi, mtu, routerMAC := ra.Prefix, ra.MTU, ra.RouterMAC
 	if pi == nil || pi.Prefix != prefix.Addr() || pi.PrefixLength != 64 || !pi.OnLink || !pi.AutonomousAddressConfiguration || pi.ValidLifetime < time.Hour {
 		t.Fatalf("RA prefix %+v, want %s on-link autonomous", pi, prefix)
 	}
@@ -342,7 +188,7 @@ func TestTapWorkload(t *testing.T) {
 		nsb, _ := ndp.MarshalMessage(&ndp.NeighborSolicitation{TargetAddress: gw,
 			Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: mac}}})
 		for range 3 {
-			g.sendFrom(w1MAC, multicastMAC(snm), g.ll, snm, 255, nsb)
+			g.sendFrom(w1MAC, tapguest.MulticastMAC(snm), g.LL, snm, 255, nsb)
 		}
 		time.Sleep(200 * time.Millisecond)
 		out, err := exec.Command("bridge", "-n", n1.ns.Name, "fdb", "show", "br", n1Bridge(t, n1)).CombinedOutput()
@@ -364,14 +210,14 @@ func TestTapWorkload(t *testing.T) {
 			Options: []ndp.Option{&ndp.PrefixInformation{PrefixLength: 64, OnLink: true, AutonomousAddressConfiguration: true,
 				ValidLifetime: time.Hour, PreferredLifetime: time.Hour, Prefix: netip.MustParseAddr("2001:db8:6666::")}}})
 		for range 3 {
-			g.send(multicastMAC(netip.IPv6LinkLocalAllNodes()), g.ll, netip.IPv6LinkLocalAllNodes(), 255, bad)
+			g.send(tapguest.MulticastMAC(netip.IPv6LinkLocalAllNodes()), g.LL, netip.IPv6LinkLocalAllNodes(), 255, bad)
 		}
 		time.Sleep(time.Second)
 		if got := nodeCounter(t, n1.pin, acme, policy.DirOut, policy.DropRogueRA).Packets; got < before+3 {
 			t.Fatalf("rogue RA drops %d -> %d, want 3 more", before, got)
 		}
 		out, _ := exec.Command("ip", "-n", wlNS["w1"].Name, "-6", "route").CombinedOutput()
-		if strings.Contains(string(out), g.ll.String()) || strings.Contains(string(out), "2001:db8:6666") {
+		if strings.Contains(string(out), g.LL.String()) || strings.Contains(string(out), "2001:db8:6666") {
 			t.Fatalf("w1 took the guest's RA:\n%s", out)
 		}
 	})

@@ -56,8 +56,9 @@ poweroff -f
 `
 
 // TestVMOnTap: a real VM on a tenantnet tap. qemu (TCG) boots one of the
-// kernel matrix's Debian kernels (TN_VM_KERNEL, e.g. 6.12; the test
-// skips without it: `make test-vm`) with a virtio-net NIC on the tap
+// kernel matrix's Debian kernels (TN_VM_KERNEL, e.g. 6.12 or a kernel
+// directory's name; the test skips without it: `make test-vm`, and
+// `make test-kernels` runs it with each kernel of the matrix) with a virtio-net NIC on the tap
 // `workload add --tap` made, with the MAC it chose. The guest's kernel
 // configures its address by SLAAC from our RA; it pings and opens TCP to
 // w2 on the other node over WireGuard, is refused by globex's g1, and its
@@ -71,9 +72,16 @@ func TestVMOnTap(t *testing.T) {
 	if cache == "" {
 		cache = "/var/cache/tenantnet/kernels"
 	}
-	matches, _ := filepath.Glob(filepath.Join(cache, kv+".*"))
-	more, _ := filepath.Glob(filepath.Join(cache, kv+"-*"))
-	matches = append(matches, more...)
+	// A directory's name (what tenantnet-kmatrix passes), or major.minor:
+	// the newest of that series.
+	var matches []string
+	if _, err := os.Stat(filepath.Join(cache, kv, "vmlinuz")); err == nil {
+		matches = []string{filepath.Join(cache, kv)}
+	} else {
+		matches, _ = filepath.Glob(filepath.Join(cache, kv+".*"))
+		more, _ := filepath.Glob(filepath.Join(cache, kv+"-*"))
+		matches = append(matches, more...)
+	}
 	if len(matches) == 0 {
 		t.Fatalf("no kernel %s* in %s", kv, cache)
 	}

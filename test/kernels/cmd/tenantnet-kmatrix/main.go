@@ -27,7 +27,11 @@ func main() {
 	runs := pflag.StringArray("run", nil, "run only this package's tests matching a -test.run regexp (./test/datapath=TestDifferential); repeatable, other packages are left out")
 	noHost := pflag.Bool("no-host", false, "leave out the host kernel")
 	noVMs := pflag.Bool("no-vms", false, "run on the host kernel only")
+	vmTest := pflag.Bool("vm-test", true, "then run e2e TestVMOnTap on the host with each kernel as the guest's (off by default with --run or --no-vms; --no-vms --no-host --vm-test runs only it)")
 	pflag.Parse()
+	if (len(*runs) > 0 || *noVMs) && !pflag.CommandLine.Changed("vm-test") {
+		*vmTest = false
+	}
 	var pkgs []string
 	for _, r := range *runs {
 		pkg, filter, ok := strings.Cut(r, "=")
@@ -40,19 +44,24 @@ func main() {
 	repo, _ := os.Getwd()
 	work, _ := os.MkdirTemp("", "tn-kmatrix-")
 	defer os.RemoveAll(work)
-	tests, err := kmatrix.BuildTests(repo, work, pkgs...)
-	if err != nil {
-		fail(err)
+	var tests map[string]string
+	if !*noVMs || !*noHost {
+		var err error
+		if tests, err = kmatrix.BuildTests(repo, work, pkgs...); err != nil {
+			fail(err)
+		}
 	}
 	var log io.Writer = io.Discard
 	if *verbose {
 		log = os.Stderr
 	}
-	kernels := pickKernels(*cache, *only)
+	guests := pickKernels(*cache, *only)
+	if len(guests) == 0 && (!*noVMs || *vmTest) {
+		fail(fmt.Errorf("no kernels in %s: run sudo test/kernels/fetch.sh", *cache))
+	}
+	kernels := guests
 	if *noVMs {
 		kernels = nil
-	} else if len(kernels) == 0 {
-		fail(fmt.Errorf("no kernels in %s: run sudo test/kernels/fetch.sh", *cache))
 	}
 	var all []kmatrix.Result
 	var modLines []string
@@ -86,6 +95,16 @@ func main() {
 		_, hres, _ := kmatrix.Parse(kmatrix.RunHost(tests, log))
 		all = append(all, hres...)
 	}
+	if *vmTest {
+		// A real VM on a tenantnet tap, per kernel of the matrix: on the
+		// host (a grid of namespaces), the kernel booted as the guest.
+		for _, k := range guests {
+			fmt.Printf(">> TestVMOnTap, guest %s ...\n", filepath.Base(k))
+			r := kmatrix.RunVMOnTap(repo, k, log)
+			all = append(all, r)
+			fmt.Printf("   done in %s\n", r.Duration)
+		}
+	}
 
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
@@ -99,6 +118,10 @@ func main() {
 				names = append(names, strings.TrimSuffix(firstLine(f), ":"))
 			}
 			notes = strings.TrimPrefix(notes+"; FLAKY (failed, then passed alone): "+strings.Join(names, ", "), "; ")
+		}
+		if r.Note != "" {
+			notes = strings.TrimSpace(r.Note + "; " + notes)
+			notes = strings.TrimSuffix(notes, ";")
 		}
 		if len(r.Failed) > 0 {
 			notes = "FAILED: " + strings.Join(r.Failed, ", ")
@@ -127,7 +150,8 @@ func main() {
 	fmt.Println(strings.Join(vs, "\n"))
 	if *out != "" {
 		head := "Kernel matrix (make test-kernels): the datapath, loader, maps and wg tests per kernel.\n" +
-			"6.1 and 6.12: Debian's kernels in qemu (TCG); the last rows: the host kernel.\n" +
+			"6.1 and 6.12: Debian's kernels in qemu (TCG); then the host kernel; last, vm_on_tap: e2e TestVMOnTap\n" +
+			"on the host with that kernel booted as a guest (qemu TCG) on a tenantnet tap (SLAAC from our RA, WireGuard, refusal, spoofing).\n" +
 			"Left out (source-tree checks and load tests, not kernel features; make test runs them): " + skipped() + ".\n\n"
 		os.WriteFile(*out, []byte(head+b.String()+"\nVerifier: processed instructions per program (TestLoadVerifies fails a program above 500,000)\n"+
 			strings.Join(vs, "\n")+"\n\nModules loaded in the VMs:\n  "+strings.Join(modLines, "\n  ")+"\n"), 0o644)

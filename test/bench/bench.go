@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -245,7 +246,7 @@ func rulesReport(o Options, res results, start time.Time) error {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Rule loading (tenantnet-bench --only rules)\n\nOn %s, %s; the run took %s.\n",
-		machine(), time.Now().UTC().Format("2006-01-02"), time.Since(start).Round(time.Second))
+		benchutil.Machine(), time.Now().UTC().Format("2006-01-02"), time.Since(start).Round(time.Second))
 	writeRuleTables(&b, o, res, upd, startup)
 	return os.WriteFile(o.Out, []byte(b.String()), 0o644)
 }
@@ -274,25 +275,11 @@ func nftCounter(t *topo) uint64 {
 	return v
 }
 
-func machine() string {
-	cpu, _ := os.ReadFile("/proc/cpuinfo")
-	model := "unknown CPU"
-	for _, l := range strings.Split(string(cpu), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
-			break
-		}
-	}
-	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return fmt.Sprintf("%s, %d CPUs, kernel %s", model, countCPU(string(cpu)), strings.TrimSpace(string(rel)))
-}
-
-func countCPU(cpuinfo string) int { return strings.Count(cpuinfo, "processor\t:") }
 
 func writeReport(o Options, res results, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
-		machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
+		benchutil.Machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
 	writeSummary(&b, o, res, drops, cost)
 	b.WriteString(`
 Topology: sender namespace -> node namespace (routes, firewall on the
@@ -338,7 +325,7 @@ rest found its ring full), per cell, median packets/s:
 		for _, m := range modes {
 			_, off, _ := res["offered"][m][n].stats()
 			_, rx, _ := res["received"][m][n].stats()
-			fmt.Fprintf(&b, " %s / %s |", num(off), num(rx))
+			fmt.Fprintf(&b, " %s / %s |", benchutil.Num(off), benchutil.Num(rx))
 		}
 		b.WriteString("\n")
 	}
@@ -367,7 +354,7 @@ the uplink's ring full). Median [min–max] over ` + fmt.Sprint(o.Reps) + ` runs
 		mn, md, mx := d.stats()
 		_, omd, _ := off.stats()
 		_, rmd, _ := rx.stats()
-		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s | %s |\n", k, num(md), num(mn), num(mx), num(omd), num(rmd))
+		fmt.Fprintf(&b, "| %s | %s [%s–%s] | %s | %s |\n", k, benchutil.Num(md), benchutil.Num(mn), benchutil.Num(mx), benchutil.Num(omd), benchutil.Num(rmd))
 	}
 	b.WriteString("\n## (d) Per-packet program cost (BPF_PROG_TEST_RUN)\n\n`go test ./test/datapath -bench 'Empty$|Established|NewFlow' -benchtime 5x`:\n\n```\n")
 	for _, l := range strings.Split(cost, "\n") {
@@ -411,7 +398,7 @@ func writeTable(b *strings.Builder, o Options, res results, title, metric, unit 
 		for _, m := range modes {
 			mn, md, mx := res[metric][m][n].stats()
 			meds[m] = md
-			fmt.Fprintf(b, " %s [%s–%s] |", num(md), num(mn), num(mx))
+			fmt.Fprintf(b, " %s [%s–%s] |", benchutil.Num(md), benchutil.Num(mn), benchutil.Num(mx))
 		}
 		ratio := func(a, c float64) string {
 			if c == 0 {
@@ -435,7 +422,7 @@ func writeRuleTables(b *strings.Builder, o Options, res results, upd string, sta
 	fmt.Fprintf(b, "\nOf that, starting a process: `tenantfw --help` (run directly, 20 times) takes %s [%s–%s] ms; "+
 		"the cells above also include `ip netns exec` and a shell, for all three tools. "+
 		"The change itself, in process at N = 100,000 (`go test ./firewall -bench OneRuleChange -benchtime 200x`: "+
-		"store commit, map writes, flock held):\n\n```\n", num(md), num(mn), num(mx))
+		"store commit, map writes, flock held):\n\n```\n", benchutil.Num(md), benchutil.Num(mn), benchutil.Num(mx))
 	for _, l := range strings.Split(upd, "\n") {
 		if strings.HasPrefix(l, "Benchmark") {
 			b.WriteString(l + "\n")
@@ -446,15 +433,3 @@ func writeRuleTables(b *strings.Builder, o Options, res results, upd string, sta
 
 // keptMarker starts the part of BENCHMARKS.md that make bench keeps.
 const keptMarker = "<!-- kept by make bench: figures of other benchmarks, by hand -->"
-
-func num(v float64) string {
-	switch {
-	case v == 0:
-		return "0"
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	}
-	return fmt.Sprintf("%.2f", v)
-}

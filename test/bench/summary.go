@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 )
 
 // writeSummary writes the table BENCHMARKS.md begins with: each target of
@@ -38,7 +40,7 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 			r := a / c
 			if !found || (!lowerIsBetter && r < w) || (lowerIsBetter && r > w) {
 				w, found = r, true
-				fig = fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, num(a), other, num(c), unit)
+				fig = fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, benchutil.Num(a), other, benchutil.Num(c), unit)
 			}
 		}
 		return fig, w, found
@@ -57,7 +59,7 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 			row(target, fmt.Sprintf("N = %d not measured in this run (--rules)", n), "-", false)
 			return
 		}
-		row(target, fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, num(a), other, num(c), unit),
+		row(target, fmt.Sprintf("N = %d: tenantnet %s, %s %s %s", n, benchutil.Num(a), other, benchutil.Num(c), unit),
 			fmt.Sprintf("%.2f× (goal %.1f×)", a/c, goal), a/c >= goal)
 	}
 	atMost := func(target, metric, other, unit string, goal float64) {
@@ -84,7 +86,7 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 			r = xd / fd
 		}
 		row("XDP prefilter drops ≥ 3× nftables netdev ingress, same offered load",
-			fmt.Sprintf("tenantnet XDP %s drops/s, nftables %s (offered %s and %s pps)", num(xd), num(fd), num(xof), num(fof)),
+			fmt.Sprintf("tenantnet XDP %s drops/s, nftables %s (offered %s and %s pps)", benchutil.Num(xd), benchutil.Num(fd), benchutil.Num(xof), benchutil.Num(fof)),
 			fmt.Sprintf("%.2f× (goal 3.0×)", r), r >= 3)
 	}
 	atLeast("Socket-level UDP pps ≥ 1.2× none, every N", "udp", "none", "pps", 1.2)
@@ -96,7 +98,7 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 		if c == 0 {
 			row("Loading 100,000 rules ≤ 1.0× nftables' time", "N = 100000 not measured in this run (--rules)", "-", false)
 		} else {
-			row("Loading 100,000 rules ≤ 1.0× nftables' time", fmt.Sprintf("tenantnet %s ms, nftables %s ms", num(a), num(c)),
+			row("Loading 100,000 rules ≤ 1.0× nftables' time", fmt.Sprintf("tenantnet %s ms, nftables %s ms", benchutil.Num(a), benchutil.Num(c)),
 				fmt.Sprintf("%.2f× (goal ≤ 1.0×)", a/c), a/c <= 1)
 		}
 	}
@@ -111,13 +113,13 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 	if e, ok := c["Empty"]; ok {
 		if est, ok := c["Established"]; ok {
 			row("Per packet (item 4): established ≤ 100 ns above the empty program",
-				fmt.Sprintf("%s ns, empty %s ns: %s ns above", num(est), num(e), num(est-e)), "-", est-e <= 100)
+				fmt.Sprintf("%s ns, empty %s ns: %s ns above", benchutil.Num(est), benchutil.Num(e), benchutil.Num(est-e)), "-", est-e <= 100)
 		}
 	}
 	if nf, ok := c["NewFlow/rules=100000"]; ok {
-		row("Per packet (item 4): new flow at 100,000 rules ≤ 300 ns", num(nf)+" ns", "-", nf <= 300)
+		row("Per packet (item 4): new flow at 100,000 rules ≤ 300 ns", benchutil.Num(nf)+" ns", "-", nf <= 300)
 		if n10, ok := c["NewFlow/rules=10"]; ok && n10 > 0 {
-			row("Per packet (item 4): new flow at 100,000 rules ≤ 1.5× at 10", fmt.Sprintf("%s ns at 100,000, %s ns at 10", num(nf), num(n10)),
+			row("Per packet (item 4): new flow at 100,000 rules ≤ 1.5× at 10", fmt.Sprintf("%s ns at 100,000, %s ns at 10", benchutil.Num(nf), benchutil.Num(n10)),
 				fmt.Sprintf("%.2f× (goal ≤ 1.5×)", nf/n10), nf/n10 <= 1.5)
 		}
 	}

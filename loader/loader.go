@@ -67,6 +67,9 @@ type Datapath struct {
 	Uplink  *ebpf.Program
 	WG      *ebpf.Program // tn_from_wg
 	SixIn4  *ebpf.Program // tn_6in4_out
+	// UplinkIn is tn_uplink_in, host routing from the uplink (TC
+	// ingress, attached with fast_path on).
+	UplinkIn *ebpf.Program
 	log     *slog.Logger
 	created bool
 
@@ -80,11 +83,12 @@ type Datapath struct {
 // Load creates them, and readers must cope with their absence.
 var addedLater = map[string]bool{
 	"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true, "tn_6in4_v1": true, "tn_6in4ep_v1": true,
+	"tn_hostrt_v1": true, "tn_path_v1": true,
 }
 
 // progAddedLater are programs newer builds added: Open copes with pins of
 // an older build that lack them.
-var progAddedLater = map[string]bool{"tn_from_wg": true, "tn_6in4_out": true}
+var progAddedLater = map[string]bool{"tn_from_wg": true, "tn_6in4_out": true, "tn_uplink_in": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
@@ -208,6 +212,19 @@ func Load(opts Options) (*Datapath, error) {
 	sobjs.Sixin4Maps.Close()
 	dp.SixIn4 = sobjs.Tn6in4Out
 
+	hspec, err := LoadHostroute()
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("parse host routing object: %w", err)
+	}
+	var hobjs HostrouteObjects
+	if err := hspec.LoadAndAssign(&hobjs, &ebpf.CollectionOptions{MapReplacements: dp.mapsByName()}); err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("load host routing program: %w", err)
+	}
+	hobjs.HostrouteMaps.Close()
+	dp.UplinkIn = hobjs.TnUplinkIn
+
 	if created {
 		meta := WorkloadTnMeta{SchemaVersion: SchemaVersion, SampleRate: opts.SampleRate}
 		if err := dp.Maps.TnMetaV1.Put(uint32(0), meta); err != nil {
@@ -244,7 +261,7 @@ func (dp *Datapath) programFields() map[string]**ebpf.Program {
 	out := tagged[*ebpf.Program](reflect.ValueOf(&dp.Progs).Elem())
 	for name, dst := range map[string]**ebpf.Program{
 		programName(UplinkPrograms{}): &dp.Uplink, programName(WireguardPrograms{}): &dp.WG,
-		programName(Sixin4Programs{}): &dp.SixIn4,
+		programName(Sixin4Programs{}): &dp.SixIn4, programName(HostroutePrograms{}): &dp.UplinkIn,
 	} {
 		out[name] = dst
 	}

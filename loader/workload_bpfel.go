@@ -183,11 +183,39 @@ type WorkloadTnFragVal struct {
 	Pad    uint32
 }
 
+type WorkloadTnHostrt struct {
+	_     structs.HostLayout
+	Mac   [6]uint8
+	Gw    [6]uint8
+	Flags uint32
+}
+
+type WorkloadTnHostrtFlags uint32
+
+const (
+	WorkloadTnHostrtFlagsTN_HOSTRT_F_TAP WorkloadTnHostrtFlags = 1
+)
+
 type WorkloadTnMeta struct {
 	_             structs.HostLayout
 	SchemaVersion uint32
 	SampleRate    uint32
 }
+
+type WorkloadTnPath uint32
+
+const (
+	WorkloadTnPathTN_PATH_UPLINK_PEER   WorkloadTnPath = 0
+	WorkloadTnPathTN_PATH_UPLINK_TAP    WorkloadTnPath = 1
+	WorkloadTnPathTN_PATH_UPLINK_KERNEL WorkloadTnPath = 2
+	WorkloadTnPathTN_PATH_UPLINK_DROP   WorkloadTnPath = 3
+	WorkloadTnPathTN_PATH_WG_PEER       WorkloadTnPath = 4
+	WorkloadTnPathTN_PATH_WG_TAP        WorkloadTnPath = 5
+	WorkloadTnPathTN_PATH_WG_BRIDGE     WorkloadTnPath = 6
+	WorkloadTnPathTN_PATH_WG_KERNEL     WorkloadTnPath = 7
+	WorkloadTnPathTN_PATH_WG_DROP       WorkloadTnPath = 8
+	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 9
+)
 
 type WorkloadTnPort struct {
 	_      structs.HostLayout
@@ -398,7 +426,9 @@ const (
 	WorkloadMapTnErrorsV1      = "tn_errors_v1"
 	WorkloadMapTnEventsV1      = "tn_events_v1"
 	WorkloadMapTnFragV2        = "tn_frag_v2"
+	WorkloadMapTnHostrtV1      = "tn_hostrt_v1"
 	WorkloadMapTnMetaV1        = "tn_meta_v1"
+	WorkloadMapTnPathV1        = "tn_path_v1"
 	WorkloadMapTnPortsV1       = "tn_ports_v1"
 	WorkloadMapTnPrefixV1      = "tn_prefix_v1"
 	WorkloadMapTnRdstV1        = "tn_rdst_v1"
@@ -475,7 +505,9 @@ type WorkloadMapSpecs struct {
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.MapSpec `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.MapSpec `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
@@ -524,7 +556,9 @@ type WorkloadMaps struct {
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.Map `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.Map `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
@@ -548,7 +582,9 @@ func (m *WorkloadMaps) Close() error {
 		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV2,
+		m.TnHostrtV1,
 		m.TnMetaV1,
+		m.TnPathV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,

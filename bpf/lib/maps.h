@@ -90,6 +90,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tn_6in4ep_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_PORT_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct tn_hostrt);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_hostrt_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TN_PATH_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_path_v1 SEC(".maps");
+
 /* tn_wgdev_v1: ifindex of a tenant's WireGuard device -> its tenant. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

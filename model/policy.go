@@ -671,6 +671,8 @@ func (s *State) EvalFrom(h Hook, ifindex, arrival uint32, b []byte) Verdict {
 	switch h {
 	case FromWorkload, ToWorkload:
 		return s.evalPort(h, ifindex, arrival, b, &p)
+	case UplinkIn:
+		return s.evalUplinkIn(arrival, b)
 	default:
 		return s.evalUplink(b, &p)
 	}

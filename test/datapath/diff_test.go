@@ -105,6 +105,13 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 		e.bind(e.ports[i], tn, addrs...)
 		g.workloads = append(g.workloads, w)
 	}
+	// Host routing (tn_uplink_in) to ports 0..3, and to port 4 as a tap;
+	// port 5 has none (the bridge path).
+	e.addUplink()
+	for i := 0; i < 4; i++ {
+		e.hostRoute(e.ports[i], false)
+	}
+	e.hostRoute(e.ports[4], true)
 	// Small quotas for tenants 2 and 3, so that ct-quota is exercised
 	// (and tenant 1 keeps the default).
 	e.quota(2, 300, 4)
@@ -591,6 +598,7 @@ func TestDifferential(t *testing.T) {
 	per := diffPackets / rounds
 	total, drops := 0, 0
 	reasons := map[policy.Reason]int{}
+	paths := map[string]int{}
 	for round := 0; round < rounds; round++ {
 		// New policies and rules each round: the maps are updated by
 		// diff from the previous round's content.
@@ -622,7 +630,21 @@ func TestDifferential(t *testing.T) {
 			for i := 0; i < per; i++ {
 				s := g.packet()
 				frame := packet.Build(s.spec)
-				v, err := e.checkFrom(s.hook, e.ports[s.port], g.arrival(e, s), frame)
+				arrival := g.arrival(e, s)
+				var v model.Verdict
+				var err error
+				delivered := false
+				if s.hook == model.ToWorkload && arrival == arrivalUplink {
+					// From outside: host routing first; what it leaves
+					// to the kernel reaches the port's tn_to_workload.
+					v, delivered, err = e.checkUplinkIn(arrival, frame)
+					if v.Path != "" {
+						paths[v.Path]++
+					}
+				}
+				if !delivered && err == nil {
+					v, err = e.checkFrom(s.hook, e.ports[s.port], arrival, frame)
+				}
 				total++
 				if v.Drop {
 					drops++
@@ -646,7 +668,12 @@ func TestDifferential(t *testing.T) {
 	if total < 100_000 {
 		t.Fatalf("only %d packets checked", total)
 	}
-	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
+	t.Logf("%d packets agreed (%d drops); by reason: %v; host routing paths: %v", total, drops, reasons, paths)
+	for _, p := range []string{model.PathPeer, model.PathTap, model.PathKernel, model.PathDrop} {
+		if paths[p] == 0 {
+			t.Errorf("no packet took host routing path %s: the generator lost coverage", p)
+		}
+	}
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
 		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath,

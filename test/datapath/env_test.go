@@ -37,6 +37,8 @@ type env struct {
 	ns    *testutil.NetNS
 	ports []uint32
 	model *model.State
+	// uplink is the namespace's uplink (addUplink), 0 until made.
+	uplink uint32
 }
 
 func newEnv(t testing.TB, nports int) *env {

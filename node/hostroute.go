@@ -1,0 +1,76 @@
+package node
+
+// Host routing (bpf/lib/hostroute.h): with fast_path on, packets for a
+// workload from the uplink and from WireGuard are handed straight into its
+// namespace. It needs bpf_redirect_peer from TC programs (5.10+): probed
+// once at start; without it the datapath keeps today's fast path (to the
+// bridge) and no port gets a tn_hostrt_v1 entry.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/vishvananda/netlink"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/loader"
+)
+
+// haveRedirectPeer probes the kernel for bpf_redirect_peer in TC programs
+// (a variable: tests force the fallback).
+var haveRedirectPeer = func() error {
+	return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
+}
+
+// hostRoutingOn decides at start whether the datapath host-routes: only
+// with fast_path on, and only where the kernel has bpf_redirect_peer.
+func hostRoutingOn(fast bool, log *slog.Logger) bool {
+	if !fast {
+		return false
+	}
+	err := haveRedirectPeer()
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, ebpf.ErrNotSupported):
+		log.Info("host routing off: this kernel has no bpf_redirect_peer for TC programs; packets for workloads take the bridge", "err", err)
+	default:
+		log.Warn("host routing off: probing bpf_redirect_peer failed; packets for workloads take the bridge", "err", err)
+	}
+	return false
+}
+
+// syncUplinkIn attaches tn_uplink_in to the uplink when the node
+// host-routes, and takes it away otherwise (a restart with fast_path off
+// must not leave the previous run's program).
+func (s *Service) syncUplinkIn(l netlink.Link) error {
+	idx := l.Attrs().Index
+	if !s.hostRouting {
+		if err := s.dp.DetachUplinkIn(idx); err != nil {
+			return fmt.Errorf("uplink %s: detach host routing: %w", l.Attrs().Name, err)
+		}
+		return nil
+	}
+	if _, err := s.dp.AttachUplinkIn(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
+		return fmt.Errorf("uplink %s: attach host routing: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// syncHostRoute writes the port's tn_hostrt_v1 entry (workload MAC mac,
+// gateway the bridge br) when the node host-routes, and deletes it
+// otherwise. A bridge without a MAC yet gets none (the bridge path).
+func (s *Service) syncHostRoute(port netlink.Link, br netlink.Link, mac net.HardwareAddr, tap bool) error {
+	m := bpfmaps.New(s.dp)
+	idx := uint32(port.Attrs().Index)
+	gw := br.Attrs().HardwareAddr
+	if !s.hostRouting || len(gw) != 6 {
+		return m.DeleteHostRoute(idx)
+	}
+	return m.SetHostRoute(idx, bpfmaps.HostRoute{MAC: mac, Gateway: gw, Tap: tap})
+}

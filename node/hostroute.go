@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -21,9 +22,17 @@ import (
 	"github.com/tenantnet/tenantnet/loader"
 )
 
+// TestOnlyNoRedirectPeerEnv, set to 1 in tenantnetd's environment, makes
+// the probe report bpf_redirect_peer missing: how the end-to-end tests
+// run the fallback on kernels that all have it.
+const TestOnlyNoRedirectPeerEnv = "TENANTNET_TEST_ONLY_NO_REDIRECT_PEER"
+
 // haveRedirectPeer probes the kernel for bpf_redirect_peer in TC programs
 // (a variable: tests force the fallback).
 var haveRedirectPeer = func() error {
+	if os.Getenv(TestOnlyNoRedirectPeerEnv) == "1" {
+		return fmt.Errorf("%s=1: %w", TestOnlyNoRedirectPeerEnv, ebpf.ErrNotSupported)
+	}
 	return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer)
 }
 

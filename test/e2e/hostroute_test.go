@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/tenantnet/tenantnet/bpfmaps"
+	"github.com/tenantnet/tenantnet/internal/testutil"
+	"github.com/tenantnet/tenantnet/loader"
+	tnnode "github.com/tenantnet/tenantnet/node"
+	"github.com/tenantnet/tenantnet/policy"
+)
+
+// TestHostRouting: host routing (bpf/lib/hostroute.h) on a real grid of
+// two nodes. From the internet into a workload, and from a workload on
+// the other node over WireGuard, what the workload's inbound rules allow
+// gets in and what they deny does not, by whichever path: into the
+// namespace by bpf_redirect_peer with fast_path on (the path counters
+// say so), the bridge and tn_to_workload without bpf_redirect_peer (the
+// probe forced to fail: the fallback) or with fast_path off.
+func TestHostRouting(t *testing.T) {
+	for _, c := range []struct {
+		name, extra string
+		env         []string
+		hostRouted  bool
+		bridge      bool // the WireGuard side redirects to the bridge
+	}{
+		{"host-routing", "fast_path: true", nil, true, false},
+		{"no-redirect-peer", "fast_path: true", []string{tnnode.TestOnlyNoRedirectPeerEnv + "=1"}, false, true},
+		{"kernel-routes", "fast_path: false", nil, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) { hostRouting(t, c.extra, c.env, c.hostRouted, c.bridge) })
+	}
+}
+
+func paths(t testing.TB, pinDir string) map[bpfmaps.Path]uint64 {
+	t.Helper()
+	m, err := loader.OpenMaps(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	p, err := bpfmaps.FromMaps(m).Paths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bool) {
+	nodes, _ := newGridWith(t, gridOpts{backend: "file", count: 2, extra: extra, env: map[int][]string{1: env, 2: env}})
+	n1, n2 := nodes[0], nodes[1]
+	inet := n1.inet
+	pid := os.Getpid()
+	for _, c := range [][]string{
+		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
+		{"link", "set", "lo", "up"},
+		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
+		}
+	}
+	ns := map[string]*testutil.NetNS{}
+	addr := map[string]string{}
+	for _, w := range []struct {
+		id, network string
+		g           *gridNode
+	}{{"w1", "acme", n1}, {"w2", "acme", n2}, {"g2", "globex", n2}} {
+		w.g.d.must("network", "add", "--id", w.network)
+		ns[w.id] = testutil.NewNetNS(t, fmt.Sprintf("tn-hr%s-%d", w.id, pid))
+		var info wlInfo
+		if err := jsonUnmarshal(w.g.d.must("workload", "add", "--id", w.id, "--network", w.network, "--netns", "/run/netns/"+ns[w.id].Name, "-o", "json"), &info); err != nil {
+			t.Fatal(err)
+		}
+		addr[w.id] = info.Addr
+	}
+	hp := func(w string, port int) string { return fmt.Sprintf("[%s]:%d", addr[w], port) }
+	for _, p := range []string{"[::]:8080", "[::]:8081", "[::]:8082"} {
+		listenTCP(t, ns["w1"], p)
+	}
+	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: n1.ns.Name, pin: n1.pin, state: n1.state}
+	fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", "8080", "--dst", addr["w1"], "--action", "allow")
+	// 8081: beats the same-network allow, so w2 over WireGuard is denied.
+	fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", "8081", "--dst", addr["w1"], "--action", "deny")
+
+	retry(t, 40*time.Second, "the internet -> w1:8080 (allowed)", func() error { return dialTCP(inet, hp("w1", 8080), time.Second) })
+	retry(t, 40*time.Second, "w2 -> w1:8080 over WireGuard (same network)", func() error { return dialTCP(ns["w2"], hp("w1", 8080), time.Second) })
+	p0 := paths(t, n1.pin)
+	dd := reasonPackets(t, n1.pin, acme, policy.DropDefault)
+	dp := reasonPackets(t, n1.pin, acme, policy.DropPolicy)
+
+	// The attacks: the internet on a port no rule opens (8082: default
+	// deny) and on the denied one; w2 on the denied one; globex's g2
+	// across tenants.
+	for _, c := range []struct{ what, from, to string }{
+		{"the internet reached w1:8082 (no rule)", "inet", hp("w1", 8082)},
+		{"the internet reached w1:8081 (denied)", "inet", hp("w1", 8081)},
+		{"w2 reached w1:8081 over WireGuard (denied)", "w2", hp("w1", 8081)},
+		{"globex g2 reached acme w1", "g2", hp("w1", 8080)},
+	} {
+		from := inet
+		if c.from != "inet" {
+			from = ns[c.from]
+		}
+		if dialTCP(from, c.to, time.Second) == nil {
+			t.Error(c.what)
+		}
+	}
+	if got := reasonPackets(t, n1.pin, acme, policy.DropDefault); got <= dd {
+		t.Errorf("node1's acme default-deny counter %d -> %d: the internet's SYN to 8082 was not dropped by the port's policy", dd, got)
+	}
+	if got := reasonPackets(t, n1.pin, acme, policy.DropPolicy); got < dp+2 {
+		t.Errorf("node1's acme policy-drop counter %d -> %d: want the internet's and w2's SYNs to 8081", dp, got)
+	}
+	// The allowed flows carry data both ways, by every path.
+	transfer(t, inet, ns["w1"], addr["w1"], 4<<20)
+	transfer(t, ns["w2"], ns["w1"], addr["w1"], 4<<20)
+
+	p1 := paths(t, n1.pin)
+	d := func(hook, path string) uint64 {
+		k := bpfmaps.Path{Hook: hook, Path: path}
+		return p1[k] - p0[k]
+	}
+	t.Logf("node1 paths during the test: uplink peer %d drop %d kernel %d; wg peer %d drop %d bridge %d kernel %d",
+		d("uplink", "peer"), d("uplink", "drop"), d("uplink", "kernel"), d("wg", "peer"), d("wg", "drop"), d("wg", "bridge"), d("wg", "kernel"))
+	if hostRouted {
+		if d("uplink", "peer") < 100 || d("wg", "peer") < 100 {
+			t.Errorf("host routing on, but the transfers were not host-routed (uplink peer %d, wg peer %d)", d("uplink", "peer"), d("wg", "peer"))
+		}
+		if d("uplink", "drop") < 2 || d("wg", "drop") < 1 {
+			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (uplink drop %d, wg drop %d)", d("uplink", "drop"), d("wg", "drop"))
+		}
+		return
+	}
+	for _, p := range []string{"peer", "drop", "tap"} {
+		if d("uplink", p) != 0 || d("wg", p) != 0 {
+			t.Errorf("host routing off, but packets took path %s (uplink %d, wg %d)", p, d("uplink", p), d("wg", p))
+		}
+	}
+	if bridge && d("wg", "bridge") < 100 {
+		t.Errorf("without bpf_redirect_peer the WireGuard side should redirect to the bridge: %d packets", d("wg", "bridge"))
+	}
+	// tn_uplink_in is attached only when host routing is on.
+	for _, a := range loader.ListAttachments(n1.pin) {
+		if a.Hook == loader.HookUplinkIn {
+			t.Errorf("host routing off, but tn_uplink_in is attached: %+v", a)
+		}
+	}
+}

@@ -61,17 +61,17 @@ type Options struct {
 
 // Datapath is a loaded datapath: every map and program, pinned.
 type Datapath struct {
-	PinDir  string
-	Maps    WorkloadMaps
-	Progs   WorkloadPrograms
-	Uplink  *ebpf.Program
-	WG      *ebpf.Program // tn_from_wg
-	SixIn4  *ebpf.Program // tn_6in4_out
+	PinDir string
+	Maps   WorkloadMaps
+	Progs  WorkloadPrograms
+	Uplink *ebpf.Program
+	WG     *ebpf.Program // tn_from_wg
+	SixIn4 *ebpf.Program // tn_6in4_out
 	// UplinkIn is tn_uplink_in, host routing from the uplink (TC
 	// ingress, attached with fast_path on).
 	UplinkIn *ebpf.Program
-	log     *slog.Logger
-	created bool
+	log      *slog.Logger
+	created  bool
 
 	tagsMu  sync.Mutex
 	tags    map[ebpf.ProgramID]string // name/tag of attached program ids (Alive)

@@ -11,7 +11,6 @@ import (
 	"github.com/tenantnet/tenantnet/model"
 )
 
-
 // The test frames' destination MAC (internal/packet): the uplink has it,
 // so that BPF_PROG_TEST_RUN's eth_type_trans marks them PACKET_HOST.
 var frameDstMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 2}

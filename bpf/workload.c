@@ -139,6 +139,9 @@ out:
 		return TC_ACT_SHOT;
 	if (tun.flags)
 		return tn_fast_to_6in4(skb, &p, rt, &tun);
+	if (rt && rt->kind == TN_ROUTE_LOCAL &&
+	    (rt->flags & TN_ROUTE_F_REDIRECT))
+		return tn_fast_to_port(skb, &p, ifindex, tenant);
 	return tn_fast_to_wg(skb, &p, rt, tenant);
 }
 

@@ -89,7 +89,8 @@ func (x *Maps) HostRoutes() (map[uint32]HostRoute, error) {
 }
 
 // Path is one of the ways a packet for a workload goes (tn_path_v1): by
-// hook (uplink, wg) and path (peer, tap, bridge, kernel, drop).
+// hook (uplink, wg, port: from a workload port to a sibling on the same
+// node) and path (peer, tap, bridge, kernel, drop).
 type Path struct {
 	Hook, Path string
 }
@@ -104,6 +105,10 @@ var paths = map[loader.WorkloadTnPath]Path{
 	loader.WorkloadTnPathTN_PATH_WG_BRIDGE:     {"wg", "bridge"},
 	loader.WorkloadTnPathTN_PATH_WG_KERNEL:     {"wg", "kernel"},
 	loader.WorkloadTnPathTN_PATH_WG_DROP:       {"wg", "drop"},
+	loader.WorkloadTnPathTN_PATH_PORT_PEER:     {"port", "peer"},
+	loader.WorkloadTnPathTN_PATH_PORT_TAP:      {"port", "tap"},
+	loader.WorkloadTnPathTN_PATH_PORT_BRIDGE:   {"port", "bridge"},
+	loader.WorkloadTnPathTN_PATH_PORT_DROP:     {"port", "drop"},
 }
 
 // Paths reads tn_path_v1, summed over CPUs: packets by the path they took.

@@ -404,7 +404,7 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 var workloadObject = struct {
 	len int
 	crc uint32
-}{144712, 0x7be5b450}
+}{154016, 0x78c94a1b}
 
 // workloadSizes are the key and value sizes of the workload object's maps.
 // OpenMaps (every tenantfw command) checks the pins against them: parsing
@@ -421,7 +421,9 @@ var workloadSizes = map[string][2]uint32{
 	"tn_errors_v1":   {4, 8},
 	"tn_events_v1":   {0, 0},
 	"tn_frag_v2":     {44, 16},
+	"tn_hostrt_v1":   {4, 16},
 	"tn_meta_v1":     {4, 8},
+	"tn_path_v1":     {4, 8},
 	"tn_ports_v1":    {4, 8},
 	"tn_prefix_v1":   {20, 4},
 	"tn_rdst_v1":     {28, 24},

@@ -214,7 +214,11 @@ const (
 	WorkloadTnPathTN_PATH_WG_BRIDGE     WorkloadTnPath = 6
 	WorkloadTnPathTN_PATH_WG_KERNEL     WorkloadTnPath = 7
 	WorkloadTnPathTN_PATH_WG_DROP       WorkloadTnPath = 8
-	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 9
+	WorkloadTnPathTN_PATH_PORT_PEER     WorkloadTnPath = 9
+	WorkloadTnPathTN_PATH_PORT_TAP      WorkloadTnPath = 10
+	WorkloadTnPathTN_PATH_PORT_BRIDGE   WorkloadTnPath = 11
+	WorkloadTnPathTN_PATH_PORT_DROP     WorkloadTnPath = 12
+	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 13
 )
 
 type WorkloadTnPort struct {

@@ -8,8 +8,9 @@ import (
 
 // HostRoute is a port host routing delivers to (bpf/lib/hostroute.h).
 type HostRoute struct {
-	Tap bool
-	MTU int // the port's MTU (tn_fits)
+	Tap     bool
+	MTU     int     // the port's MTU (tn_fits)
+	MAC, GW [6]byte // the workload's and the gateway's
 }
 
 // The paths of Verdict.Path (enum tn_path, by hook).
@@ -18,6 +19,7 @@ const (
 	PathTap    = "tap"    // to the tap's transmit: its tn_to_workload decides
 	PathKernel = "kernel" // for a host-routed port, but left to the kernel
 	PathDrop   = "drop"   // the port's inbound policy dropped it
+	PathBridge = "bridge" // from a port, for a host-routed sibling, but the bridge's way
 )
 
 var global = netip.MustParsePrefix("2000::/3")
@@ -39,9 +41,7 @@ func (s *State) evalUplinkIn(arrival uint32, b []byte) Verdict {
 		return Verdict{}
 	}
 	v := Verdict{Port: ep.Ifindex, Path: PathKernel}
-	ip := b[14:]
-	if p.frag != 0 || p.proto == policy.ProtoICMPv6 || !global.Contains(p.src) ||
-		ip[6] == 0 || ip[7] <= 1 || len(b)-14 > hr.MTU {
+	if !forwardable(b, &p, hr) {
 		return v
 	}
 	if hr.Tap {
@@ -55,4 +55,45 @@ func (s *State) evalUplinkIn(arrival uint32, b []byte) Verdict {
 		v.Path = PathDrop
 	}
 	return v
+}
+
+// forwardable is tn_hostrt_ok: what host routing forwards rather than
+// leave to the kernel.
+func forwardable(b []byte, p *packet, hr HostRoute) bool {
+	ip := b[14:]
+	return p.frag == 0 && p.proto != policy.ProtoICMPv6 && global.Contains(p.src) &&
+		ip[6] != 0 && ip[7] > 1 && len(b)-14 <= hr.MTU
+}
+
+// portHostRoute is tn_fast_to_port: a packet port ifindex passed (v), for
+// a host-routed sibling of the same tenant on this node, on the link (for
+// its MAC) or through the gateway (for the gateway's MAC).
+func (s *State) portHostRoute(ifindex, tenant uint32, b []byte, p *packet, v *Verdict) {
+	pfx, ok := s.FastLocal[tenant]
+	if p.l3 != 0x86dd || !ok || !pfx.Contains(p.dst) {
+		return
+	}
+	ep, ok := s.Endpoints[as16(p.dst)]
+	if !ok || ep.Tenant != tenant || ep.Ifindex == ifindex {
+		return
+	}
+	hr, ok := s.HostRoutes[ep.Ifindex]
+	if !ok {
+		return
+	}
+	v.Port, v.Path = ep.Ifindex, PathBridge
+	mac := [6]byte(b[0:6])
+	if mac != hr.MAC && mac != hr.GW || !forwardable(b, p, hr) {
+		return
+	}
+	if hr.Tap {
+		v.Path = PathTap
+		return
+	}
+	var q packet
+	in := s.evalPort(ToWorkload, ep.Ifindex, ifindex, b, &q)
+	v.Then, v.Path = &in, PathPeer
+	if in.Drop {
+		v.Path = PathDrop
+	}
 }

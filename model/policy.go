@@ -690,6 +690,9 @@ func (s *State) evalPort(h Hook, ifindex, arrival uint32, b []byte, p *packet) V
 	if v.Reason != policy.PassRule && v.Reason != policy.DropPolicy {
 		v.RuleID = 0
 	}
+	if h == FromWorkload && !v.Drop {
+		s.portHostRoute(ifindex, tenant, b, p, &v)
+	}
 	return v
 }
 

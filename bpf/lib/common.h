@@ -162,7 +162,13 @@ enum tn_path {
 	TN_PATH_WG_BRIDGE = 6,
 	TN_PATH_WG_KERNEL = 7,
 	TN_PATH_WG_DROP = 8,
-	TN_PATH_MAX = 9,
+	/* From a workload port to a workload of the same node: PORT_BRIDGE
+	 * is the bridge's way (and its tn_to_workload). */
+	TN_PATH_PORT_PEER = 9,
+	TN_PATH_PORT_TAP = 10,
+	TN_PATH_PORT_BRIDGE = 11,
+	TN_PATH_PORT_DROP = 12,
+	TN_PATH_MAX = 13,
 };
 
 /* tn_srcaddr_v1 (LPM): which sources a port may send from. */

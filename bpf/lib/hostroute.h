@@ -147,3 +147,42 @@ static __always_inline int tn_hostrt_deliver(struct __sk_buff *skb,
 		return bpf_redirect(d->ifindex, 0);
 	return bpf_redirect_peer(d->ifindex, 0);
 }
+
+/* From workload port ifindex (after its outbound verdict) to a workload
+ * of the same node, tenant's: on the link (the frame is for the sibling's
+ * MAC, as the bridge would forward it) or through the gateway (for the
+ * bridge's MAC, as the kernel would route it: hop limit down, MACs
+ * rewritten). The sibling port's inbound policy decides here; then into
+ * its namespace. Returns the TC action (TC_ACT_OK: the bridge's way). */
+static __always_inline int tn_fast_to_port(struct __sk_buff *skb,
+					   const struct pkt *p, __u32 ifindex,
+					   __u32 tenant)
+{
+	struct tn_hostrt_dst d = {};
+	__u8 mac[6];
+
+	if (p->l3 != ETH_P_IPV6 || !tn_hostrt_find(p->dst, tenant, &d) ||
+	    d.ifindex == ifindex || bpf_skb_load_bytes(skb, 0, mac, 6))
+		return TC_ACT_OK;
+	int routed = !__builtin_memcmp(mac, d.gw, 6);
+	if ((!routed && __builtin_memcmp(mac, d.mac, 6)) ||
+	    !tn_hostrt_ok(skb, p, sizeof(struct ethhdr),
+			  skb->len - sizeof(struct ethhdr), d.ifindex)) {
+		tn_path_count(TN_PATH_PORT_BRIDGE);
+		return TC_ACT_OK;
+	}
+	if (d.flags & TN_HOSTRT_F_TAP) {
+		tn_path_count(TN_PATH_PORT_TAP);
+		if (routed)
+			return tn_hostrt_deliver(skb, &d);
+		return bpf_redirect(d.ifindex, 0);
+	}
+	if (tn_port_in(skb, p, d.ifindex, ifindex, 0)) {
+		tn_path_count(TN_PATH_PORT_DROP);
+		return TC_ACT_SHOT;
+	}
+	tn_path_count(TN_PATH_PORT_PEER);
+	if (routed)
+		return tn_hostrt_deliver(skb, &d);
+	return bpf_redirect_peer(d.ifindex, 0);
+}

@@ -3,6 +3,7 @@ package datapath_test
 import (
 	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -38,12 +39,34 @@ func (e *env) addUplink() {
 // hostRoute lets host routing deliver to port (tn_hostrt_v1), a veth
 // unless tap.
 func (e *env) hostRoute(port uint32, tap bool) {
+	e.hostRouteMACs(port, tap, net.HardwareAddr{0x02, 0xaa, 0, 0, 0, byte(port)}, net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 1})
+}
+
+// hostRouteMACs is hostRoute with the workload's and the gateway's MACs
+// (a frame from a sibling port is host-routed when it is for either).
+func (e *env) hostRouteMACs(port uint32, tap bool, mac, gw net.HardwareAddr) {
 	e.t.Helper()
-	h := bpfmaps.HostRoute{MAC: net.HardwareAddr{0x02, 0xaa, 0, 0, 0, byte(port)}, Gateway: net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 1}, Tap: tap}
+	h := bpfmaps.HostRoute{MAC: mac, Gateway: gw, Tap: tap}
 	if err := e.maps.SetHostRoute(port, h); err != nil {
 		e.t.Fatal(err)
 	}
-	e.model.HostRoutes[port] = model.HostRoute{Tap: tap, MTU: 1500}
+	e.model.HostRoutes[port] = model.HostRoute{Tap: tap, MTU: 1500, MAC: [6]byte(mac), GW: [6]byte(gw)}
+}
+
+// fastLocal gives tenant its /64 on this node with a redirecting local
+// route (tn_route_v1), as fast_path does: what its workloads send to
+// each other is host-routed.
+func (e *env) fastLocal(tenant uint32, p netip.Prefix) {
+	e.t.Helper()
+	rt := bpfmaps.Route{Tenant: tenant, Prefix: p, Kind: bpfmaps.RouteLocal, Ifindex: e.uplink, Redirect: true, MTU: 1500}
+	have, err := e.maps.Routes()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.maps.SyncRoutes(tenant, append(have[tenant], rt), have[tenant]); err != nil {
+		e.t.Fatal(err)
+	}
+	e.model.FastLocal[tenant] = p
 }
 
 func (e *env) paths() map[bpfmaps.Path]uint64 {

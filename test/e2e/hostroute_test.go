@@ -69,8 +69,10 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	for _, w := range []struct {
 		id, network string
 		g           *gridNode
-	}{{"w1", "acme", n1}, {"w2", "acme", n2}, {"g2", "globex", n2}} {
-		w.g.d.must("network", "add", "--id", w.network)
+	}{{"w1", "acme", n1}, {"w3", "acme", n1}, {"w2", "acme", n2}, {"g2", "globex", n2}} {
+		if w.id != "w3" {
+			w.g.d.must("network", "add", "--id", w.network)
+		}
 		ns[w.id] = testutil.NewNetNS(t, fmt.Sprintf("tn-hr%s-%d", w.id, pid))
 		var info wlInfo
 		if err := jsonUnmarshal(w.g.d.must("workload", "add", "--id", w.id, "--network", w.network, "--netns", "/run/netns/"+ns[w.id].Name, "-o", "json"), &info); err != nil {
@@ -89,6 +91,7 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 
 	retry(t, 40*time.Second, "the internet -> w1:8080 (allowed)", func() error { return dialTCP(inet, hp("w1", 8080), time.Second) })
 	retry(t, 40*time.Second, "w2 -> w1:8080 over WireGuard (same network)", func() error { return dialTCP(ns["w2"], hp("w1", 8080), time.Second) })
+	retry(t, 40*time.Second, "w3 -> w1:8080 on the same node", func() error { return dialTCP(ns["w3"], hp("w1", 8080), time.Second) })
 	p0 := paths(t, n1.pin)
 	dd := reasonPackets(t, n1.pin, acme, policy.DropDefault)
 	dp := reasonPackets(t, n1.pin, acme, policy.DropPolicy)
@@ -100,6 +103,7 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		{"the internet reached w1:8082 (no rule)", "inet", hp("w1", 8082)},
 		{"the internet reached w1:8081 (denied)", "inet", hp("w1", 8081)},
 		{"w2 reached w1:8081 over WireGuard (denied)", "w2", hp("w1", 8081)},
+		{"w3 reached w1:8081 on the same node (denied)", "w3", hp("w1", 8081)},
 		{"globex g2 reached acme w1", "g2", hp("w1", 8080)},
 	} {
 		from := inet
@@ -113,32 +117,34 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	if got := reasonPackets(t, n1.pin, acme, policy.DropDefault); got <= dd {
 		t.Errorf("node1's acme default-deny counter %d -> %d: the internet's SYN to 8082 was not dropped by the port's policy", dd, got)
 	}
-	if got := reasonPackets(t, n1.pin, acme, policy.DropPolicy); got < dp+2 {
-		t.Errorf("node1's acme policy-drop counter %d -> %d: want the internet's and w2's SYNs to 8081", dp, got)
+	if got := reasonPackets(t, n1.pin, acme, policy.DropPolicy); got < dp+3 {
+		t.Errorf("node1's acme policy-drop counter %d -> %d: want the internet's, w2's and w3's SYNs to 8081", dp, got)
 	}
 	// The allowed flows carry data both ways, by every path.
 	transfer(t, inet, ns["w1"], addr["w1"], 4<<20)
 	transfer(t, ns["w2"], ns["w1"], addr["w1"], 4<<20)
+	transfer(t, ns["w3"], ns["w1"], addr["w1"], 4<<20)
 
 	p1 := paths(t, n1.pin)
 	d := func(hook, path string) uint64 {
 		k := bpfmaps.Path{Hook: hook, Path: path}
 		return p1[k] - p0[k]
 	}
-	t.Logf("node1 paths during the test: uplink peer %d drop %d kernel %d; wg peer %d drop %d bridge %d kernel %d",
-		d("uplink", "peer"), d("uplink", "drop"), d("uplink", "kernel"), d("wg", "peer"), d("wg", "drop"), d("wg", "bridge"), d("wg", "kernel"))
+	t.Logf("node1 paths during the test: uplink peer %d drop %d kernel %d; wg peer %d drop %d bridge %d kernel %d; port peer %d drop %d bridge %d",
+		d("uplink", "peer"), d("uplink", "drop"), d("uplink", "kernel"), d("wg", "peer"), d("wg", "drop"), d("wg", "bridge"), d("wg", "kernel"),
+		d("port", "peer"), d("port", "drop"), d("port", "bridge"))
 	if hostRouted {
-		if d("uplink", "peer") < 100 || d("wg", "peer") < 100 {
-			t.Errorf("host routing on, but the transfers were not host-routed (uplink peer %d, wg peer %d)", d("uplink", "peer"), d("wg", "peer"))
+		if d("uplink", "peer") < 100 || d("wg", "peer") < 100 || d("port", "peer") < 100 {
+			t.Errorf("host routing on, but the transfers were not host-routed (uplink peer %d, wg peer %d, port peer %d)", d("uplink", "peer"), d("wg", "peer"), d("port", "peer"))
 		}
-		if d("uplink", "drop") < 2 || d("wg", "drop") < 1 {
-			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (uplink drop %d, wg drop %d)", d("uplink", "drop"), d("wg", "drop"))
+		if d("uplink", "drop") < 2 || d("wg", "drop") < 1 || d("port", "drop") < 1 {
+			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (uplink drop %d, wg drop %d, port drop %d)", d("uplink", "drop"), d("wg", "drop"), d("port", "drop"))
 		}
 		return
 	}
 	for _, p := range []string{"peer", "drop", "tap"} {
-		if d("uplink", p) != 0 || d("wg", p) != 0 {
-			t.Errorf("host routing off, but packets took path %s (uplink %d, wg %d)", p, d("uplink", p), d("wg", p))
+		if d("uplink", p) != 0 || d("wg", p) != 0 || d("port", p) != 0 {
+			t.Errorf("host routing off, but packets took path %s (uplink %d, wg %d, port %d)", p, d("uplink", p), d("wg", p), d("port", p))
 		}
 	}
 	if bridge && d("wg", "bridge") < 100 {

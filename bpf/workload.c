@@ -142,6 +142,8 @@ out:
 	if (rt && rt->kind == TN_ROUTE_LOCAL &&
 	    (rt->flags & TN_ROUTE_F_REDIRECT))
 		return tn_fast_to_port(skb, &p, ifindex, tenant);
+	if (!rt || (rt->kind == TN_ROUTE_EXIT && !rt->ifindex))
+		return tn_fast_to_uplink(skb, &p, ifindex);
 	return tn_fast_to_wg(skb, &p, rt, tenant);
 }
 

@@ -90,7 +90,8 @@ func (x *Maps) HostRoutes() (map[uint32]HostRoute, error) {
 
 // Path is one of the ways a packet for a workload goes (tn_path_v1): by
 // hook (uplink, wg, port: from a workload port to a sibling on the same
-// node) and path (peer, tap, bridge, kernel, drop).
+// node, out: from a workload port to the outside) and path (peer, tap,
+// bridge, kernel, drop, fib).
 type Path struct {
 	Hook, Path string
 }
@@ -109,6 +110,8 @@ var paths = map[loader.WorkloadTnPath]Path{
 	loader.WorkloadTnPathTN_PATH_PORT_TAP:      {"port", "tap"},
 	loader.WorkloadTnPathTN_PATH_PORT_BRIDGE:   {"port", "bridge"},
 	loader.WorkloadTnPathTN_PATH_PORT_DROP:     {"port", "drop"},
+	loader.WorkloadTnPathTN_PATH_OUT_FIB:       {"out", "fib"},
+	loader.WorkloadTnPathTN_PATH_OUT_KERNEL:    {"out", "kernel"},
 }
 
 // Paths reads tn_path_v1, summed over CPUs: packets by the path they took.
@@ -130,4 +133,31 @@ func (x *Maps) Paths() (map[Path]uint64, error) {
 		out[p] = n
 	}
 	return out, nil
+}
+
+// SetUplink lets host routing send workloads' outside traffic out of the
+// uplink ifindex (tn_uplink_v1).
+func (x *Maps) SetUplink(ifindex uint32) error {
+	if x.m.TnUplinkV1 == nil {
+		return errors.New("tn_uplink_v1 is not pinned: load the datapath with this build")
+	}
+	var v uint32
+	if x.m.TnUplinkV1.Lookup(ifindex, &v) == nil {
+		return nil
+	}
+	if err := update(x.m.TnUplinkV1, ifindex, uint32(1)); err != nil {
+		return fmt.Errorf("host routing out of uplink ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DeleteUplink stops host routing out of the uplink ifindex.
+func (x *Maps) DeleteUplink(ifindex uint32) error {
+	if x.m.TnUplinkV1 == nil {
+		return nil
+	}
+	if err := x.m.TnUplinkV1.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("stop host routing out of uplink ifindex %d: %w", ifindex, err)
+	}
+	return nil
 }

@@ -83,7 +83,7 @@ type Datapath struct {
 // Load creates them, and readers must cope with their absence.
 var addedLater = map[string]bool{
 	"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true, "tn_6in4_v1": true, "tn_6in4ep_v1": true,
-	"tn_hostrt_v1": true, "tn_path_v1": true,
+	"tn_hostrt_v1": true, "tn_path_v1": true, "tn_uplink_v1": true,
 }
 
 // progAddedLater are programs newer builds added: Open copes with pins of
@@ -404,7 +404,7 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 var workloadObject = struct {
 	len int
 	crc uint32
-}{154016, 0x78c94a1b}
+}{157872, 0x9a63da20}
 
 // workloadSizes are the key and value sizes of the workload object's maps.
 // OpenMaps (every tenantfw command) checks the pins against them: parsing
@@ -434,6 +434,7 @@ var workloadSizes = map[string][2]uint32{
 	"tn_srcaddr_v1":  {24, 4},
 	"tn_stats_v1":    {8, 16},
 	"tn_tenant_v1":   {4, 8},
+	"tn_uplink_v1":   {4, 4},
 	"tn_wgdev_v1":    {4, 8},
 }
 

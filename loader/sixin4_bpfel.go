@@ -37,6 +37,7 @@ const (
 	Sixin4MapTnSrcaddrV1  = "tn_srcaddr_v1"
 	Sixin4MapTnStatsV1    = "tn_stats_v1"
 	Sixin4MapTnTenantV1   = "tn_tenant_v1"
+	Sixin4MapTnUplinkV1   = "tn_uplink_v1"
 	Sixin4MapTnWgdevV1    = "tn_wgdev_v1"
 	Sixin4ProgTn6in4Out   = "tn_6in4_out"
 )
@@ -111,6 +112,7 @@ type Sixin4MapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -161,6 +163,7 @@ type Sixin4Maps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -187,6 +190,7 @@ func (m *Sixin4Maps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

@@ -37,6 +37,7 @@ const (
 	WireguardMapTnSrcaddrV1  = "tn_srcaddr_v1"
 	WireguardMapTnStatsV1    = "tn_stats_v1"
 	WireguardMapTnTenantV1   = "tn_tenant_v1"
+	WireguardMapTnUplinkV1   = "tn_uplink_v1"
 	WireguardMapTnWgdevV1    = "tn_wgdev_v1"
 	WireguardProgTnFromWg    = "tn_from_wg"
 )
@@ -111,6 +112,7 @@ type WireguardMapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -161,6 +163,7 @@ type WireguardMaps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -187,6 +190,7 @@ func (m *WireguardMaps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

@@ -218,7 +218,9 @@ const (
 	WorkloadTnPathTN_PATH_PORT_TAP      WorkloadTnPath = 10
 	WorkloadTnPathTN_PATH_PORT_BRIDGE   WorkloadTnPath = 11
 	WorkloadTnPathTN_PATH_PORT_DROP     WorkloadTnPath = 12
-	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 13
+	WorkloadTnPathTN_PATH_OUT_FIB       WorkloadTnPath = 13
+	WorkloadTnPathTN_PATH_OUT_KERNEL    WorkloadTnPath = 14
+	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 15
 )
 
 type WorkloadTnPort struct {
@@ -443,6 +445,7 @@ const (
 	WorkloadMapTnSrcaddrV1     = "tn_srcaddr_v1"
 	WorkloadMapTnStatsV1       = "tn_stats_v1"
 	WorkloadMapTnTenantV1      = "tn_tenant_v1"
+	WorkloadMapTnUplinkV1      = "tn_uplink_v1"
 	WorkloadMapTnWgdevV1       = "tn_wgdev_v1"
 	WorkloadProgTnCtCtl        = "tn_ct_ctl"
 	WorkloadProgTnFromWorkload = "tn_from_workload"
@@ -522,6 +525,7 @@ type WorkloadMapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -573,6 +577,7 @@ type WorkloadMaps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -599,6 +604,7 @@ func (m *WorkloadMaps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

@@ -75,7 +75,7 @@ var (
 	lost = prometheus.NewDesc("tenantnet_datapath_not_recorded_total",
 		"What the datapath could not record: packets missing from the counters (what=stats-full) and drop events the full ring buffer refused (what=events-lost).", []string{"what"}, nil)
 	pathPackets = prometheus.NewDesc("tenantnet_datapath_path_packets_total",
-		"Packets for a workload by the path they took from the hook they came in by (uplink, wg, port: a sibling workload's port): peer (host routing into the workload's namespace, after its inbound policy), tap (to the tap's transmit), bridge (redirected to the tenant's bridge), kernel (left to the kernel's forwarding: unusual, too big, unknown next hop), drop (the workload's inbound policy refused it before delivery).", []string{"hook", "path"}, nil)
+		"Packets for a workload by the path they took from the hook they came in by (uplink, wg, port: a sibling workload's port, out: from a workload to the outside; path fib: bpf_fib_lookup and bpf_redirect_neigh out of the uplink): peer (host routing into the workload's namespace, after its inbound policy), tap (to the tap's transmit), bridge (redirected to the tenant's bridge), kernel (left to the kernel's forwarding: unusual, too big, unknown next hop), drop (the workload's inbound policy refused it before delivery).", []string{"hook", "path"}, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
 		"Failed reads or writes of the registry.", nil, nil)
 	refused = prometheus.NewDesc("tenantnet_state_refused",

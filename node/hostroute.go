@@ -54,12 +54,17 @@ func hostRoutingOn(fast bool, log *slog.Logger) bool {
 	return false
 }
 
-// syncUplinkIn attaches tn_uplink_in to the uplink when the node
-// host-routes, and takes it away otherwise (a restart with fast_path off
-// must not leave the previous run's program).
+// syncUplinkIn attaches tn_uplink_in to the uplink and lets workloads'
+// outside traffic out of it (tn_uplink_v1) when the node host-routes, and
+// takes both away otherwise (a restart with fast_path off must not leave
+// the previous run's).
 func (s *Service) syncUplinkIn(l netlink.Link) error {
 	idx := l.Attrs().Index
+	m := bpfmaps.New(s.dp)
 	if !s.hostRouting {
+		if err := m.DeleteUplink(uint32(idx)); err != nil {
+			return fmt.Errorf("uplink %s: %w", l.Attrs().Name, err)
+		}
 		if err := s.dp.DetachUplinkIn(idx); err != nil {
 			return fmt.Errorf("uplink %s: detach host routing: %w", l.Attrs().Name, err)
 		}
@@ -67,6 +72,9 @@ func (s *Service) syncUplinkIn(l netlink.Link) error {
 	}
 	if _, err := s.dp.AttachUplinkIn(idx, loader.AttachOptions{ForceLegacyTC: s.cfg.LegacyTC}); err != nil {
 		return fmt.Errorf("uplink %s: attach host routing: %w", l.Attrs().Name, err)
+	}
+	if err := m.SetUplink(uint32(idx)); err != nil {
+		return fmt.Errorf("uplink %s: %w", l.Attrs().Name, err)
 	}
 	return nil
 }

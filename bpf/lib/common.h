@@ -168,7 +168,12 @@ enum tn_path {
 	TN_PATH_PORT_TAP = 10,
 	TN_PATH_PORT_BRIDGE = 11,
 	TN_PATH_PORT_DROP = 12,
-	TN_PATH_MAX = 13,
+	/* From a workload port to the outside: FIB is bpf_fib_lookup and
+	 * bpf_redirect_neigh out of an uplink (tn_uplink_v1), KERNEL the
+	 * kernel's forwarding. */
+	TN_PATH_OUT_FIB = 13,
+	TN_PATH_OUT_KERNEL = 14,
+	TN_PATH_MAX = 15,
 };
 
 /* tn_srcaddr_v1 (LPM): which sources a port may send from. */

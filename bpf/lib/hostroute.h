@@ -186,3 +186,51 @@ static __always_inline int tn_fast_to_port(struct __sk_buff *skb,
 		return tn_hostrt_deliver(skb, &d);
 	return bpf_redirect_peer(d.ifindex, 0);
 }
+
+/* From workload port ifindex (after its outbound verdict) to the outside,
+ * for a destination the tenant has no route of its own for: the kernel's
+ * routes, as it would forward it (bpf_fib_lookup from the port, which
+ * forwards with net.ipv6.conf.all.forwarding), out of an uplink
+ * (tn_uplink_v1) only. A lookup that does not find a way out (no route,
+ * a local destination, a packet too big for the route: FRAG_NEEDED) and
+ * anything unusual (tn_hostrt_ok's list) goes the kernel's way. Returns
+ * the TC action. */
+static __always_inline int tn_fast_to_uplink(struct __sk_buff *skb,
+					     const struct pkt *p, __u32 ifindex)
+{
+	__u32 l3len = skb->len - sizeof(struct ethhdr);
+
+	if (p->l3 != ETH_P_IPV6 || !tn_global_unicast(p->dst))
+		return TC_ACT_OK;
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET6,
+		.l4_protocol = p->proto,
+		.sport = p->sport,
+		.dport = p->dport,
+		.tot_len = l3len,
+		.ifindex = ifindex,
+	};
+	__builtin_memcpy(fib.ipv6_src, p->src, TN_ADDR_LEN);
+	__builtin_memcpy(fib.ipv6_dst, p->dst, TN_ADDR_LEN);
+	__u32 out = 0;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	/* NO_NEIGH as in sixin4.h: bpf_redirect_neigh resolves the next
+	 * hop as the kernel's output would (seen in BPF_PROG_TEST_RUN on
+	 * 6.18 even with a permanent neighbour entry). */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		out = fib.ifindex;
+	if (!out || !bpf_map_lookup_elem(&tn_uplink_v1, &out) ||
+	    !tn_hostrt_ok(skb, p, sizeof(struct ethhdr), l3len, out)) {
+		tn_path_count(TN_PATH_OUT_KERNEL);
+		return TC_ACT_OK;
+	}
+	if (!tn_hop(skb, sizeof(struct ethhdr)))
+		return TC_ACT_OK;
+	tn_path_count(TN_PATH_OUT_FIB);
+	/* Always with the next hop (fib's ipv6_dst is the gateway now):
+	 * without one, bpf_redirect_neigh did its own lookup and leaked
+	 * (cilium#42000). */
+	struct bpf_redir_neigh nh = {.nh_family = AF_INET6};
+	__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, TN_ADDR_LEN);
+	return bpf_redirect_neigh(out, &nh, sizeof(nh), 0);
+}

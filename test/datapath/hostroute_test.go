@@ -3,10 +3,12 @@ package datapath_test
 import (
 	"bytes"
 	"net/netip"
+	"os/exec"
 	"testing"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
 	"github.com/tenantnet/tenantnet/model"
 	"github.com/tenantnet/tenantnet/policy"
@@ -117,4 +119,70 @@ func TestHostRouteUplink(t *testing.T) {
 	if ret != tcOK {
 		t.Errorf("a frame for another MAC: return code %d, want %d (the kernel drops it)", ret, tcOK)
 	}
+}
+
+// TestHostRouteOut: from a workload to the outside, host routing
+// (tn_fast_to_uplink) forwards by the kernel's routes (bpf_fib_lookup)
+// out of an uplink it was given (tn_uplink_v1) and nowhere else, after the
+// port's outbound verdict, and leaves the rest to the kernel.
+func TestHostRouteOut(t *testing.T) {
+	e := standardEnv(t)
+	e.addUplink()
+	for _, c := range [][]string{
+		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{"ip", "link", "set", "upl0", "up"}, {"ip", "link", "set", "upl1", "up"},
+		{"ip", "addr", "add", "2001:db8:ffff::1/64", "dev", "upl0", "nodad"},
+		{"ip", "neigh", "replace", "2001:db8:ffff::fe", "lladdr", "02:00:00:00:00:fe", "dev", "upl0", "nud", "permanent"},
+		{"ip", "route", "add", "default", "via", "2001:db8:ffff::fe", "dev", "upl0"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns.Name}, c...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+	}
+	run := func(name string, spec packet.Spec, ret uint32, path string) []byte {
+		t.Helper()
+		frame := packet.Build(spec)
+		out := make([]byte, len(frame))
+		before := e.paths()
+		var got uint32
+		e.inNS(func() (err error) {
+			got, err = e.dp.Progs.TnFromWorkload.Run(&ebpf.RunOptions{Data: frame, DataOut: out, Context: skbCtx(e.ports[0], 0)})
+			return
+		})
+		if got != ret {
+			t.Errorf("%s: return code %d, want %d", name, got, ret)
+		}
+		for k, n := range e.paths() {
+			d := n - before[k]
+			if w := (bpfmaps.Path{Hook: "out", Path: path}); (k == w) != (d == 1) || d > 1 {
+				t.Errorf("%s: path counter %v +%d (want out %q)", name, k, d, path)
+			}
+		}
+		return out
+	}
+	syn := tcp(a1v6, ext6, 41000, 443, synF)
+	run("no uplink given: the kernel's", syn, tcOK, "kernel")
+	if err := e.maps.SetUplink(e.uplink); err != nil {
+		t.Fatal(err)
+	}
+	out := run("to the internet", tcp(a1v6, ext6, 41001, 443, synF), tcRedirect, "fib")
+	if out[14+7] != 63 {
+		t.Errorf("forwarded with hop limit %d, want 63", out[14+7])
+	}
+	run("denied by the outbound rules (tcp 25)", tcp(a1v6, ext6, 41002, 25, synF), tcShot, "")
+	run("hop limit 1", func() packet.Spec { s := tcp(a1v6, ext6, 41003, 443, synF); s.HopLimit = 1; return s }(), tcOK, "kernel")
+	run("echo request", icmp6(a1v6, ext6, 128), tcOK, "kernel")
+	run("the node's own address (not forwarded)", tcp(a1v6, netip.MustParseAddr("2001:db8:ffff::1"), 41004, 22, synF), tcOK, "kernel")
+	run("a link-local destination", tcp(a1v6, ll6, 41005, 443, synF), tcOK, "")
+	run("above the route's MTU", func() packet.Spec { s := tcp(a1v6, ext6, 41007, 443, ackF); s.Payload = 1500; return s }(), tcOK, "kernel")
+	// A route out of anything but a given uplink (here a workload's port)
+	// is the kernel's business.
+	if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "ip", "route", "add", "2001:db8:eeee::/64", "dev", "upl1").CombinedOutput(); err != nil {
+		t.Fatalf("route via upl1: %v %s", err, out)
+	}
+	run("routed out of another interface", tcp(a1v6, netip.MustParseAddr("2001:db8:eeee::9"), 41008, 443, synF), tcOK, "kernel")
+	if err := e.maps.DeleteUplink(e.uplink); err != nil {
+		t.Fatal(err)
+	}
+	run("uplink taken away", tcp(a1v6, ext6, 41006, 443, synF), tcOK, "kernel")
 }

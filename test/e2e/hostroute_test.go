@@ -85,7 +85,9 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		listenTCP(t, ns["w1"], p)
 	}
 	fw := &fwCLI{t: t, bin: buildBinary(t, "cmd/tenantfw"), nsName: n1.ns.Name, pin: n1.pin, state: n1.state}
-	fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", "8080", "--dst", addr["w1"], "--action", "allow")
+	for _, port := range []string{"8080", "9100"} { // 9100: transfer's
+		fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", port, "--dst", addr["w1"], "--action", "allow")
+	}
 	// 8081: beats the same-network allow, so w2 over WireGuard is denied.
 	fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", "8081", "--dst", addr["w1"], "--action", "deny")
 
@@ -124,6 +126,9 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	transfer(t, inet, ns["w1"], addr["w1"], 4<<20)
 	transfer(t, ns["w2"], ns["w1"], addr["w1"], 4<<20)
 	transfer(t, ns["w3"], ns["w1"], addr["w1"], 4<<20)
+	listenTCP(t, inet, fmt.Sprintf("[%s]:8090", internetHost))
+	retry(t, 20*time.Second, "w1 -> the internet", func() error { return dialTCP(ns["w1"], fmt.Sprintf("[%s]:8090", internetHost), time.Second) })
+	transfer(t, ns["w1"], inet, internetHost, 4<<20)
 
 	p1 := paths(t, n1.pin)
 	d := func(hook, path string) uint64 {
@@ -133,9 +138,13 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	t.Logf("node1 paths during the test: uplink peer %d drop %d kernel %d; wg peer %d drop %d bridge %d kernel %d; port peer %d drop %d bridge %d",
 		d("uplink", "peer"), d("uplink", "drop"), d("uplink", "kernel"), d("wg", "peer"), d("wg", "drop"), d("wg", "bridge"), d("wg", "kernel"),
 		d("port", "peer"), d("port", "drop"), d("port", "bridge"))
+	t.Logf("node1 out: fib %d kernel %d", d("out", "fib"), d("out", "kernel"))
 	if hostRouted {
 		if d("uplink", "peer") < 100 || d("wg", "peer") < 100 || d("port", "peer") < 100 {
 			t.Errorf("host routing on, but the transfers were not host-routed (uplink peer %d, wg peer %d, port peer %d)", d("uplink", "peer"), d("wg", "peer"), d("port", "peer"))
+		}
+		if d("out", "fib") < 100 {
+			t.Errorf("host routing on, but w1's transfer to the internet did not leave by the fib (%d packets)", d("out", "fib"))
 		}
 		if d("uplink", "drop") < 2 || d("wg", "drop") < 1 || d("port", "drop") < 1 {
 			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (uplink drop %d, wg drop %d, port drop %d)", d("uplink", "drop"), d("wg", "drop"), d("port", "drop"))
@@ -146,6 +155,9 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		if d("uplink", p) != 0 || d("wg", p) != 0 || d("port", p) != 0 {
 			t.Errorf("host routing off, but packets took path %s (uplink %d, wg %d, port %d)", p, d("uplink", p), d("wg", p), d("port", p))
 		}
+	}
+	if d("out", "fib") != 0 {
+		t.Errorf("host routing off, but %d packets left by the fib", d("out", "fib"))
 	}
 	if bridge && d("wg", "bridge") < 100 {
 		t.Errorf("without bpf_redirect_peer the WireGuard side should redirect to the bridge: %d packets", d("wg", "bridge"))

@@ -182,6 +182,11 @@ static __always_inline int tn_fast_to_port(struct __sk_buff *skb,
 		return TC_ACT_SHOT;
 	}
 	tn_path_count(TN_PATH_PORT_PEER);
+	/* The port's ingress marked the frame for the sibling's (or the
+	 * bridge's) MAC PACKET_OTHERHOST, which the sibling's IPv6 would drop
+	 * (not every kernel's redirect_peer scrubs it). */
+	if (bpf_skb_change_type(skb, PACKET_HOST))
+		return TC_ACT_SHOT;
 	if (routed)
 		return tn_hostrt_deliver(skb, &d);
 	return bpf_redirect_peer(d.ifindex, 0);

@@ -146,8 +146,11 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		if d("out", "fib") < 100 {
 			t.Errorf("host routing on, but w1's transfer to the internet did not leave by the fib (%d packets)", d("out", "fib"))
 		}
-		if d("uplink", "drop") < 2 || d("wg", "drop") < 1 || d("port", "drop") < 1 {
-			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (uplink drop %d, wg drop %d, port drop %d)", d("uplink", "drop"), d("wg", "drop"), d("port", "drop"))
+		// The internet's denied SYNs never get this far: the XDP
+		// prefilter drops them first (test/datapath covers tn_uplink_in's
+		// own drops).
+		if d("wg", "drop") < 1 || d("port", "drop") < 1 {
+			t.Errorf("host routing on, but the denied SYNs were not dropped on its path (wg drop %d, port drop %d)", d("wg", "drop"), d("port", "drop"))
 		}
 		return
 	}

@@ -172,3 +172,50 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		}
 	}
 }
+
+// BenchmarkUplinkStream measures one TCP stream (iperf3, 5 s, three times)
+// from the internet into a workload through its node's uplink, with host
+// routing (fast_path: true) and with the kernel's routes (false).
+//
+//	sudo go test ./test/e2e -run '^$' -bench UplinkStream -benchtime 1x
+func BenchmarkUplinkStream(b *testing.B) {
+	for _, c := range []struct{ name, extra string }{
+		{"host-routing", "fast_path: true"}, {"kernel-routes", "fast_path: false"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			nodes, _ := newGrid(b, "file", 1, c.extra)
+			g := nodes[0]
+			inet := g.inet
+			for _, a := range [][]string{
+				{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
+				{"link", "set", "lo", "up"},
+				{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
+			} {
+				if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, a...)...).CombinedOutput(); err != nil {
+					b.Fatalf("ip %v: %v %s", a, err, out)
+				}
+			}
+			g.d.must("network", "add", "--id", "acme")
+			wl := testutil.NewNetNS(b, fmt.Sprintf("tn-us-%d", os.Getpid()))
+			var w wlInfo
+			if err := jsonUnmarshal(g.d.must("workload", "add", "--id", "s", "--network", "acme", "--netns", "/run/netns/"+wl.Name, "-o", "json"), &w); err != nil {
+				b.Fatal(err)
+			}
+			fw := &fwCLI{t: b, bin: buildBinary(b, "cmd/tenantfw"), nsName: g.ns.Name, pin: g.pin, state: g.state}
+			for _, port := range []string{"5299", "8080"} {
+				fw.must("rule", "add", "--tenant", fmt.Sprint(acme), "--proto", "tcp", "--port", port, "--dst", w.Addr, "--action", "allow")
+			}
+			listenTCP(b, wl, "[::]:8080")
+			retry(b, 30*time.Second, "the internet -> the workload", func() error {
+				return dialTCP(inet, fmt.Sprintf("[%s]:8080", w.Addr), time.Second)
+			})
+			p0 := paths(b, g.pin)
+			for b.Loop() {
+				streams(b, inet, wl, w.Addr)
+			}
+			p1 := paths(b, g.pin)
+			k := bpfmaps.Path{Hook: "uplink", Path: "peer"}
+			b.Logf("%s: %d packets host-routed into the workload", c.name, p1[k]-p0[k])
+		})
+	}
+}

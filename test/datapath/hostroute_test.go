@@ -2,11 +2,14 @@ package datapath_test
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
-	"os/exec"
+	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
@@ -128,16 +131,38 @@ func TestHostRouteUplink(t *testing.T) {
 func TestHostRouteOut(t *testing.T) {
 	e := standardEnv(t)
 	e.addUplink()
-	for _, c := range [][]string{
-		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
-		{"ip", "link", "set", "upl0", "up"}, {"ip", "link", "set", "upl1", "up"},
-		{"ip", "addr", "add", "2001:db8:ffff::1/64", "dev", "upl0", "nodad"},
-		{"ip", "neigh", "replace", "2001:db8:ffff::fe", "lladdr", "02:00:00:00:00:fe", "dev", "upl0", "nud", "permanent"},
-		{"ip", "route", "add", "default", "via", "2001:db8:ffff::fe", "dev", "upl0"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", c, err, out)
+	// The node's uplink, by netlink (the kernel matrix's VMs have
+	// busybox): 2001:db8:ffff::1/64, a default route via a neighbour, and
+	// forwarding on as tenantnetd has it.
+	nl := e.ns.Netlink(t)
+	gwMAC, _ := net.ParseMAC("02:00:00:00:00:fe")
+	gw := net.ParseIP("2001:db8:ffff::fe")
+	for _, name := range []string{"upl0", "upl1"} {
+		l, err := nl.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if err := nl.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.inNS(func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	})
+	upl, err := nl.LinkByName("upl0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := netlink.ParseAddr("2001:db8:ffff::1/64")
+	a.Flags = unix.IFA_F_NODAD
+	if err := nl.AddrAdd(upl, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: upl.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: gwMAC}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.RouteAdd(&netlink.Route{LinkIndex: upl.Attrs().Index, Gw: gw}); err != nil {
+		t.Fatal(err)
 	}
 	run := func(name string, spec packet.Spec, ret uint32, path string) []byte {
 		t.Helper()
@@ -177,8 +202,12 @@ func TestHostRouteOut(t *testing.T) {
 	run("above the route's MTU", func() packet.Spec { s := tcp(a1v6, ext6, 41007, 443, ackF); s.Payload = 1500; return s }(), tcOK, "kernel")
 	// A route out of anything but a given uplink (here a workload's port)
 	// is the kernel's business.
-	if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "ip", "route", "add", "2001:db8:eeee::/64", "dev", "upl1").CombinedOutput(); err != nil {
-		t.Fatalf("route via upl1: %v %s", err, out)
+	upl1, err := nl.LinkByName("upl1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.RouteAdd(&netlink.Route{LinkIndex: upl1.Attrs().Index, Dst: &net.IPNet{IP: net.ParseIP("2001:db8:eeee::"), Mask: net.CIDRMask(64, 128)}}); err != nil {
+		t.Fatalf("route via upl1: %v", err)
 	}
 	run("routed out of another interface", tcp(a1v6, netip.MustParseAddr("2001:db8:eeee::9"), 41008, 443, synF), tcOK, "kernel")
 	if err := e.maps.DeleteUplink(e.uplink); err != nil {

@@ -140,10 +140,11 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 		d("port", "peer"), d("port", "drop"), d("port", "bridge"))
 	t.Logf("node1 out: fib %d kernel %d", d("out", "fib"), d("out", "kernel"))
 	if hostRouted {
-		if d("uplink", "peer") < 100 || d("wg", "peer") < 100 || d("port", "peer") < 100 {
+		if d("uplink", "peer") < 30 || d("wg", "peer") < 30 || d("port", "peer") < 30 { // GSO: a transfer is tens of packets
 			t.Errorf("host routing on, but the transfers were not host-routed (uplink peer %d, wg peer %d, port peer %d)", d("uplink", "peer"), d("wg", "peer"), d("port", "peer"))
 		}
-		if d("out", "fib") < 100 {
+		// 4 MB leave in 64 KB GSO packets: tens of them.
+		if d("out", "fib") < 30 {
 			t.Errorf("host routing on, but w1's transfer to the internet did not leave by the fib (%d packets)", d("out", "fib"))
 		}
 		// The internet's denied SYNs never get this far: the XDP
@@ -162,7 +163,7 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	if d("out", "fib") != 0 {
 		t.Errorf("host routing off, but %d packets left by the fib", d("out", "fib"))
 	}
-	if bridge && d("wg", "bridge") < 100 {
+	if bridge && d("wg", "bridge") < 30 {
 		t.Errorf("without bpf_redirect_peer the WireGuard side should redirect to the bridge: %d packets", d("wg", "bridge"))
 	}
 	// tn_uplink_in is attached only when host routing is on.

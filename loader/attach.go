@@ -557,3 +557,23 @@ func legacyProg(ifindex int, h Hook) (ebpf.ProgramID, bool) {
 	}
 	return 0, false
 }
+
+// UplinkAlive asks the kernel whether ifindex still runs this datapath's
+// XDP prefilter (tn_uplink, by tag as Alive): one link query. XDP taken
+// off by hand (ip link set dev X xdp off, bpftool net detach) or
+// replaced by another program is not alive.
+func (dp *Datapath) UplinkAlive(ifindex int) bool {
+	if dp.Uplink == nil {
+		return false
+	}
+	want, ok := dp.progTag(dp.Uplink)
+	if !ok {
+		return false
+	}
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+		return false
+	}
+	tag, ok := dp.tagOfID(ebpf.ProgramID(l.Attrs().Xdp.ProgId))
+	return ok && tag == want
+}

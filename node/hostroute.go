@@ -91,3 +91,47 @@ func (s *Service) syncHostRoute(port netlink.Link, br netlink.Link, mac net.Hard
 	}
 	return m.SetHostRoute(idx, bpfmaps.HostRoute{MAC: mac, Gateway: gw, Tap: tap})
 }
+
+// repairUplinks attaches again, on every reconcile, the uplinks' XDP
+// prefilter and (host routing on) tn_uplink_in where they are no longer
+// this build's (detached by hand, replaced), as ports are repaired: at
+// start only, a detached prefilter would let the internet's denied SYNs
+// through, and a detached tn_uplink_in would quietly move every packet
+// for a workload to the kernel's path. One link query and one TCX query
+// per uplink.
+func (s *Service) repairUplinks(r *repairs) error {
+	var errs []error
+	for _, u := range s.cfg.Uplinks {
+		l, err := s.nl.LinkByName(u)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("uplink %s: %w", u, err))
+			continue
+		}
+		idx := l.Attrs().Index
+		if !s.dp.UplinkAlive(idx) {
+			mode, err := s.dp.AttachUplink(idx, loader.AttachOptions{})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("uplink %s: re-attach prefilter: %w", u, err))
+			} else {
+				s.uplinkMode[u] = mode
+				r.add("re-attached the XDP prefilter to uplink %s", u)
+			}
+		}
+		if !s.hostRouting {
+			continue
+		}
+		live := false
+		for _, a := range loader.ListAttachmentsOf(s.cfg.BPFDir, idx) {
+			live = live || a.Hook == loader.HookUplinkIn && a.Live && s.dp.Alive(a)
+		}
+		if live {
+			continue
+		}
+		if err := s.syncUplinkIn(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.add("re-attached tn_uplink_in to uplink %s", u)
+	}
+	return errors.Join(errs...)
+}

@@ -425,6 +425,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 	if err := s.reconcileWG(nets, r); err != nil {
 		errs = append(errs, err)
 	}
+	if err := s.repairUplinks(r); err != nil {
+		errs = append(errs, err)
+	}
 	if err := s.syncProxyRoutes(nets, r); err != nil {
 		errs = append(errs, err)
 	}

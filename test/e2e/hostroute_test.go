@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -248,6 +249,15 @@ func uplinkRepair(t *testing.T, g *gridNode, inet, w1 *testutil.NetNS, addr stri
 	if got := live(); got != 2 {
 		t.Fatalf("uplink: %d of the prefilter and tn_uplink_in live before the detach", got)
 	}
+	// A repair only when something was detached: a healthy uplink is
+	// not attached again on every reconcile.
+	repaired := func() (n int) {
+		b, _ := os.ReadFile(g.d.logPath)
+		return strings.Count(string(b), "re-attached the XDP prefilter to uplink") + strings.Count(string(b), "re-attached tn_uplink_in to uplink")
+	}
+	if n := repaired(); n != 0 {
+		t.Fatalf("uplink programs re-attached %d times before any detach: the liveness check is wrong", n)
+	}
 	for _, a := range loader.ListAttachments(g.pin) {
 		if !hooks[a.Hook] {
 			continue
@@ -268,6 +278,10 @@ func uplinkRepair(t *testing.T, g *gridNode, inet, w1 *testutil.NetNS, addr stri
 		t.Fatalf("uplink: %d of the prefilter and tn_uplink_in attached again %s after a detach by hand", got, time.Since(start).Round(time.Millisecond))
 	}
 	t.Logf("uplink prefilter and tn_uplink_in repaired in %s", time.Since(start).Round(time.Millisecond))
+	time.Sleep(2500 * time.Millisecond) // two more reconciles
+	if n := repaired(); n != 2 {
+		t.Errorf("uplink programs re-attached %d times in the log, want 2 (one detach each)", n)
+	}
 	p0 := paths(t, g.pin)
 	transfer(t, inet, w1, addr, 1<<20)
 	k := bpfmaps.Path{Hook: "uplink", Path: "peer"}

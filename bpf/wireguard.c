@@ -10,9 +10,10 @@
  * destination must be this node's part of the network. Two more pass to
  * the kernel's routes: transit back out of the same device (a user's
  * laptop reaching another member node) and, on the network's exit node,
- * the outside. Packets for this node's part are redirected to the tenant's
- * bridge (bpf_redirect_neigh resolves the workload's MAC), so the workload
- * port's tn_to_workload still decides whether they get in.
+ * the outside. Packets for this node's part are host-routed into the
+ * workload's namespace after its port's inbound policy (lib/hostroute.h),
+ * or else redirected to the tenant's bridge (bpf_redirect_neigh resolves
+ * the workload's MAC), where the workload port's tn_to_workload decides.
  */
 #include <linux/pkt_cls.h>
 
@@ -21,6 +22,7 @@
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/route.h"
+#include "lib/hostroute.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -43,7 +45,9 @@ int tn_from_wg(struct __sk_buff *skb)
 	struct pkt p = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 tenant = 0;
-	__u32 redirect = 0; /* the bridge's ifindex, for TN_PASS_REDIRECT */
+	__u32 redirect = 0; /* the bridge's ifindex, for TN_PATH_WG_BRIDGE */
+	__u32 path = TN_PATH_WG_BRIDGE;
+	struct tn_hostrt_dst hd = {};
 	int reason;
 
 	tn_pull(skb);
@@ -114,14 +118,29 @@ int tn_from_wg(struct __sk_buff *skb)
 	if (dst->mtu && (!mtu || dst->mtu < mtu))
 		mtu = dst->mtu;
 	tn_clamp_mss(skb, &p, mtu);
-	if (!(dst->flags & TN_ROUTE_F_REDIRECT) ||
-	    !tn_fits(skb, dst->ifindex, skb->len) || !tn_hop(skb, 0)) {
+	__u32 dst_if = dst->ifindex;
+	if (!(dst->flags & TN_ROUTE_F_REDIRECT)) {
 		reason = TN_PASS_STACK;
 		goto out;
 	}
-	redirect = dst->ifindex;
+	/* Host routing (lib/hostroute.h): straight into the workload's
+	 * namespace, after its port's inbound policy (below, after this
+	 * program's own verdict). */
+	if (tn_hostrt_find(p.dst, tenant, &hd) &&
+	    tn_hostrt_ok(skb, &p, 0, skb->len, hd.ifindex)) {
+		path = hd.flags & TN_HOSTRT_F_TAP ? TN_PATH_WG_TAP
+						  : TN_PATH_WG_PEER;
+	} else if (!tn_fits(skb, dst_if, skb->len) || !tn_hop(skb, 0)) {
+		tn_path_count(TN_PATH_WG_KERNEL);
+		reason = TN_PASS_STACK;
+		goto out;
+	} else {
+		path = TN_PATH_WG_BRIDGE;
+		redirect = dst_if;
+	}
 	/* bpf_redirect_neigh takes an Ethernet frame (it strips the header
-	 * and builds the bridge's): give this L3 packet a blank one. */
+	 * and builds the bridge's), as does a peer: give this L3 packet a
+	 * blank one. */
 	struct ethhdr eth = {.h_proto = bpf_htons(ETH_P_IPV6)};
 	if (bpf_skb_change_head(skb, sizeof(eth), 0) ||
 	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
@@ -134,6 +153,14 @@ out:
 		return TC_ACT_SHOT;
 	if (reason != TN_PASS_REDIRECT)
 		return TC_ACT_OK;
+	if (path == TN_PATH_WG_PEER &&
+	    tn_port_in(skb, &p, hd.ifindex, ifindex, 0)) {
+		tn_path_count(TN_PATH_WG_DROP);
+		return TC_ACT_SHOT;
+	}
+	tn_path_count(path);
+	if (path != TN_PATH_WG_BRIDGE)
+		return tn_hostrt_deliver(skb, &hd);
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET6};
 	__builtin_memcpy(nh.ipv6_nh, p.dst, TN_ADDR_LEN);
 	return bpf_redirect_neigh(redirect, &nh, sizeof(nh), 0);

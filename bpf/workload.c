@@ -14,6 +14,7 @@
 #include "lib/policy.h"
 #include "lib/route.h"
 #include "lib/sixin4.h"
+#include "lib/hostroute.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -40,6 +41,9 @@ struct tn_btf_types {
 	struct tn_6in4 sixin4;
 	enum tn_6in4_flags sixin4_flags;
 	struct tn_6in4ep_key sixin4ep_key;
+	struct tn_hostrt hostrt;
+	enum tn_hostrt_flags hostrt_flags;
+	enum tn_path path;
 };
 const struct tn_btf_types *tn_unused_types __attribute__((unused));
 
@@ -72,22 +76,14 @@ static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
  * on 6.1 before the checks of lib/icmp.h, and more than the 1M 6.1 allows
  * with them. It is a BPF-to-BPF call in the same program, so an upgrade
  * replaces both halves at once and there is no half to go missing. The
- * verifier passes p as memory that may be NULL; a global function cannot
- * take a constant, so each direction has its own. */
+ * verifier passes p as memory that may be NULL. The inbound direction's is
+ * tn_port_in (lib/hostroute.h), shared with host routing. */
 __noinline int tn_stateful_out(struct __sk_buff *skb, const struct pkt *p,
 			       __u32 ifindex, __u32 tenant)
 {
 	if (!p)
 		return TN_DROP_INTERNAL;
 	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_OUT);
-}
-
-__noinline int tn_stateful_in(struct __sk_buff *skb, const struct pkt *p,
-			      __u32 ifindex, __u32 tenant)
-{
-	if (!p)
-		return TN_DROP_INTERNAL;
-	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_IN);
 }
 
 SEC("tc")
@@ -143,6 +139,11 @@ out:
 		return TC_ACT_SHOT;
 	if (tun.flags)
 		return tn_fast_to_6in4(skb, &p, rt, &tun);
+	if (rt && rt->kind == TN_ROUTE_LOCAL &&
+	    (rt->flags & TN_ROUTE_F_REDIRECT))
+		return tn_fast_to_port(skb, &p, ifindex, tenant);
+	if (!rt || (rt->kind == TN_ROUTE_EXIT && !rt->ifindex))
+		return tn_fast_to_uplink(skb, &p, ifindex);
 	return tn_fast_to_wg(skb, &p, rt, tenant);
 }
 
@@ -150,42 +151,12 @@ SEC("tc")
 int tn_to_workload(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	__u32 ifindex = skb->ifindex;
-	__u32 tenant = 0;
 	int reason;
 
 	tn_pull(skb);
-	struct tn_port *port = bpf_map_lookup_elem(&tn_ports_v1, &ifindex);
-	if (port)
-		tenant = port->tenant;
-
 	reason = tn_parse((void *)(long)skb->data, (void *)(long)skb->data_end,
 			  skb->len, &p);
-	if (reason)
-		goto out;
-	if (!port) {
-		reason = TN_DROP_NO_PORT;
-		goto out;
-	}
-	if (!tn_arrival_ok(&p, skb->ingress_ifindex, tenant)) {
-		reason = TN_DROP_SPOOF_PATH;
-		goto out;
-	}
-	/* The bridge forwards by MAC, and learns MACs from frame sources: a
-	 * workload that forges its sibling's MAC gets the sibling's frames
-	 * (as it would by a forged NA). A port receives only unicast for the
-	 * addresses bound to it (the rules are judged by destination, so the
-	 * sibling's rules would let them in); multicast and IPv4 broadcast
-	 * (224.0.0.0 and above) are the link's. ARP is judged by its sender. */
-	if (((p.l3 == ETH_P_IPV6 && p.dst[0] != 0xff) ||
-	     (p.l3 == ETH_P_IP && p.dst[12] < 224)) &&
-	    !tn_port_owns(ifindex, p.dst)) {
-		reason = TN_DROP_WRONG_PORT;
-		goto out;
-	}
-	reason = tn_stateful_in(skb, &p, ifindex, tenant);
-out:
-	return tn_verdict(&p, tenant, ifindex, TN_DIR_IN, reason, skb->len)
+	return tn_port_in(skb, &p, skb->ifindex, skb->ingress_ifindex, reason)
 		       ? TC_ACT_SHOT
 		       : TC_ACT_OK;
 }

@@ -125,6 +125,13 @@ func (x *Maps) deleteAddrs(ifindex uint32, keep map[loader.WorkloadTnSrcaddrKey]
 // UnbindPort removes a binding: the port entry first (the port then drops
 // everything: fail closed), then its addresses and endpoints.
 func (x *Maps) UnbindPort(ifindex uint32) error {
+	// Host routing first: it would otherwise deliver to whatever link
+	// takes the ifindex next.
+	if x.m.TnHostrtV1 != nil {
+		if err := x.DeleteHostRoute(ifindex); err != nil {
+			return err
+		}
+	}
 	if err := x.m.TnPortsV1.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unbind ifindex %d: %w", ifindex, err)
 	}

@@ -31,9 +31,11 @@ const (
 	HookFromWG Hook = "wg"
 	// Hook6in4Out is TC egress of the 6in4 slow path device (tn6in4).
 	Hook6in4Out Hook = "6in4"
+	// HookUplinkIn is TC ingress of the uplink (host routing).
+	HookUplinkIn Hook = "upin"
 )
 
-var allHooks = []Hook{HookFromWorkload, HookToWorkload, HookUplink, HookFromWG, Hook6in4Out}
+var allHooks = []Hook{HookFromWorkload, HookToWorkload, HookUplink, HookFromWG, Hook6in4Out, HookUplinkIn}
 
 // Mode is how a program is attached.
 type Mode string
@@ -115,6 +117,25 @@ func (dp *Datapath) Attach6in4(ifindex int, opts AttachOptions) (Mode, error) {
 	return dp.attachTC(ifindex, Hook6in4Out, mode)
 }
 
+// AttachUplinkIn attaches tn_uplink_in (host routing from the uplink) to
+// TC ingress of the uplink, replacing it in place like AttachPort.
+func (dp *Datapath) AttachUplinkIn(ifindex int, opts AttachOptions) (Mode, error) {
+	if dp.UplinkIn == nil {
+		return "", fmt.Errorf("attach uplink ifindex %d: tn_uplink_in is not loaded (load the datapath with this build)", ifindex)
+	}
+	mode := ModeLegacyTC
+	if !opts.ForceLegacyTC {
+		mode = ModeTCX
+	}
+	return dp.attachTC(ifindex, HookUplinkIn, mode)
+}
+
+// DetachUplinkIn removes tn_uplink_in from ifindex (fast_path off, or no
+// bpf_redirect_peer): whichever way it was attached.
+func (dp *Datapath) DetachUplinkIn(ifindex int) error {
+	return errors.Join(removeLink(dp.PinDir, ifindex, HookUplinkIn), removeLegacy(dp.PinDir, ifindex, HookUplinkIn))
+}
+
 // tcHook is what a TC hook attaches: the program, the TCX attach type and
 // the clsact parent of its legacy filter.
 func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, parent uint32) {
@@ -125,6 +146,8 @@ func (dp *Datapath) tcHook(h Hook) (prog *ebpf.Program, attach ebpf.AttachType, 
 		return dp.WG, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
 	case Hook6in4Out:
 		return dp.SixIn4, ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS
+	case HookUplinkIn:
+		return dp.UplinkIn, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
 	}
 	return dp.Progs.TnFromWorkload, ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS
 }
@@ -533,4 +556,24 @@ func legacyProg(ifindex int, h Hook) (ebpf.ProgramID, bool) {
 		}
 	}
 	return 0, false
+}
+
+// UplinkAlive asks the kernel whether ifindex still runs this datapath's
+// XDP prefilter (tn_uplink, by tag as Alive): one link query. XDP taken
+// off by hand (ip link set dev X xdp off, bpftool net detach) or
+// replaced by another program is not alive.
+func (dp *Datapath) UplinkAlive(ifindex int) bool {
+	if dp.Uplink == nil {
+		return false
+	}
+	want, ok := dp.progTag(dp.Uplink)
+	if !ok {
+		return false
+	}
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+		return false
+	}
+	tag, ok := dp.tagOfID(ebpf.ProgramID(l.Attrs().Xdp.ProgId))
+	return ok && tag == want
 }

@@ -34,7 +34,7 @@ func TestFieldsCoverObjects(t *testing.T) {
 	}
 
 	want = slices.Collect(maps.Keys(spec.Programs))
-	for _, load := range []func() (*ebpf.CollectionSpec, error){LoadUplink, LoadWireguard, LoadSixin4} {
+	for _, load := range []func() (*ebpf.CollectionSpec, error){LoadUplink, LoadWireguard, LoadSixin4, LoadHostroute} {
 		s, err := load()
 		if err != nil {
 			t.Fatal(err)

@@ -61,14 +61,17 @@ type Options struct {
 
 // Datapath is a loaded datapath: every map and program, pinned.
 type Datapath struct {
-	PinDir  string
-	Maps    WorkloadMaps
-	Progs   WorkloadPrograms
-	Uplink  *ebpf.Program
-	WG      *ebpf.Program // tn_from_wg
-	SixIn4  *ebpf.Program // tn_6in4_out
-	log     *slog.Logger
-	created bool
+	PinDir string
+	Maps   WorkloadMaps
+	Progs  WorkloadPrograms
+	Uplink *ebpf.Program
+	WG     *ebpf.Program // tn_from_wg
+	SixIn4 *ebpf.Program // tn_6in4_out
+	// UplinkIn is tn_uplink_in, host routing from the uplink (TC
+	// ingress, attached with fast_path on).
+	UplinkIn *ebpf.Program
+	log      *slog.Logger
+	created  bool
 
 	tagsMu  sync.Mutex
 	tags    map[ebpf.ProgramID]string // name/tag of attached program ids (Alive)
@@ -80,11 +83,12 @@ type Datapath struct {
 // Load creates them, and readers must cope with their absence.
 var addedLater = map[string]bool{
 	"tn_route_v1": true, "tn_wgdev_v1": true, "tn_errors_v1": true, "tn_6in4_v1": true, "tn_6in4ep_v1": true,
+	"tn_hostrt_v1": true, "tn_path_v1": true, "tn_uplink_v1": true,
 }
 
 // progAddedLater are programs newer builds added: Open copes with pins of
 // an older build that lack them.
-var progAddedLater = map[string]bool{"tn_from_wg": true, "tn_6in4_out": true}
+var progAddedLater = map[string]bool{"tn_from_wg": true, "tn_6in4_out": true, "tn_uplink_in": true}
 
 var mapNameRE = regexp.MustCompile(`^tn_[a-z0-9]+_v([0-9]+)$`)
 
@@ -208,6 +212,19 @@ func Load(opts Options) (*Datapath, error) {
 	sobjs.Sixin4Maps.Close()
 	dp.SixIn4 = sobjs.Tn6in4Out
 
+	hspec, err := LoadHostroute()
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("parse host routing object: %w", err)
+	}
+	var hobjs HostrouteObjects
+	if err := hspec.LoadAndAssign(&hobjs, &ebpf.CollectionOptions{MapReplacements: dp.mapsByName()}); err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("load host routing program: %w", err)
+	}
+	hobjs.HostrouteMaps.Close()
+	dp.UplinkIn = hobjs.TnUplinkIn
+
 	if created {
 		meta := WorkloadTnMeta{SchemaVersion: SchemaVersion, SampleRate: opts.SampleRate}
 		if err := dp.Maps.TnMetaV1.Put(uint32(0), meta); err != nil {
@@ -244,7 +261,7 @@ func (dp *Datapath) programFields() map[string]**ebpf.Program {
 	out := tagged[*ebpf.Program](reflect.ValueOf(&dp.Progs).Elem())
 	for name, dst := range map[string]**ebpf.Program{
 		programName(UplinkPrograms{}): &dp.Uplink, programName(WireguardPrograms{}): &dp.WG,
-		programName(Sixin4Programs{}): &dp.SixIn4,
+		programName(Sixin4Programs{}): &dp.SixIn4, programName(HostroutePrograms{}): &dp.UplinkIn,
 	} {
 		out[name] = dst
 	}
@@ -387,7 +404,7 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 var workloadObject = struct {
 	len int
 	crc uint32
-}{144712, 0x7be5b450}
+}{158024, 0x2f352896}
 
 // workloadSizes are the key and value sizes of the workload object's maps.
 // OpenMaps (every tenantfw command) checks the pins against them: parsing
@@ -404,7 +421,9 @@ var workloadSizes = map[string][2]uint32{
 	"tn_errors_v1":   {4, 8},
 	"tn_events_v1":   {0, 0},
 	"tn_frag_v2":     {44, 16},
+	"tn_hostrt_v1":   {4, 16},
 	"tn_meta_v1":     {4, 8},
+	"tn_path_v1":     {4, 8},
 	"tn_ports_v1":    {4, 8},
 	"tn_prefix_v1":   {20, 4},
 	"tn_rdst_v1":     {28, 24},
@@ -415,6 +434,7 @@ var workloadSizes = map[string][2]uint32{
 	"tn_srcaddr_v1":  {24, 4},
 	"tn_stats_v1":    {8, 16},
 	"tn_tenant_v1":   {4, 8},
+	"tn_uplink_v1":   {4, 4},
 	"tn_wgdev_v1":    {4, 8},
 }
 

@@ -24,7 +24,9 @@ const (
 	UplinkMapTnErrorsV1   = "tn_errors_v1"
 	UplinkMapTnEventsV1   = "tn_events_v1"
 	UplinkMapTnFragV2     = "tn_frag_v2"
+	UplinkMapTnHostrtV1   = "tn_hostrt_v1"
 	UplinkMapTnMetaV1     = "tn_meta_v1"
+	UplinkMapTnPathV1     = "tn_path_v1"
 	UplinkMapTnPortsV1    = "tn_ports_v1"
 	UplinkMapTnPrefixV1   = "tn_prefix_v1"
 	UplinkMapTnRdstV1     = "tn_rdst_v1"
@@ -35,6 +37,7 @@ const (
 	UplinkMapTnSrcaddrV1  = "tn_srcaddr_v1"
 	UplinkMapTnStatsV1    = "tn_stats_v1"
 	UplinkMapTnTenantV1   = "tn_tenant_v1"
+	UplinkMapTnUplinkV1   = "tn_uplink_v1"
 	UplinkMapTnWgdevV1    = "tn_wgdev_v1"
 	UplinkProgTnUplink    = "tn_uplink"
 )
@@ -96,7 +99,9 @@ type UplinkMapSpecs struct {
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.MapSpec `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.MapSpec `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
@@ -107,6 +112,7 @@ type UplinkMapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -144,7 +150,9 @@ type UplinkMaps struct {
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.Map `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.Map `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
@@ -155,6 +163,7 @@ type UplinkMaps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -168,7 +177,9 @@ func (m *UplinkMaps) Close() error {
 		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV2,
+		m.TnHostrtV1,
 		m.TnMetaV1,
+		m.TnPathV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,
@@ -179,6 +190,7 @@ func (m *UplinkMaps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

@@ -24,7 +24,9 @@ const (
 	WireguardMapTnErrorsV1   = "tn_errors_v1"
 	WireguardMapTnEventsV1   = "tn_events_v1"
 	WireguardMapTnFragV2     = "tn_frag_v2"
+	WireguardMapTnHostrtV1   = "tn_hostrt_v1"
 	WireguardMapTnMetaV1     = "tn_meta_v1"
+	WireguardMapTnPathV1     = "tn_path_v1"
 	WireguardMapTnPortsV1    = "tn_ports_v1"
 	WireguardMapTnPrefixV1   = "tn_prefix_v1"
 	WireguardMapTnRdstV1     = "tn_rdst_v1"
@@ -35,6 +37,7 @@ const (
 	WireguardMapTnSrcaddrV1  = "tn_srcaddr_v1"
 	WireguardMapTnStatsV1    = "tn_stats_v1"
 	WireguardMapTnTenantV1   = "tn_tenant_v1"
+	WireguardMapTnUplinkV1   = "tn_uplink_v1"
 	WireguardMapTnWgdevV1    = "tn_wgdev_v1"
 	WireguardProgTnFromWg    = "tn_from_wg"
 )
@@ -96,7 +99,9 @@ type WireguardMapSpecs struct {
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.MapSpec `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.MapSpec `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
@@ -107,6 +112,7 @@ type WireguardMapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -144,7 +150,9 @@ type WireguardMaps struct {
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.Map `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.Map `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
@@ -155,6 +163,7 @@ type WireguardMaps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -168,7 +177,9 @@ func (m *WireguardMaps) Close() error {
 		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV2,
+		m.TnHostrtV1,
 		m.TnMetaV1,
+		m.TnPathV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,
@@ -179,6 +190,7 @@ func (m *WireguardMaps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

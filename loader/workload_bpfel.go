@@ -183,11 +183,45 @@ type WorkloadTnFragVal struct {
 	Pad    uint32
 }
 
+type WorkloadTnHostrt struct {
+	_     structs.HostLayout
+	Mac   [6]uint8
+	Gw    [6]uint8
+	Flags uint32
+}
+
+type WorkloadTnHostrtFlags uint32
+
+const (
+	WorkloadTnHostrtFlagsTN_HOSTRT_F_TAP WorkloadTnHostrtFlags = 1
+)
+
 type WorkloadTnMeta struct {
 	_             structs.HostLayout
 	SchemaVersion uint32
 	SampleRate    uint32
 }
+
+type WorkloadTnPath uint32
+
+const (
+	WorkloadTnPathTN_PATH_UPLINK_PEER   WorkloadTnPath = 0
+	WorkloadTnPathTN_PATH_UPLINK_TAP    WorkloadTnPath = 1
+	WorkloadTnPathTN_PATH_UPLINK_KERNEL WorkloadTnPath = 2
+	WorkloadTnPathTN_PATH_UPLINK_DROP   WorkloadTnPath = 3
+	WorkloadTnPathTN_PATH_WG_PEER       WorkloadTnPath = 4
+	WorkloadTnPathTN_PATH_WG_TAP        WorkloadTnPath = 5
+	WorkloadTnPathTN_PATH_WG_BRIDGE     WorkloadTnPath = 6
+	WorkloadTnPathTN_PATH_WG_KERNEL     WorkloadTnPath = 7
+	WorkloadTnPathTN_PATH_WG_DROP       WorkloadTnPath = 8
+	WorkloadTnPathTN_PATH_PORT_PEER     WorkloadTnPath = 9
+	WorkloadTnPathTN_PATH_PORT_TAP      WorkloadTnPath = 10
+	WorkloadTnPathTN_PATH_PORT_BRIDGE   WorkloadTnPath = 11
+	WorkloadTnPathTN_PATH_PORT_DROP     WorkloadTnPath = 12
+	WorkloadTnPathTN_PATH_OUT_FIB       WorkloadTnPath = 13
+	WorkloadTnPathTN_PATH_OUT_KERNEL    WorkloadTnPath = 14
+	WorkloadTnPathTN_PATH_MAX           WorkloadTnPath = 15
+)
 
 type WorkloadTnPort struct {
 	_      structs.HostLayout
@@ -398,7 +432,9 @@ const (
 	WorkloadMapTnErrorsV1      = "tn_errors_v1"
 	WorkloadMapTnEventsV1      = "tn_events_v1"
 	WorkloadMapTnFragV2        = "tn_frag_v2"
+	WorkloadMapTnHostrtV1      = "tn_hostrt_v1"
 	WorkloadMapTnMetaV1        = "tn_meta_v1"
+	WorkloadMapTnPathV1        = "tn_path_v1"
 	WorkloadMapTnPortsV1       = "tn_ports_v1"
 	WorkloadMapTnPrefixV1      = "tn_prefix_v1"
 	WorkloadMapTnRdstV1        = "tn_rdst_v1"
@@ -409,6 +445,7 @@ const (
 	WorkloadMapTnSrcaddrV1     = "tn_srcaddr_v1"
 	WorkloadMapTnStatsV1       = "tn_stats_v1"
 	WorkloadMapTnTenantV1      = "tn_tenant_v1"
+	WorkloadMapTnUplinkV1      = "tn_uplink_v1"
 	WorkloadMapTnWgdevV1       = "tn_wgdev_v1"
 	WorkloadProgTnCtCtl        = "tn_ct_ctl"
 	WorkloadProgTnFromWorkload = "tn_from_workload"
@@ -475,7 +512,9 @@ type WorkloadMapSpecs struct {
 	TnErrorsV1   *ebpf.MapSpec `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.MapSpec `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.MapSpec `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.MapSpec `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.MapSpec `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.MapSpec `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.MapSpec `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.MapSpec `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.MapSpec `ebpf:"tn_rdst_v1"`
@@ -486,6 +525,7 @@ type WorkloadMapSpecs struct {
 	TnSrcaddrV1  *ebpf.MapSpec `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.MapSpec `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.MapSpec `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.MapSpec `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.MapSpec `ebpf:"tn_wgdev_v1"`
 }
 
@@ -524,7 +564,9 @@ type WorkloadMaps struct {
 	TnErrorsV1   *ebpf.Map `ebpf:"tn_errors_v1"`
 	TnEventsV1   *ebpf.Map `ebpf:"tn_events_v1"`
 	TnFragV2     *ebpf.Map `ebpf:"tn_frag_v2"`
+	TnHostrtV1   *ebpf.Map `ebpf:"tn_hostrt_v1"`
 	TnMetaV1     *ebpf.Map `ebpf:"tn_meta_v1"`
+	TnPathV1     *ebpf.Map `ebpf:"tn_path_v1"`
 	TnPortsV1    *ebpf.Map `ebpf:"tn_ports_v1"`
 	TnPrefixV1   *ebpf.Map `ebpf:"tn_prefix_v1"`
 	TnRdstV1     *ebpf.Map `ebpf:"tn_rdst_v1"`
@@ -535,6 +577,7 @@ type WorkloadMaps struct {
 	TnSrcaddrV1  *ebpf.Map `ebpf:"tn_srcaddr_v1"`
 	TnStatsV1    *ebpf.Map `ebpf:"tn_stats_v1"`
 	TnTenantV1   *ebpf.Map `ebpf:"tn_tenant_v1"`
+	TnUplinkV1   *ebpf.Map `ebpf:"tn_uplink_v1"`
 	TnWgdevV1    *ebpf.Map `ebpf:"tn_wgdev_v1"`
 }
 
@@ -548,7 +591,9 @@ func (m *WorkloadMaps) Close() error {
 		m.TnErrorsV1,
 		m.TnEventsV1,
 		m.TnFragV2,
+		m.TnHostrtV1,
 		m.TnMetaV1,
+		m.TnPathV1,
 		m.TnPortsV1,
 		m.TnPrefixV1,
 		m.TnRdstV1,
@@ -559,6 +604,7 @@ func (m *WorkloadMaps) Close() error {
 		m.TnSrcaddrV1,
 		m.TnStatsV1,
 		m.TnTenantV1,
+		m.TnUplinkV1,
 		m.TnWgdevV1,
 	)
 }

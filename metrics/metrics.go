@@ -75,6 +75,8 @@ var (
 		"Live nodes the registry lists (this one included).", nil, nil)
 	lost = prometheus.NewDesc("tenantnet_datapath_not_recorded_total",
 		"What the datapath could not record: packets missing from the counters (what=stats-full) and drop events the full ring buffer refused (what=events-lost).", []string{"what"}, nil)
+	pathPackets = prometheus.NewDesc("tenantnet_datapath_path_packets_total",
+		"Packets for a workload by the path they took from the hook they came in by (uplink, wg, port: a sibling workload's port, out: from a workload to the outside; path fib: bpf_fib_lookup and bpf_redirect_neigh out of the uplink): peer (host routing into the workload's namespace, after its inbound policy), tap (to the tap's transmit), bridge (redirected to the tenant's bridge), kernel (left to the kernel's forwarding: unusual, too big, unknown next hop), drop (the workload's inbound policy refused it before delivery).", []string{"hook", "path"}, nil)
 	regErrs = prometheus.NewDesc("tenantnet_registry_errors_total",
 		"Failed reads or writes of the registry.", nil, nil)
 	refused = prometheus.NewDesc("tenantnet_state_refused",
@@ -140,7 +142,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{packets, bytes, ctEntries, ctInbound, ctQuota, fragEntries, fragQuota, mapEntries, mapMax, runs, errs, repairs, duration, networks, workloads, freeSubnets, delegations,
-		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, refused,
+		wgInfo, wgHandshaked, wgAge, wgRx, wgTx, wgEndpointChanges, regUp, regNodes, regErrs, regRejected, regHeld, regReleased, lost, pathPackets, refused,
 		v4Pool, v4Used, v4Quarantined, routeExported, routeRefused, bgpUp, bgpFlaps, bgpAdvertised, bgpAnnounced} {
 		ch <- d
 	}
@@ -170,6 +172,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.StatsFull), "stats-full")
 		ch <- prometheus.MustNewConstMetric(lost, prometheus.CounterValue, float64(l.EventsLost), "events-lost")
+	}
+	if ps, err := m.Paths(); err != nil {
+		c.log.Warn("read datapath paths", "err", err)
+	} else {
+		for p, n := range ps {
+			ch <- prometheus.MustNewConstMetric(pathPackets, prometheus.CounterValue, float64(n), p.Hook, p.Path)
+		}
 	}
 	if fills, err := m.Fills(); err != nil {
 		c.log.Warn("read conntrack fill", "err", err)

@@ -27,6 +27,7 @@ const (
 	FromWorkload Hook = iota // TC ingress of a workload port
 	ToWorkload               // TC egress of a workload port
 	Uplink                   // XDP on the uplink
+	UplinkIn                 // TC ingress of the uplink: host routing (hostroute.go)
 )
 
 // Endpoint is a workload address known to the uplink prefilter.
@@ -46,8 +47,15 @@ type State struct {
 	// prefix, with the tenant. Only the host sends from them.
 	HostPrefixes map[netip.Prefix]uint32
 	Endpoints    map[netip.Addr]Endpoint
-	Policies     map[uint32]policy.TenantPolicy
-	Rules        []policy.Rule
+	// HostRoutes are the ports host routing delivers to (tn_hostrt_v1),
+	// by ifindex.
+	HostRoutes map[uint32]HostRoute
+	// FastLocal is each tenant's /64 on this node when its route there
+	// redirects (tn_route_v1 kind local, fast_path): what a workload
+	// sends to a sibling is host-routed.
+	FastLocal map[uint32]netip.Prefix
+	Policies  map[uint32]policy.TenantPolicy
+	Rules     []policy.Rule
 	// Quotas are the tenants' conntrack and fragment quotas; a tenant
 	// without one (or a zero field) has the datapath's defaults.
 	Quotas map[uint32]Quota
@@ -82,7 +90,7 @@ func NewState() *State {
 	return &State{
 		Ports: map[uint32]uint32{}, WGDevs: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, HostPrefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
-		Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
+		HostRoutes: map[uint32]HostRoute{}, FastLocal: map[uint32]netip.Prefix{}, Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
 		ct: map[ctKey]*ctEntry{}, frags: map[fragKey]fragEntry{}, fill: map[uint32]*Fill{},
 	}
 }
@@ -95,6 +103,16 @@ type Verdict struct {
 	Dir     policy.Direction // the counter's direction
 	Counted bool             // whether the program counts this packet
 	RuleID  uint32           // deciding rule, when Reason is PassRule/DropPolicy
+	// Path is the host-routing path the packet took (UplinkIn): "" for
+	// none (not for a host-routed port: on to the kernel, uncounted),
+	// PathKernel, PathTap, PathPeer or PathDrop; Port is the port it was
+	// for.
+	Path string
+	Port uint32
+	// Then is the verdict of the port a workload's packet was
+	// host-routed to on the same node (its inbound policy, counted too),
+	// when it was judged there (PathPeer, PathDrop).
+	Then *Verdict
 }
 
 type packet struct {

@@ -671,6 +671,8 @@ func (s *State) EvalFrom(h Hook, ifindex, arrival uint32, b []byte) Verdict {
 	switch h {
 	case FromWorkload, ToWorkload:
 		return s.evalPort(h, ifindex, arrival, b, &p)
+	case UplinkIn:
+		return s.evalUplinkIn(arrival, b)
 	default:
 		return s.evalUplink(b, &p)
 	}
@@ -687,6 +689,9 @@ func (s *State) evalPort(h Hook, ifindex, arrival uint32, b []byte, p *packet) V
 	v.Drop = v.Reason.IsDrop()
 	if v.Reason != policy.PassRule && v.Reason != policy.DropPolicy {
 		v.RuleID = 0
+	}
+	if h == FromWorkload && !v.Drop {
+		s.portHostRoute(ifindex, tenant, b, p, &v)
 	}
 	return v
 }

@@ -222,6 +222,9 @@ func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot
 	if br == nil {
 		return fmt.Errorf("workload %s: bridge %s missing", w.ID, n.Bridge())
 	}
+	if err := s.syncHostRoute(l, br, workloadMAC(w.Addr), false); err != nil {
+		return fmt.Errorf("workload %s: %w", w.ID, err)
+	}
 	if l.Attrs().MasterIndex != br.Attrs().Index {
 		if err := s.nl.LinkSetMaster(l, br); err != nil {
 			return fmt.Errorf("workload %s: enslave %s to %s: %w", w.ID, host, n.Bridge(), err)

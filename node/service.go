@@ -42,6 +42,9 @@ type Service struct {
 	stats      ReconcileStats
 	attachMode loader.Mode
 	uplinkMode map[string]loader.Mode
+	// hostRouting: fast_path on and the kernel has bpf_redirect_peer
+	// (hostroute.go), decided at start.
+	hostRouting bool
 
 	registry  regState
 	trust     trustState
@@ -181,6 +184,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	if err := s.withFirewall(func(fw fwAPI) error { return fw.Reconcile() }); err != nil {
 		return nil, fmt.Errorf("restore firewall state: %w", err)
 	}
+	s.hostRouting = hostRoutingOn(*cfg.FastPath, log)
 	pathMTU := 0
 	for _, u := range cfg.Uplinks {
 		l, err := nl.LinkByName(u)
@@ -196,6 +200,10 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		}
 		s.uplinkMode[u] = mode
 		log.Info("uplink prefilter attached", "uplink", u, "mode", mode)
+		if err := s.syncUplinkIn(l); err != nil {
+			return nil, err
+		}
+		log.Info("uplink host routing", "uplink", u, "on", s.hostRouting)
 		if changed, err := vethGRO(l); err != nil {
 			log.Warn("uplink: GRO could not be turned on (forwarding through it stays per packet)", "uplink", u, "err", err)
 		} else if changed {
@@ -415,6 +423,9 @@ func (s *Service) reconcileOnce(r *repairs, deep bool) error {
 		}
 	}
 	if err := s.reconcileWG(nets, r); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.repairUplinks(r); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.syncProxyRoutes(nets, r); err != nil {

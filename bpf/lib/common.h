@@ -130,6 +130,52 @@ struct tn_port {
 	__u32 flags;
 };
 
+/* tn_hostrt_v1: ifindex of a workload port -> how host routing hands a
+ * packet straight to the workload (lib/hostroute.h). Written by tenantnetd
+ * only with fast_path on and bpf_redirect_peer available: no entry, no
+ * host routing (the packet takes the bridge and the port's tn_to_workload). */
+struct tn_hostrt {
+	__u8 mac[6]; /* the workload's (destination) */
+	__u8 gw[6];  /* the gateway's, the bridge's (source) */
+	__u32 flags; /* enum tn_hostrt_flags */
+};
+
+enum tn_hostrt_flags {
+	/* A tap: no peer to hand to; bpf_redirect to its transmit, where its
+	 * tn_to_workload decides. */
+	TN_HOSTRT_F_TAP = 1,
+};
+
+/* tn_path_v1 (per-CPU array): which path each packet for a workload took,
+ * by hook. PEER: into the workload's namespace by bpf_redirect_peer, after
+ * the port's inbound policy (tn_port_in); TAP: to the tap's transmit;
+ * BRIDGE: bpf_redirect_neigh to the tenant's bridge; KERNEL: left to the
+ * kernel's forwarding (unusual, too big, unknown next hop); DROP: the
+ * port's inbound policy dropped it before delivery. */
+enum tn_path {
+	TN_PATH_UPLINK_PEER = 0,
+	TN_PATH_UPLINK_TAP = 1,
+	TN_PATH_UPLINK_KERNEL = 2,
+	TN_PATH_UPLINK_DROP = 3,
+	TN_PATH_WG_PEER = 4,
+	TN_PATH_WG_TAP = 5,
+	TN_PATH_WG_BRIDGE = 6,
+	TN_PATH_WG_KERNEL = 7,
+	TN_PATH_WG_DROP = 8,
+	/* From a workload port to a workload of the same node: PORT_BRIDGE
+	 * is the bridge's way (and its tn_to_workload). */
+	TN_PATH_PORT_PEER = 9,
+	TN_PATH_PORT_TAP = 10,
+	TN_PATH_PORT_BRIDGE = 11,
+	TN_PATH_PORT_DROP = 12,
+	/* From a workload port to the outside: FIB is bpf_fib_lookup and
+	 * bpf_redirect_neigh out of an uplink (tn_uplink_v1), KERNEL the
+	 * kernel's forwarding. */
+	TN_PATH_OUT_FIB = 13,
+	TN_PATH_OUT_KERNEL = 14,
+	TN_PATH_MAX = 15,
+};
+
 /* tn_srcaddr_v1 (LPM): which sources a port may send from. */
 struct tn_srcaddr_key {
 	__u32 prefixlen; /* 32 + address prefix length */

@@ -90,6 +90,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tn_6in4ep_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TN_PORT_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct tn_hostrt);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_hostrt_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TN_PATH_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_path_v1 SEC(".maps");
+
+/* tn_uplink_v1: ifindex of an uplink the node host-routes out of -> 1.
+ * Written by tenantnetd with host routing on; empty otherwise. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tn_uplink_v1 SEC(".maps");
+
 /* tn_wgdev_v1: ifindex of a tenant's WireGuard device -> its tenant. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -3,6 +3,7 @@ package datapath_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"reflect"
@@ -104,6 +105,22 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 		}
 		e.bind(e.ports[i], tn, addrs...)
 		g.workloads = append(g.workloads, w)
+	}
+	// Host routing (tn_uplink_in) to ports 0..3, and to port 4 as a tap;
+	// port 5 has none (the bridge path).
+	// From a sibling port (tn_fast_to_port, the tenants' /64s routed
+	// with the redirect flag), the frames' destination MAC decides: port
+	// 0 has it as its workload's (on the link), port 2 as its gateway's
+	// (routed), port 4 (a tap) as its workload's; ports 1 and 3 have
+	// neither (the bridge's way).
+	e.addUplink()
+	e.hostRouteMACs(e.ports[0], false, frameDstMAC, net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 1})
+	e.hostRoute(e.ports[1], false)
+	e.hostRouteMACs(e.ports[2], false, net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 2}, frameDstMAC)
+	e.hostRoute(e.ports[3], false)
+	e.hostRouteMACs(e.ports[4], true, frameDstMAC, net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 1})
+	for tn := uint32(1); tn <= 3; tn++ {
+		e.fastLocal(tn, netip.MustParsePrefix(fmt.Sprintf("2001:db8:%d::/64", tn)))
 	}
 	// Small quotas for tenants 2 and 3, so that ct-quota is exercised
 	// (and tenant 1 keeps the default).
@@ -591,6 +608,8 @@ func TestDifferential(t *testing.T) {
 	per := diffPackets / rounds
 	total, drops := 0, 0
 	reasons := map[policy.Reason]int{}
+	paths := map[string]int{}
+	portPaths := map[string]int{}
 	for round := 0; round < rounds; round++ {
 		// New policies and rules each round: the maps are updated by
 		// diff from the previous round's content.
@@ -622,7 +641,24 @@ func TestDifferential(t *testing.T) {
 			for i := 0; i < per; i++ {
 				s := g.packet()
 				frame := packet.Build(s.spec)
-				v, err := e.checkFrom(s.hook, e.ports[s.port], g.arrival(e, s), frame)
+				arrival := g.arrival(e, s)
+				var v model.Verdict
+				var err error
+				delivered := false
+				if s.hook == model.ToWorkload && arrival == arrivalUplink {
+					// From outside: host routing first; what it leaves
+					// to the kernel reaches the port's tn_to_workload.
+					v, delivered, err = e.checkUplinkIn(arrival, frame)
+					if v.Path != "" {
+						paths[v.Path]++
+					}
+				}
+				if !delivered && err == nil {
+					v, err = e.checkFrom(s.hook, e.ports[s.port], arrival, frame)
+					if s.hook == model.FromWorkload && v.Path != "" {
+						portPaths[v.Path]++
+					}
+				}
 				total++
 				if v.Drop {
 					drops++
@@ -646,7 +682,18 @@ func TestDifferential(t *testing.T) {
 	if total < 100_000 {
 		t.Fatalf("only %d packets checked", total)
 	}
-	t.Logf("%d packets agreed (%d drops); by reason: %v", total, drops, reasons)
+	t.Logf("%d packets agreed (%d drops); by reason: %v; host routing paths: %v", total, drops, reasons, paths)
+	t.Logf("from ports to host-routed siblings: %v", portPaths)
+	for _, p := range []string{model.PathPeer, model.PathTap, model.PathKernel, model.PathDrop} {
+		if paths[p] == 0 {
+			t.Errorf("no packet took host routing path %s: the generator lost coverage", p)
+		}
+	}
+	for _, p := range []string{model.PathPeer, model.PathTap, model.PathBridge, model.PathDrop} {
+		if portPaths[p] == 0 {
+			t.Errorf("no packet from a port took host routing path %s: the generator lost coverage", p)
+		}
+	}
 	for _, r := range []policy.Reason{policy.PassCT, policy.PassRule, policy.PassDefault, policy.PassControl, policy.PassFrag,
 		policy.DropTrunc, policy.DropMalform, policy.DropExtLimit, policy.DropL3Proto, policy.DropNoPort, policy.DropSpoof,
 		policy.DropRogueRA, policy.DropCross, policy.DropFrag, policy.DropPolicy, policy.DropDefault, policy.DropSpoofPath,

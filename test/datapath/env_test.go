@@ -37,6 +37,8 @@ type env struct {
 	ns    *testutil.NetNS
 	ports []uint32
 	model *model.State
+	// uplink is the namespace's uplink (addUplink), 0 until made.
+	uplink uint32
 }
 
 func newEnv(t testing.TB, nports int) *env {
@@ -169,9 +171,17 @@ func (e *env) check(h model.Hook, ifindex uint32, frame []byte) (model.Verdict, 
 // checkFrom is check for a frame that entered the node by arrival.
 func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (model.Verdict, error) {
 	want := e.model.EvalFrom(h, ifindex, arrival, frame)
-	var before uint64
+	var before, thenBefore uint64
 	if want.Counted {
 		before = e.counter(want.Tenant, want.Dir, want.Reason)
+	}
+	then := want.Then
+	if then != nil {
+		thenBefore = e.counter(then.Tenant, then.Dir, then.Reason)
+	}
+	var pathsBefore map[bpfmaps.Path]uint64
+	if h == model.FromWorkload {
+		pathsBefore = e.paths()
 	}
 	ret, err := e.run(h, ifindex, arrival, frame)
 	if err != nil {
@@ -183,8 +193,10 @@ func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (mo
 		wantRet = xdpDrop
 	case h == model.Uplink:
 		wantRet = xdpPass
-	case want.Drop:
+	case want.Drop || want.Path == model.PathDrop:
 		wantRet = tcShot
+	case want.Path == model.PathPeer || want.Path == model.PathTap:
+		wantRet = tcRedirect
 	}
 	if ret != wantRet {
 		return want, fmt.Errorf("return code %d, model wants %d (%s, reason %s)", ret, wantRet, verdictWord(want.Drop), want.Reason)
@@ -193,6 +205,23 @@ func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (mo
 		if after := e.counter(want.Tenant, want.Dir, want.Reason); after != before+1 {
 			return want, fmt.Errorf("counter tenant %d dir %s reason %s went %d -> %d, want +1",
 				want.Tenant, want.Dir, want.Reason, before, after)
+		}
+	}
+	if then != nil {
+		if after := e.counter(then.Tenant, then.Dir, then.Reason); after != thenBefore+1 {
+			return want, fmt.Errorf("host-routed to port %d: counter tenant %d dir %s reason %s went %d -> %d, want +1",
+				want.Port, then.Tenant, then.Dir, then.Reason, thenBefore, after)
+		}
+	}
+	if pathsBefore != nil {
+		for k, n := range e.paths() {
+			d := n - pathsBefore[k]
+			if k.Hook == "out" {
+				continue // no uplink in tn_uplink_v1: nothing leaves by the fib here
+			}
+			if w := (bpfmaps.Path{Hook: "port", Path: want.Path}); k == w && d != 1 || k != w && d != 0 {
+				return want, fmt.Errorf("path counter %v went +%d (model path %q)", k, d, want.Path)
+			}
 		}
 	}
 	return want, nil

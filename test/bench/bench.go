@@ -275,7 +275,6 @@ func nftCounter(t *topo) uint64 {
 	return v
 }
 
-
 func writeReport(o Options, res results, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",

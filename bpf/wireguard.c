@@ -48,6 +48,10 @@ int tn_from_wg(struct __sk_buff *skb)
 	__u32 redirect = 0; /* the bridge's ifindex, for TN_PATH_WG_BRIDGE */
 	__u32 path = TN_PATH_WG_BRIDGE;
 	struct tn_hostrt_dst hd = {};
+	/* Counted as it arrived, the IP packet (an L3 device: the device's
+	 * own rx_bytes), whichever path it takes: the Ethernet header given
+	 * below for a redirect is not the sender's. */
+	__u32 bytes = skb->len;
 	int reason;
 
 	tn_pull(skb);
@@ -149,7 +153,7 @@ int tn_from_wg(struct __sk_buff *skb)
 	}
 	reason = TN_PASS_REDIRECT;
 out:
-	if (tn_from_wg_verdict(&p, tenant, ifindex, reason, skb->len))
+	if (tn_from_wg_verdict(&p, tenant, ifindex, reason, bytes))
 		return TC_ACT_SHOT;
 	if (reason != TN_PASS_REDIRECT)
 		return TC_ACT_OK;

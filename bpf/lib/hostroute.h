@@ -198,21 +198,45 @@ static __always_inline int tn_fast_to_port(struct __sk_buff *skb,
  * forwards with net.ipv6.conf.all.forwarding), out of an uplink
  * (tn_uplink_v1) only. A lookup that does not find a way out (no route,
  * a local destination, a packet too big for the route: FRAG_NEEDED) and
- * anything unusual (tn_hostrt_ok's list) goes the kernel's way. Returns
- * the TC action. */
+ * anything unusual (tn_hostrt_ok's list) goes the kernel's way. Only for
+ * a host-routed port (a tn_hostrt_v1 entry: none with fast_path off or
+ * without bpf_redirect_peer): for the others no lookup is made and no
+ * path counted, as the kernel forwards everything of theirs anyway.
+ * Returns the TC action. */
 static __always_inline int tn_fast_to_uplink(struct __sk_buff *skb,
 					     const struct pkt *p, __u32 ifindex)
 {
 	__u32 l3len = skb->len - sizeof(struct ethhdr);
+	__u32 tot = l3len;
 
-	if (p->l3 != ETH_P_IPV6 || !tn_global_unicast(p->dst))
+	if (p->l3 != ETH_P_IPV6 || !tn_global_unicast(p->dst) ||
+	    !bpf_map_lookup_elem(&tn_hostrt_v1, &ifindex))
 		return TC_ACT_OK;
+	/* A GSO packet (a workload's TCP sends 64 KB ones) leaves as
+	 * segments: the lookup's MTU check (the route's MTU) is for one of
+	 * them, the headers and gso_size bytes; tn_fits checks them all
+	 * against the uplink's. With the whole as tot_len every bulk
+	 * transfer was FRAG_NEEDED and took the kernel's path. */
+	if (skb->gso_size) {
+		__u8 doff;
+		__u32 l4hdr = sizeof(struct udphdr);
+		if (p->proto == IPPROTO_TCP) {
+			if (bpf_skb_load_bytes(skb, p->l4off + 12, &doff, 1))
+				goto kernel;
+			l4hdr = (doff >> 4) * 4;
+		} else if (p->proto != IPPROTO_UDP) {
+			goto kernel;
+		}
+		tot = p->l4off - sizeof(struct ethhdr) + l4hdr + skb->gso_size;
+		if (tot > l3len)
+			tot = l3len;
+	}
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET6,
 		.l4_protocol = p->proto,
 		.sport = p->sport,
 		.dport = p->dport,
-		.tot_len = l3len,
+		.tot_len = tot,
 		.ifindex = ifindex,
 	};
 	__builtin_memcpy(fib.ipv6_src, p->src, TN_ADDR_LEN);
@@ -225,12 +249,10 @@ static __always_inline int tn_fast_to_uplink(struct __sk_buff *skb,
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		out = fib.ifindex;
 	if (!out || !bpf_map_lookup_elem(&tn_uplink_v1, &out) ||
-	    !tn_hostrt_ok(skb, p, sizeof(struct ethhdr), l3len, out)) {
-		tn_path_count(TN_PATH_OUT_KERNEL);
-		return TC_ACT_OK;
-	}
+	    !tn_hostrt_ok(skb, p, sizeof(struct ethhdr), l3len, out))
+		goto kernel;
 	if (!tn_hop(skb, sizeof(struct ethhdr)))
-		return TC_ACT_OK;
+		goto kernel;
 	tn_path_count(TN_PATH_OUT_FIB);
 	/* Always with the next hop (fib's ipv6_dst is the gateway now):
 	 * without one, bpf_redirect_neigh did its own lookup and leaked
@@ -238,4 +260,7 @@ static __always_inline int tn_fast_to_uplink(struct __sk_buff *skb,
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET6};
 	__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, TN_ADDR_LEN);
 	return bpf_redirect_neigh(out, &nh, sizeof(nh), 0);
+kernel:
+	tn_path_count(TN_PATH_OUT_KERNEL);
+	return TC_ACT_OK;
 }

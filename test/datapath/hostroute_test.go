@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"os"
@@ -164,14 +165,14 @@ func TestHostRouteOut(t *testing.T) {
 	if err := nl.RouteAdd(&netlink.Route{LinkIndex: upl.Attrs().Index, Gw: gw}); err != nil {
 		t.Fatal(err)
 	}
-	run := func(name string, spec packet.Spec, ret uint32, path string) []byte {
+	runCtx := func(name string, spec packet.Spec, ctx []byte, ret uint32, path string) []byte {
 		t.Helper()
 		frame := packet.Build(spec)
 		out := make([]byte, len(frame))
 		before := e.paths()
 		var got uint32
 		e.inNS(func() (err error) {
-			got, err = e.dp.Progs.TnFromWorkload.Run(&ebpf.RunOptions{Data: frame, DataOut: out, Context: skbCtx(e.ports[0], 0)})
+			got, err = e.dp.Progs.TnFromWorkload.Run(&ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx})
 			return
 		})
 		if got != ret {
@@ -185,7 +186,24 @@ func TestHostRouteOut(t *testing.T) {
 		}
 		return out
 	}
+	run := func(name string, spec packet.Spec, ret uint32, path string) []byte {
+		t.Helper()
+		return runCtx(name, spec, skbCtx(e.ports[0], 0), ret, path)
+	}
 	syn := tcp(a1v6, ext6, 41000, 443, synF)
+	// Host routing off (fast_path false, or no bpf_redirect_peer): the
+	// port has no tn_hostrt_v1 entry, and its packets cost no lookup and
+	// count no path, even with an uplink given.
+	if err := e.maps.SetUplink(e.uplink); err != nil {
+		t.Fatal(err)
+	}
+	run("host routing off", syn, tcOK, "")
+	runCtx("host routing off, a GSO packet", func() packet.Spec { s := tcp(a1v6, ext6, 41000, 443, ackF); s.Payload = 2 * 1440; return s }(),
+		gsoCtx(e.ports[0], 2, 1440), tcOK, "")
+	if err := e.maps.DeleteUplink(e.uplink); err != nil {
+		t.Fatal(err)
+	}
+	e.hostRoute(e.ports[0], false)
 	run("no uplink given: the kernel's", syn, tcOK, "kernel")
 	if err := e.maps.SetUplink(e.uplink); err != nil {
 		t.Fatal(err)
@@ -200,6 +218,15 @@ func TestHostRouteOut(t *testing.T) {
 	run("the node's own address (not forwarded)", tcp(a1v6, netip.MustParseAddr("2001:db8:ffff::1"), 41004, 22, synF), tcOK, "kernel")
 	run("a link-local destination", tcp(a1v6, ll6, 41005, 443, synF), tcOK, "")
 	run("above the route's MTU", func() packet.Spec { s := tcp(a1v6, ext6, 41007, 443, ackF); s.Payload = 1500; return s }(), tcOK, "kernel")
+	// A workload's TCP sends GSO packets far above the MTU: their
+	// segments are what must fit, not the whole. The lookup is made for
+	// one segment (the route's MTU): one of 1500 bytes of payload is too
+	// big. That one whose segments fit leaves by the fib is TestHostRouting's
+	// (e2e): a test run's skb has no transport header, so the kernel's
+	// segment length (tn_fits, bpf_check_mtu BPF_MTU_CHK_SEGS) is
+	// garbage here and every GSO packet is refused.
+	bulk := func() packet.Spec { s := tcp(a1v6, ext6, 41009, 443, ackF); s.Payload = 2 * 1440; return s }()
+	runCtx("a GSO packet whose segments do not fit", bulk, gsoCtx(e.ports[0], 2, 1500), tcOK, "kernel")
 	// A route out of anything but a given uplink (here a workload's port)
 	// is the kernel's business.
 	upl1, err := nl.LinkByName("upl1")
@@ -214,4 +241,15 @@ func TestHostRouteOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	run("uplink taken away", tcp(a1v6, ext6, 41006, 443, synF), tcOK, "kernel")
+}
+
+// gsoCtx is skbCtx for a GSO packet of segs segments of size bytes of
+// payload (__sk_buff's gso_segs at offset 164, gso_size at 176; the test
+// run copies both into the skb's shared info).
+func gsoCtx(ifindex uint32, segs, size uint32) []byte {
+	b := make([]byte, 180)
+	copy(b, skbCtx(ifindex, 0))
+	binary.LittleEndian.PutUint32(b[164:], segs)
+	binary.LittleEndian.PutUint32(b[176:], size)
+	return b
 }

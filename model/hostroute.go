@@ -97,3 +97,23 @@ func (s *State) portHostRoute(ifindex, tenant uint32, b []byte, p *packet, v *Ve
 		v.Path = PathDrop
 	}
 }
+
+// outHostRoute is tn_fast_to_uplink's path counter: a host-routed port's
+// IPv6 packet for 2000::/3 that no route of the tenant's takes is looked
+// up in the kernel's routes, and (no uplink given here) left to the
+// kernel. A port that is not host-routed (fast_path off) costs no lookup
+// and counts nothing.
+func (s *State) outHostRoute(ifindex, tenant uint32, p *packet, v *Verdict) {
+	if _, ok := s.HostRoutes[ifindex]; !ok || p.l3 != 0x86dd || !global.Contains(p.dst) {
+		return
+	}
+	if pfx, ok := s.FastLocal[tenant]; ok && pfx.Contains(p.dst) {
+		return
+	}
+	for pfx, t := range s.Routed {
+		if t == tenant && pfx.Contains(p.dst) {
+			return
+		}
+	}
+	v.Out = PathKernel
+}

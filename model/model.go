@@ -54,6 +54,10 @@ type State struct {
 	// redirects (tn_route_v1 kind local, fast_path): what a workload
 	// sends to a sibling is host-routed.
 	FastLocal map[uint32]netip.Prefix
+	// Routed are the tenants' other routes (tn_route_v1: wireguard,
+	// host, ...), by prefix, with the tenant: a packet for one of them
+	// is not for the outside.
+	Routed map[netip.Prefix]uint32
 	Policies  map[uint32]policy.TenantPolicy
 	Rules     []policy.Rule
 	// Quotas are the tenants' conntrack and fragment quotas; a tenant
@@ -90,7 +94,7 @@ func NewState() *State {
 	return &State{
 		Ports: map[uint32]uint32{}, WGDevs: map[uint32]uint32{}, SrcAddrs: map[uint32][]netip.Prefix{},
 		Prefixes: map[netip.Prefix]uint32{}, HostPrefixes: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Endpoint{},
-		HostRoutes: map[uint32]HostRoute{}, FastLocal: map[uint32]netip.Prefix{}, Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
+		HostRoutes: map[uint32]HostRoute{}, FastLocal: map[uint32]netip.Prefix{}, Routed: map[netip.Prefix]uint32{}, Policies: map[uint32]policy.TenantPolicy{}, Quotas: map[uint32]Quota{},
 		ct: map[ctKey]*ctEntry{}, frags: map[fragKey]fragEntry{}, fill: map[uint32]*Fill{},
 	}
 }
@@ -103,6 +107,10 @@ type Verdict struct {
 	Dir     policy.Direction // the counter's direction
 	Counted bool             // whether the program counts this packet
 	RuleID  uint32           // deciding rule, when Reason is PassRule/DropPolicy
+	// Bytes is what the counter adds: the packet as the hook received
+	// it (here, where every hook is an Ethernet device's: the frame),
+	// before any change the program makes.
+	Bytes uint64
 	// Path is the host-routing path the packet took (UplinkIn): "" for
 	// none (not for a host-routed port: on to the kernel, uncounted),
 	// PathKernel, PathTap, PathPeer or PathDrop; Port is the port it was
@@ -113,6 +121,12 @@ type Verdict struct {
 	// host-routed to on the same node (its inbound policy, counted too),
 	// when it was judged there (PathPeer, PathDrop).
 	Then *Verdict
+	// Out is the path of a workload's packet for the outside
+	// (tn_fast_to_uplink, tn_path_v1's "out"): "" when none is counted
+	// (not a host-routed port, not for 2000::/3, a route of the
+	// tenant's), else PathKernel (the model has no uplink in
+	// tn_uplink_v1 and no kernel routes: nothing leaves by the fib).
+	Out string
 }
 
 type packet struct {

@@ -684,7 +684,7 @@ func (s *State) evalPort(h Hook, ifindex, arrival uint32, b []byte, p *packet) V
 	if h == FromWorkload {
 		dir = policy.DirOut
 	}
-	v := Verdict{Tenant: tenant, Dir: dir, Counted: true}
+	v := Verdict{Tenant: tenant, Dir: dir, Counted: true, Bytes: uint64(len(b))}
 	v.Reason, v.RuleID = s.portReason(h, ifindex, arrival, tenant, bound, b, p)
 	v.Drop = v.Reason.IsDrop()
 	if v.Reason != policy.PassRule && v.Reason != policy.DropPolicy {
@@ -692,6 +692,7 @@ func (s *State) evalPort(h Hook, ifindex, arrival uint32, b []byte, p *packet) V
 	}
 	if h == FromWorkload && !v.Drop {
 		s.portHostRoute(ifindex, tenant, b, p, &v)
+		s.outHostRoute(ifindex, tenant, p, &v)
 	}
 	return v
 }
@@ -760,7 +761,7 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	// proxy's.
 	if p.l3 != 0x0806 {
 		if owner := s.owner(p.src); owner != 0 && s.hostSource(p.src, owner) {
-			return Verdict{Drop: true, Counted: true, Tenant: owner, Dir: policy.DirPrefilter, Reason: policy.DropSpoofPath}
+			return Verdict{Drop: true, Counted: true, Tenant: owner, Dir: policy.DirPrefilter, Reason: policy.DropSpoofPath, Bytes: uint64(len(b))}
 		}
 	}
 	if p.l3 == 0x0806 || p.frag == 2 || p.isControl() {
@@ -770,7 +771,7 @@ func (s *State) evalUplink(b []byte, p *packet) Verdict {
 	if !ok {
 		return pass
 	}
-	v := Verdict{Tenant: ep.Tenant, Dir: policy.DirPrefilter}
+	v := Verdict{Tenant: ep.Tenant, Dir: policy.DirPrefilter, Bytes: uint64(len(b))}
 	owner := s.owner(p.src)
 	switch {
 	case owner == ep.Tenant:

@@ -85,6 +85,7 @@ func diffEnv(t *testing.T) (*env, *diffGen) {
 		p := netip.MustParsePrefix(fmt.Sprintf("2001:db8:101:7fff:0:%d::/96", tn))
 		e.tenantPrefix(p.String(), tn)
 		rt := bpfmaps.Route{Tenant: tn, Prefix: p, Kind: kind}
+		e.model.Routed[p] = tn
 		if kind == bpfmaps.RouteWG {
 			rt.Ifindex = 9000 + tn
 		} else {
@@ -610,6 +611,7 @@ func TestDifferential(t *testing.T) {
 	reasons := map[policy.Reason]int{}
 	paths := map[string]int{}
 	portPaths := map[string]int{}
+	outPaths := map[string]int{}
 	for round := 0; round < rounds; round++ {
 		// New policies and rules each round: the maps are updated by
 		// diff from the previous round's content.
@@ -658,6 +660,9 @@ func TestDifferential(t *testing.T) {
 					if s.hook == model.FromWorkload && v.Path != "" {
 						portPaths[v.Path]++
 					}
+					if v.Out != "" {
+						outPaths[v.Out]++
+					}
 				}
 				total++
 				if v.Drop {
@@ -683,7 +688,10 @@ func TestDifferential(t *testing.T) {
 		t.Fatalf("only %d packets checked", total)
 	}
 	t.Logf("%d packets agreed (%d drops); by reason: %v; host routing paths: %v", total, drops, reasons, paths)
-	t.Logf("from ports to host-routed siblings: %v", portPaths)
+	t.Logf("from ports to host-routed siblings: %v; to the outside: %v", portPaths, outPaths)
+	if outPaths[model.PathKernel] == 0 {
+		t.Errorf("no packet from a host-routed port to the outside was looked up: the generator lost coverage")
+	}
 	for _, p := range []string{model.PathPeer, model.PathTap, model.PathKernel, model.PathDrop} {
 		if paths[p] == 0 {
 			t.Errorf("no packet took host routing path %s: the generator lost coverage", p)

@@ -153,11 +153,26 @@ func (e *env) run(h model.Hook, ifindex, arrival uint32, frame []byte) (uint32, 
 }
 
 func (e *env) counter(tenant uint32, dir policy.Direction, r policy.Reason) uint64 {
+	return e.counterOf(tenant, dir, r).Packets
+}
+
+func (e *env) counterOf(tenant uint32, dir policy.Direction, r policy.Reason) bpfmaps.Counter {
 	c, err := e.maps.Counter(tenant, dir, r)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return c.Packets
+	return c
+}
+
+// counted requires the counter of v to have gone from before by one
+// packet of v.Bytes bytes.
+func (e *env) counted(v *model.Verdict, before bpfmaps.Counter) error {
+	after := e.counterOf(v.Tenant, v.Dir, v.Reason)
+	if after.Packets != before.Packets+1 || after.Bytes != before.Bytes+v.Bytes {
+		return fmt.Errorf("counter tenant %d dir %s reason %s went %d packets %d bytes -> %d packets %d bytes, want +1 packet +%d bytes",
+			v.Tenant, v.Dir, v.Reason, before.Packets, before.Bytes, after.Packets, after.Bytes, v.Bytes)
+	}
+	return nil
 }
 
 // check runs a frame through a hook and requires the model's verdict, the
@@ -171,13 +186,13 @@ func (e *env) check(h model.Hook, ifindex uint32, frame []byte) (model.Verdict, 
 // checkFrom is check for a frame that entered the node by arrival.
 func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (model.Verdict, error) {
 	want := e.model.EvalFrom(h, ifindex, arrival, frame)
-	var before, thenBefore uint64
+	var before, thenBefore bpfmaps.Counter
 	if want.Counted {
-		before = e.counter(want.Tenant, want.Dir, want.Reason)
+		before = e.counterOf(want.Tenant, want.Dir, want.Reason)
 	}
 	then := want.Then
 	if then != nil {
-		thenBefore = e.counter(then.Tenant, then.Dir, then.Reason)
+		thenBefore = e.counterOf(then.Tenant, then.Dir, then.Reason)
 	}
 	var pathsBefore map[bpfmaps.Path]uint64
 	if h == model.FromWorkload {
@@ -202,25 +217,24 @@ func (e *env) checkFrom(h model.Hook, ifindex, arrival uint32, frame []byte) (mo
 		return want, fmt.Errorf("return code %d, model wants %d (%s, reason %s)", ret, wantRet, verdictWord(want.Drop), want.Reason)
 	}
 	if want.Counted {
-		if after := e.counter(want.Tenant, want.Dir, want.Reason); after != before+1 {
-			return want, fmt.Errorf("counter tenant %d dir %s reason %s went %d -> %d, want +1",
-				want.Tenant, want.Dir, want.Reason, before, after)
+		if err := e.counted(&want, before); err != nil {
+			return want, err
 		}
 	}
 	if then != nil {
-		if after := e.counter(then.Tenant, then.Dir, then.Reason); after != thenBefore+1 {
-			return want, fmt.Errorf("host-routed to port %d: counter tenant %d dir %s reason %s went %d -> %d, want +1",
-				want.Port, then.Tenant, then.Dir, then.Reason, thenBefore, after)
+		if err := e.counted(then, thenBefore); err != nil {
+			return want, fmt.Errorf("host-routed to port %d: %w", want.Port, err)
 		}
 	}
 	if pathsBefore != nil {
 		for k, n := range e.paths() {
 			d := n - pathsBefore[k]
+			w := bpfmaps.Path{Hook: "port", Path: want.Path}
 			if k.Hook == "out" {
-				continue // no uplink in tn_uplink_v1: nothing leaves by the fib here
+				w = bpfmaps.Path{Hook: "out", Path: want.Out}
 			}
-			if w := (bpfmaps.Path{Hook: "port", Path: want.Path}); k == w && d != 1 || k != w && d != 0 {
-				return want, fmt.Errorf("path counter %v went +%d (model path %q)", k, d, want.Path)
+			if k == w && d != 1 || k != w && d != 0 {
+				return want, fmt.Errorf("path counter %v went +%d (model path %q, out %q)", k, d, want.Path, want.Out)
 			}
 		}
 	}

@@ -57,9 +57,9 @@ type State struct {
 	// Routed are the tenants' other routes (tn_route_v1: wireguard,
 	// host, ...), by prefix, with the tenant: a packet for one of them
 	// is not for the outside.
-	Routed map[netip.Prefix]uint32
-	Policies  map[uint32]policy.TenantPolicy
-	Rules     []policy.Rule
+	Routed   map[netip.Prefix]uint32
+	Policies map[uint32]policy.TenantPolicy
+	Rules    []policy.Rule
 	// Quotas are the tenants' conntrack and fragment quotas; a tenant
 	// without one (or a zero field) has the datapath's defaults.
 	Quotas map[uint32]Quota

@@ -30,10 +30,13 @@ int tn_uplink(struct xdp_md *ctx)
 {
 	struct pkt p = {};
 	__u32 tenant = 0;
+	/* The tunnel's verdict counts the frame as it came in, outer header
+	 * and padding included, whether it was taken out or dropped. */
+	__u32 len = bpf_xdp_get_buff_len(ctx);
 	int reason = tn_6in4_decap(ctx, &tenant, &p);
 	if (reason) {
 		if (tn_verdict(&p, tenant, ctx->ingress_ifindex, TN_DIR_6IN4,
-			       reason, bpf_xdp_get_buff_len(ctx)))
+			       reason, len))
 			return XDP_DROP;
 		__builtin_memset(&p, 0, sizeof(p));
 	}

@@ -118,35 +118,45 @@ type ckey struct {
 }
 
 func (e *env) counters() map[ckey]uint64 {
+	p, _ := e.countersBytes()
+	return p
+}
+
+// countersBytes is counters, and their bytes.
+func (e *env) countersBytes() (map[ckey]uint64, map[ckey]uint64) {
 	e.t.Helper()
 	cs, err := e.maps.Counters(0)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	out := map[ckey]uint64{}
+	out, by := map[ckey]uint64{}, map[ckey]uint64{}
 	for _, c := range cs {
 		out[ckey{c.Tenant, c.Dir, c.Reason}] = c.Packets
+		by[ckey{c.Tenant, c.Dir, c.Reason}] = c.Bytes
 	}
-	return out
+	return out, by
 }
 
 // runXDP runs tn_uplink on a frame and returns its return code, the
-// frame it left and the counters that moved (by how much).
-func (e *env) runXDP(frame []byte) (uint32, []byte, map[ckey]uint64, error) {
-	before := e.counters()
+// frame it left and the counters that moved (by how much: packets, and
+// bytes).
+func (e *env) runXDP(frame []byte) (uint32, []byte, map[ckey]uint64, map[ckey]uint64, error) {
+	before, bytesBefore := e.countersBytes()
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256)}
 	ret, err := e.dp.Uplink.Run(opts)
 	out := opts.DataOut
 	if err != nil {
-		return 0, nil, nil, fmt.Errorf("test run: %w", err)
+		return 0, nil, nil, nil, fmt.Errorf("test run: %w", err)
 	}
-	moved := map[ckey]uint64{}
-	for k, n := range e.counters() {
+	moved, movedBytes := map[ckey]uint64{}, map[ckey]uint64{}
+	after, bytesAfter := e.countersBytes()
+	for k, n := range after {
 		if n != before[k] {
 			moved[k] = n - before[k]
+			movedBytes[k] = bytesAfter[k] - bytesBefore[k]
 		}
 	}
-	return ret, out, moved, nil
+	return ret, out, moved, movedBytes, nil
 }
 
 // sixin4Case is one frame for tn_uplink and what it must do: the return
@@ -169,7 +179,7 @@ func runSixin4(t *testing.T, e *env, cases []sixin4Case) {
 	t.Helper()
 	e.inNS(func() error {
 		for _, c := range cases {
-			ret, out, moved, err := e.runXDP(c.frame)
+			ret, out, moved, movedBytes, err := e.runXDP(c.frame)
 			if err != nil {
 				t.Errorf("%s: %v", c.name, err)
 				continue
@@ -183,6 +193,13 @@ func runSixin4(t *testing.T, e *env, cases []sixin4Case) {
 			}
 			if fmt.Sprint(moved) != fmt.Sprint(want) {
 				t.Errorf("%s: counters moved %v, want %v", c.name, moved, want)
+			}
+			// The tunnel's verdict counts the frame as it came in
+			// (its outer header too), taken out of the tunnel or not.
+			for k, n := range want {
+				if k.dir == policy.Dir6in4 && movedBytes[k] != n*uint64(len(c.frame)) {
+					t.Errorf("%s: counter %v +%d bytes, want %d (the frame as it came in)", c.name, k, movedBytes[k], n*uint64(len(c.frame)))
+				}
 			}
 			if c.ret != xdpPass {
 				continue

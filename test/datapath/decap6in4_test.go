@@ -117,12 +117,7 @@ type ckey struct {
 	reason policy.Reason
 }
 
-func (e *env) counters() map[ckey]uint64 {
-	p, _ := e.countersBytes()
-	return p
-}
-
-// countersBytes is counters, and their bytes.
+// countersBytes returns every counter's packets and bytes.
 func (e *env) countersBytes() (map[ckey]uint64, map[ckey]uint64) {
 	e.t.Helper()
 	cs, err := e.maps.Counters(0)

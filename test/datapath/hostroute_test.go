@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -159,6 +160,7 @@ func TestHostRouteOut(t *testing.T) {
 	if err := nl.AddrAdd(upl, a); err != nil {
 		t.Fatal(err)
 	}
+	waitLocalRoute(t, nl, a.IP)
 	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: upl.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: gwMAC}); err != nil {
 		t.Fatal(err)
 	}
@@ -252,4 +254,29 @@ func gsoCtx(ifindex uint32, segs, size uint32) []byte {
 	binary.LittleEndian.PutUint32(b[164:], segs)
 	binary.LittleEndian.PutUint32(b[176:], size)
 	return b
+}
+
+// waitLocalRoute waits for the kernel to install the local route of an
+// address it was just given. Even with IFA_F_NODAD the route comes later:
+// the address stays tentative until the link's carrier has gone through
+// linkwatch (batched, up to a second) and addrconf's work queue has run.
+// Before that bpf_fib_lookup sees an on-link neighbour, not the node
+// (CI failed "the node's own address" this way on a loaded machine).
+func waitLocalRoute(t *testing.T, nl *netlink.Handle, ip net.IP) {
+	t.Helper()
+	filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: &net.IPNet{IP: ip, Mask: net.CIDRMask(8*len(ip), 8*len(ip))}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rs, err := nl.RouteListFiltered(unix.AF_INET6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		if err != nil {
+			t.Fatalf("local route of %s: %v", ip, err)
+		}
+		if len(rs) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no local route for %s after 5s", ip)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

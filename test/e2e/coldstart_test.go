@@ -43,17 +43,23 @@ func TestColdStartMovesToTCX(t *testing.T) {
 	}
 	d.start()
 	retry(t, 20*time.Second, "every port on TCX, no legacy filter left", func() error {
-		var all, atts []loader.Attachment
+		var all, atts, upin []loader.Attachment
 		n.do(n.ns, func() error { all = loader.ListAttachments(n.pinDir); return nil }) // Live asks the node's kernel view
 		for _, a := range all {
-			if a.Hook != loader.HookUplink {
+			switch a.Hook {
+			case loader.HookFromWorkload, loader.HookToWorkload:
 				atts = append(atts, a)
+			case loader.HookUplinkIn:
+				upin = append(upin, a) // host routing (fast_path on)
 			}
 		}
 		if len(atts) != 2*count {
-			return fmt.Errorf("%d attachments, want %d", len(atts), 2*count)
+			return fmt.Errorf("%d port attachments, want %d", len(atts), 2*count)
 		}
-		for _, a := range atts {
+		if len(upin) != 1 {
+			return fmt.Errorf("%d tn_uplink_in attachments, want 1 (host routing is on)", len(upin))
+		}
+		for _, a := range append(atts, upin...) {
 			if a.Mode != loader.ModeTCX || !a.Live {
 				return fmt.Errorf("ifindex %d %s: %s live %v", a.Ifindex, a.Hook, a.Mode, a.Live)
 			}
@@ -73,7 +79,9 @@ func TestColdStartMovesToTCX(t *testing.T) {
 			if a.Hook == loader.HookUplink {
 				continue
 			}
-			checked++
+			if a.Hook == loader.HookFromWorkload || a.Hook == loader.HookToWorkload {
+				checked++
+			}
 			legacy := loader.Attachment{Ifindex: a.Ifindex, Hook: a.Hook, Mode: loader.ModeLegacyTC}
 			if dp.Alive(legacy) {
 				t.Errorf("a legacy tc filter of ours is left on ifindex %d (%s)", a.Ifindex, a.Hook)

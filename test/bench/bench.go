@@ -29,6 +29,9 @@ type Options struct {
 	// prefilter, no per-packet cost. The report has only those figures,
 	// so Out should not be BENCHMARKS.md.
 	RulesOnly bool
+	// FwdNAPI is how the uplink's NAPI runs for the node forwarding rate
+	// (default NAPISoftirq).
+	FwdNAPI NAPIMode
 }
 
 type series []float64
@@ -44,6 +47,20 @@ func (s series) stats() (min, med, max float64) {
 
 // results[metric][mode][n]
 type results map[string]map[string]map[int]series
+
+// pathCounts are tenantnet's path counters (tn_path_v1) over one cell,
+// summed over its repetitions: during the socket-level figures (sock) and
+// the node forwarding rate (fwd), beside what the sink counted (sunk).
+type pathCounts struct {
+	sock, fwd map[string]uint64
+	sunk      uint64
+}
+
+func addPaths(to, d map[string]uint64) {
+	for k, v := range d {
+		to[k] += v
+	}
+}
 
 func (r results) add(metric, mode string, n int, v float64) {
 	if r[metric] == nil {
@@ -95,6 +112,9 @@ func Run(o Options) error {
 			return fmt.Errorf("traffic generator: %w", err)
 		}
 		defer g.close()
+		if o.FwdNAPI != "" {
+			g.mode = o.FwdNAPI
+		}
 	}
 
 	state, _ := os.MkdirTemp("", "tenantnet-bench-state-")
@@ -103,6 +123,39 @@ func Run(o Options) error {
 	defer tn.teardown()
 	modes := []mode{noFirewall{}, tn, &nftables{t: t}, &iptables{t: t}}
 	res := results{}
+	// paths[mode][n]: tenantnet's and its kernel path's.
+	paths := map[string]map[int]*pathCounts{}
+	cell := func(mode string, n int) *pathCounts {
+		if paths[mode] == nil {
+			paths[mode] = map[int]*pathCounts{}
+		}
+		if paths[mode][n] == nil {
+			paths[mode][n] = &pathCounts{sock: map[string]uint64{}, fwd: map[string]uint64{}}
+		}
+		return paths[mode][n]
+	}
+	// measureFwd takes the node forwarding rate once, with the path
+	// counters when the mode is tenantnet's.
+	measureFwd := func(m mode, n int) error {
+		g.paths = nil
+		if tm, ok := m.(*tenantnet); ok {
+			g.paths = tm.paths
+		}
+		r, err := g.measure(g.allowed, o.Dur, nil)
+		g.paths = nil
+		if err != nil {
+			return fmt.Errorf("%s N=%d: node forwarding rate: %w", m.name(), n, err)
+		}
+		res.add("fwd", m.name(), n, r.sunk)
+		res.add("offered", m.name(), n, r.offered)
+		res.add("received", m.name(), n, r.received)
+		if r.paths != nil {
+			c := cell(m.name(), n)
+			addPaths(c.fwd, r.paths)
+			c.sunk += r.sunkN
+		}
+		return nil
+	}
 
 	for _, n := range o.Ns {
 		rules := makeRules(n)
@@ -124,7 +177,14 @@ func Run(o Options) error {
 					}
 				}
 			}
+			tm, _ := m.(*tenantnet)
 			for i := 0; i < o.Reps && !o.RulesOnly; i++ {
+				var p0 map[string]uint64
+				if tm != nil {
+					if p0, err = tm.paths(); err != nil {
+						return err
+					}
+				}
 				pps, err := t.udpPPS(9000, o.Dur)
 				if err != nil {
 					return err
@@ -145,13 +205,33 @@ func Run(o Options) error {
 					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
 				}
 				res.add("rr", m.name(), n, tps)
-				r, err := g.measure(g.allowed, o.Dur, nil)
-				if err != nil {
-					return fmt.Errorf("%s N=%d: node forwarding rate: %w", m.name(), n, err)
+				if tm != nil {
+					p1, err := tm.paths()
+					if err != nil {
+						return err
+					}
+					addPaths(cell(m.name(), n).sock, pathDelta(p0, p1))
 				}
-				res.add("fwd", m.name(), n, r.sunk)
-				res.add("offered", m.name(), n, r.offered)
-				res.add("received", m.name(), n, r.received)
+				if err := measureFwd(m, n); err != nil {
+					return err
+				}
+			}
+			if tm != nil && !o.RulesOnly {
+				// The same policy with host routing off (only the node
+				// forwarding rate: what host routing is worth there).
+				tm.kernelPath = true
+				_, err := tm.fw(tm.loadArgs()...)
+				for i := 0; i < o.Reps && err == nil; i++ {
+					err = measureFwd(tm, n)
+				}
+				tm.kernelPath = false
+				if err != nil {
+					return fmt.Errorf("%s: %w", kernelPathMode, err)
+				}
+				_, kmed, _ := res["fwd"][kernelPathMode][n].stats()
+				c := paths["tenantnet"][n]
+				logf("N=%-6d tenantnet paths: socket-level %s; fwd %s (sink %d); kernel path fwd %.0f pps, paths %s",
+					n, pathText(c.sock), pathText(c.fwd), c.sunk, kmed, pathText(paths[kernelPathMode][n].fwd))
 			}
 			_, med, _ := res["udp"][m.name()][n].stats()
 			_, tmed, _ := res["tcp"][m.name()][n].stats()
@@ -216,7 +296,7 @@ func Run(o Options) error {
 	if err != nil {
 		return err
 	}
-	return writeReport(o, res, drops, string(cost), string(upd), startup, time.Since(start))
+	return writeReport(o, res, paths, drops, string(cost), string(upd), startup, time.Since(start))
 }
 
 // changeFigures measures one rule change in process (what tenantfw does
@@ -275,7 +355,43 @@ func nftCounter(t *topo) uint64 {
 	return v
 }
 
-func writeReport(o Options, res results, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
+// napiText says how the uplink's NAPI ran for (f).
+func napiText(m NAPIMode) string {
+	switch m {
+	case NAPIThreaded, NAPIDefer:
+		t := "The uplink's NAPI runs in a thread of its own (`threaded`, GRO on: a veth needs NAPI to take redirected frames), pinned to CPU 1: receive, forwarding, firewall and the workload's veth all run there"
+		if m == NAPIDefer {
+			t += ", with napi_defer_hard_irqs " + deferIRQs + " and gro_flush_timeout " + flushTimeout + " ns on the uplink (NAPI polls again from a timer rather than waiting to be woken)"
+		}
+		return t + " (`--fwd-napi " + string(m) + "`)."
+	}
+	return "The uplink's NAPI (GRO on: a veth needs NAPI to take redirected frames) runs in softirq on the generator's CPU, right after each batch of 64 frames the generator hands over: receive, forwarding, firewall, the workload's veth and the sink run there too, in a closed loop (the uplink's ring does not overflow: offered is uplink rx in the table below). So a figure is what one CPU forwards, less the generator's own share of that CPU (the same in every column); why this and not a CPU of its own for the node: \"(f): what limits it\" below."
+}
+
+// pathText writes path counters as "uplink/peer 123, out/fib 45" (by
+// path name), or "none".
+func pathText(ps map[string]uint64) string {
+	var ks []string
+	for k, v := range ps {
+		if v > 0 {
+			ks = append(ks, k)
+		}
+	}
+	if len(ks) == 0 {
+		return "none"
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for i, k := range ks {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, ps[k])
+	}
+	return b.String()
+}
+
+func writeReport(o Options, res results, paths map[string]map[int]*pathCounts, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
 		benchutil.Machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
@@ -298,22 +414,29 @@ Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` +
 	table := func(title, metric, unit string, withBase bool, modes []string) {
 		writeTable(&b, o, res, title, metric, unit, withBase, modes)
 	}
-	table("(f) Node forwarding rate (XDP live-frame generator, counting sink)", "fwd", "pps", true, modes)
+	fwdModes := []string{"none", "tenantnet", kernelPathMode, "nftables", "iptables"}
+	table("(f) Node forwarding rate (XDP live-frame generator, counting sink)", "fwd", "pps", true, fwdModes)
 	b.WriteString(`
 The sender's side is the kernel's live-frame mode of BPF_PROG_RUN
 (` + "`BPF_F_TEST_XDP_LIVE_FRAMES`" + `, as xdp-trafficgen): an XDP program returning
 XDP_TX on the sender's eth0 turns each injected 72-byte UDP frame (to port
 9000, an allowed flow) into a redirect into the node's uplink, no socket
-and no stack on the way; the generator is pinned to CPU 0. The uplink's
-NAPI runs in a thread of its own (` + "`threaded`" + `, GRO on: a veth needs NAPI to
-take redirected frames), which the scheduler puts on CPU 1: receive,
-forwarding, firewall and the workload's veth all run there. The workload
+and no stack on the way; the generator is pinned to CPU 0. The workload
 counts with a TC (tcx ingress) program that drops what it counts
-(test/bench/trafficgen), so the figure is what one CPU of the node
-forwards. What the generator offered and what the uplink took in (the
-rest found its ring full), per cell, median packets/s:
+(test/bench/trafficgen). ` + napiText(o.FwdNAPI) + `
+
+**tenantnet** is the datapath as ` + "`tenantfw datapath load --uplink up0 --prefilter=false`" + `
+sets it up on a kernel with bpf_redirect_peer: host routing, as tenantnetd's
+with fast_path on (tn_uplink_in on up0's TC ingress judges the packet by the
+port's inbound policy and hands it into the workload's namespace with
+bpf_redirect_peer; ` + "`tenantfw port attach`" + ` wrote the port's tn_hostrt_v1
+entry). **tenantnet (kernel path)** is the same policy loaded again with
+` + "`--host-routing=false`" + `: ip6_forward, then the port's tn_to_workload and the
+veth, as with fast_path off. What the generator offered and what the
+uplink took in (the rest found its ring full), per cell, median packets/s:
 
 `)
+	modes = fwdModes
 	b.WriteString("| N |")
 	for _, m := range modes {
 		fmt.Fprintf(&b, " %s: offered / uplink rx |", m)
@@ -327,6 +450,26 @@ rest found its ring full), per cell, median packets/s:
 			fmt.Fprintf(&b, " %s / %s |", benchutil.Num(off), benchutil.Num(rx))
 		}
 		b.WriteString("\n")
+	}
+	modes = []string{"none", "tenantnet", "nftables", "iptables"}
+	b.WriteString(`
+Which way tenantnet's packets went: its path counters (tn_path_v1,
+` + "`tenantfw stats --paths`" + `), read around each measurement and summed over
+the cell's repetitions, beside what the sink counted (uplink/peer: host
+routing from the uplink into the namespace; out/fib: the workload's
+replies out of the uplink by bpf_fib_lookup and bpf_redirect_neigh;
+uplink/kernel and out/kernel: handed to the kernel's path; a path not
+named counted nothing):
+
+| N | (f): sink counted | (f): paths | (a)–(c), (g): paths | kernel path (f): sink counted / paths |
+|---|---|---|---|---|
+`)
+	for _, n := range o.Ns {
+		c, k := paths["tenantnet"][n], paths[kernelPathMode][n]
+		if c == nil || k == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "| %d | %d | %s | %s | %d / %s |\n", n, c.sunk, pathText(c.fwd), pathText(c.sock), k.sunk, pathText(k.fwd))
 	}
 	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
 	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)

@@ -229,9 +229,9 @@ func Run(o Options) error {
 					return fmt.Errorf("%s: %w", kernelPathMode, err)
 				}
 				_, kmed, _ := res["fwd"][kernelPathMode][n].stats()
-				c := paths["tenantnet"][n]
+				c, k := cell("tenantnet", n), cell(kernelPathMode, n)
 				logf("N=%-6d tenantnet paths: socket-level %s; fwd %s (sink %d); kernel path fwd %.0f pps, paths %s",
-					n, pathText(c.sock), pathText(c.fwd), c.sunk, kmed, pathText(paths[kernelPathMode][n].fwd))
+					n, pathText(c.sock), pathText(c.fwd), c.sunk, kmed, pathText(k.fwd))
 			}
 			_, med, _ := res["udp"][m.name()][n].stats()
 			_, tmed, _ := res["tcp"][m.name()][n].stats()

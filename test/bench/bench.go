@@ -410,7 +410,6 @@ measured in the same run, are what count.
 
 Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` + o.Dur.String() + `.
 `)
-	modes := []string{"none", "tenantnet", "nftables", "iptables"}
 	table := func(title, metric, unit string, withBase bool, modes []string) {
 		writeTable(&b, o, res, title, metric, unit, withBase, modes)
 	}
@@ -436,7 +435,7 @@ veth, as with fast_path off. What the generator offered and what the
 uplink took in (the rest found its ring full), per cell, median packets/s:
 
 `)
-	modes = fwdModes
+	modes := fwdModes
 	b.WriteString("| N |")
 	for _, m := range modes {
 		fmt.Fprintf(&b, " %s: offered / uplink rx |", m)

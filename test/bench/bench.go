@@ -483,7 +483,7 @@ The generator above (on CPU 0) offers 72-byte UDP frames to port 7777 of
 the workload (no rule allows it) to the uplink, where **tenantnet XDP**
 (` + "`tenantfw datapath load --uplink`" + `, native XDP on the veth) or an
 **nftables netdev ingress** chain (` + "`counter drop`" + `, priority -500) drops
-them, on CPU 1. Drops/s read from each dropper's own counter; offered is
+them, where the uplink's NAPI runs as for (f). Drops/s read from each dropper's own counter; offered is
 the generator's rate, uplink rx what reached the dropper (the rest found
 the uplink's ring full). Median [min–max] over ` + fmt.Sprint(o.Reps) + ` runs of ` + o.Dur.String() + `.
 

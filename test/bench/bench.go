@@ -390,7 +390,7 @@ func napiText(m NAPIMode) string {
 		}
 		return t + " (`--fwd-napi " + string(m) + "`)."
 	}
-	return "The uplink's NAPI (GRO on: a veth needs NAPI to take redirected frames) runs in softirq on the generator's CPU, right after each batch of 64 frames the generator hands over: receive, forwarding, firewall, the workload's veth and the sink run there too, in a closed loop (the uplink's ring does not overflow: offered is uplink rx in the table below). So a figure is what one CPU forwards, less the generator's own share of that CPU (the same in every column); why this and not a CPU of its own for the node: \"(f): what limits it\" below."
+	return "The uplink's NAPI (GRO on: a veth needs NAPI to take redirected frames) runs in softirq on the generator's CPU, right after each batch of 64 frames the generator hands over: receive, forwarding, firewall, the workload's veth and the sink run there too, in a closed loop (the uplink's ring does not overflow: offered is uplink rx in the table below). So a figure is what one CPU does for the generator and the node together (the generator's share is the same in every column; (f′) takes it out); why this and not a CPU of its own for the node: \"Node forwarding rate (f): what limits it\" below."
 }
 
 // pathText writes path counters as "uplink/peer 123, out/fib 45" (by

@@ -21,13 +21,17 @@ func datapathLoadCmd() *command {
 	var uplinks []string
 	var legacy bool
 	var sample uint32
+	var hostRouting, prefilter bool
 	return &command{
 		Name: "load", Summary: "load or upgrade the programs, restore rules and ports from the saved state",
-		Usage: "[--uplink IF ...] [--legacy-tc] [--sample-rate N]",
+		Usage: "[--uplink IF ...] [--prefilter=false] [--host-routing=false] [--legacy-tc] [--sample-rate N]",
 		Example: `  tenantfw datapath load --uplink eth0
-  # after a reboot (empty bpffs) the same command restores every tenant, rule and port binding`,
+  # after a reboot (empty bpffs) the same command restores every tenant, rule and port binding
+  tenantfw datapath load --uplink eth0 --host-routing=false   # every packet through the kernel's forwarding`,
 		Flags: func(fs *pflag.FlagSet, _ *Env) {
-			fs.StringSliceVar(&uplinks, "uplink", nil, "attach the XDP prefilter to this interface (repeat)")
+			fs.StringSliceVar(&uplinks, "uplink", nil, "the uplink (repeat): the XDP prefilter on it and, with host routing, tn_uplink_in on its TC ingress")
+			fs.BoolVar(&prefilter, "prefilter", true, "attach the XDP prefilter to the uplinks (false: detach it, keep host routing)")
+			fs.BoolVar(&hostRouting, "host-routing", true, "hand packets for workloads straight into their namespace (bpf_redirect_peer) where the kernel can; false: the kernel's path. Saved: later loads and port attach follow it")
 			fs.BoolVar(&legacy, "legacy-tc", false, "attach ports with clsact + cls_bpf even where TCX exists")
 			fs.Uint32Var(&sample, "sample-rate", 1, "emit a drop event for about 1 in N drops (0: none) when the maps are created")
 		},
@@ -53,6 +57,12 @@ func datapathLoadCmd() *command {
 				return err
 			}
 			defer fw.Close()
+			if fs.Changed("host-routing") {
+				if err := setHostRoutingWanted(env, hostRouting); err != nil {
+					return err
+				}
+			}
+			hr, why := hostRoutingOn(env)
 			if err := fw.Reconcile(); err != nil {
 				return fmt.Errorf("restore saved state: %w", err)
 			}
@@ -60,7 +70,7 @@ func datapathLoadCmd() *command {
 			if err != nil {
 				return err
 			}
-			attached := 0
+			attached, routed := 0, 0
 			for _, p := range ports {
 				l, err := netlink.LinkByName(p.Ifname)
 				if err != nil {
@@ -75,17 +85,47 @@ func datapathLoadCmd() *command {
 					return fmt.Errorf("port %s: %w", p.Ifname, err)
 				}
 				attached++
+				ok, err := syncPortHostRoute(fw.Maps, l, p, "", hr)
+				if err != nil {
+					return err
+				}
+				if ok {
+					routed++
+				}
 			}
 			for _, u := range uplinks {
 				l, err := netlink.LinkByName(u)
 				if err != nil {
 					return fmt.Errorf("--uplink %s: %w", u, err)
 				}
-				mode, err := dp.AttachUplink(l.Attrs().Index, loader.AttachOptions{})
-				if err != nil {
+				idx := l.Attrs().Index
+				mode := loader.Mode("no prefilter")
+				if prefilter {
+					if mode, err = dp.AttachUplink(idx, loader.AttachOptions{}); err != nil {
+						return err
+					}
+				} else {
+					for _, a := range loader.ListAttachmentsOf(env.PinDir, idx) {
+						if a.Hook == loader.HookUplink {
+							if err := a.Detach(env.PinDir); err != nil {
+								return fmt.Errorf("--uplink %s: detach the prefilter: %w", u, err)
+							}
+						}
+					}
+				}
+				if err := syncUplinkIn(dp, fw.Maps, l, hr, legacy); err != nil {
 					return err
 				}
-				fmt.Fprintf(env.Stdout, "uplink %s: %s\n", u, mode)
+				hrs := "host routing on"
+				if !hr {
+					hrs = "host routing " + why
+				}
+				fmt.Fprintf(env.Stdout, "uplink %s: %s, %s\n", u, mode, hrs)
+			}
+			if hr {
+				fmt.Fprintf(env.Stdout, "host routing on: %d of %d ports\n", routed, attached)
+			} else {
+				fmt.Fprintf(env.Stdout, "host routing %s\n", why)
 			}
 			n, err := fw.CountRules()
 			if err != nil {

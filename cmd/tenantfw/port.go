@@ -80,7 +80,22 @@ func portAttachCmd() *command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(env.Stdout, "port %s (ifindex %d): tenant %d, %s, attached with %s\n", ifname, idx, tenant, prefixList(p.Addrs), mode)
+			// Host routing last: packets are handed to the port only
+			// once its binding and programs are there.
+			hr, why := hostRoutingOn(env)
+			routed, err := syncPortHostRoute(fw.Maps, link, p, mac, hr)
+			if err != nil {
+				return err
+			}
+			switch {
+			case routed:
+				why = "host routing on"
+			case hr:
+				why = "host routing off for this port: its workload's MAC is not known (give --mac)"
+			default:
+				why = "host routing " + why
+			}
+			fmt.Fprintf(env.Stdout, "port %s (ifindex %d): tenant %d, %s, attached with %s, %s\n", ifname, idx, tenant, prefixList(p.Addrs), mode, why)
 			return nil
 		},
 	}

@@ -44,11 +44,15 @@ func openMaps(env *Env) (*bpfmaps.Maps, func(), error) {
 
 func statsCmd() *command {
 	var tenant uint32
+	var paths bool
 	return &command{
 		Name: "stats", Summary: "packet counters by tenant, direction, verdict and reason",
-		Usage:   "[--tenant T] [-o json]",
-		Example: "  tenantfw stats --tenant 7\n  watch -n1 tenantfw stats",
-		Flags:   func(fs *pflag.FlagSet, _ *Env) { fs.Uint32Var(&tenant, "tenant", 0, "only this tenant") },
+		Usage:   "[--tenant T] [--paths] [-o json]",
+		Example: "  tenantfw stats --tenant 7\n  watch -n1 tenantfw stats\n  tenantfw stats --paths    # which way packets for workloads went (host routing or the kernel)",
+		Flags: func(fs *pflag.FlagSet, _ *Env) {
+			fs.Uint32Var(&tenant, "tenant", 0, "only this tenant")
+			fs.BoolVar(&paths, "paths", false, "instead: packets by the path they took (tn_path_v1: uplink/wg/port/out by peer, tap, bridge, kernel, drop, fib)")
+		},
 		Run: func(env *Env, fs *pflag.FlagSet, args []string) error {
 			if err := cli.NoArgs(args); err != nil {
 				return err
@@ -58,6 +62,9 @@ func statsCmd() *command {
 				return err
 			}
 			defer done()
+			if paths {
+				return printPaths(env, m)
+			}
 			cs, err := m.Counters(tenant)
 			if err != nil {
 				return err
@@ -124,4 +131,37 @@ func statsCmd() *command {
 			return nil
 		},
 	}
+}
+
+// PathView is the JSON shape of a path counter.
+type PathView struct {
+	Hook    string `json:"hook"`
+	Path    string `json:"path"`
+	Packets uint64 `json:"packets"`
+}
+
+func printPaths(env *Env, m *bpfmaps.Maps) error {
+	ps, err := m.Paths()
+	if err != nil {
+		return err
+	}
+	vs := []PathView{}
+	for p, n := range ps {
+		vs = append(vs, PathView{Hook: p.Hook, Path: p.Path, Packets: n})
+	}
+	sort.Slice(vs, func(i, j int) bool {
+		if vs[i].Hook != vs[j].Hook {
+			return vs[i].Hook < vs[j].Hook
+		}
+		return vs[i].Path < vs[j].Path
+	})
+	if env.Output == "json" {
+		return cli.JSON(env.Stdout, vs)
+	}
+	tw := cli.Table(env.Stdout)
+	fmt.Fprintln(tw, "HOOK\tPATH\tPACKETS")
+	for _, v := range vs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\n", v.Hook, v.Path, v.Packets)
+	}
+	return tw.Flush()
 }

@@ -29,6 +29,9 @@ type Options struct {
 	// prefilter, no per-packet cost. The report has only those figures,
 	// so Out should not be BENCHMARKS.md.
 	RulesOnly bool
+	// FwdNAPI is how the uplink's NAPI runs for the node forwarding rate
+	// (default NAPISoftirq).
+	FwdNAPI NAPIMode
 }
 
 type series []float64
@@ -44,6 +47,20 @@ func (s series) stats() (min, med, max float64) {
 
 // results[metric][mode][n]
 type results map[string]map[string]map[int]series
+
+// pathCounts are tenantnet's path counters (tn_path_v1) over one cell,
+// summed over its repetitions: during the socket-level figures (sock) and
+// the node forwarding rate (fwd), beside what the sink counted (sunk).
+type pathCounts struct {
+	sock, fwd map[string]uint64
+	sunk      uint64
+}
+
+func addPaths(to, d map[string]uint64) {
+	for k, v := range d {
+		to[k] += v
+	}
+}
 
 func (r results) add(metric, mode string, n int, v float64) {
 	if r[metric] == nil {
@@ -95,6 +112,23 @@ func Run(o Options) error {
 			return fmt.Errorf("traffic generator: %w", err)
 		}
 		defer g.close()
+		if o.FwdNAPI != "" {
+			g.mode = o.FwdNAPI
+		}
+	}
+	// The generator's own share of its CPU, in the closed loop (the
+	// node's own rates, (f'), take it out).
+	var genOnly series
+	for i := 0; i < o.Reps && !o.RulesOnly && g.mode == NAPISoftirq; i++ {
+		r0, err := g.genOnly(o.Dur)
+		if err != nil {
+			return fmt.Errorf("the generator alone: %w", err)
+		}
+		genOnly = append(genOnly, r0)
+	}
+	if len(genOnly) > 0 {
+		_, m, _ := genOnly.stats()
+		logf("the generator alone (the uplink drops in XDP): %.0f pps", m)
 	}
 
 	state, _ := os.MkdirTemp("", "tenantnet-bench-state-")
@@ -103,6 +137,39 @@ func Run(o Options) error {
 	defer tn.teardown()
 	modes := []mode{noFirewall{}, tn, &nftables{t: t}, &iptables{t: t}}
 	res := results{}
+	// paths[mode][n]: tenantnet's and its kernel path's.
+	paths := map[string]map[int]*pathCounts{}
+	cell := func(mode string, n int) *pathCounts {
+		if paths[mode] == nil {
+			paths[mode] = map[int]*pathCounts{}
+		}
+		if paths[mode][n] == nil {
+			paths[mode][n] = &pathCounts{sock: map[string]uint64{}, fwd: map[string]uint64{}}
+		}
+		return paths[mode][n]
+	}
+	// measureFwd takes the node forwarding rate once, with the path
+	// counters when the mode is tenantnet's.
+	measureFwd := func(m mode, n int) error {
+		g.paths = nil
+		if tm, ok := m.(*tenantnet); ok {
+			g.paths = tm.paths
+		}
+		r, err := g.measure(g.allowed, o.Dur, nil)
+		g.paths = nil
+		if err != nil {
+			return fmt.Errorf("%s N=%d: node forwarding rate: %w", m.name(), n, err)
+		}
+		res.add("fwd", m.name(), n, r.sunk)
+		res.add("offered", m.name(), n, r.offered)
+		res.add("received", m.name(), n, r.received)
+		if r.paths != nil {
+			c := cell(m.name(), n)
+			addPaths(c.fwd, r.paths)
+			c.sunk += r.sunkN
+		}
+		return nil
+	}
 
 	for _, n := range o.Ns {
 		rules := makeRules(n)
@@ -124,7 +191,14 @@ func Run(o Options) error {
 					}
 				}
 			}
+			tm, _ := m.(*tenantnet)
 			for i := 0; i < o.Reps && !o.RulesOnly; i++ {
+				var p0 map[string]uint64
+				if tm != nil {
+					if p0, err = tm.paths(); err != nil {
+						return err
+					}
+				}
 				pps, err := t.udpPPS(9000, o.Dur)
 				if err != nil {
 					return err
@@ -145,13 +219,33 @@ func Run(o Options) error {
 					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
 				}
 				res.add("rr", m.name(), n, tps)
-				r, err := g.measure(g.allowed, o.Dur, nil)
-				if err != nil {
-					return fmt.Errorf("%s N=%d: node forwarding rate: %w", m.name(), n, err)
+				if tm != nil {
+					p1, err := tm.paths()
+					if err != nil {
+						return err
+					}
+					addPaths(cell(m.name(), n).sock, pathDelta(p0, p1))
 				}
-				res.add("fwd", m.name(), n, r.sunk)
-				res.add("offered", m.name(), n, r.offered)
-				res.add("received", m.name(), n, r.received)
+				if err := measureFwd(m, n); err != nil {
+					return err
+				}
+			}
+			if tm != nil && !o.RulesOnly {
+				// The same policy with host routing off (only the node
+				// forwarding rate: what host routing is worth there).
+				tm.kernelPath = true
+				_, err := tm.fw(tm.loadArgs()...)
+				for i := 0; i < o.Reps && err == nil; i++ {
+					err = measureFwd(tm, n)
+				}
+				tm.kernelPath = false
+				if err != nil {
+					return fmt.Errorf("%s: %w", kernelPathMode, err)
+				}
+				_, kmed, _ := res["fwd"][kernelPathMode][n].stats()
+				c, k := cell("tenantnet", n), cell(kernelPathMode, n)
+				logf("N=%-6d tenantnet paths: socket-level %s; fwd %s (sink %d); kernel path fwd %.0f pps, paths %s",
+					n, pathText(c.sock), pathText(c.fwd), c.sunk, kmed, pathText(k.fwd))
 			}
 			_, med, _ := res["udp"][m.name()][n].stats()
 			_, tmed, _ := res["tcp"][m.name()][n].stats()
@@ -216,7 +310,18 @@ func Run(o Options) error {
 	if err != nil {
 		return err
 	}
-	return writeReport(o, res, drops, string(cost), string(upd), startup, time.Since(start))
+	// The node's own rates: each figure of (f) less the generator's share.
+	if _, r0, _ := genOnly.stats(); r0 > 0 {
+		for mode, byN := range res["fwd"] {
+			for n, vs := range byN {
+				for _, v := range vs {
+					res.add("fwdown", mode, n, ownRate(v, r0))
+				}
+			}
+		}
+		res.add("genonly", "gen", 0, r0)
+	}
+	return writeReport(o, res, paths, drops, string(cost), string(upd), startup, time.Since(start))
 }
 
 // changeFigures measures one rule change in process (what tenantfw does
@@ -275,7 +380,43 @@ func nftCounter(t *topo) uint64 {
 	return v
 }
 
-func writeReport(o Options, res results, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
+// napiText says how the uplink's NAPI ran for (f).
+func napiText(m NAPIMode) string {
+	switch m {
+	case NAPIThreaded, NAPIDefer:
+		t := "The uplink's NAPI runs in a thread of its own (`threaded`, GRO on: a veth needs NAPI to take redirected frames), pinned to CPU 1: receive, forwarding, firewall and the workload's veth all run there"
+		if m == NAPIDefer {
+			t += ", with napi_defer_hard_irqs " + deferIRQs + " and gro_flush_timeout " + flushTimeout + " ns on the uplink (NAPI polls again from a timer rather than waiting to be woken)"
+		}
+		return t + " (`--fwd-napi " + string(m) + "`)."
+	}
+	return "The uplink's NAPI (GRO on: a veth needs NAPI to take redirected frames) runs in softirq on the generator's CPU, right after each batch of 64 frames the generator hands over: receive, forwarding, firewall, the workload's veth and the sink run there too, in a closed loop (the uplink's ring does not overflow: offered is uplink rx in the table below). So a figure is what one CPU does for the generator and the node together (the generator's share is the same in every column; (f′) takes it out); why this and not a CPU of its own for the node: \"Node forwarding rate (f): what limits it\" below."
+}
+
+// pathText writes path counters as "uplink/peer 123, out/fib 45" (by
+// path name), or "none".
+func pathText(ps map[string]uint64) string {
+	var ks []string
+	for k, v := range ps {
+		if v > 0 {
+			ks = append(ks, k)
+		}
+	}
+	if len(ks) == 0 {
+		return "none"
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for i, k := range ks {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, ps[k])
+	}
+	return b.String()
+}
+
+func writeReport(o Options, res results, paths map[string]map[int]*pathCounts, drops map[string][]genRate, cost, upd string, startup series, took time.Duration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nProduced by `sudo make bench` (`bin/tenantnet-bench`) on %s, %s; the run took %s.\n",
 		benchutil.Machine(), time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
@@ -294,26 +435,32 @@ measured in the same run, are what count.
 
 Each cell: median [min–max] over ` + fmt.Sprint(o.Reps) + ` repetitions of ` + o.Dur.String() + `.
 `)
-	modes := []string{"none", "tenantnet", "nftables", "iptables"}
 	table := func(title, metric, unit string, withBase bool, modes []string) {
 		writeTable(&b, o, res, title, metric, unit, withBase, modes)
 	}
-	table("(f) Node forwarding rate (XDP live-frame generator, counting sink)", "fwd", "pps", true, modes)
+	fwdModes := []string{"none", "tenantnet", kernelPathMode, "nftables", "iptables"}
+	table("(f) Node forwarding rate (XDP live-frame generator, counting sink)", "fwd", "pps", true, fwdModes)
 	b.WriteString(`
 The sender's side is the kernel's live-frame mode of BPF_PROG_RUN
 (` + "`BPF_F_TEST_XDP_LIVE_FRAMES`" + `, as xdp-trafficgen): an XDP program returning
 XDP_TX on the sender's eth0 turns each injected 72-byte UDP frame (to port
 9000, an allowed flow) into a redirect into the node's uplink, no socket
-and no stack on the way; the generator is pinned to CPU 0. The uplink's
-NAPI runs in a thread of its own (` + "`threaded`" + `, GRO on: a veth needs NAPI to
-take redirected frames), which the scheduler puts on CPU 1: receive,
-forwarding, firewall and the workload's veth all run there. The workload
+and no stack on the way; the generator is pinned to CPU 0. The workload
 counts with a TC (tcx ingress) program that drops what it counts
-(test/bench/trafficgen), so the figure is what one CPU of the node
-forwards. What the generator offered and what the uplink took in (the
-rest found its ring full), per cell, median packets/s:
+(test/bench/trafficgen). ` + napiText(o.FwdNAPI) + `
+
+**tenantnet** is the datapath as ` + "`tenantfw datapath load --uplink up0 --prefilter=false`" + `
+sets it up on a kernel with bpf_redirect_peer: host routing, as tenantnetd's
+with fast_path on (tn_uplink_in on up0's TC ingress judges the packet by the
+port's inbound policy and hands it into the workload's namespace with
+bpf_redirect_peer; ` + "`tenantfw port attach`" + ` wrote the port's tn_hostrt_v1
+entry). **tenantnet (kernel path)** is the same policy loaded again with
+` + "`--host-routing=false`" + `: ip6_forward, then the port's tn_to_workload and the
+veth, as with fast_path off. What the generator offered and what the
+uplink took in (the rest found its ring full), per cell, median packets/s:
 
 `)
+	modes := fwdModes
 	b.WriteString("| N |")
 	for _, m := range modes {
 		fmt.Fprintf(&b, " %s: offered / uplink rx |", m)
@@ -328,6 +475,39 @@ rest found its ring full), per cell, median packets/s:
 		}
 		b.WriteString("\n")
 	}
+	if _, r0, _ := res["genonly"]["gen"][0].stats(); r0 > 0 {
+		table("(f′) The node's own forwarding rate: (f) less the generator's share", "fwdown", "pps", true, fwdModes)
+		fmt.Fprintf(&b, `
+In the closed loop of (f) one CPU runs the generator and the node one
+packet after the other, so a figure R of (f) costs 1/R per packet, of which
+the generator's part (and the uplink's ring's) is measured on its own: with
+a two-instruction XDP program on the node's uplink that drops each frame as
+the veth takes it off its ring (no skb, no stack), the generator runs at
+%s pps (median of %d runs), %s ns a packet. The rest is the node's work;
+its own rate is 1/(1/R − 1/R0) (0: R within 2%% of R0, lost in the noise).
+A derived figure: (f) is what was measured.
+`, benchutil.Num(r0), len(res["genonly"]["gen"][0]), benchutil.Num(1e9/r0))
+	}
+	modes = []string{"none", "tenantnet", "nftables", "iptables"}
+	b.WriteString(`
+Which way tenantnet's packets went: its path counters (tn_path_v1,
+` + "`tenantfw stats --paths`" + `), read around each measurement and summed over
+the cell's repetitions, beside what the sink counted (uplink/peer: host
+routing from the uplink into the namespace; out/fib: the workload's
+replies out of the uplink by bpf_fib_lookup and bpf_redirect_neigh;
+uplink/kernel and out/kernel: handed to the kernel's path; a path not
+named counted nothing):
+
+| N | (f): sink counted | (f): paths | (a)–(c), (g): paths | kernel path (f): sink counted / paths |
+|---|---|---|---|---|
+`)
+	for _, n := range o.Ns {
+		c, k := paths["tenantnet"][n], paths[kernelPathMode][n]
+		if c == nil || k == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "| %d | %d | %s | %s | %d / %s |\n", n, c.sunk, pathText(c.fwd), pathText(c.sock), k.sunk, pathText(k.fwd))
+	}
 	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
 	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)
 	table("(c) New TCP connections", "conn", "conn/s", true, modes)
@@ -341,7 +521,7 @@ The generator above (on CPU 0) offers 72-byte UDP frames to port 7777 of
 the workload (no rule allows it) to the uplink, where **tenantnet XDP**
 (` + "`tenantfw datapath load --uplink`" + `, native XDP on the veth) or an
 **nftables netdev ingress** chain (` + "`counter drop`" + `, priority -500) drops
-them, on CPU 1. Drops/s read from each dropper's own counter; offered is
+them, where the uplink's NAPI runs as for (f). Drops/s read from each dropper's own counter; offered is
 the generator's rate, uplink rx what reached the dropper (the rest found
 the uplink's ring full). Median [min–max] over ` + fmt.Sprint(o.Reps) + ` runs of ` + o.Dur.String() + `.
 

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -28,19 +31,29 @@ type gen struct {
 	wlIdx   int    // the workload's eth0
 	allowed []byte // UDP to the workload's port 9000 (an allowed flow)
 	denied  []byte // UDP to port 7777 (no rule: the prefilter drops it)
+	mode    NAPIMode
+	// paths, when set, reads the datapath's path counters around each
+	// measurement (tenantnet's: tenantfw stats --paths).
+	paths func() (map[string]uint64, error)
 }
 
 // genRate is one measurement of the node between generator and sink, per
 // second: what the generator offered, what reached the node's uplink
 // (the rest the uplink's ring had no room for), what the sink counted.
-type genRate struct{ offered, received, ringDrop, sunk float64 }
+type genRate struct {
+	offered, received, ringDrop, sunk float64
+	sunkN                             uint64 // packets the sink counted
+	// paths: the datapath's path counters over the same interval, when
+	// g.paths is set (tenantnet): which way the measured packets went.
+	paths map[string]uint64
+}
 
 func newGen(t *topo) (*gen, error) {
 	objs, err := trafficgen.Load(9000)
 	if err != nil {
 		return nil, err
 	}
-	g := &gen{t: t, objs: objs}
+	g := &gen{t: t, objs: objs, mode: NAPISoftirq}
 	var sndMAC, upMAC net.HardwareAddr
 	for _, l := range []struct {
 		ns, dev string
@@ -73,9 +86,49 @@ func newGen(t *topo) (*gen, error) {
 
 func (g *gen) close() { g.objs.Close() }
 
+// NAPIMode is how the uplink's NAPI runs while the generator floods it.
+type NAPIMode string
+
+const (
+	// NAPISoftirq runs the uplink's NAPI in softirq on the generator's
+	// CPU, right after each batch the generator hands over (the XDP
+	// redirect schedules it there): a closed loop, the ring never
+	// overflows and the node never waits for a wake-up, so the figure is
+	// what one CPU forwards, less the generator's share of it (the same in
+	// every mode). The default.
+	NAPISoftirq NAPIMode = "softirq"
+	// NAPIThreaded runs it in a thread of its own pinned to the other CPU:
+	// the node has a CPU to itself, but on this VM the thread sleeps
+	// between wake-ups while the 256-frame ring overflows (see
+	// BENCHMARKS.md, (f)).
+	NAPIThreaded NAPIMode = "threaded"
+	// NAPIDefer is NAPIThreaded with napi_defer_hard_irqs and
+	// gro_flush_timeout on the uplink: NAPI stays scheduled and polls
+	// again from a timer instead of waiting to be woken.
+	NAPIDefer NAPIMode = "threaded-defer"
+)
+
+// ParseNAPIMode checks a --fwd-napi value.
+func ParseNAPIMode(s string) (NAPIMode, error) {
+	switch m := NAPIMode(s); m {
+	case NAPISoftirq, NAPIThreaded, NAPIDefer:
+		return m, nil
+	}
+	return "", fmt.Errorf("NAPI mode %q: want %s, %s or %s", s, NAPISoftirq, NAPIThreaded, NAPIDefer)
+}
+
+// deferIRQs and flushTimeout are NAPIDefer's settings: up to 1000 empty
+// polls 20 µs apart before NAPI waits to be woken again (the ring fills
+// in about 0.5 ms at the generator's rate).
+const (
+	deferIRQs    = "1000"
+	flushTimeout = "20000"
+)
+
 // napi turns NAPI on the node's uplink on or off (with GRO: a veth has
-// NAPI with GRO or XDP, and frames redirected into it need NAPI). Off
-// between measurements: the socket-level figures are taken as before.
+// NAPI with GRO or XDP, and frames redirected into it need NAPI), run as
+// g.mode says. Off between measurements: the socket-level figures are
+// taken as before.
 func (g *gen) napi(on bool) error {
 	v := "off"
 	if on {
@@ -84,23 +137,38 @@ func (g *gen) napi(on bool) error {
 	// Threads from before: the device keeps its threaded setting, so
 	// NAPI's thread may start with GRO, before the write below.
 	before := napiThreads()
-	if _, err := sh(g.t.node, "ethtool -K "+uplinkIf+" gro "+v, ""); err != nil || !on {
+	if _, err := sh(g.t.node, "ethtool -K "+uplinkIf+" gro "+v, ""); err != nil {
 		return err
 	}
-	// The uplink's NAPI in a thread of its own (it needs NAPI first): the
-	// scheduler puts it on the CPU the generator leaves free, so the whole
-	// node (receive, forward, firewall, the workload's veth) runs on one
-	// CPU and the generator on the other, outrunning it. ip netns exec
-	// mounts the node's /sys.
-	if out, err := exec.Command("ip", "netns", "exec", g.t.node, "sh", "-c", "echo 1 > /sys/class/net/"+uplinkIf+"/threaded").CombinedOutput(); err != nil {
-		return fmt.Errorf("threaded NAPI on %s: %v: %s", uplinkIf, err, strings.TrimSpace(string(out)))
+	deferred, timeout := "0", "0"
+	if on && g.mode == NAPIDefer {
+		deferred, timeout = deferIRQs, flushTimeout
 	}
-	if runtime.NumCPU() < 2 {
+	// ip netns exec mounts the node's /sys.
+	if err := g.sysfs("napi_defer_hard_irqs", deferred); err != nil {
+		return err
+	}
+	if err := g.sysfs("gro_flush_timeout", timeout); err != nil {
+		return err
+	}
+	if !on {
 		return nil
 	}
-	// Pin the thread to CPU 1, away from the generator's: left to the
-	// scheduler, a wake-up from the generator may put it beside it. The
-	// thread is ours: the one that appeared when we turned NAPI on (other
+	threaded := "1"
+	if g.mode == NAPISoftirq {
+		threaded = "0"
+	}
+	if err := g.sysfs("threaded", threaded); err != nil {
+		return err
+	}
+	if threaded == "0" || runtime.NumCPU() < 2 {
+		return nil
+	}
+	// The uplink's NAPI thread on CPU 1, away from the generator's: left
+	// to the scheduler, a wake-up from the generator may put it beside
+	// it, and the whole node (receive, forward, firewall, the workload's
+	// veth) is to run on one CPU, the generator on the other. The thread
+	// is ours: the one that appeared when we turned NAPI on (other
 	// namespaces may have an up0 of their own).
 	var cpu1 unix.CPUSet
 	cpu1.Set(1)
@@ -110,6 +178,15 @@ func (g *gen) napi(on bool) error {
 				return fmt.Errorf("pin NAPI thread %d: %w", pid, err)
 			}
 		}
+	}
+	return nil
+}
+
+// sysfs writes one of the uplink's /sys/class/net attributes.
+func (g *gen) sysfs(attr, v string) error {
+	f := "/sys/class/net/" + uplinkIf + "/" + attr
+	if out, err := exec.Command("ip", "netns", "exec", g.t.node, "sh", "-c", "echo "+v+" > "+f).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s = %s on %s: %v: %s", attr, v, uplinkIf, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -144,8 +221,9 @@ func (g *gen) uplinkStats() (rx, drop uint64, err error) {
 	return rx, drop, err
 }
 
-// flood runs the generator for d on one CPU (pinned, so the node's NAPI
-// thread gets the other) in the sender's namespace.
+// flood runs the generator for d on CPU 0 (pinned: the node's NAPI runs
+// in its softirq there, or in a thread on the other CPU) in the sender's
+// namespace.
 func (g *gen) flood(frame []byte, d time.Duration) (uint64, error) {
 	var sent uint64
 	err := netnsutil.DoNamed(g.t.snd, func() error {
@@ -197,6 +275,12 @@ func (g *gen) measure(frame []byte, d time.Duration, count func() (uint64, error
 	if err != nil {
 		return genRate{}, err
 	}
+	var p0 map[string]uint64
+	if g.paths != nil {
+		if p0, err = g.paths(); err != nil {
+			return genRate{}, err
+		}
+	}
 	start := time.Now()
 	sent, err := g.flood(frame, d)
 	if err != nil {
@@ -212,12 +296,21 @@ func (g *gen) measure(frame []byte, d time.Duration, count func() (uint64, error
 	if err != nil {
 		return genRate{}, err
 	}
-	return genRate{
+	r := genRate{
 		offered:  float64(sent) / secs,
 		received: float64(rx1-rx0) / secs,
 		ringDrop: float64(drop1-drop0) / secs,
 		sunk:     float64(c1-c0) / secs,
-	}, nil
+		sunkN:    c1 - c0,
+	}
+	if g.paths != nil {
+		p1, err := g.paths()
+		if err != nil {
+			return genRate{}, err
+		}
+		r.paths = pathDelta(p0, p1)
+	}
+	return r, nil
 }
 
 // tcpRR runs 1-byte request/response transactions (netperf's TCP_RR: one
@@ -299,4 +392,69 @@ func (t *topo) startEcho(port int) (func(), error) {
 	}()
 	// shutdown wakes the accept blocked in the kernel (close would not).
 	return func() { unix.Shutdown(lfd, unix.SHUT_RDWR); unix.Close(lfd) }, nil
+}
+
+// pathDelta is what the path counters counted between two readings (the
+// paths that counted nothing are left out).
+func pathDelta(p0, p1 map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for k, v := range p1 {
+		if v > p0[k] {
+			d[k] = v - p0[k]
+		}
+	}
+	return d
+}
+
+// genOnly measures the generator's own share of a CPU in the closed loop
+// of NAPISoftirq: the rate with the node's uplink dropping every frame
+// in XDP at once (a two-instruction program: the veth takes the frame off
+// its ring and frees it; no skb, no stack). A mode's figure R then costs
+// 1/R per packet, of which 1/R0 is the generator's and the uplink's ring,
+// and the rest the node's work: its own rate is 1/(1/R - 1/R0).
+func (g *gen) genOnly(d time.Duration) (float64, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1 /* XDP_DROP */), asm.Return()},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("XDP drop program: %w", err)
+	}
+	defer prog.Close()
+	var l link.Link
+	if err := netnsutil.DoNamed(g.t.node, func() error {
+		up, err := netlink.LinkByName(uplinkIf)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: up.Attrs().Index, Flags: link.XDPDriverMode})
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("XDP drop on %s: %w", uplinkIf, err)
+	}
+	defer l.Close()
+	if g.mode == NAPISoftirq {
+		if err := g.sysfs("threaded", "0"); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := g.flood(g.allowed, 100*time.Millisecond); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	sent, err := g.flood(g.allowed, d)
+	if err != nil {
+		return 0, err
+	}
+	return float64(sent) / time.Since(start).Seconds(), nil
+}
+
+// ownRate is a mode's rate r less the generator's share (genOnly's r0):
+// the node's own, or 0 where the difference is lost in the noise.
+func ownRate(r, r0 float64) float64 {
+	if r <= 0 || r0 <= 0 || r >= r0*0.98 {
+		return 0
+	}
+	return 1 / (1/r - 1/r0)
 }

@@ -12,10 +12,10 @@ import (
 
 // TestGenerator checks the generator and sink the node forwarding rate
 // stands on: the sink counts what crosses the node (and only the
-// measured flow), the generator offers more than the node forwards, a
-// firewall drop on the node brings the sink's count to nothing (so it
-// counts the node's work, not the sender's), and the request/response
-// pair answers.
+// measured flow), the node forwards no more than the generator offers
+// (as much, in the closed loop of NAPISoftirq), a firewall drop on the
+// node brings the sink's count to nothing (so it counts the node's work,
+// not the sender's), and the request/response pair answers.
 func TestGenerator(t *testing.T) {
 	testutil.RequireRoot(t)
 	tp, err := newTopo()

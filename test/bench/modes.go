@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -69,31 +70,79 @@ type tenantnet struct {
 	pin      string
 	state    string
 	attached bool
+	// kernelPath loads with --host-routing=false: packets for the
+	// workload take the kernel's forwarding (ip6_forward, the port's
+	// tn_to_workload), as on a node with fast_path off.
+	kernelPath bool
 }
 
-func (m *tenantnet) name() string { return "tenantnet" }
+func (m *tenantnet) name() string {
+	if m.kernelPath {
+		return kernelPathMode
+	}
+	return "tenantnet"
+}
+
+// kernelPathMode is tenantnet with host routing off.
+const kernelPathMode = "tenantnet (kernel path)"
 
 func (m *tenantnet) fw(args ...string) (string, error) {
 	args = append(args, "--pin-dir", m.pin, "--state-dir", m.state)
 	return sh(m.t.node, m.bin+" "+strings.Join(args, " "), "")
 }
 
+// loadArgs loads the datapath as an operator does on a node: up0 is the
+// uplink, with host routing (tn_uplink_in on its TC ingress) where the
+// kernel has bpf_redirect_peer. No XDP prefilter here: native XDP on a
+// veth makes the peer segment its TSO packets (veth's XDP path takes
+// MTU-sized frames), which caps one TCP stream at a fraction of what the
+// port can do (a NIC's XDP does not). The prefilter has its own case.
+func (m *tenantnet) loadArgs() []string {
+	return []string{"datapath", "load", "--uplink", uplinkIf, "--prefilter=false", "--sample-rate", "0",
+		"--host-routing=" + strconv.FormatBool(!m.kernelPath)}
+}
+
 func (m *tenantnet) setup() error {
 	for _, c := range [][]string{
-		// No uplink prefilter here: native XDP on a veth makes the peer
-		// segment its TSO packets (veth's XDP path takes MTU-sized
-		// frames), which caps one TCP stream at a fraction of what the
-		// port can do. The prefilter has its own case (xdpCase).
-		{"datapath", "load", "--sample-rate", "0"},
+		m.loadArgs(),
 		{"tenant", "add", "--tenant", "1", "--prefix", "2001:db8:a::/64"},
+		// The port attach fills the port's tn_hostrt_v1 entry (host
+		// routing on): the workload's MAC from the veth's peer, the
+		// gateway's the port's own (the workload routes via fe80::1 on
+		// it).
 		{"port", "attach", "--ifname", portIf, "--tenant", "1", "--addr", wlAddr},
 	} {
-		if _, err := m.fw(c...); err != nil {
+		out, err := m.fw(c...)
+		if err != nil {
 			return err
+		}
+		if !m.kernelPath && c[0] == "port" && !strings.Contains(out, "host routing on") {
+			return fmt.Errorf("tenantnet: the port is not host-routed (%s): the kernel needs bpf_redirect_peer in TC programs (5.10+)", strings.TrimSpace(out))
 		}
 	}
 	m.attached = true
 	return nil
+}
+
+// paths reads the datapath's path counters (tenantfw stats --paths):
+// "hook/path" -> packets.
+func (m *tenantnet) paths() (map[string]uint64, error) {
+	out, err := m.fw("stats", "--paths", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var vs []struct {
+		Hook, Path string
+		Packets    uint64
+	}
+	if err := json.Unmarshal([]byte(out), &vs); err != nil {
+		return nil, fmt.Errorf("tenantfw stats --paths: %w: %q", err, out)
+	}
+	ps := map[string]uint64{}
+	for _, v := range vs {
+		ps[v.Hook+"/"+v.Path] = v.Packets
+	}
+	return ps, nil
 }
 
 func (m *tenantnet) load(rules []rule) (time.Duration, error) {

@@ -74,6 +74,11 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 	atLeast("Node forwarding rate ≥ 1.5× none, every N", "fwd", "none", "pps", 1.5)
 	atLeast("Node forwarding rate ≥ 1.5× nftables, every N", "fwd", "nftables", "pps", 1.5)
 	atN("Node forwarding rate ≥ 10× iptables at N = 10,000", "fwd", "iptables", "pps", 10000, 10)
+	if len(res["fwdown"]) > 0 {
+		atLeast("Node's own forwarding rate ((f′): the generator's share taken out) ≥ 1.5× none, every N", "fwdown", "none", "pps", 1.5)
+		atLeast("Node's own forwarding rate ((f′)) ≥ 1.5× nftables, every N", "fwdown", "nftables", "pps", 1.5)
+		atN("Node's own forwarding rate ((f′)) ≥ 10× iptables at N = 10,000", "fwdown", "iptables", "pps", 10000, 10)
+	}
 	{
 		x, xo, _ := dropSeries(drops["tenantnet XDP"])
 		f, fo, _ := dropSeries(drops["nftables netdev ingress"])

@@ -142,6 +142,34 @@ func TestTenantfwEndToEnd(t *testing.T) {
 		t.Errorf("re-applying the same file: %q", out)
 	}
 
+	// Host routing (on: this kernel has bpf_redirect_peer): from the
+	// internet to A1 straight into its namespace after A1's inbound
+	// policy, its replies out of the uplink by the FIB; a port no rule
+	// opens stays shut on that path too.
+	paths := func() map[string]uint64 {
+		var ps []struct {
+			Hook, Path string
+			Packets    uint64
+		}
+		c.json(&ps, "stats", "--paths")
+		m := map[string]uint64{}
+		for _, p := range ps {
+			m[p.Hook+"/"+p.Path] = p.Packets
+		}
+		return m
+	}
+	before := paths()
+	if err := dialTCP(n.ext, "[2001:db8:a::1]:8080", time.Second); err != nil {
+		t.Errorf("the internet to A1:8080 (allowed) with host routing: %v", err)
+	}
+	if dialTCP(n.ext, "[2001:db8:a::1]:8081", time.Second) == nil {
+		t.Error("the internet reached A1:8081 (no rule) with host routing")
+	}
+	after := paths()
+	if after["uplink/peer"] <= before["uplink/peer"] || after["out/fib"] <= before["out/fib"] {
+		t.Errorf("the internet's connection to A1 was not host-routed: paths before %v, after %v", before, after)
+	}
+
 	// policy: inbound allow opens every port, deny closes them again.
 	c.must("policy", "set", "--tenant", "1", "--inbound", "allow")
 	if !reach(a2, "[2001:db8:a::1]:8081") {
@@ -208,7 +236,8 @@ func TestTenantfwEndToEnd(t *testing.T) {
 		}
 	}
 	c.json(&st, "status")
-	if st.Schema != loader.SchemaVersion || len(st.Attachments) != 7 {
+	// Two per port, the uplink's prefilter and its tn_uplink_in.
+	if st.Schema != loader.SchemaVersion || len(st.Attachments) != 8 {
 		t.Errorf("status: %+v", st)
 	}
 	for _, a := range st.Attachments {

@@ -21,6 +21,7 @@ func main() {
 	pflag.IntVar(&o.Reps, "reps", 5, "repetitions per figure")
 	pflag.DurationVar(&o.Dur, "duration", 2*time.Second, "length of one traffic measurement")
 	pflag.StringVar(&o.Out, "out", "BENCHMARKS.md", "report")
+	napi := pflag.String("fwd-napi", string(bench.NAPISoftirq), "how the uplink's NAPI runs for the node forwarding rate: softirq (on the generator's CPU), threaded (a thread on the other CPU) or threaded-defer (that, with napi_defer_hard_irqs and gro_flush_timeout)")
 	only := pflag.String("only", "", "measure only this part: rules (loading N rules and adding one; no traffic): write it with --out elsewhere than BENCHMARKS.md")
 	pflag.Parse()
 	switch *only {
@@ -29,6 +30,11 @@ func main() {
 		o.RulesOnly = true
 	default:
 		fmt.Fprintf(os.Stderr, "tenantnet-bench: --only %s: want rules\n", *only)
+		os.Exit(2)
+	}
+	var err error
+	if o.FwdNAPI, err = bench.ParseNAPIMode(*napi); err != nil {
+		fmt.Fprintf(os.Stderr, "tenantnet-bench: --fwd-napi: %v\n", err)
 		os.Exit(2)
 	}
 	exe, _ := os.Executable()

@@ -29,6 +29,9 @@ type Options struct {
 	// prefilter, no per-packet cost. The report has only those figures,
 	// so Out should not be BENCHMARKS.md.
 	RulesOnly bool
+	// Results is the file make bench-grid and make bench-scale record
+	// their figures in (benchutil.Record); the summary quotes them.
+	Results string
 }
 
 type series []float64

@@ -21,6 +21,7 @@ func main() {
 	pflag.IntVar(&o.Reps, "reps", 5, "repetitions per figure")
 	pflag.DurationVar(&o.Dur, "duration", 2*time.Second, "length of one traffic measurement")
 	pflag.StringVar(&o.Out, "out", "BENCHMARKS.md", "report")
+	pflag.StringVar(&o.Results, "results", "bin/bench-results.json", "figures make bench-grid and make bench-scale recorded, for the summary")
 	only := pflag.String("only", "", "measure only this part: rules (loading N rules and adding one; no traffic): write it with --out elsewhere than BENCHMARKS.md")
 	pflag.Parse()
 	switch *only {

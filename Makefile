@@ -123,7 +123,7 @@ demo-down:
 # TCP stream and 64-byte UDP through the eBPF 6in4 tunnel, WireGuard to
 # the exit and plain IPv6 forwarding, ~6 minutes) with `make bench-grid`.
 bench: deps build
-	$(BIN)/tenantnet-bench --out BENCHMARKS.md
+	$(BIN)/tenantnet-bench --out BENCHMARKS.md --results $(BIN)/bench-results.json
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./firewall/ ./test/datapath/
 
 # Only the rule-loading figures of make bench (loading N rules, adding one,
@@ -133,10 +133,10 @@ bench-rules: deps build
 	$(BIN)/tenantnet-bench --only rules --out $(BIN)/bench-rules.md
 
 bench-scale: deps build
-	$(GO) test ./test/e2e -run '^$$' -bench 'NodeScale' -benchtime 1x -timeout 60m -v | grep -v '^        {'
+	TENANTNET_BENCH_RESULTS=$(CURDIR)/$(BIN)/bench-results.json $(GO) test ./test/e2e -run '^$$' -bench 'NodeScale' -benchtime 1x -timeout 60m -v | grep -v '^        {'
 
 bench-grid: deps build
-	$(GO) test ./test/e2e -run '^$$' -bench 'CrossNodeStream|Converge50|EtcdRevisions|SixIn4' -benchtime 1x -timeout 30m -v | grep -v '^        {'
+	TENANTNET_BENCH_RESULTS=$(CURDIR)/$(BIN)/bench-results.json $(GO) test ./test/e2e -run '^$$' -bench 'CrossNodeStream|Converge50|EtcdRevisions|SixIn4' -benchtime 1x -timeout 30m -v | grep -v '^        {'
 
 # The IPv4 proxy (issue 17) against HAProxy 2.6 (mode tcp, splice) and a
 # plain kernel route, on one topology, in one run (~4 minutes): one TCP

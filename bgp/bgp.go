@@ -73,9 +73,13 @@ func Start(ctx context.Context, cfg config.BGP, o Options) (*Speaker, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// GoBGP's info is per message and per peer state; ours says what
+	// matters. Its level variable only answers its SetLogLevel API: it
+	// logs at every level through the logger it is given, so the logger
+	// itself drops what is below the level.
 	lvl := &slog.LevelVar{}
-	lvl.Set(slog.LevelWarn) // GoBGP's info is per message; ours says what matters
-	srv := server.NewBgpServer(server.LoggerOption(log.With("part", "gobgp"), lvl))
+	lvl.Set(slog.LevelWarn)
+	srv := server.NewBgpServer(server.LoggerOption(slog.New(minLevel{log.Handler(), lvl}).With("part", "gobgp"), lvl))
 	go srv.Serve()
 	port := int32(cfg.ListenPort)
 	if port == 0 {
@@ -367,4 +371,22 @@ func Withdraw(ctx context.Context, cfg config.BGP, log *slog.Logger, within time
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// minLevel passes on the records of its level and above only.
+type minLevel struct {
+	slog.Handler
+	min slog.Leveler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min.Level() && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.min}
 }

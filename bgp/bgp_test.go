@@ -1,8 +1,11 @@
 package bgp
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -52,4 +55,28 @@ func (s *Speaker) globalPaths(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// TestGoBGPLogsWarnings: GoBGP's per-peer info (it logs "Add a peer
+// configuration" and the like at INFO for every neighbour) is not in
+// tenantnetd's log; its warnings would be, and ours are.
+func TestGoBGPLogsWarnings(t *testing.T) {
+	ctx := context.Background()
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := config.BGP{LocalASN: 65001, RouterID: netip.MustParseAddr("192.0.2.1"),
+		Neighbors: []config.BGPNeighbor{{Address: netip.MustParseAddr("192.0.2.99"), PeerASN: 65000}}}
+	s, err := Start(ctx, cfg, Options{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Sync(ctx, []Route{{Prefix: netip.MustParsePrefix("2001:db8:1:2::/64"), NextHop: netip.MustParseAddr("2001:db8::1")}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop(ctx)
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(l, "part=gobgp") && (strings.Contains(l, "level=INFO") || strings.Contains(l, "level=DEBUG")) {
+			t.Errorf("GoBGP below WARN in our log: %s", l)
+		}
+	}
 }

@@ -61,6 +61,15 @@ type AttachOptions struct {
 	ForceGenericXDP bool
 }
 
+// tcMode is the TC mode to try first; attachTC falls back to legacy tc
+// where the kernel has no TCX.
+func (o AttachOptions) tcMode() Mode {
+	if o.ForceLegacyTC {
+		return ModeLegacyTC
+	}
+	return ModeTCX
+}
+
 // Attachment is one program attached to one interface, as recorded by the
 // pins in the links directory.
 type Attachment struct {
@@ -80,12 +89,8 @@ func linkPin(pinDir string, ifindex int, hook Hook) string {
 // programs in place: TCX links are updated atomically and legacy filters
 // are replaced with NLM_F_REPLACE, so the port is never unfiltered.
 func (dp *Datapath) AttachPort(ifindex int, opts AttachOptions) (Mode, error) {
-	mode := ModeLegacyTC
-	if !opts.ForceLegacyTC {
-		mode = ModeTCX
-	}
-	var err error
-	if mode, err = dp.attachTC(ifindex, HookFromWorkload, mode); err != nil {
+	mode, err := dp.attachTC(ifindex, HookFromWorkload, opts.tcMode())
+	if err != nil {
 		return mode, err
 	}
 	return dp.attachTC(ifindex, HookToWorkload, mode)
@@ -97,11 +102,7 @@ func (dp *Datapath) AttachWG(ifindex int, opts AttachOptions) (Mode, error) {
 	if dp.WG == nil {
 		return "", fmt.Errorf("attach wireguard ifindex %d: tn_from_wg is not loaded (load the datapath with this build)", ifindex)
 	}
-	mode := ModeLegacyTC
-	if !opts.ForceLegacyTC {
-		mode = ModeTCX
-	}
-	return dp.attachTC(ifindex, HookFromWG, mode)
+	return dp.attachTC(ifindex, HookFromWG, opts.tcMode())
 }
 
 // Attach6in4 attaches tn_6in4_out to TC egress of the 6in4 slow path
@@ -110,11 +111,7 @@ func (dp *Datapath) Attach6in4(ifindex int, opts AttachOptions) (Mode, error) {
 	if dp.SixIn4 == nil {
 		return "", fmt.Errorf("attach 6in4 ifindex %d: tn_6in4_out is not loaded (load the datapath with this build)", ifindex)
 	}
-	mode := ModeLegacyTC
-	if !opts.ForceLegacyTC {
-		mode = ModeTCX
-	}
-	return dp.attachTC(ifindex, Hook6in4Out, mode)
+	return dp.attachTC(ifindex, Hook6in4Out, opts.tcMode())
 }
 
 // AttachUplinkIn attaches tn_uplink_in (host routing from the uplink) to
@@ -123,11 +120,7 @@ func (dp *Datapath) AttachUplinkIn(ifindex int, opts AttachOptions) (Mode, error
 	if dp.UplinkIn == nil {
 		return "", fmt.Errorf("attach uplink ifindex %d: tn_uplink_in is not loaded (load the datapath with this build)", ifindex)
 	}
-	mode := ModeLegacyTC
-	if !opts.ForceLegacyTC {
-		mode = ModeTCX
-	}
-	return dp.attachTC(ifindex, HookUplinkIn, mode)
+	return dp.attachTC(ifindex, HookUplinkIn, opts.tcMode())
 }
 
 // DetachUplinkIn removes tn_uplink_in from ifindex (fast_path off, or no

@@ -32,6 +32,9 @@ type Options struct {
 	// FwdNAPI is how the uplink's NAPI runs for the node forwarding rate
 	// (default NAPISoftirq).
 	FwdNAPI NAPIMode
+	// Results is the file make bench-grid and make bench-scale record
+	// their figures in (benchutil.Record); the summary quotes them.
+	Results string
 }
 
 type series []float64

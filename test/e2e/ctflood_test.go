@@ -45,15 +45,7 @@ import (
 func TestConntrackFlood(t *testing.T) {
 	nodes, _ := newGrid(t, "file", 1, "")
 	g := nodes[0]
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", g.inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", g.inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, g.inet)
 	g.d.must("network", "add", "--id", "acme")
 	g.d.must("network", "add", "--id", "evil")
 	nsV := testutil.NewNetNS(t, fmt.Sprintf("tn-wlv1-%d", os.Getpid()))

@@ -97,16 +97,9 @@ func gridDelegation(t *testing.T, backend string) {
 	inet := x1.inet
 	// The internet routes the exits' /48s to them, and nothing of the
 	// home node (it has no /48).
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-		{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, inet,
+		[]string{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
+	)
 	listenTCP(t, inet, fmt.Sprintf("[%s]:8081", internetHost))
 	outside := fmt.Sprintf("[%s]:8081", internetHost)
 	pool := map[string]netip.Prefix{"node1": netip.MustParsePrefix("2001:db8:101:8000::/49"), "node2": netip.MustParsePrefix("2001:db8:102:8000::/49")}

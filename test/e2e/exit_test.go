@@ -24,6 +24,22 @@ import (
 // network; the nodes' uplinks are on its /64.
 const internetHost = "2001:db8:ffff::fd"
 
+// internetUp makes the grid's internet namespace a host on the uplinks'
+// segment (internetHost) that routes node1's /48 to node1, then runs the
+// extra `ip` commands (more routes, addresses) in it.
+func internetUp(t testing.TB, inet *testutil.NetNS, extra ...[]string) {
+	t.Helper()
+	for _, c := range append([][]string{
+		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
+		{"link", "set", "lo", "up"},
+		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
+	}, extra...) {
+		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
+		}
+	}
+}
+
 // TestGridExit: a network declared with an exit. Its member at home
 // (IPv4 only, behind NAT) has no IPv6 of its own to the outside: its
 // workloads reach an internet host through the exit node, over the
@@ -43,15 +59,7 @@ func gridExit(t *testing.T, extra string) {
 	// The internet: a host, and the route to the exit's /48 (nothing of
 	// the home node's: its /64 of acme is the exit's delegation, in the
 	// exit's space).
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, inet)
 	listenTCP(t, inet, fmt.Sprintf("[%s]:8081", internetHost))
 
 	declare := func(id string, args ...string) {

@@ -57,15 +57,7 @@ func hostRouting(t *testing.T, extra string, env []string, hostRouted, bridge bo
 	n1, n2 := nodes[0], nodes[1]
 	inet := n1.inet
 	pid := os.Getpid()
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, inet)
 	ns := map[string]*testutil.NetNS{}
 	addr := map[string]string{}
 	for _, w := range []struct {
@@ -238,15 +230,7 @@ func BenchmarkUplinkStream(b *testing.B) {
 			nodes, _ := newGrid(b, "file", 1, c.extra)
 			g := nodes[0]
 			inet := g.inet
-			for _, a := range [][]string{
-				{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-				{"link", "set", "lo", "up"},
-				{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-			} {
-				if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, a...)...).CombinedOutput(); err != nil {
-					b.Fatalf("ip %v: %v %s", a, err, out)
-				}
-			}
+			internetUp(b, inet)
 			g.d.must("network", "add", "--id", "acme")
 			wl := testutil.NewNetNS(b, fmt.Sprintf("tn-us-%d", os.Getpid()))
 			var w wlInfo

@@ -257,17 +257,10 @@ func TestGridProxy96(t *testing.T) {
 	// to node2's workload directly, and to the home node's through
 	// node1 (its exit forwards the home /64 into acme's WireGuard, where
 	// a /96 source would pass as the proxy's).
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"addr", "add", cl7.String() + "/128", "dev", "lo", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-		{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, inet,
+		[]string{"addr", "add", cl7.String() + "/128", "dev", "lo", "nodad"},
+		[]string{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
+	)
 	pre2 := counted(t, m, policy.DirPrefilter, policy.DropSpoofPath)
 	pre1 := counted(t, p, policy.DirPrefilter, policy.DropSpoofPath)
 	// What the workloads' rules let in meanwhile: nothing (the SYN never

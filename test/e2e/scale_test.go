@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/tenantnet/tenantnet/api"
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
 )
 
@@ -129,6 +130,12 @@ insecure_registry: true  # one node: no grid to verify
 	b.ReportMetric(parseDur(st.Reconcile.LastShallow).Seconds()*1000, "noop-reconcile-ms")
 	b.ReportMetric(parseDur(st.Reconcile.LastDeep).Seconds()*1000, "noop-deep-reconcile-ms")
 	b.ReportMetric(float64(rss)/1024, "rss-MB")
+	if err := benchutil.Record("BenchmarkNodeScale", map[string]float64{
+		"noop-reconcile-ms": parseDur(st.Reconcile.LastShallow).Seconds() * 1000, "all-on-tcx-s": tcx.Seconds(), "rss-MB": float64(rss) / 1024,
+		"networks": float64(nets), "workloads": float64(wls),
+	}); err != nil {
+		b.Error(err)
+	}
 	b.Logf("%d networks, %d workloads: populate %s, cold start to ready %s (every port on TCX after %s), no-op reconcile %s (deep %s), RSS %.0f MB",
 		nets, wls, populate.Round(time.Millisecond), cold.Round(time.Millisecond), tcx.Round(time.Millisecond), st.Reconcile.LastShallow, st.Reconcile.LastDeep, float64(rss)/1024)
 }

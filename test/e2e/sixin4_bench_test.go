@@ -245,15 +245,7 @@ func gridSixIn4Bench(b *testing.B, o gridOpts, want string, gro bool) (inet, wl 
 	nodes, bin := newGridWith(b, o)
 	x1, member := nodes[0], nodes[1]
 	inet = x1.inet
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			b.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(b, inet)
 	if out, err := exec.Command("nsenter", "--net=/run/netns/"+x1.ns.Name, bin, "network", "declare", "--key", x1.gridKey, "--id", "acme",
 		"--members", "node1,node2", "--exit", "node1", "--config", x1.opCfg).CombinedOutput(); err != nil {
 		b.Fatalf("network declare: %v\n%s", err, out)

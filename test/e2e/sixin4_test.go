@@ -41,17 +41,10 @@ func gridSixIn4(t *testing.T, extra string) {
 	nodes, bin := newGridWith(t, gridOpts{backend: "file", count: 4, extra: extra, natLast: true, bareNAT: true, ipv4Only: map[int]bool{3: true}})
 	x1, x2, dc, home := nodes[0], nodes[1], nodes[2], nodes[3]
 	inet := x1.inet
-	for _, c := range [][]string{
-		{"addr", "add", internetHost + "/64", "dev", "br0", "nodad"},
-		{"addr", "add", "192.0.2.66/24", "dev", "br0"}, // an internet host with IPv4, never a tunnel's end
-		{"link", "set", "lo", "up"},
-		{"route", "add", "2001:db8:101::/48", "via", "2001:db8:ffff::1"},
-		{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", inet.Name}, c...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip -n %s %v: %v %s", inet.Name, c, err, out)
-		}
-	}
+	internetUp(t, inet,
+		[]string{"addr", "add", "192.0.2.66/24", "dev", "br0"}, // an internet host with IPv4, never a tunnel's end
+		[]string{"route", "add", "2001:db8:102::/48", "via", "2001:db8:ffff::2"},
+	)
 	listenTCP(t, inet, fmt.Sprintf("[%s]:8081", internetHost))
 	outside := fmt.Sprintf("[%s]:8081", internetHost)
 	pool := map[string]netip.Prefix{"node1": netip.MustParsePrefix("2001:db8:101:8000::/49"), "node2": netip.MustParsePrefix("2001:db8:102:8000::/49")}

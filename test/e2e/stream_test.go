@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/tenantnet/tenantnet/internal/benchutil"
 	"github.com/tenantnet/tenantnet/internal/testutil"
 	"github.com/tenantnet/tenantnet/wg"
 )
@@ -160,5 +161,8 @@ func streams(b *testing.B, from, to *testutil.NetNS, addr string) {
 	}
 	sort.Float64s(gbps)
 	b.ReportMetric(gbps[1], "Gbit/s")
+	if err := benchutil.Record(b.Name(), map[string]float64{"Gbit/s": gbps[1]}); err != nil {
+		b.Error(err)
+	}
 	b.Logf("one TCP stream: min %.2f median %.2f max %.2f Gbit/s", gbps[0], gbps[1], gbps[2])
 }

@@ -22,6 +22,7 @@ func main() {
 	pflag.DurationVar(&o.Dur, "duration", 2*time.Second, "length of one traffic measurement")
 	pflag.StringVar(&o.Out, "out", "BENCHMARKS.md", "report")
 	napi := pflag.String("fwd-napi", string(bench.NAPISoftirq), "how the uplink's NAPI runs for the node forwarding rate: softirq (on the generator's CPU), threaded (a thread on the other CPU) or threaded-defer (that, with napi_defer_hard_irqs and gro_flush_timeout)")
+	pflag.StringVar(&o.Results, "results", "bin/bench-results.json", "figures make bench-grid and make bench-scale recorded, for the summary")
 	only := pflag.String("only", "", "measure only this part: rules (loading N rules and adding one; no traffic): write it with --out elsewhere than BENCHMARKS.md")
 	pflag.Parse()
 	switch *only {

@@ -670,6 +670,7 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is, added 
 	for i, r := range ts.Rules {
 		want[r.Match()] = int32(i)
 	}
+	var gone []policy.Rule
 	for _, h := range was {
 		i, ok := want[h.Match()]
 		var w policy.Rule
@@ -698,12 +699,13 @@ func diffTenant(tx *store.Tx, ts TenantRules, res *ApplyResult) (was, is, added 
 			h.Comment = w.Comment
 			is = append(is, h)
 		default:
-			if _, err := tx.DeleteRule(h.ID); err != nil {
-				return nil, nil, nil, err
-			}
-			res.Gone++
+			gone = append(gone, h)
 		}
 	}
+	if err := tx.DeleteStoredRules(gone); err != nil {
+		return nil, nil, nil, err
+	}
+	res.Gone += len(gone)
 	fresh := make([]policy.Rule, 0, len(want))
 	for _, r := range ts.Rules {
 		if _, ok := want[r.Match()]; ok {

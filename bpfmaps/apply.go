@@ -1,8 +1,11 @@
 package bpfmaps
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -72,10 +75,47 @@ func put[K comparable, V comparable](m *ebpf.Map, have, want map[K]V) (Change, e
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
+	if m.Type() == ebpf.LPMTrie && len(keys) > 1 {
+		keys, vals = trieOrder(keys, vals)
+	}
 	if err := updateMany(m, keys, vals); err != nil {
 		return c, err
 	}
 	return c, nil
+}
+
+// trieOrder sorts LPM trie entries by their data, the bytes after the
+// prefix length, in the order the trie compares them: each insert then
+// walks the nodes the one before it walked, still in the cache. In the
+// order of a Go map (random) the kernel's insert was a quarter of loading
+// 100,000 rules. vals may be nil (a delete).
+func trieOrder[K, V any](keys []K, vals []V) ([]K, []V) {
+	data := func(k *K) []byte {
+		return unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k))[4:]
+	}
+	idx := make([]int32, len(keys))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(a, b int32) int {
+		if c := bytes.Compare(data(&keys[a]), data(&keys[b])); c != 0 {
+			return c
+		}
+		// The prefix length is the key's first field, host order.
+		return int(*(*uint32)(unsafe.Pointer(&keys[a]))) - int(*(*uint32)(unsafe.Pointer(&keys[b])))
+	})
+	k2 := make([]K, len(keys))
+	var v2 []V
+	if vals != nil {
+		v2 = make([]V, len(vals))
+	}
+	for i, j := range idx {
+		k2[i] = keys[j]
+		if vals != nil {
+			v2[i] = vals[j]
+		}
+	}
+	return k2, v2
 }
 
 func del[K comparable, V any](m *ebpf.Map, have, want map[K]V) (Change, error) {
@@ -87,6 +127,9 @@ func del[K comparable, V any](m *ebpf.Map, have, want map[K]V) (Change, error) {
 		}
 	}
 	c.Deleted = len(keys)
+	if m.Type() == ebpf.LPMTrie && len(keys) > 1 {
+		keys, _ = trieOrder[K, V](keys, nil)
+	}
 	return c, deleteMany(m, keys)
 }
 

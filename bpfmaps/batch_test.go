@@ -55,3 +55,35 @@ func TestLPMBatch(t *testing.T) {
 		t.Skipf("this kernel has no batch operations on LPM tries (%v): the rule stages are written one entry at a time", batchErr)
 	}
 }
+
+// trieOrder sorts by the bytes the trie compares (after the prefix
+// length), then by prefix length, and keeps each value with its key.
+func TestTrieOrder(t *testing.T) {
+	keys := []PortKey{
+		{Prefixlen: 96, SgLo: 0x0201, SgHi: 7, Proto: 6, Dport: 80},
+		{Prefixlen: 80, SgLo: 0x0102, SgHi: 7, Proto: 6},
+		{Prefixlen: 96, SgLo: 0x0102, SgHi: 7, Proto: 6, Dport: 80},
+		{Prefixlen: 96, SgLo: 0x0102, SgHi: 7, Proto: 6, Dport: 80 << 8},
+		{Prefixlen: 64, SgLo: 0x0102, SgHi: 7},
+	}
+	vals := make([]PortVal, len(keys))
+	for i := range vals {
+		vals[i] = PortVal{RuleId: uint32(100 + i)}
+	}
+	k, v := trieOrder(keys, vals)
+	// Memory order, not numeric: SgLo is little-endian, so 0x0201 (bytes
+	// 01 02) comes before 0x0102 (02 01), and Dport 80<<8 (00 50) before
+	// 80 (50 00); the /64 and /80 keys have zeros where the others differ.
+	want := []uint32{100, 104, 101, 103, 102}
+	for i := range k {
+		if v[i].RuleId != want[i] {
+			t.Fatalf("position %d: rule %d, want %d (keys %+v)", i, v[i].RuleId, want[i], k)
+		}
+		if k[i] != keys[v[i].RuleId-100] {
+			t.Fatalf("position %d: key %+v separated from its value %d", i, k[i], v[i].RuleId)
+		}
+	}
+	if k, v := trieOrder[PortKey, PortVal](keys[:2], nil); v != nil || k[0] != keys[0] {
+		t.Fatalf("keys only: %+v %v", k, v)
+	}
+}

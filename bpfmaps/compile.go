@@ -1,8 +1,10 @@
 package bpfmaps
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/tenantnet/tenantnet/policy"
@@ -60,17 +62,13 @@ type prefix struct {
 	bits int
 }
 
-// sortNested orders prefixes so that every prefix comes after all prefixes
-// containing it (by address, then shorter first).
-func sortNested(ps []prefix) {
-	sort.Slice(ps, func(i, j int) bool {
-		for k := 0; k < 16; k++ {
-			if ps[i].addr[k] != ps[j].addr[k] {
-				return ps[i].addr[k] < ps[j].addr[k]
-			}
-		}
-		return ps[i].bits < ps[j].bits
-	})
+// comparePrefix orders prefixes so that every prefix comes after all
+// prefixes containing it (by address, then shorter first).
+func comparePrefix(a, b prefix) int {
+	if c := bytes.Compare(a.addr[:], b.addr[:]); c != 0 {
+		return c
+	}
+	return a.bits - b.bits
 }
 
 // FNV-1a, 64 bits, over the bytes below, written out so that the
@@ -244,27 +242,36 @@ func walkNested(rules []*policy.Rule, key func(*policy.Rule) prefix, fn func(p p
 		p := key(r)
 		byP[p] = append(byP[p], r)
 	}
-	ps := make([]prefix, 0, len(byP))
-	for p := range byP {
-		ps = append(ps, p)
+	// The nodes sorted with their rules: no second lookup per node (a
+	// tenth of compiling 100,000 host rules went to lookups and the sort).
+	type node struct {
+		p     prefix
+		rules []*policy.Rule
 	}
-	sortNested(ps)
+	ns := make([]node, 0, len(byP))
+	for p, rs := range byP {
+		ns = append(ns, node{p, rs})
+	}
+	slices.SortFunc(ns, func(a, b node) int { return comparePrefix(a.p, b.p) })
 	type level struct {
 		p   prefix
 		acc []*policy.Rule
 	}
 	var stack []level
-	for _, p := range ps {
+	for _, n := range ns {
+		p := n.p
 		for len(stack) > 0 && !prefixContains(stack[len(stack)-1].p.addr, stack[len(stack)-1].p.bits, p.addr, p.bits) {
 			stack = stack[:len(stack)-1]
 		}
-		var acc []*policy.Rule
+		// A node under no other gets its own rules, capped so that
+		// nothing appends into them; one under others a new slice.
+		acc := slices.Clip(n.rules)
 		if len(stack) > 0 {
 			parent := stack[len(stack)-1].acc
-			acc = make([]*policy.Rule, 0, len(parent)+len(byP[p]))
+			acc = make([]*policy.Rule, 0, len(parent)+len(n.rules))
 			acc = append(acc, parent...)
+			acc = append(acc, n.rules...)
 		}
-		acc = append(acc, byP[p]...)
 		stack = append(stack, level{p, acc})
 		fn(p, acc)
 	}

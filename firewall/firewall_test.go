@@ -274,3 +274,72 @@ func TestApplyInvalidChangesNothing(t *testing.T) {
 		return nil
 	})
 }
+
+// A rule change opens only the rule stages (Options.RulesOnly); whatever
+// else it may have to do still gets every map: repairing an interrupted
+// update (tenant policies included), and any change that is not a rule's.
+func TestRulesOnly(t *testing.T) {
+	dp := testutil.Load(t)
+	state := t.TempDir()
+	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddTenant(store.Tenant{ID: 7, Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/64")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(300, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	fw.Close()
+
+	fw, err = firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir, RulesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.Maps.Raw().TnTenantV1 != nil || fw.Maps.Raw().TnRportV1 == nil {
+		t.Fatalf("RulesOnly opened the tenant map (%v) or not the port stage (%v)", fw.Maps.Raw().TnTenantV1, fw.Maps.Raw().TnRportV1)
+	}
+	r := policy.Rule{Tenant: 7, Dir: policy.DirIn, Proto: policy.ProtoTCP, PortLo: 443, PortHi: 443,
+		Dst: netip.MustParsePrefix("2001:db8:7::1/128"), Action: policy.ActionAllow}
+	added, _, err := fw.AddRule(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustMatchStore(t, fw)
+	if _, _, err := fw.DeleteRule(added.ID); err != nil {
+		t.Fatal(err)
+	}
+	mustMatchStore(t, fw)
+	// A change that is not a rule's writes the tenant map.
+	if err := fw.SetPolicy(7, policy.TenantPolicy{Inbound: policy.ActionAllow, Outbound: policy.ActionAllow}); err != nil {
+		t.Fatalf("SetPolicy on a rules-only firewall: %v", err)
+	}
+	var tv loader.WorkloadTnTenant
+	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(policy.ActionAllow) {
+		t.Fatalf("policy not written through a rules-only firewall: %v %+v", err, tv)
+	}
+	fw.Close()
+
+	// An interrupted update: the next rules-only Open repairs the tenant
+	// map too, not only the rule stages.
+	if err := os.WriteFile(filepath.Join(state, "maps-dirty"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Maps.TnTenantV1.Delete(uint32(7)); err != nil {
+		t.Fatal(err)
+	}
+	junk := bpfmaps.PortKey{Prefixlen: 96, SgLo: 1, SgHi: 2, Proto: 6, Dport: 80}
+	if err := dp.Maps.TnRportV1.Update(junk, bpfmaps.PortVal{RuleId: 99, Action: 1}, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	fw, err = firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir, RulesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	mustMatchStore(t, fw)
+	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(policy.ActionAllow) {
+		t.Fatalf("tenant policy not restored by a rules-only open: %v %+v", err, tv)
+	}
+}

@@ -361,6 +361,15 @@ func Remove(pinDir string) error {
 // when nothing is pinned at pinDir, and with ErrSchemaMismatch when the
 // pins are of another schema.
 func OpenMaps(pinDir string) (*WorkloadMaps, error) {
+	return OpenSomeMaps(pinDir, nil)
+}
+
+// OpenSomeMaps is OpenMaps for the maps named in only (all of them when
+// only is nil); the others stay nil. Each pin costs three system calls
+// (open, its type, its info): a one-rule change needs four of the 23
+// maps, and opening all of them was a tenth of its CPU (BENCHMARKS.md).
+// The checks are OpenMaps': the schema, then the sizes of each map opened.
+func OpenSomeMaps(pinDir string, only []string) (*WorkloadMaps, error) {
 	if _, err := os.Stat(filepath.Join(pinDir, "tn_meta_v1")); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w at %s (start tenantnetd, or run `tenantfw datapath load`)", ErrNotLoaded, pinDir)
 	} else if errors.Is(err, os.ErrPermission) {
@@ -380,7 +389,19 @@ func OpenMaps(pinDir string) (*WorkloadMaps, error) {
 		return nil, err
 	}
 	var m WorkloadMaps
-	for name, dst := range mapFields(&m) {
+	fields := mapFields(&m)
+	if only != nil {
+		all := fields
+		fields = make(map[string]**ebpf.Map, len(only))
+		for _, name := range only {
+			dst, ok := all[name]
+			if !ok {
+				return nil, fmt.Errorf("open pinned %s: no such map in this build", name)
+			}
+			fields[name] = dst
+		}
+	}
+	for name, dst := range fields {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
 		if errors.Is(err, os.ErrNotExist) && addedLater[name] {
 			continue // pinned by an older build of this schema; Load adds it

@@ -76,9 +76,19 @@ func requireRoot() error {
 
 // openFirewall opens the state and the loaded datapath, locked.
 func openFirewall(env *Env, noDatapath bool) (*firewall.Firewall, error) {
+	return open(env, firewall.Options{NoDatapath: noDatapath})
+}
+
+// openRuleFirewall is openFirewall for one rule's change: only the rule
+// stages are opened (firewall.Options.RulesOnly).
+func openRuleFirewall(env *Env) (*firewall.Firewall, error) {
+	return open(env, firewall.Options{RulesOnly: true})
+}
+
+func open(env *Env, opts firewall.Options) (*firewall.Firewall, error) {
 	if err := requireRoot(); err != nil {
 		return nil, err
 	}
-	return firewall.Open(firewall.Options{StateDir: env.StateDir, PinDir: env.PinDir, LockTimeout: env.Wait,
-		Logger: env.Log, NoDatapath: noDatapath})
+	opts.StateDir, opts.PinDir, opts.LockTimeout, opts.Logger = env.StateDir, env.PinDir, env.Wait, env.Log
+	return firewall.Open(opts)
 }

@@ -138,7 +138,7 @@ func ruleAddCmd() *command {
 			if err != nil {
 				return err
 			}
-			fw, err := openFirewall(env, false)
+			fw, err := openRuleFirewall(env)
 			if err != nil {
 				return err
 			}
@@ -178,7 +178,7 @@ func ruleDelCmd() *command {
 			if fs.Changed("id") == fs.Changed("tenant") {
 				return cli.Usagef("give either --id or the rule's selector (--tenant ...)")
 			}
-			fw, err := openFirewall(env, false)
+			fw, err := openRuleFirewall(env)
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"testing"
 
@@ -88,4 +89,63 @@ func equal(a, b []uint32) bool {
 		}
 	}
 	return true
+}
+
+// DeleteStoredRules removes exactly the rules given, from all three
+// buckets, and refuses (deleting nothing) a rule that is not as stored.
+func TestDeleteStoredRules(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	err = s.Update(func(tx *Tx) error {
+		for i := range 20 {
+			r := policy.Rule{Tenant: 1, Dir: policy.DirIn, Proto: policy.ProtoTCP, PortLo: uint16(1000 + i), PortHi: uint16(1000 + i),
+				Dst: netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i % 5)}), 128), Action: policy.ActionAllow}
+			if _, err := tx.AddRule(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Update(func(tx *Tx) error {
+		all, err := tx.Rules(1)
+		if err != nil {
+			return err
+		}
+		forged := all[3]
+		forged.Dst = netip.MustParsePrefix("2001:db8::99/128") // not where rule 3 is stored
+		if err := tx.DeleteStoredRules([]policy.Rule{all[0], forged}); err == nil {
+			t.Error("a rule not as stored was deleted")
+		}
+		if left, _ := tx.Rules(1); len(left) != 20 {
+			t.Errorf("a refused delete left %d rules, want 20", len(left))
+		}
+		if err := tx.DeleteStoredRules(all[5:]); err != nil {
+			return err
+		}
+		left, err := tx.Rules(1)
+		if err != nil {
+			return err
+		}
+		if len(left) != 5 {
+			t.Fatalf("%d rules left, want 5", len(left))
+		}
+		for _, r := range all {
+			_, byID := tx.Rule(r.ID)
+			_, byMatch, _ := tx.RuleByMatch(r.Match())
+			kept := slices.ContainsFunc(left, func(l policy.Rule) bool { return l.ID == r.ID })
+			if (byID == nil) != kept || byMatch != kept {
+				t.Errorf("rule %d: kept %v, found by id %v, by match %v", r.ID, kept, byID == nil, byMatch)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -50,10 +50,11 @@ int tn_uplink(struct xdp_md *ctx)
 	 * another node, forwarded into the tenant's WireGuard, it would pass
 	 * there as the proxy's dial. Before the passes below: fragments and
 	 * ICMP errors included. */
+	__u32 owner = 0; /* the source's tenant, for the checks below too */
 	if (p.l3 != ETH_P_ARP) {
-		__u32 src_owner = tn_prefix_owner(p.src);
-		if (src_owner && tn_host_source(src_owner, p.src)) {
-			tn_verdict(&p, src_owner, ctx->ingress_ifindex,
+		owner = tn_prefix_owner(p.src);
+		if (owner && tn_host_source(owner, p.src)) {
+			tn_verdict(&p, owner, ctx->ingress_ifindex,
 				   TN_DIR_PREFILTER, TN_DROP_SPOOF_PATH,
 				   bpf_xdp_get_buff_len(ctx));
 			return XDP_DROP;
@@ -71,10 +72,9 @@ int tn_uplink(struct xdp_md *ctx)
 	/* Nothing with a source of the tenant's comes in by the uplink: its
 	 * sources arrive over its ports and its WireGuard (tn_arrival_ok).
 	 * Checked before conntrack, so a guessed flow does not help. */
-	__u32 owner = tn_prefix_owner(p.src);
 	if (owner == ep->tenant)
 		reason = TN_DROP_SPOOF_PATH;
-	else if (tn_ct_peek(&p, ep->ifindex, bpf_ktime_get_ns()))
+	else if (tn_ct_peek(&p, ep->ifindex, tn_now()))
 		return XDP_PASS;
 	else if (owner)
 		reason = TN_DROP_CROSS_TENANT;

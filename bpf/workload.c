@@ -83,7 +83,7 @@ __noinline int tn_stateful_out(struct __sk_buff *skb, const struct pkt *p,
 {
 	if (!p)
 		return TN_DROP_INTERNAL;
-	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_OUT);
+	return tn_stateful(skb, p, ifindex, tenant, TN_DIR_OUT, 0);
 }
 
 SEC("tc")

@@ -425,7 +425,7 @@ func OpenSomeMaps(pinDir string, only []string) (*WorkloadMaps, error) {
 var workloadObject = struct {
 	len int
 	crc uint32
-}{159528, 0x0f8042d9}
+}{159696, 0x62df0690}
 
 // workloadSizes are the key and value sizes of the workload object's maps.
 // OpenMaps (every tenantfw command) checks the pins against them: parsing

@@ -492,6 +492,25 @@ enum tn_timeout {
 
 /* The same in nanoseconds, bpf_ktime_get_ns's unit. */
 #define TN_NS 1000000000ULL
+
+/* The packet path's clock for conntrack and fragments: CLOCK_MONOTONIC as
+ * of the last tick (bpf_ktime_get_coarse_ns, 5.11+), the clock
+ * bpf_ktime_get_ns reads at the tick's granularity (1-10 ms, against
+ * timeouts of seconds). The exact clock reads the TSC, which in a VM was
+ * about a tenth of an established packet's cost (perf, BENCHMARKS.md).
+ * It may be up to a tick behind an exact reading (tn_ct_ctl's sweep, a
+ * writer of another kind): tn_expired allows for that. */
+static __always_inline __u64 tn_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Is a time seen (ns) more than timeout before now? A seen after now (an
+ * exact clock's reading, ahead of the coarse one) is not expired. */
+static __always_inline int tn_expired(__u64 now, __u64 seen, __u64 timeout)
+{
+	return now > seen && now - seen > timeout;
+}
 #define TN_CT_TCP_SYN (TN_CT_TCP_SYN_S * TN_NS)
 #define TN_CT_TCP_EST (TN_CT_TCP_EST_S * TN_NS)
 #define TN_CT_TCP_CLOSING (TN_CT_TCP_CLOSING_S * TN_NS)

@@ -190,7 +190,7 @@ static __always_inline int tn_ct_find(const struct pkt *p, __u32 ifindex,
 			return 0;
 		reply = 1;
 	}
-	if (now - v->last_seen_ns > tn_ct_timeout(p->proto, v->state))
+	if (tn_expired(now, v->last_seen_ns, tn_ct_timeout(p->proto, v->state)))
 		return 0; /* expired: decide again as a new flow */
 	if (p->proto == IPPROTO_TCP) {
 		/* A fresh SYN on a closing entry is a new connection that
@@ -305,7 +305,7 @@ static __always_inline int tn_frag_allowed(const struct pkt *p, __u32 ifindex,
 	struct tn_frag_key k = {};
 	tn_frag_key(&k, p, ifindex);
 	struct tn_frag_val *v = bpf_map_lookup_elem(&tn_frag_v2, &k);
-	return v && now - v->seen_ns <= TN_FRAG_TIMEOUT;
+	return v && !tn_expired(now, v->seen_ns, TN_FRAG_TIMEOUT);
 }
 
 /* Remember an allowed first fragment, within the tenant's fragment quota.

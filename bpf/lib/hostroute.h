@@ -37,7 +37,7 @@
 __noinline int tn_port_in(struct __sk_buff *skb, const struct pkt *p,
 			  __u32 ifindex, __u32 arrival, int reason)
 {
-	__u32 tenant = 0;
+	__u32 tenant = 0, src_owner = 0;
 
 	if (!p)
 		return 1;
@@ -50,7 +50,9 @@ __noinline int tn_port_in(struct __sk_buff *skb, const struct pkt *p,
 		reason = TN_DROP_NO_PORT;
 		goto out;
 	}
-	if (!tn_arrival_ok(p, arrival, tenant)) {
+	if (p->l3 != ETH_P_ARP)
+		src_owner = tn_prefix_owner(p->src);
+	if (!tn_arrival_ok(p, arrival, tenant, src_owner)) {
 		reason = TN_DROP_SPOOF_PATH;
 		goto out;
 	}
@@ -66,7 +68,7 @@ __noinline int tn_port_in(struct __sk_buff *skb, const struct pkt *p,
 		reason = TN_DROP_WRONG_PORT;
 		goto out;
 	}
-	reason = tn_stateful(skb, p, ifindex, tenant, TN_DIR_IN);
+	reason = tn_stateful(skb, p, ifindex, tenant, TN_DIR_IN, src_owner);
 out:
 	return tn_verdict(p, tenant, ifindex, TN_DIR_IN, reason, skb->len);
 }

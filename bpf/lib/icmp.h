@@ -163,8 +163,8 @@ static __always_inline int tn_related(const void *data, const void *data_end,
 		if (!v)
 			return 0;
 	}
-	return bpf_ktime_get_ns() - v->last_seen_ns <=
-	       tn_ct_timeout(q.proto, v->state);
+	return !tn_expired(tn_now(), v->last_seen_ns,
+			   tn_ct_timeout(q.proto, v->state));
 }
 
 /* The control step of tn_stateful for a packet tn_is_control classified

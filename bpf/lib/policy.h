@@ -185,19 +185,23 @@ static __always_inline int tn_host_source(__u32 tenant, const __u8 *a)
 	return rt && rt->kind == TN_ROUTE_HOST;
 }
 
+/* src_owner is tn_prefix_owner(p->src) (the caller has it for the
+ * isolation check too). It is asked first: most packets that come in by
+ * the uplink have no tenant's source, and then the two lookups of the
+ * arrival are not needed (the answer is the same in any order). */
 static __always_inline int tn_arrival_ok(const struct pkt *p, __u32 arrival,
-					 __u32 tenant)
+					 __u32 tenant, __u32 src_owner)
 {
 	if (p->l3 == ETH_P_ARP)
 		return 1;
+	if (src_owner != tenant)
+		return 1; /* not the tenant's source: isolation and rules decide */
 	struct tn_port *via = bpf_map_lookup_elem(&tn_ports_v1, &arrival);
 	if (via && via->tenant == tenant)
 		return 1;
 	via = bpf_map_lookup_elem(&tn_wgdev_v1, &arrival);
 	if (via && via->tenant == tenant)
 		return 1;
-	if (tn_prefix_owner(p->src) != tenant)
-		return 1; /* not the tenant's source: isolation and rules decide */
 	if (arrival)
 		return 0;
 	return tn_is_gateway(p->src) || tn_host_source(tenant, p->src);
@@ -283,12 +287,16 @@ static __always_inline __u16 tn_decide(const struct pkt *p, __u32 tenant,
  * and the state a passed packet leaves (its flow, its datagram's later
  * fragments). dir is TN_DIR_OUT (tn_from_workload: the peer is the
  * destination) or TN_DIR_IN (tn_to_workload: the source); a constant at
- * each call, so the peer is chosen at compile time. Returns a reason. */
+ * each call, so the peer is chosen at compile time. For TN_DIR_IN,
+ * src_owner is tn_prefix_owner(p->src), which the caller looked up for
+ * the arrival check (one trie lookup, not two); for TN_DIR_OUT it is
+ * unused and the destination's owner is looked up here, for new flows
+ * only. Returns a reason. */
 static __always_inline int tn_stateful(struct __sk_buff *skb,
 				       const struct pkt *p, __u32 ifindex,
-				       __u32 tenant, __u8 dir)
+				       __u32 tenant, __u8 dir, __u32 src_owner)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = tn_now();
 	int reason;
 
 	if (p->frag == TN_FRAG_LATER)
@@ -301,9 +309,13 @@ static __always_inline int tn_stateful(struct __sk_buff *skb,
 	if (tn_ct_lookup(p, ifindex, now)) {
 		reason = TN_PASS_CT;
 	} else {
-		const __u8 *peer = dir == TN_DIR_OUT ? p->dst : p->src;
-		if (p->l3 != ETH_P_ARP && tn_other_tenant(peer, tenant))
-			return TN_DROP_CROSS_TENANT;
+		if (p->l3 != ETH_P_ARP) {
+			__u32 owner = dir == TN_DIR_OUT
+					      ? tn_prefix_owner(p->dst)
+					      : src_owner;
+			if (owner && owner != tenant)
+				return TN_DROP_CROSS_TENANT;
+		}
 		if (tn_is_control(p)) {
 			reason = tn_control(skb, p, ifindex, tenant, dir);
 			if (reason)

@@ -236,6 +236,25 @@ func BenchmarkEstablished(b *testing.B) {
 	counted(b, e, tenantA, policy.DirIn, policy.PassCT, before, runs)
 }
 
+// BenchmarkEstablishedOut: tn_from_workload on the workload's ACK of the
+// same inbound flow, the reply direction (the conntrack entry is the
+// flow's original tuple, so the first lookup misses and the reversed one
+// hits), to an outside destination with no route of the tenant's and no
+// host routing on the port (the kernel's way: TC_ACT_OK).
+func BenchmarkEstablishedOut(b *testing.B) {
+	e := standardEnv(b)
+	eventsOff(b, e)
+	port := e.ports[0]
+	expect(b, e, model.ToWorkload, port, packet.Build(tcp(ext6, a1v6, 40000, 8080, synF)), policy.PassRule)
+	expect(b, e, model.FromWorkload, port, packet.Build(tcp(a1v6, ext6, 8080, 40000, synF|ackF)), policy.PassCT)
+	frame := packet.Build(tcp(a1v6, ext6, 8080, 40000, ackF))
+	expect(b, e, model.FromWorkload, port, frame, policy.PassCT)
+
+	before := counter(b, e, tenantA, policy.DirOut, policy.PassCT)
+	runs := measure(b, e, e.dp.Progs.TnFromWorkload, frame, skbCtx(port, port), tcOK)
+	counted(b, e, tenantA, policy.DirOut, policy.PassCT, before, runs)
+}
+
 var benchRuleCounts = []int{10, 10000, 100000}
 
 // ruleAddr is the destination of rule i of manyRules: 2001:db8:a::<i+1>.

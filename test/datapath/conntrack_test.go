@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/internal/packet"
+	"github.com/tenantnet/tenantnet/loader"
 	"github.com/tenantnet/tenantnet/model"
 	"github.com/tenantnet/tenantnet/policy"
 )
@@ -381,4 +384,38 @@ func TestCTFloodKeepsOtherTenants(t *testing.T) {
 		t.Fatalf("tenant A holds %d flows, %d refused; want the quota %d and the rest refused", fills[tenantA].Flows, refused, bpfmaps.DefaultCTQuota)
 	}
 	t.Logf("tenant A holds %d flows, %d new flows refused (ct-quota)", fills[tenantA].Flows, refused)
+}
+
+// The packet path reads the coarse clock (the last tick's CLOCK_MONOTONIC,
+// lib/common.h tn_now), which can be behind an exact reading of the same
+// clock. A flow last seen "after now" by that much is live, not expired:
+// with the unsigned difference it wrapped to an age of centuries, and the
+// next packet of an established flow was decided again as a new one (an
+// inbound ACK to a port the rules allow passed as pass-rule, one they do
+// not would have been dropped).
+func TestCTSeenAheadOfClock(t *testing.T) {
+	e := standardEnv(t)
+	runSteps(t, e, []step{
+		{"syn in", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, synF), policy.PassRule},
+		{"syn-ack out", model.FromWorkload, 0, tcp(a1v6, ext6, 8080, 40000, synF|ackF), policy.PassCT},
+	})
+	var k loader.WorkloadTnCtKey
+	var v loader.WorkloadTnCtVal
+	ahead := monotonic() + uint64(time.Second)
+	n := 0
+	it := e.dp.Maps.TnCtV2.Iterate()
+	for it.Next(&k, &v) {
+		v.LastSeenNs = ahead
+		if err := e.dp.Maps.TnCtV2.Update(&k, &v, ebpf.UpdateExist); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if err := it.Err(); err != nil || n != 1 {
+		t.Fatalf("rewrote %d conntrack entries (%v), want the one flow", n, err)
+	}
+	runSteps(t, e, []step{
+		{"ack in", model.ToWorkload, 0, tcp(ext6, a1v6, 40000, 8080, ackF), policy.PassCT},
+		{"ack out", model.FromWorkload, 0, tcp(a1v6, ext6, 8080, 40000, ackF), policy.PassCT},
+	})
 }

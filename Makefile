@@ -66,6 +66,8 @@ test: deps build
 	$(GO) test ./... -count=1 -timeout 30m
 	demo/demo.sh up
 	demo/demo.sh down
+	DEMO_FAST_PATH=false demo/demo.sh up
+	demo/demo.sh down
 
 test-short: build
 	$(GO) test ./... -count=1 -short

@@ -41,6 +41,10 @@ INET=tn-demo-inet NAT=tn-demo-nat HOME=tn-demo-home
 NODES="1 2 3 4 5"
 BIN="$PWD/bin"
 REG="${DEMO_REGISTRY:-file}"
+# DEMO_FAST_PATH=false runs the grid with the eBPF fast path and host
+# routing off (the kernel forwards, the firewall is the same programs):
+# every isolation check must pass both ways.
+FAST="${DEMO_FAST_PATH:-true}"
 fails=0 passes=0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -95,6 +99,19 @@ at_quota() { fill_row "$1" "$2" '$2 == $3 && $8 > 0'; }
 packets_of() { # packets_of node tenant dir reason: that counter's packets (0 if none)
 	fw "$1" stats --tenant "$2" | awk -v d="$3" -v r="$4" '$2 == d && $4 == r { n = $5 } END { print n + 0 }'
 }
+none_counted() { # none_counted node tenant dir reason: that counter has no packets
+	local n; n=$(packets_of "$@") || return 2; ((n == 0))
+}
+# path_packets node hook path: what tenantfw stats --paths counted that
+# way (fails if tenantfw does: a broken tool is no "none").
+path_packets() {
+	local out
+	out=$(fw "$1" stats --paths) || return 2
+	awk -v h="$2" -v p="$3" '$1 == h && $2 == p { n = $3 } END { print n + 0 }' <<<"$out"
+}
+path_used() { local n; n=$(path_packets "$@") || return 2; ((n > 0)); }
+path_unused() { local n; n=$(path_packets "$@") || return 2; ((n == 0)); }
+no_fast_path_dir() { ! grep -q '"dir": "fast-path"' <<<"$1"; }
 grew() { # grew before node tenant dir reason: that counter is now above before
 	[[ $(packets_of "$2" "$3" "$4" "$5") -gt $1 ]]
 }
@@ -359,6 +376,7 @@ api_socket: $RUN/node$i.sock
 metrics_listen: 127.0.0.1:9464
 reconcile_interval: 2s
 registry_lease: 6s
+fast_path: $FAST
 registry: $registry
 grid_public_key: $STATE/grid.key.pub
 EOT
@@ -392,6 +410,7 @@ no_forged_peer() { ! on_node 1 wg show all dump 2>/dev/null | grep -q "$FORGED_K
 up() {
 	[[ -x $BIN/tenantnetd && -x $BIN/tenantfw ]] || { echo "build first: make build" >&2; exit 1; }
 	if [[ $REG != file && $REG != etcd ]]; then echo "DEMO_REGISTRY=$REG: want file or etcd" >&2; exit 2; fi
+	if [[ $FAST != true && $FAST != false ]]; then echo "DEMO_FAST_PATH=$FAST: want true or false" >&2; exit 2; fi
 	(down >/dev/null 2>&1) || { echo "a previous demo could not be removed: run demo/demo.sh down" >&2; exit 1; }
 	mkdir -p "$RUN" "$STATE/registry"
 
@@ -749,8 +768,17 @@ extendedKeyUsage=serverAuth,clientAuth"
 	for r in pass-rule cross-tenant default-deny spoof policy; do
 		check "node1 counts drops/passes as '$r'" ok grep -q "\"reason\": \"$r\"" <<<"$stats"
 	done
-	check "node1 forwards across nodes in eBPF (fast-path redirects)" ok grep -q '"dir": "fast-path"' <<<"$stats"
-	check "node1 checks what WireGuard delivers (tn_from_wg redirects)" ok counted 1 "$ACME1" wireguard pass-redirect
+	if [[ $FAST == true ]]; then
+		check "node1 forwards across nodes in eBPF (fast-path redirects)" ok grep -q '"dir": "fast-path"' <<<"$stats"
+		check "node1 checks what WireGuard delivers (tn_from_wg redirects)" ok counted 1 "$ACME1" wireguard pass-redirect
+		check "node1 host-routes from WireGuard into workloads (redirect_peer)" ok path_used 1 wg peer
+		check "node1 host-routes from the internet into workloads" ok path_used 1 uplink peer
+	else
+		check "fast_path off: node1 redirects nothing across nodes" ok no_fast_path_dir "$stats"
+		check "fast_path off: tn_from_wg hands all to the kernel" ok none_counted 1 "$ACME1" wireguard pass-redirect
+		check "fast_path off: nothing host-routed from WireGuard" ok path_unused 1 wg peer
+		check "fast_path off: nothing host-routed from the internet" ok path_unused 1 uplink peer
+	fi
 	check "node1 (acme's exit) passes node3's outside traffic on" ok counted 1 "$ACME1" wireguard pass-stack
 	on_node 1 curl -s 127.0.0.1:9464/metrics >"$RUN/metrics.txt"
 	check "node1 /metrics passes promtool check metrics" ok promtool check metrics <"$RUN/metrics.txt"

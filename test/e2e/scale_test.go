@@ -53,6 +53,19 @@ reconcile_interval: 2s
 wireguard_port_count: 8192
 insecure_registry: true  # one node: no grid to verify
 `, filepath.Join(dir, "state"), n.pinDir, d.socket)), 0o600)
+	// TN_SCALE_PROFILE=DIR: CPU profiles of the no-op reconciles and of
+	// the cold start's move to TCX, and a heap profile, into DIR.
+	prof := os.Getenv("TN_SCALE_PROFILE")
+	if prof != "" {
+		d.env = []string{"TENANTNETD_PPROF=1"}
+	}
+	fetch := func(name, path string) {
+		out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, "curl", "-sf", "-o", filepath.Join(prof, name),
+			"http://127.0.0.1:19999/debug/pprof/"+path).CombinedOutput()
+		if err != nil {
+			b.Logf("profile %s: %v %s", name, err, out)
+		}
+	}
 	d.start()
 	b.Cleanup(func() {
 		d.kill9()
@@ -92,6 +105,10 @@ insecure_registry: true  # one node: no grid to verify
 	time.Sleep(5 * time.Second)
 	st, _ := c.Status()
 	rss := vmRSS(d.cmd.Process.Pid)
+	if prof != "" {
+		fetch("heap.pprof", "heap")
+		fetch("noop-cpu.pprof", "profile?seconds=20")
+	}
 
 	// Reboot: kernel state gone (links, datapath), state and workload
 	// namespaces kept; then a cold start.
@@ -102,6 +119,12 @@ insecure_registry: true  # one node: no grid to verify
 	start = time.Now()
 	d.start()
 	cold := time.Since(start)
+	profDone := make(chan struct{})
+	if prof != "" {
+		go func() { defer close(profDone); fetch("tcx-cpu.pprof", "profile?seconds=50") }()
+	} else {
+		close(profDone)
+	}
 	st2, _ := c.Status()
 	if st2.Networks != nets || st2.Workloads != wls || st2.Reconcile.Errors != 0 {
 		sj, _ := json.Marshal(st2)
@@ -121,6 +144,7 @@ insecure_registry: true  # one node: no grid to verify
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	<-profDone
 	logb, _ := os.ReadFile(d.logPath)
 	b.Logf("tenantnetd:\n%s", grepLines(string(logb), "ready\"")+"\n"+grepLines(string(logb), "reconcile phases")+"\n"+grepLines(string(logb), "tenantnetd ready"))
 	b.ReportMetric(populate.Seconds(), "populate-s")

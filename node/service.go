@@ -36,6 +36,10 @@ type Service struct {
 	ipam *ipam.Store
 	dp   *loader.Datapath
 	nl   *netlink.Handle
+	// rt is for filtered route dumps: strict checking on, the kernel dumps
+	// only the table asked for (the main and local tables hold a route
+	// or two per link: thousands), else nl.
+	rt *netlink.Handle
 
 	mu         sync.Mutex // serialises API changes and reconcile runs
 	trigger    chan struct{}
@@ -143,6 +147,13 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(func() error { nl.Close(); return nil })
+	rt := strictHandle(nl, log)
+	defer closeOnError(func() error {
+		if rt != nl {
+			rt.Close()
+		}
+		return nil
+	})
 	gridKey, err := cfg.GridKey()
 	if err != nil {
 		return nil, err
@@ -168,7 +179,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(reg.Close)
-	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
@@ -251,7 +262,13 @@ func (s *Service) Close() error {
 	for _, d := range s.wireguard.devs {
 		d.Release()
 	}
-	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }(), s.registry.reg.Close())
+	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error {
+		if s.rt != s.nl {
+			s.rt.Close()
+		}
+		s.nl.Close()
+		return nil
+	}(), s.registry.reg.Close())
 }
 
 // Trigger asks the loop for a reconcile soon.

@@ -79,7 +79,7 @@ func unreachablePrefixes(nets []ipam.Network, routes map[uint32][]bpfmaps.Route)
 // syncUnreachable makes our unreachable routes in the main table exactly
 // want.
 func (s *Service) syncUnreachable(want map[netip.Prefix]bool, r *repairs) error {
-	have, err := failClosedKernelRoutes(s.rt, unix.RT_TABLE_MAIN)
+	have, err := failClosedKernelRoutes(s.routeHandle(), unix.RT_TABLE_MAIN)
 	if err != nil {
 		return err
 	}

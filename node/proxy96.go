@@ -85,7 +85,7 @@ func (s *Service) syncProxyRoutes(nets []ipam.Network, r *repairs) error {
 			want[p] = true
 		}
 	}
-	have, err := proxyKernelRoutes(s.rt)
+	have, err := proxyKernelRoutes(s.routeHandle())
 	if err != nil {
 		return err
 	}

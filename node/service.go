@@ -263,7 +263,7 @@ func (s *Service) Close() error {
 		d.Release()
 	}
 	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error {
-		if s.rt != s.nl {
+		if s.rt != nil && s.rt != s.nl {
 			s.rt.Close()
 		}
 		s.nl.Close()

@@ -100,6 +100,15 @@ func strictHandle(nl *netlink.Handle, log *slog.Logger) *netlink.Handle {
 	return h
 }
 
+// routeHandle is the handle for filtered route dumps: rt, or nl in a
+// Service made without it (tests).
+func (s *Service) routeHandle() *netlink.Handle {
+	if s.rt != nil {
+		return s.rt
+	}
+	return s.nl
+}
+
 // listRoutes is a filtered route dump on h (strictHandle: filtered by
 // the kernel too). With strict checking a table that does not exist is
 // ENOENT rather than no routes.

@@ -40,6 +40,8 @@ type Service struct {
 	// only the table asked for (the main and local tables hold a route
 	// or two per link: thousands), else nl.
 	rt *netlink.Handle
+	// linkc: the links between runs (linkcache.go); nil: every run dumps
+	linkc *linkCache
 
 	mu         sync.Mutex // serialises API changes and reconcile runs
 	trigger    chan struct{}
@@ -148,6 +150,13 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	}
 	defer closeOnError(func() error { nl.Close(); return nil })
 	rt := strictHandle(nl, log)
+	linkc, lerr := newLinkCache()
+	if lerr != nil {
+		log.Warn("every reconcile dumps the links", "err", lerr)
+		linkc = nil
+	} else {
+		defer closeOnError(func() error { linkc.Close(); return nil })
+	}
 	defer closeOnError(func() error {
 		if rt != nl {
 			rt.Close()
@@ -179,7 +188,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(reg.Close)
-	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, trigger: make(chan struct{}, 1),
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, linkc: linkc, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
@@ -265,6 +274,9 @@ func (s *Service) Close() error {
 	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error {
 		if s.rt != nil && s.rt != s.nl {
 			s.rt.Close()
+		}
+		if s.linkc != nil {
+			s.linkc.Close()
 		}
 		s.nl.Close()
 		return nil

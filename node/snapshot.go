@@ -121,7 +121,13 @@ func listRoutes(h *netlink.Handle, family int, filter *netlink.Route, mask uint6
 }
 
 func (s *Service) snapshot(deep bool) (*snapshot, error) {
-	links, err := dump(s.nl.LinkList)
+	var links []netlink.Link
+	var err error
+	if s.linkc != nil {
+		links, err = s.linkc.links(s.nl, deep)
+	} else {
+		links, err = dump(s.nl.LinkList)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,10 +106,33 @@ insecure_registry: true  # one node: no grid to verify
 	time.Sleep(5 * time.Second)
 	st, _ := c.Status()
 	rss := vmRSS(d.cmd.Process.Pid)
+	profDone := make(chan struct{})
 	if prof != "" {
 		fetch("heap.pprof", "heap")
-		fetch("noop-cpu.pprof", "profile?seconds=20")
+		go func() { defer close(profDone); fetch("noop-cpu.pprof", "profile?seconds=20") }()
+	} else {
+		close(profDone)
 	}
+	// One run's duration is noise on a shared machine (the RTNL lock is
+	// the kernel's, not the namespace's): the median of the shallow runs
+	// of 20 s, and the fastest.
+	var shallow []time.Duration
+	for t0, runs := time.Now(), st.Reconcile.Runs; time.Since(t0) < 20*time.Second; time.Sleep(200 * time.Millisecond) {
+		sx, err := c.Status()
+		if err != nil || sx.Reconcile.Runs == runs {
+			continue
+		}
+		if sx.Reconcile.Runs == runs+1 && sx.Reconcile.LastDuration == sx.Reconcile.LastShallow {
+			shallow = append(shallow, parseDur(sx.Reconcile.LastShallow))
+		}
+		runs = sx.Reconcile.Runs
+	}
+	<-profDone
+	slices.Sort(shallow)
+	if len(shallow) == 0 {
+		b.Fatalf("no shallow reconcile seen in 20 s")
+	}
+	noop, noopMin := shallow[len(shallow)/2], shallow[0]
 
 	// Reboot: kernel state gone (links, datapath), state and workload
 	// namespaces kept; then a cold start.
@@ -119,7 +143,7 @@ insecure_registry: true  # one node: no grid to verify
 	start = time.Now()
 	d.start()
 	cold := time.Since(start)
-	profDone := make(chan struct{})
+	profDone = make(chan struct{})
 	if prof != "" {
 		go func() { defer close(profDone); fetch("tcx-cpu.pprof", "profile?seconds=50") }()
 	} else {
@@ -150,11 +174,13 @@ insecure_registry: true  # one node: no grid to verify
 	b.ReportMetric(populate.Seconds(), "populate-s")
 	b.ReportMetric(cold.Seconds(), "cold-start-s")
 	b.ReportMetric(tcx.Seconds(), "all-on-tcx-s")
-	b.ReportMetric(parseDur(st.Reconcile.LastShallow).Seconds()*1000, "noop-reconcile-ms")
+	b.ReportMetric(noop.Seconds()*1000, "noop-reconcile-ms")
+	b.ReportMetric(noopMin.Seconds()*1000, "noop-reconcile-min-ms")
 	b.ReportMetric(parseDur(st.Reconcile.LastDeep).Seconds()*1000, "noop-deep-reconcile-ms")
 	b.ReportMetric(float64(rss)/1024, "rss-MB")
-	b.Logf("%d networks, %d workloads: populate %s, cold start to ready %s (every port on TCX after %s), no-op reconcile %s (deep %s), RSS %.0f MB",
-		nets, wls, populate.Round(time.Millisecond), cold.Round(time.Millisecond), tcx.Round(time.Millisecond), st.Reconcile.LastShallow, st.Reconcile.LastDeep, float64(rss)/1024)
+	b.Logf("%d networks, %d workloads: populate %s, cold start to ready %s (every port on TCX after %s), no-op reconcile %s (median of %d shallow runs, fastest %s; deep %s), RSS %.0f MB",
+		nets, wls, populate.Round(time.Millisecond), cold.Round(time.Millisecond), tcx.Round(time.Millisecond), noop.Round(100*time.Microsecond), len(shallow),
+		noopMin.Round(100*time.Microsecond), st.Reconcile.LastDeep, float64(rss)/1024)
 }
 
 func parseDur(s string) time.Duration {

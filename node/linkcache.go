@@ -22,6 +22,7 @@ type linkCache struct {
 	fd      int // RTMGRP_LINK, non-blocking; -1 without notifications
 	valid   bool
 	byIndex map[int]netlink.Link
+	dumps   int // full dumps made (tests)
 }
 
 // newLinkCache subscribes to the link notifications of the current
@@ -87,11 +88,15 @@ func (c *linkCache) drain() (dirty map[int]bool, lost bool) {
 // with the links notified since the last call asked for again.
 func (c *linkCache) links(h *netlink.Handle, full bool) ([]netlink.Link, error) {
 	dirty, lost := c.drain()
-	if full || lost || !c.valid || c.fd < 0 {
+	// Many changed (a start making its ports): one dump is cheaper than
+	// a request for each.
+	many := len(dirty) > len(c.byIndex)/4
+	if full || lost || many || !c.valid || c.fd < 0 {
 		// Notifications queued from here on are read by the next call:
 		// the dump may or may not have seen their change, and asking
 		// again is right either way.
 		c.valid = false
+		c.dumps++
 		links, err := dump(h.LinkList)
 		if err != nil {
 			return nil, err

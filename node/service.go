@@ -313,14 +313,12 @@ func (s *Service) Run(ctx context.Context) {
 		}
 	}()
 	go s.sweepFlows(ctx)
-	n := 0
-	for {
-		n++
-		// Inside workloads' namespaces we look every tenth run: it is
-		// the workload's own space and costs a netlink socket each.
-		s.Reconcile(n%10 == 1)
+	// startMove starts moving queued ports to TCX if none runs, and says
+	// whether a move runs.
+	startMove := func() bool {
 		s.mu.Lock()
 		migrate := s.attachq.startMigration()
+		migrating := s.attachq.migrating
 		s.mu.Unlock()
 		if migrate {
 			go func() {
@@ -328,8 +326,30 @@ func (s *Service) Run(ctx context.Context) {
 				s.mu.Lock()
 				s.attachq.migrating = false
 				s.mu.Unlock()
+				s.Trigger() // the deep run held back below
 			}()
 		}
+		return migrating
+	}
+	n, wantDeep := 0, false
+	for {
+		n++
+		// The start's reconcile (before Run) may have queued ports for
+		// TCX: they move from now, not after this run.
+		migrating := startMove()
+		// Inside workloads' namespaces we look every tenth run: it is
+		// the workload's own space and costs a netlink socket each. Not
+		// while ports move to TCX: a deep run holds the lock for seconds
+		// with thousands of ports (sysctls, every pin opened), and the
+		// move waits for it; the start has just made one, and shallow
+		// runs still repair ports and links. It runs when the move ends.
+		wantDeep = wantDeep || n%10 == 1
+		deep := wantDeep && !migrating
+		if deep {
+			wantDeep = false
+		}
+		s.Reconcile(deep)
+		startMove() // ports this run queued
 		select {
 		case <-ctx.Done():
 			return

@@ -263,9 +263,7 @@ func (s *Service) exitTableRoutes(n ipam.Network, dev string, mr memberRoutes, r
 			want = append(want, netlink.Route{LinkIndex: wgIdx, Dst: prefixNet(p), Table: table})
 		}
 	}
-	have, err := dump(func() ([]netlink.Route, error) {
-		return s.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
-	})
+	have, err := listRoutes(s.routeHandle(), netlink.FAMILY_V6, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list table %d: %w", table, err)
 	}

@@ -79,7 +79,7 @@ func unreachablePrefixes(nets []ipam.Network, routes map[uint32][]bpfmaps.Route)
 // syncUnreachable makes our unreachable routes in the main table exactly
 // want.
 func (s *Service) syncUnreachable(want map[netip.Prefix]bool, r *repairs) error {
-	have, err := failClosedKernelRoutes(s.nl, unix.RT_TABLE_MAIN)
+	have, err := failClosedKernelRoutes(s.routeHandle(), unix.RT_TABLE_MAIN)
 	if err != nil {
 		return err
 	}
@@ -115,10 +115,8 @@ func unreachableRoute(p netip.Prefix, table int) *netlink.Route {
 
 // failClosedKernelRoutes lists our unreachable routes of a table.
 func failClosedKernelRoutes(h *netlink.Handle, table int) ([]netlink.Route, error) {
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: table, Protocol: failClosedProto},
-			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	})
+	routes, err := listRoutes(h, netlink.FAMILY_V6, &netlink.Route{Table: table, Protocol: failClosedProto},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, fmt.Errorf("list unreachable routes of table %d: %w", table, err)
 	}

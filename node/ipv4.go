@@ -601,7 +601,7 @@ func (s *Service) syncLocalV4(want map[netip.Addr]bool, r *repairs) error {
 	if err != nil {
 		return fmt.Errorf("lo: %w", err)
 	}
-	routes, err := s.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: ipv4Proto},
+	routes, err := listRoutes(s.routeHandle(), netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: ipv4Proto},
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("list local ipv4 routes: %w", err)

@@ -66,10 +66,8 @@ func proxyLocalRoute(p netip.Prefix, lo int) *netlink.Route {
 
 // proxyKernelRoutes lists our proxy routes of table local.
 func proxyKernelRoutes(h *netlink.Handle) ([]netlink.Route, error) {
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: proxyRouteProto},
-			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	})
+	routes, err := listRoutes(h, netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: proxyRouteProto},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, fmt.Errorf("list the proxy's local routes: %w", err)
 	}
@@ -87,7 +85,7 @@ func (s *Service) syncProxyRoutes(nets []ipam.Network, r *repairs) error {
 			want[p] = true
 		}
 	}
-	have, err := proxyKernelRoutes(s.nl)
+	have, err := proxyKernelRoutes(s.routeHandle())
 	if err != nil {
 		return err
 	}

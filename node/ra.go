@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/ndp"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv6"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
@@ -147,7 +148,7 @@ func runRA(ctx context.Context, bridge string, l *raLink, log *slog.Logger) {
 // address (read each time: a bridge without a MAC of its own takes its
 // ports' lowest).
 func raMessage(p raParams, bridge string, lifetime time.Duration) (*ndp.RouterAdvertisement, error) {
-	ifi, err := net.InterfaceByName(bridge)
+	ifi, err := interfaceByName(bridge)
 	if err != nil {
 		return nil, err
 	}
@@ -166,10 +167,24 @@ func raMessage(p raParams, bridge string, lifetime time.Duration) (*ndp.RouterAd
 	}, nil
 }
 
+// interfaceByName asks the kernel for one link by name. Go's
+// net.InterfaceByName dumps every link of the namespace and keeps one: with
+// a thousand bridges each sending RAs, and as many veths, those dumps
+// (megabytes each) were a quarter of the daemon's CPU at rest, most of its
+// heap, and held up the start's move to TCX.
+func interfaceByName(name string) (*net.Interface, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("link %s: %w", name, err)
+	}
+	a := l.Attrs()
+	return &net.Interface{Index: a.Index, MTU: a.MTU, Name: a.Name, HardwareAddr: a.HardwareAddr, Flags: a.Flags}, nil
+}
+
 // serveRA sends the initial and periodic RAs and answers RSs on one
 // bridge until ctx ends or the socket fails.
 func serveRA(ctx context.Context, bridge string, l *raLink) error {
-	ifi, err := net.InterfaceByName(bridge)
+	ifi, err := interfaceByName(bridge)
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", bridge, err)
 	}

@@ -36,6 +36,12 @@ type Service struct {
 	ipam *ipam.Store
 	dp   *loader.Datapath
 	nl   *netlink.Handle
+	// rt is for filtered route dumps: strict checking on, the kernel dumps
+	// only the table asked for (the main and local tables hold a route
+	// or two per link: thousands), else nl.
+	rt *netlink.Handle
+	// linkc: the links between runs (linkcache.go); nil: every run dumps
+	linkc *linkCache
 
 	mu         sync.Mutex // serialises API changes and reconcile runs
 	trigger    chan struct{}
@@ -143,6 +149,20 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(func() error { nl.Close(); return nil })
+	rt := strictHandle(nl, log)
+	linkc, lerr := newLinkCache()
+	if lerr != nil {
+		log.Warn("every reconcile dumps the links", "err", lerr)
+		linkc = nil
+	} else {
+		defer closeOnError(func() error { linkc.Close(); return nil })
+	}
+	defer closeOnError(func() error {
+		if rt != nl {
+			rt.Close()
+		}
+		return nil
+	})
 	gridKey, err := cfg.GridKey()
 	if err != nil {
 		return nil, err
@@ -168,7 +188,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(reg.Close)
-	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, trigger: make(chan struct{}, 1),
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, linkc: linkc, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
@@ -251,7 +271,16 @@ func (s *Service) Close() error {
 	for _, d := range s.wireguard.devs {
 		d.Release()
 	}
-	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error { s.nl.Close(); return nil }(), s.registry.reg.Close())
+	return errors.Join(s.ipam.Close(), s.dp.Close(), func() error {
+		if s.rt != nil && s.rt != s.nl {
+			s.rt.Close()
+		}
+		if s.linkc != nil {
+			s.linkc.Close()
+		}
+		s.nl.Close()
+		return nil
+	}(), s.registry.reg.Close())
 }
 
 // Trigger asks the loop for a reconcile soon.
@@ -284,14 +313,12 @@ func (s *Service) Run(ctx context.Context) {
 		}
 	}()
 	go s.sweepFlows(ctx)
-	n := 0
-	for {
-		n++
-		// Inside workloads' namespaces we look every tenth run: it is
-		// the workload's own space and costs a netlink socket each.
-		s.Reconcile(n%10 == 1)
+	// startMove starts moving queued ports to TCX if none runs, and says
+	// whether a move runs.
+	startMove := func() bool {
 		s.mu.Lock()
 		migrate := s.attachq.startMigration()
+		migrating := s.attachq.migrating
 		s.mu.Unlock()
 		if migrate {
 			go func() {
@@ -299,8 +326,30 @@ func (s *Service) Run(ctx context.Context) {
 				s.mu.Lock()
 				s.attachq.migrating = false
 				s.mu.Unlock()
+				s.Trigger() // the deep run held back below
 			}()
 		}
+		return migrating
+	}
+	n, wantDeep := 0, false
+	for {
+		n++
+		// The start's reconcile (before Run) may have queued ports for
+		// TCX: they move from now, not after this run.
+		migrating := startMove()
+		// Inside workloads' namespaces we look every tenth run: it is
+		// the workload's own space and costs a netlink socket each. Not
+		// while ports move to TCX: a deep run holds the lock for seconds
+		// with thousands of ports (sysctls, every pin opened), and the
+		// move waits for it; the start has just made one, and shallow
+		// runs still repair ports and links. It runs when the move ends.
+		wantDeep = wantDeep || n%10 == 1
+		deep := wantDeep && !migrating
+		if deep {
+			wantDeep = false
+		}
+		s.Reconcile(deep)
+		startMove() // ports this run queued
 		select {
 		case <-ctx.Done():
 			return

@@ -177,9 +177,7 @@ func (s *Service) sync6in4Routing(members []netip.Prefix, r *repairs) error {
 			errs = append(errs, fmt.Errorf("remove the 6in4 rule of %s: %w", ru.IifName, err))
 		}
 	}
-	have, err := dump(func() ([]netlink.Route, error) {
-		return s.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: sixin4Table}, netlink.RT_FILTER_TABLE)
-	})
+	have, err := listRoutes(s.routeHandle(), netlink.FAMILY_V6, &netlink.Route{Table: sixin4Table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list table %d: %w", sixin4Table, err)
 	}

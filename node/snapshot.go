@@ -6,8 +6,11 @@ package node
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/bpfmaps"
 	"github.com/tenantnet/tenantnet/firewall"
@@ -71,8 +74,60 @@ func dump[T any](f func() (T, error)) (T, error) {
 	}
 }
 
+// strictHandle is a second handle on nl's namespace with strict checking
+// of dump requests (4.20+): the kernel then dumps only the route table
+// and protocol asked for (listRoutes), where otherwise every route of the
+// family crosses the socket and is parsed to be thrown away. nl itself
+// stays lenient: its other dumps' requests (rules) do not all pass strict
+// checking. A kernel that refuses gets nl back.
+func strictHandle(nl *netlink.Handle, log *slog.Logger) *netlink.Handle {
+	ns, err := netns.Get()
+	if err != nil {
+		log.Warn("route dumps unfiltered by the kernel", "err", err)
+		return nl
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		log.Warn("route dumps unfiltered by the kernel", "err", err)
+		return nl
+	}
+	if err := h.SetStrictCheck(true); err != nil {
+		h.Close()
+		log.Info("route dumps unfiltered by the kernel: no strict checking", "err", err)
+		return nl
+	}
+	return h
+}
+
+// routeHandle is the handle for filtered route dumps: rt, or nl in a
+// Service made without it (tests).
+func (s *Service) routeHandle() *netlink.Handle {
+	if s.rt != nil {
+		return s.rt
+	}
+	return s.nl
+}
+
+// listRoutes is a filtered route dump on h (strictHandle: filtered by
+// the kernel too). With strict checking a table that does not exist is
+// ENOENT rather than no routes.
+func listRoutes(h *netlink.Handle, family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	routes, err := dump(func() ([]netlink.Route, error) { return h.RouteListFiltered(family, filter, mask) })
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	return routes, err
+}
+
 func (s *Service) snapshot(deep bool) (*snapshot, error) {
-	links, err := dump(s.nl.LinkList)
+	var links []netlink.Link
+	var err error
+	if s.linkc != nil {
+		links, err = s.linkc.links(s.nl, deep)
+	} else {
+		links, err = dump(s.nl.LinkList)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -109,6 +110,14 @@ func serve(cfgPath string, adopt bool) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(s, log))
+	// Profiles only when asked for by the environment (a scale bench, a
+	// node under investigation): the metrics listener may face a network,
+	// and a profile shows far more than the metrics do.
+	if os.Getenv("TENANTNETD_PPROF") == "1" {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		log.Warn("TENANTNETD_PPROF=1: serving /debug/pprof/ on the metrics listener", "metrics", cfg.MetricsAddr)
+	}
 	// A scrape walks every map: its time is bounded, and so are the
 	// connections (and the handler serves two scrapes at once).
 	msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,

@@ -25,13 +25,16 @@ import (
 // a busybox initramfs has): RunFilter names them. ./sixin4 and
 // ./test/sixin4 need only the kernel (their sit interop runs here: the
 // host has no sit).
-var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e", "./sixin4", "./test/sixin4"}
+var Packages = []string{"./loader", "./bpfmaps", "./test/datapath", "./wg", "./test/e2e", "./sixin4", "./test/sixin4", "./node"}
 
 // RunFilter limits a package's tests (-test.run syntax).
 var RunFilter = map[string]string{
 	// tn_from_wg and the fast path: on a TUN device standing in for
 	// WireGuard, and on the kernel's WireGuard (the VMs have the module)
 	"./test/e2e": "^(TestWireGuardDevice|TestKernelWireGuard)$",
+	// reconcile's netlink: strict (filtered) route dumps, the link cache
+	// fed by link notifications
+	"./node": "^(TestStrictRouteDumps|TestLinkCacheFollowsTheKernel)$",
 }
 
 // SkipFilter leaves out tests that check the source tree, not the kernel

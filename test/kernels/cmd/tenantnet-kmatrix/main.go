@@ -149,7 +149,7 @@ func main() {
 	sort.Strings(vs)
 	fmt.Println(strings.Join(vs, "\n"))
 	if *out != "" {
-		head := "Kernel matrix (make test-kernels): the datapath, loader, maps and wg tests per kernel.\n" +
+		head := "Kernel matrix (make test-kernels): the datapath, loader, maps, wg and reconcile-netlink tests per kernel.\n" +
 			"6.1 and 6.12: Debian's kernels in qemu (TCG); then the host kernel; last, vm_on_tap: e2e TestVMOnTap\n" +
 			"on the host with that kernel booted as a guest (qemu TCG) on a tenantnet tap (SLAAC from our RA, WireGuard, refusal, spoofing).\n" +
 			"Left out (source-tree checks and load tests, not kernel features; make test runs them): " + skipped() + ".\n\n"

@@ -58,7 +58,7 @@ func testArgs(p string) []string {
 }
 
 // Modules loaded in the VMs when the kernel has them as modules.
-var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit", "tun"}
+var Modules = []string{"veth", "sch_ingress", "cls_bpf", "wireguard", "sit", "tun", "bridge"}
 
 // Result is one package on one kernel.
 type Result struct {
@@ -77,6 +77,7 @@ type Result struct {
 	Duration time.Duration
 	Err      string
 	Note     string // for the table's notes (the VM test's times)
+	ended    bool   // the console has the package's TNEND
 }
 
 // BuildTests builds static test binaries into dir, for every package of
@@ -88,7 +89,7 @@ func BuildTests(repo, dir string, only ...string) (map[string]string, error) {
 		pkgs = only
 	}
 	for _, p := range pkgs {
-		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_") + ".test"
+		name := PackageName(p) + ".test"
 		bin := filepath.Join(dir, name)
 		cmd := exec.Command("go", "test", "-c", "-o", bin, p)
 		cmd.Dir = repo
@@ -444,6 +445,9 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 			if cur != nil && len(f) == 3 && f[2] != "0" && cur.Fail == 0 {
 				cur.Err = "exit " + f[2]
 			}
+			if cur != nil {
+				cur.ended = true
+			}
 			cur, rerun = nil, false
 		case cur != nil:
 			if m := reResult.FindStringSubmatch(l); m != nil {
@@ -475,7 +479,38 @@ func Parse(out string) (kernel string, res []Result, modules []string) {
 			}
 		}
 	}
+	// A package the guest began and never ended (a kernel panic, a
+	// guest that stopped) is a failure, whatever passed before.
+	for i := range res {
+		if !res[i].ended && res[i].Err == "" && res[i].Fail == 0 {
+			res[i].Err = "the guest stopped before the package ended (a kernel panic?)"
+		}
+	}
 	return kernel, res, modules
+}
+
+// PackageName is a package's name in the results ("./test/datapath" is
+// "test_datapath").
+func PackageName(p string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "_")
+}
+
+// Complete says whether a guest's results have every package of tests,
+// each run to its end: what a boot that panicked, or a guest that
+// stopped half-way, does not have.
+func Complete(res []Result, tests map[string]string) bool {
+	ran := map[string]bool{}
+	for _, r := range res {
+		if r.ended {
+			ran[r.Package] = true
+		}
+	}
+	for p := range tests {
+		if !ran[PackageName(p)] {
+			return false
+		}
+	}
+	return true
 }
 
 // GuestInitramfs writes an initramfs for a guest that runs init (a

@@ -62,3 +62,32 @@ func TestInitScriptRerun(t *testing.T) {
 		t.Fatalf("no rerun of TestX alone:\n%s", out)
 	}
 }
+
+// A guest that stopped in the middle of a package (a kernel panic) or
+// before a package began has not passed it: the package that began is a
+// failure, and the results are not complete, so the harness boots again.
+func TestParseGuestStopped(t *testing.T) {
+	tests := map[string]string{"./loader": "loader.test", "./test/datapath": "test_datapath.test"}
+	whole := "TNKERNEL 6.12\nTNPKG loader.test\n--- PASS: TestA (0.10s)\nTNEND loader.test 0\nTNPKG test_datapath.test\n--- PASS: TestB (0.10s)\nTNEND test_datapath.test 0\n"
+	_, res, _ := Parse(whole)
+	if !Complete(res, tests) {
+		t.Fatalf("a whole run is not complete: %+v", res)
+	}
+	for _, r := range res {
+		if r.Err != "" {
+			t.Errorf("%s: %s", r.Package, r.Err)
+		}
+	}
+	stopped := "TNKERNEL 6.12\nTNPKG loader.test\n--- PASS: TestA (0.10s)\nTNEND loader.test 0\nTNPKG test_datapath.test\n--- PASS: TestB (0.10s)\n[    2.08] Oops: int3: 0000 [#2] PREEMPT SMP NOPTI\n[    2.09] Kernel panic - not syncing: Fatal exception in interrupt\n"
+	_, res, _ = Parse(stopped)
+	if Complete(res, tests) {
+		t.Error("a guest that panicked in test_datapath is complete")
+	}
+	if len(res) != 2 || res[0].Err != "" || !strings.Contains(res[1].Err, "stopped") {
+		t.Errorf("results %+v: want loader passed, test_datapath failed as stopped", res)
+	}
+	_, res, _ = Parse("TNKERNEL 6.12\nTNPKG loader.test\nTNEND loader.test 0\n")
+	if Complete(res, tests) {
+		t.Error("a run without test_datapath is complete")
+	}
+}

@@ -73,6 +73,21 @@ func main() {
 			os.WriteFile(filepath.Join(os.TempDir(), filepath.Base(k)+".console"), []byte(console), 0o644)
 		}
 		kernel, res, mods := kmatrix.Parse(console)
+		var rebooted string
+		if !kmatrix.Complete(res, tests) {
+			// The guest stopped before its tests were done: qemu's TCG
+			// with two vCPUs now and then panics a guest in early boot
+			// ("Oops: int3" in text patching, seen on 6.12). Boot once
+			// more; a second stop is a failure. The first console's end
+			// is printed, so a guest bug is not hidden.
+			fmt.Printf("   %s: the guest stopped before its tests were done; booting it again. Its console ended:\n", filepath.Base(k))
+			for _, l := range lastLines(console, 15) {
+				fmt.Printf("      %s\n", l)
+			}
+			rebooted = "guest booted twice (the first stopped: " + firstPanic(console) + ")"
+			console, err = kmatrix.RunVM(k, tests, log)
+			kernel, res, mods = kmatrix.Parse(console)
+		}
 		if kernel == "" {
 			kernel = filepath.Base(k)
 		}
@@ -85,6 +100,9 @@ func main() {
 		}
 		for i := range res {
 			res[i].Duration = time.Since(start)
+			if rebooted != "" {
+				res[i].Note = strings.TrimPrefix(res[i].Note+"; "+rebooted, "; ")
+			}
 		}
 		all = append(all, res...)
 		modLines = append(modLines, fmt.Sprintf("%s: %s", kernel, strings.Join(mods, ", ")))
@@ -171,6 +189,13 @@ func main() {
 			if r.Err != "" {
 				fmt.Printf("  %s %s %s\n", r.Kernel, r.Package, firstLine(r.Err))
 			}
+			if r.Package == "(boot)" {
+				// The guest said nothing the parser knows: its console's
+				// end is all there is to go on (a panic, an init error).
+				for _, l := range lastLines(r.Err, 25) {
+					fmt.Printf("      %s\n", l)
+				}
+			}
 		}
 		os.Exit(1)
 	}
@@ -226,4 +251,31 @@ func skipped() string {
 	}
 	sort.Strings(s)
 	return strings.Join(s, ", ")
+}
+
+// lastLines is the last n non-empty lines of s.
+func lastLines(s string, n int) []string {
+	var ls []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimRight(l, "\r"); strings.TrimSpace(l) != "" {
+			ls = append(ls, l)
+		}
+	}
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return ls
+}
+
+// firstPanic is the first line of a console that says why a guest
+// stopped, or "no panic on the console".
+func firstPanic(console string) string {
+	for _, l := range strings.Split(console, "\n") {
+		for _, w := range []string{"Oops:", "Kernel panic", "BUG:", "panic:"} {
+			if i := strings.Index(l, w); i >= 0 {
+				return strings.TrimSpace(l[i:])
+			}
+		}
+	}
+	return "no panic on the console"
 }

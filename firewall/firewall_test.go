@@ -54,18 +54,7 @@ func TestInterruptedUpdateRepaired(t *testing.T) {
 }
 
 func testInterruptedUpdateRepaired(t *testing.T, mark string) {
-	dp := testutil.Load(t)
-	state := t.TempDir()
-	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fw.AddTenant(store.Tenant{ID: 7, Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/64")}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(500, 7)}}, false); err != nil {
-		t.Fatal(err)
-	}
+	dp, state, fw := tenant7With(t, 500)
 	// Simulate the crash: the store has a change the maps never got, and
 	// the maps have junk and miss entries.
 	if err := fw.StoreForTest().Update(func(tx *store.Tx) error {
@@ -98,7 +87,7 @@ func testInterruptedUpdateRepaired(t *testing.T, mark string) {
 	}
 	fw.Close()
 
-	fw, err = firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
+	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,21 +268,10 @@ func TestApplyInvalidChangesNothing(t *testing.T) {
 // else it may have to do still gets every map: repairing an interrupted
 // update (tenant policies included), and any change that is not a rule's.
 func TestRulesOnly(t *testing.T) {
-	dp := testutil.Load(t)
-	state := t.TempDir()
-	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fw.AddTenant(store.Tenant{ID: 7, Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/64")}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(300, 7)}}, false); err != nil {
-		t.Fatal(err)
-	}
+	dp, state, fw := tenant7With(t, 300)
 	fw.Close()
 
-	fw, err = firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir, RulesOnly: true})
+	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir, RulesOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,4 +320,23 @@ func TestRulesOnly(t *testing.T) {
 	if err := dp.Maps.TnTenantV1.Lookup(uint32(7), &tv); err != nil || tv.DefaultIn != uint8(policy.ActionAllow) {
 		t.Fatalf("tenant policy not restored by a rules-only open: %v %+v", err, tv)
 	}
+}
+
+// tenant7With loads a datapath and opens a firewall on it holding tenant
+// 7 (2001:db8:7::/64) with n rules applied.
+func tenant7With(t *testing.T, n int) (*loader.Datapath, string, *firewall.Firewall) {
+	t.Helper()
+	dp := testutil.Load(t)
+	state := t.TempDir()
+	fw, err := firewall.Open(firewall.Options{StateDir: state, PinDir: dp.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddTenant(store.Tenant{ID: 7, Prefixes: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/64")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: bigSet(n, 7)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	return dp, state, fw
 }

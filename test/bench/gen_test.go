@@ -18,19 +18,7 @@ import (
 // not the sender's), and the request/response pair answers.
 func TestGenerator(t *testing.T) {
 	testutil.RequireRoot(t)
-	tp, err := newTopo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.close() })
-	g, err := newGen(tp)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		t.Skipf("trafficgen: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.close()
+	tp, g := topoWithGen(t)
 
 	r, err := g.measure(g.allowed, 500*time.Millisecond, nil)
 	if err != nil {
@@ -89,4 +77,24 @@ func TestGenerator(t *testing.T) {
 	if tps < 100 {
 		t.Errorf("TCP_RR %.0f/s", tps)
 	}
+}
+
+// topoWithGen builds the bench topology and its traffic generator, both
+// gone when the test ends; it skips where the kernel has no live frames.
+func topoWithGen(t *testing.T) (*topo, *gen) {
+	t.Helper()
+	tp, err := newTopo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tp.close() })
+	g, err := newGen(tp)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("trafficgen: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.close)
+	return tp, g
 }

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,19 +34,7 @@ func TestHostRouting(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tenantnet/tenantnet/cmd/tenantfw").CombinedOutput(); err != nil {
 		t.Fatalf("go build tenantfw: %v\n%s", err, out)
 	}
-	tp, err := newTopo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tp.close() })
-	g, err := newGen(tp)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		t.Skipf("trafficgen: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.close()
+	tp, g := topoWithGen(t)
 	tn := &tenantnet{t: tp, bin: bin, pin: fmt.Sprintf("/sys/fs/bpf/tenantnet-benchtest-%d", os.Getpid()), state: t.TempDir()}
 	defer tn.teardown()
 	if _, err := tn.load(makeRules(10)); err != nil {

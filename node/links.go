@@ -382,7 +382,9 @@ func (s *Service) removeWorkloadLinks(w ipam.Workload) error {
 		if err := loader.Detach(s.cfg.BPFDir, l.Attrs().Index); err != nil {
 			return err
 		}
-		if err := s.nl.LinkDel(l); err != nil {
+		// ENODEV: the kernel took it meanwhile (its namespace was
+		// deleted: the peer goes with it, asynchronously), as wanted.
+		if err := s.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("delete %s: %w", host, err)
 		}
 	}

@@ -48,3 +48,42 @@ func TestSummaryQuotesRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestDropperOwnCost: the prefilter's summary row takes the generator's
+// share out of both droppers' rates, and says when tenantnet's own cost
+// is lost in the noise instead of dividing by it.
+func TestDropperOwnCost(t *testing.T) {
+	o := Options{Ns: []int{10}, Log: io.Discard}
+	res := results{}
+	for _, r0 := range []float64{600000, 666666, 700000} {
+		res.add("genonly", "gen", 0, r0)
+	}
+	drops := func(xdp, nft float64) map[string][]genRate {
+		return map[string][]genRate{
+			"tenantnet XDP":           {{sunk: xdp, offered: xdp, received: xdp}},
+			"nftables netdev ingress": {{sunk: nft, offered: nft, received: nft}},
+		}
+	}
+	row := func(d map[string][]genRate) string {
+		var b strings.Builder
+		writeSummary(&b, o, res, d, "")
+		for _, l := range strings.Split(b.String(), "\n") {
+			if strings.Contains(l, "own rates (the generator's share") {
+				return l
+			}
+		}
+		return ""
+	}
+	// R0 1500 ns; XDP 2000 ns (own 500), nftables 3000 (own 1500): 3×.
+	if l := row(drops(500000, 1e9/3000)); !strings.Contains(l, "500 ns a drop") || !strings.Contains(l, "| 3.00× (goal 3.0×) | yes |") {
+		t.Errorf("own costs 500 and 1500 ns: %q", l)
+	}
+	// XDP as fast as the generator alone: a bound, not a division by ~0.
+	if l := row(drops(666000, 400000)); !strings.Contains(l, "below the noise") || !strings.Contains(l, "> ") {
+		t.Errorf("XDP within 2%% of R0: %q", l)
+	}
+	// nftables within the noise: nothing to compare, no row.
+	if l := row(drops(666000, 660000)); l != "" {
+		t.Errorf("nftables within the noise: want no row, got %q", l)
+	}
+}

@@ -75,6 +75,104 @@ func (r results) add(metric, mode string, n int, v float64) {
 	r[metric][mode][n] = append(r[metric][mode][n], v)
 }
 
+// startServers starts the socket-level figures' servers in the workload:
+// iperf3 (5201), the acceptor (9001) and the echo server (9002).
+func (t *topo) startServers() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	// The server's pid from its pid file: pkill by name would also end
+	// another test's iperf3 on this machine (namespaces do not hide pids).
+	iperfPid := filepath.Join(os.TempDir(), fmt.Sprintf("tenantnet-bench-iperf3-%s.pid", t.wl))
+	stops = append(stops, func() {
+		if b, err := os.ReadFile(iperfPid); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				unix.Kill(pid, unix.SIGTERM)
+			}
+		}
+		os.Remove(iperfPid)
+	})
+	if _, err := sh(t.wl, "iperf3 -s -D -p 5201 -I "+iperfPid, ""); err != nil {
+		return stop, err
+	}
+	stopAcc, err := t.startAcceptor(9001)
+	if err != nil {
+		return stop, err
+	}
+	stops = append(stops, stopAcc)
+	stopEcho, err := t.startEcho(9002)
+	if err != nil {
+		return stop, err
+	}
+	stops = append(stops, stopEcho)
+	return stop, nil
+}
+
+// ceilingMode names the socket-level figures measured without the node.
+const ceilingMode = "no node (ceiling)"
+
+// measureCeiling takes the socket-level figures (a), (b), (c), (g) on a
+// direct topology: the sender and the workload on one veth pair.
+func measureCeiling(o Options, res results) error {
+	t, err := newDirectTopo()
+	if err != nil {
+		return fmt.Errorf("direct topology: %w", err)
+	}
+	defer t.close()
+	stop, err := t.startServers()
+	if err != nil {
+		return fmt.Errorf("direct topology: %w", err)
+	}
+	defer stop()
+	// Neighbour discovery both ways first: a flood that starts it loses
+	// the datagrams queued behind it (in the full topology the generator
+	// has resolved the neighbours by then).
+	if _, err := t.tcpRR(9002, 100*time.Millisecond); err != nil {
+		return fmt.Errorf("%s: %w", ceilingMode, err)
+	}
+	for i := 0; i < o.Reps; i++ {
+		figs, err := t.socketFigures(o.Dur)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ceilingMode, err)
+		}
+		for metric, v := range figs {
+			res.add(metric, ceilingMode, 0, v)
+		}
+	}
+	return nil
+}
+
+// socketFigures takes the socket-level figures once, each for d: (a) UDP
+// pps, (b) one TCP stream in Gbit/s, (c) new connections/s, (g) TCP_RR
+// transactions/s, by metric name.
+func (t *topo) socketFigures(d time.Duration) (map[string]float64, error) {
+	pps, err := t.udpPPS(9000, d)
+	if err != nil {
+		return nil, fmt.Errorf("udp: %w", err)
+	}
+	bps, err := t.tcpStream(5201, d)
+	if err != nil {
+		return nil, err
+	}
+	cps, err := t.connRate(9001, d)
+	if err != nil {
+		return nil, fmt.Errorf("connections: %w", err)
+	}
+	tps, err := t.tcpRR(9002, d)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]float64{"udp": pps, "tcp": bps / 1e9, "conn": cps, "rr": tps}, nil
+}
+
 // Run measures every mode at every N and writes the report.
 func Run(o Options) error {
 	start := time.Now()
@@ -85,30 +183,11 @@ func Run(o Options) error {
 	defer t.close()
 	logf := func(format string, a ...any) { fmt.Fprintf(o.Log, format+"\n", a...) }
 
-	// The server's pid from its pid file: pkill by name would also end
-	// another test's iperf3 on this machine (namespaces do not hide pids).
-	iperfPid := filepath.Join(os.TempDir(), fmt.Sprintf("tenantnet-bench-iperf3-%d.pid", os.Getpid()))
-	if _, err := sh(t.wl, "iperf3 -s -D -p 5201 -I "+iperfPid, ""); err != nil {
-		return err
-	}
-	defer func() {
-		if b, err := os.ReadFile(iperfPid); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-				unix.Kill(pid, unix.SIGTERM)
-			}
-		}
-		os.Remove(iperfPid)
-	}()
-	stopAcc, err := t.startAcceptor(9001)
+	stopServers, err := t.startServers()
 	if err != nil {
 		return err
 	}
-	defer stopAcc()
-	stopEcho, err := t.startEcho(9002)
-	if err != nil {
-		return err
-	}
-	defer stopEcho()
+	defer stopServers()
 	var g *gen
 	if !o.RulesOnly {
 		if g, err = newGen(t); err != nil {
@@ -202,26 +281,13 @@ func Run(o Options) error {
 						return err
 					}
 				}
-				pps, err := t.udpPPS(9000, o.Dur)
-				if err != nil {
-					return err
-				}
-				res.add("udp", m.name(), n, pps)
-				bps, err := t.tcpStream(5201, o.Dur)
+				figs, err := t.socketFigures(o.Dur)
 				if err != nil {
 					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
 				}
-				res.add("tcp", m.name(), n, bps/1e9)
-				cps, err := t.connRate(9001, o.Dur)
-				if err != nil {
-					return err
+				for metric, v := range figs {
+					res.add(metric, m.name(), n, v)
 				}
-				res.add("conn", m.name(), n, cps)
-				tps, err := t.tcpRR(9002, o.Dur)
-				if err != nil {
-					return fmt.Errorf("%s N=%d: %w", m.name(), n, err)
-				}
-				res.add("rr", m.name(), n, tps)
 				if tm != nil {
 					p1, err := tm.paths()
 					if err != nil {
@@ -270,6 +336,13 @@ func Run(o Options) error {
 	// own; the dropper, the other).
 	if o.RulesOnly {
 		return rulesReport(o, res, start)
+	}
+	if err := measureCeiling(o, res); err != nil {
+		return err
+	}
+	for _, m := range []string{"udp", "tcp", "conn", "rr"} {
+		_, v, _ := res[m][ceilingMode][0].stats()
+		logf("%s %s: %.4g", ceilingMode, m, v)
 	}
 	drops := map[string][]genRate{}
 	if _, err := tn.load(makeRules(10)); err != nil {
@@ -513,10 +586,18 @@ named counted nothing):
 		}
 		fmt.Fprintf(&b, "| %d | %d | %s | %s | %d / %s |\n", n, c.sunk, pathText(c.fwd), pathText(c.sock), k.sunk, pathText(k.fwd))
 	}
-	table("(a) Small-packet UDP rate through the port", "udp", "pps", true, modes)
-	table("(b) One TCP stream (iperf3)", "tcp", "Gbit/s", true, modes)
-	table("(c) New TCP connections", "conn", "conn/s", true, modes)
-	table("(g) 1-byte TCP request/response (netperf TCP_RR's pattern: one connection, one transaction in flight)", "rr", "transactions/s", true, modes)
+	sockTable := func(title, metric, unit string) {
+		table(title, metric, unit, true, modes)
+		if c := res[metric][ceilingMode][0]; len(c) > 0 {
+			mn, md, mx := c.stats()
+			fmt.Fprintf(&b, "\nWithout the node (%s: the sender and the workload on one veth pair, nothing between them): %s [%s–%s] %s; %s.\n",
+				ceilingMode, benchutil.Num(md), benchutil.Num(mn), benchutil.Num(mx), unit, ceilingText(res, metric, o.Ns))
+		}
+	}
+	sockTable("(a) Small-packet UDP rate through the port", "udp", "pps")
+	sockTable("(b) One TCP stream (iperf3)", "tcp", "Gbit/s")
+	sockTable("(c) New TCP connections", "conn", "conn/s")
+	sockTable("(g) 1-byte TCP request/response (netperf TCP_RR's pattern: one connection, one transaction in flight)", "rr", "transactions/s")
 	writeRuleTables(&b, o, res, upd, startup)
 
 	b.WriteString(`

@@ -51,6 +51,9 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 			row(target, "not measured in this run", "-", false)
 			return
 		}
+		if len(res[metric][ceilingMode][0]) > 0 && other == "none" {
+			fig += "; " + ceilingText(res, metric, o.Ns)
+		}
 		row(target, fig, fmt.Sprintf("%.2f× (goal %.1f×)", r, goal), r >= goal)
 	}
 	atN := func(target, metric, other, unit string, n int, goal float64) {
@@ -164,6 +167,30 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 				fmt.Sprintf("%.2f× (goal ≤ 1.5×)", nf/n10), nf/n10 <= 1.5)
 		}
 	}
+}
+
+// ceilingText says how far above none the socket-level figure metric could
+// go at all: the ceiling (no node) over none's median, at the N where none
+// was fastest and at the N where it was slowest.
+func ceilingText(res results, metric string, ns []int) string {
+	_, c, _ := res[metric][ceilingMode][0].stats()
+	lo, hi := 0.0, 0.0
+	for _, n := range ns {
+		_, v, _ := res[metric]["none"][n].stats()
+		if v <= 0 {
+			continue
+		}
+		if lo == 0 || v < lo {
+			lo = v
+		}
+		if v > hi {
+			hi = v
+		}
+	}
+	if c <= 0 || hi <= 0 {
+		return "ceiling not measured"
+	}
+	return fmt.Sprintf("without the node at all (the ceiling): %s, %.2f–%.2f× none", benchutil.Num(c), c/hi, c/lo)
 }
 
 // parseCost reads "BenchmarkX-2 ... 160.4 ns/pkt" lines: ns per packet by

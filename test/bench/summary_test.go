@@ -87,3 +87,21 @@ func TestDropperOwnCost(t *testing.T) {
 		t.Errorf("nftables within the noise: want no row, got %q", l)
 	}
 }
+
+// TestCeilingQuoted: the socket-level rows against none say how far above
+// none a node could go at all (the figure without the node).
+func TestCeilingQuoted(t *testing.T) {
+	o := Options{Ns: []int{10, 1000}, Log: io.Discard}
+	res := results{}
+	res.add("rr", "none", 10, 30000)
+	res.add("rr", "none", 1000, 25000)
+	res.add("rr", "tenantnet", 10, 31000)
+	res.add("rr", "tenantnet", 1000, 26000)
+	res.add("rr", ceilingMode, 0, 33000)
+	var b strings.Builder
+	writeSummary(&b, o, res, nil, "")
+	want := "without the node at all (the ceiling): 33000, 1.10–1.32× none | 1.03× (goal 1.2×) | no |"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("no %q in:\n%s", want, b.String())
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,7 +46,13 @@ func newTopo() (*topo, error) {
 	return t, nil
 }
 
-func (t *topo) names() []string { return []string{t.snd, t.node, t.wl} }
+// names are the topology's namespaces (a direct one has no node).
+func (t *topo) names() []string {
+	if t.node == "" {
+		return []string{t.snd, t.wl}
+	}
+	return []string{t.snd, t.node, t.wl}
+}
 
 // build makes the namespaces and wires them with netlink.
 func (t *topo) build() error {
@@ -136,6 +143,87 @@ func configure(nl *netlink.Handle, dev, addr, dst, gw string) error {
 		return fmt.Errorf("route %s: %w", r, err)
 	}
 	return nil
+}
+
+// newDirectTopo builds the socket-level figures' ceiling: the sender and
+// the workload on one veth pair, with the addresses of the full topology
+// and no node between them. No datapath on the node can beat a node that
+// is not there, so ceiling / none bounds every socket-level ratio to none.
+func newDirectTopo() (*topo, error) {
+	pid := os.Getpid()
+	t := &topo{snd: fmt.Sprintf("tn-bdsnd-%d", pid), wl: fmt.Sprintf("tn-bdwl-%d", pid)}
+	if err := t.buildDirect(); err != nil {
+		return nil, errors.Join(err, t.close())
+	}
+	return t, nil
+}
+
+func (t *topo) buildDirect() error {
+	var hs []netns.NsHandle
+	defer func() {
+		for _, h := range hs {
+			h.Close()
+		}
+	}()
+	nls := map[string]*netlink.Handle{}
+	defer func() {
+		for _, nl := range nls {
+			nl.Close()
+		}
+	}()
+	for _, name := range []string{t.snd, t.wl} {
+		h, err := netnsutil.NewNamed(name)
+		if err != nil {
+			return err
+		}
+		hs = append(hs, h)
+		if nls[name], err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE); err != nil {
+			return fmt.Errorf("netlink in %s: %w", name, err)
+		}
+	}
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1", PeerNamespace: netlink.NsFd(hs[1])}
+	if err := nls[t.snd].LinkAdd(v); err != nil {
+		return fmt.Errorf("add veth eth0 in %s, peer in %s: %w", t.snd, t.wl, err)
+	}
+	wl, err := nls[t.wl].LinkByName("eth1")
+	if err == nil {
+		err = nls[t.wl].LinkSetName(wl, "eth0")
+	}
+	if err != nil {
+		return fmt.Errorf("rename the workload's end in %s: %w", t.wl, err)
+	}
+	for _, c := range []struct{ ns, addr, dst string }{
+		{t.snd, sndAddr + "/64", wlAddr + "/128"},
+		{t.wl, wlAddr + "/128", sndAddr + "/128"},
+	} {
+		if err := configure(nls[c.ns], "eth0", c.addr, c.dst, ""); err != nil {
+			return fmt.Errorf("eth0 in %s: %w", c.ns, err)
+		}
+		lo, err := nls[c.ns].LinkByName("lo")
+		if err == nil {
+			err = nls[c.ns].LinkSetUp(lo)
+		}
+		if err != nil {
+			return fmt.Errorf("lo in %s: %w", c.ns, err)
+		}
+	}
+	// Traffic before the pair's carrier is through linkwatch (up to a
+	// second) is dropped, neighbour discovery included, and a connection
+	// then fails with EHOSTUNREACH: wait for both ends to be running.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		up := 0
+		for _, name := range []string{t.snd, t.wl} {
+			if l, err := nls[name].LinkByName("eth0"); err == nil && l.Attrs().OperState == netlink.OperUp {
+				up++
+			}
+		}
+		if up == 2 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("veth pair between %s and %s not up after 5s", t.snd, t.wl)
+		}
+	}
 }
 
 // close deletes the namespaces, and with them the veths.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,31 @@ func checkIface(t *testing.T, ns, dev, addr, route string) {
 	}
 	if !found {
 		t.Errorf("%s in %s has no route %q: %v", dev, ns, route, routes)
+	}
+}
+
+// TestDirectTopology: the ceiling's topology (sender and workload on one
+// veth pair) carries each socket-level measurement, its servers stop, and
+// closing it leaves no namespace behind.
+func TestDirectTopology(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("iperf3 not installed (make deps)")
+	}
+	res := results{}
+	o := Options{Reps: 1, Dur: 300 * time.Millisecond}
+	if err := measureCeiling(o, res); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"udp", "tcp", "conn", "rr"} {
+		if v := res[m][ceilingMode][0]; len(v) != 1 || v[0] <= 0 {
+			t.Errorf("%s without the node: %v, want one figure above 0", m, v)
+		}
+	}
+	pid := os.Getpid()
+	for _, name := range []string{fmt.Sprintf("tn-bdsnd-%d", pid), fmt.Sprintf("tn-bdwl-%d", pid)} {
+		if _, err := os.Stat("/run/netns/" + name); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("namespace %s left behind: %v", name, err)
+		}
 	}
 }

@@ -51,8 +51,8 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 			row(target, "not measured in this run", "-", false)
 			return
 		}
-		if len(res[metric][ceilingMode][0]) > 0 && other == "none" {
-			fig += "; " + ceilingText(res, metric, o.Ns)
+		if len(res[metric][directMode][0]) > 0 && other == "none" {
+			fig += "; " + directText(res, metric, o.Ns)
 		}
 		row(target, fig, fmt.Sprintf("%.2f× (goal %.1f×)", r, goal), r >= goal)
 	}
@@ -169,28 +169,37 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 	}
 }
 
-// ceilingText says how far above none the socket-level figure metric could
-// go at all: the ceiling (no node) over none's median, at the N where none
-// was fastest and at the N where it was slowest.
-func ceilingText(res results, metric string, ns []int) string {
-	_, c, _ := res[metric][ceilingMode][0].stats()
-	lo, hi := 0.0, 0.0
+// directText quotes the socket-level figure metric without the node, as a
+// ratio to none's median at the N where none was fastest and where it was
+// slowest: what a node in the path costs in this topology.
+func directText(res results, metric string, ns []int) string {
+	_, c, _ := res[metric][directMode][0].stats()
+	lo, hi, ok := directRatios(res, metric, ns)
+	if !ok {
+		return "no figure without the node"
+	}
+	return fmt.Sprintf("without the node (one veth pair): %s, %.2f–%.2f× none", benchutil.Num(c), lo, hi)
+}
+
+// directRatios is the figure without the node over none's median, at the
+// N where none was fastest (lo) and slowest (hi).
+func directRatios(res results, metric string, ns []int) (lo, hi float64, ok bool) {
+	_, c, _ := res[metric][directMode][0].stats()
+	slow, fast := 0.0, 0.0
 	for _, n := range ns {
 		_, v, _ := res[metric]["none"][n].stats()
 		if v <= 0 {
 			continue
 		}
-		if lo == 0 || v < lo {
-			lo = v
+		if slow == 0 || v < slow {
+			slow = v
 		}
-		if v > hi {
-			hi = v
-		}
+		fast = max(fast, v)
 	}
-	if c <= 0 || hi <= 0 {
-		return "ceiling not measured"
+	if c <= 0 || fast <= 0 {
+		return 0, 0, false
 	}
-	return fmt.Sprintf("without the node at all (the ceiling): %s, %.2f–%.2f× none", benchutil.Num(c), c/hi, c/lo)
+	return c / fast, c / slow, true
 }
 
 // parseCost reads "BenchmarkX-2 ... 160.4 ns/pkt" lines: ns per packet by

@@ -88,19 +88,19 @@ func TestDropperOwnCost(t *testing.T) {
 	}
 }
 
-// TestCeilingQuoted: the socket-level rows against none say how far above
-// none a node could go at all (the figure without the node).
-func TestCeilingQuoted(t *testing.T) {
+// TestDirectQuoted: the socket-level rows against none quote the figure
+// without the node.
+func TestDirectQuoted(t *testing.T) {
 	o := Options{Ns: []int{10, 1000}, Log: io.Discard}
 	res := results{}
 	res.add("rr", "none", 10, 30000)
 	res.add("rr", "none", 1000, 25000)
 	res.add("rr", "tenantnet", 10, 31000)
 	res.add("rr", "tenantnet", 1000, 26000)
-	res.add("rr", ceilingMode, 0, 33000)
+	res.add("rr", directMode, 0, 33000)
 	var b strings.Builder
 	writeSummary(&b, o, res, nil, "")
-	want := "without the node at all (the ceiling): 33000, 1.10–1.32× none | 1.03× (goal 1.2×) | no |"
+	want := "without the node (one veth pair): 33000, 1.10–1.32× none | 1.03× (goal 1.2×) | no |"
 	if !strings.Contains(b.String(), want) {
 		t.Errorf("no %q in:\n%s", want, b.String())
 	}

@@ -145,10 +145,13 @@ func configure(nl *netlink.Handle, dev, addr, dst, gw string) error {
 	return nil
 }
 
-// newDirectTopo builds the socket-level figures' ceiling: the sender and
-// the workload on one veth pair, with the addresses of the full topology
-// and no node between them. No datapath on the node can beat a node that
-// is not there, so ceiling / none bounds every socket-level ratio to none.
+// newDirectTopo builds the socket-level figures' reference without the
+// node: the sender and the workload on one veth pair, with the addresses
+// of the full topology. It says what the node costs these figures at all.
+// It is not a ceiling: a veth hands each packet to the backlog of its
+// peer's CPU, where host routing's bpf_redirect_peer delivers it into the
+// namespace from the node's receive path, so one transaction can be
+// quicker through a host-routing node than on a bare veth pair.
 func newDirectTopo() (*topo, error) {
 	pid := os.Getpid()
 	t := &topo{snd: fmt.Sprintf("tn-bdsnd-%d", pid), wl: fmt.Sprintf("tn-bdwl-%d", pid)}

@@ -152,7 +152,7 @@ func checkIface(t *testing.T, ns, dev, addr, route string) {
 	}
 }
 
-// TestDirectTopology: the ceiling's topology (sender and workload on one
+// TestDirectTopology: the reference topology (sender and workload on one
 // veth pair) carries each socket-level measurement, its servers stop, and
 // closing it leaves no namespace behind.
 func TestDirectTopology(t *testing.T) {
@@ -162,11 +162,11 @@ func TestDirectTopology(t *testing.T) {
 	}
 	res := results{}
 	o := Options{Reps: 1, Dur: 300 * time.Millisecond}
-	if err := measureCeiling(o, res); err != nil {
+	if err := measureDirect(o, res); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range []string{"udp", "tcp", "conn", "rr"} {
-		if v := res[m][ceilingMode][0]; len(v) != 1 || v[0] <= 0 {
+		if v := res[m][directMode][0]; len(v) != 1 || v[0] <= 0 {
 			t.Errorf("%s without the node: %v, want one figure above 0", m, v)
 		}
 	}

@@ -576,3 +576,16 @@ func GuestArgs(kdir, initrd, tap, mac string) []string {
 		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=n0,mac=" + mac}
 }
+
+// FirstPanic is the first line of a console that says why a guest
+// stopped, or "no panic on the console".
+func FirstPanic(console string) string {
+	for _, l := range strings.Split(console, "\n") {
+		for _, w := range []string{"Oops:", "Kernel panic", "BUG:", "panic:"} {
+			if i := strings.Index(l, w); i >= 0 {
+				return strings.TrimSpace(l[i:])
+			}
+		}
+	}
+	return "no panic on the console"
+}

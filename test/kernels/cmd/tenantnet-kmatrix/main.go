@@ -84,7 +84,7 @@ func main() {
 			for _, l := range lastLines(console, 15) {
 				fmt.Printf("      %s\n", l)
 			}
-			rebooted = "guest booted twice (the first stopped: " + firstPanic(console) + ")"
+			rebooted = "guest booted twice (the first stopped: " + kmatrix.FirstPanic(console) + ")"
 			console, err = kmatrix.RunVM(k, tests, log)
 			kernel, res, mods = kmatrix.Parse(console)
 		}
@@ -265,17 +265,4 @@ func lastLines(s string, n int) []string {
 		ls = ls[len(ls)-n:]
 	}
 	return ls
-}
-
-// firstPanic is the first line of a console that says why a guest
-// stopped, or "no panic on the console".
-func firstPanic(console string) string {
-	for _, l := range strings.Split(console, "\n") {
-		for _, w := range []string{"Oops:", "Kernel panic", "BUG:", "panic:"} {
-			if i := strings.Index(l, w); i >= 0 {
-				return strings.TrimSpace(l[i:])
-			}
-		}
-	}
-	return "no panic on the console"
 }

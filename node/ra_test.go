@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -278,6 +277,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules.list); do insmod /lib/modules/$m.ko 2>/dev/null; done
+echo "TNVM kernel $(uname -r)"
 ip link set lo up
 ip link set eth0 up
 for i in $(seq 1 30); do
@@ -294,34 +294,18 @@ poweroff -f
 	if err := kmatrix.GuestInitramfs(kdir, init, initrd, "virtio_pci", "virtio_net"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + lab.ns.Name, "qemu-system-x86_64"},
-		kmatrix.GuestArgs(kdir, initrd, "ratap", mac)...)...)
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = cmd.Stdout
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	got, console, rebooted, err := kmatrix.GuestOnTap{NetNS: lab.ns.Name, Kernel: kdir, Initrd: initrd, Tap: "ratap", MAC: mac, Timeout: 4 * time.Minute}.Boot()
+	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]string{}
-	var console strings.Builder
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		l := strings.TrimRight(sc.Text(), "\r")
-		console.WriteString(l + "\n")
-		// (the first line may follow the firmware's escape sequences)
-		if i := strings.Index(l, "TNVM "); i >= 0 {
-			rest := l[i+len("TNVM "):]
-			k, v, _ := strings.Cut(rest, " ")
-			got[k] = strings.TrimSpace(v)
-		}
+	if rebooted != "" {
+		t.Log(rebooted)
 	}
-	cmd.Wait()
 	m, _ := net.ParseMAC(mac)
 	want := ipam.EUI64Addr(lab.prefix, m).String() + "/64"
 	if got["addr"] != want || !strings.HasPrefix(got["route"], "default via fe80::1 dev eth0") || got["mtu"] != "1420" {
-		t.Fatalf("guest: %v, want address %s, default via fe80::1, mtu 1420 (%s)\n%s", got, want, time.Since(start).Round(time.Second), console.String())
+		t.Fatalf("guest: %v, want address %s, default via fe80::1, mtu 1420 (%s)\n%s", got, want, time.Since(start).Round(time.Second), console)
 	}
 	t.Logf("guest on %s configured by our RA in %s: %v", filepath.Base(kdir), time.Since(start).Round(time.Second), got)
 }

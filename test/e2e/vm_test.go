@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -127,14 +125,13 @@ func TestVMOnTap(t *testing.T) {
 	})
 	spoofBefore := nodeCounter(t, n1.pin, acme, policy.DirOut, policy.DropSpoof).Packets
 	start := time.Now()
-	got, console := bootGuest(t, n1.ns.Name, kdir, initrd, vm.Tap.MAC)
-	if got["kernel"] == "" {
-		// The guest died before its /init ran: qemu's TCG with two vCPUs
-		// now and then panics a guest in early boot ("Oops: int3" in text
-		// patching, about 1 boot in 10 of 6.12; the kernel matrix boots
-		// such a guest again too). Nothing of ours ran yet: once more.
-		t.Logf("the guest stopped before its /init ran (%s); booting it again", kmatrix.FirstPanic(console))
-		got, console = bootGuest(t, n1.ns.Name, kdir, initrd, vm.Tap.MAC)
+	got, console, rebooted, err := kmatrix.GuestOnTap{NetNS: n1.ns.Name, Kernel: kdir, Initrd: initrd, Tap: "vmtap1", MAC: vm.Tap.MAC,
+		Timeout: 5 * time.Minute, Logf: t.Logf}.Boot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rebooted != "" {
+		t.Log(rebooted)
 	}
 	if got["done"] == "" && got["spoof-ping"] == "" {
 		t.Fatalf("the guest did not finish (%s):\n%s", time.Since(start).Round(time.Second), console)
@@ -163,40 +160,4 @@ func TestVMOnTap(t *testing.T) {
 		t.Logf("console:\n%s", console)
 	}
 	t.Logf("guest ran %s on %s", time.Since(start).Round(time.Second), filepath.Base(kdir))
-}
-
-// bootGuest runs the guest on tap vmtap1 in the node's namespace (the
-// VMM runs where the tap is) until it powers off, and returns its
-// "TNVM <check> <result>" lines by check, and its console.
-func bootGuest(t *testing.T, nodeNS, kdir, initrd, mac string) (map[string]string, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + nodeNS, "qemu-system-x86_64"},
-		kmatrix.GuestArgs(kdir, initrd, "vmtap1", mac)...)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	var console strings.Builder
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		l := strings.TrimRight(sc.Text(), "\r")
-		console.WriteString(l + "\n")
-		// (the first line may follow the firmware's escape sequences)
-		if i := strings.Index(l, "TNVM "); i >= 0 {
-			rest := l[i+len("TNVM "):]
-			k, v, _ := strings.Cut(rest, " ")
-			got[k] = strings.TrimSpace(v)
-			t.Logf("guest: %s (%s)", rest, time.Since(start).Round(time.Second))
-		}
-	}
-	cmd.Wait()
-	return got, console.String()
 }

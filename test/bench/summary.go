@@ -144,6 +144,13 @@ func writeSummary(b *strings.Builder, o Options, res results, drops map[string][
 		row(target, fmt.Sprintf("%s %s (%s)", benchutil.Num(r.Value), unit, r.Provenance(target2)), "-", met)
 	}
 	fromRecord("Cross-node TCP stream over embedded wireguard-go ≥ 2.5 Gbit/s", benchutil.Key("BenchmarkCrossNodeStream/fast-path", "Gbit/s"), "bench-grid", "Gbit/s", 2.5, true)
+	if bare, ok := recorded[benchutil.Key("BenchmarkCrossNodeStream/wireguard-veth", "Gbit/s")]; ok {
+		// What wireguard-go does here without tenantnet: the same device
+		// pair on a plain veth (the grid's figure over this one is
+		// tenantnet's and the grid's share).
+		fmt.Fprintf(b, "| · the same wireguard-go device pair on a plain veth, no tenantnet (reference) | %s Gbit/s (%s) | - | - |\n",
+			benchutil.Num(bare.Value), bare.Provenance("bench-grid"))
+	}
 	scale := "Scale: no-op reconcile ≤ 50 ms (1,000 networks, 2,000 workloads)"
 	if n, w := recorded[benchutil.Key("BenchmarkNodeScale", "networks")], recorded[benchutil.Key("BenchmarkNodeScale", "workloads")]; n.Value > 0 && (n.Value != 1000 || w.Value != 2000) {
 		scale = fmt.Sprintf("Scale: no-op reconcile ≤ 50 ms (measured at %s networks, %s workloads: not the target's size)", benchutil.Num(n.Value), benchutil.Num(w.Value))

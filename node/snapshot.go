@@ -137,7 +137,12 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 		sn.links[l.Attrs().Name] = l
 		exists[l.Attrs().Index] = true
 	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
+	var addrs []netlink.Addr
+	if s.addrc != nil {
+		addrs, err = s.addrc.list(s.nl, deep)
+	} else {
+		addrs, err = dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}

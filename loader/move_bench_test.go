@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tenantnet/tenantnet/internal/netnsutil"
@@ -79,6 +81,60 @@ func BenchmarkMoveToTCX(b *testing.B) {
 					}
 				}
 				b.ReportMetric(float64(time.Since(t0).Microseconds())/1000/ports, "ms/port")
+			}
+		})
+	}
+}
+
+// BenchmarkAlive: a shallow reconcile's check of one port hook on TCX (one
+// BPF_PROG_QUERY, under RTNL).
+func BenchmarkAlive(b *testing.B) {
+	dp := testutil.Load(b)
+	ns := testutil.NewNetNS(b, fmt.Sprintf("tn-alive-%d", os.Getpid()))
+	nl := ns.Netlink(b)
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "p0"}, PeerName: "w0"}); err != nil {
+		b.Fatal(err)
+	}
+	l, _ := nl.LinkByName("p0")
+	idx := l.Attrs().Index
+	for _, mode := range []loader.Mode{loader.ModeTCX, loader.ModeLegacyTC} {
+		b.Run(string(mode), func(b *testing.B) {
+			if err := ns.Do(func() error {
+				if _, err := dp.AttachPort(idx, loader.AttachOptions{ForceLegacyTC: mode == loader.ModeLegacyTC}); err != nil {
+					return err
+				}
+				a := loader.Attachment{Ifindex: idx, Hook: loader.HookToWorkload, Mode: mode}
+				for b.Loop() {
+					if !dp.Alive(a) {
+						return fmt.Errorf("not alive")
+					}
+				}
+				if mode != loader.ModeTCX {
+					return nil
+				}
+				got, err := loader.QueryProgIDs(idx, ebpf.AttachTCXIngress)
+				res, err2 := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
+				if err != nil || err2 != nil || len(got) != 1 || len(res.Programs) != 1 || got[0] != res.Programs[0].ID {
+					return fmt.Errorf("one query: %v %v, QueryPrograms: %+v %v", got, err, res, err2)
+				}
+				// One query against link.QueryPrograms' two, alternated.
+				var one, two time.Duration
+				for range 2000 {
+					t0 := time.Now()
+					if _, err := loader.QueryProgIDs(idx, ebpf.AttachTCXIngress); err != nil {
+						return err
+					}
+					t1 := time.Now()
+					if _, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress}); err != nil {
+						return err
+					}
+					one, two = one+t1.Sub(t0), two+time.Since(t1)
+				}
+				b.ReportMetric(float64(one.Nanoseconds())/2000, "ns/one-query")
+				b.ReportMetric(float64(two.Nanoseconds())/2000, "ns/QueryPrograms")
+				return nil
+			}); err != nil {
+				b.Fatal(err)
 			}
 		})
 	}

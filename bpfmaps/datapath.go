@@ -141,9 +141,28 @@ func (x *Maps) UnbindPort(ifindex uint32) error {
 // Ports lists the bound ports: ifindex -> tenant.
 func (x *Maps) Ports() (map[uint32]uint32, error) { return tenantsByIfindex(x.m.TnPortsV1) }
 
-// tenantsByIfindex reads a map of ifindex -> struct tn_port.
+// tenantsByIfindex reads a map of ifindex -> struct tn_port (a hash map):
+// in batches of 256 (a few syscalls; a shallow reconcile reads the ports
+// on every run, and iterating costs two per entry), by iterating on a
+// kernel or map without batch lookups.
 func tenantsByIfindex(m *ebpf.Map) (map[uint32]uint32, error) {
 	out := map[uint32]uint32{}
+	keys, vals := make([]uint32, 256), make([]loader.WorkloadTnPort, 256)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i].Tenant
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil // the end
+		}
+		if err != nil {
+			// ErrNotSupported, or ENOSPC (a bucket larger than a batch).
+			break
+		}
+	}
+	clear(out)
 	var k uint32
 	var v loader.WorkloadTnPort
 	it := m.Iterate()

@@ -24,6 +24,9 @@ type snapshot struct {
 	addrs map[int][]netlink.Addr // by link index
 	atts  map[int]map[loader.Hook]bool
 	ports map[uint32]uint32 // tn_ports_v1
+	// hostrt is tn_hostrt_v1 as read with the rest (nil in snapshotFor:
+	// each entry is looked up)
+	hostrt bpfmaps.HostRouteTable
 	// bindings to write, collected while ensuring workloads and written
 	// in one firewall change by flushBindings
 	bind []firewall.PortBinding
@@ -179,5 +182,8 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 	if sn.ports, err = bpfmaps.New(s.dp).Ports(); err != nil {
 		return nil, err
 	}
+	// A datapath without the map (an older pin set) looks each up, and
+	// fails there as before.
+	sn.hostrt, _ = bpfmaps.New(s.dp).HostRouteTable()
 	return sn, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mdlayher/ndp"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
 
@@ -74,7 +75,9 @@ func newRALab(t *testing.T, tap ipam.Tap) *raLab {
 
 // setup runs in the namespace.
 func (lab *raLab) setup() error {
-	nl, err := netlink.NewHandle()
+	// Route only: a kernel without xfrm netlink (the kernel matrix's
+	// guests) refuses the default handle with EPROTONOSUPPORT.
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}

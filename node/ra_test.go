@@ -16,9 +16,9 @@ import (
 
 	"github.com/mdlayher/ndp"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/internal/tapguest"
 	"github.com/tenantnet/tenantnet/internal/testutil"

@@ -143,12 +143,43 @@ func (x *Maps) Ports() (map[uint32]uint32, error) { return tenantsByIfindex(x.m.
 
 // tenantsByIfindex reads a map of ifindex -> struct tn_port.
 func tenantsByIfindex(m *ebpf.Map) (map[uint32]uint32, error) {
-	out := map[uint32]uint32{}
-	var k uint32
-	var v loader.WorkloadTnPort
+	all, err := readHash[uint32, loader.WorkloadTnPort](m)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]uint32, len(all))
+	for k, v := range all {
+		out[k] = v.Tenant
+	}
+	return out, nil
+}
+
+// readHash reads a whole hash map in batches of 256 (a few syscalls: a
+// shallow reconcile reads the ports on every run, and iterating costs two
+// per entry), or by iterating on a kernel or map without batch lookups.
+func readHash[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
+	out := map[K]V{}
+	keys, vals := make([]K, 256), make([]V, 256)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil // the end
+		}
+		if err != nil {
+			// ErrNotSupported, or ENOSPC (a bucket larger than a batch).
+			break
+		}
+	}
+	clear(out)
+	var k K
+	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out[k] = v.Tenant
+		out[k] = v
 	}
 	return out, it.Err()
 }

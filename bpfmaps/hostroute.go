@@ -33,6 +33,29 @@ func hostrtMap(x *Maps) (*ebpf.Map, error) {
 // SetHostRoute lets host routing deliver to port ifindex (no write if the
 // entry is as wanted: it is called on every reconcile).
 func (x *Maps) SetHostRoute(ifindex uint32, h HostRoute) error {
+	return x.SetHostRouteKnown(nil, ifindex, h)
+}
+
+// HostRouteTable is tn_hostrt_v1 as read at one moment (HostRouteTable):
+// a reconcile run reads it once rather than an entry per port.
+type HostRouteTable map[uint32]loader.WorkloadTnHostrt
+
+// HostRouteTable reads every entry of tn_hostrt_v1 (in batches).
+func (x *Maps) HostRouteTable() (HostRouteTable, error) {
+	m, err := hostrtMap(x)
+	if err != nil {
+		return nil, err
+	}
+	t, err := readHash[uint32, loader.WorkloadTnHostrt](m)
+	if err != nil {
+		return nil, fmt.Errorf("read tn_hostrt_v1: %w", err)
+	}
+	return t, nil
+}
+
+// SetHostRouteKnown is SetHostRoute with the map's entries read this run
+// (have; nil: look the entry up).
+func (x *Maps) SetHostRouteKnown(have HostRouteTable, ifindex uint32, h HostRoute) error {
 	m, err := hostrtMap(x)
 	if err != nil {
 		return err
@@ -46,12 +69,21 @@ func (x *Maps) SetHostRoute(ifindex uint32, h HostRoute) error {
 	if h.Tap {
 		v.Flags = uint32(loader.WorkloadTnHostrtFlagsTN_HOSTRT_F_TAP)
 	}
-	var cur loader.WorkloadTnHostrt
-	if m.Lookup(ifindex, &cur) == nil && cur == v {
-		return nil
+	if have != nil {
+		if cur, ok := have[ifindex]; ok && cur == v {
+			return nil
+		}
+	} else {
+		var cur loader.WorkloadTnHostrt
+		if m.Lookup(ifindex, &cur) == nil && cur == v {
+			return nil
+		}
 	}
 	if err := update(m, ifindex, v); err != nil {
 		return fmt.Errorf("host route of ifindex %d: %w", ifindex, err)
+	}
+	if have != nil {
+		have[ifindex] = v
 	}
 	return nil
 }
@@ -59,9 +91,21 @@ func (x *Maps) SetHostRoute(ifindex uint32, h HostRoute) error {
 // DeleteHostRoute stops host routing to port ifindex: its packets take the
 // bridge and the port's tn_to_workload again.
 func (x *Maps) DeleteHostRoute(ifindex uint32) error {
+	return x.DeleteHostRouteKnown(nil, ifindex)
+}
+
+// DeleteHostRouteKnown is DeleteHostRoute with the map's entries read this
+// run (have; nil: delete whatever is there).
+func (x *Maps) DeleteHostRouteKnown(have HostRouteTable, ifindex uint32) error {
 	m, err := hostrtMap(x)
 	if err != nil {
 		return err
+	}
+	if have != nil {
+		if _, ok := have[ifindex]; !ok {
+			return nil
+		}
+		delete(have, ifindex)
 	}
 	if err := m.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete host route of ifindex %d: %w", ifindex, err)

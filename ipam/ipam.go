@@ -191,8 +191,11 @@ type Pool struct {
 
 // Store is the allocation database.
 type Store struct {
-	db   *bolt.DB
+	db   *genDB
 	pool Pool
+	// networks and workloads as last read (listcache.go)
+	nets listCache[Network]
+	wls  listCache[Workload]
 	now  func() time.Time // the clock quarantines are judged by (tests set it)
 }
 
@@ -202,7 +205,7 @@ func Open(dir string, pool Pool) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, pool: pool, now: time.Now}, nil
+	return &Store{db: &genDB{DB: db}, pool: pool, now: time.Now}, nil
 }
 
 // SetClock replaces the clock quarantines are judged by (tests).
@@ -491,7 +494,7 @@ func (s *Store) subnetIndex(p netip.Prefix) uint64 {
 
 // Networks lists all networks.
 func (s *Store) Networks() ([]Network, error) {
-	return inTx(s.db.View, func(tx *bolt.Tx) ([]Network, error) { return boltjson.List[Network](tx, bNetworks, nil) })
+	return s.nets.list(s.db, bNetworks, nil)
 }
 
 // interfaceID derives a workload's interface identifier from its id, so
@@ -742,7 +745,7 @@ func (s *Store) DeleteWorkload(id string) (w Workload, gone []Exposure, err erro
 
 // Workloads lists all workloads.
 func (s *Store) Workloads() ([]Workload, error) {
-	return inTx(s.db.View, func(tx *bolt.Tx) ([]Workload, error) { return boltjson.List[Workload](tx, bWorkloads, nil) })
+	return s.wls.list(s.db, bWorkloads, dupWorkload)
 }
 
 // Counts of allocations, for metrics: networks, workloads, free /64s

@@ -181,12 +181,9 @@ func (dp *Datapath) Alive(a Attachment) bool {
 		}
 		ids = append(ids, id)
 	} else {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: a.Ifindex, Attach: attach})
-		if err != nil {
+		var err error
+		if ids, err = queryProgIDs(a.Ifindex, attach); err != nil {
 			return false
-		}
-		for _, p := range res.Programs {
-			ids = append(ids, p.ID)
 		}
 	}
 	for _, id := range ids {

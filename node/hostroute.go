@@ -82,14 +82,15 @@ func (s *Service) syncUplinkIn(l netlink.Link) error {
 // syncHostRoute writes the port's tn_hostrt_v1 entry (workload MAC mac,
 // gateway the bridge br) when the node host-routes, and deletes it
 // otherwise. A bridge without a MAC yet gets none (the bridge path).
-func (s *Service) syncHostRoute(port netlink.Link, br netlink.Link, mac net.HardwareAddr, tap bool) error {
+// have is the map as the run's snapshot read it (nil: look up).
+func (s *Service) syncHostRoute(have bpfmaps.HostRouteTable, port netlink.Link, br netlink.Link, mac net.HardwareAddr, tap bool) error {
 	m := bpfmaps.New(s.dp)
 	idx := uint32(port.Attrs().Index)
 	gw := br.Attrs().HardwareAddr
 	if !s.hostRouting || len(gw) != 6 {
-		return m.DeleteHostRoute(idx)
+		return m.DeleteHostRouteKnown(have, idx)
 	}
-	return m.SetHostRoute(idx, bpfmaps.HostRoute{MAC: mac, Gateway: gw, Tap: tap})
+	return m.SetHostRouteKnown(have, idx, bpfmaps.HostRoute{MAC: mac, Gateway: gw, Tap: tap})
 }
 
 // repairUplinks attaches again, on every reconcile, the uplinks' XDP

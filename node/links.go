@@ -222,7 +222,7 @@ func (s *Service) ensureWorkloadIn(w ipam.Workload, n ipam.Network, sn *snapshot
 	if br == nil {
 		return fmt.Errorf("workload %s: bridge %s missing", w.ID, n.Bridge())
 	}
-	if err := s.syncHostRoute(l, br, workloadMAC(w.Addr), false); err != nil {
+	if err := s.syncHostRoute(sn.hostrt, l, br, workloadMAC(w.Addr), false); err != nil {
 		return fmt.Errorf("workload %s: %w", w.ID, err)
 	}
 	if l.Attrs().MasterIndex != br.Attrs().Index {

@@ -96,6 +96,7 @@ func (s *Service) publish() error {
 	}
 	damaged := map[string]string{}
 	unpublished := map[string]string{}
+	staged, stagedErr := wg.StagedNetworks(s.keysDir()) // unreadable: each is asked
 	for _, n := range nets {
 		if n.DelegatedBy != "" && s.exit.learned && s.exit.exits[n.ID] != n.DelegatedBy {
 			// Its /64 is a former exit's delegation (the exit changed, or
@@ -123,8 +124,10 @@ func (s *Service) publish() error {
 			// tenant's only from this node (proxy96.go).
 			nr.ProxyPrefix = p
 		}
-		if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
-			nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
+		if stagedErr != nil || staged[n.ID] {
+			if next, ok, err := wg.LoadNextKey(s.keysDir(), n.ID); err == nil && ok {
+				nr.NextPublicKey, nr.RotateAt = next.Key.PublicKey().String(), next.At
+			}
 		}
 		rec.Networks[n.ID] = nr
 	}

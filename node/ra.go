@@ -17,12 +17,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/mdlayher/ndp"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/ipv6"
 
 	"github.com/tenantnet/tenantnet/internal/defaults"
 	"github.com/tenantnet/tenantnet/ipam"
@@ -188,32 +188,17 @@ func serveRA(ctx context.Context, bridge string, l *raLink) error {
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", bridge, err)
 	}
-	c, _, err := ndp.Listen(ifi, ndp.Addr(defaults.GatewayLL.String()))
+	c, err := listenRA(ifi.Index, defaults.GatewayLL)
 	if err != nil {
 		return fmt.Errorf("listen on %s as %s: %w", bridge, defaults.GatewayLL, err)
 	}
 	defer c.Close()
-	// ff02::2 is where RSs go: joined so that the bridge's multicast
-	// snooping counts the node as a listener of it (a router joins it
-	// anyway when forwarding is on; this does not depend on that).
-	if err := c.JoinGroup(netip.MustParseAddr("ff02::2")); err != nil {
-		return fmt.Errorf("join ff02::2 on %s: %w", bridge, err)
-	}
-	var f ipv6.ICMPFilter
-	f.SetAll(true)
-	f.Accept(ipv6.ICMPTypeRouterSolicitation)
-	if err := c.SetICMPFilter(&f); err != nil {
-		return fmt.Errorf("icmp filter on %s: %w", bridge, err)
-	}
-	if err := c.SetControlMessage(ipv6.FlagHopLimit, true); err != nil {
-		return fmt.Errorf("control messages on %s: %w", bridge, err)
-	}
 	send := func(dst netip.Addr, lifetime time.Duration) error {
 		m, err := raMessage(l.get(), bridge, lifetime)
 		if err != nil {
 			return err
 		}
-		if err := c.WriteTo(m, nil, dst.WithZone(bridge)); err != nil {
+		if err := c.send(m, dst); err != nil {
 			return fmt.Errorf("send RA on %s to %s: %w", bridge, dst, err)
 		}
 		return nil
@@ -224,17 +209,10 @@ func serveRA(ctx context.Context, bridge string, l *raLink) error {
 	readErr := make(chan error, 1)
 	go func() {
 		for {
-			m, cm, from, err := c.ReadFrom()
+			_, from, err := c.readRS()
 			if err != nil {
 				readErr <- err
 				return
-			}
-			if _, ok := m.(*ndp.RouterSolicitation); !ok {
-				continue
-			}
-			// RFC 4861 6.1.1: not from a neighbour on this link.
-			if cm == nil || cm.HopLimit != 255 {
-				continue
 			}
 			select {
 			case rs <- from:
@@ -275,7 +253,7 @@ func serveRA(ctx context.Context, bridge string, l *raLink) error {
 			if !dst.IsLinkLocalUnicast() && !dst.IsGlobalUnicast() {
 				dst = allNodes
 			}
-			if err := send(dst, raRouterLifetime); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := send(dst, raRouterLifetime); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) {
 				return err
 			}
 			lastSolicited = time.Now()

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/tenantnet/tenantnet/internal/tapguest"
 	"github.com/tenantnet/tenantnet/internal/testutil"
@@ -73,7 +74,9 @@ func newRALab(t *testing.T, tap ipam.Tap) *raLab {
 
 // setup runs in the namespace.
 func (lab *raLab) setup() error {
-	nl, err := netlink.NewHandle()
+	// Route only: a kernel without xfrm netlink (the kernel matrix's
+	// guests) refuses the default handle with EPROTONOSUPPORT.
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,9 @@ type Service struct {
 	rt *netlink.Handle
 	// linkc: the links between runs (linkcache.go); nil: every run dumps
 	linkc *linkCache
+	// addrc: the IPv6 addresses between runs (addrcache.go); nil: every
+	// run dumps
+	addrc *addrCache
 
 	mu         sync.Mutex // serialises API changes and reconcile runs
 	trigger    chan struct{}
@@ -157,6 +160,13 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 	} else {
 		defer closeOnError(func() error { linkc.Close(); return nil })
 	}
+	addrc, aerr := newAddrCache()
+	if aerr != nil {
+		log.Warn("every reconcile dumps the addresses", "err", aerr)
+		addrc = nil
+	} else {
+		defer closeOnError(func() error { addrc.Close(); return nil })
+	}
 	defer closeOnError(func() error {
 		if rt != nl {
 			rt.Close()
@@ -188,7 +198,7 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		return nil, err
 	}
 	defer closeOnError(reg.Close)
-	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, linkc: linkc, trigger: make(chan struct{}, 1),
+	s := &Service{cfg: cfg, log: log, ipam: st, dp: dp, nl: nl, rt: rt, linkc: linkc, addrc: addrc, trigger: make(chan struct{}, 1),
 		uplinkMode: map[string]loader.Mode{}, attachMode: loader.ModeTCX,
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
@@ -277,6 +287,9 @@ func (s *Service) Close() error {
 		}
 		if s.linkc != nil {
 			s.linkc.Close()
+		}
+		if s.addrc != nil {
+			s.addrc.Close()
 		}
 		s.nl.Close()
 		return nil

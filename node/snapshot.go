@@ -24,6 +24,9 @@ type snapshot struct {
 	addrs map[int][]netlink.Addr // by link index
 	atts  map[int]map[loader.Hook]bool
 	ports map[uint32]uint32 // tn_ports_v1
+	// hostrt is tn_hostrt_v1 as read with the rest (nil in snapshotFor:
+	// each entry is looked up)
+	hostrt bpfmaps.HostRouteTable
 	// bindings to write, collected while ensuring workloads and written
 	// in one firewall change by flushBindings
 	bind []firewall.PortBinding
@@ -137,7 +140,12 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 		sn.links[l.Attrs().Name] = l
 		exists[l.Attrs().Index] = true
 	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
+	var addrs []netlink.Addr
+	if s.addrc != nil {
+		addrs, err = s.addrc.list(s.nl, deep)
+	} else {
+		addrs, err = dump(func() ([]netlink.Addr, error) { return s.nl.AddrList(nil, netlink.FAMILY_V6) })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
@@ -174,5 +182,8 @@ func (s *Service) snapshot(deep bool) (*snapshot, error) {
 	if sn.ports, err = bpfmaps.New(s.dp).Ports(); err != nil {
 		return nil, err
 	}
+	// A datapath without the map (an older pin set) looks each up, and
+	// fails there as before.
+	sn.hostrt, _ = bpfmaps.New(s.dp).HostRouteTable()
 	return sn, nil
 }

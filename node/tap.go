@@ -148,7 +148,7 @@ func (s *Service) ensureTap(w ipam.Workload, n ipam.Network, sn *snapshot, r *re
 	if br == nil {
 		return fmt.Errorf("workload %s: bridge %s missing", w.ID, n.Bridge())
 	}
-	if err := s.syncHostRoute(l, br, portMAC(w), true); err != nil {
+	if err := s.syncHostRoute(sn.hostrt, l, br, portMAC(w), true); err != nil {
 		return fmt.Errorf("workload %s: %w", w.ID, err)
 	}
 	enslaved := l.Attrs().MasterIndex != br.Attrs().Index

@@ -43,7 +43,12 @@ func (s *Service) reconcileWG(nets []ipam.Network, r *repairs) error {
 	// Staged keys take over on time even when the registry does not
 	// answer: the members switch their peer entries at that time.
 	var rotErrs []error
+	// Unreadable: every network is asked.
+	staged, stagedErr := wg.StagedNetworks(s.keysDir())
 	for _, n := range nets {
+		if stagedErr == nil && !staged[n.ID] {
+			continue
+		}
 		if err := s.rotateKey(n, s.wireguard.devs[n.ID], r); err != nil {
 			rotErrs = append(rotErrs, fmt.Errorf("network %s: rotate key: %w", n.ID, err))
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -49,6 +50,23 @@ func StageKey(dir, network string, at time.Time) (NextKey, error) {
 		return NextKey{}, fmt.Errorf("stage key of %s: %w", network, err)
 	}
 	return n, nil
+}
+
+// StagedNetworks lists the networks of dir with a staged key: one read of
+// the directory, where asking LoadNextKey of each of a thousand networks
+// on every reconcile is a thousand failed opens.
+func StagedNetworks(dir string) (map[string]bool, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, e := range entries {
+		if n, ok := strings.CutSuffix(e.Name(), ".next"); ok {
+			out[n] = true
+		}
+	}
+	return out, nil
 }
 
 // LoadNextKey returns the staged key, if any.

@@ -99,6 +99,9 @@ func TestStageAndPromoteKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if st, err := StagedNetworks(dir); err != nil || len(st) != 1 || !st["acme"] {
+		t.Fatalf("StagedNetworks = %v %v, want acme only", st, err)
+	}
 	got, ok, err := LoadNextKey(dir, "acme")
 	if err != nil || !ok || got.Key != next.Key || !got.At.Equal(at) {
 		t.Fatalf("LoadNextKey = %v %v %v, want %v", got, ok, err, next)
@@ -117,6 +120,9 @@ func TestStageAndPromoteKey(t *testing.T) {
 	}
 	if _, ok, _ := LoadNextKey(dir, "acme"); ok {
 		t.Fatal("staged key still there after promotion")
+	}
+	if st, err := StagedNetworks(dir); err != nil || len(st) != 0 {
+		t.Fatalf("StagedNetworks after promotion = %v %v, want none", st, err)
 	}
 	if err := PromoteKey(dir, "acme"); err != nil { // nothing staged: no-op
 		t.Fatal(err)

@@ -1,0 +1,3 @@
+package loader
+
+var QueryProgIDs = queryProgIDs

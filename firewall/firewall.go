@@ -185,20 +185,20 @@ func (fw *Firewall) Close() error {
 
 // change applies one update to the store and the maps, all or nothing:
 //
-//  1. mark the maps dirty: create the mark file (dirtyFile);
+//  1. mark the maps dirty (setDirty: a byte of the lock file);
 //  2. in one store transaction: change the store, write the maps, commit;
-//  3. remove the mark;
+//  3. clear the mark;
 //  4. if the maps could not be written (a full map, say) or the commit
 //     failed, the transaction is rolled back and the maps are rebuilt from
 //     the unchanged store.
 //
 // A crash at any point leaves either the old store with the mark (the next
 // Open rebuilds the maps from it) or the new store (with or without the
-// mark: rebuilding then changes nothing). The mark is a file, not a store
-// record, and is not fsynced: it only has to outlive the process (the
-// page cache does that), since the maps it speaks of are in bpffs and do
-// not outlive a reboot, after which loading the datapath rebuilds them
-// anyway. A store record cost one more fsynced commit per change.
+// mark: rebuilding then changes nothing). The mark is not fsynced: it only
+// has to outlive the process (the page cache does that), since the maps
+// it speaks of are in bpffs and do not outlive a reboot, after which
+// loading the datapath rebuilds them anyway. A store record cost one more
+// fsynced commit per change.
 func (fw *Firewall) change(storePart func(*store.Tx) error, mapPart func() error) error {
 	if err := fw.allMaps(); err != nil {
 		return err
@@ -238,30 +238,49 @@ func (fw *Firewall) changeMaps(storePart func(*store.Tx) error, mapPart func() e
 	return fmt.Errorf("%w (nothing was changed)", err)
 }
 
-// dirtyFile, in the state directory, says an update of the maps may have
-// been interrupted (see change). Builds before it kept the mark in the
-// store (store.Tx.Dirty), which is still read and cleared.
-const dirtyFile = "maps-dirty"
+// The mark that an update of the maps may have been interrupted (see
+// change) is the first byte of the lock file, which every writer holds
+// open and flocked: markDirty while an update is under way, markClean (or
+// an empty file) otherwise. Setting and clearing it are two one-byte
+// writes to a file already open; the mark file it replaces (created and
+// removed in the state directory, 0.3 ms each on this ext4) cost as much
+// as the store's two fdatasyncs (BENCHMARKS.md, "Where the time of a rule
+// change goes").
+const (
+	markDirty = '1'
+	markClean = '0'
+)
+
+// legacyDirtyFile is the mark of builds before the lock file held it:
+// still honoured (and removed by Reconcile), as is their older mark in the
+// store (store.Tx.Dirty).
+const legacyDirtyFile = "maps-dirty"
 
 func (fw *Firewall) setDirty() error {
-	f, err := os.OpenFile(filepath.Join(fw.dir, dirtyFile), os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("mark the maps dirty: %w", err)
+	if _, err := fw.lock.WriteAt([]byte{markDirty}, 0); err != nil {
+		return fmt.Errorf("mark the maps dirty in %s: %w", fw.lock.Name(), err)
 	}
-	return f.Close()
+	return nil
 }
 
-// clearDirty removes the mark; a mark left behind (the removal failed)
-// only makes the next Open reconcile.
+// clearDirty clears the mark; a mark left behind (the write failed) only
+// makes the next Open reconcile.
 func (fw *Firewall) clearDirty() {
-	if err := os.Remove(filepath.Join(fw.dir, dirtyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		fw.log.Warn("could not clear the dirty mark of the maps: the next run reconciles them", "err", err)
+	if _, err := fw.lock.WriteAt([]byte{markClean}, 0); err != nil {
+		fw.log.Warn("could not clear the dirty mark of the maps: the next run reconciles them", "file", fw.lock.Name(), "err", err)
 	}
 }
 
-// dirty reports whether an update of the maps may have been interrupted.
+// dirty reports whether an update of the maps may have been interrupted,
+// by this build or an older one.
 func (fw *Firewall) dirty() bool {
-	if _, err := os.Stat(filepath.Join(fw.dir, dirtyFile)); err == nil {
+	var b [1]byte
+	if n, _ := fw.lock.ReadAt(b[:], 0); n == 1 && b[0] != markClean {
+		// Anything but the clean mark: a file this build did not write
+		// is repaired rather than trusted.
+		return true
+	}
+	if _, err := os.Stat(filepath.Join(fw.dir, legacyDirtyFile)); err == nil {
 		return true
 	}
 	var d bool
@@ -769,6 +788,9 @@ func (fw *Firewall) Reconcile() error {
 		if err := fw.st.Update(func(tx *store.Tx) error { return tx.SetDirty(false) }); err != nil {
 			return err
 		}
+	}
+	if err := os.Remove(filepath.Join(fw.dir, legacyDirtyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the mark of an older build: %w", err)
 	}
 	fw.clearDirty()
 	return nil

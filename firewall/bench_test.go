@@ -49,6 +49,24 @@ func BenchmarkApply100k(b *testing.B) {
 	}
 }
 
+// BenchmarkApply100kOver10k: growing a 10,000-rule set to 100,000 (the
+// first 10,000 kept), as make bench's rule loading does from one N to the
+// next.
+func BenchmarkApply100kOver10k(b *testing.B) {
+	rules := bigSet(100_000, 7)
+	for b.Loop() {
+		b.StopTimer()
+		fw := openFW(b)
+		if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: rules[:10_000]}}, false); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := fw.Apply([]firewall.TenantRules{{Tenant: 7, Rules: rules}}, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkOneRuleChange: add then delete one rule in a 100,000-rule set
 // (two changes per iteration).
 func BenchmarkOneRuleChange(b *testing.B) {

@@ -45,10 +45,10 @@ func mustMatchStore(t *testing.T, fw *firewall.Firewall) *bpfmaps.Compiled {
 
 // An update interrupted after the store committed (mark set, maps half
 // written or not at all) is repaired by the next Open: with the mark of
-// this build (a file in the state directory) and with that of builds
-// before it (a record in the store).
+// this build (the first byte of the lock file) and with those of builds
+// before it (a file in the state directory, a record in the store).
 func TestInterruptedUpdateRepaired(t *testing.T) {
-	for _, mark := range []string{"file", "store"} {
+	for _, mark := range []string{"lock", "file", "store"} {
 		t.Run(mark, func(t *testing.T) { testInterruptedUpdateRepaired(t, mark) })
 	}
 }
@@ -65,10 +65,13 @@ func testInterruptedUpdateRepaired(t *testing.T, mark string) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if mark == "file" {
+	switch mark {
+	case "file":
 		if err := os.WriteFile(filepath.Join(state, "maps-dirty"), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	case "lock":
+		setLockMark(t, state, '1')
 	}
 	var k bpfmaps.HostKey
 	var v bpfmaps.DstVal
@@ -105,6 +108,43 @@ func testInterruptedUpdateRepaired(t *testing.T, mark string) {
 	})
 	if _, err := os.Stat(filepath.Join(state, "maps-dirty")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the mark file is still there after the repair: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(state, "lock")); err != nil || len(b) != 1 || b[0] != '0' {
+		t.Errorf("the lock file's mark after the repair: %q %v, want \"0\"", b, err)
+	}
+}
+
+// setLockMark writes the dirty mark's byte of the lock file, as a process
+// that died in the middle of an update left it.
+func setLockMark(t *testing.T, state string, b byte) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(state, "lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{b}, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A change that went through leaves the clean mark in the lock file and
+// no mark file of the older builds. One that died in the middle leaves the
+// mark set: TestInterruptedUpdateRepaired, e2e TestTenantfwKilledMidApply.
+func TestMarkClearedAfterChange(t *testing.T) {
+	_, state, fw := tenant7With(t, 10)
+	defer fw.Close()
+	if _, _, err := fw.AddRule(policy.Rule{Tenant: 7, Dir: policy.DirIn, Proto: policy.ProtoTCP, PortLo: 1, PortHi: 1, Action: policy.ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(state, "lock")); err != nil || string(b) != "0" {
+		t.Fatalf("lock file after a change: %q %v, want the clean mark \"0\"", b, err)
+	}
+	if d, _ := fw.Dirty(); d {
+		t.Fatal("dirty after a change that succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(state, "maps-dirty")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("this build wrote the older builds' mark file: %v", err)
 	}
 }
 

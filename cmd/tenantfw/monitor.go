@@ -75,10 +75,14 @@ func monitorCmd() *command {
 			if err != nil {
 				return err
 			}
+			var interrupted <-chan struct{} // nil (never) in tests
+			if env.Interrupt != nil {
+				interrupted = env.Interrupt()
+			}
 			stop := make(chan struct{})
 			go func() {
 				select {
-				case <-env.Interrupt:
+				case <-interrupted:
 				case <-stop:
 				}
 				rd.Close()

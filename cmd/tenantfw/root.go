@@ -27,8 +27,10 @@ type Env struct {
 	Stdout   io.Writer
 	Stderr   io.Writer
 	Log      *slog.Logger
-	// Interrupt is closed on Ctrl-C (monitor).
-	Interrupt <-chan struct{}
+	// Interrupt starts catching SIGINT and SIGTERM and returns a channel
+	// closed on the first (monitor); nil in tests. Until it is called
+	// they are ignored.
+	Interrupt func() <-chan struct{}
 }
 
 type command = cli.Command[*Env]
@@ -49,7 +51,7 @@ func program() *cli.Program[*Env] {
 
 // Main runs tenantfw with args (without the program name) and returns the
 // exit code.
-func Main(args []string, stdout, stderr io.Writer, interrupt <-chan struct{}) int {
+func Main(args []string, stdout, stderr io.Writer, interrupt func() <-chan struct{}) int {
 	env := &Env{Stdout: stdout, Stderr: stderr, Interrupt: interrupt,
 		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	return program().Main(env, args, stdout, stderr)

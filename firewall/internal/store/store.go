@@ -398,7 +398,12 @@ func (t *Tx) AddRule(r policy.Rule) (policy.Rule, error) {
 
 // nextID takes the next rule id from the sequence, skipping the ids that
 // rules stored with a given id hold.
-func (t *Tx) nextID() (uint32, error) {
+func (t *Tx) nextID() (uint32, error) { return t.nextIDAbove(nil) }
+
+// nextIDAbove is nextID given the largest stored id (nil: not known):
+// the sequence only grows, so an id above it is free without a lookup
+// (NewRuleIDs numbers 100,000 rules with one).
+func (t *Tx) nextIDAbove(maxStored *uint64) (uint32, error) {
 	for {
 		seq, err := t.tx.Bucket(bRules).NextSequence()
 		if err != nil {
@@ -407,10 +412,22 @@ func (t *Tx) nextID() (uint32, error) {
 		if seq > 0xffffffff {
 			return 0, fmt.Errorf("rule ids exhausted")
 		}
+		if maxStored != nil && seq > *maxStored {
+			return uint32(seq), nil
+		}
 		if t.tx.Bucket(bRuleIDs).Get(be32(uint32(seq))) == nil {
 			return uint32(seq), nil
 		}
 	}
+}
+
+// maxRuleID is the largest id a stored rule holds (0: none).
+func (t *Tx) maxRuleID() uint64 {
+	k, _ := t.tx.Bucket(bRuleIDs).Cursor().Last()
+	if len(k) != 4 {
+		return 0
+	}
+	return uint64(binary.BigEndian.Uint32(k))
 }
 
 // ruleBuckets hold a rule's three records: by destination (the rule),
@@ -446,6 +463,7 @@ func (t *Tx) AddRules(rules []policy.Rule) ([]policy.Rule, error) {
 // between, or meanwhile). A selector already stored is refused.
 func (t *Tx) NewRuleIDs(rules []policy.Rule) ([]policy.Rule, error) {
 	out := make([]policy.Rule, len(rules))
+	maxStored := t.maxRuleID()
 	for i, r := range rules {
 		if _, ok, err := t.RuleByMatch(r.Match()); err != nil {
 			return nil, err
@@ -453,7 +471,7 @@ func (t *Tx) NewRuleIDs(rules []policy.Rule) ([]policy.Rule, error) {
 			return nil, fmt.Errorf("rule %s: already stored", r)
 		}
 		var err error
-		if r.ID, err = t.nextID(); err != nil {
+		if r.ID, err = t.nextIDAbove(&maxStored); err != nil {
 			return nil, err
 		}
 		out[i] = r

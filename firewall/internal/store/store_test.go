@@ -149,3 +149,52 @@ func TestDeleteStoredRules(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// NewRuleIDs never hands out an id a stored rule holds, also one stored
+// with its id given (a restore) ahead of the sequence, and numbers the
+// rules past the largest stored id without a lookup each.
+func TestNewRuleIDsSkipTakenIDs(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rule := func(i int) policy.Rule {
+		return policy.Rule{Tenant: 1, Dir: policy.DirIn, Proto: policy.ProtoUDP, PortLo: uint16(2000 + i), PortHi: uint16(2000 + i),
+			Action: policy.ActionAllow}
+	}
+	taken := map[uint32]bool{}
+	err = s.Update(func(tx *Tx) error {
+		for i, id := range []uint32{2, 3, 7} { // ahead of the sequence (at 0)
+			r := rule(i)
+			r.ID = id
+			if _, err := tx.AddRule(r); err != nil {
+				return err
+			}
+			taken[id] = true
+		}
+		var fresh []policy.Rule
+		for i := 10; i < 20; i++ {
+			fresh = append(fresh, rule(i))
+		}
+		got, err := tx.NewRuleIDs(fresh)
+		if err != nil {
+			return err
+		}
+		var ids []uint32
+		for _, r := range got {
+			if taken[r.ID] {
+				t.Errorf("id %d handed out again", r.ID)
+			}
+			taken[r.ID] = true
+			ids = append(ids, r.ID)
+		}
+		if want := []uint32{1, 4, 5, 6, 8, 9, 10, 11, 12, 13}; !slices.Equal(ids, want) {
+			t.Errorf("ids %v, want %v", ids, want)
+		}
+		return tx.PutNewRules(got)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,59 +9,35 @@ package node
 // never holds anything the kernel did not just say.
 
 import (
-	"errors"
-	"fmt"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 type addrCache struct {
-	fd    int // RTMGRP_IPV6_IFADDR, non-blocking
-	valid bool
-	addrs []netlink.Addr
-	dumps int // full dumps made (tests)
+	notifySocket // RTMGRP_IPV6_IFADDR
+	valid        bool
+	addrs        []netlink.Addr
+	dumps        int // full dumps made (tests)
 }
 
 // newAddrCache subscribes to the IPv6 address notifications of the
 // current namespace (the node's, as netlink.NewHandle).
 func newAddrCache() (*addrCache, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+	n, err := openNotify("address", unix.RTMGRP_IPV6_IFADDR)
 	if err != nil {
-		return nil, fmt.Errorf("address notifications: %w", err)
+		return nil, err
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV6_IFADDR}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("address notifications: %w", err)
-	}
-	return &addrCache{fd: fd}, nil
-}
-
-func (c *addrCache) Close() {
-	if c.fd >= 0 {
-		unix.Close(c.fd)
-		c.fd = -1
-	}
+	return &addrCache{notifySocket: n}, nil
 }
 
 // changed drains the notifications queued so far and says whether there
-// were any, or an overflow, or an error reading them.
+// were any, or some may have been lost.
 func (c *addrCache) changed() bool {
-	buf := make([]byte, 1<<16)
 	any := false
-	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
-		switch {
-		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EWOULDBLOCK):
-			return any
-		case errors.Is(err, unix.EINTR):
-			continue
-		case err != nil: // ENOBUFS: the queue overflowed
-			return true
-		case n > 0:
-			any = true
-		}
-	}
+	lost := c.drain(func(syscall.NetlinkMessage) bool { any = true; return true })
+	return any || lost
 }
 
 // list returns the namespace's IPv6 addresses: a dump when full (a deep
@@ -71,7 +47,7 @@ func (c *addrCache) list(h *netlink.Handle, full bool) ([]netlink.Addr, error) {
 	// Drained before the dump: a change the dump may have missed is
 	// queued after this and makes the next call dump again.
 	changed := c.changed()
-	if !full && !changed && c.valid && c.fd >= 0 {
+	if !full && !changed && c.valid && c.open() {
 		return c.addrs, nil
 	}
 	c.valid = false
@@ -80,6 +56,6 @@ func (c *addrCache) list(h *netlink.Handle, full bool) ([]netlink.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.addrs, c.valid = addrs, c.fd >= 0
+	c.addrs, c.valid = addrs, c.open()
 	return addrs, nil
 }

@@ -9,8 +9,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/tenantnet/tenantnet/internal/testutil"
 )
 
 // The cached addresses are the kernel's after every change made behind
@@ -18,14 +16,8 @@ import (
 // addresses deleted, IPv6 turned off on a link) and after notifications
 // were lost; with no change, no dump.
 func TestAddrCacheFollowsTheKernel(t *testing.T) {
-	testutil.RequireRoot(t)
-	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-adc-%d", os.Getpid()))
-	nl := ns.Netlink(t)
-	var c *addrCache
-	if err := ns.Do(func() (err error) { c, err = newAddrCache(); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ns, nl := cacheNS(t, "adc", 0)
+	c := openIn(t, ns, newAddrCache)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {

@@ -20,79 +20,50 @@ import (
 )
 
 type linkCache struct {
-	fd      int // RTMGRP_LINK, non-blocking; -1 without notifications
-	valid   bool
-	byIndex map[int]netlink.Link
-	dumps   int // full dumps made (tests)
+	notifySocket // RTMGRP_LINK
+	valid        bool
+	byIndex      map[int]netlink.Link
+	dumps        int // full dumps made (tests)
 }
 
 // newLinkCache subscribes to the link notifications of the current
 // namespace (the node's, as netlink.NewHandle). Without them (an error)
 // every run dumps, as before.
 func newLinkCache() (*linkCache, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+	n, err := openNotify("link", unix.RTMGRP_LINK)
 	if err != nil {
-		return nil, fmt.Errorf("link notifications: %w", err)
+		return nil, err
 	}
-	// Room for a burst (a reboot's thousands of new ports): an overflow
-	// only costs a dump, but a dump per run while they come is waste.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("link notifications: %w", err)
-	}
-	return &linkCache{fd: fd}, nil
+	return &linkCache{notifySocket: n}, nil
 }
 
-func (c *linkCache) Close() {
-	if c.fd >= 0 {
-		unix.Close(c.fd)
-		c.fd = -1
-	}
-}
-
-// drain reads the notifications queued so far and returns the indexes
-// they name; lost is true when some may have been dropped.
-func (c *linkCache) drain() (dirty map[int]bool, lost bool) {
+// dirty reads the notifications queued so far and returns the indexes
+// they name; lost is true when some may have been missed.
+func (c *linkCache) dirty() (dirty map[int]bool, lost bool) {
 	dirty = map[int]bool{}
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EWOULDBLOCK) {
-			return dirty, false
+	lost = c.drain(func(m syscall.NetlinkMessage) bool {
+		if m.Header.Type != unix.RTM_NEWLINK && m.Header.Type != unix.RTM_DELLINK {
+			return true
 		}
-		if errors.Is(err, unix.EINTR) {
-			continue
+		if len(m.Data) < unix.SizeofIfInfomsg {
+			return false
 		}
-		if err != nil { // ENOBUFS: the queue overflowed
-			return dirty, true
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return dirty, true
-		}
-		for _, m := range msgs {
-			if m.Header.Type != unix.RTM_NEWLINK && m.Header.Type != unix.RTM_DELLINK {
-				continue
-			}
-			if len(m.Data) < unix.SizeofIfInfomsg {
-				return dirty, true
-			}
-			// struct ifinfomsg: family, pad, type (u16), index (s32)
-			dirty[int(int32(binary.NativeEndian.Uint32(m.Data[4:8])))] = true
-		}
-	}
+		// struct ifinfomsg: family, pad, type (u16), index (s32)
+		dirty[int(int32(binary.NativeEndian.Uint32(m.Data[4:8])))] = true
+		return true
+	})
+	return dirty, lost
 }
 
 // links returns the namespace's links: a dump when full (a deep run), when
 // the cache is not valid or when notifications were lost, else the cache
 // with the links notified since the last call asked for again.
 func (c *linkCache) links(h *netlink.Handle, full bool) ([]netlink.Link, error) {
-	dirty, lost := c.drain()
+	dirty, lost := c.dirty()
 	// Many changed (a start making its ports): one dump is cheaper than
 	// a request for each.
 	many := len(dirty) > len(c.byIndex)/4
-	if full || lost || many || !c.valid || c.fd < 0 {
+	if full || lost || many || !c.valid || !c.open() {
 		// Notifications queued from here on are read by the next call:
 		// the dump may or may not have seen their change, and asking
 		// again is right either way.
@@ -106,7 +77,7 @@ func (c *linkCache) links(h *netlink.Handle, full bool) ([]netlink.Link, error) 
 		for _, l := range links {
 			c.byIndex[l.Attrs().Index] = compactLink(l)
 		}
-		c.valid = c.fd >= 0
+		c.valid = c.open()
 		return links, nil
 	}
 	for idx := range dirty {

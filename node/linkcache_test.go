@@ -2,14 +2,11 @@ package node
 
 import (
 	"fmt"
-	"os"
 	"sort"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/tenantnet/tenantnet/internal/testutil"
 )
 
 // The cached links are the kernel's after every kind of change made
@@ -17,14 +14,9 @@ import (
 // moved to another master, its MTU changed), and after notifications were
 // lost (an overflowed socket): each time equal to a fresh dump.
 func TestLinkCacheFollowsTheKernel(t *testing.T) {
-	testutil.RequireRoot(t)
-	ns := testutil.NewNetNS(t, fmt.Sprintf("tn-lkc-%d", os.Getpid()))
-	nl := ns.Netlink(t)
-	var c *linkCache
-	if err := ns.Do(func() (err error) { c, err = newLinkCache(); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	// Enough links that a handful of changes are asked for one by one.
+	ns, nl := cacheNS(t, "lkc", 20)
+	c := openIn(t, ns, newLinkCache)
 	key := func(ls []netlink.Link) string {
 		var out []string
 		for _, l := range ls {
@@ -39,10 +31,6 @@ func TestLinkCacheFollowsTheKernel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	// Enough links that a handful of changes are asked for one by one.
-	for i := 0; i < 20; i++ {
-		must(nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("f%d", i)}, PeerName: fmt.Sprintf("g%d", i)}))
 	}
 	check := func(step string) {
 		t.Helper()
@@ -97,19 +85,8 @@ func TestLinkCacheFollowsTheKernel(t *testing.T) {
 // BenchmarkLinks: a no-op run's read of 4,000 links (2,000 veth pairs),
 // a dump against the cache.
 func BenchmarkLinks(b *testing.B) {
-	testutil.RequireRoot(b)
-	ns := testutil.NewNetNS(b, fmt.Sprintf("tn-lkb-%d", os.Getpid()))
-	nl := ns.Netlink(b)
-	for i := 0; i < 2000; i++ {
-		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("f%d", i)}, PeerName: fmt.Sprintf("g%d", i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	var c *linkCache
-	if err := ns.Do(func() (err error) { c, err = newLinkCache(); return err }); err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	ns, nl := cacheNS(b, "lkb", 2000)
+	c := openIn(b, ns, newLinkCache)
 	b.Run("dump", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := dump(nl.LinkList); err != nil {

@@ -74,6 +74,11 @@ type Node struct {
 	// traffic (default 1h); revocations apply at once.
 	RegistryGrace time.Duration `yaml:"registry_grace"`
 	LegacyTC      bool          `yaml:"legacy_tc"`
+	// ExpediteTCXMove turns the host's expedited RCU grace periods
+	// (/sys/kernel/rcu_expedited) on while ports move from legacy tc to
+	// TCX after a cold start, if they were off, and off again after:
+	// each TCX attach waits for a grace period. Default true.
+	ExpediteTCXMove *bool `yaml:"expedite_tcx_move"`
 	// FastPath lets the datapath forward between workload ports and the
 	// WireGuard devices itself (bpf_redirect); false leaves forwarding to
 	// the kernel's routes (the programs still check). Default true.
@@ -195,6 +200,10 @@ func (n *Node) defaults() {
 	if n.FastPath == nil {
 		on := true
 		n.FastPath = &on
+	}
+	if n.ExpediteTCXMove == nil {
+		on := true
+		n.ExpediteTCXMove = &on
 	}
 	if n.DropEventSampleRate == nil {
 		rate := uint32(64)

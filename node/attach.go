@@ -97,6 +97,9 @@ const (
 // at a time. It returns when none is left.
 func (s *Service) migrateTCX(ctx context.Context) {
 	start, moved := time.Now(), 0
+	if s.rcu != nil && (s.cfg.ExpediteTCXMove == nil || *s.cfg.ExpediteTCXMove) {
+		defer s.rcu.hold()()
+	}
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		var batch []int

@@ -42,6 +42,9 @@ type Service struct {
 	rt *netlink.Handle
 	// linkc: the links between runs (linkcache.go); nil: every run dumps
 	linkc *linkCache
+	// rcu: expedited RCU grace periods while ports move to TCX
+	// (rcuexpedite.go)
+	rcu *rcuExpedite
 	// addrc: the IPv6 addresses between runs (addrcache.go); nil: every
 	// run dumps
 	addrc *addrCache
@@ -203,6 +206,11 @@ func New(cfg *config.Node, log *slog.Logger) (_ *Service, err error) {
 		registry: regState{reg: reg, epoch: epoch}, trust: newTrustState(gridKey, identity), live: newLiveState(), wireguard: newWGState(), prefixes: newPrefixState(),
 		exit: newExitState(), attachq: newAttachQueue(), wakes: wakeups{at: map[int64]bool{}}, held: heldState{netns: map[string]bool{}}}
 	s.wakes.trigger = s.Trigger
+	s.rcu = newRCUExpedite(cfg.StateDir, log)
+	// A move to TCX that a crash interrupted left the host's switch on.
+	if err := s.rcu.restore(); err != nil {
+		log.Warn("expedited RCU grace periods left on by an interrupted move to TCX", "err", err)
+	}
 	log.Info("registry", "type", cfg.Registry.Type, "identity", trust.EncodePublicKey(s.Identity()))
 	if gridKey == nil {
 		log.Warn("insecure_registry: the registry is believed unverified: anyone who can write it can join this node's networks, claim its prefixes and become their exit")

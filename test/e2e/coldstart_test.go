@@ -36,6 +36,10 @@ func TestColdStartMovesToTCX(t *testing.T) {
 	}
 	listenTCP(t, last, "[::]:8080")
 
+	// The host's expedited-RCU switch as the operator left it: the move
+	// turns it on only if off, and puts it back (node/rcuexpedite.go).
+	rcuBefore, rcuErr := os.ReadFile("/sys/kernel/rcu_expedited")
+
 	// "Reboot": the process dies, links and pins go, the state stays.
 	d.kill9()
 	if out, err := exec.Command("nsenter", "--net=/run/netns/"+n.ns.Name, d.bin, "cleanup", "--config", d.cfgPath).CombinedOutput(); err != nil {
@@ -94,6 +98,23 @@ func TestColdStartMovesToTCX(t *testing.T) {
 	})
 	if b, _ := os.ReadFile(d.logPath); !strings.Contains(string(b), "ports moved from legacy tc to TCX") {
 		t.Error("the log does not say the ports were moved to TCX")
+	}
+	if rcuErr == nil {
+		retry(t, 10*time.Second, "the RCU switch as it was before the move", func() error {
+			now, err := os.ReadFile("/sys/kernel/rcu_expedited")
+			if err != nil {
+				return err
+			}
+			if string(now) != string(rcuBefore) {
+				return fmt.Errorf("/sys/kernel/rcu_expedited is %q after the move, was %q", strings.TrimSpace(string(now)), strings.TrimSpace(string(rcuBefore)))
+			}
+			return nil
+		})
+		log, _ := os.ReadFile(d.logPath)
+		held := strings.Contains(string(log), "expedited RCU grace periods on while ports move to TCX")
+		if want := strings.TrimSpace(string(rcuBefore)) == "0"; held != want || want && !strings.Contains(string(log), "expedited RCU grace periods off again") {
+			t.Errorf("switch was %q: the log says held %v (want %v), or not that it was turned off again", strings.TrimSpace(string(rcuBefore)), held, want)
+		}
 	}
 	retry(t, 10*time.Second, "traffic after the cold start", func() error {
 		return dialTCP(first, fmt.Sprintf("[%s]:8080", lastAddr), time.Second)

@@ -90,6 +90,11 @@ func Cleanup(cfg *config.Node, purge, force bool) (CleanupReport, error) {
 				"move the networks' exit first, or --force", len(ds), orNone(live), orNone(held))
 		}
 	}
+	// A move to TCX that a kill interrupted left the host's switch on
+	// (rcuexpedite.go); cleanup puts it back as a start would.
+	if err := newRCUExpedite(cfg.StateDir, slog.Default()).restore(); err != nil {
+		return rep, err
+	}
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return rep, err

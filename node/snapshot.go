@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -66,11 +67,26 @@ func (s *Service) snapshotFor(w ipam.Workload, n ipam.Network) (*snapshot, error
 }
 
 // dump retries a netlink dump that a concurrent change interrupted (the
-// kernel then flags the results as possibly inconsistent).
+// kernel then flags the results as possibly inconsistent). Under a burst
+// of changes, back-to-back retries are interrupted as well: after a cold
+// start at 1,000 networks, the dump of 4,000 addresses failed ten times in
+// a row while the ports' link-local addresses finished DAD (once the move
+// to TCX no longer held RTNL for seconds, rcuexpedite.go). So after the
+// first few, each retry waits longer (20 ms more each time: about 3 s in
+// all before the run gives up and the next one tries again).
 func dump[T any](f func() (T, error)) (T, error) {
+	return dumpRetry(f, time.Sleep)
+}
+
+const dumpTries = 20
+
+func dumpRetry[T any](f func() (T, error), sleep func(time.Duration)) (T, error) {
 	for i := 0; ; i++ {
 		v, err := f()
-		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 10 {
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < dumpTries-1 {
+			if i >= 3 {
+				sleep(time.Duration(i-2) * 20 * time.Millisecond)
+			}
 			continue
 		}
 		return v, err

@@ -56,7 +56,8 @@ static __always_inline int tn_source_ok(const struct pkt *p, __u32 ifindex)
 		if (!(p->arp_spa[0] | p->arp_spa[1] | p->arp_spa[2] |
 		      p->arp_spa[3]))
 			return 1; /* ARP probe (RFC 5227) */
-		__u8 a[TN_ADDR_LEN];
+		/* aligned: tn_port_owns copies it by words (tn_a4) */
+		__u8 a[TN_ADDR_LEN] __attribute__((aligned(4)));
 		__be32 spa;
 		__builtin_memcpy(&spa, p->arp_spa, 4);
 		tn_map_v4(a, spa);

@@ -22,6 +22,38 @@
  * ::ffff:a.b.c.d so one LPM trie serves both families. */
 #define TN_ADDR_LEN 16
 
+/* Copy an address (TN_ADDR_LEN bytes) as four 32-bit words. Where the
+ * source is a `const __u8 *` parameter (tn_prefix_owner, tn_port_owns, the
+ * route and 6in4 lookups), clang knows only a byte's alignment and builds
+ * each word of __builtin_memcpy from four byte loads, shifts and ors: 16
+ * loads and about 30 ALU instructions per address, where this is 4 loads
+ * and 4 stores. Legal for the verifier because every such source is 4-byte
+ * aligned where it must be: a struct pkt's src or dst or a key's address
+ * (align 4 by their types), a stack array declared aligned(4) (the verifier
+ * checks stack alignment always), or a packet pointer (ICMPv6 ND target,
+ * inner IPv6 header), whose alignment the verifier checks only with
+ * BPF_F_STRICT_ALIGNMENT or on an architecture without efficient unaligned
+ * access (the loader sets neither; x86-64 and arm64 are such architectures).
+ * may_alias: the words alias byte arrays, which -O2's type-based alias
+ * analysis would otherwise let it reorder against. */
+typedef __u32 __attribute__((may_alias)) tn_u32_alias;
+
+static __always_inline void tn_a4(void *dst, const void *src)
+{
+	tn_u32_alias *d = dst;
+	const tn_u32_alias *s = src;
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+	d[3] = s[3];
+}
+
+/* Word i (0..3, network order) of an address, read as tn_a4 does. */
+static __always_inline __u32 tn_aw(const void *a, int i)
+{
+	return ((const tn_u32_alias *)a)[i];
+}
+
 /* Header walk limits. A header (extension or L4) that would start beyond
  * TN_MAX_HDR_OFF bytes from the start of the frame, or a chain of more than
  * TN_MAX_EXT_HDRS IPv6 extension headers, is dropped with TN_DROP_EXT_LIMIT.
@@ -498,11 +530,47 @@ enum tn_timeout {
  * bpf_ktime_get_ns reads at the tick's granularity (1-10 ms, against
  * timeouts of seconds). The exact clock reads the TSC, which in a VM was
  * about a tenth of an established packet's cost (perf, BENCHMARKS.md).
- * It may be up to a tick behind an exact reading (tn_ct_ctl's sweep, a
- * writer of another kind): tn_expired allows for that. */
+ *
+ * The coarse reading is itself a helper call and a seqcount loop, so it
+ * is made once per tick per object and kept here: bpf_jiffies64 (which
+ * the verifier inlines on 64-bit JITs into one load of jiffies_64) tells
+ * whether the tick changed. Two words, each written whole (an aligned
+ * 64-bit store cannot tear), but a reader on another CPU can see one
+ * writer's tn_clock_j with another's tn_clock_ns. So tn_clock_ns carries
+ * the low TN_CLOCK_TAG bits of its own tick in place of its lowest bits
+ * (it is floored to 2^20 ns, about 1 ms), and is used only when both the
+ * full tick in tn_clock_j and that tag match the jiffies just read: a
+ * mixed pair passes only when both writers saw the reader's tick (the
+ * same second or so, 2^20 ticks being 17 to 175 minutes). Whatever is
+ * returned was read from the coarse clock by a program that had already
+ * seen the current tick, so it is never ahead of CLOCK_MONOTONIC and at
+ * most two ticks and 2^20 ns behind it (the timekeeping update that moves
+ * the coarse clock comes just after the jiffies increment: a program in
+ * between caches the previous tick's time for this one). tn_expired
+ * treats a time behind as younger (live), one ahead (an exact reading by
+ * tn_ct_ctl's sweep or user space) as not expired; a stamp behind makes
+ * an entry at most those few ms older than it is, against timeouts of
+ * 10 s and more. Without the tag, a reader on a weakly ordered CPU that
+ * saw the new tick with the word before it would return a time as old as
+ * the previous refresh (minutes, after an idle spell) and stamp it. */
+static __u64 tn_clock_j; /* the tick (jiffies) tn_clock_ns was read in */
+static __u64
+	tn_clock_ns; /* coarse CLOCK_MONOTONIC of that tick, tag in low bits */
+#define TN_CLOCK_TAG ((1ULL << 20) - 1)
+
 static __always_inline __u64 tn_now(void)
 {
-	return bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
+	__u64 cj = *(volatile __u64 *)&tn_clock_j;
+	__u64 ns = *(volatile __u64 *)&tn_clock_ns;
+	if (cj == j && (ns & TN_CLOCK_TAG) == (j & TN_CLOCK_TAG))
+		return ns & ~TN_CLOCK_TAG;
+	ns = (bpf_ktime_get_coarse_ns() & ~TN_CLOCK_TAG) | (j & TN_CLOCK_TAG);
+	/* the word first: a reader that sees the new tick in tn_clock_j
+	 * finds the tag of this tick in tn_clock_ns (or rejects the pair) */
+	*(volatile __u64 *)&tn_clock_ns = ns;
+	*(volatile __u64 *)&tn_clock_j = j;
+	return ns & ~TN_CLOCK_TAG;
 }
 
 /* Is a time seen (ns) more than timeout before now? A seen after now (an

@@ -86,7 +86,7 @@ static __always_inline struct tn_6in4 *
 tn_6in4_match(const __u8 *addr, __u8 flag, __be32 remote, __be32 local)
 {
 	struct tn_6in4_key k = {.prefixlen = 128};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	struct tn_6in4 *t = bpf_map_lookup_elem(&tn_6in4_v1, &k);
 	if (t && (t->flags & flag) && t->remote == remote && t->local == local)
 		return t;

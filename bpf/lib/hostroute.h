@@ -95,7 +95,7 @@ static __always_inline int tn_hostrt_find(const __u8 *dst, __u32 tenant,
 					  struct tn_hostrt_dst *d)
 {
 	struct tn_endpoint_key ek;
-	__builtin_memcpy(ek.addr, dst, TN_ADDR_LEN);
+	tn_a4(ek.addr, dst);
 	struct tn_endpoint *ep = bpf_map_lookup_elem(&tn_endpoint_v1, &ek);
 	if (!ep || (tenant && ep->tenant != tenant))
 		return 0;

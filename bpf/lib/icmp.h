@@ -34,10 +34,7 @@ static __always_inline int tn_is_link_local(const __u8 *a)
 
 static __always_inline int tn_is_unspecified(const __u8 *a)
 {
-	__u64 hi, lo;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&lo, a + 8, 8);
-	return !hi && !lo;
+	return !(tn_aw(a, 0) | tn_aw(a, 1) | tn_aw(a, 2) | tn_aw(a, 3));
 }
 
 /* ff02::/16: link-scope multicast. */
@@ -49,12 +46,9 @@ static __always_inline int tn_is_ll_mcast(const __u8 *a)
 /* ff02::1:ff00:0/104, the solicited-node groups a DAD NS goes to. */
 static __always_inline int tn_is_solicited_node(const __u8 *a)
 {
-	__u64 hi, mid;
-	__builtin_memcpy(&hi, a, 8);
-	__builtin_memcpy(&mid, a + 8, 8);
-	return hi == bpf_cpu_to_be64(0xff02000000000000ULL) &&
-	       (mid & bpf_cpu_to_be64(0xffffffffff000000ULL)) ==
-		       bpf_cpu_to_be64(0x00000001ff000000ULL);
+	return tn_aw(a, 0) == bpf_htonl(0xff020000) && !tn_aw(a, 1) &&
+	       tn_aw(a, 2) == bpf_htonl(1) &&
+	       (tn_aw(a, 3) & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
 }
 
 /* Is addr one the port may use (tn_srcaddr_v1: its /128s, delegated
@@ -62,7 +56,7 @@ static __always_inline int tn_is_solicited_node(const __u8 *a)
 static __always_inline int tn_port_owns(__u32 ifindex, const __u8 *addr)
 {
 	struct tn_srcaddr_key k = {.prefixlen = 32 + 128, .ifindex = ifindex};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	return bpf_map_lookup_elem(&tn_srcaddr_v1, &k) != NULL;
 }
 
@@ -130,12 +124,10 @@ static __always_inline int tn_related(const void *data, const void *data_end,
 	 * checks the same, nf_conntrack_inet_error): else a workload could
 	 * send its flows' errors, payload and all, to any third host past
 	 * an outbound deny, or be sent errors about packets it never sent. */
-	__u64 d0, d1, s0, s1;
-	__builtin_memcpy(&d0, p->dst, 8);
-	__builtin_memcpy(&d1, p->dst + 8, 8);
-	__builtin_memcpy(&s0, q.src, 8);
-	__builtin_memcpy(&s1, q.src + 8, 8);
-	if ((d0 ^ s0) | (d1 ^ s1))
+	if ((tn_aw(p->dst, 0) ^ tn_aw(q.src, 0)) |
+	    (tn_aw(p->dst, 1) ^ tn_aw(q.src, 1)) |
+	    (tn_aw(p->dst, 2) ^ tn_aw(q.src, 2)) |
+	    (tn_aw(p->dst, 3) ^ tn_aw(q.src, 3)))
 		return 0;
 	if ((const void *)(h + 8) > data_end)
 		return 0;

@@ -141,7 +141,7 @@ static __always_inline int tn_is_control(const struct pkt *p)
 static __always_inline __u32 tn_prefix_owner(const __u8 *addr)
 {
 	struct tn_prefix_key k = {.prefixlen = 128};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	__u32 *owner = bpf_map_lookup_elem(&tn_prefix_v1, &k);
 	return owner ? *owner : 0;
 }
@@ -149,7 +149,7 @@ static __always_inline __u32 tn_prefix_owner(const __u8 *addr)
 static __always_inline int tn_other_tenant(const __u8 *addr, __u32 tenant)
 {
 	struct tn_prefix_key k = {.prefixlen = 128};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	__u32 *owner = bpf_map_lookup_elem(&tn_prefix_v1, &k);
 	return owner && *owner != tenant;
 }
@@ -169,9 +169,7 @@ static __always_inline int tn_other_tenant(const __u8 *addr, __u32 tenant)
  * skb->ingress_ifindex: the interface the packet entered the node by. */
 static __always_inline int tn_is_gateway(const __u8 *a)
 {
-	__u64 iid;
-	__builtin_memcpy(&iid, a + 8, 8);
-	return iid == bpf_cpu_to_be64(1);
+	return !tn_aw(a, 2) && tn_aw(a, 3) == bpf_htonl(1);
 }
 
 /* Is a one of the tenant's prefixes the node itself speaks from (a route
@@ -180,7 +178,7 @@ static __always_inline int tn_is_gateway(const __u8 *a)
 static __always_inline int tn_host_source(__u32 tenant, const __u8 *a)
 {
 	struct tn_route_key k = {.prefixlen = 32 + 128, .tenant = tenant};
-	__builtin_memcpy(k.addr, a, TN_ADDR_LEN);
+	tn_a4(k.addr, a);
 	struct tn_route *rt = bpf_map_lookup_elem(&tn_route_v1, &k);
 	return rt && rt->kind == TN_ROUTE_HOST;
 }

@@ -24,7 +24,7 @@ static __always_inline struct tn_route *tn_route_lookup(__u32 tenant,
 							const __u8 *addr)
 {
 	struct tn_route_key k = {.prefixlen = 32 + 128, .tenant = tenant};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	return bpf_map_lookup_elem(&tn_route_v1, &k);
 }
 

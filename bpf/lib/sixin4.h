@@ -37,7 +37,7 @@
 static __always_inline struct tn_6in4 *tn_6in4_lookup(const __u8 *addr)
 {
 	struct tn_6in4_key k = {.prefixlen = 128};
-	__builtin_memcpy(k.addr, addr, TN_ADDR_LEN);
+	tn_a4(k.addr, addr);
 	return bpf_map_lookup_elem(&tn_6in4_v1, &k);
 }
 

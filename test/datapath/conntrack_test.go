@@ -419,3 +419,48 @@ func TestCTSeenAheadOfClock(t *testing.T) {
 		{"ack out", model.FromWorkload, 0, tcp(a1v6, ext6, 8080, 40000, ackF), policy.PassCT},
 	})
 }
+
+// The packet path's clock (lib/common.h tn_now: the coarse clock, read
+// once per tick and kept in the object's .bss) is CLOCK_MONOTONIC: user
+// space (tenantnetd's sweep, tenantfw ct) compares conntrack times with
+// its own readings of that clock. Each new flow's created_ns must lie
+// between a reading taken before its packet, less what tn_now may lag
+// (two ticks at HZ 100 and the 2^20 ns it floors to), and one taken
+// after (never ahead); flows made tens of milliseconds apart (other
+// ticks: the cache refreshed) must be that far apart.
+func TestCTClockFollowsMonotonic(t *testing.T) {
+	e := standardEnv(t)
+	const lag = 2*10*time.Millisecond + (1<<20)*time.Nanosecond + time.Millisecond
+	const gap = 30 * time.Millisecond
+	var prev uint64
+	for i := 0; i < 8; i++ {
+		sport := uint16(41000 + i)
+		before := monotonic()
+		runSteps(t, e, []step{{"syn in", model.ToWorkload, 0, tcp(ext6, a1v6, sport, 8080, synF), policy.PassRule}})
+		after := monotonic()
+		var k loader.WorkloadTnCtKey
+		var v loader.WorkloadTnCtVal
+		var created uint64
+		it := e.dp.Maps.TnCtV2.Iterate()
+		for it.Next(&k, &v) {
+			if k.Sport == sport<<8|sport>>8 {
+				created = v.CreatedNs
+			}
+		}
+		if err := it.Err(); err != nil {
+			t.Fatalf("iterate conntrack: %v", err)
+		}
+		switch {
+		case created == 0:
+			t.Fatalf("flow %d: no conntrack entry", i)
+		case created > after:
+			t.Fatalf("flow %d: created_ns %d is %v ahead of CLOCK_MONOTONIC after the packet", i, created, time.Duration(created-after))
+		case created+uint64(lag) < before:
+			t.Fatalf("flow %d: created_ns %d is %v behind CLOCK_MONOTONIC before the packet (allowed %v)", i, created, time.Duration(before-created), lag)
+		case i > 0 && created < prev+uint64(gap-lag):
+			t.Fatalf("flow %d: created %v after the previous one, slept %v", i, time.Duration(created-prev), gap)
+		}
+		prev = created
+		time.Sleep(gap)
+	}
+}

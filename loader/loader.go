@@ -425,7 +425,7 @@ func OpenSomeMaps(pinDir string, only []string) (*WorkloadMaps, error) {
 var workloadObject = struct {
 	len int
 	crc uint32
-}{159696, 0x62df0690}
+}{161840, 0xb68c01d8}
 
 // workloadSizes are the key and value sizes of the workload object's maps.
 // OpenMaps (every tenantfw command) checks the pins against them: parsing

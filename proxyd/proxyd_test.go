@@ -509,6 +509,22 @@ func statsOf(t *testing.T, s *Supervisor, k proxy.Key) proxy.Stats {
 	return proxy.Stats{}
 }
 
+// statsWhen polls k's stats until want holds or 5 s pass, and returns the
+// last read. A proxy counts a datagram's or a segment's bytes after its
+// write returns, so a reply can reach the test before the count of the
+// request that caused it: reading once races with that add.
+func statsWhen(t *testing.T, s *Supervisor, k proxy.Key, want func(proxy.Stats) bool) proxy.Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := statsOf(t, s, k)
+		if want(st) || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func alive(pid int) bool {
 	if syscall.Kill(pid, 0) != nil {
 		return false
@@ -534,11 +550,14 @@ func TestApplyServesTCPAndUDP(t *testing.T) {
 	if err := udpRoundTrip(la, "hello"); err != nil {
 		t.Fatal(err)
 	}
-	st := statsOf(t, s, tcpM.Key())
-	if st.Total != 1 || st.BytesToTarget != 10<<20 || st.BytesFromTarget != 10<<20 {
+	tcpWant := func(st proxy.Stats) bool {
+		return st.Total == 1 && st.BytesToTarget == 10<<20 && st.BytesFromTarget == 10<<20
+	}
+	if st := statsWhen(t, s, tcpM.Key(), tcpWant); !tcpWant(st) {
 		t.Errorf("tcp stats %+v", st)
 	}
-	if u := statsOf(t, s, udpM.Key()); u.Total != 1 || u.BytesToTarget != 5 {
+	udpWant := func(st proxy.Stats) bool { return st.Total == 1 && st.BytesToTarget == 5 && st.BytesFromTarget == 5 }
+	if u := statsWhen(t, s, udpM.Key(), udpWant); !udpWant(u) {
 		t.Errorf("udp stats %+v", u)
 	}
 
@@ -667,7 +686,7 @@ func TestKill9OfSupervisorKeepsFlowsAndIsAdopted(t *testing.T) {
 	if got := socketInode(t, la); got != ino {
 		t.Errorf("the listener was reopened: inode %s, was %s", got, ino)
 	}
-	st := statsOf(t, s, m.Key())
+	st := statsWhen(t, s, m.Key(), func(st proxy.Stats) bool { return st.Total == uint64(ok)+1 && st.BytesToTarget >= 10<<20 })
 	if st.Total != uint64(ok)+1 || st.BytesToTarget < 10<<20 {
 		t.Errorf("stats did not carry on: total %d (want %d: the transfer and the loop), bytes to target %d", st.Total, ok+1, st.BytesToTarget)
 	}
@@ -726,8 +745,10 @@ func TestUpgradeHandsListenersOver(t *testing.T) {
 	// The counters carry on: every connection of the loop and the
 	// transfer, whichever process carried it, and the transfer's bytes,
 	// most of which the old process copied after the upgrade.
-	time.Sleep(100 * time.Millisecond)
-	if st := statsOf(t, s2, m.Key()); st.Total != uint64(ok)+1 || st.BytesToTarget != 10<<20+4*uint64(ok) || st.Active != 0 {
+	upWant := func(st proxy.Stats) bool {
+		return st.Total == uint64(ok)+1 && st.BytesToTarget == 10<<20+4*uint64(ok) && st.Active == 0
+	}
+	if st := statsWhen(t, s2, m.Key(), upWant); !upWant(st) {
 		t.Errorf("after the upgrade: total %d (want %d), bytes to target %d (want %d), active %d", st.Total, ok+1, st.BytesToTarget, 10<<20+4*ok, st.Active)
 	}
 	// The new one answers apply, with the set handed over.

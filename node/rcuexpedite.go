@@ -15,6 +15,14 @@ package node
 // rcupdate.rcu_expedited=1, say) is never touched. A marker in the state
 // directory says that we turned it on: after a crash during a move, the
 // next start turns it off again.
+//
+// We turn it on with a value of our own, rcuOurs, not 1: the kernel keeps
+// whatever integer is written (kstrtoint into rcu_expedited, which every
+// reader takes as a boolean), so at release a switch that still reads
+// rcuOurs is ours to turn off, and one that reads anything else was set by
+// the operator during the move and is left as they set it. A kernel that
+// stored only 0 and 1 would read back 1; the marker then records 1 and
+// release falls back to turning off a 1, which cannot tell the two apart.
 
 import (
 	"errors"
@@ -25,7 +33,12 @@ import (
 	"strings"
 )
 
-const rcuExpeditedPath = "/sys/kernel/rcu_expedited"
+const (
+	rcuExpeditedPath = "/sys/kernel/rcu_expedited"
+	// rcuOurs is what the switch reads while tenantnetd holds it on
+	// (docs/operations.md, "Cold start").
+	rcuOurs = "2"
+)
 
 type rcuExpedite struct {
 	path   string // rcuExpeditedPath (tests: a file of their own)
@@ -51,14 +64,20 @@ func (e *rcuExpedite) hold() (release func()) {
 	}
 	// The marker first: a crash between the two writes leaves a marker
 	// and the switch off, which restore handles the same.
-	if err := os.WriteFile(e.marker, nil, 0o600); err != nil {
+	if err := os.WriteFile(e.marker, []byte(rcuOurs+"\n"), 0o600); err != nil {
 		e.log.Info("moving ports to TCX without expedited RCU grace periods", "err", fmt.Errorf("marker: %w", err))
 		return func() {}
 	}
-	if err := os.WriteFile(e.path, []byte("1\n"), 0o644); err != nil {
+	if err := os.WriteFile(e.path, []byte(rcuOurs+"\n"), 0o644); err != nil {
 		os.Remove(e.marker)
 		e.log.Info("moving ports to TCX without expedited RCU grace periods", "err", err)
 		return func() {}
+	}
+	if got, err := e.read(); err == nil && got != rcuOurs {
+		// Stored as a boolean: remember what it reads as ours.
+		if err := os.WriteFile(e.marker, []byte(got+"\n"), 0o600); err != nil {
+			e.log.Warn("rcu marker", "err", err)
+		}
 	}
 	e.log.Info("expedited RCU grace periods on while ports move to TCX", "path", e.path)
 	return func() {
@@ -68,19 +87,38 @@ func (e *rcuExpedite) hold() (release func()) {
 	}
 }
 
+func (e *rcuExpedite) read() (string, error) {
+	b, err := os.ReadFile(e.path)
+	return strings.TrimSpace(string(b)), err
+}
+
 // restore turns expedited grace periods off if the marker says we turned
-// them on (a move that ended, or one a crash interrupted), and removes the
-// marker.
+// them on (a move that ended, or one a crash interrupted) and the switch
+// still reads what we wrote, and removes the marker. A switch that reads
+// anything else was set by the operator since, and is left alone.
 func (e *rcuExpedite) restore() error {
-	if _, err := os.Stat(e.marker); errors.Is(err, os.ErrNotExist) {
+	m, err := os.ReadFile(e.marker)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err := os.WriteFile(e.path, []byte("0\n"), 0o644); err != nil {
-		return fmt.Errorf("turn off %s: %w", e.path, err)
+	ours := strings.TrimSpace(string(m))
+	if err != nil || ours == "" {
+		ours = "1" // a marker from before rcuOurs, or unreadable
+	}
+	now, err := e.read()
+	switch {
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("read %s: %w", e.path, err)
+	case err == nil && now == ours:
+		if err := os.WriteFile(e.path, []byte("0\n"), 0o644); err != nil {
+			return fmt.Errorf("turn off %s: %w", e.path, err)
+		}
+		e.log.Info("expedited RCU grace periods off again", "path", e.path)
+	case err == nil && now != "0":
+		e.log.Info("expedited RCU grace periods left on: set by someone else during the move", "path", e.path, "value", now)
 	}
 	if err := os.Remove(e.marker); err != nil {
 		return fmt.Errorf("remove %s: %w", e.marker, err)
 	}
-	e.log.Info("expedited RCU grace periods off again", "path", e.path)
 	return nil
 }

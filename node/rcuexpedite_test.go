@@ -36,8 +36,8 @@ func TestRCUExpedite(t *testing.T) {
 	t.Run("off: on during the move, off after", func(t *testing.T) {
 		e, read := setup(t, "0\n")
 		release := e.hold()
-		if read() != "1" || !marked(e) {
-			t.Fatalf("during the move: %q, marker %v; want 1 and a marker", read(), marked(e))
+		if read() != rcuOurs || !marked(e) {
+			t.Fatalf("during the move: %q, marker %v; want %s and a marker", read(), marked(e), rcuOurs)
 		}
 		release()
 		if read() != "0" || marked(e) {
@@ -58,18 +58,45 @@ func TestRCUExpedite(t *testing.T) {
 	t.Run("a crash during the move: the next start turns it off", func(t *testing.T) {
 		e, read := setup(t, "0\n")
 		_ = e.hold() // never released: kill -9
-		if read() != "1" {
+		if read() != rcuOurs {
 			t.Fatalf("during the move: %q", read())
 		}
 		next := newRCUExpedite(filepath.Dir(e.marker), log)
 		next.path = e.path
-		// A second move before the restore sees "1" and must not take it
-		// for the operator's: the start restores first.
+		// A second move before the restore sees it on and must not take
+		// it for the operator's: the start restores first.
 		if err := next.restore(); err != nil {
 			t.Fatal(err)
 		}
 		if read() != "0" || marked(next) {
 			t.Errorf("after the restart: %q, marker %v; want 0 and no marker", read(), marked(next))
+		}
+	})
+	// The operator's change during our move wins: release tells our
+	// value from theirs.
+	for _, op := range []string{"1", "0"} {
+		t.Run("the operator sets "+op+" during the move: kept", func(t *testing.T) {
+			e, read := setup(t, "0\n")
+			release := e.hold()
+			if err := os.WriteFile(e.path, []byte(op+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			release()
+			if read() != op || marked(e) {
+				t.Errorf("after the move: %q, marker %v; want the operator's %s and no marker", read(), marked(e), op)
+			}
+		})
+	}
+	t.Run("a marker without a value (written as 1): turned off", func(t *testing.T) {
+		e, read := setup(t, "1\n")
+		if err := os.WriteFile(e.marker, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.restore(); err != nil {
+			t.Fatal(err)
+		}
+		if read() != "0" || marked(e) {
+			t.Errorf("after the restore: %q, marker %v; want 0 and no marker", read(), marked(e))
 		}
 	})
 	t.Run("no switch (TINY_RCU, read-only sysfs): nothing held, no marker", func(t *testing.T) {

@@ -143,8 +143,19 @@ func TestInheritedState(t *testing.T) {
 	t.Run("firewall tenant without a network swept", func(t *testing.T) {
 		// What an older version's failed delete left: a tenant with rules
 		// and an open inbound policy, no network.
-		fw.must("tenant", "add", "--tenant", "77", "--prefix", "2001:db8:101:77::/64", "--inbound", "allow")
-		fw.must("rule", "add", "--tenant", "77", "--proto", "tcp", "--port", "22", "--action", "allow")
+		// Two commands: a deep reconcile between them sweeps the tenant
+		// before its rule is in (CI once saw "unknown tenant"), and the
+		// pair is made again.
+		for try := 1; ; try++ {
+			fw.must("tenant", "add", "--tenant", "77", "--prefix", "2001:db8:101:77::/64", "--inbound", "allow")
+			out, err := fw.run("rule", "add", "--tenant", "77", "--proto", "tcp", "--port", "22", "--action", "allow")
+			if err == nil {
+				break
+			}
+			if try == 5 || !strings.Contains(out, "unknown tenant") {
+				t.Fatalf("tenantfw rule add --tenant 77 (try %d): %v\n%s", try, err, out)
+			}
+		}
 		retry(t, 20*time.Second, "tenant 77 swept (deep reconciles: every 10th)", func() error {
 			if out := fw.must("tenant", "list"); strings.Contains(out, "\n77 ") {
 				return fmt.Errorf("still there:\n%s", out)

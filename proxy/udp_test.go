@@ -150,9 +150,12 @@ func TestUDPIdleTimeout(t *testing.T) {
 	if _, err := ask(c, []byte("again")); err != nil {
 		t.Fatal(err)
 	}
+	// A stall of a second (CI, a loaded machine: ask resent after 1 s)
+	// can close the new session idle too and open a third: every session
+	// but the live one closed idle, and the service saw a new source.
 	st, _ := p.Stats(m.Key())
-	if n := len(e.seen()); n != 2 || st.IdleClosed != 1 || st.Total != 2 {
-		t.Errorf("after the timeout: %d sources, stats %+v; want a second session, one closed idle", n, st)
+	if n := len(e.seen()); n < 2 || st.IdleClosed < 1 || st.Total < 2 || st.Active != 1 || st.Total != st.IdleClosed+1 {
+		t.Errorf("after the timeout: %d sources, stats %+v; want a second session, the first closed idle", n, st)
 	}
 }
 
